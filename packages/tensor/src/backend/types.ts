@@ -1,0 +1,184 @@
+/**
+ * The backend boundary. Everything above it (Tensor, autograd, nn) calls only these methods;
+ * everything below it (reference.ts, @qlora/cpu-kernels, @qlora/cuda-kernels) implements them.
+ *
+ * Conventions shared by every op:
+ * - Buffers are flat, typed, owned by one backend. Host backends (`reference`, `cpu`) share one
+ *   buffer representation (HostBuffer: a typed array), so a host backend may reuse another's
+ *   implementation of an op without copies.
+ * - Compute ops take contiguous row-major inputs unless a parameter says "strided"; the frontend
+ *   calls `copy` (which also casts) to make views contiguous first.
+ * - Fused/compute ops read f32 inputs and write f32 outputs (CPU policy: f32 compute, bf16/f16 as
+ *   storage); `matmul` also accepts bf16 inputs with f32 accumulation. Index inputs are i32.
+ * - Every op allocates and returns fresh output buffers; in-place ops say so in their name.
+ * - A backend that lacks an op throws BackendOpError(op, backend).
+ */
+
+/** Element types. Integer tensors are i32 (token ids, positions, labels): the documented index policy.
+ * i64 data met in files is narrowed with a range check by the loaders. bf16/f16 are stored as
+ * Uint16Array bit patterns on the host. `bool` is stored as Uint8Array (0/1). */
+export type DType = "f32" | "f16" | "bf16" | "i32" | "u8" | "bool";
+
+export type HostArray = Float32Array | Uint16Array | Int32Array | Uint8Array;
+
+/** An opaque, flat allocation on one device. */
+export interface Buffer {
+  readonly device: string; // "cpu" for host buffers, "cuda:N" for device buffers
+  readonly dtype: DType;
+  readonly length: number; // elements
+}
+
+/** Host buffers (reference and cpu backends): the data is a typed array of `length` elements. */
+export interface HostBuffer extends Buffer {
+  readonly device: "cpu";
+  readonly data: HostArray;
+}
+
+/** A strided view of a buffer, in elements. Broadcasting is a stride of 0. */
+export interface StridedView {
+  readonly shape: readonly number[];
+  readonly strides: readonly number[];
+  readonly offset: number;
+}
+
+export type UnaryOp =
+  | "neg" | "exp" | "log" | "sqrt" | "rsqrt" | "abs" | "sigmoid" | "silu" | "relu" | "tanh" | "recip" | "square" | "sign";
+export type BinaryOp = "add" | "sub" | "mul" | "div" | "max" | "min" | "pow" | "eq" | "gt" | "lt";
+export type ReduceOp = "sum" | "max" | "min";
+
+/** A frozen 4-bit weight as it sits on the backend: bitsandbytes layout (see @qlora/nf4). */
+export interface QuantizedWeightBuffers {
+  readonly quantType: "nf4" | "fp4";
+  readonly blocksize: number;
+  /** [outFeatures, inFeatures] = [n, k] of the logical weight W. */
+  readonly shape: readonly [number, number];
+  /** Packed codes, u8, ceil(n*k/2): element 2j in the high nibble. */
+  readonly codes: Buffer;
+  /** Either f32 absmax per block, or double-quantized absmax (u8 index into `code`, 256-blocks). */
+  readonly absmax:
+    | { readonly kind: "f32"; readonly values: Buffer }
+    | {
+        readonly kind: "nested";
+        readonly qabsmax: Buffer; // u8 [nBlocks]
+        readonly code: Buffer; // f32 [256], signed dynamic map
+        readonly nestedAbsmax: Buffer; // f32 [ceil(nBlocks/256)]
+        readonly nestedBlocksize: number; // 256
+        readonly offset: number; // float32 value
+      };
+}
+
+export interface MatmulOptions {
+  readonly batch: number;
+  readonly m: number;
+  readonly k: number;
+  readonly n: number;
+  /** A is stored [k, m] per batch instead of [m, k]. */
+  readonly transA?: boolean;
+  /** B is stored [n, k] per batch instead of [k, n] (the nn.Linear weight layout). */
+  readonly transB?: boolean;
+  /** Elements between consecutive batch matrices; 0 broadcasts one matrix over the batch.
+   * Default: the matrix size (m*k or k*n). */
+  readonly aBatchStride?: number;
+  readonly bBatchStride?: number;
+}
+
+export interface AttentionOptions {
+  readonly batch: number;
+  readonly heads: number; // query heads
+  readonly kvHeads: number; // heads % kvHeads === 0 (grouped-query attention)
+  readonly seq: number;
+  readonly headDim: number;
+  readonly scale: number; // usually 1/sqrt(headDim)
+  /** Optional i32 [batch, seq]: tokens attend only within equal segment ids (packed sequences). */
+  readonly segmentIds?: Buffer;
+}
+
+export interface RopeOptions {
+  readonly batch: number;
+  readonly seq: number;
+  readonly heads: number;
+  readonly headDim: number;
+  readonly theta: number;
+  /** Rotate by -angle: the backward of rope (its transpose). */
+  readonly inverse?: boolean;
+}
+
+export interface AdamWOptions {
+  readonly lr: number;
+  readonly beta1: number;
+  readonly beta2: number;
+  readonly eps: number;
+  readonly weightDecay: number;
+  readonly step: number; // 1-based, for bias correction
+}
+
+export interface MemoryStats {
+  readonly currentBytes: number;
+  readonly peakBytes: number;
+}
+
+export interface Backend {
+  readonly name: string; // "reference" | "cpu" | "cuda"
+  readonly device: string; // "cpu" | "cuda:0"
+
+  // ---- memory ----
+  alloc(dtype: DType, length: number): Buffer; // zero-filled
+  free(buffer: Buffer): void;
+  fromHost(data: HostArray, dtype: DType): Buffer; // copies
+  toHost(buffer: Buffer): HostArray; // copies
+  memoryStats(): MemoryStats;
+  resetPeak(): void;
+
+  // ---- primitives (a closed list) ----
+  /** Strided gather + dtype cast into a new contiguous buffer of shape view.shape. */
+  copy(src: Buffer, view: StridedView, dtype: DType): Buffer;
+  fill(dtype: DType, length: number, value: number): Buffer;
+  unary(op: UnaryOp, x: Buffer, length: number): Buffer;
+  /** Strided, broadcasting: out has shape `shape`, a and b are read through their views (same rank). */
+  binary(op: BinaryOp, a: Buffer, aView: StridedView, b: Buffer, bView: StridedView, shape: readonly number[]): Buffer;
+  /** Reduce the middle axis of a contiguous [outer, size, inner] array → [outer, inner]. */
+  reduce(op: ReduceOp, x: Buffer, outer: number, size: number, inner: number): Buffer;
+  /** out[b] = op(A[b]) · op(B[b]), f32 (or bf16) inputs, f32 output [batch, m, n]. */
+  matmul(a: Buffer, b: Buffer, options: MatmulOptions): Buffer;
+
+  // ---- fused ops (each has a reference in reference.ts) ----
+  /** y[m,n] = x[m,k] · dequant(W)ᵀ, W dequantized tile by tile, never whole. */
+  matmul4bit(x: Buffer, w: QuantizedWeightBuffers, m: number): Buffer;
+  /** dx[m,k] = dy[m,n] · dequant(W): the input gradient (bitsandbytes MatMul4Bit.backward). */
+  matmul4bitInputGrad(dy: Buffer, w: QuantizedWeightBuffers, m: number): Buffer;
+  /** y = x · rsqrt(mean(x²) + eps) · weight over rows of length dim; also returns rstd [rows]. */
+  rmsNorm(x: Buffer, weight: Buffer, rows: number, dim: number, eps: number): { y: Buffer; rstd: Buffer };
+  rmsNormBackward(dy: Buffer, x: Buffer, weight: Buffer, rstd: Buffer, rows: number, dim: number): { dx: Buffer; dweight: Buffer };
+  /** Rotary embedding, Hugging Face "rotate_half" convention, on x [batch, seq, heads, headDim]
+   * with positions i32 [batch, seq]. */
+  rope(x: Buffer, positions: Buffer, options: RopeOptions): Buffer;
+  /** Causal attention: q [batch, heads, seq, d], k/v [batch, kvHeads, seq, d] → out [batch, heads, seq, d]
+   * and the row log-sum-exp [batch, heads, seq] saved for backward. Never keeps a seq×seq matrix per head. */
+  attention(q: Buffer, k: Buffer, v: Buffer, options: AttentionOptions): { out: Buffer; lse: Buffer };
+  attentionBackward(
+    dout: Buffer, q: Buffer, k: Buffer, v: Buffer, out: Buffer, lse: Buffer, options: AttentionOptions,
+  ): { dq: Buffer; dk: Buffer; dv: Buffer };
+  softmax(x: Buffer, rows: number, n: number): Buffer;
+  softmaxBackward(dy: Buffer, y: Buffer, rows: number, n: number): Buffer;
+  /** Per-row loss (0 where label === ignoreIndex) and the row log-sum-exp. */
+  crossEntropy(logits: Buffer, labels: Buffer, rows: number, vocab: number, ignoreIndex: number): { loss: Buffer; lse: Buffer };
+  /** dlogits = dloss[row] · (softmax(logits) − onehot(label)); 0 on ignored rows. */
+  crossEntropyBackward(dloss: Buffer, logits: Buffer, labels: Buffer, lse: Buffer, rows: number, vocab: number, ignoreIndex: number): Buffer;
+  /** silu(gate) · up, elementwise. */
+  swiglu(gate: Buffer, up: Buffer, length: number): Buffer;
+  swigluBackward(dy: Buffer, gate: Buffer, up: Buffer, length: number): { dgate: Buffer; dup: Buffer };
+  /** out[i] = weight[ids[i]] for rows of length dim. */
+  embedding(weight: Buffer, ids: Buffer, count: number, dim: number): Buffer;
+  /** dweight [vocab, dim] = scatter-add of dy rows at ids. */
+  embeddingBackward(dy: Buffer, ids: Buffer, count: number, dim: number, vocab: number): Buffer;
+  /** Decoupled-weight-decay Adam, in place on param, m and v (torch.optim.AdamW semantics). */
+  adamwStepInPlace(param: Buffer, grad: Buffer, m: Buffer, v: Buffer, length: number, options: AdamWOptions): void;
+}
+
+export class BackendOpError extends Error {
+  readonly code = "BACKEND_OP_MISSING";
+  constructor(readonly op: string, readonly backend: string) {
+    super(`backend "${backend}" does not implement op "${op}"`);
+    this.name = "BackendOpError";
+  }
+}
