@@ -1,1 +1,1 @@
-export {};
+export { loadNative, CpuKernelsLoadError, type NativeModule } from "./load";

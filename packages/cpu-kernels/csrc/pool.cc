@@ -1,0 +1,128 @@
+#include "pool.h"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "registry.h"
+
+namespace qlora {
+namespace {
+
+class Pool {
+ public:
+  explicit Pool(int threads) { resize(threads); }
+  ~Pool() { stop(); }
+
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+
+  void resize(int threads) {
+    stop();
+    stopping_ = false;
+    for (int i = 1; i < std::max(1, threads); ++i) workers_.emplace_back([this, i] { loop(i); });
+  }
+
+  void run(std::size_t n, const std::function<void(std::size_t, std::size_t)>& fn, std::size_t min_chunk) {
+    std::size_t parts = std::min<std::size_t>(size(), (n + min_chunk - 1) / std::max<std::size_t>(min_chunk, 1));
+    if (parts <= 1 || in_worker_) {
+      if (n) fn(0, n);
+      return;
+    }
+    std::unique_lock<std::mutex> lock(mutex_);
+    task_ = &fn;
+    n_ = n;
+    parts_ = parts;
+    pending_ = parts - 1;
+    ++generation_;
+    lock.unlock();
+    wake_.notify_all();
+    chunk(0);  // the calling thread takes chunk 0
+    lock.lock();
+    done_.wait(lock, [this] { return pending_ == 0; });
+    task_ = nullptr;
+  }
+
+ private:
+  void chunk(std::size_t part) {
+    std::size_t begin = n_ * part / parts_, end = n_ * (part + 1) / parts_;
+    if (begin < end) (*task_)(begin, end);
+  }
+
+  void loop(int index) {
+    in_worker_ = true;
+    std::size_t seen = 0;
+    for (;;) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
+      if (stopping_) return;
+      seen = generation_;
+      if (static_cast<std::size_t>(index) >= parts_) continue;
+      lock.unlock();
+      chunk(index);
+      lock.lock();
+      if (--pending_ == 0) done_.notify_one();
+    }
+  }
+
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    for (auto& t : workers_) t.join();
+    workers_.clear();
+  }
+
+  std::vector<std::thread> workers_;
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  const std::function<void(std::size_t, std::size_t)>* task_ = nullptr;
+  std::size_t n_ = 0, parts_ = 0, pending_ = 0, generation_ = 0;
+  bool stopping_ = false;
+  static thread_local bool in_worker_;
+};
+
+thread_local bool Pool::in_worker_ = false;
+
+int default_threads() {
+  if (const char* env = std::getenv("QLORA_THREADS")) {
+    int n = std::atoi(env);
+    if (n > 0) return n;
+  }
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+Pool& pool() {
+  static Pool instance(default_threads());
+  return instance;
+}
+
+Napi::Value GetThreads(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), num_threads()); }
+
+Napi::Value SetThreads(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsNumber() || info[0].As<Napi::Number>().Int32Value() < 1) {
+    Napi::TypeError::New(info.Env(), "setThreads(n): expected a positive integer n").ThrowAsJavaScriptException();
+    return info.Env().Undefined();
+  }
+  set_num_threads(info[0].As<Napi::Number>().Int32Value());
+  return info.Env().Undefined();
+}
+
+Register reg_get_threads("getThreads", GetThreads);
+Register reg_set_threads("setThreads", SetThreads);
+
+}  // namespace
+
+void parallel_for(std::size_t n, const std::function<void(std::size_t, std::size_t)>& fn, std::size_t min_chunk) {
+  pool().run(n, fn, min_chunk);
+}
+
+int num_threads() { return pool().size(); }
+void set_num_threads(int n) { pool().resize(n); }
+
+}  // namespace qlora
