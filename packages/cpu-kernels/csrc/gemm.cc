@@ -1,0 +1,156 @@
+// Dense matmul: out[b] = op(A[b]) . op(B[b]) for f32 or bf16 inputs (bf16 is widened to f32 while
+// packing; accumulation is f32), with transposes and batch strides (0 = broadcast).
+// Reference: packages/tensor reference backend `matmul` (tests: src/gemm.test.ts).
+#include <algorithm>
+#include <cstring>
+
+#include "gemm_driver.h"
+#include "gemm_kernels.h"
+#include "gemm_napi.h"
+#include "pool.h"
+#include "registry.h"
+
+namespace qlora {
+namespace {
+
+inline float widen(float x) { return x; }
+inline float widen(uint16_t bf16) {
+  uint32_t bits = static_cast<uint32_t>(bf16) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// op(A) as a [m x k] matrix: A stored [m, k] (ld = k) or, transposed, [k, m] (ld = m).
+template <typename T>
+struct DenseA final : APacker {
+  const T* data;
+  int64_t ld;
+  bool trans;
+  DenseA(const T* d, int64_t l, bool t) : data(d), ld(l), trans(t) {}
+
+  void pack(int64_t i0, int64_t mc, int64_t p0, int64_t kc, int mr, float* dst) const override {
+    for (int64_t s = 0; s < mc; s += mr, dst += mr * kc) {
+      const int64_t rows = std::min<int64_t>(mr, mc - s);
+      if (rows < mr) std::memset(dst, 0, sizeof(float) * mr * kc);
+      if (!trans) {
+        for (int64_t ii = 0; ii < rows; ++ii) {
+          const T* src = data + (i0 + s + ii) * ld + p0;
+          for (int64_t p = 0; p < kc; ++p) dst[p * mr + ii] = widen(src[p]);
+        }
+      } else {
+        for (int64_t p = 0; p < kc; ++p) {
+          const T* src = data + (p0 + p) * ld + i0 + s;
+          for (int64_t ii = 0; ii < rows; ++ii) dst[p * mr + ii] = widen(src[ii]);
+        }
+      }
+    }
+  }
+};
+
+// op(B) as a [k x n] matrix: B stored [k, n] (ld = n) or, transposed, [n, k] (ld = k).
+template <typename T>
+struct DenseB final : BPacker {
+  const T* data;
+  int64_t ld;
+  bool trans;
+  DenseB(const T* d, int64_t l, bool t) : data(d), ld(l), trans(t) {}
+
+  void pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int nr, float* dst) const override {
+    for (int64_t s = 0; s < nc; s += nr, dst += nr * kc) {
+      const int64_t cols = std::min<int64_t>(nr, nc - s);
+      if (cols < nr) std::memset(dst, 0, sizeof(float) * nr * kc);
+      if (!trans) {
+        for (int64_t p = 0; p < kc; ++p) {
+          const T* src = data + (p0 + p) * ld + j0 + s;
+          for (int64_t jj = 0; jj < cols; ++jj) dst[p * nr + jj] = widen(src[jj]);
+        }
+      } else {
+        for (int64_t jj = 0; jj < cols; ++jj) {
+          const T* src = data + (j0 + s + jj) * ld + p0;
+          for (int64_t p = 0; p < kc; ++p) dst[p * nr + jj] = widen(src[p]);
+        }
+      }
+    }
+  }
+};
+
+struct MatmulArgs {
+  int64_t batch, m, k, n, a_stride, b_stride;
+  bool trans_a, trans_b;
+};
+
+template <typename TA, typename TB>
+void run_matmul(const MatmulArgs& g, const TA* a, const TB* b, float* out) {
+  const int64_t flops = g.m * g.n * std::max<int64_t>(g.k, 1);
+  auto one = [&](int64_t i, bool parallel) {
+    DenseA<TA> pa(a + i * g.a_stride, g.trans_a ? g.m : g.k, g.trans_a);
+    DenseB<TB> pb(b + i * g.b_stride, g.trans_b ? g.k : g.n, g.trans_b);
+    gemm(g.m, g.n, g.k, pa, pb, out + i * g.m * g.n, g.n, parallel);
+  };
+  // Many small matrices (attention-style batches): one matrix per task. Otherwise parallel inside.
+  if (g.batch >= num_threads() && flops < (int64_t{1} << 22)) {
+    parallel_for(
+        static_cast<std::size_t>(g.batch),
+        [&](std::size_t lo, std::size_t hi) {
+          for (std::size_t i = lo; i < hi; ++i) one(static_cast<int64_t>(i), false);
+        },
+        1);
+  } else {
+    for (int64_t i = 0; i < g.batch; ++i) one(i, true);
+  }
+}
+
+// Elements input `arr` must hold: the last batch matrix ends at (batch-1)*stride + size.
+int64_t need(int64_t batch, int64_t stride, int64_t size) { return batch == 0 ? 0 : (batch - 1) * stride + size; }
+
+// matmul(a, b, out, batch, m, k, n, transA, transB, aBatchStride, bBatchStride)
+// a, b: Float32Array or Uint16Array (bf16 bits); out: Float32Array [batch*m*n].
+Napi::Value Matmul(const Napi::CallbackInfo& info) {
+  using namespace gemm_args;
+  auto env = info.Env();
+  if (info.Length() != 11) {
+    fail_type(env, "matmul(a, b, out, batch, m, k, n, transA, transB, aBatchStride, bBatchStride): expected 11 arguments");
+    return env.Undefined();
+  }
+  MatmulArgs g{};
+  if (!get_size(env, info[3], "batch", g.batch) || !get_size(env, info[4], "m", g.m) ||
+      !get_size(env, info[5], "k", g.k) || !get_size(env, info[6], "n", g.n) ||
+      !get_bool(env, info[7], "transA", g.trans_a) || !get_bool(env, info[8], "transB", g.trans_b) ||
+      !get_size(env, info[9], "aBatchStride", g.a_stride) || !get_size(env, info[10], "bBatchStride", g.b_stride))
+    return env.Undefined();
+  float* out;
+  if (!get_array<float>(env, info[2], "out", g.batch * g.m * g.n, out)) return env.Undefined();
+  const bool a16 = is_typed(info[0], napi_uint16_array), b16 = is_typed(info[1], napi_uint16_array);
+  const int64_t need_a = need(g.batch, g.a_stride, g.m * g.k), need_b = need(g.batch, g.b_stride, g.k * g.n);
+  float *af = nullptr, *bf = nullptr;
+  uint16_t *ah = nullptr, *bh = nullptr;
+  if (!(a16 ? get_array<uint16_t>(env, info[0], "a", need_a, ah) : get_array<float>(env, info[0], "a", need_a, af)))
+    return env.Undefined();
+  if (!(b16 ? get_array<uint16_t>(env, info[1], "b", need_b, bh) : get_array<float>(env, info[1], "b", need_b, bf)))
+    return env.Undefined();
+  if (af && bf) run_matmul(g, af, bf, out);
+  else if (af) run_matmul(g, af, bh, out);
+  else if (bf) run_matmul(g, ah, bf, out);
+  else run_matmul(g, ah, bh, out);
+  return env.Undefined();
+}
+
+// gemmIsa(): the micro-kernel in use; gemmIsa("avx2"|"avx512"|"scalar"|""): force one (tests/benchmarks).
+Napi::Value GemmIsa(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  if (info.Length() >= 1 && !info[0].IsUndefined()) {
+    if (!info[0].IsString()) {
+      gemm_args::fail_type(env, "gemmIsa(isa): expected \"avx512\", \"avx2\", \"scalar\" or \"\"");
+      return env.Undefined();
+    }
+    set_gemm_kernel(info[0].As<Napi::String>().Utf8Value().c_str());
+  }
+  return Napi::String::New(env, gemm_kernel().name);
+}
+
+Register reg_matmul("matmul", Matmul);
+Register reg_gemm_isa("gemmIsa", GemmIsa);
+
+}  // namespace
+}  // namespace qlora

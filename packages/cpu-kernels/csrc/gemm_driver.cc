@@ -1,0 +1,123 @@
+// Loop nest (per thread region):  jc (NC) -> pc (KC, pack B) -> ic (MC, pack A) -> jr (NR) -> ir (MR).
+// The kc x NR B micro-panel stays in L1 while every MR sliver of the A block (L2) streams past it.
+#include "gemm_driver.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include "gemm_kernels.h"
+#include "pool.h"
+
+namespace qlora {
+namespace {
+
+struct AlignedFree {
+  void operator()(float* p) const { std::free(p); }
+};
+
+// Per-thread packing buffers, grown on demand and kept for the life of the thread.
+struct PackBuffers {
+  std::unique_ptr<float, AlignedFree> a, b;
+  std::size_t a_len = 0, b_len = 0;
+
+  static float* ensure(std::unique_ptr<float, AlignedFree>& p, std::size_t& len, std::size_t want) {
+    if (want > len) {
+      std::size_t bytes = (want * sizeof(float) + 63) / 64 * 64;
+      p.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+      len = want;
+    }
+    return p.get();
+  }
+};
+
+PackBuffers& buffers() {
+  static thread_local PackBuffers b;
+  return b;
+}
+
+int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
+
+// One output tile at (cp, ldc) of which only rows x cols are real: compute into a padded scratch tile.
+void edge_tile(const GemmKernel& K, int64_t kc, const float* a, const float* b, float* cp, int64_t ldc, int64_t rows,
+               int64_t cols, bool accumulate) {
+  alignas(64) float tile[16 * 64];
+  K.fn(kc, a, b, tile, K.nr, false);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) cp[i * ldc + j] = accumulate ? cp[i * ldc + j] + tile[i * K.nr + j] : tile[i * K.nr + j];
+}
+
+void gemm_region(const GemmKernel& K, int64_t i_begin, int64_t i_end, int64_t j_begin, int64_t j_end, int64_t k,
+                 const APacker& A, const BPacker& B, float* c, int64_t ldc) {
+  if (i_begin >= i_end || j_begin >= j_end) return;
+  if (k == 0) {
+    for (int64_t i = i_begin; i < i_end; ++i) std::memset(c + i * ldc + j_begin, 0, (j_end - j_begin) * sizeof(float));
+    return;
+  }
+  auto& buf = buffers();
+  const int64_t kc_max = std::min<int64_t>(K.kc, k);
+  float* abuf = PackBuffers::ensure(buf.a, buf.a_len, round_up(std::min<int64_t>(K.mc, i_end - i_begin), K.mr) * kc_max);
+  float* bbuf = PackBuffers::ensure(buf.b, buf.b_len, round_up(std::min<int64_t>(K.nc, j_end - j_begin), K.nr) * kc_max);
+  for (int64_t jc = j_begin; jc < j_end; jc += K.nc) {
+    const int64_t nc = std::min(K.nc, j_end - jc);
+    for (int64_t pc = 0; pc < k; pc += K.kc) {
+      const int64_t kc = std::min(K.kc, k - pc);
+      const bool accumulate = pc > 0;
+      B.pack(pc, kc, jc, nc, K.nr, bbuf);
+      for (int64_t ic = i_begin; ic < i_end; ic += K.mc) {
+        const int64_t mc = std::min(K.mc, i_end - ic);
+        A.pack(ic, mc, pc, kc, K.mr, abuf);
+        for (int64_t jr = 0; jr < nc; jr += K.nr) {
+          const int64_t cols = std::min<int64_t>(K.nr, nc - jr);
+          for (int64_t ir = 0; ir < mc; ir += K.mr) {
+            const int64_t rows = std::min<int64_t>(K.mr, mc - ir);
+            float* cp = c + (ic + ir) * ldc + jc + jr;
+            if (rows == K.mr && cols == K.nr)
+              K.fn(kc, abuf + ir * kc, bbuf + jr * kc, cp, ldc, accumulate);
+            else
+              edge_tile(K, kc, abuf + ir * kc, bbuf + jr * kc, cp, ldc, rows, cols, accumulate);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void gemm(int64_t m, int64_t n, int64_t k, const APacker& a, const BPacker& b, float* c, int64_t ldc, bool parallel) {
+  const GemmKernel& K = gemm_kernel();
+  const int threads = parallel ? num_threads() : 1;
+  const int64_t mt = (m + K.mr - 1) / K.mr, nt = (n + K.nr - 1) / K.nr;
+  // Small products are not worth waking the pool (~10 us per dispatch).
+  if (threads <= 1 || m * n * std::max<int64_t>(k, 1) < (int64_t{1} << 18)) {
+    gemm_region(K, 0, m, 0, n, k, a, b, c, ldc);
+    return;
+  }
+  // Grid tm x tn = threads with the most N parts that still give every part at least one NR panel.
+  int tn = 1;
+  for (int cand = threads; cand >= 1; --cand)
+    if (threads % cand == 0 && cand <= nt && threads / cand <= mt) {
+      tn = cand;
+      break;
+    }
+  const int tm = threads / tn;
+  if (tm > mt) {  // tiny in both dimensions: one thread
+    gemm_region(K, 0, m, 0, n, k, a, b, c, ldc);
+    return;
+  }
+  parallel_for(
+      static_cast<std::size_t>(tm * tn),
+      [&](std::size_t begin, std::size_t end) {
+        for (std::size_t t = begin; t < end; ++t) {
+          const int64_t ti = static_cast<int64_t>(t) / tn, tj = static_cast<int64_t>(t) % tn;
+          const int64_t i0 = std::min(m, mt * ti / tm * K.mr), i1 = std::min(m, mt * (ti + 1) / tm * K.mr);
+          const int64_t j0 = std::min(n, nt * tj / tn * K.nr), j1 = std::min(n, nt * (tj + 1) / tn * K.nr);
+          gemm_region(K, i0, i1, j0, j1, k, a, b, c, ldc);
+        }
+      },
+      1);
+}
+
+}  // namespace qlora

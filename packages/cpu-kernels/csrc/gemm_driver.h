@@ -1,0 +1,29 @@
+// The blocked GEMM driver (Goto/BLIS loop nest) over abstract panel packers, so the same driver
+// serves dense f32/bf16 matmul and the fused 4-bit GEMMs (whose B packer dequantizes each tile
+// while packing it: the full dequantized weight never exists).
+#pragma once
+#include <cstdint>
+
+namespace qlora {
+
+// Packs the block op(A)[i0 : i0+mc, p0 : p0+kc] as ceil(mc/mr) slivers of [kc][mr] floats,
+// rows past mc zero-filled.
+struct APacker {
+  virtual ~APacker() = default;
+  virtual void pack(int64_t i0, int64_t mc, int64_t p0, int64_t kc, int mr, float* dst) const = 0;
+};
+
+// Packs the block op(B)[p0 : p0+kc, j0 : j0+nc] as ceil(nc/nr) panels of [kc][nr] floats,
+// columns past nc zero-filled.
+struct BPacker {
+  virtual ~BPacker() = default;
+  virtual void pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int nr, float* dst) const = 0;
+};
+
+// C[m x n] (row stride ldc) = op(A)[m x k] * op(B)[k x n]. Splits the output over the thread pool
+// (N first, so a B packer that dequantizes does each tile once) unless `parallel` is false
+// (required when called from inside a pool task).
+void gemm(int64_t m, int64_t n, int64_t k, const APacker& a, const BPacker& b, float* c, int64_t ldc,
+          bool parallel = true);
+
+}  // namespace qlora

@@ -1,0 +1,85 @@
+// Dense matmul kernels (every ISA path) against a float64 naive oracle. Tolerance: each output is a
+// k-term f32 dot product; blocked f32 summation has a random-walk error of about eps*sqrt(k)*|terms|
+// with eps = 1.19e-7, and our inputs are in [-1, 1], so |d| <= 1e-5*(1+|ref|)*sqrt(k) (~80 eps of
+// headroom per sqrt(k)) catches any indexing/packing bug (those produce O(1) errors) without
+// flagging legitimate reassociation.
+import { afterAll, describe, expect, test } from "vitest";
+import { loadNative } from "../src/load";
+import { naiveMatmul, randomF32, worstRatio } from "./naive";
+
+interface GemmNative {
+  matmul(a: Float32Array | Uint16Array, b: Float32Array | Uint16Array, out: Float32Array, batch: number, m: number,
+    k: number, n: number, transA: boolean, transB: boolean, aBatchStride: number, bBatchStride: number): void;
+  gemmIsa(isa?: string): string;
+  isaInfo(): { avx2: boolean; avx512f: boolean };
+}
+const native = loadNative() as unknown as GemmNative;
+const isas = ["scalar", ...(native.isaInfo().avx2 ? ["avx2"] : []), ...(native.isaInfo().avx512f ? ["avx512"] : [])];
+afterAll(() => void native.gemmIsa(""));
+
+function toBf16(x: Float32Array): Uint16Array {
+  // truncation is fine here: the oracle reads the same bf16 values back
+  const u = new Uint32Array(x.buffer.slice(0));
+  return Uint16Array.from(u, (v) => v >>> 16);
+}
+function fromBf16(h: Uint16Array): Float32Array {
+  return new Float32Array(Uint32Array.from(h, (v) => v << 16).buffer);
+}
+
+const shapes: [number, number, number][] = [
+  [1, 1, 1], [1, 17, 3], [3, 1, 65], [17, 63, 129], [65, 129, 63], [13, 300, 33], [129, 65, 97], [6, 513, 200],
+];
+
+describe.each(isas)("matmul on the %s micro-kernel", (isa) => {
+  test("all transpose combinations, odd shapes", () => {
+    expect(native.gemmIsa(isa)).toBe(isa);
+    let seed = 1;
+    for (const [m, k, n] of shapes)
+      for (const transA of [false, true])
+        for (const transB of [false, true]) {
+          const a = randomF32(m * k, seed++), b = randomF32(k * n, seed++);
+          const out = new Float32Array(m * n).fill(NaN);
+          native.matmul(a, b, out, 1, m, k, n, transA, transB, m * k, k * n);
+          const want = naiveMatmul(a, b, { batch: 1, m, k, n, transA, transB });
+          expect(worstRatio(out, want, k), `${m}x${k}x${n} tA=${transA} tB=${transB}`).toBeLessThanOrEqual(1);
+        }
+  });
+
+  test("batched with broadcast strides and bf16 inputs", () => {
+    native.gemmIsa(isa);
+    const [batch, m, k, n] = [3, 19, 70, 45];
+    for (const [sa, sb] of [[m * k, k * n], [0, k * n], [m * k, 0]] as const) {
+      const a = randomF32(Math.max(sa * (batch - 1), 0) + m * k, 7), b = randomF32(Math.max(sb * (batch - 1), 0) + k * n, 8);
+      for (const [a16, b16] of [[false, false], [true, false], [false, true], [true, true]]) {
+        const ai = a16 ? toBf16(a) : a, bi = b16 ? toBf16(b) : b;
+        const out = new Float32Array(batch * m * n);
+        native.matmul(ai, bi, out, batch, m, k, n, false, true, sa, sb);
+        const av = ai instanceof Uint16Array ? fromBf16(ai) : ai, bv = bi instanceof Uint16Array ? fromBf16(bi) : bi;
+        const want = naiveMatmul(av, bv, { batch, m, k, n, transB: true, aBatchStride: sa, bBatchStride: sb });
+        expect(worstRatio(out, want, k), `strides ${sa},${sb} bf16 ${a16},${b16}`).toBeLessThanOrEqual(1);
+      }
+    }
+  });
+
+  test("a large multi-threaded, multi-block product (crosses MC/KC/NC)", () => {
+    native.gemmIsa(isa);
+    const [m, k, n] = [301, 700, 290];
+    const a = randomF32(m * k, 11), b = randomF32(k * n, 12);
+    const out = new Float32Array(m * n);
+    native.matmul(a, b, out, 1, m, k, n, true, false, m * k, k * n);
+    expect(worstRatio(out, naiveMatmul(a, b, { batch: 1, m, k, n, transA: true }), k)).toBeLessThanOrEqual(1);
+  });
+});
+
+test("k = 0 gives zeros; validation names the bad argument", () => {
+  const out = new Float32Array(6).fill(5);
+  native.matmul(new Float32Array(0), new Float32Array(0), out, 1, 2, 0, 3, false, false, 0, 0);
+  expect([...out]).toEqual([0, 0, 0, 0, 0, 0]);
+  const a = new Float32Array(6), b = new Float32Array(6);
+  expect(() => native.matmul(a, b, new Float32Array(3), 1, 2, 3, 2, false, false, 6, 6)).toThrow(/out: expected at least 4/);
+  expect(() => native.matmul(a, b, new Float32Array(4), 2, 2, 3, 2, false, false, 6, 6)).toThrow(/out/);
+  expect(() => native.matmul(a, new Float32Array(5), new Float32Array(4), 1, 2, 3, 2, false, false, 6, 6)).toThrow(/b: expected at least 6/);
+  expect(() => native.matmul(a, new Int32Array(6) as never, new Float32Array(4), 1, 2, 3, 2, false, false, 6, 6)).toThrow(TypeError);
+  expect(() => native.matmul(a, b, new Float32Array(4), 1, -2, 3, 2, false, false, 6, 6)).toThrow(/m: expected a non-negative integer/);
+  expect(() => (native.matmul as (...x: unknown[]) => void)(a, b)).toThrow(/11 arguments/);
+});
