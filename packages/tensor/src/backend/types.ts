@@ -12,9 +12,21 @@
  *   storage); `matmul` also accepts bf16 inputs with f32 accumulation. Index inputs are i32.
  * - Every op allocates and returns fresh output buffers; in-place ops say so in their name.
  * - A backend that lacks an op throws BackendOpError(op, backend).
+ *
+ * Refinements by the tensor package (additive; each marked "[tensor refinement]" below):
+ * 1. dtype rules stated: `unary`, `binary`, `reduce` read f32 and write f32 (comparisons eq/gt/lt write
+ *    1/0 as f32); the frontend casts other dtypes with `copy` first. `copy` casts: float→bf16/f16 round to
+ *    nearest even; float→i32 truncates toward zero (non-finite → 0); float→u8 truncates then keeps the low
+ *    8 bits; →bool is (x ≠ 0).
+ * 2. Optional op `copyInPlace` (strided write into an existing buffer: cat/stack/slice-backward). A host
+ *    backend that leaves it out gets the reference implementation (host buffers are shared); a device
+ *    backend without it throws BackendOpError when it is needed.
+ * 3. `adamwStepInPlace` takes f32 param/m/v buffers (grad may be f32 or bf16).
  */
 
-/** Element types. Integer tensors are i32 (token ids, positions, labels): the documented index policy.
+/** Element types. Integer tensors are i32 (token ids, positions, labels): the documented index policy
+ * (no i64 anywhere: every index input of every op is i32; arithmetic on i32 runs in f32 and is exact
+ * below 2^24).
  * i64 data met in files is narrowed with a range check by the loaders. bf16/f16 are stored as
  * Uint16Array bit patterns on the host. `bool` is stored as Uint8Array (0/1). */
 export type DType = "f32" | "f16" | "bf16" | "i32" | "u8" | "bool";
@@ -132,6 +144,9 @@ export interface Backend {
   // ---- primitives (a closed list) ----
   /** Strided gather + dtype cast into a new contiguous buffer of shape view.shape. */
   copy(src: Buffer, view: StridedView, dtype: DType): Buffer;
+  /** [tensor refinement] Strided scatter: for every index of srcView.shape (== dstView.shape),
+   * dst[dstView] = cast(src[srcView]) to dst's dtype. In place on dst; optional (see header). */
+  copyInPlace?(dst: Buffer, dstView: StridedView, src: Buffer, srcView: StridedView): void;
   fill(dtype: DType, length: number, value: number): Buffer;
   unary(op: UnaryOp, x: Buffer, length: number): Buffer;
   /** Strided, broadcasting: out has shape `shape`, a and b are read through their views (same rank). */

@@ -1,0 +1,685 @@
+/**
+ * The `reference` backend: pure TypeScript, written to be read. It is the oracle of every parity test
+ * and the fallback when no native backend is present. Storage is HostBuffer (a typed array).
+ *
+ * f64 test mode (`createReferenceBackend({ f64: true })`): buffers of dtype "f32" are held in a
+ * Float64Array, so every op computes and stores in double precision. Only the finite-difference
+ * gradient tests use it; it is never registered.
+ */
+import { TensorError } from "../errors";
+import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from "../internal/half";
+import type {
+  AdamWOptions,
+  AttentionOptions,
+  Backend,
+  BinaryOp,
+  Buffer,
+  DType,
+  HostArray,
+  HostBuffer,
+  MatmulOptions,
+  MemoryStats,
+  QuantizedWeightBuffers,
+  ReduceOp,
+  RopeOptions,
+  StridedView,
+  UnaryOp,
+} from "./types";
+
+export const NF4_LUT = new Float32Array([
+  -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635, -0.18477343022823334,
+  -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+  0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+]);
+export const FP4_LUT = new Float32Array([0, 0.0625, 8, 12, 4, 6, 2, 3, -0, -0.0625, -8, -12, -4, -6, -2, -3].map((v) => v / 12));
+
+export function dtypeBytes(dtype: DType): number {
+  switch (dtype) {
+    case "f32":
+    case "i32":
+      return 4;
+    case "f16":
+    case "bf16":
+      return 2;
+    case "u8":
+    case "bool":
+      return 1;
+  }
+}
+
+export interface ReferenceBackendOptions {
+  /** f64 test mode: f32 buffers are Float64Array (double-precision math throughout). */
+  readonly f64?: boolean;
+  readonly name?: string;
+}
+
+type F = Float32Array | Float64Array;
+
+export function createReferenceBackend(options: ReferenceBackendOptions = {}): Backend {
+  const f64 = options.f64 === true;
+  const name = options.name ?? (f64 ? "reference-f64" : "reference");
+  let current = 0;
+  let peak = 0;
+
+  function newArray(dtype: DType, length: number): HostArray {
+    switch (dtype) {
+      case "f32":
+        return (f64 ? new Float64Array(length) : new Float32Array(length)) as unknown as Float32Array;
+      case "f16":
+      case "bf16":
+        return new Uint16Array(length);
+      case "i32":
+        return new Int32Array(length);
+      case "u8":
+      case "bool":
+        return new Uint8Array(length);
+    }
+  }
+  function wrap(dtype: DType, data: HostArray): HostBuffer {
+    current += data.length * dtypeBytes(dtype);
+    if (current > peak) peak = current;
+    return { device: "cpu", dtype, length: data.length, data };
+  }
+  function mk(dtype: DType, length: number): HostBuffer {
+    return wrap(dtype, newArray(dtype, length));
+  }
+  function mkF(length: number): { buf: HostBuffer; data: F } {
+    const buf = mk("f32", length);
+    return { buf, data: buf.data as unknown as F };
+  }
+  function host(b: Buffer, op: string): HostBuffer {
+    const h = b as HostBuffer;
+    if (h.device !== "cpu" || h.data === undefined) throw new TensorError("BAD_BUFFER", `${name}.${op}: expected a host buffer, got device "${b.device}"`);
+    return h;
+  }
+  /** Values of a buffer as numbers (bf16/f16 decoded); f32 buffers returned as is. */
+  function asF(b: Buffer, op: string): F {
+    const h = host(b, op);
+    if (h.dtype === "f32") return h.data as unknown as F;
+    const out = f64 ? new Float64Array(h.length) : new Float32Array(h.length);
+    const d = h.data;
+    if (h.dtype === "bf16") for (let i = 0; i < h.length; i++) out[i] = bf16BitsToF32(d[i]);
+    else if (h.dtype === "f16") for (let i = 0; i < h.length; i++) out[i] = f16BitsToF32(d[i]);
+    else for (let i = 0; i < h.length; i++) out[i] = d[i];
+    return out;
+  }
+  function ints(b: Buffer, op: string): Int32Array {
+    const h = host(b, op);
+    if (h.dtype !== "i32") throw new TensorError("BAD_DTYPE", `${name}.${op}: index input must be i32, got ${h.dtype}`);
+    return h.data as Int32Array;
+  }
+  function read(h: HostBuffer, i: number): number {
+    const v = h.data[i];
+    if (h.dtype === "bf16") return bf16BitsToF32(v);
+    if (h.dtype === "f16") return f16BitsToF32(v);
+    return v;
+  }
+  function encoder(dtype: DType): (v: number) => number {
+    switch (dtype) {
+      case "f32":
+        return (v) => v;
+      case "bf16":
+        return f32ToBf16Bits;
+      case "f16":
+        return f32ToF16Bits;
+      case "i32":
+        return (v) => (Number.isFinite(v) ? Math.trunc(v) : 0);
+      case "u8":
+        return (v) => (Number.isFinite(v) ? Math.trunc(v) & 0xff : 0);
+      case "bool":
+        return (v) => (v !== 0 ? 1 : 0);
+    }
+  }
+  /** Calls fn(outIndex, srcIndex) for every element of a strided view, row-major. */
+  function forEachStrided(shape: readonly number[], strides: readonly number[], offset: number, fn: (o: number, s: number) => void): void {
+    const rank = shape.length;
+    const n = shape.reduce((a, b) => a * b, 1);
+    if (n === 0) return;
+    if (rank === 0) {
+      fn(0, offset);
+      return;
+    }
+    const idx = new Array<number>(rank).fill(0);
+    const last = rank - 1;
+    const lastSize = shape[last];
+    const lastStride = strides[last];
+    let src = offset;
+    for (let o = 0; o < n; ) {
+      for (let j = 0; j < lastSize; j++) fn(o++, src + j * lastStride);
+      // carry into outer dims
+      let d = last - 1;
+      while (d >= 0) {
+        idx[d]++;
+        src += strides[d];
+        if (idx[d] < shape[d]) break;
+        src -= strides[d] * shape[d];
+        idx[d] = 0;
+        d--;
+      }
+    }
+  }
+
+  function unaryFn(op: UnaryOp): (x: number) => number {
+    switch (op) {
+      case "neg":
+        return (x) => -x;
+      case "exp":
+        return Math.exp;
+      case "log":
+        return Math.log;
+      case "sqrt":
+        return Math.sqrt;
+      case "rsqrt":
+        return (x) => 1 / Math.sqrt(x);
+      case "abs":
+        return Math.abs;
+      case "sigmoid":
+        return (x) => 1 / (1 + Math.exp(-x));
+      case "silu":
+        return (x) => x / (1 + Math.exp(-x));
+      case "relu":
+        return (x) => (x > 0 ? x : 0);
+      case "tanh":
+        return Math.tanh;
+      case "recip":
+        return (x) => 1 / x;
+      case "square":
+        return (x) => x * x;
+      case "sign":
+        return (x) => (x > 0 ? 1 : x < 0 ? -1 : x === 0 ? 0 : NaN);
+    }
+  }
+  function binaryFn(op: BinaryOp): (a: number, b: number) => number {
+    switch (op) {
+      case "add":
+        return (a, b) => a + b;
+      case "sub":
+        return (a, b) => a - b;
+      case "mul":
+        return (a, b) => a * b;
+      case "div":
+        return (a, b) => a / b;
+      case "max":
+        return (a, b) => (Number.isNaN(a) || Number.isNaN(b) ? NaN : a > b ? a : b);
+      case "min":
+        return (a, b) => (Number.isNaN(a) || Number.isNaN(b) ? NaN : a < b ? a : b);
+      case "pow":
+        return Math.pow;
+      case "eq":
+        return (a, b) => (a === b ? 1 : 0);
+      case "gt":
+        return (a, b) => (a > b ? 1 : 0);
+      case "lt":
+        return (a, b) => (a < b ? 1 : 0);
+    }
+  }
+
+  /** Dequantize row `o` of a 4-bit weight (k elements) into `row` (f32). One tile: never the whole matrix. */
+  function dequantRow(w: QuantizedWeightBuffers, o: number, row: F, absmaxCache: Map<number, number>): void {
+    const k = w.shape[1];
+    const codes = host(w.codes, "matmul4bit").data as Uint8Array;
+    const lut = w.quantType === "nf4" ? NF4_LUT : FP4_LUT;
+    const bs = w.blocksize;
+    const absmaxOf = (blk: number): number => {
+      const cached = absmaxCache.get(blk);
+      if (cached !== undefined) return cached;
+      let v: number;
+      if (w.absmax.kind === "f32") v = host(w.absmax.values, "matmul4bit").data[blk];
+      else {
+        const q = host(w.absmax.qabsmax, "matmul4bit").data as Uint8Array;
+        const code = host(w.absmax.code, "matmul4bit").data;
+        const nested = host(w.absmax.nestedAbsmax, "matmul4bit").data;
+        v = Math.fround(Math.fround(code[q[blk]] * nested[Math.floor(blk / w.absmax.nestedBlocksize)]) + Math.fround(w.absmax.offset));
+      }
+      absmaxCache.set(blk, v);
+      return v;
+    };
+    const base = o * k;
+    for (let j = 0; j < k; j++) {
+      const e = base + j;
+      const byte = codes[e >> 1];
+      const c = (e & 1) === 0 ? byte >> 4 : byte & 15;
+      row[j] = Math.fround(lut[c] * absmaxOf(Math.floor(e / bs)));
+    }
+  }
+
+  const backend: Backend = {
+    name,
+    device: "cpu",
+
+    alloc(dtype, length) {
+      return mk(dtype, length);
+    },
+    free(buffer) {
+      const h = host(buffer, "free");
+      if ((h as { freed?: boolean }).freed) return;
+      (h as { freed?: boolean }).freed = true;
+      current -= h.length * dtypeBytes(h.dtype);
+    },
+    fromHost(data, dtype) {
+      const out = newArray(dtype, data.length);
+      (out as unknown as { set(a: ArrayLike<number>): void }).set(data as ArrayLike<number>);
+      return wrap(dtype, out);
+    },
+    toHost(buffer) {
+      return host(buffer, "toHost").data.slice();
+    },
+    memoryStats(): MemoryStats {
+      return { currentBytes: current, peakBytes: peak };
+    },
+    resetPeak() {
+      peak = current;
+    },
+
+    copy(src, view, dtype) {
+      const s = host(src, "copy");
+      const n = view.shape.reduce((a, b) => a * b, 1);
+      const out = mk(dtype, n);
+      const o = out.data;
+      const enc = encoder(dtype);
+      if (s.dtype === dtype) {
+        const d = s.data;
+        forEachStrided(view.shape, view.strides, view.offset, (i, j) => (o[i] = d[j]));
+      } else {
+        forEachStrided(view.shape, view.strides, view.offset, (i, j) => (o[i] = enc(read(s, j))));
+      }
+      return out;
+    },
+    copyInPlace(dst, dstView, src, srcView) {
+      const d = host(dst, "copyInPlace");
+      const s = host(src, "copyInPlace");
+      const n = srcView.shape.reduce((a, b) => a * b, 1);
+      const tmp = new Array<number>(n);
+      forEachStrided(srcView.shape, srcView.strides, srcView.offset, (i, j) => (tmp[i] = read(s, j)));
+      const enc = encoder(d.dtype);
+      const o = d.data;
+      forEachStrided(dstView.shape, dstView.strides, dstView.offset, (i, j) => (o[j] = enc(tmp[i])));
+    },
+    fill(dtype, length, value) {
+      const out = mk(dtype, length);
+      out.data.fill(encoder(dtype)(value));
+      return out;
+    },
+    unary(op, x, length) {
+      const xs = asF(x, "unary");
+      const { buf, data } = mkF(length);
+      const fn = unaryFn(op);
+      for (let i = 0; i < length; i++) data[i] = fn(xs[i]);
+      return buf;
+    },
+    binary(op, a, aView, b, bView, shape) {
+      const ha = host(a, "binary");
+      const hb = host(b, "binary");
+      const n = shape.reduce((p, q) => p * q, 1);
+      const av = new (f64 ? Float64Array : Float32Array)(n);
+      forEachStrided(shape, aView.strides, aView.offset, (i, j) => (av[i] = read(ha, j)));
+      const { buf, data } = mkF(n);
+      const fn = binaryFn(op);
+      forEachStrided(shape, bView.strides, bView.offset, (i, j) => (data[i] = fn(av[i], read(hb, j))));
+      return buf;
+    },
+    reduce(op, x, outer, size, inner) {
+      const xs = asF(x, "reduce");
+      const { buf, data } = mkF(outer * inner);
+      for (let o = 0; o < outer; o++) {
+        for (let i = 0; i < inner; i++) {
+          let acc = op === "sum" ? 0 : op === "max" ? -Infinity : Infinity;
+          for (let s = 0; s < size; s++) {
+            const v = xs[(o * size + s) * inner + i];
+            if (op === "sum") acc += v;
+            else if (Number.isNaN(v)) acc = NaN;
+            else if (op === "max" ? v > acc : v < acc) acc = v;
+          }
+          data[o * inner + i] = acc;
+        }
+      }
+      return buf;
+    },
+    matmul(a, b, opts: MatmulOptions) {
+      const { batch, m, k, n } = opts;
+      const A = asF(a, "matmul");
+      const B = asF(b, "matmul");
+      const aStride = opts.aBatchStride ?? m * k;
+      const bStride = opts.bBatchStride ?? k * n;
+      const { buf, data } = mkF(batch * m * n);
+      const row = new Float64Array(n);
+      for (let bt = 0; bt < batch; bt++) {
+        const ao = bt * aStride;
+        const bo = bt * bStride;
+        for (let i = 0; i < m; i++) {
+          row.fill(0);
+          for (let p = 0; p < k; p++) {
+            const av = opts.transA ? A[ao + p * m + i] : A[ao + i * k + p];
+            if (av === 0) continue;
+            if (opts.transB) for (let j = 0; j < n; j++) row[j] += av * B[bo + j * k + p];
+            else {
+              const base = bo + p * n;
+              for (let j = 0; j < n; j++) row[j] += av * B[base + j];
+            }
+          }
+          const oo = (bt * m + i) * n;
+          for (let j = 0; j < n; j++) data[oo + j] = row[j];
+        }
+      }
+      return buf;
+    },
+
+    matmul4bit(x, w, m) {
+      const [n, k] = w.shape;
+      const X = asF(x, "matmul4bit");
+      const { buf, data } = mkF(m * n);
+      const row = new Float64Array(k);
+      const cache = new Map<number, number>();
+      for (let o = 0; o < n; o++) {
+        dequantRow(w, o, row, cache);
+        for (let i = 0; i < m; i++) {
+          let acc = 0;
+          const xo = i * k;
+          for (let j = 0; j < k; j++) acc += X[xo + j] * row[j];
+          data[i * n + o] = acc;
+        }
+      }
+      return buf;
+    },
+    matmul4bitInputGrad(dy, w, m) {
+      const [n, k] = w.shape;
+      const DY = asF(dy, "matmul4bitInputGrad");
+      const acc = new Float64Array(m * k);
+      const row = new Float64Array(k);
+      const cache = new Map<number, number>();
+      for (let o = 0; o < n; o++) {
+        dequantRow(w, o, row, cache);
+        for (let i = 0; i < m; i++) {
+          const g = DY[i * n + o];
+          if (g === 0) continue;
+          const xo = i * k;
+          for (let j = 0; j < k; j++) acc[xo + j] += g * row[j];
+        }
+      }
+      const { buf, data } = mkF(m * k);
+      data.set(acc);
+      return buf;
+    },
+    rmsNorm(x, weight, rows, dim, eps) {
+      const X = asF(x, "rmsNorm");
+      const W = asF(weight, "rmsNorm");
+      const y = mkF(rows * dim);
+      const r = mkF(rows);
+      for (let i = 0; i < rows; i++) {
+        let ss = 0;
+        for (let j = 0; j < dim; j++) ss += X[i * dim + j] * X[i * dim + j];
+        const rstd = 1 / Math.sqrt(ss / dim + eps);
+        r.data[i] = rstd;
+        for (let j = 0; j < dim; j++) y.data[i * dim + j] = X[i * dim + j] * rstd * W[j];
+      }
+      return { y: y.buf, rstd: r.buf };
+    },
+    rmsNormBackward(dy, x, weight, rstd, rows, dim) {
+      const DY = asF(dy, "rmsNormBackward");
+      const X = asF(x, "rmsNormBackward");
+      const W = asF(weight, "rmsNormBackward");
+      const R = asF(rstd, "rmsNormBackward");
+      const dx = mkF(rows * dim);
+      const dwAcc = new Float64Array(dim);
+      for (let i = 0; i < rows; i++) {
+        const r = R[i];
+        let dot = 0;
+        for (let j = 0; j < dim; j++) dot += DY[i * dim + j] * W[j] * X[i * dim + j];
+        const c = (r * r * r * dot) / dim;
+        for (let j = 0; j < dim; j++) {
+          const e = i * dim + j;
+          dx.data[e] = r * DY[e] * W[j] - c * X[e];
+          dwAcc[j] += DY[e] * X[e] * r;
+        }
+      }
+      const dw = mkF(dim);
+      dw.data.set(dwAcc);
+      return { dx: dx.buf, dweight: dw.buf };
+    },
+    rope(x, positions, o: RopeOptions) {
+      const X = asF(x, "rope");
+      const P = ints(positions, "rope");
+      const { batch, seq, heads, headDim, theta } = o;
+      if (headDim % 2 !== 0) throw new TensorError("BAD_SHAPE", `${name}.rope: headDim must be even, got ${headDim}`);
+      const half = headDim / 2;
+      const sgn = o.inverse ? -1 : 1;
+      const invFreq = new Float64Array(half);
+      for (let i = 0; i < half; i++) invFreq[i] = 1 / Math.pow(theta, (2 * i) / headDim);
+      const { buf, data } = mkF(batch * seq * heads * headDim);
+      for (let b = 0; b < batch; b++)
+        for (let s = 0; s < seq; s++) {
+          const pos = P[b * seq + s];
+          for (let i = 0; i < half; i++) {
+            const ang = pos * invFreq[i];
+            const c = Math.cos(ang);
+            const sn = sgn * Math.sin(ang);
+            for (let h = 0; h < heads; h++) {
+              const base = ((b * seq + s) * heads + h) * headDim;
+              const x1 = X[base + i];
+              const x2 = X[base + i + half];
+              data[base + i] = x1 * c - x2 * sn;
+              data[base + i + half] = x2 * c + x1 * sn;
+            }
+          }
+        }
+      return buf;
+    },
+    attention(q, k, v, o: AttentionOptions) {
+      const Q = asF(q, "attention");
+      const K = asF(k, "attention");
+      const V = asF(v, "attention");
+      const { batch, heads, kvHeads, seq, headDim: D, scale } = o;
+      if (heads % kvHeads !== 0) throw new TensorError("BAD_SHAPE", `${name}.attention: heads (${heads}) must be a multiple of kvHeads (${kvHeads})`);
+      const seg = o.segmentIds ? ints(o.segmentIds, "attention") : undefined;
+      const group = heads / kvHeads;
+      const out = mkF(batch * heads * seq * D);
+      const lse = mkF(batch * heads * seq);
+      const acc = new Float64Array(D);
+      for (let b = 0; b < batch; b++)
+        for (let h = 0; h < heads; h++) {
+          const kh = Math.floor(h / group);
+          const qBase = (b * heads + h) * seq * D;
+          const kBase = (b * kvHeads + kh) * seq * D;
+          for (let i = 0; i < seq; i++) {
+            // one query row at a time, online softmax: no seq×seq matrix
+            let mx = -Infinity;
+            let l = 0;
+            acc.fill(0);
+            for (let j = 0; j <= i; j++) {
+              if (seg && seg[b * seq + j] !== seg[b * seq + i]) continue;
+              let s = 0;
+              for (let d = 0; d < D; d++) s += Q[qBase + i * D + d] * K[kBase + j * D + d];
+              s *= scale;
+              if (s > mx) {
+                const c = Math.exp(mx - s);
+                l *= c;
+                for (let d = 0; d < D; d++) acc[d] *= c;
+                mx = s;
+              }
+              const p = Math.exp(s - mx);
+              l += p;
+              for (let d = 0; d < D; d++) acc[d] += p * V[kBase + j * D + d];
+            }
+            for (let d = 0; d < D; d++) out.data[qBase + i * D + d] = acc[d] / l;
+            lse.data[(b * heads + h) * seq + i] = mx + Math.log(l);
+          }
+        }
+      return { out: out.buf, lse: lse.buf };
+    },
+    attentionBackward(dout, q, k, v, out, lse, o: AttentionOptions) {
+      const dO = asF(dout, "attentionBackward");
+      const Q = asF(q, "attentionBackward");
+      const K = asF(k, "attentionBackward");
+      const V = asF(v, "attentionBackward");
+      const O = asF(out, "attentionBackward");
+      const L = asF(lse, "attentionBackward");
+      const { batch, heads, kvHeads, seq, headDim: D, scale } = o;
+      const seg = o.segmentIds ? ints(o.segmentIds, "attentionBackward") : undefined;
+      const group = heads / kvHeads;
+      const dq = mkF(batch * heads * seq * D);
+      const dkAcc = new Float64Array(batch * kvHeads * seq * D);
+      const dvAcc = new Float64Array(batch * kvHeads * seq * D);
+      const dqRow = new Float64Array(D);
+      for (let b = 0; b < batch; b++)
+        for (let h = 0; h < heads; h++) {
+          const kh = Math.floor(h / group);
+          const qBase = (b * heads + h) * seq * D;
+          const kBase = (b * kvHeads + kh) * seq * D;
+          for (let i = 0; i < seq; i++) {
+            const lseI = L[(b * heads + h) * seq + i];
+            let Di = 0;
+            for (let d = 0; d < D; d++) Di += dO[qBase + i * D + d] * O[qBase + i * D + d];
+            dqRow.fill(0);
+            for (let j = 0; j <= i; j++) {
+              if (seg && seg[b * seq + j] !== seg[b * seq + i]) continue;
+              let s = 0;
+              let dp = 0;
+              for (let d = 0; d < D; d++) {
+                s += Q[qBase + i * D + d] * K[kBase + j * D + d];
+                dp += dO[qBase + i * D + d] * V[kBase + j * D + d];
+              }
+              const p = Math.exp(s * scale - lseI);
+              const ds = p * (dp - Di) * scale;
+              for (let d = 0; d < D; d++) {
+                dqRow[d] += ds * K[kBase + j * D + d];
+                dkAcc[kBase + j * D + d] += ds * Q[qBase + i * D + d];
+                dvAcc[kBase + j * D + d] += p * dO[qBase + i * D + d];
+              }
+            }
+            for (let d = 0; d < D; d++) dq.data[qBase + i * D + d] = dqRow[d];
+          }
+        }
+      const dk = mkF(dkAcc.length);
+      dk.data.set(dkAcc);
+      const dv = mkF(dvAcc.length);
+      dv.data.set(dvAcc);
+      return { dq: dq.buf, dk: dk.buf, dv: dv.buf };
+    },
+    softmax(x, rows, n) {
+      const X = asF(x, "softmax");
+      const { buf, data } = mkF(rows * n);
+      for (let r = 0; r < rows; r++) {
+        let mx = -Infinity;
+        for (let j = 0; j < n; j++) mx = Math.max(mx, X[r * n + j]);
+        let s = 0;
+        for (let j = 0; j < n; j++) s += Math.exp(X[r * n + j] - mx);
+        for (let j = 0; j < n; j++) data[r * n + j] = Math.exp(X[r * n + j] - mx) / s;
+      }
+      return buf;
+    },
+    softmaxBackward(dy, y, rows, n) {
+      const DY = asF(dy, "softmaxBackward");
+      const Y = asF(y, "softmaxBackward");
+      const { buf, data } = mkF(rows * n);
+      for (let r = 0; r < rows; r++) {
+        let dot = 0;
+        for (let j = 0; j < n; j++) dot += DY[r * n + j] * Y[r * n + j];
+        for (let j = 0; j < n; j++) data[r * n + j] = Y[r * n + j] * (DY[r * n + j] - dot);
+      }
+      return buf;
+    },
+    crossEntropy(logits, labels, rows, vocab, ignoreIndex) {
+      const X = asF(logits, "crossEntropy");
+      const Lb = ints(labels, "crossEntropy");
+      const loss = mkF(rows);
+      const lse = mkF(rows);
+      for (let r = 0; r < rows; r++) {
+        let mx = -Infinity;
+        for (let j = 0; j < vocab; j++) mx = Math.max(mx, X[r * vocab + j]);
+        let s = 0;
+        for (let j = 0; j < vocab; j++) s += Math.exp(X[r * vocab + j] - mx);
+        const l = mx + Math.log(s);
+        lse.data[r] = l;
+        const lab = Lb[r];
+        if (lab === ignoreIndex) loss.data[r] = 0;
+        else {
+          if (lab < 0 || lab >= vocab) throw new TensorError("LABEL_OUT_OF_RANGE", `${name}.crossEntropy: label ${lab} at row ${r} is outside [0, ${vocab}) and is not ignoreIndex ${ignoreIndex}`);
+          loss.data[r] = l - X[r * vocab + lab];
+        }
+      }
+      return { loss: loss.buf, lse: lse.buf };
+    },
+    crossEntropyBackward(dloss, logits, labels, lse, rows, vocab, ignoreIndex) {
+      const G = asF(dloss, "crossEntropyBackward");
+      const X = asF(logits, "crossEntropyBackward");
+      const Lb = ints(labels, "crossEntropyBackward");
+      const L = asF(lse, "crossEntropyBackward");
+      const { buf, data } = mkF(rows * vocab);
+      for (let r = 0; r < rows; r++) {
+        const lab = Lb[r];
+        if (lab === ignoreIndex) continue;
+        const g = G[r];
+        for (let j = 0; j < vocab; j++) data[r * vocab + j] = g * Math.exp(X[r * vocab + j] - L[r]);
+        data[r * vocab + lab] -= g;
+      }
+      return buf;
+    },
+    swiglu(gate, up, length) {
+      const G = asF(gate, "swiglu");
+      const U = asF(up, "swiglu");
+      const { buf, data } = mkF(length);
+      for (let i = 0; i < length; i++) data[i] = (G[i] / (1 + Math.exp(-G[i]))) * U[i];
+      return buf;
+    },
+    swigluBackward(dy, gate, up, length) {
+      const DY = asF(dy, "swigluBackward");
+      const G = asF(gate, "swigluBackward");
+      const U = asF(up, "swigluBackward");
+      const dg = mkF(length);
+      const du = mkF(length);
+      for (let i = 0; i < length; i++) {
+        const s = 1 / (1 + Math.exp(-G[i]));
+        du.data[i] = DY[i] * G[i] * s;
+        dg.data[i] = DY[i] * U[i] * (s + G[i] * s * (1 - s));
+      }
+      return { dgate: dg.buf, dup: du.buf };
+    },
+    embedding(weight, ids, count, dim) {
+      const W = asF(weight, "embedding");
+      const I = ints(ids, "embedding");
+      const vocab = W.length / dim;
+      const { buf, data } = mkF(count * dim);
+      for (let i = 0; i < count; i++) {
+        const id = I[i];
+        if (id < 0 || id >= vocab) throw new TensorError("INDEX_OUT_OF_RANGE", `${name}.embedding: id ${id} at position ${i} is outside [0, ${vocab})`);
+        for (let d = 0; d < dim; d++) data[i * dim + d] = W[id * dim + d];
+      }
+      return buf;
+    },
+    embeddingBackward(dy, ids, count, dim, vocab) {
+      const DY = asF(dy, "embeddingBackward");
+      const I = ints(ids, "embeddingBackward");
+      const acc = new Float64Array(vocab * dim);
+      for (let i = 0; i < count; i++) {
+        const id = I[i];
+        if (id < 0 || id >= vocab) throw new TensorError("INDEX_OUT_OF_RANGE", `${name}.embeddingBackward: id ${id} at position ${i} is outside [0, ${vocab})`);
+        for (let d = 0; d < dim; d++) acc[id * dim + d] += DY[i * dim + d];
+      }
+      const { buf, data } = mkF(vocab * dim);
+      data.set(acc);
+      return buf;
+    },
+    adamwStepInPlace(param, grad, m, v, length, o: AdamWOptions) {
+      const P = host(param, "adamwStepInPlace").data as unknown as F;
+      const G = asF(grad, "adamwStepInPlace");
+      const M = host(m, "adamwStepInPlace").data as unknown as F;
+      const Vv = host(v, "adamwStepInPlace").data as unknown as F;
+      const bc1 = 1 - Math.pow(o.beta1, o.step);
+      const bc2 = 1 - Math.pow(o.beta2, o.step);
+      const stepSize = o.lr / bc1;
+      const bc2Sqrt = Math.sqrt(bc2);
+      for (let i = 0; i < length; i++) {
+        const g = G[i];
+        P[i] = P[i] * (1 - o.lr * o.weightDecay);
+        M[i] = o.beta1 * M[i] + (1 - o.beta1) * g;
+        Vv[i] = o.beta2 * Vv[i] + (1 - o.beta2) * g * g;
+        const denom = Math.sqrt(Vv[i]) / bc2Sqrt + o.eps;
+        P[i] = P[i] - (stepSize * M[i]) / denom;
+      }
+    },
+  };
+  return backend;
+}
+
+/** The shared `reference` backend instance (always registered). */
+export const referenceBackend: Backend = createReferenceBackend();
