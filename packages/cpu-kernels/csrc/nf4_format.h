@@ -1,0 +1,48 @@
+// A bitsandbytes 4-bit weight W [n, k] as the kernels read it (spec bnb-4bit-format.md §1-§5):
+// flat row-major element e lives in byte e/2 (even e: HIGH nibble), its block is e / blocksize
+// (blocks ignore row boundaries), and value = fl32(LUT[code] * absmax[block]).
+#pragma once
+#include <cstdint>
+
+namespace qlora {
+
+// NF4 (§1.1) and FP4 (§1.2) code tables, as float32 bit patterns so they are exact.
+inline const float* nf4_lut() {
+  static const uint32_t bits[16] = {0xbf800000, 0xbf3239b1, 0xbf066b30, 0xbeca32a0, 0xbe91a24d, 0xbe3d353f,
+                                    0xbdba7871, 0x00000000, 0x3da2faff, 0x3e24cae3, 0x3e7c04dd, 0x3ead033a,
+                                    0x3ee1a4b8, 0x3f1007ab, 0x3f3913b3, 0x3f800000};
+  return reinterpret_cast<const float*>(bits);
+}
+inline const float* fp4_lut() {
+  static const uint32_t bits[16] = {0x00000000, 0x3baaaaab, 0x3f2aaaab, 0x3f800000, 0x3eaaaaab, 0x3f000000,
+                                    0x3e2aaaab, 0x3e800000, 0x80000000, 0xbbaaaaab, 0xbf2aaaab, 0xbf800000,
+                                    0xbeaaaaab, 0xbf000000, 0xbe2aaaab, 0xbe800000};
+  return reinterpret_cast<const float*>(bits);
+}
+
+struct Quant4 {
+  const uint8_t* codes = nullptr;  // ceil(n*k/2) bytes
+  int64_t n = 0, k = 0, blocksize = 64;
+  const float* lut = nullptr;       // 16 entries
+  const float* absmax = nullptr;    // plain f32 absmax [nBlocks], or null when nested:
+  const uint8_t* qabsmax = nullptr; // [nBlocks] indices into code
+  const float* code = nullptr;      // [256] signed dynamic map
+  const float* nested = nullptr;    // [ceil(nBlocks / nestedBlocksize)]
+  int64_t nested_blocksize = 256;
+  float offset = 0;
+
+  int64_t blocks() const { return (n * k + blocksize - 1) / blocksize; }
+
+  // §5.4 two-rounding form: fl32(fl32(code[q] * nested[j / 256]) + offset). The build uses
+  // -std=c++17 (ffp-contract=off), so the multiply and add are not fused.
+  float absmax_at(int64_t block) const {
+    if (absmax) return absmax[block];
+    const float scaled = code[qabsmax[block]] * nested[block / nested_blocksize];
+    return scaled + offset;
+  }
+};
+
+// out[i] = dequant(W.flat[start + i]) for i < count (any start parity, any block straddling).
+void nf4_decode_run(const Quant4& q, int64_t start, int64_t count, float* out);
+
+}  // namespace qlora

@@ -1,0 +1,89 @@
+// Fused 4-bit kernels against @qlora/nf4's dequantize4bit (an independent implementation of the
+// bitsandbytes layout) followed by a float64 naive product. Same tolerance argument as gemm.test.ts:
+// the dequantized weights are bit-identical (one f32 multiply each); only the k-term f32
+// summation differs, bounded by 1e-5*(1+|ref|)*sqrt(k) (|W| <= max|w| ~ 1 and |x| <= 1 here).
+import { dequantize4bit, quantize4bit, type QuantType } from "@qlora/nf4";
+import { afterAll, describe, expect, test } from "vitest";
+import { loadNative } from "../src/load";
+import { naiveMatmul, randomF32, worstRatio } from "./naive";
+import { nativeQuant, type NativeQuant } from "./quant";
+
+interface Nf4Native {
+  matmul4bit(x: Float32Array, m: number, out: Float32Array, w: NativeQuant): void;
+  matmul4bitTiled(x: Float32Array, m: number, out: Float32Array, w: NativeQuant): void;
+  matmul4bitInputGrad(dy: Float32Array, m: number, out: Float32Array, w: NativeQuant): void;
+  gemmIsa(isa?: string): string;
+  isaInfo(): { avx2: boolean; avx512f: boolean };
+}
+const native = loadNative() as unknown as Nf4Native;
+const isas = ["scalar", ...(native.isaInfo().avx2 ? ["avx2"] : []), ...(native.isaInfo().avx512f ? ["avx512"] : [])];
+afterAll(() => void native.gemmIsa(""));
+
+interface Case { quantType: QuantType; blocksize: number; nested: boolean; n: number; k: number }
+const cases: Case[] = [
+  { quantType: "nf4", blocksize: 64, nested: false, n: 37, k: 128 },
+  { quantType: "nf4", blocksize: 64, nested: true, n: 65, k: 192 },
+  { quantType: "fp4", blocksize: 128, nested: false, n: 33, k: 256 },
+  { quantType: "fp4", blocksize: 128, nested: true, n: 40, k: 384 },
+  { quantType: "nf4", blocksize: 64, nested: true, n: 29, k: 100 }, // k % blocksize != 0: blocks straddle rows
+  { quantType: "fp4", blocksize: 64, nested: false, n: 17, k: 63 }, // odd k: rows start on low nibbles
+  { quantType: "nf4", blocksize: 32, nested: false, n: 70, k: 96 },
+  { quantType: "nf4", blocksize: 128, nested: true, n: 3, k: 1 },
+];
+
+function weight(c: Case, seed: number) {
+  // scale the rows differently so per-block absmax matters
+  const w = randomF32(c.n * c.k, seed).map((v, i) => v * (1 + (Math.floor(i / c.k) % 5)));
+  const state = quantize4bit(w, { quantType: c.quantType, blocksize: c.blocksize, doubleQuant: c.nested, shape: [c.n, c.k] });
+  return { q: nativeQuant(state), dense: dequantize4bit(state) as Float32Array };
+}
+
+const label = (c: Case) => `${c.quantType} bs${c.blocksize} ${c.nested ? "nested" : "f32"} n${c.n} k${c.k}`;
+
+describe.each(isas)("4-bit kernels on the %s path", (isa) => {
+  test.each(cases.map((c) => [label(c), c] as const))("matmul4bit and input grad, %s", (_, c) => {
+    native.gemmIsa(isa);
+    const { q, dense } = weight(c, c.n * 31 + c.k);
+    for (const m of [1, 2, 3, 4, 5, 13]) {
+      const x = randomF32(m * c.k, m + 100);
+      const want = naiveMatmul(x, dense, { batch: 1, m, k: c.k, n: c.n, transB: true });
+      const y = new Float32Array(m * c.n).fill(NaN);
+      native.matmul4bit(x, m, y, q);
+      expect(worstRatio(y, want, c.k), `matmul4bit m=${m}`).toBeLessThanOrEqual(1);
+      const yt = new Float32Array(m * c.n).fill(NaN);
+      native.matmul4bitTiled(x, m, yt, q);
+      expect(worstRatio(yt, want, c.k), `tiled m=${m}`).toBeLessThanOrEqual(1);
+
+      const dy = randomF32(m * c.n, m + 200);
+      const dx = new Float32Array(m * c.k).fill(NaN);
+      native.matmul4bitInputGrad(dy, m, dx, q);
+      const wantDx = naiveMatmul(dy, dense, { batch: 1, m, k: c.n, n: c.k });
+      expect(worstRatio(dx, wantDx, c.n), `input grad m=${m}`).toBeLessThanOrEqual(1);
+    }
+  });
+});
+
+test("a multi-threaded 4-bit GEMM and GEMV at a realistic width", () => {
+  native.gemmIsa("");
+  const c: Case = { quantType: "nf4", blocksize: 64, nested: true, n: 300, k: 512 };
+  const { q, dense } = weight(c, 5);
+  for (const m of [1, 4, 40]) {
+    const x = randomF32(m * c.k, 9);
+    const y = new Float32Array(m * c.n);
+    native.matmul4bit(x, m, y, q);
+    expect(worstRatio(y, naiveMatmul(x, dense, { batch: 1, m, k: c.k, n: c.n, transB: true }), c.k)).toBeLessThanOrEqual(1);
+  }
+});
+
+test("4-bit argument validation names the argument", () => {
+  const { q } = weight({ quantType: "nf4", blocksize: 64, nested: false, n: 4, k: 64 }, 1);
+  const x = new Float32Array(64), y = new Float32Array(4);
+  expect(() => native.matmul4bit(x, 1, y, { ...q, codes: new Uint8Array(10) })).toThrow(/w\.codes: expected at least 128/);
+  expect(() => native.matmul4bit(x, 1, y, { ...q, absmax: new Float32Array(1) })).toThrow(/w\.absmax/);
+  expect(() => native.matmul4bit(x, 1, y, { ...q, quantType: "int4" as never })).toThrow(/w\.quantType/);
+  expect(() => native.matmul4bit(x, 2, y, q)).toThrow(/x: expected at least 128/);
+  expect(() => native.matmul4bit(x, 1, new Float32Array(3), q)).toThrow(/out/);
+  expect(() => native.matmul4bitInputGrad(new Float32Array(3), 1, x, q)).toThrow(/dy: expected at least 4/);
+  const { absmax: _, ...noAbsmax } = q;
+  expect(() => native.matmul4bit(x, 1, y, noAbsmax)).toThrow(/w\.qabsmax/);
+});
