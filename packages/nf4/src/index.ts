@@ -27,6 +27,7 @@ export {
 export { dequantize4bit, recoverAbsmax, recoverNestedAbsmax } from "./dequantize";
 export { quantizeBlockwise8bit, dequantizeBlockwise8bit, quantize8bitValue } from "./blockwise8bit";
 export { f32ToBf16, bf16ToF32, f32ToF16, f16ToF32 } from "./half";
+export { packNibbles, unpackNibbles } from "./nibbles";
 export {
   packQuantState,
   unpackQuantState,
