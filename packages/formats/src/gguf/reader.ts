@@ -99,10 +99,9 @@ class Cursor {
   }
 
   /** A count or length (uint64) that is checked to fit: count × minSize ≤ bytes remaining. */
-  async length(minSize: number, what: string, d?: { tensor?: string; key?: string }): Promise<number> {
+  async length(minSize: number, what: string, d?: { tensor?: string; key?: string }, code: FormatsErrorCode = "length_too_large"): Promise<number> {
     const n = await this.u64(what, d);
     if (n * BigInt(minSize) > BigInt(this.remaining)) {
-      const code: FormatsErrorCode = what.includes("count") ? "count_too_large" : "length_too_large";
       this.fail(code, `${what} ${n} × at least ${minSize} byte(s) each does not fit in the ${this.remaining} bytes left in the file`, d);
     }
     return Number(n);
@@ -177,7 +176,7 @@ async function readArray(c: Cursor, key: string, depth: number): Promise<GgufArr
   const elementType = await c.u32("array element type", { key });
   if (!isKnownValueType(elementType)) c.fail("unknown_value_type", `unknown array element type ${elementType}`, { key });
   const min = elementType === GgufValueType.STRING ? 8 : elementType === GgufValueType.ARRAY ? 12 : GGUF_VALUE_SIZE[elementType];
-  const count = await c.length(min, "array element count", { key });
+  const count = await c.length(min, "array length", { key });
   const Ctor = TYPED_CTORS[elementType];
   if (Ctor !== undefined) {
     // count × element size already checked against the bytes left
@@ -231,8 +230,8 @@ export async function parseGgufHeader(source: ByteSource): Promise<GgufHeader> {
     if (version === 0x03000000 || version === 0x02000000) c.fail("unsupported_version", "big-endian GGUF files are not supported");
     c.fail("unsupported_version", `GGUF version ${version} is not supported (expected 3; 2 is read too)`);
   }
-  const tensorCount = await c.length(24, "tensor count");
-  const kvCount = await c.length(13, "metadata kv count");
+  const tensorCount = await c.length(24, "tensor count", {}, "count_too_large");
+  const kvCount = await c.length(13, "metadata kv count", {}, "count_too_large");
 
   const metadata = new Map<string, GgufValue>();
   for (let i = 0; i < kvCount; i++) {
