@@ -12,3 +12,61 @@ export {
 } from "./backend/registry";
 export { TensorError } from "./errors";
 export { Generator, philox4x32, manualSeed, getGenerator } from "./random";
+export {
+  Tensor,
+  tensor,
+  fromArray,
+  zeros,
+  ones,
+  full,
+  zerosLike,
+  onesLike,
+  arange,
+  rand,
+  randn,
+  dropoutMask,
+  tidy,
+  keep,
+  dispose,
+  isFloat,
+  numel,
+  DTYPES,
+} from "./tensor";
+export type { Shape, CreateOptions, RandomOptions } from "./tensor";
+export { memoryStats, resetPeakMemory } from "./memory";
+export { noGrad, enableGrad, isGradEnabled, backward, checkpoint, freeGraph } from "./autograd";
+export type { Node } from "./autograd";
+export { gradRules } from "./grad-rules";
+export {
+  add,
+  sub,
+  mul,
+  div,
+  pow,
+  maximum,
+  minimum,
+  eq,
+  gt,
+  lt,
+  unary,
+  binary,
+  sum,
+  mean,
+  max,
+  min,
+  matmul,
+  softmax,
+  logSoftmax,
+  rmsNorm,
+  rope,
+  attention,
+  crossEntropy,
+  swiglu,
+  embedding,
+  matmul4bit,
+  dropout,
+  cat,
+  stack,
+  broadcastShapes,
+} from "./ops";
+export type { TensorLike, AttentionArgs, CrossEntropyArgs, QuantizedWeight } from "./ops";
