@@ -70,3 +70,11 @@ export {
   broadcastShapes,
 } from "./ops";
 export type { TensorLike, AttentionArgs, CrossEntropyArgs, QuantizedWeight } from "./ops";
+export { Module } from "./nn/module";
+export type { LoadResult } from "./nn/module";
+export { Linear, Embedding, RMSNorm, Dropout } from "./nn/layers";
+export type { LayerOptions } from "./nn/layers";
+export { Linear4bit } from "./nn/linear4bit";
+export type { Linear4bitOptions } from "./nn/linear4bit";
+export { AdamW } from "./optim";
+export type { AdamWConfig } from "./optim";

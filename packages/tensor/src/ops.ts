@@ -62,7 +62,7 @@ function scalarLike(v: number, ref: Tensor): Tensor {
 }
 
 /** The optional copyInPlace op: host backends fall back to the reference implementation. */
-function copyInPlace(be: Backend, dst: Buffer, dstView: StridedView, src: Buffer, srcView: StridedView): void {
+export function copyInPlace(be: Backend, dst: Buffer, dstView: StridedView, src: Buffer, srcView: StridedView): void {
   if (be.copyInPlace) return be.copyInPlace(dst, dstView, src, srcView);
   if (be.device === "cpu") return referenceBackend.copyInPlace!(dst, dstView, src, srcView);
   throw new BackendOpError("copyInPlace", be.name);
