@@ -23,7 +23,11 @@ class Pool {
   void resize(int threads) {
     stop();
     stopping_ = false;
-    for (int i = 1; i < std::max(1, threads); ++i) workers_.emplace_back([this, i] { loop(i); });
+    // A new worker must only react to runs started after it was created: hand it the current
+    // generation (a stale one made fresh workers run the previous, already-destroyed task).
+    const std::size_t generation = generation_;
+    for (int i = 1; i < std::max(1, threads); ++i)
+      workers_.emplace_back([this, i, generation] { loop(i, generation); });
   }
 
   void run(std::size_t n, const std::function<void(std::size_t, std::size_t)>& fn, std::size_t min_chunk) {
@@ -52,9 +56,8 @@ class Pool {
     if (begin < end) (*task_)(begin, end);
   }
 
-  void loop(int index) {
+  void loop(int index, std::size_t seen) {
     in_worker_ = true;
-    std::size_t seen = 0;
     for (;;) {
       std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });

@@ -1,4 +1,107 @@
-// Owned by the GEMM engineer: matmul, matmul4bit, matmul4bitInputGrad over the native addon.
-import type { Backend } from "@qlora/tensor";
+// Owned by the GEMM engineer: matmul, matmul4bit, matmul4bitInputGrad over the native addon
+// (csrc/gemm.cc, csrc/nf4_gemm.cc, csrc/nf4_gemv.cc). Outputs are allocated through the shared host
+// allocator so memory statistics stay one set of counters with the reference backend.
+import type { Backend, Buffer, HostBuffer, MatmulOptions, QuantizedWeightBuffers } from "@qlora/tensor";
+import { CpuKernelsError } from "./errors";
+import type { NativeModule } from "./load";
 
-export const gemmOps: Partial<Backend> = {};
+/** The N-API surface of the GEMM-family kernels (see csrc/gemm.cc, csrc/nf4_gemm.cc). */
+export interface GemmNative {
+  matmul(a: Float32Array | Uint16Array, b: Float32Array | Uint16Array, out: Float32Array, batch: number, m: number,
+    k: number, n: number, transA: boolean, transB: boolean, aBatchStride: number, bBatchStride: number): void;
+  matmul4bit(x: Float32Array, m: number, out: Float32Array, w: NativeQuantWeight): void;
+  matmul4bitInputGrad(dy: Float32Array, m: number, out: Float32Array, w: NativeQuantWeight): void;
+  gemmIsa(isa?: string): string;
+}
+
+/** A 4-bit weight as the native kernels take it (typed arrays, no Buffer wrappers). */
+export interface NativeQuantWeight {
+  quantType: "nf4" | "fp4";
+  blocksize: number;
+  n: number;
+  k: number;
+  codes: Uint8Array;
+  absmax?: Float32Array;
+  qabsmax?: Uint8Array;
+  code?: Float32Array;
+  nestedAbsmax?: Float32Array;
+  nestedBlocksize?: number;
+  offset?: number;
+}
+
+type GemmOpName = "matmul" | "matmul4bit" | "matmul4bitInputGrad";
+
+function host(b: Buffer, op: string, arg: string): HostBuffer {
+  const h = b as HostBuffer;
+  if (h.device !== "cpu" || h.data === undefined)
+    throw new CpuKernelsError("BAD_BUFFER", `cpu.${op}: ${arg} must be a host buffer, got device "${b.device}"`);
+  return h;
+}
+
+function f32(b: Buffer, op: string, arg: string): Float32Array {
+  const h = host(b, op, arg);
+  if (h.dtype !== "f32" || !(h.data instanceof Float32Array))
+    throw new CpuKernelsError("BAD_DTYPE", `cpu.${op}: ${arg} must be f32, got ${h.dtype}`);
+  return h.data;
+}
+
+function matmulInput(b: Buffer, arg: string): Float32Array | Uint16Array {
+  const h = host(b, "matmul", arg);
+  if (h.dtype === "f32" && h.data instanceof Float32Array) return h.data;
+  if (h.dtype === "bf16" && h.data instanceof Uint16Array) return h.data;
+  throw new CpuKernelsError("BAD_DTYPE", `cpu.matmul: ${arg} must be f32 or bf16, got ${h.dtype}`);
+}
+
+/** QuantizedWeightBuffers → the plain object the native 4-bit kernels read. */
+export function nativeQuantWeight(w: QuantizedWeightBuffers, op: string): NativeQuantWeight {
+  const codes = host(w.codes, op, "w.codes");
+  if (codes.dtype !== "u8") throw new CpuKernelsError("BAD_DTYPE", `cpu.${op}: w.codes must be u8, got ${codes.dtype}`);
+  const [n, k] = w.shape;
+  const base = { quantType: w.quantType, blocksize: w.blocksize, n, k, codes: codes.data as Uint8Array };
+  if (w.absmax.kind === "f32") return { ...base, absmax: f32(w.absmax.values, op, "w.absmax.values") };
+  const q = host(w.absmax.qabsmax, op, "w.absmax.qabsmax");
+  if (q.dtype !== "u8") throw new CpuKernelsError("BAD_DTYPE", `cpu.${op}: w.absmax.qabsmax must be u8, got ${q.dtype}`);
+  return {
+    ...base,
+    qabsmax: q.data as Uint8Array,
+    code: f32(w.absmax.code, op, "w.absmax.code"),
+    nestedAbsmax: f32(w.absmax.nestedAbsmax, op, "w.absmax.nestedAbsmax"),
+    nestedBlocksize: w.absmax.nestedBlocksize,
+    offset: w.absmax.offset,
+  };
+}
+
+/** The GEMM-family Backend ops over `native`, allocating outputs with `allocator` (the shared host allocator). */
+export function createGemmOps(native: GemmNative, allocator: Pick<Backend, "alloc">): Pick<Backend, GemmOpName> {
+  const out = (length: number) => {
+    const buf = allocator.alloc("f32", length) as HostBuffer;
+    return { buf, data: buf.data as Float32Array };
+  };
+  return {
+    matmul(a: Buffer, b: Buffer, o: MatmulOptions) {
+      const { batch, m, k, n } = o;
+      const y = out(batch * m * n);
+      native.matmul(matmulInput(a, "a"), matmulInput(b, "b"), y.data, batch, m, k, n, o.transA === true,
+        o.transB === true, o.aBatchStride ?? m * k, o.bBatchStride ?? k * n);
+      return y.buf;
+    },
+    matmul4bit(x: Buffer, w: QuantizedWeightBuffers, m: number) {
+      const y = out(m * w.shape[0]);
+      native.matmul4bit(f32(x, "matmul4bit", "x"), m, y.data, nativeQuantWeight(w, "matmul4bit"));
+      return y.buf;
+    },
+    matmul4bitInputGrad(dy: Buffer, w: QuantizedWeightBuffers, m: number) {
+      const dx = out(m * w.shape[1]);
+      native.matmul4bitInputGrad(f32(dy, "matmul4bitInputGrad", "dy"), m, dx.data, nativeQuantWeight(w, "matmul4bitInputGrad"));
+      return dx.buf;
+    },
+  };
+}
+
+/** Narrow the raw module to the GEMM functions, naming any that are missing (a stale binary). */
+export function gemmNative(native: NativeModule): GemmNative {
+  for (const fn of ["matmul", "matmul4bit", "matmul4bitInputGrad", "gemmIsa"])
+    if (typeof native[fn] !== "function")
+      throw new CpuKernelsError("STALE_BINARY", `@qlora/cpu-kernels: the native binary lacks "${fn}"; rebuild it (pnpm --filter @qlora/cpu-kernels build:native)`);
+  return native as unknown as GemmNative;
+}

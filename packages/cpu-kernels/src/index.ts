@@ -1,1 +1,14 @@
 export { loadNative, CpuKernelsLoadError, type NativeModule } from "./load";
+export { CpuKernelsError } from "./errors";
+export {
+  cpuBackend,
+  createCpuBackend,
+  registerCpuBackend,
+  cpuBackendInfo,
+  COMPUTE_OPS,
+  type ComputeOp,
+  type CpuBackendInfo,
+  type CreateCpuBackendOptions,
+} from "./backend";
+export { createGemmOps, nativeQuantWeight, type GemmNative, type NativeQuantWeight } from "./gemm";
+export { setThreads, getThreads } from "./threads";

@@ -1,14 +1,15 @@
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { CpuKernelsError } from "./errors";
 
 /** The raw native module: N-API functions registered by csrc/*.cc (see csrc/registry.h). */
 export type NativeModule = Record<string, (...args: never[]) => unknown>;
 
-export class CpuKernelsLoadError extends Error {
-  readonly code = "CPU_KERNELS_LOAD_FAILED";
+export class CpuKernelsLoadError extends CpuKernelsError {
   constructor(readonly reason: string) {
     super(
+      "CPU_KERNELS_LOAD_FAILED",
       `@qlora/cpu-kernels: the native binary could not be loaded (${reason}). ` +
         "Build it with `pnpm --filter @qlora/cpu-kernels build:native` or set QLORA_CPU_KERNELS_PATH to a .node file.",
     );

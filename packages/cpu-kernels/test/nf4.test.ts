@@ -1,11 +1,12 @@
-// Fused 4-bit kernels against @qlora/nf4's dequantize4bit (an independent implementation of the
-// bitsandbytes layout) followed by a float64 naive product. Same tolerance argument as gemm.test.ts:
+// Fused 4-bit kernels against the reference backend's matmul4bit / matmul4bitInputGrad (weights
+// from @qlora/nf4's quantize4bit, an independent implementation of the bitsandbytes layout). Same tolerance argument as gemm.test.ts:
 // the dequantized weights are bit-identical (one f32 multiply each); only the k-term f32
 // summation differs, bounded by 1e-5*(1+|ref|)*sqrt(k) (|W| <= max|w| ~ 1 and |x| <= 1 here).
-import { dequantize4bit, quantize4bit, type QuantType } from "@qlora/nf4";
+import { quantize4bit, type QuantType } from "@qlora/nf4";
+import { referenceBackend } from "@qlora/tensor";
 import { afterAll, describe, expect, test } from "vitest";
 import { loadNative } from "../src/load";
-import { naiveMatmul, randomF32, worstRatio } from "./naive";
+import { quantBuffers, randomF32, referenceMatmul4bit, worstRatio } from "./oracle";
 import { nativeQuant, type NativeQuant } from "./quant";
 
 interface Nf4Native {
@@ -35,7 +36,7 @@ function weight(c: Case, seed: number) {
   // scale the rows differently so per-block absmax matters
   const w = randomF32(c.n * c.k, seed).map((v, i) => v * (1 + (Math.floor(i / c.k) % 5)));
   const state = quantize4bit(w, { quantType: c.quantType, blocksize: c.blocksize, doubleQuant: c.nested, shape: [c.n, c.k] });
-  return { q: nativeQuant(state), dense: dequantize4bit(state) as Float32Array };
+  return { q: nativeQuant(state), ref: quantBuffers(referenceBackend, state) };
 }
 
 const label = (c: Case) => `${c.quantType} bs${c.blocksize} ${c.nested ? "nested" : "f32"} n${c.n} k${c.k}`;
@@ -43,10 +44,10 @@ const label = (c: Case) => `${c.quantType} bs${c.blocksize} ${c.nested ? "nested
 describe.each(isas)("4-bit kernels on the %s path", (isa) => {
   test.each(cases.map((c) => [label(c), c] as const))("matmul4bit and input grad, %s", (_, c) => {
     native.gemmIsa(isa);
-    const { q, dense } = weight(c, c.n * 31 + c.k);
+    const { q, ref } = weight(c, c.n * 31 + c.k);
     for (const m of [1, 2, 3, 4, 5, 13]) {
       const x = randomF32(m * c.k, m + 100);
-      const want = naiveMatmul(x, dense, { batch: 1, m, k: c.k, n: c.n, transB: true });
+      const want = referenceMatmul4bit(x, ref, m, false);
       const y = new Float32Array(m * c.n).fill(NaN);
       native.matmul4bit(x, m, y, q);
       expect(worstRatio(y, want, c.k), `matmul4bit m=${m}`).toBeLessThanOrEqual(1);
@@ -57,7 +58,7 @@ describe.each(isas)("4-bit kernels on the %s path", (isa) => {
       const dy = randomF32(m * c.n, m + 200);
       const dx = new Float32Array(m * c.k).fill(NaN);
       native.matmul4bitInputGrad(dy, m, dx, q);
-      const wantDx = naiveMatmul(dy, dense, { batch: 1, m, k: c.n, n: c.k });
+      const wantDx = referenceMatmul4bit(dy, ref, m, true);
       expect(worstRatio(dx, wantDx, c.n), `input grad m=${m}`).toBeLessThanOrEqual(1);
     }
   });
@@ -66,12 +67,12 @@ describe.each(isas)("4-bit kernels on the %s path", (isa) => {
 test("a multi-threaded 4-bit GEMM and GEMV at a realistic width", () => {
   native.gemmIsa("");
   const c: Case = { quantType: "nf4", blocksize: 64, nested: true, n: 300, k: 512 };
-  const { q, dense } = weight(c, 5);
+  const { q, ref } = weight(c, 5);
   for (const m of [1, 4, 40]) {
     const x = randomF32(m * c.k, 9);
     const y = new Float32Array(m * c.n);
     native.matmul4bit(x, m, y, q);
-    expect(worstRatio(y, naiveMatmul(x, dense, { batch: 1, m, k: c.k, n: c.n, transB: true }), c.k)).toBeLessThanOrEqual(1);
+    expect(worstRatio(y, referenceMatmul4bit(x, ref, m, false), c.k)).toBeLessThanOrEqual(1);
   }
 });
 

@@ -1,23 +1,39 @@
-// Tiny, obviously-correct oracles used until/alongside the @qlora/tensor reference backend:
-// float64 accumulation, so the only error measured is the kernel's own f32 rounding.
-export function naiveMatmul(
-  a: ArrayLike<number>, b: ArrayLike<number>,
-  o: { batch: number; m: number; k: number; n: number; transA?: boolean; transB?: boolean; aBatchStride?: number; bBatchStride?: number },
-): Float64Array {
-  const { batch, m, k, n } = o;
-  const sa = o.aBatchStride ?? m * k, sb = o.bBatchStride ?? k * n;
-  const out = new Float64Array(batch * m * n);
-  for (let t = 0; t < batch; t++)
-    for (let i = 0; i < m; i++)
-      for (let j = 0; j < n; j++) {
-        let s = 0;
-        for (let p = 0; p < k; p++) {
-          const av = a[t * sa + (o.transA ? p * m + i : i * k + p)]!;
-          const bv = b[t * sb + (o.transB ? j * k + p : p * n + j)]!;
-          s += av * bv;
-        }
-        out[(t * m + i) * n + j] = s;
-      }
+// Oracles for the kernel tests: the @qlora/tensor reference backend (f64 accumulation, one f32
+// rounding at the end), so the error measured is essentially the kernel's own f32 summation.
+import type { QuantState4bit } from "@qlora/nf4";
+import { type Backend, type HostBuffer, type MatmulOptions, type QuantizedWeightBuffers, referenceBackend } from "@qlora/tensor";
+
+/** The oracle: the reference backend's matmul (f64 accumulation, one final f32 rounding). */
+export function referenceMatmul(a: Float32Array | Uint16Array, b: Float32Array | Uint16Array, o: MatmulOptions): Float32Array {
+  const r = referenceBackend;
+  const A = r.fromHost(a, a instanceof Uint16Array ? "bf16" : "f32"), B = r.fromHost(b, b instanceof Uint16Array ? "bf16" : "f32");
+  const y = r.matmul(A, B, o);
+  const out = (y as HostBuffer).data as Float32Array;
+  for (const buf of [A, B, y]) r.free(buf);
+  return out;
+}
+
+/** A QuantState4bit as backend buffers of `be`. */
+export function quantBuffers(be: Backend, s: QuantState4bit): QuantizedWeightBuffers {
+  const [n, k] = s.shape as [number, number];
+  const codes = be.fromHost(s.packed, "u8");
+  if (s.absmax instanceof Float32Array)
+    return { quantType: s.quantType, blocksize: s.blocksize, shape: [n, k], codes, absmax: { kind: "f32", values: be.fromHost(s.absmax, "f32") } };
+  const a = s.absmax;
+  return {
+    quantType: s.quantType, blocksize: s.blocksize, shape: [n, k], codes,
+    absmax: { kind: "nested", qabsmax: be.fromHost(a.qabsmax, "u8"), code: be.fromHost(a.code, "f32"), nestedAbsmax: be.fromHost(a.nestedAbsmax, "f32"), nestedBlocksize: a.nestedBlocksize, offset: a.offset },
+  };
+}
+
+/** The oracle for the 4-bit ops: the reference backend's matmul4bit / matmul4bitInputGrad. */
+export function referenceMatmul4bit(input: Float32Array, w: QuantizedWeightBuffers, m: number, grad: boolean): Float32Array {
+  const r = referenceBackend;
+  const x = r.fromHost(input, "f32");
+  const y = grad ? r.matmul4bitInputGrad(x, w, m) : r.matmul4bit(x, w, m);
+  const out = (y as HostBuffer).data as Float32Array;
+  r.free(x);
+  r.free(y);
   return out;
 }
 
