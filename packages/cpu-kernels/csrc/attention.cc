@@ -1,0 +1,84 @@
+// N-API entry points of causal attention: argument checks, ISA dispatch, and the thread split
+// (forward over (batch, head, query tile), backward over (batch, kv head)). The math is in
+// attention_tile.h.
+#include <cstdint>
+#include <vector>
+
+#include "attention.h"
+#include "elementwise_vec.h"
+#include "fused_args.h"
+#include "pool.h"
+#include "registry.h"
+
+namespace qlora {
+namespace {
+
+// Reads batch, heads, kvHeads, seq, headDim, scale starting at argument `at`.
+AttnProblem read_problem(Args& a, size_t at) {
+  AttnProblem p{};
+  p.batch = a.count(at, "batch");
+  p.heads = a.count(at + 1, "heads");
+  p.kv_heads = a.count(at + 2, "kvHeads");
+  p.seq = a.count(at + 3, "seq");
+  p.d = a.count(at + 4, "headDim");
+  p.scale = static_cast<float>(a.number(at + 5, "scale"));
+  if (a.ok() && (p.kv_heads == 0 || p.heads % p.kv_heads != 0)) a.fail_range("kvHeads", "a positive divisor of heads");
+  if (a.ok() && p.d == 0) a.fail_range("headDim", "positive");
+  if (a.ok() && !(p.scale > 0)) a.fail_range("scale", "a positive number");
+  return p;
+}
+
+void read_inputs(Args& a, AttnProblem& p, size_t q, size_t seg) {
+  const double nq = static_cast<double>(p.batch) * p.heads * p.seq * p.d;
+  const double nkv = static_cast<double>(p.batch) * p.kv_heads * p.seq * p.d;
+  p.q = a.f32(q, "q", nq);
+  p.k = a.f32(q + 1, "k", nkv);
+  p.v = a.f32(q + 2, "v", nkv);
+  p.seg = a.is_null(seg) ? nullptr : a.i32(seg, "segmentIds", static_cast<double>(p.batch) * p.seq);
+}
+
+// attentionForward(q, k, v, segmentIds|null, out, lse, batch, heads, kvHeads, seq, headDim, scale)
+Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
+  Args a(info, "attentionForward");
+  AttnProblem p = read_problem(a, 6);
+  read_inputs(a, p, 0, 3);
+  float* out = a.f32(4, "out", static_cast<double>(p.batch) * p.heads * p.seq * p.d);
+  float* lse = a.f32(5, "lse", static_cast<double>(p.batch) * p.heads * p.seq);
+  if (!a.ok()) return a.env().Undefined();
+  auto fn = fused_isa_level() == 2 ? avx512::attn_forward : fused_isa_level() == 1 ? avx2::attn_forward : sse::attn_forward;
+  const size_t scratch = attn_forward_scratch(p);
+  parallel_for(attn_forward_tasks(p), [&](size_t t0, size_t t1) {
+    std::vector<float> buf(scratch);
+    fn(p, out, lse, t0, t1, buf.data());
+  });
+  return a.env().Undefined();
+}
+
+// attentionBackward(dout, q, k, v, out, lse, segmentIds|null, dq, dk, dv, batch, heads, kvHeads, seq, headDim, scale)
+Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
+  Args a(info, "attentionBackward");
+  AttnProblem p = read_problem(a, 10);
+  read_inputs(a, p, 1, 6);
+  const double nq = static_cast<double>(p.batch) * p.heads * p.seq * p.d;
+  const double nkv = static_cast<double>(p.batch) * p.kv_heads * p.seq * p.d;
+  const float* dout = a.f32(0, "dout", nq);
+  const float* out = a.f32(4, "out", nq);
+  const float* lse = a.f32(5, "lse", static_cast<double>(p.batch) * p.heads * p.seq);
+  float* dq = a.f32(7, "dq", nq);
+  float* dk = a.f32(8, "dk", nkv);
+  float* dv = a.f32(9, "dv", nkv);
+  if (!a.ok()) return a.env().Undefined();
+  auto fn = fused_isa_level() == 2 ? avx512::attn_backward : fused_isa_level() == 1 ? avx2::attn_backward : sse::attn_backward;
+  const size_t scratch = attn_backward_scratch(p);
+  parallel_for(attn_backward_tasks(p), [&](size_t t0, size_t t1) {
+    std::vector<float> buf(scratch);
+    fn(p, dout, out, lse, dq, dk, dv, t0, t1, buf.data());
+  });
+  return a.env().Undefined();
+}
+
+Register reg_attn("attentionForward", AttentionForward);
+Register reg_attn_bwd("attentionBackward", AttentionBackward);
+
+}  // namespace
+}  // namespace qlora

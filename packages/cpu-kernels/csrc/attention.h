@@ -1,0 +1,43 @@
+// Flash-attention style causal attention on the CPU: declarations shared by attention.cc (N-API,
+// validation, threading) and the per-ISA tile kernels (attention_tile.h compiled three times).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace qlora {
+
+struct AttnProblem {
+  int64_t batch, heads, kv_heads, seq, d;
+  float scale;
+  const int32_t* seg;  // [batch, seq] segment ids, or null
+  const float *q, *k, *v;
+};
+
+constexpr int64_t kAttnBr = 64;  // query rows per tile
+constexpr int64_t kAttnBc = 64;  // keys per tile
+
+// Forward tasks are (batch, head, query tile); backward tasks are (batch, kv head).
+inline int64_t attn_forward_tasks(const AttnProblem& p) {
+  return p.batch * p.heads * ((p.seq + kAttnBr - 1) / kAttnBr);
+}
+inline int64_t attn_backward_tasks(const AttnProblem& p) { return p.batch * p.kv_heads; }
+// Floats of scratch one thread needs.
+inline size_t attn_forward_scratch(const AttnProblem& p) {
+  return static_cast<size_t>(p.d * kAttnBc + kAttnBr * kAttnBc + 2 * kAttnBr + kAttnBr * p.d);
+}
+inline size_t attn_backward_scratch(const AttnProblem& p) {
+  return static_cast<size_t>(4 * p.d * kAttnBc + 2 * kAttnBr * kAttnBc + (p.heads / p.kv_heads) * p.seq);
+}
+
+#define QLORA_ATTN_DECLARE(ns)                                                                                \
+  namespace ns {                                                                                              \
+  void attn_forward(const AttnProblem& p, float* out, float* lse, int64_t t0, int64_t t1, float* scratch);    \
+  void attn_backward(const AttnProblem& p, const float* dout, const float* out, const float* lse, float* dq,  \
+                     float* dk, float* dv, int64_t t0, int64_t t1, float* scratch);                           \
+  }
+QLORA_ATTN_DECLARE(avx512)
+QLORA_ATTN_DECLARE(avx2)
+QLORA_ATTN_DECLARE(sse)
+#undef QLORA_ATTN_DECLARE
+
+}  // namespace qlora

@@ -1,0 +1,268 @@
+// The attention tile kernels, written against vec_math.h's V and included by one TU per ISA.
+// No standard-library templates here: this code is compiled with AVX-512 in one TU, and a shared
+// inline/template instantiation could otherwise leak AVX-512 code into baseline callers.
+//
+// Forward (per batch, head, query tile of kAttnBr rows), FlashAttention-2 style:
+//   for each key tile j ≤ the causal limit: S = scale·Q Kᵀ (masked), online softmax
+//   (running max m, running sum l, O rescaled by exp(m_old − m_new)), O += P V;
+//   finally O /= l, lse = m + log l. Only O and lse leave the tile.
+// Backward (per batch, kv head; the thread owns dq of the query heads sharing it, so no races):
+//   for each key tile j: for each query head of the group and query tile i ≥ j:
+//   P = exp(scale·Q Kᵀ − lse) recomputed, dV_j += Pᵀ dO, dP = dO Vᵀ, dS = P∘(dP − D)·scale,
+//   dQ_i += dS K_j, dK_j += dSᵀ Q_i, with D = rowsum(dO∘O) computed once per row.
+// All products go through one register-blocked micro-kernel: C[r][:] += Σ_k A(r,k)·B[k][:] with
+// B row-major and A read through strides (so Aᵀ costs nothing), which covers Q Kᵀ (with K
+// transposed once per key tile), P V, Pᵀ dO, dS K and dSᵀ Q.
+#pragma once
+#include "attention.h"
+#include "vec_math.h"
+
+namespace qlora {
+namespace QLORA_NS {
+namespace {
+
+constexpr int kRB = 4;                      // C rows per register block
+constexpr int kNV = V::W == 16 ? 4 : 2;     // vectors per C row block: 4 zmm (64 floats) / 2 ymm / 2 xmm
+
+template <int RB, int NV>
+QLORA_INLINE void gemm_block(float* C, int64_t ldc, const float* A, int64_t ars, int64_t aks, const float* B,
+                             int64_t ldb, int64_t K) {
+  V::R acc[RB][NV];
+#pragma GCC unroll 4
+  for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = V::load(C + r * ldc + v * V::W);
+  for (int64_t k = 0; k < K; ++k) {
+    const float* b = B + k * ldb;
+    V::R bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * V::W);
+#pragma GCC unroll 4
+    for (int r = 0; r < RB; ++r) {
+      V::R a = V::set1(A[r * ars + k * aks]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = V::fma(a, bv[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) V::store(C + r * ldc + v * V::W, acc[r][v]);
+}
+
+template <int NV>
+QLORA_INLINE void gemm_cols(float* C, int64_t ldc, const float* A, int64_t ars, int64_t aks, const float* B,
+                            int64_t ldb, int64_t R, int64_t K) {
+  int64_t r = 0;
+  for (; r + kRB <= R; r += kRB) gemm_block<kRB, NV>(C + r * ldc, ldc, A + r * ars, ars, aks, B, ldb, K);
+  for (; r < R; ++r) gemm_block<1, NV>(C + r * ldc, ldc, A + r * ars, ars, aks, B, ldb, K);
+}
+
+// C[r][0:N] += Σ_{k<K} A[r·ars + k·aks] · B[k·ldb + 0:N] for r < R.
+void gemm_acc(float* C, int64_t ldc, const float* A, int64_t ars, int64_t aks, const float* B, int64_t ldb,
+              int64_t R, int64_t K, int64_t N) {
+  int64_t n = 0;
+  for (; n + kNV * V::W <= N; n += kNV * V::W) gemm_cols<kNV>(C + n, ldc, A, ars, aks, B + n, ldb, R, K);
+  for (; n + V::W <= N; n += V::W) gemm_cols<1>(C + n, ldc, A, ars, aks, B + n, ldb, R, K);
+  for (; n < N; ++n)  // column tail (head dims / tiles that are not a multiple of the vector width)
+    for (int64_t r = 0; r < R; ++r) {
+      float s = C[r * ldc + n];
+      for (int64_t k = 0; k < K; ++k) s += A[r * ars + k * aks] * B[k * ldb + n];
+      C[r * ldc + n] = s;
+    }
+}
+
+void zero(float* p, int64_t n) {
+  int64_t i = 0;
+  for (; i + V::W <= n; i += V::W) V::store(p + i, V::zero());
+  for (; i < n; ++i) p[i] = 0.0f;
+}
+
+// dst[c][j] = src[j][c] for j < rows, c < d (dst rows kAttnBc apart).
+void transpose(float* dst, const float* src, int64_t rows, int64_t d) {
+  for (int64_t j = 0; j < rows; ++j)
+    for (int64_t c = 0; c < d; ++c) dst[c * kAttnBc + j] = src[j * d + c];
+}
+
+// row[j] = exp(row[j]·mul − shift) for j < n, in place; returns the sum.
+float exp_row(float* row, int64_t n, float mul, float shift) {
+  const V::R vm = V::set1(mul), vs = V::set1(shift);
+  V::R acc = V::zero();
+  int64_t j = 0;
+  for (; j + V::W <= n; j += V::W) {
+    V::R e = vexp(V::sub(V::mul(V::load(row + j), vm), vs));
+    V::store(row + j, e);
+    acc = V::add(acc, e);
+  }
+  float s = V::hsum(acc);
+  for (; j < n; ++j) s += (row[j] = sexp(row[j] * mul - shift));
+  return s;
+}
+
+float max_row(const float* row, int64_t n) {
+  float m = -__builtin_inff();
+  int64_t j = 0;
+  if (n >= V::W) {
+    V::R acc = V::load(row);
+    for (j = V::W; j + V::W <= n; j += V::W) acc = V::max(acc, V::load(row + j));
+    m = V::hmax(acc);
+  }
+  for (; j < n; ++j) m = row[j] > m ? row[j] : m;
+  return m;
+}
+
+void scale_row(float* row, int64_t n, float a) {
+  const V::R va = V::set1(a);
+  int64_t j = 0;
+  for (; j + V::W <= n; j += V::W) V::store(row + j, V::mul(V::load(row + j), va));
+  for (; j < n; ++j) row[j] *= a;
+}
+
+// Number of visible keys of tile [j0, j0+bc) for query i (causal), and the segment mask: entries
+// whose segment differs are set to `masked`.
+inline int64_t visible(int64_t i, int64_t j0, int64_t bc) {
+  int64_t n = i - j0 + 1;
+  return n < 0 ? 0 : n > bc ? bc : n;
+}
+void mask_segments(float* row, int64_t n, const int32_t* seg_keys, int32_t seg_query, float masked) {
+  for (int64_t j = 0; j < n; ++j)
+    if (seg_keys[j] != seg_query) row[j] = masked;
+}
+
+void forward_tile(const AttnProblem& p, float* out, float* lse, int64_t task, float* scratch) {
+  const int64_t nqb = (p.seq + kAttnBr - 1) / kAttnBr, d = p.d, S = p.seq;
+  const int64_t b = task / (p.heads * nqb), h = (task / nqb) % p.heads, i0 = (task % nqb) * kAttnBr;
+  const int64_t br = S - i0 < kAttnBr ? S - i0 : kAttnBr;
+  const int64_t kvh = h / (p.heads / p.kv_heads);
+  const float* Q = p.q + ((b * p.heads + h) * S + i0) * d;
+  const float* K = p.k + (b * p.kv_heads + kvh) * S * d;
+  const float* Vv = p.v + (b * p.kv_heads + kvh) * S * d;
+  const int32_t* seg = p.seg ? p.seg + b * S : nullptr;
+  float* KT = scratch;                 // [d][kAttnBc]
+  float* St = KT + d * kAttnBc;        // [kAttnBr][kAttnBc]: scores, then probabilities
+  float* m = St + kAttnBr * kAttnBc;   // running row max (of scaled scores)
+  float* l = m + kAttnBr;              // running row sum
+  float* O = l + kAttnBr;              // [kAttnBr][d] unnormalised output
+  const float ninf = -__builtin_inff();
+  for (int64_t r = 0; r < br; ++r) m[r] = ninf, l[r] = 0.0f;
+  zero(O, br * d);
+  const int64_t jend = i0 + br;  // causal: keys < i0 + br
+  for (int64_t j0 = 0; j0 < jend; j0 += kAttnBc) {
+    const int64_t bc = jend - j0 < kAttnBc ? jend - j0 : kAttnBc;
+    transpose(KT, K + j0 * d, bc, d);
+    zero(St, br * kAttnBc);
+    gemm_acc(St, kAttnBc, Q, d, 1, KT, kAttnBc, br, d, bc);
+    for (int64_t r = 0; r < br; ++r) {
+      float* row = St + r * kAttnBc;
+      const int64_t nv = visible(i0 + r, j0, bc);
+      for (int64_t j = nv; j < bc; ++j) row[j] = ninf;
+      if (seg) mask_segments(row, nv, seg + j0, seg[i0 + r], ninf);
+      const float mx = max_row(row, bc) * p.scale;  // scale > 0 keeps the argmax
+      if (mx == ninf) {  // nothing visible in this tile for this row
+        zero(row, bc);
+        continue;
+      }
+      const float m_new = mx > m[r] ? mx : m[r];
+      const float corr = sexp(m[r] - m_new);  // exp(−inf) = 0 on the first visible tile
+      l[r] = l[r] * corr + exp_row(row, bc, p.scale, m_new);
+      m[r] = m_new;
+      if (corr != 1.0f) scale_row(O + r * d, d, corr);
+    }
+    gemm_acc(O, d, St, kAttnBc, 1, Vv + j0 * d, d, br, bc, d);
+  }
+  float* Og = out + ((b * p.heads + h) * S + i0) * d;
+  float* L = lse + (b * p.heads + h) * S + i0;
+  for (int64_t r = 0; r < br; ++r) {
+    const float inv = 1.0f / l[r];
+    for (int64_t c = 0; c < d; ++c) Og[r * d + c] = O[r * d + c] * inv;
+    L[r] = m[r] + __builtin_logf(l[r]);
+  }
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  V::R acc = V::zero();
+  int64_t i = 0;
+  for (; i + V::W <= n; i += V::W) acc = V::fma(V::load(a + i), V::load(b + i), acc);
+  float s = V::hsum(acc);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+void backward_task(const AttnProblem& p, const float* dout, const float* out, const float* lse, float* dq, float* dk,
+                   float* dv, int64_t task, float* scratch) {
+  const int64_t d = p.d, S = p.seq, G = p.heads / p.kv_heads;
+  const int64_t b = task / p.kv_heads, kvh = task % p.kv_heads;
+  const int32_t* seg = p.seg ? p.seg + b * S : nullptr;
+  float* KT = scratch;                  // [d][kAttnBc]
+  float* VT = KT + d * kAttnBc;         // [d][kAttnBc]
+  float* P = VT + d * kAttnBc;          // [kAttnBr][kAttnBc]
+  float* dS = P + kAttnBr * kAttnBc;    // [kAttnBr][kAttnBc]: dP, then dS
+  float* dK = dS + kAttnBr * kAttnBc;   // [kAttnBc][d]
+  float* dV = dK + kAttnBc * d;         // [kAttnBc][d]
+  float* D = dV + kAttnBc * d;          // [G][S]
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t off = (b * p.heads + kvh * G + g) * S * d;
+    for (int64_t i = 0; i < S; ++i) D[g * S + i] = dot(dout + off + i * d, out + off + i * d, d);
+    zero(dq + off, S * d);
+  }
+  const float* K = p.k + (b * p.kv_heads + kvh) * S * d;
+  const float* Vv = p.v + (b * p.kv_heads + kvh) * S * d;
+  for (int64_t j0 = 0; j0 < S; j0 += kAttnBc) {
+    const int64_t bc = S - j0 < kAttnBc ? S - j0 : kAttnBc;
+    transpose(KT, K + j0 * d, bc, d);
+    transpose(VT, Vv + j0 * d, bc, d);
+    zero(dK, bc * d);
+    zero(dV, bc * d);
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t hrow = (b * p.heads + kvh * G + g) * S;
+      const float* Qh = p.q + hrow * d;
+      const float* dOh = dout + hrow * d;
+      float* dQh = dq + hrow * d;
+      const float* Lh = lse + hrow;
+      const float* Dh = D + g * S;
+      for (int64_t i0 = (j0 / kAttnBr) * kAttnBr; i0 < S; i0 += kAttnBr) {
+        const int64_t br = S - i0 < kAttnBr ? S - i0 : kAttnBr;
+        zero(P, br * kAttnBc);
+        gemm_acc(P, kAttnBc, Qh + i0 * d, d, 1, KT, kAttnBc, br, d, bc);
+        for (int64_t r = 0; r < br; ++r) {
+          float* row = P + r * kAttnBc;
+          const int64_t nv = visible(i0 + r, j0, bc);
+          exp_row(row, nv, p.scale, Lh[i0 + r]);
+          for (int64_t j = nv; j < bc; ++j) row[j] = 0.0f;
+          if (seg) mask_segments(row, nv, seg + j0, seg[i0 + r], 0.0f);
+        }
+        gemm_acc(dV, d, P, 1, kAttnBc, dOh + i0 * d, d, bc, br, d);  // dV += Pᵀ dO
+        zero(dS, br * kAttnBc);
+        gemm_acc(dS, kAttnBc, dOh + i0 * d, d, 1, VT, kAttnBc, br, d, bc);  // dP = dO Vᵀ
+        for (int64_t r = 0; r < br; ++r) {
+          float* ds = dS + r * kAttnBc;
+          const float* pr = P + r * kAttnBc;
+          const V::R vD = V::set1(Dh[i0 + r]), vs = V::set1(p.scale);
+          int64_t j = 0;
+          for (; j + V::W <= bc; j += V::W)
+            V::store(ds + j, V::mul(V::mul(V::load(pr + j), V::sub(V::load(ds + j), vD)), vs));
+          for (; j < bc; ++j) ds[j] = pr[j] * (ds[j] - Dh[i0 + r]) * p.scale;
+        }
+        gemm_acc(dQh + i0 * d, d, dS, kAttnBc, 1, K + j0 * d, d, br, bc, d);  // dQ += dS K
+        gemm_acc(dK, d, dS, 1, kAttnBc, Qh + i0 * d, d, bc, br, d);          // dK += dSᵀ Q
+      }
+    }
+    float* dKg = dk + ((b * p.kv_heads + kvh) * S + j0) * d;
+    float* dVg = dv + ((b * p.kv_heads + kvh) * S + j0) * d;
+    for (int64_t x = 0; x < bc * d; ++x) dKg[x] = dK[x], dVg[x] = dV[x];
+  }
+}
+
+}  // namespace
+
+void attn_forward(const AttnProblem& p, float* out, float* lse, int64_t t0, int64_t t1, float* scratch) {
+  for (int64_t t = t0; t < t1; ++t) forward_tile(p, out, lse, t, scratch);
+}
+
+void attn_backward(const AttnProblem& p, const float* dout, const float* out, const float* lse, float* dq, float* dk,
+                   float* dv, int64_t t0, int64_t t1, float* scratch) {
+  for (int64_t t = t0; t < t1; ++t) backward_task(p, dout, out, lse, dq, dk, dv, t, scratch);
+}
+
+}  // namespace QLORA_NS
+}  // namespace qlora

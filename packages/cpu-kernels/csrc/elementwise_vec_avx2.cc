@@ -1,0 +1,9 @@
+// VecOps compiled for avx2 (see vec_math.h for why system headers come before the target switch).
+#include <immintrin.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#pragma GCC target("avx2,fma")
+#define QLORA_VEC 256
+#include "elementwise_vec_impl.h"

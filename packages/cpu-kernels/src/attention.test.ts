@@ -1,0 +1,114 @@
+// Causal flash attention (csrc/attention*.cc) against the reference backend (the oracle), for every
+// ISA variant this machine can run: seq 1/5/64/129 (one partial tile, exactly one tile, a tile plus
+// one row), head dim 8 (vector tails only) and 64 (the benchmark case), GQA ratios 1/2/4, with and
+// without segment ids; out, lse, dq, dk, dv compared.
+//
+// Tolerance: |got − want| ≤ 1e-5 + 1e-4·|want|. The reference accumulates in double; we accumulate in
+// f32 in a different order (tiles of 64 keys, online rescaling), so each output carries a few hundred
+// f32 roundings (≤ 129 keys × 64 dims): ~1e-5 relative in the worst case, and an absolute floor for
+// gradients that cancel to ~0. Observed errors are reported by the "largest error" test below.
+import { type AttentionOptions, type Backend, type Buffer, type HostBuffer, referenceBackend } from "@qlora/tensor";
+import { afterAll, describe, expect, it } from "vitest";
+import { createFusedOps, type FusedNative } from "./fused";
+import { loadNative } from "./load";
+
+const native = loadNative() as unknown as FusedNative;
+const fused = createFusedOps(() => native, referenceBackend) as Backend;
+const ref = referenceBackend;
+const levels = [2, 1, 0].filter((l) => native.setFusedIsaLevel(l) === l);
+afterAll(() => native.setFusedIsaLevel(2));
+
+function rand(n: number, seed: number, lo = -1, hi = 1): Float32Array {
+  let s = seed >>> 0 || 1;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    out[i] = lo + ((s >>> 0) / 4294967296) * (hi - lo);
+  }
+  return out;
+}
+
+const data = (b: Buffer) => (b as HostBuffer).data as Float32Array;
+const ATOL = 1e-5;
+const RTOL = 1e-4;
+let worst = 0;
+
+function expectClose(name: string, got: Float32Array, want: Float32Array): void {
+  expect(got.length, `${name} length`).toBe(want.length);
+  for (let i = 0; i < want.length; i++) {
+    const err = Math.abs(got[i] - want[i]);
+    worst = Math.max(worst, err / (ATOL + RTOL * Math.abs(want[i])));
+    if (!(err <= ATOL + RTOL * Math.abs(want[i]))) {
+      throw new Error(`${name}[${i}]: got ${got[i]}, want ${want[i]} (|diff| ${err})`);
+    }
+  }
+}
+
+interface Case {
+  seq: number;
+  headDim: number;
+  ratio: number;
+  segments: boolean;
+}
+const cases: Case[] = [];
+for (const seq of [1, 5, 64, 129])
+  for (const headDim of [8, 64])
+    for (const ratio of [1, 2, 4]) for (const segments of [false, true]) cases.push({ seq, headDim, ratio, segments });
+
+function run(be: Backend, c: Case, seed: number) {
+  const batch = 2;
+  const kvHeads = c.ratio === 4 ? 1 : 2;
+  const heads = kvHeads * c.ratio;
+  const nq = batch * heads * c.seq * c.headDim;
+  const nkv = batch * kvHeads * c.seq * c.headDim;
+  const seg = new Int32Array(batch * c.seq);
+  for (let i = 0; i < seg.length; i++) seg[i] = Math.floor((i % c.seq) / 23) + (i % c.seq > 70 ? 5 : 0);
+  const q = ref.fromHost(rand(nq, seed, -2, 2), "f32");
+  const k = ref.fromHost(rand(nkv, seed + 1, -2, 2), "f32");
+  const v = ref.fromHost(rand(nkv, seed + 2), "f32");
+  const dout = ref.fromHost(rand(nq, seed + 3), "f32");
+  const o: AttentionOptions = {
+    batch, heads, kvHeads, seq: c.seq, headDim: c.headDim, scale: 1 / Math.sqrt(c.headDim),
+    segmentIds: c.segments ? ref.fromHost(seg, "i32") : undefined,
+  };
+  const { out, lse } = be.attention(q, k, v, o);
+  const { dq, dk, dv } = be.attentionBackward(dout, q, k, v, out, lse, o);
+  return { out: data(out), lse: data(lse), dq: data(dq), dk: data(dk), dv: data(dv) };
+}
+
+describe("attention forward + backward vs the reference", () => {
+  cases.forEach((c, n) => {
+    const label = `seq ${c.seq}, headDim ${c.headDim}, GQA ${c.ratio}:1, segmentIds ${c.segments}`;
+    it(label, () => {
+      const want = run(ref, c, 100 + n);
+      for (const level of levels) {
+        native.setFusedIsaLevel(level);
+        const got = run(fused, c, 100 + n);
+        for (const key of ["out", "lse", "dq", "dk", "dv"] as const) expectClose(`isa ${level} ${key}`, got[key], want[key]);
+      }
+    });
+  });
+
+  it("largest error stays well inside the tolerance (reported)", () => {
+    console.log(`attention: worst |diff| / (atol + rtol·|want|) = ${worst.toFixed(3)} over ${levels.length} ISA levels`);
+    expect(worst).toBeLessThanOrEqual(1);
+  });
+});
+
+describe("attention argument checks", () => {
+  const q = new Float32Array(2 * 4 * 3);
+  const o = new Float32Array(2 * 4 * 3);
+  const l = new Float32Array(2 * 3);
+  it("rejects heads that are not a multiple of kvHeads", () => {
+    expect(() => native.attentionForward(q, q, q, null, o, l, 1, 3, 2, 3, 4, 0.5)).toThrow(/kvHeads/);
+  });
+  it("rejects a typed array shorter than its shape says", () => {
+    expect(() => native.attentionForward(q.subarray(1), q, q, null, o, l, 1, 2, 2, 3, 4, 0.5)).toThrow(RangeError);
+    expect(() => native.attentionForward(q, q, q, new Int32Array(1), o, l, 1, 2, 2, 3, 4, 0.5)).toThrow(/segmentIds/);
+  });
+  it("rejects a wrong array type, naming the argument", () => {
+    expect(() => native.attentionForward(q, q, new Int32Array(24) as never, null, o, l, 1, 2, 2, 3, 4, 0.5)).toThrow(/argument v must be a Float32Array/);
+  });
+});
