@@ -145,3 +145,27 @@ describe("metrics", () => {
     expect(db).toBeLessThan(22);
   });
 });
+
+describe("dequantize4bitInto (chunked, allocation-free)", () => {
+  it("chunks equal the full dequantization for f32/bf16/f16, nested or not", async () => {
+    const { dequantize4bitInto } = await import("./dequantize");
+    const x = randn(64 * 300 + 13, 21);
+    for (const dq of [false, true]) {
+      const s = quantize4bit(x, { doubleQuant: dq, quantType: dq ? "nf4" : "fp4" });
+      for (const dt of ["float32", "bfloat16", "float16"] as const) {
+        const full = dequantize4bit(s, dt);
+        const got = dt === "float32" ? new Float32Array(x.length) : new Uint16Array(x.length);
+        for (let st = 0; st < x.length; st += 1000) {
+          const len = Math.min(1000, x.length - st);
+          const buf = dt === "float32" ? new Float32Array(len) : new Uint16Array(len);
+          dequantize4bitInto(s, buf, { outDtype: dt, start: st });
+          got.set(buf, st);
+        }
+        expect(got).toEqual(full);
+      }
+      expect(err(() => dequantize4bitInto(s, new Float32Array(10), { start: 3 }))).toMatch(/^INVALID_ARGUMENT: options\.start/);
+      expect(err(() => dequantize4bitInto(s, new Float32Array(x.length), { start: 2 }))).toMatch(/^LENGTH_MISMATCH: out/);
+      expect(err(() => dequantize4bitInto(s, new Float32Array(4), { outDtype: "bfloat16" }))).toMatch(/^INVALID_DTYPE/);
+    }
+  });
+});

@@ -1,11 +1,9 @@
 import { Nf4Error } from "./errors";
-import { f32BitsToF16Bits } from "./half";
-import { dequantizeRangeF32, pairTable } from "./internal/kernel4";
+import { f32BitsToBf16Bits, f32BitsToF16Bits } from "./half";
+import { dequantizeRangeF32, dequantizeRangeU16 } from "./internal/kernel4";
 import { checkBlocksize4, checkDType, checkQuantType, checkShape, describe } from "./internal/validate";
 import { FP4_CODE, NF4_CODE } from "./tables";
 import type { FloatDType, NestedAbsmax, QuantState4bit } from "./types";
-
-const CHUNK = 1 << 16;
 
 function isNested(a: QuantState4bit["absmax"]): a is NestedAbsmax {
   return !(a instanceof Float32Array);
@@ -57,14 +55,13 @@ export function checkState(state: QuantState4bit, arg = "state"): number {
   return n;
 }
 
-/** Two-rounding recovery of a nested absmax (spec §5.4): fl32(fl32(code[q]·nested[j/256]) + offset). */
-export function recoverNestedAbsmax(nested: NestedAbsmax): Float32Array {
+/** Two-rounding recovery of a nested absmax (spec §5.4): fl32(fl32(code[q]·nested[j/256]) + offset), blocks [from, to). */
+export function recoverNestedAbsmax(nested: NestedAbsmax, from = 0, to: number = nested.qabsmax.length): Float32Array {
   const { qabsmax, nestedAbsmax, code, nestedBlocksize } = nested;
   const offset = Math.fround(nested.offset);
-  const nb = qabsmax.length;
-  const out = new Float32Array(nb);
-  for (let j = 0; j < nb; j++) {
-    out[j] = Math.fround(code[qabsmax[j]] * nestedAbsmax[Math.floor(j / nestedBlocksize)]) + offset;
+  const out = new Float32Array(to - from);
+  for (let j = from; j < to; j++) {
+    out[j - from] = Math.fround(code[qabsmax[j]] * nestedAbsmax[Math.floor(j / nestedBlocksize)]) + offset;
   }
   return out;
 }
@@ -85,27 +82,66 @@ export function dequantize4bit(state: QuantState4bit, outDtype?: FloatDType): Fl
   const n = checkState(state);
   const dt = checkDType(outDtype ?? state.dtype, "outDtype");
   const absmax = isNested(state.absmax) ? recoverNestedAbsmax(state.absmax) : state.absmax;
-  const lut = pairTable(state.quantType === "nf4" ? NF4_CODE : FP4_CODE, state.quantType);
+  const code = state.quantType === "nf4" ? NF4_CODE : FP4_CODE;
   if (dt === "float32") {
     const out = new Float32Array(n);
-    dequantizeRangeF32(lut, state.packed, absmax, state.blocksize, 0, n, out, 0);
+    dequantizeRangeF32(code, state.packed, absmax, state.blocksize, 0, n, out, 0);
     return out;
   }
   const out = new Uint16Array(n);
-  const buf = new Float32Array(Math.min(CHUNK, n));
-  const u = new Uint32Array(buf.buffer);
-  for (let s = 0; s < n; s += CHUNK) {
-    const e = Math.min(s + CHUNK, n);
-    dequantizeRangeF32(lut, state.packed, absmax, state.blocksize, s, e, buf, 0);
-    const len = e - s;
-    if (dt === "bfloat16") {
-      for (let i = 0; i < len; i++) {
-        const b = u[i];
-        out[s + i] = (b & 0x7fffffff) > 0x7f800000 ? 0x7fff : (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
-      }
-    } else {
-      for (let i = 0; i < len; i++) out[s + i] = f32BitsToF16Bits(u[i]);
-    }
+  dequantizeRangeU16(code, state.packed, absmax, state.blocksize, 0, n, out, 0, dt === "bfloat16" ? f32BitsToBf16Bits : f32BitsToF16Bits);
+  return out;
+}
+
+export interface DequantizeIntoOptions {
+  /** Output dtype; default: "float32" for a Float32Array `out`, `state.dtype` for a Uint16Array. */
+  outDtype?: FloatDType;
+  /** First element (flat index, even) to dequantize; `out.length` elements are written. Default 0. */
+  start?: number;
+}
+
+/**
+ * Allocation-free / chunked dequantization: writes elements [start, start + out.length) into `out`
+ * (Float32Array for "float32", Uint16Array for "bfloat16"/"float16" bit patterns). Dequantizing a
+ * large tensor in chunks: call with consecutive even `start`s and reused `out` buffers.
+ */
+export function dequantize4bitInto(
+  state: QuantState4bit,
+  out: Float32Array | Uint16Array,
+  options: DequantizeIntoOptions = {},
+): Float32Array | Uint16Array {
+  const n = checkState(state);
+  const start = options.start ?? 0;
+  if (!Number.isSafeInteger(start) || start < 0 || start % 2 !== 0) {
+    throw new Nf4Error("INVALID_ARGUMENT", `options.start: expected an even non-negative integer, got ${describe(start)}`);
   }
+  let dt: FloatDType;
+  if (out instanceof Float32Array) {
+    dt = checkDType(options.outDtype ?? "float32", "options.outDtype");
+    if (dt !== "float32") {
+      throw new Nf4Error("INVALID_DTYPE", `options.outDtype: a Float32Array out holds "float32", got ${describe(dt)}`);
+    }
+  } else if (out instanceof Uint16Array) {
+    dt = checkDType(options.outDtype ?? state.dtype, "options.outDtype");
+    if (dt === "float32") {
+      throw new Nf4Error("INVALID_DTYPE", `options.outDtype: a Uint16Array out needs "bfloat16" or "float16", got "float32"`);
+    }
+  } else {
+    throw new Nf4Error("INVALID_ARGUMENT", `out: expected a Float32Array or Uint16Array, got ${describe(out)}`);
+  }
+  const end = start + out.length;
+  if (end > n) {
+    throw new Nf4Error("LENGTH_MISMATCH", `out: elements [${start}, ${end}) exceed the tensor's ${n} elements`);
+  }
+  // only the blocks this range touches
+  const b0 = Math.floor(start / state.blocksize);
+  const b1 = Math.ceil(end / state.blocksize);
+  const absmax = isNested(state.absmax)
+    ? recoverNestedAbsmax(state.absmax, b0, b1)
+    : state.absmax.subarray(b0, b1);
+  const code = state.quantType === "nf4" ? NF4_CODE : FP4_CODE;
+  const conv = dt === "bfloat16" ? f32BitsToBf16Bits : f32BitsToF16Bits;
+  if (out instanceof Float32Array) dequantizeRangeF32(code, state.packed, absmax, state.blocksize, start, end, out, 0, b0);
+  else dequantizeRangeU16(code, state.packed, absmax, state.blocksize, start, end, out, 0, conv, b0);
   return out;
 }

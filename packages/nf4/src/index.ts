@@ -24,7 +24,13 @@ export {
   type Quantizer4bitOptions,
   type Quantized4bitChunk,
 } from "./quantize";
-export { dequantize4bit, recoverAbsmax, recoverNestedAbsmax } from "./dequantize";
+export {
+  dequantize4bit,
+  dequantize4bitInto,
+  recoverAbsmax,
+  recoverNestedAbsmax,
+  type DequantizeIntoOptions,
+} from "./dequantize";
 export { quantizeBlockwise8bit, dequantizeBlockwise8bit, quantize8bitValue } from "./blockwise8bit";
 export { f32ToBf16, bf16ToF32, f32ToF16, f16ToF32 } from "./half";
 export { packNibbles, unpackNibbles } from "./nibbles";

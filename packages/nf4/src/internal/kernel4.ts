@@ -1,5 +1,6 @@
 import { FP4_MAGNITUDE_CODE_BY_RANK, FP4_THRESHOLDS, NF4_THRESHOLDS } from "../tables";
 import type { QuantType } from "../types";
+import { exactThreshold, NEG_ROUNDS_TO_NONZERO } from "./exact";
 
 /** float32 max: per-thread maxima in the CUDA kernel start from -FLT_MAX (spec §2.2). */
 export const NEG_FLT_MAX = -3.4028234663852886e38;
@@ -28,6 +29,41 @@ export function fp4Code(y: number): number {
 }
 
 /**
+ * Bucket tables for branch-free code selection on the exact product p = x·r (see ./exact):
+ * bucket j = floor((p + 1)·K) (NF4) or floor(|p|·K) (FP4); each bucket holds at most one (exact)
+ * threshold, so code = base[j] + (p > thr[j]). Verified at construction: every threshold is far
+ * (> 1e-9) from a bucket edge, so float64 rounding of the bucket index can never matter.
+ */
+interface Buckets {
+  k: number;
+  top: number;
+  base: Uint8Array;
+  thr: Float64Array;
+}
+
+function buildBuckets(thresholds: ArrayLike<number>, k: number, lo0: number): Buckets {
+  const exact = Array.from(thresholds, exactThreshold);
+  const top = Math.round((1 - lo0) * k);
+  const base = new Uint8Array(top + 1);
+  const thr = new Float64Array(top + 1).fill(Infinity);
+  for (let j = 0; j <= top; j++) {
+    const lo = lo0 + j / k;
+    const hi = j === top ? Infinity : lo0 + (j + 1) / k;
+    base[j] = exact.filter((t) => t < lo).length;
+    const inside = exact.filter((t) => t >= lo && t < hi);
+    if (inside.length > 1) throw new Error(`nf4 internal: bucket ${j} holds ${inside.length} thresholds`);
+    if (inside.length === 1) thr[j] = inside[0];
+    for (const t of exact) {
+      if (Math.abs(t - lo) < 1e-9) throw new Error(`nf4 internal: threshold ${t} on bucket edge ${lo}`);
+    }
+  }
+  return { k, top, base, thr };
+}
+
+let nf4Buckets: Buckets | undefined;
+let fp4Buckets: Buckets | undefined;
+
+/**
  * Quantizes elements [start, end) of `x` (start block-aligned relative to the tensor; end either
  * block-aligned or the tensor end) into `packed` from byte `pOut` and `absmax` from index `aOut`.
  * `end - start` odd is only allowed for the tensor's final chunk (padding nibble = code of 0·r).
@@ -43,12 +79,27 @@ export function quantizeRangeF32(
   absmax: Float32Array,
   aOut: number,
 ): void {
-  const nt7 = NT[7];
-  const ft3 = FT[3];
-  const nt = NT;
-  const ft = FT;
-  const rank = FP4_RANK;
-  const nf4 = quantType === "nf4";
+  if (quantType === "nf4") {
+    nf4Buckets ??= buildBuckets(NF4_THRESHOLDS, 125, -1);
+    quantizeNf4(nf4Buckets, x, start, end, blocksize, packed, pOut, absmax, aOut);
+  } else {
+    fp4Buckets ??= buildBuckets(FP4_THRESHOLDS, 250, 0);
+    quantizeFp4(fp4Buckets, x, start, end, blocksize, packed, pOut, absmax, aOut);
+  }
+}
+
+function quantizeNf4(
+  bk: Buckets,
+  x: Float32Array,
+  start: number,
+  end: number,
+  blocksize: number,
+  packed: Uint8Array,
+  pOut: number,
+  absmax: Float32Array,
+  aOut: number,
+): void {
+  const { k, top, base, thr } = bk;
   let p = pOut;
   let a = aOut;
   for (let s = start; s < end; s += blocksize) {
@@ -63,68 +114,75 @@ export function quantizeRangeF32(
     absmax[a++] = m;
     const r = Math.fround(1 / m);
     const ePair = s + ((e - s) & ~1);
-    if (nf4) {
-      for (let i = s; i < ePair; i += 2) {
-        const y0 = Math.fround(x[i] * r);
-        const y1 = Math.fround(x[i + 1] * r);
-        let c0 = y0 > nt7 ? 8 : 0;
-        let c1 = y1 > nt7 ? 8 : 0;
-        c0 += y0 > nt[c0 + 3] ? 4 : 0;
-        c1 += y1 > nt[c1 + 3] ? 4 : 0;
-        c0 += y0 > nt[c0 + 1] ? 2 : 0;
-        c1 += y1 > nt[c1 + 1] ? 2 : 0;
-        c0 += y0 > nt[c0] ? 1 : 0;
-        c1 += y1 > nt[c1] ? 1 : 0;
-        packed[p++] = (c0 << 4) | c1;
-      }
-      if (ePair < e) {
-        packed[p++] = (nf4Code(Math.fround(x[ePair] * r)) << 4) | nf4Code(Math.fround(0 * r));
-      }
-    } else {
-      for (let i = s; i < ePair; i += 2) {
-        const y0 = Math.fround(x[i] * r);
-        const y1 = Math.fround(x[i + 1] * r);
-        const a0 = Math.abs(y0);
-        const a1 = Math.abs(y1);
-        let k0 = a0 > ft3 ? 4 : 0;
-        let k1 = a1 > ft3 ? 4 : 0;
-        k0 += a0 > ft[k0 + 1] ? 2 : 0;
-        k1 += a1 > ft[k1 + 1] ? 2 : 0;
-        k0 += a0 > ft[k0] ? 1 : 0;
-        k1 += a1 > ft[k1] ? 1 : 0;
-        const c0 = rank[k0] + (y0 < 0 ? 8 : 0);
-        const c1 = rank[k1] + (y1 < 0 ? 8 : 0);
-        packed[p++] = (c0 << 4) | c1;
-      }
-      if (ePair < e) {
-        packed[p++] = (fp4Code(Math.fround(x[ePair] * r)) << 4) | fp4Code(Math.fround(0 * r));
-      }
+    for (let i = s; i < ePair; i += 2) {
+      const p0 = x[i] * r; // exact in float64
+      const p1 = x[i + 1] * r;
+      const u0 = (p0 + 1) * k;
+      const u1 = (p1 + 1) * k;
+      const j0 = u0 >= top ? top : u0 > 0 ? u0 | 0 : 0;
+      const j1 = u1 >= top ? top : u1 > 0 ? u1 | 0 : 0;
+      const c0 = base[j0] + +(p0 > thr[j0]);
+      const c1 = base[j1] + +(p1 > thr[j1]);
+      packed[p++] = (c0 << 4) | c1;
+    }
+    if (ePair < e) {
+      packed[p++] = (nf4Code(Math.fround(x[ePair] * r)) << 4) | nf4Code(Math.fround(0 * r));
     }
   }
 }
 
-let nf4Pair: Float32Array | undefined;
-let fp4Pair: Float32Array | undefined;
-
-/** 512-entry LUT: byte b -> [code[b >> 4], code[b & 15]]. */
-export function pairTable(code: Float32Array, quantType: QuantType): Float32Array {
-  const cached = quantType === "nf4" ? nf4Pair : fp4Pair;
-  if (cached !== undefined) return cached;
-  const t = new Float32Array(512);
-  for (let b = 0; b < 256; b++) {
-    t[2 * b] = code[b >> 4];
-    t[2 * b + 1] = code[b & 15];
+function quantizeFp4(
+  bk: Buckets,
+  x: Float32Array,
+  start: number,
+  end: number,
+  blocksize: number,
+  packed: Uint8Array,
+  pOut: number,
+  absmax: Float32Array,
+  aOut: number,
+): void {
+  const { k, top, base, thr } = bk;
+  const rank = FP4_RANK;
+  const neg = NEG_ROUNDS_TO_NONZERO;
+  let p = pOut;
+  let a = aOut;
+  for (let s = start; s < end; s += blocksize) {
+    const e = Math.min(s + blocksize, end);
+    let m = e - s === blocksize ? NEG_FLT_MAX : 0;
+    for (let i = s; i < e; i++) {
+      const v = Math.abs(x[i]);
+      if (v > m) m = v;
+    }
+    absmax[a++] = m;
+    const r = Math.fround(1 / m);
+    const ePair = s + ((e - s) & ~1);
+    for (let i = s; i < ePair; i += 2) {
+      const p0 = x[i] * r;
+      const p1 = x[i + 1] * r;
+      const a0 = Math.abs(p0);
+      const a1 = Math.abs(p1);
+      const u0 = a0 * k;
+      const u1 = a1 * k;
+      const j0 = u0 >= top ? top : u0 > 0 ? u0 | 0 : 0;
+      const j1 = u1 >= top ? top : u1 > 0 ? u1 | 0 : 0;
+      const c0 = rank[base[j0] + +(a0 > thr[j0])] | (+(p0 < neg) << 3);
+      const c1 = rank[base[j1] + +(a1 > thr[j1])] | (+(p1 < neg) << 3);
+      packed[p++] = (c0 << 4) | c1;
+    }
+    if (ePair < e) {
+      packed[p++] = (fp4Code(Math.fround(x[ePair] * r)) << 4) | fp4Code(Math.fround(0 * r));
+    }
   }
-  if (quantType === "nf4") nf4Pair = t;
-  else fp4Pair = t;
-  return t;
 }
 
 /**
  * Dequantizes elements [start, end) (start even) to float32: out[o + i - start] = fl32(code · absmax).
+ * Per block, the 16 scaled values are formed once (one float32 multiply each, as CUDA does per
+ * element) and the output is filled by moving their bit patterns (no per-element float work).
  */
 export function dequantizeRangeF32(
-  lut: Float32Array,
+  code: Float32Array,
   packed: Uint8Array,
   absmax: Float32Array,
   blocksize: number,
@@ -132,22 +190,69 @@ export function dequantizeRangeF32(
   end: number,
   out: Float32Array,
   o: number,
+  absmaxBase = 0,
 ): void {
+  const outU = new Uint32Array(out.buffer, out.byteOffset, out.length);
+  const sF = new Float32Array(16);
+  const sU = new Uint32Array(sF.buffer);
   let i = start;
   while (i < end) {
     const blk = Math.floor(i / blocksize);
-    const a = absmax[blk];
+    const a = absmax[blk - absmaxBase];
+    for (let c = 0; c < 16; c++) sF[c] = code[c] * a;
     const e = Math.min((blk + 1) * blocksize, end);
     const ePair = i + ((e - i) & ~1);
     let p = i >>> 1;
     let w = o + (i - start);
     for (let j = i; j < ePair; j += 2) {
-      const b = packed[p++] << 1;
-      out[w] = lut[b] * a;
-      out[w + 1] = lut[b + 1] * a;
+      const b = packed[p++];
+      outU[w] = sU[b >>> 4];
+      outU[w + 1] = sU[b & 15];
       w += 2;
     }
-    if (ePair < e) out[w] = lut[packed[p] << 1] * a;
+    if (ePair < e) outU[w] = sU[packed[p] >>> 4];
+    i = e;
+  }
+}
+
+/**
+ * Same for 16-bit outputs: per block the 16 scaled float32 values are converted once (RNE) with
+ * `conv` (f32 bits -> bf16/f16 bits) and the output is filled with those bit patterns.
+ */
+export function dequantizeRangeU16(
+  code: Float32Array,
+  packed: Uint8Array,
+  absmax: Float32Array,
+  blocksize: number,
+  start: number,
+  end: number,
+  out: Uint16Array,
+  o: number,
+  conv: (bits: number) => number,
+  absmaxBase = 0,
+): void {
+  const sF = new Float32Array(16);
+  const sU = new Uint32Array(sF.buffer);
+  const h = new Uint16Array(16);
+  let i = start;
+  while (i < end) {
+    const blk = Math.floor(i / blocksize);
+    const a = absmax[blk - absmaxBase];
+    for (let c = 0; c < 16; c++) {
+      sF[c] = code[c] * a;
+      h[c] = conv(sU[c]);
+    }
+    const e = Math.min((blk + 1) * blocksize, end);
+    const ePair = i + ((e - i) & ~1);
+    let p = i >>> 1;
+    let w = o + (i - start);
+    for (let j = i; j < ePair; j += 2) {
+      const b = packed[p++];
+      out[w] = h[b >>> 4];
+      out[w + 1] = h[b & 15];
+      w += 2;
+    }
+    if (ePair < e) out[w] = h[packed[p] >>> 4];
     i = e;
   }
 }
