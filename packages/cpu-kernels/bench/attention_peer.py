@@ -1,0 +1,76 @@
+#!/usr/bin/python3
+"""Peer for bench/attention.bench.ts: causal GQA attention forward+backward in torch 1.13 (no
+scaled_dot_product_attention before 2.0), the plain formula with autograd:
+    k, v repeat_interleave'd to the query heads; s = q·kᵀ·scale; causal mask → -inf; p = softmax(s); o = p·v
+then o.backward(dout). Prints one JSON object:
+    {"torch": version, "ms": {seq: median ms}, "peak_bytes": {seq: peak RSS growth during one fwd+bwd}}
+Peak memory: the process's VmHWM (peak resident set) is reset to the current RSS through
+/proc/self/clear_refs just before one fwd+bwd, then read afterwards; the figure is VmHWM − RSS before,
+i.e. what the step itself added on top of the inputs."""
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+
+def status_kb(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, required=True)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--seqs", default="512,2048")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--kv-heads", type=int, default=4)
+    ap.add_argument("--head-dim", type=int, default=64)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    b, h, kvh, d = args.batch, args.heads, args.kv_heads, args.head_dim
+    group = h // kvh
+    scale = d ** -0.5
+    ms, peak = {}, {}
+    for seq in [int(s) for s in args.seqs.split(",")]:
+        q = torch.randn(b, h, seq, d, requires_grad=True)
+        k = torch.randn(b, kvh, seq, d, requires_grad=True)
+        v = torch.randn(b, kvh, seq, d, requires_grad=True)
+        dout = torch.randn(b, h, seq, d)
+        mask = torch.ones(seq, seq, dtype=torch.bool).triu(1)
+
+        def step():
+            q.grad = k.grad = v.grad = None
+            kk = k.repeat_interleave(group, dim=1)
+            vv = v.repeat_interleave(group, dim=1)
+            s = torch.matmul(q, kk.transpose(-1, -2)) * scale
+            s = s.masked_fill(mask, float("-inf"))
+            p = torch.softmax(s, dim=-1)
+            o = torch.matmul(p, vv)
+            o.backward(dout)
+
+        step()  # warm-up
+        q.grad = k.grad = v.grad = None
+        rss_before = status_kb("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        step()
+        peak[seq] = (status_kb("VmHWM") - rss_before) * 1024
+        times = []
+        for _ in range(args.reps):
+            t0 = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - t0) * 1e3)
+        ms[seq] = statistics.median(times)
+    print(json.dumps({"torch": torch.__version__, "ms": ms, "peak_bytes": peak}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+// GEMM / 4-bit benchmarks against torch (OpenBLAS) measured in the same run at the same thread
+// count (bench/peer_torch.py). Ratio = torch time / our time (> 1: we are faster).
+//   args: --threads 2,1   --reps 7   --markdown   --items gemm_f32_512,...
+// Our runs and torch's alternate sample by sample, so both see the same machine load.
+import { spawn } from "node:child_process";
+import { createInterface } from "node:readline";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { quantize4bit } from "@qlora/nf4";
+import type { GemmNative, NativeQuantWeight } from "../src/gemm";
+import { loadNative } from "../src/load";
+import { getThreads, setThreads } from "../src/threads";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const arg = (name: string, fallback: string) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1]! : fallback;
+};
+const threadCounts = arg("threads", String(getThreads())).split(",").map(Number);
+const reps = Number(arg("reps", "7"));
+const markdown = process.argv.includes("--markdown");
+const wanted = new Set(arg("items", "").split(",").filter(Boolean));
+const native = loadNative() as unknown as GemmNative;
+
+interface Item {
+  name: string;
+  what: string;
+  peer: string;
+  target: number; // minimum ratio torch/ours
+  setup(): () => void;
+}
+
+function random(length: number): Float32Array {
+  const a = new Float32Array(length);
+  for (let i = 0; i < length; i++) a[i] = Math.random() * 2 - 1;
+  return a;
+}
+
+function gemm(m: number, k: number, n: number): () => void {
+  const a = random(m * k), b = random(k * n), c = new Float32Array(m * n);
+  return () => native.matmul(a, b, c, 1, m, k, n, false, false, m * k, k * n);
+}
+
+const quantCache = new Map<string, NativeQuantWeight>();
+function quantWeight(n: number, k: number): NativeQuantWeight {
+  const key = `${n}x${k}`;
+  let w = quantCache.get(key);
+  if (!w) {
+    const s = quantize4bit(random(n * k), { quantType: "nf4", blocksize: 64, doubleQuant: true, shape: [n, k] });
+    const a = s.absmax as Exclude<typeof s.absmax, Float32Array>;
+    w = { quantType: "nf4", blocksize: 64, n, k, codes: s.packed, qabsmax: a.qabsmax, code: a.code, nestedAbsmax: a.nestedAbsmax, nestedBlocksize: a.nestedBlocksize, offset: a.offset };
+    quantCache.set(key, w);
+  }
+  return w;
+}
+
+function nf4(m: number, k: number, n: number): () => void {
+  const w = quantWeight(n, k), x = random(m * k), y = new Float32Array(m * n);
+  return () => native.matmul4bit(x, m, y, w);
+}
+
+const items: Item[] = [
+  { name: "gemm_f32_512", what: "f32 GEMM 512³", peer: "torch.mm f32", target: 0.8, setup: () => gemm(512, 512, 512) },
+  { name: "gemm_f32_2048", what: "f32 GEMM 2048³", peer: "torch.mm f32", target: 0.8, setup: () => gemm(2048, 2048, 2048) },
+  { name: "gemm_f32_4096x1024x4096", what: "f32 GEMM (M,K,N)=(4096,1024,4096)", peer: "torch.mm f32", target: 0.8, setup: () => gemm(4096, 1024, 4096) },
+  { name: "gemm_nf4_2048x4096x4096", what: "NF4 GEMM (M,K,N)=(2048,4096,4096), DQ, bs64", peer: "torch.mm f32 dense (x·Wᵀ)", target: 0.8, setup: () => nf4(2048, 4096, 4096) },
+  { name: "gemv_nf4_4096x4096", what: "NF4 GEMV 4096×4096 (m=1), DQ, bs64", peer: "torch.mv f32 dense", target: 2, setup: () => nf4(1, 4096, 4096) },
+  { name: "gemv_nf4_14336x4096", what: "NF4 GEMV 14336×4096 (m=1), DQ, bs64", peer: "torch.mv f32 dense", target: 2, setup: () => nf4(1, 4096, 14336) },
+].filter((it) => wanted.size === 0 || wanted.has(it.name));
+
+function median(t: number[]): number {
+  const s = [...t].sort((a, b) => a - b);
+  return s.length % 2 ? s[s.length >> 1]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+}
+
+/** torch in a child process answering "name calls" with elapsed ms (bench/peer_torch.py). */
+async function startPeer(threads: number) {
+  const child = spawn("/usr/bin/python3", [join(here, "peer_torch.py"), "--threads", String(threads), "--items", items.map((i) => i.name).join(",")], { stdio: ["pipe", "pipe", "inherit"] });
+  const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+  const next = async () => {
+    const r = await lines.next();
+    if (r.done) throw new Error("peer_torch.py exited early");
+    return r.value;
+  };
+  const banner = await next();
+  return {
+    banner,
+    async time(name: string, calls: number): Promise<number> {
+      child.stdin.write(`${name} ${calls}\n`);
+      return Number(await next()) / calls;
+    },
+    stop: () => child.stdin.end(),
+  };
+}
+
+const rows: string[][] = [];
+let peerVersion = "";
+for (const threads of threadCounts) {
+  setThreads(threads);
+  const peer = await startPeer(threads);
+  peerVersion = peer.banner;
+  for (const it of items) {
+    const fn = it.setup();
+    const calls = it.name.startsWith("gemv") ? 20 : 1; // one sample = `calls` back-to-back runs
+    fn(); // warm-up: page faults, packing buffers, pool start
+    const ours: number[] = [], theirs: number[] = [];
+    for (let r = 0; r < reps; r++) {
+      const t0 = process.hrtime.bigint();
+      for (let c = 0; c < calls; c++) fn();
+      ours.push(Number(process.hrtime.bigint() - t0) / 1e6 / calls);
+      theirs.push(await peer.time(it.name, calls));
+    }
+    const o = median(ours), t = median(theirs), ratio = t / o;
+    rows.push([it.what, String(threads), o.toFixed(2), `${t.toFixed(2)} (${it.peer})`, ratio.toFixed(2), `≥ ${it.target}`, ratio >= it.target ? "met" : "MISSED"]);
+  }
+  peer.stop();
+}
+
+const header = ["item", "threads", "ours ms (median)", "torch ms (median)", "torch/ours", "target", ""];
+if (markdown) {
+  console.log(`| ${header.join(" | ")} |\n|${header.map(() => "---").join("|")}|`);
+  for (const r of rows) console.log(`| ${r.join(" | ")} |`);
+} else {
+  const w = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (r: string[]) => r.map((c, i) => c.padEnd(w[i]!)).join("  ");
+  console.log(line(header));
+  for (const r of rows) console.log(line(r));
+}
+console.log(`(ours: isa ${native.gemmIsa()}; peer: torch ${peerVersion.split(" ")[1]}; ${reps} interleaved samples per item (GEMV: 20 calls per sample), medians; ratio = torch time / our time)`);

@@ -1,0 +1,57 @@
+#!/usr/bin/python3
+"""Peer for bench/gemm.bench.ts: Debian's torch (OpenBLAS) at a given thread count, run as a small
+server so the benchmark can interleave our runs and torch's one by one (the build machine is shared
+and noisy; pairing makes both sides see the same load).
+
+  peer_torch.py --threads N --items a,b,...   -> sets up the items, prints "ready"
+  stdin "name calls\n"                         -> runs item `calls` times, prints elapsed milliseconds
+Outputs are preallocated (out=), as ours are."""
+import argparse
+import sys
+import time
+
+import torch
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, required=True)
+    ap.add_argument("--items", required=True)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    def mm(m, k, n, trans_b=False):
+        a = torch.randn(m, k)
+        b = torch.randn(n, k).t() if trans_b else torch.randn(k, n)  # trans_b: F.linear(x, W) layout
+        c = torch.empty(m, n)
+        return lambda: torch.mm(a, b, out=c)
+
+    def mv(n, k):
+        w, x, y = torch.randn(n, k), torch.randn(k), torch.empty(n)
+        return lambda: torch.mv(w, x, out=y)
+
+    makers = {
+        "gemm_f32_512": lambda: mm(512, 512, 512),
+        "gemm_f32_2048": lambda: mm(2048, 2048, 2048),
+        "gemm_f32_4096x1024x4096": lambda: mm(4096, 1024, 4096),
+        "gemm_nf4_2048x4096x4096": lambda: mm(2048, 4096, 4096, trans_b=True),
+        "gemv_nf4_4096x4096": lambda: mv(4096, 4096),
+        "gemv_nf4_14336x4096": lambda: mv(14336, 4096),
+    }
+    fns = {}
+    for name in args.items.split(","):
+        fns[name] = makers[name]()
+        fns[name]()  # warm-up
+    print("ready", torch.__version__, torch.get_num_threads(), flush=True)
+    for line in sys.stdin:
+        name, calls = line.split()
+        fn = fns[name]
+        t0 = time.perf_counter()
+        for _ in range(int(calls)):
+            fn()
+        print((time.perf_counter() - t0) * 1e3, flush=True)
+
+
+if __name__ == "__main__":
+    main()
