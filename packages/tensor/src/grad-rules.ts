@@ -55,10 +55,11 @@ function binaryRule(fa: ((g: Tensor, n: Node) => Tensor) | null, fb: ((g: Tensor
   };
 }
 
-function minmaxRule(cmp: typeof gt): Rule {
-  // ties share the gradient equally (torch.maximum semantics)
+function minmaxRule(cmp: "gt" | "lt"): Rule {
+  // ties share the gradient equally (torch.maximum semantics). Ops are looked up at call time: this
+  // module is part of an import cycle (ops → autograd → grad-rules → ops).
   const maskFor = (x: Tensor, y: Tensor): Tensor => {
-    const c = cmp(x, y);
+    const c = cmp === "gt" ? gt(x, y) : lt(x, y);
     const e = eq(x, y);
     const half = mul(e, 0.5);
     return done(add(c, half), c, e, half);
@@ -108,8 +109,8 @@ export const gradRules: Record<string, Rule> = {
       return done(unary("neg", r), q, t, r);
     },
   ),
-  max: minmaxRule(gt),
-  min: minmaxRule(lt),
+  max: minmaxRule("gt"),
+  min: minmaxRule("lt"),
   pow: binaryRule(
     (g, n) => {
       const [a, b, y] = n.saved;

@@ -342,20 +342,21 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       const aStride = opts.aBatchStride ?? m * k;
       const bStride = opts.bBatchStride ?? k * n;
       const { buf, data } = mkF(batch * m * n);
+      // Per batch: A as row-major [m, k], B as row-major [k, n]; each output row accumulates a·B[p, :].
+      const Ar = new Float64Array(m * k);
+      const Br = new Float64Array(k * n);
       const row = new Float64Array(n);
       for (let bt = 0; bt < batch; bt++) {
         const ao = bt * aStride;
         const bo = bt * bStride;
+        for (let i = 0; i < m; i++) for (let p = 0; p < k; p++) Ar[i * k + p] = opts.transA ? A[ao + p * m + i] : A[ao + i * k + p];
+        for (let p = 0; p < k; p++) for (let j = 0; j < n; j++) Br[p * n + j] = opts.transB ? B[bo + j * k + p] : B[bo + p * n + j];
         for (let i = 0; i < m; i++) {
           row.fill(0);
           for (let p = 0; p < k; p++) {
-            const av = opts.transA ? A[ao + p * m + i] : A[ao + i * k + p];
-            if (av === 0) continue;
-            if (opts.transB) for (let j = 0; j < n; j++) row[j] += av * B[bo + j * k + p];
-            else {
-              const base = bo + p * n;
-              for (let j = 0; j < n; j++) row[j] += av * B[base + j];
-            }
+            const av = Ar[i * k + p];
+            const base = p * n;
+            for (let j = 0; j < n; j++) row[j] += av * Br[base + j];
           }
           const oo = (bt * m + i) * n;
           for (let j = 0; j < n; j++) data[oo + j] = row[j];
