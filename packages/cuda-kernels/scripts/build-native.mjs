@@ -5,8 +5,9 @@
 //   QLORA_CUDA_ARCHS  comma list of SASS targets, default "80,86,89,90" (+ compute_90 PTX);
 //                     use QLORA_CUDA_ARCHS=80 while iterating.
 //   JOBS              parallel compile jobs (default 1: nvcc is memory- and CPU-hungry).
+//   QLORA_CUDA_CLEAN=1 forces a full rebuild (otherwise unchanged configurations build incrementally).
 import { spawnSync } from "node:child_process";
-import { existsSync, realpathSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync, realpathSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { delimiter, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -58,14 +59,24 @@ const nodeGyp = require.resolve("node-gyp/bin/node-gyp.js");
 const nodedir = process.env.npm_config_nodedir || resolve(process.execPath, "../..");
 const jobs = process.env.JOBS ?? "1";
 const started = Date.now();
-console.log(`cuda-kernels: building with ${cuda.nvcc} for sm_${archs.join(", sm_")} + compute_${last} PTX (jobs ${jobs})`);
-const args = [
-  nodeGyp, "rebuild", `--nodedir=${nodedir}`, `--jobs=${jobs}`,
-  `--cuda_home=${cuda.home}`, `--nvcc=${cuda.nvcc}`, `--cuda_gencode=${gencode}`,
-];
+// Incremental when nothing that configure bakes in changed (toolkit, gencode list, file list):
+// make then recompiles only what changed (the nvcc rule lists the headers as inputs).
+const sources = ["csrc/kernels", "csrc/napi", "csrc/runtime"].flatMap((d) => readdirSync(join(packageRoot, d)).map((f) => `${d}/${f}`));
+const stamp = JSON.stringify({ nvcc: cuda.nvcc, gencode, sources: sources.sort(), node: process.version });
+const stampFile = join(packageRoot, "build", "qlora-build-stamp.json");
+const incremental =
+  process.env.QLORA_CUDA_CLEAN !== "1" && existsSync(join(packageRoot, "build", "Makefile")) && existsSync(stampFile) &&
+  readFileSync(stampFile, "utf8") === stamp;
+console.log(
+  `cuda-kernels: ${incremental ? "incremental build" : "building"} with ${cuda.nvcc} for sm_${archs.join(", sm_")} + compute_${last} PTX (jobs ${jobs})`,
+);
+const args = incremental
+  ? [nodeGyp, "build", `--jobs=${jobs}`]
+  : [nodeGyp, "rebuild", `--nodedir=${nodedir}`, `--jobs=${jobs}`, `--cuda_home=${cuda.home}`, `--nvcc=${cuda.nvcc}`, `--cuda_gencode=${gencode}`];
 const result = spawnSync(process.execPath, args, { cwd: packageRoot, stdio: "inherit" });
 if (result.status !== 0) {
   console.error(`cuda-kernels: native build failed (node-gyp exited ${result.status}); see the log above`);
   process.exit(result.status ?? 1);
 }
+writeFileSync(stampFile, stamp);
 console.log(`cuda-kernels: built build/Release/qlora_cuda.node in ${((Date.now() - started) / 1000).toFixed(1)} s`);

@@ -75,11 +75,15 @@ void crossEntropy(cudaStream_t s, const float* logits, const int32_t* labels, in
 
 void crossEntropyBackward(cudaStream_t s, const float* dloss, const float* logits, const int32_t* labels, const float* lse,
                           int64_t rows, int vocab, int ignoreIndex, float* dlogits) {
-  require(rows >= 0 && rows <= 65535 && vocab >= 1, "crossEntropyBackward: rows in [0, 65535] per launch, vocab ≥ 1");
-  if (rows == 0) return;
-  dim3 grid((vocab + 255) / 256, unsigned(rows));
-  crossEntropyBackwardKernel<<<grid, 256, 0, s>>>(dloss, logits, labels, lse, vocab, ignoreIndex, dlogits);
-  QK_LAUNCH_CHECK("crossEntropyBackwardKernel");
+  require(rows >= 0 && vocab >= 1, "crossEntropyBackward: rows ≥ 0, vocab ≥ 1");
+  // gridDim.y ≤ 65535: launch in row chunks.
+  for (int64_t r0 = 0; r0 < rows; r0 += 65535) {
+    const int64_t chunk = rows - r0 < 65535 ? rows - r0 : 65535;
+    dim3 grid((vocab + 255) / 256, unsigned(chunk));
+    crossEntropyBackwardKernel<<<grid, 256, 0, s>>>(dloss + r0, logits + r0 * vocab, labels + r0, lse + r0, vocab,
+                                                      ignoreIndex, dlogits + r0 * vocab);
+    QK_LAUNCH_CHECK("crossEntropyBackwardKernel");
+  }
 }
 
 }  // namespace qk

@@ -14,9 +14,11 @@ __device__ __forceinline__ void storeAs(void* p, int dtype, int64_t i, float v) 
     case F32: static_cast<float*>(p)[i] = v; break;
     case F16: static_cast<uint16_t*>(p)[i] = floatToF16(v); break;
     case BF16: static_cast<uint16_t*>(p)[i] = floatToBf16(v); break;
-    // Float → int: truncation toward zero, as Int32Array assignment does for in-range values.
-    case I32: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); break;
-    default: static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v); break;
+    // The reference's casts (types.ts refinement 1): float→i32 truncates toward zero, non-finite → 0;
+    // float→u8 truncates then keeps the low 8 bits; →bool is (x ≠ 0).
+    case I32: static_cast<int32_t*>(p)[i] = isfinite(v) ? static_cast<int32_t>(truncf(v)) : 0; break;
+    case U8: static_cast<uint8_t*>(p)[i] = isfinite(v) ? static_cast<uint8_t>(static_cast<int64_t>(truncf(v)) & 0xff) : 0; break;
+    default: static_cast<uint8_t*>(p)[i] = v != 0.f ? 1 : 0; break;
   }
 }
 
@@ -43,8 +45,17 @@ __global__ void copyKernel(const void* src, int srcDtype, View view, int64_t n, 
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t o = stridedOffset(view, i);
     if (srcDtype == I32 && dstDtype == I32) static_cast<int32_t*>(dst)[i] = static_cast<const int32_t*>(src)[o];
+    else if (srcDtype == dstDtype && dtypeSize(srcDtype) == 1) static_cast<uint8_t*>(dst)[i] = static_cast<const uint8_t*>(src)[o];
     else if (srcDtype == dstDtype && dtypeSize(srcDtype) == 2) static_cast<uint16_t*>(dst)[i] = static_cast<const uint16_t*>(src)[o];
     else storeAs(dst, dstDtype, i, loadAs(src, srcDtype, o));
+  }
+}
+
+__global__ void scatterKernel(void* dst, int dstDtype, View dv, const void* src, int srcDtype, View sv, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t so = stridedOffset(sv, i), d = stridedOffset(dv, i);
+    if (srcDtype == I32 && dstDtype == I32) static_cast<int32_t*>(dst)[d] = static_cast<const int32_t*>(src)[so];
+    else storeAs(dst, dstDtype, d, loadAs(src, srcDtype, so));
   }
 }
 
@@ -141,6 +152,18 @@ void copyStrided(cudaStream_t s, const void* src, int srcDtype, const View& view
   if (n == 0) return;
   copyKernel<<<gridFor(n, 256), 256, 0, s>>>(src, srcDtype, view, n, dst, dstDtype);
   QK_LAUNCH_CHECK("copyKernel");
+}
+
+void copyInPlace(cudaStream_t s, void* dst, int dstDtype, const View& dstView, const void* src, int srcDtype, const View& srcView) {
+  checkView(dstView, "copyInPlace dst");
+  checkView(srcView, "copyInPlace src");
+  require(dtypeSize(srcDtype) > 0 && dtypeSize(dstDtype) > 0, "copyInPlace: unknown dtype");
+  require(dstView.rank == srcView.rank, "copyInPlace: views must have the same rank");
+  for (int d = 0; d < dstView.rank; ++d) require(dstView.shape[d] == srcView.shape[d], "copyInPlace: view shapes differ");
+  const int64_t n = numel(srcView);
+  if (n == 0) return;
+  scatterKernel<<<gridFor(n, 256), 256, 0, s>>>(dst, dstDtype, dstView, src, srcDtype, srcView, n);
+  QK_LAUNCH_CHECK("scatterKernel");
 }
 
 void unary(cudaStream_t s, int op, const float* x, float* y, int64_t n) {

@@ -39,6 +39,8 @@ struct View {
 void fill(cudaStream_t s, void* out, int dtype, int64_t n, double value);
 /** Strided gather of src (through view) into contiguous dst, with a dtype cast. */
 void copyStrided(cudaStream_t s, const void* src, int srcDtype, const View& view, void* dst, int dstDtype);
+/** Strided scatter: dst[dstView(i)] = cast(src[srcView(i)]) for every index of the (equal) view shapes. */
+void copyInPlace(cudaStream_t s, void* dst, int dstDtype, const View& dstView, const void* src, int srcDtype, const View& srcView);
 enum UnaryOp { U_NEG, U_EXP, U_LOG, U_SQRT, U_RSQRT, U_ABS, U_SIGMOID, U_SILU, U_RELU, U_TANH, U_RECIP, U_SQUARE, U_SIGN };
 enum BinaryOp { B_ADD, B_SUB, B_MUL, B_DIV, B_MAX, B_MIN, B_POW, B_EQ, B_GT, B_LT };
 enum ReduceOp { R_SUM, R_MAX, R_MIN };

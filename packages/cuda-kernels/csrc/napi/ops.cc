@@ -15,7 +15,7 @@ using qk::dtypeSize;
 cudaStream_t stream() { return qk::Runtime::get().compute(); }
 int64_t len(const Napi::CallbackInfo& info, size_t i, const char* name) { return integer(info, i, name, 0, kMaxLen); }
 int dim(const Napi::CallbackInfo& info, size_t i, const char* name) { return int(integer(info, i, name, 0, INT32_MAX)); }
-int dtype(const Napi::CallbackInfo& info, size_t i, const char* name) { return int(integer(info, i, name, 0, 4)); }
+int dtype(const Napi::CallbackInfo& info, size_t i, const char* name) { return int(integer(info, i, name, 0, 5)); }
 template <class T>
 T* ptr(const Napi::CallbackInfo& info, size_t i, size_t bytes, const char* name) {
   return static_cast<T*>(buffer(info, i, bytes, name).ptr);
@@ -72,6 +72,19 @@ Napi::Value Copy(const Napi::CallbackInfo& info) {
     const qk::View v = view(info, 2, 3, 4, "copy view");
     const void* src = ptr<const void>(info, 0, extent(v) * dtypeSize(sd), "src");
     qk::copyStrided(stream(), src, sd, v, ptr<void>(info, 5, numel(v) * dtypeSize(dd), "dst"), dd);
+    return info.Env().Undefined();
+  });
+}
+
+// copyInPlace(dst, dstDtype, shape, dstStrides, dstOffset, src, srcDtype, srcStrides, srcOffset)
+Napi::Value CopyInPlace(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const int dd = dtype(info, 1, "dstDtype"), sd = dtype(info, 6, "srcDtype");
+    const qk::View dv = view(info, 2, 3, 4, "dst view");
+    const qk::View sv = view(info, 2, 7, 8, "src view");
+    void* dst = ptr<void>(info, 0, extent(dv) * dtypeSize(dd), "dst");
+    const void* src = ptr<const void>(info, 5, extent(sv) * dtypeSize(sd), "src");
+    qk::copyInPlace(stream(), dst, dd, dv, src, sd, sv);
     return info.Env().Undefined();
   });
 }
@@ -408,7 +421,7 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   });
 }
 
-qlora::Register o1("fill", Fill), o2("copy", Copy), o3("unary", Unary), o4("binary", Binary), o5("reduce", Reduce),
+qlora::Register o1("fill", Fill), o2("copy", Copy), o2b("copyInPlace", CopyInPlace), o3("unary", Unary), o4("binary", Binary), o5("reduce", Reduce),
     o6("gemm", Gemm), o7("quantize4bit", Quantize4bit), o8("dequantize4bit", Dequantize4bit),
     o9("quantizeBlockwise8", QuantizeBlockwise8), o10("gemm4bit", Gemm4bit<false>), o11("gemm4bitInputGrad", Gemm4bit<true>),
     o12("rmsNorm", RmsNorm), o13("rmsNormBackward", RmsNormBackward), o14("rope", Rope), o15("swiglu", Swiglu),

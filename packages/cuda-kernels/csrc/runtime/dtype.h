@@ -11,13 +11,13 @@
 
 namespace qk {
 
-enum DType : int { F32 = 0, F16 = 1, BF16 = 2, I32 = 3, U8 = 4 };
+enum DType : int { F32 = 0, F16 = 1, BF16 = 2, I32 = 3, U8 = 4, BOOL = 5 };
 
 QK_HD inline size_t dtypeSize(int dtype) {
   switch (dtype) {
     case F32: case I32: return 4;
     case F16: case BF16: return 2;
-    case U8: return 1;
+    case U8: case BOOL: return 1;
     default: return 0;
   }
 }

@@ -1,0 +1,84 @@
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+/** What csrc/napi/memory.cc's deviceStatus() returns. */
+export interface NativeDeviceStatus {
+  readonly available: boolean;
+  readonly count: number;
+  readonly code: number;
+  readonly reason: string;
+  readonly runtimeVersion: number;
+  readonly driverVersion: number;
+  readonly name: string;
+  readonly computeCapability: string;
+  readonly smCount: number;
+  readonly totalMemory: number;
+}
+
+export interface NativeMemoryStats {
+  readonly currentBytes: number;
+  readonly peakBytes: number;
+  readonly reservedBytes: number;
+  readonly managedBytes: number;
+  readonly allocCalls: number;
+  readonly deviceFreeBytes: number;
+  readonly deviceTotalBytes: number;
+}
+
+type Handle = number;
+type Fn = (...args: never[]) => void;
+
+/** The raw addon (csrc/napi/*.cc). Handles are numbers into the native buffer table; 0 = absent. */
+export interface NativeCuda {
+  deviceStatus(): NativeDeviceStatus;
+  cublasInfo(): { loaded: boolean; library: string; detail: string; version: number };
+  alloc(bytes: number, managed?: boolean): Handle;
+  free(handle: Handle): void;
+  upload(handle: Handle, data: ArrayBufferView): void;
+  download(handle: Handle, data: ArrayBufferView): void;
+  prefetch(handle: Handle): void;
+  memoryStats(): NativeMemoryStats;
+  resetPeak(): void;
+  emptyCache(): void;
+  synchronize(): void;
+  fill(out: Handle, dtype: number, length: number, value: number): void;
+  copy(src: Handle, srcDtype: number, shape: readonly number[], strides: readonly number[], offset: number, dst: Handle, dstDtype: number): void;
+  copyInPlace(dst: Handle, dstDtype: number, shape: readonly number[], dstStrides: readonly number[], dstOffset: number,
+    src: Handle, srcDtype: number, srcStrides: readonly number[], srcOffset: number): void;
+  unary(op: number, x: Handle, out: Handle, length: number): void;
+  binary(op: number, a: Handle, shape: readonly number[], aStrides: readonly number[], aOffset: number, b: Handle,
+    bStrides: readonly number[], bOffset: number, out: Handle): void;
+  reduce(op: number, x: Handle, outer: number, size: number, inner: number, out: Handle): void;
+  gemm(a: Handle, b: Handle, c: Handle, batch: number, m: number, n: number, k: number, transA: boolean, transB: boolean,
+    aBatchStride: number, bBatchStride: number, dtype: number): void;
+  quantize4bit(x: Handle, dtype: number, n: number, blocksize: number, fp4: boolean, codes: Handle, absmax: Handle): void;
+  dequantize4bit(...args: (number | boolean)[]): void;
+  quantizeBlockwise8(x: Handle, n: number, offset: number, blocksize: number, code: Handle, q: Handle, absmax: Handle): void;
+  gemm4bit(...args: (number | boolean)[]): void;
+  gemm4bitInputGrad(...args: (number | boolean)[]): void;
+  rmsNorm: Fn; rmsNormBackward: Fn; rope: Fn; swiglu: Fn; swigluBackward: Fn; softmax: Fn; softmaxBackward: Fn;
+  crossEntropy: Fn; crossEntropyBackward: Fn; embedding: Fn; embeddingBackward: Fn; adamw: Fn; adamw8bit: Fn;
+  attention: Fn; attentionBackward: Fn;
+}
+
+let cached: { native?: NativeCuda; error?: string } | undefined;
+
+/** Loads the addon once ($QLORA_CUDA_KERNELS_PATH, else build/Release, else prebuilds/); never throws. */
+export function tryLoadNative(): { native?: NativeCuda; error?: string } {
+  if (cached) return cached;
+  const require = createRequire(import.meta.url);
+  const packageRoot = join(dirname(fileURLToPath(import.meta.url)), "..");
+  try {
+    const explicit = process.env.QLORA_CUDA_KERNELS_PATH;
+    const native = explicit ? require(explicit) : require("node-gyp-build")(packageRoot);
+    cached = { native: native as NativeCuda };
+  } catch (error) {
+    cached = {
+      error:
+        `the native addon is not built or could not be loaded (${error instanceof Error ? error.message.split("\n")[0] : String(error)}); ` +
+        "build it with `pnpm --filter @qlora/cuda-kernels build:native` (needs nvcc)",
+    };
+  }
+  return cached;
+}
