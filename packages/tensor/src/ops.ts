@@ -500,7 +500,8 @@ export function matmul4bit(x: Tensor, w: QuantizedWeight): Tensor {
 /** Inverted dropout with a mask from the Philox generator (identity when p = 0 or not training). */
 export function dropout(x: Tensor, p: number, training = true): Tensor {
   if (!training || p === 0) return record("identity", [x], x._alias(), [], {});
-  const mask = dropoutMask(x.shape, p, { backend: x.backend });
+  const m32 = dropoutMask(x.shape, p, { backend: x.backend });
+  const mask = isFloat(x.dtype) && x.dtype !== "f32" ? castRaw(m32, x.dtype) : m32;
   const out = mul(x, mask);
   mask.dispose();
   return out;

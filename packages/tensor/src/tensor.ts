@@ -155,6 +155,15 @@ export class Tensor {
     }
     return h as Float32Array | Float64Array | Int32Array | Uint8Array;
   }
+  /** The raw host data in the storage dtype (bf16/f16 as Uint16Array bit patterns), contiguous. */
+  toHost(): HostArray {
+    this.assertAlive("toHost");
+    if (this.isDense()) return this.backend.toHost(this.buffer);
+    const temp = this.backend.copy(this.buffer, this.stridedView, this.dtype);
+    const h = this.backend.toHost(temp);
+    this.backend.free(temp);
+    return h;
+  }
   toArray(): number[] {
     return Array.from(this.toTypedArray());
   }
@@ -450,11 +459,21 @@ function inferShape(data: Nested): number[] {
   return shape;
 }
 
-/** A tensor from (nested) arrays or a typed array. Float arrays default to f32, Int32Array to i32, Uint8Array to u8. */
+/** A tensor from (nested) arrays or a typed array. Float arrays default to f32, Int32Array to i32, Uint8Array to u8;
+ * a Uint16Array is taken as bf16/f16 bit patterns (dtype required). */
 export function tensor(data: Nested | ArrayLike<number>, o?: CreateOptions & { shape?: Shape }): Tensor {
   let flat: ArrayLike<number>;
   let shape: number[];
   let dtype: DType | undefined = o?.dtype;
+  if (data instanceof Uint16Array) {
+    // bf16/f16 bit patterns (as read from a checkpoint): uploaded as they are
+    if (dtype !== "bf16" && dtype !== "f16") throw new TensorError("BAD_DTYPE", `tensor: a Uint16Array holds bf16/f16 bit patterns; pass dtype "bf16" or "f16" (got ${dtype ?? "none"})`);
+    shape = o?.shape ? [...o.shape] : [data.length];
+    checkShape(shape, "tensor");
+    if (numel(shape) !== data.length) throw new TensorError("BAD_SHAPE", `tensor: ${data.length} values do not fill shape ${JSON.stringify(shape)}`);
+    const be = resolveBackend(o);
+    return finish(fromBuffer(be.fromHost(data, dtype), be, shape, dtype), o);
+  }
   if (ArrayBuffer.isView(data)) {
     flat = data as unknown as ArrayLike<number>;
     shape = o?.shape ? [...o.shape] : [flat.length];

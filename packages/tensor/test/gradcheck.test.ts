@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { checkpoint } from "../src/autograd";
 import { gradRules } from "../src/grad-rules";
+import { createReferenceBackend } from "../src/backend/reference";
 import type { UnaryOp } from "../src/backend/types";
 import * as ops from "../src/ops";
 import { manualSeed } from "../src/random";
@@ -58,6 +59,11 @@ describe("gradients vs central finite differences (float64)", () => {
     expect(gradCheck((x) => x.slice(-1, 1, -1), [inp([3, 5], 23)])).toBeLessThan(TOL);
     expect(gradCheck((a, b) => ops.cat([a, b, a], 1), [inp([2, 3], 24), inp([2, 1], 25)])).toBeLessThan(TOL);
     expect(gradCheck((a, b) => ops.stack([a, b], 1), [inp([2, 3], 26), inp([2, 3], 27)])).toBeLessThan(TOL);
+  });
+  it("moves between backends (toBackend) and identity casts", () => {
+    const other = createReferenceBackend({ f64: true, name: "reference-f64-b" });
+    expect(gradCheck((x) => x.toBackend(other).square().toBackend(be64), [inp([2, 3], 28)])).toBeLessThan(TOL);
+    expect(gradCheck((x) => x.to("f32").clone(), [inp([2, 3], 29)])).toBeLessThan(TOL);
   });
   it("softmax (last and middle dim) and logSoftmax", () => {
     expect(gradCheck((x) => ops.softmax(x), [inp([3, 7], 30, -3, 3)])).toBeLessThan(TOL);

@@ -214,32 +214,32 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
     }
   }
 
-  /** Dequantize row `o` of a 4-bit weight (k elements) into `row` (f32). One tile: never the whole matrix. */
-  function dequantRow(w: QuantizedWeightBuffers, o: number, row: F, absmaxCache: Map<number, number>): void {
+  /** The f32 absmax of block `blk` (two-rounding recovery when double-quantized, @qlora/nf4 spec §5.4). */
+  function absmaxOf(w: QuantizedWeightBuffers, blk: number): number {
+    if (w.absmax.kind === "f32") return host(w.absmax.values, "matmul4bit").data[blk];
+    const q = host(w.absmax.qabsmax, "matmul4bit").data as Uint8Array;
+    const code = host(w.absmax.code, "matmul4bit").data;
+    const nested = host(w.absmax.nestedAbsmax, "matmul4bit").data;
+    return Math.fround(Math.fround(code[q[blk]] * nested[Math.floor(blk / w.absmax.nestedBlocksize)]) + Math.fround(w.absmax.offset));
+  }
+
+  /** Dequantize row `o` of a 4-bit weight (k elements) into `row`: one tile, never the whole matrix. */
+  function dequantRow(w: QuantizedWeightBuffers, o: number, row: F | Float64Array): void {
     const k = w.shape[1];
     const codes = host(w.codes, "matmul4bit").data as Uint8Array;
     const lut = w.quantType === "nf4" ? NF4_LUT : FP4_LUT;
     const bs = w.blocksize;
-    const absmaxOf = (blk: number): number => {
-      const cached = absmaxCache.get(blk);
-      if (cached !== undefined) return cached;
-      let v: number;
-      if (w.absmax.kind === "f32") v = host(w.absmax.values, "matmul4bit").data[blk];
-      else {
-        const q = host(w.absmax.qabsmax, "matmul4bit").data as Uint8Array;
-        const code = host(w.absmax.code, "matmul4bit").data;
-        const nested = host(w.absmax.nestedAbsmax, "matmul4bit").data;
-        v = Math.fround(Math.fround(code[q[blk]] * nested[Math.floor(blk / w.absmax.nestedBlocksize)]) + Math.fround(w.absmax.offset));
-      }
-      absmaxCache.set(blk, v);
-      return v;
-    };
-    const base = o * k;
+    let blk = -1;
+    let scale = 0;
     for (let j = 0; j < k; j++) {
-      const e = base + j;
+      const e = o * k + j;
+      if (Math.floor(e / bs) !== blk) {
+        blk = Math.floor(e / bs);
+        scale = absmaxOf(w, blk);
+      }
       const byte = codes[e >> 1];
       const c = (e & 1) === 0 ? byte >> 4 : byte & 15;
-      row[j] = Math.fround(lut[c] * absmaxOf(Math.floor(e / bs)));
+      row[j] = Math.fround(lut[c] * scale);
     }
   }
 
@@ -370,9 +370,8 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       const X = asF(x, "matmul4bit");
       const { buf, data } = mkF(m * n);
       const row = new Float64Array(k);
-      const cache = new Map<number, number>();
       for (let o = 0; o < n; o++) {
-        dequantRow(w, o, row, cache);
+        dequantRow(w, o, row);
         for (let i = 0; i < m; i++) {
           let acc = 0;
           const xo = i * k;
@@ -387,9 +386,8 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       const DY = asF(dy, "matmul4bitInputGrad");
       const acc = new Float64Array(m * k);
       const row = new Float64Array(k);
-      const cache = new Map<number, number>();
       for (let o = 0; o < n; o++) {
-        dequantRow(w, o, row, cache);
+        dequantRow(w, o, row);
         for (let i = 0; i < m; i++) {
           const g = DY[i * n + o];
           if (g === 0) continue;
