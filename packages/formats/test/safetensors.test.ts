@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
-import { readFile, writeFile, readdir, stat } from "node:fs/promises";
+import { readFile, writeFile, readdir, stat, truncate } from "node:fs/promises";
 import { join } from "node:path";
 import {
   MemorySource,
@@ -263,6 +263,18 @@ describe("safetensors validation", () => {
     expect(Array.from(await f.read("__proto__"))).toEqual([7]);
     expect(Object.getPrototypeOf(f.metadata)).toBe(Object.prototype);
     expect(f.metadata["__proto__"]).toBe("x");
+  });
+
+  it("large reads (split into pieces) are exact; a file truncated while open gives short_read", async () => {
+    const p = join(tmp.dir, "large.safetensors");
+    const big = new Uint32Array((20 << 20) / 4 + 3).map((_, i) => i * 2654435761);
+    await writeSafetensors(p, [{ name: "x", dtype: "U8", shape: [5], data: new Uint8Array(5) }, { name: "big", dtype: "U32", shape: [big.length], data: big }]);
+    const f = await openSafetensors(p);
+    expect(Buffer.compare(await f.read("big"), new Uint8Array(big.buffer))).toBe(0);
+    await truncate(p, 10 << 20);
+    const e = await expectCode(f.read("big"), SafetensorsError, "short_read");
+    expect(e.file).toBe(p);
+    await f.close();
   });
 
   it("a missing file is a typed error", async () => {
