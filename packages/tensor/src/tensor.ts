@@ -4,6 +4,7 @@
  * call the Backend interface; gradient rules live in ./grad-rules.
  */
 import { backendForDevice, getBackend } from "./backend/registry";
+import { isF64Backend } from "./backend/reference";
 import type { Backend, Buffer, DType, HostArray, StridedView } from "./backend/types";
 import { TensorError } from "./errors";
 import { bf16BitsToF32, f16BitsToF32 } from "./internal/half";
@@ -317,7 +318,8 @@ export class Tensor {
     }
     let host = this.backend.toHost(src);
     if (temp) this.backend.free(temp);
-    if (this.dtype === "f32" && !(host instanceof Float32Array)) host = Float32Array.from(host as ArrayLike<number>);
+    // an f64-mode reference backend hands out Float64Array for f32: narrow it unless the target is f64 too
+    if (this.dtype === "f32" && !(host instanceof Float32Array) && !isF64Backend(backend)) host = Float32Array.from(host as ArrayLike<number>);
     const out = fromBuffer(backend.fromHost(host, this.dtype), backend, this.shape, this.dtype);
     return record("toBackend", [this], out, [], { backend: this.backend });
   }

@@ -55,6 +55,12 @@ export interface ReferenceBackendOptions {
 
 type F = Float32Array | Float64Array;
 
+const f64Backends = new WeakSet<Backend>();
+/** True for a reference backend in f64 test mode (its f32 host arrays are Float64Array). */
+export function isF64Backend(be: Backend): boolean {
+  return f64Backends.has(be);
+}
+
 export function createReferenceBackend(options: ReferenceBackendOptions = {}): Backend {
   const f64 = options.f64 === true;
   const name = options.name ?? (f64 ? "reference-f64" : "reference");
@@ -677,6 +683,7 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       }
     },
   };
+  if (f64) f64Backends.add(backend);
   return backend;
 }
 
