@@ -413,7 +413,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, args: AttentionArgs =
 
 export interface CrossEntropyArgs {
   readonly ignoreIndex?: number;
-  /** "mean" (default): over non-ignored rows; "sum"; "none": per-row [N] (0 on ignored rows). */
+  /** "mean" (default): over non-ignored rows; "sum"; "none": per token, labels' shape (0 on ignored tokens). */
   readonly reduction?: "mean" | "sum" | "none";
 }
 
@@ -435,7 +435,9 @@ export function crossEntropy(logits: Tensor, labels: Tensor, args: CrossEntropyA
   const reduction = args.reduction ?? "mean";
   if (reduction === "none") {
     lf.dispose();
-    return perRow;
+    const shaped = perRow.reshape(labels.shape);
+    perRow.dispose();
+    return shaped;
   }
   const total = sum(perRow);
   perRow.dispose();
