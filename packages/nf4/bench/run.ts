@@ -1,8 +1,8 @@
-// Throughput benchmark (not a test). Run: pnpm bench (in packages/nf4) — `tsx bench/run.ts [--reps N] [--quick]`.
+// Throughput benchmark (not a test). Run: pnpm bench (in packages/nf4) — `tsx bench/run.ts [--reps N] [--quick] [--wall]`.
 // Figures are GB/s of the float32 side (n·4 bytes: read by quantize, written by dequantize-to-f32),
 // compared with a memcpy of an n·4-byte buffer (Uint8Array.prototype.set) measured in the same run.
 import { cpus } from "node:os";
-import { dequantize4bit, quantize4bit, type QuantState4bit } from "../src/index";
+import { dequantize4bit, dequantize4bitInto, quantize4bit, quantize4bitInto, type QuantState4bit } from "../src/index";
 
 const args = process.argv.slice(2);
 const reps = Number(args[args.indexOf("--reps") + 1]) || 5;
@@ -14,11 +14,21 @@ function median(xs: number[]): number {
   return s[s.length >> 1];
 }
 
-function time(fn: () => void): number {
+/** Seconds of CPU time (user + system) of this process — robust on a shared, oversubscribed machine. */
+function cpuTime(fn: () => void): number {
+  const t = process.cpuUsage();
+  fn();
+  const d = process.cpuUsage(t);
+  return (d.user + d.system) / 1e6;
+}
+/** Wall-clock seconds. */
+function wallTime(fn: () => void): number {
   const t = process.hrtime.bigint();
   fn();
   return Number(process.hrtime.bigint() - t) / 1e9;
 }
+const useWall = args.includes("--wall");
+const time = useWall ? wallTime : cpuTime;
 
 function seeded(n: number): Float32Array {
   // cheap seeded normal-ish data (sum of uniforms) — value distribution does not change the code path
@@ -53,42 +63,62 @@ for (const [o, i] of shapes) {
   src.fill(1);
   const dst = new Uint8Array(bytes);
   const memcpyT: number[] = [];
-  const run = (op: string, fn: () => void) => {
-    fn(); // warm-up
-    const ts: number[] = [];
-    for (let r = 0; r < reps; r++) {
-      memcpyT.push(time(() => dst.set(src)));
-      ts.push(time(fn));
-    }
-    rows.push({ shape: `${o}x${i}`, op, gbs: bytes / median(ts) / 1e9, memcpy: 0 });
-  };
-  let st: QuantState4bit = quantize4bit(x, { shape: [o, i] });
-  run("quantize nf4", () => {
-    st = quantize4bit(x, { shape: [o, i] });
+  const ops: [string, () => void][] = [];
+  const run = (op: string, fn: () => void) => ops.push([op, fn]);
+  const st: QuantState4bit = quantize4bit(x, { shape: [o, i] });
+  const bufs = { packed: new Uint8Array(n / 2), absmax: new Float32Array(n / 64) };
+  run("quantize nf4 (into)", () => {
+    quantize4bitInto(x, bufs, { shape: [o, i] });
   });
-  run("quantize nf4+dq", () => {
-    quantize4bit(x, { shape: [o, i], doubleQuant: true });
+  run("quantize nf4 (alloc)", () => {
+    quantize4bit(x, { shape: [o, i] });
   });
-  run("quantize fp4", () => {
-    quantize4bit(x, { shape: [o, i], quantType: "fp4" });
+  run("quantize nf4+dq (into)", () => {
+    quantize4bitInto(x, bufs, { shape: [o, i], doubleQuant: true });
   });
-  run("dequantize nf4 -> f32", () => {
+  run("quantize fp4 (into)", () => {
+    quantize4bitInto(x, bufs, { shape: [o, i], quantType: "fp4" });
+  });
+  const outF = new Float32Array(n);
+  run("dequantize nf4 -> f32 (into)", () => {
+    dequantize4bitInto(st, outF);
+  });
+  run("dequantize nf4 -> f32 (alloc)", () => {
     dequantize4bit(st, "float32");
   });
   const stDq = quantize4bit(x, { shape: [o, i], doubleQuant: true });
-  run("dequantize nf4+dq -> f32", () => {
-    dequantize4bit(stDq, "float32");
+  run("dequantize nf4+dq -> f32 (into)", () => {
+    dequantize4bitInto(stDq, outF);
   });
-  run("dequantize nf4 -> bf16", () => {
-    dequantize4bit(st, "bfloat16");
+  const outH = new Uint16Array(n);
+  run("dequantize nf4 -> bf16 (into)", () => {
+    dequantize4bitInto(st, outH, { outDtype: "bfloat16" });
   });
+  dst.set(src); // touch the destination pages once
+  const warm = 2;
+  const times = ops.map(() => [] as number[]);
+  for (let r = 0; r < reps + warm; r++) {
+    ops.forEach(([, fn], k) => {
+      const tm = time(() => dst.set(src));
+      const t = time(fn);
+      if (r >= warm) {
+        memcpyT.push(tm);
+        times[k].push(t);
+      }
+    });
+  }
+  ops.forEach(([op], k) => rows.push({ shape: `${o}x${i}`, op, gbs: bytes / median(times[k]) / 1e9, memcpy: 0 }));
   const mc = bytes / median(memcpyT) / 1e9;
   for (const r of rows) if (r.shape === `${o}x${i}`) r.memcpy = mc;
 }
 
-const target = (op: string) => (op.startsWith("quantize") ? 0.1 : op.endsWith("f32") ? 0.3 : NaN);
+const target = (op: string) => (op.startsWith("quantize") ? 0.1 : op.includes("-> f32") ? 0.3 : NaN);
 console.log(`@qlora/nf4 benchmark — ${new Date().toISOString()} — ${cpus()[0]?.model ?? "?"} — node ${process.version} — median of ${reps}, 1 thread`);
-console.log("GB/s of the f32 side (n·4 bytes) vs memcpy (Uint8Array.set) of an n·4-byte buffer, same run\n");
+console.log(
+  `GB/s of the f32 side (n·4 bytes) vs memcpy (Uint8Array.set) of an n·4-byte buffer, same run, interleaved; ${
+    useWall ? "wall-clock" : "process CPU time (user+sys; pass --wall for wall-clock)"
+  }\n`,
+);
 const head = ["shape", "op", "ours GB/s", "memcpy GB/s", "ratio", "target"];
 const table = rows.map((r) => [
   r.shape,

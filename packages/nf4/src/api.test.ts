@@ -169,3 +169,46 @@ describe("dequantize4bitInto (chunked, allocation-free)", () => {
     }
   });
 });
+
+describe("dequantize alignment paths", () => {
+  it("any even start/length and unaligned packed buffers give the same values", async () => {
+    const { dequantize4bitInto } = await import("./dequantize");
+    const x = randn(32 * 40 + 7, 31);
+    const s = quantize4bit(x, { blocksize: 32 });
+    const full = dequantize4bit(s, "float32") as Float32Array;
+    const fullH = dequantize4bit(s, "bfloat16") as Uint16Array;
+    // a copy of `packed` at byte offset 1 of a larger buffer (not 4-byte aligned)
+    const raw = new Uint8Array(s.packed.length + 3);
+    raw.set(s.packed, 1);
+    const unaligned = { ...s, packed: raw.subarray(1, 1 + s.packed.length) };
+    for (const st of [s, unaligned]) {
+      for (let start = 0; start < 100; start += 2) {
+        for (const len of [0, 1, 2, 7, 8, 9, 31, 64, 333]) {
+          const o = new Float32Array(len);
+          dequantize4bitInto(st, o, { start });
+          expect(Array.from(o)).toEqual(Array.from(full.subarray(start, start + len)));
+          const h = new Uint16Array(len);
+          dequantize4bitInto(st, h, { start, outDtype: "bfloat16" });
+          expect(Array.from(h)).toEqual(Array.from(fullH.subarray(start, start + len)));
+        }
+      }
+      expect(dequantize4bit(st, "float32")).toEqual(full);
+    }
+  });
+});
+
+describe("quantize4bitInto", () => {
+  it("equals quantize4bit and reuses the buffers", async () => {
+    const { quantize4bitInto } = await import("./quantize");
+    const buf = { packed: new Uint8Array(5000), absmax: new Float32Array(200) };
+    for (const n of [1, 777, 64 * 100]) {
+      const x = randn(n, n);
+      const a = quantize4bitInto(x, buf, { quantType: "fp4" });
+      const b = quantize4bit(x, { quantType: "fp4" });
+      expect(a.packed).toEqual(b.packed);
+      expect(a.absmax).toEqual(b.absmax);
+      expect(a.packed.buffer).toBe(buf.packed.buffer);
+    }
+    expect(err(() => quantize4bitInto(new Float32Array(20000), buf))).toMatch(/^LENGTH_MISMATCH: out\.packed: expected a Uint8Array of at least 10000 bytes/);
+  });
+});

@@ -18,7 +18,9 @@ export {
 } from "./tables";
 export {
   quantize4bit,
+  quantize4bitInto,
   quantize4bitChunks,
+  type Quantize4bitBuffers,
   doubleQuantize,
   Quantizer4bit,
   type Quantizer4bitOptions,

@@ -101,6 +101,34 @@ function finish(
  * they are converted in block-aligned chunks, never as a whole).
  */
 export function quantize4bit(input: Float32Array | Uint16Array, options?: Quantize4bitOptions): QuantState4bit {
+  return quantizeImpl(input, options, undefined);
+}
+
+/** Caller-provided output buffers for quantize4bitInto. */
+export interface Quantize4bitBuffers {
+  /** At least ceil(n/2) bytes; the state's `packed` is a view of the first ceil(n/2). */
+  packed: Uint8Array;
+  /** At least ceil(n/blocksize) values; the state's (pre-double-quant) absmax is a view of the first ones. */
+  absmax: Float32Array;
+}
+
+/**
+ * quantize4bit writing into caller-provided (reusable) buffers: no per-call allocation of the packed
+ * codes or absmax (double quantization still allocates its small arrays).
+ */
+export function quantize4bitInto(
+  input: Float32Array | Uint16Array,
+  out: Quantize4bitBuffers,
+  options?: Quantize4bitOptions,
+): QuantState4bit {
+  return quantizeImpl(input, options, out);
+}
+
+function quantizeImpl(
+  input: Float32Array | Uint16Array,
+  options: Quantize4bitOptions | undefined,
+  out: Quantize4bitBuffers | undefined,
+): QuantState4bit {
   const r = resolveOptions(input, options);
   const n = input.length;
   const shape = options?.shape ?? [n];
@@ -111,8 +139,23 @@ export function quantize4bit(input: Float32Array | Uint16Array, options?: Quanti
       `options.shape: ${describe(shape)} has ${count} elements but input has ${n}`,
     );
   }
-  const packed = new Uint8Array(Math.ceil(n / 2));
-  const absmax = new Float32Array(Math.ceil(n / r.blocksize));
+  const nBytes = Math.ceil(n / 2);
+  const nb = Math.ceil(n / r.blocksize);
+  let packed: Uint8Array;
+  let absmax: Float32Array;
+  if (out === undefined) {
+    packed = new Uint8Array(nBytes);
+    absmax = new Float32Array(nb);
+  } else {
+    if (!(out?.packed instanceof Uint8Array) || out.packed.length < nBytes) {
+      throw new Nf4Error("LENGTH_MISMATCH", `out.packed: expected a Uint8Array of at least ${nBytes} bytes, got ${describe(out?.packed)}${out?.packed instanceof Uint8Array ? ` of ${out.packed.length}` : ""}`);
+    }
+    if (!(out.absmax instanceof Float32Array) || out.absmax.length < nb) {
+      throw new Nf4Error("LENGTH_MISMATCH", `out.absmax: expected a Float32Array of at least ${nb} values, got ${describe(out.absmax)}${out.absmax instanceof Float32Array ? ` of ${out.absmax.length}` : ""}`);
+    }
+    packed = out.packed.subarray(0, nBytes);
+    absmax = out.absmax.subarray(0, nb);
+  }
   if (input instanceof Float32Array) {
     quantizeRangeF32(r.quantType, input, 0, n, r.blocksize, packed, 0, absmax, 0);
   } else {

@@ -99,7 +99,7 @@ function quantizeNf4(
   absmax: Float32Array,
   aOut: number,
 ): void {
-  const { k, top, base, thr } = bk;
+  const { k, base, thr } = bk;
   let p = pOut;
   let a = aOut;
   for (let s = start; s < end; s += blocksize) {
@@ -114,16 +114,22 @@ function quantizeNf4(
     absmax[a++] = m;
     const r = Math.fround(1 / m);
     const ePair = s + ((e - s) & ~1);
-    for (let i = s; i < ePair; i += 2) {
-      const p0 = x[i] * r; // exact in float64
-      const p1 = x[i + 1] * r;
-      const u0 = (p0 + 1) * k;
-      const u1 = (p1 + 1) * k;
-      const j0 = u0 >= top ? top : u0 > 0 ? u0 | 0 : 0;
-      const j1 = u1 >= top ? top : u1 > 0 ? u1 | 0 : 0;
-      const c0 = base[j0] + +(p0 > thr[j0]);
-      const c1 = base[j1] + +(p1 > thr[j1]);
-      packed[p++] = (c0 << 4) | c1;
+    if (r <= 3.4028234663852886e38) {
+      // r finite => |p| <= m·r <= 1 + 2^-23 (or NaN), so j = floor((p + 1)·k) is in [0, top] (NaN -> 0)
+      for (let i = s; i < ePair; i += 2) {
+        const p0 = x[i] * r; // exact in float64
+        const p1 = x[i + 1] * r;
+        const j0 = ((p0 + 1) * k) | 0;
+        const j1 = ((p1 + 1) * k) | 0;
+        const c0 = base[j0] + +(p0 > thr[j0]);
+        const c1 = base[j1] + +(p1 > thr[j1]);
+        packed[p++] = (c0 << 4) | c1;
+      }
+    } else {
+      // absmax 0 or subnormal: r = +Inf; literal per-element path
+      for (let i = s; i < ePair; i += 2) {
+        packed[p++] = (nf4Code(Math.fround(x[i] * r)) << 4) | nf4Code(Math.fround(x[i + 1] * r));
+      }
     }
     if (ePair < e) {
       packed[p++] = (nf4Code(Math.fround(x[ePair] * r)) << 4) | nf4Code(Math.fround(0 * r));
@@ -142,7 +148,7 @@ function quantizeFp4(
   absmax: Float32Array,
   aOut: number,
 ): void {
-  const { k, top, base, thr } = bk;
+  const { k, base, thr } = bk;
   const rank = FP4_RANK;
   const neg = NEG_ROUNDS_TO_NONZERO;
   let p = pOut;
@@ -157,18 +163,22 @@ function quantizeFp4(
     absmax[a++] = m;
     const r = Math.fround(1 / m);
     const ePair = s + ((e - s) & ~1);
-    for (let i = s; i < ePair; i += 2) {
-      const p0 = x[i] * r;
-      const p1 = x[i + 1] * r;
-      const a0 = Math.abs(p0);
-      const a1 = Math.abs(p1);
-      const u0 = a0 * k;
-      const u1 = a1 * k;
-      const j0 = u0 >= top ? top : u0 > 0 ? u0 | 0 : 0;
-      const j1 = u1 >= top ? top : u1 > 0 ? u1 | 0 : 0;
-      const c0 = rank[base[j0] + +(a0 > thr[j0])] | (+(p0 < neg) << 3);
-      const c1 = rank[base[j1] + +(a1 > thr[j1])] | (+(p1 < neg) << 3);
-      packed[p++] = (c0 << 4) | c1;
+    if (r <= 3.4028234663852886e38) {
+      for (let i = s; i < ePair; i += 2) {
+        const p0 = x[i] * r;
+        const p1 = x[i + 1] * r;
+        const a0 = Math.abs(p0);
+        const a1 = Math.abs(p1);
+        const j0 = (a0 * k) | 0;
+        const j1 = (a1 * k) | 0;
+        const c0 = rank[base[j0] + +(a0 > thr[j0])] | (+(p0 < neg) << 3);
+        const c1 = rank[base[j1] + +(a1 > thr[j1])] | (+(p1 < neg) << 3);
+        packed[p++] = (c0 << 4) | c1;
+      }
+    } else {
+      for (let i = s; i < ePair; i += 2) {
+        packed[p++] = (fp4Code(Math.fround(x[i] * r)) << 4) | fp4Code(Math.fround(x[i + 1] * r));
+      }
     }
     if (ePair < e) {
       packed[p++] = (fp4Code(Math.fround(x[ePair] * r)) << 4) | fp4Code(Math.fround(0 * r));
@@ -176,10 +186,112 @@ function quantizeFp4(
   }
 }
 
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+/**
+ * Fills out[w ...] with table entries for the codes of elements [i, e) (i even), table `t` indexed by
+ * code (float32 bit patterns). Reads the packed bytes four at
+ * a time (8 codes) where they are 4-byte aligned.
+ */
+function fillCodes32(
+  t: Uint32Array,
+  packed: Uint8Array,
+  p32: Uint32Array | undefined,
+  i: number,
+  e: number,
+  out: Uint32Array,
+  w: number,
+): void {
+  let p = i >>> 1;
+  let j = i;
+  // bytes until 4-byte aligned
+  while (j + 1 < e && (p & 3) !== 0) {
+    const b = packed[p++];
+    out[w] = t[b >>> 4];
+    out[w + 1] = t[b & 15];
+    w += 2;
+    j += 2;
+  }
+  if (p32 !== undefined && (p & 3) === 0) {
+    let q = p >>> 2;
+    for (; j + 8 <= e; j += 8) {
+      const v = p32[q++];
+      out[w] = t[(v >>> 4) & 15];
+      out[w + 1] = t[v & 15];
+      out[w + 2] = t[(v >>> 12) & 15];
+      out[w + 3] = t[(v >>> 8) & 15];
+      out[w + 4] = t[(v >>> 20) & 15];
+      out[w + 5] = t[(v >>> 16) & 15];
+      out[w + 6] = t[v >>> 28];
+      out[w + 7] = t[(v >>> 24) & 15];
+      w += 8;
+    }
+    p = q << 2;
+  }
+  for (; j + 1 < e; j += 2) {
+    const b = packed[p++];
+    out[w] = t[b >>> 4];
+    out[w + 1] = t[b & 15];
+    w += 2;
+  }
+  if (j < e) out[w] = t[packed[p] >>> 4];
+}
+
+/** Same as fillCodes32 for 16-bit tables/outputs (a separate copy keeps both call sites monomorphic). */
+function fillCodes16(
+  t: Uint16Array,
+  packed: Uint8Array,
+  p32: Uint32Array | undefined,
+  i: number,
+  e: number,
+  out: Uint16Array,
+  w: number,
+): void {
+  let p = i >>> 1;
+  let j = i;
+  // bytes until 4-byte aligned
+  while (j + 1 < e && (p & 3) !== 0) {
+    const b = packed[p++];
+    out[w] = t[b >>> 4];
+    out[w + 1] = t[b & 15];
+    w += 2;
+    j += 2;
+  }
+  if (p32 !== undefined && (p & 3) === 0) {
+    let q = p >>> 2;
+    for (; j + 8 <= e; j += 8) {
+      const v = p32[q++];
+      out[w] = t[(v >>> 4) & 15];
+      out[w + 1] = t[v & 15];
+      out[w + 2] = t[(v >>> 12) & 15];
+      out[w + 3] = t[(v >>> 8) & 15];
+      out[w + 4] = t[(v >>> 20) & 15];
+      out[w + 5] = t[(v >>> 16) & 15];
+      out[w + 6] = t[v >>> 28];
+      out[w + 7] = t[(v >>> 24) & 15];
+      w += 8;
+    }
+    p = q << 2;
+  }
+  for (; j + 1 < e; j += 2) {
+    const b = packed[p++];
+    out[w] = t[b >>> 4];
+    out[w + 1] = t[b & 15];
+    w += 2;
+  }
+  if (j < e) out[w] = t[packed[p] >>> 4];
+}
+
+function words(packed: Uint8Array): Uint32Array | undefined {
+  if (!LITTLE_ENDIAN || packed.byteOffset % 4 !== 0) return undefined;
+  return new Uint32Array(packed.buffer, packed.byteOffset, packed.length >>> 2);
+}
+
 /**
  * Dequantizes elements [start, end) (start even) to float32: out[o + i - start] = fl32(code · absmax).
  * Per block, the 16 scaled values are formed once (one float32 multiply each, as CUDA does per
  * element) and the output is filled by moving their bit patterns (no per-element float work).
+ * absmax[blk - absmaxBase] is the absmax of block blk.
  */
 export function dequantizeRangeF32(
   code: Float32Array,
@@ -193,6 +305,7 @@ export function dequantizeRangeF32(
   absmaxBase = 0,
 ): void {
   const outU = new Uint32Array(out.buffer, out.byteOffset, out.length);
+  const p32 = words(packed);
   const sF = new Float32Array(16);
   const sU = new Uint32Array(sF.buffer);
   let i = start;
@@ -201,16 +314,7 @@ export function dequantizeRangeF32(
     const a = absmax[blk - absmaxBase];
     for (let c = 0; c < 16; c++) sF[c] = code[c] * a;
     const e = Math.min((blk + 1) * blocksize, end);
-    const ePair = i + ((e - i) & ~1);
-    let p = i >>> 1;
-    let w = o + (i - start);
-    for (let j = i; j < ePair; j += 2) {
-      const b = packed[p++];
-      outU[w] = sU[b >>> 4];
-      outU[w + 1] = sU[b & 15];
-      w += 2;
-    }
-    if (ePair < e) outU[w] = sU[packed[p] >>> 4];
+    fillCodes32(sU, packed, p32, i, e, outU, o + (i - start));
     i = e;
   }
 }
@@ -231,6 +335,7 @@ export function dequantizeRangeU16(
   conv: (bits: number) => number,
   absmaxBase = 0,
 ): void {
+  const p32 = words(packed);
   const sF = new Float32Array(16);
   const sU = new Uint32Array(sF.buffer);
   const h = new Uint16Array(16);
@@ -243,16 +348,7 @@ export function dequantizeRangeU16(
       h[c] = conv(sU[c]);
     }
     const e = Math.min((blk + 1) * blocksize, end);
-    const ePair = i + ((e - i) & ~1);
-    let p = i >>> 1;
-    let w = o + (i - start);
-    for (let j = i; j < ePair; j += 2) {
-      const b = packed[p++];
-      out[w] = h[b >>> 4];
-      out[w + 1] = h[b & 15];
-      w += 2;
-    }
-    if (ePair < e) out[w] = h[packed[p] >>> 4];
+    fillCodes16(h, packed, p32, i, e, out, o + (i - start));
     i = e;
   }
 }
