@@ -1,6 +1,7 @@
 // N-API entry points of causal attention: argument checks, ISA dispatch, and the thread split
 // (forward over (batch, head, query tile), backward over (batch, kv head)). The math is in
 // attention_tile.h.
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -37,6 +38,21 @@ void read_inputs(Args& a, AttnProblem& p, size_t q, size_t seg) {
   p.seg = a.is_null(seg) ? nullptr : a.i32(seg, "segmentIds", static_cast<double>(p.batch) * p.seq);
 }
 
+// K tile by tile into [batch][kv head][tile][d][kAttnBc] (the forward's B operand of Q·Kᵀ).
+void transpose_keys(const AttnProblem& p, float* kt) {
+  const int64_t tiles = attn_key_tiles(p), d = p.d;
+  parallel_for(p.batch * p.kv_heads * tiles, [&](size_t t0, size_t t1) {
+    for (size_t t = t0; t < t1; ++t) {
+      const int64_t bh = static_cast<int64_t>(t) / tiles, j0 = (static_cast<int64_t>(t) % tiles) * kAttnBc;
+      const int64_t bc = std::min(kAttnBc, p.seq - j0);
+      const float* src = p.k + (bh * p.seq + j0) * d;
+      float* dst = kt + static_cast<int64_t>(t) * d * kAttnBc;
+      for (int64_t j = 0; j < bc; ++j)
+        for (int64_t c = 0; c < d; ++c) dst[c * kAttnBc + j] = src[j * d + c];
+    }
+  });
+}
+
 // attentionForward(q, k, v, segmentIds|null, out, lse, batch, heads, kvHeads, seq, headDim, scale)
 Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
   Args a(info, "attentionForward");
@@ -46,6 +62,9 @@ Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
   float* lse = a.f32(5, "lse", static_cast<double>(p.batch) * p.heads * p.seq);
   if (!a.ok()) return a.env().Undefined();
   auto fn = fused_isa_level() == 2 ? avx512::attn_forward : fused_isa_level() == 1 ? avx2::attn_forward : sse::attn_forward;
+  std::vector<float> kt(attn_kt_floats(p));
+  transpose_keys(p, kt.data());
+  p.kt = kt.data();
   const size_t scratch = attn_forward_scratch(p);
   parallel_for(attn_forward_tasks(p), [&](size_t t0, size_t t1) {
     std::vector<float> buf(scratch);

@@ -11,6 +11,9 @@ struct AttnProblem {
   float scale;
   const int32_t* seg;  // [batch, seq] segment ids, or null
   const float *q, *k, *v;
+  // K transposed tile by tile for the forward: [batch][kv_heads][key tile][d][kAttnBc], built once
+  // per call (attention.cc) instead of once per (query tile, key tile) pair.
+  const float* kt;
 };
 
 constexpr int64_t kAttnBr = 64;  // query rows per tile
@@ -21,9 +24,13 @@ inline int64_t attn_forward_tasks(const AttnProblem& p) {
   return p.batch * p.heads * ((p.seq + kAttnBr - 1) / kAttnBr);
 }
 inline int64_t attn_backward_tasks(const AttnProblem& p) { return p.batch * p.kv_heads; }
+inline int64_t attn_key_tiles(const AttnProblem& p) { return (p.seq + kAttnBc - 1) / kAttnBc; }
+inline size_t attn_kt_floats(const AttnProblem& p) {
+  return static_cast<size_t>(p.batch * p.kv_heads * attn_key_tiles(p) * p.d * kAttnBc);
+}
 // Floats of scratch one thread needs.
 inline size_t attn_forward_scratch(const AttnProblem& p) {
-  return static_cast<size_t>(p.d * kAttnBc + kAttnBr * kAttnBc + 2 * kAttnBr + kAttnBr * p.d);
+  return static_cast<size_t>(kAttnBr * kAttnBc + 2 * kAttnBr + kAttnBr * p.d);
 }
 inline size_t attn_backward_scratch(const AttnProblem& p) {
   return static_cast<size_t>(4 * p.d * kAttnBc + 2 * kAttnBr * kAttnBc + (p.heads / p.kv_heads) * p.seq);

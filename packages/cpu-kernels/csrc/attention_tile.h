@@ -135,11 +135,10 @@ void forward_tile(const AttnProblem& p, float* out, float* lse, int64_t task, fl
   const int64_t br = S - i0 < kAttnBr ? S - i0 : kAttnBr;
   const int64_t kvh = h / (p.heads / p.kv_heads);
   const float* Q = p.q + ((b * p.heads + h) * S + i0) * d;
-  const float* K = p.k + (b * p.kv_heads + kvh) * S * d;
   const float* Vv = p.v + (b * p.kv_heads + kvh) * S * d;
   const int32_t* seg = p.seg ? p.seg + b * S : nullptr;
-  float* KT = scratch;                 // [d][kAttnBc]
-  float* St = KT + d * kAttnBc;        // [kAttnBr][kAttnBc]: scores, then probabilities
+  const float* KTall = p.kt + (b * p.kv_heads + kvh) * attn_key_tiles(p) * d * kAttnBc;
+  float* St = scratch;                 // [kAttnBr][kAttnBc]: scores, then probabilities
   float* m = St + kAttnBr * kAttnBc;   // running row max (of scaled scores)
   float* l = m + kAttnBr;              // running row sum
   float* O = l + kAttnBr;              // [kAttnBr][d] unnormalised output
@@ -149,7 +148,7 @@ void forward_tile(const AttnProblem& p, float* out, float* lse, int64_t task, fl
   const int64_t jend = i0 + br;  // causal: keys < i0 + br
   for (int64_t j0 = 0; j0 < jend; j0 += kAttnBc) {
     const int64_t bc = jend - j0 < kAttnBc ? jend - j0 : kAttnBc;
-    transpose(KT, K + j0 * d, bc, d);
+    const float* KT = KTall + (j0 / kAttnBc) * d * kAttnBc;
     zero(St, br * kAttnBc);
     gemm_acc(St, kAttnBc, Q, d, 1, KT, kAttnBc, br, d, bc);
     for (int64_t r = 0; r < br; ++r) {
