@@ -212,3 +212,21 @@ describe("quantize4bitInto", () => {
     expect(err(() => quantize4bitInto(new Float32Array(20000), buf))).toMatch(/^LENGTH_MISMATCH: out\.packed: expected a Uint8Array of at least 10000 bytes/);
   });
 });
+
+describe("Quantizer4bit with large bf16 chunks", () => {
+  it("a chunk larger than the 64 Ki conversion buffer, odd-sized pieces around it", () => {
+    const x = randn(65536 * 2 + 999, 41);
+    const b = f32ToBf16(x);
+    const q = new Quantizer4bit({ blocksize: 128, dtype: "bfloat16" });
+    const parts = [q.push(b.subarray(0, 77)), q.push(b.subarray(77, 77 + 140000)), q.push(b.subarray(140077))];
+    parts.push(q.finish());
+    const packed = new Uint8Array(parts.reduce((s, p) => s + p.packed.length, 0));
+    let o = 0;
+    for (const p of parts) {
+      expect(p.start).toBe(o * 2);
+      packed.set(p.packed, o);
+      o += p.packed.length;
+    }
+    expect(packed).toEqual(quantize4bit(b, { dtype: "bfloat16", blocksize: 128 }).packed);
+  });
+});

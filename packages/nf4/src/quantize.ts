@@ -216,53 +216,70 @@ export class Quantizer4bit {
 
   push(chunk: Float32Array | Uint16Array): Quantized4bitChunk {
     if (this.done) throw new Nf4Error("STREAM_FINISHED", "Quantizer4bit.push: the stream was already finished");
-    let f32: Float32Array;
-    if (chunk instanceof Float32Array) {
-      f32 = chunk;
-    } else if (chunk instanceof Uint16Array) {
+    if (chunk instanceof Uint16Array) {
       if (this.dtype === "float32") {
         throw new Nf4Error(
           "INVALID_DTYPE",
           `chunk: a Uint16Array chunk needs options.dtype "bfloat16" or "float16" in the Quantizer4bit constructor, got "float32"`,
         );
       }
-      if (this.scratch === undefined || this.scratch.length < chunk.length) this.scratch = new Float32Array(chunk.length);
-      f32 = this.scratch.subarray(0, chunk.length);
-      toF32(chunk, this.dtype, 0, chunk.length, f32);
-    } else {
+    } else if (!(chunk instanceof Float32Array)) {
       throw new Nf4Error("INVALID_ARGUMENT", `chunk: expected a Float32Array or Uint16Array, got ${describe(chunk)}`);
     }
     const bs = this.blocksize;
     const start = this.pos;
-    const total = this.carryLen + f32.length;
-    const nBlocks = Math.floor(total / bs);
-    const packed = new Uint8Array((nBlocks * bs) / 2);
-    const absmax = new Float32Array(nBlocks);
-    let used = 0;
+    const nBlocks = Math.floor((this.carryLen + chunk.length) / bs);
+    const out: Quantized4bitChunk = {
+      start,
+      length: nBlocks * bs,
+      packed: new Uint8Array((nBlocks * bs) / 2),
+      absmax: new Float32Array(nBlocks),
+    };
     let blocksDone = 0;
+    if (chunk instanceof Float32Array) {
+      blocksDone = this.feed(chunk, out, blocksDone);
+    } else {
+      // bf16/f16: convert at most CHUNK elements at a time into a reused scratch buffer
+      this.scratch ??= new Float32Array(CHUNK);
+      for (let s = 0; s < chunk.length; s += CHUNK) {
+        const e = Math.min(s + CHUNK, chunk.length);
+        const f32 = this.scratch.subarray(0, e - s);
+        toF32(chunk, this.dtype, s, e, f32);
+        blocksDone = this.feed(f32, out, blocksDone);
+      }
+    }
+    this.pos += nBlocks * bs;
+    return out;
+  }
+
+  /** Quantizes the carry + `f32` blocks into `out` from block `blocksDone`; keeps the remainder. */
+  private feed(f32: Float32Array, out: Quantized4bitChunk, blocksDone: number): number {
+    const bs = this.blocksize;
+    let used = 0;
+    let done = blocksDone;
     if (this.carryLen > 0) {
       const need = bs - this.carryLen;
       if (f32.length < need) {
         this.carry.set(f32, this.carryLen);
         this.carryLen += f32.length;
-        return { start, length: 0, packed, absmax };
+        return done;
       }
       this.carry.set(f32.subarray(0, need), this.carryLen);
-      quantizeRangeF32(this.quantType, this.carry, 0, bs, bs, packed, 0, absmax, 0);
+      quantizeRangeF32(this.quantType, this.carry, 0, bs, bs, out.packed, (done * bs) / 2, out.absmax, done);
       used = need;
-      blocksDone = 1;
+      done++;
       this.carryLen = 0;
     }
     const full = Math.floor((f32.length - used) / bs) * bs;
-    quantizeRangeF32(this.quantType, f32, used, used + full, bs, packed, (blocksDone * bs) / 2, absmax, blocksDone);
+    quantizeRangeF32(this.quantType, f32, used, used + full, bs, out.packed, (done * bs) / 2, out.absmax, done);
+    done += full / bs;
     used += full;
     const rest = f32.length - used;
     if (rest > 0) {
       this.carry.set(f32.subarray(used), 0);
       this.carryLen = rest;
     }
-    this.pos += nBlocks * bs;
-    return { start, length: nBlocks * bs, packed, absmax };
+    return done;
   }
 
   /** Flushes the final partial block (if any) and closes the stream. */
