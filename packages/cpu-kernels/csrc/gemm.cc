@@ -101,8 +101,15 @@ void run_matmul(const MatmulArgs& g, const TA* a, const TB* b, float* out) {
   }
 }
 
-// Elements input `arr` must hold: the last batch matrix ends at (batch-1)*stride + size.
-int64_t need(int64_t batch, int64_t stride, int64_t size) { return batch == 0 ? 0 : (batch - 1) * stride + size; }
+// Elements an input must hold: the last batch matrix ends at (batch-1)*stride + size.
+bool need(Napi::Env env, int64_t batch, int64_t stride, int64_t size, const char* what, int64_t& out) {
+  if (batch == 0) return (out = 0, true);
+  int64_t span;
+  if (!gemm_args::checked_mul(env, batch - 1, stride, what, span)) return false;
+  out = span + size;
+  if (out > 9007199254740991LL) return gemm_args::fail_range(env, std::string(what) + ": size overflows");
+  return true;
+}
 
 // matmul(a, b, out, batch, m, k, n, transA, transB, aBatchStride, bBatchStride)
 // a, b: Float32Array or Uint16Array (bf16 bits); out: Float32Array [batch*m*n].
@@ -119,10 +126,14 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
       !get_bool(env, info[7], "transA", g.trans_a) || !get_bool(env, info[8], "transB", g.trans_b) ||
       !get_size(env, info[9], "aBatchStride", g.a_stride) || !get_size(env, info[10], "bBatchStride", g.b_stride))
     return env.Undefined();
+  int64_t mk, kn, mn, bmn, need_a, need_b;
+  if (!checked_mul(env, g.m, g.k, "m*k", mk) || !checked_mul(env, g.k, g.n, "k*n", kn) ||
+      !checked_mul(env, g.m, g.n, "m*n", mn) || !checked_mul(env, g.batch, mn, "batch*m*n", bmn) ||
+      !need(env, g.batch, g.a_stride, mk, "a", need_a) || !need(env, g.batch, g.b_stride, kn, "b", need_b))
+    return env.Undefined();
   float* out;
-  if (!get_array<float>(env, info[2], "out", g.batch * g.m * g.n, out)) return env.Undefined();
+  if (!get_array<float>(env, info[2], "out", bmn, out)) return env.Undefined();
   const bool a16 = is_typed(info[0], napi_uint16_array), b16 = is_typed(info[1], napi_uint16_array);
-  const int64_t need_a = need(g.batch, g.a_stride, g.m * g.k), need_b = need(g.batch, g.b_stride, g.k * g.n);
   float *af = nullptr, *bf = nullptr;
   uint16_t *ah = nullptr, *bh = nullptr;
   if (!(a16 ? get_array<uint16_t>(env, info[0], "a", need_a, ah) : get_array<float>(env, info[0], "a", need_a, af)))

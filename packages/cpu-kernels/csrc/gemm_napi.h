@@ -38,6 +38,15 @@ inline bool get_bool(Napi::Env env, const Napi::Value& v, const char* name, bool
   return true;
 }
 
+// a * b for sizes, or fails (RangeError naming `what`) when the product exceeds 2^53.
+inline bool checked_mul(Napi::Env env, int64_t a, int64_t b, const char* what, int64_t& out) {
+  int64_t r;
+  if (__builtin_mul_overflow(a, b, &r) || r > 9007199254740991LL)
+    return fail_range(env, std::string(what) + ": size overflows (" + std::to_string(a) + " x " + std::to_string(b) + ")");
+  out = r;
+  return true;
+}
+
 template <typename T>
 struct ArrayOf;
 template <>

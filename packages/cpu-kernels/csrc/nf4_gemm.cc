@@ -86,8 +86,10 @@ bool parse_quant(Napi::Env env, const Napi::Value& v, Quant4& q) {
       !get_quant_number(env, o, "k", q.k))
     return false;
   if (q.blocksize < 1) return fail_range(env, "w.blocksize: expected a positive integer");
+  int64_t nk;
+  if (!checked_mul(env, q.n, q.k, "w.n*w.k", nk)) return false;
   uint8_t* codes;
-  if (!get_array<uint8_t>(env, o.Get("codes"), "w.codes", (q.n * q.k + 1) / 2, codes)) return false;
+  if (!get_array<uint8_t>(env, o.Get("codes"), "w.codes", (nk + 1) / 2, codes)) return false;
   q.codes = codes;
   const int64_t blocks = q.blocks();
   auto absmax = o.Get("absmax");
@@ -121,8 +123,10 @@ bool parse_call(const Napi::CallbackInfo& info, const char* sig, bool grad, Quan
   if (info.Length() != 4) return fail_type(env, std::string(sig) + ": expected 4 arguments");
   if (!parse_quant(env, info[3], q) || !get_size(env, info[1], "m", m)) return false;
   const int64_t in_dim = grad ? q.n : q.k, out_dim = grad ? q.k : q.n;
-  return get_array<float>(env, info[0], grad ? "dy" : "x", m * in_dim, in) &&
-         get_array<float>(env, info[2], "out", m * out_dim, out);
+  int64_t in_len, out_len;
+  return checked_mul(env, m, in_dim, "m*inDim", in_len) && checked_mul(env, m, out_dim, "m*outDim", out_len) &&
+         get_array<float>(env, info[0], grad ? "dy" : "x", in_len, in) &&
+         get_array<float>(env, info[2], "out", out_len, out);
 }
 
 // matmul4bit(x: Float32Array [m,k], m, out: Float32Array [m,n], w)

@@ -78,4 +78,6 @@ test("k = 0 gives zeros; validation names the bad argument", () => {
   expect(() => native.matmul(a, new Int32Array(6) as never, new Float32Array(4), 1, 2, 3, 2, false, false, 6, 6)).toThrow(TypeError);
   expect(() => native.matmul(a, b, new Float32Array(4), 1, -2, 3, 2, false, false, 6, 6)).toThrow(/m: expected a non-negative integer/);
   expect(() => (native.matmul as (...x: unknown[]) => void)(a, b)).toThrow(/11 arguments/);
+  // products past 2^53 are rejected instead of wrapping into a small (passing) length check
+  expect(() => native.matmul(a, b, new Float32Array(4), 2 ** 40, 2 ** 20, 3, 2 ** 20, false, false, 6, 6)).toThrow(/overflows/);
 });
