@@ -73,6 +73,32 @@ Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
   return a.env().Undefined();
 }
 
+// Fewer (batch, kv head) pairs than threads: each pair's key tiles go round-robin to the threads
+// (round-robin balances the causal triangle), each thread accumulating the group's dq privately;
+// the private dq buffers are then summed in parallel.
+void backward_split_keys(const AttnProblem& p, int level, const float* dout, const float* out, const float* lse,
+                         float* dq, float* dk, float* dv, size_t scratch) {
+  auto fn = level == 2 ? avx512::attn_backward_tiles : level == 1 ? avx2::attn_backward_tiles : sse::attn_backward_tiles;
+  const int64_t parts = std::min<int64_t>(num_threads(), attn_key_tiles(p));
+  const int64_t G = p.heads / p.kv_heads, group = G * p.seq * p.d;
+  std::vector<float> partial(static_cast<size_t>(parts * group));
+  for (int64_t t = 0; t < attn_backward_tasks(p); ++t) {
+    parallel_for(parts, [&](size_t w0, size_t w1) {
+      std::vector<float> buf(scratch);
+      for (size_t w = w0; w < w1; ++w)
+        fn(p, dout, out, lse, partial.data() + w * group, dk, dv, t, static_cast<int64_t>(w), parts, buf.data());
+    });
+    float* dq_group = dq + ((t / p.kv_heads) * p.heads + (t % p.kv_heads) * G) * p.seq * p.d;
+    parallel_for(group, [&](size_t i0, size_t i1) {
+      for (size_t i = i0; i < i1; ++i) {
+        float s = 0.0f;
+        for (int64_t w = 0; w < parts; ++w) s += partial[w * group + i];
+        dq_group[i] = s;
+      }
+    }, 4096);
+  }
+}
+
 // attentionBackward(dout, q, k, v, out, lse, segmentIds|null, dq, dk, dv, batch, heads, kvHeads, seq, headDim, scale)
 Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   Args a(info, "attentionBackward");
@@ -87,12 +113,18 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   float* dk = a.f32(8, "dk", nkv);
   float* dv = a.f32(9, "dv", nkv);
   if (!a.ok()) return a.env().Undefined();
-  auto fn = fused_isa_level() == 2 ? avx512::attn_backward : fused_isa_level() == 1 ? avx2::attn_backward : sse::attn_backward;
+  const int level = fused_isa_level();
   const size_t scratch = attn_backward_scratch(p);
-  parallel_for(attn_backward_tasks(p), [&](size_t t0, size_t t1) {
-    std::vector<float> buf(scratch);
-    fn(p, dout, out, lse, dq, dk, dv, t0, t1, buf.data());
-  });
+  const int64_t tasks = attn_backward_tasks(p), threads = num_threads();
+  if (tasks >= threads || attn_key_tiles(p) < 2) {
+    auto fn = level == 2 ? avx512::attn_backward : level == 1 ? avx2::attn_backward : sse::attn_backward;
+    parallel_for(tasks, [&](size_t t0, size_t t1) {
+      std::vector<float> buf(scratch);
+      fn(p, dout, out, lse, dq, dk, dv, t0, t1, buf.data());
+    });
+  } else {
+    backward_split_keys(p, level, dout, out, lse, dq, dk, dv, scratch);
+  }
   return a.env().Undefined();
 }
 

@@ -41,6 +41,9 @@ inline size_t attn_backward_scratch(const AttnProblem& p) {
   void attn_forward(const AttnProblem& p, float* out, float* lse, int64_t t0, int64_t t1, float* scratch);    \
   void attn_backward(const AttnProblem& p, const float* dout, const float* out, const float* lse, float* dq,  \
                      float* dk, float* dv, int64_t t0, int64_t t1, float* scratch);                           \
+  void attn_backward_tiles(const AttnProblem& p, const float* dout, const float* out, const float* lse,       \
+                           float* dq_group, float* dk, float* dv, int64_t task, int64_t jt0, int64_t jstep,   \
+                           float* scratch);                                                                   \
   }
 QLORA_ATTN_DECLARE(avx512)
 QLORA_ATTN_DECLARE(avx2)

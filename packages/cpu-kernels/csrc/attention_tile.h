@@ -6,7 +6,9 @@
 //   for each key tile j ≤ the causal limit: S = scale·Q Kᵀ (masked), online softmax
 //   (running max m, running sum l, O rescaled by exp(m_old − m_new)), O += P V;
 //   finally O /= l, lse = m + log l. Only O and lse leave the tile.
-// Backward (per batch, kv head; the thread owns dq of the query heads sharing it, so no races):
+// Backward (per batch, kv head; the thread owns dq of the query heads sharing it, so no races; when
+// there are fewer (batch, kv head) pairs than threads, attention.cc splits each pair's key tiles
+// over the threads instead, each accumulating dq into a private buffer that is summed after):
 //   for each key tile j: for each query head of the group and query tile i ≥ j:
 //   P = exp(scale·Q Kᵀ − lse) recomputed, dV_j += Pᵀ dO, dP = dO Vᵀ, dS = P∘(dP − D)·scale,
 //   dQ_i += dS K_j, dK_j += dSᵀ Q_i, with D = rowsum(dO∘O) computed once per row.
@@ -187,8 +189,11 @@ float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-void backward_task(const AttnProblem& p, const float* dout, const float* out, const float* lse, float* dq, float* dk,
-                   float* dv, int64_t task, float* scratch) {
+// One (batch, kv head) of the backward over key tiles jt0, jt0 + jstep, ...: dK/dV of those tiles
+// are final (written to dk/dv), dQ of the group's query heads is accumulated into dq_group
+// ([G][S][d], zeroed here).
+void backward_task(const AttnProblem& p, const float* dout, const float* out, const float* lse, float* dq_group,
+                   float* dk, float* dv, int64_t task, int64_t jt0, int64_t jstep, float* scratch) {
   const int64_t d = p.d, S = p.seq, G = p.heads / p.kv_heads;
   const int64_t b = task / p.kv_heads, kvh = task % p.kv_heads;
   const int32_t* seg = p.seg ? p.seg + b * S : nullptr;
@@ -202,11 +207,11 @@ void backward_task(const AttnProblem& p, const float* dout, const float* out, co
   for (int64_t g = 0; g < G; ++g) {
     const int64_t off = (b * p.heads + kvh * G + g) * S * d;
     for (int64_t i = 0; i < S; ++i) D[g * S + i] = dot(dout + off + i * d, out + off + i * d, d);
-    zero(dq + off, S * d);
   }
+  zero(dq_group, G * S * d);
   const float* K = p.k + (b * p.kv_heads + kvh) * S * d;
   const float* Vv = p.v + (b * p.kv_heads + kvh) * S * d;
-  for (int64_t j0 = 0; j0 < S; j0 += kAttnBc) {
+  for (int64_t j0 = jt0 * kAttnBc; j0 < S; j0 += jstep * kAttnBc) {
     const int64_t bc = S - j0 < kAttnBc ? S - j0 : kAttnBc;
     transpose(KT, K + j0 * d, bc, d);
     transpose(VT, Vv + j0 * d, bc, d);
@@ -216,7 +221,7 @@ void backward_task(const AttnProblem& p, const float* dout, const float* out, co
       const int64_t hrow = (b * p.heads + kvh * G + g) * S;
       const float* Qh = p.q + hrow * d;
       const float* dOh = dout + hrow * d;
-      float* dQh = dq + hrow * d;
+      float* dQh = dq_group + g * S * d;
       const float* Lh = lse + hrow;
       const float* Dh = D + g * S;
       for (int64_t i0 = (j0 / kAttnBr) * kAttnBr; i0 < S; i0 += kAttnBr) {
@@ -260,7 +265,15 @@ void attn_forward(const AttnProblem& p, float* out, float* lse, int64_t t0, int6
 
 void attn_backward(const AttnProblem& p, const float* dout, const float* out, const float* lse, float* dq, float* dk,
                    float* dv, int64_t t0, int64_t t1, float* scratch) {
-  for (int64_t t = t0; t < t1; ++t) backward_task(p, dout, out, lse, dq, dk, dv, t, scratch);
+  for (int64_t t = t0; t < t1; ++t) {
+    float* dq_group = dq + ((t / p.kv_heads) * p.heads + (t % p.kv_heads) * (p.heads / p.kv_heads)) * p.seq * p.d;
+    backward_task(p, dout, out, lse, dq_group, dk, dv, t, 0, 1, scratch);
+  }
+}
+
+void attn_backward_tiles(const AttnProblem& p, const float* dout, const float* out, const float* lse, float* dq_group,
+                         float* dk, float* dv, int64_t task, int64_t jt0, int64_t jstep, float* scratch) {
+  backward_task(p, dout, out, lse, dq_group, dk, dv, task, jt0, jstep, scratch);
 }
 
 }  // namespace QLORA_NS

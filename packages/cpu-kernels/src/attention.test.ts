@@ -11,6 +11,7 @@ import { type AttentionOptions, type Backend, type Buffer, type HostBuffer, refe
 import { afterAll, describe, expect, it } from "vitest";
 import { createFusedOps, type FusedNative } from "./fused";
 import { loadNative } from "./load";
+import { getThreads, setThreads } from "./threads";
 
 const native = loadNative() as unknown as FusedNative;
 const fused = createFusedOps(() => native, referenceBackend) as Backend;
@@ -57,9 +58,10 @@ for (const seq of [1, 5, 64, 129])
   for (const headDim of [8, 64])
     for (const ratio of [1, 2, 4]) for (const segments of [false, true]) cases.push({ seq, headDim, ratio, segments });
 
-function run(be: Backend, c: Case, seed: number) {
-  const batch = 2;
-  const kvHeads = c.ratio === 4 ? 1 : 2;
+const run = (be: Backend, c: Case, seed: number) => runWith(be, c, seed, 2, c.ratio === 4 ? 1 : 2);
+const runOne = (be: Backend, c: Case, seed: number) => runWith(be, c, seed, 1, 1);
+
+function runWith(be: Backend, c: Case, seed: number, batch: number, kvHeads: number) {
   const heads = kvHeads * c.ratio;
   const nq = batch * heads * c.seq * c.headDim;
   const nkv = batch * kvHeads * c.seq * c.headDim;
@@ -94,6 +96,25 @@ describe("attention forward + backward vs the reference", () => {
   it("largest error stays well inside the tolerance (reported)", () => {
     console.log(`attention: worst |diff| / (atol + rtol·|want|) = ${worst.toFixed(3)} over ${levels.length} ISA levels`);
     expect(worst).toBeLessThanOrEqual(1);
+  });
+});
+
+describe("attention backward split over key tiles (fewer batch × kv-head pairs than threads)", () => {
+  it("batch 1, one kv head, 3 threads: matches the reference, every ISA level", () => {
+    const threads = getThreads();
+    setThreads(3);
+    try {
+      for (const c of [{ seq: 200, headDim: 64, ratio: 4, segments: true }, { seq: 129, headDim: 8, ratio: 2, segments: false }]) {
+        const want = runOne(ref, c, 7);
+        for (const level of levels) {
+          native.setFusedIsaLevel(level);
+          const got = runOne(fused, c, 7);
+          for (const key of ["out", "lse", "dq", "dk", "dv"] as const) expectClose(`split isa ${level} ${key}`, got[key], want[key]);
+        }
+      }
+    } finally {
+      setThreads(threads);
+    }
   });
 });
 
