@@ -1,7 +1,8 @@
 import { defineConfig } from "tsup";
 
 export default defineConfig({
-  entry: ["src/index.ts"],
+  // node-worker is loaded by node.ts at run time (new URL("./node-worker.js", import.meta.url))
+  entry: ["src/index.ts", "src/node.ts", "src/node-worker.ts"],
   format: ["esm"],
   dts: true,
   clean: true,

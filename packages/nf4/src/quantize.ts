@@ -7,16 +7,17 @@ import { DYNAMIC_MAP_SIGNED } from "./tables";
 import type { FloatDType, NestedAbsmax, QuantState4bit, Quantize4bitOptions, QuantType } from "./types";
 
 /** Elements converted per step for bf16/f16 input (a multiple of every blocksize). */
-const CHUNK = 1 << 16;
+export const CHUNK = 1 << 16;
 
-interface Resolved {
+export interface Resolved {
   quantType: QuantType;
   blocksize: number;
   doubleQuant: boolean;
   dtype: FloatDType;
 }
 
-function resolveOptions(input: unknown, options: Quantize4bitOptions | undefined): Resolved {
+/** @internal Validates quantize options (shared with the node subpath). */
+export function resolveOptions(input: unknown, options: Quantize4bitOptions | undefined): Resolved {
   const o = options ?? {};
   if (typeof o !== "object") {
     throw new Nf4Error("INVALID_ARGUMENT", `options: expected an object, got ${describe(o)}`);
@@ -48,7 +49,7 @@ function resolveOptions(input: unknown, options: Quantize4bitOptions | undefined
 }
 
 /** Converts bf16/f16 bit patterns [start, end) into `out` (float32). */
-function toF32(input: Uint16Array, dtype: FloatDType, start: number, end: number, out: Float32Array): void {
+export function toF32(input: Uint16Array, dtype: FloatDType, start: number, end: number, out: Float32Array): void {
   if (dtype === "bfloat16") {
     bf16ToF32(input.subarray(start, end), out);
   } else {
@@ -79,7 +80,7 @@ export function doubleQuantize(absmax: Float32Array): NestedAbsmax {
   return { qabsmax, nestedAbsmax, code, nestedBlocksize, offset };
 }
 
-function finish(
+export function finish(
   r: Resolved,
   shape: number[],
   packed: Uint8Array,

@@ -1,0 +1,55 @@
+import { readdirSync, readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { describe, expect, it } from "vitest";
+import { f32ToBf16, Nf4Error, quantize4bit, recoverAbsmax } from "@qlora/nf4";
+import { quantize4bitParallel } from "@qlora/nf4/node";
+import { randn } from "./helpers";
+
+describe("@qlora/nf4/node quantize4bitParallel", () => {
+  const x = randn(64 * 3000 + 17, 5);
+  it("byte-identical to quantize4bit (f32, 3 workers, double quant)", async () => {
+    const a = await quantize4bitParallel(x, { threads: 3, minParallelElements: 0, doubleQuant: true, quantType: "fp4" });
+    const b = quantize4bit(x, { doubleQuant: true, quantType: "fp4" });
+    expect(a.packed).toEqual(b.packed);
+    expect(recoverAbsmax(a)).toEqual(recoverAbsmax(b));
+    expect(a.packed.buffer).toBeInstanceOf(ArrayBuffer);
+  });
+  it("bf16 input in a SharedArrayBuffer (zero-copy), blocksize 256", async () => {
+    const bits = f32ToBf16(x);
+    const sab = new Uint16Array(new SharedArrayBuffer(bits.byteLength));
+    sab.set(bits);
+    const a = await quantize4bitParallel(sab, { threads: 2, minParallelElements: 0, dtype: "bfloat16", blocksize: 256 });
+    expect(a.packed).toEqual(quantize4bit(bits, { dtype: "bfloat16", blocksize: 256 }).packed);
+  });
+  it("rejects bad options with Nf4Error", async () => {
+    await expect(quantize4bitParallel(x, { blocksize: 7 })).rejects.toBeInstanceOf(Nf4Error);
+    await expect(quantize4bitParallel(x, { threads: 0 })).rejects.toThrow(/options\.threads: expected a positive integer/);
+  });
+});
+
+describe("main entry is browser-safe", () => {
+  it("no node: imports in any non-test source reachable from src/index.ts", () => {
+    const dir = fileURLToPath(new URL("../src/", import.meta.url));
+    const seen = new Set<string>();
+    const visit = (rel: string) => {
+      if (seen.has(rel)) return;
+      seen.add(rel);
+      const text = readFileSync(dir + rel, "utf8");
+      expect(text, rel).not.toMatch(/from\s+["']node:|import\(["']node:|require\(/);
+      for (const m of text.matchAll(/from\s+["'](\.[^"']+)["']/g)) {
+        const parts = (rel.includes("/") ? `${rel.slice(0, rel.lastIndexOf("/") + 1)}${m[1]}` : m[1]).split("/");
+        const norm: string[] = [];
+        for (const p of parts) {
+          if (p === "." || p === "") continue;
+          if (p === "..") norm.pop();
+          else norm.push(p);
+        }
+        visit(`${norm.join("/")}.ts`);
+      }
+    };
+    visit("index.ts");
+    expect(seen.size).toBeGreaterThan(10);
+    expect([...seen].some((f) => f.startsWith("node"))).toBe(false);
+    expect(readdirSync(dir)).toContain("node.ts");
+  });
+});
