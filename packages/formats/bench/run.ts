@@ -5,8 +5,11 @@
  *   cd packages/formats && pnpm bench            # BENCH_RUNS=5 BENCH_DIR=/some/disk to override
  *
  * Reads are measured warm: the file is read once by `cat` first so both sides read from the page
- * cache (this measures copy-out cost, not the disk). Writes go to the disk under BENCH_DIR
- * (default: the OS temp dir) and both sides include fsync. Prints medians of BENCH_RUNS runs.
+ * cache (this measures copy-out cost, not the disk). Three ways of reading: a fresh buffer per
+ * tensor (`iterate()`), one reused tensor-sized buffer (`iterate({reuseBuffer: true})`), and
+ * 8 MiB pieces through one buffer (`iterateChunks()`). Writes go to the disk under BENCH_DIR
+ * (default: the OS temp dir), write zeros like dd, and both sides include fsync.
+ * Prints medians of BENCH_RUNS runs; runs of ours and the peer are interleaved.
  */
 import { spawnSync } from "node:child_process";
 import { mkdtemp, rm, stat } from "node:fs/promises";
@@ -30,13 +33,24 @@ function sh(cmd: string): number {
 }
 
 const decls = Array.from({ length: COUNT }, (_, i) => ({ name: `model.layers.${i}.weight`, dtype: "BF16" as const, shape: [TENSOR / 2 / 4096, 4096] }));
-const chunk = new Uint8Array(8 * MiB).map((_, i) => (i * 31) & 0xff);
+// zeros, the same bytes dd writes from /dev/zero (a virtual disk may treat zero blocks specially)
+const chunk = new Uint8Array(8 * MiB);
 
 async function ourWrite(path: string): Promise<number> {
   const t = now();
   const w = await SafetensorsWriter.create(path, decls, { format: "pt" }, { durable: true });
   for (const d of decls) for (let o = 0; o < TENSOR; o += chunk.byteLength) await w.writeChunk(d.name, chunk);
   await w.finish();
+  return now() - t;
+}
+
+async function ourReadChunks(path: string): Promise<number> {
+  const t = now();
+  const f = await openSafetensors(path);
+  let n = 0;
+  for await (const { data } of f.iterateChunks()) n += data.byteLength;
+  await f.close();
+  if (n !== COUNT * TENSOR) throw new Error("short read");
   return now() - t;
 }
 
@@ -54,7 +68,7 @@ const dir = await mkdtemp(join(process.env.BENCH_DIR ?? tmpdir(), "qlora-formats
 try {
   const file = join(dir, "bench.safetensors");
   const ddFile = join(dir, "dd.bin");
-  const res = { ourW: [] as number[], ddW: [] as number[], ourR: [] as number[], ourRReuse: [] as number[], cat: [] as number[] };
+  const res = { ourW: [] as number[], ddW: [] as number[], ourR: [] as number[], ourRReuse: [] as number[], ourRChunks: [] as number[], cat: [] as number[] };
   for (let r = 0; r < RUNS; r++) {
     await rm(ddFile, { force: true });
     res.ddW.push(sh(`dd if=/dev/zero of=${ddFile} bs=1M count=${(COUNT * TENSOR) / MiB} conv=fsync 2>/dev/null`));
@@ -68,12 +82,14 @@ try {
     res.cat.push(sh(`cat ${file} > /dev/null`));
     res.ourR.push(await ourRead(file, false));
     res.ourRReuse.push(await ourRead(file, true));
+    res.ourRChunks.push(await ourReadChunks(file));
   }
   const gb = (s: number) => size / s / 1e9;
   const ddGb = (s: number) => (COUNT * TENSOR) / s / 1e9;
   const rows: [string, number, string, number][] = [
     ["read, fresh buffer per tensor (warm)", gb(median(res.ourR)), "cat > /dev/null (warm)", gb(median(res.cat))],
     ["read, iterate({reuseBuffer}) (warm)", gb(median(res.ourRReuse)), "cat > /dev/null (warm)", gb(median(res.cat))],
+    ["read, iterateChunks() 8 MiB pieces (warm)", gb(median(res.ourRChunks)), "cat > /dev/null (warm)", gb(median(res.cat))],
     ["write + fsync (SafetensorsWriter)", ddGb(median(res.ourW)), "dd bs=1M conv=fsync", ddGb(median(res.ddW))],
   ];
   const cpu = cpus()[0]?.model ?? "?";

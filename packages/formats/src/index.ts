@@ -21,8 +21,8 @@ export type { DtypeArrays, AnyTypedArray } from "./view";
 
 export { SAFETENSORS_DTYPES, SAFETENSORS_DTYPE_SIZES, dtypeSize, isSafetensorsDtype } from "./safetensors/dtype";
 export type { SafetensorsDtype } from "./safetensors/dtype";
-export { SafetensorsFile, openSafetensors, parseSafetensorsHeader, SAFETENSORS_MAX_HEADER_SIZE } from "./safetensors/reader";
-export type { SafetensorsReader, SafetensorsTensorInfo, TensorChunk, IterateOptions } from "./safetensors/reader";
+export { SafetensorsFile, openSafetensors, parseSafetensorsHeader, SAFETENSORS_MAX_HEADER_SIZE, DEFAULT_CHUNK_SIZE } from "./safetensors/reader";
+export type { SafetensorsReader, SafetensorsTensorInfo, TensorChunk, TensorPiece, IterateOptions, ChunkOptions } from "./safetensors/reader";
 export { SafetensorsWriter, writeSafetensors, serializeSafetensors, layoutSafetensors } from "./safetensors/writer";
 export type { SafetensorsTensorDecl, SafetensorsTensorData, SafetensorsLayout } from "./safetensors/writer";
 export {

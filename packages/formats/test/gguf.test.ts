@@ -134,6 +134,9 @@ describe("GGUF round trip", () => {
     const order: string[] = [];
     for await (const { info } of f.iterate({ reuseBuffer: true })) order.push(info.name);
     expect(order).toEqual(tensors.map((t) => t.name));
+    const pieces = new Map<string, number[]>();
+    for await (const { info, data } of f.iterateChunks({ chunkSize: 16 })) pieces.set(info.name, [...(pieces.get(info.name) ?? []), ...data]);
+    for (const t of tensors) expect(pieces.get(t.name)).toEqual(Array.from(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength)));
     await f.close();
   });
 

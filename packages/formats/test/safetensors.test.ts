@@ -145,6 +145,36 @@ describe("safetensors round trip", () => {
   });
 });
 
+describe("safetensors chunked iteration", () => {
+  it("iterateChunks covers every tensor in file order, in pieces, through one buffer", async () => {
+    const tensors = [
+      { name: "b", dtype: "U8" as const, shape: [7], data: new Uint8Array([1, 2, 3, 4, 5, 6, 7]) },
+      { name: "e", dtype: "F32" as const, shape: [0], data: new Uint8Array(0) },
+      { name: "a", dtype: "I16" as const, shape: [4], data: new Int16Array([-1, 2, -3, 4]) },
+    ];
+    const f = await open(serializeSafetensors(tensors));
+    const got = new Map<string, number[]>();
+    const buffers = new Set<ArrayBufferLike>();
+    for await (const { info, offset, data } of f.iterateChunks({ chunkSize: 3 })) {
+      const prev = got.get(info.name) ?? [];
+      expect(offset).toBe(prev.length);
+      expect(data.byteLength).toBeLessThanOrEqual(3);
+      got.set(info.name, [...prev, ...data]);
+      buffers.add(data.buffer);
+    }
+    expect([...got.keys()]).toEqual(["b", "e", "a"]);
+    expect(got.get("b")).toEqual([1, 2, 3, 4, 5, 6, 7]);
+    expect(got.get("e")).toEqual([]);
+    expect(got.get("a")).toEqual(Array.from(new Uint8Array(new Int16Array([-1, 2, -3, 4]).buffer)));
+    expect(buffers.size).toBe(1);
+    const only: string[] = [];
+    for await (const { info } of f.iterateChunks({ names: ["a"] })) only.push(info.name);
+    expect(only).toEqual(["a"]);
+    await expectCode((async () => { for await (const _ of f.iterateChunks({ chunkSize: 0 })) void _; })(), SafetensorsError, "invalid_argument");
+    await expectCode((async () => { for await (const _ of f.iterateChunks({ names: ["zz"] })) void _; })(), SafetensorsError, "tensor_not_found");
+  });
+});
+
 describe("safetensors streaming writer", () => {
   it("writes chunks in order and produces the same bytes as the one-shot writer", async () => {
     const a = new Float32Array(1000).map((_, i) => i * 0.5);

@@ -75,6 +75,9 @@ describe("sharded write + lazy open", () => {
       const order: string[] = [];
       for await (const { info } of s.iterate()) order.push(info.name);
       expect(order).toEqual(ts.map((t) => t.name));
+      let bytes = 0;
+      for await (const { data } of s.iterateChunks({ chunkSize: 100 })) bytes += data.byteLength;
+      expect(bytes).toBe(2440);
       await s.close();
     }
   });

@@ -1,6 +1,6 @@
 import { FormatsError, GgufError, type FormatsErrorCode } from "../errors";
 import { FileSource, allocBytes, type ByteSource } from "../source";
-import type { IterateOptions, TensorChunk } from "../safetensors/reader";
+import { iterateChunksOf, type ChunkOptions, type IterateOptions, type TensorChunk, type TensorPiece } from "../safetensors/reader";
 import {
   GGML_TYPE_TRAITS,
   GGUF_DEFAULT_ALIGNMENT,
@@ -400,6 +400,14 @@ export class GgufFile {
       } else data = await this.read(t.name);
       yield { info: t, data };
     }
+  }
+
+  /** Visits tensors in data order as pieces of at most `chunkSize` bytes in one reused buffer. */
+  iterateChunks(options: ChunkOptions = {}): AsyncGenerator<TensorPiece<GgufTensorInfo>> {
+    if (options.names !== undefined) for (const n of options.names) this.info(n);
+    return iterateChunksOf(this.source, this.tensors, options, (e, tensor) =>
+      e instanceof GgufError ? e : new GgufError(e.code, e.message, { file: this.source.name, tensor: tensor === "" ? undefined : tensor, cause: e }),
+    );
   }
 
   async close(): Promise<void> {

@@ -33,6 +33,54 @@ export interface IterateOptions {
   reuseBuffer?: boolean;
 }
 
+/** One piece of a tensor from `iterateChunks`: `data` covers [offset, offset + data.byteLength) of the tensor. */
+export interface TensorPiece<I> {
+  readonly info: I;
+  readonly offset: number;
+  readonly data: Uint8Array;
+}
+
+export interface ChunkOptions {
+  /** Only these tensors (still visited in file order). */
+  names?: readonly string[];
+  /** Bytes per piece (default 8 MiB); one buffer of this size is reused for every piece. */
+  chunkSize?: number;
+}
+
+export const DEFAULT_CHUNK_SIZE = 8 << 20;
+
+/**
+ * Streams tensors in file order as pieces of at most `chunkSize` bytes, read into one reused buffer
+ * (each `data` is valid until the iterator is advanced). Memory stays at one chunk whatever the
+ * tensor sizes, and the small hot buffer makes this the fastest way to scan a file.
+ */
+export async function* iterateChunksOf<I extends { readonly name: string; readonly byteOffset: number; readonly byteLength: number }>(
+  source: ByteSource,
+  infos: readonly I[],
+  options: ChunkOptions,
+  wrap: (e: FormatsError, tensor: string) => Error,
+): AsyncGenerator<TensorPiece<I>> {
+  const size = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
+  if (!Number.isSafeInteger(size) || size <= 0) throw wrap(new FormatsError("invalid_argument", `chunkSize must be a positive integer, got ${size}`), "");
+  const wanted = options.names === undefined ? undefined : new Set(options.names);
+  const sorted = [...infos].sort((a, b) => a.byteOffset - b.byteOffset).filter((t) => wanted === undefined || wanted.has(t.name));
+  const max = sorted.reduce((m, t) => Math.max(m, Math.min(size, t.byteLength)), 0);
+  const buf = allocBytes(max);
+  for (const t of sorted) {
+    if (t.byteLength === 0) yield { info: t, offset: 0, data: buf.subarray(0, 0) };
+    for (let off = 0; off < t.byteLength; off += size) {
+      const piece = buf.subarray(0, Math.min(size, t.byteLength - off));
+      try {
+        await source.readInto(piece, t.byteOffset + off);
+      } catch (e) {
+        if (e instanceof FormatsError) throw wrap(e, t.name);
+        throw e;
+      }
+      yield { info: t, offset: off, data: piece };
+    }
+  }
+}
+
 /** The common read API of single files and sharded sets. */
 export interface SafetensorsReader {
   readonly metadata: Readonly<Record<string, string>>;
@@ -47,6 +95,8 @@ export interface SafetensorsReader {
   readTyped<D extends SafetensorsDtype>(name: string, dtype?: D): Promise<DtypeArrays[D]>;
   /** Visits tensors in file (offset) order. */
   iterate(options?: IterateOptions): AsyncGenerator<TensorChunk<SafetensorsTensorInfo>>;
+  /** Visits tensors in file order as pieces of at most `chunkSize` bytes in one reused buffer. */
+  iterateChunks(options?: ChunkOptions): AsyncGenerator<TensorPiece<SafetensorsTensorInfo>>;
   close(): Promise<void>;
 }
 
@@ -254,6 +304,13 @@ export class SafetensorsFile implements SafetensorsReader {
       }
       yield { info: t, data };
     }
+  }
+
+  iterateChunks(options: ChunkOptions = {}): AsyncGenerator<TensorPiece<SafetensorsTensorInfo>> {
+    if (options.names !== undefined) for (const n of options.names) this.info(n);
+    return iterateChunksOf(this.source, this.#byOffset, options, (e, tensor) =>
+      e instanceof SafetensorsError ? e : new SafetensorsError(e.code, e.message, { file: this.source.name, tensor: tensor === "" ? undefined : tensor, cause: e }),
+    );
   }
 
   async close(): Promise<void> {

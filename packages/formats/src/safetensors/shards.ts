@@ -4,7 +4,7 @@ import { SafetensorsError } from "../errors";
 import { AtomicFile, type AtomicWriteOptions } from "../atomic";
 import { parseStrictJson, JsonSyntaxError } from "../internal/json";
 import { dtypeSize, elementCount, type SafetensorsDtype } from "./dtype";
-import { SafetensorsFile, SAFETENSORS_MAX_HEADER_SIZE, type IterateOptions, type SafetensorsReader, type SafetensorsTensorInfo, type TensorChunk } from "./reader";
+import { SafetensorsFile, SAFETENSORS_MAX_HEADER_SIZE, type ChunkOptions, type IterateOptions, type SafetensorsReader, type SafetensorsTensorInfo, type TensorChunk, type TensorPiece } from "./reader";
 import { SafetensorsWriter, type SafetensorsTensorData, type SafetensorsTensorDecl } from "./writer";
 import { viewAs, type DtypeArrays } from "../view";
 
@@ -192,6 +192,18 @@ export class ShardedSafetensors implements SafetensorsReader {
       const names = wanted === undefined ? undefined : f.names.filter((n) => wanted.has(n));
       if (names !== undefined && names.length === 0) continue;
       yield* f.iterate({ ...options, names });
+    }
+  }
+
+  /** Shard by shard (sorted by file name), each in file order, in pieces of at most `chunkSize` bytes. */
+  async *iterateChunks(options: ChunkOptions = {}): AsyncGenerator<TensorPiece<SafetensorsTensorInfo>> {
+    if (options.names !== undefined) for (const n of options.names) this.shardOf(n);
+    const wanted = options.names === undefined ? undefined : new Set(options.names);
+    for (const shard of [...this.shards.keys()].sort()) {
+      const f = this.shards.get(shard)!;
+      const names = wanted === undefined ? undefined : f.names.filter((n) => wanted.has(n));
+      if (names !== undefined && names.length === 0) continue;
+      yield* f.iterateChunks({ ...options, names });
     }
   }
 
