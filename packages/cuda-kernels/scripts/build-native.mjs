@@ -4,11 +4,12 @@
 // runtime falls back to the CPU backend).
 //   QLORA_CUDA_ARCHS  comma list of SASS targets, default "80,86,89,90" (+ compute_90 PTX);
 //                     use QLORA_CUDA_ARCHS=80 while iterating.
-//   JOBS              parallel compile jobs (default 1: nvcc is memory- and CPU-hungry).
+//   JOBS              parallel compile jobs (default 1, or all cores when $CI is set).
 //   QLORA_CUDA_CLEAN=1 forces a full rebuild (otherwise unchanged configurations build incrementally).
 import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync, readdirSync, realpathSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
+import { availableParallelism } from "node:os";
 import { delimiter, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -57,7 +58,8 @@ const gencode = [
 const require = createRequire(import.meta.url);
 const nodeGyp = require.resolve("node-gyp/bin/node-gyp.js");
 const nodedir = process.env.npm_config_nodedir || resolve(process.execPath, "../..");
-const jobs = process.env.JOBS ?? "1";
+// One nvcc at a time by default (shared 2-core dev machines); CI machines use every core.
+const jobs = process.env.JOBS ?? (process.env.CI ? String(availableParallelism()) : "1");
 const started = Date.now();
 // Incremental when nothing that configure bakes in changed (toolkit, gencode list, file list):
 // make then recompiles only what changed (the nvcc rule lists the headers as inputs).

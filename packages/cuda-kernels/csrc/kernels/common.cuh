@@ -23,9 +23,12 @@ inline unsigned gridFor(size_t n, unsigned block) {
 
 __device__ __forceinline__ float bf16ToFloat(uint16_t bits) { return __uint_as_float(uint32_t(bits) << 16); }
 
-// Round-to-nearest-even, NaN kept quiet: the same rule as the host conversion in @qlora/nf4.
+// Round-to-nearest-even; NaN keeps its payload and is made quiet — the exact bit rule of the
+// reference backend's f32ToBf16Bits (the hardware cvt would canonicalise NaN to 0x7fff).
 __device__ __forceinline__ uint16_t floatToBf16(float f) {
-  return __bfloat16_as_ushort(__float2bfloat16_rn(f));
+  const uint32_t b = __float_as_uint(f);
+  if ((b & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((b >> 16) | 0x40u);
+  return static_cast<uint16_t>((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
 }
 __device__ __forceinline__ float f16ToFloat(uint16_t bits) { return __half2float(__ushort_as_half(bits)); }
 __device__ __forceinline__ uint16_t floatToF16(float f) { return __half_as_ushort(__float2half_rn(f)); }
