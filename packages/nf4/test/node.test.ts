@@ -53,3 +53,19 @@ describe("main entry is browser-safe", () => {
     expect(readdirSync(dir)).toContain("node.ts");
   });
 });
+
+describe("Nf4WorkerPool", () => {
+  it("reuses its workers across tensors and concurrent calls", async () => {
+    const { Nf4WorkerPool } = await import("@qlora/nf4/node");
+    const pool = new Nf4WorkerPool(2);
+    try {
+      const xs = [randn(64 * 500 + 3, 1), randn(32 * 999, 2), randn(4096 * 3 + 1, 3)];
+      const opts = [{ blocksize: 64 }, { blocksize: 32, quantType: "fp4" as const }, { blocksize: 4096, doubleQuant: true }];
+      const got = await Promise.all(xs.map((x, k) => pool.quantize(x, opts[k])));
+      got.forEach((g, k) => expect(g.packed).toEqual(quantize4bit(xs[k], opts[k]).packed));
+    } finally {
+      await pool.close();
+    }
+    await expect(pool.quantize(new Float32Array(4))).rejects.toThrow(/closed/);
+  });
+});
