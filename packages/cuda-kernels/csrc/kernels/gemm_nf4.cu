@@ -15,64 +15,91 @@ __device__ __forceinline__ float absmaxOf(const Absmax4bit& a, int64_t block) {
   return __fadd_rn(__fmul_rn(a.code[a.qabsmax[block]], a.nestedAbsmax[block / a.nestedBlocksize]), a.offset);
 }
 
+// The 16-entry code table of the weight being multiplied, per block (filled by Nf4Loader::init).
+__shared__ float gLut[16];
+
 /** Tile loader for W. kTrans == false: tile rows = n (output features), cols = k (forward, y = x·Wᵀ).
  * kTrans == true: tile rows = k (output of dx = dy·W), cols = n (the reduction axis).
- * kFast: K % 16 == 0, so 16 consecutive codes are 8 aligned bytes in one absmax block. */
+ * kFast: K % 16 == 0, so 16 consecutive codes are 8 aligned bytes in one absmax block; fetch keeps
+ * the raw bytes + scale in registers, commit dequantizes into the shared tile. */
 template <bool kTrans, bool kFast>
 struct Nf4Loader {
   const uint8_t* codes;
   Absmax4bit a;
   int N, K, log2Blocksize;
   bool fp4;
-  __device__ __forceinline__ void load(__nv_bfloat16* tile, int /*batch*/, int r0, int c0) const {
-    __shared__ float lut[16];
-    if (threadIdx.x < 16) lut[threadIdx.x] = __uint_as_float(fp4 ? kFp4Bits[threadIdx.x] : kNf4Bits[threadIdx.x]);
-    __syncthreads();
-    // Logical W element (wr, wc) with wr < N, wc < K; flat index wr·K + wc.
+  struct Regs {
+    uint2 packed;
+    float scale;
+    float v[kFast ? 1 : tc::kPerThread];
+  };
+  __device__ __forceinline__ void init() const {
+    if (threadIdx.x < 16) gLut[threadIdx.x] = __uint_as_float(fp4 ? kFp4Bits[threadIdx.x] : kNf4Bits[threadIdx.x]);
+  }
+  // Fast path geometry: 128 × 32 tile = 256 groups of 16 consecutive W elements, one per thread.
+  // Forward: W rows are tile rows (n), the 32 columns are k. Transposed: 32 W rows (the reduction
+  // axis, tile cols) × 128 W columns (tile rows).
+  __device__ __forceinline__ void fastCoords(int r0, int c0, int& wr, int& wc) const {
+    const int t = threadIdx.x;
+    if (!kTrans) { wr = r0 + t / 2; wc = c0 + (t % 2) * 16; }
+    else { wr = c0 + t / 8; wc = r0 + (t % 8) * 16; }
+  }
+  __device__ __forceinline__ void slowCoords(int e, int r0, int c0, int& tr, int& tcol, int& wr, int& wc) const {
+    if (!kTrans) { tr = e / tc::BK; tcol = e % tc::BK; wr = r0 + tr; wc = c0 + tcol; }
+    else { tr = e % tc::BN; tcol = e / tc::BN; wr = c0 + tcol; wc = r0 + tr; }
+  }
+  __device__ __forceinline__ void fetch(Regs& regs, int /*batch*/, int r0, int c0) const {
     if (kFast) {
-      // 128 rows of W × 32 consecutive elements = 256 groups of 16: one group per thread.
-      // Forward: W rows are tile rows (n), the 32 columns are k. Transposed: W rows are the
-      // reduction axis (tile cols), the 16 consecutive W columns are tile rows.
-      const int t = threadIdx.x;
       int wr, wc;
-      if (!kTrans) { wr = r0 + t / 2; wc = c0 + (t % 2) * 16; }
-      else { wr = c0 + t / 8; wc = r0 + (t % 8) * 16; }  // 32 W rows × 128 W cols
-      float vals[16];
+      fastCoords(r0, c0, wr, wc);
       if (wr < N && wc < K) {
         const int64_t e0 = static_cast<int64_t>(wr) * K + wc;
-        const uint2 packed = *reinterpret_cast<const uint2*>(codes + e0 / 2);
-        const float scale = absmaxOf(a, e0 >> log2Blocksize);
-#pragma unroll
-        for (int b = 0; b < 8; ++b) {
-          const uint32_t byte = ((b < 4 ? packed.x : packed.y) >> (8 * (b & 3))) & 0xffu;
-          vals[2 * b] = __fmul_rn(lut[byte >> 4], scale);
-          vals[2 * b + 1] = __fmul_rn(lut[byte & 15], scale);
-        }
+        regs.packed = *reinterpret_cast<const uint2*>(codes + e0 / 2);
+        regs.scale = absmaxOf(a, e0 >> log2Blocksize);
       } else {
-#pragma unroll
-        for (int i = 0; i < 16; ++i) vals[i] = 0.f;
-      }
-      if (!kTrans) {
-        __nv_bfloat16* dst = tile + (t / 2) * tc::LD + (t % 2) * 16;
-#pragma unroll
-        for (int i = 0; i < 16; ++i) dst[i] = __float2bfloat16_rn(vals[i]);
-      } else {
-        const int col = t / 8, row = (t % 8) * 16;
-#pragma unroll
-        for (int i = 0; i < 16; ++i) tile[(row + i) * tc::LD + col] = __float2bfloat16_rn(vals[i]);
+        regs.packed = make_uint2(0x77777777u, 0x77777777u);  // NF4 code 7 = 0.0 (and FP4 7 · 0 = 0)
+        regs.scale = 0.f;
       }
     } else {
-      for (int e = threadIdx.x; e < tc::BN * tc::BK; e += tc::THREADS) {
-        int wr, wc, tr, tcol;
-        if (!kTrans) { tr = e / tc::BK; tcol = e % tc::BK; wr = r0 + tr; wc = c0 + tcol; }
-        else { tr = e % tc::BN; tcol = e / tc::BN; wr = c0 + tcol; wc = r0 + tr; }
+#pragma unroll
+      for (int i = 0; i < tc::kPerThread; ++i) {
+        int tr, tcol, wr, wc;
+        slowCoords(threadIdx.x + i * tc::THREADS, r0, c0, tr, tcol, wr, wc);
         float v = 0.f;
         if (wr < N && wc < K) {
           const int64_t idx = static_cast<int64_t>(wr) * K + wc;
           const uint8_t byte = codes[idx >> 1];
-          v = __fmul_rn(lut[(idx & 1) ? (byte & 15) : (byte >> 4)], absmaxOf(a, idx >> log2Blocksize));
+          v = __fmul_rn(gLut[(idx & 1) ? (byte & 15) : (byte >> 4)], absmaxOf(a, idx >> log2Blocksize));
         }
-        tile[tr * tc::LD + tcol] = __float2bfloat16_rn(v);
+        regs.v[kFast ? 0 : i] = v;
+      }
+    }
+  }
+  __device__ __forceinline__ void commit(__nv_bfloat16* tile, const Regs& regs) const {
+    if (kFast) {
+      __nv_bfloat16 vals[16];
+#pragma unroll
+      for (int b = 0; b < 8; ++b) {
+        const uint32_t byte = ((b < 4 ? regs.packed.x : regs.packed.y) >> (8 * (b & 3))) & 0xffu;
+        vals[2 * b] = __float2bfloat16_rn(__fmul_rn(gLut[byte >> 4], regs.scale));
+        vals[2 * b + 1] = __float2bfloat16_rn(__fmul_rn(gLut[byte & 15], regs.scale));
+      }
+      const int t = threadIdx.x;
+      if (!kTrans) {
+        __nv_bfloat16* dst = tile + (t / 2) * tc::LD + (t % 2) * 16;
+#pragma unroll
+        for (int i = 0; i < 16; ++i) dst[i] = vals[i];
+      } else {
+        const int col = t / 8, row = (t % 8) * 16;
+#pragma unroll
+        for (int i = 0; i < 16; ++i) tile[(row + i) * tc::LD + col] = vals[i];
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < tc::kPerThread; ++i) {
+        int tr, tcol, wr, wc;
+        slowCoords(threadIdx.x + i * tc::THREADS, 0, 0, tr, tcol, wr, wc);
+        tile[tr * tc::LD + tcol] = __float2bfloat16_rn(regs.v[kFast ? 0 : i]);
       }
     }
   }
