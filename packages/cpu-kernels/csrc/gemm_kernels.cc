@@ -19,6 +19,13 @@ constexpr int kMr512 = 12, kNr512 = 32;
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void kernel_avx512(int64_t kc, const float* a,
                                                                                   const float* b, float* c,
                                                                                   int64_t ldc, bool accumulate) {
+  // C is only touched after the kc loop, and for large C its lines have left the caches since the
+  // previous kc block: start fetching them now so the final load/add/store does not stall.
+#pragma GCC unroll 12
+  for (int i = 0; i < kMr512; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 31), _MM_HINT_T0);
+  }
   __m512 acc[kMr512][2];
 #pragma GCC unroll 12
   for (int i = 0; i < kMr512; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
@@ -50,6 +57,11 @@ constexpr int kMr256 = 6, kNr256 = 16;
 
 __attribute__((target("avx2,fma"))) void kernel_avx2(int64_t kc, const float* a, const float* b, float* c,
                                                      int64_t ldc, bool accumulate) {
+#pragma GCC unroll 6
+  for (int i = 0; i < kMr256; ++i) {  // see kernel_avx512
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 15), _MM_HINT_T0);
+  }
   __m256 acc[kMr256][2];
 #pragma GCC unroll 6
   for (int i = 0; i < kMr256; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
