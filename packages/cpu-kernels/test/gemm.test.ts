@@ -3,6 +3,7 @@
 // with eps = 1.19e-7, and our inputs are in [-1, 1], so |d| <= 1e-5*(1+|ref|)*sqrt(k) (~80 eps of
 // headroom per sqrt(k)) catches any indexing/packing bug (those produce O(1) errors) without
 // flagging legitimate reassociation.
+import fc from "fast-check";
 import { afterAll, describe, expect, test } from "vitest";
 import { loadNative } from "../src/load";
 import { randomF32, referenceMatmul, worstRatio } from "./oracle";
@@ -80,4 +81,25 @@ test("k = 0 gives zeros; validation names the bad argument", () => {
   expect(() => (native.matmul as (...x: unknown[]) => void)(a, b)).toThrow(/11 arguments/);
   // products past 2^53 are rejected instead of wrapping into a small (passing) length check
   expect(() => native.matmul(a, b, new Float32Array(4), 2 ** 40, 2 ** 20, 3, 2 ** 20, false, false, 6, 6)).toThrow(/overflows/);
+});
+
+test("property: random shapes, transposes, batch broadcast and dtypes agree with the reference", () => {
+  native.gemmIsa("");
+  const dim = fc.integer({ min: 1, max: 70 });
+  fc.assert(
+    fc.property(
+      fc.record({ batch: fc.integer({ min: 1, max: 3 }), m: dim, k: dim, n: dim, transA: fc.boolean(), transB: fc.boolean(),
+        bcastA: fc.boolean(), bcastB: fc.boolean(), a16: fc.boolean(), b16: fc.boolean(), seed: fc.integer({ min: 1, max: 1e6 }) }),
+      ({ batch, m, k, n, transA, transB, bcastA, bcastB, a16, b16, seed }) => {
+        const sa = bcastA ? 0 : m * k, sb = bcastB ? 0 : k * n;
+        const af = randomF32((bcastA ? 1 : batch) * m * k, seed), bf = randomF32((bcastB ? 1 : batch) * k * n, seed + 1);
+        const a = a16 ? toBf16(af) : af, b = b16 ? toBf16(bf) : bf;
+        const out = new Float32Array(batch * m * n).fill(NaN);
+        native.matmul(a, b, out, batch, m, k, n, transA, transB, sa, sb);
+        const want = referenceMatmul(a, b, { batch, m, k, n, transA, transB, aBatchStride: sa, bBatchStride: sb });
+        return worstRatio(out, want, k) <= 1;
+      },
+    ),
+    { numRuns: 60, seed: 20261130 },
+  );
 });
