@@ -1,8 +1,9 @@
 // Throughput benchmark (not a test). Run: pnpm bench (in packages/nf4) — `tsx bench/run.ts [--reps N] [--quick] [--wall]`.
 // Figures are GB/s of the float32 side (n·4 bytes: read by quantize, written by dequantize-to-f32),
 // compared with a memcpy of an n·4-byte buffer (Uint8Array.prototype.set) measured in the same run.
-import { cpus } from "node:os";
+import { availableParallelism, cpus } from "node:os";
 import { dequantize4bit, dequantize4bitInto, quantize4bit, quantize4bitInto, type QuantState4bit } from "../src/index";
+import { Nf4WorkerPool } from "../src/node";
 
 const args = process.argv.slice(2);
 const reps = Number(args[args.indexOf("--reps") + 1]) || 5;
@@ -133,3 +134,30 @@ const line = (c: string[]) => c.map((s, k) => (k < 2 ? s.padEnd(w[k]) : s.padSta
 console.log(line(head));
 console.log(w.map((k) => "-".repeat(k)).join("  "));
 for (const t of table) console.log(line(t));
+
+// Parallel quantize (@qlora/nf4/node): wall-clock, since process CPU time sums all threads.
+if (!args.includes("--no-parallel")) {
+  const threads = Math.max(2, availableParallelism());
+  const n = 4096 * 4096;
+  const x = seeded(n);
+  const pool = new Nf4WorkerPool(threads);
+  const serial: number[] = [];
+  const par: number[] = [];
+  for (let r = 0; r < reps + 1; r++) {
+    const t0 = wallTime(() => quantize4bit(x));
+    const t = process.hrtime.bigint();
+    await pool.quantize(x);
+    const t1 = Number(process.hrtime.bigint() - t) / 1e9;
+    if (r > 0) {
+      serial.push(t0);
+      par.push(t1);
+    }
+  }
+  await pool.close();
+  const ms = (v: number) => `${(v * 1e3).toFixed(0)} ms`;
+  console.log(
+    `\nparallel quantize nf4 4096x4096, wall-clock, median of ${reps}: 1 thread ${ms(median(serial))}, ` +
+      `Nf4WorkerPool(${threads}) ${ms(median(par))} (speedup ${(median(serial) / median(par)).toFixed(2)}x; ` +
+      `includes copying each range into its worker's message)`,
+  );
+}

@@ -1,6 +1,8 @@
 import { Nf4Error } from "./errors";
 import { f32BitsToBf16Bits, f32BitsToF16Bits } from "./half";
-import { dequantizeRangeF32, dequantizeRangeU16 } from "./internal/kernel4";
+import { type AbsmaxSource, dequantizeRangeF32, dequantizeRangeU16 } from "./internal/kernel4";
+
+const EMPTY = new Float32Array(0);
 import { checkBlocksize4, checkDType, checkQuantType, checkShape, describe } from "./internal/validate";
 import { FP4_CODE, NF4_CODE } from "./tables";
 import type { FloatDType, NestedAbsmax, QuantState4bit } from "./types";
@@ -81,7 +83,9 @@ export function recoverAbsmax(state: QuantState4bit): Float32Array {
 export function dequantize4bit(state: QuantState4bit, outDtype?: FloatDType): Float32Array | Uint16Array {
   const n = checkState(state);
   const dt = checkDType(outDtype ?? state.dtype, "outDtype");
-  const absmax = isNested(state.absmax) ? recoverNestedAbsmax(state.absmax) : state.absmax;
+  const absmax: AbsmaxSource = isNested(state.absmax)
+    ? { values: EMPTY, base: 0, nested: state.absmax }
+    : { values: state.absmax, base: 0 };
   const code = state.quantType === "nf4" ? NF4_CODE : FP4_CODE;
   if (dt === "float32") {
     const out = new Float32Array(n);
@@ -134,14 +138,12 @@ export function dequantize4bitInto(
     throw new Nf4Error("LENGTH_MISMATCH", `out: elements [${start}, ${end}) exceed the tensor's ${n} elements`);
   }
   // only the blocks this range touches
-  const b0 = Math.floor(start / state.blocksize);
-  const b1 = Math.ceil(end / state.blocksize);
-  const absmax = isNested(state.absmax)
-    ? recoverNestedAbsmax(state.absmax, b0, b1)
-    : state.absmax.subarray(b0, b1);
+  const absmax: AbsmaxSource = isNested(state.absmax)
+    ? { values: EMPTY, base: 0, nested: state.absmax }
+    : { values: state.absmax, base: 0 };
   const code = state.quantType === "nf4" ? NF4_CODE : FP4_CODE;
   const conv = dt === "bfloat16" ? f32BitsToBf16Bits : f32BitsToF16Bits;
-  if (out instanceof Float32Array) dequantizeRangeF32(code, state.packed, absmax, state.blocksize, start, end, out, 0, b0);
-  else dequantizeRangeU16(code, state.packed, absmax, state.blocksize, start, end, out, 0, conv, b0);
+  if (out instanceof Float32Array) dequantizeRangeF32(code, state.packed, absmax, state.blocksize, start, end, out, 0);
+  else dequantizeRangeU16(code, state.packed, absmax, state.blocksize, start, end, out, 0, conv);
   return out;
 }

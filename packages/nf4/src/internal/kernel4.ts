@@ -1,5 +1,5 @@
 import { FP4_MAGNITUDE_CODE_BY_RANK, FP4_THRESHOLDS, NF4_THRESHOLDS } from "../tables";
-import type { QuantType } from "../types";
+import type { NestedAbsmax, QuantType } from "../types";
 import { exactThreshold, NEG_ROUNDS_TO_NONZERO } from "./exact";
 
 /** float32 max: per-thread maxima in the CUDA kernel start from -FLT_MAX (spec §2.2). */
@@ -186,6 +186,23 @@ function quantizeFp4(
   }
 }
 
+/** Per-block absmax source: plain float32 values, or a double-quantized state recovered on the fly. */
+export interface AbsmaxSource {
+  /** absmax[blk - base] when `nested` is undefined. */
+  values: Float32Array;
+  base: number;
+  nested?: NestedAbsmax;
+}
+
+/** fl32(fl32(code[q]·nestedAbsmax[blk / nbs]) + offset) (spec §5.4) or the stored value. */
+function blockAbsmax(src: AbsmaxSource, blk: number): number {
+  const nd = src.nested;
+  if (nd === undefined) return src.values[blk - src.base];
+  return Math.fround(
+    Math.fround(nd.code[nd.qabsmax[blk]] * nd.nestedAbsmax[Math.floor(blk / nd.nestedBlocksize)]) + Math.fround(nd.offset),
+  );
+}
+
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
 /**
@@ -291,18 +308,17 @@ function words(packed: Uint8Array): Uint32Array | undefined {
  * Dequantizes elements [start, end) (start even) to float32: out[o + i - start] = fl32(code · absmax).
  * Per block, the 16 scaled values are formed once (one float32 multiply each, as CUDA does per
  * element) and the output is filled by moving their bit patterns (no per-element float work).
- * absmax[blk - absmaxBase] is the absmax of block blk.
+ * Nested absmax is recovered per block on the fly (no temporary array).
  */
 export function dequantizeRangeF32(
   code: Float32Array,
   packed: Uint8Array,
-  absmax: Float32Array,
+  absmax: AbsmaxSource,
   blocksize: number,
   start: number,
   end: number,
   out: Float32Array,
   o: number,
-  absmaxBase = 0,
 ): void {
   const outU = new Uint32Array(out.buffer, out.byteOffset, out.length);
   const p32 = words(packed);
@@ -315,7 +331,7 @@ export function dequantizeRangeF32(
     let blk = start / blocksize;
     const t = sU;
     while (i < fullEnd && i % blocksize === 0) {
-      const a = absmax[blk - absmaxBase];
+      const a = blockAbsmax(absmax, blk);
       for (let c = 0; c < 16; c++) sF[c] = code[c] * a;
       const e = i + blocksize;
       let q = i >>> 3;
@@ -338,7 +354,7 @@ export function dequantizeRangeF32(
   }
   while (i < end) {
     const blk = Math.floor(i / blocksize);
-    const a = absmax[blk - absmaxBase];
+    const a = blockAbsmax(absmax, blk);
     for (let c = 0; c < 16; c++) sF[c] = code[c] * a;
     const e = Math.min((blk + 1) * blocksize, end);
     fillCodes32(sU, packed, p32, i, e, outU, o + (i - start));
@@ -353,14 +369,13 @@ export function dequantizeRangeF32(
 export function dequantizeRangeU16(
   code: Float32Array,
   packed: Uint8Array,
-  absmax: Float32Array,
+  absmax: AbsmaxSource,
   blocksize: number,
   start: number,
   end: number,
   out: Uint16Array,
   o: number,
   conv: (bits: number) => number,
-  absmaxBase = 0,
 ): void {
   const p32 = words(packed);
   const sF = new Float32Array(16);
@@ -369,7 +384,7 @@ export function dequantizeRangeU16(
   let i = start;
   while (i < end) {
     const blk = Math.floor(i / blocksize);
-    const a = absmax[blk - absmaxBase];
+    const a = blockAbsmax(absmax, blk);
     for (let c = 0; c < 16; c++) {
       sF[c] = code[c] * a;
       h[c] = conv(sU[c]);
