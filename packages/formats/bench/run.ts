@@ -44,6 +44,13 @@ async function ourWrite(path: string): Promise<number> {
   return now() - t;
 }
 
+/** No I/O: allocate a fresh 64 MiB buffer per tensor and touch it, the floor for fresh-buffer reads. */
+function touchOnly(): number {
+  const t = now();
+  for (let i = 0; i < COUNT; i++) Buffer.allocUnsafeSlow(TENSOR).fill(1);
+  return now() - t;
+}
+
 async function ourReadChunks(path: string): Promise<number> {
   const t = now();
   const f = await openSafetensors(path);
@@ -68,10 +75,12 @@ const dir = await mkdtemp(join(process.env.BENCH_DIR ?? tmpdir(), "qlora-formats
 try {
   const file = join(dir, "bench.safetensors");
   const ddFile = join(dir, "dd.bin");
-  const res = { ourW: [] as number[], ddW: [] as number[], ourR: [] as number[], ourRReuse: [] as number[], ourRChunks: [] as number[], cat: [] as number[] };
+  const res = { ourW: [] as number[], ddW: [] as number[], dd8W: [] as number[], touch: [] as number[], ourR: [] as number[], ourRReuse: [] as number[], ourRChunks: [] as number[], cat: [] as number[] };
   for (let r = 0; r < RUNS; r++) {
     await rm(ddFile, { force: true });
     res.ddW.push(sh(`dd if=/dev/zero of=${ddFile} bs=1M count=${(COUNT * TENSOR) / MiB} conv=fsync 2>/dev/null`));
+    await rm(ddFile, { force: true });
+    res.dd8W.push(sh(`dd if=/dev/zero of=${ddFile} bs=8M count=${(COUNT * TENSOR) / (8 * MiB)} conv=fsync 2>/dev/null`));
     await rm(ddFile, { force: true });
     await rm(file, { force: true });
     res.ourW.push(await ourWrite(file));
@@ -83,6 +92,7 @@ try {
     res.ourR.push(await ourRead(file, false));
     res.ourRReuse.push(await ourRead(file, true));
     res.ourRChunks.push(await ourReadChunks(file));
+    res.touch.push(touchOnly());
   }
   const gb = (s: number) => size / s / 1e9;
   const ddGb = (s: number) => (COUNT * TENSOR) / s / 1e9;
@@ -91,6 +101,7 @@ try {
     ["read, iterate({reuseBuffer}) (warm)", gb(median(res.ourRReuse)), "cat > /dev/null (warm)", gb(median(res.cat))],
     ["read, iterateChunks() 8 MiB pieces (warm)", gb(median(res.ourRChunks)), "cat > /dev/null (warm)", gb(median(res.cat))],
     ["write + fsync (SafetensorsWriter)", ddGb(median(res.ourW)), "dd bs=1M conv=fsync", ddGb(median(res.ddW))],
+    ["write + fsync (SafetensorsWriter)", ddGb(median(res.ourW)), "dd bs=8M conv=fsync", ddGb(median(res.dd8W))],
   ];
   const cpu = cpus()[0]?.model ?? "?";
   console.log(`@qlora/formats bench — ${new Date().toISOString()} — ${cpus().length}× ${cpu}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM, Linux ${release()}, Node ${process.version}`);
@@ -98,6 +109,7 @@ try {
   console.log("| ours | GB/s | peer | GB/s | ratio |");
   console.log("|---|---:|---|---:|---:|");
   for (const [a, x, b, y] of rows) console.log(`| ${a} | ${x.toFixed(2)} | ${b} | ${y.toFixed(2)} | ${(x / y).toFixed(2)}× |`);
+  console.log(`\nfloor for fresh-buffer reads: allocating and touching 32 fresh 64 MiB buffers, no I/O: ${ddGb(median(res.touch)).toFixed(2)} GB/s`);
   console.log(`\nraw seconds: ${JSON.stringify(Object.fromEntries(Object.entries(res).map(([k, v]) => [k, v.map((s) => +s.toFixed(3))])))}`);
 } finally {
   await rm(dir, { recursive: true, force: true });
