@@ -86,8 +86,11 @@ function peer(threads: number): { torch: string; ms: Record<string, number>; pea
   return JSON.parse(r.stdout);
 }
 
+// Native scratch outside the host allocator: K transposed tile-major for the forward (one copy of k)
+// plus each thread's tile buffers (forward and backward; the larger counts).
 const scratchBytes = (threads: number, seq: number) =>
-  threads * 4 * Math.max(headDim * 64 + 64 * 64 + 2 * 64 + 64 * headDim, 4 * headDim * 64 + 2 * 64 * 64 + (heads / kvHeads) * seq);
+  4 * batch * kvHeads * Math.ceil(seq / 64) * 64 * headDim +
+  threads * 4 * Math.max(64 * 64 + 2 * 64 + 64 * headDim, 4 * headDim * 64 + 2 * 64 * 64 + (heads / kvHeads) * seq);
 const mb = (b: number) => (b / 2 ** 20).toFixed(1);
 const rows: string[][] = [];
 let torchVersion = "";

@@ -2,6 +2,7 @@
 // (forward over (batch, head, query tile), backward over (batch, kv head)). The math is in
 // attention_tile.h.
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
@@ -38,6 +39,18 @@ void read_inputs(Args& a, AttnProblem& p, size_t q, size_t seg) {
   p.seg = a.is_null(seg) ? nullptr : a.i32(seg, "segmentIds", static_cast<double>(p.batch) * p.seq);
 }
 
+// Runs task(t, scratch) for t in [0, n) with dynamic scheduling: every pool thread takes the next
+// task from a shared counter, so the causal triangle's uneven tiles and a descheduled thread (a busy
+// machine) do not leave the others waiting at the end of a static split.
+template <typename Fn>
+void for_each_task(int64_t n, size_t scratch_floats, const Fn& task) {
+  std::atomic<int64_t> next{0};
+  parallel_for(static_cast<size_t>(std::min<int64_t>(num_threads(), n)), [&](size_t, size_t) {
+    std::vector<float> buf(scratch_floats);
+    for (int64_t t; (t = next.fetch_add(1, std::memory_order_relaxed)) < n;) task(t, buf.data());
+  });
+}
+
 // K tile by tile into [batch][kv head][tile][d][kAttnBc] (the forward's B operand of Q·Kᵀ).
 void transpose_keys(const AttnProblem& p, float* kt) {
   const int64_t tiles = attn_key_tiles(p), d = p.d;
@@ -66,10 +79,7 @@ Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
   transpose_keys(p, kt.data());
   p.kt = kt.data();
   const size_t scratch = attn_forward_scratch(p);
-  parallel_for(attn_forward_tasks(p), [&](size_t t0, size_t t1) {
-    std::vector<float> buf(scratch);
-    fn(p, out, lse, t0, t1, buf.data());
-  });
+  for_each_task(attn_forward_tasks(p), scratch, [&](int64_t t, float* buf) { fn(p, out, lse, t, t + 1, buf); });
   return a.env().Undefined();
 }
 
@@ -118,10 +128,7 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   const int64_t tasks = attn_backward_tasks(p), threads = num_threads();
   if (tasks >= threads || attn_key_tiles(p) < 2) {
     auto fn = level == 2 ? avx512::attn_backward : level == 1 ? avx2::attn_backward : sse::attn_backward;
-    parallel_for(tasks, [&](size_t t0, size_t t1) {
-      std::vector<float> buf(scratch);
-      fn(p, dout, out, lse, dq, dk, dv, t0, t1, buf.data());
-    });
+    for_each_task(tasks, scratch, [&](int64_t t, float* buf) { fn(p, dout, out, lse, dq, dk, dv, t, t + 1, buf); });
   } else {
     backward_split_keys(p, level, dout, out, lse, dq, dk, dv, scratch);
   }
