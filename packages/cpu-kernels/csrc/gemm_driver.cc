@@ -3,6 +3,7 @@
 #include "gemm_driver.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -86,35 +87,39 @@ void gemm_region(const GemmKernel& K, int64_t i_begin, int64_t i_end, int64_t j_
 
 }  // namespace
 
-void gemm(int64_t m, int64_t n, int64_t k, const APacker& a, const BPacker& b, float* c, int64_t ldc, bool parallel) {
+void gemm(int64_t m, int64_t n, int64_t k, const APacker& a, const BPacker& b, float* c, int64_t ldc, bool parallel,
+          int b_pack_weight) {
   const GemmKernel& K = gemm_kernel();
   const int threads = parallel ? num_threads() : 1;
-  const int64_t mt = (m + K.mr - 1) / K.mr, nt = (n + K.nr - 1) / K.nr;
+  const int64_t flops = m * n * std::max<int64_t>(k, 1);
   // Small products are not worth waking the pool (~10 us per dispatch).
-  if (threads <= 1 || m * n * std::max<int64_t>(k, 1) < (int64_t{1} << 18)) {
+  if (threads <= 1 || flops < (int64_t{1} << 18)) {
     gemm_region(K, 0, m, 0, n, k, a, b, c, ldc);
     return;
   }
-  // Grid tm x tn = threads with the most N parts that still give every part at least one NR panel.
-  int tn = 1;
-  for (int cand = threads; cand >= 1; --cand)
-    if (threads % cand == 0 && cand <= nt && threads / cand <= mt) {
-      tn = cand;
-      break;
-    }
-  const int tm = threads / tn;
-  if (tm > mt) {  // tiny in both dimensions: one thread
+  // Over-decompose (up to 4 tasks per thread, each >= ~2M FMA) and hand tasks out dynamically, so
+  // a thread that gets descheduled on a busy machine does not hold the whole product up. Tasks
+  // split one dimension only: N tasks each repack all of A, M tasks each repack all of B, so pick
+  // the split that duplicates less packing (B weighted by b_pack_weight: dequantizing is dearer).
+  const int64_t mt = (m + K.mr - 1) / K.mr, nt = (n + K.nr - 1) / K.nr;
+  const int64_t want = std::max<int64_t>(threads, std::min<int64_t>(4 * threads, flops >> 21));
+  const int64_t tn_only = std::min(nt, want), tm_only = std::min(mt, want);
+  const double dup_a = double(m) * k * (tn_only - 1), dup_b = double(k) * n * (tm_only - 1) * b_pack_weight;
+  const bool split_n = tn_only >= threads && (tm_only < threads || dup_a <= dup_b);
+  const int64_t tasks = split_n ? tn_only : tm_only;
+  if (tasks < 2) {
     gemm_region(K, 0, m, 0, n, k, a, b, c, ldc);
     return;
   }
+  std::atomic<int64_t> next{0};
   parallel_for(
-      static_cast<std::size_t>(tm * tn),
-      [&](std::size_t begin, std::size_t end) {
-        for (std::size_t t = begin; t < end; ++t) {
-          const int64_t ti = static_cast<int64_t>(t) / tn, tj = static_cast<int64_t>(t) % tn;
-          const int64_t i0 = std::min(m, mt * ti / tm * K.mr), i1 = std::min(m, mt * (ti + 1) / tm * K.mr);
-          const int64_t j0 = std::min(n, nt * tj / tn * K.nr), j1 = std::min(n, nt * (tj + 1) / tn * K.nr);
-          gemm_region(K, i0, i1, j0, j1, k, a, b, c, ldc);
+      static_cast<std::size_t>(threads),
+      [&](std::size_t, std::size_t) {
+        for (int64_t t; (t = next.fetch_add(1)) < tasks;) {
+          if (split_n)
+            gemm_region(K, 0, m, std::min(n, nt * t / tasks * K.nr), std::min(n, nt * (t + 1) / tasks * K.nr), k, a, b, c, ldc);
+          else
+            gemm_region(K, std::min(m, mt * t / tasks * K.mr), std::min(m, mt * (t + 1) / tasks * K.mr), 0, n, k, a, b, c, ldc);
         }
       },
       1);

@@ -20,10 +20,11 @@ struct BPacker {
   virtual void pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int nr, float* dst) const = 0;
 };
 
-// C[m x n] (row stride ldc) = op(A)[m x k] * op(B)[k x n]. Splits the output over the thread pool
-// (N first, so a B packer that dequantizes does each tile once) unless `parallel` is false
-// (required when called from inside a pool task).
+// C[m x n] (row stride ldc) = op(A)[m x k] * op(B)[k x n]. Splits the output into N or M tasks
+// handed out dynamically over the thread pool unless `parallel` is false (required when called
+// from inside a pool task). b_pack_weight: relative cost of packing a B element vs an A element
+// (a dequantizing B packer passes > 1 so the weight is decoded once, i.e. the split is over N).
 void gemm(int64_t m, int64_t n, int64_t k, const APacker& a, const BPacker& b, float* c, int64_t ldc,
-          bool parallel = true);
+          bool parallel = true, int b_pack_weight = 1);
 
 }  // namespace qlora

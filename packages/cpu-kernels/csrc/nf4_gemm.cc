@@ -18,6 +18,10 @@
 namespace qlora {
 namespace {
 
+// Decoding a 4-bit weight while packing costs several times a plain copy: tell the driver, so it
+// splits work over N and every weight tile is decoded by one task only.
+constexpr int kDequantWeight = 16;
+
 // Row-major f32 [rows, ld] operand A (x or dy), no transpose.
 struct RowMajorA final : APacker {
   const float* data;
@@ -138,7 +142,7 @@ Napi::Value Matmul4bit(const Napi::CallbackInfo& info) {
   if (!nf4_gemv(q, x, m, out)) {
     RowMajorA a(x, q.k);
     QuantTransposedB b(q);
-    gemm(m, q.n, q.k, a, b, out, q.n);
+    gemm(m, q.n, q.k, a, b, out, q.n, true, kDequantWeight);
   }
   return info.Env().Undefined();
 }
@@ -151,7 +155,7 @@ Napi::Value Matmul4bitInputGrad(const Napi::CallbackInfo& info) {
   if (!parse_call(info, "matmul4bitInputGrad(dy, m, out, w)", true, q, dy, m, out)) return info.Env().Undefined();
   RowMajorA a(dy, q.n);
   QuantB b(q);
-  gemm(m, q.k, q.n, a, b, out, q.k);
+  gemm(m, q.k, q.n, a, b, out, q.k, true, kDequantWeight);
   return info.Env().Undefined();
 }
 
@@ -163,7 +167,7 @@ Napi::Value Matmul4bitTiled(const Napi::CallbackInfo& info) {
   if (!parse_call(info, "matmul4bitTiled(x, m, out, w)", false, q, x, m, out)) return info.Env().Undefined();
   RowMajorA a(x, q.k);
   QuantTransposedB b(q);
-  gemm(m, q.n, q.k, a, b, out, q.n);
+  gemm(m, q.n, q.k, a, b, out, q.n, true, kDequantWeight);
   return info.Env().Undefined();
 }
 

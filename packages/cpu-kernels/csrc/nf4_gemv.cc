@@ -12,6 +12,8 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <algorithm>
+#include <atomic>
 #include <string_view>
 #include <vector>
 
@@ -136,9 +138,17 @@ bool nf4_gemv(const Quant4& q, const float* x, int64_t m, float* y) {
       xe[i * half + t] = x[i * q.k + 2 * t];
       xo[i * half + t] = x[i * q.k + 2 * t + 1];
     }
-  // ~64 rows per task keeps dispatch overhead negligible next to k/2 bytes of weights per row.
+  // Rows are handed out in chunks of 128 (each chunk streams >= 128*k/2 bytes, far above the cost
+  // of one atomic) from a shared counter, so a descheduled thread does not hold the call up.
+  constexpr int64_t kChunk = 128;
+  const int64_t chunks = (q.n + kChunk - 1) / kChunk;
+  std::atomic<int64_t> next{0};
   parallel_for(
-      static_cast<std::size_t>(q.n), [&](std::size_t lo, std::size_t hi) { rows(q, xe, xo, lo, hi, y); }, 64);
+      static_cast<std::size_t>(std::min<int64_t>(num_threads(), chunks)),
+      [&](std::size_t, std::size_t) {
+        for (int64_t c; (c = next.fetch_add(1)) < chunks;) rows(q, xe, xo, c * kChunk, std::min(q.n, (c + 1) * kChunk), y);
+      },
+      1);
   return true;
 }
 
