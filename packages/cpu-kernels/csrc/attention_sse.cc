@@ -4,6 +4,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "attention.h"  // its inline helpers must be compiled for the baseline, before the switch
+
 // baseline (x86-64-v2): no target switch
 #define QLORA_VEC 128
 #include "attention_tile.h"
