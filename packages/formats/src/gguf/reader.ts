@@ -107,6 +107,35 @@ class Cursor {
     return Number(n);
   }
 
+  /**
+   * Synchronous fast path for a string wholly inside the window (the common case in vocab arrays):
+   * no awaits, no BigInt, ASCII decoded without TextDecoder. Returns undefined whenever anything is
+   * unusual (length beyond the window or the file, invalid UTF-8) so the checked path reports it.
+   */
+  stringSync(): string | undefined {
+    if (!this.#has(8)) return undefined;
+    const o = this.#at();
+    const lo = this.#view.getUint32(o, true);
+    if (this.#view.getUint32(o + 4, true) !== 0 || lo > this.remaining - 8 || !this.#has(8 + lo)) return undefined;
+    const b = this.#buf.subarray(o + 8, o + 8 + lo);
+    let ascii = lo <= 256;
+    if (ascii) for (let i = 0; i < lo; i++) if (b[i] >= 0x80) {
+      ascii = false;
+      break;
+    }
+    let s: string;
+    if (ascii) s = String.fromCharCode.apply(null, b as unknown as number[]);
+    else {
+      try {
+        s = utf8.decode(b);
+      } catch {
+        return undefined;
+      }
+    }
+    this.pos += 8 + lo;
+    return s;
+  }
+
   async string(what: string, d?: { tensor?: string; key?: string }): Promise<string> {
     const len = await this.length(1, `${what} length`, d);
     const b = await this.bytes(len, what, d);
@@ -196,7 +225,7 @@ async function readArray(c: Cursor, key: string, depth: number): Promise<GgufArr
   }
   if (elementType === GgufValueType.STRING) {
     const out: string[] = [];
-    for (let i = 0; i < count; i++) out.push(await c.string(`array string ${i}`, { key }));
+    for (let i = 0; i < count; i++) out.push(c.stringSync() ?? (await c.string(`array string ${i}`, { key })));
     return { type: GgufValueType.ARRAY, elementType, value: out };
   }
   const out: GgufArrayValue[] = [];
