@@ -216,6 +216,8 @@ describe("GGUF validation", () => {
     ["unknown array element type", concat(head(0, 1), str("k"), u32le(9), u32le(99), u64le(0)), "unknown_value_type"],
     ["bool not 0/1", concat(head(0, 1), str("k"), u32le(7), hex("02")), "bad_value"],
     ["non-UTF-8 string", concat(head(0, 1), str("k"), u32le(8), u64le(2), hex("c3 28")), "bad_string"],
+    ["non-UTF-8 string inside a string array", concat(head(0, 1), str("k"), u32le(9), u32le(8), u64le(2), str("ok"), u64le(2), hex("c3 28")), "bad_string"],
+    ["string array element length beyond the file", concat(head(0, 1), str("k"), u32le(9), u32le(8), u64le(2), str("ok"), u64le(1n << 32n), ascii("abcdefgh")), "length_too_large"],
     ["duplicate key", concat(head(0, 2), str("k"), u32le(0), hex("01"), str("k"), u32le(0), hex("01")), "duplicate_key"],
     ["nested arrays too deep", concat(head(0, 1), str("k"), u32le(9), ...Array.from({ length: 20 }, () => concat(u32le(9), u64le(1))), u32le(0), u64le(0)), "nesting_too_deep"],
     ["alignment not UINT32", concat(head(0, 1), str("general.alignment"), u32le(5), u32le(32)), "bad_alignment"],
@@ -242,6 +244,12 @@ describe("GGUF validation", () => {
       if (tensor !== undefined) expect(e.tensor).toBe(tensor);
     });
   }
+
+  it("string arrays: long, non-ASCII and window-crossing strings decode exactly", async () => {
+    const strings = ["a".repeat(300), "ünï", "", "x".repeat(3 << 20), "<0x0A>", "é".repeat(200)];
+    const f = await open(serializeGguf({ metadata: { s: gv.arr(GgufValueType.STRING, strings) }, tensors: [] }));
+    expect(f.get("s")).toEqual(strings);
+  });
 
   it("reads version 2 files (same layout)", async () => {
     const f = await open(concat(ascii("GGUF"), u32le(2), u64le(0), u64le(1), str("k"), u32le(4), u32le(9)));
