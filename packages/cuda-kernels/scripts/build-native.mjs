@@ -16,7 +16,9 @@ import { fileURLToPath } from "node:url";
 const packageRoot = join(dirname(fileURLToPath(import.meta.url)), "..");
 
 function findCudaHome() {
-  const candidates = [process.env.CUDA_HOME, process.env.CUDA_PATH, "/usr/local/cuda"].filter(Boolean);
+  // QLORA_CUDA_DEFAULT_HOME overrides the /usr/local/cuda guess ("" disables it; used by the tests).
+  const fallback = process.env.QLORA_CUDA_DEFAULT_HOME ?? "/usr/local/cuda";
+  const candidates = [process.env.CUDA_HOME, process.env.CUDA_PATH, fallback].filter(Boolean);
   for (const home of candidates) if (existsSync(join(home, "bin", "nvcc"))) return { home, nvcc: join(home, "bin", "nvcc") };
   for (const dir of (process.env.PATH ?? "").split(delimiter)) {
     const nvcc = join(dir, "nvcc");
