@@ -176,6 +176,28 @@ describe("copy / cast / fill", () => {
     exact(dst, dst2);
   });
 
+  it("a large f32→bf16→f32 round trip across threads matches the reference bit for bit", () => {
+    const n = 300007;
+    const x = f(rand(n, 24, -1e4, 1e4));
+    const view = { shape: [n], strides: [1], offset: 0 };
+    const a = fused.copy(x, view, "bf16");
+    exact(a, ref.copy(x, view, "bf16"));
+    exact(fused.copy(a, view, "f32"), ref.copy(a, view, "f32"));
+  });
+
+  it("copyInPlace within one buffer (overlapping views) and unary on bf16 are delegated, with the reference's result", () => {
+    const vals = rand(20, 25, -3, 3);
+    const d1 = f(vals);
+    const d2 = f(vals);
+    const dv = { shape: [10], strides: [1], offset: 5 };
+    const sv = { shape: [10], strides: [1], offset: 0 };
+    fused.copyInPlace!(d1, dv, d1, sv);
+    ref.copyInPlace!(d2, dv, d2, sv);
+    exact(d1, d2);
+    const xb = ref.copy(f(vals), { shape: [20], strides: [1], offset: 0 }, "bf16");
+    exact(fused.unary("exp", xb, 20), ref.unary("exp", xb, 20));
+  });
+
   it("fill every dtype", () => {
     for (const dt of dtypes)
       for (const v of [0, -2.7, 1.5, 300, NaN]) exact(fused.fill(dt, 37, v), ref.fill(dt, 37, v));
