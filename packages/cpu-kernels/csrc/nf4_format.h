@@ -42,6 +42,27 @@ struct Quant4 {
   }
 };
 
+// Walks consecutive blocks' absmax without the per-block integer division of absmax_at (a 64-bit
+// divide per block dominated the GEMV's per-block overhead).
+struct AbsmaxCursor {
+  const Quant4& q;
+  int64_t block, nested_index, nested_rem;
+  AbsmaxCursor(const Quant4& w, int64_t first)
+      : q(w), block(first), nested_index(first / w.nested_blocksize), nested_rem(first % w.nested_blocksize) {}
+  float next() {
+    float v;
+    if (q.absmax) {
+      v = q.absmax[block];
+    } else {
+      const float scaled = q.code[q.qabsmax[block]] * q.nested[nested_index];  // same two roundings as absmax_at
+      v = scaled + q.offset;
+      if (++nested_rem == q.nested_blocksize) nested_rem = 0, ++nested_index;
+    }
+    ++block;
+    return v;
+  }
+};
+
 // out[i] = dequant(W.flat[start + i]) for i < count (any start parity, any block straddling).
 void nf4_decode_run(const Quant4& q, int64_t start, int64_t count, float* out);
 

@@ -36,6 +36,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void rows_avx512(c
     const uint8_t* row = q.codes + j * half;
     __m512 tot[M];
     for (int i = 0; i < M; ++i) tot[i] = _mm512_setzero_ps();
+    AbsmaxCursor absmax(q, j * blocks_per_row);
     for (int64_t b = 0; b < blocks_per_row; ++b) {
       __m512 se[M], so[M];
       for (int i = 0; i < M; ++i) se[i] = so[i] = _mm512_setzero_ps();
@@ -49,7 +50,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void rows_avx512(c
           so[i] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(xo + i * half + t), so[i]);
         }
       }
-      const __m512 scale = _mm512_set1_ps(q.absmax_at(j * blocks_per_row + b));
+      const __m512 scale = _mm512_set1_ps(absmax.next());
       for (int i = 0; i < M; ++i) tot[i] = _mm512_fmadd_ps(_mm512_add_ps(se[i], so[i]), scale, tot[i]);
     }
     for (int i = 0; i < M; ++i) y[i * q.n + j] = _mm512_reduce_add_ps(tot[i]);
@@ -79,6 +80,7 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const Quant4& q, const float*
     const uint8_t* row = q.codes + j * half;
     __m256 tot[M];
     for (int i = 0; i < M; ++i) tot[i] = _mm256_setzero_ps();
+    AbsmaxCursor absmax(q, j * blocks_per_row);
     for (int64_t b = 0; b < blocks_per_row; ++b) {
       __m256 se[M], so[M];
       for (int i = 0; i < M; ++i) se[i] = so[i] = _mm256_setzero_ps();
@@ -92,7 +94,7 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const Quant4& q, const float*
           so[i] = _mm256_fmadd_ps(wl, _mm256_loadu_ps(xo + i * half + t), so[i]);
         }
       }
-      const __m256 scale = _mm256_set1_ps(q.absmax_at(j * blocks_per_row + b));
+      const __m256 scale = _mm256_set1_ps(absmax.next());
       for (int i = 0; i < M; ++i) tot[i] = _mm256_fmadd_ps(_mm256_add_ps(se[i], so[i]), scale, tot[i]);
     }
     for (int i = 0; i < M; ++i) y[i * q.n + j] = hsum_avx2(tot[i]);

@@ -40,13 +40,19 @@ class Pool {
     task_ = &fn;
     n_ = n;
     parts_ = parts;
-    pending_ = parts - 1;
+    next_part_ = 0;
+    done_parts_ = 0;
     ++generation_;
     lock.unlock();
     wake_.notify_all();
-    chunk(0);  // the calling thread takes chunk 0
+    // Parts are claimed, not assigned: the caller keeps taking unclaimed parts, so it only ever
+    // waits for parts a worker has actually started. (On a loaded machine a worker can take
+    // hundreds of microseconds to wake; with fixed assignment every call paid that.)
     lock.lock();
-    done_.wait(lock, [this] { return pending_ == 0; });
+    in_worker_ = true;  // a nested parallel_for inside the caller's parts runs serially, as in workers
+    work(lock);
+    in_worker_ = false;
+    done_.wait(lock, [this] { return done_parts_ == parts_; });
     task_ = nullptr;
   }
 
@@ -56,18 +62,25 @@ class Pool {
     if (begin < end) (*task_)(begin, end);
   }
 
-  void loop(int index, std::size_t seen) {
+  // Claims and runs parts until none is left; `lock` is held on entry and on return.
+  void work(std::unique_lock<std::mutex>& lock) {
+    while (task_ != nullptr && next_part_ < parts_) {
+      const std::size_t part = next_part_++;
+      lock.unlock();
+      chunk(part);
+      lock.lock();
+      if (++done_parts_ == parts_) done_.notify_one();
+    }
+  }
+
+  void loop(int /*index*/, std::size_t seen) {
     in_worker_ = true;
+    std::unique_lock<std::mutex> lock(mutex_);
     for (;;) {
-      std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
       if (stopping_) return;
       seen = generation_;
-      if (static_cast<std::size_t>(index) >= parts_) continue;
-      lock.unlock();
-      chunk(index);
-      lock.lock();
-      if (--pending_ == 0) done_.notify_one();
+      work(lock);
     }
   }
 
@@ -85,7 +98,7 @@ class Pool {
   std::mutex mutex_;
   std::condition_variable wake_, done_;
   const std::function<void(std::size_t, std::size_t)>* task_ = nullptr;
-  std::size_t n_ = 0, parts_ = 0, pending_ = 0, generation_ = 0;
+  std::size_t n_ = 0, parts_ = 0, next_part_ = 0, done_parts_ = 0, generation_ = 0;
   bool stopping_ = false;
   static thread_local bool in_worker_;
 };
