@@ -25,13 +25,13 @@
 namespace qlora {
 namespace {
 
-template <int M>
+template <int M, int BPB>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void rows_avx512(const Quant4& q, const float* xe,
                                                                                  const float* xo, int64_t j0,
                                                                                  int64_t j1, float* y) {
   const __m512 lut = _mm512_loadu_ps(q.lut);
-  const __m512i low4 = _mm512_set1_epi32(15);
-  const int64_t half = q.k / 2, bytes_per_block = q.blocksize / 2, blocks_per_row = q.k / q.blocksize;
+  // BPB > 0: bytes per block known at compile time (blocksize 64 -> 32), so the block loop unrolls.
+  const int64_t half = q.k / 2, bytes_per_block = BPB > 0 ? BPB : q.blocksize / 2, blocks_per_row = q.k / q.blocksize;
   for (int64_t j = j0; j < j1; ++j) {
     const uint8_t* row = q.codes + j * half;
     __m512 tot[M];
@@ -44,7 +44,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void rows_avx512(c
       for (int64_t t = t0; t < t0 + bytes_per_block; t += 16) {
         const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + t)));
         const __m512 wh = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut);
-        const __m512 wl = _mm512_permutexvar_ps(_mm512_and_si512(v, low4), lut);
+        const __m512 wl = _mm512_permutexvar_ps(v, lut);  // vpermps reads only index bits 3:0
         for (int i = 0; i < M; ++i) {
           se[i] = _mm512_fmadd_ps(wh, _mm512_loadu_ps(xe + i * half + t), se[i]);
           so[i] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(xo + i * half + t), so[i]);
@@ -74,7 +74,6 @@ template <int M>
 __attribute__((target("avx2,fma"))) void rows_avx2(const Quant4& q, const float* xe, const float* xo, int64_t j0,
                                                    int64_t j1, float* y) {
   const __m256 lut_lo = _mm256_loadu_ps(q.lut), lut_hi = _mm256_loadu_ps(q.lut + 8);
-  const __m256i low4 = _mm256_set1_epi32(15);
   const int64_t half = q.k / 2, bytes_per_block = q.blocksize / 2, blocks_per_row = q.k / q.blocksize;
   for (int64_t j = j0; j < j1; ++j) {
     const uint8_t* row = q.codes + j * half;
@@ -88,7 +87,7 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const Quant4& q, const float*
       for (int64_t t = t0; t < t0 + bytes_per_block; t += 8) {
         const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + t)));
         const __m256 wh = lut16_avx2(_mm256_srli_epi32(v, 4), lut_lo, lut_hi);
-        const __m256 wl = lut16_avx2(_mm256_and_si256(v, low4), lut_lo, lut_hi);
+        const __m256 wl = lut16_avx2(v, lut_lo, lut_hi);  // only index bits 3:0 matter
         for (int i = 0; i < M; ++i) {
           se[i] = _mm256_fmadd_ps(wh, _mm256_loadu_ps(xe + i * half + t), se[i]);
           so[i] = _mm256_fmadd_ps(wl, _mm256_loadu_ps(xo + i * half + t), so[i]);
@@ -114,7 +113,11 @@ RowsFn pick_m(int64_t m) {
 }
 template <int M>
 struct Avx512Rows {
-  static constexpr RowsFn fn = rows_avx512<M>;
+  static constexpr RowsFn fn = rows_avx512<M, 0>;
+};
+template <int M>
+struct Avx512Rows64 {  // blocksize 64, the bitsandbytes default
+  static constexpr RowsFn fn = rows_avx512<M, 32>;
 };
 template <int M>
 struct Avx2Rows {
@@ -128,7 +131,8 @@ bool nf4_gemv(const Quant4& q, const float* x, int64_t m, float* y) {
   const std::string_view level = gemm_kernel().name;
   if (m < 1 || m > kNf4GemvMaxM || q.k % q.blocksize != 0) return false;
   RowsFn rows = nullptr;
-  if (level == "avx512" && q.blocksize % 32 == 0) rows = pick_m<Avx512Rows>(m);
+  if (level == "avx512" && q.blocksize == 64) rows = pick_m<Avx512Rows64>(m);
+  else if (level == "avx512" && q.blocksize % 32 == 0) rows = pick_m<Avx512Rows>(m);
   else if (level != "scalar" && isa().avx2_fma && q.blocksize % 16 == 0) rows = pick_m<Avx2Rows>(m);
   if (!rows) return false;
   // Even/odd column split of x: xe[i][t] = x[i][2t], xo[i][t] = x[i][2t+1].
