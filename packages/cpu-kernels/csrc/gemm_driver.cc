@@ -103,7 +103,11 @@ void gemm(int64_t m, int64_t n, int64_t k, const APacker& a, const BPacker& b, f
   // the split that duplicates less packing (B weighted by b_pack_weight: dequantizing is dearer).
   const int64_t mt = (m + K.mr - 1) / K.mr, nt = (n + K.nr - 1) / K.nr;
   const int64_t want = std::max<int64_t>(threads, std::min<int64_t>(4 * threads, flops >> 21));
-  const int64_t tn_only = std::min(nt, want), tm_only = std::min(mt, want);
+  // Each extra N task repacks all of A (each extra M task all of B): packing moves ~1 element per
+  // cycle against 16-32 FMA lanes, so keep tasks >= 512 columns / 384 rows unless B is a
+  // dequantizing packer (then N tasks duplicate nothing and any width is fine).
+  const int64_t tn_only = std::min(nt, b_pack_weight > 1 ? want : std::max<int64_t>(threads, std::min(want, n / 512)));
+  const int64_t tm_only = std::min(mt, std::max<int64_t>(threads, std::min(want, m / 384)));
   const double dup_a = double(m) * k * (tn_only - 1), dup_b = double(k) * n * (tm_only - 1) * b_pack_weight;
   const bool split_n = tn_only >= threads && (tm_only < threads || dup_a <= dup_b);
   const int64_t tasks = split_n ? tn_only : tm_only;
