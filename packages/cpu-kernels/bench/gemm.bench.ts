@@ -4,6 +4,7 @@
 // Our runs and torch's alternate sample by sample, so both see the same machine load.
 import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
+import { setTimeout as sleep } from "node:timers/promises";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { quantize4bit } from "@qlora/nf4";
@@ -75,7 +76,11 @@ function median(t: number[]): number {
 
 /** torch in a child process answering "name calls" with elapsed ms (bench/peer_torch.py). */
 async function startPeer(threads: number) {
-  const child = spawn("/usr/bin/python3", [join(here, "peer_torch.py"), "--threads", String(threads), "--items", items.map((i) => i.name).join(",")], { stdio: ["pipe", "pipe", "inherit"] });
+  const child = spawn("/usr/bin/python3", [join(here, "peer_torch.py"), "--threads", String(threads), "--items", items.map((i) => i.name).join(",")], {
+    stdio: ["pipe", "pipe", "inherit"],
+    // torch.set_num_threads does not reach Debian's OpenBLAS (its own pthread pool): pin it too.
+    env: { ...process.env, OPENBLAS_NUM_THREADS: String(threads), OMP_NUM_THREADS: String(threads) },
+  });
   const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
   const next = async () => {
     const r = await lines.next();
@@ -85,8 +90,8 @@ async function startPeer(threads: number) {
   const banner = await next();
   return {
     banner,
-    async time(name: string, calls: number): Promise<number> {
-      child.stdin.write(`${name} ${calls}\n`);
+    async time(name: string, calls: number, warmup: number): Promise<number> {
+      child.stdin.write(`${name} ${calls} ${warmup}\n`);
       return Number(await next()) / calls;
     },
     stop: () => child.stdin.end(),
@@ -104,11 +109,18 @@ for (const threads of threadCounts) {
     const calls = it.name.startsWith("gemv") ? 20 : 1; // one sample = `calls` back-to-back runs
     fn(); // warm-up: page faults, packing buffers, pool start
     const ours: number[] = [], theirs: number[] = [];
+    // Every sample (ours and torch's) starts with `warmup` untimed calls: after an idle pause the
+    // second vCPU of this VM takes milliseconds to come back, which would otherwise be timed.
+    const warmup = it.name.startsWith("gemv") ? 10 : 1;
     for (let r = 0; r < reps; r++) {
+      for (let c = 0; c < warmup; c++) fn();
       const t0 = process.hrtime.bigint();
       for (let c = 0; c < calls; c++) fn();
       ours.push(Number(process.hrtime.bigint() - t0) / 1e6 / calls);
-      theirs.push(await peer.time(it.name, calls));
+      theirs.push(await peer.time(it.name, calls, warmup));
+      // OpenBLAS worker threads busy-wait for a while after each call; let them go back to sleep
+      // before our next sample so they do not steal our cores (ours block immediately).
+      await sleep(300);
     }
     const o = median(ours), t = median(theirs), ratio = t / o;
     rows.push([it.what, String(threads), o.toFixed(2), `${t.toFixed(2)} (${it.peer})`, ratio.toFixed(2), `≥ ${it.target}`, ratio >= it.target ? "met" : "MISSED"]);
@@ -126,4 +138,4 @@ if (markdown) {
   console.log(line(header));
   for (const r of rows) console.log(line(r));
 }
-console.log(`(ours: isa ${native.gemmIsa()}; peer: torch ${peerVersion.split(" ")[1]}; ${reps} interleaved samples per item (GEMV: 20 calls per sample), medians; ratio = torch time / our time)`);
+console.log(`(ours: isa ${native.gemmIsa()}; peer: torch ${peerVersion.split(" ")[1]}; ${reps} interleaved samples per item, each after warm-up calls (GEMV: 20 timed calls per sample), medians; ratio = torch time / our time)`);

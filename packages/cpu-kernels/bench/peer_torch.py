@@ -4,7 +4,8 @@ server so the benchmark can interleave our runs and torch's one by one (the buil
 and noisy; pairing makes both sides see the same load).
 
   peer_torch.py --threads N --items a,b,...   -> sets up the items, prints "ready"
-  stdin "name calls\n"                         -> runs item `calls` times, prints elapsed milliseconds
+  stdin "name calls warmup\n"                  -> runs item `warmup` times untimed, then `calls` times,
+                                                 prints the elapsed milliseconds of the timed calls
 Outputs are preallocated (out=), as ours are."""
 import argparse
 import sys
@@ -45,8 +46,10 @@ def main():
         fns[name]()  # warm-up
     print("ready", torch.__version__, torch.get_num_threads(), flush=True)
     for line in sys.stdin:
-        name, calls = line.split()
+        name, calls, warmup = line.split()
         fn = fns[name]
+        for _ in range(int(warmup)):
+            fn()
         t0 = time.perf_counter()
         for _ in range(int(calls)):
             fn()
