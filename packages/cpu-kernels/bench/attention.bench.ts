@@ -81,7 +81,12 @@ function measure(seq: number): { ms: number; allocBytes: number; rssBytes: numbe
 }
 
 function peer(threads: number): { torch: string; ms: Record<string, number>; peak_bytes: Record<string, number> } {
-  const r = spawnSync("/usr/bin/python3", [join(here, "attention_peer.py"), "--threads", String(threads), "--reps", String(peerReps), "--seqs", seqs.join(",")], { encoding: "utf8", maxBuffer: 1 << 20 });
+  const r = spawnSync("/usr/bin/python3", [join(here, "attention_peer.py"), "--threads", String(threads), "--reps", String(peerReps), "--seqs", seqs.join(",")], {
+    encoding: "utf8",
+    maxBuffer: 1 << 20,
+    // One thread pool size for torch's OpenMP and OpenBLAS's own pool (no oversubscription).
+    env: { ...process.env, OPENBLAS_NUM_THREADS: String(threads), OMP_NUM_THREADS: String(threads) },
+  });
   if (r.status !== 0) throw new Error(`attention_peer.py failed: ${r.stderr}`);
   return JSON.parse(r.stdout);
 }
