@@ -395,8 +395,7 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       for (let o = 0; o < n; o++) {
         dequantRow(w, o, row);
         for (let i = 0; i < m; i++) {
-          const g = DY[i * n + o];
-          if (g === 0) continue;
+          const g = DY[i * n + o]; // no skip on g === 0: 0·Inf must give NaN, as in BLAS
           const xo = i * k;
           for (let j = 0; j < k; j++) acc[xo + j] += g * row[j];
         }
