@@ -12,7 +12,10 @@ const title = (what: string) => (status.available ? what : `${what} (skipped: no
 
 function lcg(seed: number): () => number {
   let s = seed >>> 0;
-  return () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32) * 2 - 1;
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return (s / 2 ** 32) * 2 - 1;
+  };
 }
 
 describe.skipIf(!status.available)(title("cuda backend parity vs reference"), () => {

@@ -170,7 +170,7 @@ const headerEdits = validSafetensors.chain((b) => {
   const edit = fc.oneof(
     // replace a number, string or bracketed value somewhere in the header
     fc.tuple(fc.nat({ max: Math.max(0, text.length - 1) }), jsonish).map(([at, v]) => {
-      const m = /-?\d+(\.\d+)?|"[^"]*"|\[[^\[\]]*\]/g;
+      const m = /-?\d+(\.\d+)?|"[^"]*"|\[[^[\]]*\]/g;
       const hits = [...text.matchAll(m)];
       if (hits.length === 0) return text;
       const h = hits.find((x) => x.index! >= at) ?? hits[hits.length - 1];
@@ -181,7 +181,7 @@ const headerEdits = validSafetensors.chain((b) => {
     // delete a character, insert garbage
     fc.tuple(fc.nat({ max: Math.max(0, text.length - 1) }), fc.string({ maxLength: 3 })).map(([at, s]) => text.slice(0, at) + s + text.slice(at + 1)),
     // deep nesting and odd top-level values
-    fc.constantFrom("[" + "[".repeat(200) + "]".repeat(200) + "]", '{"__metadata__":{"x":{"y":1}}}', '{"__metadata__":null}', '{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"extra":[[[]]]}}'),
+    fc.constantFrom(`[${"[".repeat(200)}${"]".repeat(200)}]`, '{"__metadata__":{"x":{"y":1}}}', '{"__metadata__":null}', '{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"extra":[[[]]]}}'),
   );
   return edit.map((h) => {
     const hb = new TextEncoder().encode(h);

@@ -2,7 +2,7 @@ import { mkdtemp, rm, readdir } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { expect } from "vitest";
-import { FormatsError } from "../src/index";
+import type { FormatsError } from "../src/index";
 
 export async function tempDir(prefix = "qlora-formats-"): Promise<{ dir: string; cleanup: () => Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), prefix));

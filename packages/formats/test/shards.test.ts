@@ -115,7 +115,7 @@ describe("sharded write + lazy open", () => {
 });
 
 describe("index validation", () => {
-  async function setup(): Promise<{ dir: string; cleanup: () => Promise<void>; index: any }> {
+  async function setup(): Promise<{ dir: string; cleanup: () => Promise<void>; index: { metadata: { total_size: number }; weight_map: Record<string, string> } }> {
     const t = await tempDir();
     await writeShardedSafetensors(t.dir, tensors(), { maxShardSize: 850 });
     const index = JSON.parse(await readFile(join(t.dir, "model.safetensors.index.json"), "utf8"));
@@ -151,7 +151,7 @@ describe("index validation", () => {
   });
   it("tensor listed in the wrong shard", async () => {
     const { dir, cleanup, index } = await setup();
-    index.weight_map["norm"] = "model-00003-of-00004.safetensors";
+    index.weight_map.norm = "model-00003-of-00004.safetensors";
     index.weight_map["lm_head.weight"] = "model-00004-of-00004.safetensors";
     await writeFile(idx(dir), JSON.stringify(index));
     const e = await expectCode(openShardedSafetensors(dir), SafetensorsError, "wrong_shard");
@@ -161,7 +161,7 @@ describe("index validation", () => {
   });
   it("tensor in a shard but not in the weight_map", async () => {
     const { dir, cleanup, index } = await setup();
-    delete index.weight_map["norm"];
+    delete index.weight_map.norm;
     index.weight_map["lm_head.weight"] = "model-00003-of-00004.safetensors";
     await writeFile(idx(dir), JSON.stringify(index));
     // shard 4 is no longer referenced, so it is not opened; now make shard 3 hold an extra tensor

@@ -108,7 +108,9 @@ for (const [o, i] of shapes) {
       }
     });
   }
-  ops.forEach(([op], k) => rows.push({ shape: `${o}x${i}`, op, gbs: bytes / median(times[k]) / 1e9, memcpy: 0 }));
+  ops.forEach(([op], k) => {
+    rows.push({ shape: `${o}x${i}`, op, gbs: bytes / median(times[k]) / 1e9, memcpy: 0 });
+  });
   const mc = bytes / median(memcpyT) / 1e9;
   for (const r of rows) if (r.shape === `${o}x${i}`) r.memcpy = mc;
 }

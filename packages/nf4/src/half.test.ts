@@ -32,8 +32,8 @@ describe("float32 -> bfloat16 (RNE)", () => {
     const f = bf16ToF32(all);
     const back = f32ToBf16(f);
     for (let i = 0; i < 65536; i++) {
-      const isNaN = (i & 0x7fff) > 0x7f80;
-      expect(back[i]).toBe(isNaN ? 0x7fff : i);
+      const isNaNPattern = (i & 0x7fff) > 0x7f80;
+      expect(back[i]).toBe(isNaNPattern ? 0x7fff : i);
     }
     expect(f[0x3f80]).toBe(1);
   });
@@ -72,8 +72,8 @@ describe("float32 -> float16 (RNE)", () => {
     const f = f16ToF32(all);
     const back = f32ToF16(f);
     for (let i = 0; i < 65536; i++) {
-      const isNaN = (i & 0x7c00) === 0x7c00 && (i & 0x3ff) !== 0;
-      expect(back[i]).toBe(isNaN ? 0x7fff : i);
+      const isNaNPattern = (i & 0x7c00) === 0x7c00 && (i & 0x3ff) !== 0;
+      expect(back[i]).toBe(isNaNPattern ? 0x7fff : i);
     }
     expect(f[0x0001]).toBe(2 ** -24);
     expect(f[0x3c00]).toBe(1);

@@ -3,7 +3,7 @@ import { randn } from "../test/helpers";
 import { Nf4Error } from "./errors";
 import { pythonFloatRepr, pythonJsonDumps, PyFloat, pythonJsonLoads } from "./pyjson";
 import { quantize4bit } from "./quantize";
-import { packQuantState, quantStateJson, type TensorRecords, unpackQuantState } from "./serialize";
+import { packQuantState, type TensorRecords, unpackQuantState } from "./serialize";
 import { FP4_CODE, NF4_CODE } from "./tables";
 import type { NestedAbsmax } from "./types";
 import { dequantize4bit } from "./dequantize";

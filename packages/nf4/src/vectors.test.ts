@@ -40,7 +40,9 @@ describe("Appendix B V2: odd n = 5", () => {
     const d = dequantize4bit(s) as Float32Array;
     // absmax 1: the values are the NF4 table entries 12, 0, 10, 7, 6 (spec prints them to 8 digits)
     expect(Array.from(d)).toEqual([12, 0, 10, 7, 6].map((c) => NF4_CODE[c]));
-    [0.44070983, -1.0, 0.2461123, 0.0, -0.09105004].forEach((v, i) => expect(d[i]).toBeCloseTo(v, 7));
+    [0.44070983, -1.0, 0.2461123, 0.0, -0.09105004].forEach((v, i) => {
+      expect(d[i]).toBeCloseTo(v, 7);
+    });
     expect(packQuantState(s).weight.shape).toEqual([3, 1]);
   });
   it("FP4", () => {
@@ -79,9 +81,9 @@ describe("Appendix B V4: double quantization", () => {
     expect(nested.offset).toBe(2.5);
     expect(Array.from(nested.nestedAbsmax)).toEqual([1.5]);
     expect(Array.from(nested.qabsmax)).toEqual([0, 47, 207, 255]);
-    [-0.99296875, -0.33203125, 0.33203125, 1.0].forEach((v, i) =>
-      expect(DYNAMIC_MAP_SIGNED[nested.qabsmax[i]]).toBeCloseTo(v, 7),
-    );
+    [-0.99296875, -0.33203125, 0.33203125, 1.0].forEach((v, i) => {
+      expect(DYNAMIC_MAP_SIGNED[nested.qabsmax[i]]).toBeCloseTo(v, 7);
+    });
     expect(Array.from(recoverAbsmax(s))).toEqual([1.0105469226837158, 2.001953125, 2.998046875, 4.0]);
   });
   it("JSON byte for byte", () => {

@@ -62,7 +62,9 @@ describe("Nf4WorkerPool", () => {
       const xs = [randn(64 * 500 + 3, 1), randn(32 * 999, 2), randn(4096 * 3 + 1, 3)];
       const opts = [{ blocksize: 64 }, { blocksize: 32, quantType: "fp4" as const }, { blocksize: 4096, doubleQuant: true }];
       const got = await Promise.all(xs.map((x, k) => pool.quantize(x, opts[k])));
-      got.forEach((g, k) => expect(g.packed).toEqual(quantize4bit(xs[k], opts[k]).packed));
+      got.forEach((g, k) => {
+        expect(g.packed).toEqual(quantize4bit(xs[k], opts[k]).packed);
+      });
     } finally {
       await pool.close();
     }

@@ -63,8 +63,14 @@ function scalarLike(v: number, ref: Tensor): Tensor {
 
 /** The optional copyInPlace op: host backends fall back to the reference implementation. */
 export function copyInPlace(be: Backend, dst: Buffer, dstView: StridedView, src: Buffer, srcView: StridedView): void {
-  if (be.copyInPlace) return be.copyInPlace(dst, dstView, src, srcView);
-  if (be.device === "cpu") return referenceBackend.copyInPlace!(dst, dstView, src, srcView);
+  if (be.copyInPlace) {
+    be.copyInPlace(dst, dstView, src, srcView);
+    return;
+  }
+  if (be.device === "cpu") {
+    referenceBackend.copyInPlace!(dst, dstView, src, srcView);
+    return;
+  }
   throw new BackendOpError("copyInPlace", be.name);
 }
 

@@ -201,7 +201,9 @@ export class Tensor {
       this.offset,
     );
     const inverse = new Array<number>(dims.length);
-    dims.forEach((d, i) => (inverse[d] = i));
+    dims.forEach((d, i) => {
+      inverse[d] = i;
+    });
     return record("permute", [this], out, [], { inverse });
   }
   transpose(d0 = -2, d1 = -1): Tensor {

@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import * as ops from "../src/ops";
-import { tensor, Tensor } from "../src/tensor";
+import { tensor, type Tensor } from "../src/tensor";
 
 // Golden fixture written by scripts/make_fixtures.py (PyTorch 1.13, float64 truth stored as f32).
 // Tolerance per tensor: |ours − torch| ≤ 1e-5 · max|torch| (our f32 reference backend vs the rounded truth).

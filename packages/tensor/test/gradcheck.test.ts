@@ -5,7 +5,7 @@ import { createReferenceBackend } from "../src/backend/reference";
 import type { UnaryOp } from "../src/backend/types";
 import * as ops from "../src/ops";
 import { manualSeed } from "../src/random";
-import { Tensor } from "../src/tensor";
+import type { Tensor } from "../src/tensor";
 import { be64, gradCheck, randomValues, t64 } from "./helpers";
 
 // Finite-difference checks run in float64 (the reference backend's f64 test mode): tolerance 1e-7.

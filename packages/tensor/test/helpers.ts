@@ -2,7 +2,7 @@ import { createReferenceBackend } from "../src/backend/reference";
 import type { Backend } from "../src/backend/types";
 import { noGrad } from "../src/autograd";
 import { Generator } from "../src/random";
-import { fromBuffer, Tensor } from "../src/tensor";
+import { fromBuffer, type Tensor } from "../src/tensor";
 
 /** The f64 test-mode reference backend: f32 buffers are Float64Array (double-precision math). */
 export const be64: Backend = createReferenceBackend({ f64: true });
@@ -61,7 +61,7 @@ export function gradCheck(fn: (...xs: Tensor[]) => Tensor, inputs: readonly Grad
           const l = loss(ys);
           const r = l.item();
           l.dispose();
-          ys.forEach((y) => y.dispose());
+          for (const y of ys) y.dispose();
           return r;
         });
       const numeric = (at(h) - at(-h)) / (2 * h);

@@ -95,13 +95,17 @@ describe("Linear4bit", () => {
       const yv = y.toArray();
       const rv = ref.toArray();
       const scale = Math.max(...rv.map(Math.abs));
-      yv.forEach((v, i) => expect(Math.abs(v - rv[i])).toBeLessThanOrEqual(1e-5 * scale));
+      yv.forEach((v, i) => {
+        expect(Math.abs(v - rv[i])).toBeLessThanOrEqual(1e-5 * scale);
+      });
       const dy = tensor(Float32Array.from(randomValues(3 * 5 * out, 10)), { shape: [3, 5, out] });
       y.backward(dy);
       const dx = x.grad!.toArray();
       const dref = ops.matmul(dy, W).toArray();
       const dscale = Math.max(...dref.map(Math.abs));
-      dx.forEach((v, i) => expect(Math.abs(v - dref[i])).toBeLessThanOrEqual(1e-5 * dscale));
+      dx.forEach((v, i) => {
+        expect(Math.abs(v - dref[i])).toBeLessThanOrEqual(1e-5 * dscale);
+      });
       expect(layer.parameters().every((p) => !p.requiresGrad)).toBe(true);
       expect(bias.grad).toBeNull();
       layer.dispose();

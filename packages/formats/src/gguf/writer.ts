@@ -141,7 +141,7 @@ class ByteBuilder {
         let b: bigint;
         if (typeof v === "bigint") b = v;
         else if (typeof v === "number" && Number.isSafeInteger(v)) b = BigInt(v);
-        else return bad("expected a bigint or safe integer");
+        else throw bad("expected a bigint or safe integer");
         const [lo, hi] = type === GgufValueType.UINT64 ? [0n, (1n << 64n) - 1n] : [-(1n << 63n), (1n << 63n) - 1n];
         if (b < lo || b > hi) bad(`out of range for ${type === GgufValueType.UINT64 ? "UINT64" : "INT64"}`);
         view(8).setBigUint64(at, BigInt.asUintN(64, b), true);

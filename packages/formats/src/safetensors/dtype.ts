@@ -22,7 +22,7 @@ export type SafetensorsDtype = keyof typeof SAFETENSORS_DTYPE_SIZES;
 export const SAFETENSORS_DTYPES: readonly SafetensorsDtype[] = Object.keys(SAFETENSORS_DTYPE_SIZES) as SafetensorsDtype[];
 
 export function isSafetensorsDtype(s: unknown): s is SafetensorsDtype {
-  return typeof s === "string" && Object.prototype.hasOwnProperty.call(SAFETENSORS_DTYPE_SIZES, s);
+  return typeof s === "string" && Object.hasOwn(SAFETENSORS_DTYPE_SIZES, s);
 }
 
 export function dtypeSize(dtype: SafetensorsDtype): number {

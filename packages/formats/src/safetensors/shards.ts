@@ -1,8 +1,9 @@
+import type { Stats } from "node:fs";
 import { readFile, stat, readdir } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { SafetensorsError } from "../errors";
 import { AtomicFile, type AtomicWriteOptions } from "../atomic";
-import { parseStrictJson, JsonSyntaxError } from "../internal/json";
+import { parseStrictJson, JsonSyntaxError, type JsonValue } from "../internal/json";
 import { dtypeSize, elementCount, type SafetensorsDtype } from "./dtype";
 import { SafetensorsFile, SAFETENSORS_MAX_HEADER_SIZE, type ChunkOptions, type IterateOptions, type SafetensorsReader, type SafetensorsTensorInfo, type TensorChunk, type TensorPiece } from "./reader";
 import { SafetensorsWriter, type SafetensorsTensorData, type SafetensorsTensorDecl } from "./writer";
@@ -19,7 +20,7 @@ const SHARD_NAME_OK = /^[^/\\\0]+$/;
 
 /** Parses and validates `model.safetensors.index.json` text. */
 export function parseSafetensorsIndex(text: string, file = "<index>"): SafetensorsIndex {
-  let json;
+  let json: JsonValue;
   try {
     json = parseStrictJson(text);
   } catch (e) {
@@ -78,7 +79,7 @@ export class ShardedSafetensors implements SafetensorsReader {
    * checked against the weight map (missing shards, tensors in the wrong shard, unlisted tensors).
    */
   static async open(path: string): Promise<ShardedSafetensors> {
-    let st;
+    let st: Stats;
     try {
       st = await stat(path);
     } catch (e) {
@@ -362,7 +363,7 @@ export class ShardedSafetensorsWriter {
     entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
     const weightMap: Record<string, string> = {};
     for (const [k, v] of entries) Object.defineProperty(weightMap, k, { value: v, enumerable: true });
-    const text = JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + "\n";
+    const text = `${JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2)}\n`;
     const f = await AtomicFile.create(join(this.dir, this.indexFile), this.#options);
     try {
       await f.write(new TextEncoder().encode(text));

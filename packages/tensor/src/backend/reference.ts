@@ -20,9 +20,7 @@ import type {
   MatmulOptions,
   MemoryStats,
   QuantizedWeightBuffers,
-  ReduceOp,
   RopeOptions,
-  StridedView,
   UnaryOp,
 } from "./types";
 
@@ -184,6 +182,7 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       case "silu":
         return (x) => x / (1 + Math.exp(-x));
       case "relu":
+        // biome-ignore lint/complexity/useMathMinMax: relu maps NaN to 0 (as the CUDA kernel does); Math.max(x, 0) would return NaN
         return (x) => (x > 0 ? x : 0);
       case "tanh":
         return Math.tanh;
@@ -206,8 +205,10 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       case "div":
         return (a, b) => a / b;
       case "max":
+        // biome-ignore lint/complexity/useMathMinMax: max(+0, -0) returns b (-0) here; Math.max would return +0, a behaviour change
         return (a, b) => (Number.isNaN(a) || Number.isNaN(b) ? NaN : a > b ? a : b);
       case "min":
+        // biome-ignore lint/complexity/useMathMinMax: min(-0, +0) returns b (+0) here; Math.min would return -0, a behaviour change
         return (a, b) => (Number.isNaN(a) || Number.isNaN(b) ? NaN : a < b ? a : b);
       case "pow":
         return Math.pow;
@@ -448,7 +449,7 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       const half = headDim / 2;
       const sgn = o.inverse ? -1 : 1;
       const invFreq = new Float64Array(half);
-      for (let i = 0; i < half; i++) invFreq[i] = 1 / Math.pow(theta, (2 * i) / headDim);
+      for (let i = 0; i < half; i++) invFreq[i] = 1 / theta ** ((2 * i) / headDim);
       const { buf, data } = mkF(batch * seq * heads * headDim);
       for (let b = 0; b < batch; b++)
         for (let s = 0; s < seq; s++) {
@@ -668,8 +669,8 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       const G = asF(grad, "adamwStepInPlace");
       const M = host(m, "adamwStepInPlace").data as unknown as F;
       const Vv = host(v, "adamwStepInPlace").data as unknown as F;
-      const bc1 = 1 - Math.pow(o.beta1, o.step);
-      const bc2 = 1 - Math.pow(o.beta2, o.step);
+      const bc1 = 1 - o.beta1 ** o.step;
+      const bc2 = 1 - o.beta2 ** o.step;
       const stepSize = o.lr / bc1;
       const bc2Sqrt = Math.sqrt(bc2);
       for (let i = 0; i < length; i++) {

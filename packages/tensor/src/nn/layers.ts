@@ -2,7 +2,7 @@ import type { Backend, DType } from "../backend/types";
 import { dropout, embedding, matmul, rmsNorm } from "../ops";
 import { getGenerator } from "../random";
 import type { Generator } from "../random";
-import { ones, randn, rand, Tensor } from "../tensor";
+import { ones, randn, rand, type Tensor } from "../tensor";
 import { Module } from "./module";
 
 export interface LayerOptions {

@@ -4,7 +4,7 @@
  */
 import { copyInPlace } from "../ops";
 import { TensorError } from "../errors";
-import { keep, Tensor } from "../tensor";
+import { keep, type Tensor } from "../tensor";
 
 export interface LoadResult {
   readonly missingKeys: string[];
