@@ -13,6 +13,7 @@ import { loadNative } from "../src/load";
 import { getThreads, setThreads } from "../src/threads";
 
 const here = dirname(fileURLToPath(import.meta.url));
+
 const arg = (name: string, fallback: string) => {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 ? process.argv[i + 1]! : fallback;
@@ -110,8 +111,10 @@ for (const threads of threadCounts) {
     fn(); // warm-up: page faults, packing buffers, pool start
     const ours: number[] = [], theirs: number[] = [];
     // Every sample (ours and torch's) starts with `warmup` untimed calls: after an idle pause the
-    // second vCPU of this VM takes milliseconds to come back, which would otherwise be timed.
-    const warmup = it.name.startsWith("gemv") ? 10 : 1;
+    // second vCPU of this VM needs tens of milliseconds of work to come back to full speed (measured:
+    // a 4096² GEMV at 2 threads takes 0.74 ms after 300 ms idle + 10 calls, 0.45 ms after 100 calls),
+    // which would otherwise be timed. Both sides get the same number of warm-up calls.
+    const warmup = it.name.startsWith("gemv") ? 100 : 1;
     for (let r = 0; r < reps; r++) {
       for (let c = 0; c < warmup; c++) fn();
       const t0 = process.hrtime.bigint();
