@@ -14,6 +14,6 @@ fi
 # node-gyp must build against the local Node headers, never download them (toolchain notes §2).
 export npm_config_nodedir="${npm_config_nodedir:-$(node -p "require('path').resolve(process.execPath, '../..')")}"
 export TURBO_TELEMETRY_DISABLED=1
+# The root postinstall builds the native addons (turbo run build:native): tests run TypeScript from
+# sources, but the .node binaries must exist.
 pnpm install --frozen-lockfile --reporter=silent
-# Native addons (tests run TypeScript from sources, but the .node binaries must exist).
-pnpm exec turbo run build:native --output-logs=errors-only
