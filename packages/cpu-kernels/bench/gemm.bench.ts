@@ -30,6 +30,8 @@ interface Item {
   peer: string;
   target: number; // minimum ratio torch/ours
   setup(): () => void;
+  /** Also compare our time with our own time on this item (same thread count), e.g. bf16 vs f32. */
+  vsOurs?: string;
 }
 
 function random(length: number): Float32Array {
@@ -40,6 +42,13 @@ function random(length: number): Float32Array {
 
 function gemm(m: number, k: number, n: number): () => void {
   const a = random(m * k), b = random(k * n), c = new Float32Array(m * n);
+  return () => native.matmul(a, b, c, 1, m, k, n, false, false, m * k, k * n);
+}
+
+/** bf16 x bf16 -> f32 (the AVX512-BF16 k-pair kernel where the CPU has it: gemmBf16Kernel()). */
+function gemmBf16(m: number, k: number, n: number): () => void {
+  const bits = (x: Float32Array) => Uint16Array.from(new Uint32Array(x.buffer), (v) => v >>> 16);
+  const a = bits(random(m * k)), b = bits(random(k * n)), c = new Float32Array(m * n);
   return () => native.matmul(a, b, c, 1, m, k, n, false, false, m * k, k * n);
 }
 
@@ -65,6 +74,7 @@ const items: Item[] = [
   { name: "gemm_f32_512", what: "f32 GEMM 512³", peer: "torch.mm f32", target: 0.8, setup: () => gemm(512, 512, 512) },
   { name: "gemm_f32_2048", what: "f32 GEMM 2048³", peer: "torch.mm f32", target: 0.8, setup: () => gemm(2048, 2048, 2048) },
   { name: "gemm_f32_4096x1024x4096", what: "f32 GEMM (M,K,N)=(4096,1024,4096)", peer: "torch.mm f32", target: 0.8, setup: () => gemm(4096, 1024, 4096) },
+  { name: "gemm_bf16_2048", what: "bf16×bf16→f32 GEMM 2048³", peer: "torch.mm bf16", target: 0.8, setup: () => gemmBf16(2048, 2048, 2048), vsOurs: "gemm_f32_2048" },
   { name: "gemm_nf4_2048x4096x4096", what: "NF4 GEMM (M,K,N)=(2048,4096,4096), DQ, bs64", peer: "torch.mm f32 dense (x·Wᵀ)", target: 0.8, setup: () => nf4(2048, 4096, 4096) },
   { name: "gemv_nf4_4096x4096", what: "NF4 GEMV 4096×4096 (m=1), DQ, bs64", peer: "torch.mv f32 dense", target: 2, setup: () => nf4(1, 4096, 4096) },
   { name: "gemv_nf4_14336x4096", what: "NF4 GEMV 14336×4096 (m=1), DQ, bs64", peer: "torch.mv f32 dense", target: 2, setup: () => nf4(1, 4096, 14336) },
@@ -100,6 +110,8 @@ async function startPeer(threads: number) {
 }
 
 const rows: string[][] = [];
+const oursMedian = new Map<string, number>(); // `${name}@${threads}` -> ms
+const notes: string[] = [];
 let peerVersion = "";
 for (const threads of threadCounts) {
   setThreads(threads);
@@ -126,6 +138,9 @@ for (const threads of threadCounts) {
       await sleep(300);
     }
     const o = median(ours), t = median(theirs), ratio = t / o;
+    oursMedian.set(`${it.name}@${threads}`, o);
+    const base = it.vsOurs && oursMedian.get(`${it.vsOurs}@${threads}`);
+    if (base) notes.push(`${it.what} at ${threads} thread(s): ours ${o.toFixed(2)} ms vs our ${it.vsOurs} ${base.toFixed(2)} ms (${(base / o).toFixed(2)}× faster)`);
     rows.push([it.what, String(threads), o.toFixed(2), `${t.toFixed(2)} (${it.peer})`, ratio.toFixed(2), `≥ ${it.target}`, ratio >= it.target ? "met" : "MISSED"]);
   }
   peer.stop();
@@ -141,4 +156,5 @@ if (markdown) {
   console.log(line(header));
   for (const r of rows) console.log(line(r));
 }
-console.log(`(ours: isa ${native.gemmIsa()}; peer: torch ${peerVersion.split(" ")[1]}; ${reps} interleaved samples per item, each after warm-up calls (GEMV: 20 timed calls per sample), medians; ratio = torch time / our time)`);
+for (const n of notes) console.log(n);
+console.log(`(ours: isa ${native.gemmIsa()}, bf16 ${native.gemmBf16Kernel()}; peer: torch ${peerVersion.split(" ")[1]}; ${reps} interleaved samples per item, each after warm-up calls (GEMV: 20 timed calls per sample), medians; ratio = torch time / our time)`);

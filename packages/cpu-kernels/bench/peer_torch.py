@@ -22,10 +22,10 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    def mm(m, k, n, trans_b=False):
-        a = torch.randn(m, k)
-        b = torch.randn(n, k).t() if trans_b else torch.randn(k, n)  # trans_b: F.linear(x, W) layout
-        c = torch.empty(m, n)
+    def mm(m, k, n, trans_b=False, dtype=torch.float32):
+        a = torch.randn(m, k).to(dtype)
+        b = (torch.randn(n, k).t() if trans_b else torch.randn(k, n)).to(dtype)  # trans_b: F.linear(x, W) layout
+        c = torch.empty(m, n, dtype=dtype)  # bf16 x bf16 -> bf16 in torch (ours writes f32)
         return lambda: torch.mm(a, b, out=c)
 
     def mv(n, k):
@@ -36,6 +36,7 @@ def main():
         "gemm_f32_512": lambda: mm(512, 512, 512),
         "gemm_f32_2048": lambda: mm(2048, 2048, 2048),
         "gemm_f32_4096x1024x4096": lambda: mm(4096, 1024, 4096),
+        "gemm_bf16_2048": lambda: mm(2048, 2048, 2048, dtype=torch.bfloat16),
         "gemm_nf4_2048x4096x4096": lambda: mm(2048, 4096, 4096, trans_b=True),
         "gemv_nf4_4096x4096": lambda: mv(4096, 4096),
         "gemv_nf4_14336x4096": lambda: mv(14336, 4096),

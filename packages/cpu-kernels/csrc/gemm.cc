@@ -1,9 +1,12 @@
 // Dense matmul: out[b] = op(A[b]) . op(B[b]) for f32 or bf16 inputs (bf16 is widened to f32 while
-// packing; accumulation is f32), with transposes and batch strides (0 = broadcast).
+// packing; accumulation is f32), with transposes and batch strides (0 = broadcast). bf16 x bf16 runs
+// on the AVX512-BF16 k-pair kernel instead where the CPU has it (gemm_bf16.cc).
 // Reference: packages/tensor reference backend `matmul` (tests: src/gemm.test.ts).
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
+#include "gemm_bf16.h"
 #include "gemm_driver.h"
 #include "gemm_kernels.h"
 #include "gemm_napi.h"
@@ -83,10 +86,20 @@ struct MatmulArgs {
 template <typename TA, typename TB>
 void run_matmul(const MatmulArgs& g, const TA* a, const TB* b, float* out) {
   const int64_t flops = g.m * g.n * std::max<int64_t>(g.k, 1);
+  const GemmKernel* k16 = nullptr;  // bf16 x bf16 with AVX512-BF16: no widening, vdpbf16ps
+  if constexpr (std::is_same_v<TA, uint16_t> && std::is_same_v<TB, uint16_t>) k16 = gemm_bf16_kernel();
   auto one = [&](int64_t i, bool parallel) {
-    DenseA<TA> pa(a + i * g.a_stride, g.trans_a ? g.m : g.k, g.trans_a);
-    DenseB<TB> pb(b + i * g.b_stride, g.trans_b ? g.k : g.n, g.trans_b);
-    gemm(g.m, g.n, g.k, pa, pb, out + i * g.m * g.n, g.n, parallel);
+    const TA* ai = a + i * g.a_stride;
+    const TB* bi = b + i * g.b_stride;
+    const int64_t lda = g.trans_a ? g.m : g.k, ldb = g.trans_b ? g.k : g.n;
+    float* oi = out + i * g.m * g.n;
+    if constexpr (std::is_same_v<TA, uint16_t> && std::is_same_v<TB, uint16_t>) {
+      if (k16) {
+        gemm(*k16, g.m, g.n, g.k, Bf16PairA(ai, lda, g.trans_a), Bf16PairB(bi, ldb, g.trans_b), oi, g.n, parallel);
+        return;
+      }
+    }
+    gemm(g.m, g.n, g.k, DenseA<TA>(ai, lda, g.trans_a), DenseB<TB>(bi, ldb, g.trans_b), oi, g.n, parallel);
   };
   // Many small matrices (attention-style batches): one matrix per task. Otherwise parallel inside.
   if (g.batch >= num_threads() && flops < (int64_t{1} << 22)) {
@@ -147,12 +160,13 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// gemmIsa(): the micro-kernel in use; gemmIsa("avx2"|"avx512"|"scalar"|""): force one (tests/benchmarks).
+// gemmIsa(): the f32 micro-kernel in use; gemmIsa("avx2"|"avx512"|"scalar"|""|"avx512bf16"): force one
+// (tests/benchmarks). Any forced f32 ISA also rules out the bf16 k-pair kernel (gemmBf16Kernel).
 Napi::Value GemmIsa(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   if (info.Length() >= 1 && !info[0].IsUndefined()) {
     if (!info[0].IsString()) {
-      gemm_args::fail_type(env, "gemmIsa(isa): expected \"avx512\", \"avx2\", \"scalar\" or \"\"");
+      gemm_args::fail_type(env, "gemmIsa(isa): expected \"avx512bf16\", \"avx512\", \"avx2\", \"scalar\" or \"\"");
       return env.Undefined();
     }
     set_gemm_kernel(info[0].As<Napi::String>().Utf8Value().c_str());
@@ -160,7 +174,15 @@ Napi::Value GemmIsa(const Napi::CallbackInfo& info) {
   return Napi::String::New(env, gemm_kernel().name);
 }
 
+// gemmBf16Kernel(): the micro-kernel a bf16 x bf16 matmul runs on now: "avx512bf16" (k pairs,
+// vdpbf16ps) or, widening to f32 while packing, the gemmIsa() kernel.
+Napi::Value GemmBf16Kernel(const Napi::CallbackInfo& info) {
+  const GemmKernel* k16 = gemm_bf16_kernel();
+  return Napi::String::New(info.Env(), k16 ? k16->name : gemm_kernel().name);
+}
+
 Register reg_matmul("matmul", Matmul);
+Register reg_gemm_bf16_kernel("gemmBf16Kernel", GemmBf16Kernel);
 Register reg_gemm_isa("gemmIsa", GemmIsa);
 
 }  // namespace

@@ -57,7 +57,7 @@ void gemm_region(const GemmKernel& K, int64_t i_begin, int64_t i_end, int64_t j_
     return;
   }
   auto& buf = buffers();
-  const int64_t kc_max = std::min<int64_t>(K.kc, k);
+  const int64_t kc_max = packed_k(K, std::min<int64_t>(K.kc, k));
   float* abuf = PackBuffers::ensure(buf.a, buf.a_len, round_up(std::min<int64_t>(K.mc, i_end - i_begin), K.mr) * kc_max);
   float* bbuf = PackBuffers::ensure(buf.b, buf.b_len, round_up(std::min<int64_t>(K.nc, j_end - j_begin), K.nr) * kc_max);
   for (int64_t jc = j_begin; jc < j_end; jc += K.nc) {
@@ -65,6 +65,7 @@ void gemm_region(const GemmKernel& K, int64_t i_begin, int64_t i_end, int64_t j_
     for (int64_t pc = 0; pc < k; pc += K.kc) {
       const int64_t kc = std::min(K.kc, k - pc);
       const bool accumulate = pc > 0;
+      const int64_t kw = packed_k(K, kc);  // packed words per sliver row (kc, or kc/2 for bf16 pairs)
       B.pack(pc, kc, jc, nc, K.nr, bbuf);
       for (int64_t ic = i_begin; ic < i_end; ic += K.mc) {
         const int64_t mc = std::min(K.mc, i_end - ic);
@@ -75,9 +76,9 @@ void gemm_region(const GemmKernel& K, int64_t i_begin, int64_t i_end, int64_t j_
             const int64_t rows = std::min<int64_t>(K.mr, mc - ir);
             float* cp = c + (ic + ir) * ldc + jc + jr;
             if (rows == K.mr && cols == K.nr)
-              K.fn(kc, abuf + ir * kc, bbuf + jr * kc, cp, ldc, accumulate);
+              K.fn(kc, abuf + ir * kw, bbuf + jr * kw, cp, ldc, accumulate);
             else
-              edge_tile(K, kc, abuf + ir * kc, bbuf + jr * kc, cp, ldc, rows, cols, accumulate);
+              edge_tile(K, kc, abuf + ir * kw, bbuf + jr * kw, cp, ldc, rows, cols, accumulate);
           }
         }
       }
@@ -89,7 +90,11 @@ void gemm_region(const GemmKernel& K, int64_t i_begin, int64_t i_end, int64_t j_
 
 void gemm(int64_t m, int64_t n, int64_t k, const APacker& a, const BPacker& b, float* c, int64_t ldc, bool parallel,
           int b_pack_weight) {
-  const GemmKernel& K = gemm_kernel();
+  gemm(gemm_kernel(), m, n, k, a, b, c, ldc, parallel, b_pack_weight);
+}
+
+void gemm(const GemmKernel& K, int64_t m, int64_t n, int64_t k, const APacker& a, const BPacker& b, float* c,
+          int64_t ldc, bool parallel, int b_pack_weight) {
   const int threads = parallel ? num_threads() : 1;
   const int64_t flops = m * n * std::max<int64_t>(k, 1);
   // Small products are not worth waking the pool (~10 us per dispatch).

@@ -7,7 +7,7 @@
 namespace qlora {
 
 // Packs the block op(A)[i0 : i0+mc, p0 : p0+kc] as ceil(mc/mr) slivers of [kc][mr] floats,
-// rows past mc zero-filled.
+// rows past mc zero-filled. (bf16 k-pair packers write [ceil(kc/2)][mr] 32-bit words instead.)
 struct APacker {
   virtual ~APacker() = default;
   virtual void pack(int64_t i0, int64_t mc, int64_t p0, int64_t kc, int mr, float* dst) const = 0;
@@ -26,5 +26,10 @@ struct BPacker {
 // (a dequantizing B packer passes > 1 so the weight is decoded once, i.e. the split is over N).
 void gemm(int64_t m, int64_t n, int64_t k, const APacker& a, const BPacker& b, float* c, int64_t ldc,
           bool parallel = true, int b_pack_weight = 1);
+
+struct GemmKernel;
+// The same with an explicit micro-kernel (the packers must produce its layout: K.kpair).
+void gemm(const GemmKernel& K, int64_t m, int64_t n, int64_t k, const APacker& a, const BPacker& b, float* c,
+          int64_t ldc, bool parallel = true, int b_pack_weight = 1);
 
 }  // namespace qlora

@@ -110,20 +110,30 @@ const GemmKernel kPortable{"scalar", kMrS, kNrS, 4 * 32, 256, 4096, kernel_porta
 
 const GemmKernel& gemm_kernel_for(const char* want) {
   const auto& i = isa();
-  const bool any = want == nullptr || *want == '\0';
+  const bool any = want == nullptr || *want == '\0' || std::strcmp(want, "avx512bf16") == 0;
   if (i.avx512f && (any || std::strcmp(want, "avx512") == 0)) return kAvx512;
   if (i.avx2_fma && (any || std::strcmp(want, "avx512") == 0 || std::strcmp(want, "avx2") == 0)) return kAvx2;
   return kPortable;
 }
 
 namespace {
-const GemmKernel*& current_kernel() {
-  static const GemmKernel* chosen = &gemm_kernel_for(std::getenv("QLORA_GEMM_ISA"));
+// The forced ISA cap: the f32 kernel, and whether the bf16 k-pair kernel may be used.
+struct Choice {
+  const GemmKernel* f32;
+  bool bf16;
+};
+Choice choose(const char* want) {
+  const bool any = want == nullptr || *want == '\0' || std::strcmp(want, "avx512bf16") == 0;
+  return {&gemm_kernel_for(want), any && isa().avx512bf16};
+}
+Choice& current() {
+  static Choice chosen = choose(std::getenv("QLORA_GEMM_ISA"));
   return chosen;
 }
 }  // namespace
 
-const GemmKernel& gemm_kernel() { return *current_kernel(); }
-void set_gemm_kernel(const char* isa) { current_kernel() = &gemm_kernel_for(isa); }
+const GemmKernel& gemm_kernel() { return *current().f32; }
+const GemmKernel* gemm_bf16_kernel() { return current().bf16 ? &avx512bf16_kernel() : nullptr; }
+void set_gemm_kernel(const char* isa) { current() = choose(isa); }
 
 }  // namespace qlora

@@ -14,12 +14,24 @@ struct GemmKernel {
   int mr, nr;          // register tile
   int64_t mc, kc, nc;  // cache blocking: A block mc x kc (L2), B micro-panel kc x nr (L1), B block kc x nc
   MicroKernel fn;
+  // k values per packed 32-bit word: 1 = f32 panels; 2 = bf16 k-pairs (gemm_bf16.cc), where a
+  // kc block occupies ceil(kc/2) words per row/column and `a`/`b` point at those words.
+  int kpair = 1;
 };
 
+// Words per row/column of a packed kc block.
+inline int64_t packed_k(const GemmKernel& K, int64_t kc) { return (kc + K.kpair - 1) / K.kpair; }
+
 // The best kernel for this CPU (AVX-512 > AVX2/FMA > portable), chosen once at run time.
-// $QLORA_GEMM_ISA = "avx512" | "avx2" | "scalar" caps the choice (used by tests to cover every path).
+// $QLORA_GEMM_ISA = "avx512bf16" | "avx512" | "avx2" | "scalar" caps the choice (used by tests to cover every path).
 const GemmKernel& gemm_kernel();
 const GemmKernel& gemm_kernel_for(const char* isa);  // nullptr/"" = best; falls back to what the CPU has
 void set_gemm_kernel(const char* isa);                // tests: force a path (not thread-safe vs running GEMMs)
+
+// The AVX512-BF16 k-pair kernel for bf16 x bf16 products, or nullptr when the CPU lacks
+// AVX512_BF16 or a forced ISA ("avx512", "avx2", "scalar") rules it out; the caller then widens
+// bf16 to f32 while packing and runs gemm_kernel(). "avx512bf16" or "" allow it.
+const GemmKernel* gemm_bf16_kernel();
+const GemmKernel& avx512bf16_kernel();  // defined in gemm_bf16.cc; only valid with isa().avx512bf16
 
 }  // namespace qlora

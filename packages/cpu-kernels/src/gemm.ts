@@ -12,6 +12,8 @@ export interface GemmNative {
   matmul4bit(x: Float32Array, m: number, out: Float32Array, w: NativeQuantWeight): void;
   matmul4bitInputGrad(dy: Float32Array, m: number, out: Float32Array, w: NativeQuantWeight): void;
   gemmIsa(isa?: string): string;
+  /** The micro-kernel bf16 x bf16 matmul runs on: "avx512bf16" (vdpbf16ps) or the widening gemmIsa() one. */
+  gemmBf16Kernel(): string;
 }
 
 /** A 4-bit weight as the native kernels take it (typed arrays, no Buffer wrappers). */
@@ -100,7 +102,7 @@ export function createGemmOps(native: GemmNative, allocator: Pick<Backend, "allo
 
 /** Narrow the raw module to the GEMM functions, naming any that are missing (a stale binary). */
 export function gemmNative(native: NativeModule): GemmNative {
-  for (const fn of ["matmul", "matmul4bit", "matmul4bitInputGrad", "gemmIsa"])
+  for (const fn of ["matmul", "matmul4bit", "matmul4bitInputGrad", "gemmIsa", "gemmBf16Kernel"])
     if (typeof native[fn] !== "function")
       throw new CpuKernelsError("STALE_BINARY", `@qlora/cpu-kernels: the native binary lacks "${fn}"; rebuild it (pnpm --filter @qlora/cpu-kernels build:native)`);
   return native as unknown as GemmNative;
