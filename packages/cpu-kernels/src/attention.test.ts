@@ -11,6 +11,7 @@ import { type AttentionOptions, type Backend, type Buffer, type HostBuffer, refe
 import { afterAll, describe, expect, it } from "vitest";
 import { createFusedOps, type FusedNative } from "./fused";
 import { loadNative } from "./load";
+import { rand } from "./rand.test-util";
 import { getThreads, setThreads } from "./threads";
 
 const native = loadNative() as unknown as FusedNative;
@@ -19,17 +20,6 @@ const ref = referenceBackend;
 const levels = [2, 1, 0].filter((l) => native.setFusedIsaLevel(l) === l);
 afterAll(() => native.setFusedIsaLevel(2));
 
-function rand(n: number, seed: number, lo = -1, hi = 1): Float32Array {
-  let s = seed >>> 0 || 1;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    out[i] = lo + ((s >>> 0) / 4294967296) * (hi - lo);
-  }
-  return out;
-}
 
 const data = (b: Buffer) => (b as HostBuffer).data as Float32Array;
 const ATOL = 1e-5;

@@ -7,6 +7,7 @@ import { type Backend, type Buffer, type DType, type HostArray, type HostBuffer,
 import { afterAll, describe, expect, it } from "vitest";
 import { createFusedOps, type FusedNative } from "./fused";
 import { loadNative } from "./load";
+import { rand } from "./rand.test-util";
 
 const native = loadNative() as unknown as FusedNative;
 const fused = createFusedOps(() => native) as Backend;
@@ -14,17 +15,6 @@ const ref = referenceBackend;
 const levels = [2, 1, 0].filter((l) => native.setFusedIsaLevel(l) === l);
 afterAll(() => native.setFusedIsaLevel(2));
 
-function rand(n: number, seed: number, lo = -1, hi = 1): Float32Array {
-  let s = seed >>> 0 || 1;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    out[i] = lo + ((s >>> 0) / 4294967296) * (hi - lo);
-  }
-  return out;
-}
 const f = (a: ArrayLike<number>) => ref.fromHost(Float32Array.from(a), "f32");
 const host = (b: Buffer): HostArray => (b as HostBuffer).data;
 

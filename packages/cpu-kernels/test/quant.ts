@@ -1,19 +1,9 @@
 // Helpers turning an @qlora/nf4 QuantState4bit into the object the native 4-bit kernels take.
 import type { QuantState4bit } from "@qlora/nf4";
+import type { NativeQuantWeight } from "../src/gemm";
 
-export interface NativeQuant {
-  quantType: "nf4" | "fp4";
-  blocksize: number;
-  n: number;
-  k: number;
-  codes: Uint8Array;
-  absmax?: Float32Array;
-  qabsmax?: Uint8Array;
-  code?: Float32Array;
-  nestedAbsmax?: Float32Array;
-  nestedBlocksize?: number;
-  offset?: number;
-}
+/** The object the native 4-bit kernels take (same type as src/gemm.ts). */
+export type NativeQuant = NativeQuantWeight;
 
 export function nativeQuant(s: QuantState4bit): NativeQuant {
   const [n, k] = s.shape as [number, number];
