@@ -42,7 +42,7 @@ fi
 flags=(-std=c++17 -O3 -Xcompiler -fPIC "${arch[@]}" -I"$pkg/csrc")
 pids=()
 objs=()
-for src in "$pkg"/csrc/kernels/*.cu "$pkg"/csrc/runtime/*.cc "$pkg"/dev/gpu_check.cu; do
+for src in "$pkg"/csrc/kernels/*.cu "$pkg"/csrc/runtime/*.cc "$pkg"/dev/*.cu; do
   obj="$build/$(basename "$src").o"
   objs+=("$obj")
   if [ -n "${JOBS:-}" ]; then  # bounded parallelism (shared machines)
