@@ -2,8 +2,14 @@
 import type { AdamWOptions } from "./backend/types";
 import { TensorError } from "./errors";
 import { dense } from "./ops";
-import { keep, zerosLike } from "./tensor";
+import { fromBuffer, keep, zerosLike } from "./tensor";
 import type { Tensor } from "./tensor";
+
+/** Zero f32 state shaped like p: through the backend's allocState (which may page it) when it has one. */
+function stateLike(p: Tensor): Tensor {
+  const be = p.backend;
+  return be.allocState ? fromBuffer(be.allocState("f32", p.size), be, p.shape, "f32") : zerosLike(p, "f32");
+}
 
 export interface AdamWConfig {
   readonly lr?: number;
@@ -42,7 +48,7 @@ export class AdamW {
       if (!p.grad) continue;
       let s = this.state.get(p);
       if (!s) {
-        s = { m: keep(zerosLike(p, "f32")), v: keep(zerosLike(p, "f32")) };
+        s = { m: keep(stateLike(p)), v: keep(stateLike(p)) };
         this.state.set(p, s);
       }
       const g = dense(p.grad, p.grad.dtype === "bf16" ? "bf16" : "f32");

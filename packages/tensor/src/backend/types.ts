@@ -22,6 +22,7 @@
  *    backend that leaves it out gets the reference implementation (host buffers are shared); a device
  *    backend without it throws BackendOpError when it is needed.
  * 3. `adamwStepInPlace` takes f32 param/m/v buffers (grad may be f32 or bf16).
+ * 4. Optional `allocState` (optimizer-state allocation a backend may page); AdamW falls back to `alloc`.
  */
 
 /** Element types. Integer tensors are i32 (token ids, positions, labels): the documented index policy
@@ -135,6 +136,9 @@ export interface Backend {
 
   // ---- memory ----
   alloc(dtype: DType, length: number): Buffer; // zero-filled
+  /** [tensor refinement] Zero-filled buffer for optimizer state; a backend may page it (CUDA: managed
+   * memory for ≥ 1e5 elements). Optional: without it, optimizers use `alloc`. Released with `free`. */
+  allocState?(dtype: DType, length: number): Buffer;
   free(buffer: Buffer): void;
   fromHost(data: HostArray, dtype: DType): Buffer; // copies
   toHost(buffer: Buffer): HostArray; // copies
