@@ -19,6 +19,20 @@ describe("special values (CUDA backend, spec §2.3)", () => {
     expect(fp.packed[1] & 0xf).toBe(0);
     expect((dequantize4bit(fp) as Float32Array)[3]).toBe(0);
   });
+  it("absmax of NaN-holding blocks: fmaxf from -FLT_MAX (all-NaN full block -> -FLT_MAX, partial -> 0)", () => {
+    const x = new Float32Array(64 + 64 + 10).fill(NaN);
+    const bits = new Int32Array(x.buffer);
+    bits[5] = 0xffc00000 | 0; // a negative quiet NaN is still NaN
+    x[64] = NaN; // block 1: NaNs at both ends around finite values
+    x[70] = -0.75;
+    x[100] = 0.5;
+    x[127] = NaN;
+    bits[126] = 0x7f800001; // signalling-NaN bit pattern
+    for (const quantType of ["nf4", "fp4"] as const) {
+      const st = quantize4bit(x, { quantType });
+      expect(Array.from(st.absmax as Float32Array)).toEqual([-3.4028234663852886e38, 0.75, 0]);
+    }
+  });
   it("Inf element destroys the block: NF4 -> NaN and -Inf, FP4 -> NaN", () => {
     const x = new Float32Array(64).fill(0.5);
     x[2] = Infinity;

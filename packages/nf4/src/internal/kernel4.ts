@@ -63,6 +63,46 @@ function buildBuckets(thresholds: ArrayLike<number>, k: number, lo0: number): Bu
 let nf4Buckets: Buckets | undefined;
 let fp4Buckets: Buckets | undefined;
 
+const absBits = new Int32Array(1);
+const absValue = new Float32Array(absBits.buffer);
+
+/**
+ * CUDA's block absmax: fmaxf over |x| starting from -FLT_MAX (spec §2.2), so NaN is ignored, Inf
+ * counts, and an all-NaN full block gives -FLT_MAX; a partial block's padding slots load as 0.
+ * Done on the integer bit patterns: for non-NaN floats |x| orders like (bits & 0x7fffffff), and NaN
+ * is exactly (bits & 0x7fffffff) > 0x7f800000 — one integer compare per element, no float work.
+ */
+function blockAbsmaxOf(xBits: Int32Array, s: number, e: number, full: boolean): number {
+  // Fast scan: the plain integer max, four per iteration. NaN bit patterns are above every other
+  // value, so a result > 0x7f800000 means the block holds a NaN: rescan it with the NaN filter.
+  let mb = -1;
+  let i = s;
+  for (const e4 = s + ((e - s) & ~3); i < e4; i += 4) {
+    const b0 = xBits[i] & 0x7fffffff;
+    const b1 = xBits[i + 1] & 0x7fffffff;
+    const b2 = xBits[i + 2] & 0x7fffffff;
+    const b3 = xBits[i + 3] & 0x7fffffff;
+    if (b0 > mb) mb = b0;
+    if (b1 > mb) mb = b1;
+    if (b2 > mb) mb = b2;
+    if (b3 > mb) mb = b3;
+  }
+  for (; i < e; i++) {
+    const b = xBits[i] & 0x7fffffff;
+    if (b > mb) mb = b;
+  }
+  if (mb > 0x7f800000) {
+    mb = -1;
+    for (let j = s; j < e; j++) {
+      const b = xBits[j] & 0x7fffffff;
+      if (b > mb && b <= 0x7f800000) mb = b;
+    }
+  }
+  if (mb < 0) return full ? NEG_FLT_MAX : 0;
+  absBits[0] = mb;
+  return absValue[0];
+}
+
 /**
  * Quantizes elements [start, end) of `x` (start block-aligned relative to the tensor; end either
  * block-aligned or the tensor end) into `packed` from byte `pOut` and `absmax` from index `aOut`.
@@ -100,23 +140,52 @@ function quantizeNf4(
   aOut: number,
 ): void {
   const { k, base, thr } = bk;
+  const xBits = new Int32Array(x.buffer, x.byteOffset, x.length);
+  const p32 = pOut % 4 === 0 ? words(packed) : undefined;
   let p = pOut;
   let a = aOut;
   for (let s = start; s < end; s += blocksize) {
     const e = Math.min(s + blocksize, end);
-    // fmaxf from -FLT_MAX over real elements: NaN ignored, Inf included; a partial block's
-    // padding slots load as 0.
-    let m = e - s === blocksize ? NEG_FLT_MAX : 0;
-    for (let i = s; i < e; i++) {
-      const v = Math.abs(x[i]);
-      if (v > m) m = v;
-    }
+    const m = blockAbsmaxOf(xBits, s, e, e - s === blocksize);
     absmax[a++] = m;
     const r = Math.fround(1 / m);
     const ePair = s + ((e - s) & ~1);
     if (r <= 3.4028234663852886e38) {
       // r finite => |p| <= m·r <= 1 + 2^-23 (or NaN), so j = floor((p + 1)·k) is in [0, top] (NaN -> 0)
-      for (let i = s; i < ePair; i += 2) {
+      let i = s;
+      if (p32 !== undefined && (p & 3) === 0) {
+        // whole groups of 8 codes -> one little-endian 32-bit store (byte b = codes 2b, 2b+1)
+        let q = p >>> 2;
+        for (; i + 8 <= ePair; i += 8) {
+          const y0 = x[i] * r;
+          const y1 = x[i + 1] * r;
+          const y2 = x[i + 2] * r;
+          const y3 = x[i + 3] * r;
+          const y4 = x[i + 4] * r;
+          const y5 = x[i + 5] * r;
+          const y6 = x[i + 6] * r;
+          const y7 = x[i + 7] * r;
+          const j0 = ((y0 + 1) * k) | 0;
+          const j1 = ((y1 + 1) * k) | 0;
+          const j2 = ((y2 + 1) * k) | 0;
+          const j3 = ((y3 + 1) * k) | 0;
+          const j4 = ((y4 + 1) * k) | 0;
+          const j5 = ((y5 + 1) * k) | 0;
+          const j6 = ((y6 + 1) * k) | 0;
+          const j7 = ((y7 + 1) * k) | 0;
+          p32[q++] =
+            ((base[j0] + +(y0 > thr[j0])) << 4) |
+            (base[j1] + +(y1 > thr[j1])) |
+            ((base[j2] + +(y2 > thr[j2])) << 12) |
+            ((base[j3] + +(y3 > thr[j3])) << 8) |
+            ((base[j4] + +(y4 > thr[j4])) << 20) |
+            ((base[j5] + +(y5 > thr[j5])) << 16) |
+            ((base[j6] + +(y6 > thr[j6])) << 28) |
+            ((base[j7] + +(y7 > thr[j7])) << 24);
+        }
+        p = q << 2;
+      }
+      for (; i < ePair; i += 2) {
         const p0 = x[i] * r; // exact in float64
         const p1 = x[i + 1] * r;
         const j0 = ((p0 + 1) * k) | 0;
@@ -151,15 +220,12 @@ function quantizeFp4(
   const { k, base, thr } = bk;
   const rank = FP4_RANK;
   const neg = NEG_ROUNDS_TO_NONZERO;
+  const xBits = new Int32Array(x.buffer, x.byteOffset, x.length);
   let p = pOut;
   let a = aOut;
   for (let s = start; s < end; s += blocksize) {
     const e = Math.min(s + blocksize, end);
-    let m = e - s === blocksize ? NEG_FLT_MAX : 0;
-    for (let i = s; i < e; i++) {
-      const v = Math.abs(x[i]);
-      if (v > m) m = v;
-    }
+    const m = blockAbsmaxOf(xBits, s, e, e - s === blocksize);
     absmax[a++] = m;
     const r = Math.fround(1 / m);
     const ePair = s + ((e - s) & ~1);
@@ -201,6 +267,16 @@ function blockAbsmax(src: AbsmaxSource, blk: number): number {
   return Math.fround(
     Math.fround(nd.code[nd.qabsmax[blk]] * nd.nestedAbsmax[Math.floor(blk / nd.nestedBlocksize)]) + Math.fround(nd.offset),
   );
+}
+
+/** out[0, count) = blockAbsmax of blocks blk0 .. blk0 + count − 1 (double quant resolved). */
+function resolveAbsmax(nd: NestedAbsmax, blk0: number, count: number, out: Float32Array): void {
+  const { code, qabsmax, nestedAbsmax, nestedBlocksize } = nd;
+  const offset = Math.fround(nd.offset);
+  for (let b = 0; b < count; b++) {
+    const blk = blk0 + b;
+    out[b] = Math.fround(code[qabsmax[blk]] * nestedAbsmax[Math.floor(blk / nestedBlocksize)]) + offset;
+  }
 }
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
@@ -306,9 +382,10 @@ function words(packed: Uint8Array): Uint32Array | undefined {
 
 /**
  * Dequantizes elements [start, end) (start even) to float32: out[o + i - start] = fl32(code · absmax).
- * Per block, the 16 scaled values are formed once (one float32 multiply each, as CUDA does per
- * element) and the output is filled by moving their bit patterns (no per-element float work).
- * Nested absmax is recovered per block on the fly (no temporary array).
+ * code and absmax are float32, so their float64 product is exact and the Float32Array store rounds
+ * it once, to nearest even: the same value as CUDA's float32 multiply, with no table or bit moves
+ * (measured faster than filling from 16 pre-scaled bit patterns). Nested absmax is recovered per
+ * block on the fly (no temporary array).
  */
 export function dequantizeRangeF32(
   code: Float32Array,
@@ -320,42 +397,50 @@ export function dequantizeRangeF32(
   out: Float32Array,
   o: number,
 ): void {
-  const outU = new Uint32Array(out.buffer, out.byteOffset, out.length);
+  const c = Float64Array.from(code);
   const p32 = words(packed);
-  const sF = new Float32Array(16);
-  const sU = new Uint32Array(sF.buffer);
   let i = start;
-  if (p32 !== undefined && start % 8 === 0) {
-    // fast path: whole blocks, 8 codes per 32-bit read, inlined (blocksize is a multiple of 8)
-    const fullEnd = start + Math.floor((end - start) / blocksize) * blocksize;
-    let blk = start / blocksize;
-    const t = sU;
-    while (i < fullEnd && i % blocksize === 0) {
-      const a = blockAbsmax(absmax, blk);
-      for (let c = 0; c < 16; c++) sF[c] = code[c] * a;
-      const e = i + blocksize;
-      let q = i >>> 3;
-      let w = o + (i - start);
-      for (let j = i; j < e; j += 8) {
-        const v = p32[q++];
-        outU[w] = t[(v >>> 4) & 15];
-        outU[w + 1] = t[v & 15];
-        outU[w + 2] = t[(v >>> 12) & 15];
-        outU[w + 3] = t[(v >>> 8) & 15];
-        outU[w + 4] = t[(v >>> 20) & 15];
-        outU[w + 5] = t[(v >>> 16) & 15];
-        outU[w + 6] = t[v >>> 28];
-        outU[w + 7] = t[(v >>> 24) & 15];
-        w += 8;
+  if (p32 !== undefined && start % blocksize === 0) {
+    // fast path: whole blocks, 8 codes per 32-bit read (blocksize is a multiple of 8); absmax of
+    // up to 512 blocks resolved at a time into a small scratch (double quant) or read in place
+    const blkEnd = Math.floor(end / blocksize);
+    const scratch = absmax.nested === undefined ? undefined : new Float32Array(Math.min(512, blkEnd - start / blocksize));
+    let q = i >>> 3;
+    let w = o;
+    for (let blk = start / blocksize; blk < blkEnd; ) {
+      const count = Math.min(512, blkEnd - blk);
+      let vals = absmax.values;
+      let v0 = blk - absmax.base;
+      if (scratch !== undefined) {
+        resolveAbsmax(absmax.nested!, blk, count, scratch);
+        vals = scratch;
+        v0 = 0;
       }
-      i = e;
-      blk++;
+      for (let b = 0; b < count; b++) {
+        const a = vals[v0 + b];
+        for (const e = w + blocksize; w < e; w += 8) {
+          const v = p32[q++];
+          out[w] = c[(v >>> 4) & 15] * a;
+          out[w + 1] = c[v & 15] * a;
+          out[w + 2] = c[(v >>> 12) & 15] * a;
+          out[w + 3] = c[(v >>> 8) & 15] * a;
+          out[w + 4] = c[(v >>> 20) & 15] * a;
+          out[w + 5] = c[(v >>> 16) & 15] * a;
+          out[w + 6] = c[v >>> 28] * a;
+          out[w + 7] = c[(v >>> 24) & 15] * a;
+        }
+      }
+      blk += count;
+      i += count * blocksize;
     }
   }
+  const sF = new Float32Array(16);
+  const sU = new Uint32Array(sF.buffer);
+  const outU = new Uint32Array(out.buffer, out.byteOffset, out.length);
   while (i < end) {
     const blk = Math.floor(i / blocksize);
     const a = blockAbsmax(absmax, blk);
-    for (let c = 0; c < 16; c++) sF[c] = code[c] * a;
+    for (let j = 0; j < 16; j++) sF[j] = code[j] * a;
     const e = Math.min((blk + 1) * blocksize, end);
     fillCodes32(sU, packed, p32, i, e, outU, o + (i - start));
     i = e;
