@@ -82,6 +82,42 @@ describe("special values (CUDA backend, spec §2.3)", () => {
       expect(fp4Code(-up(t))).toBe(rank[k + 1] + 8);
     }
   });
+  it("bulk quantize = per-element code of fl32(x·r) for values within a few ulps of every threshold", () => {
+    // Exercises the blocked fast paths (8 codes per store, fine bucket table) where a value lands in
+    // a threshold bucket, for absmax values whose reciprocal is inexact.
+    const ulps = (v: number, d: number) => {
+      const b = new Float32Array([v]);
+      new Int32Array(b.buffer)[0] += d;
+      return b[0];
+    };
+    const absmaxes = [1, 0.7, 3.1e-3, 123.456, 1.9e-30, 5.5e20];
+    for (const quantType of ["nf4", "fp4"] as const) {
+      const thresholds = quantType === "nf4" ? NF4_THRESHOLDS : FP4_THRESHOLDS;
+      const codeOf = quantType === "nf4" ? nf4Code : fp4Code;
+      const x = new Float32Array(64 * absmaxes.length);
+      absmaxes.forEach((m, b) => {
+        const block = x.subarray(64 * b, 64 * b + 64);
+        block[0] = m;
+        let i = 1;
+        for (const t of thresholds) {
+          for (const d of [-2, -1, 0, 1, 2]) {
+            if (i >= 64) break;
+            const v = ulps(Math.fround(t * m), d);
+            block[i++] = quantType === "fp4" && i % 2 === 0 ? -v : v;
+          }
+        }
+      });
+      const st = quantize4bit(x, { quantType });
+      absmaxes.forEach((m, b) => {
+        const r = Math.fround(1 / Math.fround(m));
+        for (let i = 0; i < 64; i++) {
+          const e = 64 * b + i;
+          const got = e % 2 === 0 ? st.packed[e >> 1] >> 4 : st.packed[e >> 1] & 15;
+          if (got !== codeOf(Math.fround(x[e] * r))) expect([quantType, b, i, got]).toEqual([quantType, b, i, codeOf(Math.fround(x[e] * r))]);
+        }
+      });
+    }
+  });
   it("FP4 literal 0.583333 is not the midpoint: a value between them rounds 'wrongly' as CUDA does", () => {
     // midpoint 0.5833333 (3f155556) > literal (3f155550): 0.58333331 -> code 2 (0.6667), not 5 (0.5)
     const between = new Float32Array(new Uint32Array([0x3f155553]).buffer)[0];

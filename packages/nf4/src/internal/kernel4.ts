@@ -39,6 +39,10 @@ interface Buckets {
   top: number;
   base: Uint8Array;
   thr: Float64Array;
+  /** base[j] for buckets without a threshold, 16 + base[j] for the few that hold one. */
+  tab: Uint8Array;
+  /** The exact thresholds in ascending order: a bucket's threshold is exact[base[j]]. */
+  exact: Float64Array;
 }
 
 function buildBuckets(thresholds: ArrayLike<number>, k: number, lo0: number): Buckets {
@@ -57,8 +61,16 @@ function buildBuckets(thresholds: ArrayLike<number>, k: number, lo0: number): Bu
       if (Math.abs(t - lo) < 1e-9) throw new Error(`nf4 internal: threshold ${t} on bucket edge ${lo}`);
     }
   }
-  return { k, top, base, thr };
+  const tab = base.map((b, j) => (thr[j] === Infinity ? b : 16 + b));
+  return { k, top, base, thr, tab, exact: Float64Array.from(exact) };
 }
+
+/**
+ * NF4 bucket count per unit: 8192 gives 16385 one-byte entries (fits L1) and puts only ~0.1% of
+ * normally distributed values in one of the 15 threshold buckets, so the hot loop is one table load
+ * per element and the exact compare is a rarely taken branch.
+ */
+const NF4_BUCKETS = 8192;
 
 let nf4Buckets: Buckets | undefined;
 let fp4Buckets: Buckets | undefined;
@@ -73,19 +85,27 @@ const absValue = new Float32Array(absBits.buffer);
  * is exactly (bits & 0x7fffffff) > 0x7f800000 — one integer compare per element, no float work.
  */
 function blockAbsmaxOf(xBits: Int32Array, s: number, e: number, full: boolean): number {
-  // Fast scan: the plain integer max, four per iteration. NaN bit patterns are above every other
+  // Fast scan: the plain integer max, eight per iteration. NaN bit patterns are above every other
   // value, so a result > 0x7f800000 means the block holds a NaN: rescan it with the NaN filter.
   let mb = -1;
   let i = s;
-  for (const e4 = s + ((e - s) & ~3); i < e4; i += 4) {
+  for (const e8 = s + ((e - s) & ~7); i < e8; i += 8) {
     const b0 = xBits[i] & 0x7fffffff;
     const b1 = xBits[i + 1] & 0x7fffffff;
     const b2 = xBits[i + 2] & 0x7fffffff;
     const b3 = xBits[i + 3] & 0x7fffffff;
+    const b4 = xBits[i + 4] & 0x7fffffff;
+    const b5 = xBits[i + 5] & 0x7fffffff;
+    const b6 = xBits[i + 6] & 0x7fffffff;
+    const b7 = xBits[i + 7] & 0x7fffffff;
     if (b0 > mb) mb = b0;
     if (b1 > mb) mb = b1;
     if (b2 > mb) mb = b2;
     if (b3 > mb) mb = b3;
+    if (b4 > mb) mb = b4;
+    if (b5 > mb) mb = b5;
+    if (b6 > mb) mb = b6;
+    if (b7 > mb) mb = b7;
   }
   for (; i < e; i++) {
     const b = xBits[i] & 0x7fffffff;
@@ -120,7 +140,7 @@ export function quantizeRangeF32(
   aOut: number,
 ): void {
   if (quantType === "nf4") {
-    nf4Buckets ??= buildBuckets(NF4_THRESHOLDS, 125, -1);
+    nf4Buckets ??= buildBuckets(NF4_THRESHOLDS, NF4_BUCKETS, -1);
     quantizeNf4(nf4Buckets, x, start, end, blocksize, packed, pOut, absmax, aOut);
   } else {
     fp4Buckets ??= buildBuckets(FP4_THRESHOLDS, 250, 0);
@@ -154,34 +174,33 @@ function quantizeNf4(
       // r finite => |p| <= m·r <= 1 + 2^-23 (or NaN), so j = floor((p + 1)·k) is in [0, top] (NaN -> 0)
       let i = s;
       if (p32 !== undefined && (p & 3) === 0) {
-        // whole groups of 8 codes -> one little-endian 32-bit store (byte b = codes 2b, 2b+1)
+        // whole groups of 8 codes -> one little-endian 32-bit store (byte b = codes 2b, 2b+1).
+        // j = floor(x·(r·k) + k) equals floor((p + 1)·k) up to float64 rounding, which cannot move
+        // a value across a threshold (thresholds are > 1e-9 from bucket edges, checked at build).
+        const { tab, exact } = bk;
+        const rk = r * k; // k is a power of two: exact
         let q = p >>> 2;
         for (; i + 8 <= ePair; i += 8) {
-          const y0 = x[i] * r;
-          const y1 = x[i + 1] * r;
-          const y2 = x[i + 2] * r;
-          const y3 = x[i + 3] * r;
-          const y4 = x[i + 4] * r;
-          const y5 = x[i + 5] * r;
-          const y6 = x[i + 6] * r;
-          const y7 = x[i + 7] * r;
-          const j0 = ((y0 + 1) * k) | 0;
-          const j1 = ((y1 + 1) * k) | 0;
-          const j2 = ((y2 + 1) * k) | 0;
-          const j3 = ((y3 + 1) * k) | 0;
-          const j4 = ((y4 + 1) * k) | 0;
-          const j5 = ((y5 + 1) * k) | 0;
-          const j6 = ((y6 + 1) * k) | 0;
-          const j7 = ((y7 + 1) * k) | 0;
-          p32[q++] =
-            ((base[j0] + +(y0 > thr[j0])) << 4) |
-            (base[j1] + +(y1 > thr[j1])) |
-            ((base[j2] + +(y2 > thr[j2])) << 12) |
-            ((base[j3] + +(y3 > thr[j3])) << 8) |
-            ((base[j4] + +(y4 > thr[j4])) << 20) |
-            ((base[j5] + +(y5 > thr[j5])) << 16) |
-            ((base[j6] + +(y6 > thr[j6])) << 28) |
-            ((base[j7] + +(y7 > thr[j7])) << 24);
+          let c0 = tab[(x[i] * rk + k) | 0];
+          let c1 = tab[(x[i + 1] * rk + k) | 0];
+          let c2 = tab[(x[i + 2] * rk + k) | 0];
+          let c3 = tab[(x[i + 3] * rk + k) | 0];
+          let c4 = tab[(x[i + 4] * rk + k) | 0];
+          let c5 = tab[(x[i + 5] * rk + k) | 0];
+          let c6 = tab[(x[i + 6] * rk + k) | 0];
+          let c7 = tab[(x[i + 7] * rk + k) | 0];
+          if ((c0 | c1 | c2 | c3 | c4 | c5 | c6 | c7) >= 16) {
+            // some value fell in a threshold bucket: decide it on the exact product
+            if (c0 >= 16) c0 = c0 - 16 + +(x[i] * r > exact[c0 - 16]);
+            if (c1 >= 16) c1 = c1 - 16 + +(x[i + 1] * r > exact[c1 - 16]);
+            if (c2 >= 16) c2 = c2 - 16 + +(x[i + 2] * r > exact[c2 - 16]);
+            if (c3 >= 16) c3 = c3 - 16 + +(x[i + 3] * r > exact[c3 - 16]);
+            if (c4 >= 16) c4 = c4 - 16 + +(x[i + 4] * r > exact[c4 - 16]);
+            if (c5 >= 16) c5 = c5 - 16 + +(x[i + 5] * r > exact[c5 - 16]);
+            if (c6 >= 16) c6 = c6 - 16 + +(x[i + 6] * r > exact[c6 - 16]);
+            if (c7 >= 16) c7 = c7 - 16 + +(x[i + 7] * r > exact[c7 - 16]);
+          }
+          p32[q++] = (c0 << 4) | c1 | (c2 << 12) | (c3 << 8) | (c4 << 20) | (c5 << 16) | (c6 << 28) | (c7 << 24);
         }
         p = q << 2;
       }
