@@ -1,12 +1,13 @@
 import { describe, expect, it } from "vitest";
 import { randn } from "../test/helpers";
 import { storageBytes, storageOfState } from "./accounting";
-import { dequantizeBlockwise8bit, quantizeBlockwise8bit } from "./blockwise8bit";
+import { dequantizeBlockwise8bit, quantize8bitValue, quantizeBlockwise8bit } from "./blockwise8bit";
 import { dequantize4bit, recoverAbsmax } from "./dequantize";
 import { Nf4Error } from "./errors";
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "./half";
 import { errorMetrics, meanAbsError, meanRelError, sqnrDb } from "./metrics";
 import { quantize4bit, quantize4bitChunks, Quantizer4bit } from "./quantize";
+import { DYNAMIC_MAP_SIGNED, DYNAMIC_MAP_UNSIGNED } from "./tables";
 import type { QuantState4bit } from "./types";
 
 function err(fn: () => unknown): string {
@@ -228,5 +229,36 @@ describe("Quantizer4bit with large bf16 chunks", () => {
       o += p.packed.length;
     }
     expect(packed).toEqual(quantize4bit(b, { dtype: "bfloat16", blocksize: 128 }).packed);
+  });
+});
+
+describe("8-bit blockwise bucket lookup", () => {
+  it("large inputs (lookup path) give the literal CUDA search's index for every value", () => {
+    // map entries, their float32 neighbours and float32 midpoints: every decision boundary ± 1 ulp
+    const f = new Float32Array(1);
+    const u = new Int32Array(f.buffer);
+    const near = (v: number, d: number) => {
+      f[0] = v;
+      if (v !== 0) u[0] += d;
+      return f[0];
+    };
+    const probes: number[] = [];
+    for (const code of [DYNAMIC_MAP_SIGNED, DYNAMIC_MAP_UNSIGNED]) {
+      for (let i = 0; i < 256; i++) {
+        const mid = i < 255 ? Math.fround(Math.fround(code[i] + code[i + 1]) * 0.5) : code[i];
+        for (const d of [-1, 0, 1]) probes.push(near(code[i], d), near(mid, d));
+      }
+    }
+    for (let s = 1; probes.length < 1 << 16; s++) probes.push(Math.sin(s * 12.9898) * (s % 7 === 0 ? 1e-3 : 1));
+    // blocks of 256 whose first value is 1 keep r = 1, so y is exactly the probe
+    const values = new Float32Array(Math.ceil(probes.length / 255) * 256);
+    for (let i = 0, v = 0; i < values.length; i++) values[i] = i % 256 === 0 ? 1 : (probes[v++] ?? 0);
+    for (const code of [DYNAMIC_MAP_SIGNED, DYNAMIC_MAP_UNSIGNED]) {
+      const { q, absmax } = quantizeBlockwise8bit(values, { code, blocksize: 256 });
+      for (let i = 0; i < values.length; i++) {
+        const want = quantize8bitValue(code, Math.fround(values[i] * Math.fround(1 / absmax[i >> 8])));
+        if (q[i] !== want) expect([i, values[i], q[i]]).toEqual([i, values[i], want]);
+      }
+    }
   });
 });

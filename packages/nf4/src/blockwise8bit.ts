@@ -78,6 +78,7 @@ export function quantizeBlockwise8bitInto(
   absmax: Float32Array,
 ): void {
   const n = values.length;
+  const lookup = n >= LOOKUP_MIN_VALUES ? bucketLookup(code) : undefined;
   let a = 0;
   for (let s = 0; s < n; s += blocksize) {
     const e = Math.min(s + blocksize, n);
@@ -88,11 +89,63 @@ export function quantizeBlockwise8bitInto(
     }
     absmax[a++] = m;
     const r = Math.fround(1 / m);
-    for (let i = s; i < e; i++) q[i] = quantize8bitValue(code, Math.fround(values[i] * r));
+    if (lookup !== undefined && r <= 3.4028234663852886e38) {
+      // r finite => |y| <= 1 + 2^-23 or NaN: the bucket index is in [0, 2·K8]
+      for (let i = s; i < e; i++) {
+        const y = Math.fround(values[i] * r);
+        const c = lookup[((y + 1) * K8) | 0];
+        q[i] = c >= 0 && y === y ? c : quantize8bitValue(code, y);
+      }
+    } else {
+      for (let i = s; i < e; i++) q[i] = quantize8bitValue(code, Math.fround(values[i] * r));
+    }
   }
 }
 
-/** Inverse of quantizeBlockwise8bit: out[i] = fl32(code[q[i]] · absmax[i / blocksize]). */
+/** Buckets per unit of the 8-bit lookup: 8193 two-byte entries over [-1, 1]. */
+const K8 = 4096;
+/** Below this many values the literal search is cheaper than building a lookup. */
+const LOOKUP_MIN_VALUES = 1 << 15;
+let lookupCache: { code: Float32Array; lookup: Int16Array | undefined } | undefined;
+
+/**
+ * Bucket j = floor((y + 1)·K8) → the index quantize8bitValue gives every float32 y in the bucket
+ * (widened by 1e-9 on both sides, so a rounded bucket index cannot matter), or −1 where the bucket
+ * straddles a decision boundary (then the literal search runs). Sound because the literal search is
+ * monotone in y for an ascending code; undefined (no lookup) for a code that is not ascending.
+ */
+function bucketLookup(code: Float32Array): Int16Array | undefined {
+  if (lookupCache !== undefined && lookupCache.code.every((v, i) => Object.is(v, code[i]))) return lookupCache.lookup;
+  let ascending = true;
+  for (let i = 1; i < 256; i++) if (!(code[i - 1] < code[i])) ascending = false;
+  let lookup: Int16Array | undefined;
+  if (ascending) {
+    lookup = new Int16Array(2 * K8 + 1);
+    for (let j = 0; j <= 2 * K8; j++) {
+      const first = quantize8bitValue(code, f32AtOrBelow(-1 + j / K8 - 1e-9));
+      const last = quantize8bitValue(code, f32AtOrAbove(-1 + (j + 1) / K8 + 1e-9));
+      lookup[j] = first === last ? first : -1;
+    }
+  }
+  lookupCache = { code: code.slice(), lookup };
+  return lookup;
+}
+
+const f32Scratch = new Float32Array(1);
+const i32Scratch = new Int32Array(f32Scratch.buffer);
+/** Largest float32 <= v (v finite, |v| < 2). */
+function f32AtOrBelow(v: number): number {
+  f32Scratch[0] = v;
+  if (f32Scratch[0] > v) i32Scratch[0] += f32Scratch[0] > 0 ? -1 : 1;
+  return f32Scratch[0];
+}
+/** Smallest float32 >= v (v finite, |v| < 2). */
+function f32AtOrAbove(v: number): number {
+  f32Scratch[0] = v;
+  if (f32Scratch[0] < v) i32Scratch[0] += f32Scratch[0] >= 0 ? 1 : -1;
+  return f32Scratch[0];
+}
+
 export function dequantizeBlockwise8bit(state: Blockwise8bit, options: Blockwise8bitOptions = {}): Float32Array {
   const code = checkCode(options.code ?? DYNAMIC_MAP_SIGNED, "options.code");
   const bs = checkBlocksize8(options.blocksize ?? 4096, "options.blocksize");
