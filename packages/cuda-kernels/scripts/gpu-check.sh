@@ -1,18 +1,41 @@
 #!/usr/bin/env bash
-# GPU check for @qlora/cuda-kernels: builds the standalone harness (dev/gpu_check.cu + every kernel
-# source) with nvcc for the GPU that is present, validates every kernel against its CPU reference,
-# runs the benchmarks and prints a table last. Needs an NVIDIA GPU, its driver (r580+ for CUDA 13)
-# and nvcc; needs neither Node.js nor network. Target: < 5 minutes.
-#   usage: bash packages/cuda-kernels/scripts/gpu-check.sh [--check-only|--bench-only]
-#   env:   CUDA_HOME / CUDA_PATH (nvcc), QLORA_GPU_CHECK_DIR (build dir, default /tmp/qlora-gpu-check; the log is
-#          also copied to $OUT when set), QLORA_GPU_CHECK_ARCH (e.g. 90; default: the GPU's compute capability),
-#          QLORA_CUDA_NO_CUBLAS=1 (force our own GEMM everywhere), JOBS (parallel nvcc, default: all files at once)
+# GPU check for @qlora/cuda-kernels, one call on a machine with an NVIDIA GPU, its driver (r580+ for CUDA 13)
+# and nvcc, without Node.js or network. Target: < 5 minutes. In order:
+#   1. Node-level parity (when gpu-bundle/ travelled with the tree, see scripts/gpu-bundle.mjs): the bundled Node
+#      runs src/cuda.test.ts & co. on the prebuilt addon, in the background while nvcc builds the harness.
+#   2. builds the standalone harness (dev/gpu_check.cu + dev/check_*.cu + every kernel source) for the GPU present.
+#   3. PyTorch peers (dev/peer_torch.py) when python3 imports torch: copy, bf16 GEMM, SDPA, decoder layer.
+#   4. the harness: validates every kernel against its CPU reference, benchmarks, prints its table last.
+# Then a short summary. Logs (≤ 7 files) are copied to $OUT when set.
+#   usage: bash packages/cuda-kernels/scripts/gpu-check.sh [--check-only|--bench-only]   (passed to the harness;
+#          --bench-only skips the Node tests, --check-only the torch peers)
+#   env:   CUDA_HOME / CUDA_PATH (nvcc), QLORA_GPU_CHECK_DIR (build dir, default /tmp/qlora-gpu-check),
+#          QLORA_GPU_CHECK_ARCH (e.g. 90; default: the GPU's compute capability), QLORA_CUDA_NO_CUBLAS=1 (force our
+#          own GEMM everywhere), JOBS (parallel nvcc, default: all files at once), PYTHON (default python3),
+#          QLORA_GPU_CHECK_NODE=0 / QLORA_GPU_CHECK_PEER=0 (skip a step)
 set -uo pipefail
 pkg="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${QLORA_GPU_CHECK_DIR:-/tmp/qlora-gpu-check}"
+bundle="$pkg/gpu-bundle"
+python="${PYTHON:-python3}"
 mkdir -p "$build"
 log="$build/gpu_check.log"
+node_log="$build/gpu_tests.log"
+peer_log="$build/peer_torch.log"
+summary="$build/summary.txt"
+rm -f "$log" "$node_log" "$peer_log" "$build/peer_torch.jsonl" "$build/build_errors.log" "$summary"
 started=$(date +%s)
+mode="${1:-}"
+
+# Whatever happens, the logs that exist go back with $OUT.
+copy_logs() {
+  [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ] || return 0
+  for f in "$log" "$node_log" "$peer_log" "$build/peer_torch.jsonl" "$build/build_errors.log" "$summary" "$bundle/MANIFEST.txt"; do
+    [ -f "$f" ] && cp "$f" "$OUT/"
+  done
+  return 0
+}
+trap copy_logs EXIT
 
 nvcc=""
 for home in "${CUDA_HOME:-}" "${CUDA_PATH:-}" /usr/local/cuda; do
@@ -21,7 +44,8 @@ done
 [ -z "$nvcc" ] && nvcc="$(command -v nvcc || true)"
 if [ -z "$nvcc" ]; then echo "gpu-check: nvcc not found (set CUDA_HOME)"; exit 2; fi
 
-echo "== gpu-check $(date -u +%FT%TZ) commit $(git -C "$pkg" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+commit="$(git -C "$pkg" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+echo "== gpu-check $(date -u +%FT%TZ) commit $commit"
 cc="${QLORA_GPU_CHECK_ARCH:-}"
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader
@@ -38,30 +62,134 @@ else
   arch=(-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90)
 fi
 
-# Compile every translation unit in parallel (one nvcc per file), then link with static cudart.
+# cuBLAS is dlopen'ed (libcublas.so.13, then .12): prefer the library the torch peer uses (pip's nvidia-cublas in
+# python3's environment, so both sides of the GEMM comparison run the same cuBLAS), then the toolkit, then a search.
+cublas_dir() {
+  local d
+  d="$("$python" -c 'import os, nvidia.cublas as m; print(os.path.join(list(m.__path__)[0], "lib"))' 2>/dev/null)"
+  [ -n "$d" ] && [ -e "$d/libcublas.so.13" ] && { echo "$d"; return; }
+  for d in "$(dirname "$(dirname "$nvcc")")/lib64" "$(dirname "$(dirname "$nvcc")")/targets/x86_64-linux/lib"; do
+    [ -e "$d/libcublas.so.13" ] && { echo "$d"; return; }
+  done
+  d="$(find /opt /usr/local -name 'libcublas.so.13*' -print -quit 2>/dev/null)"
+  [ -n "$d" ] && dirname "$d"
+}
+cublas="$(cublas_dir)"
+if [ -n "$cublas" ]; then
+  export LD_LIBRARY_PATH="$cublas${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  echo "gpu-check: cuBLAS from $cublas ($(basename "$(readlink -f "$cublas/libcublas.so.13")"))"
+elif ldconfig -p 2>/dev/null | grep -q 'libcublas\.so\.1[23] '; then
+  echo "gpu-check: cuBLAS from the loader path ($(ldconfig -p | awk '/libcublas\.so\.1[23] /{print $NF; exit}'))"
+else
+  echo "gpu-check: no libcublas.so.13 found (python3 nvidia.cublas, toolkit lib64, /opt, /usr/local): GEMMs use our kernels"
+fi
+
+# 1. Node-level parity in the background: needs the GPU and one core, while nvcc below needs the CPUs.
+node_status="skipped"
+node_pid=""
+run_node_tests() {
+  local node="$build/node"
+  if [ -f "$bundle/node.xz" ]; then
+    if command -v xz >/dev/null; then xz -dc "$bundle/node.xz" >"$node"
+    else "$python" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$bundle/node.xz" "$node"; fi
+  else
+    gzip -dc "$bundle/node.gz" >"$node"
+  fi || { echo "gpu-check: could not unpack the bundled node"; return 2; }
+  chmod +x "$node"
+  timeout 120 "$node" --enable-source-maps "$bundle/gpu-tests.mjs"
+}
+if [ "$mode" = "--bench-only" ] || [ "${QLORA_GPU_CHECK_NODE:-1}" = "0" ]; then
+  node_status="skipped (--bench-only or QLORA_GPU_CHECK_NODE=0)"
+elif [ -f "$bundle/gpu-tests.mjs" ]; then
+  echo "gpu-check: bundle $(head -1 "$bundle/MANIFEST.txt" 2>/dev/null) — node tests start now, log $node_log"
+  bundled="$(sed -n 's/^commit: \([0-9a-f]\{7\}\).*/\1/p' "$bundle/MANIFEST.txt" 2>/dev/null)"
+  [ -n "$bundled" ] && [ "$bundled" != "$commit" ] && echo "gpu-check: WARNING: gpu-bundle/ was made at $bundled, the tree is at $commit"
+  run_node_tests >"$node_log" 2>&1 &
+  node_pid=$!
+else
+  node_status="skipped: no gpu-bundle/ (make it before the call: pnpm --filter @qlora/cuda-kernels gpu-bundle, then carry packages/cuda-kernels/gpu-bundle)"
+fi
+
+# 2. Compile every translation unit in parallel (one nvcc per file), then link with static cudart.
 flags=(-std=c++17 -O3 -Xcompiler -fPIC "${arch[@]}" -I"$pkg/csrc")
 pids=()
 objs=()
 for src in "$pkg"/csrc/kernels/*.cu "$pkg"/csrc/runtime/*.cc "$pkg"/dev/*.cu; do
   obj="$build/$(basename "$src").o"
   objs+=("$obj")
-  if [ -n "${JOBS:-}" ]; then  # bounded parallelism (shared machines)
-    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 0.5; done
+  if [ -n "${JOBS:-}" ]; then  # bounded parallelism (shared machines); the node tests are not nvcc jobs
+    while [ "$(jobs -rp | grep -cvx "${node_pid:-none}")" -ge "$JOBS" ]; do sleep 0.5; done
   fi
   "$nvcc" "${flags[@]}" -c "$src" -o "$obj" >"$obj.log" 2>&1 &
   pids+=($!)
 done
-fail=0
+built=1
 for i in "${!pids[@]}"; do
-  if ! wait "${pids[$i]}"; then fail=1; echo "gpu-check: compile failed: ${objs[$i]%.o}"; cat "${objs[$i]}.log"; fi
+  if ! wait "${pids[$i]}"; then
+    built=0
+    echo "gpu-check: compile failed: ${objs[$i]%.o}"
+    tee -a "$build/build_errors.log" <"${objs[$i]}.log"
+  fi
 done
-[ $fail -ne 0 ] && exit 2
-"$nvcc" "${arch[@]}" -o "$build/gpu_check" "${objs[@]}" -ldl -lrt -lpthread || { echo "gpu-check: link failed"; exit 2; }
-echo "gpu-check: built in $(( $(date +%s) - started )) s"
+if [ $built -eq 1 ]; then
+  "$nvcc" "${arch[@]}" -o "$build/gpu_check" "${objs[@]}" -ldl -lrt -lpthread 2>&1 | tee -a "$build/build_errors.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || { built=0; echo "gpu-check: link failed"; }
+fi
+[ $built -eq 1 ] && rm -f "$build/build_errors.log" && echo "gpu-check: built in $(( $(date +%s) - started )) s"
 
-timeout 270 "$build/gpu_check" "$@" 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
-[ "$status" -eq 124 ] && echo "gpu-check: TIMED OUT after 270 s (partial log in $log)"
-[ -n "${OUT:-}" ] && [ -d "${OUT:-}" ] && cp "$log" "$OUT/gpu_check.log"
-echo "gpu-check: finished in $(( $(date +%s) - started )) s, exit $status (0 = all checks passed)"
-exit "$status"
+if [ -n "$node_pid" ]; then
+  wait "$node_pid"
+  code=$?
+  # The full log (one line per test) is in $node_log; here: device, failures, skips, the count line.
+  grep -v '^ok   ' "$node_log" | cut -c1-400
+  result="$(sed -n 's/^gpu-tests: \([0-9]* passed.*\)/\1/p' "$node_log" | tail -1)"
+  case $code in
+    0) node_status="${result:-exit 0 without a result line}" ;;
+    124) node_status="TIMED OUT after 120 s (${result:-no result line}; partial log in gpu_tests.log)" ;;
+    *) node_status="FAILED, exit $code: ${result:-no result line, see gpu_tests.log}" ;;
+  esac
+fi
+
+# 3. PyTorch peers, alone on the GPU (before the harness, whose table stays last).
+peer_status="skipped"
+if [ "$mode" = "--check-only" ] || [ "${QLORA_GPU_CHECK_PEER:-1}" = "0" ]; then
+  peer_status="skipped (--check-only or QLORA_GPU_CHECK_PEER=0)"
+elif [ $built -eq 1 ]; then
+  echo "gpu-check: torch peers (dev/peer_torch.py, log $peer_log)"
+  timeout 90 "$python" "$pkg/dev/peer_torch.py" >"$peer_log" 2>&1
+  code=$?
+  grep '^{' "$peer_log" >"$build/peer_torch.jsonl"
+  grep -v '^{' "$peer_log"
+  rows=$(grep -c '"value"' "$build/peer_torch.jsonl")
+  errors=$(grep -c '"error"' "$build/peer_torch.jsonl")
+  case $code in
+    0) peer_status="$(sed -n 's/^peer_torch: \(skipped.*\)/\1/p' "$peer_log" | head -1)"
+       [ -z "$peer_status" ] && peer_status="$rows measurements, $errors errors (peer_torch.jsonl)" ;;
+    124) peer_status="TIMED OUT after 90 s ($rows measurements before that)" ;;
+    *) peer_status="FAILED, exit $code ($rows measurements, $errors errors; see peer_torch.log)" ;;
+  esac
+fi
+
+# 4. The harness: checks, benchmarks, its table last.
+status=2
+if [ $built -eq 1 ]; then
+  timeout 180 "$build/gpu_check" "$@" 2>&1 | tee "$log"
+  status=${PIPESTATUS[0]}
+  [ "$status" -eq 124 ] && echo "gpu-check: TIMED OUT after 180 s (partial log in $log)"
+  harness_status="exit $status: $(grep -E '^checks: |^no CUDA device|^FATAL' "$log" | tail -1)"
+else
+  harness_status="not built (compile or link failed; build_errors.log)"
+fi
+
+# Exit: the harness's status first (2 = no device / not built), then the Node tests' failure.
+exit_code=$status
+case $node_status in FAILED*|TIMED*) [ "$exit_code" -eq 0 ] && exit_code=1 ;; esac
+{
+  echo
+  echo "== gpu-check summary (commit $commit)"
+  echo "node parity (gpu-tests.mjs): $node_status"
+  echo "torch peers:                 $peer_status"
+  echo "harness (gpu_check):         $harness_status"
+  echo "gpu-check: finished in $(( $(date +%s) - started )) s, exit $exit_code (0 = all checks passed)"
+} | tee "$summary"
+exit "$exit_code"
