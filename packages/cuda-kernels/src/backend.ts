@@ -58,8 +58,11 @@ export interface CudaBackend extends Backend {
   synchronize(): void;
   /** Returns cached blocks to the driver. */
   emptyCache(): void;
-  /** Paged (cudaMallocManaged) zero-filled buffer, for optimizer states of ≥ 1e5 elements. */
+  /** Paged (cudaMallocManaged) zero-filled buffer when length ≥ 1e5 elements, else a normal one. */
   allocPaged(dtype: DType, length: number): CudaBuffer;
+  /** Optimizer state (Backend.allocState): allocPaged, or a normal buffer when QLORA_CUDA_PAGED_STATES=0.
+   * The AdamW ops prefetch managed states to the device before each update. */
+  allocState(dtype: DType, length: number): CudaBuffer;
   /** bitsandbytes 4-bit quantize of a device buffer (f32/bf16/f16) → codes u8 + absmax f32. */
   quantize4bit(x: Buffer, quantType: "nf4" | "fp4", blocksize: number): { codes: CudaBuffer; absmax: CudaBuffer };
   /** Dequantize a 4-bit weight (double quant resolved in the same launch) to f32/bf16/f16. */
@@ -81,6 +84,9 @@ function hostArrayFor(dtype: DType, length: number): HostArray {
   }
 }
 
+/** States this large go to managed memory; smaller ones are not worth a page-granular, uncached allocation. */
+const PAGED_MIN_ELEMENTS = 100_000;
+
 /** Creates the backend on device 0; throws CudaUnavailableError (with the runtime's reason) without one. */
 export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend {
   const native: NativeCuda = requireCuda();
@@ -92,10 +98,12 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
     if (b.freed) throw new CudaKernelsError("FREED_BUFFER", `cuda.${what}: buffer was freed`);
     return b;
   };
-  const alloc = (dtype: DType, length: number): CudaBuffer => {
+  const alloc = (dtype: DType, length: number, managed = false): CudaBuffer => {
     if (!Number.isInteger(length) || length < 0) throw new CudaKernelsError("BAD_LENGTH", `cuda.alloc: length must be a non-negative integer, got ${length}`);
-    return new CudaBuffer(dtype, length, native.alloc(length * DTYPE_BYTES[dtype]));
+    return new CudaBuffer(dtype, length, native.alloc(length * DTYPE_BYTES[dtype], managed));
   };
+  // Read once: QLORA_CUDA_PAGED_STATES=0 bypasses managed memory for optimizer states.
+  const pagedStates = process.env.QLORA_CUDA_PAGED_STATES !== "0";
   const free = (b: Buffer): void => {
     const c = buf(b, "free");
     c.freed = true;
@@ -130,7 +138,7 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
     name: "cuda",
     device: "cuda:0",
 
-    alloc,
+    alloc: (dtype, length) => alloc(dtype, length),
     free,
     fromHost(data, dtype) {
       const out = alloc(dtype, data.length);
@@ -157,9 +165,8 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
     deviceMemoryStats: () => native.memoryStats(),
     synchronize: () => native.synchronize(),
     emptyCache: () => native.emptyCache(),
-    allocPaged(dtype, length) {
-      return new CudaBuffer(dtype, length, native.alloc(length * DTYPE_BYTES[dtype], length >= 1e5));
-    },
+    allocPaged: (dtype, length) => alloc(dtype, length, length >= PAGED_MIN_ELEMENTS),
+    allocState: (dtype, length) => alloc(dtype, length, pagedStates && length >= PAGED_MIN_ELEMENTS),
 
     copy(src, view: StridedView, dtype) {
       const s = buf(src, "copy");

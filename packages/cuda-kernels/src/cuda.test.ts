@@ -138,4 +138,40 @@ describe.skipIf(!status.available)(title("caching allocator"), () => {
     expect(be.deviceMemoryStats().managedBytes).toBe(800_000);
     be.free(paged);
   });
+
+  it("allocState pages states of ≥ 1e5 elements; AdamW on paged states equals AdamW on device states", () => {
+    const be = createCudaBackend();
+    const managed0 = be.deviceMemoryStats().managedBytes;
+    const small = be.allocState("f32", 99_999);
+    expect(be.deviceMemoryStats().managedBytes).toBe(managed0);
+    be.free(small);
+    const n = 150_001;
+    const next = lcg(11);
+    const p0 = Float32Array.from({ length: n }, next);
+    const g = be.fromHost(Float32Array.from({ length: n }, next), "f32");
+    const opts = { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 };
+    const run = (alloc: (d: "f32", l: number) => ReturnType<CudaBackend["alloc"]>) => {
+      const p = be.fromHost(p0, "f32");
+      const m = alloc("f32", n);
+      const v = alloc("f32", n);
+      for (let step = 1; step <= 3; step++) {
+        be.adamwStepInPlace(p, g, m, v, n, { ...opts, step });
+        be.toHost(m); // host reads between steps: managed pages migrate back and forth
+      }
+      const out = [be.toHost(p), be.toHost(m), be.toHost(v)];
+      for (const b of [p, m, v]) be.free(b);
+      return out;
+    };
+    let pagedBytes = 0;
+    const paged = run((d, l) => {
+      const b = be.allocState(d, l);
+      pagedBytes = be.deviceMemoryStats().managedBytes - managed0;
+      return b;
+    });
+    expect(pagedBytes).toBe(2 * n * 4);
+    expect(be.deviceMemoryStats().managedBytes).toBe(managed0); // free released both managed buffers
+    const plain = run((d, l) => be.alloc(d, l));
+    for (let i = 0; i < 3; i++) expect(Buffer.compare(Buffer.from(paged[i].buffer), Buffer.from(plain[i].buffer))).toBe(0);
+    be.free(g);
+  });
 });

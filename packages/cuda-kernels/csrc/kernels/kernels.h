@@ -100,8 +100,15 @@ void crossEntropyBackward(cudaStream_t s, const float* dloss, const float* logit
 
 // ---- embedding.cu ----
 void embedding(cudaStream_t s, const float* weight, const int32_t* ids, int64_t count, int dim, int vocab, float* out);
+/** Which embeddingBackward implementation runs. AUTO: SORTED, or ATOMIC when env
+ * QLORA_CUDA_EMBEDDING_BWD=legacy (a run-time bypass should the sorted path misbehave on a GPU). */
+enum EmbeddingBackwardPath { EMB_BWD_AUTO = 0, EMB_BWD_SORTED = 1, EMB_BWD_ATOMIC = 2 };
+/** dweight [vocab, dim] = scatter-add of dy rows at ids; out-of-range ids are skipped.
+ * SORTED: deterministic, each row summed in position order in f64 then rounded (bit-identical to the
+ * reference backend); scratch comes from Runtime's allocator, so `s` should be Runtime's compute stream.
+ * ATOMIC: the previous float-atomicAdd kernel (summation order varies run to run). */
 void embeddingBackward(cudaStream_t s, const float* dy, const int32_t* ids, int64_t count, int dim, int vocab,
-                       float* dweight);
+                       float* dweight, int path = EMB_BWD_AUTO);
 
 // ---- adamw.cu ----
 struct AdamW {

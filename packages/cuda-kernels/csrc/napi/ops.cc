@@ -372,11 +372,11 @@ Napi::Value Adamw8bit(const Napi::CallbackInfo& info) {
     const int64_t n = len(info, 8, "length");
     const int64_t blocks = (n + 255) / 256;
     DeviceBuffer &s1 = buffer(info, 2, n, "state1"), &s2 = buffer(info, 3, n, "state2");
-    prefetchIfManaged(s1);
-    prefetchIfManaged(s2);
+    DeviceBuffer &a1 = buffer(info, 4, blocks * 4, "absmax1"), &a2 = buffer(info, 5, blocks * 4, "absmax2");
+    for (const DeviceBuffer* b : {&s1, &s2, &a1, &a2}) prefetchIfManaged(*b);  // every state buffer may be paged
     qk::adamw8bit(stream(), ptr<float>(info, 0, n * 4, "param"), ptr<const float>(info, 1, n * 4, "grad"),
-                  static_cast<uint8_t*>(s1.ptr), static_cast<uint8_t*>(s2.ptr), ptr<float>(info, 4, blocks * 4, "absmax1"),
-                  ptr<float>(info, 5, blocks * 4, "absmax2"), ptr<const float>(info, 6, 1024, "qmap1"),
+                  static_cast<uint8_t*>(s1.ptr), static_cast<uint8_t*>(s2.ptr), static_cast<float*>(a1.ptr),
+                  static_cast<float*>(a2.ptr), ptr<const float>(info, 6, 1024, "qmap1"),
                   ptr<const float>(info, 7, 1024, "qmap2"), n, adamwOptions(info, 9));
     return info.Env().Undefined();
   });
