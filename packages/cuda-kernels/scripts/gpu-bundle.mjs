@@ -121,6 +121,15 @@ function packNode() {
   return file;
 }
 
+/** The newest GLIBC_2.x symbol version the binaries reference: the GPU machine's glibc must be at least that. */
+function glibcNeeded(files) {
+  let best = 0;
+  for (const f of files) {
+    for (const m of readFileSync(f).toString("latin1").matchAll(/GLIBC_2\.(\d+)/g)) best = Math.max(best, Number(m[1]));
+  }
+  return `2.${best}`;
+}
+
 function gitDescribe() {
   const git = (...a) => spawnSync("git", ["-C", repo, ...a], { encoding: "utf8" }).stdout.trim();
   const dirty = git("status", "--porcelain", "--", "packages") !== "";
@@ -163,6 +172,7 @@ const manifest = [
   `bundled: ${new Date().toISOString()}`,
   `node: ${process.version} (${process.platform}-${process.arch}, ${relative(out, nodeFile.split(" ")[0])})`,
   `esbuild: ${esbuild.version}`,
+  `glibc needed: ${glibcNeeded([process.execPath, cudaAddon, cpuAddon])} (node and addons)`,
   `qlora_cuda.node: built ${statSync(cudaAddon).mtime.toISOString()}, code for ${addon.archs.join(" ")}${addon.stale.length ? `, OLDER THAN ${addon.stale.join(" ")}` : ""}`,
   ...rows.map(([f, n]) => `${(n / 2 ** 20).toFixed(2).padStart(7)} MiB  ${f}`),
   `${(total / 2 ** 20).toFixed(2).padStart(7)} MiB  total (limit ${LIMIT / 2 ** 20} MiB)`,

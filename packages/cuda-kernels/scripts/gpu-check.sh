@@ -12,7 +12,8 @@
 #   env:   CUDA_HOME / CUDA_PATH (nvcc), QLORA_GPU_CHECK_DIR (build dir, default /tmp/qlora-gpu-check),
 #          QLORA_GPU_CHECK_ARCH (e.g. 90; default: the GPU's compute capability), QLORA_CUDA_NO_CUBLAS=1 (force our
 #          own GEMM everywhere), JOBS (parallel nvcc, default: all files at once), PYTHON (default python3),
-#          QLORA_GPU_CHECK_NODE=0 / QLORA_GPU_CHECK_PEER=0 (skip a step)
+#          QLORA_GPU_CHECK_NODE=0 / QLORA_GPU_CHECK_PEER=0 (skip a step), time limits in seconds:
+#          QLORA_GPU_CHECK_NODE_S (120), QLORA_GPU_CHECK_PEER_S (90), QLORA_GPU_CHECK_HARNESS_S (180)
 set -uo pipefail
 pkg="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${QLORA_GPU_CHECK_DIR:-/tmp/qlora-gpu-check}"
@@ -26,6 +27,9 @@ summary="$build/summary.txt"
 rm -f "$log" "$node_log" "$peer_log" "$build/peer_torch.jsonl" "$build/build_errors.log" "$summary"
 started=$(date +%s)
 mode="${1:-}"
+node_s="${QLORA_GPU_CHECK_NODE_S:-120}"
+peer_s="${QLORA_GPU_CHECK_PEER_S:-90}"
+harness_s="${QLORA_GPU_CHECK_HARNESS_S:-180}"
 
 # Whatever happens, the logs that exist go back with $OUT.
 copy_logs() {
@@ -96,12 +100,13 @@ run_node_tests() {
     gzip -dc "$bundle/node.gz" >"$node"
   fi || { echo "gpu-check: could not unpack the bundled node"; return 2; }
   chmod +x "$node"
-  timeout 120 "$node" --enable-source-maps "$bundle/gpu-tests.mjs"
+  timeout "$node_s" "$node" --enable-source-maps "$bundle/gpu-tests.mjs"
 }
 if [ "$mode" = "--bench-only" ] || [ "${QLORA_GPU_CHECK_NODE:-1}" = "0" ]; then
   node_status="skipped (--bench-only or QLORA_GPU_CHECK_NODE=0)"
 elif [ -f "$bundle/gpu-tests.mjs" ]; then
   echo "gpu-check: bundle $(head -1 "$bundle/MANIFEST.txt" 2>/dev/null) — node tests start now, log $node_log"
+  echo "gpu-check: bundle $(grep -m1 '^glibc needed' "$bundle/MANIFEST.txt" 2>/dev/null); this machine: $(getconf GNU_LIBC_VERSION 2>/dev/null)"
   bundled="$(sed -n 's/^commit: \([0-9a-f]\{7\}\).*/\1/p' "$bundle/MANIFEST.txt" 2>/dev/null)"
   [ -n "$bundled" ] && [ "$bundled" != "$commit" ] && echo "gpu-check: WARNING: gpu-bundle/ was made at $bundled, the tree is at $commit"
   run_node_tests >"$node_log" 2>&1 &
@@ -145,7 +150,7 @@ if [ -n "$node_pid" ]; then
   result="$(sed -n 's/^gpu-tests: \([0-9]* passed.*\)/\1/p' "$node_log" | tail -1)"
   case $code in
     0) node_status="${result:-exit 0 without a result line}" ;;
-    124) node_status="TIMED OUT after 120 s (${result:-no result line}; partial log in gpu_tests.log)" ;;
+    124) node_status="TIMED OUT after $node_s s (${result:-no result line}; partial log in gpu_tests.log)" ;;
     *) node_status="FAILED, exit $code: ${result:-no result line, see gpu_tests.log}" ;;
   esac
 fi
@@ -156,7 +161,7 @@ if [ "$mode" = "--check-only" ] || [ "${QLORA_GPU_CHECK_PEER:-1}" = "0" ]; then
   peer_status="skipped (--check-only or QLORA_GPU_CHECK_PEER=0)"
 elif [ $built -eq 1 ]; then
   echo "gpu-check: torch peers (dev/peer_torch.py, log $peer_log)"
-  timeout 90 "$python" "$pkg/dev/peer_torch.py" >"$peer_log" 2>&1
+  timeout "$peer_s" "$python" "$pkg/dev/peer_torch.py" >"$peer_log" 2>&1
   code=$?
   grep '^{' "$peer_log" >"$build/peer_torch.jsonl"
   grep -v '^{' "$peer_log"
@@ -165,7 +170,7 @@ elif [ $built -eq 1 ]; then
   case $code in
     0) peer_status="$(sed -n 's/^peer_torch: \(skipped.*\)/\1/p' "$peer_log" | head -1)"
        [ -z "$peer_status" ] && peer_status="$rows measurements, $errors errors (peer_torch.jsonl)" ;;
-    124) peer_status="TIMED OUT after 90 s ($rows measurements before that)" ;;
+    124) peer_status="TIMED OUT after $peer_s s ($rows measurements before that)" ;;
     *) peer_status="FAILED, exit $code ($rows measurements, $errors errors; see peer_torch.log)" ;;
   esac
 fi
@@ -173,9 +178,9 @@ fi
 # 4. The harness: checks, benchmarks, its table last.
 status=2
 if [ $built -eq 1 ]; then
-  timeout 180 "$build/gpu_check" "$@" 2>&1 | tee "$log"
+  timeout "$harness_s" "$build/gpu_check" "$@" 2>&1 | tee "$log"
   status=${PIPESTATUS[0]}
-  [ "$status" -eq 124 ] && echo "gpu-check: TIMED OUT after 180 s (partial log in $log)"
+  [ "$status" -eq 124 ] && echo "gpu-check: TIMED OUT after $harness_s s (partial log in $log)"
   harness_status="exit $status: $(grep -E '^checks: |^no CUDA device|^FATAL' "$log" | tail -1)"
 else
   harness_status="not built (compile or link failed; build_errors.log)"
