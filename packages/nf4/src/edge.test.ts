@@ -118,6 +118,25 @@ describe("special values (CUDA backend, spec §2.3)", () => {
       });
     }
   });
+  it("bulk FP4: negative products that round to -0 keep code 0, slightly larger ones get the sign", () => {
+    const x = new Float32Array(128);
+    x[0] = 3e38; // r = fl32(1/3e38) is subnormal: products of ~1e-7 straddle -2^-150
+    for (let i = 1; i < 64; i++) x[i] = -i * 1e-8;
+    x[64] = 1; // a second block with r = 1 and tiny values
+    for (let i = 65; i < 128; i++) x[i] = -(2 ** -150) * (i - 96) * 1e-3;
+    const st = quantize4bit(x, { quantType: "fp4" });
+    let signed = 0;
+    for (let b = 0; b < 2; b++) {
+      const r = Math.fround(1 / (st.absmax as Float32Array)[b]);
+      for (let i = 64 * b; i < 64 * b + 64; i++) {
+        const got = i % 2 === 0 ? st.packed[i >> 1] >> 4 : st.packed[i >> 1] & 15;
+        const want = fp4Code(Math.fround(x[i] * r));
+        if (want === 8) signed++;
+        if (got !== want) expect([i, got]).toEqual([i, want]);
+      }
+    }
+    expect(signed).toBeGreaterThan(10); // the boundary really is crossed
+  });
   it("FP4 literal 0.583333 is not the midpoint: a value between them rounds 'wrongly' as CUDA does", () => {
     // midpoint 0.5833333 (3f155556) > literal (3f155550): 0.58333331 -> code 2 (0.6667), not 5 (0.5)
     const between = new Float32Array(new Uint32Array([0x3f155553]).buffer)[0];

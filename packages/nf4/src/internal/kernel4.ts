@@ -65,9 +65,23 @@ function buildBuckets(thresholds: ArrayLike<number>, k: number, lo0: number): Bu
   return { k, top, base, thr, tab, exact: Float64Array.from(exact) };
 }
 
-/** FP4 variant of the fine table: the code magnitude (rank already applied) or 16 + base. */
-function fp4Table(bk: Buckets): Uint8Array {
-  return bk.base.map((b, j) => (bk.thr[j] === Infinity ? FP4_RANK[b] : 16 + b));
+/**
+ * FP4 fine table over the signed product p (sign-magnitude codes are not monotone in p, so buckets
+ * are classified by the breakpoints themselves: ±each exact threshold and −2^-150, below which a
+ * negative product keeps its sign). Index t = floor(p·k + k) + 2 for p >= −1 − 1/k; slot 0 is
+ * NaN's code (0). A bucket holding a breakpoint (with a 1e-9 margin) is 16: decided exactly.
+ */
+function fp4SignedTable(bk: Buckets): Uint8Array {
+  const k = bk.k;
+  const breaks = [...bk.exact, ...Array.from(bk.exact, (t) => -t), NEG_ROUNDS_TO_NONZERO];
+  const tab = new Uint8Array(2 * k + 3);
+  for (let t = 1; t < tab.length; t++) {
+    const lo = -1 + (t - 2) / k;
+    const hi = lo + 1 / k;
+    const special = breaks.some((b) => b >= lo - 1e-9 && b < hi + 1e-9);
+    tab[t] = special ? 16 : fp4Code(Math.fround((lo + hi) / 2));
+  }
+  return tab;
 }
 
 /**
@@ -186,30 +200,24 @@ function quantizeNf4(
         // whole groups of 8 codes -> one little-endian 32-bit store (byte b = codes 2b, 2b+1).
         // j = floor(x·(r·k) + k) equals floor((p + 1)·k) up to float64 rounding, which cannot move
         // a value across a threshold (thresholds are > 1e-9 from bucket edges, checked at build).
-        const { tab, exact } = bk;
+        const { tab } = bk;
         const rk = r * k; // k is a power of two: exact
         let q = p >>> 2;
         for (; i + 8 <= ePair; i += 8) {
-          let c0 = tab[(x[i] * rk + k) | 0];
-          let c1 = tab[(x[i + 1] * rk + k) | 0];
-          let c2 = tab[(x[i + 2] * rk + k) | 0];
-          let c3 = tab[(x[i + 3] * rk + k) | 0];
-          let c4 = tab[(x[i + 4] * rk + k) | 0];
-          let c5 = tab[(x[i + 5] * rk + k) | 0];
-          let c6 = tab[(x[i + 6] * rk + k) | 0];
-          let c7 = tab[(x[i + 7] * rk + k) | 0];
-          if ((c0 | c1 | c2 | c3 | c4 | c5 | c6 | c7) >= 16) {
-            // some value fell in a threshold bucket: decide it on the exact product
-            if (c0 >= 16) c0 = c0 - 16 + +(x[i] * r > exact[c0 - 16]);
-            if (c1 >= 16) c1 = c1 - 16 + +(x[i + 1] * r > exact[c1 - 16]);
-            if (c2 >= 16) c2 = c2 - 16 + +(x[i + 2] * r > exact[c2 - 16]);
-            if (c3 >= 16) c3 = c3 - 16 + +(x[i + 3] * r > exact[c3 - 16]);
-            if (c4 >= 16) c4 = c4 - 16 + +(x[i + 4] * r > exact[c4 - 16]);
-            if (c5 >= 16) c5 = c5 - 16 + +(x[i + 5] * r > exact[c5 - 16]);
-            if (c6 >= 16) c6 = c6 - 16 + +(x[i + 6] * r > exact[c6 - 16]);
-            if (c7 >= 16) c7 = c7 - 16 + +(x[i + 7] * r > exact[c7 - 16]);
-          }
-          p32[q++] = (c0 << 4) | c1 | (c2 << 12) | (c3 << 8) | (c4 << 20) | (c5 << 16) | (c6 << 28) | (c7 << 24);
+          // two halves keep few values live; any code >= 16 marks a threshold bucket, and then
+          // the whole group is redone exactly (rare: ~1% of groups for normal data)
+          const c0 = tab[(x[i] * rk + k) | 0];
+          const c1 = tab[(x[i + 1] * rk + k) | 0];
+          const c2 = tab[(x[i + 2] * rk + k) | 0];
+          const c3 = tab[(x[i + 3] * rk + k) | 0];
+          const lo = (c0 << 4) | c1 | (c2 << 12) | (c3 << 8);
+          const any = c0 | c1 | c2 | c3;
+          const c4 = tab[(x[i + 4] * rk + k) | 0];
+          const c5 = tab[(x[i + 5] * rk + k) | 0];
+          const c6 = tab[(x[i + 6] * rk + k) | 0];
+          const c7 = tab[(x[i + 7] * rk + k) | 0];
+          const w = lo | (c4 << 20) | (c5 << 16) | (c6 << 28) | (c7 << 24);
+          p32[q++] = (any | c4 | c5 | c6 | c7) < 16 ? w : exactGroupNf4(bk, x, i, r);
         }
         p = q << 2;
       }
@@ -234,6 +242,32 @@ function quantizeNf4(
   }
 }
 
+/** The 8 NF4 codes of x[i .. i+8) as one packed little-endian word, each decided on the exact product. */
+function exactGroupNf4(bk: Buckets, x: Float32Array, i: number, r: number): number {
+  const { k, base, thr } = bk;
+  let w = 0;
+  for (let h = 0; h < 8; h++) {
+    const y = x[i + h] * r;
+    const j = ((y + 1) * k) | 0;
+    w |= (base[j] + +(y > thr[j])) << ((h ^ 1) << 2);
+  }
+  return w;
+}
+
+/** The 8 FP4 codes of x[i .. i+8) as one packed little-endian word, each decided on the exact product. */
+function exactGroupFp4(bk: Buckets, x: Float32Array, i: number, r: number): number {
+  const { k, base, thr } = bk;
+  let w = 0;
+  for (let h = 0; h < 8; h++) {
+    const y = x[i + h] * r;
+    const a = Math.abs(y);
+    const j = (a * k) | 0;
+    const c = FP4_RANK[base[j] + +(a > thr[j])] | (+(y < NEG_ROUNDS_TO_NONZERO) << 3);
+    w |= c << ((h ^ 1) << 2);
+  }
+  return w;
+}
+
 function quantizeFp4(
   bk: Buckets,
   x: Float32Array,
@@ -245,12 +279,12 @@ function quantizeFp4(
   absmax: Float32Array,
   aOut: number,
 ): void {
-  const { k, base, thr, exact } = bk;
+  const { k, base, thr } = bk;
   const rank = FP4_RANK;
   const neg = NEG_ROUNDS_TO_NONZERO;
   const xBits = new Int32Array(x.buffer, x.byteOffset, x.length);
   const p32 = pOut % 4 === 0 ? words(packed) : undefined;
-  fp4Tab ??= fp4Table(bk);
+  fp4Tab ??= fp4SignedTable(bk);
   const tab = fp4Tab;
   let p = pOut;
   let a = aOut;
@@ -263,19 +297,23 @@ function quantizeFp4(
     if (r <= 3.4028234663852886e38) {
       let i = s;
       if (p32 !== undefined && (p & 3) === 0) {
-        // 8 codes per 32-bit store, fine table on |p| (see quantizeNf4); r > 0 here unless the
-        // block is all NaN (r < 0), where every product is NaN and lands in bucket 0 either way
+        // 8 codes per 32-bit store from the signed fine table, as in quantizeNf4
         const rk = r * k;
+        const k2 = k + 2;
         let q = p >>> 2;
         for (; i + 8 <= ePair; i += 8) {
-          let w = 0;
-          for (let h = 0; h < 8; h++) {
-            const v = x[i + h];
-            let c = tab[(Math.abs(v) * rk) | 0];
-            if (c >= 16) c = rank[c - 16 + +(Math.abs(v * r) > exact[c - 16])];
-            w |= (c | (+(v * r < neg) << 3)) << ((h ^ 1) << 2);
-          }
-          p32[q++] = w;
+          const c0 = tab[(x[i] * rk + k2) | 0];
+          const c1 = tab[(x[i + 1] * rk + k2) | 0];
+          const c2 = tab[(x[i + 2] * rk + k2) | 0];
+          const c3 = tab[(x[i + 3] * rk + k2) | 0];
+          const lo = (c0 << 4) | c1 | (c2 << 12) | (c3 << 8);
+          const any = c0 | c1 | c2 | c3;
+          const c4 = tab[(x[i + 4] * rk + k2) | 0];
+          const c5 = tab[(x[i + 5] * rk + k2) | 0];
+          const c6 = tab[(x[i + 6] * rk + k2) | 0];
+          const c7 = tab[(x[i + 7] * rk + k2) | 0];
+          const w = lo | (c4 << 20) | (c5 << 16) | (c6 << 28) | (c7 << 24);
+          p32[q++] = (any | c4 | c5 | c6 | c7) < 16 ? w : exactGroupFp4(bk, x, i, r);
         }
         p = q << 2;
       }
