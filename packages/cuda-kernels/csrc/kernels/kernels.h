@@ -83,6 +83,12 @@ void rmsNormBackward(cudaStream_t s, const float* dy, const float* x, const floa
 void rope(cudaStream_t s, const float* x, const int32_t* positions, int batch, int seq, int heads, int headDim,
           float theta, bool inverse, float* y);
 
+// ---- lora.cu: fused rank-r accumulate (LoRA up-projection / input gradient), r <= 64 ----
+/** y[m,n] += scale · t[m,r] · op(B): B stored [n,r] (op = ᵀ, bTransposed) or [r,n]. t and B both f32 or
+ * both bf16 (dtype); f32 accumulation; y read and written once (no y-sized temporary). */
+void loraAccumulate(cudaStream_t s, const void* t, const void* b, int dtype, bool bTransposed, int m, int n, int r,
+                    float scale, float* y);
+
 // ---- swiglu.cu ----
 void swiglu(cudaStream_t s, const float* gate, const float* up, int64_t n, float* y);
 void swigluBackward(cudaStream_t s, const float* dy, const float* gate, const float* up, int64_t n, float* dgate,
