@@ -900,6 +900,12 @@ struct Layer {
     a.batch = 1; a.heads = NH; a.kvHeads = NKV; a.seq = T; a.headDim = D; a.scale = 1.f / std::sqrt(float(D));
     return a;
   }
+  void* attnScratch = nullptr;  // TC attention: delta, split dK/dV partials, bf16 copies of the f32 inputs
+  void* tcScratch() {
+    if (!attnScratch)
+      attnScratch = buf<char>(int64_t(std::max(attentionTcScratchBytes(attn(), false, F32), attentionTcScratchBytes(attn(), true, F32))));
+    return attnScratch;
+  }
   void forward() {
     const int64_t TH = int64_t(T) * H;
     rmsNorm(S(), x, w1, T, H, 1e-5f, h1, r1);
@@ -911,7 +917,9 @@ struct Layer {
     permute(kh, F32, k, F32, T, NKV, D, true);
     permute(v, F32, vh, F32, T, NKV, D, true);
     std::swap(q, qh); std::swap(k, kh);                    // qh/kh: head-major roped q/k
-    attentionForward(S(), attn(), qh, kh, vh, ao, lse);
+    // bf16 tensor-core attention (f32 buffers rounded on device); QLORA_CUDA_ATTENTION=simt selects the SIMT kernel.
+    if (attentionUseTc(attn(), true)) attentionForwardTc(S(), attn(), F32, qh, kh, vh, F32, ao, lse, tcScratch());
+    else attentionForward(S(), attn(), qh, kh, vh, ao, lse);
     permute(ao, F32, aob, BF16, T, NH, D, false);
     lo->forward(aob, o);
     binary(S(), B_ADD, x, flat(TH), o, flat(TH), x2);
@@ -937,7 +945,8 @@ struct Layer {
     toBf16Dev(dx2, dx2b, TH);
     lo->backward(dx2b, aob, dao);
     permute(dao, F32, daoh, F32, T, NH, D, true);
-    attentionBackward(S(), attn(), daoh, qh, kh, vh, ao, lse, dqh, dkh, dvh, scratch);
+    if (attentionUseTc(attn(), true)) attentionBackwardTc(S(), attn(), F32, daoh, qh, kh, vh, F32, ao, lse, F32, dqh, dkh, dvh, tcScratch());
+    else attentionBackward(S(), attn(), daoh, qh, kh, vh, ao, lse, dqh, dkh, dvh, scratch);
     permute(dqh, F32, dq, F32, T, NH, D, false);
     permute(dkh, F32, dk, F32, T, NKV, D, false);
     permute(dvh, F32, dv, F32, T, NKV, D, false);

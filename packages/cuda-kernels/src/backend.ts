@@ -271,6 +271,24 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
       const out = f32Out(o.batch * o.heads * o.seq * o.headDim);
       const lse = f32Out(o.batch * o.heads * o.seq);
       const seg = o.segmentIds ? h(o.segmentIds, "attention") : 0;
+      const dims = [o.batch, o.heads, o.kvHeads, o.seq, o.headDim] as const;
+      const bf16 = [q, k, v].every((x) => buf(x, "attention").dtype === "bf16");
+      // bf16 tensor cores (attention_tc.cu) for bf16 buffers, the exact-f32 SIMT kernel otherwise;
+      // QLORA_CUDA_ATTENTION=simt|tc overrides. out stays f32 on every path (the Backend contract).
+      if (native.attentionUseTc(...dims, bf16)) {
+        const inDtype = DTYPE_CODE[bf16 ? "bf16" : "f32"];
+        const bytes = native.attentionTcScratchBytes(...dims, false, inDtype);
+        const scratch = bytes > 0 ? alloc("u8", bytes) : undefined;
+        const run = (qh: number, kh: number, vh: number) =>
+          native.attentionTc(qh, kh, vh, inDtype, ...dims, o.scale, seg, out.handle, DTYPE_CODE.f32, lse.handle, scratch?.handle ?? 0);
+        try {
+          if (bf16) run(h(q, "attention"), h(k, "attention"), h(v, "attention"));
+          else withF32([q, k, v], "attention", run);
+        } finally {
+          if (scratch) free(scratch);
+        }
+        return { out, lse };
+      }
       withF32([q, k, v], "attention", (qh, kh, vh) =>
         native.attention(...([qh, kh, vh, o.batch, o.heads, o.kvHeads, o.seq, o.headDim, o.scale, seg, out.handle, lse.handle] as never[])),
       );
@@ -282,6 +300,33 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
       const dv = f32Out(o.batch * o.kvHeads * o.seq * o.headDim);
       const scratch = f32Out(o.batch * o.heads * o.seq);
       const seg = o.segmentIds ? h(o.segmentIds, "attentionBackward") : 0;
+      const dims = [o.batch, o.heads, o.kvHeads, o.seq, o.headDim] as const;
+      const bf16 = [q, k, v].every((x) => buf(x, "attentionBackward").dtype === "bf16");
+      if (native.attentionUseTc(...dims, bf16)) {
+        // dout is brought to the inputs' dtype, out is read as given (f32 from attention(), or bf16); dq/dk/dv f32.
+        const inDtype: DType = bf16 ? "bf16" : "f32";
+        const outDtype: DType = buf(out, "attentionBackward").dtype === "bf16" ? "bf16" : "f32";
+        const temps: CudaBuffer[] = [scratch];
+        const as = (x: Buffer, dtype: DType): number => {
+          const c = buf(x, "attentionBackward");
+          if (c.dtype === dtype) return c.handle;
+          const t = backend.copy(c, { shape: [c.length], strides: [1], offset: 0 }, dtype) as CudaBuffer;
+          temps.push(t);
+          return t.handle;
+        };
+        try {
+          const [a, b, c, d] = [dout, q, k, v].map((x) => as(x, inDtype));
+          const tcScratch = alloc("u8", native.attentionTcScratchBytes(...dims, true, DTYPE_CODE[inDtype]));
+          temps.push(tcScratch);
+          native.attentionBackwardTc(
+            a, b, c, d, DTYPE_CODE[inDtype], as(out, outDtype), DTYPE_CODE[outDtype], as(lse, "f32"), ...dims, o.scale, seg,
+            dq.handle, dk.handle, dv.handle, DTYPE_CODE.f32, tcScratch.handle,
+          );
+        } finally {
+          for (const t of temps) free(t);
+        }
+        return { dq, dk, dv };
+      }
       try {
         withF32([dout, q, k, v, out, lse], "attentionBackward", (a, b, c, d, e, f) =>
           native.attentionBackward(

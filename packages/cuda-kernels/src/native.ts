@@ -60,6 +60,11 @@ export interface NativeCuda {
   rmsNorm: Fn; rmsNormBackward: Fn; rope: Fn; swiglu: Fn; swigluBackward: Fn; softmax: Fn; softmaxBackward: Fn;
   crossEntropy: Fn; crossEntropyBackward: Fn; embedding: Fn; embeddingBackward: Fn; adamw: Fn; adamw8bit: Fn;
   attention: Fn; attentionBackward: Fn;
+  /** Tensor-core attention (attention_tc.cu): the path QLORA_CUDA_ATTENTION / head dim / device select, and its scratch. */
+  attentionUseTc(batch: number, heads: number, kvHeads: number, seq: number, headDim: number, bf16Buffers: boolean): boolean;
+  attentionTcScratchBytes(batch: number, heads: number, kvHeads: number, seq: number, headDim: number, backward: boolean, inDtype: number): number;
+  attentionTc(...args: number[]): void;
+  attentionBackwardTc(...args: number[]): void;
 }
 
 let cached: { native?: NativeCuda; error?: string } | undefined;

@@ -72,9 +72,11 @@ describe.skipIf(status.available)(`without a usable CUDA device (${status.availa
       "synchronize", "fill", "copy", "copyInPlace", "unary", "binary", "reduce", "gemm", "quantize4bit", "dequantize4bit",
       "quantizeBlockwise8", "gemm4bit", "gemm4bitInputGrad", "rmsNorm", "rmsNormBackward", "rope", "swiglu", "swigluBackward",
       "softmax", "softmaxBackward", "crossEntropy", "crossEntropyBackward", "embedding", "embeddingBackward", "adamw",
-      "adamw8bit", "attention", "attentionBackward",
+      "adamw8bit", "attention", "attentionBackward", "attentionUseTc", "attentionTcScratchBytes", "attentionTc", "attentionBackwardTc",
     ]) {
       expect(typeof native[fn], fn).toBe("function");
     }
+    // Without a device the tensor-core attention is never selected (and asking does not throw).
+    expect((native.attentionUseTc as (...a: unknown[]) => boolean)(1, 4, 2, 37, 64, true)).toBe(false);
   });
 });

@@ -139,4 +139,28 @@ void attentionBackward(cudaStream_t s, const AttentionArgs& a, const float* dout
                        const float* v, const float* out, const float* lse, float* dq, float* dk, float* dv,
                        float* scratch /* [batch, heads, seq] floats */);
 
+// ---- attention_tc.cu: the same attention on bf16 tensor cores (FlashAttention-2, mma.sync m16n8k16),
+// f32 accumulation and softmax; head dim 64 or 128, sm_80+. Inputs are bf16 (F32 inputs are rounded to
+// bf16 into `scratch` first); out / dq, dk, dv are written as F32 or BF16 from the f32 accumulators.
+// The backward is deterministic (no atomics). Compiled, unverified on a GPU (dev/check_attention_tc.cu).
+/** Head dim 64/128, heads % kvHeads == 0 and a compute capability 8.0+ device. */
+bool attentionTcSupported(const AttentionArgs& a);
+/** Which path a call should take: QLORA_CUDA_ATTENTION (read once) = simt|legacy → SIMT, tc → tensor
+ * cores; unset → tensor cores for bf16 buffers, SIMT (exact f32) for f32 buffers. Never TC where unsupported. */
+bool attentionUseTc(const AttentionArgs& a, bool bf16Buffers);
+/** Device scratch the TC launchers need (bytes; 0 for a forward with bf16 inputs). */
+size_t attentionTcScratchBytes(const AttentionArgs& a, bool backward, int inDtype);
+/** inDtype (F32/BF16) is the dtype of q, k, v (and dout); outDtype that of out; lse f32. */
+void attentionForwardTc(cudaStream_t s, const AttentionArgs& a, int inDtype, const void* q, const void* k, const void* v,
+                        int outDtype, void* out, float* lse, void* scratch);
+void attentionBackwardTc(cudaStream_t s, const AttentionArgs& a, int inDtype, const void* dout, const void* q, const void* k,
+                         const void* v, int outDtype, const void* out, const float* lse, int gradDtype, void* dq, void* dk,
+                         void* dv, void* scratch);
+/** All-bf16 shorthands (lse f32). */
+void attentionForwardBf16(cudaStream_t s, const AttentionArgs& a, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                          uint16_t* out, float* lse);
+void attentionBackwardBf16(cudaStream_t s, const AttentionArgs& a, const uint16_t* dout, const uint16_t* q, const uint16_t* k,
+                           const uint16_t* v, const uint16_t* out, const float* lse, uint16_t* dq, uint16_t* dk, uint16_t* dv,
+                           void* scratch);
+
 }  // namespace qk

@@ -421,6 +421,75 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   });
 }
 
+// ---- tensor-core attention (attention_tc.cu); dtypes F32 or BF16, validated by the launchers ----
+qk::AttentionArgs attentionDims(const Napi::CallbackInfo& info, size_t i) {
+  qk::AttentionArgs a;
+  a.batch = dim(info, i, "batch");
+  a.heads = dim(info, i + 1, "heads");
+  a.kvHeads = dim(info, i + 2, "kvHeads");
+  a.seq = dim(info, i + 3, "seq");
+  a.headDim = dim(info, i + 4, "headDim");
+  a.scale = 1.f;
+  return a;
+}
+int64_t attentionElems(const qk::AttentionArgs& a, bool kv) { return int64_t(a.batch) * (kv ? a.kvHeads : a.heads) * a.seq * a.headDim; }
+int floatDtype(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  const int dt = dtype(info, i, name);
+  qk::require(dt == qk::F32 || dt == qk::BF16, std::string(name) + ": must be f32 (0) or bf16 (2)");
+  return dt;
+}
+void* scratchPtr(const Napi::CallbackInfo& info, size_t i, size_t bytes) {
+  if (bytes == 0 && integer(info, i, "scratch", 0, UINT32_MAX) == 0) return nullptr;
+  return ptr<void>(info, i, bytes, "scratch");
+}
+
+// attentionUseTc(batch, heads, kvHeads, seq, headDim, bf16Buffers) → boolean (QLORA_CUDA_ATTENTION, head dim, device)
+Napi::Value AttentionUseTc(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    return Napi::Boolean::New(info.Env(), qk::attentionUseTc(attentionDims(info, 0), boolean(info, 5, "bf16Buffers")));
+  });
+}
+
+// attentionTcScratchBytes(batch, heads, kvHeads, seq, headDim, backward, inDtype) → bytes
+Napi::Value AttentionTcScratchBytes(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const size_t n = qk::attentionTcScratchBytes(attentionDims(info, 0), boolean(info, 5, "backward"), floatDtype(info, 6, "inDtype"));
+    return Napi::Number::New(info.Env(), double(n));
+  });
+}
+
+// attentionTc(q, k, v, inDtype, batch, heads, kvHeads, seq, headDim, scale, segmentIds(0), out, outDtype, lse, scratch(0))
+Napi::Value AttentionTc(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const int in = floatDtype(info, 3, "inDtype"), outDt = floatDtype(info, 12, "outDtype");
+    const qk::AttentionArgs a = attentionArgs(info, 4);
+    const int64_t qn = attentionElems(a, false), kn = attentionElems(a, true), es = int64_t(qk::dtypeSize(in));
+    qk::attentionForwardTc(stream(), a, in, ptr<const void>(info, 0, qn * es, "q"), ptr<const void>(info, 1, kn * es, "k"),
+                           ptr<const void>(info, 2, kn * es, "v"), outDt, ptr<void>(info, 11, qn * qk::dtypeSize(outDt), "out"),
+                           ptr<float>(info, 13, int64_t(a.batch) * a.heads * a.seq * 4, "lse"),
+                           scratchPtr(info, 14, qk::attentionTcScratchBytes(a, false, in)));
+    return info.Env().Undefined();
+  });
+}
+
+// attentionBackwardTc(dout, q, k, v, inDtype, out, outDtype, lse, batch, heads, kvHeads, seq, headDim, scale, segmentIds(0),
+//                     dq, dk, dv, gradDtype, scratch)
+Napi::Value AttentionBackwardTc(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const int in = floatDtype(info, 4, "inDtype"), outDt = floatDtype(info, 6, "outDtype"), gd = floatDtype(info, 18, "gradDtype");
+    const qk::AttentionArgs a = attentionArgs(info, 8);
+    const int64_t qn = attentionElems(a, false), kn = attentionElems(a, true), es = int64_t(qk::dtypeSize(in));
+    const int64_t gs = int64_t(qk::dtypeSize(gd));
+    qk::attentionBackwardTc(stream(), a, in, ptr<const void>(info, 0, qn * es, "dout"), ptr<const void>(info, 1, qn * es, "q"),
+                            ptr<const void>(info, 2, kn * es, "k"), ptr<const void>(info, 3, kn * es, "v"), outDt,
+                            ptr<const void>(info, 5, qn * qk::dtypeSize(outDt), "out"),
+                            ptr<const float>(info, 7, int64_t(a.batch) * a.heads * a.seq * 4, "lse"), gd,
+                            ptr<void>(info, 15, qn * gs, "dq"), ptr<void>(info, 16, kn * gs, "dk"), ptr<void>(info, 17, kn * gs, "dv"),
+                            ptr<void>(info, 19, qk::attentionTcScratchBytes(a, true, in), "scratch"));
+    return info.Env().Undefined();
+  });
+}
+
 qlora::Register o1("fill", Fill), o2("copy", Copy), o2b("copyInPlace", CopyInPlace), o3("unary", Unary), o4("binary", Binary), o5("reduce", Reduce),
     o6("gemm", Gemm), o7("quantize4bit", Quantize4bit), o8("dequantize4bit", Dequantize4bit),
     o9("quantizeBlockwise8", QuantizeBlockwise8), o10("gemm4bit", Gemm4bit<false>), o11("gemm4bitInputGrad", Gemm4bit<true>),
@@ -429,6 +498,8 @@ qlora::Register o1("fill", Fill), o2("copy", Copy), o2b("copyInPlace", CopyInPla
     o19("crossEntropy", CrossEntropy), o20("crossEntropyBackward", CrossEntropyBackward), o21("embedding", Embedding),
     o22("embeddingBackward", EmbeddingBackward), o23("adamw", Adamw), o24("adamw8bit", Adamw8bit), o25("attention", Attention),
     o26("attentionBackward", AttentionBackward);
+qlora::Register oAttnTc1("attentionUseTc", AttentionUseTc), oAttnTc2("attentionTcScratchBytes", AttentionTcScratchBytes),
+    oAttnTc3("attentionTc", AttentionTc), oAttnTc4("attentionBackwardTc", AttentionBackwardTc);
 
 }  // namespace
 }  // namespace qn
