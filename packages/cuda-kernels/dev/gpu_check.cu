@@ -837,8 +837,10 @@ struct Linear {
     for (void* p : {(void*)wb, (void*)A, (void*)B, (void*)t, (void*)tb, (void*)u, (void*)gt, (void*)gtb, (void*)dA, (void*)dB, (void*)tmp})
       if (p) dfree(p);
   }
+  // "own kernels" (useCublas 0): the fused kernel (legacy under QLORA_CUDA_GEMM=legacy); else the auto selection.
+  int path4bit() const { return useCublas != 0 ? GEMM4BIT_AUTO : legacyGemmFromEnv() ? GEMM4BIT_LEGACY : GEMM4BIT_FUSED; }
   void forward(const uint16_t* xb, float* y) {
-    if (q) gemm4bit(S(), xb, BF16, T, q->w, y, F32);
+    if (q) gemm4bit(S(), xb, BF16, T, q->w, y, F32, path4bit());
     else gemmBf16(xb, wb, y, T, out, in, false, true, useCublas);
     gemmBf16(xb, A, t, T, kR, in, false, true, useCublas);
     toBf16Dev(t, tb, int64_t(T) * kR);
@@ -846,7 +848,7 @@ struct Linear {
     addInto(y, u, int64_t(T) * out);
   }
   void backward(const uint16_t* dyb, const uint16_t* xb, float* dx) {
-    if (q) gemm4bitInputGrad(S(), dyb, BF16, T, q->w, dx, F32);
+    if (q) gemm4bitInputGrad(S(), dyb, BF16, T, q->w, dx, F32, path4bit());
     else gemmBf16(dyb, wb, dx, T, in, out, false, false, useCublas);
     gemmBf16(dyb, B, gt, T, kR, out, false, false, useCublas);       // dy·B        [T, r]
     toBf16Dev(gt, gtb, int64_t(T) * kR);

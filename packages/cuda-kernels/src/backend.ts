@@ -45,8 +45,9 @@ export class CudaBuffer implements Buffer {
 }
 
 export interface CudaBackendOptions {
-  /** Route matmul4bit through the fused dequant + bf16 tensor-core kernel (bitsandbytes numerics:
-   * x and the dequantized weight rounded to bf16, f32 accumulation). Default false: exact-f32 path. */
+  /** Route matmul4bit through the bf16 tensor-core 4-bit paths (bitsandbytes numerics: x and the dequantized
+   * weight rounded to bf16, f32 accumulation): fused dequant + GEMM, or for m ≥ 256 with cuBLAS a bounded
+   * bf16 dequant panel + cuBLAS (QLORA_CUDA_GEMM4BIT=fused|dequant-cublas|auto). Default false: exact-f32 path. */
   readonly fused4bit?: boolean;
 }
 
@@ -213,36 +214,27 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
     },
 
     matmul4bit(x, w, m) {
-      const [n, k] = w.shape;
+      const [n] = w.shape;
       const out = f32Out(m * n);
       const cx = buf(x, "matmul4bit");
       if (options.fused4bit && (cx.dtype === "bf16" || cx.dtype === "f32")) {
         native.gemm4bit(cx.handle, DTYPE_CODE[cx.dtype], m, ...weightArgs(w), out.handle, DTYPE_CODE.f32);
         return out;
       }
-      // Exact-f32 path (reference numerics): dequantize to f32 once, then an f32 GEMM with W as [n, k].
-      const wf = backend.dequantize4bit(w, "f32");
-      try {
-        withF32([cx], "matmul4bit", (xh) => native.gemm(xh, wf.handle, out.handle, 1, m, n, k, false, true, -1, -1, DTYPE_CODE.f32));
-      } finally {
-        free(wf);
-      }
+      // Exact-f32 path (reference numerics): W dequantized to f32 tile by tile inside an f32 GEMM, never whole
+      // (no device memory beyond x's f32 copy, if any, and y).
+      withF32([cx], "matmul4bit", (xh) => native.gemm4bitF32(xh, m, ...weightArgs(w), out.handle, false));
       return out;
     },
     matmul4bitInputGrad(dy, w, m) {
-      const [n, k] = w.shape;
+      const [, k] = w.shape;
       const out = f32Out(m * k);
       const cd = buf(dy, "matmul4bitInputGrad");
       if (options.fused4bit && (cd.dtype === "bf16" || cd.dtype === "f32")) {
         native.gemm4bitInputGrad(cd.handle, DTYPE_CODE[cd.dtype], m, ...weightArgs(w), out.handle, DTYPE_CODE.f32);
         return out;
       }
-      const wf = backend.dequantize4bit(w, "f32");
-      try {
-        withF32([cd], "matmul4bitInputGrad", (dh) => native.gemm(dh, wf.handle, out.handle, 1, m, k, n, false, false, -1, -1, DTYPE_CODE.f32));
-      } finally {
-        free(wf);
-      }
+      withF32([cd], "matmul4bitInputGrad", (dh) => native.gemm4bitF32(dh, m, ...weightArgs(w), out.handle, true));
       return out;
     },
     rmsNorm(x, weight, rows, dim, eps) {

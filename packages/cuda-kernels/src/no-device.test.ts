@@ -70,7 +70,7 @@ describe.skipIf(status.available)(`without a usable CUDA device (${status.availa
     for (const fn of [
       "deviceStatus", "cublasInfo", "alloc", "free", "upload", "download", "prefetch", "memoryStats", "resetPeak", "emptyCache",
       "synchronize", "fill", "copy", "copyInPlace", "unary", "binary", "reduce", "gemm", "quantize4bit", "dequantize4bit",
-      "quantizeBlockwise8", "gemm4bit", "gemm4bitInputGrad", "rmsNorm", "rmsNormBackward", "rope", "swiglu", "swigluBackward",
+      "quantizeBlockwise8", "gemm4bit", "gemm4bitInputGrad", "gemm4bitF32", "rmsNorm", "rmsNormBackward", "rope", "swiglu", "swigluBackward",
       "softmax", "softmaxBackward", "crossEntropy", "crossEntropyBackward", "embedding", "embeddingBackward", "adamw",
       "adamw8bit", "attention", "attentionBackward", "attentionUseTc", "attentionTcScratchBytes", "attentionTc", "attentionBackwardTc",
     ]) {

@@ -1,8 +1,14 @@
 // Dense GEMM for the Backend's matmul: cuBLAS (dlopen) when present, else our kernels: a SIMT
-// f32 GEMM (keeps f32 accuracy for f32 inputs, like the reference) and the tensor-core bf16 GEMM.
-// Reference: reference backend matmul (f32 accumulate).
+// f32 GEMM (keeps f32 accuracy for f32 inputs, like the reference) and the tensor-core bf16 GEMM —
+// the pipelined mma.sync kernel (gemm_pipe.cuh) when the operands are 16-byte aligned, else (or with
+// QLORA_CUDA_GEMM=legacy) the synchronous WMMA kernel (gemm_tc.cuh).
+// Reference: reference backend matmul (f32 accumulate); dev/check_gemm_pipeline.cu, dev/gpu_check.cu.
+#include <cstdlib>
+#include <cstring>
+
 #include "../runtime/cublas_dyn.h"
 #include "common.cuh"
+#include "gemm_pipe.cuh"
 #include "gemm_tc.cuh"
 #include "kernels.h"
 
@@ -70,11 +76,45 @@ void checkGemm(const GemmArgs& g) {
 
 int64_t strideOr(int64_t s, int64_t dflt) { return s < 0 ? dflt : s; }
 
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+/** The pipelined kernel's cp.async needs whole, aligned 16-byte chunks along each operand's contiguous axis. */
+bool pipelineFits(const GemmArgs& g, const void* A, const void* B, int64_t as, int64_t bs) {
+  const bool aK = !g.transA, bK = g.transB;
+  return aligned16(A) && aligned16(B) && as % 8 == 0 && bs % 8 == 0 && (aK ? g.k : g.m) % 8 == 0 &&
+         (bK ? g.k : g.n) % 8 == 0;
+}
+
+template <bool kAK, bool kBK>
+void launchDensePipe(cudaStream_t s, const GemmArgs& g, const uint16_t* A, const uint16_t* B, float* C, int64_t as,
+                     int64_t bs) {
+  const pipe::DenseOp<kAK> a{A, g.m, g.k, kAK ? g.k : g.m, as};
+  const pipe::DenseOp<kBK> b{B, g.n, g.k, kBK ? g.k : g.n, bs};
+  pipe::launch<pipe::DenseOp<kAK>, pipe::DenseOp<kBK>, false>(s, a, b, C, g.m, g.n, g.k, g.batch);
+}
+
 }  // namespace
 
-void gemmTensorCoreBf16(cudaStream_t s, const GemmArgs& g, const uint16_t* A, const uint16_t* B, float* C) {
+bool legacyGemmFromEnv() {
+  static const bool legacy = [] {
+    const char* v = std::getenv("QLORA_CUDA_GEMM");
+    return v != nullptr && std::strcmp(v, "legacy") == 0;
+  }();
+  return legacy;
+}
+
+bool gemmTensorCoreBf16(cudaStream_t s, const GemmArgs& g, const uint16_t* A, const uint16_t* B, float* C, int variant) {
   checkGemm(g);
   const int64_t as = strideOr(g.aBatchStride, int64_t(g.m) * g.k), bs = strideOr(g.bBatchStride, int64_t(g.k) * g.n);
+  if (g.m == 0 || g.n == 0) return false;
+  const bool wantPipe = variant == 1 || (variant == -1 && !legacyGemmFromEnv());
+  if (wantPipe && pipelineFits(g, A, B, as, bs)) {
+    if (!g.transA && g.transB) launchDensePipe<true, true>(s, g, A, B, C, as, bs);
+    else if (!g.transA) launchDensePipe<true, false>(s, g, A, B, C, as, bs);
+    else if (g.transB) launchDensePipe<false, true>(s, g, A, B, C, as, bs);
+    else launchDensePipe<false, false>(s, g, A, B, C, as, bs);
+    return true;
+  }
   dim3 grid((g.n + tc::BN - 1) / tc::BN, (g.m + tc::BM - 1) / tc::BM, g.batch);
   require(grid.y <= 65535, "gemm: m too large for the grid");
   const bool aVec = !g.transA && g.k % 8 == 0 && as % 8 == 0;
@@ -86,6 +126,7 @@ void gemmTensorCoreBf16(cudaStream_t s, const GemmArgs& g, const uint16_t* A, co
   else if (aVec) tc::gemmKernel<tc::Bf16VecLoader, tc::DenseLoader, false><<<grid, tc::THREADS, 0, s>>>(va, lb, C, g.m, g.n, g.k);
   else tc::gemmKernel<tc::DenseLoader, tc::DenseLoader, false><<<grid, tc::THREADS, 0, s>>>(la, lb, C, g.m, g.n, g.k);
   QK_LAUNCH_CHECK("tc::gemmKernel");
+  return false;
 }
 
 void gemm(cudaStream_t s, const GemmArgs& g, const void* A, const void* B, float* C, int useCublas) {

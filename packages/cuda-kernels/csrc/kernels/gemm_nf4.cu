@@ -1,8 +1,18 @@
 // Fused NF4/FP4 dequant + tensor-core GEMM (training shapes) and a GEMV for m == 1.
 // The 4-bit weight W [n, k] is dequantized tile by tile into shared memory (never whole), each
 // element as bf16(fl32(LUT[c] · absmax)) — exactly dequantize4bit(..., bf16) — then multiplied
-// on bf16 tensor cores with f32 accumulation. Reference: dequantize4bit → bf16 → dense GEMM.
+// on bf16 tensor cores with f32 accumulation. Reference: dequantize4bit → bf16 → dense GEMM
+// (dev/gpu_check.cu checkGemm4bit, dev/check_gemm_pipeline.cu). Three paths, see Gemm4bitPath in
+// kernels.h: legacy (synchronous WMMA), fused (the cp.async pipeline of gemm_pipe.cuh with the Nf4Op
+// operand below) and dequant-cublas (bounded bf16 panels + cuBLAS). Pipelined paths compiled, unverified.
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+
+#include "../runtime/cublas_dyn.h"
+#include "../runtime/device.h"
 #include "common.cuh"
+#include "gemm_pipe.cuh"
 #include "gemm_tc.cuh"
 #include "kernels.h"
 #include "nf4_tables.cuh"
@@ -193,11 +203,239 @@ void run4bit(cudaStream_t s, const void* in, int inDtype, int M, const Weight4bi
 #undef QK_RUN
 }
 
+// ------------------------------------------------------------------ pipelined fused path
+
+// The code table of the weight being multiplied (filled by Nf4Op::init before the first barrier).
+__shared__ float sLut[16];
+
+/** B operand of the pipelined kernel from a 4-bit W [N, K] (K % 32 == 0, codes 16-byte aligned).
+ * kTrans == false (forward, y = x·Wᵀ): tile rows = W rows (n), reduction = W columns.
+ * kTrans == true (input grad, dx = dy·W): tile rows = W columns, reduction = W rows.
+ * A stage holds the raw codes (2 KB, cp.async 16 B) and one resolved f32 scale per 16 codes (1 KB,
+ * cp.async 4 B): blocksize ≥ 16 and 16-aligned groups never straddle an absmax block. `prepare`
+ * dequantizes one stage into a bf16 tile (each thread 16 codes → two 16-byte stores) that the
+ * ldmatrix fragment loads then read like a dense tile: the dequant runs once per element per block
+ * instead of once per warp that reads it, at the cost of the prepare step (hidden one tile ahead). */
+template <bool kTrans>
+struct Nf4Op {
+  const uint8_t* codes;
+  const float* scales;  // f32 absmax per quantization block (double quant resolved beforehand)
+  int N, K, log2Bs;
+  bool fp4;
+  static constexpr int kCodeBytes = 2048, kScaleBytes = 1024;
+  static constexpr int kStageBytes = kCodeBytes + kScaleBytes;
+  static constexpr bool kPrepare = true;
+  static constexpr bool kFragKMajor = !kTrans;
+  static constexpr int kDeqBytes = kTrans ? pipe::kMNMajorBytes : pipe::kKMajorBytes;
+
+  __device__ __forceinline__ void init() const {
+    if (threadIdx.x < 16) sLut[threadIdx.x] = __uint_as_float(fp4 ? kFp4Bits[threadIdx.x] : kNf4Bits[threadIdx.x]);
+  }
+  // r0: first output index of the tile (W row forward, W column transposed); k0: first reduction index.
+  __device__ __forceinline__ void load(char* stage, int /*batch*/, int r0, int k0) const {
+    uint8_t* sc = reinterpret_cast<uint8_t*>(stage);
+    float* ss = reinterpret_cast<float*>(stage + kCodeBytes);
+    const int t = threadIdx.x;
+    if (!kTrans) {
+      if (t < 128) {  // W row r0 + t, columns k0 .. k0 + 31: 16 bytes
+        const int n = r0 + t;
+        const bool ok = n < N;
+        pipe::cpAsync16(sc + t * 16, ok ? codes + (int64_t(n) * K + k0) / 2 : codes, ok);
+      }
+      const int n = r0 + (t >> 1);  // scale of row t/2, columns k0 + 16·(t%2) ..
+      const bool ok = n < N;
+      pipe::cpAsync4(ss + t, ok ? scales + ((int64_t(n) * K + k0 + 16 * (t & 1)) >> log2Bs) : scales, ok);
+    } else {
+      if (t < 128) {  // W row k0 + t/4, columns r0 + 32·(t%4) .. +31: 16 bytes at sc + (t/4)·64 + (t%4)·16
+        const int wr = k0 + (t >> 2), wc = r0 + 32 * (t & 3);
+        const bool ok = wr < N && wc < K;
+        pipe::cpAsync16(sc + t * 16, ok ? codes + (int64_t(wr) * K + wc) / 2 : codes, ok);
+      }
+      const int wr = k0 + (t >> 3), wc = r0 + 16 * (t & 7);  // scale of W row k0 + t/8, columns r0 + 16·(t%8) ..
+      const bool ok = wr < N && wc < K;
+      pipe::cpAsync4(ss + t, ok ? scales + ((int64_t(wr) * K + wc) >> log2Bs) : scales, ok);
+    }
+  }
+  // Zero-filled codes (out of range) have zero scales, so they dequantize to ±0.
+  __device__ __forceinline__ void prepare(const char* stage, uint16_t* deq) const {
+    const int t = threadIdx.x;
+    const uint2 packed = *reinterpret_cast<const uint2*>(stage + t * 8);  // the same 16 codes in both layouts
+    const float scale = reinterpret_cast<const float*>(stage + kCodeBytes)[t];
+    uint16_t* dst = kTrans ? deq + (t >> 3) * pipe::LDMN + (t & 7) * 16 : deq + (t >> 1) * pipe::LDK + (t & 1) * 16;
+    uint32_t words[8];
+#pragma unroll
+    for (int b = 0; b < 8; ++b) {  // element 2j is the high nibble; it goes to the lower address
+      const uint32_t byte = ((b < 4 ? packed.x : packed.y) >> (8 * (b & 3))) & 0xffu;
+      const uint32_t lo = __bfloat16_as_ushort(__float2bfloat16_rn(__fmul_rn(sLut[byte >> 4], scale)));
+      const uint32_t hi = __bfloat16_as_ushort(__float2bfloat16_rn(__fmul_rn(sLut[byte & 15], scale)));
+      words[b] = lo | (hi << 16);
+    }
+    reinterpret_cast<uint4*>(dst)[0] = make_uint4(words[0], words[1], words[2], words[3]);
+    reinterpret_cast<uint4*>(dst)[1] = make_uint4(words[4], words[5], words[6], words[7]);
+  }
+};
+
+__global__ void resolveAbsmaxKernel(Absmax4bit a, int64_t blocks, float* __restrict__ out) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < blocks; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = absmaxOf(a, i);
+}
+
+/** Device scratch from the caching allocator, released in compute-stream order (as embedding.cu does). */
+struct Scratch {
+  cudaStream_t s;
+  void* p = nullptr;
+  Scratch(cudaStream_t stream, size_t bytes) : s(stream) { p = Runtime::get().allocate(bytes); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  ~Scratch() {
+    Runtime& rt = Runtime::get();
+    if (s != rt.compute()) cudaStreamSynchronize(s);  // a destructor must not throw; a fault resurfaces at the next checked call
+    rt.release(p);
+  }
+};
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+/** The activation as an aligned bf16 [rows, cols] buffer: x itself, or a converted copy in `hold`. */
+const uint16_t* bf16Input(cudaStream_t s, const void* x, int dtype, int64_t count, Scratch*& hold) {
+  if (dtype == BF16 && aligned16(x)) return static_cast<const uint16_t*>(x);
+  hold = new Scratch(s, size_t(count) * 2);
+  View v;
+  v.rank = 1;
+  v.shape[0] = count;
+  v.strides[0] = 1;
+  copyStrided(s, x, dtype, v, hold->p, BF16);  // RNE, as the loaders' __float2bfloat16_rn for finite values
+  return static_cast<const uint16_t*>(hold->p);
+}
+
+bool fusedFits(const Weight4bit& w, bool inputGrad) {
+  return w.k % 32 == 0 && aligned16(w.codes) && (!inputGrad || w.n % 8 == 0);
+}
+
+/** Rows per dequant panel: the whole W when its bf16 copy fits kGemm4bitPanelBytes, else the largest
+ * multiple of `unit` rows that fits, where a panel of `unit` rows starts on a 16-element boundary
+ * (8-byte aligned codes) and on a whole absmax block (and nested block with double quant), so the
+ * panel is a plain dequantize4bit of a sub-range. 0: no such panel within the bound. */
+int64_t panelRows(const Weight4bit& w) {
+  const int64_t k = w.k;
+  if (int64_t(w.n) * k * 2 <= kGemm4bitPanelBytes) return w.n;
+  int64_t align = w.blocksize;
+  if (!w.absmax.absmax) align *= w.absmax.nestedBlocksize;
+  align = std::lcm(align, int64_t(16));
+  const int64_t unit = align / std::gcd(align, k);
+  const int64_t maxRows = kGemm4bitPanelBytes / (2 * k);
+  return unit > maxRows ? 0 : maxRows / unit * unit;
+}
+
+bool gemm4bitEnv(const char* value) {
+  static const char* env = std::getenv("QLORA_CUDA_GEMM4BIT");
+  return env != nullptr && std::strcmp(env, value) == 0;
+}
+
+template <bool kTrans, bool kOutBf16>
+void launchFused(cudaStream_t s, const uint16_t* xb, int M, const Weight4bit& w, const float* scales, void* out) {
+  const int Nout = kTrans ? w.k : w.n, Kred = kTrans ? w.n : w.k;
+  const pipe::DenseOp<true> a{xb, M, Kred, Kred, 0};
+  const Nf4Op<kTrans> b{w.codes, scales, w.n, w.k, log2i(w.blocksize), w.fp4};
+  pipe::launch<pipe::DenseOp<true>, Nf4Op<kTrans>, kOutBf16>(s, a, b, out, M, Nout, Kred, 1);
+}
+
+template <bool kTrans>
+void runFused(cudaStream_t s, const uint16_t* xb, int M, const Weight4bit& w, void* out, bool outBf16) {
+  const float* scales = w.absmax.absmax;
+  Scratch* resolved = nullptr;
+  if (!scales) {  // double quant: resolve once (n·k/blocksize floats) so the kernel streams plain f32 scales
+    const int64_t blocks = (int64_t(w.n) * w.k + w.blocksize - 1) / w.blocksize;
+    resolved = new Scratch(s, size_t(blocks) * 4);
+    resolveAbsmaxKernel<<<gridFor(size_t(blocks), 256), 256, 0, s>>>(w.absmax, blocks, static_cast<float*>(resolved->p));
+    QK_LAUNCH_CHECK("resolveAbsmaxKernel");
+    scales = static_cast<const float*>(resolved->p);
+  }
+  try {
+    if (outBf16) launchFused<kTrans, true>(s, xb, M, w, scales, out);
+    else launchFused<kTrans, false>(s, xb, M, w, scales, out);
+  } catch (...) {
+    delete resolved;
+    throw;
+  }
+  delete resolved;
+}
+
+/** bitsandbytes' training path: W → bf16 panel (one dequantize4bit launch, double quant included)
+ * → cuBLAS bf16 GEMM with f32 accumulation. Forward panels fill column ranges of y (ldc = n); input
+ * grad panels accumulate (beta = 1) over the reduction axis. Scratch ≤ kGemm4bitPanelBytes. */
+template <bool kTrans>
+void runDequantCublas(cudaStream_t s, const uint16_t* xb, int M, const Weight4bit& w, void* out, int outDtype) {
+  const int64_t rowsPer = panelRows(w), k = w.k;
+  Scratch panel(s, size_t(std::min<int64_t>(rowsPer, w.n)) * k * 2);
+  const int ctype = outDtype == BF16 ? cublas::R_16BF : cublas::R_32F;
+  for (int64_t p0 = 0; p0 < w.n; p0 += rowsPer) {
+    const int rows = int(std::min<int64_t>(rowsPer, w.n - p0));
+    const int64_t e0 = p0 * k, block0 = e0 / w.blocksize;
+    Absmax4bit a = w.absmax;
+    if (a.absmax) a.absmax += block0;
+    else {
+      a.qabsmax += block0;
+      a.nestedAbsmax += block0 / a.nestedBlocksize;
+    }
+    dequantize4bit(s, w.codes + e0 / 2, int64_t(rows) * k, w.blocksize, w.fp4, a, panel.p, BF16);
+    const size_t outBytes = outDtype == BF16 ? 2 : 4;
+    if (!kTrans)  // column-major yᵀ[n, m]: rows p0.. of it = Wpanel[rows, k] · xᵀ
+      cublasGemmStridedBatched(s, cublas::OP_T, cublas::OP_N, rows, M, w.k, panel.p, cublas::R_16BF, w.k, 0, xb,
+                               cublas::R_16BF, w.k, 0, static_cast<char*>(out) + p0 * outBytes, ctype, w.n, 0, 1,
+                               cublas::COMPUTE_32F);
+    else  // column-major dxᵀ[k, m] (+)= Wpanelᵀ[k, rows] · dyᵀ[p0.., m]
+      cublasGemmStridedBatched(s, cublas::OP_N, cublas::OP_N, w.k, M, rows, panel.p, cublas::R_16BF, w.k, 0,
+                               xb + p0, cublas::R_16BF, w.n, 0, out, ctype, w.k, 0, 1, cublas::COMPUTE_32F,
+                               p0 == 0 ? 0.f : 1.f);
+  }
+}
+
+template <bool kTrans>
+void run4bitPath(cudaStream_t s, const void* x, int xDtype, int m, const Weight4bit& w, void* y, int yDtype, int path) {
+  if (path == GEMM4BIT_LEGACY) {
+    run4bit<kTrans>(s, x, xDtype, m, w, y, yDtype);
+    return;
+  }
+  require(xDtype == F32 || xDtype == BF16, "gemm4bit: input must be f32 or bf16");
+  require(yDtype == F32 || yDtype == BF16, "gemm4bit: output must be f32 or bf16");
+  require(m >= 1, "gemm4bit: m must be ≥ 1");
+  Scratch* hold = nullptr;
+  const uint16_t* xb = bf16Input(s, x, xDtype, int64_t(m) * (kTrans ? w.n : w.k), hold);
+  try {
+    if (path == GEMM4BIT_FUSED) runFused<kTrans>(s, xb, m, w, y, yDtype == BF16);
+    else runDequantCublas<kTrans>(s, xb, m, w, y, yDtype);
+  } catch (...) {
+    delete hold;
+    throw;
+  }
+  delete hold;
+}
+
 }  // namespace
 
-void gemm4bit(cudaStream_t s, const void* x, int xDtype, int m, const Weight4bit& w, void* y, int yDtype) {
+int gemm4bitResolvePath(int path, int m, const Weight4bit& w, bool inputGrad, int outDtype) {
+  int p = path;
+  if (p == GEMM4BIT_AUTO) {
+    if (gemm4bitEnv("fused")) p = GEMM4BIT_FUSED;
+    else if (gemm4bitEnv("dequant-cublas")) p = GEMM4BIT_DEQUANT_CUBLAS;
+    else p = m >= kGemm4bitCublasMinM && cublasUsable() ? GEMM4BIT_DEQUANT_CUBLAS : GEMM4BIT_FUSED;
+  }
+  if (p == GEMM4BIT_DEQUANT_CUBLAS) {
+    const int64_t rows = panelRows(w);
+    // bf16 dx over several panels would accumulate in bf16: keep that on the fused kernel.
+    if (!cublasUsable() || rows == 0 || (inputGrad && outDtype == BF16 && rows < w.n)) p = GEMM4BIT_FUSED;
+  }
+  if (p == GEMM4BIT_FUSED && path == GEMM4BIT_AUTO && legacyGemmFromEnv()) p = GEMM4BIT_LEGACY;
+  if (p == GEMM4BIT_FUSED && !fusedFits(w, inputGrad)) p = GEMM4BIT_LEGACY;
+  return p;
+}
+
+void gemm4bit(cudaStream_t s, const void* x, int xDtype, int m, const Weight4bit& w, void* y, int yDtype, int path) {
   checkWeight(w, "gemm4bit");
-  if (m == 1) {
+  require(m >= 1, "gemm4bit: m must be ≥ 1");
+  const int p = gemm4bitResolvePath(path, m, w, false, yDtype);
+  if (m == 1 && p != GEMM4BIT_DEQUANT_CUBLAS) {
     require(xDtype == F32 || xDtype == BF16, "gemm4bit: x must be f32 or bf16");
     const int warps = 4;
     const unsigned grid = (w.n + warps - 1) / warps;
@@ -210,12 +448,14 @@ void gemm4bit(cudaStream_t s, const void* x, int xDtype, int m, const Weight4bit
     QK_LAUNCH_CHECK("gemv4bitKernel");
     return;
   }
-  run4bit<false>(s, x, xDtype, m, w, y, yDtype);
+  run4bitPath<false>(s, x, xDtype, m, w, y, yDtype, p);
 }
 
-void gemm4bitInputGrad(cudaStream_t s, const void* dy, int dyDtype, int m, const Weight4bit& w, void* dx, int dxDtype) {
+void gemm4bitInputGrad(cudaStream_t s, const void* dy, int dyDtype, int m, const Weight4bit& w, void* dx, int dxDtype,
+                       int path) {
   checkWeight(w, "gemm4bitInputGrad");
-  run4bit<true>(s, dy, dyDtype, m, w, dx, dxDtype);
+  require(m >= 1, "gemm4bitInputGrad: m must be ≥ 1");
+  run4bitPath<true>(s, dy, dyDtype, m, w, dx, dxDtype, gemm4bitResolvePath(path, m, w, true, dxDtype));
 }
 
 }  // namespace qk

@@ -58,8 +58,13 @@ struct GemmArgs {
 };
 /** C[b] (f32 [m,n] row-major) = op(A[b]) · op(B[b]). useCublas: -1 auto, 0 never, 1 required. */
 void gemm(cudaStream_t s, const GemmArgs& g, const void* A, const void* B, float* C, int useCublas = -1);
-/** Our tensor-core GEMM alone (bf16 in, f32 accumulate/out), for the harness' comparison. */
-void gemmTensorCoreBf16(cudaStream_t s, const GemmArgs& g, const uint16_t* A, const uint16_t* B, float* C);
+/** Our tensor-core GEMM alone (bf16 in, f32 accumulate/out). variant: -1 auto (pipelined mma.sync kernel
+ * unless QLORA_CUDA_GEMM=legacy), 0 legacy synchronous WMMA kernel, 1 pipelined. The pipelined kernel needs
+ * 16-byte aligned A/B, batch strides % 8 == 0 and the contiguous extent of each operand (k, or m / n when
+ * transposed that way) % 8 == 0; otherwise the legacy kernel runs. Returns true when the pipelined one ran. */
+bool gemmTensorCoreBf16(cudaStream_t s, const GemmArgs& g, const uint16_t* A, const uint16_t* B, float* C, int variant = -1);
+/** QLORA_CUDA_GEMM=legacy (read once): the synchronous WMMA kernels for the dense and fused GEMMs. */
+bool legacyGemmFromEnv();
 
 // ---- gemm_nf4.cu: fused dequant + GEMM for frozen 4-bit weights W [n, k] ----
 struct Weight4bit {
@@ -68,11 +73,31 @@ struct Weight4bit {
   bool fp4 = false;
   Absmax4bit absmax;
 };
+/** Path of gemm4bit / gemm4bitInputGrad. AUTO: QLORA_CUDA_GEMM4BIT=fused|dequant-cublas|auto (default auto:
+ * dequant-cublas when cuBLAS is usable and m ≥ kGemm4bitCublasMinM, else fused; QLORA_CUDA_GEMM=legacy turns
+ * fused into legacy). LEGACY: synchronous WMMA kernel with fused dequant. FUSED: pipelined mma.sync kernel with
+ * NF4 codes + absmax streamed by cp.async and dequantized in shared memory (legacy when W.k % 32 != 0, etc.).
+ * DEQUANT_CUBLAS: W dequantized to bf16 in row panels of ≤ kGemm4bitPanelBytes (caching allocator) + cuBLAS
+ * bf16 GEMM per panel (bitsandbytes' training path); fused when cuBLAS is absent or the panel cannot be aligned. */
+enum Gemm4bitPath { GEMM4BIT_AUTO = -1, GEMM4BIT_LEGACY = 0, GEMM4BIT_FUSED = 1, GEMM4BIT_DEQUANT_CUBLAS = 2 };
+constexpr int kGemm4bitCublasMinM = 256;
+constexpr int64_t kGemm4bitPanelBytes = int64_t(64) << 20;
+/** The path that a call with these arguments takes (after env, cuBLAS availability and shape checks). */
+int gemm4bitResolvePath(int path, int m, const Weight4bit& w, bool inputGrad, int outDtype);
 /** y[m,n] (f32 or bf16 out) = x[m,k] (f32 or bf16) · dequant(W)ᵀ. bf16 tensor cores, f32 accumulation;
- * the dequantized weight is rounded to bf16 (bitsandbytes' compute-dtype semantics). m == 1 → GEMV. */
-void gemm4bit(cudaStream_t s, const void* x, int xDtype, int m, const Weight4bit& w, void* y, int yDtype);
+ * the dequantized weight is rounded to bf16 (bitsandbytes' compute-dtype semantics). m == 1 → GEMV
+ * (unless DEQUANT_CUBLAS is asked for explicitly). */
+void gemm4bit(cudaStream_t s, const void* x, int xDtype, int m, const Weight4bit& w, void* y, int yDtype,
+              int path = GEMM4BIT_AUTO);
 /** dx[m,k] = dy[m,n] · dequant(W)  (MatMul4Bit.backward). */
-void gemm4bitInputGrad(cudaStream_t s, const void* dy, int dyDtype, int m, const Weight4bit& w, void* dx, int dxDtype);
+void gemm4bitInputGrad(cudaStream_t s, const void* dy, int dyDtype, int m, const Weight4bit& w, void* dx, int dxDtype,
+                       int path = GEMM4BIT_AUTO);
+
+// ---- gemm4bit_f32.cu: exact-f32 4-bit matmul (the reference backend's numerics) ----
+/** inputGrad false: y[m,n] = x[m,k] · dequant(W)ᵀ; true: y[m,k] = x[m,n] · dequant(W). The weight is
+ * dequantized on the fly, tile by tile, to f32 (fl32(code · absmax), as dequantize4bit(f32)) inside a
+ * SIMT f32 GEMM with f32 accumulation: no temporary at all (device memory bound: 0 bytes beyond x and y). */
+void gemm4bitF32(cudaStream_t s, const float* x, int m, const Weight4bit& w, float* y, bool inputGrad);
 
 // ---- rmsnorm.cu ----
 void rmsNorm(cudaStream_t s, const float* x, const float* weight, int64_t rows, int dim, float eps, float* y, float* rstd);

@@ -227,6 +227,19 @@ Napi::Value Gemm4bit(const Napi::CallbackInfo& info) {
   });
 }
 
+// gemm4bitF32(x, m, weight(11), y, inputGrad): exact-f32 path, W dequantized tile by tile (no temporary)
+Napi::Value Gemm4bitF32(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const int m = int(integer(info, 1, "m", 1, INT32_MAX));
+    const qk::Weight4bit w = weight(info, 2);
+    const bool inputGrad = boolean(info, 14, "inputGrad");
+    const int inF = inputGrad ? w.n : w.k, outF = inputGrad ? w.k : w.n;
+    qk::gemm4bitF32(stream(), ptr<const float>(info, 0, int64_t(m) * inF * 4, "input"), m, w,
+                    ptr<float>(info, 13, int64_t(m) * outF * 4, "output"), inputGrad);
+    return info.Env().Undefined();
+  });
+}
+
 Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     const int64_t rows = len(info, 2, "rows");
@@ -493,6 +506,7 @@ Napi::Value AttentionBackwardTc(const Napi::CallbackInfo& info) {
 qlora::Register o1("fill", Fill), o2("copy", Copy), o2b("copyInPlace", CopyInPlace), o3("unary", Unary), o4("binary", Binary), o5("reduce", Reduce),
     o6("gemm", Gemm), o7("quantize4bit", Quantize4bit), o8("dequantize4bit", Dequantize4bit),
     o9("quantizeBlockwise8", QuantizeBlockwise8), o10("gemm4bit", Gemm4bit<false>), o11("gemm4bitInputGrad", Gemm4bit<true>),
+    o11b("gemm4bitF32", Gemm4bitF32),
     o12("rmsNorm", RmsNorm), o13("rmsNormBackward", RmsNormBackward), o14("rope", Rope), o15("swiglu", Swiglu),
     o16("swigluBackward", SwigluBackward), o17("softmax", Softmax), o18("softmaxBackward", SoftmaxBackward),
     o19("crossEntropy", CrossEntropy), o20("crossEntropyBackward", CrossEntropyBackward), o21("embedding", Embedding),

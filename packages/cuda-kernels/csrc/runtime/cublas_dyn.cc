@@ -77,10 +77,10 @@ bool cublasUsable() {
 void cublasGemmStridedBatched(cudaStream_t stream, int transa, int transb, int m, int n, int k, const void* A,
                               int Atype, int lda, long long strideA, const void* B, int Btype, int ldb,
                               long long strideB, void* C, int Ctype, int ldc, long long strideC, int batch,
-                              int computeType) {
+                              int computeType, float beta) {
   Api& a = api();
   require(a.status.loaded, "cuBLAS is not loaded: " + a.status.detail);
-  const float alpha = 1.0f, beta = 0.0f;
+  const float alpha = 1.0f;
   int rc = a.setStream(a.handle, stream);
   if (rc == 0)
     rc = a.gemmStridedBatchedEx(a.handle, transa, transb, m, n, k, &alpha, A, Atype, lda, strideA, B, Btype, ldb,

@@ -27,10 +27,11 @@ const CublasStatus& cublasStatus();
 /** Set QLORA_CUDA_NO_CUBLAS=1 to force our own GEMM (used by the harness to compare both). */
 bool cublasUsable();
 
-/** Column-major cublasGemmStridedBatchedEx on the compute stream; throws CudaError on failure. */
+/** Column-major cublasGemmStridedBatchedEx on the compute stream (C = A·B + beta·C, alpha 1); throws
+ * CudaError on failure. */
 void cublasGemmStridedBatched(cudaStream_t stream, int transa, int transb, int m, int n, int k, const void* A,
                               int Atype, int lda, long long strideA, const void* B, int Btype, int ldb,
                               long long strideB, void* C, int Ctype, int ldc, long long strideC, int batch,
-                              int computeType);
+                              int computeType, float beta = 0.0f);
 
 }  // namespace qk
