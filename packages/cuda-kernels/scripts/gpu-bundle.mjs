@@ -13,9 +13,9 @@
 // than csrc/). Fails when the folder would exceed 40 MiB.
 import { execFileSync, spawnSync } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { createRequire } from "node:module";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
+import { bundleTests, esbuild } from "./bundle-tests.mjs";
 
 const pkg = join(dirname(fileURLToPath(import.meta.url)), "..");
 const repo = join(pkg, "..", "..");
@@ -27,12 +27,6 @@ function fail(message) {
   console.error(`gpu-bundle: ${message}`);
   process.exit(1);
 }
-
-// esbuild and @vitest/* are not dependencies of this package: reach them through tsup and vitest,
-// which the workspace root already depends on (no new dependency, same versions as the lockfile).
-const rootRequire = createRequire(join(repo, "package.json"));
-const esbuild = createRequire(rootRequire.resolve("tsup"))("esbuild");
-const vitestRequire = createRequire(rootRequire.resolve("vitest/package.json"));
 
 /** The SMs an addon can run on: "elf_90" cubins and "ptx_90" PTX, read from its fatbin headers. */
 function fatbinArchs(file) {
@@ -71,36 +65,9 @@ function checkCudaAddon(file) {
   return { archs, stale: newer };
 }
 
-/** vitest → the shim; @vitest/expect and @vitest/spy from vitest's own dependencies. */
-const resolvePlugin = {
-  name: "qlora-vitest-shim",
-  setup(build) {
-    build.onResolve({ filter: /^vitest$/ }, () => ({ path: join(pkg, "dev", "vitest-shim.ts") }));
-    build.onResolve({ filter: /^@vitest\/(expect|spy)$/ }, (args) => ({ path: vitestRequire.resolve(args.path) }));
-  },
-};
-
-/** gpu-tests.mjs keeps a source map (failures on the GPU point at the .ts lines); cpu-tests.mjs is only the self-check. */
 async function bundle(name, entry, sourcemap) {
-  const result = await esbuild.build({
-    entryPoints: [join(pkg, "dev", "gpu-tests", entry)],
-    outfile: join(out, `${name}.mjs`),
-    bundle: true,
-    platform: "node",
-    format: "esm",
-    target: "node20",
-    conditions: ["@qlora/source"],
-    // Test files are imported for their side effects (they register tests) from packages that declare
-    // "sideEffects": false; run every module as vitest would, without tree-shaking hints.
-    ignoreAnnotations: true,
-    sourcemap,
-    legalComments: "none",
-    logLevel: "warning",
-    // CommonJS dependencies call require(); give the ESM bundle a real one.
-    banner: { js: 'import { createRequire as __qloraCreateRequire } from "node:module"; const require = __qloraCreateRequire(import.meta.url);' },
-    plugins: [resolvePlugin],
-  });
-  if (result.errors.length > 0 || result.warnings.length > 0) fail(`esbuild reported ${result.errors.length} errors, ${result.warnings.length} warnings`);
+  const r = await bundleTests(join(pkg, "dev", "gpu-tests", entry), join(out, `${name}.mjs`), { sourcemap });
+  if (r.errors.length > 0 || r.warnings.length > 0) fail(`esbuild reported ${r.errors.length} errors, ${r.warnings.length} warnings`);
 }
 
 /** xz -9 is ~80 s for a 100 MB binary on a small machine: redo it only when the binary changed. */
