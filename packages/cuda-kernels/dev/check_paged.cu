@@ -236,7 +236,7 @@ void checkEviction() {
     size_t freeB = 0, total = 0;
     rt().memGetInfo(&freeB, &total);
     const size_t free0 = freeB;
-    while (freeB > kLeave + 64 * kMiB) {
+    for (int guard = 0; guard < 4096 && freeB > kLeave + 64 * kMiB; ++guard) {  // bounded even if free stalls
       const size_t chunk = std::max<size_t>(64 * kMiB, std::min<size_t>(kGiB, (freeB - kLeave) / (64 * kMiB) * 64 * kMiB));
       void* p = nullptr;
       if (cudaMalloc(&p, chunk) != cudaSuccess) { cudaGetLastError(); break; }

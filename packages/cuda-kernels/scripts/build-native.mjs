@@ -7,29 +7,14 @@
 //   JOBS              parallel compile jobs (default 1, or all cores when $CI is set).
 //   QLORA_CUDA_CLEAN=1 forces a full rebuild (otherwise unchanged configurations build incrementally).
 import { spawnSync } from "node:child_process";
-import { existsSync, readFileSync, readdirSync, realpathSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { availableParallelism } from "node:os";
-import { delimiter, dirname, join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { findCudaHome, gencodeFromEnv } from "./cuda-toolchain.mjs";
 
 const packageRoot = join(dirname(fileURLToPath(import.meta.url)), "..");
-
-function findCudaHome() {
-  // QLORA_CUDA_DEFAULT_HOME overrides the /usr/local/cuda guess ("" disables it; used by the tests).
-  const fallback = process.env.QLORA_CUDA_DEFAULT_HOME ?? "/usr/local/cuda";
-  const candidates = [process.env.CUDA_HOME, process.env.CUDA_PATH, fallback].filter(Boolean);
-  for (const home of candidates) if (existsSync(join(home, "bin", "nvcc"))) return { home, nvcc: join(home, "bin", "nvcc") };
-  for (const dir of (process.env.PATH ?? "").split(delimiter)) {
-    const nvcc = join(dir, "nvcc");
-    if (!dir || !existsSync(nvcc)) continue;
-    // /usr/local/bin/nvcc may be a wrapper script: prefer the real toolkit directory when we can find it.
-    const real = realpathSync(nvcc);
-    const home = resolve(dirname(real), "..");
-    return { home: existsSync(join(home, "include", "cuda_runtime_api.h")) ? home : "/usr/local/cuda", nvcc: real };
-  }
-  return undefined;
-}
 
 const cuda = findCudaHome();
 if (!cuda) {
@@ -44,18 +29,12 @@ if (!existsSync(join(cuda.home, "lib64", "libcudart_static.a"))) {
   process.exit(0);
 }
 
-const archs = (process.env.QLORA_CUDA_ARCHS ?? "80,86,89,90").split(",").map((a) => a.trim()).filter(Boolean);
-for (const a of archs) {
-  if (!/^\d{2,3}a?$/.test(a)) {
-    console.error(`cuda-kernels: QLORA_CUDA_ARCHS entry "${a}" is not an SM number like 80 or 90`);
-    process.exit(1);
-  }
+const arch = gencodeFromEnv();
+if (arch.error) {
+  console.error(arch.error);
+  process.exit(1);
 }
-const last = archs[archs.length - 1];
-const gencode = [
-  ...archs.map((a) => `-gencode=arch=compute_${a},code=sm_${a}`),
-  `-gencode=arch=compute_${last},code=compute_${last}`, // PTX of the newest target, JIT-compiled on newer GPUs
-].join(" ");
+const { archs, last, gencode } = arch;
 
 const require = createRequire(import.meta.url);
 const nodeGyp = require.resolve("node-gyp/bin/node-gyp.js");
