@@ -88,6 +88,13 @@ else
   echo "gpu-check: no libcublas.so.13 found (python3 nvidia.cublas, toolkit lib64, /opt, /usr/local): GEMMs use our kernels"
 fi
 
+bundled="$(sed -n 's/^commit: \([0-9a-f]\{7\}\).*/\1/p' "$bundle/MANIFEST.txt" 2>/dev/null)"
+if [ "$commit" = unknown ] && [ -n "$bundled" ]; then
+  commit="$bundled (no .git here: the bundle's commit)"  # the device machine gets the tree without .git
+elif [ -n "$bundled" ] && [ "$bundled" != "$commit" ]; then
+  echo "gpu-check: WARNING: gpu-bundle/ was made at $bundled, the tree is at $commit"
+fi
+
 # 1. Node-level parity in the background: needs the GPU and one core, while nvcc below needs the CPUs.
 node_status="skipped"
 node_pid=""
@@ -107,8 +114,6 @@ if [ "$mode" = "--bench-only" ] || [ "${QLORA_GPU_CHECK_NODE:-1}" = "0" ]; then
 elif [ -f "$bundle/gpu-tests.mjs" ]; then
   echo "gpu-check: bundle $(head -1 "$bundle/MANIFEST.txt" 2>/dev/null) — node tests start now, log $node_log"
   echo "gpu-check: bundle $(grep -m1 '^glibc needed' "$bundle/MANIFEST.txt" 2>/dev/null); this machine: $(getconf GNU_LIBC_VERSION 2>/dev/null)"
-  bundled="$(sed -n 's/^commit: \([0-9a-f]\{7\}\).*/\1/p' "$bundle/MANIFEST.txt" 2>/dev/null)"
-  [ -n "$bundled" ] && [ "$bundled" != "$commit" ] && echo "gpu-check: WARNING: gpu-bundle/ was made at $bundled, the tree is at $commit"
   run_node_tests >"$node_log" 2>&1 &
   node_pid=$!
 else
@@ -180,8 +185,11 @@ status=2
 if [ $built -eq 1 ]; then
   timeout "$harness_s" "$build/gpu_check" "$@" 2>&1 | tee "$log"
   status=${PIPESTATUS[0]}
-  [ "$status" -eq 124 ] && echo "gpu-check: TIMED OUT after $harness_s s (partial log in $log)"
   harness_status="exit $status: $(grep -E '^checks: |^no CUDA device|^FATAL' "$log" | tail -1)"
+  if [ "$status" -eq 124 ]; then
+    echo "gpu-check: TIMED OUT after $harness_s s (partial log in $log)"
+    harness_status="TIMED OUT after $harness_s s: no table (raise QLORA_GPU_CHECK_HARNESS_S)"
+  fi
 else
   harness_status="not built (compile or link failed; build_errors.log)"
 fi
