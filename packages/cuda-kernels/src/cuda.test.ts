@@ -2,7 +2,7 @@
 // the fused bf16 4-bit GEMM against dequantize→bf16→f64 matmul, and allocator behaviour.
 // Skipped, with the reason in the title, when no device is usable (CI, GPU-less machines).
 import { DYNAMIC_MAP_SIGNED, dequantize4bit, f32ToBf16, quantize4bit } from "@qlora/nf4";
-import type { QuantizedWeightBuffers } from "@qlora/tensor";
+import { type QuantizedWeightBuffers, referenceBackend } from "@qlora/tensor";
 import { backendParitySuite } from "@qlora/tensor/testing";
 import { describe, expect, it } from "vitest";
 import { type CudaBackend, createCudaBackend, cudaDeviceStatus } from "./index";
@@ -119,6 +119,31 @@ describe.skipIf(!status.available)(title("fused 4-bit GEMM (bf16 tensor cores) v
         for (let o = 0; o < n; o++) acc += bfToF(dyh[i * n + o]) * bfToF(wbf[o * k + j]);
         expect(Math.abs(dx[i * k + j] - acc)).toBeLessThanOrEqual(1e-4 * (Math.abs(acc) + 1) + 1e-5 * n);
       }
+  });
+});
+
+describe.skipIf(!status.available)(title("deterministic embedding backward"), () => {
+  it("is bit-identical to the reference backend (f64 sums in position order) and run to run", () => {
+    const be = createCudaBackend();
+    const count = 3000, dim = 70, vocab = 40;
+    const next = lcg(5);
+    const ids = Int32Array.from({ length: count }, (_, i) => (i % 3 === 0 ? 7 : Math.floor((next() + 1) * 20)));
+    const dy = Float32Array.from({ length: count * dim }, next);
+    const want = referenceBackend.toHost(
+      referenceBackend.embeddingBackward(referenceBackend.fromHost(dy, "f32"), referenceBackend.fromHost(ids, "i32"), count, dim, vocab),
+    );
+    const dyb = be.fromHost(dy, "f32");
+    const idb = be.fromHost(ids, "i32");
+    const runs = [0, 1].map(() => {
+      const dw = be.embeddingBackward(dyb, idb, count, dim, vocab);
+      const host = be.toHost(dw);
+      be.free(dw);
+      return Buffer.from(host.buffer);
+    });
+    expect(Buffer.compare(runs[0], Buffer.from(want.buffer))).toBe(0);
+    expect(Buffer.compare(runs[1], runs[0])).toBe(0);
+    be.free(dyb);
+    be.free(idb);
   });
 });
 
