@@ -114,6 +114,9 @@ if [ "$mode" = "--bench-only" ] || [ "${QLORA_GPU_CHECK_NODE:-1}" = "0" ]; then
 elif [ -f "$bundle/gpu-tests.mjs" ]; then
   echo "gpu-check: bundle $(head -1 "$bundle/MANIFEST.txt" 2>/dev/null) — node tests start now, log $node_log"
   echo "gpu-check: bundle $(grep -m1 '^glibc needed' "$bundle/MANIFEST.txt" 2>/dev/null); this machine: $(getconf GNU_LIBC_VERSION 2>/dev/null)"
+  if [ -n "$cc" ] && ! grep -q "^qlora_cuda.node: .*elf_${cc}\b" "$bundle/MANIFEST.txt" 2>/dev/null; then
+    echo "gpu-check: WARNING: the bundled addon has no sm_${cc} code ($(grep -m1 -o 'code for [^,]*' "$bundle/MANIFEST.txt")): expect 'no kernel image' failures"
+  fi
   run_node_tests >"$node_log" 2>&1 &
   node_pid=$!
 else
