@@ -6,7 +6,8 @@
 #   2. builds the standalone harness (dev/gpu_check.cu + dev/check_*.cu + every kernel source) for the GPU present.
 #   3. PyTorch peers (dev/peer_torch.py) when python3 imports torch: copy, bf16 GEMM, SDPA, decoder layer.
 #   4. the harness: validates every kernel against its CPU reference, benchmarks, prints its table last.
-# Then a short summary. Logs (≤ 7 files) are copied to $OUT when set.
+# Then a short summary, and summary.md (run record + both tables, for BENCHMARKS.md). Logs (≤ 7 files) are
+# copied to $OUT when set.
 #   usage: bash packages/cuda-kernels/scripts/gpu-check.sh [--check-only|--bench-only]   (passed to the harness;
 #          --bench-only skips the Node tests, --check-only the torch peers)
 #   env:   CUDA_HOME / CUDA_PATH (nvcc), QLORA_GPU_CHECK_DIR (build dir, default /tmp/qlora-gpu-check),
@@ -23,7 +24,7 @@ mkdir -p "$build"
 log="$build/gpu_check.log"
 node_log="$build/gpu_tests.log"
 peer_log="$build/peer_torch.log"
-summary="$build/summary.txt"
+summary="$build/summary.md"
 rm -f "$log" "$node_log" "$peer_log" "$build/peer_torch.jsonl" "$build/build_errors.log" "$summary"
 started=$(date +%s)
 mode="${1:-}"
@@ -49,14 +50,18 @@ done
 if [ -z "$nvcc" ]; then echo "gpu-check: nvcc not found (set CUDA_HOME)"; exit 2; fi
 
 commit="$(git -C "$pkg" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-echo "== gpu-check $(date -u +%FT%TZ) commit $commit"
+date_utc="$(date -u +%FT%TZ)"
+echo "== gpu-check $date_utc commit $commit"
+smi="nvidia-smi not found"
 cc="${QLORA_GPU_CHECK_ARCH:-}"
 if command -v nvidia-smi >/dev/null; then
-  nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader
+  smi="$(nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader | head -1)"
+  echo "$smi"
   [ -z "$cc" ] && cc="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d ' .')"
 else
   echo "gpu-check: nvidia-smi not found"
 fi
+toolkit="$("$nvcc" --version | grep -m1 -o 'release .*')"
 "$nvcc" --version | tail -2
 if [ -n "$cc" ]; then
   if [ "$cc" -lt 80 ] 2>/dev/null; then echo "gpu-check: compute capability $cc < 8.0: the kernels need bf16 tensor cores (sm_80+)"; exit 2; fi
@@ -79,6 +84,7 @@ cublas_dir() {
   [ -n "$d" ] && dirname "$d"
 }
 cublas="$(cublas_dir)"
+cublas_from="${cublas:-loader path}"
 if [ -n "$cublas" ]; then
   export LD_LIBRARY_PATH="$cublas${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   echo "gpu-check: cuBLAS from $cublas ($(basename "$(readlink -f "$cublas/libcublas.so.13")"))"
@@ -207,5 +213,38 @@ case $node_status in FAILED*|TIMED*) [ "$exit_code" -eq 0 ] && exit_code=1 ;; es
   echo "torch peers:                 $peer_status"
   echo "harness (gpu_check):         $harness_status"
   echo "gpu-check: finished in $(( $(date +%s) - started )) s, exit $exit_code (0 = all checks passed)"
-} | tee "$summary"
+}
+write_summary() {  # summary.md: the run record and both tables, ready for BENCHMARKS.md
+  local field
+  field() { IFS=, read -ra f <<<"$smi"; echo "${f[$1]:-?}" | sed 's/^ *//'; }
+  echo "## GPU run $date_utc — $(field 0)"
+  echo
+  echo "| field | value |"
+  echo "|---|---|"
+  echo "| GPU | $(field 0), $(field 3), cc $(field 2) |"
+  echo "| driver | $(field 1) |"
+  echo "| CUDA toolkit | nvcc $toolkit |"
+  echo "| cuBLAS | $(grep -m1 '^cuBLAS: ' "$log" 2>/dev/null | cut -c9-) (from $cublas_from) |"
+  echo "| date (UTC) | $date_utc |"
+  echo "| commit | $commit; bundle: $(sed -n 's/^commit: //p' "$bundle/MANIFEST.txt" 2>/dev/null | head -1) |"
+  echo "| checks | $harness_status |"
+  echo "| node parity | $node_status |"
+  local peer
+  peer="$(grep -m1 '^peer: ' "$peer_log" 2>/dev/null | cut -c7-)"
+  echo "| torch peers | ${peer:+$peer: }$peer_status |"
+  echo
+  echo "Harness (dev/gpu_check.cu):"
+  echo
+  grep '^|' "$log" 2>/dev/null
+  grep -E '^  failed: ' "$log" 2>/dev/null
+  grep -E '^FAIL ' "$node_log" 2>/dev/null | sed 's/^/node: /'
+  echo
+  echo "PyTorch peers (dev/peer_torch.py):"
+  echo
+  grep '^|' "$peer_log" 2>/dev/null
+  echo
+  echo "gpu-check finished in $(( $(date +%s) - started )) s, exit $exit_code."
+}
+write_summary >"$summary"
+echo "gpu-check: run record + tables for BENCHMARKS.md in $summary${OUT:+ (and $OUT/summary.md)}"
 exit "$exit_code"
