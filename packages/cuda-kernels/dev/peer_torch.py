@@ -7,8 +7,8 @@ Prints one JSON object per measurement (lines starting with "{") and a markdown 
   - scaled_dot_product_attention, causal bf16, B=1, 32 q heads / 8 kv heads, S=2048, D=128, forward and
     forward+backward: GQA via enable_gqa=True and via repeat_interleave of K/V, each SDPA backend that accepts it
   - one Llama-3-8B-shaped decoder layer forward+backward, eager bf16 (HF LlamaDecoderLayer-style ops), frozen
-    weights, LoRA r=16 on all 7 linears, T=2048 tokens: tokens/s and MFU with the harness's formula; plus a
-    bitsandbytes NF4 variant when bitsandbytes imports
+    weights, LoRA r=16 on all 7 linears, T=2048 tokens: tokens/s and MFU with the harness's formula; plus, when
+    bitsandbytes imports, its NF4 variant and bitsandbytes' NF4+DQ dequantize (the peer of the dequant rows)
 Timings: CUDA events around `inner` calls, median of `reps` samples after warm-up.
 `--smoke` runs tiny shapes (on the CPU when there is no GPU) to check the script itself; its numbers mean nothing.
 """
@@ -87,6 +87,22 @@ def bench_copy(b):
         ms = b.median_ms(lambda: dst.copy_(src), reps=10, inner=1 if n >= (1 << 28) else 10)
         emit(f"torch device-to-device copy {label}", 2 * 2 * n / (ms * 1e-3) / 1e9, "GB/s", ms, "read+write bytes")
         del src, dst
+        b.free()
+
+
+def bench_bnb_dequant(b):
+    """bitsandbytes' NF4 + double-quant dequantize to bf16: the direct peer of the harness's dequant rows."""
+    torch = b.torch
+    import bitsandbytes.functional as bnbf
+
+    for rows in (4096, 14336):
+        n = rows * 4096
+        w = torch.randn(rows, 4096, dtype=torch.bfloat16, device=b.device)
+        q, state = bnbf.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
+        ms = b.median_ms(lambda: bnbf.dequantize_4bit(q, state), reps=10, inner=10)
+        moved = n / 2 + n / 64 + 2 * n  # as the harness counts: packed codes + 8-bit absmax + bf16 out
+        emit(f"bitsandbytes NF4+DQ dequant -> bf16 {rows}x4096", moved / (ms * 1e-3) / 1e9, "GB/s", ms, "bytes as the harness counts them")
+        del w, q, state
         b.free()
 
 
@@ -300,6 +316,8 @@ def main():
         print(json.dumps({"what": "torch decoder layer NF4 (bitsandbytes)", "skipped": f"bitsandbytes does not import: {type(e).__name__}"}))
     else:
         if cuda:
+            with torch.no_grad():
+                guarded("bitsandbytes dequant", lambda: bench_bnb_dequant(b))
             guarded("layer nf4", lambda: bench_layer(b, nf4=True))
     print_table(header)
     return 0
