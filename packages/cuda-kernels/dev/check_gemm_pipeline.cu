@@ -9,7 +9,8 @@
 //     loads): NF4 + FP4, double quant on/off, m = 1, 17, 256, 1024, f32 and bf16 outputs, a weight that
 //     needs several dequant panels, against host dequant (bf16(fl32(LUT · absmax)), double quant with
 //     the kernels' two roundings) → f64 GEMM;
-//   - gemm4bitF32 (the exact-f32 path of the Backend) against host f32 dequant → f64 GEMM.
+//   - gemm4bitF32 (the exact-f32 path of the Backend: SIMT on-the-fly, and f32 panels + cuBLAS SGEMM) against
+//     host f32 dequant → f64 GEMM.
 //  bench: cuBLAS bf16 (peer) vs our TC GEMM (pipelined, legacy) and the 4-bit paths at the Llama-8B
 //   training shapes, plus the seven linears of one decoder layer (forward + input grad, T = 2048):
 //   NF4 (auto path) vs bf16 cuBLAS — the GEMM part of the NF4 tax.
@@ -249,20 +250,28 @@ void check4bitCase(int m, int n, int k, int bs, bool fp4, bool dq, const std::ve
   });
 }
 
+/** The exact-f32 path, SIMT (path 0) and cuBLAS f32 panels (path 1, when cuBLAS loads). */
 void check4bitF32Case(int m, int n, int k, int bs, bool fp4, bool dq) {
-  char name[160];
-  std::snprintf(name, sizeof name, "exact-f32 4-bit %s%s m=%d n=%d k=%d bs=%d", fp4 ? "FP4" : "NF4", dq ? "+DQ" : "", m, n, k, bs);
-  guarded(name, [&] {
+  char base[160];
+  std::snprintf(base, sizeof base, "exact-f32 4-bit %s%s m=%d n=%d k=%d bs=%d", fp4 ? "FP4" : "NF4", dq ? "+DQ" : "", m, n, k, bs);
+  guarded(base, [&] {
     TestWeight tw(n, k, bs, fp4, dq);
     const std::vector<float> x = randn(int64_t(m) * k), dy = randn(int64_t(m) * n);
+    const std::vector<double> wantY = refLinear(x, tw.deqF32, m, n, k, false), wantDx = refLinear(dy, tw.deqF32, m, n, k, true);
     float* dX = up(x);
     float* dDy = up(dy);
     float* y = dalloc<float>(int64_t(m) * n);
     float* dx = dalloc<float>(int64_t(m) * k);
-    gemm4bitF32(S(), dX, m, tw.w, y, false);
-    gemm4bitF32(S(), dDy, m, tw.w, dx, true);
-    reportCmp(std::string(name) + " forward", compare(down(y, int64_t(m) * n), refLinear(x, tw.deqF32, m, n, k, false), 1e-5, 1e-4, 1e-5));
-    reportCmp(std::string(name) + " input grad", compare(down(dx, int64_t(m) * k), refLinear(dy, tw.deqF32, m, n, k, true), 1e-5, 1e-4, 1e-5));
+    for (int path : {0, 1}) {
+      if (path == 1 && !cublasUsable()) continue;
+      const std::string name = std::string(base) + (path ? " cuBLAS f32 panels" : " SIMT");
+      guarded(name, [&] {
+        gemm4bitF32(S(), dX, m, tw.w, y, false, path);
+        gemm4bitF32(S(), dDy, m, tw.w, dx, true, path);
+        reportCmp(name + " forward", compare(down(y, int64_t(m) * n), wantY, 1e-5, 1e-4, 1e-5));
+        reportCmp(name + " input grad", compare(down(dx, int64_t(m) * k), wantDx, 1e-5, 1e-4, 1e-5));
+      });
+    }
     for (void* p : {(void*)dX, (void*)dDy, (void*)y, (void*)dx}) dfree(p);
   });
 }
@@ -287,6 +296,7 @@ void check() {
     for (bool fp4 : {false, true})
       for (bool dq : {false, true}) check4bitF32Case(m, 77, 200, 64, fp4, dq);  // k % blocksize != 0: blocks straddle rows
   check4bitF32Case(64, 256, 512, 128, false, true);
+  check4bitF32Case(5, 4608, 4096, 64, false, true);  // f32 copy > 64 MiB: two panels on the cuBLAS path
 }
 
 // ------------------------------------------------------------------ benchmarks
@@ -330,7 +340,10 @@ void benchShapes() {
     if (s.n == s.k) {  // one size of the exact-f32 path (SIMT; the Backend's default matmul4bit)
       float* xf = dalloc<float>(int64_t(s.m) * s.k);
       QK_CHECK(cudaMemsetAsync(xf, 0, sizeof(float) * int64_t(s.m) * s.k, S()));
-      row("exact-f32 4-bit matmul (SIMT, on-the-fly dequant), f32 x", t.median(3, [&] { gemm4bitF32(S(), xf, s.m, tw.w, y, false); }), "");
+      row("exact-f32 4-bit matmul SIMT (on-the-fly dequant), f32 x", t.median(3, [&] { gemm4bitF32(S(), xf, s.m, tw.w, y, false, 0); }), "");
+      if (cublasUsable())
+        row("exact-f32 4-bit matmul cuBLAS SGEMM (f32 panels ≤ 64 MiB), f32 x",
+            t.median(3, [&] { gemm4bitF32(S(), xf, s.m, tw.w, y, false, 1); }), "");
       dfree(xf);
     }
     for (void* p : {(void*)x, (void*)wb, (void*)y, (void*)yb}) dfree(p);

@@ -221,8 +221,8 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
         native.gemm4bit(cx.handle, DTYPE_CODE[cx.dtype], m, ...weightArgs(w), out.handle, DTYPE_CODE.f32);
         return out;
       }
-      // Exact-f32 path (reference numerics): W dequantized to f32 tile by tile inside an f32 GEMM, never whole
-      // (no device memory beyond x's f32 copy, if any, and y).
+      // Exact-f32 path (reference numerics), never a whole-weight copy: f32 panels of ≤ 64 MiB + cuBLAS SGEMM,
+      // or without cuBLAS a SIMT GEMM that dequantizes W tile by tile (no scratch).
       withF32([cx], "matmul4bit", (xh) => native.gemm4bitF32(xh, m, ...weightArgs(w), out.handle, false));
       return out;
     },

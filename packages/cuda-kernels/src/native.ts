@@ -57,7 +57,7 @@ export interface NativeCuda {
   quantizeBlockwise8(x: Handle, n: number, offset: number, blocksize: number, code: Handle, q: Handle, absmax: Handle): void;
   gemm4bit(...args: (number | boolean)[]): void;
   gemm4bitInputGrad(...args: (number | boolean)[]): void;
-  /** (x f32, m, weight args, y f32, inputGrad): exact-f32 4-bit matmul, W dequantized tile by tile. */
+  /** (x f32, m, weight args, y f32, inputGrad): exact-f32 4-bit matmul without a whole-weight copy. */
   gemm4bitF32(...args: (number | boolean)[]): void;
   rmsNorm: Fn; rmsNormBackward: Fn; rope: Fn; swiglu: Fn; swigluBackward: Fn; softmax: Fn; softmaxBackward: Fn;
   crossEntropy: Fn; crossEntropyBackward: Fn; embedding: Fn; embeddingBackward: Fn; adamw: Fn; adamw8bit: Fn;

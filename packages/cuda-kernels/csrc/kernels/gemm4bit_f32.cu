@@ -2,6 +2,7 @@
 // dequantized copy of W: a SIMT f32 GEMM (the tiling of gemm.cu's sgemmKernel) whose B tile loader
 // dequantizes each element as fl32(LUT[code] · absmax) — exactly dequantize4bit(..., f32) — while
 // filling shared memory. Device memory bound: nothing beyond x and y (the weight is read in place).
+// The path without cuBLAS; with cuBLAS, gemm4bitF32 (gemm_nf4.cu) uses bounded f32 panels + SGEMM.
 // Reference: dequantize4bit(f32) → host f64 GEMM (dev/check_gemm_pipeline.cu). Compiled, unverified.
 #include "common.cuh"
 #include "kernels.h"
@@ -82,17 +83,17 @@ int log2i(int v) {
 
 }  // namespace
 
-void gemm4bitF32(cudaStream_t s, const float* x, int m, const Weight4bit& w, float* y, bool inputGrad) {
-  require(w.codes != nullptr, "gemm4bitF32: no codes");
-  require(w.n > 0 && w.k > 0 && int64_t(w.n) * w.k <= INT32_MAX, "gemm4bitF32: n·k must be in [1, 2^31-1]");
+void gemm4bitF32Simt(cudaStream_t s, const float* x, int m, const Weight4bit& w, float* y, bool inputGrad) {
+  require(w.codes != nullptr, "gemm4bitF32Simt: no codes");
+  require(w.n > 0 && w.k > 0 && int64_t(w.n) * w.k <= INT32_MAX, "gemm4bitF32Simt: n·k must be in [1, 2^31-1]");
   require(w.blocksize >= 16 && w.blocksize <= 4096 && (w.blocksize & (w.blocksize - 1)) == 0,
-          "gemm4bitF32: blocksize must be a power of two in [16, 4096]");
+          "gemm4bitF32Simt: blocksize must be a power of two in [16, 4096]");
   require(w.absmax.absmax || (w.absmax.qabsmax && w.absmax.code && w.absmax.nestedAbsmax && w.absmax.nestedBlocksize > 0),
-          "gemm4bitF32: need absmax, or qabsmax + code + nestedAbsmax");
-  require(m >= 1, "gemm4bitF32: m must be ≥ 1");
+          "gemm4bitF32Simt: need absmax, or qabsmax + code + nestedAbsmax");
+  require(m >= 1, "gemm4bitF32Simt: m must be ≥ 1");
   const int nOut = inputGrad ? w.k : w.n;
   const dim3 grid((nOut + SB - 1) / SB, (m + SB - 1) / SB);
-  require(grid.y <= 65535, "gemm4bitF32: m too large for the grid");
+  require(grid.y <= 65535, "gemm4bitF32Simt: m too large for the grid");
   const int lg = log2i(w.blocksize);
   if (inputGrad) gemm4bitF32Kernel<true><<<grid, 256, 0, s>>>(x, w.codes, w.absmax, w.n, w.k, lg, w.fp4, m, y);
   else gemm4bitF32Kernel<false><<<grid, 256, 0, s>>>(x, w.codes, w.absmax, w.n, w.k, lg, w.fp4, m, y);

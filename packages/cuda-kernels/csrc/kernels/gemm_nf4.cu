@@ -312,18 +312,18 @@ bool fusedFits(const Weight4bit& w, bool inputGrad) {
   return w.k % 32 == 0 && aligned16(w.codes) && (!inputGrad || w.n % 8 == 0);
 }
 
-/** Rows per dequant panel: the whole W when its bf16 copy fits kGemm4bitPanelBytes, else the largest
- * multiple of `unit` rows that fits, where a panel of `unit` rows starts on a 16-element boundary
- * (8-byte aligned codes) and on a whole absmax block (and nested block with double quant), so the
- * panel is a plain dequantize4bit of a sub-range. 0: no such panel within the bound. */
-int64_t panelRows(const Weight4bit& w) {
+/** Rows per dequant panel: the whole W when its copy (elemBytes per element) fits kGemm4bitPanelBytes,
+ * else the largest multiple of `unit` rows that fits, where a panel of `unit` rows starts on a 16-element
+ * boundary (8-byte aligned codes) and on a whole absmax block (and nested block with double quant), so
+ * the panel is a plain dequantize4bit of a sub-range. 0: no such panel within the bound. */
+int64_t panelRows(const Weight4bit& w, int elemBytes = 2) {
   const int64_t k = w.k;
-  if (int64_t(w.n) * k * 2 <= kGemm4bitPanelBytes) return w.n;
+  if (int64_t(w.n) * k * elemBytes <= kGemm4bitPanelBytes) return w.n;
   int64_t align = w.blocksize;
   if (!w.absmax.absmax) align *= w.absmax.nestedBlocksize;
   align = std::lcm(align, int64_t(16));
   const int64_t unit = align / std::gcd(align, k);
-  const int64_t maxRows = kGemm4bitPanelBytes / (2 * k);
+  const int64_t maxRows = kGemm4bitPanelBytes / (elemBytes * k);
   return unit > maxRows ? 0 : maxRows / unit * unit;
 }
 
@@ -363,11 +363,15 @@ void runFused(cudaStream_t s, const uint16_t* xb, int M, const Weight4bit& w, vo
 
 /** bitsandbytes' training path: W → bf16 panel (one dequantize4bit launch, double quant included)
  * → cuBLAS bf16 GEMM with f32 accumulation. Forward panels fill column ranges of y (ldc = n); input
- * grad panels accumulate (beta = 1) over the reduction axis. Scratch ≤ kGemm4bitPanelBytes. */
-template <bool kTrans>
-void runDequantCublas(cudaStream_t s, const uint16_t* xb, int M, const Weight4bit& w, void* out, int outDtype) {
-  const int64_t rowsPer = panelRows(w), k = w.k;
-  Scratch panel(s, size_t(std::min<int64_t>(rowsPer, w.n)) * k * 2);
+ * grad panels accumulate (beta = 1) over the reduction axis. Scratch ≤ kGemm4bitPanelBytes.
+ * kF32: the same with an f32 panel, f32 x and y (the exact-f32 path with cuBLAS SGEMM). */
+template <bool kTrans, bool kF32 = false>
+void runDequantCublas(cudaStream_t s, const void* xin, int M, const Weight4bit& w, void* out, int outDtype) {
+  constexpr int kElem = kF32 ? 4 : 2;
+  const int itype = kF32 ? cublas::R_32F : cublas::R_16BF;
+  const int64_t rowsPer = panelRows(w, kElem), k = w.k;
+  require(rowsPer > 0, "gemm4bit: no dequant panel fits the scratch bound");
+  Scratch panel(s, size_t(std::min<int64_t>(rowsPer, w.n)) * k * kElem);
   const int ctype = outDtype == BF16 ? cublas::R_16BF : cublas::R_32F;
   for (int64_t p0 = 0; p0 < w.n; p0 += rowsPer) {
     const int rows = int(std::min<int64_t>(rowsPer, w.n - p0));
@@ -378,16 +382,15 @@ void runDequantCublas(cudaStream_t s, const uint16_t* xb, int M, const Weight4bi
       a.qabsmax += block0;
       a.nestedAbsmax += block0 / a.nestedBlocksize;
     }
-    dequantize4bit(s, w.codes + e0 / 2, int64_t(rows) * k, w.blocksize, w.fp4, a, panel.p, BF16);
+    dequantize4bit(s, w.codes + e0 / 2, int64_t(rows) * k, w.blocksize, w.fp4, a, panel.p, kF32 ? F32 : BF16);
     const size_t outBytes = outDtype == BF16 ? 2 : 4;
     if (!kTrans)  // column-major yᵀ[n, m]: rows p0.. of it = Wpanel[rows, k] · xᵀ
-      cublasGemmStridedBatched(s, cublas::OP_T, cublas::OP_N, rows, M, w.k, panel.p, cublas::R_16BF, w.k, 0, xb,
-                               cublas::R_16BF, w.k, 0, static_cast<char*>(out) + p0 * outBytes, ctype, w.n, 0, 1,
-                               cublas::COMPUTE_32F);
+      cublasGemmStridedBatched(s, cublas::OP_T, cublas::OP_N, rows, M, w.k, panel.p, itype, w.k, 0, xin, itype, w.k, 0,
+                               static_cast<char*>(out) + p0 * outBytes, ctype, w.n, 0, 1, cublas::COMPUTE_32F);
     else  // column-major dxᵀ[k, m] (+)= Wpanelᵀ[k, rows] · dyᵀ[p0.., m]
-      cublasGemmStridedBatched(s, cublas::OP_N, cublas::OP_N, w.k, M, rows, panel.p, cublas::R_16BF, w.k, 0,
-                               xb + p0, cublas::R_16BF, w.n, 0, out, ctype, w.k, 0, 1, cublas::COMPUTE_32F,
-                               p0 == 0 ? 0.f : 1.f);
+      cublasGemmStridedBatched(s, cublas::OP_N, cublas::OP_N, w.k, M, rows, panel.p, itype, w.k, 0,
+                               static_cast<const char*>(xin) + p0 * kElem, itype, w.n, 0, out, ctype, w.k, 0, 1,
+                               cublas::COMPUTE_32F, p0 == 0 ? 0.f : 1.f);
   }
 }
 
@@ -429,6 +432,18 @@ int gemm4bitResolvePath(int path, int m, const Weight4bit& w, bool inputGrad, in
   if (p == GEMM4BIT_FUSED && path == GEMM4BIT_AUTO && legacyGemmFromEnv()) p = GEMM4BIT_LEGACY;
   if (p == GEMM4BIT_FUSED && !fusedFits(w, inputGrad)) p = GEMM4BIT_LEGACY;
   return p;
+}
+
+void gemm4bitF32(cudaStream_t s, const float* x, int m, const Weight4bit& w, float* y, bool inputGrad, int path) {
+  checkWeight(w, "gemm4bitF32");
+  require(m >= 1, "gemm4bitF32: m must be ≥ 1");
+  const bool cublasPanels = path == 1 || (path == -1 && cublasUsable() && panelRows(w, 4) > 0);
+  if (!cublasPanels) {
+    gemm4bitF32Simt(s, x, m, w, y, inputGrad);
+    return;
+  }
+  if (inputGrad) runDequantCublas<true, true>(s, x, m, w, y, F32);
+  else runDequantCublas<false, true>(s, x, m, w, y, F32);
 }
 
 void gemm4bit(cudaStream_t s, const void* x, int xDtype, int m, const Weight4bit& w, void* y, int yDtype, int path) {

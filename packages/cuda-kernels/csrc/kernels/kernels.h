@@ -93,11 +93,13 @@ void gemm4bit(cudaStream_t s, const void* x, int xDtype, int m, const Weight4bit
 void gemm4bitInputGrad(cudaStream_t s, const void* dy, int dyDtype, int m, const Weight4bit& w, void* dx, int dxDtype,
                        int path = GEMM4BIT_AUTO);
 
-// ---- gemm4bit_f32.cu: exact-f32 4-bit matmul (the reference backend's numerics) ----
-/** inputGrad false: y[m,n] = x[m,k] · dequant(W)ᵀ; true: y[m,k] = x[m,n] · dequant(W). The weight is
- * dequantized on the fly, tile by tile, to f32 (fl32(code · absmax), as dequantize4bit(f32)) inside a
- * SIMT f32 GEMM with f32 accumulation: no temporary at all (device memory bound: 0 bytes beyond x and y). */
-void gemm4bitF32(cudaStream_t s, const float* x, int m, const Weight4bit& w, float* y, bool inputGrad);
+// ---- exact-f32 4-bit matmul (the reference backend's numerics: fl32(code · absmax) weights, f32 GEMM) ----
+/** inputGrad false: y[m,n] = x[m,k] · dequant(W)ᵀ; true: y[m,k] = x[m,n] · dequant(W). Never a whole-weight
+ * copy. path -1: cuBLAS when usable, else SIMT; 0: SIMT; 1: cuBLAS. cuBLAS (gemm_nf4.cu): W dequantized to f32
+ * in row panels of ≤ kGemm4bitPanelBytes + SGEMM per panel (columns of y, or beta = 1 over the reduction).
+ * SIMT (gemm4bit_f32.cu): dequantized tile by tile in shared memory, no scratch at all. */
+void gemm4bitF32(cudaStream_t s, const float* x, int m, const Weight4bit& w, float* y, bool inputGrad, int path = -1);
+void gemm4bitF32Simt(cudaStream_t s, const float* x, int m, const Weight4bit& w, float* y, bool inputGrad);
 
 // ---- rmsnorm.cu ----
 void rmsNorm(cudaStream_t s, const float* x, const float* weight, int64_t rows, int dim, float eps, float* y, float* rstd);

@@ -227,7 +227,7 @@ Napi::Value Gemm4bit(const Napi::CallbackInfo& info) {
   });
 }
 
-// gemm4bitF32(x, m, weight(11), y, inputGrad): exact-f32 path, W dequantized tile by tile (no temporary)
+// gemm4bitF32(x, m, weight(11), y, inputGrad): exact-f32 path, never a whole-weight copy (f32 panels + cuBLAS, or SIMT)
 Napi::Value Gemm4bitF32(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     const int m = int(integer(info, 1, "m", 1, INT32_MAX));
