@@ -6,8 +6,8 @@
 #   2. builds the standalone harness (dev/gpu_check.cu + dev/check_*.cu + every kernel source) for the GPU present.
 #   3. PyTorch peers (dev/peer_torch.py) when python3 imports torch: copy, bf16 GEMM, SDPA, decoder layer.
 #   4. the harness: validates every kernel against its CPU reference, benchmarks, prints its table last.
-# Then a short summary, and summary.md (run record + both tables, for BENCHMARKS.md). Logs (≤ 7 files) are
-# copied to $OUT when set.
+# Then a short summary, and summary.md (run record + both tables, for BENCHMARKS.md). The logs (≤ 7 files) are
+# written to $OUT when it is set, else to the build dir.
 #   usage: bash packages/cuda-kernels/scripts/gpu-check.sh [--check-only|--bench-only]   (passed to the harness;
 #          --bench-only skips the Node tests, --check-only the torch peers)
 #   env:   CUDA_HOME / CUDA_PATH (nvcc), QLORA_GPU_CHECK_DIR (build dir, default /tmp/qlora-gpu-check),
@@ -21,26 +21,22 @@ build="${QLORA_GPU_CHECK_DIR:-/tmp/qlora-gpu-check}"
 bundle="$pkg/gpu-bundle"
 python="${PYTHON:-python3}"
 mkdir -p "$build"
-log="$build/gpu_check.log"
-node_log="$build/gpu_tests.log"
-peer_log="$build/peer_torch.log"
-summary="$build/summary.md"
-rm -f "$log" "$node_log" "$peer_log" "$build/peer_torch.jsonl" "$build/build_errors.log" "$summary"
+# Logs go straight to $OUT when it is set (they survive a run killed from outside), else to the build dir.
+logs="$build"
+[ -n "${OUT:-}" ] && [ -d "${OUT:-}" ] && logs="$OUT"
+log="$logs/gpu_check.log"
+node_log="$logs/gpu_tests.log"
+peer_log="$logs/peer_torch.log"
+peer_json="$logs/peer_torch.jsonl"
+errors_log="$logs/build_errors.log"
+summary="$logs/summary.md"
+rm -f "$log" "$node_log" "$peer_log" "$peer_json" "$errors_log" "$summary"
+[ "$logs" != "$build" ] && [ -f "$bundle/MANIFEST.txt" ] && cp "$bundle/MANIFEST.txt" "$logs/"
 started=$(date +%s)
 mode="${1:-}"
 node_s="${QLORA_GPU_CHECK_NODE_S:-120}"
 peer_s="${QLORA_GPU_CHECK_PEER_S:-90}"
 harness_s="${QLORA_GPU_CHECK_HARNESS_S:-180}"
-
-# Whatever happens, the logs that exist go back with $OUT.
-copy_logs() {
-  [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ] || return 0
-  for f in "$log" "$node_log" "$peer_log" "$build/peer_torch.jsonl" "$build/build_errors.log" "$summary" "$bundle/MANIFEST.txt"; do
-    [ -f "$f" ] && cp "$f" "$OUT/"
-  done
-  return 0
-}
-trap copy_logs EXIT
 
 nvcc=""
 for home in "${CUDA_HOME:-}" "${CUDA_PATH:-}" /usr/local/cuda; do
@@ -68,6 +64,7 @@ if [ -n "$cc" ]; then
   arch=(-gencode "arch=compute_${cc},code=sm_${cc}")
 else
   # Unknown GPU: never -arch=native (without a visible GPU nvcc falls back to an arch without bf16 WMMA).
+  # shellcheck disable=SC2054  # the commas belong to nvcc's -gencode syntax
   arch=(-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90)
 fi
 
@@ -147,14 +144,14 @@ for i in "${!pids[@]}"; do
   if ! wait "${pids[$i]}"; then
     built=0
     echo "gpu-check: compile failed: ${objs[$i]%.o}"
-    tee -a "$build/build_errors.log" <"${objs[$i]}.log"
+    tee -a "$errors_log" <"${objs[$i]}.log"
   fi
 done
 if [ $built -eq 1 ]; then
-  "$nvcc" "${arch[@]}" -o "$build/gpu_check" "${objs[@]}" -ldl -lrt -lpthread 2>&1 | tee -a "$build/build_errors.log"
+  "$nvcc" "${arch[@]}" -o "$build/gpu_check" "${objs[@]}" -ldl -lrt -lpthread 2>&1 | tee -a "$errors_log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || { built=0; echo "gpu-check: link failed"; }
 fi
-[ $built -eq 1 ] && rm -f "$build/build_errors.log" && echo "gpu-check: built in $(( $(date +%s) - started )) s"
+[ $built -eq 1 ] && rm -f "$errors_log" && echo "gpu-check: built in $(( $(date +%s) - started )) s"
 
 if [ -n "$node_pid" ]; then
   wait "$node_pid"
@@ -177,10 +174,10 @@ elif [ $built -eq 1 ]; then
   echo "gpu-check: torch peers (dev/peer_torch.py, log $peer_log)"
   timeout "$peer_s" "$python" "$pkg/dev/peer_torch.py" >"$peer_log" 2>&1
   code=$?
-  grep '^{' "$peer_log" >"$build/peer_torch.jsonl"
+  grep '^{' "$peer_log" >"$peer_json"
   grep -v '^{' "$peer_log"
-  rows=$(grep -c '"value"' "$build/peer_torch.jsonl")
-  errors=$(grep -c '"error"' "$build/peer_torch.jsonl")
+  rows=$(grep -c '"value"' "$peer_json")
+  errors=$(grep -c '"error"' "$peer_json")
   case $code in
     0) peer_status="$(sed -n 's/^peer_torch: \(skipped.*\)/\1/p' "$peer_log" | head -1)"
        [ -z "$peer_status" ] && peer_status="$rows measurements, $errors errors (peer_torch.jsonl)" ;;
@@ -214,9 +211,13 @@ case $node_status in FAILED*|TIMED*) [ "$exit_code" -eq 0 ] && exit_code=1 ;; es
   echo "harness (gpu_check):         $harness_status"
   echo "gpu-check: finished in $(( $(date +%s) - started )) s, exit $exit_code (0 = all checks passed)"
 }
+field() {  # field N of the nvidia-smi csv line
+  local f v
+  IFS=, read -ra f <<<"$smi"
+  v="${f[$1]:-?}"
+  echo "${v# }"
+}
 write_summary() {  # summary.md: the run record and both tables, ready for BENCHMARKS.md
-  local field
-  field() { IFS=, read -ra f <<<"$smi"; echo "${f[$1]:-?}" | sed 's/^ *//'; }
   echo "## GPU run $date_utc — $(field 0)"
   echo
   echo "| field | value |"
@@ -246,5 +247,5 @@ write_summary() {  # summary.md: the run record and both tables, ready for BENCH
   echo "gpu-check finished in $(( $(date +%s) - started )) s, exit $exit_code."
 }
 write_summary >"$summary"
-echo "gpu-check: run record + tables for BENCHMARKS.md in $summary${OUT:+ (and $OUT/summary.md)}"
+echo "gpu-check: run record + tables for BENCHMARKS.md in $summary"
 exit "$exit_code"
