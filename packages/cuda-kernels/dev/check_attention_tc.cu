@@ -140,6 +140,7 @@ void checkCase(const Case& c) {
   const std::string tag = "attention-tc b=" + std::to_string(c.b) + " h=" + std::to_string(c.h) + "/" + std::to_string(c.kv) +
                           " seq=" + std::to_string(c.seq) + " d=" + std::to_string(c.d) + (c.segments ? " segments" : "");
   guarded(tag, [&] {
+    attentionTcSetSplits(0);
     AttentionArgs a;
     a.batch = c.b; a.heads = c.h; a.kvHeads = c.kv; a.seq = c.seq; a.headDim = c.d; a.scale = 1.f / std::sqrt(float(c.d));
     const size_t qn = size_t(c.b) * c.h * c.seq * c.d, kn = size_t(c.b) * c.kv * c.seq * c.d, rows = size_t(c.b) * c.h * c.seq;
@@ -170,6 +171,18 @@ void checkCase(const Case& c) {
     checkBound(tag + " TC bf16 dq", unbits(down(gq16, qn)), r.dq, r.aDq, kTcA, kTcRef, kTcL2);
     checkBound(tag + " TC bf16 dk", unbits(down(gk16, kn)), r.dk, r.aDk, kTcA, kTcRef, kTcL2);
     checkBound(tag + " TC bf16 dv", unbits(down(gv16, kn)), r.dv, r.aDv, kTcA, kTcRef, kTcL2);
+    // Both dK/dV schemes: one block per group (registers only) and one block per query head (partials + reduce).
+    for (int forced : {1, c.h / c.kv}) {
+      attentionTcSetSplits(forced);
+      void* sp = dalloc<char>(attentionTcScratchBytes(a, true, BF16));
+      attentionBackwardBf16(S(), a, do16, q16, k16, v16, o16, lse, gq16, gk16, gv16, sp);
+      const std::string sub = tag + " TC bf16 splits=" + std::to_string(forced);
+      checkBound(sub + " dk", unbits(down(gk16, kn)), r.dk, r.aDk, kTcA, kTcRef, kTcL2);
+      checkBound(sub + " dv", unbits(down(gv16, kn)), r.dv, r.aDv, kTcA, kTcRef, kTcL2);
+      dfree(sp);
+    }
+    attentionTcSetSplits(0);
+    attentionBackwardBf16(S(), a, do16, q16, k16, v16, o16, lse, gq16, gk16, gv16, scratch);
     {  // the backward has no atomics: a second run must give the same bits
       const std::vector<uint16_t> k1 = down(gk16, kn), q1 = down(gq16, qn);
       attentionBackwardBf16(S(), a, do16, q16, k16, v16, o16, lse, gq16, gk16, gv16, scratch);

@@ -157,8 +157,10 @@ __global__ void __launch_bounds__(kThreads) fwdKernel(AttentionArgs a, const uin
   extern __shared__ __align__(16) uint16_t smem[];
   constexpr int T = kBlk * D, KS = D / 16;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
-  const int qTile = gridDim.x - 1 - blockIdx.x;  // longest causal rows start first
-  const int bh = blockIdx.y, b = bh / a.heads, h = bh % a.heads, kvh = h / (a.heads / a.kvHeads);
+  // grid (B·H, query tiles): the block scheduler walks x fastest, so every head's longest causal rows
+  // (the last query tile) start in the first wave and the short ones fill the tail.
+  const int qTile = gridDim.y - 1 - blockIdx.y;
+  const int bh = blockIdx.x, b = bh / a.heads, h = bh % a.heads, kvh = h / (a.heads / a.kvHeads);
   const int q0 = qTile * kBlk;
   const uint16_t* kh = k + (int64_t(b) * a.kvHeads + kvh) * a.seq * D;
   const uint16_t* vh = v + (int64_t(b) * a.kvHeads + kvh) * a.seq * D;
@@ -266,17 +268,18 @@ __global__ void __launch_bounds__(kThreads) fwdKernel(AttentionArgs a, const uin
 }
 
 // ------------------------------------------------------------------ backward
-// delta[r] = Σ_d dout[r, d] · out[r, d], one warp per row.
+// delta[r] = Σ_d dout[r, d] · out[r, d], one warp per row (grid-stride: the grid is capped by gridFor).
 template <class TD, class TO>
 __global__ void deltaKernel(const TD* __restrict__ dout, const TO* __restrict__ out, int64_t rows, int D,
                             float* __restrict__ delta) {
-  const int64_t r = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
-  if (r >= rows) return;
-  float acc = 0.f;
-  for (int d = lane; d < D; d += 32) acc = fmaf(load1(dout + r * D + d), load1(out + r * D + d), acc);
-  acc = warpSum(acc);
-  if (lane == 0) delta[r] = acc;
+  const int64_t warps = (int64_t(gridDim.x) * blockDim.x) >> 5;
+  for (int64_t r = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5; r < rows; r += warps) {
+    float acc = 0.f;
+    for (int d = lane; d < D; d += 32) acc = fmaf(load1(dout + r * D + d), load1(out + r * D + d), acc);
+    acc = warpSum(acc);
+    if (lane == 0) delta[r] = acc;
+  }
 }
 
 // dq_i = scale · Σ_j dS_ij k_j with dS_ij = P_ij (dP_ij − delta_i), P_ij = exp(s_ij − lse_i), dP_ij = dout_i · v_j.
@@ -293,8 +296,8 @@ __global__ void __launch_bounds__(kThreads) dqKernel(AttentionArgs a, const uint
   extern __shared__ __align__(16) uint16_t smem[];
   constexpr int T = kBlk * D, KS = D / 16;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
-  const int qTile = gridDim.x - 1 - blockIdx.x;
-  const int bh = blockIdx.y, b = bh / a.heads, h = bh % a.heads, kvh = h / (a.heads / a.kvHeads);
+  const int qTile = gridDim.y - 1 - blockIdx.y;  // longest rows first, as in the forward
+  const int bh = blockIdx.x, b = bh / a.heads, h = bh % a.heads, kvh = h / (a.heads / a.kvHeads);
   const int q0 = qTile * kBlk;
   const uint16_t* kh = k + (int64_t(b) * a.kvHeads + kvh) * a.seq * D;
   const uint16_t* vh = v + (int64_t(b) * a.kvHeads + kvh) * a.seq * D;
@@ -405,8 +408,8 @@ __global__ void __launch_bounds__(kThreads) dkvKernel(AttentionArgs a, int split
   constexpr int T = kBlk * D, KS = D / 16;
   float* stats = reinterpret_cast<float*>(smem + 6 * T);  // stage s: [128 s, 128 s + 64) lse2, then delta
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
-  const int kTile = blockIdx.x, k0 = kTile * kBlk;  // tile 0 has the most query tiles: it starts first
-  const int split = blockIdx.y % splits, bkv = blockIdx.y / splits;
+  const int kTile = blockIdx.y, k0 = kTile * kBlk;  // key tile 0 sees the most query tiles: y = 0 runs first
+  const int split = blockIdx.x % splits, bkv = blockIdx.x / splits;
   const int b = bkv / a.kvHeads, kvh = bkv % a.kvHeads, group = a.heads / a.kvHeads, per = group / splits;
   const int h0 = kvh * group + split * per;
   const int nQ = (a.seq + kBlk - 1) / kBlk, qPer = nQ - kTile, items = per * qPer;
@@ -561,8 +564,10 @@ constexpr size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
 
 // Heads of a group per dK/dV block: the smallest divisor `splits` of the group size that gives at
 // least 4 blocks per SM (B·KVH·keyTiles alone is one wave for seq 2048, KVH 8 on 132 SMs).
+int gForcedSplits = 0;  // attentionTcSetSplits (harness only)
 int splitsFor(const AttentionArgs& a) {
   const int group = a.heads / a.kvHeads, sms = deviceInfo().sms > 0 ? deviceInfo().sms : 132;
+  if (gForcedSplits > 0 && group % gForcedSplits == 0) return gForcedSplits;
   const int64_t blocks = int64_t(a.batch) * a.kvHeads * ((a.seq + kBlk - 1) / kBlk);
   int s = 1;
   while (s < group && blocks * s < 4 * int64_t(sms)) {
@@ -599,6 +604,7 @@ void checkTc(const AttentionArgs& a, int inDtype, int outDtype) {
   require(a.batch >= 1 && a.heads >= 1 && a.kvHeads >= 1 && a.seq >= 1, "attention: batch, heads, kvHeads, seq must be ≥ 1");
   require(a.heads % a.kvHeads == 0, "attention: heads must be a multiple of kvHeads");
   require(int64_t(a.batch) * a.heads <= 65535, "attention: batch·heads must be ≤ 65535");
+  require((a.seq + kBlk - 1) / kBlk <= 65535, "attention (tensor cores): seq must be ≤ 65535·64");
   require(a.headDim == 64 || a.headDim == 128, "attention (tensor cores): headDim must be 64 or 128 (others: SIMT path)");
   require(deviceInfo().ccMajor >= 8, "attention (tensor cores): needs compute capability 8.0+ (bf16 mma.sync)");
   require(inDtype == F32 || inDtype == BF16, "attention (tensor cores): inputs must be f32 or bf16");
@@ -642,7 +648,7 @@ void launchForward(cudaStream_t s, const AttentionArgs& a, const uint16_t* q, co
                    float* lse) {
   const size_t smem = 4 * size_t(kBlk) * D * sizeof(uint16_t);  // D=128: 64 KB
   allowSmem(fwdKernel<D, OutT>, smem);
-  const dim3 grid((a.seq + kBlk - 1) / kBlk, a.batch * a.heads);
+  const dim3 grid(a.batch * a.heads, (a.seq + kBlk - 1) / kBlk);
   fwdKernel<D, OutT><<<grid, kThreads, smem, s>>>(a, q, k, v, out, lse);
   QK_LAUNCH_CHECK("attention fwdKernel (tc)");
 }
@@ -653,12 +659,12 @@ void launchBackward(cudaStream_t s, const AttentionArgs& a, const Plan& p, char*
   const float* delta = reinterpret_cast<const float*>(scratch + p.delta);
   const size_t smemQ = 4 * size_t(kBlk) * D * sizeof(uint16_t);
   allowSmem(dqKernel<D, OutT>, smemQ);
-  const dim3 gridQ((a.seq + kBlk - 1) / kBlk, a.batch * a.heads);
+  const dim3 gridQ(a.batch * a.heads, (a.seq + kBlk - 1) / kBlk);
   dqKernel<D, OutT><<<gridQ, kThreads, smemQ, s>>>(a, q, k, v, dout, lse, delta, dq);
   QK_LAUNCH_CHECK("attention dqKernel (tc)");
 
   const size_t smemKV = 6 * size_t(kBlk) * D * sizeof(uint16_t) + 4 * kBlk * sizeof(float);  // D=128: 97 KB
-  const dim3 gridKV((a.seq + kBlk - 1) / kBlk, a.batch * a.kvHeads * p.splits);
+  const dim3 gridKV(a.batch * a.kvHeads * p.splits, (a.seq + kBlk - 1) / kBlk);
   if (p.splits == 1) {
     allowSmem(dkvKernel<D, OutT, false>, smemKV);
     dkvKernel<D, OutT, false><<<gridKV, kThreads, smemKV, s>>>(a, 1, q, k, v, dout, lse, delta, dk, dv, nullptr);
@@ -702,6 +708,8 @@ bool attentionUseTc(const AttentionArgs& a, bool bf16Buffers) {
 }
 
 size_t attentionTcScratchBytes(const AttentionArgs& a, bool backward, int inDtype) { return planOf(a, backward, inDtype).total; }
+
+void attentionTcSetSplits(int splits) { gForcedSplits = splits; }
 
 void attentionForwardTc(cudaStream_t s, const AttentionArgs& a, int inDtype, const void* q, const void* k, const void* v,
                         int outDtype, void* out, float* lse, void* scratch) {

@@ -177,6 +177,9 @@ bool attentionTcSupported(const AttentionArgs& a);
 bool attentionUseTc(const AttentionArgs& a, bool bf16Buffers);
 /** Device scratch the TC launchers need (bytes; 0 for a forward with bf16 inputs). */
 size_t attentionTcScratchBytes(const AttentionArgs& a, bool backward, int inDtype);
+/** Testing hook (harness): query heads of a GQA group split over `splits` dK/dV blocks when it divides the
+ * group (1: one block sums the whole group in registers); 0 restores the automatic choice. Changes the scratch size. */
+void attentionTcSetSplits(int splits);
 /** inDtype (F32/BF16) is the dtype of q, k, v (and dout); outDtype that of out; lse f32. */
 void attentionForwardTc(cudaStream_t s, const AttentionArgs& a, int inDtype, const void* q, const void* k, const void* v,
                         int outDtype, void* out, float* lse, void* scratch);

@@ -4,6 +4,7 @@
 import "./bundle-env";
 import "../../src/no-device.test";
 import "../../src/cuda.test";
+import "../../src/attention-tc.test";
 import "../../test/fixtures.test";
 import { cudaDeviceStatus } from "../../src/index";
 import { tryLoadNative } from "../../src/native";
