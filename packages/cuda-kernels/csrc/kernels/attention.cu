@@ -91,13 +91,16 @@ __global__ void __launch_bounds__(kRows * 32) attentionForwardKernel(AttentionAr
 // delta[b,h,i] = Σ_d dout·out (the softmax-backward row term).
 __global__ void attentionDeltaKernel(const float* __restrict__ dout, const float* __restrict__ out, int64_t rows, int D,
                                      float* __restrict__ delta) {
-  const int64_t r = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5;
+  // one warp per row, grid-stride: gridFor caps the grid, so rows beyond it must loop (r is
+  // warp-uniform, so the shuffle in warpSum stays convergent)
   const int lane = threadIdx.x & 31;
-  if (r >= rows) return;
-  float acc = 0.f;
-  for (int d = lane; d < D; d += 32) acc = fmaf(dout[r * D + d], out[r * D + d], acc);
-  acc = warpSum(acc);
-  if (lane == 0) delta[r] = acc;
+  const int64_t warps = (int64_t(gridDim.x) * blockDim.x) >> 5;
+  for (int64_t r = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5; r < rows; r += warps) {
+    float acc = 0.f;
+    for (int d = lane; d < D; d += 32) acc = fmaf(dout[r * D + d], out[r * D + d], acc);
+    acc = warpSum(acc);
+    if (lane == 0) delta[r] = acc;
+  }
 }
 
 // dq_i = scale · Σ_j P_ij (dP_ij − delta_i) k_j,  P_ij = exp(scale·q_i·k_j − lse_i),  dP_ij = dout_i·v_j
