@@ -844,8 +844,12 @@ struct Linear {
     else gemmBf16(xb, wb, y, T, out, in, false, true, useCublas);
     gemmBf16(xb, A, t, T, kR, in, false, true, useCublas);
     toBf16Dev(t, tb, int64_t(T) * kR);
-    gemmBf16(tb, B, u, T, out, kR, false, true, useCublas);
-    addInto(y, u, int64_t(T) * out);
+    if (fusedLora()) {
+      loraAccumulate(S(), tb, B, BF16, true, T, out, kR, 1.f, y);  // y += t·Bᵀ, y touched once
+    } else {
+      gemmBf16(tb, B, u, T, out, kR, false, true, useCublas);
+      addInto(y, u, int64_t(T) * out);
+    }
   }
   void backward(const uint16_t* dyb, const uint16_t* xb, float* dx) {
     if (q) gemm4bitInputGrad(S(), dyb, BF16, T, q->w, dx, F32, path4bit());
@@ -854,8 +858,20 @@ struct Linear {
     toBf16Dev(gt, gtb, int64_t(T) * kR);
     gemmBf16(dyb, tb, dB, out, kR, T, true, false, useCublas);       // dyᵀ·t      [out, r]
     gemmBf16(gtb, xb, dA, kR, in, T, true, false, useCublas);        // (dy·B)ᵀ·x  [r, in]
-    gemmBf16(gtb, A, tmp, T, in, kR, false, false, useCublas);       // (dy·B)·A   [T, in]
-    addInto(dx, tmp, int64_t(T) * in);
+    if (fusedLora()) {
+      loraAccumulate(S(), gtb, A, BF16, false, T, in, kR, 1.f, dx);  // dx += (dy·B)·A, A [r, in]
+    } else {
+      gemmBf16(gtb, A, tmp, T, in, kR, false, false, useCublas);     // (dy·B)·A   [T, in]
+      addInto(dx, tmp, int64_t(T) * in);
+    }
+  }
+  /** LoRA's rank-r up-projections fused into the output (lora.cu); QLORA_GPU_CHECK_LORA=unfused: GEMM + add. */
+  static bool fusedLora() {
+    static const bool fused = [] {
+      const char* e = std::getenv("QLORA_GPU_CHECK_LORA");
+      return !(e && std::string(e) == "unfused");
+    }();
+    return fused;
   }
 };
 
@@ -979,9 +995,10 @@ static void bench(const std::string& deviceName) {
   const double peak = peakBf16(deviceName);
   double msNf4 = 0, msBf16 = 0;
   struct Variant { const char* what; bool nf4; int cublas; double* out; };
-  double msCublas = 0;
+  double msCublas = 0, msNf4Cublas = 0;
   const Variant variants[] = {{"decoder layer fwd+bwd NF4 frozen (own kernels)", true, 0, &msNf4},
                               {"decoder layer fwd+bwd bf16 frozen (own kernels)", false, 0, &msBf16},
+                              {"decoder layer fwd+bwd NF4 frozen (auto: dequant panels + cuBLAS)", true, 1, &msNf4Cublas},
                               {"decoder layer fwd+bwd bf16 frozen (cuBLAS GEMMs)", false, 1, &msCublas}};
   for (const Variant& var : variants) {
     if (var.cublas == 1 && !cublasStatus().loaded) continue;
@@ -997,6 +1014,9 @@ static void bench(const std::string& deviceName) {
   if (msNf4 > 0 && msBf16 > 0)
     gTable.push_back({"NF4 tax (layer, own kernels)", fmt("%.1f%%", 100 * (msNf4 / msBf16 - 1)), fmt("bf16 %.1f ms", msBf16), fmt("%.3f", msNf4 / msBf16),
                       "target ≤ 5%"});
+  if (msNf4Cublas > 0 && msCublas > 0)
+    gTable.push_back({"NF4 tax (layer, backend default: cuBLAS)", fmt("%.1f%%", 100 * (msNf4Cublas / msCublas - 1)),
+                      fmt("bf16 %.1f ms", msCublas), fmt("%.3f", msNf4Cublas / msCublas), "target ≤ 5%"});
 }
 
 }  // namespace layer
