@@ -94,7 +94,7 @@ export function quantizeBlockwise8bitInto(
       for (let i = s; i < e; i++) {
         const y = Math.fround(values[i] * r);
         const c = lookup[((y + 1) * K8) | 0];
-        q[i] = c >= 0 && y === y ? c : quantize8bitValue(code, y);
+        q[i] = c >= 0 && !Number.isNaN(y) ? c : quantize8bitValue(code, y);
       }
     } else {
       for (let i = s; i < e; i++) q[i] = quantize8bitValue(code, Math.fround(values[i] * r));
@@ -115,7 +115,7 @@ let lookupCache: { code: Float32Array; lookup: Int16Array | undefined } | undefi
  * monotone in y for an ascending code; undefined (no lookup) for a code that is not ascending.
  */
 function bucketLookup(code: Float32Array): Int16Array | undefined {
-  if (lookupCache !== undefined && lookupCache.code.every((v, i) => Object.is(v, code[i]))) return lookupCache.lookup;
+  if (lookupCache?.code.every((v, i) => Object.is(v, code[i]))) return lookupCache.lookup;
   let ascending = true;
   for (let i = 1; i < 256; i++) if (!(code[i - 1] < code[i])) ascending = false;
   let lookup: Int16Array | undefined;
