@@ -141,8 +141,10 @@ function blockAbsmaxOf(xBits: Int32Array, s: number, e: number, full: boolean): 
       if (b > mb && b <= 0x7f800000) mb = b;
     }
   }
-  if (mb < 0) return full ? NEG_FLT_MAX : 0;
-  absBits[0] = mb;
+  // one return path through the float32 scratch: mixing a Smi 0 / constant with a float64 result made
+  // TurboFan box the value into a fresh HeapNumber per block
+  if (mb < 0) absValue[0] = full ? NEG_FLT_MAX : 0;
+  else absBits[0] = mb;
   return absValue[0];
 }
 
