@@ -1,9 +1,11 @@
 // Host emulation of the index math of csrc/kernels/gemm_pipe.cuh and gemm_nf4.cu's Nf4Op: cp.async tile
 // loads (zero-fill), NF4 prepare, ldmatrix(.trans) addresses, mma.m16n8k16 fragments (as the PTX ISA defines
 // them), grouped rasterisation and the epilogue, for the dense GEMM in all four transpose layouts and the
-// fused NF4 forward / input grad — against an f64 GEMM. It does not model the pipeline's synchronisation.
+// fused NF4 forward / input grad — against an f64 GEMM. It models the stage rotation and cp.async landing (eager/lazy, see cp) but not
+// the hardware itself (no races between threads inside a barrier interval beyond the prepare/MMA order).
 // Written because no GPU was available: the formulas are hand-copied from the kernels (keep them in sync).
-// Run: g++ -O2 -std=c++17 dev/emulate_gemm_pipe.cpp -o /tmp/emu && /tmp/emu   (prints ALL PASS)
+// Run: g++ -O2 -std=c++17 dev/emulate_gemm_pipe.cpp -o /tmp/emu && /tmp/emu   (prints ALL PASS; also clean
+// under -fsanitize=address,undefined, which catches global reads outside the operands)
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -17,11 +19,30 @@ constexpr int LDK = BK + 8, LDMN = BM + 8;
 static float bf(uint16_t h) { uint32_t b = uint32_t(h) << 16; float f; memcpy(&f, &b, 4); return f; }
 static uint16_t tobf(float f) { uint32_t b; memcpy(&b, &f, 4); return uint16_t((b + 0x7fffu + ((b >> 16) & 1)) >> 16); }
 
-struct Smem { std::vector<uint8_t> b; Smem(size_t n) : b(n, 0xAB) {} };
+// Shared memory starts as 0xFF bytes: bf16 0xFFFF and f32 0xFFFFFFFF are NaN, so a read of a byte no
+// load wrote (padding, a stage not yet landed) poisons the result instead of adding a tiny value.
+struct Smem { std::vector<uint8_t> b; Smem(size_t n) : b(n, 0xFF) {} };
 
-// cp.async emulation
+// cp.async emulation with a pipeline model. Eager mode: a copy lands when issued (the earliest the
+// hardware may write it — exposes a stage overwritten while still being read). Lazy mode: a copy
+// lands only at the cp.async.wait_group that guarantees it (the latest — exposes a read before the
+// wait). Commit groups are uniform across threads in the kernels, so one queue models all threads.
+struct Copy { uint8_t* dst; std::vector<uint8_t> data; };
+static bool gLazy = false;
+static std::vector<Copy> gOpen;
+static std::vector<std::vector<Copy>> gGroups;
 static void cp(uint8_t* dst, const uint8_t* src, int bytes, bool valid) {
-  if (valid) memcpy(dst, src, bytes); else memset(dst, 0, bytes);
+  Copy c{dst, std::vector<uint8_t>(bytes, 0)};
+  if (valid) memcpy(c.data.data(), src, bytes);
+  if (!gLazy) memcpy(dst, c.data.data(), bytes);
+  else gOpen.push_back(std::move(c));
+}
+static void commitGroup() { gGroups.push_back(std::move(gOpen)); gOpen.clear(); }
+static void waitGroup(int n) {  // all but the newest n groups have landed
+  while (int(gGroups.size()) > n) {
+    for (const Copy& c : gGroups.front()) memcpy(c.dst, c.data.data(), c.data.size());
+    gGroups.erase(gGroups.begin());
+  }
 }
 
 struct Dense {
@@ -147,10 +168,51 @@ static void rasterize(int pid, int tilesM, int tilesN, int& mt, int& nt) {
   nt = local / size;
 }
 
+// mmaTile of gemm_pipe.cuh for all 8 warps of a block.
+static void mmaTile(const uint16_t* tA, const uint16_t* tB, bool aK, bool bK, float (*acc)[4][4][32][4]) {
+  for (int warp = 0; warp < 8; ++warp) {
+    const int wm = warp >> 2, wn = warp & 3;
+    for (int kk = 0; kk < BK; kk += 16) {
+      uint32_t fa[4][32][4], fb[4][32][2];
+      for (int i = 0; i < 4; ++i) {
+        const int mb = wm * 64 + i * 16;
+        const uint16_t* addr[32];
+        for (int lane = 0; lane < 32; ++lane)
+          addr[lane] = aK ? tA + (mb + (lane & 15)) * LDK + kk + (lane >> 4) * 8
+                          : tA + (kk + (lane >> 4) * 8 + (lane & 7)) * LDMN + mb + ((lane >> 3) & 1) * 8;
+        ldsm(addr, !aK, fa[i]);
+      }
+      for (int jj = 0; jj < 2; ++jj) {
+        const int nb = wn * 32 + jj * 16;
+        const uint16_t* addr[32];
+        for (int lane = 0; lane < 32; ++lane)
+          addr[lane] = bK ? tB + (nb + (lane >> 4) * 8 + (lane & 7)) * LDK + kk + ((lane >> 3) & 1) * 8
+                          : tB + (kk + ((lane >> 3) & 1) * 8 + (lane & 7)) * LDMN + nb + (lane >> 4) * 8;
+        uint32_t r[32][4];
+        ldsm(addr, !bK, r);
+        for (int lane = 0; lane < 32; ++lane) {
+          fb[2 * jj][lane][0] = r[lane][0]; fb[2 * jj][lane][1] = r[lane][1];
+          fb[2 * jj + 1][lane][0] = r[lane][2]; fb[2 * jj + 1][lane][1] = r[lane][3];
+        }
+      }
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) mma(acc[warp][i][j], fa[i], fb[j]);
+    }
+  }
+}
+
 // One GEMM: A dense (kMajor aK), B dense (kMajor bK) or NF4 (nf4 != null). C f32 [batch][M][N].
-static void run(const Dense& a, const Dense* bd, const Nf4* bn, int M, int N, int K, int batch, std::vector<float>& C) {
+// The k loop is pipeKernel's: STAGES stage buffers, prologue of STAGES-1 commit groups, per k-tile one
+// wait + barrier, the load of tile kt+STAGES-1 into stage (kt-1)%STAGES, and for NF4 the prepare of
+// tile kt+1 into deq((kt+1)&1) while tile kt is read from deq(kt&1). Between two barriers the warps
+// run in any order: prepFirst runs the prepare before the MMAs of the same interval.
+constexpr int STAGES = 4;
+static void run(const Dense& a, const Dense* bd, const Nf4* bn, int M, int N, int K, int batch, std::vector<float>& C,
+                bool prepFirst = false) {
   const bool aK = a.kMajor, bK = bd ? bd->kMajor : !bn->trans;
+  const bool kPrepare = bn != nullptr;
   const int tilesM = (M + BM - 1) / BM, tilesN = (N + BN - 1) / BN;
+  const int kTiles = (K + BK - 1) / BK;
   std::vector<int> seen(tilesM * tilesN, 0);
   for (int bz = 0; bz < batch; ++bz)
     for (int pid = 0; pid < tilesM * tilesN; ++pid) {
@@ -160,49 +222,40 @@ static void run(const Dense& a, const Dense* bd, const Nf4* bn, int M, int N, in
       const int m0 = mt * BM, n0 = nt * BN;
       static float acc[8][4][4][32][4];
       memset(acc, 0, sizeof acc);
-      for (int k0 = 0; k0 < K; k0 += BK) {
-        Smem sa(20480), sb(20480), deq(20480);
+      std::vector<Smem> sa(STAGES, Smem(20480)), sb(STAGES, Smem(20480)), deq(2, Smem(20480));
+      gOpen.clear();
+      gGroups.clear();
+      auto load = [&](int tile) {
         for (int t = 0; t < THREADS; ++t) {
-          a.load(sa.b.data(), bz, m0, k0, t);
-          if (bd) bd->load(sb.b.data(), bz, n0, k0, t);
-          else bn->load(sb.b.data(), n0, k0, t);
+          a.load(sa[tile % STAGES].b.data(), bz, m0, tile * BK, t);
+          if (bd) bd->load(sb[tile % STAGES].b.data(), bz, n0, tile * BK, t);
+          else bn->load(sb[tile % STAGES].b.data(), n0, tile * BK, t);
         }
-        const uint16_t* tA = reinterpret_cast<const uint16_t*>(sa.b.data());
-        const uint16_t* tB = reinterpret_cast<const uint16_t*>(sb.b.data());
-        if (bn) {
-          for (int t = 0; t < THREADS; ++t) bn->prepare(sb.b.data(), reinterpret_cast<uint16_t*>(deq.b.data()), t);
-          tB = reinterpret_cast<const uint16_t*>(deq.b.data());
-        }
-        for (int warp = 0; warp < 8; ++warp) {
-          const int wm = warp >> 2, wn = warp & 3;
-          for (int kk = 0; kk < BK; kk += 16) {
-            uint32_t fa[4][32][4], fb[4][32][2];
-            for (int i = 0; i < 4; ++i) {
-              const int mb = wm * 64 + i * 16;
-              const uint16_t* addr[32];
-              for (int lane = 0; lane < 32; ++lane)
-                addr[lane] = aK ? tA + (mb + (lane & 15)) * LDK + kk + (lane >> 4) * 8
-                                : tA + (kk + (lane >> 4) * 8 + (lane & 7)) * LDMN + mb + ((lane >> 3) & 1) * 8;
-              ldsm(addr, !aK, fa[i]);
-            }
-            for (int jj = 0; jj < 2; ++jj) {
-              const int nb = wn * 32 + jj * 16;
-              const uint16_t* addr[32];
-              for (int lane = 0; lane < 32; ++lane)
-                addr[lane] = bK ? tB + (nb + (lane >> 4) * 8 + (lane & 7)) * LDK + kk + ((lane >> 3) & 1) * 8
-                                : tB + (kk + ((lane >> 3) & 1) * 8 + (lane & 7)) * LDMN + nb + (lane >> 4) * 8;
-              uint32_t r[32][4];
-              ldsm(addr, !bK, r);
-              for (int lane = 0; lane < 32; ++lane) {
-                fb[2 * jj][lane][0] = r[lane][0]; fb[2 * jj][lane][1] = r[lane][1];
-                fb[2 * jj + 1][lane][0] = r[lane][2]; fb[2 * jj + 1][lane][1] = r[lane][3];
-              }
-            }
-            for (int i = 0; i < 4; ++i)
-              for (int j = 0; j < 4; ++j) mma(acc[warp][i][j], fa[i], fb[j]);
-          }
-        }
+      };
+      auto prepare = [&](int tile) {
+        for (int t = 0; t < THREADS; ++t) bn->prepare(sb[tile % STAGES].b.data(), reinterpret_cast<uint16_t*>(deq[tile & 1].b.data()), t);
+      };
+      for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < kTiles) load(s);
+        commitGroup();
       }
+      if (kPrepare) {
+        waitGroup(STAGES - 2);
+        prepare(0);
+      }
+      for (int kt = 0; kt < kTiles; ++kt) {
+        waitGroup(kPrepare ? STAGES - 3 : STAGES - 2);
+        const int next = kt + STAGES - 1;
+        if (next < kTiles) load(next);
+        commitGroup();
+        const uint16_t* tA = reinterpret_cast<const uint16_t*>(sa[kt % STAGES].b.data());
+        const uint16_t* tB = kPrepare ? reinterpret_cast<const uint16_t*>(deq[kt & 1].b.data())
+                                      : reinterpret_cast<const uint16_t*>(sb[kt % STAGES].b.data());
+        if (kPrepare && prepFirst && kt + 1 < kTiles) prepare(kt + 1);
+        mmaTile(tA, tB, aK, bK, acc);
+        if (kPrepare && !prepFirst && kt + 1 < kTiles) prepare(kt + 1);
+      }
+      waitGroup(0);
       for (int warp = 0; warp < 8; ++warp) {
         const int wm = warp >> 2, wn = warp & 3;
         for (int lane = 0; lane < 32; ++lane) {
@@ -245,12 +298,18 @@ static bool cmp(const char* name, const std::vector<float>& got, const std::vect
 
 int main() {
   bool ok = true;
-  struct S { int batch, m, n, k; };
-  for (S s : {S{1, 136, 72, 200}, S{2, 130, 264, 72}, S{1, 8, 8, 8}, S{1, 256, 136, 64}}) {
+  for (bool lazy : {false, true}) {
+  gLazy = lazy;
+  printf("-- cp.async copies land %s\n", lazy ? "lazily (at the wait that guarantees them)" : "eagerly (when issued)");
+  struct S { int batch, m, n, k; int64_t bsB; };  // bsB: B batch stride (-1: k·n, 0: broadcast)
+  for (S s : {S{1, 136, 72, 200, -1}, S{2, 130, 264, 72, -1}, S{1, 8, 8, 8, -1}, S{1, 256, 136, 64, -1},
+              S{2, 64, 256, 96, 0}, S{1, 1096, 136, 520, -1}}) {
     for (int combo = 0; combo < 4; ++combo) {
       const bool ta = combo & 1, tb = combo & 2;
-      const int64_t as = int64_t(s.m) * s.k, bs = int64_t(s.k) * s.n;
-      auto A = rb(as * s.batch), B = rb(bs * s.batch);
+      const int64_t as = int64_t(s.m) * s.k, bs = s.bsB < 0 ? int64_t(s.k) * s.n : s.bsB;
+      // gemm.cu pipelineFits (allocations are 16-byte aligned): other shapes take the legacy kernel.
+      if (!(as % 8 == 0 && bs % 8 == 0 && (ta ? s.m : s.k) % 8 == 0 && (tb ? s.k : s.n) % 8 == 0)) continue;
+      auto A = rb(as * s.batch), B = rb(bs * (s.batch - 1) + int64_t(s.k) * s.n);
       Dense a{A.data(), s.m, s.k, ta ? s.m : s.k, as, !ta};
       Dense b{B.data(), s.n, s.k, tb ? s.k : s.n, bs, tb};
       std::vector<float> C(int64_t(s.batch) * s.m * s.n, NAN);
@@ -268,14 +327,14 @@ int main() {
             want[(int64_t(z) * s.m + i) * s.n + j] = acc;
           }
       char name[100];
-      snprintf(name, sizeof name, "dense b=%d m=%d n=%d k=%d tA=%d tB=%d", s.batch, s.m, s.n, s.k, ta, tb);
+      snprintf(name, sizeof name, "dense b=%d m=%d n=%d k=%d tA=%d tB=%d%s", s.batch, s.m, s.n, s.k, ta, tb, s.bsB == 0 ? " B broadcast" : "");
       ok &= cmp(name, C, want);
     }
   }
-  // NF4: W [n, k], bs 64 and 16.
+  // NF4: W [n, k], bs 64 and 16 (gemm_nf4.cu fusedFits: k % 32 == 0; input grad also n % 8 == 0).
   struct W { int m, n, k, bs; };
-  for (W w : {W{17, 200, 320, 64}, W{130, 136, 256, 16}, W{5, 264, 96, 32}}) {
-    std::vector<uint8_t> codes(int64_t(w.n) * w.k / 2 + 16);
+  for (W w : {W{17, 200, 320, 64}, W{130, 136, 256, 16}, W{5, 264, 96, 32}, W{3, 72, 640, 64}}) {
+    std::vector<uint8_t> codes(int64_t(w.n) * w.k / 2);
     for (auto& c : codes) c = uint8_t(rng());
     const int64_t nb = (int64_t(w.n) * w.k + w.bs - 1) / w.bs;
     std::vector<float> sc(nb);
@@ -286,25 +345,28 @@ int main() {
       const uint8_t byte = codes[i / 2];
       deqw[i] = bf(tobf(lutv((i & 1) ? (byte & 15) : (byte >> 4)) * sc[i / w.bs]));
     }
-    for (bool trans : {false, true}) {
-      const int Nout = trans ? w.k : w.n, Kred = trans ? w.n : w.k;
-      auto X = rb(int64_t(w.m) * Kred);
-      Dense a{X.data(), w.m, Kred, Kred, 0, true};
-      Nf4 b{codes.data(), sc.data(), w.n, w.k, lg, trans};
-      std::vector<float> C(int64_t(w.m) * Nout, NAN);
-      run(a, nullptr, &b, w.m, Nout, Kred, 1, C);
-      std::vector<double> want(C.size());
-      for (int i = 0; i < w.m; ++i)
-        for (int j = 0; j < Nout; ++j) {
-          double acc = 0;
-          for (int p = 0; p < Kred; ++p)
-            acc += double(bf(X[int64_t(i) * Kred + p])) * (trans ? deqw[int64_t(p) * w.k + j] : deqw[int64_t(j) * w.k + p]);
-          want[int64_t(i) * Nout + j] = acc;
-        }
-      char name[100];
-      snprintf(name, sizeof name, "nf4 %s m=%d n=%d k=%d bs=%d", trans ? "input-grad" : "forward", w.m, w.n, w.k, w.bs);
-      ok &= cmp(name, C, want);
-    }
+    for (bool trans : {false, true})
+      for (bool prepFirst : {false, true}) {
+        const int Nout = trans ? w.k : w.n, Kred = trans ? w.n : w.k;
+        auto X = rb(int64_t(w.m) * Kred);
+        Dense a{X.data(), w.m, Kred, Kred, 0, true};
+        Nf4 b{codes.data(), sc.data(), w.n, w.k, lg, trans};
+        std::vector<float> C(int64_t(w.m) * Nout, NAN);
+        run(a, nullptr, &b, w.m, Nout, Kred, 1, C, prepFirst);
+        std::vector<double> want(C.size());
+        for (int i = 0; i < w.m; ++i)
+          for (int j = 0; j < Nout; ++j) {
+            double acc = 0;
+            for (int p = 0; p < Kred; ++p)
+              acc += double(bf(X[int64_t(i) * Kred + p])) * (trans ? deqw[int64_t(p) * w.k + j] : deqw[int64_t(j) * w.k + p]);
+            want[int64_t(i) * Nout + j] = acc;
+          }
+        char name[120];
+        snprintf(name, sizeof name, "nf4 %s m=%d n=%d k=%d bs=%d%s", trans ? "input-grad" : "forward", w.m, w.n, w.k, w.bs,
+                 prepFirst ? " (prepare before MMAs)" : "");
+        ok &= cmp(name, C, want);
+      }
+  }
   }
   printf(ok ? "ALL PASS\n" : "SOME FAILED\n");
   return ok ? 0 : 1;

@@ -117,8 +117,10 @@ bool gemmTensorCoreBf16(cudaStream_t s, const GemmArgs& g, const uint16_t* A, co
   }
   dim3 grid((g.n + tc::BN - 1) / tc::BN, (g.m + tc::BM - 1) / tc::BM, g.batch);
   require(grid.y <= 65535, "gemm: m too large for the grid");
-  const bool aVec = !g.transA && g.k % 8 == 0 && as % 8 == 0;
-  const bool bVec = g.transB && g.k % 8 == 0 && bs % 8 == 0;
+  // Bf16VecLoader reads uint4 from base + row·K + k: it needs a 16-byte aligned base too. A misaligned
+  // base is exactly what sends a K % 8 == 0 operand here instead of to the pipelined kernel.
+  const bool aVec = !g.transA && g.k % 8 == 0 && as % 8 == 0 && aligned16(A);
+  const bool bVec = g.transB && g.k % 8 == 0 && bs % 8 == 0 && aligned16(B);
   tc::DenseLoader la{A, BF16, !g.transA, g.m, g.k, as};
   tc::DenseLoader lb{B, BF16, g.transB, g.n, g.k, bs};
   tc::Bf16VecLoader va{A, g.m, g.k, as}, vb{B, g.n, g.k, bs};
