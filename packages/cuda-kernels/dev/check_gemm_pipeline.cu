@@ -103,6 +103,28 @@ void checkDense() {
         });
       }
     }
+  // Operands 2 bytes past a 16-byte boundary with K % 8 == 0: the pipeline must decline (alignment), and
+  // the legacy kernel must not take its uint4 loader (it did before the aligned16 check in gemm.cu).
+  for (int tb : {0, 1}) {
+    GemmArgs g;
+    g.m = 136; g.n = 72; g.k = 200; g.transB = tb; g.dtype = BF16;
+    const int64_t na = int64_t(g.m) * g.k, nb = int64_t(g.k) * g.n;
+    std::vector<float> A = randn(na), B = randn(nb);
+    std::vector<uint16_t> Ab(na + 1), Bb(nb + 1);  // element 0 is padding
+    for (int64_t i = 0; i < na; ++i) { Ab[i + 1] = toBf16(A[i]); A[i] = bf16ToF(Ab[i + 1]); }
+    for (int64_t i = 0; i < nb; ++i) { Bb[i + 1] = toBf16(B[i]); B[i] = bf16ToF(Bb[i + 1]); }
+    const std::vector<double> want = refGemm(A, B, g, na, nb);
+    const std::string name = std::string("TC GEMM misaligned operands (base + 2 B) m=136 n=72 k=200 tB=") + std::to_string(tb);
+    guarded(name, [&] {
+      uint16_t* dA = up(Ab);
+      uint16_t* dB = up(Bb);
+      float* C = dalloc<float>(int64_t(g.m) * g.n);
+      const bool ran = gemmTensorCoreBf16(S(), g, dA + 1, dB + 1, C, 1);
+      reportCmp(name, compare(down(C, int64_t(g.m) * g.n), want, 1e-5, 1e-4, 1e-5));
+      report(name + " falls back to legacy", !ran);
+      dfree(dA); dfree(dB); dfree(C);
+    });
+  }
 }
 
 // ------------------------------------------------------------------ 4-bit weights
