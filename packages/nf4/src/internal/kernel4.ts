@@ -39,9 +39,7 @@ interface Buckets {
   top: number;
   base: Uint8Array;
   thr: Float64Array;
-  /** base[j] for buckets without a threshold, 16 + base[j] for the few that hold one. */
-  tab: Uint8Array;
-  /** The exact thresholds in ascending order: a bucket's threshold is exact[base[j]]. */
+  /** The exact thresholds in ascending order. */
   exact: Float64Array;
 }
 
@@ -61,8 +59,12 @@ function buildBuckets(thresholds: ArrayLike<number>, k: number, lo0: number): Bu
       if (Math.abs(t - lo) < 1e-9) throw new Error(`nf4 internal: threshold ${t} on bucket edge ${lo}`);
     }
   }
-  const tab = base.map((b, j) => (thr[j] === Infinity ? b : 16 + b));
-  return { k, top, base, thr, tab, exact: Float64Array.from(exact) };
+  return { k, top, base, thr, exact: Float64Array.from(exact) };
+}
+
+/** NF4 fine table: base[j] for buckets without a threshold, 16 for the few that hold one (decided exactly). */
+function nf4Table(bk: Buckets): Uint8Array {
+  return bk.base.map((b, j) => (bk.thr[j] === Infinity ? b : 16));
 }
 
 /**
@@ -96,6 +98,7 @@ const FP4_BUCKETS = 8192;
 
 let nf4Buckets: Buckets | undefined;
 let fp4Buckets: Buckets | undefined;
+let nf4Tab: Uint8Array | undefined;
 let fp4Tab: Uint8Array | undefined;
 
 const absBits = new Int32Array(1);
@@ -166,6 +169,7 @@ export function quantizeRangeF32(
 ): void {
   if (quantType === "nf4") {
     nf4Buckets ??= buildBuckets(NF4_THRESHOLDS, NF4_BUCKETS, -1);
+    nf4Tab ??= nf4Table(nf4Buckets);
     quantizeNf4(nf4Buckets, x, start, end, blocksize, packed, pOut, absmax, aOut);
   } else {
     fp4Buckets ??= buildBuckets(FP4_THRESHOLDS, FP4_BUCKETS, 0);
@@ -202,7 +206,7 @@ function quantizeNf4(
         // whole groups of 8 codes -> one little-endian 32-bit store (byte b = codes 2b, 2b+1).
         // j = floor(x·(r·k) + k) equals floor((p + 1)·k) up to float64 rounding, which cannot move
         // a value across a threshold (thresholds are > 1e-9 from bucket edges, checked at build).
-        const { tab } = bk;
+        const tab = nf4Tab!;
         const rk = r * k; // k is a power of two: exact
         let q = p >>> 2;
         for (; i + 8 <= ePair; i += 8) {
