@@ -108,6 +108,30 @@ describe("property: every code is the one the thresholds select", () => {
   });
 });
 
+describe("property: block absmax is CUDA's fmaxf scan", () => {
+  // Any float32 bit pattern: NaN (any payload), ±Inf, subnormals, ±0, FLT_MAX. The kernel takes the
+  // max on integer bit patterns in 8 branch-free lanes; this reference is the plain float scan.
+  const bits = fc.oneof(
+    fc.integer({ min: -(2 ** 31), max: 2 ** 31 - 1 }),
+    fc.constantFrom(0x7f800000, 0xff800000 | 0, 0x7fc00000, 0x7f800001, 0x7f7fffff, 0x80000000 | 0, 1, 0x807fffff | 0),
+  );
+  const arr = fc.array(bits, { minLength: 1, maxLength: 300 }).map((b) => new Float32Array(new Int32Array(b).buffer));
+  it("absmax = max |x| over non-NaN values from -FLT_MAX (full block) or 0 (partial block)", () => {
+    fc.assert(
+      fc.property(arr, qtArb, fc.constantFrom(32, 64, 128), (x, qt, bs) => {
+        const am = quantize4bit(x, { quantType: qt, blocksize: bs }).absmax as Float32Array;
+        for (let b = 0; b * bs < x.length; b++) {
+          const e = Math.min(x.length, (b + 1) * bs);
+          let m = e - b * bs === bs ? -3.4028234663852886e38 : 0;
+          for (let i = b * bs; i < e; i++) if (Math.abs(x[i]) > m) m = Math.abs(x[i]);
+          expect(am[b]).toBe(m);
+        }
+      }),
+      { numRuns: 400 },
+    );
+  });
+});
+
 describe("property: quantize ∘ dequantize ∘ quantize is a fixed point", () => {
   it("codes and absmax are reproduced (FP4 code 8 = -0.0 re-quantizes to code 0, both zero)", () => {
     fc.assert(
