@@ -68,6 +68,17 @@ export function recoverNestedAbsmax(nested: NestedAbsmax, from = 0, to: number =
   return out;
 }
 
+/**
+ * The kernels' view of a state's absmax. Always the same three keys, so the kernels see one object
+ * shape: two shapes (with and without `nested`) made TurboFan deoptimize dequantizeRangeF32 on every
+ * switch between plain and double-quantized states.
+ */
+function absmaxSource(state: QuantState4bit): AbsmaxSource {
+  return isNested(state.absmax)
+    ? { values: EMPTY, base: 0, nested: state.absmax }
+    : { values: state.absmax, base: 0, nested: undefined };
+}
+
 /** The float32 absmax per block (recovered with the two-rounding formula when nested). */
 export function recoverAbsmax(state: QuantState4bit): Float32Array {
   checkState(state);
@@ -83,9 +94,7 @@ export function recoverAbsmax(state: QuantState4bit): Float32Array {
 export function dequantize4bit(state: QuantState4bit, outDtype?: FloatDType): Float32Array | Uint16Array {
   const n = checkState(state);
   const dt = checkDType(outDtype ?? state.dtype, "outDtype");
-  const absmax: AbsmaxSource = isNested(state.absmax)
-    ? { values: EMPTY, base: 0, nested: state.absmax }
-    : { values: state.absmax, base: 0 };
+  const absmax = absmaxSource(state);
   const code = state.quantType === "nf4" ? NF4_CODE : FP4_CODE;
   if (dt === "float32") {
     const out = new Float32Array(n);
@@ -137,10 +146,7 @@ export function dequantize4bitInto(
   if (end > n) {
     throw new Nf4Error("LENGTH_MISMATCH", `out: elements [${start}, ${end}) exceed the tensor's ${n} elements`);
   }
-  // only the blocks this range touches
-  const absmax: AbsmaxSource = isNested(state.absmax)
-    ? { values: EMPTY, base: 0, nested: state.absmax }
-    : { values: state.absmax, base: 0 };
+  const absmax = absmaxSource(state);
   const code = state.quantType === "nf4" ? NF4_CODE : FP4_CODE;
   const conv = dt === "bfloat16" ? f32BitsToBf16Bits : f32BitsToF16Bits;
   if (out instanceof Float32Array) dequantizeRangeF32(code, state.packed, absmax, state.blocksize, start, end, out, 0);

@@ -360,7 +360,7 @@ export interface AbsmaxSource {
   /** absmax[blk - base] when `nested` is undefined. */
   values: Float32Array;
   base: number;
-  nested?: NestedAbsmax;
+  nested: NestedAbsmax | undefined;
 }
 
 /** fl32(fl32(code[q]·nestedAbsmax[blk / nbs]) + offset) (spec §5.4) or the stored value. */
@@ -500,7 +500,8 @@ export function dequantizeRangeF32(
   out: Float32Array,
   o: number,
 ): void {
-  const c = Float64Array.from(code);
+  const c = new Float64Array(16);
+  for (let j = 0; j < 16; j++) c[j] = code[j];
   const p32 = words(packed);
   let i = start;
   if (p32 !== undefined && start % blocksize === 0) {
