@@ -69,13 +69,18 @@ export function quantizeBlockwise8bit(values: Float32Array, options: Blockwise8b
   return { q, absmax };
 }
 
-/** Same as quantizeBlockwise8bit, writing into caller-provided arrays (no validation). */
+/**
+ * Same as quantizeBlockwise8bit, writing into caller-provided arrays (no validation). The values
+ * quantized are fl32(values[i] − offset): double quantization passes its mean here instead of
+ * materialising the shifted copy (a fresh array's first touch costs more than the whole pass).
+ */
 export function quantizeBlockwise8bitInto(
   values: Float32Array,
   code: Float32Array,
   blocksize: number,
   q: Uint8Array,
   absmax: Float32Array,
+  offset = 0,
 ): void {
   const n = values.length;
   const lookup = n >= LOOKUP_MIN_VALUES ? bucketLookup(code) : undefined;
@@ -84,7 +89,7 @@ export function quantizeBlockwise8bitInto(
     const e = Math.min(s + blocksize, n);
     let m = e - s === blocksize ? NEG_FLT_MAX : 0;
     for (let i = s; i < e; i++) {
-      const v = Math.abs(values[i]);
+      const v = Math.abs(Math.fround(values[i] - offset));
       if (v > m) m = v;
     }
     absmax[a++] = m;
@@ -92,12 +97,12 @@ export function quantizeBlockwise8bitInto(
     if (lookup !== undefined && r <= 3.4028234663852886e38) {
       // r finite => |y| <= 1 + 2^-23 or NaN: the bucket index is in [0, 2·K8]
       for (let i = s; i < e; i++) {
-        const y = Math.fround(values[i] * r);
+        const y = Math.fround(Math.fround(values[i] - offset) * r);
         const c = lookup[((y + 1) * K8) | 0];
         q[i] = c >= 0 && !Number.isNaN(y) ? c : quantize8bitValue(code, y);
       }
     } else {
-      for (let i = s; i < e; i++) q[i] = quantize8bitValue(code, Math.fround(values[i] * r));
+      for (let i = s; i < e; i++) q[i] = quantize8bitValue(code, Math.fround(Math.fround(values[i] - offset) * r));
     }
   }
 }

@@ -70,13 +70,11 @@ export function doubleQuantize(absmax: Float32Array): NestedAbsmax {
   let sum = 0;
   for (let i = 0; i < nb; i++) sum += absmax[i];
   const offset = nb === 0 ? 0 : Math.fround(sum / nb);
-  const x = new Float32Array(nb);
-  for (let i = 0; i < nb; i++) x[i] = absmax[i] - offset;
   const nestedBlocksize = 256;
   const qabsmax = new Uint8Array(nb);
   const nestedAbsmax = new Float32Array(Math.ceil(nb / nestedBlocksize));
   const code = DYNAMIC_MAP_SIGNED.slice();
-  quantizeBlockwise8bitInto(x, code, nestedBlocksize, qabsmax, nestedAbsmax);
+  quantizeBlockwise8bitInto(absmax, code, nestedBlocksize, qabsmax, nestedAbsmax, offset);
   return { qabsmax, nestedAbsmax, code, nestedBlocksize, offset };
 }
 
