@@ -11,18 +11,20 @@
 #include "gemm_pipe.cuh"
 #include "gemm_tc.cuh"
 #include "kernels.h"
+#include "simt_tile.cuh"
 
 namespace qk {
 namespace {
 
-// 64×64 tile, BK 16, 256 threads, 4×4 outputs per thread. Row-major C [M, N].
-constexpr int SB = 64, SK = 16;
+// 64×64 tile, BK 16, 256 threads, 4×4 outputs per thread (simt_tile.cuh). Row-major C [M, N].
+using simt::SB;
+using simt::SK;
 
 __global__ void __launch_bounds__(256) sgemmKernel(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
                                                    int M, int N, int K, bool transA, bool transB, int64_t aStride,
                                                    int64_t bStride) {
-  __shared__ float sA[SK][SB + 4];  // [k][m]
-  __shared__ float sB[SK][SB + 4];  // [k][n]
+  __shared__ float sA[SK][simt::LD];  // [k][m]
+  __shared__ float sB[SK][simt::LD];  // [k][n]
   const int batch = blockIdx.z;
   const float* a = A + batch * aStride;
   const float* b = B + batch * bStride;
@@ -43,28 +45,10 @@ __global__ void __launch_bounds__(256) sgemmKernel(const float* __restrict__ A, 
       sB[k][c] = (gn < N && gk < K) ? (transB ? b[int64_t(gn) * K + gk] : b[int64_t(gk) * N + gn]) : 0.f;
     }
     __syncthreads();
-#pragma unroll
-    for (int k = 0; k < SK; ++k) {
-      float ra[4], rb[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) ra[i] = sA[k][ty * 4 + i];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) rb[j] = sB[k][tx * 4 + j];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(ra[i], rb[j], acc[i][j]);
-    }
+    simt::fmaTile(sA, sB, tx, ty, acc);
     __syncthreads();
   }
-  float* c = C + static_cast<int64_t>(batch) * M * N;
-#pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int gm = m0 + ty * 4 + i, gn = n0 + tx * 4 + j;
-      if (gm < M && gn < N) c[int64_t(gm) * N + gn] = acc[i][j];
-    }
+  simt::storeTile(acc, C + static_cast<int64_t>(batch) * M * N, m0, n0, tx, ty, M, N);
 }
 
 void checkGemm(const GemmArgs& g) {

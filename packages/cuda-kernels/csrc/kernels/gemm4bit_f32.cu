@@ -1,17 +1,19 @@
 // Exact-f32 4-bit matmul (the reference backend's numerics: W dequantized to f32, f32 GEMM) without a
-// dequantized copy of W: a SIMT f32 GEMM (the tiling of gemm.cu's sgemmKernel) whose B tile loader
+// dequantized copy of W: a SIMT f32 GEMM (simt_tile.cuh, the tile of gemm.cu's sgemmKernel) whose B tile loader
 // dequantizes each element as fl32(LUT[code] · absmax) — exactly dequantize4bit(..., f32) — while
 // filling shared memory. Device memory bound: nothing beyond x and y (the weight is read in place).
 // The path without cuBLAS; with cuBLAS, gemm4bitF32 (gemm_nf4.cu) uses bounded f32 panels + SGEMM.
 // Reference: dequantize4bit(f32) → host f64 GEMM (dev/check_gemm_pipeline.cu). Compiled, unverified.
 #include "common.cuh"
 #include "kernels.h"
+#include "simt_tile.cuh"
 #include "nf4_tables.cuh"
 
 namespace qk {
 namespace {
 
-constexpr int SB = 64, SK = 16;
+using simt::SB;
+using simt::SK;
 
 // The same two roundings as nf4.cu's blockAbsmax: fl32(fl32(code[q] · nested) + offset).
 __device__ __forceinline__ float blockScale(const Absmax4bit& a, int64_t block) {
@@ -26,8 +28,8 @@ __global__ void __launch_bounds__(256) gemm4bitF32Kernel(const float* __restrict
                                                           Absmax4bit a, int Wn, int Wk, int log2Bs, bool fp4, int M,
                                                           float* __restrict__ y) {
   __shared__ float lut[16];
-  __shared__ float sA[SK][SB + 4];  // [k][m]
-  __shared__ float sB[SK][SB + 4];  // [k][n]
+  __shared__ float sA[SK][simt::LD];  // [k][m]
+  __shared__ float sB[SK][simt::LD];  // [k][n]
   if (threadIdx.x < 16) lut[threadIdx.x] = __uint_as_float(fp4 ? kFp4Bits[threadIdx.x] : kNf4Bits[threadIdx.x]);
   const int Nout = kTrans ? Wk : Wn, Kred = kTrans ? Wn : Wk;
   const int m0 = blockIdx.y * SB, n0 = blockIdx.x * SB;
@@ -52,27 +54,10 @@ __global__ void __launch_bounds__(256) gemm4bitF32Kernel(const float* __restrict
       sB[k][c] = v;
     }
     __syncthreads();
-#pragma unroll
-    for (int k = 0; k < SK; ++k) {
-      float ra[4], rb[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) ra[i] = sA[k][ty * 4 + i];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) rb[j] = sB[k][tx * 4 + j];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(ra[i], rb[j], acc[i][j]);
-    }
+    simt::fmaTile(sA, sB, tx, ty, acc);
     __syncthreads();
   }
-#pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int gm = m0 + ty * 4 + i, gn = n0 + tx * 4 + j;
-      if (gm < M && gn < Nout) y[int64_t(gm) * Nout + gn] = acc[i][j];
-    }
+  simt::storeTile(acc, y, m0, n0, tx, ty, M, Nout);
 }
 
 int log2i(int v) {
