@@ -22,6 +22,7 @@
 #include <cstring>
 
 #include "common.cuh"
+#include "ptx_sm80.cuh"
 #include "kernels.h"
 
 namespace qk {
@@ -32,36 +33,12 @@ constexpr int kThreads = 128;  // 4 warps × 16 rows
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
 // ------------------------------------------------------------------ PTX wrappers (sm_80+)
-__device__ __forceinline__ uint32_t smemPtr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
-
-// 16-byte async copy global → shared; valid == false writes 16 zero bytes and reads nothing.
-__device__ __forceinline__ void cpAsync16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smemPtr(dst)), "l"(src), "r"(valid ? 16 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void cpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ void ldsm4(uint32_t (&r)[4], const uint16_t* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smemPtr(p)));
-}
-__device__ __forceinline__ void ldsm4T(uint32_t (&r)[4], const uint16_t* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smemPtr(p)));
-}
-// c[16×8] += a[16×16] · b[16×8], bf16 in, f32 accumulate.
-__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+using ptx::cpAsync16;
+using ptx::cpAsyncCommit;
+using ptx::cpAsyncWait;
+using ptx::ldsm4;
+using ptx::ldsm4T;
+using ptx::mma16816;
 
 // Two f32 → one bf16x2 register, `lo` in the low half (the lower column of an mma fragment).
 __device__ __forceinline__ uint32_t pack(float lo, float hi) {
@@ -125,6 +102,40 @@ struct Mask {
   }
 };
 
+// The query tile a forward or dQ block owns, its head's K and V, and the mask of its batch row.
+// Grid (B·H, query tiles): the block scheduler walks x fastest, so every head's longest causal rows
+// (the last query tile, hence y reversed) start in the first wave and the short ones fill the tail.
+struct QueryTile {
+  int qTile, bh, q0;
+  const uint16_t *kh, *vh;
+  Mask mask;
+};
+template <int D>
+__device__ __forceinline__ QueryTile queryTile(const AttentionArgs& a, const uint16_t* k, const uint16_t* v) {
+  const int qTile = gridDim.y - 1 - blockIdx.y;
+  const int bh = blockIdx.x, b = bh / a.heads, kvh = (bh % a.heads) / (a.heads / a.kvHeads);
+  const int64_t kvOff = (int64_t(b) * a.kvHeads + kvh) * a.seq * D;
+  return {qTile, bh, qTile * kBlk, k + kvOff, v + kvOff,
+          Mask{a.segmentIds ? a.segmentIds + int64_t(b) * a.seq : nullptr, a.seq}};
+}
+
+// Key tile t of nTiles in the 2-stage pipeline: issue the copy of tile t + 1 into the other stage,
+// wait for tile t, and return its K (its V follows at + kBlk·D). The caller syncs before reusing it.
+template <int D>
+__device__ __forceinline__ const uint16_t* awaitKeyTile(uint16_t* smem, const uint16_t* kh, const uint16_t* vh,
+                                                        int t, int nTiles, int seq) {
+  constexpr int T = kBlk * D;
+  if (t + 1 < nTiles) {
+    uint16_t* st = smem + 2 * T * ((t + 1) & 1);
+    loadTile<D>(st, kh, (t + 1) * kBlk, seq);
+    loadTile<D>(st + T, vh, (t + 1) * kBlk, seq);
+  }
+  cpAsyncCommit();
+  cpAsyncWait<1>();
+  __syncthreads();
+  return smem + 2 * T * (t & 1);
+}
+
 __device__ __forceinline__ void store2(float* p, float x, float y) { *reinterpret_cast<float2*>(p) = make_float2(x, y); }
 __device__ __forceinline__ void store2(uint16_t* p, float x, float y) {
   *reinterpret_cast<uint32_t*>(p) = uint32_t(floatToBf16(x)) | (uint32_t(floatToBf16(y)) << 16);
@@ -157,14 +168,7 @@ __global__ void __launch_bounds__(kThreads) fwdKernel(AttentionArgs a, const uin
   extern __shared__ __align__(16) uint16_t smem[];
   constexpr int T = kBlk * D, KS = D / 16;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
-  // grid (B·H, query tiles): the block scheduler walks x fastest, so every head's longest causal rows
-  // (the last query tile) start in the first wave and the short ones fill the tail.
-  const int qTile = gridDim.y - 1 - blockIdx.y;
-  const int bh = blockIdx.x, b = bh / a.heads, h = bh % a.heads, kvh = h / (a.heads / a.kvHeads);
-  const int q0 = qTile * kBlk;
-  const uint16_t* kh = k + (int64_t(b) * a.kvHeads + kvh) * a.seq * D;
-  const uint16_t* vh = v + (int64_t(b) * a.kvHeads + kvh) * a.seq * D;
-  const Mask mask{a.segmentIds ? a.segmentIds + int64_t(b) * a.seq : nullptr, a.seq};
+  const auto [qTile, bh, q0, kh, vh, mask] = queryTile<D>(a, k, v);
 
   loadTile<D>(smem + 2 * T, q + int64_t(bh) * a.seq * D, q0, a.seq);
   loadTile<D>(smem, kh, 0, a.seq);
@@ -183,15 +187,7 @@ __global__ void __launch_bounds__(kThreads) fwdKernel(AttentionArgs a, const uin
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   const int nTiles = qTile + 1;  // causal: keys < q0 + 64 only
   for (int t = 0; t < nTiles; ++t) {
-    if (t + 1 < nTiles) {
-      uint16_t* st = smem + 2 * T * ((t + 1) & 1);
-      loadTile<D>(st, kh, (t + 1) * kBlk, a.seq);
-      loadTile<D>(st + T, vh, (t + 1) * kBlk, a.seq);
-    }
-    cpAsyncCommit();
-    cpAsyncWait<1>();
-    __syncthreads();
-    const uint16_t* sK = smem + 2 * T * (t & 1);
+    const uint16_t* sK = awaitKeyTile<D>(smem, kh, vh, t, nTiles, a.seq);
     const uint16_t* sV = sK + T;
     const int k0 = t * kBlk;
 
@@ -202,8 +198,8 @@ __global__ void __launch_bounds__(kThreads) fwdKernel(AttentionArgs a, const uin
       for (int np = 0; np < 4; ++np) {
         uint32_t bb[4];
         ldB<D>(bb, sK, 16 * np, 2 * kk, lane);
-        mma(s[2 * np], qf[kk], bb[0], bb[1]);
-        mma(s[2 * np + 1], qf[kk], bb[2], bb[3]);
+        mma16816(s[2 * np], qf[kk], bb[0], bb[1]);
+        mma16816(s[2 * np + 1], qf[kk], bb[2], bb[3]);
       }
     // Only the diagonal tile (which is also the only one that can reach past seq) needs the causal mask.
     const bool needMask = t == qTile || mask.seg != nullptr;
@@ -246,8 +242,8 @@ __global__ void __launch_bounds__(kThreads) fwdKernel(AttentionArgs a, const uin
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t bb[4];
         ldBT<D>(bb, sV, 16 * kk, 2 * dp, lane);
-        mma(o[2 * dp], pa, bb[0], bb[1]);
-        mma(o[2 * dp + 1], pa, bb[2], bb[3]);
+        mma16816(o[2 * dp], pa, bb[0], bb[1]);
+        mma16816(o[2 * dp + 1], pa, bb[2], bb[3]);
       }
     }
     __syncthreads();  // the next iteration loads into this stage
@@ -296,12 +292,7 @@ __global__ void __launch_bounds__(kThreads) dqKernel(AttentionArgs a, const uint
   extern __shared__ __align__(16) uint16_t smem[];
   constexpr int T = kBlk * D, KS = D / 16;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
-  const int qTile = gridDim.y - 1 - blockIdx.y;  // longest rows first, as in the forward
-  const int bh = blockIdx.x, b = bh / a.heads, h = bh % a.heads, kvh = h / (a.heads / a.kvHeads);
-  const int q0 = qTile * kBlk;
-  const uint16_t* kh = k + (int64_t(b) * a.kvHeads + kvh) * a.seq * D;
-  const uint16_t* vh = v + (int64_t(b) * a.kvHeads + kvh) * a.seq * D;
-  const Mask mask{a.segmentIds ? a.segmentIds + int64_t(b) * a.seq : nullptr, a.seq};
+  const auto [qTile, bh, q0, kh, vh, mask] = queryTile<D>(a, k, v);
 
   loadTile<D>(smem + 2 * T, q + int64_t(bh) * a.seq * D, q0, a.seq);
   loadTile<D>(smem + 3 * T, dout + int64_t(bh) * a.seq * D, q0, a.seq);
@@ -330,15 +321,7 @@ __global__ void __launch_bounds__(kThreads) dqKernel(AttentionArgs a, const uint
   float acc[D / 8][4] = {};
   const int nTiles = qTile + 1;
   for (int t = 0; t < nTiles; ++t) {
-    if (t + 1 < nTiles) {
-      uint16_t* st = smem + 2 * T * ((t + 1) & 1);
-      loadTile<D>(st, kh, (t + 1) * kBlk, a.seq);
-      loadTile<D>(st + T, vh, (t + 1) * kBlk, a.seq);
-    }
-    cpAsyncCommit();
-    cpAsyncWait<1>();
-    __syncthreads();
-    const uint16_t* sK = smem + 2 * T * (t & 1);
+    const uint16_t* sK = awaitKeyTile<D>(smem, kh, vh, t, nTiles, a.seq);
     const uint16_t* sV = sK + T;
     const bool needMask = t == qTile || mask.seg != nullptr;
 #pragma unroll
@@ -351,11 +334,11 @@ __global__ void __launch_bounds__(kThreads) dqKernel(AttentionArgs a, const uint
         for (int np = 0; np < 2; ++np) {
           uint32_t bb[4];
           ldB<D>(bb, sK, n0 + 16 * np, 2 * kk, lane);
-          mma(s[2 * np], qf[kk], bb[0], bb[1]);
-          mma(s[2 * np + 1], qf[kk], bb[2], bb[3]);
+          mma16816(s[2 * np], qf[kk], bb[0], bb[1]);
+          mma16816(s[2 * np + 1], qf[kk], bb[2], bb[3]);
           ldB<D>(bb, sV, n0 + 16 * np, 2 * kk, lane);
-          mma(dp[2 * np], df[kk], bb[0], bb[1]);
-          mma(dp[2 * np + 1], df[kk], bb[2], bb[3]);
+          mma16816(dp[2 * np], df[kk], bb[0], bb[1]);
+          mma16816(dp[2 * np + 1], df[kk], bb[2], bb[3]);
         }
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt)
@@ -373,8 +356,8 @@ __global__ void __launch_bounds__(kThreads) dqKernel(AttentionArgs a, const uint
         for (int dp2 = 0; dp2 < D / 16; ++dp2) {
           uint32_t bb[4];
           ldBT<D>(bb, sK, n0 + 16 * kk, 2 * dp2, lane);
-          mma(acc[2 * dp2], da, bb[0], bb[1]);
-          mma(acc[2 * dp2 + 1], da, bb[2], bb[3]);
+          mma16816(acc[2 * dp2], da, bb[0], bb[1]);
+          mma16816(acc[2 * dp2 + 1], da, bb[2], bb[3]);
         }
       }
     }
@@ -457,11 +440,11 @@ __global__ void __launch_bounds__(kThreads) dkvKernel(AttentionArgs a, int split
         for (int np = 0; np < 2; ++np) {
           uint32_t bb[4];
           ldB<D>(bb, sQ, n0 + 16 * np, 2 * kk, lane);
-          mma(s[2 * np], ka, bb[0], bb[1]);
-          mma(s[2 * np + 1], ka, bb[2], bb[3]);
+          mma16816(s[2 * np], ka, bb[0], bb[1]);
+          mma16816(s[2 * np + 1], ka, bb[2], bb[3]);
           ldB<D>(bb, sO, n0 + 16 * np, 2 * kk, lane);
-          mma(dp[2 * np], va, bb[0], bb[1]);
-          mma(dp[2 * np + 1], va, bb[2], bb[3]);
+          mma16816(dp[2 * np], va, bb[0], bb[1]);
+          mma16816(dp[2 * np + 1], va, bb[2], bb[3]);
         }
       }
 #pragma unroll
@@ -482,11 +465,11 @@ __global__ void __launch_bounds__(kThreads) dkvKernel(AttentionArgs a, int split
         for (int dp2 = 0; dp2 < D / 16; ++dp2) {
           uint32_t bb[4];
           ldBT<D>(bb, sO, n0 + 16 * kk, 2 * dp2, lane);
-          mma(accV[2 * dp2], pa, bb[0], bb[1]);
-          mma(accV[2 * dp2 + 1], pa, bb[2], bb[3]);
+          mma16816(accV[2 * dp2], pa, bb[0], bb[1]);
+          mma16816(accV[2 * dp2 + 1], pa, bb[2], bb[3]);
           ldBT<D>(bb, sQ, n0 + 16 * kk, 2 * dp2, lane);
-          mma(accK[2 * dp2], da, bb[0], bb[1]);
-          mma(accK[2 * dp2 + 1], da, bb[2], bb[3]);
+          mma16816(accK[2 * dp2], da, bb[0], bb[1]);
+          mma16816(accK[2 * dp2 + 1], da, bb[2], bb[3]);
         }
       }
     }

@@ -17,6 +17,7 @@
 // loop still needs a single barrier per k-tile.
 #pragma once
 #include "common.cuh"
+#include "ptx_sm80.cuh"
 
 namespace qk {
 namespace pipe {
@@ -28,38 +29,13 @@ constexpr int kKMajorBytes = BM * LDK * 2;    // 10240
 constexpr int kMNMajorBytes = BK * LDMN * 2;  // 8704
 static_assert(BM == BN, "A and B tiles share one geometry");
 
-__device__ __forceinline__ uint32_t smemAddr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
-
-// cp.async with a source size: 0 bytes read → the 16 (4) destination bytes are zero-filled, which is
-// how out-of-range rows and k-tails become zeros. `src` must still be a valid address.
-__device__ __forceinline__ void cpAsync16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smemAddr(dst)), "l"(src), "r"(valid ? 16 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void cpAsync4(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smemAddr(dst)), "l"(src), "r"(valid ? 4 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void cpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cpAsyncWait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
-
-__device__ __forceinline__ void ldsm4(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smemAddr(p)));
-}
-__device__ __forceinline__ void ldsm4t(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smemAddr(p)));
-}
-__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+using ptx::cpAsync16;
+using ptx::cpAsync4;
+using ptx::cpAsyncCommit;
+using ptx::cpAsyncWait;
+using ptx::ldsm4;
+using ptx::ldsm4T;
+using ptx::mma16816;
 
 /** Dense bf16 operand (A: rows = M; B: rows = N). kKMajor: element (r, k) at r·ld + k, else at k·ld + r.
  * Host-checked: base 16-byte aligned, ld and batchStride multiples of 8, and K (k-major) or rows
@@ -121,14 +97,14 @@ __device__ __forceinline__ void mmaTile(const uint16_t* tA, const uint16_t* tB, 
     for (int i = 0; i < 4; ++i) {  // A 16×16: matrices (m0-7,k0-7) (m8-15,k0-7) (m0-7,k8-15) (m8-15,k8-15)
       const int mb = wm * 64 + i * 16;
       if (kAKMajor) ldsm4(fa[i], tA + (mb + (lane & 15)) * LDK + kk + (lane >> 4) * 8);
-      else ldsm4t(fa[i], tA + (kk + (lane >> 4) * 8 + (lane & 7)) * LDMN + mb + ((lane >> 3) & 1) * 8);
+      else ldsm4T(fa[i], tA + (kk + (lane >> 4) * 8 + (lane & 7)) * LDMN + mb + ((lane >> 3) & 1) * 8);
     }
 #pragma unroll
     for (int jj = 0; jj < 2; ++jj) {  // B 16×16 = two n8 fragments: (n0-7,k0-7) (n0-7,k8-15) (n8-15,k0-7) (n8-15,k8-15)
       const int nb = wn * 32 + jj * 16;
       uint32_t r[4];
       if (kBKMajor) ldsm4(r, tB + (nb + (lane >> 4) * 8 + (lane & 7)) * LDK + kk + ((lane >> 3) & 1) * 8);
-      else ldsm4t(r, tB + (kk + ((lane >> 3) & 1) * 8 + (lane & 7)) * LDMN + nb + (lane >> 4) * 8);
+      else ldsm4T(r, tB + (kk + ((lane >> 3) & 1) * 8 + (lane & 7)) * LDMN + nb + (lane >> 4) * 8);
       fb[2 * jj][0] = r[0];
       fb[2 * jj][1] = r[1];
       fb[2 * jj + 1][0] = r[2];
