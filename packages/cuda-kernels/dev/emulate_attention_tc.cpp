@@ -13,45 +13,18 @@
 #include <random>
 #include <vector>
 #include <algorithm>
+
+#include "emulate_ptx.h"
 using u32 = uint32_t; using u16 = uint16_t;
-static float bf(u16 h) { u32 b = u32(h) << 16; float f; memcpy(&f, &b, 4); return f; }
-static u16 tobf(float f) { u32 b; memcpy(&b, &f, 4); return u16((b + 0x7fffu + ((b >> 16) & 1)) >> 16); }
-static u32 pack(float lo, float hi) { return u32(tobf(lo)) | (u32(tobf(hi)) << 16); }
-static float lo(u32 r) { return bf(u16(r & 0xffff)); }
-static float hi(u32 r) { return bf(u16(r >> 16)); }
+static u32 pack(float l, float h) { return u32(tobf(l)) | (u32(tobf(h)) << 16); }
 constexpr int kBlk = 64, kThreads = 128;
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 template <int D> int sw(int r, int c) { return r * D + ((c ^ (r & 7)) << 3); }
-// warp-collective ops; ptr[lane] = element offset into smem
+// ldmatrix with per-lane element offsets into the shared tile (the model is emulate_ptx.h's ldsm).
 static void ldsm4(u32 r[32][4], const u16* s, const int off[32], bool trans) {
-  for (int i = 0; i < 4; ++i)
-    for (int lane = 0; lane < 32; ++lane) {
-      const int g = lane >> 2, t = lane & 3;
-      float a, b;
-      if (!trans) { const u16* row = s + off[8 * i + g]; a = bf(row[2 * t]); b = bf(row[2 * t + 1]); }
-      else { a = bf(s[off[8 * i + 2 * t] + g]); b = bf(s[off[8 * i + 2 * t + 1] + g]); }
-      r[lane][i] = pack(a, b);
-    }
-}
-static void mma(float c[32][4], const u32 a[32][4], const u32 b0[32], const u32 b1[32]) {
-  float A[16][16], B[16][8];
-  for (int lane = 0; lane < 32; ++lane) {
-    const int g = lane >> 2, t = lane & 3;
-    A[g][2 * t] = lo(a[lane][0]); A[g][2 * t + 1] = hi(a[lane][0]);
-    A[g + 8][2 * t] = lo(a[lane][1]); A[g + 8][2 * t + 1] = hi(a[lane][1]);
-    A[g][2 * t + 8] = lo(a[lane][2]); A[g][2 * t + 9] = hi(a[lane][2]);
-    A[g + 8][2 * t + 8] = lo(a[lane][3]); A[g + 8][2 * t + 9] = hi(a[lane][3]);
-    B[2 * t][g] = lo(b0[lane]); B[2 * t + 1][g] = hi(b0[lane]);
-    B[2 * t + 8][g] = lo(b1[lane]); B[2 * t + 9][g] = hi(b1[lane]);
-  }
-  for (int lane = 0; lane < 32; ++lane) {
-    const int g = lane >> 2, t = lane & 3;
-    for (int c4 = 0; c4 < 4; ++c4) {
-      const int r = g + 8 * (c4 >> 1), n = 2 * t + (c4 & 1);
-      double acc = 0; for (int k = 0; k < 16; ++k) acc += double(A[r][k]) * B[k][n];
-      c[lane][c4] += float(acc);
-    }
-  }
+  const u16* addr[32];
+  for (int lane = 0; lane < 32; ++lane) addr[lane] = s + off[lane];
+  ldsm(addr, trans, r);
 }
 template <int D> void ldA(u32 a[32][4], const u16* s, int r0, int c0) {
   int off[32]; for (int lane = 0; lane < 32; ++lane) { const int r = r0 + (lane & 7) + ((lane >> 3) & 1) * 8, c = c0 + (lane >> 4); off[lane] = sw<D>(r, c); }
@@ -82,15 +55,19 @@ struct Mask { const int32_t* seg; int seq; bool ok(int i, int j) const { return 
 static float quadMax(float v[32], int lane) { int b = lane & ~3; return std::max(std::max(v[b], v[b + 1]), std::max(v[b + 2], v[b + 3])); }
 static float quadSum(float v[32], int lane) { int b = lane & ~3; return (v[b] + v[b + 1]) + (v[b + 2] + v[b + 3]); }
 typedef float F4[32][4];
+// queryTile of the kernel for block (bx, query tile qTile).
+struct QueryTile { int qTile, bh, q0; const u16 *kh, *vh; Mask mask; };
+template <int D> QueryTile queryTile(const Args& a, const u16* k, const u16* v, int bx, int qTile) {
+  const int bh = bx, b = bh / a.heads, kvh = (bh % a.heads) / (a.heads / a.kvHeads);
+  const int64_t kvOff = (int64_t(b) * a.kvHeads + kvh) * a.seq * D;
+  return {qTile, bh, qTile * kBlk, k + kvOff, v + kvOff, Mask{a.seg ? a.seg + int64_t(b) * a.seq : nullptr, a.seq}};
+}
 template <int D> void fwd(const Args& a, const u16* q, const u16* k, const u16* v, float* out, float* lse) {
   constexpr int T = kBlk * D, KS = D / 16;
   const int nQ = (a.seq + kBlk - 1) / kBlk;
   for (int bx = 0; bx < a.batch * a.heads; ++bx)
     for (int by = 0; by < nQ; ++by) {
-      const int qTile = nQ - 1 - by, bh = bx, b = bh / a.heads, h = bh % a.heads, kvh = h / (a.heads / a.kvHeads), q0 = qTile * kBlk;
-      const u16* kh = k + (int64_t(b) * a.kvHeads + kvh) * a.seq * D;
-      const u16* vh = v + (int64_t(b) * a.kvHeads + kvh) * a.seq * D;
-      const Mask mask{a.seg ? a.seg + int64_t(b) * a.seq : nullptr, a.seq};
+      const auto [qTile, bh, q0, kh, vh, mask] = queryTile<D>(a, k, v, bx, nQ - 1 - by);
       std::vector<u16> sm(4 * T, 0x7fc0); u16* smem = sm.data();
       loadTile<D>(smem + 2 * T, q + int64_t(bh) * a.seq * D, q0, a.seq);
       loadTile<D>(smem, kh, 0, a.seq); loadTile<D>(smem + T, vh, 0, a.seq);
@@ -164,10 +141,7 @@ template <int D> void dqk(const Args& a, const u16* q, const u16* k, const u16* 
   const int nQ = (a.seq + kBlk - 1) / kBlk;
   for (int bx = 0; bx < a.batch * a.heads; ++bx)
     for (int by = 0; by < nQ; ++by) {
-      const int qTile = nQ - 1 - by, bh = bx, b = bh / a.heads, h = bh % a.heads, kvh = h / (a.heads / a.kvHeads), q0 = qTile * kBlk;
-      const u16* kh = k + (int64_t(b) * a.kvHeads + kvh) * a.seq * D;
-      const u16* vh = v + (int64_t(b) * a.kvHeads + kvh) * a.seq * D;
-      const Mask mask{a.seg ? a.seg + int64_t(b) * a.seq : nullptr, a.seq};
+      const auto [qTile, bh, q0, kh, vh, mask] = queryTile<D>(a, k, v, bx, nQ - 1 - by);
       std::vector<u16> sm(4 * T, 0x7fc0); u16* smem = sm.data();
       loadTile<D>(smem + 2 * T, q + int64_t(bh) * a.seq * D, q0, a.seq);
       loadTile<D>(smem + 3 * T, dout + int64_t(bh) * a.seq * D, q0, a.seq);

@@ -13,11 +13,11 @@
 #include <random>
 #include <vector>
 
+#include "emulate_ptx.h"
+
 constexpr int BM = 128, BN = 128, BK = 32, THREADS = 256;
 constexpr int LDK = BK + 8, LDMN = BM + 8;
 
-static float bf(uint16_t h) { uint32_t b = uint32_t(h) << 16; float f; memcpy(&f, &b, 4); return f; }
-static uint16_t tobf(float f) { uint32_t b; memcpy(&b, &f, 4); return uint16_t((b + 0x7fffu + ((b >> 16) & 1)) >> 16); }
 
 // Shared memory starts as 0xFF bytes: bf16 0xFFFF and f32 0xFFFFFFFF are NaN, so a read of a byte no
 // load wrote (padding, a stage not yet landed) poisons the result instead of adding a tiny value.
@@ -116,47 +116,6 @@ struct Nf4 {
   }
 };
 
-// ldmatrix.x4 (trans or not): lane l supplies the row address of row (l%8) of matrix l/8.
-static void ldsm(const uint16_t* const addr[32], bool trans, uint32_t out[32][4]) {
-  for (int q = 0; q < 4; ++q)
-    for (int lane = 0; lane < 32; ++lane) {
-      uint16_t e0, e1;
-      if (!trans) {  // row lane/4, cols 2(lane%4), +1
-        const uint16_t* row = addr[q * 8 + lane / 4];
-        e0 = row[2 * (lane % 4)]; e1 = row[2 * (lane % 4) + 1];
-      } else {  // element [2(lane%4)][lane/4], [2(lane%4)+1][lane/4]
-        e0 = addr[q * 8 + 2 * (lane % 4)][lane / 4];
-        e1 = addr[q * 8 + 2 * (lane % 4) + 1][lane / 4];
-      }
-      out[lane][q] = uint32_t(e0) | (uint32_t(e1) << 16);
-    }
-}
-static float lo(uint32_t r) { return bf(uint16_t(r & 0xffff)); }
-static float hi(uint32_t r) { return bf(uint16_t(r >> 16)); }
-
-// mma.m16n8k16: A[16][16], B[16][8] from the documented fragment layouts; D += A·B.
-static void mma(float acc[32][4], const uint32_t a[32][4], const uint32_t b[32][2]) {
-  float A[16][16], B[16][8];
-  for (int lane = 0; lane < 32; ++lane) {
-    const int g = lane >> 2, t = lane & 3;
-    A[g][2 * t] = lo(a[lane][0]); A[g][2 * t + 1] = hi(a[lane][0]);
-    A[g + 8][2 * t] = lo(a[lane][1]); A[g + 8][2 * t + 1] = hi(a[lane][1]);
-    A[g][2 * t + 8] = lo(a[lane][2]); A[g][2 * t + 9] = hi(a[lane][2]);
-    A[g + 8][2 * t + 8] = lo(a[lane][3]); A[g + 8][2 * t + 9] = hi(a[lane][3]);
-    B[2 * t][g] = lo(b[lane][0]); B[2 * t + 1][g] = hi(b[lane][0]);
-    B[2 * t + 8][g] = lo(b[lane][1]); B[2 * t + 9][g] = hi(b[lane][1]);
-  }
-  for (int lane = 0; lane < 32; ++lane) {
-    const int g = lane >> 2, t = lane & 3;
-    for (int e = 0; e < 4; ++e) {
-      const int r = g + 8 * (e >> 1), c = 2 * t + (e & 1);
-      double s = 0;
-      for (int k = 0; k < 16; ++k) s += double(A[r][k]) * B[k][c];
-      acc[lane][e] += float(s);
-    }
-  }
-}
-
 static void rasterize(int pid, int tilesM, int tilesN, int& mt, int& nt) {
   constexpr int G = 8;
   const int perGroup = G * tilesN;
@@ -173,7 +132,7 @@ static void mmaTile(const uint16_t* tA, const uint16_t* tB, bool aK, bool bK, fl
   for (int warp = 0; warp < 8; ++warp) {
     const int wm = warp >> 2, wn = warp & 3;
     for (int kk = 0; kk < BK; kk += 16) {
-      uint32_t fa[4][32][4], fb[4][32][2];
+      uint32_t fa[4][32][4], fb[4][2][32];  // fb[n-tile][register][lane]
       for (int i = 0; i < 4; ++i) {
         const int mb = wm * 64 + i * 16;
         const uint16_t* addr[32];
@@ -191,12 +150,12 @@ static void mmaTile(const uint16_t* tA, const uint16_t* tB, bool aK, bool bK, fl
         uint32_t r[32][4];
         ldsm(addr, !bK, r);
         for (int lane = 0; lane < 32; ++lane) {
-          fb[2 * jj][lane][0] = r[lane][0]; fb[2 * jj][lane][1] = r[lane][1];
-          fb[2 * jj + 1][lane][0] = r[lane][2]; fb[2 * jj + 1][lane][1] = r[lane][3];
+          fb[2 * jj][0][lane] = r[lane][0]; fb[2 * jj][1][lane] = r[lane][1];
+          fb[2 * jj + 1][0][lane] = r[lane][2]; fb[2 * jj + 1][1][lane] = r[lane][3];
         }
       }
       for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) mma(acc[warp][i][j], fa[i], fb[j]);
+        for (int j = 0; j < 4; ++j) mma(acc[warp][i][j], fa[i], fb[j][0], fb[j][1]);
     }
   }
 }
