@@ -395,13 +395,21 @@ Napi::Value Adamw8bit(const Napi::CallbackInfo& info) {
   });
 }
 
-qk::AttentionArgs attentionArgs(const Napi::CallbackInfo& info, size_t i) {
+// batch, heads, kvHeads, seq, headDim at i .. i+4 (scale left at 1).
+qk::AttentionArgs attentionDims(const Napi::CallbackInfo& info, size_t i) {
   qk::AttentionArgs a;
   a.batch = dim(info, i, "batch");
   a.heads = dim(info, i + 1, "heads");
   a.kvHeads = dim(info, i + 2, "kvHeads");
   a.seq = dim(info, i + 3, "seq");
   a.headDim = dim(info, i + 4, "headDim");
+  a.scale = 1.f;
+  return a;
+}
+
+// The dims, then scale and segmentIds at i+5, i+6.
+qk::AttentionArgs attentionArgs(const Napi::CallbackInfo& info, size_t i) {
+  qk::AttentionArgs a = attentionDims(info, i);
   a.scale = float(number(info, i + 5, "scale"));
   a.segmentIds = optPtr<int32_t>(info, i + 6, int64_t(a.batch) * a.seq * 4, "segmentIds");
   return a;
@@ -435,16 +443,6 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
 }
 
 // ---- tensor-core attention (attention_tc.cu); dtypes F32 or BF16, validated by the launchers ----
-qk::AttentionArgs attentionDims(const Napi::CallbackInfo& info, size_t i) {
-  qk::AttentionArgs a;
-  a.batch = dim(info, i, "batch");
-  a.heads = dim(info, i + 1, "heads");
-  a.kvHeads = dim(info, i + 2, "kvHeads");
-  a.seq = dim(info, i + 3, "seq");
-  a.headDim = dim(info, i + 4, "headDim");
-  a.scale = 1.f;
-  return a;
-}
 int64_t attentionElems(const qk::AttentionArgs& a, bool kv) { return int64_t(a.batch) * (kv ? a.kvHeads : a.heads) * a.seq * a.headDim; }
 int floatDtype(const Napi::CallbackInfo& info, size_t i, const char* name) {
   const int dt = dtype(info, i, name);
