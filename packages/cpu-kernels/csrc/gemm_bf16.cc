@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "gemm_kernels.h"
+#include "gemm_tile512.h"
 
 namespace qlora {
 namespace {
@@ -44,7 +45,8 @@ void pack_pairs(const uint16_t* data, int64_t ld, bool k_contig, int64_t l0, int
   }
 }
 
-constexpr int kMr = 12, kNr = 32;
+using tile512::kMr;
+using tile512::kNr;
 
 // Same register tile and structure as kernel_avx512 (gemm_kernels.cc): 24 accumulators, 2 B vectors
 // (each 16 columns x one k-pair) and one broadcast A pair per row; kc steps of 2.
@@ -52,14 +54,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) void ke
     int64_t kc, const float* a_words, const float* b_words, float* c, int64_t ldc, bool accumulate) {
   const auto* a = reinterpret_cast<const uint32_t*>(a_words);
   const auto* b = reinterpret_cast<const uint32_t*>(b_words);
-#pragma GCC unroll 12
-  for (int i = 0; i < kMr; ++i) {  // C is read only after the k loop: fetch it meanwhile
-    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 31), _MM_HINT_T0);
-  }
+  tile512::prefetch_c(c, ldc);
   __m512 acc[kMr][2];
-#pragma GCC unroll 12
-  for (int i = 0; i < kMr; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  tile512::zero(acc);
   for (int64_t q = 0, kw = (kc + 1) / 2; q < kw; ++q) {
     _mm_prefetch(reinterpret_cast<const char*>(b + 8 * kNr), _MM_HINT_T0);
     const __m512bh b0 = (__m512bh)_mm512_load_si512(b), b1 = (__m512bh)_mm512_load_si512(b + 16);
@@ -72,16 +69,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) void ke
     a += kMr;
     b += kNr;
   }
-#pragma GCC unroll 12
-  for (int i = 0; i < kMr; ++i) {
-    float* row = c + i * ldc;
-    if (accumulate) {
-      acc[i][0] = _mm512_add_ps(acc[i][0], _mm512_loadu_ps(row));
-      acc[i][1] = _mm512_add_ps(acc[i][1], _mm512_loadu_ps(row + 16));
-    }
-    _mm512_storeu_ps(row, acc[i][0]);
-    _mm512_storeu_ps(row + 16, acc[i][1]);
-  }
+  tile512::store_c(acc, c, ldc, accumulate);
 }
 
 // kc = 384 (even, so blocks split on pair boundaries) keeps the same bytes per panel as the f32

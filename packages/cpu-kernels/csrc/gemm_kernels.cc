@@ -9,26 +9,20 @@
 #include <cstring>
 
 #include "gemm_kernels.h"
+#include "gemm_tile512.h"
 #include "isa.h"
 
 namespace qlora {
 namespace {
 
-constexpr int kMr512 = 12, kNr512 = 32;
+constexpr int kMr512 = tile512::kMr, kNr512 = tile512::kNr;
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void kernel_avx512(int64_t kc, const float* a,
                                                                                   const float* b, float* c,
                                                                                   int64_t ldc, bool accumulate) {
-  // C is only touched after the kc loop, and for large C its lines have left the caches since the
-  // previous kc block: start fetching them now so the final load/add/store does not stall.
-#pragma GCC unroll 12
-  for (int i = 0; i < kMr512; ++i) {
-    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 31), _MM_HINT_T0);
-  }
+  tile512::prefetch_c(c, ldc);
   __m512 acc[kMr512][2];
-#pragma GCC unroll 12
-  for (int i = 0; i < kMr512; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  tile512::zero(acc);
   for (int64_t p = 0; p < kc; ++p) {
     _mm_prefetch(reinterpret_cast<const char*>(b + 8 * kNr512), _MM_HINT_T0);
     const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
@@ -41,16 +35,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void kernel_avx512
     a += kMr512;
     b += kNr512;
   }
-#pragma GCC unroll 12
-  for (int i = 0; i < kMr512; ++i) {
-    float* row = c + i * ldc;
-    if (accumulate) {
-      acc[i][0] = _mm512_add_ps(acc[i][0], _mm512_loadu_ps(row));
-      acc[i][1] = _mm512_add_ps(acc[i][1], _mm512_loadu_ps(row + 16));
-    }
-    _mm512_storeu_ps(row, acc[i][0]);
-    _mm512_storeu_ps(row + 16, acc[i][1]);
-  }
+  tile512::store_c(acc, c, ldc, accumulate);
 }
 
 constexpr int kMr256 = 6, kNr256 = 16;
