@@ -81,12 +81,24 @@ function measure(seq: number): { ms: number; allocBytes: number; rssBytes: numbe
 }
 
 function peer(threads: number): { torch: string; ms: Record<string, number>; peak_bytes: Record<string, number> } {
-  const r = spawnSync("/usr/bin/python3", [join(here, "attention_peer.py"), "--threads", String(threads), "--reps", String(peerReps), "--seqs", seqs.join(",")], {
-    encoding: "utf8",
-    maxBuffer: 1 << 20,
-    // One thread pool size for torch's OpenMP and OpenBLAS's own pool (no oversubscription).
-    env: { ...process.env, OPENBLAS_NUM_THREADS: String(threads), OMP_NUM_THREADS: String(threads) },
-  });
+  const r = spawnSync(
+    "/usr/bin/python3",
+    [
+      join(here, "attention_peer.py"),
+      "--threads",
+      String(threads),
+      "--reps",
+      String(peerReps),
+      "--seqs",
+      seqs.join(","),
+    ],
+    {
+      encoding: "utf8",
+      maxBuffer: 1 << 20,
+      // One thread pool size for torch's OpenMP and OpenBLAS's own pool (no oversubscription).
+      env: { ...process.env, OPENBLAS_NUM_THREADS: String(threads), OMP_NUM_THREADS: String(threads) },
+    },
+  );
   if (r.status !== 0) throw new Error(`attention_peer.py failed: ${r.stderr}`);
   return JSON.parse(r.stdout);
 }
@@ -109,13 +121,28 @@ for (const threads of threadCounts) {
     const t = p.ms[String(seq)]!;
     const ratio = t / o.ms;
     rows.push([
-      String(seq), String(threads), o.ms.toFixed(1), t.toFixed(1), ratio.toFixed(2), ratio >= 1 ? "met (≥ 1.0)" : "MISSED (≥ 1.0)",
-      `${mb(o.allocBytes + scratchBytes(threads, seq))} alloc+scratch / ${mb(o.rssBytes)} RSS`, mb(p.peak_bytes[String(seq)]!),
+      String(seq),
+      String(threads),
+      o.ms.toFixed(1),
+      t.toFixed(1),
+      ratio.toFixed(2),
+      ratio >= 1 ? "met (≥ 1.0)" : "MISSED (≥ 1.0)",
+      `${mb(o.allocBytes + scratchBytes(threads, seq))} alloc+scratch / ${mb(o.rssBytes)} RSS`,
+      mb(p.peak_bytes[String(seq)]!),
     ]);
   }
 }
 
-const header = ["seq", "threads", "ours ms (median)", "torch ms (median)", "torch/ours", "target", "ours MiB", "torch MiB (RSS)"];
+const header = [
+  "seq",
+  "threads",
+  "ours ms (median)",
+  "torch ms (median)",
+  "torch/ours",
+  "target",
+  "ours MiB",
+  "torch MiB (RSS)",
+];
 if (markdown) {
   console.log(`| ${header.join(" | ")} |\n|${header.map(() => "---").join("|")}|`);
   for (const r of rows) console.log(`| ${r.join(" | ")} |`);
@@ -125,4 +152,6 @@ if (markdown) {
   console.log(line(header));
   for (const r of rows) console.log(line(r));
 }
-console.log(`(causal attention fwd+bwd, batch ${batch}, heads ${heads}, kv heads ${kvHeads}, head dim ${headDim}, f32; ours ${reps} reps, torch ${torchVersion} ${peerReps} reps; medians)`);
+console.log(
+  `(causal attention fwd+bwd, batch ${batch}, heads ${heads}, kv heads ${kvHeads}, head dim ${headDim}, f32; ours ${reps} reps, torch ${torchVersion} ${peerReps} reps; medians)`,
+);

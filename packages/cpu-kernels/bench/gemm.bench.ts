@@ -41,14 +41,18 @@ function random(length: number): Float32Array {
 }
 
 function gemm(m: number, k: number, n: number): () => void {
-  const a = random(m * k), b = random(k * n), c = new Float32Array(m * n);
+  const a = random(m * k),
+    b = random(k * n),
+    c = new Float32Array(m * n);
   return () => native.matmul(a, b, c, 1, m, k, n, false, false, m * k, k * n);
 }
 
 /** bf16 x bf16 -> f32 (the AVX512-BF16 k-pair kernel where the CPU has it: gemmBf16Kernel()). */
 function gemmBf16(m: number, k: number, n: number): () => void {
   const bits = (x: Float32Array) => Uint16Array.from(new Uint32Array(x.buffer), (v) => v >>> 16);
-  const a = bits(random(m * k)), b = bits(random(k * n)), c = new Float32Array(m * n);
+  const a = bits(random(m * k)),
+    b = bits(random(k * n)),
+    c = new Float32Array(m * n);
   return () => native.matmul(a, b, c, 1, m, k, n, false, false, m * k, k * n);
 }
 
@@ -59,25 +63,75 @@ function quantWeight(n: number, k: number): NativeQuantWeight {
   if (!w) {
     const s = quantize4bit(random(n * k), { quantType: "nf4", blocksize: 64, doubleQuant: true, shape: [n, k] });
     const a = s.absmax as Exclude<typeof s.absmax, Float32Array>;
-    w = { quantType: "nf4", blocksize: 64, n, k, codes: s.packed, qabsmax: a.qabsmax, code: a.code, nestedAbsmax: a.nestedAbsmax, nestedBlocksize: a.nestedBlocksize, offset: a.offset };
+    w = {
+      quantType: "nf4",
+      blocksize: 64,
+      n,
+      k,
+      codes: s.packed,
+      qabsmax: a.qabsmax,
+      code: a.code,
+      nestedAbsmax: a.nestedAbsmax,
+      nestedBlocksize: a.nestedBlocksize,
+      offset: a.offset,
+    };
     quantCache.set(key, w);
   }
   return w;
 }
 
 function nf4(m: number, k: number, n: number): () => void {
-  const w = quantWeight(n, k), x = random(m * k), y = new Float32Array(m * n);
+  const w = quantWeight(n, k),
+    x = random(m * k),
+    y = new Float32Array(m * n);
   return () => native.matmul4bit(x, m, y, w);
 }
 
 const items: Item[] = [
   { name: "gemm_f32_512", what: "f32 GEMM 512³", peer: "torch.mm f32", target: 0.8, setup: () => gemm(512, 512, 512) },
-  { name: "gemm_f32_2048", what: "f32 GEMM 2048³", peer: "torch.mm f32", target: 0.8, setup: () => gemm(2048, 2048, 2048) },
-  { name: "gemm_f32_4096x1024x4096", what: "f32 GEMM (M,K,N)=(4096,1024,4096)", peer: "torch.mm f32", target: 0.8, setup: () => gemm(4096, 1024, 4096) },
-  { name: "gemm_bf16_2048", what: "bf16×bf16→f32 GEMM 2048³", peer: "torch.mm bf16", target: 0.8, setup: () => gemmBf16(2048, 2048, 2048), vsOurs: "gemm_f32_2048" },
-  { name: "gemm_nf4_2048x4096x4096", what: "NF4 GEMM (M,K,N)=(2048,4096,4096), DQ, bs64", peer: "torch.mm f32 dense (x·Wᵀ)", target: 0.8, setup: () => nf4(2048, 4096, 4096) },
-  { name: "gemv_nf4_4096x4096", what: "NF4 GEMV 4096×4096 (m=1), DQ, bs64", peer: "torch.mv f32 dense", target: 2, setup: () => nf4(1, 4096, 4096) },
-  { name: "gemv_nf4_14336x4096", what: "NF4 GEMV 14336×4096 (m=1), DQ, bs64", peer: "torch.mv f32 dense", target: 2, setup: () => nf4(1, 4096, 14336) },
+  {
+    name: "gemm_f32_2048",
+    what: "f32 GEMM 2048³",
+    peer: "torch.mm f32",
+    target: 0.8,
+    setup: () => gemm(2048, 2048, 2048),
+  },
+  {
+    name: "gemm_f32_4096x1024x4096",
+    what: "f32 GEMM (M,K,N)=(4096,1024,4096)",
+    peer: "torch.mm f32",
+    target: 0.8,
+    setup: () => gemm(4096, 1024, 4096),
+  },
+  {
+    name: "gemm_bf16_2048",
+    what: "bf16×bf16→f32 GEMM 2048³",
+    peer: "torch.mm bf16",
+    target: 0.8,
+    setup: () => gemmBf16(2048, 2048, 2048),
+    vsOurs: "gemm_f32_2048",
+  },
+  {
+    name: "gemm_nf4_2048x4096x4096",
+    what: "NF4 GEMM (M,K,N)=(2048,4096,4096), DQ, bs64",
+    peer: "torch.mm f32 dense (x·Wᵀ)",
+    target: 0.8,
+    setup: () => nf4(2048, 4096, 4096),
+  },
+  {
+    name: "gemv_nf4_4096x4096",
+    what: "NF4 GEMV 4096×4096 (m=1), DQ, bs64",
+    peer: "torch.mv f32 dense",
+    target: 2,
+    setup: () => nf4(1, 4096, 4096),
+  },
+  {
+    name: "gemv_nf4_14336x4096",
+    what: "NF4 GEMV 14336×4096 (m=1), DQ, bs64",
+    peer: "torch.mv f32 dense",
+    target: 2,
+    setup: () => nf4(1, 4096, 14336),
+  },
 ].filter((it) => wanted.size === 0 || wanted.has(it.name));
 
 function median(t: number[]): number {
@@ -87,11 +141,15 @@ function median(t: number[]): number {
 
 /** torch in a child process answering "name calls" with elapsed ms (bench/peer_torch.py). */
 async function startPeer(threads: number) {
-  const child = spawn("/usr/bin/python3", [join(here, "peer_torch.py"), "--threads", String(threads), "--items", items.map((i) => i.name).join(",")], {
-    stdio: ["pipe", "pipe", "inherit"],
-    // torch.set_num_threads does not reach Debian's OpenBLAS (its own pthread pool): pin it too.
-    env: { ...process.env, OPENBLAS_NUM_THREADS: String(threads), OMP_NUM_THREADS: String(threads) },
-  });
+  const child = spawn(
+    "/usr/bin/python3",
+    [join(here, "peer_torch.py"), "--threads", String(threads), "--items", items.map((i) => i.name).join(",")],
+    {
+      stdio: ["pipe", "pipe", "inherit"],
+      // torch.set_num_threads does not reach Debian's OpenBLAS (its own pthread pool): pin it too.
+      env: { ...process.env, OPENBLAS_NUM_THREADS: String(threads), OMP_NUM_THREADS: String(threads) },
+    },
+  );
   const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
   const next = async () => {
     const r = await lines.next();
@@ -121,7 +179,8 @@ for (const threads of threadCounts) {
     const fn = it.setup();
     const calls = it.name.startsWith("gemv") ? 20 : 1; // one sample = `calls` back-to-back runs
     fn(); // warm-up: page faults, packing buffers, pool start
-    const ours: number[] = [], theirs: number[] = [];
+    const ours: number[] = [],
+      theirs: number[] = [];
     // Every sample (ours and torch's) starts with `warmup` untimed calls: after an idle pause the
     // second vCPU of this VM needs tens of milliseconds of work to come back to full speed (measured:
     // a 4096² GEMV at 2 threads takes 0.74 ms after 300 ms idle + 10 calls, 0.45 ms after 100 calls),
@@ -137,11 +196,24 @@ for (const threads of threadCounts) {
       // before our next sample so they do not steal our cores (ours block immediately).
       await sleep(300);
     }
-    const o = median(ours), t = median(theirs), ratio = t / o;
+    const o = median(ours),
+      t = median(theirs),
+      ratio = t / o;
     oursMedian.set(`${it.name}@${threads}`, o);
     const base = it.vsOurs && oursMedian.get(`${it.vsOurs}@${threads}`);
-    if (base) notes.push(`${it.what} at ${threads} thread(s): ours ${o.toFixed(2)} ms vs our ${it.vsOurs} ${base.toFixed(2)} ms (${(base / o).toFixed(2)}× faster)`);
-    rows.push([it.what, String(threads), o.toFixed(2), `${t.toFixed(2)} (${it.peer})`, ratio.toFixed(2), `≥ ${it.target}`, ratio >= it.target ? "met" : "MISSED"]);
+    if (base)
+      notes.push(
+        `${it.what} at ${threads} thread(s): ours ${o.toFixed(2)} ms vs our ${it.vsOurs} ${base.toFixed(2)} ms (${(base / o).toFixed(2)}× faster)`,
+      );
+    rows.push([
+      it.what,
+      String(threads),
+      o.toFixed(2),
+      `${t.toFixed(2)} (${it.peer})`,
+      ratio.toFixed(2),
+      `≥ ${it.target}`,
+      ratio >= it.target ? "met" : "MISSED",
+    ]);
   }
   peer.stop();
 }
@@ -157,4 +229,6 @@ if (markdown) {
   for (const r of rows) console.log(line(r));
 }
 for (const n of notes) console.log(n);
-console.log(`(ours: isa ${native.gemmIsa()}, bf16 ${native.gemmBf16Kernel()}; peer: torch ${peerVersion.split(" ")[1]}; ${reps} interleaved samples per item, each after warm-up calls (GEMV: 20 timed calls per sample), medians; ratio = torch time / our time)`);
+console.log(
+  `(ours: isa ${native.gemmIsa()}, bf16 ${native.gemmBf16Kernel()}; peer: torch ${peerVersion.split(" ")[1]}; ${reps} interleaved samples per item, each after warm-up calls (GEMV: 20 timed calls per sample), medians; ratio = torch time / our time)`,
+);

@@ -14,9 +14,13 @@ const files = readdirSync(here)
 let failed = 0;
 for (const file of files) {
   console.log(`\n## ${file}`);
-  const r = spawnSync(process.execPath, ["--import", "tsx", "--conditions=@qlora/source", join(here, file), ...process.argv.slice(2)], {
-    stdio: "inherit",
-  });
+  const r = spawnSync(
+    process.execPath,
+    ["--import", "tsx", "--conditions=@qlora/source", join(here, file), ...process.argv.slice(2)],
+    {
+      stdio: "inherit",
+    },
+  );
   if (r.status !== 0) {
     console.error(`${file} failed (exit ${r.status ?? r.signal})`);
     failed++;

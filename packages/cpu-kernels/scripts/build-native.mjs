@@ -20,7 +20,10 @@ const args = [nodeGyp, "rebuild", `--nodedir=${nodedir}`, `--jobs=${process.env.
 // `node-gyp rebuild` wipes build/ first, so two builds of this package at once (two engineers'
 // test runs, turbo + a manual build) corrupt each other. Serialise them with a lock directory in
 // the temp dir (mkdir is atomic) holding the owner's pid; a lock whose owner is gone is stale.
-const lock = join(tmpdir(), `qlora-cpu-kernels-build-${createHash("sha1").update(packageRoot).digest("hex").slice(0, 12)}.lock`);
+const lock = join(
+  tmpdir(),
+  `qlora-cpu-kernels-build-${createHash("sha1").update(packageRoot).digest("hex").slice(0, 12)}.lock`,
+);
 const sleep = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 const ownerAlive = () => {
   try {

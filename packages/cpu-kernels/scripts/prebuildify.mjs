@@ -13,13 +13,14 @@ const nodedir = process.env.npm_config_nodedir || resolve(process.execPath, "../
 const scratch = join(packageRoot, "build", "prebuildify-tmp"); // keeps prebuildify's devdir out of the shared /tmp
 mkdirSync(scratch, { recursive: true });
 const prebuildify = join(dirname(require.resolve("prebuildify/package.json")), "bin.js");
-const result = spawnSync(
-  process.execPath,
-  [prebuildify, "--napi", "--strip", `--target=${process.versions.node}`],
-  {
-    cwd: packageRoot,
-    stdio: "inherit",
-    env: { ...process.env, npm_config_nodedir: nodedir, TMPDIR: scratch, PREBUILD_NODE_GYP: require.resolve("node-gyp/bin/node-gyp.js") },
+const result = spawnSync(process.execPath, [prebuildify, "--napi", "--strip", `--target=${process.versions.node}`], {
+  cwd: packageRoot,
+  stdio: "inherit",
+  env: {
+    ...process.env,
+    npm_config_nodedir: nodedir,
+    TMPDIR: scratch,
+    PREBUILD_NODE_GYP: require.resolve("node-gyp/bin/node-gyp.js"),
   },
-);
+});
 process.exit(result.status ?? 1);

@@ -20,7 +20,6 @@ const ref = referenceBackend;
 const levels = [2, 1, 0].filter((l) => native.setFusedIsaLevel(l) === l);
 afterAll(() => native.setFusedIsaLevel(2));
 
-
 const data = (b: Buffer) => (b as HostBuffer).data as Float32Array;
 const ATOL = 1e-5;
 const RTOL = 1e-4;
@@ -62,7 +61,12 @@ function runWith(be: Backend, c: Case, seed: number, batch: number, kvHeads: num
   const v = ref.fromHost(rand(nkv, seed + 2), "f32");
   const dout = ref.fromHost(rand(nq, seed + 3), "f32");
   const o: AttentionOptions = {
-    batch, heads, kvHeads, seq: c.seq, headDim: c.headDim, scale: 1 / Math.sqrt(c.headDim),
+    batch,
+    heads,
+    kvHeads,
+    seq: c.seq,
+    headDim: c.headDim,
+    scale: 1 / Math.sqrt(c.headDim),
     segmentIds: c.segments ? ref.fromHost(seg, "i32") : undefined,
   };
   const { out, lse } = be.attention(q, k, v, o);
@@ -78,13 +82,16 @@ describe("attention forward + backward vs the reference", () => {
       for (const level of levels) {
         native.setFusedIsaLevel(level);
         const got = run(fused, c, 100 + n);
-        for (const key of ["out", "lse", "dq", "dk", "dv"] as const) expectClose(`isa ${level} ${key}`, got[key], want[key]);
+        for (const key of ["out", "lse", "dq", "dk", "dv"] as const)
+          expectClose(`isa ${level} ${key}`, got[key], want[key]);
       }
     });
   });
 
   it("largest error stays well inside the tolerance (reported)", () => {
-    console.log(`attention: worst |diff| / (atol + rtol·|want|) = ${worst.toFixed(3)} over ${levels.length} ISA levels`);
+    console.log(
+      `attention: worst |diff| / (atol + rtol·|want|) = ${worst.toFixed(3)} over ${levels.length} ISA levels`,
+    );
     expect(worst).toBeLessThanOrEqual(1);
   });
 });
@@ -94,12 +101,16 @@ describe("attention backward split over key tiles (fewer batch × kv-head pairs 
     const threads = getThreads();
     setThreads(3);
     try {
-      for (const c of [{ seq: 200, headDim: 64, ratio: 4, segments: true }, { seq: 129, headDim: 8, ratio: 2, segments: false }]) {
+      for (const c of [
+        { seq: 200, headDim: 64, ratio: 4, segments: true },
+        { seq: 129, headDim: 8, ratio: 2, segments: false },
+      ]) {
         const want = runOne(ref, c, 7);
         for (const level of levels) {
           native.setFusedIsaLevel(level);
           const got = runOne(fused, c, 7);
-          for (const key of ["out", "lse", "dq", "dk", "dv"] as const) expectClose(`split isa ${level} ${key}`, got[key], want[key]);
+          for (const key of ["out", "lse", "dq", "dk", "dv"] as const)
+            expectClose(`split isa ${level} ${key}`, got[key], want[key]);
         }
       }
     } finally {
@@ -120,6 +131,8 @@ describe("attention argument checks", () => {
     expect(() => native.attentionForward(q, q, q, new Int32Array(1), o, l, 1, 2, 2, 3, 4, 0.5)).toThrow(/segmentIds/);
   });
   it("rejects a wrong array type, naming the argument", () => {
-    expect(() => native.attentionForward(q, q, new Int32Array(24) as never, null, o, l, 1, 2, 2, 3, 4, 0.5)).toThrow(/argument v must be a Float32Array/);
+    expect(() => native.attentionForward(q, q, new Int32Array(24) as never, null, o, l, 1, 2, 2, 3, 4, 0.5)).toThrow(
+      /argument v must be a Float32Array/,
+    );
   });
 });

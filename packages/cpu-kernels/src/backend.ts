@@ -9,9 +9,28 @@ import { loadNative, type NativeModule } from "./load";
 
 /** Every compute op of the Backend interface (memory ops always come from the shared host allocator). */
 export const COMPUTE_OPS = [
-  "copy", "copyInPlace", "fill", "unary", "binary", "reduce", "matmul", "matmul4bit", "matmul4bitInputGrad",
-  "rmsNorm", "rmsNormBackward", "rope", "attention", "attentionBackward", "softmax", "softmaxBackward",
-  "crossEntropy", "crossEntropyBackward", "swiglu", "swigluBackward", "embedding", "embeddingBackward",
+  "copy",
+  "copyInPlace",
+  "fill",
+  "unary",
+  "binary",
+  "reduce",
+  "matmul",
+  "matmul4bit",
+  "matmul4bitInputGrad",
+  "rmsNorm",
+  "rmsNormBackward",
+  "rope",
+  "attention",
+  "attentionBackward",
+  "softmax",
+  "softmaxBackward",
+  "crossEntropy",
+  "crossEntropyBackward",
+  "swiglu",
+  "swigluBackward",
+  "embedding",
+  "embeddingBackward",
   "adamwStepInPlace",
 ] as const satisfies readonly (keyof Backend)[];
 export type ComputeOp = (typeof COMPUTE_OPS)[number];
@@ -71,7 +90,8 @@ export function createCpuBackend(options: CreateCpuBackendOptions = {}): Backend
   const nativeOps: Partial<Backend> = { ...gemm, ...(options.fused ?? fusedOps) };
   const delegatedOps = COMPUTE_OPS.filter((op) => typeof nativeOps[op] !== "function");
   const delegated: Partial<Backend> = {};
-  for (const op of delegatedOps) (delegated as Record<string, unknown>)[op] = referenceBackend[op]?.bind(referenceBackend);
+  for (const op of delegatedOps)
+    (delegated as Record<string, unknown>)[op] = referenceBackend[op]?.bind(referenceBackend);
   const r = referenceBackend;
   const backend: Backend = {
     ...delegated,
@@ -99,4 +119,3 @@ export function registerCpuBackend(priority = 10): boolean {
   registerBackend(cpuBackend, priority);
   return true;
 }
-

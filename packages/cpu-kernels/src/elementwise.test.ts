@@ -3,7 +3,14 @@
 // Oracle: the reference backend. Tolerances: exact for copies/casts/fill/embedding/max-reduce;
 // 1e-6 + 1e-5·|want| for single-rounding elementwise math (our f32 exp polynomial is ≤ 2 ulp);
 // 1e-6 + 1e-4·|want| (+ 1e-5·max|want|) for long f32 accumulations (softmax sums over 1000+ terms).
-import { type Backend, type Buffer, type DType, type HostArray, type HostBuffer, referenceBackend } from "@qlora/tensor";
+import {
+  type Backend,
+  type Buffer,
+  type DType,
+  type HostArray,
+  type HostBuffer,
+  referenceBackend,
+} from "@qlora/tensor";
 import { afterAll, describe, expect, it } from "vitest";
 import { createFusedOps, type FusedNative } from "./fused";
 import { loadNative } from "./load";
@@ -61,7 +68,8 @@ describe.each(levels)("ISA level %i: long rows", (level) => {
     close(
       fused.crossEntropyBackward(dloss, logits, labels, a.lse, rows, vocab, -100),
       ref.crossEntropyBackward(dloss, logits, labels, b.lse, rows, vocab, -100),
-      1e-7, 1e-4,
+      1e-7,
+      1e-4,
     );
   });
 
@@ -99,7 +107,10 @@ describe("large and strided primitives", () => {
     const o = { batch: 2, seq: 37, heads: 3, headDim: 64, theta: 10000 };
     const n = o.batch * o.seq * o.heads * o.headDim;
     const x = f(rand(n, 11));
-    const pos = ref.fromHost(Int32Array.from({ length: o.batch * o.seq }, (_, i) => (i * 37) % 4096), "i32");
+    const pos = ref.fromHost(
+      Int32Array.from({ length: o.batch * o.seq }, (_, i) => (i * 37) % 4096),
+      "i32",
+    );
     const y = fused.rope(x, pos, o);
     close(y, ref.rope(x, pos, o), 1e-5, 1e-4);
     close(fused.rope(y, pos, { ...o, inverse: true }), x, 1e-5, 1e-4);
@@ -128,13 +139,52 @@ describe("large and strided primitives", () => {
     const vals = rand(50001, 15, -10, 10);
     vals.set([0, -0, NaN, Infinity, -Infinity, 1e-30, -1e-30, 88, -88, 100]);
     const x = f(vals);
-    for (const op of ["neg", "exp", "log", "sqrt", "rsqrt", "abs", "sigmoid", "silu", "relu", "tanh", "recip", "square", "sign"] as const)
+    for (const op of [
+      "neg",
+      "exp",
+      "log",
+      "sqrt",
+      "rsqrt",
+      "abs",
+      "sigmoid",
+      "silu",
+      "relu",
+      "tanh",
+      "recip",
+      "square",
+      "sign",
+    ] as const)
       close(fused.unary(op, x, vals.length), ref.unary(op, x, vals.length), 1e-6, 1e-5);
   });
 });
 
 describe("copy / cast / fill", () => {
-  const special = [0, -0, 1, -1, 0.5, 1.5, 2.5, -2.5, 65504, 65520, 1e-8, 6e-8, -3e38, 3e38, 4.2e9, -4.2e9, 255.9, 256, -1.5, NaN, Infinity, -Infinity, 1.00390625, 1.01171875];
+  const special = [
+    0,
+    -0,
+    1,
+    -1,
+    0.5,
+    1.5,
+    2.5,
+    -2.5,
+    65504,
+    65520,
+    1e-8,
+    6e-8,
+    -3e38,
+    3e38,
+    4.2e9,
+    -4.2e9,
+    255.9,
+    256,
+    -1.5,
+    NaN,
+    Infinity,
+    -Infinity,
+    1.00390625,
+    1.01171875,
+  ];
   const dtypes: DType[] = ["f32", "f16", "bf16", "i32", "u8", "bool"];
   it("every dtype pair on special values matches the reference bit for bit", () => {
     const src = f(special);
@@ -198,10 +248,18 @@ describe("embedding and adamw", () => {
   it("embedding gather and scatter-add backward with repeated ids", () => {
     const [vocab, dim, count] = [50, 67, 300];
     const w = f(rand(vocab * dim, 18));
-    const ids = ref.fromHost(Int32Array.from({ length: count }, (_, i) => (i * 7) % vocab), "i32");
+    const ids = ref.fromHost(
+      Int32Array.from({ length: count }, (_, i) => (i * 7) % vocab),
+      "i32",
+    );
     const dy = f(rand(count * dim, 19));
     exact(fused.embedding(w, ids, count, dim), ref.embedding(w, ids, count, dim));
-    close(fused.embeddingBackward(dy, ids, count, dim, vocab), ref.embeddingBackward(dy, ids, count, dim, vocab), 1e-6, 1e-5);
+    close(
+      fused.embeddingBackward(dy, ids, count, dim, vocab),
+      ref.embeddingBackward(dy, ids, count, dim, vocab),
+      1e-6,
+      1e-5,
+    );
   });
 
   it("an id outside [0, vocab) is a RangeError naming its index", () => {
@@ -209,7 +267,9 @@ describe("embedding and adamw", () => {
     const ids = ref.fromHost(Int32Array.from([1, 2, 10, 3]), "i32");
     expect(() => fused.embedding(w, ids, 4, 4)).toThrow(RangeError);
     expect(() => fused.embedding(w, ids, 4, 4)).toThrow(/ids\[2\] = 10/);
-    expect(() => fused.embeddingBackward(f(new Float32Array(16)), ref.fromHost(Int32Array.from([0, -1, 0, 0]), "i32"), 4, 4, 10)).toThrow(/ids\[1\] = -1/);
+    expect(() =>
+      fused.embeddingBackward(f(new Float32Array(16)), ref.fromHost(Int32Array.from([0, -1, 0, 0]), "i32"), 4, 4, 10),
+    ).toThrow(/ids\[1\] = -1/);
   });
 
   it("a label outside [0, vocab) is a RangeError naming its row", () => {
@@ -244,9 +304,23 @@ describe("argument checks in the native layer", () => {
     expect(() => native.binaryF32(0, x, 0, [1], x, 0, [2], [10], y)).toThrow(/bView/);
   });
   it("wrong types and short outputs name the argument", () => {
-    expect(() => native.softmax(new Float32Array(6), new Float32Array(5), 2, 3)).toThrow(/argument y must be at least 6/);
-    expect(() => native.rmsNorm(new Float32Array(6), new Int32Array(3) as never, new Float32Array(6), new Float32Array(2), 2, 3, 1e-6)).toThrow(TypeError);
-    expect(() => native.rope(new Float32Array(6), new Int32Array(1), new Float32Array(6), 1, 1, 1, 3, 1e4, false)).toThrow(/headDim/);
+    expect(() => native.softmax(new Float32Array(6), new Float32Array(5), 2, 3)).toThrow(
+      /argument y must be at least 6/,
+    );
+    expect(() =>
+      native.rmsNorm(
+        new Float32Array(6),
+        new Int32Array(3) as never,
+        new Float32Array(6),
+        new Float32Array(2),
+        2,
+        3,
+        1e-6,
+      ),
+    ).toThrow(TypeError);
+    expect(() =>
+      native.rope(new Float32Array(6), new Int32Array(1), new Float32Array(6), 1, 1, 1, 3, 1e4, false),
+    ).toThrow(/headDim/);
   });
   it("the fused ops use the shared allocator (one set of memory counters)", () => {
     const before = ref.memoryStats().currentBytes;

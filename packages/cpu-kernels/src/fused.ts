@@ -28,43 +28,177 @@ type Typed = Float32Array | Uint16Array | Int32Array | Uint8Array;
 /** The N-API surface of the fused-op kernels (argument order as in the csrc files). */
 export interface FusedNative {
   unaryF32(op: number, x: Float32Array, y: Float32Array, n: number): void;
-  binaryF32(op: number, a: Float32Array, aOffset: number, aStrides: readonly number[], b: Float32Array,
-    bOffset: number, bStrides: readonly number[], shape: readonly number[], y: Float32Array): void;
+  binaryF32(
+    op: number,
+    a: Float32Array,
+    aOffset: number,
+    aStrides: readonly number[],
+    b: Float32Array,
+    bOffset: number,
+    bStrides: readonly number[],
+    shape: readonly number[],
+    y: Float32Array,
+  ): void;
   reduceF32(op: number, x: Float32Array, y: Float32Array, outer: number, size: number, inner: number): void;
-  copy(src: Typed, srcDtype: number, srcOffset: number, srcStrides: readonly number[], shape: readonly number[],
-    dst: Typed, dstDtype: number, dstOffset: number, dstStrides: readonly number[]): void;
+  copy(
+    src: Typed,
+    srcDtype: number,
+    srcOffset: number,
+    srcStrides: readonly number[],
+    shape: readonly number[],
+    dst: Typed,
+    dstDtype: number,
+    dstOffset: number,
+    dstStrides: readonly number[],
+  ): void;
   fill(dst: Typed, dtype: number, length: number, value: number): void;
-  rmsNorm(x: Float32Array, w: Float32Array, y: Float32Array, rstd: Float32Array, rows: number, dim: number, eps: number): void;
-  rmsNormBackward(dy: Float32Array, x: Float32Array, w: Float32Array, rstd: Float32Array, dx: Float32Array,
-    dw: Float32Array, rows: number, dim: number): void;
-  rope(x: Float32Array, positions: Int32Array, out: Float32Array, batch: number, seq: number, heads: number,
-    headDim: number, theta: number, inverse: boolean): void;
+  rmsNorm(
+    x: Float32Array,
+    w: Float32Array,
+    y: Float32Array,
+    rstd: Float32Array,
+    rows: number,
+    dim: number,
+    eps: number,
+  ): void;
+  rmsNormBackward(
+    dy: Float32Array,
+    x: Float32Array,
+    w: Float32Array,
+    rstd: Float32Array,
+    dx: Float32Array,
+    dw: Float32Array,
+    rows: number,
+    dim: number,
+  ): void;
+  rope(
+    x: Float32Array,
+    positions: Int32Array,
+    out: Float32Array,
+    batch: number,
+    seq: number,
+    heads: number,
+    headDim: number,
+    theta: number,
+    inverse: boolean,
+  ): void;
   softmax(x: Float32Array, y: Float32Array, rows: number, n: number): void;
   softmaxBackward(dy: Float32Array, y: Float32Array, dx: Float32Array, rows: number, n: number): void;
-  crossEntropy(logits: Float32Array, labels: Int32Array, loss: Float32Array, lse: Float32Array, rows: number,
-    vocab: number, ignoreIndex: number): void;
-  crossEntropyBackward(dloss: Float32Array, logits: Float32Array, labels: Int32Array, lse: Float32Array,
-    dlogits: Float32Array, rows: number, vocab: number, ignoreIndex: number): void;
+  crossEntropy(
+    logits: Float32Array,
+    labels: Int32Array,
+    loss: Float32Array,
+    lse: Float32Array,
+    rows: number,
+    vocab: number,
+    ignoreIndex: number,
+  ): void;
+  crossEntropyBackward(
+    dloss: Float32Array,
+    logits: Float32Array,
+    labels: Int32Array,
+    lse: Float32Array,
+    dlogits: Float32Array,
+    rows: number,
+    vocab: number,
+    ignoreIndex: number,
+  ): void;
   swiglu(gate: Float32Array, up: Float32Array, y: Float32Array, n: number): void;
-  swigluBackward(dy: Float32Array, gate: Float32Array, up: Float32Array, dgate: Float32Array, dup: Float32Array, n: number): void;
+  swigluBackward(
+    dy: Float32Array,
+    gate: Float32Array,
+    up: Float32Array,
+    dgate: Float32Array,
+    dup: Float32Array,
+    n: number,
+  ): void;
   embedding(w: Float32Array, ids: Int32Array, out: Float32Array, count: number, dim: number, vocab: number): void;
-  embeddingBackward(dy: Float32Array, ids: Int32Array, dw: Float32Array, count: number, dim: number, vocab: number): void;
-  adamwStep(p: Float32Array, g: Float32Array | Uint16Array, m: Float32Array, v: Float32Array, n: number, lr: number,
-    beta1: number, beta2: number, eps: number, weightDecay: number, step: number, gradIsBf16: boolean): void;
-  attentionForward(q: Float32Array, k: Float32Array, v: Float32Array, seg: Int32Array | null, out: Float32Array,
-    lse: Float32Array, batch: number, heads: number, kvHeads: number, seq: number, headDim: number, scale: number): void;
-  attentionBackward(dout: Float32Array, q: Float32Array, k: Float32Array, v: Float32Array, out: Float32Array,
-    lse: Float32Array, seg: Int32Array | null, dq: Float32Array, dk: Float32Array, dv: Float32Array, batch: number,
-    heads: number, kvHeads: number, seq: number, headDim: number, scale: number): void;
+  embeddingBackward(
+    dy: Float32Array,
+    ids: Int32Array,
+    dw: Float32Array,
+    count: number,
+    dim: number,
+    vocab: number,
+  ): void;
+  adamwStep(
+    p: Float32Array,
+    g: Float32Array | Uint16Array,
+    m: Float32Array,
+    v: Float32Array,
+    n: number,
+    lr: number,
+    beta1: number,
+    beta2: number,
+    eps: number,
+    weightDecay: number,
+    step: number,
+    gradIsBf16: boolean,
+  ): void;
+  attentionForward(
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    seg: Int32Array | null,
+    out: Float32Array,
+    lse: Float32Array,
+    batch: number,
+    heads: number,
+    kvHeads: number,
+    seq: number,
+    headDim: number,
+    scale: number,
+  ): void;
+  attentionBackward(
+    dout: Float32Array,
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    out: Float32Array,
+    lse: Float32Array,
+    seg: Int32Array | null,
+    dq: Float32Array,
+    dk: Float32Array,
+    dv: Float32Array,
+    batch: number,
+    heads: number,
+    kvHeads: number,
+    seq: number,
+    headDim: number,
+    scale: number,
+  ): void;
   /** Caps the fused kernels' ISA (2 AVX-512, 1 AVX2, 0 SSE4.2); returns the level in use. */
   setFusedIsaLevel(level: number): number;
 }
 
 const DTYPE_CODE: Record<DType, number> = { f32: 0, f16: 1, bf16: 2, i32: 3, u8: 4, bool: 5 };
 const UNARY_CODE: Record<UnaryOp, number> = {
-  neg: 0, exp: 1, log: 2, sqrt: 3, rsqrt: 4, abs: 5, sigmoid: 6, silu: 7, relu: 8, tanh: 9, recip: 10, square: 11, sign: 12,
+  neg: 0,
+  exp: 1,
+  log: 2,
+  sqrt: 3,
+  rsqrt: 4,
+  abs: 5,
+  sigmoid: 6,
+  silu: 7,
+  relu: 8,
+  tanh: 9,
+  recip: 10,
+  square: 11,
+  sign: 12,
 };
-const BINARY_CODE: Record<BinaryOp, number> = { add: 0, sub: 1, mul: 2, div: 3, max: 4, min: 5, pow: 6, eq: 7, gt: 8, lt: 9 };
+const BINARY_CODE: Record<BinaryOp, number> = {
+  add: 0,
+  sub: 1,
+  mul: 2,
+  div: 3,
+  max: 4,
+  min: 5,
+  pow: 6,
+  eq: 7,
+  gt: 8,
+  lt: 9,
+};
 const REDUCE_CODE: Record<ReduceOp, number> = { sum: 0, max: 1, min: 2 };
 
 function hostOf(b: Buffer, op: string, arg: string): HostBuffer {
@@ -134,22 +268,43 @@ export function createFusedOps(
     copy(src, view, dtype) {
       const s = hostOf(src, "copy", "src");
       const out = alloc(dtype, numel(view.shape));
-      nat().copy(s.data, DTYPE_CODE[s.dtype], view.offset, view.strides, view.shape, out.data, DTYPE_CODE[dtype], 0,
-        contiguousStrides(view.shape));
+      nat().copy(
+        s.data,
+        DTYPE_CODE[s.dtype],
+        view.offset,
+        view.strides,
+        view.shape,
+        out.data,
+        DTYPE_CODE[dtype],
+        0,
+        contiguousStrides(view.shape),
+      );
       return out.buf;
     },
     copyInPlace(dst: Buffer, dstView: StridedView, src: Buffer, srcView: StridedView) {
       const d = hostOf(dst, "copyInPlace", "dst");
       const s = hostOf(src, "copyInPlace", "src");
-      if (d.data.buffer === s.data.buffer || dstView.shape.length !== srcView.shape.length ||
-        dstView.shape.some((n, i) => n !== srcView.shape[i])) {
+      if (
+        d.data.buffer === s.data.buffer ||
+        dstView.shape.length !== srcView.shape.length ||
+        dstView.shape.some((n, i) => n !== srcView.shape[i])
+      ) {
         // Possibly overlapping views (the reference gathers into a temporary first) or mismatched
         // shapes (the reference reports them): not worth a native path.
         host.copyInPlace!(dst, dstView, src, srcView);
         return;
       }
-      nat().copy(s.data, DTYPE_CODE[s.dtype], srcView.offset, srcView.strides, srcView.shape, d.data, DTYPE_CODE[d.dtype],
-        dstView.offset, dstView.strides);
+      nat().copy(
+        s.data,
+        DTYPE_CODE[s.dtype],
+        srcView.offset,
+        srcView.strides,
+        srcView.shape,
+        d.data,
+        DTYPE_CODE[d.dtype],
+        dstView.offset,
+        dstView.strides,
+      );
     },
     fill(dtype, length, value) {
       const out = alloc(dtype, length);
@@ -168,7 +323,17 @@ export function createFusedOps(
       const bs = f32Of(b, "binary", "b");
       if (!as || !bs) return host.binary(op, a, aView, b, bView, shape);
       const out = allocF(numel(shape));
-      nat().binaryF32(BINARY_CODE[op], as, aView.offset, aView.strides, bs, bView.offset, bView.strides, shape, out.data);
+      nat().binaryF32(
+        BINARY_CODE[op],
+        as,
+        aView.offset,
+        aView.strides,
+        bs,
+        bView.offset,
+        bView.strides,
+        shape,
+        out.data,
+      );
       return out.buf;
     },
     reduce(op, x, outer, size, inner) {
@@ -198,8 +363,17 @@ export function createFusedOps(
       const xs = f32Of(x, "rope", "x");
       if (!xs) return host.rope(x, positions, o);
       const out = allocF(o.batch * o.seq * o.heads * o.headDim);
-      nat().rope(xs, i32Of(positions, "rope", "positions"), out.data, o.batch, o.seq, o.heads, o.headDim, o.theta,
-        o.inverse === true);
+      nat().rope(
+        xs,
+        i32Of(positions, "rope", "positions"),
+        out.data,
+        o.batch,
+        o.seq,
+        o.heads,
+        o.headDim,
+        o.theta,
+        o.inverse === true,
+      );
       return out.buf;
     },
     attention(q, k, v, o: AttentionOptions) {
@@ -208,8 +382,20 @@ export function createFusedOps(
       const seg = o.segmentIds ? i32Of(o.segmentIds, "attention", "segmentIds") : null;
       const out = allocF(o.batch * o.heads * o.seq * o.headDim);
       const lse = allocF(o.batch * o.heads * o.seq);
-      nat().attentionForward(f[0], f[1], f[2], seg, out.data, lse.data, o.batch, o.heads, o.kvHeads, o.seq, o.headDim,
-        o.scale);
+      nat().attentionForward(
+        f[0],
+        f[1],
+        f[2],
+        seg,
+        out.data,
+        lse.data,
+        o.batch,
+        o.heads,
+        o.kvHeads,
+        o.seq,
+        o.headDim,
+        o.scale,
+      );
       return { out: out.buf, lse: lse.buf };
     },
     attentionBackward(dout, q, k, v, out, lse, o: AttentionOptions) {
@@ -221,8 +407,24 @@ export function createFusedOps(
       const dq = allocF(nq);
       const dk = allocF(nkv);
       const dv = allocF(nkv);
-      nat().attentionBackward(f[0], f[1], f[2], f[3], f[4], f[5], seg, dq.data, dk.data, dv.data, o.batch, o.heads,
-        o.kvHeads, o.seq, o.headDim, o.scale);
+      nat().attentionBackward(
+        f[0],
+        f[1],
+        f[2],
+        f[3],
+        f[4],
+        f[5],
+        seg,
+        dq.data,
+        dk.data,
+        dv.data,
+        o.batch,
+        o.heads,
+        o.kvHeads,
+        o.seq,
+        o.headDim,
+        o.scale,
+      );
       return { dq: dq.buf, dk: dk.buf, dv: dv.buf };
     },
     softmax(x, rows, n) {
@@ -251,8 +453,16 @@ export function createFusedOps(
       const f = allF32([dloss, logits, lse], "crossEntropyBackward");
       if (!f) return host.crossEntropyBackward(dloss, logits, labels, lse, rows, vocab, ignoreIndex);
       const d = allocF(rows * vocab);
-      nat().crossEntropyBackward(f[0], f[1], i32Of(labels, "crossEntropyBackward", "labels"), f[2], d.data, rows, vocab,
-        ignoreIndex);
+      nat().crossEntropyBackward(
+        f[0],
+        f[1],
+        i32Of(labels, "crossEntropyBackward", "labels"),
+        f[2],
+        d.data,
+        rows,
+        vocab,
+        ignoreIndex,
+      );
       return d.buf;
     },
     swiglu(gate, up, length) {
@@ -274,7 +484,14 @@ export function createFusedOps(
       const w = f32Of(weight, "embedding", "weight");
       if (!w) return host.embedding(weight, ids, count, dim);
       const out = allocF(count * dim);
-      nat().embedding(w, i32Of(ids, "embedding", "ids"), out.data, count, dim, dim > 0 ? Math.floor(w.length / dim) : 0);
+      nat().embedding(
+        w,
+        i32Of(ids, "embedding", "ids"),
+        out.data,
+        count,
+        dim,
+        dim > 0 ? Math.floor(w.length / dim) : 0,
+      );
       return out.buf;
     },
     embeddingBackward(dy, ids, count, dim, vocab) {
@@ -287,13 +504,26 @@ export function createFusedOps(
     adamwStepInPlace(param, grad, m, v, length, o: AdamWOptions) {
       const f = allF32([param, m, v], "adamwStepInPlace");
       const g = hostOf(grad, "adamwStepInPlace", "grad");
-      const gradOk = (g.dtype === "f32" && g.data instanceof Float32Array) || (g.dtype === "bf16" && g.data instanceof Uint16Array);
+      const gradOk =
+        (g.dtype === "f32" && g.data instanceof Float32Array) || (g.dtype === "bf16" && g.data instanceof Uint16Array);
       if (!f || !gradOk) {
         host.adamwStepInPlace(param, grad, m, v, length, o);
         return;
       }
-      nat().adamwStep(f[0], g.data as Float32Array | Uint16Array, f[1], f[2], length, o.lr, o.beta1, o.beta2, o.eps,
-        o.weightDecay, o.step, g.dtype === "bf16");
+      nat().adamwStep(
+        f[0],
+        g.data as Float32Array | Uint16Array,
+        f[1],
+        f[2],
+        length,
+        o.lr,
+        o.beta1,
+        o.beta2,
+        o.eps,
+        o.weightDecay,
+        o.step,
+        g.dtype === "bf16",
+      );
     },
   };
 }

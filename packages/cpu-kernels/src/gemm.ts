@@ -7,8 +7,19 @@ import type { NativeModule } from "./load";
 
 /** The N-API surface of the GEMM-family kernels (see csrc/gemm.cc, csrc/nf4_gemm.cc). */
 export interface GemmNative {
-  matmul(a: Float32Array | Uint16Array, b: Float32Array | Uint16Array, out: Float32Array, batch: number, m: number,
-    k: number, n: number, transA: boolean, transB: boolean, aBatchStride: number, bBatchStride: number): void;
+  matmul(
+    a: Float32Array | Uint16Array,
+    b: Float32Array | Uint16Array,
+    out: Float32Array,
+    batch: number,
+    m: number,
+    k: number,
+    n: number,
+    transA: boolean,
+    transB: boolean,
+    aBatchStride: number,
+    bBatchStride: number,
+  ): void;
   matmul4bit(x: Float32Array, m: number, out: Float32Array, w: NativeQuantWeight): void;
   matmul4bitInputGrad(dy: Float32Array, m: number, out: Float32Array, w: NativeQuantWeight): void;
   gemmIsa(isa?: string): string;
@@ -62,7 +73,8 @@ export function nativeQuantWeight(w: QuantizedWeightBuffers, op: string): Native
   const base = { quantType: w.quantType, blocksize: w.blocksize, n, k, codes: codes.data as Uint8Array };
   if (w.absmax.kind === "f32") return { ...base, absmax: f32(w.absmax.values, op, "w.absmax.values") };
   const q = host(w.absmax.qabsmax, op, "w.absmax.qabsmax");
-  if (q.dtype !== "u8") throw new CpuKernelsError("BAD_DTYPE", `cpu.${op}: w.absmax.qabsmax must be u8, got ${q.dtype}`);
+  if (q.dtype !== "u8")
+    throw new CpuKernelsError("BAD_DTYPE", `cpu.${op}: w.absmax.qabsmax must be u8, got ${q.dtype}`);
   return {
     ...base,
     qabsmax: q.data as Uint8Array,
@@ -83,8 +95,19 @@ export function createGemmOps(native: GemmNative, allocator: Pick<Backend, "allo
     matmul(a: Buffer, b: Buffer, o: MatmulOptions) {
       const { batch, m, k, n } = o;
       const y = out(batch * m * n);
-      native.matmul(matmulInput(a, "a"), matmulInput(b, "b"), y.data, batch, m, k, n, o.transA === true,
-        o.transB === true, o.aBatchStride ?? m * k, o.bBatchStride ?? k * n);
+      native.matmul(
+        matmulInput(a, "a"),
+        matmulInput(b, "b"),
+        y.data,
+        batch,
+        m,
+        k,
+        n,
+        o.transA === true,
+        o.transB === true,
+        o.aBatchStride ?? m * k,
+        o.bBatchStride ?? k * n,
+      );
       return y.buf;
     },
     matmul4bit(x: Buffer, w: QuantizedWeightBuffers, m: number) {
@@ -94,7 +117,12 @@ export function createGemmOps(native: GemmNative, allocator: Pick<Backend, "allo
     },
     matmul4bitInputGrad(dy: Buffer, w: QuantizedWeightBuffers, m: number) {
       const dx = out(m * w.shape[1]);
-      native.matmul4bitInputGrad(f32(dy, "matmul4bitInputGrad", "dy"), m, dx.data, nativeQuantWeight(w, "matmul4bitInputGrad"));
+      native.matmul4bitInputGrad(
+        f32(dy, "matmul4bitInputGrad", "dy"),
+        m,
+        dx.data,
+        nativeQuantWeight(w, "matmul4bitInputGrad"),
+      );
       return dx.buf;
     },
   };
@@ -104,6 +132,9 @@ export function createGemmOps(native: GemmNative, allocator: Pick<Backend, "allo
 export function gemmNative(native: NativeModule): GemmNative {
   for (const fn of ["matmul", "matmul4bit", "matmul4bitInputGrad", "gemmIsa", "gemmBf16Kernel"])
     if (typeof native[fn] !== "function")
-      throw new CpuKernelsError("STALE_BINARY", `@qlora/cpu-kernels: the native binary lacks "${fn}"; rebuild it (pnpm --filter @qlora/cpu-kernels build:native)`);
+      throw new CpuKernelsError(
+        "STALE_BINARY",
+        `@qlora/cpu-kernels: the native binary lacks "${fn}"; rebuild it (pnpm --filter @qlora/cpu-kernels build:native)`,
+      );
   return native as unknown as GemmNative;
 }

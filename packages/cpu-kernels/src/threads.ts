@@ -9,7 +9,8 @@ interface PoolNative {
 
 /** Sets the number of threads the native kernels use (a positive integer). */
 export function setThreads(n: number): void {
-  if (!Number.isInteger(n) || n < 1) throw new CpuKernelsError("BAD_ARGUMENT", `setThreads: n must be a positive integer, got ${n}`);
+  if (!Number.isInteger(n) || n < 1)
+    throw new CpuKernelsError("BAD_ARGUMENT", `setThreads: n must be a positive integer, got ${n}`);
   (loadNative() as unknown as PoolNative).setThreads(n);
 }
 

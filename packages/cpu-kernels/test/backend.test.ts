@@ -31,7 +31,8 @@ describe("cpu backend composition", () => {
 
   test("allocates through the reference host allocator (one set of memory counters)", () => {
     const before = referenceBackend.memoryStats().currentBytes;
-    const a = cpuBackend.fromHost(randomF32(6, 1), "f32"), b = cpuBackend.fromHost(randomF32(6, 2), "f32");
+    const a = cpuBackend.fromHost(randomF32(6, 1), "f32"),
+      b = cpuBackend.fromHost(randomF32(6, 2), "f32");
     const y = cpuBackend.matmul(a, b, { batch: 1, m: 2, k: 3, n: 2 });
     expect(referenceBackend.memoryStats().currentBytes - before).toBe(4 * (6 + 6 + 4));
     for (const buf of [a, b, y]) cpuBackend.free(buf);
@@ -41,17 +42,22 @@ describe("cpu backend composition", () => {
   test("matmul4bit through the Backend API agrees with the reference at a GEMV and a GEMM size", () => {
     const [n, k] = [96, 256];
     const state = quantize4bit(randomF32(n * k, 3), { blocksize: 64, doubleQuant: true, shape: [n, k] });
-    const wc = quantBuffers(cpuBackend, state), wr = quantBuffers(referenceBackend, state);
+    const wc = quantBuffers(cpuBackend, state),
+      wr = quantBuffers(referenceBackend, state);
     for (const m of [1, 33]) {
       const x = cpuBackend.fromHost(randomF32(m * k, m), "f32");
-      const got = cpuBackend.matmul4bit(x, wc, m) as HostBuffer, want = referenceBackend.matmul4bit(x, wr, m) as HostBuffer;
+      const got = cpuBackend.matmul4bit(x, wc, m) as HostBuffer,
+        want = referenceBackend.matmul4bit(x, wr, m) as HostBuffer;
       expect(worstRatio(got.data, want.data, k)).toBeLessThanOrEqual(1);
     }
   });
 
   test("rejects non-host buffers and wrong dtypes with a CpuKernelsError naming the argument", () => {
-    const a = cpuBackend.fromHost(new Int32Array(4), "i32"), b = cpuBackend.fromHost(new Float32Array(4), "f32");
-    expect(() => cpuBackend.matmul(a, b, { batch: 1, m: 2, k: 2, n: 2 })).toThrow(/cpu\.matmul: a must be f32 or bf16, got i32/);
+    const a = cpuBackend.fromHost(new Int32Array(4), "i32"),
+      b = cpuBackend.fromHost(new Float32Array(4), "f32");
+    expect(() => cpuBackend.matmul(a, b, { batch: 1, m: 2, k: 2, n: 2 })).toThrow(
+      /cpu\.matmul: a must be f32 or bf16, got i32/,
+    );
     const device = { device: "cuda:0", dtype: "f32", length: 4 } as const;
     expect(() => cpuBackend.matmul(b, device, { batch: 1, m: 2, k: 2, n: 2 })).toThrow(/b must be a host buffer/);
   });
@@ -79,7 +85,12 @@ describe("cpu backend composition", () => {
 describe("loader fallback", () => {
   test("an injected failing loader yields the reference backend and one warning with the reason", () => {
     const warn = vi.fn();
-    const backend: Backend = createCpuBackend({ loader: () => { throw new Error("No native build was found (test)"); }, warn });
+    const backend: Backend = createCpuBackend({
+      loader: () => {
+        throw new Error("No native build was found (test)");
+      },
+      warn,
+    });
     expect(backend).toBe(referenceBackend);
     expect(warn).toHaveBeenCalledTimes(1);
     expect(warn.mock.calls[0]![0]).toMatch(/falling back to the reference backend: No native build was found \(test\)/);
@@ -92,12 +103,16 @@ describe("loader fallback", () => {
       "const again = createCpuBackend();",
       "console.log(JSON.stringify({ name: cpuBackend.name, again: again.name, registered: registerCpuBackend() }));",
     ].join("\n");
-    const child = spawnSync(process.execPath, ["--import", "tsx", "--conditions=@qlora/source", "--input-type=module", "-e", script], {
-      cwd: packageRoot,
-      env: { ...process.env, QLORA_CPU_KERNELS_PATH: join(packageRoot, "does-not-exist.node") },
-      encoding: "utf8",
-      timeout: 60_000,
-    });
+    const child = spawnSync(
+      process.execPath,
+      ["--import", "tsx", "--conditions=@qlora/source", "--input-type=module", "-e", script],
+      {
+        cwd: packageRoot,
+        env: { ...process.env, QLORA_CPU_KERNELS_PATH: join(packageRoot, "does-not-exist.node") },
+        encoding: "utf8",
+        timeout: 60_000,
+      },
+    );
     expect(child.status, child.stderr).toBe(0);
     expect(JSON.parse(child.stdout.trim())).toEqual({ name: "reference", again: "reference", registered: false });
     const warnings = child.stderr.match(/QLORA_CPU_KERNELS_FALLBACK/g) ?? [];

@@ -9,8 +9,19 @@ import { loadNative } from "../src/load";
 import { randomF32, referenceMatmul, worstRatio } from "./oracle";
 
 interface GemmNative {
-  matmul(a: Float32Array | Uint16Array, b: Float32Array | Uint16Array, out: Float32Array, batch: number, m: number,
-    k: number, n: number, transA: boolean, transB: boolean, aBatchStride: number, bBatchStride: number): void;
+  matmul(
+    a: Float32Array | Uint16Array,
+    b: Float32Array | Uint16Array,
+    out: Float32Array,
+    batch: number,
+    m: number,
+    k: number,
+    n: number,
+    transA: boolean,
+    transB: boolean,
+    aBatchStride: number,
+    bBatchStride: number,
+  ): void;
   gemmIsa(isa?: string): string;
   isaInfo(): { avx2: boolean; avx512f: boolean };
 }
@@ -25,7 +36,14 @@ function toBf16(x: Float32Array): Uint16Array {
 }
 
 const shapes: [number, number, number][] = [
-  [1, 1, 1], [1, 17, 3], [3, 1, 65], [17, 63, 129], [65, 129, 63], [13, 300, 33], [129, 65, 97], [6, 513, 200],
+  [1, 1, 1],
+  [1, 17, 3],
+  [3, 1, 65],
+  [17, 63, 129],
+  [65, 129, 63],
+  [13, 300, 33],
+  [129, 65, 97],
+  [6, 513, 200],
 ];
 
 describe.each(isas)("matmul on the %s micro-kernel", (isa) => {
@@ -35,7 +53,8 @@ describe.each(isas)("matmul on the %s micro-kernel", (isa) => {
     for (const [m, k, n] of shapes)
       for (const transA of [false, true])
         for (const transB of [false, true]) {
-          const a = randomF32(m * k, seed++), b = randomF32(k * n, seed++);
+          const a = randomF32(m * k, seed++),
+            b = randomF32(k * n, seed++);
           const out = new Float32Array(m * n).fill(NaN);
           native.matmul(a, b, out, 1, m, k, n, transA, transB, m * k, k * n);
           const want = referenceMatmul(a, b, { batch: 1, m, k, n, transA, transB });
@@ -46,10 +65,21 @@ describe.each(isas)("matmul on the %s micro-kernel", (isa) => {
   test("batched with broadcast strides and bf16 inputs", () => {
     native.gemmIsa(isa);
     const [batch, m, k, n] = [3, 19, 70, 45];
-    for (const [sa, sb] of [[m * k, k * n], [0, k * n], [m * k, 0]] as const) {
-      const a = randomF32(Math.max(sa * (batch - 1), 0) + m * k, 7), b = randomF32(Math.max(sb * (batch - 1), 0) + k * n, 8);
-      for (const [a16, b16] of [[false, false], [true, false], [false, true], [true, true]]) {
-        const ai = a16 ? toBf16(a) : a, bi = b16 ? toBf16(b) : b;
+    for (const [sa, sb] of [
+      [m * k, k * n],
+      [0, k * n],
+      [m * k, 0],
+    ] as const) {
+      const a = randomF32(Math.max(sa * (batch - 1), 0) + m * k, 7),
+        b = randomF32(Math.max(sb * (batch - 1), 0) + k * n, 8);
+      for (const [a16, b16] of [
+        [false, false],
+        [true, false],
+        [false, true],
+        [true, true],
+      ]) {
+        const ai = a16 ? toBf16(a) : a,
+          bi = b16 ? toBf16(b) : b;
         const out = new Float32Array(batch * m * n);
         native.matmul(ai, bi, out, batch, m, k, n, false, true, sa, sb);
         const want = referenceMatmul(ai, bi, { batch, m, k, n, transB: true, aBatchStride: sa, bBatchStride: sb });
@@ -61,8 +91,12 @@ describe.each(isas)("matmul on the %s micro-kernel", (isa) => {
   test("a large multi-threaded, multi-block product (crosses MC/KC/NC)", () => {
     native.gemmIsa(isa);
     // the first shape is split over M tasks, the second over N tasks (gemm_driver.cc)
-    for (const [m, k, n] of [[301, 700, 290], [37, 300, 900]] as const) {
-      const a = randomF32(m * k, 11), b = randomF32(k * n, 12);
+    for (const [m, k, n] of [
+      [301, 700, 290],
+      [37, 300, 900],
+    ] as const) {
+      const a = randomF32(m * k, 11),
+        b = randomF32(k * n, 12);
       const out = new Float32Array(m * n);
       native.matmul(a, b, out, 1, m, k, n, true, false, m * k, k * n);
       expect(worstRatio(out, referenceMatmul(a, b, { batch: 1, m, k, n, transA: true }), k)).toBeLessThanOrEqual(1);
@@ -74,15 +108,26 @@ test("k = 0 gives zeros; validation names the bad argument", () => {
   const out = new Float32Array(6).fill(5);
   native.matmul(new Float32Array(0), new Float32Array(0), out, 1, 2, 0, 3, false, false, 0, 0);
   expect([...out]).toEqual([0, 0, 0, 0, 0, 0]);
-  const a = new Float32Array(6), b = new Float32Array(6);
-  expect(() => native.matmul(a, b, new Float32Array(3), 1, 2, 3, 2, false, false, 6, 6)).toThrow(/out: expected at least 4/);
+  const a = new Float32Array(6),
+    b = new Float32Array(6);
+  expect(() => native.matmul(a, b, new Float32Array(3), 1, 2, 3, 2, false, false, 6, 6)).toThrow(
+    /out: expected at least 4/,
+  );
   expect(() => native.matmul(a, b, new Float32Array(4), 2, 2, 3, 2, false, false, 6, 6)).toThrow(/out/);
-  expect(() => native.matmul(a, new Float32Array(5), new Float32Array(4), 1, 2, 3, 2, false, false, 6, 6)).toThrow(/b: expected at least 6/);
-  expect(() => native.matmul(a, new Int32Array(6) as never, new Float32Array(4), 1, 2, 3, 2, false, false, 6, 6)).toThrow(TypeError);
-  expect(() => native.matmul(a, b, new Float32Array(4), 1, -2, 3, 2, false, false, 6, 6)).toThrow(/m: expected a non-negative integer/);
+  expect(() => native.matmul(a, new Float32Array(5), new Float32Array(4), 1, 2, 3, 2, false, false, 6, 6)).toThrow(
+    /b: expected at least 6/,
+  );
+  expect(() =>
+    native.matmul(a, new Int32Array(6) as never, new Float32Array(4), 1, 2, 3, 2, false, false, 6, 6),
+  ).toThrow(TypeError);
+  expect(() => native.matmul(a, b, new Float32Array(4), 1, -2, 3, 2, false, false, 6, 6)).toThrow(
+    /m: expected a non-negative integer/,
+  );
   expect(() => (native.matmul as (...x: unknown[]) => void)(a, b)).toThrow(/11 arguments/);
   // products past 2^53 are rejected instead of wrapping into a small (passing) length check
-  expect(() => native.matmul(a, b, new Float32Array(4), 2 ** 40, 2 ** 20, 3, 2 ** 20, false, false, 6, 6)).toThrow(/overflows/);
+  expect(() => native.matmul(a, b, new Float32Array(4), 2 ** 40, 2 ** 20, 3, 2 ** 20, false, false, 6, 6)).toThrow(
+    /overflows/,
+  );
 });
 
 test("property: random shapes, transposes, batch broadcast and dtypes agree with the reference", () => {
@@ -90,12 +135,26 @@ test("property: random shapes, transposes, batch broadcast and dtypes agree with
   const dim = fc.integer({ min: 1, max: 70 });
   fc.assert(
     fc.property(
-      fc.record({ batch: fc.integer({ min: 1, max: 3 }), m: dim, k: dim, n: dim, transA: fc.boolean(), transB: fc.boolean(),
-        bcastA: fc.boolean(), bcastB: fc.boolean(), a16: fc.boolean(), b16: fc.boolean(), seed: fc.integer({ min: 1, max: 1e6 }) }),
+      fc.record({
+        batch: fc.integer({ min: 1, max: 3 }),
+        m: dim,
+        k: dim,
+        n: dim,
+        transA: fc.boolean(),
+        transB: fc.boolean(),
+        bcastA: fc.boolean(),
+        bcastB: fc.boolean(),
+        a16: fc.boolean(),
+        b16: fc.boolean(),
+        seed: fc.integer({ min: 1, max: 1e6 }),
+      }),
       ({ batch, m, k, n, transA, transB, bcastA, bcastB, a16, b16, seed }) => {
-        const sa = bcastA ? 0 : m * k, sb = bcastB ? 0 : k * n;
-        const af = randomF32((bcastA ? 1 : batch) * m * k, seed), bf = randomF32((bcastB ? 1 : batch) * k * n, seed + 1);
-        const a = a16 ? toBf16(af) : af, b = b16 ? toBf16(bf) : bf;
+        const sa = bcastA ? 0 : m * k,
+          sb = bcastB ? 0 : k * n;
+        const af = randomF32((bcastA ? 1 : batch) * m * k, seed),
+          bf = randomF32((bcastB ? 1 : batch) * k * n, seed + 1);
+        const a = a16 ? toBf16(af) : af,
+          b = b16 ? toBf16(bf) : bf;
         const out = new Float32Array(batch * m * n).fill(NaN);
         native.matmul(a, b, out, batch, m, k, n, transA, transB, sa, sb);
         const want = referenceMatmul(a, b, { batch, m, k, n, transA, transB, aBatchStride: sa, bBatchStride: sb });

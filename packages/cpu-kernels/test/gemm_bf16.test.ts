@@ -6,8 +6,19 @@ import { loadNative } from "../src/load";
 import { randomF32, referenceMatmul, worstRatio } from "./oracle";
 
 interface Bf16GemmNative {
-  matmul(a: Uint16Array, b: Uint16Array, out: Float32Array, batch: number, m: number, k: number, n: number,
-    transA: boolean, transB: boolean, aBatchStride: number, bBatchStride: number): void;
+  matmul(
+    a: Uint16Array,
+    b: Uint16Array,
+    out: Float32Array,
+    batch: number,
+    m: number,
+    k: number,
+    n: number,
+    transA: boolean,
+    transB: boolean,
+    aBatchStride: number,
+    bBatchStride: number,
+  ): void;
   gemmIsa(isa?: string): string;
   gemmBf16Kernel(): string;
   isaInfo(): { avx512f: boolean; avx512bf16: boolean };
@@ -21,9 +32,16 @@ function randomBf16(length: number, seed: number): Uint16Array {
   return Uint16Array.from(new Uint32Array(randomF32(length, seed).buffer), (v) => v >>> 16);
 }
 
-function check(m: number, k: number, n: number, o: { batch?: number; transA?: boolean; transB?: boolean; sa?: number; sb?: number }, seed: number) {
+function check(
+  m: number,
+  k: number,
+  n: number,
+  o: { batch?: number; transA?: boolean; transB?: boolean; sa?: number; sb?: number },
+  seed: number,
+) {
   const { batch = 1, transA = false, transB = false, sa = m * k, sb = k * n } = o;
-  const a = randomBf16(sa * (batch - 1) + m * k, seed), b = randomBf16(sb * (batch - 1) + k * n, seed + 1);
+  const a = randomBf16(sa * (batch - 1) + m * k, seed),
+    b = randomBf16(sb * (batch - 1) + k * n, seed + 1);
   const out = new Float32Array(batch * m * n).fill(Number.NaN);
   native.matmul(a, b, out, batch, m, k, n, transA, transB, sa, sb);
   const want = referenceMatmul(a, b, { batch, m, k, n, transA, transB, aBatchStride: sa, bBatchStride: sb });
@@ -32,7 +50,13 @@ function check(m: number, k: number, n: number, o: { batch?: number; transA?: bo
 
 // every size in every position (1, 3, 17, 63, 65, 129: odd k exercises the zero-padded last pair)
 const sizes = [1, 3, 17, 63, 65, 129];
-const shapes = sizes.flatMap((s, i) => [[s, sizes[(i + 1) % 6]!, sizes[(i + 3) % 6]!], [sizes[(i + 2) % 6]!, s, sizes[(i + 5) % 6]!]] as [number, number, number][]);
+const shapes = sizes.flatMap(
+  (s, i) =>
+    [
+      [s, sizes[(i + 1) % 6]!, sizes[(i + 3) % 6]!],
+      [sizes[(i + 2) % 6]!, s, sizes[(i + 5) % 6]!],
+    ] as [number, number, number][],
+);
 
 test.skipIf(!hasBf16)("the AVX512-BF16 kernel is selected by default and by name, and a forced ISA falls back", () => {
   native.gemmIsa("");
@@ -66,15 +90,25 @@ describe.each(hasBf16 ? ["avx512bf16", "avx512"] : [""])("bf16 x bf16 matmul (fo
   test("batched with broadcast strides", () => {
     native.gemmIsa(isa);
     const [batch, m, k, n] = [3, 19, 71, 45];
-    for (const [sa, sb] of [[m * k, k * n], [0, k * n], [m * k, 0]] as const)
+    for (const [sa, sb] of [
+      [m * k, k * n],
+      [0, k * n],
+      [m * k, 0],
+    ] as const)
       for (const transB of [false, true])
-        expect(check(m, k, n, { batch, transB, sa, sb }, 7).ratio, `strides ${sa},${sb} tB=${transB}`).toBeLessThanOrEqual(1);
+        expect(
+          check(m, k, n, { batch, transB, sa, sb }, 7).ratio,
+          `strides ${sa},${sb} tB=${transB}`,
+        ).toBeLessThanOrEqual(1);
   });
 
   test("multi-threaded, crossing the MC/KC blocks with an odd final k block", () => {
     native.gemmIsa(isa);
     // k = 777 = 2 x 384 + 9: two full kc blocks (accumulated in C) and a short odd one
-    for (const [m, k, n, transA] of [[301, 777, 290, true], [37, 777, 900, false]] as const)
+    for (const [m, k, n, transA] of [
+      [301, 777, 290, true],
+      [37, 777, 900, false],
+    ] as const)
       expect(check(m, k, n, { transA }, 11).ratio, `${m}x${k}x${n}`).toBeLessThanOrEqual(1);
   });
 });

@@ -20,7 +20,13 @@ const native = loadNative() as unknown as Nf4Native;
 const isas = ["scalar", ...(native.isaInfo().avx2 ? ["avx2"] : []), ...(native.isaInfo().avx512f ? ["avx512"] : [])];
 afterAll(() => void native.gemmIsa(""));
 
-interface Case { quantType: QuantType; blocksize: number; nested: boolean; n: number; k: number }
+interface Case {
+  quantType: QuantType;
+  blocksize: number;
+  nested: boolean;
+  n: number;
+  k: number;
+}
 const cases: Case[] = [
   { quantType: "nf4", blocksize: 64, nested: false, n: 37, k: 128 },
   { quantType: "nf4", blocksize: 64, nested: true, n: 65, k: 192 },
@@ -35,7 +41,12 @@ const cases: Case[] = [
 function weight(c: Case, seed: number) {
   // scale the rows differently so per-block absmax matters
   const w = randomF32(c.n * c.k, seed).map((v, i) => v * (1 + (Math.floor(i / c.k) % 5)));
-  const state = quantize4bit(w, { quantType: c.quantType, blocksize: c.blocksize, doubleQuant: c.nested, shape: [c.n, c.k] });
+  const state = quantize4bit(w, {
+    quantType: c.quantType,
+    blocksize: c.blocksize,
+    doubleQuant: c.nested,
+    shape: [c.n, c.k],
+  });
   return { q: nativeQuant(state), ref: quantBuffers(referenceBackend, state) };
 }
 
@@ -78,8 +89,11 @@ test("a multi-threaded 4-bit GEMM and GEMV at a realistic width", () => {
 
 test("4-bit argument validation names the argument", () => {
   const { q } = weight({ quantType: "nf4", blocksize: 64, nested: false, n: 4, k: 64 }, 1);
-  const x = new Float32Array(64), y = new Float32Array(4);
-  expect(() => native.matmul4bit(x, 1, y, { ...q, codes: new Uint8Array(10) })).toThrow(/w\.codes: expected at least 128/);
+  const x = new Float32Array(64),
+    y = new Float32Array(4);
+  expect(() => native.matmul4bit(x, 1, y, { ...q, codes: new Uint8Array(10) })).toThrow(
+    /w\.codes: expected at least 128/,
+  );
   expect(() => native.matmul4bit(x, 1, y, { ...q, absmax: new Float32Array(1) })).toThrow(/w\.absmax/);
   expect(() => native.matmul4bit(x, 1, y, { ...q, quantType: "int4" as never })).toThrow(/w\.quantType/);
   expect(() => native.matmul4bit(x, 2, y, q)).toThrow(/x: expected at least 128/);

@@ -10,5 +10,12 @@ export function nativeQuant(s: QuantState4bit): NativeQuant {
   const base = { quantType: s.quantType, blocksize: s.blocksize, n, k, codes: s.packed };
   if (s.absmax instanceof Float32Array) return { ...base, absmax: s.absmax };
   const a = s.absmax;
-  return { ...base, qabsmax: a.qabsmax, code: a.code, nestedAbsmax: a.nestedAbsmax, nestedBlocksize: a.nestedBlocksize, offset: a.offset };
+  return {
+    ...base,
+    qabsmax: a.qabsmax,
+    code: a.code,
+    nestedAbsmax: a.nestedAbsmax,
+    nestedBlocksize: a.nestedBlocksize,
+    offset: a.offset,
+  };
 }

@@ -44,18 +44,30 @@ const jobs = process.env.JOBS ?? (process.env.CI ? String(availableParallelism()
 const started = Date.now();
 // Incremental when nothing that configure bakes in changed (toolkit, gencode list, file list):
 // make then recompiles only what changed (the nvcc rule lists the headers as inputs).
-const sources = ["csrc/kernels", "csrc/napi", "csrc/runtime"].flatMap((d) => readdirSync(join(packageRoot, d)).map((f) => `${d}/${f}`));
+const sources = ["csrc/kernels", "csrc/napi", "csrc/runtime"].flatMap((d) =>
+  readdirSync(join(packageRoot, d)).map((f) => `${d}/${f}`),
+);
 const stamp = JSON.stringify({ nvcc: cuda.nvcc, gencode, sources: sources.sort(), node: process.version });
 const stampFile = join(packageRoot, "build", "qlora-build-stamp.json");
 const incremental =
-  process.env.QLORA_CUDA_CLEAN !== "1" && existsSync(join(packageRoot, "build", "Makefile")) && existsSync(stampFile) &&
+  process.env.QLORA_CUDA_CLEAN !== "1" &&
+  existsSync(join(packageRoot, "build", "Makefile")) &&
+  existsSync(stampFile) &&
   readFileSync(stampFile, "utf8") === stamp;
 console.log(
   `cuda-kernels: ${incremental ? "incremental build" : "building"} with ${cuda.nvcc} for sm_${archs.join(", sm_")} + compute_${last} PTX (jobs ${jobs})`,
 );
 const args = incremental
   ? [nodeGyp, "build", `--jobs=${jobs}`]
-  : [nodeGyp, "rebuild", `--nodedir=${nodedir}`, `--jobs=${jobs}`, `--cuda_home=${cuda.home}`, `--nvcc=${cuda.nvcc}`, `--cuda_gencode=${gencode}`];
+  : [
+      nodeGyp,
+      "rebuild",
+      `--nodedir=${nodedir}`,
+      `--jobs=${jobs}`,
+      `--cuda_home=${cuda.home}`,
+      `--nvcc=${cuda.nvcc}`,
+      `--cuda_gencode=${gencode}`,
+    ];
 const result = spawnSync(process.execPath, args, { cwd: packageRoot, stdio: "inherit" });
 if (result.status !== 0) {
   console.error(`cuda-kernels: native build failed (node-gyp exited ${result.status}); see the log above`);

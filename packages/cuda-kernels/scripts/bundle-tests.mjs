@@ -29,7 +29,9 @@ const resolvePlugin = {
 /** Resolves to esbuild's result ({ errors, warnings }); `entry` is a file path or { contents } (an entry written here). */
 export function bundleTests(entry, outfile, { sourcemap = false } = {}) {
   return esbuild.build({
-    ...(typeof entry === "string" ? { entryPoints: [entry] } : { stdin: { ...entry, resolveDir: pkg, sourcefile: "bundle-entry.ts", loader: "ts" } }),
+    ...(typeof entry === "string"
+      ? { entryPoints: [entry] }
+      : { stdin: { ...entry, resolveDir: pkg, sourcefile: "bundle-entry.ts", loader: "ts" } }),
     outfile,
     bundle: true,
     platform: "node",
@@ -43,7 +45,9 @@ export function bundleTests(entry, outfile, { sourcemap = false } = {}) {
     legalComments: "none",
     logLevel: "warning",
     // CommonJS dependencies call require(); give the ESM bundle a real one.
-    banner: { js: 'import { createRequire as __qloraCreateRequire } from "node:module"; const require = __qloraCreateRequire(import.meta.url);' },
+    banner: {
+      js: 'import { createRequire as __qloraCreateRequire } from "node:module"; const require = __qloraCreateRequire(import.meta.url);',
+    },
     plugins: [resolvePlugin],
   });
 }

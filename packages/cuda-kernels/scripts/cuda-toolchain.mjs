@@ -8,7 +8,8 @@ export function findCudaHome() {
   // QLORA_CUDA_DEFAULT_HOME overrides the /usr/local/cuda guess ("" disables it; used by the tests).
   const fallback = process.env.QLORA_CUDA_DEFAULT_HOME ?? "/usr/local/cuda";
   const candidates = [process.env.CUDA_HOME, process.env.CUDA_PATH, fallback].filter(Boolean);
-  for (const home of candidates) if (existsSync(join(home, "bin", "nvcc"))) return { home, nvcc: join(home, "bin", "nvcc") };
+  for (const home of candidates)
+    if (existsSync(join(home, "bin", "nvcc"))) return { home, nvcc: join(home, "bin", "nvcc") };
   for (const dir of (process.env.PATH ?? "").split(delimiter)) {
     const nvcc = join(dir, "nvcc");
     if (!dir || !existsSync(nvcc)) continue;
@@ -22,9 +23,13 @@ export function findCudaHome() {
 
 /** Parses QLORA_CUDA_ARCHS; { archs, last, gencode } or { error } naming the malformed entry. */
 export function gencodeFromEnv() {
-  const archs = (process.env.QLORA_CUDA_ARCHS ?? "80,86,89,90").split(",").map((a) => a.trim()).filter(Boolean);
+  const archs = (process.env.QLORA_CUDA_ARCHS ?? "80,86,89,90")
+    .split(",")
+    .map((a) => a.trim())
+    .filter(Boolean);
   const bad = archs.find((a) => !/^\d{2,3}a?$/.test(a));
-  if (bad !== undefined) return { error: `cuda-kernels: QLORA_CUDA_ARCHS entry "${bad}" is not an SM number like 80 or 90` };
+  if (bad !== undefined)
+    return { error: `cuda-kernels: QLORA_CUDA_ARCHS entry "${bad}" is not an SM number like 80 or 90` };
   const last = archs[archs.length - 1];
   const gencode = [
     ...archs.map((a) => `-gencode=arch=compute_${a},code=sm_${a}`),

@@ -12,7 +12,16 @@
 // Env: QLORA_GPU_BUNDLE_SM (SM the addon must hold SASS for, default 90), QLORA_GPU_BUNDLE_STALE_OK=1 (accept an addon older
 // than csrc/). Fails when the folder would exceed 40 MiB.
 import { execFileSync, spawnSync } from "node:child_process";
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { bundleTests, esbuild } from "./bundle-tests.mjs";
@@ -47,12 +56,15 @@ function fatbinArchs(file) {
 }
 
 function checkCudaAddon(file) {
-  if (!existsSync(file)) fail(`${relative(repo, file)} is missing: QLORA_CUDA_ARCHS=90 pnpm --filter @qlora/cuda-kernels build:native`);
+  if (!existsSync(file))
+    fail(`${relative(repo, file)} is missing: QLORA_CUDA_ARCHS=90 pnpm --filter @qlora/cuda-kernels build:native`);
   const sm = Number(process.env.QLORA_GPU_BUNDLE_SM ?? "90");
   const archs = fatbinArchs(file);
   // SASS for the GPU itself: PTX of an older arch would run, but only after a JIT of every kernel at load time.
   if (!archs.includes(`elf_${sm}`)) {
-    fail(`${relative(repo, file)} has code for [${archs.join(", ")}], no sm_${sm} SASS: QLORA_CUDA_ARCHS=${sm} pnpm --filter @qlora/cuda-kernels build:native`);
+    fail(
+      `${relative(repo, file)} has code for [${archs.join(", ")}], no sm_${sm} SASS: QLORA_CUDA_ARCHS=${sm} pnpm --filter @qlora/cuda-kernels build:native`,
+    );
   }
   // An addon older than its sources would test yesterday's kernels and record them in BENCHMARKS.md.
   const built = statSync(file).mtimeMs;
@@ -60,14 +72,17 @@ function checkCudaAddon(file) {
     .flatMap((d) => readdirSync(join(pkg, d)).map((f) => join(d, f)))
     .filter((f) => statSync(join(pkg, f)).mtimeMs > built);
   if (newer.length > 0 && process.env.QLORA_GPU_BUNDLE_STALE_OK !== "1") {
-    fail(`the addon is older than ${newer.join(", ")}: rebuild it (QLORA_CUDA_ARCHS=${sm} pnpm --filter @qlora/cuda-kernels build:native) or set QLORA_GPU_BUNDLE_STALE_OK=1`);
+    fail(
+      `the addon is older than ${newer.join(", ")}: rebuild it (QLORA_CUDA_ARCHS=${sm} pnpm --filter @qlora/cuda-kernels build:native) or set QLORA_GPU_BUNDLE_STALE_OK=1`,
+    );
   }
   return { archs, stale: newer };
 }
 
 async function bundle(name, entry, sourcemap) {
   const r = await bundleTests(join(pkg, "dev", "gpu-tests", entry), join(out, `${name}.mjs`), { sourcemap });
-  if (r.errors.length > 0 || r.warnings.length > 0) fail(`esbuild reported ${r.errors.length} errors, ${r.warnings.length} warnings`);
+  if (r.errors.length > 0 || r.warnings.length > 0)
+    fail(`esbuild reported ${r.errors.length} errors, ${r.warnings.length} warnings`);
 }
 
 /** xz -9 is ~80 s for a 100 MB binary on a small machine: redo it only when the binary changed. */
@@ -82,7 +97,9 @@ function packNode() {
   rmSync(join(out, "node.gz"), { force: true });
   const [tool, args] = hasXz ? ["xz", ["-9", "-T0", "-c"]] : ["gzip", ["-9", "-c"]];
   console.log(`gpu-bundle: compressing ${process.execPath} (${(st.size / 2 ** 20).toFixed(0)} MiB) with ${tool}…`);
-  execFileSync("sh", ["-c", `${tool} ${args.join(" ")} "$1" > "$2"`, "sh", process.execPath, file], { stdio: "inherit" });
+  execFileSync("sh", ["-c", `${tool} ${args.join(" ")} "$1" > "$2"`, "sh", process.execPath, file], {
+    stdio: "inherit",
+  });
   writeFileSync(stampFile, stamp);
   return file;
 }
@@ -91,7 +108,10 @@ function packNode() {
 function glibcNeeded(files) {
   let best = 0;
   for (const f of files) {
-    for (const m of readFileSync(f).toString("latin1").matchAll(/GLIBC_2\.(\d+)/g)) best = Math.max(best, Number(m[1]));
+    for (const m of readFileSync(f)
+      .toString("latin1")
+      .matchAll(/GLIBC_2\.(\d+)/g))
+      best = Math.max(best, Number(m[1]));
   }
   return `2.${best}`;
 }
@@ -116,18 +136,30 @@ function sizes() {
 }
 
 mkdirSync(out, { recursive: true });
-for (const f of ["gpu-tests.mjs", "gpu-tests.mjs.map", "cpu-tests.mjs", "cpu-tests.mjs.map", "addons", "fixtures", "MANIFEST.txt"]) {
+for (const f of [
+  "gpu-tests.mjs",
+  "gpu-tests.mjs.map",
+  "cpu-tests.mjs",
+  "cpu-tests.mjs.map",
+  "addons",
+  "fixtures",
+  "MANIFEST.txt",
+]) {
   rmSync(join(out, f), { recursive: true, force: true });
 }
 const cudaAddon = join(pkg, "build", "Release", "qlora_cuda.node");
 const cpuAddon = join(repo, "packages", "cpu-kernels", "build", "Release", "qlora_cpu.node");
 const addon = checkCudaAddon(cudaAddon);
-if (!existsSync(cpuAddon)) fail(`${relative(repo, cpuAddon)} is missing: pnpm --filter @qlora/cpu-kernels build:native`);
+if (!existsSync(cpuAddon))
+  fail(`${relative(repo, cpuAddon)} is missing: pnpm --filter @qlora/cpu-kernels build:native`);
 mkdirSync(join(out, "addons"));
 copyFileSync(cudaAddon, join(out, "addons", "qlora_cuda.node"));
 copyFileSync(cpuAddon, join(out, "addons", "qlora_cpu.node"));
 mkdirSync(join(out, "fixtures"));
-copyFileSync(join(repo, "packages", "tensor", "test", "fixtures", "decoder_block.bin"), join(out, "fixtures", "decoder_block.bin"));
+copyFileSync(
+  join(repo, "packages", "tensor", "test", "fixtures", "decoder_block.bin"),
+  join(out, "fixtures", "decoder_block.bin"),
+);
 await bundle("gpu-tests", "gpu-tests.ts", true);
 await bundle("cpu-tests", "cpu-tests.ts", false);
 const nodeFile = packNode();
@@ -148,4 +180,6 @@ writeFileSync(join(out, "MANIFEST.txt"), `${manifest}\n`);
 console.log(manifest);
 if (total > LIMIT) fail(`${(total / 2 ** 20).toFixed(1)} MiB exceeds the ${LIMIT / 2 ** 20} MiB budget`);
 console.log(`gpu-bundle: wrote ${relative(repo, out)}/ in ${((Date.now() - started) / 1000).toFixed(1)} s`);
-console.log(`  check here: node ${relative(process.cwd(), join(out, "cpu-tests.mjs"))} && node ${relative(process.cwd(), join(out, "gpu-tests.mjs"))}`);
+console.log(
+  `  check here: node ${relative(process.cwd(), join(out, "cpu-tests.mjs"))} && node ${relative(process.cwd(), join(out, "gpu-tests.mjs"))}`,
+);

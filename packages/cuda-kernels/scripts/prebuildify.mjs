@@ -16,7 +16,9 @@ import { findCudaHome, gencodeFromEnv } from "./cuda-toolchain.mjs";
 const packageRoot = join(dirname(fileURLToPath(import.meta.url)), "..");
 const cuda = findCudaHome();
 if (!cuda) {
-  console.error("cuda-kernels prebuildify: nvcc not found (looked in $CUDA_HOME, $CUDA_PATH, /usr/local/cuda and PATH)");
+  console.error(
+    "cuda-kernels prebuildify: nvcc not found (looked in $CUDA_HOME, $CUDA_PATH, /usr/local/cuda and PATH)",
+  );
   process.exit(1);
 }
 const arch = gencodeFromEnv();
@@ -28,12 +30,15 @@ if (arch.error) {
 const stage = join(packageRoot, ".prebuild");
 rmSync(stage, { recursive: true, force: true });
 mkdirSync(join(stage, "tmp"), { recursive: true });
-for (const entry of ["package.json", "binding.gyp", "csrc"]) cpSync(join(packageRoot, entry), join(stage, entry), { recursive: true });
+for (const entry of ["package.json", "binding.gyp", "csrc"])
+  cpSync(join(packageRoot, entry), join(stage, entry), { recursive: true });
 
 const require = createRequire(import.meta.url);
 const prebuildify = join(dirname(require.resolve("prebuildify/package.json")), "bin.js");
 const jobs = process.env.JOBS ?? (process.env.CI ? String(availableParallelism()) : "1");
-console.log(`cuda-kernels prebuildify: sm_${arch.archs.join(", sm_")} + compute_${arch.last} PTX with ${cuda.nvcc} (jobs ${jobs})`);
+console.log(
+  `cuda-kernels prebuildify: sm_${arch.archs.join(", sm_")} + compute_${arch.last} PTX with ${cuda.nvcc} (jobs ${jobs})`,
+);
 const started = Date.now();
 const result = spawnSync(
   process.execPath,

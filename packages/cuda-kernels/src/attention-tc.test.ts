@@ -20,7 +20,10 @@ function uniform(n: number, seed: number): Float32Array {
 
 /** Relative L2 error and max |err| / max |ref|. bf16 rounding of P and dS gives ~2^-9; a wrong argument is O(1). */
 function errors(got: Float32Array, want: Float32Array): { l2: number; max: number } {
-  let e2 = 0, r2 = 0, emax = 0, rmax = 0;
+  let e2 = 0,
+    r2 = 0,
+    emax = 0,
+    rmax = 0;
   for (let i = 0; i < want.length; i++) {
     const e = Math.abs(got[i] - want[i]);
     e2 += e * e;
@@ -38,10 +41,18 @@ describe.skipIf(!status.available)(title("tensor-core attention through the cuda
       const o0 = { batch: 2, heads: 4, kvHeads: 2, seq: 70, headDim: 64, scale: 1 / 8 };
       const qn = o0.batch * o0.heads * o0.seq * o0.headDim;
       const kn = o0.batch * o0.kvHeads * o0.seq * o0.headDim;
-      const bits = { q: f32ToBf16(uniform(qn, 1)), k: f32ToBf16(uniform(kn, 2)), v: f32ToBf16(uniform(kn, 3)), dout: f32ToBf16(uniform(qn, 4)) };
-      const seg = Int32Array.from({ length: o0.batch * o0.seq }, (_, i) => (segments ? Math.floor((i % o0.seq) / 25) : 0));
+      const bits = {
+        q: f32ToBf16(uniform(qn, 1)),
+        k: f32ToBf16(uniform(kn, 2)),
+        v: f32ToBf16(uniform(kn, 3)),
+        dout: f32ToBf16(uniform(qn, 4)),
+      };
+      const seg = Int32Array.from({ length: o0.batch * o0.seq }, (_, i) =>
+        segments ? Math.floor((i % o0.seq) / 25) : 0,
+      );
       const run = (b: Backend, dtype: "bf16" | "f32") => {
-        const up = (x: Uint16Array): Buffer => (dtype === "bf16" ? b.fromHost(x, "bf16") : b.fromHost(bf16ToF32(x), "f32"));
+        const up = (x: Uint16Array): Buffer =>
+          dtype === "bf16" ? b.fromHost(x, "bf16") : b.fromHost(bf16ToF32(x), "f32");
         const [q, k, v, dout] = [bits.q, bits.k, bits.v, bits.dout].map(up);
         const segmentIds = segments ? b.fromHost(seg, "i32") : undefined;
         const o = { ...o0, segmentIds };

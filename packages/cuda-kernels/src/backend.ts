@@ -28,9 +28,32 @@ import type { NativeCuda, NativeMemoryStats } from "./native";
 const DTYPE_CODE: Record<DType, number> = { f32: 0, f16: 1, bf16: 2, i32: 3, u8: 4, bool: 5 };
 const DTYPE_BYTES: Record<DType, number> = { f32: 4, f16: 2, bf16: 2, i32: 4, u8: 1, bool: 1 };
 const UNARY_CODE: Record<UnaryOp, number> = {
-  neg: 0, exp: 1, log: 2, sqrt: 3, rsqrt: 4, abs: 5, sigmoid: 6, silu: 7, relu: 8, tanh: 9, recip: 10, square: 11, sign: 12,
+  neg: 0,
+  exp: 1,
+  log: 2,
+  sqrt: 3,
+  rsqrt: 4,
+  abs: 5,
+  sigmoid: 6,
+  silu: 7,
+  relu: 8,
+  tanh: 9,
+  recip: 10,
+  square: 11,
+  sign: 12,
 };
-const BINARY_CODE: Record<BinaryOp, number> = { add: 0, sub: 1, mul: 2, div: 3, max: 4, min: 5, pow: 6, eq: 7, gt: 8, lt: 9 };
+const BINARY_CODE: Record<BinaryOp, number> = {
+  add: 0,
+  sub: 1,
+  mul: 2,
+  div: 3,
+  max: 4,
+  min: 5,
+  pow: 6,
+  eq: 7,
+  gt: 8,
+  lt: 9,
+};
 const REDUCE_CODE: Record<ReduceOp, number> = { sum: 0, max: 1, min: 2 };
 
 /** A device allocation. `handle` is meaningful only to this backend's addon. */
@@ -70,18 +93,25 @@ export interface CudaBackend extends Backend {
   dequantize4bit(w: QuantizedWeightBuffers, dtype: "f32" | "bf16" | "f16"): CudaBuffer;
   /** bitsandbytes 8-bit blockwise AdamW (spec §8.4), in place; states u8, absmax f32 [ceil(n/256)]. */
   adamw8bitStepInPlace(
-    param: Buffer, grad: Buffer,
+    param: Buffer,
+    grad: Buffer,
     state: { state1: Buffer; state2: Buffer; absmax1: Buffer; absmax2: Buffer; qmap1: Buffer; qmap2: Buffer },
-    length: number, options: AdamWOptions,
+    length: number,
+    options: AdamWOptions,
   ): void;
 }
 
 function hostArrayFor(dtype: DType, length: number): HostArray {
   switch (dtype) {
-    case "f32": return new Float32Array(length);
-    case "f16": case "bf16": return new Uint16Array(length);
-    case "i32": return new Int32Array(length);
-    default: return new Uint8Array(length);
+    case "f32":
+      return new Float32Array(length);
+    case "f16":
+    case "bf16":
+      return new Uint16Array(length);
+    case "i32":
+      return new Int32Array(length);
+    default:
+      return new Uint8Array(length);
   }
 }
 
@@ -94,13 +124,17 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
 
   const buf = (b: Buffer, what: string): CudaBuffer => {
     if (!(b instanceof CudaBuffer)) {
-      throw new CudaKernelsError("FOREIGN_BUFFER", `cuda.${what}: expected a cuda buffer, got one on device "${b?.device}"`);
+      throw new CudaKernelsError(
+        "FOREIGN_BUFFER",
+        `cuda.${what}: expected a cuda buffer, got one on device "${b?.device}"`,
+      );
     }
     if (b.freed) throw new CudaKernelsError("FREED_BUFFER", `cuda.${what}: buffer was freed`);
     return b;
   };
   const alloc = (dtype: DType, length: number, managed = false): CudaBuffer => {
-    if (!Number.isInteger(length) || length < 0) throw new CudaKernelsError("BAD_LENGTH", `cuda.alloc: length must be a non-negative integer, got ${length}`);
+    if (!Number.isInteger(length) || length < 0)
+      throw new CudaKernelsError("BAD_LENGTH", `cuda.alloc: length must be a non-negative integer, got ${length}`);
     return new CudaBuffer(dtype, length, native.alloc(length * DTYPE_BYTES[dtype], managed));
   };
   // Read once: QLORA_CUDA_PAGED_STATES=0 bypasses managed memory for optimizer states.
@@ -131,7 +165,14 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
     const spec =
       a.kind === "f32"
         ? [h(a.values, "absmax"), 0, 0, 0, 256, 0]
-        : [0, h(a.qabsmax, "qabsmax"), h(a.code, "code"), h(a.nestedAbsmax, "nestedAbsmax"), a.nestedBlocksize, a.offset];
+        : [
+            0,
+            h(a.qabsmax, "qabsmax"),
+            h(a.code, "code"),
+            h(a.nestedAbsmax, "nestedAbsmax"),
+            a.nestedBlocksize,
+            a.offset,
+          ];
     return [h(w.codes, "codes"), w.shape[0], w.shape[1], w.blocksize, w.quantType === "fp4", ...spec];
   };
 
@@ -171,14 +212,27 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
 
     copy(src, view: StridedView, dtype) {
       const s = buf(src, "copy");
-      const out = alloc(dtype, view.shape.reduce((a, b) => a * b, 1));
+      const out = alloc(
+        dtype,
+        view.shape.reduce((a, b) => a * b, 1),
+      );
       native.copy(s.handle, DTYPE_CODE[s.dtype], view.shape, view.strides, view.offset, out.handle, DTYPE_CODE[dtype]);
       return out;
     },
     copyInPlace(dst, dstView: StridedView, src, srcView: StridedView) {
       const d = buf(dst, "copyInPlace");
       const s = buf(src, "copyInPlace");
-      native.copyInPlace(d.handle, DTYPE_CODE[d.dtype], srcView.shape, dstView.strides, dstView.offset, s.handle, DTYPE_CODE[s.dtype], srcView.strides, srcView.offset);
+      native.copyInPlace(
+        d.handle,
+        DTYPE_CODE[d.dtype],
+        srcView.shape,
+        dstView.strides,
+        dstView.offset,
+        s.handle,
+        DTYPE_CODE[s.dtype],
+        srcView.strides,
+        srcView.offset,
+      );
     },
     fill(dtype, length, value) {
       const out = alloc(dtype, length);
@@ -193,7 +247,17 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
     binary(op, a, aView, b, bView, shape) {
       const out = f32Out(shape.reduce((p, q) => p * q, 1));
       withF32([a, b], "binary", (ah, bh) =>
-        native.binary(BINARY_CODE[op], ah, shape, aView.strides, aView.offset, bh, bView.strides, bView.offset, out.handle),
+        native.binary(
+          BINARY_CODE[op],
+          ah,
+          shape,
+          aView.strides,
+          aView.offset,
+          bh,
+          bView.strides,
+          bView.offset,
+          out.handle,
+        ),
       );
       return out;
     },
@@ -205,7 +269,20 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
     matmul(a, b, o: MatmulOptions) {
       const out = f32Out(o.batch * o.m * o.n);
       const run = (ah: number, bh: number, dtype: number) =>
-        native.gemm(ah, bh, out.handle, o.batch, o.m, o.n, o.k, !!o.transA, !!o.transB, o.aBatchStride ?? -1, o.bBatchStride ?? -1, dtype);
+        native.gemm(
+          ah,
+          bh,
+          out.handle,
+          o.batch,
+          o.m,
+          o.n,
+          o.k,
+          !!o.transA,
+          !!o.transB,
+          o.aBatchStride ?? -1,
+          o.bBatchStride ?? -1,
+          dtype,
+        );
       const ca = buf(a, "matmul");
       const cb = buf(b, "matmul");
       if (ca.dtype === "bf16" && cb.dtype === "bf16") run(ca.handle, cb.handle, DTYPE_CODE.bf16);
@@ -240,7 +317,9 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
     rmsNorm(x, weight, rows, dim, eps) {
       const y = f32Out(rows * dim);
       const rstd = f32Out(rows);
-      withF32([x, weight], "rmsNorm", (xh, wh) => native.rmsNorm(...([xh, wh, rows, dim, eps, y.handle, rstd.handle] as never[])));
+      withF32([x, weight], "rmsNorm", (xh, wh) =>
+        native.rmsNorm(...([xh, wh, rows, dim, eps, y.handle, rstd.handle] as never[])),
+      );
       return { y, rstd };
     },
     rmsNormBackward(dy, x, weight, rstd, rows, dim) {
@@ -272,7 +351,19 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
         const bytes = native.attentionTcScratchBytes(...dims, false, inDtype);
         const scratch = bytes > 0 ? alloc("u8", bytes) : undefined;
         const run = (qh: number, kh: number, vh: number) =>
-          native.attentionTc(qh, kh, vh, inDtype, ...dims, o.scale, seg, out.handle, DTYPE_CODE.f32, lse.handle, scratch?.handle ?? 0);
+          native.attentionTc(
+            qh,
+            kh,
+            vh,
+            inDtype,
+            ...dims,
+            o.scale,
+            seg,
+            out.handle,
+            DTYPE_CODE.f32,
+            lse.handle,
+            scratch?.handle ?? 0,
+          );
         try {
           if (bf16) run(h(q, "attention"), h(k, "attention"), h(v, "attention"));
           else withF32([q, k, v], "attention", run);
@@ -282,7 +373,22 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
         return { out, lse };
       }
       withF32([q, k, v], "attention", (qh, kh, vh) =>
-        native.attention(...([qh, kh, vh, o.batch, o.heads, o.kvHeads, o.seq, o.headDim, o.scale, seg, out.handle, lse.handle] as never[])),
+        native.attention(
+          ...([
+            qh,
+            kh,
+            vh,
+            o.batch,
+            o.heads,
+            o.kvHeads,
+            o.seq,
+            o.headDim,
+            o.scale,
+            seg,
+            out.handle,
+            lse.handle,
+          ] as never[]),
+        ),
       );
       return { out, lse };
     },
@@ -311,8 +417,22 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
           const tcScratch = alloc("u8", native.attentionTcScratchBytes(...dims, true, DTYPE_CODE[inDtype]));
           temps.push(tcScratch);
           native.attentionBackwardTc(
-            a, b, c, d, DTYPE_CODE[inDtype], as(out, outDtype), DTYPE_CODE[outDtype], as(lse, "f32"), ...dims, o.scale, seg,
-            dq.handle, dk.handle, dv.handle, DTYPE_CODE.f32, tcScratch.handle,
+            a,
+            b,
+            c,
+            d,
+            DTYPE_CODE[inDtype],
+            as(out, outDtype),
+            DTYPE_CODE[outDtype],
+            as(lse, "f32"),
+            ...dims,
+            o.scale,
+            seg,
+            dq.handle,
+            dk.handle,
+            dv.handle,
+            DTYPE_CODE.f32,
+            tcScratch.handle,
           );
         } finally {
           for (const t of temps) free(t);
@@ -322,7 +442,25 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
       try {
         withF32([dout, q, k, v, out, lse], "attentionBackward", (a, b, c, d, e, f) =>
           native.attentionBackward(
-            ...([a, b, c, d, e, f, o.batch, o.heads, o.kvHeads, o.seq, o.headDim, o.scale, seg, dq.handle, dk.handle, dv.handle, scratch.handle] as never[]),
+            ...([
+              a,
+              b,
+              c,
+              d,
+              e,
+              f,
+              o.batch,
+              o.heads,
+              o.kvHeads,
+              o.seq,
+              o.headDim,
+              o.scale,
+              seg,
+              dq.handle,
+              dk.handle,
+              dv.handle,
+              scratch.handle,
+            ] as never[]),
           ),
         );
       } finally {
@@ -380,7 +518,9 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
     embeddingBackward(dy, ids, count, dim, vocab) {
       const dw = f32Out(vocab * dim);
       const ih = h(ids, "embeddingBackward");
-      withF32([dy], "embeddingBackward", (dh) => native.embeddingBackward(...([dh, ih, count, dim, vocab, dw.handle] as never[])));
+      withF32([dy], "embeddingBackward", (dh) =>
+        native.embeddingBackward(...([dh, ih, count, dim, vocab, dw.handle] as never[])),
+      );
       return dw;
     },
     adamwStepInPlace(param, grad, m, v, length, o: AdamWOptions) {
@@ -396,7 +536,15 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
       const c = buf(x, "quantize4bit");
       const codes = alloc("u8", Math.ceil(c.length / 2));
       const absmax = alloc("f32", Math.ceil(c.length / blocksize));
-      native.quantize4bit(c.handle, DTYPE_CODE[c.dtype], c.length, blocksize, quantType === "fp4", codes.handle, absmax.handle);
+      native.quantize4bit(
+        c.handle,
+        DTYPE_CODE[c.dtype],
+        c.length,
+        blocksize,
+        quantType === "fp4",
+        codes.handle,
+        absmax.handle,
+      );
       return { codes, absmax };
     },
     dequantize4bit(w, dtype) {

@@ -13,11 +13,16 @@ describe("scripts/build-native.mjs", () => {
     expect(r.status).toBe(0);
     const lines = r.stdout.trim().split("\n");
     expect(lines).toHaveLength(1);
-    expect(lines[0]).toMatch(/^cuda-kernels: skipped: nvcc not found \(looked in \$CUDA_HOME, \$CUDA_PATH, \/usr\/local\/cuda and PATH\)/);
+    expect(lines[0]).toMatch(
+      /^cuda-kernels: skipped: nvcc not found \(looked in \$CUDA_HOME, \$CUDA_PATH, \/usr\/local\/cuda and PATH\)/,
+    );
   });
 
   it("rejects a malformed QLORA_CUDA_ARCHS before compiling anything", () => {
-    const r = spawnSync(process.execPath, [script], { env: { ...process.env, QLORA_CUDA_ARCHS: "80,hopper" }, encoding: "utf8" });
+    const r = spawnSync(process.execPath, [script], {
+      env: { ...process.env, QLORA_CUDA_ARCHS: "80,hopper" },
+      encoding: "utf8",
+    });
     if (r.stdout.includes("skipped: nvcc not found")) return; // no toolkit on this machine: nothing to validate
     expect(r.status).toBe(1);
     expect(r.stderr).toContain('QLORA_CUDA_ARCHS entry "hopper"');

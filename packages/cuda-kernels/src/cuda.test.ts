@@ -60,13 +60,23 @@ describe.skipIf(!status.available)(title("NF4/FP4 on the GPU vs @qlora/nf4"), ()
         const dq = quantize4bit(data, { quantType, blocksize, doubleQuant: true });
         const nested = dq.absmax as Exclude<typeof dq.absmax, Float32Array>;
         const w: QuantizedWeightBuffers = {
-          quantType, blocksize, shape: [1, n], codes: be!.fromHost(dq.packed, "u8"),
+          quantType,
+          blocksize,
+          shape: [1, n],
+          codes: be!.fromHost(dq.packed, "u8"),
           absmax: {
-            kind: "nested", qabsmax: be!.fromHost(nested.qabsmax, "u8"), code: be!.fromHost(nested.code, "f32"),
-            nestedAbsmax: be!.fromHost(nested.nestedAbsmax, "f32"), nestedBlocksize: nested.nestedBlocksize, offset: nested.offset,
+            kind: "nested",
+            qabsmax: be!.fromHost(nested.qabsmax, "u8"),
+            code: be!.fromHost(nested.code, "f32"),
+            nestedAbsmax: be!.fromHost(nested.nestedAbsmax, "f32"),
+            nestedBlocksize: nested.nestedBlocksize,
+            offset: nested.offset,
           },
         };
-        for (const [dt, ref] of [["f32", "float32"], ["bf16", "bfloat16"]] as const) {
+        for (const [dt, ref] of [
+          ["f32", "float32"],
+          ["bf16", "bfloat16"],
+        ] as const) {
           const out = be!.dequantize4bit(w, dt);
           const wantOut = dequantize4bit(dq, ref);
           const g = be!.toHost(out);
@@ -84,7 +94,12 @@ describe.skipIf(!status.available)(title("NF4/FP4 on the GPU vs @qlora/nf4"), ()
 });
 
 describe.skipIf(!status.available)(title("fused 4-bit GEMM (bf16 tensor cores) vs dequant→bf16→f64 matmul"), () => {
-  it.each([[1, 256, 512], [37, 300, 272], [130, 129, 160], [256, 512, 1024]])("m=%i n=%i k=%i", (m, n, k) => {
+  it.each([
+    [1, 256, 512],
+    [37, 300, 272],
+    [130, 129, 160],
+    [256, 512, 1024],
+  ])("m=%i n=%i k=%i", (m, n, k) => {
     const be = createCudaBackend({ fused4bit: true });
     const rnd = lcg(m * 7 + n);
     const wdata = Float32Array.from({ length: n * k }, () => rnd());
@@ -94,7 +109,10 @@ describe.skipIf(!status.available)(title("fused 4-bit GEMM (bf16 tensor cores) v
     const xbf = f32ToBf16(x);
     const bfToF = (b: number) => new Float32Array(new Uint32Array([b << 16]).buffer)[0];
     const w: QuantizedWeightBuffers = {
-      quantType: "nf4", blocksize: 64, shape: [n, k], codes: be.fromHost(q.packed, "u8"),
+      quantType: "nf4",
+      blocksize: 64,
+      shape: [n, k],
+      codes: be.fromHost(q.packed, "u8"),
       absmax: { kind: "f32", values: be.fromHost(q.absmax as Float32Array, "f32") },
     };
     const xb = be.fromHost(xbf, "bf16");
@@ -108,7 +126,8 @@ describe.skipIf(!status.available)(title("fused 4-bit GEMM (bf16 tensor cores) v
         want[i * n + o] = acc;
         maxAbs = Math.max(maxAbs, Math.abs(acc));
       }
-    for (let i = 0; i < m * n; i++) expect(Math.abs(y[i] - want[i])).toBeLessThanOrEqual(1e-5 * maxAbs + 1e-4 * Math.abs(want[i]) + 1e-6);
+    for (let i = 0; i < m * n; i++)
+      expect(Math.abs(y[i] - want[i])).toBeLessThanOrEqual(1e-5 * maxAbs + 1e-4 * Math.abs(want[i]) + 1e-6);
     // input gradient: dx = dy · W
     const dyb = be.fromHost(f32ToBf16(Float32Array.from({ length: m * n }, () => rnd())), "bf16");
     const dx = be.toHost(be.matmul4bitInputGrad(dyb, w, m)) as Float32Array;
@@ -125,12 +144,20 @@ describe.skipIf(!status.available)(title("fused 4-bit GEMM (bf16 tensor cores) v
 describe.skipIf(!status.available)(title("deterministic embedding backward"), () => {
   it("is bit-identical to the reference backend (f64 sums in position order) and run to run", () => {
     const be = createCudaBackend();
-    const count = 3000, dim = 70, vocab = 40;
+    const count = 3000,
+      dim = 70,
+      vocab = 40;
     const next = lcg(5);
     const ids = Int32Array.from({ length: count }, (_, i) => (i % 3 === 0 ? 7 : Math.floor((next() + 1) * 20)));
     const dy = Float32Array.from({ length: count * dim }, next);
     const want = referenceBackend.toHost(
-      referenceBackend.embeddingBackward(referenceBackend.fromHost(dy, "f32"), referenceBackend.fromHost(ids, "i32"), count, dim, vocab),
+      referenceBackend.embeddingBackward(
+        referenceBackend.fromHost(dy, "f32"),
+        referenceBackend.fromHost(ids, "i32"),
+        count,
+        dim,
+        vocab,
+      ),
     );
     const dyb = be.fromHost(dy, "f32");
     const idb = be.fromHost(ids, "i32");
@@ -196,7 +223,8 @@ describe.skipIf(!status.available)(title("caching allocator"), () => {
     expect(pagedBytes).toBe(2 * n * 4);
     expect(be.deviceMemoryStats().managedBytes).toBe(managed0); // free released both managed buffers
     const plain = run((d, l) => be.alloc(d, l));
-    for (let i = 0; i < 3; i++) expect(Buffer.compare(Buffer.from(paged[i].buffer), Buffer.from(plain[i].buffer))).toBe(0);
+    for (let i = 0; i < 3; i++)
+      expect(Buffer.compare(Buffer.from(paged[i].buffer), Buffer.from(plain[i].buffer))).toBe(0);
     be.free(g);
   });
 });

@@ -43,28 +43,109 @@ export interface NativeCuda {
   emptyCache(): void;
   synchronize(): void;
   fill(out: Handle, dtype: number, length: number, value: number): void;
-  copy(src: Handle, srcDtype: number, shape: readonly number[], strides: readonly number[], offset: number, dst: Handle, dstDtype: number): void;
-  copyInPlace(dst: Handle, dstDtype: number, shape: readonly number[], dstStrides: readonly number[], dstOffset: number,
-    src: Handle, srcDtype: number, srcStrides: readonly number[], srcOffset: number): void;
+  copy(
+    src: Handle,
+    srcDtype: number,
+    shape: readonly number[],
+    strides: readonly number[],
+    offset: number,
+    dst: Handle,
+    dstDtype: number,
+  ): void;
+  copyInPlace(
+    dst: Handle,
+    dstDtype: number,
+    shape: readonly number[],
+    dstStrides: readonly number[],
+    dstOffset: number,
+    src: Handle,
+    srcDtype: number,
+    srcStrides: readonly number[],
+    srcOffset: number,
+  ): void;
   unary(op: number, x: Handle, out: Handle, length: number): void;
-  binary(op: number, a: Handle, shape: readonly number[], aStrides: readonly number[], aOffset: number, b: Handle,
-    bStrides: readonly number[], bOffset: number, out: Handle): void;
+  binary(
+    op: number,
+    a: Handle,
+    shape: readonly number[],
+    aStrides: readonly number[],
+    aOffset: number,
+    b: Handle,
+    bStrides: readonly number[],
+    bOffset: number,
+    out: Handle,
+  ): void;
   reduce(op: number, x: Handle, outer: number, size: number, inner: number, out: Handle): void;
-  gemm(a: Handle, b: Handle, c: Handle, batch: number, m: number, n: number, k: number, transA: boolean, transB: boolean,
-    aBatchStride: number, bBatchStride: number, dtype: number): void;
-  quantize4bit(x: Handle, dtype: number, n: number, blocksize: number, fp4: boolean, codes: Handle, absmax: Handle): void;
+  gemm(
+    a: Handle,
+    b: Handle,
+    c: Handle,
+    batch: number,
+    m: number,
+    n: number,
+    k: number,
+    transA: boolean,
+    transB: boolean,
+    aBatchStride: number,
+    bBatchStride: number,
+    dtype: number,
+  ): void;
+  quantize4bit(
+    x: Handle,
+    dtype: number,
+    n: number,
+    blocksize: number,
+    fp4: boolean,
+    codes: Handle,
+    absmax: Handle,
+  ): void;
   dequantize4bit(...args: (number | boolean)[]): void;
-  quantizeBlockwise8(x: Handle, n: number, offset: number, blocksize: number, code: Handle, q: Handle, absmax: Handle): void;
+  quantizeBlockwise8(
+    x: Handle,
+    n: number,
+    offset: number,
+    blocksize: number,
+    code: Handle,
+    q: Handle,
+    absmax: Handle,
+  ): void;
   gemm4bit(...args: (number | boolean)[]): void;
   gemm4bitInputGrad(...args: (number | boolean)[]): void;
   /** (x f32, m, weight args, y f32, inputGrad): exact-f32 4-bit matmul without a whole-weight copy. */
   gemm4bitF32(...args: (number | boolean)[]): void;
-  rmsNorm: Fn; rmsNormBackward: Fn; rope: Fn; swiglu: Fn; swigluBackward: Fn; softmax: Fn; softmaxBackward: Fn;
-  crossEntropy: Fn; crossEntropyBackward: Fn; embedding: Fn; embeddingBackward: Fn; adamw: Fn; adamw8bit: Fn;
-  attention: Fn; attentionBackward: Fn;
+  rmsNorm: Fn;
+  rmsNormBackward: Fn;
+  rope: Fn;
+  swiglu: Fn;
+  swigluBackward: Fn;
+  softmax: Fn;
+  softmaxBackward: Fn;
+  crossEntropy: Fn;
+  crossEntropyBackward: Fn;
+  embedding: Fn;
+  embeddingBackward: Fn;
+  adamw: Fn;
+  adamw8bit: Fn;
+  attention: Fn;
+  attentionBackward: Fn;
   /** Tensor-core attention (attention_tc.cu): the path QLORA_CUDA_ATTENTION / head dim / device select, and its scratch. */
-  attentionUseTc(batch: number, heads: number, kvHeads: number, seq: number, headDim: number, bf16Buffers: boolean): boolean;
-  attentionTcScratchBytes(batch: number, heads: number, kvHeads: number, seq: number, headDim: number, backward: boolean, inDtype: number): number;
+  attentionUseTc(
+    batch: number,
+    heads: number,
+    kvHeads: number,
+    seq: number,
+    headDim: number,
+    bf16Buffers: boolean,
+  ): boolean;
+  attentionTcScratchBytes(
+    batch: number,
+    heads: number,
+    kvHeads: number,
+    seq: number,
+    headDim: number,
+    backward: boolean,
+    inDtype: number,
+  ): number;
   attentionTc(...args: number[]): void;
   attentionBackwardTc(...args: number[]): void;
 }

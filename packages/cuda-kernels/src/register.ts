@@ -13,12 +13,16 @@ let warned = false;
  * Otherwise registers nothing, returns the runtime's reason and emits ONE process warning (per process;
  * `quiet: true` suppresses it), so the tensor runtime keeps using the CPU/reference backend.
  */
-export function registerCudaBackend(options: CudaBackendOptions & { readonly quiet?: boolean } = {}): RegisterCudaResult {
+export function registerCudaBackend(
+  options: CudaBackendOptions & { readonly quiet?: boolean } = {},
+): RegisterCudaResult {
   const status = cudaDeviceStatus();
   if (!status.available) {
     if (!options.quiet && !warned) {
       warned = true;
-      process.emitWarning(`CUDA backend unavailable, using the CPU backend: ${status.reason}`, { code: "QLORA_CUDA_UNAVAILABLE" });
+      process.emitWarning(`CUDA backend unavailable, using the CPU backend: ${status.reason}`, {
+        code: "QLORA_CUDA_UNAVAILABLE",
+      });
     }
     return { registered: false, reason: status.reason };
   }

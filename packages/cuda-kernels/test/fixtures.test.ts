@@ -9,11 +9,14 @@ import { createCudaBackend, cudaDeviceStatus } from "../src/index";
 const status = cudaDeviceStatus();
 const skipped = status.available ? "" : ` (skipped: no CUDA device: ${status.reason})`;
 
-describe.skipIf(!status.available)(`golden fixture: decoder block + cross-entropy vs PyTorch on the cuda backend${skipped}`, () => {
-  it("forward and backward match within 1e-5 · max|torch|", () => {
-    const fixture = readDecoderBlockFixture(process.env.QLORA_DECODER_FIXTURE || DECODER_BLOCK_FIXTURE);
-    const errors = runDecoderBlockFixture(createCudaBackend(), fixture);
-    expect(errors.size).toBe(15);
-    for (const [name, err] of errors) expect(err, name).toBeLessThanOrEqual(1e-5);
-  });
-});
+describe.skipIf(!status.available)(
+  `golden fixture: decoder block + cross-entropy vs PyTorch on the cuda backend${skipped}`,
+  () => {
+    it("forward and backward match within 1e-5 · max|torch|", () => {
+      const fixture = readDecoderBlockFixture(process.env.QLORA_DECODER_FIXTURE || DECODER_BLOCK_FIXTURE);
+      const errors = runDecoderBlockFixture(createCudaBackend(), fixture);
+      expect(errors.size).toBe(15);
+      for (const [name, err] of errors) expect(err, name).toBeLessThanOrEqual(1e-5);
+    });
+  },
+);

@@ -13,7 +13,8 @@ describe("outer", () => {
     console.log(`hooks: ${order.join(",")}`);
   });
 
-  it("pass: deep equality", () => expect({ a: [1, 2], b: new Float32Array([0.5]) }).toEqual({ a: [1, 2], b: new Float32Array([0.5]) }));
+  it("pass: deep equality", () =>
+    expect({ a: [1, 2], b: new Float32Array([0.5]) }).toEqual({ a: [1, 2], b: new Float32Array([0.5]) }));
   it("fail: toBe", () => expect(1).toBe(2));
   it("fail: toEqual", () => expect([1, 2]).toEqual([1, 3]));
   it("fail: toBeLessThanOrEqual with a message", () => expect(0.5, "grad.x").toBeLessThanOrEqual(1e-5));
@@ -28,7 +29,10 @@ describe("outer", () => {
     await new Promise((r) => setTimeout(r, 1));
     throw new Error("late");
   });
-  it.each([[1, 2], [3, 4]])("pass: each %i + 1 = %i", (a, b) => expect(a + 1).toBe(b));
+  it.each([
+    [1, 2],
+    [3, 4],
+  ])("pass: each %i + 1 = %i", (a, b) => expect(a + 1).toBe(b));
   it.skipIf(true)("skip: skipIf(true)", () => expect(1).toBe(2));
 
   describe.skipIf(true)("skipped suite", () => {

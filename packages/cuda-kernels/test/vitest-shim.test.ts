@@ -15,15 +15,20 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 describe("dev/vitest-shim.ts through scripts/bundle-tests.mjs", () => {
   it("reports each control test's outcome, hook order and the counts", () => {
     const out = join(dir, "control.mjs");
-    const built = spawnSync(process.execPath, [join(pkg, "scripts", "bundle-tests.mjs"), out, join(pkg, "test", "shim-control.ts")], {
-      encoding: "utf8",
-    });
+    const built = spawnSync(
+      process.execPath,
+      [join(pkg, "scripts", "bundle-tests.mjs"), out, join(pkg, "test", "shim-control.ts")],
+      {
+        encoding: "utf8",
+      },
+    );
     expect(built.stderr).toBe("");
     expect(built.status).toBe(0);
     const run = spawnSync(process.execPath, [out], { encoding: "utf8" });
     expect(run.status).toBe(1); // failures set the exit code
     const lines = run.stdout.split("\n");
-    const outcome = (prefix: string) => lines.filter((l) => l.startsWith(prefix)).map((l) => l.replace(/ \(\d+ ms\)$/, ""));
+    const outcome = (prefix: string) =>
+      lines.filter((l) => l.startsWith(prefix)).map((l) => l.replace(/ \(\d+ ms\)$/, ""));
     expect(outcome("ok   ")).toEqual([
       "ok   outer > pass: deep equality",
       "ok   outer > pass: each 1 + 1 = 2",
@@ -31,7 +36,10 @@ describe("dev/vitest-shim.ts through scripts/bundle-tests.mjs", () => {
     ]);
     expect(outcome("FAIL ")).toHaveLength(6);
     for (const l of outcome("FAIL ")) expect(l).toMatch(/^FAIL outer > fail: /);
-    expect(outcome("skip ")).toEqual(["skip outer > skip: skipIf(true)", "skip outer > skipped suite > skip: inside a skipped suite"]);
+    expect(outcome("skip ")).toEqual([
+      "skip outer > skip: skipIf(true)",
+      "skip outer > skipped suite > skip: inside a skipped suite",
+    ]);
     expect(run.stdout).toContain("AssertionError: expected 1 to be 2");
     expect(run.stdout).toContain("AssertionError: grad.x: expected 0.5 to be less than or equal to 0.00001");
     expect(run.stdout).toContain('expected "vi.fn()" to be called 1 times, but got 2 times');

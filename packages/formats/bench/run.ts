@@ -32,7 +32,11 @@ function sh(cmd: string): number {
   return now() - t;
 }
 
-const decls = Array.from({ length: COUNT }, (_, i) => ({ name: `model.layers.${i}.weight`, dtype: "BF16" as const, shape: [TENSOR / 2 / 4096, 4096] }));
+const decls = Array.from({ length: COUNT }, (_, i) => ({
+  name: `model.layers.${i}.weight`,
+  dtype: "BF16" as const,
+  shape: [TENSOR / 2 / 4096, 4096],
+}));
 // zeros, the same bytes dd writes from /dev/zero (a virtual disk may treat zero blocks specially)
 const chunk = new Uint8Array(8 * MiB);
 
@@ -75,12 +79,23 @@ const dir = await mkdtemp(join(process.env.BENCH_DIR ?? tmpdir(), "qlora-formats
 try {
   const file = join(dir, "bench.safetensors");
   const ddFile = join(dir, "dd.bin");
-  const res = { ourW: [] as number[], ddW: [] as number[], dd8W: [] as number[], touch: [] as number[], ourR: [] as number[], ourRReuse: [] as number[], ourRChunks: [] as number[], cat: [] as number[] };
+  const res = {
+    ourW: [] as number[],
+    ddW: [] as number[],
+    dd8W: [] as number[],
+    touch: [] as number[],
+    ourR: [] as number[],
+    ourRReuse: [] as number[],
+    ourRChunks: [] as number[],
+    cat: [] as number[],
+  };
   for (let r = 0; r < RUNS; r++) {
     await rm(ddFile, { force: true });
     res.ddW.push(sh(`dd if=/dev/zero of=${ddFile} bs=1M count=${(COUNT * TENSOR) / MiB} conv=fsync 2>/dev/null`));
     await rm(ddFile, { force: true });
-    res.dd8W.push(sh(`dd if=/dev/zero of=${ddFile} bs=8M count=${(COUNT * TENSOR) / (8 * MiB)} conv=fsync 2>/dev/null`));
+    res.dd8W.push(
+      sh(`dd if=/dev/zero of=${ddFile} bs=8M count=${(COUNT * TENSOR) / (8 * MiB)} conv=fsync 2>/dev/null`),
+    );
     await rm(ddFile, { force: true });
     await rm(file, { force: true });
     res.ourW.push(await ourWrite(file));
@@ -99,18 +114,32 @@ try {
   const rows: [string, number, string, number][] = [
     ["read, fresh buffer per tensor (warm)", gb(median(res.ourR)), "cat > /dev/null (warm)", gb(median(res.cat))],
     ["read, iterate({reuseBuffer}) (warm)", gb(median(res.ourRReuse)), "cat > /dev/null (warm)", gb(median(res.cat))],
-    ["read, iterateChunks() 8 MiB pieces (warm)", gb(median(res.ourRChunks)), "cat > /dev/null (warm)", gb(median(res.cat))],
+    [
+      "read, iterateChunks() 8 MiB pieces (warm)",
+      gb(median(res.ourRChunks)),
+      "cat > /dev/null (warm)",
+      gb(median(res.cat)),
+    ],
     ["write + fsync (SafetensorsWriter)", ddGb(median(res.ourW)), "dd bs=1M conv=fsync", ddGb(median(res.ddW))],
     ["write + fsync (SafetensorsWriter)", ddGb(median(res.ourW)), "dd bs=8M conv=fsync", ddGb(median(res.dd8W))],
   ];
   const cpu = cpus()[0]?.model ?? "?";
-  console.log(`@qlora/formats bench — ${new Date().toISOString()} — ${cpus().length}× ${cpu}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM, Linux ${release()}, Node ${process.version}`);
-  console.log(`file: ${(size / 2 ** 30).toFixed(2)} GiB (${COUNT} × 64 MiB BF16 tensors) in ${dir}; medians of ${RUNS} runs\n`);
+  console.log(
+    `@qlora/formats bench — ${new Date().toISOString()} — ${cpus().length}× ${cpu}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM, Linux ${release()}, Node ${process.version}`,
+  );
+  console.log(
+    `file: ${(size / 2 ** 30).toFixed(2)} GiB (${COUNT} × 64 MiB BF16 tensors) in ${dir}; medians of ${RUNS} runs\n`,
+  );
   console.log("| ours | GB/s | peer | GB/s | ratio |");
   console.log("|---|---:|---|---:|---:|");
-  for (const [a, x, b, y] of rows) console.log(`| ${a} | ${x.toFixed(2)} | ${b} | ${y.toFixed(2)} | ${(x / y).toFixed(2)}× |`);
-  console.log(`\nfloor for fresh-buffer reads: allocating and touching 32 fresh 64 MiB buffers, no I/O: ${ddGb(median(res.touch)).toFixed(2)} GB/s`);
-  console.log(`\nraw seconds: ${JSON.stringify(Object.fromEntries(Object.entries(res).map(([k, v]) => [k, v.map((s) => +s.toFixed(3))])))}`);
+  for (const [a, x, b, y] of rows)
+    console.log(`| ${a} | ${x.toFixed(2)} | ${b} | ${y.toFixed(2)} | ${(x / y).toFixed(2)}× |`);
+  console.log(
+    `\nfloor for fresh-buffer reads: allocating and touching 32 fresh 64 MiB buffers, no I/O: ${ddGb(median(res.touch)).toFixed(2)} GB/s`,
+  );
+  console.log(
+    `\nraw seconds: ${JSON.stringify(Object.fromEntries(Object.entries(res).map(([k, v]) => [k, v.map((s) => +s.toFixed(3))])))}`,
+  );
 } finally {
   await rm(dir, { recursive: true, force: true });
 }

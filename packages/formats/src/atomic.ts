@@ -38,7 +38,10 @@ export class AtomicFile {
     try {
       fh = await open(tempPath, "wx");
     } catch (e) {
-      throw new FormatsError("io", `cannot create temporary file ${tempPath}: ${(e as Error).message}`, { file: path, cause: e });
+      throw new FormatsError("io", `cannot create temporary file ${tempPath}: ${(e as Error).message}`, {
+        file: path,
+        cause: e,
+      });
     }
     return new AtomicFile(path, tempPath, fh, options.durable ?? true);
   }
@@ -49,7 +52,8 @@ export class AtomicFile {
   }
 
   async write(bytes: Uint8Array): Promise<void> {
-    if (this.#state !== "open") throw new FormatsError("writer_closed", `write after ${this.#state}`, { file: this.path });
+    if (this.#state !== "open")
+      throw new FormatsError("writer_closed", `write after ${this.#state}`, { file: this.path });
     if (bytes.byteLength === 0) return;
     if (bytes.byteLength >= COALESCE) {
       await this.#flush();
@@ -78,18 +82,27 @@ export class AtomicFile {
     let done = 0;
     try {
       while (done < bytes.byteLength) {
-        const { bytesWritten } = await fh.write(bytes, done, Math.min(bytes.byteLength - done, 1 << 30), this.#position);
+        const { bytesWritten } = await fh.write(
+          bytes,
+          done,
+          Math.min(bytes.byteLength - done, 1 << 30),
+          this.#position,
+        );
         done += bytesWritten;
         this.#position += bytesWritten;
       }
     } catch (e) {
-      throw new FormatsError("io", `write failed at offset ${this.#position}: ${(e as Error).message}`, { file: this.path, cause: e });
+      throw new FormatsError("io", `write failed at offset ${this.#position}: ${(e as Error).message}`, {
+        file: this.path,
+        cause: e,
+      });
     }
   }
 
   /** Flushes, fsyncs, closes and renames the temporary file over the final path. */
   async commit(): Promise<void> {
-    if (this.#state !== "open") throw new FormatsError("writer_closed", `commit after ${this.#state}`, { file: this.path });
+    if (this.#state !== "open")
+      throw new FormatsError("writer_closed", `commit after ${this.#state}`, { file: this.path });
     try {
       await this.#flush();
       if (this.#durable) await this.#fh!.sync();

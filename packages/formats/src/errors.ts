@@ -70,7 +70,10 @@ export class FormatsError extends Error {
     if (details.file !== undefined) where.push(`file ${JSON.stringify(details.file)}`);
     if (details.tensor !== undefined) where.push(`tensor ${JSON.stringify(details.tensor)}`);
     if (details.key !== undefined) where.push(`key ${JSON.stringify(details.key)}`);
-    super(where.length > 0 ? `${where.join(", ")}: ${message}` : message, details.cause === undefined ? undefined : { cause: details.cause });
+    super(
+      where.length > 0 ? `${where.join(", ")}: ${message}` : message,
+      details.cause === undefined ? undefined : { cause: details.cause },
+    );
     this.name = "FormatsError";
     this.code = code;
     this.file = details.file;

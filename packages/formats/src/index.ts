@@ -21,8 +21,21 @@ export type { DtypeArrays, AnyTypedArray } from "./view";
 
 export { SAFETENSORS_DTYPES, SAFETENSORS_DTYPE_SIZES, dtypeSize, isSafetensorsDtype } from "./safetensors/dtype";
 export type { SafetensorsDtype } from "./safetensors/dtype";
-export { SafetensorsFile, openSafetensors, parseSafetensorsHeader, SAFETENSORS_MAX_HEADER_SIZE, DEFAULT_CHUNK_SIZE } from "./safetensors/reader";
-export type { SafetensorsReader, SafetensorsTensorInfo, TensorChunk, TensorPiece, IterateOptions, ChunkOptions } from "./safetensors/reader";
+export {
+  SafetensorsFile,
+  openSafetensors,
+  parseSafetensorsHeader,
+  SAFETENSORS_MAX_HEADER_SIZE,
+  DEFAULT_CHUNK_SIZE,
+} from "./safetensors/reader";
+export type {
+  SafetensorsReader,
+  SafetensorsTensorInfo,
+  TensorChunk,
+  TensorPiece,
+  IterateOptions,
+  ChunkOptions,
+} from "./safetensors/reader";
 export { SafetensorsWriter, writeSafetensors, serializeSafetensors, layoutSafetensors } from "./safetensors/writer";
 export type { SafetensorsTensorDecl, SafetensorsTensorData, SafetensorsLayout } from "./safetensors/writer";
 export {
@@ -36,7 +49,16 @@ export {
 } from "./safetensors/shards";
 export type { SafetensorsIndex, ShardedWriteOptions } from "./safetensors/shards";
 
-export { GgufValueType, GgmlType, GGML_TYPE_TRAITS, GGUF_DEFAULT_ALIGNMENT, GGUF_MAX_DIMS, GGUF_MAX_NAME_BYTES, ggmlTypeName, gv } from "./gguf/types";
+export {
+  GgufValueType,
+  GgmlType,
+  GGML_TYPE_TRAITS,
+  GGUF_DEFAULT_ALIGNMENT,
+  GGUF_MAX_DIMS,
+  GGUF_MAX_NAME_BYTES,
+  ggmlTypeName,
+  gv,
+} from "./gguf/types";
 export type { GgufValue, GgufWriteValue, GgufArrayValue, GgufArrayItems } from "./gguf/types";
 export { GgufFile, openGguf, parseGgufHeader } from "./gguf/reader";
 export type { GgufTensorInfo, GgufHeader } from "./gguf/reader";

@@ -25,10 +25,18 @@ const READ_CONCURRENCY = 2;
 
 function checkRange(source: ByteSource, offset: number, length: number): void {
   if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
-    throw new FormatsError("invalid_argument", `read range must be non-negative integers, got offset ${offset}, length ${length}`, { file: source.name });
+    throw new FormatsError(
+      "invalid_argument",
+      `read range must be non-negative integers, got offset ${offset}, length ${length}`,
+      { file: source.name },
+    );
   }
   if (offset + length > source.size) {
-    throw new FormatsError("short_read", `read of ${length} bytes at offset ${offset} goes past the end (size ${source.size})`, { file: source.name });
+    throw new FormatsError(
+      "short_read",
+      `read of ${length} bytes at offset ${offset} goes past the end (size ${source.size})`,
+      { file: source.name },
+    );
   }
 }
 
@@ -88,10 +96,17 @@ export class FileSource implements ByteSource {
         try {
           ({ bytesRead: n } = await fh.read(target, done, end - done, offset + done));
         } catch (e) {
-          throw new FormatsError("io", `read failed at offset ${offset + done}: ${(e as Error).message}`, { file: this.name, cause: e });
+          throw new FormatsError("io", `read failed at offset ${offset + done}: ${(e as Error).message}`, {
+            file: this.name,
+            cause: e,
+          });
         }
         if (n === 0) {
-          throw new FormatsError("short_read", `file ended at offset ${offset + done} while reading ${total} bytes at ${offset} (was it truncated while open?)`, { file: this.name });
+          throw new FormatsError(
+            "short_read",
+            `file ended at offset ${offset + done} while reading ${total} bytes at ${offset} (was it truncated while open?)`,
+            { file: this.name },
+          );
         }
         done += n;
       }

@@ -56,7 +56,10 @@ if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) {
 export function viewAs<D extends SafetensorsDtype>(bytes: Uint8Array, dtype: D): DtypeArrays[D] {
   const size = dtypeSize(dtype);
   if (bytes.byteLength % size !== 0) {
-    throw new FormatsError("size_mismatch", `${bytes.byteLength} bytes is not a whole number of ${dtype} elements (${size} bytes each)`);
+    throw new FormatsError(
+      "size_mismatch",
+      `${bytes.byteLength} bytes is not a whole number of ${dtype} elements (${size} bytes each)`,
+    );
   }
   let b = bytes;
   if (b.byteOffset % size !== 0) b = b.slice();

@@ -25,14 +25,35 @@ const str = (s: string) => concat(u64le(ascii(s).byteLength), ascii(s));
 
 // A 2-tensor GGUF v3 file, byte by byte (256 bytes).
 const FIXTURE = concat(
-  ascii("GGUF"), u32le(3), u64le(2), u64le(2), //                   magic, version, tensor count, kv count   (24)
-  str("general.architecture"), u32le(8), str("llama"), //            STRING kv                                 (+45 = 69)
-  str("test.arr"), u32le(9), u32le(4), u64le(2), u32le(1), u32le(2), // ARRAY of UINT32 [1, 2]                 (+40 = 109)
-  str("w"), u32le(2), u64le(2), u64le(1), u32le(0), u64le(0), //     F32, ne [2, 1], offset 0                  (+41 = 150)
-  str("h"), u32le(1), u64le(3), u32le(1), u64le(32), //              F16, ne [3], offset 32                    (+33 = 183)
+  ascii("GGUF"),
+  u32le(3),
+  u64le(2),
+  u64le(2), //                   magic, version, tensor count, kv count   (24)
+  str("general.architecture"),
+  u32le(8),
+  str("llama"), //            STRING kv                                 (+45 = 69)
+  str("test.arr"),
+  u32le(9),
+  u32le(4),
+  u64le(2),
+  u32le(1),
+  u32le(2), // ARRAY of UINT32 [1, 2]                 (+40 = 109)
+  str("w"),
+  u32le(2),
+  u64le(2),
+  u64le(1),
+  u32le(0),
+  u64le(0), //     F32, ne [2, 1], offset 0                  (+41 = 150)
+  str("h"),
+  u32le(1),
+  u64le(3),
+  u32le(1),
+  u64le(32), //              F16, ne [3], offset 32                    (+33 = 183)
   new Uint8Array(9), //                                             pad to 192 (alignment 32)
-  hex("00 00 c0 3f  00 00 80 bf"), new Uint8Array(24), //           w = [1.5, -1], pad to 32
-  hex("00 3c  00 c0  00 38"), new Uint8Array(26), //                 h = [1, -2, 0.5] as fp16, pad to 32
+  hex("00 00 c0 3f  00 00 80 bf"),
+  new Uint8Array(24), //           w = [1.5, -1], pad to 32
+  hex("00 3c  00 c0  00 38"),
+  new Uint8Array(26), //                 h = [1, -2, 0.5] as fp16, pad to 32
 );
 
 const open = (bytes: Uint8Array) => GgufFile.open(new MemorySource(bytes, "mem.gguf"));
@@ -66,7 +87,11 @@ describe("GGUF hand-built fixture", () => {
     expect(f.alignment).toBe(32);
     expect(f.dataStart).toBe(192);
     expect(f.get("general.architecture")).toBe("llama");
-    expect(f.metadata.get("test.arr")).toEqual({ type: GgufValueType.ARRAY, elementType: GgufValueType.UINT32, value: new Uint32Array([1, 2]) });
+    expect(f.metadata.get("test.arr")).toEqual({
+      type: GgufValueType.ARRAY,
+      elementType: GgufValueType.UINT32,
+      value: new Uint32Array([1, 2]),
+    });
     expect(f.tensors.map((t) => [t.name, t.type, t.ne, t.shape, t.offset, t.byteOffset, t.byteLength])).toEqual([
       ["w", 0, [2, 1], [1, 2], 0, 192, 8],
       ["h", 1, [3], [3], 32, 224, 6],
@@ -121,7 +146,8 @@ describe("GGUF round trip", () => {
       const got = f.metadata.get(k)!;
       expect(got.type).toBe(v.type);
       if (k === "f32") expect(got.value).toBe(Math.fround(0.1));
-      else if (v.type === GgufValueType.ARRAY && k !== "nested" && k !== "bools" && k !== "strings") expect(Array.from(got.value as ArrayLike<unknown>)).toEqual(Array.from(v.value as ArrayLike<unknown>));
+      else if (v.type === GgufValueType.ARRAY && k !== "nested" && k !== "bools" && k !== "strings")
+        expect(Array.from(got.value as ArrayLike<unknown>)).toEqual(Array.from(v.value as ArrayLike<unknown>));
       else expect(got.value).toEqual(v.value);
     }
     expect(f.get("nested")).toEqual([["a", "bé"], new Int8Array([-1, 2])]);
@@ -135,15 +161,25 @@ describe("GGUF round trip", () => {
     for await (const { info } of f.iterate({ reuseBuffer: true })) order.push(info.name);
     expect(order).toEqual(tensors.map((t) => t.name));
     const pieces = new Map<string, number[]>();
-    for await (const { info, data } of f.iterateChunks({ chunkSize: 16 })) pieces.set(info.name, [...(pieces.get(info.name) ?? []), ...data]);
-    for (const t of tensors) expect(pieces.get(t.name)).toEqual(Array.from(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength)));
+    for await (const { info, data } of f.iterateChunks({ chunkSize: 16 }))
+      pieces.set(info.name, [...(pieces.get(info.name) ?? []), ...data]);
+    for (const t of tensors)
+      expect(pieces.get(t.name)).toEqual(
+        Array.from(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength)),
+      );
     await f.close();
   });
 
   it("streaming writer: chunks, order enforced, atomic", async () => {
     const { dir, cleanup } = await tempDir();
     const p = join(dir, "s.gguf");
-    const spec = { metadata: { a: gv.u32(1) }, tensors: [{ name: "x", type: GgmlType.F32, ne: [100] }, { name: "y", type: GgmlType.F16, ne: [10] }] };
+    const spec = {
+      metadata: { a: gv.u32(1) },
+      tensors: [
+        { name: "x", type: GgmlType.F32, ne: [100] },
+        { name: "y", type: GgmlType.F16, ne: [10] },
+      ],
+    };
     const w = await GgufWriter.create(p, spec);
     const x = new Uint8Array(new Float32Array(100).map((_, i) => i).buffer);
     await expectCode(w.writeChunk("y", new Uint8Array(20)), GgufError, "write_order");
@@ -194,7 +230,8 @@ describe("GGUF round trip", () => {
 });
 
 describe("GGUF validation", () => {
-  const head = (tensors: number | bigint, kvs: number | bigint) => concat(ascii("GGUF"), u32le(3), u64le(tensors), u64le(kvs));
+  const head = (tensors: number | bigint, kvs: number | bigint) =>
+    concat(ascii("GGUF"), u32le(3), u64le(tensors), u64le(kvs));
   const tinfo = (name: string, ne: (number | bigint)[], type: number, offset: number | bigint) =>
     concat(str(name), u32le(ne.length), ...ne.map((d) => u64le(d)), u32le(type), u64le(offset));
   const padTo = (b: Uint8Array, n: number) => concat(b, new Uint8Array((n - (b.byteLength % n)) % n));
@@ -209,32 +246,86 @@ describe("GGUF validation", () => {
     ["tensor count beyond the file", head(1n << 40n, 0), "count_too_large"],
     ["kv count beyond the file", head(0, 0xffffffffffffffffn), "count_too_large"],
     ["key length beyond the file", concat(head(0, 1), u64le(1n << 50n), new Uint8Array(8)), "length_too_large"],
-    ["string value length beyond the file", concat(head(0, 1), str("k"), u32le(8), u64le(1000), ascii("abc")), "length_too_large"],
-    ["array count beyond the file", concat(head(0, 1), str("k"), u32le(9), u32le(6), u64le(1n << 61n), new Uint8Array(16)), "length_too_large"],
-    ["string array count beyond the file", concat(head(0, 1), str("k"), u32le(9), u32le(8), u64le(100), new Uint8Array(16 * 8)), "length_too_large"],
+    [
+      "string value length beyond the file",
+      concat(head(0, 1), str("k"), u32le(8), u64le(1000), ascii("abc")),
+      "length_too_large",
+    ],
+    [
+      "array count beyond the file",
+      concat(head(0, 1), str("k"), u32le(9), u32le(6), u64le(1n << 61n), new Uint8Array(16)),
+      "length_too_large",
+    ],
+    [
+      "string array count beyond the file",
+      concat(head(0, 1), str("k"), u32le(9), u32le(8), u64le(100), new Uint8Array(16 * 8)),
+      "length_too_large",
+    ],
     ["unknown value type", concat(head(0, 1), str("k"), u32le(13), u32le(0)), "unknown_value_type"],
     ["unknown array element type", concat(head(0, 1), str("k"), u32le(9), u32le(99), u64le(0)), "unknown_value_type"],
     ["bool not 0/1", concat(head(0, 1), str("k"), u32le(7), hex("02")), "bad_value"],
     ["non-UTF-8 string", concat(head(0, 1), str("k"), u32le(8), u64le(2), hex("c3 28")), "bad_string"],
-    ["non-UTF-8 string inside a string array", concat(head(0, 1), str("k"), u32le(9), u32le(8), u64le(2), str("ok"), u64le(2), hex("c3 28")), "bad_string"],
-    ["string array element length beyond the file", concat(head(0, 1), str("k"), u32le(9), u32le(8), u64le(2), str("ok"), u64le(1n << 32n), ascii("abcdefgh")), "length_too_large"],
-    ["duplicate key", concat(head(0, 2), str("k"), u32le(0), hex("01"), str("k"), u32le(0), hex("01")), "duplicate_key"],
-    ["nested arrays too deep", concat(head(0, 1), str("k"), u32le(9), ...Array.from({ length: 20 }, () => concat(u32le(9), u64le(1))), u32le(0), u64le(0)), "nesting_too_deep"],
+    [
+      "non-UTF-8 string inside a string array",
+      concat(head(0, 1), str("k"), u32le(9), u32le(8), u64le(2), str("ok"), u64le(2), hex("c3 28")),
+      "bad_string",
+    ],
+    [
+      "string array element length beyond the file",
+      concat(head(0, 1), str("k"), u32le(9), u32le(8), u64le(2), str("ok"), u64le(1n << 32n), ascii("abcdefgh")),
+      "length_too_large",
+    ],
+    [
+      "duplicate key",
+      concat(head(0, 2), str("k"), u32le(0), hex("01"), str("k"), u32le(0), hex("01")),
+      "duplicate_key",
+    ],
+    [
+      "nested arrays too deep",
+      concat(
+        head(0, 1),
+        str("k"),
+        u32le(9),
+        ...Array.from({ length: 20 }, () => concat(u32le(9), u64le(1))),
+        u32le(0),
+        u64le(0),
+      ),
+      "nesting_too_deep",
+    ],
     ["alignment not UINT32", concat(head(0, 1), str("general.alignment"), u32le(5), u32le(32)), "bad_alignment"],
-    ["alignment not a power of two", concat(head(0, 1), str("general.alignment"), u32le(4), u32le(24)), "bad_alignment"],
+    [
+      "alignment not a power of two",
+      concat(head(0, 1), str("general.alignment"), u32le(4), u32le(24)),
+      "bad_alignment",
+    ],
     ["alignment zero", concat(head(0, 1), str("general.alignment"), u32le(4), u32le(0)), "bad_alignment"],
     ["name over 63 bytes", withData(concat(head(1, 0), tinfo("n".repeat(64), [1], 0, 0)), 32), "name_too_long"],
     ["5 dims", withData(concat(head(1, 0), tinfo("t", [1, 1, 1, 1, 1], 0, 0)), 32), "too_many_dims", "t"],
     ["zero dim", withData(concat(head(1, 0), tinfo("t", [0], 0, 0)), 32), "bad_dim", "t"],
     ["negative dim", withData(concat(head(1, 0), tinfo("t", [0xffffffffffffffffn], 0, 0)), 32), "bad_dim", "t"],
-    ["element count overflow", withData(concat(head(1, 0), tinfo("t", [1n << 30n, 1n << 30n, 1n << 30n], 0, 0)), 32), "bad_dim", "t"],
+    [
+      "element count overflow",
+      withData(concat(head(1, 0), tinfo("t", [1n << 30n, 1n << 30n, 1n << 30n], 0, 0)), 32),
+      "bad_dim",
+      "t",
+    ],
     ["unknown type", withData(concat(head(1, 0), tinfo("t", [1], 4, 0)), 32), "unknown_type", "t"],
     ["Q8_0 row not a multiple of 32", withData(concat(head(1, 0), tinfo("t", [16], 8, 0)), 64), "block_size", "t"],
     ["misaligned offset", withData(concat(head(1, 0), tinfo("t", [1], 0, 4)), 64), "misaligned_offset", "t"],
     ["offset out of bounds", withData(concat(head(1, 0), tinfo("t", [1], 0, 1n << 40n)), 32), "out_of_bounds", "t"],
     ["tensor data beyond the file", withData(concat(head(1, 0), tinfo("t", [1000], 0, 0)), 32), "out_of_bounds", "t"],
-    ["overlapping tensors", withData(concat(head(2, 0), tinfo("a", [16], 0, 0), tinfo("b", [16], 0, 32)), 128), "overlap", "b"],
-    ["duplicate tensor names", withData(concat(head(2, 0), tinfo("a", [1], 0, 0), tinfo("a", [1], 0, 32)), 64), "duplicate_name", "a"],
+    [
+      "overlapping tensors",
+      withData(concat(head(2, 0), tinfo("a", [16], 0, 0), tinfo("b", [16], 0, 32)), 128),
+      "overlap",
+      "b",
+    ],
+    [
+      "duplicate tensor names",
+      withData(concat(head(2, 0), tinfo("a", [1], 0, 0), tinfo("a", [1], 0, 32)), 64),
+      "duplicate_name",
+      "a",
+    ],
     ["truncated tensor info", concat(head(1, 0), str("t"), u32le(4), u64le(1), u64le(1)), "truncated", "t"],
   ];
   for (const [what, bytes, code, tensor] of cases) {

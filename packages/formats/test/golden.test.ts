@@ -1,7 +1,14 @@
 /** Checks Q8_0 and fp16/bf16 conversion against numpy/torch fixtures (scripts/make_fixtures.py). */
 import { describe, it, expect } from "vitest";
 import { readFileSync } from "node:fs";
-import { dequantizeQ8_0, float32ToBf16Bits, float32ToF16Bits, f16BitsToFloat32, bf16BitsToFloat32, quantizeQ8_0 } from "../src/index";
+import {
+  dequantizeQ8_0,
+  float32ToBf16Bits,
+  float32ToF16Bits,
+  f16BitsToFloat32,
+  bf16BitsToFloat32,
+  quantizeQ8_0,
+} from "../src/index";
 import { hex } from "./helpers";
 
 const golden = JSON.parse(readFileSync(new URL("./fixtures/golden.json", import.meta.url), "utf8"));

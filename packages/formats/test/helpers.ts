@@ -43,7 +43,11 @@ export function u32le(n: number): Uint8Array {
 }
 
 /** Awaits `p` and checks it rejects with the given error class and code; returns the error. */
-export async function expectCode<E extends FormatsError>(p: Promise<unknown>, cls: new (...a: never[]) => E, code: string): Promise<E> {
+export async function expectCode<E extends FormatsError>(
+  p: Promise<unknown>,
+  cls: new (...a: never[]) => E,
+  code: string,
+): Promise<E> {
   let caught: unknown;
   try {
     await p;

@@ -43,7 +43,12 @@ describe("@huggingface/gguf reads what we write", () => {
       { name: "a", type: GgmlType.F32, shape: [3, 4], data: new Float32Array(12) },
       { name: "b", type: GgmlType.F16, shape: [5], data: new Uint16Array(5) },
       { name: "c", type: GgmlType.BF16, shape: [2, 3, 4], data: new Uint16Array(24) },
-      { name: "d", type: GgmlType.Q8_0, shape: [2, 64], data: quantizeQ8_0(new Float32Array(128).map((_, i) => i / 100)) },
+      {
+        name: "d",
+        type: GgmlType.Q8_0,
+        shape: [2, 64],
+        data: quantizeQ8_0(new Float32Array(128).map((_, i) => i / 100)),
+      },
     ];
     await writeGguf(p, { metadata, tensors, alignment: 64 });
     const hf = await gguf(p, { allowLocalFile: true, typedMetadata: true });
@@ -55,11 +60,13 @@ describe("@huggingface/gguf reads what we write", () => {
     const hfMeta = hf.metadata as unknown as Record<string, unknown>;
     const typed = hf.typedMetadata as unknown as Record<string, { type: number; value: unknown; subType?: number }>;
     expect(hfMeta["general.alignment"]).toBe(64);
-    const norm = (v: unknown): unknown => (ArrayBuffer.isView(v) ? Array.from(v as unknown as ArrayLike<unknown>) : Array.isArray(v) ? v.map(norm) : v);
+    const norm = (v: unknown): unknown =>
+      ArrayBuffer.isView(v) ? Array.from(v as unknown as ArrayLike<unknown>) : Array.isArray(v) ? v.map(norm) : v;
     for (const [k, v] of ours.metadata) {
       expect(norm(hfMeta[k]), k).toEqual(norm(ours.get(k)));
       expect(typed[k].type, k).toBe(v.type);
-      if (v.type === GgufValueType.ARRAY && typed[k].subType !== undefined) expect(typed[k].subType, k).toBe(v.elementType);
+      if (v.type === GgufValueType.ARRAY && typed[k].subType !== undefined)
+        expect(typed[k].subType, k).toBe(v.elementType);
     }
     expect(hf.tensorInfos).toHaveLength(4);
     hf.tensorInfos.forEach((t, i) => {
@@ -80,7 +87,9 @@ describe("@huggingface/gguf reads what we write", () => {
     const meta = hf.metadata as unknown as Record<string, unknown>;
     expect(meta["tokenizer.ggml.tokens"]).toEqual(written.metadata["tokenizer.ggml.tokens"].value);
     expect(meta["llama.attention.head_count_kv"]).toBe(2);
-    expect(hf.tensorInfos.map((t) => [t.name, t.shape.map(Number), t.dtype])).toEqual(written.tensors.map((t) => [t.name, t.ne, t.type]));
+    expect(hf.tensorInfos.map((t) => [t.name, t.shape.map(Number), t.dtype])).toEqual(
+      written.tensors.map((t) => [t.name, t.ne, t.type]),
+    );
   });
 });
 

@@ -37,7 +37,11 @@ describe.skipIf(process.env.QLORA_SKIP_SLOW === "1")("[slow] memory: one tensor 
   beforeAll(async () => {
     tmp = await bigTempDir();
     path = join(tmp.dir, "big.safetensors");
-    const decls = Array.from({ length: COUNT }, (_, i) => ({ name: `layer.${i}.weight`, dtype: "F32" as const, shape: [TENSOR / 4 / 1024, 1024] }));
+    const decls = Array.from({ length: COUNT }, (_, i) => ({
+      name: `layer.${i}.weight`,
+      dtype: "F32" as const,
+      shape: [TENSOR / 4 / 1024, 1024],
+    }));
     const w = await SafetensorsWriter.create(path, decls, { note: "memory test" }, { durable: false });
     const chunk = new Uint8Array(8 * MiB);
     for (let i = 0; i < COUNT; i++) {

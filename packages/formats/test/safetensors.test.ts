@@ -23,7 +23,9 @@ import { ascii, concat, expectCode, hex, tempDir, u64le, rng } from "./helpers";
 // 6 spaces to a multiple of 8, then a: F32 [1, -2] and b: I8 [1, -1, 127].
 const FIXTURE = concat(
   hex("90 00 00 00 00 00 00 00"),
-  ascii('{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"I8","shape":[3],"data_offsets":[8,11]}}      '),
+  ascii(
+    '{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"I8","shape":[3],"data_offsets":[8,11]}}      ',
+  ),
   hex("00 00 80 3f  00 00 00 c0  01 ff 7f"),
 );
 
@@ -41,7 +43,11 @@ function independentParse(bytes: Uint8Array) {
   const out: Record<string, { dtype: string; shape: number[]; bytes: Uint8Array }> = {};
   for (const [k, v] of Object.entries<{ dtype: string; shape: number[]; data_offsets: [number, number] }>(header)) {
     if (k === "__metadata__") continue;
-    out[k] = { dtype: v.dtype, shape: v.shape, bytes: bytes.subarray(8 + n + v.data_offsets[0], 8 + n + v.data_offsets[1]) };
+    out[k] = {
+      dtype: v.dtype,
+      shape: v.shape,
+      bytes: bytes.subarray(8 + n + v.data_offsets[0], 8 + n + v.data_offsets[1]),
+    };
   }
   return { n, metadata: header.__metadata__, tensors: out };
 }
@@ -71,7 +77,14 @@ describe("safetensors hand-built fixture", () => {
     expect(f.metadata).toEqual({ format: "pt" });
     expect(f.names).toEqual(["a", "b"]);
     expect(f.dataStart).toBe(152);
-    expect(f.info("a")).toEqual({ name: "a", dtype: "F32", shape: [2], dataOffsets: [0, 8], byteOffset: 152, byteLength: 8 });
+    expect(f.info("a")).toEqual({
+      name: "a",
+      dtype: "F32",
+      shape: [2],
+      dataOffsets: [0, 8],
+      byteOffset: 152,
+      byteLength: 8,
+    });
     expect(Array.from(await f.readTyped("a", "F32"))).toEqual([1, -2]);
     expect(Array.from(await f.readTyped("b", "I8"))).toEqual([1, -1, 127]);
     expect(await f.read("b")).toEqual(hex("01 ff 7f"));
@@ -85,8 +98,8 @@ describe("safetensors round trip", () => {
   it("every dtype, empty tensors and scalars, against an independent parse", async () => {
     const r = rng(1);
     const tensors = SAFETENSORS_DTYPES.map((dtype, i) => {
-      const shape = [i % 3 + 1, 3];
-      const bytes = new Uint8Array(6 * dtypeSize(dtype) / 2 * (i % 3 + 1));
+      const shape = [(i % 3) + 1, 3];
+      const bytes = new Uint8Array(((6 * dtypeSize(dtype)) / 2) * ((i % 3) + 1));
       for (let j = 0; j < bytes.length; j++) bytes[j] = Math.floor(r() * 256);
       if (dtype === "BOOL") for (let j = 0; j < bytes.length; j++) bytes[j] &= 1;
       return { name: `t.${dtype}`, dtype, shape, data: bytes };
@@ -94,11 +107,11 @@ describe("safetensors round trip", () => {
     tensors.push({ name: "empty", dtype: "F32", shape: [0, 4], data: new Uint8Array(0) });
     tensors.push({ name: "scalar", dtype: "F64", shape: [], data: new Uint8Array(new Float64Array([Math.PI]).buffer) });
     const p = join(tmp.dir, "all.safetensors");
-    await writeSafetensors(p, tensors, { note: "ünïcødé \"quoted\"" });
+    await writeSafetensors(p, tensors, { note: 'ünïcødé "quoted"' });
     const bytes = new Uint8Array(await readFile(p));
     const ind = independentParse(bytes);
     expect(ind.n % 8).toBe(0);
-    expect(ind.metadata).toEqual({ note: "ünïcødé \"quoted\"" });
+    expect(ind.metadata).toEqual({ note: 'ünïcødé "quoted"' });
     const f = await openSafetensors(p);
     for (const t of tensors) {
       expect(ind.tensors[t.name].dtype).toBe(t.dtype);
@@ -133,14 +146,19 @@ describe("safetensors round trip", () => {
 
   it("iterate visits tensors in file order, optionally into one reused buffer", async () => {
     // header order differs from data order
-    const hdr = '{"late":{"dtype":"U8","shape":[2],"data_offsets":[3,5]},"early":{"dtype":"U8","shape":[3],"data_offsets":[0,3]}}';
+    const hdr =
+      '{"late":{"dtype":"U8","shape":[2],"data_offsets":[3,5]},"early":{"dtype":"U8","shape":[3],"data_offsets":[0,3]}}';
     const f = await open(raw(hdr, hex("01 02 03 04 05")));
     expect(f.names).toEqual(["late", "early"]);
     const seen: [string, number[]][] = [];
     for await (const { info, data } of f.iterate()) seen.push([info.name, Array.from(data)]);
-    expect(seen).toEqual([["early", [1, 2, 3]], ["late", [4, 5]]]);
+    expect(seen).toEqual([
+      ["early", [1, 2, 3]],
+      ["late", [4, 5]],
+    ]);
     const reused: string[] = [];
-    for await (const { info, data } of f.iterate({ reuseBuffer: true, names: ["late"] })) reused.push(`${info.name}:${Array.from(data)}`);
+    for await (const { info, data } of f.iterate({ reuseBuffer: true, names: ["late"] }))
+      reused.push(`${info.name}:${Array.from(data)}`);
     expect(reused).toEqual(["late:4,5"]);
   });
 });
@@ -170,8 +188,20 @@ describe("safetensors chunked iteration", () => {
     const only: string[] = [];
     for await (const { info } of f.iterateChunks({ names: ["a"] })) only.push(info.name);
     expect(only).toEqual(["a"]);
-    await expectCode((async () => { for await (const _ of f.iterateChunks({ chunkSize: 0 })) void _; })(), SafetensorsError, "invalid_argument");
-    await expectCode((async () => { for await (const _ of f.iterateChunks({ names: ["zz"] })) void _; })(), SafetensorsError, "tensor_not_found");
+    await expectCode(
+      (async () => {
+        for await (const _ of f.iterateChunks({ chunkSize: 0 })) void _;
+      })(),
+      SafetensorsError,
+      "invalid_argument",
+    );
+    await expectCode(
+      (async () => {
+        for await (const _ of f.iterateChunks({ names: ["zz"] })) void _;
+      })(),
+      SafetensorsError,
+      "tensor_not_found",
+    );
   });
 });
 
@@ -196,7 +226,14 @@ describe("safetensors streaming writer", () => {
     await expectCode(w.writeChunk("b", new Uint8Array(1000)), SafetensorsError, "size_mismatch");
     await w.writeTensor("b", b);
     await w.finish();
-    const expected = serializeSafetensors([{ ...decls[0], data: a }, { ...decls[1], data: new Uint8Array(0) }, { ...decls[2], data: b }], { k: "v" });
+    const expected = serializeSafetensors(
+      [
+        { ...decls[0], data: a },
+        { ...decls[1], data: new Uint8Array(0) },
+        { ...decls[2], data: b },
+      ],
+      { k: "v" },
+    );
     expect(new Uint8Array(await readFile(p))).toEqual(expected);
   });
 
@@ -214,18 +251,45 @@ describe("safetensors streaming writer", () => {
     const w2 = await SafetensorsWriter.create(p, [{ name: "a", dtype: "U8", shape: [1] }]);
     await w2.abort();
     expect(await readdir(dir)).toEqual(["x.safetensors"]);
-    await expectCode(writeSafetensors(p, [{ name: "a", dtype: "F32", shape: [2], data: new Uint8Array(7) }]), SafetensorsError, "size_mismatch");
+    await expectCode(
+      writeSafetensors(p, [{ name: "a", dtype: "F32", shape: [2], data: new Uint8Array(7) }]),
+      SafetensorsError,
+      "size_mismatch",
+    );
     expect(await readdir(dir)).toEqual(["x.safetensors"]);
     await cleanup();
   });
 
   it("rejects bad declarations", async () => {
     const p = join(tmp.dir, "bad.safetensors");
-    await expectCode(SafetensorsWriter.create(p, [{ name: "a", dtype: "F32", shape: [1] }, { name: "a", dtype: "F32", shape: [1] }]), SafetensorsError, "duplicate_name");
-    await expectCode(SafetensorsWriter.create(p, [{ name: "a", dtype: "F12" as SafetensorsDtype, shape: [1] }]), SafetensorsError, "unknown_dtype");
-    await expectCode(SafetensorsWriter.create(p, [{ name: "a", dtype: "F32", shape: [-1] }]), SafetensorsError, "bad_shape");
-    await expectCode(SafetensorsWriter.create(p, [{ name: "a", dtype: "F32", shape: [1.5] }]), SafetensorsError, "bad_shape");
-    await expectCode(SafetensorsWriter.create(p, [{ name: "__metadata__", dtype: "F32", shape: [1] }]), SafetensorsError, "invalid_argument");
+    await expectCode(
+      SafetensorsWriter.create(p, [
+        { name: "a", dtype: "F32", shape: [1] },
+        { name: "a", dtype: "F32", shape: [1] },
+      ]),
+      SafetensorsError,
+      "duplicate_name",
+    );
+    await expectCode(
+      SafetensorsWriter.create(p, [{ name: "a", dtype: "F12" as SafetensorsDtype, shape: [1] }]),
+      SafetensorsError,
+      "unknown_dtype",
+    );
+    await expectCode(
+      SafetensorsWriter.create(p, [{ name: "a", dtype: "F32", shape: [-1] }]),
+      SafetensorsError,
+      "bad_shape",
+    );
+    await expectCode(
+      SafetensorsWriter.create(p, [{ name: "a", dtype: "F32", shape: [1.5] }]),
+      SafetensorsError,
+      "bad_shape",
+    );
+    await expectCode(
+      SafetensorsWriter.create(p, [{ name: "__metadata__", dtype: "F32", shape: [1] }]),
+      SafetensorsError,
+      "invalid_argument",
+    );
     await expect(stat(p)).rejects.toThrow();
   });
 });
@@ -238,24 +302,78 @@ describe("safetensors validation", () => {
     ["header length near 2^64", raw(ok, hex("01 02"), 0xffffffffffffffffn), "header_length"],
     ["non-UTF-8 header", concat(u64le(4), hex("7b ff fe 7d")), "header_utf8"],
     ["non-JSON header", raw('{"a":'), "header_json"],
-    ["trailing garbage after JSON", raw('{} x'), "header_json"],
+    ["trailing garbage after JSON", raw("{} x"), "header_json"],
     ["header is an array", raw("[1,2]"), "header_not_object"],
     ["header is a string", raw('"hi"'), "header_not_object"],
-    ["duplicate tensor names", raw('{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}', hex("01 02")), "duplicate_name", "a"],
+    [
+      "duplicate tensor names",
+      raw(
+        '{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}',
+        hex("01 02"),
+      ),
+      "duplicate_name",
+      "a",
+    ],
     ["unknown dtype", raw('{"a":{"dtype":"F4","shape":[2],"data_offsets":[0,1]}}', hex("01")), "unknown_dtype", "a"],
     ["missing dtype", raw('{"a":{"shape":[2],"data_offsets":[0,2]}}', hex("01 02")), "bad_tensor_entry", "a"],
     ["entry not an object", raw('{"a":[1]}'), "bad_tensor_entry", "a"],
     ["negative dim", raw('{"a":{"dtype":"U8","shape":[-2],"data_offsets":[0,2]}}', hex("01 02")), "bad_shape", "a"],
     ["fractional dim", raw('{"a":{"dtype":"U8","shape":[1.5],"data_offsets":[0,2]}}', hex("01 02")), "bad_shape", "a"],
     ["string dim", raw('{"a":{"dtype":"U8","shape":["2"],"data_offsets":[0,2]}}', hex("01 02")), "bad_shape", "a"],
-    ["shape product overflows 2^53", raw('{"a":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,2]}}', hex("01 02")), "bad_shape", "a"],
-    ["shape × dtype ≠ byte range", raw('{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,2]}}', hex("01 02")), "size_mismatch", "a"],
-    ["offsets not integers", raw('{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,"2"]}}', hex("01 02")), "bad_tensor_entry", "a"],
-    ["offsets reversed", raw('{"a":{"dtype":"U8","shape":[0],"data_offsets":[2,0]}}', hex("01 02")), "bad_tensor_entry", "a"],
-    ["offsets out of bounds", raw('{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}', hex("01 02")), "out_of_bounds", "a"],
-    ["huge offsets", raw('{"a":{"dtype":"U8","shape":[2],"data_offsets":[18446744073709551614,18446744073709551616]}}', hex("01 02")), "bad_tensor_entry", "a"],
-    ["overlapping offsets", raw('{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"U8","shape":[2],"data_offsets":[1,3]}}', hex("01 02 03")), "overlap", "b"],
-    ["gap between tensors", raw('{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"b":{"dtype":"U8","shape":[1],"data_offsets":[2,3]}}', hex("01 02 03")), "gap", "b"],
+    [
+      "shape product overflows 2^53",
+      raw('{"a":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,2]}}', hex("01 02")),
+      "bad_shape",
+      "a",
+    ],
+    [
+      "shape × dtype ≠ byte range",
+      raw('{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,2]}}', hex("01 02")),
+      "size_mismatch",
+      "a",
+    ],
+    [
+      "offsets not integers",
+      raw('{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,"2"]}}', hex("01 02")),
+      "bad_tensor_entry",
+      "a",
+    ],
+    [
+      "offsets reversed",
+      raw('{"a":{"dtype":"U8","shape":[0],"data_offsets":[2,0]}}', hex("01 02")),
+      "bad_tensor_entry",
+      "a",
+    ],
+    [
+      "offsets out of bounds",
+      raw('{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}', hex("01 02")),
+      "out_of_bounds",
+      "a",
+    ],
+    [
+      "huge offsets",
+      raw('{"a":{"dtype":"U8","shape":[2],"data_offsets":[18446744073709551614,18446744073709551616]}}', hex("01 02")),
+      "bad_tensor_entry",
+      "a",
+    ],
+    [
+      "overlapping offsets",
+      raw(
+        '{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"U8","shape":[2],"data_offsets":[1,3]}}',
+        hex("01 02 03"),
+      ),
+      "overlap",
+      "b",
+    ],
+    [
+      "gap between tensors",
+      raw(
+        '{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"b":{"dtype":"U8","shape":[1],"data_offsets":[2,3]}}',
+        hex("01 02 03"),
+      ),
+      "gap",
+      "b",
+    ],
     ["gap at the start", raw('{"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}', hex("01 02")), "gap", "a"],
     ["trailing bytes", raw(ok, hex("01 02 03")), "gap"],
     ["__metadata__ not an object", raw('{"__metadata__":[1]}'), "bad_metadata"],
@@ -288,7 +406,9 @@ describe("safetensors validation", () => {
   });
 
   it("__proto__ keys are data, not prototype changes", async () => {
-    const f = await open(raw('{"__metadata__":{"__proto__":"x"},"__proto__":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', hex("07")));
+    const f = await open(
+      raw('{"__metadata__":{"__proto__":"x"},"__proto__":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', hex("07")),
+    );
     expect(f.names).toEqual(["__proto__"]);
     expect(Array.from(await f.read("__proto__"))).toEqual([7]);
     expect(Object.getPrototypeOf(f.metadata)).toBe(Object.prototype);
@@ -299,7 +419,10 @@ describe("safetensors validation", () => {
   it("large reads (split into pieces) are exact; a file truncated while open gives short_read", async () => {
     const p = join(tmp.dir, "large.safetensors");
     const big = new Uint32Array((20 << 20) / 4 + 3).map((_, i) => i * 2654435761);
-    await writeSafetensors(p, [{ name: "x", dtype: "U8", shape: [5], data: new Uint8Array(5) }, { name: "big", dtype: "U32", shape: [big.length], data: big }]);
+    await writeSafetensors(p, [
+      { name: "x", dtype: "U8", shape: [5], data: new Uint8Array(5) },
+      { name: "big", dtype: "U32", shape: [big.length], data: big },
+    ]);
     const f = await openSafetensors(p);
     expect(Buffer.compare(await f.read("big"), new Uint8Array(big.buffer))).toBe(0);
     await truncate(p, 10 << 20);

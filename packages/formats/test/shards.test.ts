@@ -43,7 +43,12 @@ describe("shard planning", () => {
   });
   it("splits greedily in order; an oversized tensor gets its own shard", () => {
     const plan = planShards(tensors(), 850);
-    expect(plan.map((s) => s.map((t) => t.name))).toEqual([["model.embed.weight", "model.layers.0.w"], ["model.layers.1.w"], ["lm_head.weight"], ["norm"]]);
+    expect(plan.map((s) => s.map((t) => t.name))).toEqual([
+      ["model.embed.weight", "model.layers.0.w"],
+      ["model.layers.1.w"],
+      ["lm_head.weight"],
+      ["norm"],
+    ]);
   });
 });
 
@@ -54,7 +59,12 @@ describe("sharded write + lazy open", () => {
     await import("node:fs/promises").then((m) => m.mkdir(dir));
     const ts = tensors();
     const res = await writeShardedSafetensors(dir, ts, { maxShardSize: 850, metadata: { format: "pt" } });
-    expect(res.files).toEqual(["model-00001-of-00004.safetensors", "model-00002-of-00004.safetensors", "model-00003-of-00004.safetensors", "model-00004-of-00004.safetensors"]);
+    expect(res.files).toEqual([
+      "model-00001-of-00004.safetensors",
+      "model-00002-of-00004.safetensors",
+      "model-00003-of-00004.safetensors",
+      "model-00004-of-00004.safetensors",
+    ]);
     expect(await readdir(dir)).toEqual([...res.files, "model.safetensors.index.json"].sort());
     const index = JSON.parse(await readFile(join(dir, "model.safetensors.index.json"), "utf8"));
     expect(index.metadata.total_size).toBe(2440);
@@ -115,7 +125,11 @@ describe("sharded write + lazy open", () => {
 });
 
 describe("index validation", () => {
-  async function setup(): Promise<{ dir: string; cleanup: () => Promise<void>; index: { metadata: { total_size: number }; weight_map: Record<string, string> } }> {
+  async function setup(): Promise<{
+    dir: string;
+    cleanup: () => Promise<void>;
+    index: { metadata: { total_size: number }; weight_map: Record<string, string> };
+  }> {
     const t = await tempDir();
     await writeShardedSafetensors(t.dir, tensors(), { maxShardSize: 850 });
     const index = JSON.parse(await readFile(join(t.dir, "model.safetensors.index.json"), "utf8"));
@@ -156,7 +170,9 @@ describe("index validation", () => {
     await writeFile(idx(dir), JSON.stringify(index));
     const e = await expectCode(openShardedSafetensors(dir), SafetensorsError, "wrong_shard");
     expect(e.tensor).toBe("lm_head.weight");
-    expect(e.message).toContain('puts it in "model-00004-of-00004.safetensors", which does not contain it (it is in "model-00003-of-00004.safetensors")');
+    expect(e.message).toContain(
+      'puts it in "model-00004-of-00004.safetensors", which does not contain it (it is in "model-00003-of-00004.safetensors")',
+    );
     await cleanup();
   });
   it("tensor in a shard but not in the weight_map", async () => {
@@ -165,7 +181,10 @@ describe("index validation", () => {
     index.weight_map["lm_head.weight"] = "model-00003-of-00004.safetensors";
     await writeFile(idx(dir), JSON.stringify(index));
     // shard 4 is no longer referenced, so it is not opened; now make shard 3 hold an extra tensor
-    await writeSafetensors(join(dir, "model-00003-of-00004.safetensors"), [tensors()[3], { name: "extra", dtype: "U8", shape: [1], data: new Uint8Array(1) }]);
+    await writeSafetensors(join(dir, "model-00003-of-00004.safetensors"), [
+      tensors()[3],
+      { name: "extra", dtype: "U8", shape: [1], data: new Uint8Array(1) },
+    ]);
     const e = await expectCode(openShardedSafetensors(dir), SafetensorsError, "unlisted_tensor");
     expect(e.tensor).toBe("extra");
     await cleanup();

@@ -1,5 +1,13 @@
 /** A tiny random-weight Llama GGUF (SPM vocab with byte fallback) for loader tests. */
-import { GgmlType, GgufValueType, GgufWriter, float32ArrayToF16, gv, quantizeQ8_0, type GgufWriteValue } from "../src/index";
+import {
+  GgmlType,
+  GgufValueType,
+  GgufWriter,
+  float32ArrayToF16,
+  gv,
+  quantizeQ8_0,
+  type GgufWriteValue,
+} from "../src/index";
 import { rng } from "./helpers";
 
 export type Weight = "F32" | "F16" | "Q8_0";
@@ -22,13 +30,43 @@ export const CFG: TinyLlama = {
   nLayer: 2,
   nCtx: 128,
   // SPM merges adjacent pieces only into pieces that exist, so every word needs a merge path.
-  pieces: ["▁", "h", "e", "l", "o", "w", "r", "d", "ll", "or", "ld", "▁h", "▁he", "▁hell", "▁hello", "▁w", "▁wor", "▁world", "▁hi"],
+  pieces: [
+    "▁",
+    "h",
+    "e",
+    "l",
+    "o",
+    "w",
+    "r",
+    "d",
+    "ll",
+    "or",
+    "ld",
+    "▁h",
+    "▁he",
+    "▁hell",
+    "▁hello",
+    "▁w",
+    "▁wor",
+    "▁world",
+    "▁hi",
+  ],
 };
 
 /** Writes a random-weight Llama GGUF through the streaming writer; 2-D weights in `weight` type, norms F32. */
-export async function writeTinyLlama(path: string, weight: Weight, seed = 1): Promise<{ metadata: Record<string, GgufWriteValue>; tensors: { name: string; ne: number[]; type: number }[] }> {
+export async function writeTinyLlama(
+  path: string,
+  weight: Weight,
+  seed = 1,
+): Promise<{ metadata: Record<string, GgufWriteValue>; tensors: { name: string; ne: number[]; type: number }[] }> {
   const c = CFG;
-  const tokens = ["<unk>", "<s>", "</s>", ...Array.from({ length: 256 }, (_, i) => `<0x${i.toString(16).toUpperCase().padStart(2, "0")}>`), ...c.pieces];
+  const tokens = [
+    "<unk>",
+    "<s>",
+    "</s>",
+    ...Array.from({ length: 256 }, (_, i) => `<0x${i.toString(16).toUpperCase().padStart(2, "0")}>`),
+    ...c.pieces,
+  ];
   const types = [2, 3, 3, ...new Array(256).fill(6), ...new Array(c.pieces.length).fill(1)];
   const scores = [0, 0, 0, ...new Array(256).fill(0), ...c.pieces.map((p) => -100 + p.length * 10)];
   const metadata: Record<string, GgufWriteValue> = {
@@ -55,7 +93,11 @@ export async function writeTinyLlama(path: string, weight: Weight, seed = 1): Pr
   const kv = (c.nEmbd / c.nHead) * c.nHeadKv;
   const w2 = (name: string, ne: number[]) => ({ name, ne, type: GgmlType[weight] as number });
   const norm = (name: string) => ({ name, ne: [c.nEmbd], type: GgmlType.F32 as number });
-  const tensors = [w2("token_embd.weight", [c.nEmbd, nVocab]), norm("output_norm.weight"), w2("output.weight", [c.nEmbd, nVocab])];
+  const tensors = [
+    w2("token_embd.weight", [c.nEmbd, nVocab]),
+    norm("output_norm.weight"),
+    w2("output.weight", [c.nEmbd, nVocab]),
+  ];
   for (let l = 0; l < c.nLayer; l++) {
     tensors.push(
       norm(`blk.${l}.attn_norm.weight`),
@@ -73,11 +115,14 @@ export async function writeTinyLlama(path: string, weight: Weight, seed = 1): Pr
   const w = await GgufWriter.create(path, { metadata, tensors });
   for (const t of tensors) {
     const n = t.ne.reduce((a, b) => a * b, 1);
-    const vals = t.type === GgmlType.F32 && t.ne.length === 1 ? new Float32Array(n).fill(1) : new Float32Array(n).map(() => (r() * 2 - 1) * 0.08);
-    const data = t.type === GgmlType.F32 ? vals : t.type === GgmlType.F16 ? float32ArrayToF16(vals) : quantizeQ8_0(vals);
+    const vals =
+      t.type === GgmlType.F32 && t.ne.length === 1
+        ? new Float32Array(n).fill(1)
+        : new Float32Array(n).map(() => (r() * 2 - 1) * 0.08);
+    const data =
+      t.type === GgmlType.F32 ? vals : t.type === GgmlType.F16 ? float32ArrayToF16(vals) : quantizeQ8_0(vals);
     await w.writeTensor(t.name, data);
   }
   await w.finish();
   return { metadata, tensors };
 }
-

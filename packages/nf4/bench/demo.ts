@@ -86,6 +86,8 @@ const rows: [string, string][] = [
   ["checkpoint keys", keys.map((k) => k.replace("model.layers.0.mlp.down_proj.", "…")).join(", ")],
 ];
 const width = Math.max(...rows.map(([k]) => k.length));
-console.log("@qlora/nf4 demo (1 thread; the first two throughputs include allocating the outputs, the last two reuse buffers; `pnpm bench` compares with memcpy)");
+console.log(
+  "@qlora/nf4 demo (1 thread; the first two throughputs include allocating the outputs, the last two reuse buffers; `pnpm bench` compares with memcpy)",
+);
 console.log("-".repeat(width + 40));
 for (const [k, v] of rows) console.log(`${k.padEnd(width)}  ${v}`);

@@ -11,7 +11,12 @@ import { Nf4WorkerPool } from "../src/node";
 const args = process.argv.slice(2);
 const reps = Number(args[args.indexOf("--reps") + 1]) || 5;
 const quick = args.includes("--quick");
-const shapes: [number, number][] = quick ? [[4096, 4096]] : [[4096, 4096], [14336, 4096]];
+const shapes: [number, number][] = quick
+  ? [[4096, 4096]]
+  : [
+      [4096, 4096],
+      [14336, 4096],
+    ];
 
 function median(xs: number[]): number {
   const s = xs.slice().sort((a, b) => a - b);
@@ -128,12 +133,20 @@ for (const [o, i] of shapes) {
   }
   ops.forEach(([op], k) => {
     const peer = peerOf(op);
-    rows.push({ shape: `${o}x${i}`, op, gbs: bytes / median(times[k]) / 1e9, memcpy: bytes / median(memcpyT[peer]) / 1e9, peer });
+    rows.push({
+      shape: `${o}x${i}`,
+      op,
+      gbs: bytes / median(times[k]) / 1e9,
+      memcpy: bytes / median(memcpyT[peer]) / 1e9,
+      peer,
+    });
   });
 }
 
 const target = (op: string) => (op.startsWith("quantize") ? 0.1 : op.includes("-> f32") ? 0.3 : NaN);
-console.log(`@qlora/nf4 benchmark — ${new Date().toISOString()} — ${cpus()[0]?.model ?? "?"} — node ${process.version} — median of ${reps}, 1 thread`);
+console.log(
+  `@qlora/nf4 benchmark — ${new Date().toISOString()} — ${cpus()[0]?.model ?? "?"} — node ${process.version} — median of ${reps}, 1 thread`,
+);
 console.log(
   `GB/s of the f32 side (n·4 bytes) vs memcpy (Uint8Array.set) of an n·4-byte buffer, same run, interleaved; ${
     useWall ? "wall-clock" : "process CPU time (user+sys; pass --wall for wall-clock)"

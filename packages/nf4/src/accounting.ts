@@ -41,7 +41,10 @@ export function storageBytes(shape: number[] | number, options: StorageOptions =
   let n: number;
   if (typeof shape === "number") {
     if (!Number.isSafeInteger(shape) || shape < 0) {
-      throw new Nf4Error("INVALID_SHAPE", `shape: expected a non-negative integer element count, got ${describe(shape)}`);
+      throw new Nf4Error(
+        "INVALID_SHAPE",
+        `shape: expected a non-negative integer element count, got ${describe(shape)}`,
+      );
     }
     n = shape;
   } else {

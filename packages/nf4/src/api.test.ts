@@ -23,21 +23,48 @@ function err(fn: () => unknown): string {
 describe("input validation", () => {
   const x = new Float32Array(10);
   it.each([
-    [() => quantize4bit(x, { blocksize: 48 }), /^INVALID_BLOCKSIZE: options\.blocksize: expected one of 32, 64, 128, 256, 512, 1024, 2048, 4096, got 48/],
+    [
+      () => quantize4bit(x, { blocksize: 48 }),
+      /^INVALID_BLOCKSIZE: options\.blocksize: expected one of 32, 64, 128, 256, 512, 1024, 2048, 4096, got 48/,
+    ],
     [() => quantize4bit(x, { blocksize: 16 }), /^INVALID_BLOCKSIZE/],
-    [() => quantize4bit(x, { quantType: "int4" as never }), /^INVALID_QUANT_TYPE: options\.quantType: expected "nf4" or "fp4", got "int4"/],
-    [() => quantize4bit(x, { shape: [3, 4] }), /^LENGTH_MISMATCH: options\.shape: \[3, 4\] has 12 elements but input has 10/],
-    [() => quantize4bit(x, { shape: [2.5, 4] }), /^INVALID_SHAPE: options\.shape\[0\]: expected a non-negative integer, got 2\.5/],
+    [
+      () => quantize4bit(x, { quantType: "int4" as never }),
+      /^INVALID_QUANT_TYPE: options\.quantType: expected "nf4" or "fp4", got "int4"/,
+    ],
+    [
+      () => quantize4bit(x, { shape: [3, 4] }),
+      /^LENGTH_MISMATCH: options\.shape: \[3, 4\] has 12 elements but input has 10/,
+    ],
+    [
+      () => quantize4bit(x, { shape: [2.5, 4] }),
+      /^INVALID_SHAPE: options\.shape\[0\]: expected a non-negative integer, got 2\.5/,
+    ],
     [() => quantize4bit(x, { shape: [-2, -5] }), /^INVALID_SHAPE: options\.shape\[0\]/],
-    [() => quantize4bit(new Uint16Array(4)), /^INVALID_DTYPE: options\.dtype: a Uint16Array input needs "bfloat16" or "float16"/],
+    [
+      () => quantize4bit(new Uint16Array(4)),
+      /^INVALID_DTYPE: options\.dtype: a Uint16Array input needs "bfloat16" or "float16"/,
+    ],
     [() => quantize4bit([1, 2] as never), /^INVALID_ARGUMENT: input: expected a Float32Array/],
     [() => quantize4bit(x, { dtype: "float64" as never }), /^INVALID_DTYPE: options\.dtype/],
-    [() => dequantize4bit({ ...quantize4bit(x), packed: new Uint8Array(4) }), /^LENGTH_MISMATCH: state\.packed: expected a Uint8Array of ceil\(10\/2\) = 5 bytes, got 4 bytes/],
-    [() => dequantize4bit({ ...quantize4bit(x), absmax: new Float32Array(2) }), /^LENGTH_MISMATCH: state\.absmax: expected 1 float32 values/],
+    [
+      () => dequantize4bit({ ...quantize4bit(x), packed: new Uint8Array(4) }),
+      /^LENGTH_MISMATCH: state\.packed: expected a Uint8Array of ceil\(10\/2\) = 5 bytes, got 4 bytes/,
+    ],
+    [
+      () => dequantize4bit({ ...quantize4bit(x), absmax: new Float32Array(2) }),
+      /^LENGTH_MISMATCH: state\.absmax: expected 1 float32 values/,
+    ],
     [() => dequantize4bit(quantize4bit(x), "int8" as never), /^INVALID_DTYPE: outDtype/],
     [() => quantizeBlockwise8bit(x, { blocksize: 32 }), /^INVALID_BLOCKSIZE: options\.blocksize: expected one of 64/],
-    [() => quantizeBlockwise8bit(x, { code: new Float32Array(16) }), /^INVALID_ARGUMENT: options\.code: expected a Float32Array of 256/],
-    [() => dequantizeBlockwise8bit({ q: new Uint8Array(300), absmax: new Float32Array(1) }, { blocksize: 256 }), /^LENGTH_MISMATCH: state\.absmax/],
+    [
+      () => quantizeBlockwise8bit(x, { code: new Float32Array(16) }),
+      /^INVALID_ARGUMENT: options\.code: expected a Float32Array of 256/,
+    ],
+    [
+      () => dequantizeBlockwise8bit({ q: new Uint8Array(300), absmax: new Float32Array(1) }, { blocksize: 256 }),
+      /^LENGTH_MISMATCH: state\.absmax/,
+    ],
     [() => storageBytes([4, -1]), /^INVALID_SHAPE/],
   ])("%#", (fn, re) => expect(err(fn)).toMatch(re));
 });
@@ -102,8 +129,12 @@ describe("streaming", () => {
     const ref = quantize4bit(b, { dtype: "bfloat16", doubleQuant: true });
     expect(s.packed).toEqual(ref.packed);
     expect(recoverAbsmax(s)).toEqual(recoverAbsmax(ref));
-    expect(err(() => quantize4bitChunks(rows(), { shape: [b.length + 1], dtype: "bfloat16" }))).toMatch(/^LENGTH_MISMATCH: chunks: got/);
-    expect(err(() => quantize4bitChunks(rows(), { shape: [10], dtype: "bfloat16" }))).toMatch(/^LENGTH_MISMATCH: chunks: more than/);
+    expect(err(() => quantize4bitChunks(rows(), { shape: [b.length + 1], dtype: "bfloat16" }))).toMatch(
+      /^LENGTH_MISMATCH: chunks: got/,
+    );
+    expect(err(() => quantize4bitChunks(rows(), { shape: [10], dtype: "bfloat16" }))).toMatch(
+      /^LENGTH_MISMATCH: chunks: more than/,
+    );
   });
 });
 
@@ -114,7 +145,13 @@ describe("accounting", () => {
     expect(dq).toMatchObject({ packed: 8388608, absmax: 262144, nestedAbsmax: 4096, maps: 0 });
     expect(dq.bitsPerParam).toBeCloseTo(4 + 8 / 64 + 32 / (64 * 256), 12);
     expect(storageBytes(4096 * 4096, { blocksize: 128 }).bitsPerParam).toBe(4.25);
-    expect(storageBytes(5, { includeMaps: true, doubleQuant: true })).toMatchObject({ packed: 3, absmax: 1, nestedAbsmax: 4, maps: 1088, total: 1096 });
+    expect(storageBytes(5, { includeMaps: true, doubleQuant: true })).toMatchObject({
+      packed: 3,
+      absmax: 1,
+      nestedAbsmax: 4,
+      maps: 1088,
+      total: 1096,
+    });
   });
   it("storageOfState counts exactly what packQuantState writes", () => {
     const s: QuantState4bit = quantize4bit(randn(1000, 1), { doubleQuant: true, shape: [10, 100] });
@@ -164,8 +201,12 @@ describe("dequantize4bitInto (chunked, allocation-free)", () => {
         }
         expect(got).toEqual(full);
       }
-      expect(err(() => dequantize4bitInto(s, new Float32Array(10), { start: 3 }))).toMatch(/^INVALID_ARGUMENT: options\.start/);
-      expect(err(() => dequantize4bitInto(s, new Float32Array(x.length), { start: 2 }))).toMatch(/^LENGTH_MISMATCH: out/);
+      expect(err(() => dequantize4bitInto(s, new Float32Array(10), { start: 3 }))).toMatch(
+        /^INVALID_ARGUMENT: options\.start/,
+      );
+      expect(err(() => dequantize4bitInto(s, new Float32Array(x.length), { start: 2 }))).toMatch(
+        /^LENGTH_MISMATCH: out/,
+      );
       expect(err(() => dequantize4bitInto(s, new Float32Array(4), { outDtype: "bfloat16" }))).toMatch(/^INVALID_DTYPE/);
     }
   });
@@ -210,7 +251,9 @@ describe("quantize4bitInto", () => {
       expect(a.absmax).toEqual(b.absmax);
       expect(a.packed.buffer).toBe(buf.packed.buffer);
     }
-    expect(err(() => quantize4bitInto(new Float32Array(20000), buf))).toMatch(/^LENGTH_MISMATCH: out\.packed: expected a Uint8Array of at least 10000 bytes/);
+    expect(err(() => quantize4bitInto(new Float32Array(20000), buf))).toMatch(
+      /^LENGTH_MISMATCH: out\.packed: expected a Uint8Array of at least 10000 bytes/,
+    );
   });
 });
 

@@ -32,27 +32,45 @@ export function checkState(state: QuantState4bit, arg = "state"): number {
   const a = state.absmax;
   if (a instanceof Float32Array) {
     if (a.length !== nb) {
-      throw new Nf4Error("LENGTH_MISMATCH", `${arg}.absmax: expected ${nb} float32 values (ceil(${n}/${bs})), got ${a.length}`);
+      throw new Nf4Error(
+        "LENGTH_MISMATCH",
+        `${arg}.absmax: expected ${nb} float32 values (ceil(${n}/${bs})), got ${a.length}`,
+      );
     }
   } else if (a !== null && typeof a === "object") {
     if (!(a.qabsmax instanceof Uint8Array) || a.qabsmax.length !== nb) {
-      throw new Nf4Error("LENGTH_MISMATCH", `${arg}.absmax.qabsmax: expected a Uint8Array of ${nb} codes, got ${describe(a.qabsmax)}${a.qabsmax instanceof Uint8Array ? ` of length ${a.qabsmax.length}` : ""}`);
+      throw new Nf4Error(
+        "LENGTH_MISMATCH",
+        `${arg}.absmax.qabsmax: expected a Uint8Array of ${nb} codes, got ${describe(a.qabsmax)}${a.qabsmax instanceof Uint8Array ? ` of length ${a.qabsmax.length}` : ""}`,
+      );
     }
     if (!Number.isSafeInteger(a.nestedBlocksize) || a.nestedBlocksize <= 0) {
-      throw new Nf4Error("INVALID_ARGUMENT", `${arg}.absmax.nestedBlocksize: expected a positive integer (256), got ${describe(a.nestedBlocksize)}`);
+      throw new Nf4Error(
+        "INVALID_ARGUMENT",
+        `${arg}.absmax.nestedBlocksize: expected a positive integer (256), got ${describe(a.nestedBlocksize)}`,
+      );
     }
     const nn = Math.ceil(nb / a.nestedBlocksize);
     if (!(a.nestedAbsmax instanceof Float32Array) || a.nestedAbsmax.length !== nn) {
-      throw new Nf4Error("LENGTH_MISMATCH", `${arg}.absmax.nestedAbsmax: expected a Float32Array of ${nn} values, got ${describe(a.nestedAbsmax)}${a.nestedAbsmax instanceof Float32Array ? ` of length ${a.nestedAbsmax.length}` : ""}`);
+      throw new Nf4Error(
+        "LENGTH_MISMATCH",
+        `${arg}.absmax.nestedAbsmax: expected a Float32Array of ${nn} values, got ${describe(a.nestedAbsmax)}${a.nestedAbsmax instanceof Float32Array ? ` of length ${a.nestedAbsmax.length}` : ""}`,
+      );
     }
     if (!(a.code instanceof Float32Array) || a.code.length !== 256) {
-      throw new Nf4Error("LENGTH_MISMATCH", `${arg}.absmax.code: expected a Float32Array of 256 values, got ${describe(a.code)}`);
+      throw new Nf4Error(
+        "LENGTH_MISMATCH",
+        `${arg}.absmax.code: expected a Float32Array of 256 values, got ${describe(a.code)}`,
+      );
     }
     if (typeof a.offset !== "number") {
       throw new Nf4Error("INVALID_ARGUMENT", `${arg}.absmax.offset: expected a number, got ${describe(a.offset)}`);
     }
   } else {
-    throw new Nf4Error("INVALID_ARGUMENT", `${arg}.absmax: expected a Float32Array or a NestedAbsmax, got ${describe(a)}`);
+    throw new Nf4Error(
+      "INVALID_ARGUMENT",
+      `${arg}.absmax: expected a Float32Array or a NestedAbsmax, got ${describe(a)}`,
+    );
   }
   return n;
 }
@@ -102,7 +120,17 @@ export function dequantize4bit(state: QuantState4bit, outDtype?: FloatDType): Fl
     return out;
   }
   const out = new Uint16Array(n);
-  dequantizeRangeU16(code, state.packed, absmax, state.blocksize, 0, n, out, 0, dt === "bfloat16" ? f32BitsToBf16Bits : f32BitsToF16Bits);
+  dequantizeRangeU16(
+    code,
+    state.packed,
+    absmax,
+    state.blocksize,
+    0,
+    n,
+    out,
+    0,
+    dt === "bfloat16" ? f32BitsToBf16Bits : f32BitsToF16Bits,
+  );
   return out;
 }
 
@@ -126,7 +154,10 @@ export function dequantize4bitInto(
   const n = checkState(state);
   const start = options.start ?? 0;
   if (!Number.isSafeInteger(start) || start < 0 || start % 2 !== 0) {
-    throw new Nf4Error("INVALID_ARGUMENT", `options.start: expected an even non-negative integer, got ${describe(start)}`);
+    throw new Nf4Error(
+      "INVALID_ARGUMENT",
+      `options.start: expected an even non-negative integer, got ${describe(start)}`,
+    );
   }
   let dt: FloatDType;
   if (out instanceof Float32Array) {
@@ -137,7 +168,10 @@ export function dequantize4bitInto(
   } else if (out instanceof Uint16Array) {
     dt = checkDType(options.outDtype ?? state.dtype, "options.outDtype");
     if (dt === "float32") {
-      throw new Nf4Error("INVALID_DTYPE", `options.outDtype: a Uint16Array out needs "bfloat16" or "float16", got "float32"`);
+      throw new Nf4Error(
+        "INVALID_DTYPE",
+        `options.outDtype: a Uint16Array out needs "bfloat16" or "float16", got "float32"`,
+      );
     }
   } else {
     throw new Nf4Error("INVALID_ARGUMENT", `out: expected a Float32Array or Uint16Array, got ${describe(out)}`);

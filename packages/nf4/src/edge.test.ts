@@ -113,7 +113,8 @@ describe("special values (CUDA backend, spec §2.3)", () => {
         for (let i = 0; i < 64; i++) {
           const e = 64 * b + i;
           const got = e % 2 === 0 ? st.packed[e >> 1] >> 4 : st.packed[e >> 1] & 15;
-          if (got !== codeOf(Math.fround(x[e] * r))) expect([quantType, b, i, got]).toEqual([quantType, b, i, codeOf(Math.fround(x[e] * r))]);
+          if (got !== codeOf(Math.fround(x[e] * r)))
+            expect([quantType, b, i, got]).toEqual([quantType, b, i, codeOf(Math.fround(x[e] * r))]);
         }
       });
     }

@@ -5,7 +5,10 @@ type Values = ArrayLike<number>;
 
 function check(a: Values, b: Values): void {
   if (a == null || b == null || typeof a.length !== "number" || typeof b.length !== "number") {
-    throw new Nf4Error("INVALID_ARGUMENT", `reference/approx: expected array-likes of numbers, got ${describe(a)} and ${describe(b)}`);
+    throw new Nf4Error(
+      "INVALID_ARGUMENT",
+      `reference/approx: expected array-likes of numbers, got ${describe(a)} and ${describe(b)}`,
+    );
   }
   if (a.length !== b.length) {
     throw new Nf4Error("LENGTH_MISMATCH", `approx: expected length ${a.length} (as reference), got ${b.length}`);

@@ -37,7 +37,17 @@ function run(job: RangeJob): void {
   for (let s = 0; s < job.length; s += CHUNK) {
     const e = Math.min(s + CHUNK, job.length);
     toF32(x, job.dtype, s, e, buf);
-    quantizeRangeF32(job.quantType, buf, 0, e - s, job.blocksize, packed, pOut + s / 2, absmax, aOut + s / job.blocksize);
+    quantizeRangeF32(
+      job.quantType,
+      buf,
+      0,
+      e - s,
+      job.blocksize,
+      packed,
+      pOut + s / 2,
+      absmax,
+      aOut + s / job.blocksize,
+    );
   }
 }
 

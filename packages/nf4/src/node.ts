@@ -84,7 +84,10 @@ export class Nf4WorkerPool {
     const shape = options.shape ?? [n];
     const count = checkShape(shape, "options.shape");
     if (count !== n) {
-      throw new Nf4Error("LENGTH_MISMATCH", `options.shape: ${describe(shape)} has ${count} elements but input has ${n}`);
+      throw new Nf4Error(
+        "LENGTH_MISMATCH",
+        `options.shape: ${describe(shape)} has ${count} elements but input has ${n}`,
+      );
     }
     const nb = Math.ceil(n / r.blocksize);
     const parts = Math.max(1, Math.min(this.threads, nb));

@@ -78,12 +78,7 @@ export function doubleQuantize(absmax: Float32Array): NestedAbsmax {
   return { qabsmax, nestedAbsmax, code, nestedBlocksize, offset };
 }
 
-export function finish(
-  r: Resolved,
-  shape: number[],
-  packed: Uint8Array,
-  absmax: Float32Array,
-): QuantState4bit {
+export function finish(r: Resolved, shape: number[], packed: Uint8Array, absmax: Float32Array): QuantState4bit {
   return {
     quantType: r.quantType,
     blocksize: r.blocksize,
@@ -133,10 +128,7 @@ function quantizeImpl(
   const shape = options?.shape ?? [n];
   const count = checkShape(shape, "options.shape");
   if (count !== n) {
-    throw new Nf4Error(
-      "LENGTH_MISMATCH",
-      `options.shape: ${describe(shape)} has ${count} elements but input has ${n}`,
-    );
+    throw new Nf4Error("LENGTH_MISMATCH", `options.shape: ${describe(shape)} has ${count} elements but input has ${n}`);
   }
   const nBytes = Math.ceil(n / 2);
   const nb = Math.ceil(n / r.blocksize);
@@ -147,10 +139,16 @@ function quantizeImpl(
     absmax = new Float32Array(nb);
   } else {
     if (!(out?.packed instanceof Uint8Array) || out.packed.length < nBytes) {
-      throw new Nf4Error("LENGTH_MISMATCH", `out.packed: expected a Uint8Array of at least ${nBytes} bytes, got ${describe(out?.packed)}${out?.packed instanceof Uint8Array ? ` of ${out.packed.length}` : ""}`);
+      throw new Nf4Error(
+        "LENGTH_MISMATCH",
+        `out.packed: expected a Uint8Array of at least ${nBytes} bytes, got ${describe(out?.packed)}${out?.packed instanceof Uint8Array ? ` of ${out.packed.length}` : ""}`,
+      );
     }
     if (!(out.absmax instanceof Float32Array) || out.absmax.length < nb) {
-      throw new Nf4Error("LENGTH_MISMATCH", `out.absmax: expected a Float32Array of at least ${nb} values, got ${describe(out.absmax)}${out.absmax instanceof Float32Array ? ` of ${out.absmax.length}` : ""}`);
+      throw new Nf4Error(
+        "LENGTH_MISMATCH",
+        `out.absmax: expected a Float32Array of at least ${nb} values, got ${describe(out.absmax)}${out.absmax instanceof Float32Array ? ` of ${out.absmax.length}` : ""}`,
+      );
     }
     packed = out.packed.subarray(0, nBytes);
     absmax = out.absmax.subarray(0, nb);
@@ -313,7 +311,10 @@ export function quantize4bitChunks(
   const absmax = new Float32Array(Math.ceil(n / r.blocksize));
   const put = (c: Quantized4bitChunk): void => {
     if (c.start + c.length > n) {
-      throw new Nf4Error("LENGTH_MISMATCH", `chunks: more than the ${n} elements of options.shape ${describe(options.shape)}`);
+      throw new Nf4Error(
+        "LENGTH_MISMATCH",
+        `chunks: more than the ${n} elements of options.shape ${describe(options.shape)}`,
+      );
     }
     packed.set(c.packed, c.start >>> 1);
     absmax.set(c.absmax, c.start / r.blocksize);

@@ -48,7 +48,7 @@ describe("pythonFloatRepr", () => {
 
 describe("pythonJsonDumps / Loads", () => {
   it("uses Python's separators and keeps integers integral", () => {
-    expect(pythonJsonDumps({ a: 1, b: [2, 3], c: new PyFloat(4), d: "x\"y", e: null, f: true })).toBe(
+    expect(pythonJsonDumps({ a: 1, b: [2, 3], c: new PyFloat(4), d: 'x"y', e: null, f: true })).toBe(
       '{"a": 1, "b": [2, 3], "c": 4.0, "d": "x\\"y", "e": null, "f": true}',
     );
   });
@@ -111,7 +111,9 @@ describe("bitsandbytes key set", () => {
       expect(Array.from(back.packed)).toEqual(Array.from(s.packed));
       expect(dequantize4bit(back)).toEqual(dequantize4bit(s));
     }
-    expect(code(() => packQuantState(quantize4bit(new Float32Array(6)), { quantStorage: "float32" }))).toMatch(/^INVALID_ARGUMENT: options.quantStorage/);
+    expect(code(() => packQuantState(quantize4bit(new Float32Array(6)), { quantStorage: "float32" }))).toMatch(
+      /^INVALID_ARGUMENT: options.quantStorage/,
+    );
   });
   it("accepts a JSON with dotted keys (bnb strips to the last component) and integer nested_offset", () => {
     const s = quantize4bit(randn(128, 9), { doubleQuant: true });
@@ -139,30 +141,123 @@ describe("typed errors for bad records", () => {
   const opts = { prefix: "p." };
 
   it.each([
-    ["missing quant_state", () => unpackQuantState(without(k), opts), /^MISSING_TENSOR: p\.weight\.quant_state\.bitsandbytes__nf4/],
+    [
+      "missing quant_state",
+      () => unpackQuantState(without(k), opts),
+      /^MISSING_TENSOR: p\.weight\.quant_state\.bitsandbytes__nf4/,
+    ],
     ["missing weight", () => unpackQuantState(without("p.weight"), opts), /^MISSING_TENSOR: p\.weight: /],
     ["missing absmax", () => unpackQuantState(without("p.weight.absmax"), opts), /^MISSING_TENSOR: p\.weight\.absmax/],
-    ["missing quant_map", () => unpackQuantState(without("p.weight.quant_map"), opts), /^MISSING_TENSOR: p\.weight\.quant_map/],
-    ["missing nested_quant_map", () => unpackQuantState(without("p.weight.nested_quant_map"), opts), /^MISSING_TENSOR: p\.weight\.nested_quant_map/],
+    [
+      "missing quant_map",
+      () => unpackQuantState(without("p.weight.quant_map"), opts),
+      /^MISSING_TENSOR: p\.weight\.quant_map/,
+    ],
+    [
+      "missing nested_quant_map",
+      () => unpackQuantState(without("p.weight.nested_quant_map"), opts),
+      /^MISSING_TENSOR: p\.weight\.nested_quant_map/,
+    ],
     ["wrong prefix", () => unpackQuantState(good, { prefix: "q." }), /^MISSING_TENSOR: q\.weight/],
-    ["malformed JSON", () => unpackQuantState(withJson(null, "{\"quant_type\": "), opts), /^INVALID_QUANT_STATE: p\.weight\.quant_state\.bitsandbytes__nf4: expected UTF-8 JSON/],
-    ["JSON not an object", () => unpackQuantState(withJson([1]), opts), /^INVALID_QUANT_STATE: .*expected a JSON object/],
-    ["unknown key", () => unpackQuantState(withJson({ ...js, foo: 1 }), opts), /^INVALID_QUANT_STATE: .*unknown key "foo"/],
-    ["missing key", () => unpackQuantState(withJson({ ...js, blocksize: undefined }), opts), /^INVALID_QUANT_STATE: .*"blocksize" missing/],
-    ["quant_type mismatch", () => unpackQuantState(withJson({ ...js, quant_type: "fp4" }), opts), /^INVALID_QUANT_STATE: .*"quant_type" must be "nf4"/],
-    ["unknown quant_type", () => unpackQuantState(withJson({ ...js, quant_type: "int4" }), opts), /^INVALID_QUANT_STATE: .*got "int4"/],
-    ["bad blocksize", () => unpackQuantState(withJson({ ...js, blocksize: 48 }), opts), /^INVALID_QUANT_STATE: .*"blocksize": expected one of 32, 64/],
-    ["bad dtype", () => unpackQuantState(withJson({ ...js, dtype: "float64" }), opts), /^INVALID_QUANT_STATE: .*"dtype": expected "float32"/],
-    ["bad shape", () => unpackQuantState(withJson({ ...js, shape: [300.5] }), opts), /^INVALID_QUANT_STATE: .*"shape"\[0\]: expected a non-negative integer/],
-    ["negative shape", () => unpackQuantState(withJson({ ...js, shape: [-300] }), opts), /^INVALID_QUANT_STATE: .*non-negative integer/],
-    ["shape/n mismatch", () => unpackQuantState(withJson({ ...js, shape: [302] }), opts), /^TENSOR_SHAPE_MISMATCH: p\.weight: expected 151 packed bytes/],
-    ["nested keys partial", () => unpackQuantState(withJson({ ...js, nested_dtype: undefined }), opts), /^INVALID_QUANT_STATE: .*nested_blocksize, nested_dtype and nested_offset/],
-    ["nested offset string", () => unpackQuantState(withJson({ ...js, nested_offset: "2" }), opts), /^INVALID_QUANT_STATE: .*"nested_offset": expected a number/],
-    ["nested_dtype", () => unpackQuantState(withJson({ ...js, nested_dtype: "float16" }), opts), /^INVALID_QUANT_STATE: .*"nested_dtype": expected "float32"/],
-    ["absmax wrong dtype", () => unpackQuantState({ ...good, "p.weight.absmax": { dtype: "F32", shape: [5], bytes: new Uint8Array(20) } }, opts), /^TENSOR_DTYPE_MISMATCH: p\.weight\.absmax: expected dtype U8, got "F32"/],
-    ["quant_map wrong dtype", () => unpackQuantState({ ...good, "p.weight.quant_map": { dtype: "F16", shape: [16], bytes: new Uint8Array(32) } }, opts), /^TENSOR_DTYPE_MISMATCH: p\.weight\.quant_map/],
-    ["bytes vs shape", () => unpackQuantState({ ...good, "p.weight.nested_absmax": { dtype: "F32", shape: [1], bytes: new Uint8Array(3) } }, opts), /^TENSOR_SHAPE_MISMATCH: p\.weight\.nested_absmax: shape \[1\] of F32 needs 4 bytes, got 3/],
-    ["both quant_state keys", () => unpackQuantState({ ...good, "p.weight.quant_state.bitsandbytes__fp4": good[k] }, opts), /^INVALID_QUANT_STATE: .*exactly one/],
+    [
+      "malformed JSON",
+      () => unpackQuantState(withJson(null, '{"quant_type": '), opts),
+      /^INVALID_QUANT_STATE: p\.weight\.quant_state\.bitsandbytes__nf4: expected UTF-8 JSON/,
+    ],
+    [
+      "JSON not an object",
+      () => unpackQuantState(withJson([1]), opts),
+      /^INVALID_QUANT_STATE: .*expected a JSON object/,
+    ],
+    [
+      "unknown key",
+      () => unpackQuantState(withJson({ ...js, foo: 1 }), opts),
+      /^INVALID_QUANT_STATE: .*unknown key "foo"/,
+    ],
+    [
+      "missing key",
+      () => unpackQuantState(withJson({ ...js, blocksize: undefined }), opts),
+      /^INVALID_QUANT_STATE: .*"blocksize" missing/,
+    ],
+    [
+      "quant_type mismatch",
+      () => unpackQuantState(withJson({ ...js, quant_type: "fp4" }), opts),
+      /^INVALID_QUANT_STATE: .*"quant_type" must be "nf4"/,
+    ],
+    [
+      "unknown quant_type",
+      () => unpackQuantState(withJson({ ...js, quant_type: "int4" }), opts),
+      /^INVALID_QUANT_STATE: .*got "int4"/,
+    ],
+    [
+      "bad blocksize",
+      () => unpackQuantState(withJson({ ...js, blocksize: 48 }), opts),
+      /^INVALID_QUANT_STATE: .*"blocksize": expected one of 32, 64/,
+    ],
+    [
+      "bad dtype",
+      () => unpackQuantState(withJson({ ...js, dtype: "float64" }), opts),
+      /^INVALID_QUANT_STATE: .*"dtype": expected "float32"/,
+    ],
+    [
+      "bad shape",
+      () => unpackQuantState(withJson({ ...js, shape: [300.5] }), opts),
+      /^INVALID_QUANT_STATE: .*"shape"\[0\]: expected a non-negative integer/,
+    ],
+    [
+      "negative shape",
+      () => unpackQuantState(withJson({ ...js, shape: [-300] }), opts),
+      /^INVALID_QUANT_STATE: .*non-negative integer/,
+    ],
+    [
+      "shape/n mismatch",
+      () => unpackQuantState(withJson({ ...js, shape: [302] }), opts),
+      /^TENSOR_SHAPE_MISMATCH: p\.weight: expected 151 packed bytes/,
+    ],
+    [
+      "nested keys partial",
+      () => unpackQuantState(withJson({ ...js, nested_dtype: undefined }), opts),
+      /^INVALID_QUANT_STATE: .*nested_blocksize, nested_dtype and nested_offset/,
+    ],
+    [
+      "nested offset string",
+      () => unpackQuantState(withJson({ ...js, nested_offset: "2" }), opts),
+      /^INVALID_QUANT_STATE: .*"nested_offset": expected a number/,
+    ],
+    [
+      "nested_dtype",
+      () => unpackQuantState(withJson({ ...js, nested_dtype: "float16" }), opts),
+      /^INVALID_QUANT_STATE: .*"nested_dtype": expected "float32"/,
+    ],
+    [
+      "absmax wrong dtype",
+      () =>
+        unpackQuantState({ ...good, "p.weight.absmax": { dtype: "F32", shape: [5], bytes: new Uint8Array(20) } }, opts),
+      /^TENSOR_DTYPE_MISMATCH: p\.weight\.absmax: expected dtype U8, got "F32"/,
+    ],
+    [
+      "quant_map wrong dtype",
+      () =>
+        unpackQuantState(
+          { ...good, "p.weight.quant_map": { dtype: "F16", shape: [16], bytes: new Uint8Array(32) } },
+          opts,
+        ),
+      /^TENSOR_DTYPE_MISMATCH: p\.weight\.quant_map/,
+    ],
+    [
+      "bytes vs shape",
+      () =>
+        unpackQuantState(
+          { ...good, "p.weight.nested_absmax": { dtype: "F32", shape: [1], bytes: new Uint8Array(3) } },
+          opts,
+        ),
+      /^TENSOR_SHAPE_MISMATCH: p\.weight\.nested_absmax: shape \[1\] of F32 needs 4 bytes, got 3/,
+    ],
+    [
+      "both quant_state keys",
+      () => unpackQuantState({ ...good, "p.weight.quant_state.bitsandbytes__fp4": good[k] }, opts),
+      /^INVALID_QUANT_STATE: .*exactly one/,
+    ],
   ])("%s", (_name, fn, re) => {
     expect(code(fn)).toMatch(re);
   });

@@ -34,7 +34,12 @@ export interface UnpackQuantStateOptions {
 }
 
 const ITEMSIZE: Record<TensorDType, number> = { U8: 1, F32: 4, BF16: 2, F16: 2 };
-const STORAGE_DTYPE: Record<QuantStorage, TensorDType> = { uint8: "U8", bfloat16: "BF16", float16: "F16", float32: "F32" };
+const STORAGE_DTYPE: Record<QuantStorage, TensorDType> = {
+  uint8: "U8",
+  bfloat16: "BF16",
+  float16: "F16",
+  float32: "F32",
+};
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
@@ -140,7 +145,10 @@ function getTensor(records: TensorRecords, key: string, dtypes: TensorDType[], e
     throw new Nf4Error("INVALID_ARGUMENT", `${key}: expected {dtype, shape, bytes: Uint8Array}, got ${describe(t)}`);
   }
   if (!dtypes.includes(t.dtype)) {
-    throw new Nf4Error("TENSOR_DTYPE_MISMATCH", `${key}: expected dtype ${dtypes.join(" or ")}, got ${describe(t.dtype)}`);
+    throw new Nf4Error(
+      "TENSOR_DTYPE_MISMATCH",
+      `${key}: expected dtype ${dtypes.join(" or ")}, got ${describe(t.dtype)}`,
+    );
   }
   const count = checkShape(t.shape, `${key}.shape`);
   if (count * ITEMSIZE[t.dtype] !== t.bytes.length) {
@@ -179,7 +187,10 @@ export function unpackQuantState(records: TensorRecords, options: UnpackQuantSta
     );
   }
   if (qsKeys.length > 1) {
-    throw new Nf4Error("INVALID_QUANT_STATE", `${qsKeys.join(", ")}: expected exactly one quant_state tensor, got both`);
+    throw new Nf4Error(
+      "INVALID_QUANT_STATE",
+      `${qsKeys.join(", ")}: expected exactly one quant_state tensor, got both`,
+    );
   }
   const qsKey = qsKeys[0];
   const keyType: QuantType = qsKey.endsWith("nf4") ? "nf4" : "fp4";
@@ -207,7 +218,10 @@ export function unpackQuantState(records: TensorRecords, options: UnpackQuantSta
     if (!(k in js)) throw stateError(qsKey, `JSON key "${k}" missing`);
   }
   if (js.quant_type !== keyType) {
-    throw stateError(qsKey, `JSON "quant_type" must be ${JSON.stringify(keyType)} (as in the key), got ${describe(js.quant_type)}`);
+    throw stateError(
+      qsKey,
+      `JSON "quant_type" must be ${JSON.stringify(keyType)} (as in the key), got ${describe(js.quant_type)}`,
+    );
   }
   const bs = js.blocksize;
   if (typeof bs !== "number" || !BLOCKSIZES_4BIT.includes(bs)) {
@@ -240,7 +254,10 @@ export function unpackQuantState(records: TensorRecords, options: UnpackQuantSta
   let packed: Uint8Array;
   if (wT.dtype === "U8") {
     if (wT.bytes.length !== need) {
-      throw new Nf4Error("TENSOR_SHAPE_MISMATCH", `${base}: expected ${need} packed bytes for shape ${describe(shape)}, got ${wT.bytes.length}`);
+      throw new Nf4Error(
+        "TENSOR_SHAPE_MISMATCH",
+        `${base}: expected ${need} packed bytes for shape ${describe(shape)}, got ${wT.bytes.length}`,
+      );
     }
     packed = wT.bytes;
   } else {

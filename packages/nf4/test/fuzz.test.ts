@@ -37,7 +37,11 @@ function parseOrTypedError(records: TensorRecords): "ok" | "rejected" {
 const bytesEdit = fc.oneof(
   fc.record({ kind: fc.constant("set" as const), at: fc.nat(), byte: fc.integer({ min: 0, max: 255 }) }),
   fc.record({ kind: fc.constant("cut" as const), at: fc.nat() }),
-  fc.record({ kind: fc.constant("insert" as const), at: fc.nat(), bytes: fc.uint8Array({ minLength: 1, maxLength: 6 }) }),
+  fc.record({
+    kind: fc.constant("insert" as const),
+    at: fc.nat(),
+    bytes: fc.uint8Array({ minLength: 1, maxLength: 6 }),
+  }),
 );
 type BytesEdit = typeof bytesEdit extends fc.Arbitrary<infer T> ? T : never;
 
@@ -66,7 +70,18 @@ describe("fuzz: unpackQuantState", () => {
   });
 
   it("arbitrary JSON values as the quant_state: rejected unless they describe the tensors", () => {
-    const keyish = fc.constantFrom("quant_type", "blocksize", "dtype", "shape", "nested_blocksize", "nested_dtype", "nested_offset", "x.blocksize", "__proto__", "");
+    const keyish = fc.constantFrom(
+      "quant_type",
+      "blocksize",
+      "dtype",
+      "shape",
+      "nested_blocksize",
+      "nested_dtype",
+      "nested_offset",
+      "x.blocksize",
+      "__proto__",
+      "",
+    );
     const json = fc.oneof(
       fc.jsonValue(),
       fc.dictionary(keyish, fc.jsonValue(), { maxKeys: 8 }),
@@ -74,7 +89,10 @@ describe("fuzz: unpackQuantState", () => {
         quant_type: fc.constantFrom("nf4", "fp4", "NF4", 4),
         blocksize: fc.oneof(fc.constantFrom(64, 32, 4096, 63, -64, 0, 1e300), fc.double()),
         dtype: fc.constantFrom("float32", "bfloat16", "float16", "int8", null),
-        shape: fc.oneof(fc.constant([6, 70]), fc.array(fc.oneof(fc.integer({ min: -5, max: 1e6 }), fc.double()), { maxLength: 4 })),
+        shape: fc.oneof(
+          fc.constant([6, 70]),
+          fc.array(fc.oneof(fc.integer({ min: -5, max: 1e6 }), fc.double()), { maxLength: 4 }),
+        ),
       }),
     );
     fc.assert(
@@ -148,7 +166,25 @@ describe("fuzz: pythonJsonLoads", () => {
       }),
       { numRuns: 1000 },
     );
-    const tokens = fc.constantFrom("NaN", "Infinity", "-Infinity", '"', "\\", "{", "}", "[", "]", ",", ":", "1", "-", "e", " ", "nul", '"NaN"');
+    const tokens = fc.constantFrom(
+      "NaN",
+      "Infinity",
+      "-Infinity",
+      '"',
+      "\\",
+      "{",
+      "}",
+      "[",
+      "]",
+      ",",
+      ":",
+      "1",
+      "-",
+      "e",
+      " ",
+      "nul",
+      '"NaN"',
+    );
     fc.assert(
       fc.property(fc.array(fc.oneof(tokens, fc.string({ maxLength: 3 })), { maxLength: 20 }), (parts) => {
         try {
@@ -161,7 +197,12 @@ describe("fuzz: pythonJsonLoads", () => {
     );
   });
   it("reads Python's special literals only outside strings", () => {
-    expect(pythonJsonLoads('[NaN, -Infinity, "NaN", {"a": Infinity}]')).toEqual([NaN, -Infinity, "NaN", { a: Infinity }]);
+    expect(pythonJsonLoads('[NaN, -Infinity, "NaN", {"a": Infinity}]')).toEqual([
+      NaN,
+      -Infinity,
+      "NaN",
+      { a: Infinity },
+    ]);
     expect(pythonJsonLoads('"a\\"NaN"')).toBe('a"NaN');
   });
 });

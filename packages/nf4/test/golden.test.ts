@@ -81,7 +81,8 @@ describe("golden fixtures (independent numpy port)", () => {
         if (c.arrays[key] === undefined) continue;
         const got = dequantize4bit(state, od);
         const want = fx.get(c, key);
-        if (od === "float32") expect(sameBits(got as Float32Array, want as Float32Array), `${key} ${firstDiff(got, want)}`).toBe(true);
+        if (od === "float32")
+          expect(sameBits(got as Float32Array, want as Float32Array), `${key} ${firstDiff(got, want)}`).toBe(true);
         else expect(firstDiff(got, want), key).toBe("none");
       }
       // and back through the bitsandbytes key set
@@ -98,7 +99,9 @@ describe("golden fixtures (independent numpy port)", () => {
       const r = quantizeBlockwise8bit(fx.get(c, "input") as Float32Array, { code, blocksize: bs });
       expect(firstDiff(r.q, fx.get(c, "q"))).toBe("none");
       expect(sameBits(r.absmax, fx.get(c, "absmax") as Float32Array)).toBe(true);
-      expect(sameBits(dequantizeBlockwise8bit(r, { code, blocksize: bs }), fx.get(c, "dequant") as Float32Array)).toBe(true);
+      expect(sameBits(dequantizeBlockwise8bit(r, { code, blocksize: bs }), fx.get(c, "dequant") as Float32Array)).toBe(
+        true,
+      );
     });
   }
 

@@ -68,7 +68,8 @@ export function loadFixtures(): Fixtures {
   const regen = "regenerate with: /usr/bin/python3 packages/nf4/scripts/make_fixtures.py";
   if (buf.subarray(0, 8).toString("latin1") !== MAGIC) throw new Error(`${path}: bad magic; ${regen}`);
   const version = buf.readUInt32LE(8);
-  if (version !== FIXTURE_VERSION) throw new Error(`${path}: fixture version ${version}, expected ${FIXTURE_VERSION}; ${regen}`);
+  if (version !== FIXTURE_VERSION)
+    throw new Error(`${path}: fixture version ${version}, expected ${FIXTURE_VERSION}; ${regen}`);
   const hlen = buf.readUInt32LE(12);
   const header = JSON.parse(buf.subarray(16, 16 + hlen).toString("utf8"));
   const data = new Uint8Array(buf.subarray(16 + hlen)); // copy: aligned ArrayBuffer

@@ -8,7 +8,12 @@ import { randn } from "./helpers";
 describe("@qlora/nf4/node quantize4bitParallel", () => {
   const x = randn(64 * 3000 + 17, 5);
   it("byte-identical to quantize4bit (f32, 3 workers, double quant)", async () => {
-    const a = await quantize4bitParallel(x, { threads: 3, minParallelElements: 0, doubleQuant: true, quantType: "fp4" });
+    const a = await quantize4bitParallel(x, {
+      threads: 3,
+      minParallelElements: 0,
+      doubleQuant: true,
+      quantType: "fp4",
+    });
     const b = quantize4bit(x, { doubleQuant: true, quantType: "fp4" });
     expect(a.packed).toEqual(b.packed);
     expect(recoverAbsmax(a)).toEqual(recoverAbsmax(b));
@@ -18,12 +23,19 @@ describe("@qlora/nf4/node quantize4bitParallel", () => {
     const bits = f32ToBf16(x);
     const sab = new Uint16Array(new SharedArrayBuffer(bits.byteLength));
     sab.set(bits);
-    const a = await quantize4bitParallel(sab, { threads: 2, minParallelElements: 0, dtype: "bfloat16", blocksize: 256 });
+    const a = await quantize4bitParallel(sab, {
+      threads: 2,
+      minParallelElements: 0,
+      dtype: "bfloat16",
+      blocksize: 256,
+    });
     expect(a.packed).toEqual(quantize4bit(bits, { dtype: "bfloat16", blocksize: 256 }).packed);
   });
   it("rejects bad options with Nf4Error", async () => {
     await expect(quantize4bitParallel(x, { blocksize: 7 })).rejects.toBeInstanceOf(Nf4Error);
-    await expect(quantize4bitParallel(x, { threads: 0 })).rejects.toThrow(/options\.threads: expected a positive integer/);
+    await expect(quantize4bitParallel(x, { threads: 0 })).rejects.toThrow(
+      /options\.threads: expected a positive integer/,
+    );
   });
 });
 
@@ -60,7 +72,11 @@ describe("Nf4WorkerPool", () => {
     const pool = new Nf4WorkerPool(2);
     try {
       const xs = [randn(64 * 500 + 3, 1), randn(32 * 999, 2), randn(4096 * 3 + 1, 3)];
-      const opts = [{ blocksize: 64 }, { blocksize: 32, quantType: "fp4" as const }, { blocksize: 4096, doubleQuant: true }];
+      const opts = [
+        { blocksize: 64 },
+        { blocksize: 32, quantType: "fp4" as const },
+        { blocksize: 4096, doubleQuant: true },
+      ];
       const got = await Promise.all(xs.map((x, k) => pool.quantize(x, opts[k])));
       got.forEach((g, k) => {
         expect(g.packed).toEqual(quantize4bit(xs[k], opts[k]).packed);

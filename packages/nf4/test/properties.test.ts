@@ -67,7 +67,21 @@ const bsArb = fc.constantFrom(...BLOCKSIZES);
 const yArb = fc.oneof(
   fc.float({ min: f(-1.2), max: f(1.2), noNaN: true }),
   fc
-    .tuple(fc.constantFrom(...NF4_CODE, ...FP4_CODE, 0.29166667, 0.583333, 0.8333333, 0.4166667, 0.0859375, 0.20833333, 0.00260417), fc.integer({ min: -3, max: 3 }), fc.boolean())
+    .tuple(
+      fc.constantFrom(
+        ...NF4_CODE,
+        ...FP4_CODE,
+        0.29166667,
+        0.583333,
+        0.8333333,
+        0.4166667,
+        0.0859375,
+        0.20833333,
+        0.00260417,
+      ),
+      fc.integer({ min: -3, max: 3 }),
+      fc.boolean(),
+    )
     .map(([v, d, neg]) => {
       const b = new Float32Array([f(v)]);
       new Int32Array(b.buffer)[0] += d;

@@ -38,13 +38,28 @@ const w = (o: number, i: number) => {
   s.requiresGrad = true;
   return s;
 };
-const p = { q: w(HID, HID), k: w(KVH * D, HID), v: w(KVH * D, HID), o: w(HID, HID), g: w(INTER, HID), u: w(INTER, HID), d: w(HID, INTER), head: w(V, HID) };
+const p = {
+  q: w(HID, HID),
+  k: w(KVH * D, HID),
+  v: w(KVH * D, HID),
+  o: w(HID, HID),
+  g: w(INTER, HID),
+  u: w(INTER, HID),
+  d: w(HID, INTER),
+  head: w(V, HID),
+};
 const n1 = tensor(new Float32Array(HID).fill(1), { requiresGrad: true });
 const n2 = tensor(new Float32Array(HID).fill(1), { requiresGrad: true });
 const x = randn([B, S, HID]);
 x.requiresGrad = true;
-const pos = tensor(Int32Array.from({ length: B * S }, (_, i) => i % S), { shape: [B, S] });
-const labels = tensor(Int32Array.from({ length: B * S }, (_, i) => (i * 7) % V), { shape: [B * S] });
+const pos = tensor(
+  Int32Array.from({ length: B * S }, (_, i) => i % S),
+  { shape: [B, S] },
+);
+const labels = tensor(
+  Int32Array.from({ length: B * S }, (_, i) => (i * 7) % V),
+  { shape: [B * S] },
+);
 const lin = (h: Tensor, wt: Tensor) => ops.matmul(h, wt.transpose(0, 1));
 
 function block(): Tensor {
@@ -61,7 +76,11 @@ function block(): Tensor {
   });
 }
 const params = [...Object.values(p), n1, n2, x];
-const clear = () => params.forEach((t) => { t.grad?.dispose(); t.grad = null; });
+const clear = () =>
+  params.forEach((t) => {
+    t.grad?.dispose();
+    t.grad = null;
+  });
 
 const ours: Record<string, number> = {};
 const a = randn([256, 256]);
@@ -121,10 +140,14 @@ const res = spawnSync("/usr/bin/python3", ["-c", py], { encoding: "utf8" });
 if (res.status === 0) peer = JSON.parse(res.stdout.trim().split("\n").pop()!);
 else console.error(`peer (PyTorch) unavailable: ${res.stderr?.slice(0, 300) ?? res.error}`);
 
-console.log(`reference backend vs PyTorch ${"1.13"} CPU eager f32, 1 thread; B=${B} S=${S} hidden=${HID} heads=${H}/${KVH} inter=${INTER} vocab=${V}; median of ${REPS}`);
+console.log(
+  `reference backend vs PyTorch ${"1.13"} CPU eager f32, 1 thread; B=${B} S=${S} hidden=${HID} heads=${H}/${KVH} inter=${INTER} vocab=${V}; median of ${REPS}`,
+);
 console.log("| op | ours (ms) | PyTorch (ms) | ratio ours/peer |");
 console.log("|---|---:|---:|---:|");
 for (const [k, v] of Object.entries(ours)) {
   const q = peer[k];
-  console.log(`| ${k} | ${v.toFixed(2)} | ${q !== undefined ? q.toFixed(2) : "n/a"} | ${q !== undefined ? (v / q).toFixed(1) : "n/a"} |`);
+  console.log(
+    `| ${k} | ${v.toFixed(2)} | ${q !== undefined ? q.toFixed(2) : "n/a"} | ${q !== undefined ? (v / q).toFixed(1) : "n/a"} |`,
+  );
 }

@@ -47,7 +47,13 @@ export function enableGrad<T>(fn: () => T): T {
 }
 
 /** @internal attach a node to `out` when recording and some input requires grad. Returns out. */
-export function record(op: string, inputs: readonly Tensor[], out: Tensor, saved: readonly Tensor[], ctx: Record<string, unknown>): Tensor {
+export function record(
+  op: string,
+  inputs: readonly Tensor[],
+  out: Tensor,
+  saved: readonly Tensor[],
+  ctx: Record<string, unknown>,
+): Tensor {
   if (!gradEnabled || !inputs.some((t) => t.requiresGrad)) return out;
   if (!(op in gradRules)) throw new TensorError("NO_GRAD_RULE", `no gradient rule for op "${op}"`);
   const node: Node = { op, inputs, saved: saved.map((s) => keep(s._alias())), ctx, released: false };
@@ -105,13 +111,25 @@ function accumulateLeaf(leaf: Tensor, g: Tensor): void {
  * into `.grad` (kept out of tidy scopes); everything else created here is disposed.
  */
 export function backward(root: Tensor, grad?: Tensor): void {
-  if (!root.requiresGrad) throw new TensorError("NO_GRAD", "backward(): the tensor does not require grad (no input of its graph requires grad)");
+  if (!root.requiresGrad)
+    throw new TensorError(
+      "NO_GRAD",
+      "backward(): the tensor does not require grad (no input of its graph requires grad)",
+    );
   let g0: Tensor;
   if (grad) {
-    if (grad.shape.join() !== root.shape.join()) throw new TensorError("BAD_SHAPE", `backward(): grad shape ${JSON.stringify(grad.shape)} ≠ tensor shape ${JSON.stringify(root.shape)}`);
+    if (grad.shape.join() !== root.shape.join())
+      throw new TensorError(
+        "BAD_SHAPE",
+        `backward(): grad shape ${JSON.stringify(grad.shape)} ≠ tensor shape ${JSON.stringify(root.shape)}`,
+      );
     g0 = grad._alias();
   } else {
-    if (root.size !== 1) throw new TensorError("BAD_SHAPE", `backward(): implicit gradient needs a one-element tensor, got ${JSON.stringify(root.shape)}`);
+    if (root.size !== 1)
+      throw new TensorError(
+        "BAD_SHAPE",
+        `backward(): implicit gradient needs a one-element tensor, got ${JSON.stringify(root.shape)}`,
+      );
     g0 = fromBuffer(root.backend.fill("f32", 1, 1), root.backend, root.shape, "f32");
   }
   if (!root.gradFn) {
@@ -123,7 +141,11 @@ export function backward(root: Tensor, grad?: Tensor): void {
   grads.set(root.gradFn, g0);
   noGrad(() => {
     for (const node of order) {
-      if (node.released) throw new TensorError("GRAPH_FREED", `backward(): the graph through op "${node.op}" was already freed by an earlier backward`);
+      if (node.released)
+        throw new TensorError(
+          "GRAPH_FREED",
+          `backward(): the graph through op "${node.op}" was already freed by an earlier backward`,
+        );
       const g = grads.get(node);
       grads.delete(node);
       if (!g) {
@@ -144,7 +166,11 @@ export function backward(root: Tensor, grad?: Tensor): void {
         }
         if (gi === g || owned.has(gi)) gi = gi._alias();
         owned.add(gi);
-        if (gi.shape.join() !== input.shape.join()) throw new TensorError("GRAD_SHAPE", `gradient rule "${node.op}" returned shape ${JSON.stringify(gi.shape)} for input ${i} of shape ${JSON.stringify(input.shape)}`);
+        if (gi.shape.join() !== input.shape.join())
+          throw new TensorError(
+            "GRAD_SHAPE",
+            `gradient rule "${node.op}" returned shape ${JSON.stringify(gi.shape)} for input ${i} of shape ${JSON.stringify(input.shape)}`,
+          );
         if (gi.dtype !== input.dtype) {
           const c = gi.cast(input.dtype);
           gi.dispose();
@@ -176,7 +202,13 @@ export function checkpoint(fn: (...inputs: Tensor[]) => Tensor, ...inputs: Tenso
   if (!gradEnabled) return fn(...inputs);
   const gen: Generator = getGenerator().clone();
   const out = noGrad(() => fn(...inputs));
-  const node: Node = { op: "checkpoint", inputs, saved: inputs.map((t) => keep(t._alias())), ctx: { fn, gen }, released: false };
+  const node: Node = {
+    op: "checkpoint",
+    inputs,
+    saved: inputs.map((t) => keep(t._alias())),
+    ctx: { fn, gen },
+    released: false,
+  };
   out.gradFn = node;
   out._setRequiresGrad();
   return out;

@@ -7,20 +7,7 @@
 import type { Node } from "./autograd";
 import { checkpointBackward } from "./autograd";
 import type { AttentionOptions, RopeOptions } from "./backend/types";
-import {
-  add,
-  dense,
-  div,
-  eq,
-  gt,
-  lt,
-  mul,
-  padNarrow,
-  sub,
-  sumToShape,
-  unary,
-  matmul,
-} from "./ops";
+import { add, dense, div, eq, gt, lt, mul, padNarrow, sub, sumToShape, unary, matmul } from "./ops";
 import type { QuantizedWeight } from "./ops";
 import { fromBuffer } from "./tensor";
 import type { Tensor, Shape } from "./tensor";
@@ -96,9 +83,18 @@ export const gradRules: Record<string, Rule> = {
   },
 
   // ---- elementwise binary
-  add: binaryRule((g) => g._alias(), (g) => g._alias()),
-  sub: binaryRule((g) => g._alias(), (g) => unary("neg", g)),
-  mul: binaryRule((g, n) => mul(g, n.saved[1]), (g, n) => mul(g, n.saved[0])),
+  add: binaryRule(
+    (g) => g._alias(),
+    (g) => g._alias(),
+  ),
+  sub: binaryRule(
+    (g) => g._alias(),
+    (g) => unary("neg", g),
+  ),
+  mul: binaryRule(
+    (g, n) => mul(g, n.saved[1]),
+    (g, n) => mul(g, n.saved[0]),
+  ),
   div: binaryRule(
     (g, n) => div(g, n.saved[1]),
     (g, n) => {
@@ -253,13 +249,25 @@ export const gradRules: Record<string, Rule> = {
     const r = g.backend.attentionBackward(gd.buffer, q.buffer, k.buffer, v.buffer, out.buffer, lse.buffer, opts);
     gd.dispose();
     const be = g.backend;
-    return [fromBuffer(r.dq, be, q.shape, "f32"), fromBuffer(r.dk, be, k.shape, "f32"), fromBuffer(r.dv, be, v.shape, "f32")];
+    return [
+      fromBuffer(r.dq, be, q.shape, "f32"),
+      fromBuffer(r.dk, be, k.shape, "f32"),
+      fromBuffer(r.dv, be, v.shape, "f32"),
+    ];
   },
   crossEntropy: (g, n) => {
     const [x, labels, lse] = n.saved;
     const { rows, vocab, ignoreIndex } = n.ctx as { rows: number; vocab: number; ignoreIndex: number };
     const gd = dense(g);
-    const buf = g.backend.crossEntropyBackward(gd.buffer, x.buffer, labels.buffer, lse.buffer, rows, vocab, ignoreIndex);
+    const buf = g.backend.crossEntropyBackward(
+      gd.buffer,
+      x.buffer,
+      labels.buffer,
+      lse.buffer,
+      rows,
+      vocab,
+      ignoreIndex,
+    );
     gd.dispose();
     return [fromBuffer(buf, g.backend, n.inputs[0].shape, "f32")];
   },

@@ -4,7 +4,16 @@
  * Gradient rules are in ./grad-rules (one table keyed by the op names used here).
  */
 import { record } from "./autograd";
-import type { Backend, BinaryOp, Buffer, DType, QuantizedWeightBuffers, ReduceOp, StridedView, UnaryOp } from "./backend/types";
+import type {
+  Backend,
+  BinaryOp,
+  Buffer,
+  DType,
+  QuantizedWeightBuffers,
+  ReduceOp,
+  StridedView,
+  UnaryOp,
+} from "./backend/types";
 import { BackendOpError } from "./backend/types";
 import { referenceBackend } from "./backend/reference";
 import { TensorError } from "./errors";
@@ -33,7 +42,11 @@ function sameDevice(what: string, ...ts: Tensor[]): Backend {
   const be = ts[0].backend;
   for (const t of ts) {
     t.assertAlive(what);
-    if (t.device !== be.device) throw new TensorError("DEVICE_MISMATCH", `${what}: tensors are on different devices (${be.device} and ${t.device})`);
+    if (t.device !== be.device)
+      throw new TensorError(
+        "DEVICE_MISMATCH",
+        `${what}: tensors are on different devices (${be.device} and ${t.device})`,
+      );
   }
   return be;
 }
@@ -44,7 +57,11 @@ export function broadcastShapes(a: Shape, b: Shape, what = "broadcast"): number[
   for (let i = 0; i < n; i++) {
     const x = a[a.length - n + i] ?? 1;
     const y = b[b.length - n + i] ?? 1;
-    if (x !== y && x !== 1 && y !== 1) throw new TensorError("BAD_SHAPE", `${what}: shapes ${JSON.stringify(a)} and ${JSON.stringify(b)} do not broadcast`);
+    if (x !== y && x !== 1 && y !== 1)
+      throw new TensorError(
+        "BAD_SHAPE",
+        `${what}: shapes ${JSON.stringify(a)} and ${JSON.stringify(b)} do not broadcast`,
+      );
     out[i] = x === 1 ? y : x;
   }
   return out;
@@ -106,7 +123,8 @@ function promote(a: TensorLike, b: TensorLike): DType {
 const COMPARE = new Set<BinaryOp>(["eq", "gt", "lt"]);
 
 export function binary(op: BinaryOp, a: TensorLike, b: TensorLike): Tensor {
-  if (!(a instanceof Tensor) && !(b instanceof Tensor)) throw new TensorError("BAD_ARGUMENT", `${op}: at least one operand must be a Tensor`);
+  if (!(a instanceof Tensor) && !(b instanceof Tensor))
+    throw new TensorError("BAD_ARGUMENT", `${op}: at least one operand must be a Tensor`);
   const ref = (a instanceof Tensor ? a : b) as Tensor;
   const A = a instanceof Tensor ? a : scalarLike(a, ref);
   const B = b instanceof Tensor ? b : scalarLike(b, ref);
@@ -249,9 +267,15 @@ function operand(t: Tensor, batch: number[], dtype: DType): Operand {
     }
     if (ok) batchStride = rows * cols;
   }
-  if (t.dtype === dtype && t.offset === 0 && trans !== null && batchStride !== null) return { buf: t.buffer, trans, batchStride, temp: null };
+  if (t.dtype === dtype && t.offset === 0 && trans !== null && batchStride !== null)
+    return { buf: t.buffer, trans, batchStride, temp: null };
   if (tbN === 1 || B === 1) {
-    const m = fromBuffer(t.backend.copy(t.buffer, { shape: [rows, cols], strides: [sr, sc], offset: t.offset }, dtype), t.backend, [rows, cols], dtype);
+    const m = fromBuffer(
+      t.backend.copy(t.buffer, { shape: [rows, cols], strides: [sr, sc], offset: t.offset }, dtype),
+      t.backend,
+      [rows, cols],
+      dtype,
+    );
     return { buf: m.buffer, trans: false, batchStride: 0, temp: m };
   }
   const v = broadcastView(t, [...batch, rows, cols]);
@@ -264,7 +288,11 @@ function matmulRaw(a: Tensor, b: Tensor): Tensor {
   const m = a.shape[a.ndim - 2];
   const k = a.shape[a.ndim - 1];
   const n = b.shape[b.ndim - 1];
-  if (b.shape[b.ndim - 2] !== k) throw new TensorError("BAD_SHAPE", `matmul: ${JSON.stringify(a.shape)} @ ${JSON.stringify(b.shape)}: inner sizes ${k} and ${b.shape[b.ndim - 2]} differ`);
+  if (b.shape[b.ndim - 2] !== k)
+    throw new TensorError(
+      "BAD_SHAPE",
+      `matmul: ${JSON.stringify(a.shape)} @ ${JSON.stringify(b.shape)}: inner sizes ${k} and ${b.shape[b.ndim - 2]} differ`,
+    );
   const batch = broadcastShapes(a.shape.slice(0, -2), b.shape.slice(0, -2), "matmul batch");
   const dtype: DType = a.dtype === "bf16" && b.dtype === "bf16" ? "bf16" : "f32";
   const A = operand(a, batch, dtype);
@@ -278,7 +306,16 @@ function matmulRaw(a: Tensor, b: Tensor): Tensor {
     B = 1;
     aStride = 0;
   }
-  const buf = be.matmul(A.buf, Bo.buf, { batch: B, m: M, k, n, transA: A.trans, transB: Bo.trans, aBatchStride: aStride, bBatchStride: Bo.batchStride });
+  const buf = be.matmul(A.buf, Bo.buf, {
+    batch: B,
+    m: M,
+    k,
+    n,
+    transA: A.trans,
+    transB: Bo.trans,
+    aBatchStride: aStride,
+    bBatchStride: Bo.batchStride,
+  });
   A.temp?.dispose();
   Bo.temp?.dispose();
   const out = fromBuffer(buf, be, [...batch, m, n], "f32");
@@ -353,7 +390,8 @@ function requireDtype(t: Tensor, what: string, ...ok: DType[]): void {
 /** RMSNorm over the last dim: x · rsqrt(mean(x²) + eps) · weight. */
 export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-6): Tensor {
   const dim = x.shape[x.ndim - 1];
-  if (weight.ndim !== 1 || weight.shape[0] !== dim) throw new TensorError("BAD_SHAPE", `rmsNorm: weight ${JSON.stringify(weight.shape)} must be [${dim}]`);
+  if (weight.ndim !== 1 || weight.shape[0] !== dim)
+    throw new TensorError("BAD_SHAPE", `rmsNorm: weight ${JSON.stringify(weight.shape)} must be [${dim}]`);
   const be = sameDevice("rmsNorm", x, weight);
   const xf = dense(x);
   const wf = dense(weight);
@@ -370,10 +408,12 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-6): Tensor {
 
 /** Rotary embedding (HF rotate_half) on x [batch, seq, heads, headDim], positions i32 [batch, seq]. */
 export function rope(x: Tensor, positions: Tensor, theta = 10000): Tensor {
-  if (x.ndim !== 4) throw new TensorError("BAD_SHAPE", `rope: x must be [batch, seq, heads, headDim], got ${JSON.stringify(x.shape)}`);
+  if (x.ndim !== 4)
+    throw new TensorError("BAD_SHAPE", `rope: x must be [batch, seq, heads, headDim], got ${JSON.stringify(x.shape)}`);
   requireDtype(positions, "rope positions", "i32");
   const [batch, seq, heads, headDim] = x.shape;
-  if (positions.size !== batch * seq) throw new TensorError("BAD_SHAPE", `rope: positions ${JSON.stringify(positions.shape)} must be [${batch}, ${seq}]`);
+  if (positions.size !== batch * seq)
+    throw new TensorError("BAD_SHAPE", `rope: positions ${JSON.stringify(positions.shape)} must be [${batch}, ${seq}]`);
   const be = sameDevice("rope", x, positions);
   const xf = dense(x);
   const pf = dense(positions, "i32");
@@ -394,15 +434,26 @@ export interface AttentionArgs {
 
 /** Causal attention with grouped-query heads: q [b, h, s, d], k/v [b, kvh, s, d] → [b, h, s, d]. */
 export function attention(q: Tensor, k: Tensor, v: Tensor, args: AttentionArgs = {}): Tensor {
-  if (q.ndim !== 4 || k.ndim !== 4 || v.ndim !== 4) throw new TensorError("BAD_SHAPE", "attention: q, k, v must be 4-D [batch, heads, seq, headDim]");
+  if (q.ndim !== 4 || k.ndim !== 4 || v.ndim !== 4)
+    throw new TensorError("BAD_SHAPE", "attention: q, k, v must be 4-D [batch, heads, seq, headDim]");
   const [batch, heads, seq, headDim] = q.shape;
   const kvHeads = k.shape[1];
-  if (k.shape.join() !== v.shape.join() || k.shape[0] !== batch || k.shape[2] !== seq || k.shape[3] !== headDim || heads % kvHeads !== 0) {
-    throw new TensorError("BAD_SHAPE", `attention: q ${JSON.stringify(q.shape)}, k ${JSON.stringify(k.shape)}, v ${JSON.stringify(v.shape)} do not fit (heads must be a multiple of kvHeads)`);
+  if (
+    k.shape.join() !== v.shape.join() ||
+    k.shape[0] !== batch ||
+    k.shape[2] !== seq ||
+    k.shape[3] !== headDim ||
+    heads % kvHeads !== 0
+  ) {
+    throw new TensorError(
+      "BAD_SHAPE",
+      `attention: q ${JSON.stringify(q.shape)}, k ${JSON.stringify(k.shape)}, v ${JSON.stringify(v.shape)} do not fit (heads must be a multiple of kvHeads)`,
+    );
   }
   const be = sameDevice("attention", q, k, v);
   const seg = args.segmentIds ? dense(args.segmentIds, "i32") : undefined;
-  if (seg && seg.size !== batch * seq) throw new TensorError("BAD_SHAPE", `attention: segmentIds ${JSON.stringify(seg.shape)} must be [${batch}, ${seq}]`);
+  if (seg && seg.size !== batch * seq)
+    throw new TensorError("BAD_SHAPE", `attention: segmentIds ${JSON.stringify(seg.shape)} must be [${batch}, ${seq}]`);
   const qf = dense(q);
   const kf = dense(k);
   const vf = dense(v);
@@ -428,14 +479,22 @@ export function crossEntropy(logits: Tensor, labels: Tensor, args: CrossEntropyA
   requireDtype(labels, "crossEntropy labels", "i32");
   const vocab = logits.shape[logits.ndim - 1];
   const rows = logits.size / vocab;
-  if (labels.size !== rows) throw new TensorError("BAD_SHAPE", `crossEntropy: labels ${JSON.stringify(labels.shape)} must have ${rows} elements for logits ${JSON.stringify(logits.shape)}`);
+  if (labels.size !== rows)
+    throw new TensorError(
+      "BAD_SHAPE",
+      `crossEntropy: labels ${JSON.stringify(labels.shape)} must have ${rows} elements for logits ${JSON.stringify(logits.shape)}`,
+    );
   const ignoreIndex = args.ignoreIndex ?? -100;
   const be = sameDevice("crossEntropy", logits, labels);
   const xf = dense(logits);
   const lf = dense(labels, "i32");
   const r = be.crossEntropy(xf.buffer, lf.buffer, rows, vocab, ignoreIndex);
   const lse = fromBuffer(r.lse, be, [rows], "f32");
-  const perRow = record("crossEntropy", [logits], fromBuffer(r.loss, be, [rows], "f32"), [xf, lf, lse], { rows, vocab, ignoreIndex });
+  const perRow = record("crossEntropy", [logits], fromBuffer(r.loss, be, [rows], "f32"), [xf, lf, lse], {
+    rows,
+    vocab,
+    ignoreIndex,
+  });
   xf.dispose();
   lse.dispose();
   const reduction = args.reduction ?? "mean";
@@ -461,7 +520,11 @@ export function crossEntropy(logits: Tensor, labels: Tensor, args: CrossEntropyA
 
 /** silu(gate) · up. */
 export function swiglu(gate: Tensor, up: Tensor): Tensor {
-  if (gate.shape.join() !== up.shape.join()) throw new TensorError("BAD_SHAPE", `swiglu: gate ${JSON.stringify(gate.shape)} and up ${JSON.stringify(up.shape)} differ`);
+  if (gate.shape.join() !== up.shape.join())
+    throw new TensorError(
+      "BAD_SHAPE",
+      `swiglu: gate ${JSON.stringify(gate.shape)} and up ${JSON.stringify(up.shape)} differ`,
+    );
   const be = sameDevice("swiglu", gate, up);
   const gf = dense(gate);
   const uf = dense(up);
@@ -475,12 +538,16 @@ export function swiglu(gate: Tensor, up: Tensor): Tensor {
 /** weight [vocab, dim] gathered at i32 ids [...] → [..., dim]. */
 export function embedding(weight: Tensor, ids: Tensor): Tensor {
   requireDtype(ids, "embedding ids", "i32");
-  if (weight.ndim !== 2) throw new TensorError("BAD_SHAPE", `embedding: weight must be [vocab, dim], got ${JSON.stringify(weight.shape)}`);
+  if (weight.ndim !== 2)
+    throw new TensorError("BAD_SHAPE", `embedding: weight must be [vocab, dim], got ${JSON.stringify(weight.shape)}`);
   const [vocab, dim] = weight.shape;
   const be = sameDevice("embedding", weight, ids);
   const wf = dense(weight);
   const idf = dense(ids, "i32");
-  const out = castRaw(fromBuffer(be.embedding(wf.buffer, idf.buffer, ids.size, dim), be, [...ids.shape, dim], "f32"), weight.dtype);
+  const out = castRaw(
+    fromBuffer(be.embedding(wf.buffer, idf.buffer, ids.size, dim), be, [...ids.shape, dim], "f32"),
+    weight.dtype,
+  );
   wf.dispose();
   const res = record("embedding", [weight], out, [idf], { count: ids.size, dim, vocab });
   idf.dispose();
@@ -496,11 +563,16 @@ export interface QuantizedWeight {
 /** y = x · dequant(W)ᵀ for x [..., k]; backward gives dX only. */
 export function matmul4bit(x: Tensor, w: QuantizedWeight): Tensor {
   const [n, k] = w.buffers.shape;
-  if (x.shape[x.ndim - 1] !== k) throw new TensorError("BAD_SHAPE", `matmul4bit: x ${JSON.stringify(x.shape)} must end in ${k}`);
-  if (x.device !== w.backend.device) throw new TensorError("DEVICE_MISMATCH", `matmul4bit: x is on ${x.device}, weight on ${w.backend.device}`);
+  if (x.shape[x.ndim - 1] !== k)
+    throw new TensorError("BAD_SHAPE", `matmul4bit: x ${JSON.stringify(x.shape)} must end in ${k}`);
+  if (x.device !== w.backend.device)
+    throw new TensorError("DEVICE_MISMATCH", `matmul4bit: x is on ${x.device}, weight on ${w.backend.device}`);
   const m = x.size / k;
   const xf = dense(x);
-  const out = castRaw(fromBuffer(w.backend.matmul4bit(xf.buffer, w.buffers, m), w.backend, [...x.shape.slice(0, -1), n], "f32"), isFloat(x.dtype) ? x.dtype : "f32");
+  const out = castRaw(
+    fromBuffer(w.backend.matmul4bit(xf.buffer, w.buffers, m), w.backend, [...x.shape.slice(0, -1), n], "f32"),
+    isFloat(x.dtype) ? x.dtype : "f32",
+  );
   xf.dispose();
   return record("matmul4bit", [x], out, [], { w, m });
 }
@@ -525,7 +597,11 @@ export function cat(tensors: readonly Tensor[], dim = 0): Tensor {
   const be = sameDevice("cat", ...tensors);
   let total = 0;
   for (const t of tensors) {
-    if (t.ndim !== first.ndim || t.shape.some((s, i) => i !== d && s !== first.shape[i])) throw new TensorError("BAD_SHAPE", `cat: shapes ${JSON.stringify(first.shape)} and ${JSON.stringify(t.shape)} differ outside dim ${d}`);
+    if (t.ndim !== first.ndim || t.shape.some((s, i) => i !== d && s !== first.shape[i]))
+      throw new TensorError(
+        "BAD_SHAPE",
+        `cat: shapes ${JSON.stringify(first.shape)} and ${JSON.stringify(t.shape)} differ outside dim ${d}`,
+      );
     total += t.shape[d];
   }
   const dtype = tensors.every((t) => t.dtype === first.dtype) ? first.dtype : "f32";
@@ -556,6 +632,12 @@ export function stack(tensors: readonly Tensor[], dim = 0): Tensor {
 export function padNarrow(g: Tensor, inShape: Shape, dim: number, start: number): Tensor {
   const out = zeros(inShape, { backend: g.backend, dtype: "f32" });
   const strides = contiguousStrides(inShape);
-  copyInPlace(g.backend, out.buffer, { shape: g.shape, strides, offset: start * strides[dim] }, g.buffer, g.stridedView);
+  copyInPlace(
+    g.backend,
+    out.buffer,
+    { shape: g.shape, strides, offset: start * strides[dim] },
+    g.buffer,
+    g.stridedView,
+  );
   return out;
 }

@@ -36,14 +36,22 @@ export class AdamW {
     this.eps = config.eps ?? 1e-8;
     this.weightDecay = config.weightDecay ?? 0.01;
     for (const p of params) {
-      if (p.dtype !== "f32" || !p.isDense()) throw new TensorError("BAD_PARAM", `AdamW: parameter ${p} must be a dense f32 tensor`);
+      if (p.dtype !== "f32" || !p.isDense())
+        throw new TensorError("BAD_PARAM", `AdamW: parameter ${p} must be a dense f32 tensor`);
     }
   }
 
   /** One update of every parameter that has a .grad (in place). */
   step(): void {
     this.stepCount++;
-    const opts: AdamWOptions = { lr: this.lr, beta1: this.beta1, beta2: this.beta2, eps: this.eps, weightDecay: this.weightDecay, step: this.stepCount };
+    const opts: AdamWOptions = {
+      lr: this.lr,
+      beta1: this.beta1,
+      beta2: this.beta2,
+      eps: this.eps,
+      weightDecay: this.weightDecay,
+      step: this.stepCount,
+    };
     for (const p of this.params) {
       if (!p.grad) continue;
       let s = this.state.get(p);

@@ -12,7 +12,9 @@ describe("Philox-4x32-10 known-answer tests (Random123 kat_vectors)", () => {
     expect(hex(philox4x32([f, f, f, f], [f, f]))).toBe("408f276d 41c83b0e a20bc7c6 6d5451fd");
   });
   it("pi digits", () => {
-    expect(hex(philox4x32([0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344], [0xa4093822, 0x299f31d0]))).toBe("d16cfe09 94fdcceb 5001e420 24126ea1");
+    expect(hex(philox4x32([0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344], [0xa4093822, 0x299f31d0]))).toBe(
+      "d16cfe09 94fdcceb 5001e420 24126ea1",
+    );
   });
 });
 

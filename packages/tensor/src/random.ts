@@ -33,7 +33,11 @@ function mulhi(a: number, b: number): number {
 }
 
 /** One Philox-4x32-10 block: 4 counter words, 2 key words → 4 output words (unsigned 32-bit). */
-export function philox4x32(counter: readonly number[], key: readonly number[], out: Uint32Array = new Uint32Array(4)): Uint32Array {
+export function philox4x32(
+  counter: readonly number[],
+  key: readonly number[],
+  out: Uint32Array = new Uint32Array(4),
+): Uint32Array {
   let c0 = counter[0] >>> 0;
   let c1 = counter[1] >>> 0;
   let c2 = counter[2] >>> 0;
@@ -64,13 +68,13 @@ export function philox4x32(counter: readonly number[], key: readonly number[], o
 const TWO_32 = 4294967296;
 
 function fillWords(seed: number, offset: number, n: number, each: (block: Uint32Array, base: number) => void): void {
-  const key = [seed % TWO_32 >>> 0, Math.floor(seed / TWO_32) >>> 0];
+  const key = [(seed % TWO_32) >>> 0, Math.floor(seed / TWO_32) >>> 0];
   const block = new Uint32Array(4);
   const firstBlock = Math.floor(offset / 4);
   const nBlocks = Math.ceil(n / 4);
   for (let b = 0; b < nBlocks; b++) {
     const ctr = firstBlock + b;
-    philox4x32([ctr % TWO_32 >>> 0, Math.floor(ctr / TWO_32) >>> 0, 0, 0], key, block);
+    philox4x32([(ctr % TWO_32) >>> 0, Math.floor(ctr / TWO_32) >>> 0, 0, 0], key, block);
     each(block, b * 4);
   }
 }
@@ -81,7 +85,8 @@ export class Generator {
     public seed: number,
     public offset = 0,
   ) {
-    if (!Number.isSafeInteger(seed) || seed < 0) throw new RangeError(`Generator seed must be a non-negative safe integer, got ${seed}`);
+    if (!Number.isSafeInteger(seed) || seed < 0)
+      throw new RangeError(`Generator seed must be a non-negative safe integer, got ${seed}`);
   }
   /** n uniforms in [0, 1) at the current offset; advances the offset. */
   uniform(n: number): Float32Array {

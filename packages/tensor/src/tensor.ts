@@ -37,7 +37,9 @@ export function contiguousStrides(shape: Shape): number[] {
   return s;
 }
 function checkShape(shape: Shape, what: string): void {
-  for (const s of shape) if (!Number.isInteger(s) || s < 0) throw new TensorError("BAD_SHAPE", `${what}: shape ${JSON.stringify(shape)} must hold non-negative integers`);
+  for (const s of shape)
+    if (!Number.isInteger(s) || s < 0)
+      throw new TensorError("BAD_SHAPE", `${what}: shape ${JSON.stringify(shape)} must hold non-negative integers`);
 }
 
 let nextId = 1;
@@ -88,8 +90,10 @@ export class Tensor {
     return this._requiresGrad;
   }
   set requiresGrad(v: boolean) {
-    if (!this.isLeaf && !v) throw new TensorError("NOT_LEAF", "requiresGrad can only be cleared on leaf tensors; use detach()");
-    if (v && !isFloat(this.dtype)) throw new TensorError("BAD_DTYPE", `only float tensors can require gradients, this one is ${this.dtype}`);
+    if (!this.isLeaf && !v)
+      throw new TensorError("NOT_LEAF", "requiresGrad can only be cleared on leaf tensors; use detach()");
+    if (v && !isFloat(this.dtype))
+      throw new TensorError("BAD_DTYPE", `only float tensors can require gradients, this one is ${this.dtype}`);
     this._requiresGrad = v;
   }
   /** @internal mark a non-leaf output of a recorded op. */
@@ -112,7 +116,8 @@ export class Tensor {
   }
 
   assertAlive(what = "tensor"): void {
-    if (this._disposed || this.storage.freed) throw new TensorError("DISPOSED", `${what}: tensor #${this.id} ${JSON.stringify(this.shape)} was disposed`);
+    if (this._disposed || this.storage.freed)
+      throw new TensorError("DISPOSED", `${what}: tensor #${this.id} ${JSON.stringify(this.shape)} was disposed`);
   }
 
   /** Give this handle's storage reference back. Idempotent. Views keep the storage alive. */
@@ -186,7 +191,11 @@ export class Tensor {
     return record("reshape", [this], out, [], { inShape: this.shape });
   }
   view(...shapeArg: (number | Shape)[]): Tensor {
-    if (!this.isContiguous()) throw new TensorError("NOT_CONTIGUOUS", `view(): tensor ${JSON.stringify(this.shape)} is not contiguous; use reshape() or contiguous()`);
+    if (!this.isContiguous())
+      throw new TensorError(
+        "NOT_CONTIGUOUS",
+        `view(): tensor ${JSON.stringify(this.shape)} is not contiguous; use reshape() or contiguous()`,
+      );
     return this.reshape(...shapeArg);
   }
   flatten(): Tensor {
@@ -194,7 +203,8 @@ export class Tensor {
   }
   permute(...dimsArg: (number | Shape)[]): Tensor {
     const dims = flatShape(dimsArg).map((d) => normDim(d, this.ndim, "permute"));
-    if (dims.length !== this.ndim || new Set(dims).size !== dims.length) throw new TensorError("BAD_DIMS", `permute(${dims}): expected a permutation of 0..${this.ndim - 1}`);
+    if (dims.length !== this.ndim || new Set(dims).size !== dims.length)
+      throw new TensorError("BAD_DIMS", `permute(${dims}): expected a permutation of 0..${this.ndim - 1}`);
     const out = this._alias(
       dims.map((d) => this.shape[d]),
       dims.map((d) => this.strides[d]),
@@ -221,8 +231,17 @@ export class Tensor {
   narrow(dim: number, start: number, length: number): Tensor {
     const d = normDim(dim, this.ndim, "narrow");
     if (start < 0) start += this.shape[d];
-    if (!Number.isInteger(start) || !Number.isInteger(length) || start < 0 || length < 0 || start + length > this.shape[d]) {
-      throw new TensorError("BAD_RANGE", `narrow(dim ${dim}, start ${start}, length ${length}) is outside size ${this.shape[d]}`);
+    if (
+      !Number.isInteger(start) ||
+      !Number.isInteger(length) ||
+      start < 0 ||
+      length < 0 ||
+      start + length > this.shape[d]
+    ) {
+      throw new TensorError(
+        "BAD_RANGE",
+        `narrow(dim ${dim}, start ${start}, length ${length}) is outside size ${this.shape[d]}`,
+      );
     }
     const shape = [...this.shape];
     shape[d] = length;
@@ -241,7 +260,8 @@ export class Tensor {
   }
   expand(...shapeArg: (number | Shape)[]): Tensor {
     const shape = flatShape(shapeArg);
-    if (shape.length < this.ndim) throw new TensorError("BAD_SHAPE", `expand(${shape}): fewer dims than the tensor ${JSON.stringify(this.shape)}`);
+    if (shape.length < this.ndim)
+      throw new TensorError("BAD_SHAPE", `expand(${shape}): fewer dims than the tensor ${JSON.stringify(this.shape)}`);
     const lead = shape.length - this.ndim;
     const strides = new Array<number>(shape.length);
     const outShape = new Array<number>(shape.length);
@@ -252,7 +272,11 @@ export class Tensor {
       if (src < 0) strides[i] = 0;
       else if (this.shape[src] === want) strides[i] = this.strides[src];
       else if (this.shape[src] === 1) strides[i] = 0;
-      else throw new TensorError("BAD_SHAPE", `expand: cannot expand ${JSON.stringify(this.shape)} to ${JSON.stringify(shape)}`);
+      else
+        throw new TensorError(
+          "BAD_SHAPE",
+          `expand: cannot expand ${JSON.stringify(this.shape)} to ${JSON.stringify(shape)}`,
+        );
     }
     const out = this._alias(outShape, strides, this.offset);
     return record("expand", [this], out, [], { inShape: this.shape });
@@ -321,45 +345,108 @@ export class Tensor {
     let host = this.backend.toHost(src);
     if (temp) this.backend.free(temp);
     // an f64-mode reference backend hands out Float64Array for f32: narrow it unless the target is f64 too
-    if (this.dtype === "f32" && !(host instanceof Float32Array) && !isF64Backend(backend)) host = Float32Array.from(host as ArrayLike<number>);
+    if (this.dtype === "f32" && !(host instanceof Float32Array) && !isF64Backend(backend))
+      host = Float32Array.from(host as ArrayLike<number>);
     const out = fromBuffer(backend.fromHost(host, this.dtype), backend, this.shape, this.dtype);
     return record("toBackend", [this], out, [], { backend: this.backend });
   }
 
   // ---- compute (see ./ops)
-  add(b: TensorLike): Tensor { return ops.add(this, b); }
-  sub(b: TensorLike): Tensor { return ops.sub(this, b); }
-  mul(b: TensorLike): Tensor { return ops.mul(this, b); }
-  div(b: TensorLike): Tensor { return ops.div(this, b); }
-  pow(b: TensorLike): Tensor { return ops.pow(this, b); }
-  maximum(b: TensorLike): Tensor { return ops.maximum(this, b); }
-  minimum(b: TensorLike): Tensor { return ops.minimum(this, b); }
-  eq(b: TensorLike): Tensor { return ops.eq(this, b); }
-  gt(b: TensorLike): Tensor { return ops.gt(this, b); }
-  lt(b: TensorLike): Tensor { return ops.lt(this, b); }
-  neg(): Tensor { return ops.unary("neg", this); }
-  exp(): Tensor { return ops.unary("exp", this); }
-  log(): Tensor { return ops.unary("log", this); }
-  sqrt(): Tensor { return ops.unary("sqrt", this); }
-  rsqrt(): Tensor { return ops.unary("rsqrt", this); }
-  abs(): Tensor { return ops.unary("abs", this); }
-  sigmoid(): Tensor { return ops.unary("sigmoid", this); }
-  silu(): Tensor { return ops.unary("silu", this); }
-  relu(): Tensor { return ops.unary("relu", this); }
-  tanh(): Tensor { return ops.unary("tanh", this); }
-  reciprocal(): Tensor { return ops.unary("recip", this); }
-  square(): Tensor { return ops.unary("square", this); }
-  sign(): Tensor { return ops.unary("sign", this); }
-  sum(dims?: number | readonly number[], keepdim = false): Tensor { return ops.sum(this, dims, keepdim); }
-  mean(dims?: number | readonly number[], keepdim = false): Tensor { return ops.mean(this, dims, keepdim); }
-  max(dims?: number | readonly number[], keepdim = false): Tensor { return ops.max(this, dims, keepdim); }
-  min(dims?: number | readonly number[], keepdim = false): Tensor { return ops.min(this, dims, keepdim); }
-  matmul(b: Tensor): Tensor { return ops.matmul(this, b); }
-  softmax(dim = -1): Tensor { return ops.softmax(this, dim); }
-  logSoftmax(dim = -1): Tensor { return ops.logSoftmax(this, dim); }
+  add(b: TensorLike): Tensor {
+    return ops.add(this, b);
+  }
+  sub(b: TensorLike): Tensor {
+    return ops.sub(this, b);
+  }
+  mul(b: TensorLike): Tensor {
+    return ops.mul(this, b);
+  }
+  div(b: TensorLike): Tensor {
+    return ops.div(this, b);
+  }
+  pow(b: TensorLike): Tensor {
+    return ops.pow(this, b);
+  }
+  maximum(b: TensorLike): Tensor {
+    return ops.maximum(this, b);
+  }
+  minimum(b: TensorLike): Tensor {
+    return ops.minimum(this, b);
+  }
+  eq(b: TensorLike): Tensor {
+    return ops.eq(this, b);
+  }
+  gt(b: TensorLike): Tensor {
+    return ops.gt(this, b);
+  }
+  lt(b: TensorLike): Tensor {
+    return ops.lt(this, b);
+  }
+  neg(): Tensor {
+    return ops.unary("neg", this);
+  }
+  exp(): Tensor {
+    return ops.unary("exp", this);
+  }
+  log(): Tensor {
+    return ops.unary("log", this);
+  }
+  sqrt(): Tensor {
+    return ops.unary("sqrt", this);
+  }
+  rsqrt(): Tensor {
+    return ops.unary("rsqrt", this);
+  }
+  abs(): Tensor {
+    return ops.unary("abs", this);
+  }
+  sigmoid(): Tensor {
+    return ops.unary("sigmoid", this);
+  }
+  silu(): Tensor {
+    return ops.unary("silu", this);
+  }
+  relu(): Tensor {
+    return ops.unary("relu", this);
+  }
+  tanh(): Tensor {
+    return ops.unary("tanh", this);
+  }
+  reciprocal(): Tensor {
+    return ops.unary("recip", this);
+  }
+  square(): Tensor {
+    return ops.unary("square", this);
+  }
+  sign(): Tensor {
+    return ops.unary("sign", this);
+  }
+  sum(dims?: number | readonly number[], keepdim = false): Tensor {
+    return ops.sum(this, dims, keepdim);
+  }
+  mean(dims?: number | readonly number[], keepdim = false): Tensor {
+    return ops.mean(this, dims, keepdim);
+  }
+  max(dims?: number | readonly number[], keepdim = false): Tensor {
+    return ops.max(this, dims, keepdim);
+  }
+  min(dims?: number | readonly number[], keepdim = false): Tensor {
+    return ops.min(this, dims, keepdim);
+  }
+  matmul(b: Tensor): Tensor {
+    return ops.matmul(this, b);
+  }
+  softmax(dim = -1): Tensor {
+    return ops.softmax(this, dim);
+  }
+  logSoftmax(dim = -1): Tensor {
+    return ops.logSoftmax(this, dim);
+  }
 
   /** Reverse-mode autograd from this tensor (see ./autograd). */
-  backward(grad?: Tensor): void { runBackward(this, grad); }
+  backward(grad?: Tensor): void {
+    runBackward(this, grad);
+  }
 
   toString(): string {
     return `Tensor(${JSON.stringify(this.shape)}, ${this.dtype}, ${this.backend.name}${this.requiresGrad ? ", requiresGrad" : ""})`;
@@ -374,17 +461,20 @@ function resolveShape(shape: number[], total: number, what: string): number[] {
   const neg = shape.indexOf(-1);
   if (neg >= 0) {
     const rest = shape.reduce((a, b, i) => (i === neg ? a : a * b), 1);
-    if (rest === 0 || total % rest !== 0) throw new TensorError("BAD_SHAPE", `${what}: cannot infer -1 in ${JSON.stringify(shape)} for ${total} elements`);
+    if (rest === 0 || total % rest !== 0)
+      throw new TensorError("BAD_SHAPE", `${what}: cannot infer -1 in ${JSON.stringify(shape)} for ${total} elements`);
     shape = [...shape];
     shape[neg] = total / rest;
   }
   checkShape(shape, what);
-  if (numel(shape) !== total) throw new TensorError("BAD_SHAPE", `${what}: shape ${JSON.stringify(shape)} does not hold ${total} elements`);
+  if (numel(shape) !== total)
+    throw new TensorError("BAD_SHAPE", `${what}: shape ${JSON.stringify(shape)} does not hold ${total} elements`);
   return shape;
 }
 export function normDim(d: number, ndim: number, what: string): number {
   const r = d < 0 ? d + ndim : d;
-  if (!Number.isInteger(r) || r < 0 || r >= Math.max(ndim, 1)) throw new TensorError("BAD_DIMS", `${what}: dim ${d} is out of range for ${ndim} dims`);
+  if (!Number.isInteger(r) || r < 0 || r >= Math.max(ndim, 1))
+    throw new TensorError("BAD_DIMS", `${what}: dim ${d} is out of range for ${ndim} dims`);
   return r;
 }
 
@@ -471,10 +561,15 @@ export function tensor(data: Nested | ArrayLike<number>, o?: CreateOptions & { s
   let dtype: DType | undefined = o?.dtype;
   if (data instanceof Uint16Array) {
     // bf16/f16 bit patterns (as read from a checkpoint): uploaded as they are
-    if (dtype !== "bf16" && dtype !== "f16") throw new TensorError("BAD_DTYPE", `tensor: a Uint16Array holds bf16/f16 bit patterns; pass dtype "bf16" or "f16" (got ${dtype ?? "none"})`);
+    if (dtype !== "bf16" && dtype !== "f16")
+      throw new TensorError(
+        "BAD_DTYPE",
+        `tensor: a Uint16Array holds bf16/f16 bit patterns; pass dtype "bf16" or "f16" (got ${dtype ?? "none"})`,
+      );
     shape = o?.shape ? [...o.shape] : [data.length];
     checkShape(shape, "tensor");
-    if (numel(shape) !== data.length) throw new TensorError("BAD_SHAPE", `tensor: ${data.length} values do not fill shape ${JSON.stringify(shape)}`);
+    if (numel(shape) !== data.length)
+      throw new TensorError("BAD_SHAPE", `tensor: ${data.length} values do not fill shape ${JSON.stringify(shape)}`);
     const be = resolveBackend(o);
     return finish(fromBuffer(be.fromHost(data, dtype), be, shape, dtype), o);
   }
@@ -487,7 +582,8 @@ export function tensor(data: Nested | ArrayLike<number>, o?: CreateOptions & { s
     flat = (Array.isArray(data) ? (data as Nested[]).flat(Infinity as 1) : [data]).map((v) => Number(v)) as number[];
   }
   checkShape(shape, "tensor");
-  if (numel(shape) !== flat.length) throw new TensorError("BAD_SHAPE", `tensor: ${flat.length} values do not fill shape ${JSON.stringify(shape)}`);
+  if (numel(shape) !== flat.length)
+    throw new TensorError("BAD_SHAPE", `tensor: ${flat.length} values do not fill shape ${JSON.stringify(shape)}`);
   dtype = dtype ?? "f32";
   const be = resolveBackend(o);
   // upload as f32/i32/u8 and cast on the backend for half types (the backend owns the rounding)
@@ -497,7 +593,12 @@ export function tensor(data: Nested | ArrayLike<number>, o?: CreateOptions & { s
     buf = be.copy(tmp, { shape: [flat.length], strides: [1], offset: 0 }, dtype);
     be.free(tmp);
   } else {
-    const host: HostArray = dtype === "f32" ? Float32Array.from(flat) : dtype === "i32" ? Int32Array.from(flat) : Uint8Array.from(flat, (v) => (dtype === "bool" ? (v ? 1 : 0) : v));
+    const host: HostArray =
+      dtype === "f32"
+        ? Float32Array.from(flat)
+        : dtype === "i32"
+          ? Int32Array.from(flat)
+          : Uint8Array.from(flat, (v) => (dtype === "bool" ? (v ? 1 : 0) : v));
     buf = be.fromHost(host, dtype);
   }
   return finish(fromBuffer(buf, be, shape, dtype), o);
@@ -538,7 +639,8 @@ function collect(x: Keepable, out: Set<Tensor>, depth = 0): void {
     return;
   }
   if (Array.isArray(x)) for (const v of x) collect(v, out, depth + 1);
-  else if (Object.getPrototypeOf(x) === Object.prototype) for (const v of Object.values(x as object)) collect(v, out, depth + 1);
+  else if (Object.getPrototypeOf(x) === Object.prototype)
+    for (const v of Object.values(x as object)) collect(v, out, depth + 1);
 }
 
 /**

@@ -10,12 +10,31 @@ import { be64, gradCheck, randomValues, t64 } from "./helpers";
 
 // Finite-difference checks run in float64 (the reference backend's f64 test mode): tolerance 1e-7.
 const TOL = 1e-7;
-const inp = (shape: number[], seed: number, lo = -1, hi = 1, grad = true) => ({ shape, values: randomValues(shape.reduce((a, b) => a * b, 1), seed, lo, hi), grad });
+const inp = (shape: number[], seed: number, lo = -1, hi = 1, grad = true) => ({
+  shape,
+  values: randomValues(
+    shape.reduce((a, b) => a * b, 1),
+    seed,
+    lo,
+    hi,
+  ),
+  grad,
+});
 
 describe("gradients vs central finite differences (float64)", () => {
   const unaries: [UnaryOp, number, number][] = [
-    ["neg", -2, 2], ["exp", -2, 2], ["log", 0.2, 3], ["sqrt", 0.2, 3], ["rsqrt", 0.2, 3], ["abs", 0.1, 2], ["sigmoid", -3, 3],
-    ["silu", -3, 3], ["relu", 0.1, 2], ["tanh", -2, 2], ["recip", 0.3, 3], ["square", -2, 2],
+    ["neg", -2, 2],
+    ["exp", -2, 2],
+    ["log", 0.2, 3],
+    ["sqrt", 0.2, 3],
+    ["rsqrt", 0.2, 3],
+    ["abs", 0.1, 2],
+    ["sigmoid", -3, 3],
+    ["silu", -3, 3],
+    ["relu", 0.1, 2],
+    ["tanh", -2, 2],
+    ["recip", 0.3, 3],
+    ["square", -2, 2],
   ];
   for (const [op, lo, hi] of unaries) {
     it(`unary ${op}`, () => {
@@ -48,7 +67,9 @@ describe("gradients vs central finite differences (float64)", () => {
   it("matmul: batched, broadcast batch dims, transposed views, 1-D", () => {
     expect(gradCheck((a, b) => ops.matmul(a, b), [inp([2, 3, 4], 10), inp([4, 5], 11)])).toBeLessThan(TOL);
     expect(gradCheck((a, b) => ops.matmul(a, b), [inp([2, 1, 3, 4], 12), inp([3, 4, 2], 13)])).toBeLessThan(TOL);
-    expect(gradCheck((a, b) => ops.matmul(a, b.transpose(-1, -2)), [inp([3, 4], 14), inp([5, 4], 15)])).toBeLessThan(TOL);
+    expect(gradCheck((a, b) => ops.matmul(a, b.transpose(-1, -2)), [inp([3, 4], 14), inp([5, 4], 15)])).toBeLessThan(
+      TOL,
+    );
     expect(gradCheck((a, b) => ops.matmul(a.transpose(0, 1), b), [inp([4, 3], 16), inp([4, 2], 17)])).toBeLessThan(TOL);
     expect(gradCheck((a, b) => ops.matmul(a, b), [inp([4], 18), inp([4, 3], 19)])).toBeLessThan(TOL);
   });
@@ -71,7 +92,9 @@ describe("gradients vs central finite differences (float64)", () => {
     expect(gradCheck((x) => ops.logSoftmax(x), [inp([3, 7], 32, -3, 3)])).toBeLessThan(TOL);
   });
   it("rmsNorm (x and weight)", () => {
-    expect(gradCheck((x, w) => ops.rmsNorm(x, w, 1e-5), [inp([2, 3, 8], 40), inp([8], 41, 0.5, 1.5)])).toBeLessThan(TOL);
+    expect(gradCheck((x, w) => ops.rmsNorm(x, w, 1e-5), [inp([2, 3, 8], 40), inp([8], 41, 0.5, 1.5)])).toBeLessThan(
+      TOL,
+    );
   });
   it("rope", () => {
     const pos = t64([0, 1, 2, 5, 3, 0, 7, 100], [2, 4]).cast("i32");
@@ -83,7 +106,9 @@ describe("gradients vs central finite differences (float64)", () => {
     const v = inp([2, 2, 5, 3], 52);
     expect(gradCheck((a, b, c) => ops.attention(a, b, c), [q, k, v])).toBeLessThan(TOL);
     const seg = t64([0, 0, 1, 1, 1, 0, 1, 1, 2, 2], [2, 5]).cast("i32");
-    expect(gradCheck((a, b, c) => ops.attention(a, b, c, { segmentIds: seg, scale: 0.7 }), [q, k, v])).toBeLessThan(TOL);
+    expect(gradCheck((a, b, c) => ops.attention(a, b, c, { segmentIds: seg, scale: 0.7 }), [q, k, v])).toBeLessThan(
+      TOL,
+    );
   });
   it("crossEntropy mean (with ignored rows), sum and none", () => {
     const labels = t64([3, -100, 0, 4, -100, 1], [2, 3]).cast("i32");
@@ -100,10 +125,15 @@ describe("gradients vs central finite differences (float64)", () => {
     expect(gradCheck((w) => ops.embedding(w, ids), [inp([4, 5], 80)])).toBeLessThan(TOL);
   });
   it("dropout (fixed seed) and checkpoint (recompute with a parameter inside and dropout)", () => {
-    expect(gradCheck((x) => {
-      manualSeed(5);
-      return ops.dropout(x, 0.3, true);
-    }, [inp([4, 6], 90)])).toBeLessThan(TOL);
+    expect(
+      gradCheck(
+        (x) => {
+          manualSeed(5);
+          return ops.dropout(x, 0.3, true);
+        },
+        [inp([4, 6], 90)],
+      ),
+    ).toBeLessThan(TOL);
     const w = t64(randomValues(12, 91), [4, 3], true);
     const block = (x: Tensor) => {
       const h = ops.matmul(x, w);
@@ -113,10 +143,15 @@ describe("gradients vs central finite differences (float64)", () => {
       a.dispose();
       return d;
     };
-    expect(gradCheck((x) => {
-      manualSeed(6);
-      return checkpoint(block, x);
-    }, [inp([2, 4], 92)])).toBeLessThan(TOL);
+    expect(
+      gradCheck(
+        (x) => {
+          manualSeed(6);
+          return checkpoint(block, x);
+        },
+        [inp([2, 4], 92)],
+      ),
+    ).toBeLessThan(TOL);
     // the parameter inside the checkpoint got the same gradient as without checkpointing
     w.grad?.dispose();
     w.grad = null;

@@ -8,7 +8,11 @@ describe("module entry order", () => {
   for (const entry of ["src/ops.ts", "src/grad-rules.ts", "src/autograd.ts"]) {
     it(`importing ${entry} first works`, () => {
       const code = `import("./${entry}").then(async () => { const t = await import("./src/index.ts"); const x = t.tensor([1,2,3], { requiresGrad: true }); const l = t.maximum(x, 2).sum(); l.backward(); console.log(x.grad.toArray().join(",")); })`;
-      const out = execFileSync(process.execPath, ["--import", "tsx", "-e", code], { cwd: root, encoding: "utf8", env: { ...process.env, NODE_OPTIONS: "--conditions=@qlora/source" } });
+      const out = execFileSync(process.execPath, ["--import", "tsx", "-e", code], {
+        cwd: root,
+        encoding: "utf8",
+        env: { ...process.env, NODE_OPTIONS: "--conditions=@qlora/source" },
+      });
       expect(out.trim()).toBe("0,0.5,1");
     });
   }

@@ -38,7 +38,14 @@ describe("nn.Module", () => {
     manualSeed(1);
     const net = new Net();
     const names = Object.keys(net.stateDict());
-    expect(names).toEqual(["embed.weight", "layers0.norm.weight", "layers0.up.weight", "layers0.up.bias", "layers0.down.weight", "lm_head.weight"]);
+    expect(names).toEqual([
+      "embed.weight",
+      "layers0.norm.weight",
+      "layers0.up.weight",
+      "layers0.up.bias",
+      "layers0.down.weight",
+      "lm_head.weight",
+    ]);
     expect(net.parameters().every((p) => p.requiresGrad)).toBe(true);
     net.eval();
     expect(net.block.drop.training).toBe(false);
@@ -85,7 +92,12 @@ describe("Linear4bit", () => {
     it(`${c.quantType} dq=${c.doubleQuant}: forward = dequantize-then-matmul, dX = dY·dequant(W)`, () => {
       const [out, inF] = [24, 40];
       const wv = Float32Array.from(randomValues(out * inF, 7, -0.5, 0.5));
-      const state = quantize4bit(wv, { quantType: c.quantType, doubleQuant: c.doubleQuant, blocksize: c.blocksize, shape: [out, inF] });
+      const state = quantize4bit(wv, {
+        quantType: c.quantType,
+        doubleQuant: c.doubleQuant,
+        blocksize: c.blocksize,
+        shape: [out, inF],
+      });
       const bias = tensor(Float32Array.from(randomValues(out, 8)));
       const layer = new Linear4bit(state, { bias });
       const W = tensor(dequantize4bit(state, "float32") as Float32Array, { shape: [out, inF] });
@@ -112,16 +124,29 @@ describe("Linear4bit", () => {
     });
   }
   it("input gradient matches float64 finite differences", () => {
-    const state = quantize4bit(Float32Array.from(randomValues(6 * 32, 11)), { shape: [6, 32], blocksize: 32, doubleQuant: true });
+    const state = quantize4bit(Float32Array.from(randomValues(6 * 32, 11)), {
+      shape: [6, 32],
+      blocksize: 32,
+      doubleQuant: true,
+    });
     const layer = new Linear4bit(state, { backend: be64 });
-    expect(gradCheck((x) => layer.forward(x), [{ values: randomValues(2 * 32, 12), shape: [2, 32] }])).toBeLessThan(1e-7);
+    expect(gradCheck((x) => layer.forward(x), [{ values: randomValues(2 * 32, 12), shape: [2, 32] }])).toBeLessThan(
+      1e-7,
+    );
     layer.dispose();
   });
   it("fromWeight quantizes; stateDict is the bitsandbytes key set and loads back", () => {
     const w = tensor(Float32Array.from(randomValues(16 * 64, 13)), { shape: [16, 64] });
     const layer = Linear4bit.fromWeight(w, { doubleQuant: true });
     const sd = layer.stateDict();
-    expect(Object.keys(sd).sort()).toEqual(["weight", "weight.absmax", "weight.nested_absmax", "weight.nested_quant_map", "weight.quant_map", "weight.quant_state.bitsandbytes__nf4"]);
+    expect(Object.keys(sd).sort()).toEqual([
+      "weight",
+      "weight.absmax",
+      "weight.nested_absmax",
+      "weight.nested_quant_map",
+      "weight.quant_map",
+      "weight.quant_state.bitsandbytes__nf4",
+    ]);
     expect(sd.weight.dtype).toBe("u8");
     expect(sd.weight.shape).toEqual([512, 1]);
     const other = Linear4bit.fromWeight(randn([16, 64]), { doubleQuant: true });
@@ -139,8 +164,20 @@ describe("memory stays flat over 100 training steps (AdamW, reference backend)",
     const net = new Net();
     const frozen = Linear4bit.fromWeight(randn([8, 8]), { doubleQuant: true });
     const opt = new AdamW(net.parameters(), { lr: 1e-2 });
-    const ids = tensor([[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 0, 1]], { dtype: "i32" });
-    const labels = tensor([[2, 3, 4, 5, 6, -100], [8, 9, 10, 0, 1, -100]], { dtype: "i32" });
+    const ids = tensor(
+      [
+        [1, 2, 3, 4, 5, 6],
+        [7, 8, 9, 10, 0, 1],
+      ],
+      { dtype: "i32" },
+    );
+    const labels = tensor(
+      [
+        [2, 3, 4, 5, 6, -100],
+        [8, 9, 10, 0, 1, -100],
+      ],
+      { dtype: "i32" },
+    );
     let at10 = 0;
     const losses: number[] = [];
     for (let step = 1; step <= 100; step++) {

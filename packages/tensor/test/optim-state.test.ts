@@ -41,7 +41,10 @@ describe("AdamW optimizer state allocation", () => {
   it("allocates m and v through backend.allocState when the backend has one, with the same result", () => {
     const { be, stateCalls, stateFrees } = pagingBackend();
     const paged = stepOnce(be);
-    expect(stateCalls).toEqual([["f32", 6], ["f32", 6]]); // once per state, not per step
+    expect(stateCalls).toEqual([
+      ["f32", 6],
+      ["f32", 6],
+    ]); // once per state, not per step
     const plain = stepOnce(createReferenceBackend());
     expect(paged.param).toEqual(plain.param);
     paged.opt.dispose();

@@ -1,7 +1,14 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { checkpoint, noGrad } from "../src/autograd";
 import { createReferenceBackend } from "../src/backend/reference";
-import { availableBackends, backendChoice, getBackend, registerBackend, setDefaultBackend, unregisterBackend } from "../src/backend/registry";
+import {
+  availableBackends,
+  backendChoice,
+  getBackend,
+  registerBackend,
+  setDefaultBackend,
+  unregisterBackend,
+} from "../src/backend/registry";
 import { BackendOpError } from "../src/backend/types";
 import type { Backend } from "../src/backend/types";
 import { TensorError } from "../src/errors";
@@ -22,7 +29,10 @@ describe("creation and dtypes", () => {
     expect(a.dtype).toBe("i32");
     expect(a.toArray()).toEqual([0, 1, 2, 3, 4]);
     expect(arange(0, 1, 0.25).toArray()).toEqual([0, 0.25, 0.5, 0.75]);
-    const t = tensor([[1, 2, 3], [4, 5, 6]]);
+    const t = tensor([
+      [1, 2, 3],
+      [4, 5, 6],
+    ]);
     expect(t.shape).toEqual([2, 3]);
     expect(t.strides).toEqual([3, 1]);
     expect(tensor(new Int32Array([7, -1])).dtype).toBe("i32");
@@ -100,7 +110,10 @@ describe("views share storage without copies", () => {
 
 describe("ops", () => {
   it("broadcasting binary ops, reductions with keepdim", () => {
-    const a = tensor([[1, 2, 3], [4, 5, 6]]);
+    const a = tensor([
+      [1, 2, 3],
+      [4, 5, 6],
+    ]);
     const b = tensor([10, 20, 30]);
     expect(a.add(b).toArray()).toEqual([11, 22, 33, 14, 25, 36]);
     expect(a.sum(0).toArray()).toEqual([5, 7, 9]);
@@ -118,12 +131,20 @@ describe("ops", () => {
     expect(c.shape).toEqual([2, 3, 2, 2]);
     const c10 = c.narrow(0, 1, 1).narrow(1, 2, 1).reshape([2, 2]).toArray();
     // a[1,0] = [[6,7,8],[9,10,11]], b[2] = [[12,13],[14,15],[16,17]]
-    expect(c10).toEqual([6 * 12 + 7 * 14 + 8 * 16, 6 * 13 + 7 * 15 + 8 * 17, 9 * 12 + 10 * 14 + 11 * 16, 9 * 13 + 10 * 15 + 11 * 17]);
+    expect(c10).toEqual([
+      6 * 12 + 7 * 14 + 8 * 16,
+      6 * 13 + 7 * 15 + 8 * 17,
+      9 * 12 + 10 * 14 + 11 * 16,
+      9 * 13 + 10 * 15 + 11 * 17,
+    ]);
     const bf = a.to("bf16").matmul(b.to("bf16"));
     expect(bf.dtype).toBe("bf16");
   });
   it("softmax rows sum to 1; logSoftmax = log(softmax)", () => {
-    const x = tensor([[1, 2, 3], [0, 0, 10]]);
+    const x = tensor([
+      [1, 2, 3],
+      [0, 0, 10],
+    ]);
     const s = x.softmax();
     const rs = s.sum(-1).toArray();
     for (const v of rs) expect(v).toBeCloseTo(1, 6);
@@ -133,9 +154,13 @@ describe("ops", () => {
     });
   });
   it("crossEntropy mean over non-ignored tokens; sum option", () => {
-    const logits = tensor([[1, 2, 3], [1, 1, 1], [0, 5, 0]]);
+    const logits = tensor([
+      [1, 2, 3],
+      [1, 1, 1],
+      [0, 5, 0],
+    ]);
     const labels = tensor([2, -100, 1], { dtype: "i32" });
-    const l1 = 3 - Math.log(Math.exp(1) + Math.exp(2) + Math.exp(3)) ;
+    const l1 = 3 - Math.log(Math.exp(1) + Math.exp(2) + Math.exp(3));
     const l3 = 5 - Math.log(2 + Math.exp(5));
     expect(ops.crossEntropy(logits, labels).item()).toBeCloseTo(-(l1 + l3) / 2, 5);
     expect(ops.crossEntropy(logits, labels, { reduction: "sum" }).item()).toBeCloseTo(-(l1 + l3), 5);
@@ -157,7 +182,7 @@ describe("autograd bookkeeping", () => {
     const w = x.mul(3).sum();
     w.backward();
     expect(x.grad!.toArray()).toEqual([5, 7, 9]); // accumulates
-    expect(() => tensor([1], { dtype: "i32" }).requiresGrad = true).toThrow(TensorError);
+    expect(() => (tensor([1], { dtype: "i32" }).requiresGrad = true)).toThrow(TensorError);
   });
   it("saved tensors are released by backward: memory returns to the baseline", () => {
     const w = randn([8, 8], { requiresGrad: true });
@@ -166,7 +191,10 @@ describe("autograd bookkeeping", () => {
     const loss = tidy(() => {
       const h = ops.matmul(x, w).tanh();
       const s = ops.softmax(h);
-      return ops.rmsNorm(s, ones([8]), 1e-5).square().mean();
+      return ops
+        .rmsNorm(s, ones([8]), 1e-5)
+        .square()
+        .mean();
     });
     expect(memoryStats("cpu").currentBytes).toBeGreaterThan(base); // graph holds saved tensors
     loss.backward();

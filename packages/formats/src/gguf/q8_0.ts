@@ -14,7 +14,8 @@ function roundf(x: number): number {
  * amax = max|x|, d = amax / 127, id = d ? 1/d : 0, q = roundf(x * id); stored as fp16 d + 32 int8.
  */
 export function quantizeQ8_0(x: ArrayLike<number>): Uint8Array {
-  if (x.length % Q8_0_BLOCK !== 0) throw new GgufError("block_size", `Q8_0 needs a multiple of ${Q8_0_BLOCK} values, got ${x.length}`);
+  if (x.length % Q8_0_BLOCK !== 0)
+    throw new GgufError("block_size", `Q8_0 needs a multiple of ${Q8_0_BLOCK} values, got ${x.length}`);
   const nb = x.length / Q8_0_BLOCK;
   const out = new Uint8Array(nb * Q8_0_BLOCK_BYTES);
   const view = new DataView(out.buffer);
@@ -39,10 +40,15 @@ export function quantizeQ8_0(x: ArrayLike<number>): Uint8Array {
 
 /** ggml `dequantize_row_q8_0`: y = q * fp16_to_fp32(d). */
 export function dequantizeQ8_0(bytes: Uint8Array, count?: number): Float32Array {
-  if (bytes.byteLength % Q8_0_BLOCK_BYTES !== 0) throw new GgufError("size_mismatch", `Q8_0 data must be a multiple of ${Q8_0_BLOCK_BYTES} bytes, got ${bytes.byteLength}`);
+  if (bytes.byteLength % Q8_0_BLOCK_BYTES !== 0)
+    throw new GgufError(
+      "size_mismatch",
+      `Q8_0 data must be a multiple of ${Q8_0_BLOCK_BYTES} bytes, got ${bytes.byteLength}`,
+    );
   const nb = bytes.byteLength / Q8_0_BLOCK_BYTES;
   const n = count ?? nb * Q8_0_BLOCK;
-  if (n !== nb * Q8_0_BLOCK) throw new GgufError("size_mismatch", `${bytes.byteLength} bytes of Q8_0 hold ${nb * Q8_0_BLOCK} values, not ${n}`);
+  if (n !== nb * Q8_0_BLOCK)
+    throw new GgufError("size_mismatch", `${bytes.byteLength} bytes of Q8_0 hold ${nb * Q8_0_BLOCK} values, not ${n}`);
   const out = new Float32Array(n);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   for (let i = 0; i < nb; i++) {

@@ -1,6 +1,12 @@
 import { FormatsError, GgufError, type FormatsErrorCode } from "../errors";
 import { FileSource, allocBytes, type ByteSource } from "../source";
-import { iterateChunksOf, type ChunkOptions, type IterateOptions, type TensorChunk, type TensorPiece } from "../safetensors/reader";
+import {
+  iterateChunksOf,
+  type ChunkOptions,
+  type IterateOptions,
+  type TensorChunk,
+  type TensorPiece,
+} from "../safetensors/reader";
 import {
   GGML_TYPE_TRAITS,
   GGUF_DEFAULT_ALIGNMENT,
@@ -56,13 +62,19 @@ class Cursor {
 
   /** Makes `n` bytes at pos available in the window. */
   async need(n: number, what: string, d?: { tensor?: string; key?: string }): Promise<void> {
-    if (n > this.remaining) this.fail("truncated", `file ends ${this.remaining} bytes after offset ${this.pos} while reading ${what} (${n} bytes needed)`, d);
+    if (n > this.remaining)
+      this.fail(
+        "truncated",
+        `file ends ${this.remaining} bytes after offset ${this.pos} while reading ${what} (${n} bytes needed)`,
+        d,
+      );
     if (this.pos >= this.#bufStart && this.pos + n <= this.#bufStart + this.#buf.byteLength) return;
     const len = Math.min(Math.max(n, WINDOW), this.remaining);
     try {
       this.#buf = await this.source.read(this.pos, len);
     } catch (e) {
-      if (e instanceof FormatsError && !(e instanceof GgufError)) throw new GgufError(e.code, e.message, { file: this.source.name, cause: e });
+      if (e instanceof FormatsError && !(e instanceof GgufError))
+        throw new GgufError(e.code, e.message, { file: this.source.name, cause: e });
       throw e;
     }
     this.#bufStart = this.pos;
@@ -99,10 +111,19 @@ class Cursor {
   }
 
   /** A count or length (uint64) that is checked to fit: count × minSize ≤ bytes remaining. */
-  async length(minSize: number, what: string, d?: { tensor?: string; key?: string }, code: FormatsErrorCode = "length_too_large"): Promise<number> {
+  async length(
+    minSize: number,
+    what: string,
+    d?: { tensor?: string; key?: string },
+    code: FormatsErrorCode = "length_too_large",
+  ): Promise<number> {
     const n = await this.u64(what, d);
     if (n * BigInt(minSize) > BigInt(this.remaining)) {
-      this.fail(code, `${what} ${n} × at least ${minSize} byte(s) each does not fit in the ${this.remaining} bytes left in the file`, d);
+      this.fail(
+        code,
+        `${what} ${n} × at least ${minSize} byte(s) each does not fit in the ${this.remaining} bytes left in the file`,
+        d,
+      );
     }
     return Number(n);
   }
@@ -119,10 +140,12 @@ class Cursor {
     if (this.#view.getUint32(o + 4, true) !== 0 || lo > this.remaining - 8 || !this.#has(8 + lo)) return undefined;
     const b = this.#buf.subarray(o + 8, o + 8 + lo);
     let ascii = lo <= 256;
-    if (ascii) for (let i = 0; i < lo; i++) if (b[i] >= 0x80) {
-      ascii = false;
-      break;
-    }
+    if (ascii)
+      for (let i = 0; i < lo; i++)
+        if (b[i] >= 0x80) {
+          ascii = false;
+          break;
+        }
     let s: string;
     if (ascii) s = String.fromCharCode.apply(null, b as unknown as number[]);
     else {
@@ -183,7 +206,10 @@ class Cursor {
   }
 }
 
-const TYPED_CTORS: Record<number, { new (n: number): GgufArrayItems & { set(a: ArrayLike<number | bigint>): void }; BYTES_PER_ELEMENT: number }> = {
+const TYPED_CTORS: Record<
+  number,
+  { new (n: number): GgufArrayItems & { set(a: ArrayLike<number | bigint>): void }; BYTES_PER_ELEMENT: number }
+> = {
   [GgufValueType.UINT8]: Uint8Array,
   [GgufValueType.INT8]: Int8Array,
   [GgufValueType.UINT16]: Uint16Array,
@@ -203,8 +229,10 @@ function isKnownValueType(t: number): t is GgufValueType {
 async function readArray(c: Cursor, key: string, depth: number): Promise<GgufArrayValue> {
   if (depth > MAX_NESTING) c.fail("nesting_too_deep", `arrays nested more than ${MAX_NESTING} deep`, { key });
   const elementType = await c.u32("array element type", { key });
-  if (!isKnownValueType(elementType)) c.fail("unknown_value_type", `unknown array element type ${elementType}`, { key });
-  const min = elementType === GgufValueType.STRING ? 8 : elementType === GgufValueType.ARRAY ? 12 : GGUF_VALUE_SIZE[elementType];
+  if (!isKnownValueType(elementType))
+    c.fail("unknown_value_type", `unknown array element type ${elementType}`, { key });
+  const min =
+    elementType === GgufValueType.STRING ? 8 : elementType === GgufValueType.ARRAY ? 12 : GGUF_VALUE_SIZE[elementType];
   const count = await c.length(min, "array length", { key });
   const Ctor = TYPED_CTORS[elementType];
   if (Ctor !== undefined) {
@@ -256,7 +284,8 @@ export async function parseGgufHeader(source: ByteSource): Promise<GgufHeader> {
   if (magic !== GGUF_MAGIC) c.fail("bad_magic", `bad magic 0x${magic.toString(16).padStart(8, "0")} (expected "GGUF")`);
   const version = await c.u32("version");
   if (version !== 3 && version !== 2) {
-    if (version === 0x03000000 || version === 0x02000000) c.fail("unsupported_version", "big-endian GGUF files are not supported");
+    if (version === 0x03000000 || version === 0x02000000)
+      c.fail("unsupported_version", "big-endian GGUF files are not supported");
     c.fail("unsupported_version", `GGUF version ${version} is not supported (expected 3; 2 is read too)`);
   }
   const tensorCount = await c.length(24, "tensor count", {}, "count_too_large");
@@ -273,9 +302,13 @@ export async function parseGgufHeader(source: ByteSource): Promise<GgufHeader> {
   let alignment = GGUF_DEFAULT_ALIGNMENT;
   const a = metadata.get("general.alignment");
   if (a !== undefined) {
-    if (a.type !== GgufValueType.UINT32) c.fail("bad_alignment", `general.alignment must be UINT32, got value type ${a.type}`, { key: "general.alignment" });
+    if (a.type !== GgufValueType.UINT32)
+      c.fail("bad_alignment", `general.alignment must be UINT32, got value type ${a.type}`, {
+        key: "general.alignment",
+      });
     const v = a.value as number;
-    if (v === 0 || (v & (v - 1)) !== 0) c.fail("bad_alignment", `general.alignment must be a power of two, got ${v}`, { key: "general.alignment" });
+    if (v === 0 || (v & (v - 1)) !== 0)
+      c.fail("bad_alignment", `general.alignment must be a power of two, got ${v}`, { key: "general.alignment" });
     alignment = v;
   }
 
@@ -283,7 +316,8 @@ export async function parseGgufHeader(source: ByteSource): Promise<GgufHeader> {
   const names = new Set<string>();
   for (let i = 0; i < tensorCount; i++) {
     const nameLen = await c.length(1, `tensor ${i} name length`);
-    if (nameLen > GGUF_MAX_NAME_BYTES) c.fail("name_too_long", `tensor ${i} name is ${nameLen} bytes (ggml allows at most ${GGUF_MAX_NAME_BYTES})`);
+    if (nameLen > GGUF_MAX_NAME_BYTES)
+      c.fail("name_too_long", `tensor ${i} name is ${nameLen} bytes (ggml allows at most ${GGUF_MAX_NAME_BYTES})`);
     let name: string;
     try {
       name = utf8.decode(await c.bytes(nameLen, `tensor ${i} name`));
@@ -300,7 +334,8 @@ export async function parseGgufHeader(source: ByteSource): Promise<GgufHeader> {
     let elements = 1;
     for (let j = 0; j < nDims; j++) {
       const v = await c.u64(`ne[${j}]`, d);
-      if (v === 0n || v >= 1n << 63n) c.fail("bad_dim", `ne[${j}] = ${BigInt.asIntN(64, v)} (dimensions must be positive)`, d);
+      if (v === 0n || v >= 1n << 63n)
+        c.fail("bad_dim", `ne[${j}] = ${BigInt.asIntN(64, v)} (dimensions must be positive)`, d);
       if (v > BigInt(Number.MAX_SAFE_INTEGER)) c.fail("bad_dim", `ne[${j}] = ${v} is too large`, d);
       ne.push(Number(v));
       elements *= Number(v);
@@ -309,27 +344,51 @@ export async function parseGgufHeader(source: ByteSource): Promise<GgufHeader> {
     const type = await c.u32("type", d);
     const traits = GGML_TYPE_TRAITS[type];
     if (traits === undefined) c.fail("unknown_type", `unknown ggml type ${type}`, d);
-    if ((ne[0] ?? 1) % traits.blockSize !== 0) c.fail("block_size", `ne[0] = ${ne[0] ?? 1} is not a multiple of ${traits.name}'s block size ${traits.blockSize}`, d);
+    if ((ne[0] ?? 1) % traits.blockSize !== 0)
+      c.fail(
+        "block_size",
+        `ne[0] = ${ne[0] ?? 1} is not a multiple of ${traits.name}'s block size ${traits.blockSize}`,
+        d,
+      );
     const off = await c.u64("offset", d);
-    if (off > BigInt(source.size)) c.fail("out_of_bounds", `data offset ${off} is beyond the end of the file (${source.size} bytes)`, d);
+    if (off > BigInt(source.size))
+      c.fail("out_of_bounds", `data offset ${off} is beyond the end of the file (${source.size} bytes)`, d);
     const offset = Number(off);
-    if (offset % alignment !== 0) c.fail("misaligned_offset", `data offset ${offset} is not a multiple of the alignment ${alignment}`, d);
+    if (offset % alignment !== 0)
+      c.fail("misaligned_offset", `data offset ${offset} is not a multiple of the alignment ${alignment}`, d);
     const byteLength = (elements / traits.blockSize) * traits.typeSize;
     raw.push({ name, type, ne, offset, byteLength });
   }
 
   const dataStart = Math.ceil(c.pos / alignment) * alignment;
-  const tensors: GgufTensorInfo[] = raw.map((t) => ({ name: t.name, type: t.type, ne: t.ne, shape: [...t.ne].reverse(), offset: t.offset, byteOffset: dataStart + t.offset, byteLength: t.byteLength }));
+  const tensors: GgufTensorInfo[] = raw.map((t) => ({
+    name: t.name,
+    type: t.type,
+    ne: t.ne,
+    shape: [...t.ne].reverse(),
+    offset: t.offset,
+    byteOffset: dataStart + t.offset,
+    byteLength: t.byteLength,
+  }));
   for (const t of tensors) {
     if (t.byteOffset + t.byteLength > source.size) {
-      c.fail("out_of_bounds", `${ggmlTypeName(t.type)} data of ${t.byteLength} bytes at offset ${t.offset} (absolute ${t.byteOffset}) goes past the end of the file (${source.size} bytes)`, { tensor: t.name });
+      c.fail(
+        "out_of_bounds",
+        `${ggmlTypeName(t.type)} data of ${t.byteLength} bytes at offset ${t.offset} (absolute ${t.byteOffset}) goes past the end of the file (${source.size} bytes)`,
+        { tensor: t.name },
+      );
     }
   }
   const sorted = [...tensors].sort((x, y) => x.offset - y.offset);
   for (let i = 1; i < sorted.length; i++) {
     const p = sorted[i - 1];
     const t = sorted[i];
-    if (t.offset < p.offset + p.byteLength) c.fail("overlap", `data at offset ${t.offset} overlaps ${JSON.stringify(p.name)} (offset ${p.offset}, ${p.byteLength} bytes)`, { tensor: t.name });
+    if (t.offset < p.offset + p.byteLength)
+      c.fail(
+        "overlap",
+        `data at offset ${t.offset} overlaps ${JSON.stringify(p.name)} (offset ${p.offset}, ${p.byteLength} bytes)`,
+        { tensor: t.name },
+      );
   }
   return { version, metadata, tensors, alignment, dataStart };
 }
@@ -368,7 +427,8 @@ export class GgufFile {
       try {
         source = await FileSource.open(pathOrSource);
       } catch (e) {
-        if (e instanceof FormatsError && !(e instanceof GgufError)) throw new GgufError(e.code, e.message, { file: pathOrSource, cause: e });
+        if (e instanceof FormatsError && !(e instanceof GgufError))
+          throw new GgufError(e.code, e.message, { file: pathOrSource, cause: e });
         throw e;
       }
     } else source = pathOrSource;
@@ -392,7 +452,8 @@ export class GgufFile {
 
   info(name: string): GgufTensorInfo {
     const t = this.#byName.get(name);
-    if (t === undefined) throw new GgufError("tensor_not_found", "no such tensor in this file", { file: this.source.name, tensor: name });
+    if (t === undefined)
+      throw new GgufError("tensor_not_found", "no such tensor in this file", { file: this.source.name, tensor: name });
     return t;
   }
 
@@ -405,11 +466,17 @@ export class GgufFile {
 
   async readInto(name: string, target: Uint8Array): Promise<void> {
     const t = this.info(name);
-    if (target.byteLength !== t.byteLength) throw new GgufError("invalid_argument", `target buffer is ${target.byteLength} bytes, tensor is ${t.byteLength}`, { file: this.source.name, tensor: name });
+    if (target.byteLength !== t.byteLength)
+      throw new GgufError(
+        "invalid_argument",
+        `target buffer is ${target.byteLength} bytes, tensor is ${t.byteLength}`,
+        { file: this.source.name, tensor: name },
+      );
     try {
       await this.source.readInto(target, t.byteOffset);
     } catch (e) {
-      if (e instanceof FormatsError && !(e instanceof GgufError)) throw new GgufError(e.code, e.message, { file: this.source.name, tensor: name, cause: e });
+      if (e instanceof FormatsError && !(e instanceof GgufError))
+        throw new GgufError(e.code, e.message, { file: this.source.name, tensor: name, cause: e });
       throw e;
     }
   }
@@ -435,7 +502,13 @@ export class GgufFile {
   iterateChunks(options: ChunkOptions = {}): AsyncGenerator<TensorPiece<GgufTensorInfo>> {
     if (options.names !== undefined) for (const n of options.names) this.info(n);
     return iterateChunksOf(this.source, this.tensors, options, (e, tensor) =>
-      e instanceof GgufError ? e : new GgufError(e.code, e.message, { file: this.source.name, tensor: tensor === "" ? undefined : tensor, cause: e }),
+      e instanceof GgufError
+        ? e
+        : new GgufError(e.code, e.message, {
+            file: this.source.name,
+            tensor: tensor === "" ? undefined : tensor,
+            cause: e,
+          }),
     );
   }
 

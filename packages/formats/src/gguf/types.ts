@@ -16,7 +16,15 @@ export const GgufValueType = {
 } as const;
 export type GgufValueType = (typeof GgufValueType)[keyof typeof GgufValueType];
 
-type Num = typeof GgufValueType.UINT8 | typeof GgufValueType.INT8 | typeof GgufValueType.UINT16 | typeof GgufValueType.INT16 | typeof GgufValueType.UINT32 | typeof GgufValueType.INT32 | typeof GgufValueType.FLOAT32 | typeof GgufValueType.FLOAT64;
+type Num =
+  | typeof GgufValueType.UINT8
+  | typeof GgufValueType.INT8
+  | typeof GgufValueType.UINT16
+  | typeof GgufValueType.INT16
+  | typeof GgufValueType.UINT32
+  | typeof GgufValueType.INT32
+  | typeof GgufValueType.FLOAT32
+  | typeof GgufValueType.FLOAT64;
 type Big = typeof GgufValueType.UINT64 | typeof GgufValueType.INT64;
 
 /** Elements of an array value as read: numeric types as typed arrays, the rest as JS arrays. */
@@ -54,7 +62,11 @@ export type GgufWriteValue =
   | { readonly type: Big; readonly value: bigint | number }
   | { readonly type: typeof GgufValueType.BOOL; readonly value: boolean }
   | { readonly type: typeof GgufValueType.STRING; readonly value: string }
-  | { readonly type: typeof GgufValueType.ARRAY; readonly elementType: GgufValueType; readonly value: ArrayLike<unknown> };
+  | {
+      readonly type: typeof GgufValueType.ARRAY;
+      readonly elementType: GgufValueType;
+      readonly value: ArrayLike<unknown>;
+    };
 
 /** Small constructors for writing metadata: `gv.u32(32)`, `gv.str("llama")`, `gv.arr(GgufValueType.STRING, tokens)`. */
 export const gv = {
@@ -70,11 +82,24 @@ export const gv = {
   i64: (value: bigint | number) => ({ type: GgufValueType.INT64, value }) as const,
   bool: (value: boolean) => ({ type: GgufValueType.BOOL, value }) as const,
   str: (value: string) => ({ type: GgufValueType.STRING, value }) as const,
-  arr: (elementType: GgufValueType, value: ArrayLike<unknown>) => ({ type: GgufValueType.ARRAY, elementType, value }) as const,
+  arr: (elementType: GgufValueType, value: ArrayLike<unknown>) =>
+    ({ type: GgufValueType.ARRAY, elementType, value }) as const,
 } satisfies Record<string, (...args: never[]) => GgufWriteValue>;
 
 /** Size in bytes of fixed-size value types; strings/arrays are variable. */
-export const GGUF_VALUE_SIZE: Readonly<Record<number, number>> = { 0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8 };
+export const GGUF_VALUE_SIZE: Readonly<Record<number, number>> = {
+  0: 1,
+  1: 1,
+  2: 2,
+  3: 2,
+  4: 4,
+  5: 4,
+  6: 4,
+  7: 1,
+  10: 8,
+  11: 8,
+  12: 8,
+};
 
 /** Common ggml tensor types. */
 export const GgmlType = {
@@ -117,7 +142,9 @@ export const GgmlType = {
 export type GgmlType = (typeof GgmlType)[keyof typeof GgmlType];
 
 /** ggml `type_traits`: [elements per block, bytes per block]. Ids 4, 5, 31–33, 36–38 were removed from ggml. */
-export const GGML_TYPE_TRAITS: Readonly<Record<number, { readonly name: string; readonly blockSize: number; readonly typeSize: number }>> = {
+export const GGML_TYPE_TRAITS: Readonly<
+  Record<number, { readonly name: string; readonly blockSize: number; readonly typeSize: number }>
+> = {
   0: { name: "F32", blockSize: 1, typeSize: 4 },
   1: { name: "F16", blockSize: 1, typeSize: 2 },
   2: { name: "Q4_0", blockSize: 32, typeSize: 18 },

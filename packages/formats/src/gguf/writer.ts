@@ -27,7 +27,9 @@ export interface GgufTensorData extends GgufTensorDecl {
 
 export interface GgufWriteSpec {
   /** Written in insertion order. `general.alignment` (UINT32) sets the alignment. */
-  readonly metadata?: Readonly<Record<string, GgufWriteValue | GgufValue>> | ReadonlyMap<string, GgufWriteValue | GgufValue>;
+  readonly metadata?:
+    | Readonly<Record<string, GgufWriteValue | GgufValue>>
+    | ReadonlyMap<string, GgufWriteValue | GgufValue>;
   readonly tensors: readonly GgufTensorDecl[];
   /** Used when metadata has no general.alignment; a non-default value is added to the metadata. */
   readonly alignment?: number;
@@ -92,7 +94,8 @@ class ByteBuilder {
       throw new GgufError("bad_value", `${what}, got ${typeof v === "bigint" ? `${v}n` : JSON.stringify(v)}`, { key });
     };
     const int = (lo: number, hi: number): number => {
-      if (typeof v !== "number" || !Number.isInteger(v) || v < lo || v > hi) bad(`expected an integer in [${lo}, ${hi}]`);
+      if (typeof v !== "number" || !Number.isInteger(v) || v < lo || v > hi)
+        bad(`expected an integer in [${lo}, ${hi}]`);
       return v as number;
     };
     const view = (n: number): DataView => {
@@ -166,15 +169,18 @@ class ByteBuilder {
     }
     if (depth > 8) throw new GgufError("nesting_too_deep", "arrays nested more than 8 deep", { key });
     const et = v.elementType;
-    if (et === undefined || !Number.isInteger(et) || et < 0 || et > 12) throw new GgufError("unknown_value_type", `unknown array element type ${et}`, { key });
+    if (et === undefined || !Number.isInteger(et) || et < 0 || et > 12)
+      throw new GgufError("unknown_value_type", `unknown array element type ${et}`, { key });
     const items = v.value as ArrayLike<unknown>;
-    if (items === null || typeof items !== "object" || typeof items.length !== "number") throw new GgufError("bad_value", "array value must be array-like", { key });
+    if (items === null || typeof items !== "object" || typeof items.length !== "number")
+      throw new GgufError("bad_value", "array value must be array-like", { key });
     this.u32(et);
     this.u64(items.length);
     for (let i = 0; i < items.length; i++) {
       const it = items[i];
       if (et === GgufValueType.ARRAY) {
-        if (it === null || typeof it !== "object") throw new GgufError("bad_value", `nested array element ${i} must be {elementType, value}`, { key });
+        if (it === null || typeof it !== "object")
+          throw new GgufError("bad_value", `nested array element ${i} must be {elementType, value}`, { key });
         const o = it as { elementType?: number; value: unknown };
         this.value({ type: GgufValueType.ARRAY, elementType: o.elementType, value: o.value }, key, depth + 1);
       } else this.scalar(et, it, key);
@@ -192,27 +198,54 @@ class ByteBuilder {
 }
 
 function resolveNe(d: GgufTensorDecl, file: string): number[] {
-  if ((d.shape === undefined) === (d.ne === undefined)) throw new GgufError("invalid_argument", "give exactly one of shape (row-major) or ne (ggml order)", { file, tensor: d.name });
+  if ((d.shape === undefined) === (d.ne === undefined))
+    throw new GgufError("invalid_argument", "give exactly one of shape (row-major) or ne (ggml order)", {
+      file,
+      tensor: d.name,
+    });
   const ne = d.ne !== undefined ? [...d.ne] : [...d.shape!].reverse();
-  if (ne.length > GGUF_MAX_DIMS) throw new GgufError("too_many_dims", `${ne.length} dimensions (ggml allows at most ${GGUF_MAX_DIMS})`, { file, tensor: d.name });
-  for (const x of ne) if (!Number.isSafeInteger(x) || x <= 0) throw new GgufError("bad_dim", `dimensions must be positive integers, got ${JSON.stringify(ne)}`, { file, tensor: d.name });
+  if (ne.length > GGUF_MAX_DIMS)
+    throw new GgufError("too_many_dims", `${ne.length} dimensions (ggml allows at most ${GGUF_MAX_DIMS})`, {
+      file,
+      tensor: d.name,
+    });
+  for (const x of ne)
+    if (!Number.isSafeInteger(x) || x <= 0)
+      throw new GgufError("bad_dim", `dimensions must be positive integers, got ${JSON.stringify(ne)}`, {
+        file,
+        tensor: d.name,
+      });
   return ne;
 }
 
 /** Validates a spec and builds the header bytes and the data layout. */
 export function layoutGguf(spec: GgufWriteSpec, file = "<memory>"): GgufLayout {
   const entries: [string, { type: number; value: unknown; elementType?: number }][] =
-    spec.metadata === undefined ? [] : spec.metadata instanceof Map ? [...spec.metadata] : Object.entries(spec.metadata);
+    spec.metadata === undefined
+      ? []
+      : spec.metadata instanceof Map
+        ? [...spec.metadata]
+        : Object.entries(spec.metadata);
   let alignment = spec.alignment ?? GGUF_DEFAULT_ALIGNMENT;
   const al = entries.find(([k]) => k === "general.alignment");
   if (al !== undefined) {
     const [, v] = al;
-    if (v.type !== GgufValueType.UINT32 || typeof v.value !== "number") throw new GgufError("bad_alignment", "general.alignment must be a UINT32", { file, key: "general.alignment" });
-    if (spec.alignment !== undefined && spec.alignment !== v.value) throw new GgufError("bad_alignment", `options.alignment ${spec.alignment} disagrees with general.alignment ${v.value}`, { file, key: "general.alignment" });
+    if (v.type !== GgufValueType.UINT32 || typeof v.value !== "number")
+      throw new GgufError("bad_alignment", "general.alignment must be a UINT32", { file, key: "general.alignment" });
+    if (spec.alignment !== undefined && spec.alignment !== v.value)
+      throw new GgufError(
+        "bad_alignment",
+        `options.alignment ${spec.alignment} disagrees with general.alignment ${v.value}`,
+        { file, key: "general.alignment" },
+      );
     alignment = v.value;
-  } else if (alignment !== GGUF_DEFAULT_ALIGNMENT) entries.push(["general.alignment", { type: GgufValueType.UINT32, value: alignment }]);
+  } else if (alignment !== GGUF_DEFAULT_ALIGNMENT)
+    entries.push(["general.alignment", { type: GgufValueType.UINT32, value: alignment }]);
   if (!Number.isInteger(alignment) || alignment <= 0 || (alignment & (alignment - 1)) !== 0 || alignment > 0x80000000) {
-    throw new GgufError("bad_alignment", `alignment must be a power of two, got ${alignment}`, { file, key: "general.alignment" });
+    throw new GgufError("bad_alignment", `alignment must be a power of two, got ${alignment}`, {
+      file,
+      key: "general.alignment",
+    });
   }
 
   const b = new ByteBuilder();
@@ -224,7 +257,8 @@ export function layoutGguf(spec: GgufWriteSpec, file = "<memory>"): GgufLayout {
   for (const [k, v] of entries) {
     if (keys.has(k)) throw new GgufError("duplicate_key", "metadata key given twice", { file, key: k });
     keys.add(k);
-    if (v === null || typeof v !== "object") throw new GgufError("bad_value", "metadata value must be {type, value}", { file, key: k });
+    if (v === null || typeof v !== "object")
+      throw new GgufError("bad_value", "metadata value must be {type, value}", { file, key: k });
     b.string(k);
     b.u32(v.type);
     try {
@@ -239,15 +273,27 @@ export function layoutGguf(spec: GgufWriteSpec, file = "<memory>"): GgufLayout {
   let offset = 0;
   for (const d of spec.tensors) {
     const nameBytes = enc.encode(d.name);
-    if (nameBytes.byteLength > GGUF_MAX_NAME_BYTES) throw new GgufError("name_too_long", `name is ${nameBytes.byteLength} bytes (ggml allows at most ${GGUF_MAX_NAME_BYTES})`, { file, tensor: d.name });
+    if (nameBytes.byteLength > GGUF_MAX_NAME_BYTES)
+      throw new GgufError(
+        "name_too_long",
+        `name is ${nameBytes.byteLength} bytes (ggml allows at most ${GGUF_MAX_NAME_BYTES})`,
+        { file, tensor: d.name },
+      );
     if (names.has(d.name)) throw new GgufError("duplicate_name", "tensor given twice", { file, tensor: d.name });
     names.add(d.name);
     const traits = GGML_TYPE_TRAITS[d.type];
-    if (traits === undefined) throw new GgufError("unknown_type", `unknown ggml type ${d.type}`, { file, tensor: d.name });
+    if (traits === undefined)
+      throw new GgufError("unknown_type", `unknown ggml type ${d.type}`, { file, tensor: d.name });
     const ne = resolveNe(d, file);
     const elements = ne.reduce((a, x) => a * x, 1);
-    if (!Number.isSafeInteger(elements)) throw new GgufError("bad_dim", "element count overflows", { file, tensor: d.name });
-    if ((ne[0] ?? 1) % traits.blockSize !== 0) throw new GgufError("block_size", `ne[0] = ${ne[0] ?? 1} is not a multiple of ${traits.name}'s block size ${traits.blockSize}`, { file, tensor: d.name });
+    if (!Number.isSafeInteger(elements))
+      throw new GgufError("bad_dim", "element count overflows", { file, tensor: d.name });
+    if ((ne[0] ?? 1) % traits.blockSize !== 0)
+      throw new GgufError(
+        "block_size",
+        `ne[0] = ${ne[0] ?? 1} is not a multiple of ${traits.name}'s block size ${traits.blockSize}`,
+        { file, tensor: d.name },
+      );
     const byteLength = (elements / traits.blockSize) * traits.typeSize;
     b.string(d.name);
     b.u32(ne.length);
@@ -273,7 +319,12 @@ export function serializeGguf(spec: GgufWriteInput): Uint8Array {
   spec.tensors.forEach((t, i) => {
     const l = layout.tensors[i];
     const bytes = bytesOf(t.data);
-    if (bytes.byteLength !== l.byteLength) throw new GgufError("size_mismatch", `data is ${bytes.byteLength} bytes, ${ggmlTypeName(t.type)} ne ${JSON.stringify(l.ne)} needs ${l.byteLength}`, { tensor: t.name });
+    if (bytes.byteLength !== l.byteLength)
+      throw new GgufError(
+        "size_mismatch",
+        `data is ${bytes.byteLength} bytes, ${ggmlTypeName(t.type)} ne ${JSON.stringify(l.ne)} needs ${l.byteLength}`,
+        { tensor: t.name },
+      );
     out.set(bytes, layout.header.byteLength + l.offset);
   });
   return out;
@@ -318,14 +369,27 @@ export class GgufWriter {
     const cur = this.layout.tensors[this.#index];
     if (cur === undefined || cur.name !== name) {
       const declared = this.layout.tensors.some((t) => t.name === name);
-      throw new GgufError("write_order", declared ? `tensors must be written in declaration order; expected ${cur === undefined ? "no more data" : JSON.stringify(cur.name)}` : "tensor was not declared", { file: this.path, tensor: name });
+      throw new GgufError(
+        "write_order",
+        declared
+          ? `tensors must be written in declaration order; expected ${cur === undefined ? "no more data" : JSON.stringify(cur.name)}`
+          : "tensor was not declared",
+        { file: this.path, tensor: name },
+      );
     }
     const bytes = bytesOf(chunk);
-    if (this.#written + bytes.byteLength > cur.byteLength) throw new GgufError("size_mismatch", `chunk of ${bytes.byteLength} bytes after ${this.#written} would exceed the tensor's ${cur.byteLength} bytes`, { file: this.path, tensor: name });
+    if (this.#written + bytes.byteLength > cur.byteLength)
+      throw new GgufError(
+        "size_mismatch",
+        `chunk of ${bytes.byteLength} bytes after ${this.#written} would exceed the tensor's ${cur.byteLength} bytes`,
+        { file: this.path, tensor: name },
+      );
     await this.#file.write(bytes);
     this.#written += bytes.byteLength;
     if (this.#written === cur.byteLength) {
-      await this.#file.writeZeros(Math.ceil(cur.byteLength / this.layout.alignment) * this.layout.alignment - cur.byteLength);
+      await this.#file.writeZeros(
+        Math.ceil(cur.byteLength / this.layout.alignment) * this.layout.alignment - cur.byteLength,
+      );
       this.#index++;
       this.#written = 0;
     }
@@ -334,7 +398,11 @@ export class GgufWriter {
   async writeTensor(name: string, data: ArrayBufferView): Promise<void> {
     const cur = this.layout.tensors[this.#index];
     if (cur !== undefined && cur.name === name && (this.#written !== 0 || data.byteLength !== cur.byteLength)) {
-      throw new GgufError("size_mismatch", `data is ${data.byteLength} bytes, ${ggmlTypeName(cur.type)} ne ${JSON.stringify(cur.ne)} needs ${cur.byteLength}`, { file: this.path, tensor: name });
+      throw new GgufError(
+        "size_mismatch",
+        `data is ${data.byteLength} bytes, ${ggmlTypeName(cur.type)} ne ${JSON.stringify(cur.ne)} needs ${cur.byteLength}`,
+        { file: this.path, tensor: name },
+      );
     }
     await this.writeChunk(name, data);
   }
@@ -344,7 +412,11 @@ export class GgufWriter {
     if (this.#index < this.layout.tensors.length) {
       const cur = this.layout.tensors[this.#index];
       await this.abort();
-      throw new GgufError("write_incomplete", "finish() before every declared tensor was written; nothing was written under the final name", { file: this.path, tensor: cur.name });
+      throw new GgufError(
+        "write_incomplete",
+        "finish() before every declared tensor was written; nothing was written under the final name",
+        { file: this.path, tensor: cur.name },
+      );
     }
     this.#done = true;
     await this.#file.commit();

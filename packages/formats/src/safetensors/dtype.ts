@@ -19,7 +19,9 @@ export const SAFETENSORS_DTYPE_SIZES = {
 
 export type SafetensorsDtype = keyof typeof SAFETENSORS_DTYPE_SIZES;
 
-export const SAFETENSORS_DTYPES: readonly SafetensorsDtype[] = Object.keys(SAFETENSORS_DTYPE_SIZES) as SafetensorsDtype[];
+export const SAFETENSORS_DTYPES: readonly SafetensorsDtype[] = Object.keys(
+  SAFETENSORS_DTYPE_SIZES,
+) as SafetensorsDtype[];
 
 export function isSafetensorsDtype(s: unknown): s is SafetensorsDtype {
   return typeof s === "string" && Object.hasOwn(SAFETENSORS_DTYPE_SIZES, s);

@@ -54,16 +54,21 @@ export const DEFAULT_CHUNK_SIZE = 8 << 20;
  * (each `data` is valid until the iterator is advanced). Memory stays at one chunk whatever the
  * tensor sizes, and the small hot buffer makes this the fastest way to scan a file.
  */
-export async function* iterateChunksOf<I extends { readonly name: string; readonly byteOffset: number; readonly byteLength: number }>(
+export async function* iterateChunksOf<
+  I extends { readonly name: string; readonly byteOffset: number; readonly byteLength: number },
+>(
   source: ByteSource,
   infos: readonly I[],
   options: ChunkOptions,
   wrap: (e: FormatsError, tensor: string) => Error,
 ): AsyncGenerator<TensorPiece<I>> {
   const size = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
-  if (!Number.isSafeInteger(size) || size <= 0) throw wrap(new FormatsError("invalid_argument", `chunkSize must be a positive integer, got ${size}`), "");
+  if (!Number.isSafeInteger(size) || size <= 0)
+    throw wrap(new FormatsError("invalid_argument", `chunkSize must be a positive integer, got ${size}`), "");
   const wanted = options.names === undefined ? undefined : new Set(options.names);
-  const sorted = [...infos].sort((a, b) => a.byteOffset - b.byteOffset).filter((t) => wanted === undefined || wanted.has(t.name));
+  const sorted = [...infos]
+    .sort((a, b) => a.byteOffset - b.byteOffset)
+    .filter((t) => wanted === undefined || wanted.has(t.name));
   const max = sorted.reduce((m, t) => Math.max(m, Math.min(size, t.byteLength)), 0);
   const buf = allocBytes(max);
   for (const t of sorted) {
@@ -100,7 +105,12 @@ export interface SafetensorsReader {
   close(): Promise<void>;
 }
 
-function err(code: ConstructorParameters<typeof SafetensorsError>[0], message: string, file: string, tensor?: string): SafetensorsError {
+function err(
+  code: ConstructorParameters<typeof SafetensorsError>[0],
+  message: string,
+  file: string,
+  tensor?: string,
+): SafetensorsError {
   return new SafetensorsError(code, message, { file, tensor });
 }
 
@@ -124,11 +134,16 @@ export async function parseSafetensorsHeader(source: ByteSource): Promise<{
   dataStart: number;
 }> {
   const file = source.name;
-  if (source.size < 8) throw err("header_length", `file is ${source.size} bytes, shorter than the 8-byte header length prefix`, file);
+  if (source.size < 8)
+    throw err("header_length", `file is ${source.size} bytes, shorter than the 8-byte header length prefix`, file);
   const prefix = await readExact(source, 0, 8);
   const n64 = new DataView(prefix.buffer, prefix.byteOffset, 8).getBigUint64(0, true);
   if (n64 > BigInt(source.size - 8)) {
-    throw err("header_length", `header length ${n64} goes past the end of the file (only ${source.size - 8} bytes follow the prefix)`, file);
+    throw err(
+      "header_length",
+      `header length ${n64} goes past the end of the file (only ${source.size - 8} bytes follow the prefix)`,
+      file,
+    );
   }
   if (n64 > BigInt(SAFETENSORS_MAX_HEADER_SIZE)) {
     throw err("header_too_large", `header length ${n64} exceeds the ${SAFETENSORS_MAX_HEADER_SIZE}-byte limit`, file);
@@ -147,12 +162,23 @@ export async function parseSafetensorsHeader(source: ByteSource): Promise<{
     json = parseStrictJson(text);
   } catch (e) {
     if (e instanceof JsonSyntaxError) {
-      if (e.duplicateKey !== undefined) throw err("duplicate_name", `header lists ${JSON.stringify(e.duplicateKey)} twice (${e.message})`, file, e.duplicateKey);
+      if (e.duplicateKey !== undefined)
+        throw err(
+          "duplicate_name",
+          `header lists ${JSON.stringify(e.duplicateKey)} twice (${e.message})`,
+          file,
+          e.duplicateKey,
+        );
       throw err("header_json", `header is not valid JSON: ${e.message}`, file);
     }
     throw e;
   }
-  if (!(json instanceof Map)) throw err("header_not_object", `header must be a JSON object, got ${Array.isArray(json) ? "an array" : typeof json}`, file);
+  if (!(json instanceof Map))
+    throw err(
+      "header_not_object",
+      `header must be a JSON object, got ${Array.isArray(json) ? "an array" : typeof json}`,
+      file,
+    );
 
   const dataStart = 8 + n;
   const dataLength = source.size - dataStart;
@@ -163,48 +189,114 @@ export async function parseSafetensorsHeader(source: ByteSource): Promise<{
     if (name === "__metadata__") {
       if (!(entry instanceof Map)) throw err("bad_metadata", "__metadata__ must be an object of string values", file);
       for (const [k, v] of entry) {
-        if (typeof v !== "string") throw err("bad_metadata", `__metadata__[${JSON.stringify(k)}] must be a string, got ${v === null ? "null" : Array.isArray(v) ? "array" : typeof v}`, file);
+        if (typeof v !== "string")
+          throw err(
+            "bad_metadata",
+            `__metadata__[${JSON.stringify(k)}] must be a string, got ${v === null ? "null" : Array.isArray(v) ? "array" : typeof v}`,
+            file,
+          );
         Object.defineProperty(metadata, k, { value: v, enumerable: true, writable: false, configurable: false });
       }
       continue;
     }
-    if (!(entry instanceof Map)) throw err("bad_tensor_entry", "entry must be an object with dtype, shape and data_offsets", file, name);
+    if (!(entry instanceof Map))
+      throw err("bad_tensor_entry", "entry must be an object with dtype, shape and data_offsets", file, name);
     const dtype = entry.get("dtype");
     const shape = entry.get("shape");
     const offsets = entry.get("data_offsets");
-    if (typeof dtype !== "string") throw err("bad_tensor_entry", "missing or non-string \"dtype\"", file, name);
-    if (!isSafetensorsDtype(dtype)) throw err("unknown_dtype", `unknown dtype ${JSON.stringify(dtype)} (expected one of F64, F32, F16, BF16, I64, I32, I16, I8, U64, U32, U16, U8, BOOL, F8_E4M3, F8_E5M2)`, file, name);
-    if (!Array.isArray(shape)) throw err("bad_shape", "missing or non-array \"shape\"", file, name);
+    if (typeof dtype !== "string") throw err("bad_tensor_entry", 'missing or non-string "dtype"', file, name);
+    if (!isSafetensorsDtype(dtype))
+      throw err(
+        "unknown_dtype",
+        `unknown dtype ${JSON.stringify(dtype)} (expected one of F64, F32, F16, BF16, I64, I32, I16, I8, U64, U32, U16, U8, BOOL, F8_E4M3, F8_E5M2)`,
+        file,
+        name,
+      );
+    if (!Array.isArray(shape)) throw err("bad_shape", 'missing or non-array "shape"', file, name);
     const count = elementCount(shape);
-    if (count === undefined) throw err("bad_shape", `shape ${JSON.stringify(shape)} must be a list of non-negative integers whose product is below 2^53`, file, name);
-    if (!Array.isArray(offsets) || offsets.length !== 2) throw err("bad_tensor_entry", "\"data_offsets\" must be [begin, end]", file, name);
+    if (count === undefined)
+      throw err(
+        "bad_shape",
+        `shape ${JSON.stringify(shape)} must be a list of non-negative integers whose product is below 2^53`,
+        file,
+        name,
+      );
+    if (!Array.isArray(offsets) || offsets.length !== 2)
+      throw err("bad_tensor_entry", '"data_offsets" must be [begin, end]', file, name);
     const [begin, end] = offsets;
-    if (typeof begin !== "number" || typeof end !== "number" || !Number.isSafeInteger(begin) || !Number.isSafeInteger(end) || begin < 0 || end < begin) {
-      throw err("bad_tensor_entry", `data_offsets ${JSON.stringify(offsets)} must be non-negative integers with begin <= end`, file, name);
+    if (
+      typeof begin !== "number" ||
+      typeof end !== "number" ||
+      !Number.isSafeInteger(begin) ||
+      !Number.isSafeInteger(end) ||
+      begin < 0 ||
+      end < begin
+    ) {
+      throw err(
+        "bad_tensor_entry",
+        `data_offsets ${JSON.stringify(offsets)} must be non-negative integers with begin <= end`,
+        file,
+        name,
+      );
     }
     const expected = count * dtypeSize(dtype);
     if (!Number.isSafeInteger(expected) || expected !== end - begin) {
-      throw err("size_mismatch", `shape ${JSON.stringify(shape)} × ${dtype} (${dtypeSize(dtype)} bytes) is ${expected} bytes but data_offsets [${begin}, ${end}] span ${end - begin}`, file, name);
+      throw err(
+        "size_mismatch",
+        `shape ${JSON.stringify(shape)} × ${dtype} (${dtypeSize(dtype)} bytes) is ${expected} bytes but data_offsets [${begin}, ${end}] span ${end - begin}`,
+        file,
+        name,
+      );
     }
     if (end > dataLength) {
-      throw err("out_of_bounds", `data_offsets [${begin}, ${end}] go past the end of the data section (${dataLength} bytes)`, file, name);
+      throw err(
+        "out_of_bounds",
+        `data_offsets [${begin}, ${end}] go past the end of the data section (${dataLength} bytes)`,
+        file,
+        name,
+      );
     }
-    tensors.push({ name, dtype, shape: shape as number[], dataOffsets: [begin, end], byteOffset: dataStart + begin, byteLength: end - begin });
+    tensors.push({
+      name,
+      dtype,
+      shape: shape as number[],
+      dataOffsets: [begin, end],
+      byteOffset: dataStart + begin,
+      byteLength: end - begin,
+    });
   }
 
   // Offsets must tile the data section exactly: sorted by begin, each starts where the last ended.
-  const sorted = [...tensors].sort((a, b) => a.dataOffsets[0] - b.dataOffsets[0] || a.dataOffsets[1] - b.dataOffsets[1]);
+  const sorted = [...tensors].sort(
+    (a, b) => a.dataOffsets[0] - b.dataOffsets[0] || a.dataOffsets[1] - b.dataOffsets[1],
+  );
   let cursor = 0;
   let prev: SafetensorsTensorInfo | undefined;
   for (const t of sorted) {
     const [begin, end] = t.dataOffsets;
-    if (begin < cursor) throw err("overlap", `data_offsets [${begin}, ${end}] overlap the previous tensor ${JSON.stringify(prev!.name)} which ends at ${cursor}`, file, t.name);
-    if (begin > cursor) throw err("gap", `data_offsets start at ${begin} but the previous tensor ends at ${cursor} (${begin - cursor} unaccounted bytes)`, file, t.name);
+    if (begin < cursor)
+      throw err(
+        "overlap",
+        `data_offsets [${begin}, ${end}] overlap the previous tensor ${JSON.stringify(prev!.name)} which ends at ${cursor}`,
+        file,
+        t.name,
+      );
+    if (begin > cursor)
+      throw err(
+        "gap",
+        `data_offsets start at ${begin} but the previous tensor ends at ${cursor} (${begin - cursor} unaccounted bytes)`,
+        file,
+        t.name,
+      );
     cursor = end;
     prev = t;
   }
   if (cursor !== dataLength) {
-    throw err("gap", `tensors cover ${cursor} bytes of data but the data section is ${dataLength} bytes (${dataLength - cursor} trailing bytes)`, file);
+    throw err(
+      "gap",
+      `tensors cover ${cursor} bytes of data but the data section is ${dataLength} bytes (${dataLength - cursor} trailing bytes)`,
+      file,
+    );
   }
   return { metadata, tensors, dataStart };
 }
@@ -235,7 +327,8 @@ export class SafetensorsFile implements SafetensorsReader {
       try {
         source = await FileSource.open(pathOrSource);
       } catch (e) {
-        if (e instanceof FormatsError && !(e instanceof SafetensorsError)) throw new SafetensorsError(e.code, e.message, { file: pathOrSource, cause: e });
+        if (e instanceof FormatsError && !(e instanceof SafetensorsError))
+          throw new SafetensorsError(e.code, e.message, { file: pathOrSource, cause: e });
         throw e;
       }
     } else {
@@ -272,19 +365,26 @@ export class SafetensorsFile implements SafetensorsReader {
   async readInto(name: string, target: Uint8Array): Promise<void> {
     const t = this.info(name);
     if (target.byteLength !== t.byteLength) {
-      throw err("invalid_argument", `target buffer is ${target.byteLength} bytes, tensor is ${t.byteLength}`, this.source.name, name);
+      throw err(
+        "invalid_argument",
+        `target buffer is ${target.byteLength} bytes, tensor is ${t.byteLength}`,
+        this.source.name,
+        name,
+      );
     }
     try {
       await this.source.readInto(target, t.byteOffset);
     } catch (e) {
-      if (e instanceof FormatsError && !(e instanceof SafetensorsError)) throw new SafetensorsError(e.code, e.message, { file: this.source.name, tensor: name, cause: e });
+      if (e instanceof FormatsError && !(e instanceof SafetensorsError))
+        throw new SafetensorsError(e.code, e.message, { file: this.source.name, tensor: name, cause: e });
       throw e;
     }
   }
 
   async readTyped<D extends SafetensorsDtype>(name: string, dtype?: D): Promise<DtypeArrays[D]> {
     const t = this.info(name);
-    if (dtype !== undefined && dtype !== t.dtype) throw err("invalid_argument", `tensor is ${t.dtype}, not ${dtype}`, this.source.name, name);
+    if (dtype !== undefined && dtype !== t.dtype)
+      throw err("invalid_argument", `tensor is ${t.dtype}, not ${dtype}`, this.source.name, name);
     return viewAs(await this.read(name), t.dtype as D);
   }
 
@@ -296,7 +396,8 @@ export class SafetensorsFile implements SafetensorsReader {
       if (wanted !== undefined && !wanted.has(t.name)) continue;
       let data: Uint8Array;
       if (options.reuseBuffer === true) {
-        if (scratch === undefined || scratch.byteLength < t.byteLength) scratch = allocBytes(Math.max(t.byteLength, scratch === undefined ? 0 : scratch.byteLength * 2));
+        if (scratch === undefined || scratch.byteLength < t.byteLength)
+          scratch = allocBytes(Math.max(t.byteLength, scratch === undefined ? 0 : scratch.byteLength * 2));
         data = scratch.subarray(0, t.byteLength);
         await this.readInto(t.name, data);
       } else {
@@ -309,7 +410,13 @@ export class SafetensorsFile implements SafetensorsReader {
   iterateChunks(options: ChunkOptions = {}): AsyncGenerator<TensorPiece<SafetensorsTensorInfo>> {
     if (options.names !== undefined) for (const n of options.names) this.info(n);
     return iterateChunksOf(this.source, this.#byOffset, options, (e, tensor) =>
-      e instanceof SafetensorsError ? e : new SafetensorsError(e.code, e.message, { file: this.source.name, tensor: tensor === "" ? undefined : tensor, cause: e }),
+      e instanceof SafetensorsError
+        ? e
+        : new SafetensorsError(e.code, e.message, {
+            file: this.source.name,
+            tensor: tensor === "" ? undefined : tensor,
+            cause: e,
+          }),
     );
   }
 

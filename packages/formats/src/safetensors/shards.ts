@@ -5,7 +5,16 @@ import { SafetensorsError } from "../errors";
 import { AtomicFile, type AtomicWriteOptions } from "../atomic";
 import { parseStrictJson, JsonSyntaxError, type JsonValue } from "../internal/json";
 import { dtypeSize, elementCount, type SafetensorsDtype } from "./dtype";
-import { SafetensorsFile, SAFETENSORS_MAX_HEADER_SIZE, type ChunkOptions, type IterateOptions, type SafetensorsReader, type SafetensorsTensorInfo, type TensorChunk, type TensorPiece } from "./reader";
+import {
+  SafetensorsFile,
+  SAFETENSORS_MAX_HEADER_SIZE,
+  type ChunkOptions,
+  type IterateOptions,
+  type SafetensorsReader,
+  type SafetensorsTensorInfo,
+  type TensorChunk,
+  type TensorPiece,
+} from "./reader";
 import { SafetensorsWriter, type SafetensorsTensorData, type SafetensorsTensorDecl } from "./writer";
 import { viewAs, type DtypeArrays } from "../view";
 
@@ -24,28 +33,42 @@ export function parseSafetensorsIndex(text: string, file = "<index>"): Safetenso
   try {
     json = parseStrictJson(text);
   } catch (e) {
-    if (e instanceof JsonSyntaxError) throw new SafetensorsError("index_json", `index is not valid JSON: ${e.message}`, { file });
+    if (e instanceof JsonSyntaxError)
+      throw new SafetensorsError("index_json", `index is not valid JSON: ${e.message}`, { file });
     throw e;
   }
   if (!(json instanceof Map)) throw new SafetensorsError("index_json", "index must be a JSON object", { file });
   const wm = json.get("weight_map");
-  if (wm === undefined) throw new SafetensorsError("index_missing_weight_map", "index has no \"weight_map\"", { file });
-  if (!(wm instanceof Map)) throw new SafetensorsError("index_json", "\"weight_map\" must be an object mapping tensor names to shard file names", { file });
+  if (wm === undefined) throw new SafetensorsError("index_missing_weight_map", 'index has no "weight_map"', { file });
+  if (!(wm instanceof Map))
+    throw new SafetensorsError(
+      "index_json",
+      '"weight_map" must be an object mapping tensor names to shard file names',
+      { file },
+    );
   const weightMap = new Map<string, string>();
   for (const [name, shard] of wm) {
     if (typeof shard !== "string" || !SHARD_NAME_OK.test(shard) || shard === "." || shard === "..") {
-      throw new SafetensorsError("index_json", `weight_map entry must be a plain file name in the index's directory, got ${JSON.stringify(shard)}`, { file, tensor: name });
+      throw new SafetensorsError(
+        "index_json",
+        `weight_map entry must be a plain file name in the index's directory, got ${JSON.stringify(shard)}`,
+        { file, tensor: name },
+      );
     }
     weightMap.set(name, shard);
   }
   const metadata: Record<string, unknown> = {};
   const md = json.get("metadata");
   if (md !== undefined && md !== null) {
-    if (!(md instanceof Map)) throw new SafetensorsError("index_json", "\"metadata\" must be an object", { file });
+    if (!(md instanceof Map)) throw new SafetensorsError("index_json", '"metadata" must be an object', { file });
     for (const [k, v] of md) Object.defineProperty(metadata, k, { value: v, enumerable: true });
     const ts = md.get("total_size");
     if (ts !== undefined && (typeof ts !== "number" || !Number.isSafeInteger(ts) || ts < 0)) {
-      throw new SafetensorsError("index_json", `metadata.total_size must be a non-negative integer, got ${JSON.stringify(ts)}`, { file });
+      throw new SafetensorsError(
+        "index_json",
+        `metadata.total_size must be a non-negative integer, got ${JSON.stringify(ts)}`,
+        { file },
+      );
     }
   }
   return { metadata, weightMap };
@@ -92,23 +115,41 @@ export class ShardedSafetensors implements SafetensorsReader {
       else {
         const entries = (await readdir(path)).filter((f) => f.endsWith(".safetensors.index.json"));
         if (entries.length === 1) indexPath = join(path, entries[0]);
-        else if (entries.length > 1) throw new SafetensorsError("index_json", `several index files (${entries.join(", ")}); open one of them explicitly`, { file: path });
+        else if (entries.length > 1)
+          throw new SafetensorsError(
+            "index_json",
+            `several index files (${entries.join(", ")}); open one of them explicitly`,
+            { file: path },
+          );
         else if (await exists(join(path, "model.safetensors"))) {
           const f = await SafetensorsFile.open(join(path, "model.safetensors"));
           const weightMap = new Map(f.names.map((n) => [n, "model.safetensors"]));
           return new ShardedSafetensors(undefined, { metadata: {}, weightMap }, new Map([["model.safetensors", f]]));
-        } else throw new SafetensorsError("shard_missing", "directory has neither a *.safetensors.index.json nor a model.safetensors", { file: path });
+        } else
+          throw new SafetensorsError(
+            "shard_missing",
+            "directory has neither a *.safetensors.index.json nor a model.safetensors",
+            { file: path },
+          );
       }
     } else indexPath = path;
 
     let text: string;
     try {
       const s = await stat(indexPath);
-      if (s.size > SAFETENSORS_MAX_HEADER_SIZE) throw new SafetensorsError("index_json", `index is ${s.size} bytes, above the ${SAFETENSORS_MAX_HEADER_SIZE}-byte limit`, { file: indexPath });
+      if (s.size > SAFETENSORS_MAX_HEADER_SIZE)
+        throw new SafetensorsError(
+          "index_json",
+          `index is ${s.size} bytes, above the ${SAFETENSORS_MAX_HEADER_SIZE}-byte limit`,
+          { file: indexPath },
+        );
       text = new TextDecoder("utf-8", { fatal: true }).decode(await readFile(indexPath));
     } catch (e) {
       if (e instanceof SafetensorsError) throw e;
-      throw new SafetensorsError("index_json", `cannot read index: ${(e as Error).message}`, { file: indexPath, cause: e });
+      throw new SafetensorsError("index_json", `cannot read index: ${(e as Error).message}`, {
+        file: indexPath,
+        cause: e,
+      });
     }
     const index = parseSafetensorsIndex(text, indexPath);
     const dir = dirname(indexPath);
@@ -116,20 +157,39 @@ export class ShardedSafetensors implements SafetensorsReader {
     try {
       for (const shard of new Set(index.weightMap.values())) {
         const p = join(dir, shard);
-        if (!(await exists(p))) throw new SafetensorsError("shard_missing", `shard ${JSON.stringify(shard)} named in the weight_map does not exist`, { file: indexPath, tensor: [...index.weightMap].find(([, s]) => s === shard)![0] });
+        if (!(await exists(p)))
+          throw new SafetensorsError(
+            "shard_missing",
+            `shard ${JSON.stringify(shard)} named in the weight_map does not exist`,
+            { file: indexPath, tensor: [...index.weightMap].find(([, s]) => s === shard)![0] },
+          );
         shards.set(shard, await SafetensorsFile.open(p));
       }
       for (const [name, shard] of index.weightMap) {
         if (!shards.get(shard)!.has(name)) {
           const actual = [...shards].find(([, f]) => f.has(name))?.[0];
-          throw new SafetensorsError("wrong_shard", `weight_map puts it in ${JSON.stringify(shard)}, which does not contain it${actual === undefined ? "" : ` (it is in ${JSON.stringify(actual)})`}`, { file: indexPath, tensor: name });
+          throw new SafetensorsError(
+            "wrong_shard",
+            `weight_map puts it in ${JSON.stringify(shard)}, which does not contain it${actual === undefined ? "" : ` (it is in ${JSON.stringify(actual)})`}`,
+            { file: indexPath, tensor: name },
+          );
         }
       }
       for (const [shard, f] of shards) {
         for (const name of f.names) {
           const listed = index.weightMap.get(name);
-          if (listed === undefined) throw new SafetensorsError("unlisted_tensor", `shard ${JSON.stringify(shard)} contains a tensor the weight_map does not list`, { file: join(dir, shard), tensor: name });
-          if (listed !== shard) throw new SafetensorsError("wrong_shard", `also present in ${JSON.stringify(shard)} although the weight_map puts it in ${JSON.stringify(listed)}`, { file: join(dir, shard), tensor: name });
+          if (listed === undefined)
+            throw new SafetensorsError(
+              "unlisted_tensor",
+              `shard ${JSON.stringify(shard)} contains a tensor the weight_map does not list`,
+              { file: join(dir, shard), tensor: name },
+            );
+          if (listed !== shard)
+            throw new SafetensorsError(
+              "wrong_shard",
+              `also present in ${JSON.stringify(shard)} although the weight_map puts it in ${JSON.stringify(listed)}`,
+              { file: join(dir, shard), tensor: name },
+            );
         }
       }
     } catch (e) {
@@ -158,7 +218,11 @@ export class ShardedSafetensors implements SafetensorsReader {
 
   shardOf(name: string): string {
     const s = this.index.weightMap.get(name);
-    if (s === undefined) throw new SafetensorsError("tensor_not_found", "no such tensor in the weight_map", { file: this.indexPath, tensor: name });
+    if (s === undefined)
+      throw new SafetensorsError("tensor_not_found", "no such tensor in the weight_map", {
+        file: this.indexPath,
+        tensor: name,
+      });
     return s;
   }
 
@@ -180,7 +244,8 @@ export class ShardedSafetensors implements SafetensorsReader {
 
   async readTyped<D extends SafetensorsDtype>(name: string, dtype?: D): Promise<DtypeArrays[D]> {
     const t = this.info(name);
-    if (dtype !== undefined && dtype !== t.dtype) throw new SafetensorsError("invalid_argument", `tensor is ${t.dtype}, not ${dtype}`, { tensor: name });
+    if (dtype !== undefined && dtype !== t.dtype)
+      throw new SafetensorsError("invalid_argument", `tensor is ${t.dtype}, not ${dtype}`, { tensor: name });
     return viewAs(await this.read(name), t.dtype as D);
   }
 
@@ -220,11 +285,16 @@ export function openShardedSafetensors(path: string): Promise<ShardedSafetensors
 /** "5GB" (10^9), "500MiB" (2^20), or a byte count. Mirrors Hugging Face's `max_shard_size`. */
 export function parseShardSize(size: number | string): number {
   if (typeof size === "number") {
-    if (!Number.isSafeInteger(size) || size <= 0) throw new SafetensorsError("invalid_argument", `maxShardSize must be a positive integer, got ${size}`);
+    if (!Number.isSafeInteger(size) || size <= 0)
+      throw new SafetensorsError("invalid_argument", `maxShardSize must be a positive integer, got ${size}`);
     return size;
   }
   const m = /^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$/i.exec(size);
-  if (m === null) throw new SafetensorsError("invalid_argument", `cannot parse maxShardSize ${JSON.stringify(size)} (expected e.g. "5GB", "500MiB" or a byte count)`);
+  if (m === null)
+    throw new SafetensorsError(
+      "invalid_argument",
+      `cannot parse maxShardSize ${JSON.stringify(size)} (expected e.g. "5GB", "500MiB" or a byte count)`,
+    );
   const unit = (m[2] ?? "B").toUpperCase();
   const pow = { B: 0, KB: 1, MB: 2, GB: 3, TB: 4, KIB: 1, MIB: 2, GIB: 3, TIB: 4 }[unit]!;
   const base = unit.includes("I") ? 1024 : 1000;
@@ -236,14 +306,20 @@ export function parseShardSize(size: number | string): number {
  * a tensor starts a new shard when adding it would exceed the limit; a tensor larger than
  * the limit sits alone in its own shard.
  */
-export function planShards(decls: readonly SafetensorsTensorDecl[], maxShardSize: number | string): SafetensorsTensorDecl[][] {
+export function planShards(
+  decls: readonly SafetensorsTensorDecl[],
+  maxShardSize: number | string,
+): SafetensorsTensorDecl[][] {
   const max = parseShardSize(maxShardSize);
   const shards: SafetensorsTensorDecl[][] = [];
   let cur: SafetensorsTensorDecl[] = [];
   let size = 0;
   for (const d of decls) {
     const n = elementCount(d.shape);
-    if (n === undefined) throw new SafetensorsError("bad_shape", `shape ${JSON.stringify(d.shape)} must be non-negative integers`, { tensor: d.name });
+    if (n === undefined)
+      throw new SafetensorsError("bad_shape", `shape ${JSON.stringify(d.shape)} must be non-negative integers`, {
+        tensor: d.name,
+      });
     const bytes = n * dtypeSize(d.dtype);
     if (cur.length > 0 && size + bytes > max) {
       shards.push(cur);
@@ -293,11 +369,16 @@ export class ShardedSafetensorsWriter {
     const prefix = options.prefix ?? "model";
     const n = plan.length;
     const pad = (i: number): string => String(i).padStart(5, "0");
-    this.files = n === 1 ? [`${prefix}.safetensors`] : plan.map((_, i) => `${prefix}-${pad(i + 1)}-of-${pad(n)}.safetensors`);
+    this.files =
+      n === 1 ? [`${prefix}.safetensors`] : plan.map((_, i) => `${prefix}-${pad(i + 1)}-of-${pad(n)}.safetensors`);
     this.indexFile = n === 1 ? undefined : `${prefix}.safetensors.index.json`;
   }
 
-  static async create(dir: string, decls: readonly SafetensorsTensorDecl[], options: ShardedWriteOptions = {}): Promise<ShardedSafetensorsWriter> {
+  static async create(
+    dir: string,
+    decls: readonly SafetensorsTensorDecl[],
+    options: ShardedWriteOptions = {},
+  ): Promise<ShardedSafetensorsWriter> {
     const names = new Set<string>();
     for (const d of decls) {
       if (names.has(d.name)) throw new SafetensorsError("duplicate_name", "declared twice", { tensor: d.name });
@@ -316,7 +397,12 @@ export class ShardedSafetensorsWriter {
       }
       if (this.#shard + 1 >= this.#plan.length) return;
       this.#shard++;
-      this.#writer = await SafetensorsWriter.create(join(this.dir, this.files[this.#shard]), this.#plan[this.#shard], this.#options.metadata, this.#options);
+      this.#writer = await SafetensorsWriter.create(
+        join(this.dir, this.files[this.#shard]),
+        this.#plan[this.#shard],
+        this.#options.metadata,
+        this.#options,
+      );
     }
   }
 
@@ -325,21 +411,31 @@ export class ShardedSafetensorsWriter {
   }
 
   async writeChunk(name: string, chunk: ArrayBufferView): Promise<void> {
-    if (this.#done) throw new SafetensorsError("writer_closed", "write after finish/abort", { file: this.dir, tensor: name });
-    if (this.#writer === undefined) throw new SafetensorsError("write_order", "all declared tensors are already written", { file: this.dir, tensor: name });
+    if (this.#done)
+      throw new SafetensorsError("writer_closed", "write after finish/abort", { file: this.dir, tensor: name });
+    if (this.#writer === undefined)
+      throw new SafetensorsError("write_order", "all declared tensors are already written", {
+        file: this.dir,
+        tensor: name,
+      });
     await this.#writer.writeChunk(name, chunk);
     await this.#advance();
   }
 
   async writeTensor(name: string, data: ArrayBufferView): Promise<void> {
-    if (this.#done) throw new SafetensorsError("writer_closed", "write after finish/abort", { file: this.dir, tensor: name });
+    if (this.#done)
+      throw new SafetensorsError("writer_closed", "write after finish/abort", { file: this.dir, tensor: name });
     const where = this.#shardOf.get(name);
     if (where !== undefined && (where.shard < this.#shard || this.#writer === undefined)) {
       // Only legal for empty tensors, which the shard writers skip.
       if (where.bytes === 0 && data.byteLength === 0) return;
       throw new SafetensorsError("write_order", "tensor was already written", { file: this.dir, tensor: name });
     }
-    if (this.#writer === undefined) throw new SafetensorsError("write_order", "all declared tensors are already written", { file: this.dir, tensor: name });
+    if (this.#writer === undefined)
+      throw new SafetensorsError("write_order", "all declared tensors are already written", {
+        file: this.dir,
+        tensor: name,
+      });
     await this.#writer.writeTensor(name, data);
     await this.#advance();
   }
@@ -350,7 +446,10 @@ export class ShardedSafetensorsWriter {
     if (this.#writer !== undefined) {
       const next = this.#writer.next;
       await this.abort();
-      throw new SafetensorsError("write_incomplete", "finish() before every declared tensor was written", { file: this.dir, tensor: next });
+      throw new SafetensorsError("write_incomplete", "finish() before every declared tensor was written", {
+        file: this.dir,
+        tensor: next,
+      });
     }
     this.#done = true;
     if (this.indexFile === undefined) return;
@@ -383,7 +482,11 @@ export class ShardedSafetensorsWriter {
 }
 
 /** Writes tensors as Hugging Face-style shards plus index; returns the file names written. */
-export async function writeShardedSafetensors(dir: string, tensors: readonly SafetensorsTensorData[], options: ShardedWriteOptions = {}): Promise<{ files: readonly string[]; indexFile: string | undefined }> {
+export async function writeShardedSafetensors(
+  dir: string,
+  tensors: readonly SafetensorsTensorData[],
+  options: ShardedWriteOptions = {},
+): Promise<{ files: readonly string[]; indexFile: string | undefined }> {
   const w = await ShardedSafetensorsWriter.create(dir, tensors, options);
   try {
     for (const t of tensors) await w.writeTensor(t.name, t.data);
@@ -394,4 +497,3 @@ export async function writeShardedSafetensors(dir: string, tensors: readonly Saf
   }
   return { files: w.files, indexFile: w.indexFile };
 }
-

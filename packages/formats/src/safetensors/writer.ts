@@ -29,12 +29,19 @@ function bytesOf(v: ArrayBufferView): Uint8Array {
  * Validates declarations and builds the header: `{"__metadata__":…, name:{dtype,shape,data_offsets}…}`
  * in declaration order, data contiguous in that order, padded with spaces to a multiple of 8.
  */
-export function layoutSafetensors(decls: readonly SafetensorsTensorDecl[], metadata?: Readonly<Record<string, string>>, file = "<memory>"): SafetensorsLayout {
+export function layoutSafetensors(
+  decls: readonly SafetensorsTensorDecl[],
+  metadata?: Readonly<Record<string, string>>,
+  file = "<memory>",
+): SafetensorsLayout {
   const header: Record<string, unknown> = {};
   if (metadata !== undefined) {
     const m: Record<string, string> = {};
     for (const [k, v] of Object.entries(metadata)) {
-      if (typeof v !== "string") throw new SafetensorsError("bad_metadata", `metadata value for ${JSON.stringify(k)} must be a string`, { file });
+      if (typeof v !== "string")
+        throw new SafetensorsError("bad_metadata", `metadata value for ${JSON.stringify(k)} must be a string`, {
+          file,
+        });
       m[k] = v;
     }
     header.__metadata__ = m;
@@ -43,15 +50,26 @@ export function layoutSafetensors(decls: readonly SafetensorsTensorDecl[], metad
   const tensors: { name: string; byteLength: number; begin: number; end: number }[] = [];
   let offset = 0;
   for (const d of decls) {
-    if (typeof d.name !== "string" || d.name === "__metadata__") throw new SafetensorsError("invalid_argument", `tensor name ${JSON.stringify(d.name)} is not allowed`, { file });
+    if (typeof d.name !== "string" || d.name === "__metadata__")
+      throw new SafetensorsError("invalid_argument", `tensor name ${JSON.stringify(d.name)} is not allowed`, { file });
     if (seen.has(d.name)) throw new SafetensorsError("duplicate_name", "declared twice", { file, tensor: d.name });
     seen.add(d.name);
-    if (!isSafetensorsDtype(d.dtype)) throw new SafetensorsError("unknown_dtype", `unknown dtype ${JSON.stringify(d.dtype)}`, { file, tensor: d.name });
+    if (!isSafetensorsDtype(d.dtype))
+      throw new SafetensorsError("unknown_dtype", `unknown dtype ${JSON.stringify(d.dtype)}`, { file, tensor: d.name });
     const count = Array.isArray(d.shape) ? elementCount(d.shape) : undefined;
-    if (count === undefined) throw new SafetensorsError("bad_shape", `shape ${JSON.stringify(d.shape)} must be non-negative integers`, { file, tensor: d.name });
+    if (count === undefined)
+      throw new SafetensorsError("bad_shape", `shape ${JSON.stringify(d.shape)} must be non-negative integers`, {
+        file,
+        tensor: d.name,
+      });
     const byteLength = count * dtypeSize(d.dtype);
     tensors.push({ name: d.name, byteLength, begin: offset, end: offset + byteLength });
-    Object.defineProperty(header, d.name, { value: { dtype: d.dtype, shape: [...d.shape], data_offsets: [offset, offset + byteLength] }, enumerable: true, writable: true, configurable: true });
+    Object.defineProperty(header, d.name, {
+      value: { dtype: d.dtype, shape: [...d.shape], data_offsets: [offset, offset + byteLength] },
+      enumerable: true,
+      writable: true,
+      configurable: true,
+    });
     offset += byteLength;
   }
   const json = new TextEncoder().encode(JSON.stringify(header));
@@ -64,14 +82,22 @@ export function layoutSafetensors(decls: readonly SafetensorsTensorDecl[], metad
 }
 
 /** Builds a whole safetensors file in memory (small files, tests). */
-export function serializeSafetensors(tensors: readonly SafetensorsTensorData[], metadata?: Readonly<Record<string, string>>): Uint8Array {
+export function serializeSafetensors(
+  tensors: readonly SafetensorsTensorData[],
+  metadata?: Readonly<Record<string, string>>,
+): Uint8Array {
   const layout = layoutSafetensors(tensors, metadata);
   const out = new Uint8Array(layout.header.byteLength + layout.dataLength);
   out.set(layout.header, 0);
   tensors.forEach((t, i) => {
     const bytes = bytesOf(t.data);
     const l = layout.tensors[i];
-    if (bytes.byteLength !== l.byteLength) throw new SafetensorsError("size_mismatch", `data is ${bytes.byteLength} bytes, shape × dtype needs ${l.byteLength}`, { tensor: t.name });
+    if (bytes.byteLength !== l.byteLength)
+      throw new SafetensorsError(
+        "size_mismatch",
+        `data is ${bytes.byteLength} bytes, shape × dtype needs ${l.byteLength}`,
+        { tensor: t.name },
+      );
     out.set(bytes, layout.header.byteLength + l.begin);
   });
   return out;
@@ -123,12 +149,14 @@ export class SafetensorsWriter {
   }
 
   #skipEmpty(): void {
-    while (this.#index < this.#layout.tensors.length && this.#layout.tensors[this.#index].byteLength === 0) this.#index++;
+    while (this.#index < this.#layout.tensors.length && this.#layout.tensors[this.#index].byteLength === 0)
+      this.#index++;
   }
 
   /** Appends bytes to `name`, which must be the tensor currently being written. */
   async writeChunk(name: string, chunk: ArrayBufferView): Promise<void> {
-    if (this.#done) throw new SafetensorsError("writer_closed", "write after finish/abort", { file: this.path, tensor: name });
+    if (this.#done)
+      throw new SafetensorsError("writer_closed", "write after finish/abort", { file: this.path, tensor: name });
     const cur = this.#layout.tensors[this.#index];
     if (cur === undefined || cur.name !== name) {
       const declared = this.#layout.tensors.some((t) => t.name === name);
@@ -142,7 +170,11 @@ export class SafetensorsWriter {
     }
     const bytes = bytesOf(chunk);
     if (this.#written + bytes.byteLength > cur.byteLength) {
-      throw new SafetensorsError("size_mismatch", `chunk of ${bytes.byteLength} bytes after ${this.#written} would exceed the tensor's ${cur.byteLength} bytes`, { file: this.path, tensor: name });
+      throw new SafetensorsError(
+        "size_mismatch",
+        `chunk of ${bytes.byteLength} bytes after ${this.#written} would exceed the tensor's ${cur.byteLength} bytes`,
+        { file: this.path, tensor: name },
+      );
     }
     await this.#file.write(bytes);
     this.#written += bytes.byteLength;
@@ -156,12 +188,20 @@ export class SafetensorsWriter {
   /** Writes a whole tensor at once (it must be next and not yet started). */
   async writeTensor(name: string, data: ArrayBufferView): Promise<void> {
     if (this.#sizes.get(name) === 0) {
-      if (data.byteLength !== 0) throw new SafetensorsError("size_mismatch", `data is ${data.byteLength} bytes, the tensor is empty`, { file: this.path, tensor: name });
+      if (data.byteLength !== 0)
+        throw new SafetensorsError("size_mismatch", `data is ${data.byteLength} bytes, the tensor is empty`, {
+          file: this.path,
+          tensor: name,
+        });
       return;
     }
     const cur = this.#layout.tensors[this.#index];
     if (cur !== undefined && cur.name === name && (this.#written !== 0 || data.byteLength !== cur.byteLength)) {
-      throw new SafetensorsError("size_mismatch", `data is ${data.byteLength} bytes, shape × dtype needs ${cur.byteLength}${this.#written !== 0 ? " (and the tensor was already partly written)" : ""}`, { file: this.path, tensor: name });
+      throw new SafetensorsError(
+        "size_mismatch",
+        `data is ${data.byteLength} bytes, shape × dtype needs ${cur.byteLength}${this.#written !== 0 ? " (and the tensor was already partly written)" : ""}`,
+        { file: this.path, tensor: name },
+      );
     }
     await this.writeChunk(name, data);
   }
@@ -172,7 +212,11 @@ export class SafetensorsWriter {
     if (this.#index < this.#layout.tensors.length) {
       const cur = this.#layout.tensors[this.#index];
       await this.abort();
-      throw new SafetensorsError("write_incomplete", `finish() with ${cur.byteLength - this.#written} bytes of this tensor (and ${this.#layout.tensors.length - this.#index - 1} later tensors) unwritten; nothing was written under the final name`, { file: this.path, tensor: cur.name });
+      throw new SafetensorsError(
+        "write_incomplete",
+        `finish() with ${cur.byteLength - this.#written} bytes of this tensor (and ${this.#layout.tensors.length - this.#index - 1} later tensors) unwritten; nothing was written under the final name`,
+        { file: this.path, tensor: cur.name },
+      );
     }
     this.#done = true;
     await this.#file.commit();

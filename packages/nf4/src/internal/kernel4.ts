@@ -368,7 +368,8 @@ function blockAbsmax(src: AbsmaxSource, blk: number): number {
   const nd = src.nested;
   if (nd === undefined) return src.values[blk - src.base];
   return Math.fround(
-    Math.fround(nd.code[nd.qabsmax[blk]] * nd.nestedAbsmax[Math.floor(blk / nd.nestedBlocksize)]) + Math.fround(nd.offset),
+    Math.fround(nd.code[nd.qabsmax[blk]] * nd.nestedAbsmax[Math.floor(blk / nd.nestedBlocksize)]) +
+      Math.fround(nd.offset),
   );
 }
 
@@ -508,7 +509,8 @@ export function dequantizeRangeF32(
     // fast path: whole blocks, 8 codes per 32-bit read (blocksize is a multiple of 8); absmax of
     // up to 512 blocks resolved at a time into a small scratch (double quant) or read in place
     const blkEnd = Math.floor(end / blocksize);
-    const scratch = absmax.nested === undefined ? undefined : new Float32Array(Math.min(512, blkEnd - start / blocksize));
+    const scratch =
+      absmax.nested === undefined ? undefined : new Float32Array(Math.min(512, blkEnd - start / blocksize));
     let q = i >>> 3;
     let w = o;
     for (let blk = start / blocksize; blk < blkEnd; ) {

@@ -42,10 +42,7 @@ export function checkQuantType(t: unknown, arg = "quantType"): QuantType {
 
 export function checkDType(t: unknown, arg = "dtype"): FloatDType {
   if (t !== "float32" && t !== "float16" && t !== "bfloat16") {
-    throw new Nf4Error(
-      "INVALID_DTYPE",
-      `${arg}: expected "float32", "float16" or "bfloat16", got ${describe(t)}`,
-    );
+    throw new Nf4Error("INVALID_DTYPE", `${arg}: expected "float32", "float16" or "bfloat16", got ${describe(t)}`);
   }
   return t;
 }

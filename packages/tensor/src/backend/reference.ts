@@ -29,7 +29,9 @@ export const NF4_LUT = new Float32Array([
   -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
   0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
 ]);
-export const FP4_LUT = new Float32Array([0, 0.0625, 8, 12, 4, 6, 2, 3, -0, -0.0625, -8, -12, -4, -6, -2, -3].map((v) => v / 12));
+export const FP4_LUT = new Float32Array(
+  [0, 0.0625, 8, 12, 4, 6, 2, 3, -0, -0.0625, -8, -12, -4, -6, -2, -3].map((v) => v / 12),
+);
 
 export function dtypeBytes(dtype: DType): number {
   switch (dtype) {
@@ -93,7 +95,8 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
   }
   function host(b: Buffer, op: string): HostBuffer {
     const h = b as HostBuffer;
-    if (h.device !== "cpu" || h.data === undefined) throw new TensorError("BAD_BUFFER", `${name}.${op}: expected a host buffer, got device "${b.device}"`);
+    if (h.device !== "cpu" || h.data === undefined)
+      throw new TensorError("BAD_BUFFER", `${name}.${op}: expected a host buffer, got device "${b.device}"`);
     return h;
   }
   /** Values of a buffer as numbers (bf16/f16 decoded); f32 buffers returned as is. */
@@ -135,7 +138,12 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
     }
   }
   /** Calls fn(outIndex, srcIndex) for every element of a strided view, row-major. */
-  function forEachStrided(shape: readonly number[], strides: readonly number[], offset: number, fn: (o: number, s: number) => void): void {
+  function forEachStrided(
+    shape: readonly number[],
+    strides: readonly number[],
+    offset: number,
+    fn: (o: number, s: number) => void,
+  ): void {
     const rank = shape.length;
     const n = shape.reduce((a, b) => a * b, 1);
     if (n === 0) return;
@@ -227,7 +235,9 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
     const q = host(w.absmax.qabsmax, "matmul4bit").data as Uint8Array;
     const code = host(w.absmax.code, "matmul4bit").data;
     const nested = host(w.absmax.nestedAbsmax, "matmul4bit").data;
-    return Math.fround(Math.fround(code[q[blk]] * nested[Math.floor(blk / w.absmax.nestedBlocksize)]) + Math.fround(w.absmax.offset));
+    return Math.fround(
+      Math.fround(code[q[blk]] * nested[Math.floor(blk / w.absmax.nestedBlocksize)]) + Math.fround(w.absmax.offset),
+    );
   }
 
   /** Dequantize row `o` of a 4-bit weight (k elements) into `row`: one tile, never the whole matrix. */
@@ -356,8 +366,10 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       for (let bt = 0; bt < batch; bt++) {
         const ao = bt * aStride;
         const bo = bt * bStride;
-        for (let i = 0; i < m; i++) for (let p = 0; p < k; p++) Ar[i * k + p] = opts.transA ? A[ao + p * m + i] : A[ao + i * k + p];
-        for (let p = 0; p < k; p++) for (let j = 0; j < n; j++) Br[p * n + j] = opts.transB ? B[bo + j * k + p] : B[bo + p * n + j];
+        for (let i = 0; i < m; i++)
+          for (let p = 0; p < k; p++) Ar[i * k + p] = opts.transA ? A[ao + p * m + i] : A[ao + i * k + p];
+        for (let p = 0; p < k; p++)
+          for (let j = 0; j < n; j++) Br[p * n + j] = opts.transB ? B[bo + j * k + p] : B[bo + p * n + j];
         for (let i = 0; i < m; i++) {
           row.fill(0);
           for (let p = 0; p < k; p++) {
@@ -474,7 +486,11 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       const K = asF(k, "attention");
       const V = asF(v, "attention");
       const { batch, heads, kvHeads, seq, headDim: D, scale } = o;
-      if (heads % kvHeads !== 0) throw new TensorError("BAD_SHAPE", `${name}.attention: heads (${heads}) must be a multiple of kvHeads (${kvHeads})`);
+      if (heads % kvHeads !== 0)
+        throw new TensorError(
+          "BAD_SHAPE",
+          `${name}.attention: heads (${heads}) must be a multiple of kvHeads (${kvHeads})`,
+        );
       const seg = o.segmentIds ? ints(o.segmentIds, "attention") : undefined;
       const group = heads / kvHeads;
       const out = mkF(batch * heads * seq * D);
@@ -598,7 +614,11 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
         const lab = Lb[r];
         if (lab === ignoreIndex) loss.data[r] = 0;
         else {
-          if (lab < 0 || lab >= vocab) throw new TensorError("LABEL_OUT_OF_RANGE", `${name}.crossEntropy: label ${lab} at row ${r} is outside [0, ${vocab}) and is not ignoreIndex ${ignoreIndex}`);
+          if (lab < 0 || lab >= vocab)
+            throw new TensorError(
+              "LABEL_OUT_OF_RANGE",
+              `${name}.crossEntropy: label ${lab} at row ${r} is outside [0, ${vocab}) and is not ignoreIndex ${ignoreIndex}`,
+            );
           loss.data[r] = l - X[r * vocab + lab];
         }
       }
@@ -646,7 +666,11 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       const { buf, data } = mkF(count * dim);
       for (let i = 0; i < count; i++) {
         const id = I[i];
-        if (id < 0 || id >= vocab) throw new TensorError("INDEX_OUT_OF_RANGE", `${name}.embedding: id ${id} at position ${i} is outside [0, ${vocab})`);
+        if (id < 0 || id >= vocab)
+          throw new TensorError(
+            "INDEX_OUT_OF_RANGE",
+            `${name}.embedding: id ${id} at position ${i} is outside [0, ${vocab})`,
+          );
         for (let d = 0; d < dim; d++) data[i * dim + d] = W[id * dim + d];
       }
       return buf;
@@ -657,7 +681,11 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       const acc = new Float64Array(vocab * dim);
       for (let i = 0; i < count; i++) {
         const id = I[i];
-        if (id < 0 || id >= vocab) throw new TensorError("INDEX_OUT_OF_RANGE", `${name}.embeddingBackward: id ${id} at position ${i} is outside [0, ${vocab})`);
+        if (id < 0 || id >= vocab)
+          throw new TensorError(
+            "INDEX_OUT_OF_RANGE",
+            `${name}.embeddingBackward: id ${id} at position ${i} is outside [0, ${vocab})`,
+          );
         for (let d = 0; d < dim; d++) acc[id * dim + d] += DY[i * dim + d];
       }
       const { buf, data } = mkF(vocab * dim);

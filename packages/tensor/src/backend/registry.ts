@@ -22,7 +22,8 @@ let defaultOverride: Backend | undefined;
 
 /** Conventional priorities: cuda 20 > cpu 10 > reference 0. Re-registering a name replaces it. */
 export function registerBackend(backend: Backend, priority: number): void {
-  if (!backend || typeof backend.name !== "string") throw new TensorError("BAD_BACKEND", "registerBackend: expected a Backend with a name");
+  if (!backend || typeof backend.name !== "string")
+    throw new TensorError("BAD_BACKEND", "registerBackend: expected a Backend with a name");
   entries.set(backend.name, { backend, priority });
 }
 
@@ -57,7 +58,12 @@ export function getBackend(name?: string): Backend {
   lastChoice = {
     name: best.name,
     device: best.device,
-    reason: entries.size === 1 ? "no other backend registered" : `highest priority of: ${availableBackends().map((b) => b.name).join(" > ")}`,
+    reason:
+      entries.size === 1
+        ? "no other backend registered"
+        : `highest priority of: ${availableBackends()
+            .map((b) => b.name)
+            .join(" > ")}`,
   };
   return best;
 }

@@ -55,7 +55,19 @@ export interface StridedView {
 }
 
 export type UnaryOp =
-  | "neg" | "exp" | "log" | "sqrt" | "rsqrt" | "abs" | "sigmoid" | "silu" | "relu" | "tanh" | "recip" | "square" | "sign";
+  | "neg"
+  | "exp"
+  | "log"
+  | "sqrt"
+  | "rsqrt"
+  | "abs"
+  | "sigmoid"
+  | "silu"
+  | "relu"
+  | "tanh"
+  | "recip"
+  | "square"
+  | "sign";
 export type BinaryOp = "add" | "sub" | "mul" | "div" | "max" | "min" | "pow" | "eq" | "gt" | "lt";
 export type ReduceOp = "sum" | "max" | "min";
 
@@ -167,7 +179,14 @@ export interface Backend {
   matmul4bitInputGrad(dy: Buffer, w: QuantizedWeightBuffers, m: number): Buffer;
   /** y = x · rsqrt(mean(x²) + eps) · weight over rows of length dim; also returns rstd [rows]. */
   rmsNorm(x: Buffer, weight: Buffer, rows: number, dim: number, eps: number): { y: Buffer; rstd: Buffer };
-  rmsNormBackward(dy: Buffer, x: Buffer, weight: Buffer, rstd: Buffer, rows: number, dim: number): { dx: Buffer; dweight: Buffer };
+  rmsNormBackward(
+    dy: Buffer,
+    x: Buffer,
+    weight: Buffer,
+    rstd: Buffer,
+    rows: number,
+    dim: number,
+  ): { dx: Buffer; dweight: Buffer };
   /** Rotary embedding, Hugging Face "rotate_half" convention, on x [batch, seq, heads, headDim]
    * with positions i32 [batch, seq]. */
   rope(x: Buffer, positions: Buffer, options: RopeOptions): Buffer;
@@ -175,14 +194,34 @@ export interface Backend {
    * and the row log-sum-exp [batch, heads, seq] saved for backward. Never keeps a seq×seq matrix per head. */
   attention(q: Buffer, k: Buffer, v: Buffer, options: AttentionOptions): { out: Buffer; lse: Buffer };
   attentionBackward(
-    dout: Buffer, q: Buffer, k: Buffer, v: Buffer, out: Buffer, lse: Buffer, options: AttentionOptions,
+    dout: Buffer,
+    q: Buffer,
+    k: Buffer,
+    v: Buffer,
+    out: Buffer,
+    lse: Buffer,
+    options: AttentionOptions,
   ): { dq: Buffer; dk: Buffer; dv: Buffer };
   softmax(x: Buffer, rows: number, n: number): Buffer;
   softmaxBackward(dy: Buffer, y: Buffer, rows: number, n: number): Buffer;
   /** Per-row loss (0 where label === ignoreIndex) and the row log-sum-exp. */
-  crossEntropy(logits: Buffer, labels: Buffer, rows: number, vocab: number, ignoreIndex: number): { loss: Buffer; lse: Buffer };
+  crossEntropy(
+    logits: Buffer,
+    labels: Buffer,
+    rows: number,
+    vocab: number,
+    ignoreIndex: number,
+  ): { loss: Buffer; lse: Buffer };
   /** dlogits = dloss[row] · (softmax(logits) − onehot(label)); 0 on ignored rows. */
-  crossEntropyBackward(dloss: Buffer, logits: Buffer, labels: Buffer, lse: Buffer, rows: number, vocab: number, ignoreIndex: number): Buffer;
+  crossEntropyBackward(
+    dloss: Buffer,
+    logits: Buffer,
+    labels: Buffer,
+    lse: Buffer,
+    rows: number,
+    vocab: number,
+    ignoreIndex: number,
+  ): Buffer;
   /** silu(gate) · up, elementwise. */
   swiglu(gate: Buffer, up: Buffer, length: number): Buffer;
   swigluBackward(dy: Buffer, gate: Buffer, up: Buffer, length: number): { dgate: Buffer; dup: Buffer };
@@ -196,7 +235,10 @@ export interface Backend {
 
 export class BackendOpError extends Error {
   readonly code = "BACKEND_OP_MISSING";
-  constructor(readonly op: string, readonly backend: string) {
+  constructor(
+    readonly op: string,
+    readonly backend: string,
+  ) {
     super(`backend "${backend}" does not implement op "${op}"`);
     this.name = "BackendOpError";
   }

@@ -28,7 +28,8 @@ describe("bf16/f16 conversions (round to nearest even)", () => {
       const v = f16BitsToF32(h);
       if (!Number.isFinite(v)) continue;
       const back = f32ToF16Bits(v);
-      if (back !== h && !(v === 0 && (back | 0x8000) === (h | 0x8000))) throw new Error(`f16 ${h.toString(16)} → ${v} → ${back.toString(16)}`);
+      if (back !== h && !(v === 0 && (back | 0x8000) === (h | 0x8000)))
+        throw new Error(`f16 ${h.toString(16)} → ${v} → ${back.toString(16)}`);
     }
   });
 });

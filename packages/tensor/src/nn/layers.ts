@@ -38,7 +38,8 @@ export class Linear extends Module {
     super();
     const bound = 1 / Math.sqrt(inFeatures);
     this.weight = this.registerParameter("weight", uniformInit([outFeatures, inFeatures], bound, options))!;
-    this.bias = options.bias === false ? null : this.registerParameter("bias", uniformInit([outFeatures], bound, options));
+    this.bias =
+      options.bias === false ? null : this.registerParameter("bias", uniformInit([outFeatures], bound, options));
   }
   forward(x: Tensor): Tensor {
     const wt = this.weight.transpose(0, 1);
@@ -60,7 +61,11 @@ export class Embedding extends Module {
     options: LayerOptions = {},
   ) {
     super();
-    let w = randn([numEmbeddings, embeddingDim], { backend: options.backend, device: options.device, generator: options.generator });
+    let w = randn([numEmbeddings, embeddingDim], {
+      backend: options.backend,
+      device: options.device,
+      generator: options.generator,
+    });
     if (options.dtype && options.dtype !== "f32") {
       const c = w.cast(options.dtype);
       w.dispose();
@@ -82,7 +87,10 @@ export class RMSNorm extends Module {
     options: LayerOptions = {},
   ) {
     super();
-    this.weight = this.registerParameter("weight", ones([dim], { backend: options.backend, device: options.device, dtype: options.dtype }))!;
+    this.weight = this.registerParameter(
+      "weight",
+      ones([dim], { backend: options.backend, device: options.device, dtype: options.dtype }),
+    )!;
   }
   forward(x: Tensor): Tensor {
     return rmsNorm(x, this.weight, this.eps);

@@ -56,13 +56,21 @@ export class Linear4bit extends Module {
 
   constructor(state: QuantState4bit, options: Linear4bitOptions = {}) {
     super();
-    if (state.shape.length !== 2) throw new TensorError("BAD_SHAPE", `Linear4bit: quant state shape ${JSON.stringify(state.shape)} must be 2-D [out, in]`);
+    if (state.shape.length !== 2)
+      throw new TensorError(
+        "BAD_SHAPE",
+        `Linear4bit: quant state shape ${JSON.stringify(state.shape)} must be 2-D [out, in]`,
+      );
     [this.outFeatures, this.inFeatures] = state.shape;
     const be = resolveBackend(options);
     this._state = state;
     this._weight = { backend: be, buffers: upload(be, state) };
     const bias = options.bias ?? null;
-    if (bias && (bias.ndim !== 1 || bias.shape[0] !== this.outFeatures)) throw new TensorError("BAD_SHAPE", `Linear4bit: bias ${JSON.stringify(bias.shape)} must be [${this.outFeatures}]`);
+    if (bias && (bias.ndim !== 1 || bias.shape[0] !== this.outFeatures))
+      throw new TensorError(
+        "BAD_SHAPE",
+        `Linear4bit: bias ${JSON.stringify(bias.shape)} must be [${this.outFeatures}]`,
+      );
     this.bias = bias ? this.registerParameter("bias", bias, false) : null;
   }
 
@@ -74,14 +82,21 @@ export class Linear4bit extends Module {
     let values: Float32Array;
     let shape: number[];
     if (weight instanceof Tensor) {
-      if (weight.ndim !== 2) throw new TensorError("BAD_SHAPE", `Linear4bit.fromWeight: weight ${JSON.stringify(weight.shape)} must be 2-D`);
+      if (weight.ndim !== 2)
+        throw new TensorError("BAD_SHAPE", `Linear4bit.fromWeight: weight ${JSON.stringify(weight.shape)} must be 2-D`);
       values = Float32Array.from(weight.toTypedArray());
       shape = [...weight.shape];
     } else {
       values = weight.values;
       shape = weight.shape;
     }
-    const state = quantize4bit(values, { quantType: options.quantType ?? "nf4", blocksize: options.blocksize ?? 64, doubleQuant: options.doubleQuant ?? false, shape, dtype: "float32" });
+    const state = quantize4bit(values, {
+      quantType: options.quantType ?? "nf4",
+      blocksize: options.blocksize ?? 64,
+      doubleQuant: options.doubleQuant ?? false,
+      shape,
+      dtype: "float32",
+    });
     return new Linear4bit(state, options);
   }
 
@@ -111,7 +126,12 @@ export class Linear4bit extends Module {
     for (const [key, rec] of Object.entries(recs)) out[prefix + key] = recordToTensor(rec, this._weight.backend);
   }
 
-  protected override loadExtraState(prefix: string, sd: Record<string, Tensor>, used: Set<string>, missing: string[]): void {
+  protected override loadExtraState(
+    prefix: string,
+    sd: Record<string, Tensor>,
+    used: Set<string>,
+    missing: string[],
+  ): void {
     const recs: TensorRecords = {};
     for (const [key, t] of Object.entries(sd)) {
       if (key === `${prefix}weight` || key.startsWith(`${prefix}weight.`)) {
@@ -124,7 +144,11 @@ export class Linear4bit extends Module {
       return;
     }
     const state = unpackQuantState(recs, { param: "weight" });
-    if (state.shape.join() !== this._state.shape.join()) throw new TensorError("STATE_SHAPE", `loadStateDict: "${prefix}weight" holds shape ${JSON.stringify(state.shape)}, the module expects ${JSON.stringify(this._state.shape)}`);
+    if (state.shape.join() !== this._state.shape.join())
+      throw new TensorError(
+        "STATE_SHAPE",
+        `loadStateDict: "${prefix}weight" holds shape ${JSON.stringify(state.shape)}, the module expects ${JSON.stringify(this._state.shape)}`,
+      );
     freeBuffers(this._weight.backend, this._weight.buffers);
     this._state = state;
     this._weight = { backend: this._weight.backend, buffers: upload(this._weight.backend, state) };

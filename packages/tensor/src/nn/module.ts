@@ -73,7 +73,12 @@ export class Module {
   /** Hook for modules whose state is not plain tensors (Linear4bit's packed weight). */
   protected saveExtraState(_prefix: string, _out: Record<string, Tensor>): void {}
   /** Load what saveExtraState wrote; add the keys used to `used`. */
-  protected loadExtraState(_prefix: string, _sd: Record<string, Tensor>, _used: Set<string>, _missing: string[]): void {}
+  protected loadExtraState(
+    _prefix: string,
+    _sd: Record<string, Tensor>,
+    _used: Set<string>,
+    _missing: string[],
+  ): void {}
 
   /**
    * name → Tensor (parameters, then buffers, recursively; dotted names as in PyTorch). The tensors are the
@@ -106,7 +111,11 @@ export class Module {
             continue;
           }
           used.add(key);
-          if (src.shape.join() !== own.shape.join()) throw new TensorError("STATE_SHAPE", `loadStateDict: "${key}" has shape ${JSON.stringify(src.shape)}, the module expects ${JSON.stringify(own.shape)}`);
+          if (src.shape.join() !== own.shape.join())
+            throw new TensorError(
+              "STATE_SHAPE",
+              `loadStateDict: "${key}" has shape ${JSON.stringify(src.shape)}, the module expects ${JSON.stringify(own.shape)}`,
+            );
           const moved = src.device === own.device ? src._alias() : src.toDevice(own.device);
           copyInPlace(own.backend, own.buffer, own.stridedView, moved.buffer, moved.stridedView);
           moved.dispose();
@@ -116,7 +125,10 @@ export class Module {
     }
     const unexpected = Object.keys(sd).filter((k) => !used.has(k));
     if ((options.strict ?? true) && (missing.length || unexpected.length)) {
-      throw new TensorError("STATE_KEYS", `loadStateDict: missing keys [${missing.join(", ")}], unexpected keys [${unexpected.join(", ")}]`);
+      throw new TensorError(
+        "STATE_KEYS",
+        `loadStateDict: missing keys [${missing.join(", ")}], unexpected keys [${unexpected.join(", ")}]`,
+      );
     }
     return { missingKeys: missing, unexpectedKeys: unexpected };
   }
@@ -144,5 +156,6 @@ export class Module {
 }
 
 function checkName(name: string): void {
-  if (!name || name.includes(".")) throw new TensorError("BAD_NAME", `module member name "${name}" must be non-empty and contain no "."`);
+  if (!name || name.includes("."))
+    throw new TensorError("BAD_NAME", `module member name "${name}" must be non-empty and contain no "."`);
 }

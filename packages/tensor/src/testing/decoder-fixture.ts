@@ -30,7 +30,9 @@ export function readDecoderBlockFixture(path: string = DECODER_BLOCK_FIXTURE): F
   const magic = buf.subarray(0, 4).toString("latin1");
   const version = buf.readUInt32LE(4);
   if (magic !== "QLTF" || version !== 1) {
-    throw new Error(`${path}: expected a QLTF v1 fixture (got "${magic}" v${version}); regenerate with /usr/bin/python3 packages/tensor/scripts/make_fixtures.py`);
+    throw new Error(
+      `${path}: expected a QLTF v1 fixture (got "${magic}" v${version}); regenerate with /usr/bin/python3 packages/tensor/scripts/make_fixtures.py`,
+    );
   }
   const len = buf.readUInt32LE(8);
   const header = JSON.parse(buf.subarray(12, 12 + len).toString("utf8")) as FixtureFile["header"];
@@ -45,7 +47,8 @@ export function readDecoderBlockFixture(path: string = DECODER_BLOCK_FIXTURE): F
 }
 
 function relativeError(ours: Tensor, want: { data: ArrayLike<number>; shape: number[] }, name: string): number {
-  if (ours.shape.join() !== want.shape.join()) throw new Error(`${name}: shape [${ours.shape}] vs fixture [${want.shape}]`);
+  if (ours.shape.join() !== want.shape.join())
+    throw new Error(`${name}: shape [${ours.shape}] vs fixture [${want.shape}]`);
   const a = ours.toArray();
   let maxAbs = 0;
   let worst = 0;
@@ -56,14 +59,44 @@ function relativeError(ours: Tensor, want: { data: ArrayLike<number>; shape: num
   return worst / maxAbs;
 }
 
-const WEIGHTS = ["input_layernorm", "q_proj", "k_proj", "v_proj", "o_proj", "post_attention_layernorm", "gate_proj", "up_proj", "down_proj", "norm", "lm_head"];
+const WEIGHTS = [
+  "input_layernorm",
+  "q_proj",
+  "k_proj",
+  "v_proj",
+  "o_proj",
+  "post_attention_layernorm",
+  "gate_proj",
+  "up_proj",
+  "down_proj",
+  "norm",
+  "lm_head",
+];
 
 /** Forward + backward of the fixture's block on `backend`; name → max|diff| / max|torch|. */
-export function runDecoderBlockFixture(backend: Backend, fixture: FixtureFile = readDecoderBlockFixture()): Map<string, number> {
-  const { batch: B, seq: S, heads: H, kvHeads: KVH, headDim: D, hidden: HID, vocab: V, eps, theta } = fixture.header.config;
+export function runDecoderBlockFixture(
+  backend: Backend,
+  fixture: FixtureFile = readDecoderBlockFixture(),
+): Map<string, number> {
+  const {
+    batch: B,
+    seq: S,
+    heads: H,
+    kvHeads: KVH,
+    headDim: D,
+    hidden: HID,
+    vocab: V,
+    eps,
+    theta,
+  } = fixture.header.config;
   const load = (name: string, requiresGrad = false) => {
     const f = fixture.get(name);
-    return tensor(f.data, { shape: f.shape, dtype: f.data instanceof Int32Array ? "i32" : "f32", requiresGrad, backend });
+    return tensor(f.data, {
+      shape: f.shape,
+      dtype: f.data instanceof Int32Array ? "i32" : "f32",
+      requiresGrad,
+      backend,
+    });
   };
   const x = load("x", true);
   const p: Record<string, Tensor> = {};
@@ -91,6 +124,7 @@ export function runDecoderBlockFixture(backend: Backend, fixture: FixtureFile = 
   errors.set("loss", relativeError(loss.reshape([1]), fixture.get("loss"), "loss"));
   loss.backward();
   errors.set("grad.x", relativeError(x.grad!, fixture.get("grad.x"), "grad.x"));
-  for (const n of WEIGHTS) errors.set(`grad.${n}`, relativeError(p[n].grad!, fixture.get(`grad.param.${n}.weight`), `grad.${n}`));
+  for (const n of WEIGHTS)
+    errors.set(`grad.${n}`, relativeError(p[n].grad!, fixture.get(`grad.param.${n}.weight`), `grad.${n}`));
   return errors;
 }

@@ -19,7 +19,14 @@ describe("parity harness catches a wrong backend", () => {
         return y as never;
       },
       copy(src, view, dtype) {
-        return base.copy(src, { ...view, strides: view.strides.map((_, i, a) => a.slice(i + 1).reduce((p, _q, j) => p * view.shape[i + 1 + j], 1)) }, dtype);
+        return base.copy(
+          src,
+          {
+            ...view,
+            strides: view.strides.map((_, i, a) => a.slice(i + 1).reduce((p, _q, j) => p * view.shape[i + 1 + j], 1)),
+          },
+          dtype,
+        );
       },
     };
     const results = runParity(broken, { seeds: [1] });

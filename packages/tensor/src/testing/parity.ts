@@ -97,14 +97,19 @@ function decode(dtype: DType, data: HostArray): Float64Array {
 }
 
 function compare(what: string, target: Backend, got: Buffer, want: Buffer, tol: Tolerance | typeof EXACT): void {
-  if (got.dtype !== want.dtype) throw new ParityError(`${what}: ${target.name} returned dtype ${got.dtype}, reference ${want.dtype}`);
-  if (got.length !== want.length) throw new ParityError(`${what}: ${target.name} returned length ${got.length}, reference ${want.length}`);
+  if (got.dtype !== want.dtype)
+    throw new ParityError(`${what}: ${target.name} returned dtype ${got.dtype}, reference ${want.dtype}`);
+  if (got.length !== want.length)
+    throw new ParityError(`${what}: ${target.name} returned length ${got.length}, reference ${want.length}`);
   const g = target.toHost(got);
   const w = (want as unknown as { data: HostArray }).data;
   if (tol === EXACT) {
     for (let i = 0; i < w.length; i++) {
       const same = g[i] === w[i] || (Number.isNaN(g[i]) && Number.isNaN(w[i]));
-      if (!same) throw new ParityError(`${what}: element ${i} is ${g[i]} on ${target.name}, reference ${w[i]} (exact match required)`);
+      if (!same)
+        throw new ParityError(
+          `${what}: element ${i} is ${g[i]} on ${target.name}, reference ${w[i]} (exact match required)`,
+        );
     }
     return;
   }
@@ -117,12 +122,15 @@ function compare(what: string, target: Backend, got: Buffer, want: Buffer, tol: 
     const a = gd[i];
     const b = wd[i];
     if (Number.isNaN(b) || !Number.isFinite(b)) {
-      if (!(Object.is(a, b) || (Number.isNaN(a) && Number.isNaN(b)))) throw new ParityError(`${what}: element ${i} is ${a} on ${target.name}, reference ${b}`);
+      if (!(Object.is(a, b) || (Number.isNaN(a) && Number.isNaN(b))))
+        throw new ParityError(`${what}: element ${i} is ${a} on ${target.name}, reference ${b}`);
       continue;
     }
     const bound = tol.atol + (tol.rtol + halfTol) * Math.abs(b) + (tol.stol ?? 0) * maxAbs;
     if (!(Math.abs(a - b) <= bound)) {
-      throw new ParityError(`${what}: element ${i} is ${a} on ${target.name}, reference ${b} (|diff| ${Math.abs(a - b)} > ${bound})`);
+      throw new ParityError(
+        `${what}: element ${i} is ${a} on ${target.name}, reference ${b} (|diff| ${Math.abs(a - b)} > ${bound})`,
+      );
     }
   }
 }
@@ -147,7 +155,8 @@ function both<T extends Record<string, Buffer>>(
     const to = call(target, ti);
     const ro = call(reference, ri);
     try {
-      for (const key of Object.keys(ro)) compare(`${what} [${key}]`, target, to[key], ro[key], tol[key as keyof T] ?? tol.default);
+      for (const key of Object.keys(ro))
+        compare(`${what} [${key}]`, target, to[key], ro[key], tol[key as keyof T] ?? tol.default);
     } finally {
       for (const b of Object.values(to)) target.free(b);
       for (const b of Object.values(ro)) reference.free(b);
@@ -191,7 +200,16 @@ function randomView(rng: Rng, shape: number[], allowBroadcast: boolean): { view:
   return { view: { shape, strides, offset }, length };
 }
 
-function randomQuantWeight(rng: Rng, be: Backend, n: number, k: number, quantType: "nf4" | "fp4", nested: boolean, blocksize: number, data: ReturnType<typeof quantData>): QuantizedWeightBuffers {
+function randomQuantWeight(
+  rng: Rng,
+  be: Backend,
+  n: number,
+  k: number,
+  quantType: "nf4" | "fp4",
+  nested: boolean,
+  blocksize: number,
+  data: ReturnType<typeof quantData>,
+): QuantizedWeightBuffers {
   void rng;
   return {
     quantType,
@@ -238,7 +256,21 @@ const i32 = (values: ArrayLike<number>) => ({ dtype: "i32" as DType, values });
 
 // ---------------------------------------------------------------- cases
 
-const UNARY = ["neg", "exp", "log", "sqrt", "rsqrt", "abs", "sigmoid", "silu", "relu", "tanh", "recip", "square", "sign"] as const;
+const UNARY = [
+  "neg",
+  "exp",
+  "log",
+  "sqrt",
+  "rsqrt",
+  "abs",
+  "sigmoid",
+  "silu",
+  "relu",
+  "tanh",
+  "recip",
+  "square",
+  "sign",
+] as const;
 const BINARY = ["add", "sub", "mul", "div", "max", "min", "pow", "eq", "gt", "lt"] as const;
 const DTYPES: DType[] = ["f32", "bf16", "f16", "i32", "u8", "bool"];
 
@@ -253,30 +285,59 @@ export function parityCases(seed = 1): ParityCase[] {
     for (const dt of DTYPES) {
       const z = t.alloc(dt, 13);
       const zh = t.toHost(z);
-      if (zh.length !== 13 || [...zh].some((v) => v !== 0)) throw new ParityError(`alloc(${dt}, 13) is not 13 zeros on ${t.name}`);
+      if (zh.length !== 13 || [...zh].some((v) => v !== 0))
+        throw new ParityError(`alloc(${dt}, 13) is not 13 zeros on ${t.name}`);
       const src = hostData(dt, [0, 1, 2, 3, 250, 7, 1]);
       const b = t.fromHost(src, dt);
-      if (b.dtype !== dt || b.length !== 7) throw new ParityError(`fromHost(${dt}) returned dtype ${b.dtype} length ${b.length}`);
+      if (b.dtype !== dt || b.length !== 7)
+        throw new ParityError(`fromHost(${dt}) returned dtype ${b.dtype} length ${b.length}`);
       const back = t.toHost(b);
-      for (let i = 0; i < 7; i++) if (back[i] !== src[i]) throw new ParityError(`fromHost/toHost(${dt}) element ${i}: ${back[i]} ≠ ${src[i]}`);
+      for (let i = 0; i < 7; i++)
+        if (back[i] !== src[i]) throw new ParityError(`fromHost/toHost(${dt}) element ${i}: ${back[i]} ≠ ${src[i]}`);
       t.free(z);
       t.free(b);
     }
     const after = t.memoryStats().currentBytes;
-    if (after !== before) throw new ParityError(`memoryStats().currentBytes is ${after} after freeing everything, was ${before}`);
+    if (after !== before)
+      throw new ParityError(`memoryStats().currentBytes is ${after} after freeing everything, was ${before}`);
   });
 
   const castPairs: [DType, DType][] = [
-    ["f32", "f32"], ["f32", "bf16"], ["f32", "f16"], ["bf16", "f32"], ["f16", "f32"], ["bf16", "bf16"],
-    ["f32", "i32"], ["i32", "f32"], ["i32", "i32"], ["u8", "u8"], ["f32", "bool"], ["bool", "f32"], ["u8", "i32"],
+    ["f32", "f32"],
+    ["f32", "bf16"],
+    ["f32", "f16"],
+    ["bf16", "f32"],
+    ["f16", "f32"],
+    ["bf16", "bf16"],
+    ["f32", "i32"],
+    ["i32", "f32"],
+    ["i32", "i32"],
+    ["u8", "u8"],
+    ["f32", "bool"],
+    ["bool", "f32"],
+    ["u8", "i32"],
   ];
   for (const [from, to] of castPairs) {
     add("copy", `copy ${from}→${to}, strided/broadcast views`, (t, r, rng) => {
       const rank = rng.int(1, 4);
       const shape = Array.from({ length: rank }, () => rng.int(1, 5));
       const { view, length } = randomView(rng, shape, true);
-      const vals = from === "u8" ? rng.ints(length, 0, 255) : from === "bool" ? rng.ints(length, 0, 1) : from === "i32" ? rng.ints(length, -1000, 1000) : rng.uniform(length, -300, 300);
-      both(`copy ${from}→${to} view ${JSON.stringify(view)}`, t, r, { x: { dtype: from, values: vals } }, (be, i) => ({ y: be.copy(i.x, view, to) }), { default: EXACT });
+      const vals =
+        from === "u8"
+          ? rng.ints(length, 0, 255)
+          : from === "bool"
+            ? rng.ints(length, 0, 1)
+            : from === "i32"
+              ? rng.ints(length, -1000, 1000)
+              : rng.uniform(length, -300, 300);
+      both(
+        `copy ${from}→${to} view ${JSON.stringify(view)}`,
+        t,
+        r,
+        { x: { dtype: from, values: vals } },
+        (be, i) => ({ y: be.copy(i.x, view, to) }),
+        { default: EXACT },
+      );
     });
   }
 
@@ -288,10 +349,17 @@ export function parityCases(seed = 1): ParityCase[] {
     const src = randomView(rng, shape, true);
     const dstVals = rng.uniform(dstLen);
     const srcVals = rng.uniform(src.length);
-    both("copyInPlace", t, r, { d: f(dstVals), s: f(srcVals) }, (be, i) => {
-      be.copyInPlace!(i.d, dstView, i.s, src.view);
-      return { d: be.copy(i.d, { shape: [dstLen], strides: [1], offset: 0 }, "f32") };
-    }, { default: EXACT });
+    both(
+      "copyInPlace",
+      t,
+      r,
+      { d: f(dstVals), s: f(srcVals) },
+      (be, i) => {
+        be.copyInPlace!(i.d, dstView, i.s, src.view);
+        return { d: be.copy(i.d, { shape: [dstLen], strides: [1], offset: 0 }, "f32") };
+      },
+      { default: EXACT },
+    );
   });
 
   for (const dt of DTYPES) {
@@ -318,28 +386,63 @@ export function parityCases(seed = 1): ParityCase[] {
       const a = randomView(rng, shape, true);
       const b = randomView(rng, shape, true);
       const av = op === "pow" ? rng.uniform(a.length, 0.1, 3) : rng.uniform(a.length, -3, 3);
-      const bv = op === "pow" ? rng.uniform(b.length, -2, 2) : op === "div" ? rng.uniform(b.length, 0.5, 3) : rng.uniform(b.length, -3, 3);
-      if (op === "eq" || op === "max" || op === "min") for (let i = 0; i < Math.min(av.length, bv.length); i += 3) bv[i] = av[i];
-      both(`binary ${op} shape ${shape}`, t, r, { a: f(av), b: f(bv) }, (be, i) => ({ y: be.binary(op, i.a, a.view, i.b, b.view, shape) }), { default: TOL_F32 });
+      const bv =
+        op === "pow"
+          ? rng.uniform(b.length, -2, 2)
+          : op === "div"
+            ? rng.uniform(b.length, 0.5, 3)
+            : rng.uniform(b.length, -3, 3);
+      if (op === "eq" || op === "max" || op === "min")
+        for (let i = 0; i < Math.min(av.length, bv.length); i += 3) bv[i] = av[i];
+      both(
+        `binary ${op} shape ${shape}`,
+        t,
+        r,
+        { a: f(av), b: f(bv) },
+        (be, i) => ({ y: be.binary(op, i.a, a.view, i.b, b.view, shape) }),
+        { default: TOL_F32 },
+      );
     });
   }
 
   for (const op of ["sum", "max", "min"] as const) {
     add("reduce", `reduce ${op}`, (t, r, rng) => {
       const [outer, size, inner] = [rng.int(1, 5), rng.int(1, 33), rng.int(1, 4)];
-      both(`reduce ${op} [${outer},${size},${inner}]`, t, r, { x: f(rng.uniform(outer * size * inner)) }, (be, i) => ({ y: be.reduce(op, i.x, outer, size, inner) }), {
-        default: op === "sum" ? TOL_ACC : EXACT,
-      });
+      both(
+        `reduce ${op} [${outer},${size},${inner}]`,
+        t,
+        r,
+        { x: f(rng.uniform(outer * size * inner)) },
+        (be, i) => ({ y: be.reduce(op, i.x, outer, size, inner) }),
+        {
+          default: op === "sum" ? TOL_ACC : EXACT,
+        },
+      );
     });
   }
 
-  for (const [transA, transB] of [[false, false], [false, true], [true, false], [true, true]] as const) {
+  for (const [transA, transB] of [
+    [false, false],
+    [false, true],
+    [true, false],
+    [true, true],
+  ] as const) {
     for (const dt of ["f32", "bf16"] as DType[]) {
       add("matmul", `matmul transA=${transA} transB=${transB} ${dt}`, (t, r, rng) => {
         const [batch, m, k, n] = [rng.int(1, 3), rng.int(1, 9), rng.int(1, 17), rng.int(1, 11)];
         const bcastB = rng.int(0, 1) === 1;
         const opts = { batch, m, k, n, transA, transB, bBatchStride: bcastB ? 0 : k * n };
-        both(`matmul ${JSON.stringify(opts)} ${dt}`, t, r, { a: { dtype: dt, values: rng.uniform(batch * m * k) }, b: { dtype: dt, values: rng.uniform((bcastB ? 1 : batch) * k * n) } }, (be, i) => ({ y: be.matmul(i.a, i.b, opts) }), { default: TOL_ACC });
+        both(
+          `matmul ${JSON.stringify(opts)} ${dt}`,
+          t,
+          r,
+          {
+            a: { dtype: dt, values: rng.uniform(batch * m * k) },
+            b: { dtype: dt, values: rng.uniform((bcastB ? 1 : batch) * k * n) },
+          },
+          (be, i) => ({ y: be.matmul(i.a, i.b, opts) }),
+          { default: TOL_ACC },
+        );
       });
     }
   }
@@ -355,10 +458,17 @@ export function parityCases(seed = 1): ParityCase[] {
         const wt = randomQuantWeight(rng, t, n, k, quantType, nested, blocksize, data);
         const wr = randomQuantWeight(rng, r, n, k, quantType, nested, blocksize, data);
         try {
-          both(`matmul4bit m=${m} n=${n} k=${k} bs=${blocksize}`, t, r, { x: f(x), dy: f(dy) }, (be, i) => {
-            const w = be === t ? wt : wr;
-            return { y: be.matmul4bit(i.x, w, m), dx: be.matmul4bitInputGrad(i.dy, w, m) };
-          }, { default: TOL_ACC });
+          both(
+            `matmul4bit m=${m} n=${n} k=${k} bs=${blocksize}`,
+            t,
+            r,
+            { x: f(x), dy: f(dy) },
+            (be, i) => {
+              const w = be === t ? wt : wr;
+              return { y: be.matmul4bit(i.x, w, m), dx: be.matmul4bitInputGrad(i.dy, w, m) };
+            },
+            { default: TOL_ACC },
+          );
         } finally {
           freeQuant(t, wt);
           freeQuant(r, wr);
@@ -370,25 +480,52 @@ export function parityCases(seed = 1): ParityCase[] {
   add("rmsNorm", "rmsNorm + backward", (t, r, rng) => {
     const [rows, dim] = [rng.int(1, 7), rng.int(1, 37)];
     const eps = 1e-5;
-    both(`rmsNorm rows=${rows} dim=${dim}`, t, r, { x: f(rng.uniform(rows * dim)), w: f(rng.uniform(dim, 0.5, 1.5)), dy: f(rng.uniform(rows * dim)) }, (be, i) => {
-      const { y, rstd } = be.rmsNorm(i.x, i.w, rows, dim, eps);
-      const { dx, dweight } = be.rmsNormBackward(i.dy, i.x, i.w, rstd, rows, dim);
-      return { y, rstd, dx, dweight };
-    }, { default: TOL_ACC });
+    both(
+      `rmsNorm rows=${rows} dim=${dim}`,
+      t,
+      r,
+      { x: f(rng.uniform(rows * dim)), w: f(rng.uniform(dim, 0.5, 1.5)), dy: f(rng.uniform(rows * dim)) },
+      (be, i) => {
+        const { y, rstd } = be.rmsNorm(i.x, i.w, rows, dim, eps);
+        const { dx, dweight } = be.rmsNormBackward(i.dy, i.x, i.w, rstd, rows, dim);
+        return { y, rstd, dx, dweight };
+      },
+      { default: TOL_ACC },
+    );
   });
 
   for (const inverse of [false, true]) {
     add("rope", `rope inverse=${inverse}`, (t, r, rng) => {
-      const o = { batch: rng.int(1, 2), seq: rng.int(1, 9), heads: rng.int(1, 3), headDim: 2 * rng.int(1, 6), theta: 10000, inverse };
+      const o = {
+        batch: rng.int(1, 2),
+        seq: rng.int(1, 9),
+        heads: rng.int(1, 3),
+        headDim: 2 * rng.int(1, 6),
+        theta: 10000,
+        inverse,
+      };
       const n = o.batch * o.seq * o.heads * o.headDim;
-      both(`rope ${JSON.stringify(o)}`, t, r, { x: f(rng.uniform(n)), p: i32(rng.ints(o.batch * o.seq, 0, 4000)) }, (be, i) => ({ y: be.rope(i.x, i.p, o) }), { default: { atol: 1e-5, rtol: 1e-4 } });
+      both(
+        `rope ${JSON.stringify(o)}`,
+        t,
+        r,
+        { x: f(rng.uniform(n)), p: i32(rng.ints(o.batch * o.seq, 0, 4000)) },
+        (be, i) => ({ y: be.rope(i.x, i.p, o) }),
+        { default: { atol: 1e-5, rtol: 1e-4 } },
+      );
     });
   }
 
   for (const segments of [false, true]) {
     add("attention", `attention + backward, GQA, segmentIds=${segments}`, (t, r, rng) => {
       const kvHeads = rng.int(1, 2);
-      const o0 = { batch: rng.int(1, 2), heads: kvHeads * rng.int(1, 3), kvHeads, seq: rng.int(1, 11), headDim: rng.int(1, 9) };
+      const o0 = {
+        batch: rng.int(1, 2),
+        heads: kvHeads * rng.int(1, 3),
+        kvHeads,
+        seq: rng.int(1, 11),
+        headDim: rng.int(1, 9),
+      };
       const qn = o0.batch * o0.heads * o0.seq * o0.headDim;
       const kn = o0.batch * o0.kvHeads * o0.seq * o0.headDim;
       const seg = new Int32Array(o0.batch * o0.seq);
@@ -399,59 +536,119 @@ export function parityCases(seed = 1): ParityCase[] {
           seg[b * o0.seq + j] = s;
         }
       }
-      const inputs: Record<string, { dtype: DType; values: ArrayLike<number> }> = { q: f(rng.uniform(qn, -2, 2)), k: f(rng.uniform(kn, -2, 2)), v: f(rng.uniform(kn)), dout: f(rng.uniform(qn)) };
+      const inputs: Record<string, { dtype: DType; values: ArrayLike<number> }> = {
+        q: f(rng.uniform(qn, -2, 2)),
+        k: f(rng.uniform(kn, -2, 2)),
+        v: f(rng.uniform(kn)),
+        dout: f(rng.uniform(qn)),
+      };
       if (segments) inputs.seg = i32(seg);
-      both(`attention ${JSON.stringify(o0)}`, t, r, inputs, (be, i) => {
-        const o = { ...o0, scale: 1 / Math.sqrt(o0.headDim), segmentIds: segments ? i.seg : undefined };
-        const { out, lse } = be.attention(i.q, i.k, i.v, o);
-        const { dq, dk, dv } = be.attentionBackward(i.dout, i.q, i.k, i.v, out, lse, o);
-        return { out, lse, dq, dk, dv };
-      }, { default: TOL_ACC });
+      both(
+        `attention ${JSON.stringify(o0)}`,
+        t,
+        r,
+        inputs,
+        (be, i) => {
+          const o = { ...o0, scale: 1 / Math.sqrt(o0.headDim), segmentIds: segments ? i.seg : undefined };
+          const { out, lse } = be.attention(i.q, i.k, i.v, o);
+          const { dq, dk, dv } = be.attentionBackward(i.dout, i.q, i.k, i.v, out, lse, o);
+          return { out, lse, dq, dk, dv };
+        },
+        { default: TOL_ACC },
+      );
     });
   }
 
   add("softmax", "softmax + backward", (t, r, rng) => {
     const [rows, n] = [rng.int(1, 6), rng.int(1, 50)];
-    both(`softmax ${rows}x${n}`, t, r, { x: f(rng.uniform(rows * n, -5, 5)), dy: f(rng.uniform(rows * n)) }, (be, i) => {
-      const y = be.softmax(i.x, rows, n);
-      return { y, dx: be.softmaxBackward(i.dy, y, rows, n) };
-    }, { default: TOL_ACC });
+    both(
+      `softmax ${rows}x${n}`,
+      t,
+      r,
+      { x: f(rng.uniform(rows * n, -5, 5)), dy: f(rng.uniform(rows * n)) },
+      (be, i) => {
+        const y = be.softmax(i.x, rows, n);
+        return { y, dx: be.softmaxBackward(i.dy, y, rows, n) };
+      },
+      { default: TOL_ACC },
+    );
   });
 
   add("crossEntropy", "crossEntropy + backward with ignoreIndex", (t, r, rng) => {
     const [rows, vocab] = [rng.int(1, 9), rng.int(2, 40)];
     const labels = rng.ints(rows, 0, vocab - 1);
     for (let i = 0; i < rows; i += 3) labels[i] = -100;
-    both(`crossEntropy ${rows}x${vocab}`, t, r, { x: f(rng.uniform(rows * vocab, -4, 4)), l: i32(labels), g: f(rng.uniform(rows)) }, (be, i) => {
-      const { loss, lse } = be.crossEntropy(i.x, i.l, rows, vocab, -100);
-      return { loss, lse, dx: be.crossEntropyBackward(i.g, i.x, i.l, lse, rows, vocab, -100) };
-    }, { default: TOL_ACC });
+    both(
+      `crossEntropy ${rows}x${vocab}`,
+      t,
+      r,
+      { x: f(rng.uniform(rows * vocab, -4, 4)), l: i32(labels), g: f(rng.uniform(rows)) },
+      (be, i) => {
+        const { loss, lse } = be.crossEntropy(i.x, i.l, rows, vocab, -100);
+        return { loss, lse, dx: be.crossEntropyBackward(i.g, i.x, i.l, lse, rows, vocab, -100) };
+      },
+      { default: TOL_ACC },
+    );
   });
 
   add("swiglu", "swiglu + backward", (t, r, rng) => {
     const n = rng.int(1, 99);
-    both(`swiglu n=${n}`, t, r, { g: f(rng.uniform(n, -5, 5)), u: f(rng.uniform(n)), dy: f(rng.uniform(n)) }, (be, i) => {
-      const { dgate, dup } = be.swigluBackward(i.dy, i.g, i.u, n);
-      return { y: be.swiglu(i.g, i.u, n), dgate, dup };
-    }, { default: TOL_F32 });
+    both(
+      `swiglu n=${n}`,
+      t,
+      r,
+      { g: f(rng.uniform(n, -5, 5)), u: f(rng.uniform(n)), dy: f(rng.uniform(n)) },
+      (be, i) => {
+        const { dgate, dup } = be.swigluBackward(i.dy, i.g, i.u, n);
+        return { y: be.swiglu(i.g, i.u, n), dgate, dup };
+      },
+      { default: TOL_F32 },
+    );
   });
 
   add("embedding", "embedding + backward (repeated ids)", (t, r, rng) => {
     const [vocab, dim, count] = [rng.int(1, 20), rng.int(1, 9), rng.int(1, 30)];
-    both(`embedding vocab=${vocab} dim=${dim} count=${count}`, t, r, { w: f(rng.uniform(vocab * dim)), ids: i32(rng.ints(count, 0, vocab - 1)), dy: f(rng.uniform(count * dim)) }, (be, i) => ({
-      y: be.embedding(i.w, i.ids, count, dim),
-      dw: be.embeddingBackward(i.dy, i.ids, count, dim, vocab),
-    }), { default: TOL_ACC, y: EXACT });
+    both(
+      `embedding vocab=${vocab} dim=${dim} count=${count}`,
+      t,
+      r,
+      { w: f(rng.uniform(vocab * dim)), ids: i32(rng.ints(count, 0, vocab - 1)), dy: f(rng.uniform(count * dim)) },
+      (be, i) => ({
+        y: be.embedding(i.w, i.ids, count, dim),
+        dw: be.embeddingBackward(i.dy, i.ids, count, dim, vocab),
+      }),
+      { default: TOL_ACC, y: EXACT },
+    );
   });
 
   add("adamwStepInPlace", "adamwStepInPlace, 3 steps", (t, r, rng) => {
     const n = rng.int(1, 70);
-    const inputs = { p: f(rng.uniform(n)), m: f(rng.uniform(n, -0.1, 0.1)), v: f(rng.uniform(n, 0, 0.01)), g: f(rng.uniform(n)) };
-    both(`adamw n=${n}`, t, r, inputs, (be, i) => {
-      for (let step = 1; step <= 3; step++) be.adamwStepInPlace(i.p, i.g, i.m, i.v, n, { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, step });
-      const all = { shape: [n], strides: [1], offset: 0 };
-      return { p: be.copy(i.p, all, "f32"), m: be.copy(i.m, all, "f32"), v: be.copy(i.v, all, "f32") };
-    }, { default: TOL_F32 });
+    const inputs = {
+      p: f(rng.uniform(n)),
+      m: f(rng.uniform(n, -0.1, 0.1)),
+      v: f(rng.uniform(n, 0, 0.01)),
+      g: f(rng.uniform(n)),
+    };
+    both(
+      `adamw n=${n}`,
+      t,
+      r,
+      inputs,
+      (be, i) => {
+        for (let step = 1; step <= 3; step++)
+          be.adamwStepInPlace(i.p, i.g, i.m, i.v, n, {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weightDecay: 0.01,
+            step,
+          });
+        const all = { shape: [n], strides: [1], offset: 0 };
+        return { p: be.copy(i.p, all, "f32"), m: be.copy(i.m, all, "f32"), v: be.copy(i.v, all, "f32") };
+      },
+      { default: TOL_F32 },
+    );
   });
 
   return cases;
@@ -474,7 +671,12 @@ export function runParity(target: Backend, options: { seeds?: number[]; referenc
         c.run(target, reference);
         out.push({ op: c.op, name: `${c.name} (seed ${seed})`, ok: true });
       } catch (e) {
-        out.push({ op: c.op, name: `${c.name} (seed ${seed})`, ok: false, error: e instanceof Error ? e.message : String(e) });
+        out.push({
+          op: c.op,
+          name: `${c.name} (seed ${seed})`,
+          ok: false,
+          error: e instanceof Error ? e.message : String(e),
+        });
       }
     }
   }
