@@ -72,6 +72,7 @@ export {
 export type { TensorLike, AttentionArgs, CrossEntropyArgs, QuantizedWeight } from "./ops";
 export { Module } from "./nn/module";
 export type { LoadResult } from "./nn/module";
+export { ModuleList } from "./nn/containers";
 export { Linear, Embedding, RMSNorm, Dropout } from "./nn/layers";
 export type { LayerOptions } from "./nn/layers";
 export { Linear4bit } from "./nn/linear4bit";

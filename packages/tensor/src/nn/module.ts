@@ -46,6 +46,44 @@ export class Module {
   *namedChildren(): Iterable<[string, Module]> {
     yield* this._modules;
   }
+
+  /**
+   * The registered child called `name`. Forward passes read children through this (not through a field
+   * captured at construction), so replacing a child with `setSubmodule` (LoRA injection) takes effect.
+   */
+  child<M extends Module = Module>(name: string): M {
+    const m = this._modules.get(name);
+    if (!m) throw new TensorError("NO_SUBMODULE", `${this.constructor.name} has no child "${name}"`);
+    return m as M;
+  }
+
+  /** The module at a dotted path ("model.layers.0.self_attn.q_proj"); "" is this module. */
+  getSubmodule<M extends Module = Module>(path: string): M {
+    let m: Module = this;
+    if (path === "") return m as M;
+    const parts = path.split(".");
+    for (let i = 0; i < parts.length; i++) {
+      const next = m._modules.get(parts[i]);
+      if (!next)
+        throw new TensorError(
+          "NO_SUBMODULE",
+          `getSubmodule("${path}"): "${parts.slice(0, i).join(".") || "<root>"}" has no child "${parts[i]}"`,
+        );
+      m = next;
+    }
+    return m as M;
+  }
+
+  /** Replace the module at a dotted path (its parent must exist; the old child is returned, not disposed). */
+  setSubmodule(path: string, module: Module): Module {
+    const dot = path.lastIndexOf(".");
+    const parent = this.getSubmodule(dot < 0 ? "" : path.slice(0, dot));
+    const name = path.slice(dot + 1);
+    const old = parent._modules.get(name);
+    if (!old) throw new TensorError("NO_SUBMODULE", `setSubmodule("${path}"): no module to replace at that path`);
+    parent._modules.set(name, module);
+    return old;
+  }
   *namedModules(prefix = ""): Iterable<[string, Module]> {
     yield [prefix, this];
     for (const [n, m] of this._modules) yield* m.namedModules(prefix ? `${prefix}.${n}` : n);
