@@ -4,8 +4,8 @@
 //   node.xz          xz -9 of this Node binary (gzip when xz is missing: node.gz); reused while the binary is unchanged
 //   gpu-tests.mjs    esbuild bundle of dev/gpu-tests/gpu-tests.ts: src/cuda.test.ts, src/no-device.test.ts and
 //                    test/fixtures.test.ts, with `vitest` aliased to dev/vitest-shim.ts (real @vitest/expect)
-//   cpu-tests.mjs    the same bundling of cpu-kernels' fused-op parity file: a self-check runnable here
-//   addons/          qlora_cuda.node (static cudart; must contain sm_90 code) and qlora_cpu.node
+//   self-tests.mjs   the same bundling of tensor's parity suite on a second reference backend: a self-check runnable here
+//   addons/          qlora_cuda.node (static cudart; must contain sm_90 code); nothing of @qlora/cpu-kernels
 //   fixtures/        the decoder-block golden fixture read by test/fixtures.test.ts
 //   MANIFEST.txt     commit, date, Node/esbuild versions, addon archs, sizes
 // Usage: pnpm --filter @qlora/cuda-kernels gpu-bundle
@@ -139,8 +139,10 @@ mkdirSync(out, { recursive: true });
 for (const f of [
   "gpu-tests.mjs",
   "gpu-tests.mjs.map",
-  "cpu-tests.mjs",
+  "cpu-tests.mjs", // written by older versions of this script
   "cpu-tests.mjs.map",
+  "self-tests.mjs",
+  "self-tests.mjs.map",
   "addons",
   "fixtures",
   "MANIFEST.txt",
@@ -148,20 +150,16 @@ for (const f of [
   rmSync(join(out, f), { recursive: true, force: true });
 }
 const cudaAddon = join(pkg, "build", "Release", "qlora_cuda.node");
-const cpuAddon = join(repo, "packages", "cpu-kernels", "build", "Release", "qlora_cpu.node");
 const addon = checkCudaAddon(cudaAddon);
-if (!existsSync(cpuAddon))
-  fail(`${relative(repo, cpuAddon)} is missing: pnpm --filter @qlora/cpu-kernels build:native`);
 mkdirSync(join(out, "addons"));
 copyFileSync(cudaAddon, join(out, "addons", "qlora_cuda.node"));
-copyFileSync(cpuAddon, join(out, "addons", "qlora_cpu.node"));
 mkdirSync(join(out, "fixtures"));
 copyFileSync(
   join(repo, "packages", "tensor", "test", "fixtures", "decoder_block.bin"),
   join(out, "fixtures", "decoder_block.bin"),
 );
 await bundle("gpu-tests", "gpu-tests.ts", true);
-await bundle("cpu-tests", "cpu-tests.ts", false);
+await bundle("self-tests", "self-tests.ts", false);
 const nodeFile = packNode();
 
 const rows = sizes();
@@ -171,7 +169,7 @@ const manifest = [
   `bundled: ${new Date().toISOString()}`,
   `node: ${process.version} (${process.platform}-${process.arch}, ${relative(out, nodeFile.split(" ")[0])})`,
   `esbuild: ${esbuild.version}`,
-  `glibc needed: ${glibcNeeded([process.execPath, cudaAddon, cpuAddon])} (node and addons)`,
+  `glibc needed: ${glibcNeeded([process.execPath, cudaAddon])} (node and addons)`,
   `qlora_cuda.node: built ${statSync(cudaAddon).mtime.toISOString()}, code for ${addon.archs.join(" ")}${addon.stale.length ? `, OLDER THAN ${addon.stale.join(" ")}` : ""}`,
   ...rows.map(([f, n]) => `${(n / 2 ** 20).toFixed(2).padStart(7)} MiB  ${f}`),
   `${(total / 2 ** 20).toFixed(2).padStart(7)} MiB  total (limit ${LIMIT / 2 ** 20} MiB)`,
@@ -181,5 +179,5 @@ console.log(manifest);
 if (total > LIMIT) fail(`${(total / 2 ** 20).toFixed(1)} MiB exceeds the ${LIMIT / 2 ** 20} MiB budget`);
 console.log(`gpu-bundle: wrote ${relative(repo, out)}/ in ${((Date.now() - started) / 1000).toFixed(1)} s`);
 console.log(
-  `  check here: node ${relative(process.cwd(), join(out, "cpu-tests.mjs"))} && node ${relative(process.cwd(), join(out, "gpu-tests.mjs"))}`,
+  `  check here: node ${relative(process.cwd(), join(out, "self-tests.mjs"))} && node ${relative(process.cwd(), join(out, "gpu-tests.mjs"))}`,
 );

@@ -9,7 +9,6 @@ import { fileURLToPath } from "node:url";
 const here = dirname(fileURLToPath(import.meta.url));
 const travelling: [string, string][] = [
   ["QLORA_CUDA_KERNELS_PATH", "addons/qlora_cuda.node"],
-  ["QLORA_CPU_KERNELS_PATH", "addons/qlora_cpu.node"],
   ["QLORA_DECODER_FIXTURE", "fixtures/decoder_block.bin"],
 ];
 for (const [name, file] of travelling) {
