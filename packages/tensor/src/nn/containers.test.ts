@@ -63,3 +63,18 @@ describe("ModuleList and submodule paths", () => {
     expect(() => root.setSubmodule("layers.0.nope", new Doubler())).toThrow(/no module to replace/);
   });
 });
+
+describe("layers adopt given tensors (checkpoint loading)", () => {
+  it("Linear/Embedding/RMSNorm take init tensors and check their shapes", async () => {
+    const { Embedding, RMSNorm } = await import("./layers");
+    const { tensor } = await import("../tensor");
+    const w = tensor([1, 2, 3, 4, 5, 6], { shape: [3, 2] });
+    const lin = new Linear(2, 3, { init: { weight: w } });
+    expect(lin.weight).toBe(w);
+    expect(lin.bias).toBeNull();
+    expect(lin.forward(tensor([1, 1], { shape: [1, 2] })).toArray()).toEqual([3, 7, 11]);
+    expect(() => new Linear(3, 2, { init: { weight: w } })).toThrow(/Linear weight \[3,2\] must be \[2,3\]/);
+    expect(new Embedding(3, 2, { init: w }).weight).toBe(w);
+    expect(() => new RMSNorm(4, 1e-6, { init: tensor([1, 2]) })).toThrow(/RMSNorm weight \[2\] must be \[4\]/);
+  });
+});

@@ -3,6 +3,7 @@ import { dropout, embedding, matmul, rmsNorm } from "../ops";
 import { getGenerator } from "../random";
 import type { Generator } from "../random";
 import { ones, randn, rand, type Tensor } from "../tensor";
+import { TensorError } from "../errors";
 import { Module } from "./module";
 
 export interface LayerOptions {
@@ -10,6 +11,11 @@ export interface LayerOptions {
   readonly device?: string;
   readonly dtype?: DType;
   readonly generator?: Generator;
+}
+
+function checkShape(what: string, t: Tensor, shape: number[]): void {
+  if (t.shape.join() !== shape.join())
+    throw new TensorError("BAD_SHAPE", `${what} ${JSON.stringify(t.shape)} must be ${JSON.stringify(shape)}`);
 }
 
 function uniformInit(shape: number[], bound: number, o: LayerOptions): Tensor {
@@ -33,13 +39,24 @@ export class Linear extends Module {
   constructor(
     readonly inFeatures: number,
     readonly outFeatures: number,
-    options: LayerOptions & { bias?: boolean } = {},
+    options: LayerOptions & { bias?: boolean; init?: { weight: Tensor; bias?: Tensor | null } } = {},
   ) {
     super();
     const bound = 1 / Math.sqrt(inFeatures);
-    this.weight = this.registerParameter("weight", uniformInit([outFeatures, inFeatures], bound, options))!;
-    this.bias =
-      options.bias === false ? null : this.registerParameter("bias", uniformInit([outFeatures], bound, options));
+    // `init` adopts given tensors (a checkpoint loader) instead of drawing random ones.
+    const init = options.init;
+    if (init) checkShape("Linear weight", init.weight, [outFeatures, inFeatures]);
+    if (init?.bias) checkShape("Linear bias", init.bias, [outFeatures]);
+    this.weight = this.registerParameter(
+      "weight",
+      init?.weight ?? uniformInit([outFeatures, inFeatures], bound, options),
+    )!;
+    const bias = init
+      ? (init.bias ?? null)
+      : options.bias === false
+        ? null
+        : uniformInit([outFeatures], bound, options);
+    this.bias = bias ? this.registerParameter("bias", bias) : null;
   }
   forward(x: Tensor): Tensor {
     const wt = this.weight.transpose(0, 1);
@@ -58,9 +75,14 @@ export class Embedding extends Module {
   constructor(
     readonly numEmbeddings: number,
     readonly embeddingDim: number,
-    options: LayerOptions = {},
+    options: LayerOptions & { init?: Tensor } = {},
   ) {
     super();
+    if (options.init) {
+      checkShape("Embedding weight", options.init, [numEmbeddings, embeddingDim]);
+      this.weight = this.registerParameter("weight", options.init)!;
+      return;
+    }
     let w = randn([numEmbeddings, embeddingDim], {
       backend: options.backend,
       device: options.device,
@@ -84,12 +106,13 @@ export class RMSNorm extends Module {
   constructor(
     readonly dim: number,
     readonly eps = 1e-6,
-    options: LayerOptions = {},
+    options: LayerOptions & { init?: Tensor } = {},
   ) {
     super();
+    if (options.init) checkShape("RMSNorm weight", options.init, [dim]);
     this.weight = this.registerParameter(
       "weight",
-      ones([dim], { backend: options.backend, device: options.device, dtype: options.dtype }),
+      options.init ?? ones([dim], { backend: options.backend, device: options.device, dtype: options.dtype }),
     )!;
   }
   forward(x: Tensor): Tensor {
