@@ -1,1 +1,10 @@
-export {};
+export { main, buildProgram } from "./main";
+export type { GlobalOptions, Io } from "./main";
+export { CliError } from "./errors";
+export type { CliErrorCode } from "./errors";
+export { parseTrainConfig, loadTrainConfig, trainConfigSchema, TRAIN_CONFIG_KEYS } from "./config";
+export type { TrainConfig } from "./config";
+export { estimateMemory, modelShapeFromConfig, formatPlan, quantizedBytes, DEFAULT_ESTIMATE } from "./estimate";
+export type { EstimateOptions, MemoryPlan, ModelShape, BaseQuant } from "./estimate";
+export { inspectPath, formatInspection } from "./inspect";
+export type { Inspection } from "./inspect";

@@ -1,0 +1,48 @@
+import { existsSync, readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
+import type { Command } from "commander";
+import { CliError } from "../errors";
+import { type BaseQuant, DEFAULT_ESTIMATE, estimateMemory, formatPlan, modelShapeFromConfig } from "../estimate";
+import { type GlobalOptions, type Io, positiveInt } from "../main";
+
+export function registerEstimate(program: Command, io: Io): void {
+  program
+    .command("estimate")
+    .description("memory plan of a fine-tuning run (weights, adapters, optimizer, activations, logits)")
+    .requiredOption("--model <path>", "model directory or its config.json")
+    .option("--seq-len <n>", "tokens per sequence", (v) => positiveInt(v, "--seq-len"), DEFAULT_ESTIMATE.seqLen)
+    .option("--micro-batch-size <n>", "sequences per micro-batch", (v) => positiveInt(v, "--micro-batch-size"), 1)
+    .option("--lora-r <n>", "LoRA rank", (v) => positiveInt(v, "--lora-r"), DEFAULT_ESTIMATE.loraR)
+    .option(
+      "--optimizer <name>",
+      "adamw_torch | paged_adamw_32bit | paged_adamw_8bit | adamw_8bit",
+      "paged_adamw_32bit",
+    )
+    .option("--quant <q>", "base weights: nf4-dq | nf4 | none", "nf4-dq")
+    .option("--no-gradient-checkpointing", "keep every layer's activations")
+    .option("--logits-chunk <n>", "rows of logits per chunk", (v) => positiveInt(v, "--logits-chunk"), 1024)
+    .action(function (this: Command, o) {
+      const global = this.optsWithGlobals() as GlobalOptions;
+      if (!["nf4-dq", "nf4", "none"].includes(o.quant))
+        throw new CliError("BAD_ARGUMENT", `--quant: expected nf4-dq, nf4 or none, got "${o.quant}"`);
+      const file = existsSync(o.model) && statSync(o.model).isDirectory() ? join(o.model, "config.json") : o.model;
+      if (!existsSync(file)) throw new CliError("BAD_PATH", `--model: ${file} does not exist`);
+      let config: Record<string, unknown>;
+      try {
+        config = JSON.parse(readFileSync(file, "utf8"));
+      } catch (e) {
+        throw new CliError("BAD_PATH", `${file}: not valid JSON (${(e as Error).message})`);
+      }
+      const plan = estimateMemory(modelShapeFromConfig(config, file), {
+        ...DEFAULT_ESTIMATE,
+        seqLen: o.seqLen,
+        microBatchSize: o.microBatchSize,
+        loraR: o.loraR,
+        optimizerBits: /8bit/.test(o.optimizer) ? 8 : 32,
+        gradientCheckpointing: o.gradientCheckpointing,
+        baseQuant: o.quant as BaseQuant,
+        logitsChunk: o.logitsChunk,
+      });
+      io.out(global.json ? JSON.stringify(plan) : formatPlan(plan));
+    });
+}

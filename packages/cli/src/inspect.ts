@@ -1,0 +1,183 @@
+/**
+ * `qlora inspect <file or dir>`: what is in a safetensors file, a (sharded) checkpoint directory, a GGUF file, a
+ * PEFT adapter directory or a training run directory. Reads headers only, never tensor data.
+ */
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { FormatsError, ggmlTypeName, openGguf, openSafetensors, openShardedSafetensors } from "@qlora/formats";
+import { CliError } from "./errors";
+import { formatBytes } from "./estimate";
+
+export interface Inspection {
+  kind: "safetensors" | "checkpoint" | "gguf" | "adapter" | "run";
+  path: string;
+  /** Ordered (label, value) pairs for the human-readable summary; the same facts as `details`. */
+  summary: [string, string][];
+  details: Record<string, unknown>;
+}
+
+export async function inspectPath(path: string): Promise<Inspection> {
+  if (!existsSync(path)) throw new CliError("BAD_PATH", `${path}: no such file or directory`);
+  try {
+    if (statSync(path).isDirectory()) return await inspectDirectory(path);
+    if (path.endsWith(".gguf")) return await inspectGguf(path);
+    if (path.endsWith(".safetensors")) return await inspectSafetensors(path);
+  } catch (e) {
+    if (e instanceof FormatsError) throw new CliError("BAD_PATH", `${path}: ${e.message}`);
+    throw e;
+  }
+  throw new CliError(
+    "BAD_PATH",
+    `${path}: expected a .safetensors or .gguf file, or a model, adapter or run directory`,
+  );
+}
+
+function dtypeCounts(infos: Iterable<{ dtype: string; shape: readonly number[] }>) {
+  const byDtype: Record<string, number> = {};
+  let params = 0;
+  let tensors = 0;
+  for (const t of infos) {
+    const n = t.shape.reduce((a, b) => a * b, 1);
+    byDtype[t.dtype] = (byDtype[t.dtype] ?? 0) + n;
+    params += n;
+    tensors++;
+  }
+  return { byDtype, params, tensors };
+}
+
+function describeCounts(c: ReturnType<typeof dtypeCounts>): [string, string][] {
+  return [
+    ["tensors", String(c.tensors)],
+    ["elements", c.params.toLocaleString("en-US")],
+    [
+      "dtypes",
+      Object.entries(c.byDtype)
+        .map(([d, n]) => `${d} ${n.toLocaleString("en-US")}`)
+        .join(", "),
+    ],
+  ];
+}
+
+async function inspectSafetensors(path: string): Promise<Inspection> {
+  const f = await openSafetensors(path);
+  try {
+    const counts = dtypeCounts(f.names.map((n) => f.info(n)));
+    return {
+      kind: "safetensors",
+      path,
+      summary: [...describeCounts(counts), ["metadata", JSON.stringify(f.metadata)]],
+      details: { ...counts, metadata: f.metadata },
+    };
+  } finally {
+    await f.close();
+  }
+}
+
+async function inspectGguf(path: string): Promise<Inspection> {
+  const f = await openGguf(path);
+  const types: Record<string, number> = {};
+  for (const t of f.tensors) types[ggmlTypeName(t.type)] = (types[ggmlTypeName(t.type)] ?? 0) + 1;
+  const arch = String(f.get("general.architecture") ?? "?");
+  const summary: [string, string][] = [
+    ["version", String(f.version)],
+    ["general.type", String(f.get("general.type") ?? "model")],
+    ["architecture", arch],
+    ["metadata keys", String(f.metadata.size)],
+    ["tensors", String(f.tensors.length)],
+    [
+      "tensor types",
+      Object.entries(types)
+        .map(([t, n]) => `${t} ×${n}`)
+        .join(", "),
+    ],
+  ];
+  return { kind: "gguf", path, summary, details: { version: f.version, architecture: arch, tensorTypes: types } };
+}
+
+function readJson(file: string): Record<string, unknown> {
+  try {
+    return JSON.parse(readFileSync(file, "utf8")) as Record<string, unknown>;
+  } catch (e) {
+    throw new CliError("BAD_PATH", `${file}: not valid JSON (${(e as Error).message})`);
+  }
+}
+
+async function inspectDirectory(dir: string): Promise<Inspection> {
+  if (existsSync(join(dir, "adapter_config.json"))) return inspectAdapter(dir);
+  if (existsSync(join(dir, "config.json"))) return inspectCheckpoint(dir);
+  if (existsSync(join(dir, "trainer_state.json")) || readdirSync(dir).some((n) => n.startsWith("checkpoint-")))
+    return inspectRun(dir);
+  throw new CliError(
+    "BAD_PATH",
+    `${dir}: expected a model directory (config.json), an adapter directory (adapter_config.json) or a run directory (checkpoint-*/ or trainer_state.json)`,
+  );
+}
+
+async function inspectCheckpoint(dir: string): Promise<Inspection> {
+  const config = readJson(join(dir, "config.json"));
+  const s = await openShardedSafetensors(dir);
+  try {
+    const counts = dtypeCounts(s.names.map((n) => s.info(n)));
+    const quant = config.quantization_config as Record<string, unknown> | undefined;
+    return {
+      kind: "checkpoint",
+      path: dir,
+      summary: [
+        ["architecture", String((config.architectures as string[] | undefined)?.[0] ?? "?")],
+        ["shards", String(s.shards.size)],
+        ["size", formatBytes(s.totalSize)],
+        ...describeCounts(counts),
+        ["quantization", quant ? `${quant.bnb_4bit_quant_type ?? quant.quant_method}` : "none"],
+      ],
+      details: { config, shards: s.shards.size, totalSize: s.totalSize, ...counts },
+    };
+  } finally {
+    await s.close();
+  }
+}
+
+async function inspectAdapter(dir: string): Promise<Inspection> {
+  const config = readJson(join(dir, "adapter_config.json"));
+  const weights = join(dir, "adapter_model.safetensors");
+  const tensors = existsSync(weights) ? (await inspectSafetensors(weights)).details : undefined;
+  return {
+    kind: "adapter",
+    path: dir,
+    summary: [
+      ["peft_type", String(config.peft_type)],
+      ["base_model", String(config.base_model_name_or_path ?? "?")],
+      ["r / lora_alpha", `${config.r} / ${config.lora_alpha}`],
+      ["target_modules", JSON.stringify(config.target_modules)],
+      ["use_rslora / use_dora", `${config.use_rslora ?? false} / ${config.use_dora ?? false}`],
+      ["adapter tensors", tensors ? String(tensors.tensors) : "missing adapter_model.safetensors"],
+    ],
+    details: { config, tensors },
+  };
+}
+
+async function inspectRun(dir: string): Promise<Inspection> {
+  const checkpoints = readdirSync(dir)
+    .filter((n) => /^checkpoint-\d+$/.test(n))
+    .sort((a, b) => Number(a.slice(11)) - Number(b.slice(11)));
+  const stateFile = existsSync(join(dir, "trainer_state.json"))
+    ? join(dir, "trainer_state.json")
+    : checkpoints.length > 0
+      ? join(dir, checkpoints[checkpoints.length - 1], "trainer_state.json")
+      : undefined;
+  const state = stateFile && existsSync(stateFile) ? readJson(stateFile) : {};
+  return {
+    kind: "run",
+    path: dir,
+    summary: [
+      ["checkpoints", checkpoints.join(", ") || "none"],
+      ["global_step", String(state.global_step ?? "?")],
+      ["best_metric", String(state.best_metric ?? "?")],
+    ],
+    details: { checkpoints, state },
+  };
+}
+
+export function formatInspection(i: Inspection): string {
+  const width = Math.max(...i.summary.map(([k]) => k.length));
+  return [`${i.path} (${i.kind})`, ...i.summary.map(([k, v]) => `  ${k.padEnd(width)}  ${v}`)].join("\n");
+}

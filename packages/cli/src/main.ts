@@ -1,0 +1,70 @@
+/**
+ * The `qlora` program: one commander command per file in ./commands. Errors are one readable paragraph (the stack
+ * only under --verbose); the exit code is 0 only on success.
+ */
+import { Command, CommanderError } from "commander";
+import { registerEstimate } from "./commands/estimate";
+import { registerInspect } from "./commands/inspect";
+import { CliError } from "./errors";
+
+export interface GlobalOptions {
+  json?: boolean;
+  quiet?: boolean;
+  verbose?: boolean;
+  device?: "cpu" | "cuda" | "auto";
+  threads?: number;
+}
+
+export interface Io {
+  out: (text: string) => void;
+  err: (text: string) => void;
+}
+
+const defaultIo: Io = {
+  out: (t) => process.stdout.write(`${t}\n`),
+  err: (t) => process.stderr.write(`${t}\n`),
+};
+
+export function buildProgram(io: Io = defaultIo): Command {
+  const program = new Command("qlora")
+    .description("QLoRA fine-tuning for Node.js: train, generate, merge, export and inspect")
+    .option("--json", "machine-readable output")
+    .option("--device <device>", "cpu | cuda | auto", "auto")
+    .option("--threads <n>", "CPU threads", (v) => positiveInt(v, "--threads"))
+    .option("--quiet", "print only results")
+    .option("--verbose", "print stacks with errors")
+    .showHelpAfterError()
+    .exitOverride()
+    .configureOutput({ writeOut: (s) => io.out(s.trimEnd()), writeErr: (s) => io.err(s.trimEnd()) });
+  registerEstimate(program, io);
+  registerInspect(program, io);
+  return program;
+}
+
+export function positiveInt(value: string, flag: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n <= 0)
+    throw new CliError("BAD_ARGUMENT", `${flag}: expected a positive integer, got "${value}"`);
+  return n;
+}
+
+/** Run the program on argv (without node and script); resolves to the exit code. */
+export async function main(argv: string[], io: Io = defaultIo): Promise<number> {
+  const program = buildProgram(io);
+  try {
+    await program.parseAsync(argv, { from: "user" });
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
+    const verbose = argv.includes("--verbose");
+    if (e instanceof CliError) {
+      io.err(`qlora: ${e.message}`);
+      if (verbose && e.stack) io.err(e.stack);
+      return e.exitCode;
+    }
+    const err = e as Error;
+    io.err(`qlora: ${err?.message ?? String(e)}`);
+    if (verbose && err?.stack) io.err(err.stack);
+    return 1;
+  }
+}
