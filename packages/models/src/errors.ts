@@ -1,26 +1,45 @@
-/**
- * The package's one error class. `code` is machine-readable; `file` and `key` name the offending file
- * and the config key / tensor name / argument, and the message says what was expected.
- * Codes are plain strings so that each module (loading, tokenizer, generation, GGUF export) can add its own
- * without editing a shared list; each module documents the codes it throws.
- */
-export interface ModelsErrorDetails {
-  file?: string;
-  key?: string;
-  cause?: unknown;
-}
+/** The package's error: a machine-readable `code`, the file and key at fault, and what was expected. */
+export type ModelErrorCode =
+  | "config_missing_key"
+  | "config_bad_value"
+  | "config_unreadable"
+  | "unsupported_architecture"
+  | "unsupported_rope_scaling"
+  | "tensor_missing"
+  | "tensor_shape"
+  | "tensor_dtype"
+  | "bad_argument"
+  | "sequence_too_long"
+  // tokenizer.ts, chat-template.ts
+  | "tokenizer_missing"
+  | "tokenizer_json"
+  | "tokenizer_invalid"
+  | "tokenizer_config_json"
+  | "tokenizer_config_invalid"
+  | "bad_token_id"
+  | "no_chat_template"
+  | "chat_template_syntax"
+  | "chat_template_render"
+  | "bad_messages"
+  // sampling.ts, generate.ts
+  | "bad_generation_option"
+  // gguf-names.ts, gguf-export.ts
+  | "gguf_unmapped_tensor"
+  | "gguf_unsupported";
 
-export class ModelsError extends Error {
-  override readonly name = "ModelsError";
-  readonly file?: string;
-  readonly key?: string;
+export class ModelError extends Error {
   constructor(
-    readonly code: string,
+    readonly code: ModelErrorCode,
     message: string,
-    details: ModelsErrorDetails = {},
+    readonly details: { file?: string; key?: string } = {},
   ) {
-    super(message, details.cause === undefined ? undefined : { cause: details.cause });
-    this.file = details.file;
-    this.key = details.key;
+    super(message);
+    this.name = "ModelError";
+  }
+  get file(): string | undefined {
+    return this.details.file;
+  }
+  get key(): string | undefined {
+    return this.details.key;
   }
 }
