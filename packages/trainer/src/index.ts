@@ -1,1 +1,34 @@
-export {};
+export { Trainer, seedEverything } from "./trainer";
+export type { BatchSource, LossFn, LossOutput, TrainingArgs, TrainerOptions, FitOptions } from "./trainer";
+export { TrainerError } from "./errors";
+export { TrainerControl } from "./control";
+export { HookBus, EVENT_KINDS } from "./events";
+export type {
+  EventName,
+  Handler,
+  TrainerHooks,
+  TrainerEventMap,
+  HookContext,
+  StepContext,
+  MicroContext,
+  OptimizerContext,
+  StepEndContext,
+  EvalContext,
+  LogContext,
+  CheckpointContext,
+  ErrorContext,
+} from "./events";
+export type { TrainerPlugin } from "./plugin";
+export type { TrainerOptimizer } from "./optimizer";
+export type { TrainerState, LogEntry } from "./state";
+export { SingleProcessStrategy, gradSquaredSum, scaleGradients, clipByNorm } from "./strategy";
+export type { Strategy, StrategySetup, ReduceOp, NumericArray } from "./strategy";
+export { f32Precision, bf16MixedPrecision, precisionByName } from "./precision";
+export type { Precision } from "./precision";
+export { createSchedule, warmupSteps } from "./schedulers";
+export type { SchedulerName, SchedulerOptions } from "./schedulers";
+export { safetensorsCheckpointIO } from "./checkpoint/checkpoint-io";
+export type { CheckpointIO } from "./checkpoint/checkpoint-io";
+export { listCheckpoints, latestCheckpoint, rotateCheckpoints, checkpointDir } from "./checkpoint/checkpoints";
+export { saveStateTree, loadStateTree } from "./checkpoint/state-tree";
+export { defaultFlow } from "./plugins/default-flow";

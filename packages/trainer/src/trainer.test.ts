@@ -1,0 +1,383 @@
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { type Tensor, manualSeed } from "@qlora/tensor";
+import { afterEach, describe, expect, it } from "vitest";
+import { FakeRankStrategy, FakeWorld, guardGrads } from "../test/helpers/fake-world";
+import { type Batch, StatefulAdamW, TinyLM, memorySource, randomBatches, tinyLoss } from "../test/helpers/tiny";
+import { EVENT_KINDS, type EventName, Trainer, TrainerError, type TrainerPlugin, type TrainingArgs } from "./index";
+
+const dirs: string[] = [];
+function tempDir(): string {
+  const d = mkdtempSync(join(tmpdir(), "qlora-trainer-"));
+  dirs.push(d);
+  return d;
+}
+afterEach(() => {
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+function makeTrainer(
+  batches: Batch[],
+  args: Partial<TrainingArgs> = {},
+  extra: { plugins?: TrainerPlugin[]; eval?: Batch[]; seed?: number } = {},
+) {
+  manualSeed(extra.seed ?? 7);
+  const model = new TinyLM();
+  const optimizer = new StatefulAdamW(
+    model.parameters().filter((p) => p.requiresGrad),
+    { lr: 0.01 },
+  );
+  const trainer = new Trainer<Batch>({
+    model,
+    optimizer,
+    loss: (m, b) => tinyLoss(m, b),
+    train: memorySource(batches),
+    eval: extra.eval ? memorySource(extra.eval) : undefined,
+    args: { learningRate: 0.01, loggingSteps: 1, ...args },
+    plugins: extra.plugins,
+  });
+  return { model, optimizer, trainer };
+}
+
+function maxAbsDiff(a: number[][], b: number[][]): number {
+  let d = 0;
+  for (let i = 0; i < a.length; i++) for (let j = 0; j < a[i].length; j++) d = Math.max(d, Math.abs(a[i][j] - b[i][j]));
+  return d;
+}
+
+function snapshot(t: Tensor[]): number[][] {
+  return t.map((p) => [...p.toTypedArray()]);
+}
+
+describe("events", () => {
+  it("fire in the documented order, with their declared kinds", async () => {
+    const seen: string[] = [];
+    const recorder: TrainerPlugin = {
+      name: "recorder",
+      hooks: Object.fromEntries(
+        (Object.keys(EVENT_KINDS) as EventName[]).map((e) => [
+          e,
+          EVENT_KINDS[e] === "waterfall"
+            ? (v: unknown) => {
+                seen.push(e);
+                return v;
+              }
+            : () => {
+                seen.push(e);
+                return undefined;
+              },
+        ]),
+      ),
+    };
+    const { trainer } = makeTrainer(
+      randomBatches(4, 2, 5, 11),
+      { gradientAccumulationSteps: 2, evalSteps: 2, saveSteps: 2, outputDir: tempDir() },
+      { plugins: [recorder], eval: randomBatches(1, 2, 5, 11, 9) },
+    );
+    await trainer.fit();
+    const step = [
+      "step:start",
+      "batch:transform",
+      "batch:transform",
+      "loss:transform",
+      "backward:before",
+      "microstep:end",
+      "loss:transform",
+      "backward:before",
+      "microstep:end",
+      "optimizer:step:before",
+      "optimizer:step:after",
+      "step:end",
+    ];
+    expect(seen).toEqual([
+      "checkpoint:resolve",
+      "fit:start",
+      "epoch:start",
+      ...step,
+      "log",
+      ...step,
+      "eval:start",
+      "eval:end",
+      "log",
+      "checkpoint:save",
+      "epoch:end",
+      "fit:end",
+    ]);
+    expect(EVENT_KINDS["loss:transform"]).toBe("waterfall");
+    expect(EVENT_KINDS["checkpoint:resolve"]).toBe("first");
+    expect(EVENT_KINDS["step:end"]).toBe("observe");
+  });
+
+  it("orders plugins pre → registration → post, teardown events in reverse", async () => {
+    const order: string[] = [];
+    const mk = (name: string, o?: "pre" | "post"): TrainerPlugin => ({
+      name,
+      order: o,
+      hooks: { "fit:start": () => void order.push(`start:${name}`), "fit:end": () => void order.push(`end:${name}`) },
+    });
+    const { trainer } = makeTrainer(
+      randomBatches(1, 1, 4, 11),
+      {},
+      { plugins: [mk("b", "post"), mk("a"), mk("c", "pre")] },
+    );
+    await trainer.fit();
+    expect(order).toEqual(["start:c", "start:a", "start:b", "end:b", "end:a", "end:c"]);
+  });
+
+  it("waterfall replaces the loss, first-result picks the resume path", async () => {
+    const { trainer, model } = makeTrainer(randomBatches(2, 2, 4, 11), { scheduler: { name: "constant" } });
+    const before = snapshot(model.parameters());
+    trainer.hooks.on("loss:transform", (loss) => {
+      const zero = loss.mul(0);
+      loss.dispose();
+      return zero;
+    });
+    await trainer.fit();
+    // AdamW with zero gradients still decays weights; the head moved only by weight decay (1 - lr·wd).
+    const after = snapshot(model.parameters());
+    const head = model.head.weight;
+    const idx = model.parameters().indexOf(head);
+    for (let i = 0; i < after[idx].length; i++)
+      expect(after[idx][i]).toBeCloseTo(before[idx][i] * (1 - 0.01 * 0.01) ** 2, 6);
+    const t2 = makeTrainer(randomBatches(1, 1, 4, 11)).trainer;
+    t2.hooks.on("checkpoint:resolve", () => undefined);
+    t2.hooks.on("checkpoint:resolve", () => "/definitely/not/a/checkpoint");
+    await expect(t2.fit()).rejects.toMatchObject({ code: "CHECKPOINT_NOT_FOUND" });
+  });
+
+  it("an unregister function removes a handler", async () => {
+    const { trainer } = makeTrainer(randomBatches(2, 1, 4, 11));
+    let n = 0;
+    const off = trainer.hooks.on("step:end", () => void n++);
+    off();
+    await trainer.fit();
+    expect(n).toBe(0);
+  });
+});
+
+describe("control", () => {
+  it("stop ends training after the current step; save/evaluate/log flags reset every step", async () => {
+    const dir = tempDir();
+    const flags: boolean[] = [];
+    const plugin: TrainerPlugin = {
+      name: "stopper",
+      order: "post",
+      hooks: {
+        "step:start": (ctx) => void flags.push(ctx.control.shouldSave),
+        "step:end": (ctx) => {
+          if (ctx.state.globalStep === 1) ctx.control.save();
+          if (ctx.state.globalStep === 3) ctx.control.stop("enough");
+        },
+      },
+    };
+    const { trainer } = makeTrainer(randomBatches(10, 1, 4, 11), { outputDir: dir }, { plugins: [plugin] });
+    const state = await trainer.fit();
+    expect(state.globalStep).toBe(3);
+    expect(trainer.control.stopReason).toBe("enough");
+    expect(flags).toEqual([false, false, false]);
+    expect(JSON.parse(readFileSync(join(dir, "checkpoint-1", "trainer_state.json"), "utf8")).globalStep).toBe(1);
+  });
+});
+
+describe("plugins", () => {
+  it("plugin state is saved in checkpoints and restored on resume", async () => {
+    const dir = tempDir();
+    const counter = () => {
+      let steps = 0;
+      const p: TrainerPlugin & { readonly steps: number } = {
+        name: "counter",
+        get steps() {
+          return steps;
+        },
+        hooks: { "step:end": () => void steps++ },
+        stateDict: () => ({ steps, nested: { arr: new Float32Array([1.5, Number.NaN]) } }),
+        loadStateDict: (s) => {
+          steps = (s as { steps: number }).steps;
+        },
+      };
+      return p;
+    };
+    const c1 = counter();
+    await makeTrainer(
+      randomBatches(6, 1, 4, 11),
+      { outputDir: dir, saveSteps: 2, maxSteps: 4 },
+      { plugins: [c1] },
+    ).trainer.fit();
+    expect(c1.steps).toBe(4);
+    const c2 = counter();
+    const { trainer } = makeTrainer(randomBatches(6, 1, 4, 11), { outputDir: dir, maxSteps: 6 }, { plugins: [c2] });
+    trainer.hooks.on("checkpoint:load", () => void expect(c2.steps).toBe(4));
+    await trainer.fit({ resumeFrom: join(dir, "checkpoint-4") });
+    expect(c2.steps).toBe(6);
+  });
+
+  it("two plugins with one name are refused", () => {
+    const p = { name: "x", hooks: {} };
+    expect(() => makeTrainer(randomBatches(1, 1, 4, 11), {}, { plugins: [p, p] })).toThrow(TrainerError);
+  });
+});
+
+describe("gradient accumulation", () => {
+  it("normalises by the step's total loss tokens: equals one big batch, not a mean of means", async () => {
+    const micro = randomBatches(3, 2, 6, 11, 3);
+    const tokens = micro.map((b) => b.labels.flat().filter((l) => l !== -100).length);
+    expect(new Set(tokens).size).toBeGreaterThan(1); // uneven, so a mean of means would differ
+    const big: Batch = { ids: micro.flatMap((b) => b.ids), labels: micro.flatMap((b) => b.labels) };
+    const grads = async (batches: Batch[], accum: number) => {
+      const { trainer, model } = makeTrainer(batches, { gradientAccumulationSteps: accum, maxSteps: 1 });
+      let g: number[][] = [];
+      trainer.hooks.on("optimizer:step:before", () => {
+        g = model
+          .parameters()
+          .filter((p) => p.requiresGrad)
+          .map((p) => [...(p.grad?.toTypedArray() ?? [])]);
+      });
+      await trainer.fit();
+      return g;
+    };
+    const accumulated = await grads(micro, 3);
+    const oneBatch = await grads([big], 1);
+    const maxDiff = maxAbsDiff(accumulated, oneBatch);
+    const maxAbs = Math.max(...accumulated.flat().map(Math.abs));
+    expect(maxAbs).toBeGreaterThan(1e-3);
+    expect(maxDiff).toBeLessThan(1e-6 * maxAbs + 1e-7);
+    // mean of means: each micro-batch normalised by its own count, averaged: a different gradient.
+    const { trainer, model } = makeTrainer(micro, { gradientAccumulationSteps: 3, maxSteps: 1 });
+    let mm: number[][] = [];
+    let i = 0;
+    trainer.hooks.on("loss:transform", (loss) => {
+      const total = tokens.reduce((a, b) => a + b, 0);
+      const scaled = loss.mul(total / (3 * tokens[i++]));
+      loss.dispose();
+      return scaled;
+    });
+    trainer.hooks.on("optimizer:step:before", () => {
+      mm = model
+        .parameters()
+        .filter((p) => p.requiresGrad)
+        .map((p) => [...(p.grad?.toTypedArray() ?? [])]);
+    });
+    await trainer.fit();
+    const mmDiff = maxAbsDiff(mm, oneBatch);
+    expect(mmDiff).toBeGreaterThan(1e-4 * maxAbs);
+  });
+});
+
+describe("non-finite guard", () => {
+  it("skips a NaN step, counts it, and stops after N in a row with a clear message", async () => {
+    const { trainer, model } = makeTrainer(randomBatches(8, 1, 4, 11), { maxNonFiniteInARow: 3 });
+    const before = snapshot(model.parameters());
+    trainer.hooks.on("loss:transform", (loss, ctx) => {
+      if (ctx.state.globalStep < 1) return loss;
+      const nan = loss.mul(Number.NaN);
+      loss.dispose();
+      return nan;
+    });
+    const err = await trainer.fit().catch((e) => e);
+    expect(err).toBeInstanceOf(TrainerError);
+    expect(err.code).toBe("NON_FINITE_LOSS");
+    expect(err.message).toMatch(/NaN\/Inf for 3 steps in a row/);
+    expect(trainer.state.nonFiniteTotal).toBe(3);
+    expect(trainer.state.globalStep).toBe(4);
+    expect(snapshot(model.parameters())).not.toEqual(before); // step 1 trained
+  });
+
+  it("a single NaN step is skipped and training goes on", async () => {
+    const { trainer, model } = makeTrainer(randomBatches(3, 1, 4, 11));
+    const afterStep: number[][][] = [];
+    trainer.hooks.on("loss:transform", (loss, ctx) => {
+      if (ctx.state.globalStep !== 1) return loss;
+      const inf = loss.div(0);
+      loss.dispose();
+      return inf;
+    });
+    trainer.hooks.on("step:end", () => void afterStep.push(snapshot(model.parameters())));
+    const state = await trainer.fit();
+    expect(state.globalStep).toBe(3);
+    expect(state.nonFiniteTotal).toBe(1);
+    expect(afterStep[1]).toEqual(afterStep[0]);
+    expect(afterStep[2]).not.toEqual(afterStep[1]);
+  });
+});
+
+describe("evaluation and arguments", () => {
+  it("evaluate gives token-mean loss and perplexity", async () => {
+    const evalData = randomBatches(2, 2, 4, 11, 5);
+    const { trainer, model } = makeTrainer(randomBatches(1, 1, 4, 11), {}, { eval: evalData });
+    const m = await trainer.evaluate();
+    let sum = 0;
+    let n = 0;
+    for (const b of evalData) {
+      const l = tinyLoss(model, b);
+      sum += l.item();
+      l.dispose();
+      n += b.labels.flat().filter((x) => x !== -100).length;
+    }
+    expect(m.eval_loss).toBeCloseTo(sum / n, 5);
+    expect(m.eval_perplexity).toBeCloseTo(Math.exp(sum / n), 4);
+  });
+
+  it("an empty dataset is an error, not a zero-step run; bad arguments name the argument", async () => {
+    await expect(makeTrainer([]).trainer.fit()).rejects.toMatchObject({ code: "EMPTY_DATASET" });
+    expect(() => makeTrainer(randomBatches(1, 1, 4, 11), { gradientAccumulationSteps: 0 })).toThrow(
+      /gradientAccumulationSteps must be a positive integer/,
+    );
+    await expect(
+      makeTrainer(randomBatches(1, 1, 4, 11), { gradientCheckpointing: true }).trainer.fit(),
+    ).rejects.toThrow(/setGradientCheckpointing/);
+  });
+
+  it("max_steps wins over epochs and repeats the data", async () => {
+    const { trainer } = makeTrainer(randomBatches(2, 1, 4, 11), { maxSteps: 5, numEpochs: 1 });
+    const s = await trainer.fit();
+    expect(s.globalStep).toBe(5);
+    expect(s.epoch).toBe(2);
+    expect(s.batchInEpoch).toBe(1);
+  });
+});
+
+describe("strategy slot", () => {
+  it("a fake two-rank DDP strategy: called at the right points, grads touched only through it, same weights as one process", async () => {
+    const data = randomBatches(8, 2, 5, 11, 4);
+    const single = makeTrainer(data, { gradientAccumulationSteps: 2, maxGradNorm: 0.5 });
+    await single.trainer.fit();
+    const world = new FakeWorld(2);
+    const ranks = [0, 1].map((rank) => {
+      manualSeed(7);
+      const model = new TinyLM();
+      const params = model.parameters().filter((p) => p.requiresGrad);
+      const optimizer = new StatefulAdamW(params, { lr: 0.01 });
+      const strategy = new FakeRankStrategy(world, rank);
+      const violations: string[] = [];
+      guardGrads(params, () => strategy.inside, violations);
+      const trainer = new Trainer<Batch>({
+        model,
+        optimizer,
+        loss: (m, b) => tinyLoss(m, b),
+        train: memorySource(data.filter((_, i) => i % 2 === rank)),
+        args: { learningRate: 0.01, loggingSteps: 1, maxGradNorm: 0.5 },
+        strategy,
+      });
+      return { model, trainer, strategy, violations };
+    });
+    await Promise.all(ranks.map((r) => r.trainer.fit()));
+    for (const r of ranks) {
+      expect(r.violations).toEqual([]);
+      const a = snapshot(r.model.parameters());
+      const b = snapshot(single.model.parameters());
+      expect(maxAbsDiff(a, b)).toBeLessThan(1e-6);
+      const step = [
+        "allReduce:sum", // loss tokens of the step across ranks
+        "backward",
+        "allReduce:max", // every rank agrees whether the step is finite
+        "reduceGradients",
+        "clipGradients",
+        "optimizerStep",
+        "zeroGrad",
+        "allReduce:sum", // mean loss for logging
+      ];
+      expect(r.strategy.calls).toEqual(["setup", "wrapModel", ...Array(4).fill(step).flat(), "teardown"]);
+    }
+  });
+});

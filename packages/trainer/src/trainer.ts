@@ -1,0 +1,467 @@
+/**
+ * The Trainer: a loop over optimizer steps that asks hooks to observe/transform and a control object to steer,
+ * and leaves how gradients/steps/collectives work to the Strategy slot. It knows nothing of LoRA or Llama: it
+ * trains the parameters of a Module that require gradients, with a loss function that returns the SUM of the
+ * per-token losses of a micro-batch (normalisation by the step's token count is the trainer's job).
+ */
+import { readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { type Module, type Tensor, getGenerator, manualSeed, noGrad } from "@qlora/tensor";
+import { safetensorsCheckpointIO, type CheckpointIO } from "./checkpoint/checkpoint-io";
+import {
+  latestCheckpoint,
+  requireCheckpoint,
+  rotateCheckpoints,
+  writeCheckpointAtomic,
+} from "./checkpoint/checkpoints";
+import { fsyncFile } from "./checkpoint/fsutil";
+import { loadStateTree, saveStateTree } from "./checkpoint/state-tree";
+import { TrainerControl } from "./control";
+import { TrainerError } from "./errors";
+import { HookBus, type HookContext, type MicroContext } from "./events";
+import type { TrainerOptimizer } from "./optimizer";
+import { orderPlugins, type TrainerPlugin } from "./plugin";
+import { defaultFlow } from "./plugins/default-flow";
+import { f32Precision, type Precision } from "./precision";
+import { createSchedule, type SchedulerOptions } from "./schedulers";
+import { initialState, type TrainerState } from "./state";
+import { SingleProcessStrategy, type Strategy } from "./strategy";
+
+/** Where batches come from: a deterministic sequence per epoch that can start after `skip` batches (resume). */
+export interface BatchSource<B> {
+  /** Micro-batches per epoch (on this rank). */
+  readonly length: number;
+  batches(epoch: number, skip: number): Iterable<B> | AsyncIterable<B>;
+  /** Loss tokens of a batch (labels ≠ -100): the normaliser of gradient accumulation. */
+  lossTokens(batch: B): number;
+}
+
+export interface LossOutput {
+  /** Sum of the per-token losses of the micro-batch (a scalar). */
+  readonly loss: Tensor;
+}
+export type LossFn<B> = (model: Module, batch: B, info: { readonly training: boolean }) => LossOutput | Tensor;
+
+export interface TrainingArgs {
+  readonly outputDir?: string;
+  /** One seed for everything: parameters drawn after seedEverything, dropout, shuffling, NEFTune. */
+  readonly seed?: number;
+  readonly learningRate: number;
+  readonly numEpochs?: number;
+  /** Wins over numEpochs. */
+  readonly maxSteps?: number;
+  readonly gradientAccumulationSteps?: number;
+  readonly maxGradNorm?: number;
+  readonly scheduler?: Omit<SchedulerOptions, "totalSteps" | "baseLr">;
+  readonly loggingSteps?: number;
+  readonly evalSteps?: number;
+  readonly saveSteps?: number;
+  readonly saveTotalLimit?: number;
+  /** Passed to the model (`setGradientCheckpointing(true)`, per decoder layer in @qlora/models). */
+  readonly gradientCheckpointing?: boolean;
+  /** Stop with an error after this many non-finite losses in a row (each such step is skipped). Default 5. */
+  readonly maxNonFiniteInARow?: number;
+  readonly metricForBestModel?: string;
+  readonly greaterIsBetter?: boolean;
+}
+
+export interface TrainerOptions<B> {
+  readonly model: Module;
+  readonly optimizer: TrainerOptimizer;
+  readonly loss: LossFn<B>;
+  readonly train: BatchSource<B>;
+  readonly eval?: BatchSource<B>;
+  readonly args: TrainingArgs;
+  readonly plugins?: readonly TrainerPlugin[];
+  readonly strategy?: Strategy;
+  readonly precision?: Precision;
+  readonly checkpointIO?: CheckpointIO;
+}
+
+export interface FitOptions {
+  /** A checkpoint directory, or true for the latest one in outputDir (none there: start fresh). */
+  readonly resumeFrom?: string | boolean;
+}
+
+/** Seed the runtime's global Philox generator (parameter init, dropout) and return the seed for data/plugins. */
+export function seedEverything(seed: number): number {
+  manualSeed(seed);
+  return seed;
+}
+
+const PLUGIN_STATE = "plugins";
+
+export class Trainer<B = unknown> {
+  readonly state: TrainerState = initialState();
+  readonly control = new TrainerControl();
+  readonly hooks = new HookBus();
+  readonly strategy: Strategy;
+  readonly precision: Precision;
+  readonly checkpointIO: CheckpointIO;
+  readonly plugins: readonly TrainerPlugin[];
+  readonly args: TrainingArgs & { seed: number; gradientAccumulationSteps: number };
+  private model: Module;
+  private readonly trainable: Map<string, Tensor>;
+  private schedule: (step: number) => number = () => 1;
+  private stepsPerEpoch = 0;
+
+  constructor(readonly options: TrainerOptions<B>) {
+    const a = options.args;
+    this.args = { ...a, seed: a.seed ?? 42, gradientAccumulationSteps: a.gradientAccumulationSteps ?? 1 };
+    checkArgs(this.args);
+    this.model = options.model;
+    this.strategy = options.strategy ?? new SingleProcessStrategy();
+    this.precision = options.precision ?? f32Precision;
+    this.checkpointIO = options.checkpointIO ?? safetensorsCheckpointIO;
+    this.trainable = new Map([...options.model.namedParameters()].filter(([, p]) => p.requiresGrad));
+    if (this.trainable.size === 0)
+      throw new TrainerError("NO_TRAINABLE", "Trainer: the model has no parameter that requires gradients");
+    this.plugins = orderPlugins([defaultFlow(), ...(options.plugins ?? [])]);
+    const names = new Set<string>();
+    for (const p of this.plugins) {
+      if (names.has(p.name)) throw new TrainerError("PLUGIN_NAME", `plugin name "${p.name}" is used twice`);
+      names.add(p.name);
+      for (const [event, h] of Object.entries(p.hooks)) this.hooks.on(event as never, h as never);
+    }
+  }
+
+  /** One context object per call. */
+  context<T extends object>(extra?: T): HookContext & T {
+    return { trainer: this, state: this.state, control: this.control, ...(extra as T) };
+  }
+
+  /** The current learning rate (schedule of the global step). */
+  get lr(): number {
+    return this.args.learningRate * this.schedule(this.state.globalStep);
+  }
+
+  async fit(fit: FitOptions = {}): Promise<TrainerState> {
+    const { train } = this.options;
+    const accum = this.args.gradientAccumulationSteps;
+    if (!(train.length > 0))
+      throw new TrainerError("EMPTY_DATASET", "Trainer.fit: the training data has no batches (empty dataset)");
+    seedEverything(this.args.seed);
+    this.stepsPerEpoch = Math.ceil(train.length / accum);
+    const maxSteps = this.args.maxSteps ?? this.stepsPerEpoch * (this.args.numEpochs ?? 1);
+    this.state.maxSteps = maxSteps;
+    this.schedule = createSchedule({ name: "linear", ...this.args.scheduler, totalSteps: maxSteps });
+    await this.strategy.setup({ model: this.model, optimizer: this.options.optimizer, params: this.trainable });
+    this.model = this.strategy.wrapModel(this.model);
+    this.precision.setup(this.model, this.trainable);
+    this.setGradientCheckpointing(this.args.gradientCheckpointing ?? false);
+    this.model.train();
+
+    const resumeDir = await this.resolveResume(fit.resumeFrom);
+    if (resumeDir) await this.loadCheckpoint(resumeDir);
+    try {
+      await this.hooks.emit("fit:start", this.context());
+      await this.loop(maxSteps);
+      await this.hooks.emit("fit:end", this.context());
+    } catch (error) {
+      await this.hooks.emit("error", this.context({ error }));
+      throw error;
+    } finally {
+      await this.strategy.teardown();
+    }
+    return this.state;
+  }
+
+  private async loop(maxSteps: number): Promise<void> {
+    const accum = this.args.gradientAccumulationSteps;
+    const { train } = this.options;
+    while (this.state.globalStep < maxSteps && !this.control.shouldStop) {
+      if (this.state.batchInEpoch === 0) await this.hooks.emit("epoch:start", this.context());
+      const it = iterate(train.batches(this.state.epoch, this.state.batchInEpoch));
+      for (;;) {
+        const micro: B[] = [];
+        while (micro.length < accum) {
+          const r = await it.next();
+          if (r.done) break;
+          micro.push(r.value);
+        }
+        if (micro.length === 0) break;
+        await this.trainStep(micro);
+        await this.afterStep();
+        if (this.state.globalStep >= maxSteps || this.control.shouldStop) break;
+      }
+      await it.return?.();
+      if (this.state.batchInEpoch >= train.length) {
+        await this.hooks.emit("epoch:end", this.context());
+        this.state.epoch++;
+        this.state.batchInEpoch = 0;
+      } else if (this.state.globalStep < maxSteps && !this.control.shouldStop) {
+        throw new TrainerError(
+          "DATA_SHORT",
+          `training data yielded ${this.state.batchInEpoch} batches in epoch ${this.state.epoch}, expected ${train.length}`,
+        );
+      }
+    }
+  }
+
+  /** Forward/backward over the micro-batches, then clip and step: one optimizer step. */
+  private async trainStep(rawMicro: B[]): Promise<void> {
+    const { strategy } = this;
+    const optimizer = this.options.optimizer;
+    this.control.resetStep();
+    await this.hooks.emit("step:start", this.context());
+    const micro: B[] = [];
+    for (const [i, b] of rawMicro.entries())
+      micro.push((await this.hooks.waterfall("batch:transform", b, this.microContext(b, i))) as B);
+    const counts = new Float64Array([micro.reduce((s, b) => s + this.options.train.lossTokens(b), 0)]);
+    await strategy.allReduce(counts, "sum");
+    const stepTokens = counts[0];
+    let lossSum = 0;
+    let finite = stepTokens > 0;
+    for (const [i, batch] of micro.entries()) {
+      if (!finite) break;
+      const out = this.options.loss(this.model, batch, { training: true });
+      let loss = out instanceof Object && "loss" in out ? out.loss : (out as Tensor);
+      loss = await this.hooks.waterfall("loss:transform", loss, this.microContext(batch, i));
+      const scaled = loss.div(stepTokens);
+      const value = loss.item();
+      if (loss !== scaled) loss.dispose();
+      lossSum += value;
+      const ctx = this.microContext(batch, i, scaled);
+      if (!Number.isFinite(value)) {
+        finite = false;
+        scaled.dispose();
+        break;
+      }
+      await this.hooks.emit("backward:before", ctx);
+      await strategy.backward(scaled);
+      scaled.dispose();
+      await this.hooks.emit("microstep:end", ctx);
+    }
+    // Every rank must agree to skip: one rank's non-finite loss skips the step everywhere.
+    const bad = new Float64Array([finite ? 0 : 1]);
+    await strategy.allReduce(bad, "max");
+    finite = bad[0] === 0;
+    let gradNorm: number | undefined;
+    if (finite) {
+      await strategy.reduceGradients();
+      gradNorm = await strategy.clipGradients(this.args.maxGradNorm);
+      finite = Number.isFinite(gradNorm);
+    }
+    const lr = this.lr;
+    if (finite) {
+      optimizer.lr = lr;
+      await this.hooks.emit("optimizer:step:before", this.context({ lr, gradNorm }));
+      await strategy.optimizerStep(optimizer);
+      await this.hooks.emit("optimizer:step:after", this.context({ lr, gradNorm }));
+    }
+    strategy.zeroGrad(optimizer);
+    this.state.globalStep++;
+    this.state.batchInEpoch += rawMicro.length;
+    this.state.tokensSeen += stepTokens;
+    this.trackNonFinite(finite, stepTokens);
+    const meanLoss = finite ? await this.globalMean(lossSum, stepTokens) : Number.NaN;
+    this.lastStep = { loss: meanLoss, tokens: stepTokens, lr, gradNorm };
+    await this.hooks.emit("step:end", this.context({ loss: meanLoss, skipped: !finite, tokens: stepTokens }));
+  }
+
+  /** Last finished step's figures, read by the log step. */
+  lastStep: { loss: number; tokens: number; lr: number; gradNorm: number | undefined } | undefined;
+  private logAccum = { loss: 0, tokens: 0, steps: 0, since: performance.now() };
+
+  private trackNonFinite(finite: boolean, stepTokens: number): void {
+    if (finite) {
+      this.state.nonFiniteInARow = 0;
+      return;
+    }
+    if (stepTokens === 0) return; // a step with nothing to learn from is not a numeric failure
+    this.state.nonFiniteInARow++;
+    this.state.nonFiniteTotal++;
+    const limit = this.args.maxNonFiniteInARow ?? 5;
+    if (this.state.nonFiniteInARow >= limit)
+      throw new TrainerError(
+        "NON_FINITE_LOSS",
+        `loss or gradient norm was NaN/Inf for ${this.state.nonFiniteInARow} steps in a row (step ${this.state.globalStep}; ${this.state.nonFiniteTotal} skipped in total); lower the learning rate, check the data, or use precision "f32"`,
+      );
+  }
+
+  /** Token-weighted mean loss over all ranks. */
+  private async globalMean(localSum: number, stepTokens: number): Promise<number> {
+    const s = new Float64Array([localSum]);
+    await this.strategy.allReduce(s, "sum");
+    return s[0] / stepTokens;
+  }
+
+  private microContext(batch: B, microStep: number, loss?: Tensor): MicroContext {
+    return this.context({ batch, microStep, loss });
+  }
+
+  private async afterStep(): Promise<void> {
+    const s = this.lastStep;
+    if (s && Number.isFinite(s.loss)) {
+      this.logAccum.loss += s.loss * s.tokens;
+      this.logAccum.tokens += s.tokens;
+    }
+    this.logAccum.steps++;
+    if (this.control.shouldEvaluate && this.options.eval) await this.evaluate();
+    if (this.control.shouldLog) await this.logStep();
+    if (this.control.shouldSave && this.args.outputDir) await this.saveCheckpoint();
+  }
+
+  private async logStep(): Promise<void> {
+    const a = this.logAccum;
+    const seconds = (performance.now() - a.since) / 1000;
+    const metrics: Record<string, number> = {
+      loss: a.tokens ? a.loss / a.tokens : Number.NaN,
+      lr: this.lastStep?.lr ?? this.lr,
+      tokens_per_second: a.tokens / Math.max(seconds, 1e-9),
+      epoch: this.state.epoch + this.state.batchInEpoch / this.options.train.length,
+    };
+    if (this.lastStep?.gradNorm !== undefined) metrics.grad_norm = this.lastStep.gradNorm;
+    this.logAccum = { loss: 0, tokens: 0, steps: 0, since: performance.now() };
+    await this.log(metrics);
+  }
+
+  /** Record metrics in the log history and emit `log`. */
+  async log(metrics: Record<string, number>): Promise<void> {
+    this.state.logHistory.push({ ...metrics, step: this.state.globalStep });
+    await this.hooks.emit("log", this.context({ metrics }));
+  }
+
+  /** Mean loss per token and perplexity over the eval data (all ranks). */
+  async evaluate(): Promise<Record<string, number>> {
+    const data = this.options.eval;
+    if (!data) throw new TrainerError("NO_EVAL_DATA", "Trainer.evaluate: no eval data was given");
+    await this.hooks.emit("eval:start", this.context({}));
+    this.model.eval();
+    const sums = new Float64Array(2);
+    try {
+      for await (const batch of iterable(data.batches(0, 0))) {
+        const value = noGrad(() => {
+          const out = this.options.loss(this.model, batch, { training: false });
+          const loss = out instanceof Object && "loss" in out ? out.loss : (out as Tensor);
+          const v = loss.item();
+          loss.dispose();
+          return v;
+        });
+        sums[0] += value;
+        sums[1] += data.lossTokens(batch);
+      }
+    } finally {
+      this.model.train();
+    }
+    await this.strategy.allReduce(sums, "sum");
+    if (sums[1] === 0) throw new TrainerError("EMPTY_DATASET", "Trainer.evaluate: the eval data has no loss tokens");
+    const evalLoss = sums[0] / sums[1];
+    const metrics = { eval_loss: evalLoss, eval_perplexity: Math.exp(evalLoss) };
+    this.updateBest(metrics);
+    this.state.logHistory.push({ ...metrics, step: this.state.globalStep });
+    await this.hooks.emit("eval:end", this.context({ metrics }));
+    return metrics;
+  }
+
+  private bestStep = -1;
+  private updateBest(metrics: Record<string, number>): void {
+    const key = this.args.metricForBestModel ?? "eval_loss";
+    const v = metrics[key];
+    if (v === undefined || !Number.isFinite(v)) return;
+    const better = this.args.greaterIsBetter ? (a: number, b: number) => a > b : (a: number, b: number) => a < b;
+    if (this.state.bestMetric === null || better(v, this.state.bestMetric)) {
+      this.state.bestMetric = v;
+      this.bestStep = this.state.globalStep;
+    }
+  }
+
+  /** Write output_dir/checkpoint-<step>/ atomically, then rotate. */
+  async saveCheckpoint(): Promise<string> {
+    const outputDir = this.args.outputDir;
+    if (!outputDir) throw new TrainerError("NO_OUTPUT_DIR", "saveCheckpoint: args.outputDir is not set");
+    const step = this.state.globalStep;
+    const modelState = this.strategy.modelStateDict({ full: true });
+    const optimState = this.strategy.optimizerStateDict(this.options.optimizer, { full: true });
+    const dir = join(outputDir, `checkpoint-${step}`);
+    if (this.bestStep === step) this.state.bestCheckpoint = dir;
+    const pluginStates = Object.fromEntries(
+      this.plugins.filter((p) => p.stateDict).map((p) => [p.name, p.stateDict?.()]),
+    );
+    const gen = getGenerator();
+    // Rank 0 writes the (full) checkpoint; sharded strategies gather what it needs in modelStateDict/optimizerStateDict.
+    if (this.strategy.rank === 0)
+      await writeCheckpointAtomic(outputDir, step, async (tmp) => {
+        await this.checkpointIO.saveModel(tmp, modelState, this.model);
+        await saveStateTree(tmp, "optimizer", optimState);
+        await saveStateTree(tmp, PLUGIN_STATE, pluginStates);
+        await writeJson(join(tmp, "rng_state.json"), { seed: gen.seed, offset: gen.offset });
+        await writeJson(join(tmp, "scheduler.json"), { ...this.args.scheduler, step, lr: this.lr });
+        await writeJson(join(tmp, "trainer_state.json"), { ...this.state, bestStep: this.bestStep });
+      });
+    await this.strategy.barrier();
+    await this.hooks.emit("checkpoint:save", this.context({ dir }));
+    if (this.args.saveTotalLimit && this.strategy.rank === 0)
+      await rotateCheckpoints(outputDir, this.args.saveTotalLimit, this.state.bestCheckpoint);
+    return dir;
+  }
+
+  private async resolveResume(resumeFrom: string | boolean | undefined): Promise<string | undefined> {
+    if (typeof resumeFrom === "string") return requireCheckpoint(resumeFrom);
+    const fromHook = await this.hooks.first("checkpoint:resolve", this.context());
+    if (fromHook) return requireCheckpoint(fromHook);
+    if (resumeFrom === true && this.args.outputDir) return latestCheckpoint(this.args.outputDir);
+    return undefined;
+  }
+
+  /** Restore model, optimizer, RNG, data position, trainer state and plugin states from a checkpoint. */
+  async loadCheckpoint(dir: string): Promise<void> {
+    const saved = (await readJson(join(dir, "trainer_state.json"))) as TrainerState & { bestStep: number };
+    await this.checkpointIO.loadModel(dir, this.model);
+    this.strategy.loadOptimizerStateDict(this.options.optimizer, await loadStateTree(dir, "optimizer"));
+    const plugins = (await loadStateTree(dir, PLUGIN_STATE)) as Record<string, unknown>;
+    for (const p of this.plugins) if (p.loadStateDict && p.name in plugins) p.loadStateDict(plugins[p.name]);
+    const rng = (await readJson(join(dir, "rng_state.json"))) as { seed: number; offset: number };
+    manualSeed(rng.seed).offset = rng.offset;
+    const { bestStep, ...state } = saved;
+    Object.assign(this.state, state, { maxSteps: this.state.maxSteps });
+    this.bestStep = bestStep;
+    await this.hooks.emit("checkpoint:load", this.context({ dir }));
+  }
+
+  private setGradientCheckpointing(on: boolean): void {
+    const m = this.model as Module & { setGradientCheckpointing?: (on: boolean) => void };
+    if (typeof m.setGradientCheckpointing === "function") m.setGradientCheckpointing(on);
+    else if (on)
+      throw new TrainerError(
+        "UNSUPPORTED",
+        "gradientCheckpointing: the model has no setGradientCheckpointing(on) method; turn the option off or use a model that supports it",
+      );
+  }
+}
+
+function checkArgs(a: TrainingArgs & { gradientAccumulationSteps: number }): void {
+  const positiveInt = (v: number | undefined, name: string) => {
+    if (v !== undefined && !(Number.isInteger(v) && v > 0))
+      throw new TrainerError("BAD_ARGUMENT", `TrainingArgs.${name} must be a positive integer, got ${v}`, {
+        key: name,
+      });
+  };
+  if (!(a.learningRate >= 0))
+    throw new TrainerError("BAD_ARGUMENT", `TrainingArgs.learningRate must be ≥ 0, got ${a.learningRate}`);
+  positiveInt(a.gradientAccumulationSteps, "gradientAccumulationSteps");
+  positiveInt(a.maxSteps, "maxSteps");
+  positiveInt(a.numEpochs, "numEpochs");
+  positiveInt(a.loggingSteps, "loggingSteps");
+  positiveInt(a.evalSteps, "evalSteps");
+  positiveInt(a.saveSteps, "saveSteps");
+}
+
+function iterate<T>(src: Iterable<T> | AsyncIterable<T>): AsyncIterator<T> | Iterator<T> {
+  return Symbol.asyncIterator in src ? src[Symbol.asyncIterator]() : src[Symbol.iterator]();
+}
+async function* iterable<T>(src: Iterable<T> | AsyncIterable<T>): AsyncIterable<T> {
+  yield* src;
+}
+
+async function writeJson(path: string, value: unknown): Promise<void> {
+  await writeFile(path, JSON.stringify(value, null, 2));
+  await fsyncFile(path);
+}
+async function readJson(path: string): Promise<unknown> {
+  try {
+    return JSON.parse(await readFile(path, "utf8"));
+  } catch (e) {
+    throw new TrainerError("CHECKPOINT_READ", `${path}: ${(e as Error).message}`, { file: path });
+  }
+}
