@@ -8,3 +8,4 @@ export { estimateMemory, modelShapeFromConfig, formatPlan, quantizedBytes, DEFAU
 export type { EstimateOptions, MemoryPlan, ModelShape, BaseQuant } from "./estimate";
 export { inspectPath, formatInspection } from "./inspect";
 export type { Inspection } from "./inspect";
+export { writeReport, reportHtml, readMetrics, metricSeries } from "./report";

@@ -5,6 +5,7 @@
 import { Command, CommanderError } from "commander";
 import { registerEstimate } from "./commands/estimate";
 import { registerInspect } from "./commands/inspect";
+import { registerReport } from "./commands/report";
 import { CliError } from "./errors";
 
 export interface GlobalOptions {
@@ -38,6 +39,7 @@ export function buildProgram(io: Io = defaultIo): Command {
     .configureOutput({ writeOut: (s) => io.out(s.trimEnd()), writeErr: (s) => io.err(s.trimEnd()) });
   registerEstimate(program, io);
   registerInspect(program, io);
+  registerReport(program, io);
   return program;
 }
 
