@@ -2,8 +2,9 @@
 // Finds nvcc in $CUDA_HOME, $CUDA_PATH, /usr/local/cuda, then PATH; without nvcc it prints one
 // "skipped" line and exits 0 (the package then reports "not built" at run time, and the tensor
 // runtime falls back to the CPU backend).
-//   QLORA_CUDA_ARCHS  comma list of SASS targets, default "80,86,89,90" (+ compute_90 PTX);
-//                     use QLORA_CUDA_ARCHS=80 while iterating.
+//   QLORA_CUDA_ARCHS  comma list of SASS targets (+ PTX of the last), or "all" (80,86,89,90). Default:
+//                     the installed GPU's architecture; without an NVIDIA driver only sm_80, which is
+//                     enough to prove the kernels compile (a fresh clone's install stays short).
 //   JOBS              parallel compile jobs (default 1, or all cores when $CI is set).
 //   QLORA_CUDA_CLEAN=1 forces a full rebuild (otherwise unchanged configurations build incrementally).
 import { spawnSync } from "node:child_process";
@@ -29,7 +30,7 @@ if (!existsSync(join(cuda.home, "lib64", "libcudart_static.a"))) {
   process.exit(0);
 }
 
-const arch = gencodeFromEnv();
+const arch = gencodeFromEnv({ cudaHome: cuda.home });
 if (arch.error) {
   console.error(arch.error);
   process.exit(1);
@@ -55,7 +56,7 @@ const incremental =
   existsSync(stampFile) &&
   readFileSync(stampFile, "utf8") === stamp;
 console.log(
-  `cuda-kernels: ${incremental ? "incremental build" : "building"} with ${cuda.nvcc} for sm_${archs.join(", sm_")} + compute_${last} PTX (jobs ${jobs})`,
+  `cuda-kernels: ${incremental ? "incremental build" : "building"} with ${cuda.nvcc} for sm_${archs.join(", sm_")} + compute_${last} PTX (${arch.reason}; jobs ${jobs})`,
 );
 const args = incremental
   ? [nodeGyp, "build", `--jobs=${jobs}`]

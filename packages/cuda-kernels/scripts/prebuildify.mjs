@@ -21,7 +21,7 @@ if (!cuda) {
   );
   process.exit(1);
 }
-const arch = gencodeFromEnv();
+const arch = gencodeFromEnv({ cudaHome: cuda.home, defaultAll: true }); // a shipped binary carries every arch
 if (arch.error) {
   console.error(arch.error);
   process.exit(1);
