@@ -1,1 +1,33 @@
-export {};
+export { ModelError } from "./errors";
+export type { ModelErrorCode } from "./errors";
+export { parseConfig, SUPPORTED_ARCHITECTURES } from "./config";
+export type { Architecture, ModelConfig, RopeScaling } from "./config";
+export { inverseFrequencies, RotaryEmbedding } from "./rope";
+export { randomLayers, isSkipped } from "./layers";
+export type { LayerSource, LinearLike, QuantizeOptions, RandomLayerOptions } from "./layers";
+export { KVCache } from "./kv-cache";
+export type { LayerKV } from "./kv-cache";
+export {
+  CausalLM,
+  LlamaForCausalLM,
+  MistralForCausalLM,
+  Qwen2ForCausalLM,
+  Qwen3ForCausalLM,
+  DecoderModel,
+  DecoderLayer,
+  Attention,
+  MLP,
+  TiedLmHead,
+  createModel,
+} from "./causal-lm";
+export type { ForwardArgs, ForwardOutput, CausalLMOptions } from "./causal-lm";
+export { loadModel } from "./load";
+export type { LoadOptions, LoadedModel } from "./load";
+export { saveQuantized, quantizedRecords, quantizationConfig } from "./save";
+export type { SaveQuantizedOptions } from "./save";
+export { HfTokenizer, loadTokenizer } from "./tokenizer";
+export type { EncodeOptions, DecodeOptions } from "./tokenizer";
+export { compileChatTemplate } from "./chat-template";
+export type { ChatMessage, ChatTemplateOptions, CompiledChatTemplate } from "./chat-template";
+export { writeTinyTokenizer, tinyTokenizerFiles } from "./tiny-tokenizer";
+export type { TinyTokenizerFamily, TinyTokenizerInfo } from "./tiny-tokenizer";

@@ -1,0 +1,215 @@
+/**
+ * config.json of a Hugging Face causal LM, parsed into a typed, validated `ModelConfig`. Keys the shapes depend
+ * on are required (missing → ModelError naming config.json and the key); the rest take transformers' defaults
+ * for the family.
+ */
+import { ModelError } from "./errors";
+
+export const SUPPORTED_ARCHITECTURES = [
+  "LlamaForCausalLM",
+  "MistralForCausalLM",
+  "Qwen2ForCausalLM",
+  "Qwen3ForCausalLM",
+] as const;
+export type Architecture = (typeof SUPPORTED_ARCHITECTURES)[number];
+
+/** How rotary frequencies are rescaled (transformers' `rope_scaling`); `llama3` is Llama 3.1/3.2's. */
+export type RopeScaling =
+  | { type: "linear"; factor: number }
+  | {
+      type: "llama3";
+      factor: number;
+      lowFreqFactor: number;
+      highFreqFactor: number;
+      originalMaxPositionEmbeddings: number;
+    };
+
+export interface ModelConfig {
+  architecture: Architecture;
+  modelType: string;
+  vocabSize: number;
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  rmsNormEps: number;
+  ropeTheta: number;
+  ropeScaling: RopeScaling | null;
+  tieWordEmbeddings: boolean;
+  maxPositionEmbeddings: number;
+  /** Bias on q/k/v projections (Qwen2: always; Llama/Qwen3: `attention_bias`). */
+  qkvBias: boolean;
+  /** Bias on o_proj (Llama/Qwen3 `attention_bias`; Qwen2: none). */
+  oBias: boolean;
+  /** Bias on the MLP projections (Llama `mlp_bias`). */
+  mlpBias: boolean;
+  /** RMSNorm over head_dim on q and k before rope (Qwen3). */
+  qkNorm: boolean;
+  /** Attention window (Mistral `sliding_window`; Qwen2 only with `use_sliding_window`); null = full. */
+  slidingWindow: number | null;
+  bosTokenId: number | number[] | null;
+  eosTokenId: number | number[] | null;
+  padTokenId: number | null;
+  /** torch_dtype of the checkpoint ("bfloat16", "float16", "float32"), if stated. */
+  torchDtype: string | null;
+  /** The parsed config.json as read (saveQuantized writes it back with quantization_config). */
+  raw: Record<string, unknown>;
+}
+
+type Raw = Record<string, unknown>;
+
+class Reader {
+  constructor(
+    readonly raw: Raw,
+    readonly file: string,
+  ) {}
+  fail(key: string, expected: string): never {
+    throw new ModelError(
+      "config_bad_value",
+      `${this.file}: "${key}" is ${JSON.stringify(this.raw[key])}; expected ${expected}`,
+      { file: this.file, key },
+    );
+  }
+  has(key: string): boolean {
+    return this.raw[key] !== undefined && this.raw[key] !== null;
+  }
+  int(key: string, fallback?: number): number {
+    if (!this.has(key)) {
+      if (fallback !== undefined) return fallback;
+      throw new ModelError("config_missing_key", `${this.file}: missing required key "${key}" (a positive integer)`, {
+        file: this.file,
+        key,
+      });
+    }
+    const v = this.raw[key];
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v <= 0) this.fail(key, "a positive integer");
+    return v;
+  }
+  num(key: string, fallback: number): number {
+    if (!this.has(key)) return fallback;
+    const v = this.raw[key];
+    if (typeof v !== "number" || !Number.isFinite(v) || v <= 0) this.fail(key, "a positive number");
+    return v;
+  }
+  bool(key: string, fallback: boolean): boolean {
+    if (!this.has(key)) return fallback;
+    const v = this.raw[key];
+    if (typeof v !== "boolean") this.fail(key, "true or false");
+    return v;
+  }
+  tokenIds(key: string): number | number[] | null {
+    if (!this.has(key)) return null;
+    const v = this.raw[key];
+    const ok = (x: unknown) => typeof x === "number" && Number.isSafeInteger(x) && x >= 0;
+    if (ok(v)) return v as number;
+    if (Array.isArray(v) && v.every(ok)) return v as number[];
+    this.fail(key, "a token id or a list of token ids");
+  }
+}
+
+function parseArchitecture(r: Reader): Architecture {
+  const archs = r.raw.architectures;
+  if (archs === undefined || archs === null)
+    throw new ModelError(
+      "config_missing_key",
+      `${r.file}: missing required key "architectures" (one of ${SUPPORTED_ARCHITECTURES.join(", ")})`,
+      { file: r.file, key: "architectures" },
+    );
+  if (!Array.isArray(archs) || archs.length !== 1 || typeof archs[0] !== "string")
+    r.fail("architectures", "a list holding one architecture name");
+  const a = archs[0] as string;
+  if (!(SUPPORTED_ARCHITECTURES as readonly string[]).includes(a))
+    throw new ModelError(
+      "unsupported_architecture",
+      `${r.file}: architecture "${a}" is not supported; supported: ${SUPPORTED_ARCHITECTURES.join(", ")}`,
+      { file: r.file, key: "architectures" },
+    );
+  return a as Architecture;
+}
+
+function parseRopeScaling(r: Reader): RopeScaling | null {
+  const v = r.raw.rope_scaling;
+  if (v === undefined || v === null) return null;
+  if (typeof v !== "object" || Array.isArray(v)) r.fail("rope_scaling", "an object or null");
+  const s = new Reader(v as Raw, `${r.file} rope_scaling`);
+  const type = (v as Raw).rope_type ?? (v as Raw).type;
+  // transformers maps "default" to plain rope.
+  if (type === "default") return null;
+  if (type === "linear") return { type, factor: s.num("factor", Number.NaN) };
+  if (type === "llama3") {
+    const need = (k: string) => {
+      if (!s.has(k))
+        throw new ModelError("config_missing_key", `${r.file}: rope_scaling (llama3) lacks "${k}"`, {
+          file: r.file,
+          key: `rope_scaling.${k}`,
+        });
+      return s.num(k, Number.NaN);
+    };
+    return {
+      type,
+      factor: need("factor"),
+      lowFreqFactor: need("low_freq_factor"),
+      highFreqFactor: need("high_freq_factor"),
+      originalMaxPositionEmbeddings: need("original_max_position_embeddings"),
+    };
+  }
+  throw new ModelError(
+    "unsupported_rope_scaling",
+    `${r.file}: rope_scaling type ${JSON.stringify(type)} is not supported; supported: "linear", "llama3" (or null)`,
+    { file: r.file, key: "rope_scaling" },
+  );
+}
+
+/** Parse and validate a config.json object. `file` names the file in error messages. */
+export function parseConfig(raw: unknown, file = "config.json"): ModelConfig {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw))
+    throw new ModelError("config_unreadable", `${file}: expected a JSON object`, { file });
+  const r = new Reader(raw as Raw, file);
+  const architecture = parseArchitecture(r);
+  const hiddenSize = r.int("hidden_size");
+  const numHeads = r.int("num_attention_heads");
+  const numKvHeads = r.int("num_key_value_heads", numHeads);
+  if (numHeads % numKvHeads !== 0) r.fail("num_key_value_heads", `a divisor of num_attention_heads (${numHeads})`);
+  if (!r.has("head_dim") && hiddenSize % numHeads !== 0)
+    r.fail("hidden_size", `a multiple of num_attention_heads (${numHeads}) when head_dim is absent`);
+  const headDim = r.int("head_dim", hiddenSize / numHeads);
+  if (headDim % 2 !== 0) r.fail("head_dim", "an even number (rotary pairs)");
+  const act = r.raw.hidden_act ?? "silu";
+  if (act !== "silu") r.fail("hidden_act", '"silu"');
+  const attentionBias = r.bool("attention_bias", false);
+  const isQwen2 = architecture === "Qwen2ForCausalLM";
+  const slidingWindow =
+    architecture === "MistralForCausalLM" || (isQwen2 && r.bool("use_sliding_window", false))
+      ? r.has("sliding_window")
+        ? r.int("sliding_window")
+        : null
+      : null;
+  return {
+    architecture,
+    modelType: typeof r.raw.model_type === "string" ? r.raw.model_type : architecture,
+    vocabSize: r.int("vocab_size"),
+    hiddenSize,
+    intermediateSize: r.int("intermediate_size"),
+    numLayers: r.int("num_hidden_layers"),
+    numHeads,
+    numKvHeads,
+    headDim,
+    rmsNormEps: r.num("rms_norm_eps", 1e-6),
+    ropeTheta: r.num("rope_theta", 10000),
+    ropeScaling: parseRopeScaling(r),
+    tieWordEmbeddings: r.bool("tie_word_embeddings", false),
+    maxPositionEmbeddings: r.int("max_position_embeddings", 2048),
+    qkvBias: isQwen2 || attentionBias,
+    oBias: !isQwen2 && attentionBias,
+    mlpBias: architecture === "LlamaForCausalLM" && r.bool("mlp_bias", false),
+    qkNorm: architecture === "Qwen3ForCausalLM",
+    slidingWindow,
+    bosTokenId: r.tokenIds("bos_token_id"),
+    eosTokenId: r.tokenIds("eos_token_id"),
+    padTokenId: r.has("pad_token_id") ? (r.tokenIds("pad_token_id") as number) : null,
+    torchDtype: typeof r.raw.torch_dtype === "string" ? r.raw.torch_dtype : null,
+    raw: raw as Raw,
+  };
+}

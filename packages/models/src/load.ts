@@ -1,0 +1,287 @@
+/**
+ * Loading a Hugging Face model directory: config.json, model.safetensors or a sharded index,
+ * generation_config.json. Tensors are read one at a time (a positional read of exactly their bytes) and each
+ * becomes its layer at once: linear weights are quantized to 4 bits on the spot (or adopted as they are when
+ * the directory is a pre-quantized bitsandbytes checkpoint), the rest stay in the checkpoint's dtype.
+ */
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { type ShardedSafetensors, openShardedSafetensors } from "@qlora/formats";
+import { Nf4Error, type QuantState4bit, quantize4bit, type TensorRecords, unpackQuantState } from "@qlora/nf4";
+import {
+  type Backend,
+  type DType,
+  Embedding,
+  Linear,
+  Linear4bit,
+  Module,
+  RMSNorm,
+  type Tensor,
+  tensor,
+} from "@qlora/tensor";
+import { type CausalLM, type CausalLMOptions, createModel } from "./causal-lm";
+import { type ModelConfig, parseConfig } from "./config";
+import { ModelError } from "./errors";
+import { isSkipped, type LayerSource, type LinearLike, type QuantizeOptions } from "./layers";
+
+export interface LoadOptions extends CausalLMOptions {
+  /**
+   * Quantize linear layers on load (default: NF4, blocksize 64, double quant, skip lm_head). `false` keeps
+   * every weight dense in the checkpoint's dtype. Ignored for pre-quantized bitsandbytes directories.
+   */
+  quantize?: QuantizeOptions | false;
+  backend?: Backend | string;
+}
+
+export interface LoadedModel {
+  model: CausalLM;
+  config: ModelConfig;
+  /** generation_config.json as read, or null. */
+  generationConfig: Record<string, unknown> | null;
+  /** The 4-bit settings the linear layers hold (null when dense). */
+  quantization: Required<QuantizeOptions> | null;
+  /** Whether the directory held a bitsandbytes 4-bit checkpoint (loaded without re-quantizing). */
+  preQuantized: boolean;
+  /** Checkpoint tensors no module used (e.g. rotary inv_freq buffers, a tied lm_head copy). */
+  unusedKeys: string[];
+}
+
+const DEFAULT_QUANT: Required<QuantizeOptions> = {
+  quantType: "nf4",
+  blocksize: 64,
+  doubleQuant: true,
+  skipModules: ["lm_head"],
+};
+
+async function readJson(file: string, optional: boolean): Promise<Record<string, unknown> | null> {
+  let text: string;
+  try {
+    text = await readFile(file, "utf8");
+  } catch (e) {
+    if (optional && (e as NodeJS.ErrnoException).code === "ENOENT") return null;
+    throw new ModelError("config_unreadable", `${file}: cannot read (${(e as Error).message})`, { file });
+  }
+  try {
+    const v = JSON.parse(text);
+    if (typeof v !== "object" || v === null || Array.isArray(v)) throw new Error("not a JSON object");
+    return v;
+  } catch (e) {
+    throw new ModelError("config_unreadable", `${file}: not a JSON object (${(e as Error).message})`, { file });
+  }
+}
+
+/** bitsandbytes 4-bit settings from config.json's quantization_config, or null when absent. */
+function preQuantizedSettings(config: ModelConfig): Required<QuantizeOptions> | null {
+  const q = config.raw.quantization_config as Record<string, unknown> | undefined;
+  if (q?.quant_method === "bitsandbytes" && (q.load_in_4bit ?? q._load_in_4bit)) {
+    const skip = q.llm_int8_skip_modules;
+    return {
+      quantType: q.bnb_4bit_quant_type === "nf4" ? "nf4" : "fp4",
+      blocksize: 64,
+      doubleQuant: q.bnb_4bit_use_double_quant === true,
+      skipModules: Array.isArray(skip) ? (skip as string[]) : ["lm_head"],
+    };
+  }
+  return null;
+}
+
+const FLOAT_DTYPES: Record<string, DType> = { F32: "f32", BF16: "bf16", F16: "f16" };
+
+/** Reads named tensors from the checkpoint with typed errors naming the file and key. */
+class CheckpointReader {
+  readonly used = new Set<string>();
+  constructor(
+    readonly st: ShardedSafetensors,
+    readonly dir: string,
+    readonly backend: Backend | string | undefined,
+  ) {}
+
+  fileOf(key: string): string {
+    return this.st.has(key)
+      ? join(this.dir, this.st.shardOf(key))
+      : (this.st.indexPath ?? join(this.dir, "model.safetensors"));
+  }
+  has(key: string): boolean {
+    return this.st.has(key);
+  }
+  require(key: string, shape: number[]): void {
+    if (!this.st.has(key))
+      throw new ModelError("tensor_missing", `${this.fileOf(key)}: tensor "${key}" is missing from the checkpoint`, {
+        file: this.fileOf(key),
+        key,
+      });
+    const info = this.st.info(key);
+    if (info.shape.join() !== shape.join())
+      throw new ModelError(
+        "tensor_shape",
+        `${this.fileOf(key)}: "${key}" has shape ${JSON.stringify(info.shape)}; config.json implies ${JSON.stringify(shape)}`,
+        { file: this.fileOf(key), key },
+      );
+  }
+  dtype(key: string): DType {
+    const d = FLOAT_DTYPES[this.st.info(key).dtype];
+    if (!d)
+      throw new ModelError(
+        "tensor_dtype",
+        `${this.fileOf(key)}: "${key}" is ${this.st.info(key).dtype}; expected F32, BF16 or F16`,
+        { file: this.fileOf(key), key },
+      );
+    return d;
+  }
+  /** Raw values: Float32Array for F32, bit patterns (Uint16Array) for BF16/F16. */
+  async values(key: string, shape: number[]): Promise<{ data: Float32Array | Uint16Array; dtype: DType }> {
+    this.require(key, shape);
+    const dtype = this.dtype(key);
+    this.used.add(key);
+    const data =
+      dtype === "f32"
+        ? await this.st.readTyped(key, "F32")
+        : await this.st.readTyped(key, this.st.info(key).dtype as "BF16");
+    return { data, dtype };
+  }
+  async tensor(key: string, shape: number[]): Promise<Tensor> {
+    const { data, dtype } = await this.values(key, shape);
+    const t = tensor(data, { shape, dtype, backend: this.backend });
+    t.requiresGrad = false;
+    return t;
+  }
+  /** Every `<base>` / `<base>.*` tensor as nf4 TensorRecords (a bitsandbytes 4-bit weight). */
+  async records(base: string): Promise<TensorRecords> {
+    const recs: TensorRecords = {};
+    for (const key of this.st.names) {
+      if (key !== base && !key.startsWith(`${base}.`)) continue;
+      const info = this.st.info(key);
+      if (!["U8", "F32", "BF16", "F16"].includes(info.dtype))
+        throw new ModelError(
+          "tensor_dtype",
+          `${this.fileOf(key)}: "${key}" is ${info.dtype}; not a bitsandbytes 4-bit tensor`,
+          {
+            file: this.fileOf(key),
+            key,
+          },
+        );
+      recs[key] = { dtype: info.dtype as "U8", shape: [...info.shape], bytes: await this.st.read(key) };
+      this.used.add(key);
+    }
+    return recs;
+  }
+}
+
+type LeafSpec =
+  | { kind: "linear"; path: string; inFeatures: number; outFeatures: number; bias: boolean }
+  | { kind: "norm"; path: string; dim: number; eps: number }
+  | { kind: "embedding"; path: string; vocab: number; dim: number };
+
+/** A stand-in leaf used only to learn which leaves a model needs (no tensors). */
+class Placeholder extends Module {
+  forward(x: Tensor): Tensor {
+    return x;
+  }
+}
+
+/** The leaves `createModel(config)` asks for, in construction order. */
+function planLeaves(config: ModelConfig): LeafSpec[] {
+  const specs: LeafSpec[] = [];
+  const src = {
+    linear: (path: string, inFeatures: number, outFeatures: number, bias: boolean) => {
+      specs.push({ kind: "linear", path, inFeatures, outFeatures, bias });
+      return new Placeholder();
+    },
+    norm: (path: string, dim: number, eps: number) => {
+      specs.push({ kind: "norm", path, dim, eps });
+      return new Placeholder() as unknown as RMSNorm;
+    },
+    embedding: (path: string, vocab: number, dim: number) => {
+      specs.push({ kind: "embedding", path, vocab, dim });
+      return new Placeholder() as unknown as Embedding;
+    },
+  };
+  createModel(config, src);
+  return specs;
+}
+
+async function buildLinear(
+  r: CheckpointReader,
+  s: Extract<LeafSpec, { kind: "linear" }>,
+  quant: Required<QuantizeOptions> | null,
+): Promise<LinearLike> {
+  const wKey = `${s.path}.weight`;
+  const shape = [s.outFeatures, s.inFeatures];
+  const bias = s.bias ? await r.tensor(`${s.path}.bias`, [s.outFeatures]) : null;
+  const qsKey = [`${wKey}.quant_state.bitsandbytes__nf4`, `${wKey}.quant_state.bitsandbytes__fp4`].find((k) =>
+    r.has(k),
+  );
+  if (qsKey) {
+    let state: QuantState4bit;
+    try {
+      state = unpackQuantState(await r.records(wKey), { prefix: `${s.path}.` });
+    } catch (e) {
+      if (!(e instanceof Nf4Error)) throw e;
+      throw new ModelError("tensor_dtype", `${r.fileOf(wKey)}: "${wKey}": ${e.message}`, {
+        file: r.fileOf(wKey),
+        key: wKey,
+      });
+    }
+    if (state.shape.join() !== shape.join())
+      throw new ModelError(
+        "tensor_shape",
+        `${r.fileOf(qsKey)}: "${qsKey}" holds shape ${JSON.stringify(state.shape)}; config.json implies ${JSON.stringify(shape)}`,
+        { file: r.fileOf(qsKey), key: qsKey },
+      );
+    return new Linear4bit(state, { bias, backend: r.backend });
+  }
+  if (quant && !isSkipped(s.path, quant.skipModules)) {
+    const { data, dtype } = await r.values(wKey, shape);
+    const state = quantize4bit(data, {
+      quantType: quant.quantType,
+      blocksize: quant.blocksize,
+      doubleQuant: quant.doubleQuant,
+      shape,
+      dtype: dtype === "f32" ? "float32" : dtype === "bf16" ? "bfloat16" : "float16",
+    });
+    return new Linear4bit(state, { bias, backend: r.backend });
+  }
+  const weight = await r.tensor(wKey, shape);
+  return new Linear(s.inFeatures, s.outFeatures, { init: { weight, bias } });
+}
+
+async function buildLeaf(r: CheckpointReader, s: LeafSpec, quant: Required<QuantizeOptions> | null): Promise<Module> {
+  let m: Module;
+  if (s.kind === "linear") m = await buildLinear(r, s, quant);
+  else if (s.kind === "norm") m = new RMSNorm(s.dim, s.eps, { init: await r.tensor(`${s.path}.weight`, [s.dim]) });
+  else m = new Embedding(s.vocab, s.dim, { init: await r.tensor(`${s.path}.weight`, [s.vocab, s.dim]) });
+  for (const p of m.parameters()) p.requiresGrad = false;
+  return m;
+}
+
+/**
+ * Load a model directory. Base weights are frozen (requiresGrad false); unfreeze what you train.
+ */
+export async function loadModel(dir: string, options: LoadOptions = {}): Promise<LoadedModel> {
+  const configFile = join(dir, "config.json");
+  const config = parseConfig(await readJson(configFile, false), configFile);
+  const generationConfig = await readJson(join(dir, "generation_config.json"), true);
+  // Missing/unreadable shards raise @qlora/formats' SafetensorsError, which names the file and tensor.
+  const st = await openShardedSafetensors(dir);
+  const pre = preQuantizedSettings(config);
+  const quant = pre ?? (options.quantize === false ? null : { ...DEFAULT_QUANT, ...options.quantize });
+  const reader = new CheckpointReader(st, dir, options.backend);
+  const leaves = new Map<string, Module>();
+  try {
+    for (const spec of planLeaves(config)) leaves.set(spec.path, await buildLeaf(reader, spec, quant));
+  } catch (e) {
+    for (const m of leaves.values()) m.dispose();
+    throw e;
+  } finally {
+    await st.close();
+  }
+  const take = <M>(path: string) => leaves.get(path) as M;
+  const src: LayerSource = {
+    linear: (path) => take<LinearLike>(path),
+    norm: (path) => take<RMSNorm>(path),
+    embedding: (path) => take<Embedding>(path),
+  };
+  const model = createModel(config, src, options);
+  const unusedKeys = st.names.filter((k) => !reader.used.has(k));
+  return { model, config, generationConfig, quantization: quant, preQuantized: pre !== null, unusedKeys };
+}
