@@ -93,6 +93,11 @@ const GemmKernel kPortable{"scalar", kMrS, kNrS, 4 * 32, 256, 4096, kernel_porta
 
 }  // namespace
 
+const char* const* gemm_kernel_names() {
+  static const char* const names[] = {kPortable.name, kAvx2.name, kAvx512.name, nullptr};
+  return names;
+}
+
 const GemmKernel& gemm_kernel_for(const char* want) {
   const auto& i = isa();
   const bool any = want == nullptr || *want == '\0' || std::strcmp(want, "avx512bf16") == 0;

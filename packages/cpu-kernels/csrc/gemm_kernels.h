@@ -34,4 +34,8 @@ void set_gemm_kernel(const char* isa);                // tests: force a path (no
 const GemmKernel* gemm_bf16_kernel();
 const GemmKernel& avx512bf16_kernel();  // defined in gemm_bf16.cc; only valid with isa().avx512bf16
 
+// Names of every f32 micro-kernel compiled into this binary (whether or not this CPU can run it),
+// null-terminated. The tests' ISA accounting checks that each one either ran or was reported skipped.
+const char* const* gemm_kernel_names();
+
 }  // namespace qlora

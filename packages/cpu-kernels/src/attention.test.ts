@@ -10,6 +10,7 @@
 import { type AttentionOptions, type Backend, type Buffer, type HostBuffer, referenceBackend } from "@qlora/tensor";
 import { afterAll, describe, expect, it } from "vitest";
 import { createFusedOps, type FusedNative } from "./fused";
+import { isaAccountingTest, isaSuite } from "../test/isa-paths";
 import { loadNative } from "./load";
 import { rand } from "./rand.test-util";
 import { getThreads, setThreads } from "./threads";
@@ -17,7 +18,9 @@ import { getThreads, setThreads } from "./threads";
 const native = loadNative() as unknown as FusedNative;
 const fused = createFusedOps(() => native, referenceBackend) as Backend;
 const ref = referenceBackend;
-const levels = [2, 1, 0].filter((l) => native.setFusedIsaLevel(l) === l);
+// Every ISA level this host cannot run is reported as a skipped test (test/isa-paths.ts).
+const levels = isaSuite("fused", "attention forward + backward").map((c) => c.level);
+isaAccountingTest("fused");
 afterAll(() => native.setFusedIsaLevel(2));
 
 const data = (b: Buffer) => (b as HostBuffer).data as Float32Array;

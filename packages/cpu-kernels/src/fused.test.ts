@@ -7,11 +7,14 @@ import { type Backend, referenceBackend } from "@qlora/tensor";
 import { backendParitySuite } from "@qlora/tensor/testing";
 import { afterAll, beforeAll, describe } from "vitest";
 import { createFusedOps, type FusedNative } from "./fused";
+import { isaAccountingTest, isaSuite } from "../test/isa-paths";
 import { loadNative } from "./load";
 
 const native = loadNative() as unknown as FusedNative;
 const backend = { ...referenceBackend, ...createFusedOps(() => native), name: "reference+fused" } as Backend;
-const levels = [2, 1, 0].filter((l) => native.setFusedIsaLevel(l) === l);
+// Every ISA level this host cannot run is reported as a skipped test (test/isa-paths.ts).
+const levels = isaSuite("fused", "fused-op parity suite").map((c) => c.level);
+isaAccountingTest("fused");
 native.setFusedIsaLevel(2);
 
 for (const level of levels) {

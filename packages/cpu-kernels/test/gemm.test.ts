@@ -6,6 +6,7 @@
 import fc from "fast-check";
 import { afterAll, describe, expect, test } from "vitest";
 import { loadNative } from "../src/load";
+import { isaAccountingTest, isaSuite } from "./isa-paths";
 import { randomF32, referenceMatmul, worstRatio } from "./oracle";
 
 interface GemmNative {
@@ -26,7 +27,8 @@ interface GemmNative {
   isaInfo(): { avx2: boolean; avx512f: boolean };
 }
 const native = loadNative() as unknown as GemmNative;
-const isas = ["scalar", ...(native.isaInfo().avx2 ? ["avx2"] : []), ...(native.isaInfo().avx512f ? ["avx512"] : [])];
+const isas = isaSuite("gemm", "matmul micro-kernel tests").map((c) => c.name);
+isaAccountingTest("gemm");
 afterAll(() => void native.gemmIsa(""));
 
 function toBf16(x: Float32Array): Uint16Array {

@@ -6,6 +6,7 @@ import { quantize4bit, type QuantType } from "@qlora/nf4";
 import { referenceBackend } from "@qlora/tensor";
 import { afterAll, describe, expect, test } from "vitest";
 import { loadNative } from "../src/load";
+import { isaAccountingTest, isaSuite } from "./isa-paths";
 import { quantBuffers, randomF32, referenceMatmul4bit, worstRatio } from "./oracle";
 import { nativeQuant, type NativeQuant } from "./quant";
 
@@ -17,7 +18,8 @@ interface Nf4Native {
   isaInfo(): { avx2: boolean; avx512f: boolean };
 }
 const native = loadNative() as unknown as Nf4Native;
-const isas = ["scalar", ...(native.isaInfo().avx2 ? ["avx2"] : []), ...(native.isaInfo().avx512f ? ["avx512"] : [])];
+const isas = isaSuite("gemm", "4-bit GEMM/GEMV tests").map((c) => c.name);
+isaAccountingTest("gemm");
 afterAll(() => void native.gemmIsa(""));
 
 interface Case {
