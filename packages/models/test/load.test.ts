@@ -1,0 +1,144 @@
+/**
+ * Loading: NF4 on load equals dequantize-then-dense, checkpoint dtypes are kept, shards load like one file,
+ * quantize → saveQuantized → load pre-quantized gives identical bytes and logits.
+ */
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { openSafetensors } from "@qlora/formats";
+import { Embedding, Linear, Linear4bit, noGrad, RMSNorm, type Tensor } from "@qlora/tensor";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { TINY_MODELS, writeTinyModel } from "../scripts/make-tiny-models";
+import { type CausalLM, loadModel, saveQuantized, TiedLmHead } from "../src";
+import { readFixture, relErr, tempDir } from "./helpers";
+
+const dir = tempDir();
+const spec = (name: string) => TINY_MODELS.find((s) => s.name === name)!;
+const path = (...p: string[]) => join(dir.path, ...p);
+beforeAll(async () => {
+  await writeTinyModel(path("llama"), spec("llama"));
+  await writeTinyModel(path("qwen2-bf16"), spec("qwen2"), { dtype: "bfloat16" });
+  await writeTinyModel(path("qwen2-bf16-sharded"), spec("qwen2"), { dtype: "bfloat16", maxShardSize: 60_000 });
+  await writeTinyModel(path("qwen3"), spec("qwen3"));
+});
+afterAll(() => dir.remove());
+
+const ids = () => readFixture("llama").tensor("input_ids");
+const logitsOf = (m: CausalLM, inputIds: Tensor = ids()) =>
+  noGrad(() => m.forward({ inputIds }).logits!.toTypedArray() as Float32Array);
+
+describe("quantize on load", () => {
+  it("every linear but lm_head becomes NF4+DQ blocksize 64; embeddings/norms/lm_head keep the checkpoint dtype", async () => {
+    const { model, quantization, preQuantized } = await loadModel(path("llama"));
+    expect(preQuantized).toBe(false);
+    expect(quantization).toEqual({ quantType: "nf4", blocksize: 64, doubleQuant: true, skipModules: ["lm_head"] });
+    const q = model.getSubmodule<Linear4bit>("model.layers.1.mlp.down_proj");
+    expect(q).toBeInstanceOf(Linear4bit);
+    expect(q.quantState.blocksize).toBe(64);
+    expect(q.quantState.quantType).toBe("nf4");
+    expect(q.quantState.absmax).not.toBeInstanceOf(Float32Array); // nested (double-quantized)
+    expect(model.getSubmodule("lm_head")).toBeInstanceOf(Linear);
+    const kinds = [...model.namedModules()].filter(([, m]) => m instanceof Linear4bit).map(([n]) => n);
+    expect(kinds).toHaveLength(2 * 7);
+    model.dispose();
+
+    const bf = await loadModel(path("qwen2-bf16"));
+    expect(bf.model.getSubmodule<Embedding>("model.embed_tokens").weight.dtype).toBe("bf16");
+    expect(bf.model.getSubmodule<RMSNorm>("model.layers.0.input_layernorm").weight.dtype).toBe("bf16");
+    expect(bf.model.getSubmodule("lm_head")).toBeInstanceOf(TiedLmHead);
+    // Qwen2's q/k/v biases survive quantization of their weights, o_proj has none
+    expect(bf.model.getSubmodule<Linear4bit>("model.layers.0.self_attn.k_proj").bias?.shape).toEqual([32]);
+    expect(bf.model.getSubmodule<Linear4bit>("model.layers.0.self_attn.o_proj").bias).toBeNull();
+    bf.model.dispose();
+  });
+
+  it("FP4, no double quant and other blocksizes are selectable; a skip list keeps modules dense", async () => {
+    const { model } = await loadModel(path("llama"), {
+      quantize: { quantType: "fp4", doubleQuant: false, blocksize: 128, skipModules: ["lm_head", "down_proj"] },
+    });
+    const q = model.getSubmodule<Linear4bit>("model.layers.0.self_attn.q_proj");
+    expect(q.quantState.quantType).toBe("fp4");
+    expect(q.quantState.blocksize).toBe(128);
+    expect(q.quantState.absmax).toBeInstanceOf(Float32Array);
+    expect(model.getSubmodule("model.layers.0.mlp.down_proj")).toBeInstanceOf(Linear);
+    model.dispose();
+  });
+
+  it("NF4 logits equal the dense model holding the dequantized weights (f32 tolerance)", async () => {
+    const { model } = await loadModel(path("qwen3"));
+    const dense = (await loadModel(path("qwen3"), { quantize: false })).model;
+    for (const [name, m] of model.namedModules()) {
+      if (!(m instanceof Linear4bit)) continue;
+      const bias = dense.getSubmodule<Linear>(name).bias;
+      dense.setSubmodule(
+        name,
+        new Linear(m.inFeatures, m.outFeatures, { init: { weight: m.dequantizedWeight(), bias } }),
+      );
+    }
+    const a = logitsOf(model);
+    const b = logitsOf(dense);
+    expect(relErr(a, b)).toBeLessThan(1e-5);
+    // and the quantization did change something (the comparison is not vacuous)
+    const orig = (await loadModel(path("qwen3"), { quantize: false })).model;
+    expect(relErr(a, logitsOf(orig))).toBeGreaterThan(1e-3);
+    for (const m of [model, dense, orig]) m.dispose();
+  });
+
+  it("a sharded bf16 checkpoint loads to the same logits as the single file", async () => {
+    const one = await loadModel(path("qwen2-bf16"));
+    const many = await loadModel(path("qwen2-bf16-sharded"));
+    expect(readFileSync(path("qwen2-bf16-sharded", "model.safetensors.index.json"), "utf8")).toContain("weight_map");
+    expect(Array.from(logitsOf(many.model))).toEqual(Array.from(logitsOf(one.model)));
+    expect(many.generationConfig).toEqual({ bos_token_id: 1, eos_token_id: 2, do_sample: false });
+    one.model.dispose();
+    many.model.dispose();
+  });
+});
+
+describe("bitsandbytes checkpoints", () => {
+  it("quantize → saveQuantized → load pre-quantized → save gives identical bytes and identical logits", async () => {
+    const first = await loadModel(path("qwen2-bf16"));
+    await saveQuantized(first.model, path("bnb-1"), {
+      quantization: first.quantization!,
+      generationConfig: first.generationConfig,
+    });
+    const second = await loadModel(path("bnb-1"));
+    expect(second.preQuantized).toBe(true);
+    expect(second.unusedKeys).toEqual([]);
+    await saveQuantized(second.model, path("bnb-2"), {
+      quantization: second.quantization!,
+      generationConfig: second.generationConfig,
+    });
+    for (const f of ["model.safetensors", "config.json", "generation_config.json"])
+      expect(readFileSync(path("bnb-2", f)).equals(readFileSync(path("bnb-1", f)))).toBe(true);
+    expect(Array.from(logitsOf(second.model))).toEqual(Array.from(logitsOf(first.model)));
+    first.model.dispose();
+    second.model.dispose();
+  });
+
+  it("writes the bitsandbytes key set and quantization_config", async () => {
+    const st = await openSafetensors(path("bnb-1", "model.safetensors"));
+    const p = "model.layers.0.self_attn.q_proj.weight";
+    expect(st.info(p)).toMatchObject({ dtype: "U8", shape: [(64 * 64) / 2, 1] });
+    expect(st.info(`${p}.absmax`)).toMatchObject({ dtype: "U8", shape: [64] });
+    expect(st.info(`${p}.quant_map`)).toMatchObject({ dtype: "F32", shape: [16] });
+    expect(st.info(`${p}.nested_absmax`)).toMatchObject({ dtype: "F32", shape: [1] });
+    expect(st.info(`${p}.nested_quant_map`)).toMatchObject({ dtype: "F32", shape: [256] });
+    expect(st.info("model.layers.0.self_attn.q_proj.bias")).toMatchObject({ dtype: "BF16", shape: [64] });
+    expect(st.info("model.embed_tokens.weight")).toMatchObject({ dtype: "BF16", shape: [320, 64] });
+    expect(st.has("lm_head.weight")).toBe(false); // tied, as save_pretrained leaves it out
+    const json = new TextDecoder().decode(await st.read(`${p}.quant_state.bitsandbytes__nf4`));
+    expect(json).toMatch(
+      /^\{"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": \[64, 64\], "nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": /,
+    );
+    await st.close();
+    const cfg = JSON.parse(readFileSync(path("bnb-1", "config.json"), "utf8"));
+    expect(cfg.quantization_config).toMatchObject({
+      quant_method: "bitsandbytes",
+      load_in_4bit: true,
+      bnb_4bit_quant_type: "nf4",
+      bnb_4bit_use_double_quant: true,
+      llm_int8_skip_modules: ["lm_head"],
+    });
+    expect(cfg.architectures).toEqual(["Qwen2ForCausalLM"]);
+  });
+});
