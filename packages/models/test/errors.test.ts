@@ -1,0 +1,169 @@
+/** Bad input: each a ModelError (or formats' typed error) naming the file and the key; parseConfig fuzzed. */
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { SafetensorsError, writeSafetensors } from "@qlora/formats";
+import fc from "fast-check";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { TINY_MODELS, writeTinyModel } from "../scripts/make-tiny-models";
+import { loadModel, ModelError, parseConfig } from "../src";
+import { tempDir } from "./helpers";
+
+const dir = tempDir();
+const llama = TINY_MODELS.find((s) => s.name === "llama")!;
+const base = () => ({ ...llama.config });
+
+async function expectModelError(p: Promise<unknown>, code: string, ...parts: (string | RegExp)[]) {
+  const e = await p.then(
+    () => null,
+    (x) => x,
+  );
+  expect(e).toBeInstanceOf(ModelError);
+  expect((e as ModelError).code).toBe(code);
+  for (const part of parts) expect((e as Error).message).toMatch(part);
+  return e as ModelError;
+}
+
+beforeAll(async () => {
+  await writeTinyModel(join(dir.path, "ok"), llama);
+});
+afterAll(() => dir.remove());
+
+/** A good model whose config.json is then edited (`null` deletes a key). */
+async function modelWithConfig(name: string, overrides: Record<string, unknown>) {
+  const d = join(dir.path, name);
+  await writeTinyModel(d, llama);
+  const cfg = JSON.parse(readFileSync(join(d, "config.json"), "utf8"));
+  for (const [k, v] of Object.entries(overrides)) {
+    if (v === null) delete cfg[k];
+    else cfg[k] = v;
+  }
+  writeFileSync(join(d, "config.json"), JSON.stringify(cfg));
+  return d;
+}
+
+describe("bad input gives typed errors naming file and key", () => {
+  it("missing config key", async () => {
+    const d = await modelWithConfig("no-hidden", { hidden_size: null });
+    const e = await expectModelError(loadModel(d), "config_missing_key", "config.json", '"hidden_size"');
+    expect(e.file).toBe(join(d, "config.json"));
+    expect(e.key).toBe("hidden_size");
+  });
+
+  it("unknown architecture lists the supported ones", async () => {
+    const d = await modelWithConfig("gpt2", { architectures: ["GPT2LMHeadModel"] });
+    await expectModelError(
+      loadModel(d),
+      "unsupported_architecture",
+      "GPT2LMHeadModel",
+      "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM",
+    );
+  });
+
+  it("unsupported rope_scaling type", async () => {
+    const d = await modelWithConfig("yarn", { rope_scaling: { type: "yarn", factor: 4 } });
+    const e = await expectModelError(loadModel(d), "unsupported_rope_scaling", '"yarn"', "config.json");
+    expect(e.key).toBe("rope_scaling");
+    expect(() => parseConfig({ ...base(), rope_scaling: { rope_type: "llama3", factor: 8 } })).toThrow(
+      /low_freq_factor/,
+    );
+  });
+
+  it("config.json that is not JSON", async () => {
+    const d = join(dir.path, "badjson");
+    await writeTinyModel(d, llama);
+    writeFileSync(join(d, "config.json"), "{ nope");
+    await expectModelError(loadModel(d), "config_unreadable", join(d, "config.json"));
+  });
+
+  it("a tensor missing from the shards", async () => {
+    const d = join(dir.path, "missing");
+    await writeTinyModel(d, llama, { maxShardSize: 100_000 });
+    const idx = JSON.parse(readFileSync(join(d, "model.safetensors.index.json"), "utf8"));
+    const key = "model.layers.1.mlp.up_proj.weight";
+    const shard = idx.weight_map[key];
+    // rewrite that shard without the tensor and drop it from the index
+    const { openSafetensors } = await import("@qlora/formats");
+    const st = await openSafetensors(join(d, shard));
+    const kept = [];
+    for (const n of st.names)
+      if (n !== key)
+        kept.push({ name: n, dtype: st.info(n).dtype, shape: [...st.info(n).shape], data: await st.read(n) });
+    await st.close();
+    await writeSafetensors(join(d, shard), kept, { format: "pt" });
+    delete idx.weight_map[key];
+    writeFileSync(join(d, "model.safetensors.index.json"), JSON.stringify(idx));
+    const e = await expectModelError(loadModel(d), "tensor_missing", key, "model.safetensors.index.json");
+    expect(e.key).toBe(key);
+  });
+
+  it("a tensor whose shape does not match the config", async () => {
+    const d = await modelWithConfig("shape", { intermediate_size: 96 });
+    const e = await expectModelError(
+      loadModel(d),
+      "tensor_shape",
+      "model.layers.0.mlp.gate_proj.weight",
+      "[160,64]",
+      "[96,64]",
+      "model.safetensors",
+    );
+    expect(e.file).toBe(join(d, "model.safetensors"));
+  });
+
+  it("a missing shard file is formats' typed error naming it", async () => {
+    const d = join(dir.path, "noshard");
+    await writeTinyModel(d, llama, { maxShardSize: 100_000 });
+    const idx = JSON.parse(readFileSync(join(d, "model.safetensors.index.json"), "utf8"));
+    const { rmSync } = await import("node:fs");
+    rmSync(join(d, Object.values(idx.weight_map)[0] as string));
+    await expect(loadModel(d)).rejects.toBeInstanceOf(SafetensorsError);
+  });
+
+  it("bad values name the key and what was expected", () => {
+    expect(() => parseConfig({ ...base(), num_key_value_heads: 3 })).toThrow(
+      /num_key_value_heads.*divisor of num_attention_heads \(4\)/,
+    );
+    expect(() => parseConfig({ ...base(), vocab_size: -1 })).toThrow(/"vocab_size" is -1; expected a positive integer/);
+    expect(() => parseConfig({ ...base(), hidden_act: "gelu" })).toThrow(/hidden_act/);
+  });
+
+  it("parseConfig on arbitrary values: a ModelConfig or a ModelError, nothing else", () => {
+    const keys = Object.keys(base());
+    const value = fc.oneof(
+      fc.constant(null),
+      fc.integer(),
+      fc.double(),
+      fc.string(),
+      fc.boolean(),
+      fc.array(fc.integer()),
+      fc.object(),
+    );
+    fc.assert(
+      fc.property(
+        fc.subarray(keys),
+        fc.dictionary(fc.constantFrom(...keys, "rope_scaling", "head_dim"), value),
+        (drop, set) => {
+          const raw: Record<string, unknown> = { ...base(), ...set };
+          for (const k of drop) delete raw[k];
+          try {
+            const c = parseConfig(raw);
+            expect(c.hiddenSize).toBeGreaterThan(0);
+            expect(c.numHeads % c.numKvHeads).toBe(0);
+          } catch (e) {
+            if (!(e instanceof ModelError)) throw e;
+          }
+        },
+      ),
+      { numRuns: 2000 },
+    );
+    fc.assert(
+      fc.property(fc.anything(), (raw) => {
+        try {
+          parseConfig(raw);
+        } catch (e) {
+          if (!(e instanceof ModelError)) throw e;
+        }
+      }),
+      { numRuns: 500 },
+    );
+  });
+});
