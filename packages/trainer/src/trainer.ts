@@ -419,13 +419,18 @@ export class Trainer<B = unknown> {
     await this.hooks.emit("checkpoint:load", this.context({ dir }));
   }
 
+  /** The model's own switch: a setGradientCheckpointing(on) method or a boolean gradientCheckpointing field. */
   private setGradientCheckpointing(on: boolean): void {
-    const m = this.model as Module & { setGradientCheckpointing?: (on: boolean) => void };
+    const m = this.model as Module & {
+      setGradientCheckpointing?: (on: boolean) => void;
+      gradientCheckpointing?: unknown;
+    };
     if (typeof m.setGradientCheckpointing === "function") m.setGradientCheckpointing(on);
+    else if (typeof m.gradientCheckpointing === "boolean") m.gradientCheckpointing = on;
     else if (on)
       throw new TrainerError(
         "UNSUPPORTED",
-        "gradientCheckpointing: the model has no setGradientCheckpointing(on) method; turn the option off or use a model that supports it",
+        "gradientCheckpointing: the model has neither setGradientCheckpointing(on) nor a gradientCheckpointing flag; turn the option off or use a model that supports it",
       );
   }
 }

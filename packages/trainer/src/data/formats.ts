@@ -1,0 +1,200 @@
+/**
+ * Turns one record into token ids and labels (labels aligned with ids, -100 = no loss; the model shifts them).
+ * Formats: text, prompt_completion, alpaca, messages (chat template), pretokenized; "auto" picks by the keys.
+ * By default only completions / assistant turns carry loss (trainOnInputs false) and EOS is appended and learned.
+ */
+import { TrainerError } from "../errors";
+import type { SourceRecord } from "./read";
+import type { ChatTurn, DataTokenizer } from "./tokenizer";
+
+export type DataFormat = "auto" | "text" | "prompt_completion" | "alpaca" | "messages" | "pretokenized";
+
+export interface Example {
+  readonly inputIds: Int32Array;
+  readonly labels: Int32Array;
+}
+
+export interface FormatOptions {
+  readonly format: DataFormat;
+  readonly tokenizer?: DataTokenizer;
+  readonly trainOnInputs?: boolean;
+  readonly maxLength?: number;
+  /** "truncate" (default) keeps the first maxLength tokens; "drop" skips the row. Both are counted. */
+  readonly overflow?: "truncate" | "drop";
+}
+
+const EXPECTED: Record<Exclude<DataFormat, "auto">, string> = {
+  text: '{"text": string}',
+  prompt_completion: '{"prompt": string, "completion": string}',
+  alpaca: '{"instruction": string, "input"?: string, "output": string}',
+  messages: '{"messages": [{"role": string, "content": string}, ...]} with at least one "assistant" turn',
+  pretokenized: '{"input_ids": int[], "labels"?: int[] of the same length}',
+};
+
+const ALPACA_WITH_INPUT =
+  "Below is an instruction that describes a task, paired with an input that provides further context. " +
+  "Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n";
+const ALPACA_NO_INPUT =
+  "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n" +
+  "### Instruction:\n{instruction}\n\n### Response:\n";
+
+function bad(rec: SourceRecord, format: Exclude<DataFormat, "auto">, what: string): TrainerError {
+  return new TrainerError(
+    "DATA_ROW",
+    `${rec.file}:${rec.line}: ${what}; format "${format}" expects ${EXPECTED[format]}`,
+    { file: rec.file, line: rec.line },
+  );
+}
+
+export function detectFormat(value: unknown): Exclude<DataFormat, "auto"> | undefined {
+  if (value === null || typeof value !== "object" || Array.isArray(value)) return undefined;
+  const k = value as Record<string, unknown>;
+  if ("messages" in k) return "messages";
+  if ("input_ids" in k) return "pretokenized";
+  if ("instruction" in k) return "alpaca";
+  if ("prompt" in k || "completion" in k) return "prompt_completion";
+  if ("text" in k) return "text";
+  return undefined;
+}
+
+function text(rec: SourceRecord, format: Exclude<DataFormat, "auto">, key: string, optional = false): string {
+  const v = (rec.value as Record<string, unknown>)[key];
+  if (v === undefined && optional) return "";
+  if (typeof v !== "string") throw bad(rec, format, `field "${key}" is ${v === undefined ? "missing" : typeof v}`);
+  if (!optional && v.trim() === "") throw bad(rec, format, `field "${key}" is empty`);
+  return v;
+}
+
+function needTokenizer(o: FormatOptions, rec: SourceRecord): DataTokenizer {
+  if (!o.tokenizer)
+    throw new TrainerError("DATA_TOKENIZER", `${rec.file}:${rec.line}: this format needs a tokenizer`, {
+      file: rec.file,
+    });
+  return o.tokenizer;
+}
+
+/** The example of one record, or null when it is dropped for its length. `stats` counts truncations/drops. */
+export function toExample(
+  rec: SourceRecord,
+  o: FormatOptions,
+  stats: { truncated: number; dropped: number },
+): Example | null {
+  const format = o.format === "auto" ? detectFormat(rec.value) : o.format;
+  if (!format)
+    throw new TrainerError(
+      "DATA_ROW",
+      `${rec.file}:${rec.line}: cannot tell the format of this row; expected one of ${Object.values(EXPECTED).join(" | ")}`,
+      { file: rec.file, line: rec.line },
+    );
+  if (rec.value === null || typeof rec.value !== "object" || Array.isArray(rec.value))
+    throw bad(rec, format, "the row is not a JSON object");
+  const { ids, mask } = tokenize(rec, format, o);
+  if (ids.length === 0) throw bad(rec, format, "it has no tokens");
+  let n = ids.length;
+  if (o.maxLength !== undefined && n > o.maxLength) {
+    if (o.overflow === "drop") {
+      stats.dropped++;
+      return null;
+    }
+    stats.truncated++;
+    n = o.maxLength;
+  }
+  const inputIds = Int32Array.from(ids.slice(0, n));
+  const labels = new Int32Array(n);
+  for (let i = 0; i < n; i++) labels[i] = mask[i] || o.trainOnInputs ? ids[i] : -100;
+  if (format === "pretokenized" && (rec.value as { labels?: unknown }).labels)
+    for (let i = 0; i < n; i++) labels[i] = (rec.value as { labels: number[] }).labels[i];
+  labels[0] = -100; // position 0 is never a target of the shifted loss; this keeps token counts exact
+  return { inputIds, labels };
+}
+
+/** ids and a per-token "carries loss" mask (before trainOnInputs). */
+function tokenize(
+  rec: SourceRecord,
+  format: Exclude<DataFormat, "auto">,
+  o: FormatOptions,
+): { ids: number[]; mask: boolean[] } {
+  switch (format) {
+    case "text": {
+      const tok = needTokenizer(o, rec);
+      const ids = [...tok.encode(text(rec, format, "text")), ...eos(tok, rec)];
+      return { ids, mask: ids.map(() => true) };
+    }
+    case "prompt_completion":
+      return promptCompletion(rec, o, text(rec, format, "prompt"), text(rec, format, "completion"));
+    case "alpaca": {
+      const instruction = text(rec, format, "instruction");
+      const input = text(rec, format, "input", true);
+      const prompt = (input ? ALPACA_WITH_INPUT : ALPACA_NO_INPUT)
+        .replace("{instruction}", instruction)
+        .replace("{input}", input);
+      return promptCompletion(rec, o, prompt, text(rec, format, "output"));
+    }
+    case "messages":
+      return chat(rec, o);
+    case "pretokenized":
+      return pretokenized(rec);
+  }
+}
+
+function eos(tok: DataTokenizer, rec: SourceRecord): number[] {
+  if (tok.eosTokenId === null || tok.eosTokenId === undefined)
+    throw new TrainerError("DATA_TOKENIZER", `${rec.file}: the tokenizer has no EOS token to append`, {
+      file: rec.file,
+    });
+  return [tok.eosTokenId];
+}
+
+function promptCompletion(rec: SourceRecord, o: FormatOptions, prompt: string, completion: string) {
+  const tok = needTokenizer(o, rec);
+  const p = [...tok.encode(prompt)];
+  const c = [...tok.encode(completion, { addSpecialTokens: false }), ...eos(tok, rec)];
+  return { ids: [...p, ...c], mask: [...p.map(() => false), ...c.map(() => true)] };
+}
+
+/**
+ * Chat: the assistant turn i carries loss on the tokens between the rendering of turns [0, i) with the generation
+ * prompt and the rendering of turns [0, i]; the template's own end-of-turn token is inside that span, so it is learned.
+ */
+function chat(rec: SourceRecord, o: FormatOptions) {
+  const tok = needTokenizer(o, rec);
+  if (!tok.applyChatTemplate)
+    throw new TrainerError("DATA_TOKENIZER", `${rec.file}:${rec.line}: the tokenizer has no chat template`, {
+      file: rec.file,
+      line: rec.line,
+    });
+  const msgs = (rec.value as { messages?: unknown }).messages;
+  if (!Array.isArray(msgs) || msgs.length === 0) throw bad(rec, "messages", `"messages" is not a non-empty array`);
+  msgs.forEach((m, i) => {
+    const t = m as Partial<ChatTurn>;
+    if (typeof t?.role !== "string" || typeof t.content !== "string")
+      throw bad(rec, "messages", `messages[${i}] lacks a string "role" and "content"`);
+  });
+  const turns = msgs as ChatTurn[];
+  if (!turns.some((t) => t.role === "assistant")) throw bad(rec, "messages", "there is no assistant turn");
+  const enc = (m: readonly ChatTurn[], gen: boolean) =>
+    tok.encode(tok.applyChatTemplate?.(m, { addGenerationPrompt: gen }) ?? "", { addSpecialTokens: false });
+  const ids = [...enc(turns, false)];
+  const mask = ids.map(() => false);
+  turns.forEach((t, i) => {
+    if (t.role !== "assistant") return;
+    const start = enc(turns.slice(0, i), true).length;
+    const end = enc(turns.slice(0, i + 1), false);
+    for (let j = 0; j < end.length; j++)
+      if (end[j] !== ids[j])
+        throw bad(rec, "messages", `the chat template does not render turn ${i} as a prefix of the whole chat`);
+    for (let j = start; j < end.length; j++) mask[j] = true;
+  });
+  return { ids, mask };
+}
+
+function pretokenized(rec: SourceRecord) {
+  const v = rec.value as { input_ids?: unknown; labels?: unknown };
+  const isInts = (a: unknown): a is number[] =>
+    Array.isArray(a) && a.every((x) => Number.isInteger(x) && x >= -100 && x < 2 ** 31);
+  if (!isInts(v.input_ids) || v.input_ids.some((x) => x < 0))
+    throw bad(rec, "pretokenized", `"input_ids" is not an array of non-negative ints`);
+  if (v.labels !== undefined && (!isInts(v.labels) || v.labels.length !== v.input_ids.length))
+    throw bad(rec, "pretokenized", `"labels" is not an int array as long as "input_ids"`);
+  return { ids: v.input_ids, mask: v.input_ids.map(() => true) };
+}

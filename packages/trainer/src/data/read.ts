@@ -1,0 +1,82 @@
+/**
+ * Streaming record readers. JSONL and plain text are read line by line through one small buffer, so a large file
+ * is never held whole; a JSON file (one array) is parsed whole, so use JSONL for large data.
+ */
+import { createReadStream } from "node:fs";
+import { readFile } from "node:fs/promises";
+import { createInterface } from "node:readline";
+import { TrainerError } from "../errors";
+
+export type FileFormat = "jsonl" | "json" | "text";
+
+export interface SourceRecord {
+  readonly value: unknown;
+  readonly file: string;
+  /** 1-based line (JSONL, text) or array index + 1 (JSON). */
+  readonly line: number;
+}
+
+export function fileFormatOf(path: string): FileFormat {
+  if (/\.jsonl$/i.test(path)) return "jsonl";
+  if (/\.json$/i.test(path)) return "json";
+  if (/\.txt$/i.test(path)) return "text";
+  throw new TrainerError(
+    "DATA_FORMAT",
+    `${path}: cannot tell the file format from its extension; expected .jsonl, .json or .txt (or pass fileFormat)`,
+    { file: path },
+  );
+}
+
+/** Records of a file: JSONL objects, JSON array elements, or `{ text }` per non-empty text line. */
+export async function* readRecords(
+  file: string,
+  format: FileFormat = fileFormatOf(file),
+): AsyncGenerator<SourceRecord> {
+  if (format === "json") {
+    yield* readJsonArray(file);
+    return;
+  }
+  const lines = createInterface({
+    input: createReadStream(file, { encoding: "utf8" }),
+    crlfDelay: Number.POSITIVE_INFINITY,
+  });
+  let line = 0;
+  try {
+    for await (const text of lines) {
+      line++;
+      if (text.trim() === "") continue;
+      if (format === "text") {
+        yield { value: { text }, file, line };
+        continue;
+      }
+      let value: unknown;
+      try {
+        value = JSON.parse(text);
+      } catch (e) {
+        throw new TrainerError("DATA_PARSE", `${file}:${line}: not valid JSON (${(e as Error).message})`, {
+          file,
+          line,
+        });
+      }
+      yield { value, file, line };
+    }
+  } catch (e) {
+    if (e instanceof TrainerError) throw e;
+    throw new TrainerError("DATA_READ", `${file}: ${(e as Error).message}`, { file });
+  } finally {
+    lines.close();
+  }
+}
+
+async function* readJsonArray(file: string): AsyncGenerator<SourceRecord> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(await readFile(file, "utf8"));
+  } catch (e) {
+    throw new TrainerError("DATA_PARSE", `${file}: not a readable JSON file (${(e as Error).message})`, { file });
+  }
+  const rows = Array.isArray(parsed) ? parsed : (parsed as { data?: unknown })?.data;
+  if (!Array.isArray(rows))
+    throw new TrainerError("DATA_PARSE", `${file}: expected a JSON array of records (or { "data": [...] })`, { file });
+  for (let i = 0; i < rows.length; i++) yield { value: rows[i], file, line: i + 1 };
+}
