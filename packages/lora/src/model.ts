@@ -1,0 +1,259 @@
+/**
+ * LoraModel: inject adapters into any Module tree over Linear / Linear4bit (PEFT's inject_adapter), with
+ * several named adapters (add / set / disable / delete), merge / unmerge, mergeAndUnload and unload, and the
+ * adapter's state dict under PEFT's keys (`base_model.model.<module>.lora_A.weight`, ...).
+ */
+import { type Generator, Linear, Linear4bit, type Module, type Tensor, getGenerator } from "@qlora/tensor";
+import { type LoraConfig, type LoraConfigInput, loraConfig } from "./config";
+import { LoraError } from "./errors";
+import { type LoraLinear as LoraLinearT, LoraLinear, type MergeReport } from "./layer";
+import { isTargeted, loraScaling, rankAndAlpha, resolveTargetModules } from "./match";
+import { ModulesToSaveWrapper } from "./modules-to-save";
+
+export const PEFT_PREFIX = "base_model.model.";
+
+export interface InjectOptions {
+  /** Default "default" (saved at the top of an adapter directory; others go to sub-folders). */
+  readonly adapterName?: string;
+  /** Random draws for A (and B with init false); default the global Philox generator. */
+  readonly generator?: Generator;
+  /** Excluded from "all-linear" (the output head); default "lm_head", null for none. */
+  readonly outputHead?: string | null;
+  /** For target_modules null: the architecture's default targets (e.g. "llama"). */
+  readonly modelType?: string;
+  /** Lossy-operation warnings (re-quantization). Default console.warn. */
+  readonly onWarning?: (message: string) => void;
+}
+
+function isLinear(m: Module): m is Linear | Linear4bit {
+  return m instanceof Linear || m instanceof Linear4bit;
+}
+
+/** Module names that live inside an adapter wrapper (never targets themselves). */
+function insideWrapper(name: string, wrappers: readonly string[]): boolean {
+  return wrappers.some((w) => name.startsWith(`${w}.`));
+}
+
+function matchesModuleToSave(list: readonly string[] | null, key: string): boolean {
+  return !!list && list.some((n) => key === n || key.endsWith(`.${n}`));
+}
+
+export class LoraModel {
+  readonly configs = new Map<string, LoraConfig>();
+  private active: string[] = [];
+  private disabled = false;
+  private readonly onWarning: (message: string) => void;
+
+  private constructor(
+    readonly model: Module,
+    options: InjectOptions,
+  ) {
+    this.onWarning = options.onWarning ?? ((m) => console.warn(m));
+  }
+
+  /** get_peft_model: inject the first adapter into `model` (modified in place) and freeze all but it. */
+  static inject(model: Module, config: LoraConfig | LoraConfigInput, options: InjectOptions = {}): LoraModel {
+    const lm = new LoraModel(model, options);
+    lm.addAdapter(options.adapterName ?? "default", config, options);
+    return lm;
+  }
+
+  get activeAdapters(): readonly string[] {
+    return this.active;
+  }
+  get adapterNames(): string[] {
+    return [...this.configs.keys()];
+  }
+
+  /** [dotted name, layer] of every LoRA layer. */
+  loraLayers(): [string, LoraLinearT][] {
+    return [...this.model.namedModules()].filter((e): e is [string, LoraLinearT] => e[1] instanceof LoraLinear);
+  }
+  private wrappers(): [string, ModulesToSaveWrapper][] {
+    return [...this.model.namedModules()].filter(
+      (e): e is [string, ModulesToSaveWrapper] => e[1] instanceof ModulesToSaveWrapper,
+    );
+  }
+
+  addAdapter(name: string, configInput: LoraConfig | LoraConfigInput, options: InjectOptions = {}): void {
+    const config = loraConfig(configInput);
+    if (this.configs.has(name)) throw new LoraError("BAD_ADAPTER", `adapter "${name}" already exists`);
+    if (!name || name.includes("."))
+      throw new LoraError("BAD_ADAPTER", `adapter name "${name}" must be non-empty and contain no "."`);
+    const biasUsers = [...this.configs.values(), config].filter((c) => c.bias !== "none");
+    if (this.configs.size > 0 && biasUsers.length > 0)
+      throw new LoraError(
+        "BAD_CONFIG",
+        `LoraConfig.bias: only one adapter may train biases; with several adapters set bias to "none" for all (adapter "${name}")`,
+      );
+    const all = [...this.model.namedModules()];
+    const wrapperNames = all
+      .filter(([, m]) => m instanceof LoraLinear || m instanceof ModulesToSaveWrapper)
+      .map(([n]) => n);
+    const candidates = all.filter(([n]) => n !== "" && !insideWrapper(n, wrapperNames));
+    const linearNames = candidates.filter(([, m]) => isLinear(m) || m instanceof LoraLinear).map(([n]) => n);
+    const target = resolveTargetModules(config, linearNames, options);
+    const resolved: LoraConfig = Object.freeze({ ...config, target_modules: target });
+    const gen = options.generator ?? getGenerator();
+    let found = 0;
+    for (const [key, m] of candidates) {
+      if (matchesModuleToSave(resolved.modules_to_save, key)) {
+        const w = m instanceof ModulesToSaveWrapper ? m : new ModulesToSaveWrapper(m);
+        if (w !== m) this.model.setSubmodule(key, w);
+        w.addAdapter(name, key);
+        continue;
+      }
+      if (!isTargeted(resolved, key)) continue;
+      found++;
+      let layer: LoraLinearT;
+      if (m instanceof LoraLinear) layer = m;
+      else if (isLinear(m)) {
+        layer = new LoraLinear(m);
+        this.model.setSubmodule(key, layer);
+      } else
+        throw new LoraError(
+          "BAD_MODULE",
+          `target module "${key}" (${m.constructor.name}) is not supported; only Linear and Linear4bit layers can get LoRA adapters`,
+        );
+      layer.onWarning = this.onWarning;
+      const { r, alpha } = rankAndAlpha(resolved, key);
+      layer.addAdapter(name, {
+        r,
+        alpha,
+        scaling: loraScaling(alpha, r, resolved.use_rslora),
+        dropout: resolved.lora_dropout,
+        useDora: resolved.use_dora,
+        init: resolved.init_lora_weights,
+        generator: gen,
+        loftq: resolved.loftq_config,
+        onWarning: this.onWarning,
+      });
+    }
+    if (found === 0)
+      throw new LoraError(
+        "NO_TARGET",
+        `LoraConfig.target_modules: ${JSON.stringify(config.target_modules)} matched no Linear/Linear4bit module of the model (adapter "${name}")`,
+      );
+    this.configs.set(name, resolved);
+    if (this.active.length === 0) this.active = [name];
+    this.setAdapter(this.active);
+  }
+
+  /** Make `names` the active adapters (only they are trainable). */
+  setAdapter(names: string | readonly string[]): void {
+    const list = typeof names === "string" ? [names] : [...names];
+    for (const n of list)
+      if (!this.configs.has(n))
+        throw new LoraError(
+          "BAD_ADAPTER",
+          `set_adapter: adapter "${n}" does not exist (have: ${this.adapterNames.join(", ")})`,
+        );
+    this.active = list;
+    for (const [, layer] of this.loraLayers()) layer.activeAdapters = list.filter((n) => layer.settings.has(n));
+    for (const [, w] of this.wrappers()) w.activeAdapter = list.find((n) => w.copies.has(n)) ?? null;
+    this.markTrainable();
+  }
+
+  /** PEFT's _mark_only_adapters_as_trainable + set_adapter: freeze everything, then unfreeze the active adapters. */
+  private markTrainable(): void {
+    for (const p of this.model.parameters()) if (p.requiresGrad) p.requiresGrad = false;
+    for (const [, layer] of this.loraLayers())
+      for (const n of layer.activeAdapters) {
+        layer.loraA.get(n).weight.requiresGrad = true;
+        layer.loraB.get(n).weight.requiresGrad = true;
+        if (layer.magnitude.has(n)) layer.magnitude.get(n).weight.requiresGrad = true;
+      }
+    for (const [, w] of this.wrappers())
+      if (w.activeAdapter) for (const p of w.copies.get(w.activeAdapter).parameters()) p.requiresGrad = true;
+    const bias = this.active.map((n) => this.configs.get(n)!.bias).find((b) => b !== "none") ?? "none";
+    if (bias === "all")
+      for (const [n, p] of this.model.namedParameters())
+        if (n.split(".").pop() === "bias" && !n.includes("original_module")) p.requiresGrad = true;
+    if (bias === "lora_only")
+      for (const [, layer] of this.loraLayers()) {
+        const b = layer.baseLayer.bias;
+        if (b) b.requiresGrad = true;
+      }
+  }
+
+  /** Trainable parameters by in-memory name. */
+  trainableParameters(): [string, Tensor][] {
+    return [...this.model.namedParameters()].filter(([, p]) => p.requiresGrad);
+  }
+
+  deleteAdapter(name: string): void {
+    if (!this.configs.has(name)) throw new LoraError("BAD_ADAPTER", `delete_adapter: adapter "${name}" does not exist`);
+    for (const [, layer] of this.loraLayers()) if (layer.settings.has(name)) layer.deleteAdapter(name);
+    for (const [, w] of this.wrappers()) w.deleteAdapter(name);
+    this.configs.delete(name);
+    const rest = this.active.filter((n) => n !== name);
+    this.setAdapter(rest.length ? rest : this.adapterNames.slice(0, 1));
+  }
+
+  disableAdapters(): void {
+    this.disabled = true;
+    for (const [, layer] of this.loraLayers()) layer.adaptersDisabled = true;
+    for (const [, w] of this.wrappers()) w.adaptersDisabled = true;
+  }
+  enableAdapters(): void {
+    this.disabled = false;
+    for (const [, layer] of this.loraLayers()) layer.adaptersDisabled = false;
+    for (const [, w] of this.wrappers()) w.adaptersDisabled = false;
+  }
+  get adaptersDisabled(): boolean {
+    return this.disabled;
+  }
+  /** Run fn with every adapter disabled (PEFT's disable_adapter() context manager). */
+  withAdaptersDisabled<T>(fn: () => T): T {
+    const was = this.disabled;
+    this.disableAdapters();
+    try {
+      return fn();
+    } finally {
+      if (!was) this.enableAdapters();
+    }
+  }
+
+  /** merge_adapter: add the active (or named) adapters into the base weights. */
+  merge(options: { adapterNames?: readonly string[]; safeMerge?: boolean } = {}): MergeReport[] {
+    const out: MergeReport[] = [];
+    for (const [name, layer] of this.loraLayers()) {
+      const names = (options.adapterNames ?? this.active).filter((n) => layer.settings.has(n));
+      for (const r of layer.merge({ adapterNames: names, safeMerge: options.safeMerge }))
+        out.push({ ...r, adapter: `${name}:${r.adapter}` });
+    }
+    return out;
+  }
+  unmerge(): MergeReport[] {
+    const out: MergeReport[] = [];
+    for (const [name, layer] of this.loraLayers())
+      for (const r of layer.unmerge()) out.push({ ...r, adapter: `${name}:${r.adapter}` });
+    return out;
+  }
+
+  /** merge_and_unload: merge, then put each base layer (and each active modules_to_save copy) back in place. */
+  mergeAndUnload(options: { adapterNames?: readonly string[]; safeMerge?: boolean } = {}): {
+    model: Module;
+    reports: MergeReport[];
+  } {
+    const reports = this.merge(options);
+    this.unloadLayers();
+    return { model: this.model, reports };
+  }
+  /** unload: remove every adapter without merging; the base model comes back. */
+  unload(): Module {
+    this.unloadLayers();
+    return this.model;
+  }
+  private unloadLayers(): void {
+    for (const [name, layer] of this.loraLayers()) {
+      const base = layer.baseLayer;
+      layer.mergedAdapters.length = 0; // merged values now belong to the base
+      for (const a of [...layer.settings.keys()]) layer.deleteAdapter(a);
+      this.model.setSubmodule(name, base);
+    }
+    for (const [name, w] of this.wrappers()) this.model.setSubmodule(name, w.current());
+    this.configs.clear();
+    this.active = [];
+  }
+}
