@@ -5,6 +5,8 @@
  */
 import { spawnSync } from "node:child_process";
 import { performance } from "node:perf_hooks";
+import "../src/autograd";
+import { swiglu } from "../src/fused/swiglu";
 import * as ops from "../src/ops";
 import { manualSeed } from "../src/random";
 import { randn, tensor, tidy } from "../src/tensor";
@@ -71,7 +73,7 @@ function block(): Tensor {
     const a = ops.attention(q, k, v).transpose(1, 2).reshape([B, S, HID]);
     const h = x.add(lin(a, p.o));
     const hn2 = ops.rmsNorm(h, n2, 1e-6);
-    const out = h.add(lin(ops.swiglu(lin(hn2, p.g), lin(hn2, p.u)), p.d));
+    const out = h.add(lin(swiglu(lin(hn2, p.g), lin(hn2, p.u)), p.d));
     return ops.crossEntropy(lin(out, p.head).reshape([-1, V]), labels);
   });
 }

@@ -1,66 +1,26 @@
 /**
- * Reverse-mode autograd: ops record a Node (op name, inputs, saved tensors, ctx) on their output; backward()
- * walks the nodes in reverse topological order and applies the rule for each op from the one table in
- * ./grad-rules. Saved tensors are disposed as soon as their node has run (the graph is then freed:
- * a second backward through it throws, as in PyTorch without retain_graph).
+ * Reverse-mode autograd: ops record a Node (op name, inputs, saved tensors, ctx) on their output (./graph);
+ * backward() walks the nodes in reverse topological order and applies each op's rule from the engine's
+ * registry (./graph; the built-in rules of ./grad-rules are registered when this module loads). Saved
+ * tensors are disposed as soon as their node has run (the graph is then freed: a second backward through
+ * it throws, as in PyTorch without retain_graph).
+ *
+ * Gradients accumulate in place where that is safe: into a leaf's existing `.grad` (which the engine owns
+ * exclusively) and into a node's pending fan-in gradient when nothing else shares its storage.
+ * Post-accumulate-grad hooks of a leaf run once per backward, right after its last contribution.
  */
 import { TensorError } from "./errors";
-import { gradRules } from "./grad-rules";
-import { getGenerator, setGenerator } from "./random";
-import type { Generator } from "./random";
-import { fromBuffer, keep } from "./tensor";
+import { builtinGradRules } from "./grad-rules";
+import { gradRuleFor, noGrad, registerGradRule } from "./graph";
+import type { Node } from "./graph";
+import { addInPlace } from "./ops";
+import { fromBuffer, installTensorMethods, keep } from "./tensor";
 import type { Tensor } from "./tensor";
 
-export interface Node {
-  readonly op: string;
-  /** The op's inputs (only their identity, requiresGrad, gradFn, shape and dtype are used). */
-  readonly inputs: readonly Tensor[];
-  /** Handles kept for backward (own references; disposed after the node runs). */
-  readonly saved: Tensor[];
-  readonly ctx: Record<string, unknown>;
-  released: boolean;
-}
+export { noGrad, enableGrad, isGradEnabled } from "./graph";
+export type { Node } from "./graph";
 
-let gradEnabled = true;
-
-export function isGradEnabled(): boolean {
-  return gradEnabled;
-}
-/** Run fn without recording the graph. */
-export function noGrad<T>(fn: () => T): T {
-  const prev = gradEnabled;
-  gradEnabled = false;
-  try {
-    return fn();
-  } finally {
-    gradEnabled = prev;
-  }
-}
-export function enableGrad<T>(fn: () => T): T {
-  const prev = gradEnabled;
-  gradEnabled = true;
-  try {
-    return fn();
-  } finally {
-    gradEnabled = prev;
-  }
-}
-
-/** @internal attach a node to `out` when recording and some input requires grad. Returns out. */
-export function record(
-  op: string,
-  inputs: readonly Tensor[],
-  out: Tensor,
-  saved: readonly Tensor[],
-  ctx: Record<string, unknown>,
-): Tensor {
-  if (!gradEnabled || !inputs.some((t) => t.requiresGrad)) return out;
-  if (!(op in gradRules)) throw new TensorError("NO_GRAD_RULE", `no gradient rule for op "${op}"`);
-  const node: Node = { op, inputs, saved: saved.map((s) => keep(s._alias())), ctx, released: false };
-  out.gradFn = node;
-  out._setRequiresGrad();
-  return out;
-}
+for (const [op, rule] of Object.entries(builtinGradRules)) registerGradRule(op, rule);
 
 function releaseNode(n: Node): void {
   for (const s of n.saved) s.dispose();
@@ -97,13 +57,82 @@ function topo(root: Tensor): Node[] {
   return order.reverse(); // root first
 }
 
+/** True when t is the only handle on its storage and covers it densely in f32: safe to add into. */
+function exclusivelyOwned(t: Tensor): boolean {
+  return t.storage.refs === 1 && t.dtype === "f32" && t.isDense();
+}
+
+/**
+ * leaf.grad += g without a new buffer when the leaf already has a gradient; the first gradient is taken
+ * over as is when this backward owns it exclusively, else copied (a later in-place accumulation must not
+ * write into a tensor someone else holds, e.g. the gradient passed to backward()).
+ */
 function accumulateLeaf(leaf: Tensor, g: Tensor): void {
-  if (leaf.grad) {
-    const sum = noGrad(() => leaf.grad!.add(g));
+  if (leaf.grad && exclusivelyOwned(leaf.grad)) {
+    addInPlace(leaf.grad, g);
+    g.dispose();
+  } else if (leaf.grad) {
+    // a gradient assigned from outside (shared storage) or not f32: never written into
+    const sum = leaf.grad.add(g);
     leaf.grad.dispose();
     g.dispose();
     leaf.grad = keep(sum);
-  } else leaf.grad = keep(g);
+  } else if (g.storage.refs === 1 && g.isDense()) leaf.grad = keep(g);
+  else {
+    leaf.grad = keep(g.clone());
+    g.dispose();
+  }
+}
+
+/** One backward walk: how many contributions each leaf still waits for, and leaves nested walks touched. */
+interface Frame {
+  readonly pending: Map<Tensor, number>;
+  readonly touched: Set<Tensor>;
+  readonly fired: Set<Tensor>;
+}
+const frames: Frame[] = [];
+
+function runHooks(leaf: Tensor, frame: Frame): void {
+  if (frame.fired.has(leaf)) return;
+  frame.fired.add(leaf);
+  leaf._runPostAccumulateGradHooks();
+}
+
+/** A leaf received a contribution: run its hooks when it was its last one in the outermost walk. */
+function contributed(leaf: Tensor): void {
+  const frame = frames[frames.length - 1];
+  const left = (frame.pending.get(leaf) ?? 1) - 1;
+  frame.pending.set(leaf, left);
+  if (left > 0) return;
+  if (frames.length === 1) runHooks(leaf, frame);
+  else frames[0].touched.add(leaf); // inside a checkpoint recomputation: the outer walk decides
+}
+
+/** After each node of the outermost walk: hooks of leaves that nested walks completed. */
+function flushTouched(frame: Frame): void {
+  for (const leaf of frame.touched) if ((frame.pending.get(leaf) ?? 0) <= 0) runHooks(leaf, frame);
+  frame.touched.clear();
+}
+
+function countLeafContributions(order: readonly Node[]): Map<Tensor, number> {
+  const pending = new Map<Tensor, number>();
+  for (const node of order)
+    for (const input of node.inputs)
+      if (input.requiresGrad && !input.gradFn) pending.set(input, (pending.get(input) ?? 0) + 1);
+  return pending;
+}
+
+/** prev + gi for a node's fan-in: in place into prev when this walk owns it exclusively. */
+function fanIn(prev: Tensor, gi: Tensor): Tensor {
+  if (exclusivelyOwned(prev)) {
+    addInPlace(prev, gi);
+    gi.dispose();
+    return prev;
+  }
+  const s = prev.add(gi);
+  prev.dispose();
+  gi.dispose();
+  return s;
 }
 
 /**
@@ -132,115 +161,92 @@ export function backward(root: Tensor, grad?: Tensor): void {
       );
     g0 = fromBuffer(root.backend.fill("f32", 1, 1), root.backend, root.shape, "f32");
   }
-  if (!root.gradFn) {
-    accumulateLeaf(root, g0);
-    return;
-  }
   const order = topo(root);
-  const grads = new Map<Node, Tensor>();
-  grads.set(root.gradFn, g0);
-  noGrad(() => {
-    for (const node of order) {
-      if (node.released)
-        throw new TensorError(
-          "GRAPH_FREED",
-          `backward(): the graph through op "${node.op}" was already freed by an earlier backward`,
-        );
-      const g = grads.get(node);
-      grads.delete(node);
-      if (!g) {
-        releaseNode(node);
-        continue;
-      }
-      const rule = gradRules[node.op];
-      const inGrads = rule(g, node);
-      releaseNode(node);
-      const owned = new Set<Tensor>();
-      for (let i = 0; i < node.inputs.length; i++) {
-        const input = node.inputs[i];
-        let gi = inGrads[i];
-        if (!gi) continue;
-        if (!input.requiresGrad) {
-          if (gi !== g && !owned.has(gi)) gi.dispose();
-          continue;
-        }
-        if (gi === g || owned.has(gi)) gi = gi._alias();
-        owned.add(gi);
-        if (gi.shape.join() !== input.shape.join())
-          throw new TensorError(
-            "GRAD_SHAPE",
-            `gradient rule "${node.op}" returned shape ${JSON.stringify(gi.shape)} for input ${i} of shape ${JSON.stringify(input.shape)}`,
-          );
-        if (gi.dtype !== input.dtype) {
-          const c = gi.cast(input.dtype);
-          gi.dispose();
-          gi = c;
-        }
-        if (input.gradFn) {
-          const prev = grads.get(input.gradFn);
-          if (prev) {
-            const s = prev.add(gi);
-            prev.dispose();
-            gi.dispose();
-            grads.set(input.gradFn, s);
-          } else grads.set(input.gradFn, gi);
-        } else accumulateLeaf(input, gi);
-      }
-      for (const t of inGrads) if (t && t !== g && !owned.has(t) && !t.disposed) t.dispose();
-      g.dispose();
-    }
-  });
-  for (const t of grads.values()) t.dispose();
-}
-
-/**
- * Gradient checkpointing: run fn without keeping its graph (only the inputs are saved); during backward,
- * fn is run again with grad enabled (and the random generator rewound, so dropout masks repeat) and
- * backpropagated. Parameters used inside fn receive gradients as usual. fn must return one Tensor.
- */
-export function checkpoint(fn: (...inputs: Tensor[]) => Tensor, ...inputs: Tensor[]): Tensor {
-  if (!gradEnabled) return fn(...inputs);
-  const gen: Generator = getGenerator().clone();
-  const out = noGrad(() => fn(...inputs));
-  const node: Node = {
-    op: "checkpoint",
-    inputs,
-    saved: inputs.map((t) => keep(t._alias())),
-    ctx: { fn, gen },
-    released: false,
-  };
-  out.gradFn = node;
-  out._setRequiresGrad();
-  return out;
-}
-
-/** @internal the checkpoint rule: recompute and backprop (called by grad-rules). */
-export function checkpointBackward(g: Tensor, node: Node): (Tensor | null)[] {
-  const fn = node.ctx.fn as (...inputs: Tensor[]) => Tensor;
-  const genNow = getGenerator();
-  setGenerator((node.ctx.gen as Generator).clone());
-  const detached = node.saved.map((s, i) => {
-    const d = keep(s._alias());
-    if (node.inputs[i].requiresGrad) d.requiresGrad = true;
-    return d;
-  });
+  const frame: Frame = { pending: countLeafContributions(order), touched: new Set(), fired: new Set() };
+  if (!root.gradFn) frame.pending.set(root, 1);
+  frames.push(frame);
   try {
-    enableGrad(() => {
-      const out = fn(...detached);
-      if (out.requiresGrad) backward(out, g);
-      else {
-        // nothing inside needs grad
+    if (!root.gradFn) {
+      noGrad(() => accumulateLeaf(root, g0));
+      contributed(root);
+      return;
+    }
+    walk(order, root.gradFn, g0, frame);
+  } finally {
+    frames.pop();
+  }
+}
+
+function walk(order: readonly Node[], rootNode: Node, g0: Tensor, frame: Frame): void {
+  const grads = new Map<Node, Tensor>();
+  grads.set(rootNode, g0);
+  try {
+    noGrad(() => {
+      for (const node of order) {
+        runNode(node, grads);
+        if (frames.length === 1) flushTouched(frame);
       }
-      out.dispose();
     });
   } finally {
-    setGenerator(genNow);
+    for (const t of grads.values()) t.dispose();
   }
-  const res = detached.map((d) => {
-    const gr = d.grad;
-    d.grad = null;
-    d.dispose();
-    return gr;
-  });
-  return res;
 }
+
+function runNode(node: Node, grads: Map<Node, Tensor>): void {
+  if (node.released)
+    throw new TensorError(
+      "GRAPH_FREED",
+      `backward(): the graph through op "${node.op}" was already freed by an earlier backward`,
+    );
+  const g = grads.get(node);
+  grads.delete(node);
+  if (!g) {
+    releaseNode(node);
+    for (const input of node.inputs) if (input.requiresGrad && !input.gradFn) contributed(input);
+    return;
+  }
+  const rule = gradRuleFor(node.op);
+  if (!rule)
+    throw new TensorError(
+      "NO_GRAD_RULE",
+      `backward(): no gradient rule is registered for op "${node.op}" (declare it with defineOp)`,
+    );
+  const inGrads = rule(g, node);
+  releaseNode(node);
+  const owned = new Set<Tensor>();
+  for (let i = 0; i < node.inputs.length; i++) {
+    const input = node.inputs[i];
+    let gi = inGrads[i];
+    if (!input.requiresGrad) {
+      if (gi && gi !== g && !owned.has(gi)) gi.dispose();
+      continue;
+    }
+    if (!gi) {
+      if (!input.gradFn) contributed(input);
+      continue;
+    }
+    if (gi === g || owned.has(gi)) gi = gi._alias();
+    owned.add(gi);
+    if (gi.shape.join() !== input.shape.join())
+      throw new TensorError(
+        "GRAD_SHAPE",
+        `gradient rule "${node.op}" returned shape ${JSON.stringify(gi.shape)} for input ${i} of shape ${JSON.stringify(input.shape)}`,
+      );
+    if (gi.dtype !== input.dtype) {
+      const c = gi.cast(input.dtype);
+      gi.dispose();
+      gi = c;
+    }
+    if (input.gradFn) {
+      const prev = grads.get(input.gradFn);
+      grads.set(input.gradFn, prev ? fanIn(prev, gi) : gi);
+    } else {
+      accumulateLeaf(input, gi);
+      contributed(input);
+    }
+  }
+  for (const t of inGrads) if (t && t !== g && !owned.has(t) && !t.disposed) t.dispose();
+  g.dispose();
+}
+
+installTensorMethods({ backward });

@@ -1,18 +1,20 @@
 /**
- * Gradient rules: one table keyed by op name (tinygrad's pm_gradient, micrograd's _backward). Each rule gets
+ * Gradient rules of the built-in ops: one table keyed by op name (tinygrad's pm_gradient, micrograd's
+ * _backward), registered into the engine's registry (./graph) by ./autograd when it loads. Each rule gets
  * the output gradient g and the node (inputs, saved tensors, ctx) and returns one gradient per input
- * (null where none). Rules run with recording off and build their results from Tensor ops or the
- * backend's backward kernels. The engine disposes what a rule returns once it has been accumulated.
+ * (null where none, and null for every input that does not require grad: no work for frozen inputs).
+ * Rules run with recording off and build their results from Tensor ops or the backend's backward
+ * kernels. The engine disposes what a rule returns once it has been accumulated.
+ * Ops declared with defineOp (./define-op) and checkpoint (./checkpoint) register their own rules.
  */
-import type { Node } from "./autograd";
-import { checkpointBackward } from "./autograd";
-import type { AttentionOptions, RopeOptions } from "./backend/types";
+import type { GradRule, Node } from "./graph";
+import type { AttentionOptions, Buffer, RopeOptions } from "./backend/types";
 import { add, dense, div, eq, gt, lt, mul, padNarrow, sub, sumToShape, unary, matmul } from "./ops";
 import type { QuantizedWeight } from "./ops";
 import { fromBuffer } from "./tensor";
 import type { Tensor, Shape } from "./tensor";
 
-type Rule = (g: Tensor, node: Node) => (Tensor | null)[];
+type Rule = GradRule;
 
 const needs = (node: Node, i: number): boolean => node.inputs[i].requiresGrad;
 
@@ -43,8 +45,7 @@ function binaryRule(fa: ((g: Tensor, n: Node) => Tensor) | null, fb: ((g: Tensor
 }
 
 function minmaxRule(cmp: "gt" | "lt"): Rule {
-  // ties share the gradient equally (torch.maximum semantics). Ops are looked up at call time: this
-  // module is part of an import cycle (ops → autograd → grad-rules → ops).
+  // ties share the gradient equally (torch.maximum semantics).
   const maskFor = (x: Tensor, y: Tensor): Tensor => {
     const c = cmp === "gt" ? gt(x, y) : lt(x, y);
     const e = eq(x, y);
@@ -63,7 +64,7 @@ function minmaxRule(cmp: "gt" | "lt"): Rule {
   );
 }
 
-export const gradRules: Record<string, Rule> = {
+export const builtinGradRules: Readonly<Record<string, Rule>> = {
   // ---- views and moves
   identity: (g) => [g],
   reshape: (g, n) => [g.reshape(n.ctx.inShape as Shape)],
@@ -245,15 +246,23 @@ export const gradRules: Record<string, Rule> = {
   attention: (g, n) => {
     const [q, k, v, out, lse, seg] = n.saved;
     const opts = { ...(n.ctx.opts as AttentionOptions), segmentIds: seg?.buffer };
-    const gd = dense(g);
-    const r = g.backend.attentionBackward(gd.buffer, q.buffer, k.buffer, v.buffer, out.buffer, lse.buffer, opts);
-    gd.dispose();
     const be = g.backend;
-    return [
-      fromBuffer(r.dq, be, q.shape, "f32"),
-      fromBuffer(r.dk, be, k.shape, "f32"),
-      fromBuffer(r.dv, be, v.shape, "f32"),
-    ];
+    // the gradients come back in the forward's layout: bshd buffers are returned as [b, h, s, d] views
+    const bshd = opts.layout === "bshd";
+    const gl = bshd ? g.transpose(1, 2) : g._alias();
+    const gd = dense(gl);
+    gl.dispose();
+    const r = be.attentionBackward(gd.buffer, q.buffer, k.buffer, v.buffer, out.buffer, lse.buffer, opts);
+    gd.dispose();
+    const [qShape, kShape] = [n.inputs[0].shape, n.inputs[1].shape];
+    const wrap = (buf: Buffer, shape: Shape): Tensor => {
+      if (!bshd) return fromBuffer(buf, be, shape, "f32");
+      const t = fromBuffer(buf, be, [shape[0], shape[2], shape[1], shape[3]], "f32");
+      const view = t.transpose(1, 2);
+      t.dispose();
+      return view;
+    };
+    return [wrap(r.dq, qShape), wrap(r.dk, kShape), wrap(r.dv, kShape)];
   },
   crossEntropy: (g, n) => {
     const [x, labels, lse] = n.saved;
@@ -271,13 +280,6 @@ export const gradRules: Record<string, Rule> = {
     gd.dispose();
     return [fromBuffer(buf, g.backend, n.inputs[0].shape, "f32")];
   },
-  swiglu: (g, n) => {
-    const [gate, up] = n.saved;
-    const gd = dense(g);
-    const r = g.backend.swigluBackward(gd.buffer, gate.buffer, up.buffer, gate.size);
-    gd.dispose();
-    return [fromBuffer(r.dgate, g.backend, gate.shape, "f32"), fromBuffer(r.dup, g.backend, up.shape, "f32")];
-  },
   embedding: (g, n) => {
     const ids = n.saved[0];
     const { count, dim, vocab } = n.ctx as { count: number; dim: number; vocab: number };
@@ -291,8 +293,10 @@ export const gradRules: Record<string, Rule> = {
     const buf = w.backend.matmul4bitInputGrad(gd.buffer, w.buffers, m);
     return [done(fromBuffer(buf, w.backend, n.inputs[0].shape, "f32"), gd)];
   },
-  checkpoint: (g, n) => checkpointBackward(g, n),
 };
+
+/** The built-in rules (read-only; register new ones with registerGradRule or declare ops with defineOp). */
+export const gradRules = builtinGradRules;
 
 function sumKeep(x: Tensor, dims: number[]): Tensor {
   // local import-free keepdim sum via sumToShape

@@ -34,9 +34,25 @@ export {
 } from "./tensor";
 export type { Shape, CreateOptions, RandomOptions } from "./tensor";
 export { memoryStats, resetPeakMemory } from "./memory";
-export { noGrad, enableGrad, isGradEnabled, backward, checkpoint, freeGraph } from "./autograd";
-export type { Node } from "./autograd";
+export { noGrad, enableGrad, isGradEnabled, backward, freeGraph } from "./autograd";
+export { checkpoint } from "./checkpoint";
+export { registerGradRule, gradRuleFor } from "./graph";
+export type { Node, GradRule } from "./graph";
 export { gradRules } from "./grad-rules";
+export { defineOp } from "./define-op";
+export type {
+  DefinedOp,
+  OpDefinition,
+  OpKernels,
+  OpForward,
+  OpBackward,
+  ForwardContext,
+  BackwardContext,
+  OpImplementation,
+} from "./define-op";
+export { swiglu, swigluOp } from "./fused/swiglu";
+export { linearCrossEntropy, linearCrossEntropyOp } from "./fused/linear-cross-entropy";
+export type { LinearCrossEntropyOptions, LinearCrossEntropyResult } from "./fused/linear-cross-entropy";
 export {
   add,
   sub,
@@ -61,7 +77,6 @@ export {
   rope,
   attention,
   crossEntropy,
-  swiglu,
   embedding,
   matmul4bit,
   dropout,

@@ -67,3 +67,7 @@ export function track(t: Tracked): void {
 export function untrack(t: Tracked): void {
   for (let i = scopes.length - 1; i >= 0; i--) if (scopes[i].delete(t)) return;
 }
+/** Remove t from every open scope (keep()): it must then be disposed by hand. */
+export function untrackEverywhere(t: Tracked): void {
+  for (const s of scopes) s.delete(t);
+}

@@ -3,7 +3,7 @@
  * the result, cast back to the input's storage dtype where PyTorch would, and record the autograd node.
  * Gradient rules are in ./grad-rules (one table keyed by the op names used here).
  */
-import { record } from "./autograd";
+import { isGradEnabled, record } from "./graph";
 import type {
   Backend,
   BinaryOp,
@@ -17,10 +17,20 @@ import type {
 import { BackendOpError } from "./backend/types";
 import { referenceBackend } from "./backend/reference";
 import { TensorError } from "./errors";
-import { contiguousStrides, dropoutMask, fromBuffer, isFloat, normDim, numel, Tensor, zeros } from "./tensor";
-import type { Shape } from "./tensor";
+import {
+  contiguousStrides,
+  dropoutMask,
+  fromBuffer,
+  installTensorMethods,
+  isFloat,
+  normDim,
+  numel,
+  Tensor,
+  zeros,
+} from "./tensor";
+import type { Shape, TensorLike } from "./tensor";
 
-export type TensorLike = Tensor | number;
+export type { TensorLike } from "./tensor";
 
 // ---------------------------------------------------------------- helpers
 
@@ -31,7 +41,8 @@ export function dense(t: Tensor, dtype: DType = "f32"): Tensor {
   return fromBuffer(t.backend.copy(t.buffer, t.stridedView, dtype), t.backend, t.shape, dtype);
 }
 
-function castRaw(t: Tensor, dtype: DType): Tensor {
+/** t in `dtype` (t itself when it already is; else a copy, and t is disposed). */
+export function castRaw(t: Tensor, dtype: DType): Tensor {
   if (t.dtype === dtype) return t;
   const out = fromBuffer(t.backend.copy(t.buffer, t.stridedView, dtype), t.backend, t.shape, dtype);
   t.dispose();
@@ -105,7 +116,8 @@ export function sumToShape(g: Tensor, shape: Shape): Tensor {
 
 // ---------------------------------------------------------------- elementwise
 
-function promote(a: TensorLike, b: TensorLike): DType {
+/** The result dtype of a binary op (PyTorch's promotion over our dtypes). */
+export function promote(a: TensorLike, b: TensorLike): DType {
   if (a instanceof Tensor && b instanceof Tensor) {
     const fa = isFloat(a.dtype);
     const fb = isFloat(b.dtype);
@@ -168,6 +180,40 @@ export function unary(op: UnaryOp, x: Tensor): Tensor {
   xf.dispose();
   const out = castRaw(fromBuffer(buf, x.backend, x.shape, "f32"), isFloat(x.dtype) ? x.dtype : "f32");
   return record(op, [x], out, SAVE_OUT.has(op) ? [out] : SAVE_IN.has(op) ? [x] : [], {});
+}
+
+/** The optional addInPlace op: host backends fall back to the reference implementation. */
+function addInPlaceRaw(be: Backend, dst: Tensor, src: Buffer, srcView: StridedView, alpha: number): void {
+  if (be.addInPlace) be.addInPlace(dst.buffer, dst.stridedView, src, srcView, alpha);
+  else if (be.device === "cpu") referenceBackend.addInPlace!(dst.buffer, dst.stridedView, src, srcView, alpha);
+  else throw new BackendOpError("addInPlace", be.name);
+}
+
+/**
+ * dst += alpha · src in place (src broadcast to dst's shape; no new buffer for dst). Not recorded by
+ * autograd: it throws while recording if dst or src requires grad (use it under noGrad, for gradient
+ * accumulation and optimizer-like updates). Returns dst.
+ */
+export function addInPlace(dst: Tensor, src: TensorLike, alpha = 1): Tensor {
+  dst.assertAlive("addInPlace dst");
+  if (!isFloat(dst.dtype))
+    throw new TensorError("BAD_DTYPE", `addInPlace: dst must be a float tensor, got ${dst.dtype}`);
+  if (isGradEnabled() && (dst.requiresGrad || (src instanceof Tensor && src.requiresGrad)))
+    throw new TensorError(
+      "IN_PLACE_GRAD",
+      "addInPlace: an in-place update of a tensor that requires grad is not recorded; run it under noGrad()",
+    );
+  const S = src instanceof Tensor ? src : scalarLike(src, dst);
+  const be = sameDevice("addInPlace", dst, S);
+  const shape = broadcastShapes(dst.shape, S.shape, "addInPlace");
+  if (shape.join() !== dst.shape.join())
+    throw new TensorError(
+      "BAD_SHAPE",
+      `addInPlace: src ${JSON.stringify(S.shape)} does not broadcast to dst ${JSON.stringify(dst.shape)}`,
+    );
+  addInPlaceRaw(be, dst, S.buffer, broadcastView(S, dst.shape), alpha);
+  if (S !== src) S.dispose();
+  return dst;
 }
 
 // ---------------------------------------------------------------- reductions
@@ -518,23 +564,6 @@ export function crossEntropy(logits: Tensor, labels: Tensor, args: CrossEntropyA
   return out;
 }
 
-/** silu(gate) · up. */
-export function swiglu(gate: Tensor, up: Tensor): Tensor {
-  if (gate.shape.join() !== up.shape.join())
-    throw new TensorError(
-      "BAD_SHAPE",
-      `swiglu: gate ${JSON.stringify(gate.shape)} and up ${JSON.stringify(up.shape)} differ`,
-    );
-  const be = sameDevice("swiglu", gate, up);
-  const gf = dense(gate);
-  const uf = dense(up);
-  const out = castRaw(fromBuffer(be.swiglu(gf.buffer, uf.buffer, gate.size), be, gate.shape, "f32"), promote(gate, up));
-  const res = record("swiglu", [gate, up], out, [gf, uf], {});
-  gf.dispose();
-  uf.dispose();
-  return res;
-}
-
 /** weight [vocab, dim] gathered at i32 ids [...] → [..., dim]. */
 export function embedding(weight: Tensor, ids: Tensor): Tensor {
   requireDtype(ids, "embedding ids", "i32");
@@ -641,3 +670,14 @@ export function padNarrow(g: Tensor, inShape: Shape, dim: number, start: number)
   );
   return out;
 }
+
+installTensorMethods({
+  binary,
+  unary,
+  reduce: (op, x, dims, keepdim) =>
+    op === "sum" ? sum(x, dims, keepdim) : op === "mean" ? mean(x, dims, keepdim) : extreme(op, x, dims, keepdim),
+  matmul,
+  softmax,
+  logSoftmax,
+  addInPlace,
+});

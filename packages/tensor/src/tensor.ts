@@ -2,17 +2,20 @@
  * Tensor: dtype, shape, strides, offset into a refcounted Storage on one backend; views share storage.
  * This file holds the class, creation functions, views and scopes. Compute ops live in ./ops and only
  * call the Backend interface; gradient rules live in ./grad-rules.
+ *
+ * No import cycle: this file does not import ./ops or ./autograd (they import it). The compute methods
+ * (`a.add(b)`, `x.backward()`) call through `tensorMethods`, which ./ops and ./autograd fill when they load
+ * (the package index loads both).
  */
 import { backendForDevice, getBackend } from "./backend/registry";
 import { isF64Backend } from "./backend/reference";
 import type { Backend, Buffer, DType, HostArray, StridedView } from "./backend/types";
 import { TensorError } from "./errors";
 import { bf16BitsToF32, f16BitsToF32 } from "./internal/half";
-import { Storage, finalizer, scopes, track, untrack } from "./memory";
-import type { Node } from "./autograd";
-import { backward as runBackward, record } from "./autograd";
-import * as ops from "./ops";
-import type { TensorLike } from "./ops";
+import { Storage, finalizer, scopes, track, untrack, untrackEverywhere } from "./memory";
+import type { Node } from "./graph";
+import { record } from "./graph";
+import type { BinaryOp, ReduceOp, UnaryOp } from "./backend/types";
 import { getGenerator } from "./random";
 import type { Generator } from "./random";
 
@@ -44,6 +47,35 @@ function checkShape(shape: Shape, what: string): void {
 
 let nextId = 1;
 
+export type TensorLike = Tensor | number;
+
+/** @internal the compute methods of Tensor, installed by ./ops and ./autograd when they load. */
+export interface TensorMethods {
+  binary(op: BinaryOp, a: TensorLike, b: TensorLike): Tensor;
+  unary(op: UnaryOp, x: Tensor): Tensor;
+  reduce(op: ReduceOp | "mean", x: Tensor, dims: number | readonly number[] | undefined, keepdim: boolean): Tensor;
+  matmul(a: Tensor, b: Tensor): Tensor;
+  softmax(x: Tensor, dim: number): Tensor;
+  logSoftmax(x: Tensor, dim: number): Tensor;
+  backward(root: Tensor, grad?: Tensor): void;
+  addInPlace(dst: Tensor, src: TensorLike, alpha: number): Tensor;
+}
+const methods: Partial<TensorMethods> = {};
+
+/** @internal called by ./ops and ./autograd at load. */
+export function installTensorMethods(m: Partial<TensorMethods>): void {
+  Object.assign(methods, m);
+}
+function method<K extends keyof TensorMethods>(name: K): TensorMethods[K] {
+  const fn = methods[name];
+  if (!fn)
+    throw new TensorError(
+      "NOT_LOADED",
+      `Tensor.${name}: the compute ops are not loaded; import from "@qlora/tensor" (its index loads them)`,
+    );
+  return fn as TensorMethods[K];
+}
+
 export class Tensor {
   readonly id = nextId++;
   /** Autograd: the node that produced this tensor (null for leaves). */
@@ -52,6 +84,7 @@ export class Tensor {
   grad: Tensor | null = null;
   private _requiresGrad = false;
   private _disposed = false;
+  private _postAccumulateGradHooks: ((param: Tensor) => void)[] | undefined;
 
   /** @internal use the creation functions; takes over one reference of `storage`. */
   constructor(
@@ -353,99 +386,130 @@ export class Tensor {
 
   // ---- compute (see ./ops)
   add(b: TensorLike): Tensor {
-    return ops.add(this, b);
+    return method("binary")("add", this, b);
   }
   sub(b: TensorLike): Tensor {
-    return ops.sub(this, b);
+    return method("binary")("sub", this, b);
   }
   mul(b: TensorLike): Tensor {
-    return ops.mul(this, b);
+    return method("binary")("mul", this, b);
   }
   div(b: TensorLike): Tensor {
-    return ops.div(this, b);
+    return method("binary")("div", this, b);
   }
   pow(b: TensorLike): Tensor {
-    return ops.pow(this, b);
+    return method("binary")("pow", this, b);
   }
   maximum(b: TensorLike): Tensor {
-    return ops.maximum(this, b);
+    return method("binary")("max", this, b);
   }
   minimum(b: TensorLike): Tensor {
-    return ops.minimum(this, b);
+    return method("binary")("min", this, b);
   }
   eq(b: TensorLike): Tensor {
-    return ops.eq(this, b);
+    return method("binary")("eq", this, b);
   }
   gt(b: TensorLike): Tensor {
-    return ops.gt(this, b);
+    return method("binary")("gt", this, b);
   }
   lt(b: TensorLike): Tensor {
-    return ops.lt(this, b);
+    return method("binary")("lt", this, b);
   }
   neg(): Tensor {
-    return ops.unary("neg", this);
+    return method("unary")("neg", this);
   }
   exp(): Tensor {
-    return ops.unary("exp", this);
+    return method("unary")("exp", this);
   }
   log(): Tensor {
-    return ops.unary("log", this);
+    return method("unary")("log", this);
   }
   sqrt(): Tensor {
-    return ops.unary("sqrt", this);
+    return method("unary")("sqrt", this);
   }
   rsqrt(): Tensor {
-    return ops.unary("rsqrt", this);
+    return method("unary")("rsqrt", this);
   }
   abs(): Tensor {
-    return ops.unary("abs", this);
+    return method("unary")("abs", this);
   }
   sigmoid(): Tensor {
-    return ops.unary("sigmoid", this);
+    return method("unary")("sigmoid", this);
   }
   silu(): Tensor {
-    return ops.unary("silu", this);
+    return method("unary")("silu", this);
   }
   relu(): Tensor {
-    return ops.unary("relu", this);
+    return method("unary")("relu", this);
   }
   tanh(): Tensor {
-    return ops.unary("tanh", this);
+    return method("unary")("tanh", this);
   }
   reciprocal(): Tensor {
-    return ops.unary("recip", this);
+    return method("unary")("recip", this);
   }
   square(): Tensor {
-    return ops.unary("square", this);
+    return method("unary")("square", this);
   }
   sign(): Tensor {
-    return ops.unary("sign", this);
+    return method("unary")("sign", this);
   }
   sum(dims?: number | readonly number[], keepdim = false): Tensor {
-    return ops.sum(this, dims, keepdim);
+    return method("reduce")("sum", this, dims, keepdim);
   }
   mean(dims?: number | readonly number[], keepdim = false): Tensor {
-    return ops.mean(this, dims, keepdim);
+    return method("reduce")("mean", this, dims, keepdim);
   }
   max(dims?: number | readonly number[], keepdim = false): Tensor {
-    return ops.max(this, dims, keepdim);
+    return method("reduce")("max", this, dims, keepdim);
   }
   min(dims?: number | readonly number[], keepdim = false): Tensor {
-    return ops.min(this, dims, keepdim);
+    return method("reduce")("min", this, dims, keepdim);
   }
   matmul(b: Tensor): Tensor {
-    return ops.matmul(this, b);
+    return method("matmul")(this, b);
   }
   softmax(dim = -1): Tensor {
-    return ops.softmax(this, dim);
+    return method("softmax")(this, dim);
   }
   logSoftmax(dim = -1): Tensor {
-    return ops.logSoftmax(this, dim);
+    return method("logSoftmax")(this, dim);
+  }
+
+  /** this += alpha · b in place (no new buffer; not recorded: use under noGrad). Returns this. */
+  add_(b: TensorLike, alpha = 1): Tensor {
+    return method("addInPlace")(this, b, alpha);
   }
 
   /** Reverse-mode autograd from this tensor (see ./autograd). */
   backward(grad?: Tensor): void {
-    runBackward(this, grad);
+    method("backward")(this, grad);
+  }
+
+  /**
+   * Run `hook(this)` after each backward() once this leaf's `.grad` holds its complete gradient for that
+   * backward (after its last contribution; before backward returns). For overlapping a gradient's
+   * reduce-scatter with the rest of backward, or a fused per-parameter optimizer step.
+   * Returns a handle whose remove() unregisters the hook.
+   */
+  registerPostAccumulateGradHook(hook: (param: Tensor) => void): { remove(): void } {
+    if (!this.isLeaf)
+      throw new TensorError("NOT_LEAF", "registerPostAccumulateGradHook: only leaf tensors accumulate gradients");
+    if (typeof hook !== "function")
+      throw new TensorError("BAD_ARGUMENT", "registerPostAccumulateGradHook: hook must be a function");
+    if (!this._postAccumulateGradHooks) this._postAccumulateGradHooks = [];
+    const hooks = this._postAccumulateGradHooks;
+    hooks.push(hook);
+    return {
+      remove: () => {
+        const i = hooks.indexOf(hook);
+        if (i >= 0) hooks.splice(i, 1);
+      },
+    };
+  }
+  /** @internal called by the backward engine. */
+  _runPostAccumulateGradHooks(): void {
+    if (this._postAccumulateGradHooks) for (const h of [...this._postAccumulateGradHooks]) h(this);
   }
 
   toString(): string {
@@ -668,7 +732,7 @@ export function tidy<T>(fn: () => T): T {
 
 /** Exempt a tensor from every enclosing tidy scope (it must then be disposed by hand). */
 export function keep<T extends Tensor>(t: T): T {
-  for (const s of scopes) s.delete(t);
+  untrackEverywhere(t);
   return t;
 }
 

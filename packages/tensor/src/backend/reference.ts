@@ -110,6 +110,38 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
     else for (let i = 0; i < h.length; i++) out[i] = d[i];
     return out;
   }
+  /** An f32 output buffer passed in for in-place accumulation, checked against the expected length. */
+  function accumulator(b: Buffer, length: number, op: string): { buf: HostBuffer; data: F } {
+    const h = host(b, op);
+    if (h.dtype !== "f32" || h.length !== length)
+      throw new TensorError(
+        "BAD_BUFFER",
+        `${name}.${op}: the output buffer must be f32 of length ${length}, got ${h.dtype} of length ${h.length}`,
+      );
+    return { buf: h, data: h.data as unknown as F };
+  }
+  /** Element offsets of query row (b, h, i) and of key/value row (b, query head h's kv head, j) in the
+   * options' layout, and the causal offset kvSeq − seq; checks the options. */
+  function attentionIndex(o: AttentionOptions, op: string) {
+    const { heads, kvHeads, seq, headDim: D } = o;
+    const kvSeq = o.kvSeq ?? seq;
+    if (heads % kvHeads !== 0)
+      throw new TensorError("BAD_SHAPE", `${name}.${op}: heads (${heads}) must be a multiple of kvHeads (${kvHeads})`);
+    if (!(kvSeq >= seq))
+      throw new TensorError("BAD_SHAPE", `${name}.${op}: kvSeq (${kvSeq}) must be at least seq (${seq})`);
+    if (o.segmentIds && kvSeq !== seq)
+      throw new TensorError("BAD_ARGUMENT", `${name}.${op}: segmentIds need kvSeq = seq (got ${kvSeq} and ${seq})`);
+    const group = heads / kvHeads;
+    const bshd = o.layout === "bshd";
+    const index = (b: number, h: number, i: number, H: number, S: number) =>
+      (bshd ? (b * S + i) * H + h : (b * H + h) * S + i) * D;
+    return {
+      kvSeq,
+      offset: kvSeq - seq,
+      q: (b: number, h: number, i: number) => index(b, h, i, heads, seq),
+      k: (b: number, h: number, j: number) => index(b, Math.floor(h / group), j, kvHeads, kvSeq),
+    };
+  }
   function ints(b: Buffer, op: string): Int32Array {
     const h = host(b, op);
     if (h.dtype !== "i32") throw new TensorError("BAD_DTYPE", `${name}.${op}: index input must be i32, got ${h.dtype}`);
@@ -136,6 +168,15 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       case "bool":
         return (v) => (v !== 0 ? 1 : 0);
     }
+  }
+  /** True when a view reads n consecutive elements (row-major contiguous, any offset). */
+  function isDenseView(v: { shape: readonly number[]; strides: readonly number[] }, n: number): boolean {
+    let expect = 1;
+    for (let i = v.shape.length - 1; i >= 0; i--) {
+      if (v.shape[i] !== 1 && v.strides[i] !== expect) return false;
+      expect *= v.shape[i];
+    }
+    return expect === n;
   }
   /** Calls fn(outIndex, srcIndex) for every element of a strided view, row-major. */
   function forEachStrided(
@@ -312,6 +353,31 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       const o = d.data;
       forEachStrided(dstView.shape, dstView.strides, dstView.offset, (i, j) => (o[j] = enc(tmp[i])));
     },
+    addInPlace(dst, dstView, src, srcView, alpha) {
+      const d = host(dst, "addInPlace");
+      const sv = host(src, "addInPlace");
+      if (d.dtype !== "f32" && d.dtype !== "bf16" && d.dtype !== "f16")
+        throw new TensorError("BAD_DTYPE", `${name}.addInPlace: dst must be a float buffer, got ${d.dtype}`);
+      const n = srcView.shape.reduce((p, q) => p * q, 1);
+      const o = d.data;
+      if (d.dtype === "f32" && sv.dtype === "f32" && isDenseView(dstView, n) && isDenseView(srcView, n)) {
+        // the hot case (gradient accumulation): one pass, no index bookkeeping
+        const x = sv.data;
+        const d0 = dstView.offset;
+        const s0 = srcView.offset;
+        for (let i = 0; i < n; i++) o[d0 + i] += alpha * x[s0 + i];
+        return;
+      }
+      const vals = new Float64Array(n);
+      forEachStrided(srcView.shape, srcView.strides, srcView.offset, (i, j) => (vals[i] = read(sv, j)));
+      const enc = encoder(d.dtype);
+      forEachStrided(
+        dstView.shape,
+        dstView.strides,
+        dstView.offset,
+        (i, j) => (o[j] = enc(read(d, j) + alpha * vals[i])),
+      );
+    },
     fill(dtype, length, value) {
       const out = mk(dtype, length);
       out.data.fill(encoder(dtype)(value));
@@ -352,13 +418,15 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       }
       return buf;
     },
-    matmul(a, b, opts: MatmulOptions) {
+    matmul(a, b, opts: MatmulOptions, out?: Buffer) {
       const { batch, m, k, n } = opts;
       const A = asF(a, "matmul");
       const B = asF(b, "matmul");
       const aStride = opts.aBatchStride ?? m * k;
       const bStride = opts.bBatchStride ?? k * n;
-      const { buf, data } = mkF(batch * m * n);
+      const { buf, data } = out ? accumulator(out, batch * m * n, "matmul") : mkF(batch * m * n);
+      const alpha = opts.alpha ?? 1;
+      const beta = out ? (opts.beta ?? 0) : 0; // beta 0: C is never read (garbage/NaN must not leak in)
       // Per batch: A as row-major [m, k], B as row-major [k, n]; each output row accumulates a·B[p, :].
       const Ar = new Float64Array(m * k);
       const Br = new Float64Array(k * n);
@@ -378,7 +446,8 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
             for (let j = 0; j < n; j++) row[j] += av * Br[base + j];
           }
           const oo = (bt * m + i) * n;
-          for (let j = 0; j < n; j++) data[oo + j] = row[j];
+          if (beta === 0) for (let j = 0; j < n; j++) data[oo + j] = alpha * row[j];
+          else for (let j = 0; j < n; j++) data[oo + j] = alpha * row[j] + beta * data[oo + j];
         }
       }
       return buf;

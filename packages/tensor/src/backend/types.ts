@@ -23,6 +23,13 @@
  *    backend without it throws BackendOpError when it is needed.
  * 3. `adamwStepInPlace` takes f32 param/m/v buffers (grad may be f32 or bf16).
  * 4. Optional `allocState` (optimizer-state allocation a backend may page); AdamW falls back to `alloc`.
+ * 5. Optional `addInPlace` (dst[dstView] += alpha·src[srcView]: gradient accumulation, y += s·z). Like
+ *    copyInPlace, a host backend that leaves it out gets the reference implementation.
+ * 6. `matmul` may accumulate into an existing output: `matmul(a, b, { ..., alpha, beta }, c)` computes
+ *    C = alpha·op(A)·op(B) + beta·C in place on c (f32, [batch, m, n]) and returns c.
+ * 7. Optional `allocUninit` (like `alloc`, but the contents are unspecified): for outputs an op overwrites
+ *    entirely. Host backends hand out recycled buffers from a caching allocator (./host-allocator):
+ *    `alloc` zeroes them, `allocUninit` does not. Optional `emptyCache` gives cached buffers back.
  */
 
 /** Element types. Integer tensors are i32 (token ids, positions, labels): the documented index policy
@@ -105,6 +112,11 @@ export interface MatmulOptions {
    * Default: the matrix size (m*k or k*n). */
   readonly aBatchStride?: number;
   readonly bBatchStride?: number;
+  /** [tensor refinement] Scale of op(A)·op(B) (default 1). */
+  readonly alpha?: number;
+  /** [tensor refinement] Scale of the existing C when an output buffer is passed (default 0: C is
+   * overwritten, its old contents never read, so NaN garbage does not leak in). */
+  readonly beta?: number;
 }
 
 export interface AttentionOptions {
@@ -140,6 +152,8 @@ export interface AdamWOptions {
 export interface MemoryStats {
   readonly currentBytes: number;
   readonly peakBytes: number;
+  /** [tensor refinement] Bytes held by the caching allocator's free lists (not in use, not returned). */
+  readonly cachedBytes?: number;
 }
 
 export interface Backend {
@@ -148,6 +162,10 @@ export interface Backend {
 
   // ---- memory ----
   alloc(dtype: DType, length: number): Buffer; // zero-filled
+  /** [tensor refinement] A buffer whose contents are unspecified (recycled): for fully overwritten outputs. */
+  allocUninit?(dtype: DType, length: number): Buffer;
+  /** [tensor refinement] Give every cached (free) buffer back to the system. */
+  emptyCache?(): void;
   /** [tensor refinement] Zero-filled buffer for optimizer state; a backend may page it (CUDA: managed
    * memory for ≥ 1e5 elements). Optional: without it, optimizers use `alloc`. Released with `free`. */
   allocState?(dtype: DType, length: number): Buffer;
@@ -169,8 +187,14 @@ export interface Backend {
   binary(op: BinaryOp, a: Buffer, aView: StridedView, b: Buffer, bView: StridedView, shape: readonly number[]): Buffer;
   /** Reduce the middle axis of a contiguous [outer, size, inner] array → [outer, inner]. */
   reduce(op: ReduceOp, x: Buffer, outer: number, size: number, inner: number): Buffer;
-  /** out[b] = op(A[b]) · op(B[b]), f32 (or bf16) inputs, f32 output [batch, m, n]. */
-  matmul(a: Buffer, b: Buffer, options: MatmulOptions): Buffer;
+  /** out[b] = op(A[b]) · op(B[b]), f32 (or bf16) inputs, f32 output [batch, m, n]. [runtime refinement] A and
+   * B need not share a dtype (f32 activations × bf16 weight): a backend converts tile by tile while it
+   * packs, never a whole operand. */
+  matmul(a: Buffer, b: Buffer, options: MatmulOptions, out?: Buffer): Buffer;
+  /** [tensor refinement] With `out`: out = alpha·op(A)·op(B) + beta·out in place (see MatmulOptions), returned.
+   * Optional `addInPlace`: dst[dstView] += alpha · src[srcView] in place (same shape; src may broadcast
+   * through stride 0; src read as float, dst f32/bf16/f16); see the header. */
+  addInPlace?(dst: Buffer, dstView: StridedView, src: Buffer, srcView: StridedView, alpha: number): void;
 
   // ---- fused ops (each has a reference in reference.ts) ----
   /** y[m,n] = x[m,k] · dequant(W)ᵀ, W dequantized tile by tile, never whole. */

@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
 import type { Backend } from "../backend/types";
+import { swiglu } from "../fused/swiglu";
 import * as ops from "../ops";
 import { type Tensor, tensor } from "../tensor";
 
@@ -113,7 +114,7 @@ export function runDecoderBlockFixture(
   const attn = ops.attention(q, k, v, { segmentIds: seg }).transpose(1, 2).reshape([B, S, HID]);
   const h = x.add(linear(attn, p.o_proj));
   const hn2 = ops.rmsNorm(h, p.post_attention_layernorm, eps);
-  const mlp = linear(ops.swiglu(linear(hn2, p.gate_proj), linear(hn2, p.up_proj)), p.down_proj);
+  const mlp = linear(swiglu(linear(hn2, p.gate_proj), linear(hn2, p.up_proj)), p.down_proj);
   const out = h.add(mlp);
   const logits = linear(ops.rmsNorm(out, p.norm, eps), p.lm_head);
   const loss = ops.crossEntropy(logits.reshape([-1, V]), labels.reshape([-1]), { ignoreIndex: -100 });

@@ -4,3 +4,7 @@ export { parityCases, runParity, ParityError, EXACT, TOL_F32, TOL_ACC } from "./
 export type { ParityCase, ParityResult, Tolerance } from "./parity";
 export { DECODER_BLOCK_FIXTURE, readDecoderBlockFixture, runDecoderBlockFixture } from "./decoder-fixture";
 export type { FixtureFile } from "./decoder-fixture";
+export { gradCheck, gradCheckBackend, f64Tensor, randomValues } from "./gradcheck";
+export type { GradInput } from "./gradcheck";
+export { checkOpParity, assertOpParity } from "./op-parity";
+export type { OpParityInput, OpParityOptions, OpParityResult } from "./op-parity";
