@@ -31,3 +31,27 @@ export { compileChatTemplate } from "./chat-template";
 export type { ChatMessage, ChatTemplateOptions, CompiledChatTemplate } from "./chat-template";
 export { writeTinyTokenizer, tinyTokenizerFiles } from "./tiny-tokenizer";
 export type { TinyTokenizerFamily, TinyTokenizerInfo } from "./tiny-tokenizer";
+export {
+  argmax,
+  applyRepetitionPenalty,
+  applyTemperature,
+  topKFilter,
+  topPFilter,
+  minPFilter,
+  softmax,
+  sampleCategorical,
+  processLogits,
+  selectToken,
+  isSampling,
+} from "./sampling";
+export type { SamplingOptions } from "./sampling";
+export { generate, generateStream } from "./generate";
+export type {
+  GenerateOptions,
+  GenerationResult,
+  TokenEvent,
+  FinishReason,
+  GenerationModel,
+  GenerationCache,
+  GenerationTokenizer,
+} from "./generate";

@@ -199,7 +199,6 @@ export class HfTokenizer {
   }
 }
 
-
 /** Loads the tokenizer of a Hugging Face model directory. */
 export function loadTokenizer(dir: string): Promise<HfTokenizer> {
   return HfTokenizer.fromDirectory(dir);
