@@ -79,6 +79,8 @@ export {
   crossEntropy,
   embedding,
   matmul4bit,
+  addInPlace,
+  matmulAccumulate,
   dropout,
   cat,
   stack,

@@ -5,6 +5,7 @@
  */
 import { isGradEnabled, record } from "./graph";
 import type {
+  AttentionLayout,
   Backend,
   BinaryOp,
   Buffer,
@@ -368,6 +369,66 @@ function matmulRaw(a: Tensor, b: Tensor): Tensor {
   return dtype === "bf16" ? castRaw(out, "bf16") : out;
 }
 
+/**
+ * C = alpha·(a @ b) + beta·C in place on c (no new output buffer): a [..., m, k], b [k, n] or [..., k, n]
+ * with the batch dims of c, c dense f32 [..., m, n]. Transposed views of a and b are read without copies.
+ * Not recorded by autograd (throws while recording if an operand requires grad): it is the building block
+ * of fused forwards and backwards (y += s·(x·Aᵀ)·Bᵀ in a LoRA op declared with defineOp).
+ */
+export function matmulAccumulate(c: Tensor, a: Tensor, b: Tensor, alpha = 1, beta = 1): Tensor {
+  const be = sameDevice("matmulAccumulate", c, a, b);
+  if (isGradEnabled() && (c.requiresGrad || a.requiresGrad || b.requiresGrad))
+    throw new TensorError(
+      "IN_PLACE_GRAD",
+      "matmulAccumulate: an in-place update is not recorded by autograd; run it under noGrad() or inside a defineOp forward/backward",
+    );
+  if (c.dtype !== "f32" || !c.isDense())
+    throw new TensorError(
+      "BAD_ARGUMENT",
+      `matmulAccumulate: c must be a dense f32 tensor, got ${c.dtype}${c.isDense() ? "" : " (a view)"}`,
+    );
+  if (a.ndim < 2 || b.ndim < 2)
+    throw new TensorError("BAD_SHAPE", "matmulAccumulate: a and b must have at least 2 dims");
+  const m = a.shape[a.ndim - 2];
+  const k = a.shape[a.ndim - 1];
+  const n = b.shape[b.ndim - 1];
+  const batch = broadcastShapes(a.shape.slice(0, -2), b.shape.slice(0, -2), "matmulAccumulate batch");
+  const want = [...batch, m, n];
+  if (b.shape[b.ndim - 2] !== k || c.shape.join() !== want.join())
+    throw new TensorError(
+      "BAD_SHAPE",
+      `matmulAccumulate: ${JSON.stringify(a.shape)} @ ${JSON.stringify(b.shape)} into c ${JSON.stringify(c.shape)}: expected c ${JSON.stringify(want)} and matching inner sizes`,
+    );
+  const dtype: DType = a.dtype === "bf16" && b.dtype === "bf16" ? "bf16" : "f32";
+  const A = operand(a, batch, dtype);
+  const B = operand(b, batch, dtype);
+  let nb = numel(batch);
+  let M = m;
+  let aStride = A.batchStride;
+  if (b.ndim === 2 && !A.trans && nb > 1 && A.batchStride === m * k) {
+    M = nb * m; // fold the batch of a into its rows
+    nb = 1;
+    aStride = 0;
+  }
+  const opts = {
+    batch: nb,
+    m: M,
+    k,
+    n,
+    transA: A.trans,
+    transB: B.trans,
+    aBatchStride: aStride,
+    bBatchStride: B.batchStride,
+  };
+  try {
+    be.matmul(A.buf, B.buf, { ...opts, alpha, beta }, c.buffer);
+  } finally {
+    A.temp?.dispose();
+    B.temp?.dispose();
+  }
+  return c;
+}
+
 /** Batched matmul with broadcasting batch dims; 1-D operands as in torch.matmul. */
 export function matmul(a: Tensor, b: Tensor): Tensor {
   if (a.ndim === 0 || b.ndim === 0) throw new TensorError("BAD_SHAPE", "matmul: operands must have at least 1 dim");
@@ -474,43 +535,61 @@ export function rope(x: Tensor, positions: Tensor, theta = 10000): Tensor {
 export interface AttentionArgs {
   /** Default 1/sqrt(headDim). */
   readonly scale?: number;
-  /** i32 [batch, seq]: attend only within equal ids (packed sequences). */
+  /** i32 [batch, seq]: attend only within equal ids (packed sequences; needs kv length = seq). */
   readonly segmentIds?: Tensor;
 }
 
-/** Causal attention with grouped-query heads: q [b, h, s, d], k/v [b, kvh, s, d] → [b, h, s, d]. */
+/** True when t [b, h, s, d] is the transpose(1, 2) view of a whole dense f32 [b, s, h, d] tensor. */
+function isBshdView(t: Tensor): boolean {
+  const [b, h, s, d] = t.shape;
+  const want = [s * h * d, d, h * d, 1];
+  return t.dtype === "f32" && t.offset === 0 && t.shape.every((n, i) => n === 1 || t.strides[i] === want[i]) && b > 0;
+}
+
+/**
+ * Causal attention with grouped-query heads: q [b, h, s, d], k/v [b, kvh, skv, d] → [b, h, s, d], skv ≥ s.
+ * The queries are the last s of skv positions (a KV cache: keys = cached + new): query i attends keys
+ * j ≤ skv − s + i. q, k, v may be dense, or all three transpose(1, 2) views of dense [b, s, heads, d]
+ * tensors (rope's layout, the projections' output): those are read in place, and the result is then a
+ * [b, h, s, d] view of a [b, s, h, d] buffer, so `out.transpose(1, 2).reshape([b, s, h·d])` copies nothing.
+ */
 export function attention(q: Tensor, k: Tensor, v: Tensor, args: AttentionArgs = {}): Tensor {
   if (q.ndim !== 4 || k.ndim !== 4 || v.ndim !== 4)
     throw new TensorError("BAD_SHAPE", "attention: q, k, v must be 4-D [batch, heads, seq, headDim]");
   const [batch, heads, seq, headDim] = q.shape;
-  const kvHeads = k.shape[1];
+  const [, kvHeads, kvSeq] = k.shape;
   if (
     k.shape.join() !== v.shape.join() ||
     k.shape[0] !== batch ||
-    k.shape[2] !== seq ||
+    kvSeq < seq ||
     k.shape[3] !== headDim ||
     heads % kvHeads !== 0
   ) {
     throw new TensorError(
       "BAD_SHAPE",
-      `attention: q ${JSON.stringify(q.shape)}, k ${JSON.stringify(k.shape)}, v ${JSON.stringify(v.shape)} do not fit (heads must be a multiple of kvHeads)`,
+      `attention: q ${JSON.stringify(q.shape)}, k ${JSON.stringify(k.shape)}, v ${JSON.stringify(v.shape)} do not fit (k and v equal, heads a multiple of kvHeads, kv length ≥ query length)`,
     );
   }
   const be = sameDevice("attention", q, k, v);
   const seg = args.segmentIds ? dense(args.segmentIds, "i32") : undefined;
-  if (seg && seg.size !== batch * seq)
-    throw new TensorError("BAD_SHAPE", `attention: segmentIds ${JSON.stringify(seg.shape)} must be [${batch}, ${seq}]`);
-  const qf = dense(q);
-  const kf = dense(k);
-  const vf = dense(v);
-  const opts = { batch, heads, kvHeads, seq, headDim, scale: args.scale ?? 1 / Math.sqrt(headDim) };
+  if (seg && (seg.size !== batch * seq || kvSeq !== seq)) {
+    seg.dispose();
+    throw new TensorError(
+      "BAD_SHAPE",
+      `attention: segmentIds ${JSON.stringify(args.segmentIds!.shape)} must be [${batch}, ${seq}] and need kv length = query length (got ${kvSeq})`,
+    );
+  }
+  const layout: AttentionLayout = [q, k, v].every(isBshdView) ? "bshd" : "bhsd";
+  const [qf, kf, vf] = [q, k, v].map((t) => (layout === "bshd" ? t._alias() : dense(t)));
+  const opts = { batch, heads, kvHeads, seq, kvSeq, headDim, scale: args.scale ?? 1 / Math.sqrt(headDim), layout };
   const r = be.attention(qf.buffer, kf.buffer, vf.buffer, { ...opts, segmentIds: seg?.buffer });
-  const outF = fromBuffer(r.out, be, q.shape, "f32");
+  const outF = fromBuffer(r.out, be, layout === "bshd" ? [batch, seq, heads, headDim] : q.shape, "f32");
   const lse = fromBuffer(r.lse, be, [batch, heads, seq], "f32");
-  const out = q.dtype === "f32" ? outF : castRaw(outF._alias(), isFloat(q.dtype) ? q.dtype : "f32");
+  const outView = layout === "bshd" ? outF.transpose(1, 2) : outF._alias();
+  const out = q.dtype === "f32" ? outView : castRaw(outView, isFloat(q.dtype) ? q.dtype : "f32");
   const saved = [qf, kf, vf, outF, lse, ...(seg ? [seg] : [])];
   const res = record("attention", [q, k, v], out, saved, { opts, hasSeg: !!seg });
-  for (const t of saved) if (t !== out) t.dispose();
+  for (const t of saved) t.dispose();
   return res;
 }
 
