@@ -302,7 +302,8 @@ export class CausalLM extends Module {
     const vocab = this.config.vocabSize;
     const chunk = Math.max(1, this.lossChunkRows ?? Math.floor((8 << 20) / vocab));
     const head = this.child<LinearLike>("lm_head");
-    const chunkLoss = (x: Tensor, y: Tensor) => crossEntropy(head.forward(x), y, { reduction: "sum" });
+    // tidy: each chunk's logits are freed as soon as its loss is computed
+    const chunkLoss = (x: Tensor, y: Tensor) => tidy(() => crossEntropy(head.forward(x), y, { reduction: "sum" }));
     let lossSum: Tensor | null = null;
     for (let r0 = 0; r0 < rows; r0 += chunk) {
       const n = Math.min(chunk, rows - r0);

@@ -1,0 +1,164 @@
+/**
+ * Forward variants: KV-cache generation equals full recomputation (64 greedy tokens), gradient checkpointing
+ * and the chunked lm_head + cross-entropy give the same loss and gradients as the plain path, the loss path's
+ * memory does not grow with the vocabulary beyond one chunk, state-dict keys are checkpoint keys, and a
+ * setSubmodule replacement (LoRA injection) changes the forward.
+ */
+import { join } from "node:path";
+import { openShardedSafetensors } from "@qlora/formats";
+import { Linear, type Module, memoryStats, noGrad, resetPeakMemory, type Tensor, tensor } from "@qlora/tensor";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { TINY_MODELS, writeTinyModel } from "../scripts/make-tiny-models";
+import { type CausalLM, loadModel } from "../src";
+import { readFixture, relErr, tempDir } from "./helpers";
+
+const dir = tempDir();
+const spec = (name: string) => TINY_MODELS.find((s) => s.name === name)!;
+beforeAll(async () => {
+  for (const s of TINY_MODELS) await writeTinyModel(join(dir.path, s.name), s);
+});
+afterAll(() => dir.remove());
+
+function argmaxRows(logits: Tensor): number[] {
+  const [rows, v] = [logits.shape[0], logits.shape[logits.ndim - 1]];
+  const a = logits.toTypedArray();
+  const out: number[] = [];
+  for (let r = 0; r < rows; r++) {
+    let best = 0;
+    for (let j = 1; j < v; j++) if (a[r * v + j] > a[r * v + best]) best = j;
+    out.push(best);
+  }
+  return out;
+}
+
+describe("KV cache", () => {
+  it.each(["llama-linear-bias", "qwen3"])(
+    "%s (NF4): 64 greedy tokens with the cache equal full recomputation",
+    async (name) => {
+      const { model } = await loadModel(join(dir.path, name));
+      const prompt = Array.from(readFixture(name).get("input_ids").data.slice(0, 12));
+      const cache = model.createCache();
+      const seq = [...prompt];
+      let logits = model.forward({ inputIds: tensor(prompt, { shape: [1, prompt.length], dtype: "i32" }), cache })
+        .logits!;
+      let worst = 0;
+      for (let step = 0; step < 64; step++) {
+        const full = noGrad(
+          () => model.forward({ inputIds: tensor(seq, { shape: [1, seq.length], dtype: "i32" }) }).logits!,
+        );
+        const last = full.narrow(1, seq.length - 1, 1).reshape([1, -1]);
+        worst = Math.max(worst, relErr(logits.toTypedArray(), last.toTypedArray()));
+        const next = argmaxRows(last)[0];
+        expect(argmaxRows(logits)[0]).toBe(next);
+        seq.push(next);
+        expect(cache.length).toBe(seq.length - 1);
+        logits = model.forward({ inputIds: tensor([next], { shape: [1, 1], dtype: "i32" }), cache }).logits!;
+      }
+      expect(worst).toBeLessThan(1e-4);
+      expect(new Set(seq.slice(prompt.length)).size).toBeGreaterThan(1); // not a constant continuation
+      cache.dispose();
+      model.dispose();
+    },
+  );
+
+  it.each(["mistral", "llama3"])(
+    "%s: a multi-token step after a prefill (causal with offset) equals the full forward",
+    async (name) => {
+      const { model } = await loadModel(join(dir.path, name), { quantize: false });
+      const ids = Array.from(readFixture(name).get("input_ids").data.slice(0, 40));
+      const cache = model.createCache();
+      model.forward({ inputIds: tensor(ids.slice(0, 25), { shape: [1, 25], dtype: "i32" }), cache });
+      const step = model.forward({ inputIds: tensor(ids.slice(25), { shape: [1, 15], dtype: "i32" }), cache }).logits!;
+      const full = noGrad(() => model.forward({ inputIds: tensor(ids, { shape: [1, 40], dtype: "i32" }) }).logits!);
+      expect(relErr(step.toTypedArray(), full.narrow(1, 39, 1).toTypedArray())).toBeLessThan(1e-5);
+      cache.dispose();
+      model.dispose();
+    },
+  );
+});
+
+/** Dense model with its norms and q_proj weights trainable, to compare gradients. */
+async function trainable(name: string, options = {}): Promise<CausalLM> {
+  const { model } = await loadModel(join(dir.path, name), { quantize: false, ...options });
+  for (const [n, p] of model.namedParameters()) if (n.includes("norm") || n.includes("q_proj")) p.requiresGrad = true;
+  return model;
+}
+
+function lossAndGrads(model: CausalLM, name: string) {
+  const fx = readFixture(name);
+  const out = model.forward({ inputIds: fx.tensor("input_ids"), labels: fx.tensor("labels") });
+  out.loss!.backward();
+  const grads = new Map<string, Float32Array>();
+  for (const [n, p] of model.namedParameters()) if (p.grad) grads.set(n, p.grad.toTypedArray() as Float32Array);
+  return { loss: out.loss!.item(), lossSum: out.lossSum!.item(), grads };
+}
+
+describe("training forward", () => {
+  it("gradient checkpointing and a chunked loss give the same loss and gradients", async () => {
+    const plain = lossAndGrads(await trainable("qwen2", { lossChunkRows: 1 << 20 }), "qwen2");
+    const other = lossAndGrads(await trainable("qwen2", { gradientCheckpointing: true, lossChunkRows: 7 }), "qwen2");
+    expect(relErr([other.loss], [plain.loss])).toBeLessThan(1e-6);
+    expect(relErr([plain.loss], readFixture("qwen2").get("loss").data)).toBeLessThan(1e-4);
+    expect(plain.grads.size).toBe(2 * 4 + 1);
+    expect([...other.grads.keys()]).toEqual([...plain.grads.keys()]);
+    for (const [n, g] of plain.grads) expect(relErr(other.grads.get(n)!, g), n).toBeLessThan(1e-5);
+  });
+
+  it("peak memory of the loss does not grow with the vocabulary beyond one chunk", async () => {
+    const peakOf = async (vocab: number, lossChunkRows = 16) => {
+      const d = join(dir.path, `vocab-${vocab}`);
+      await writeTinyModel(d, spec("llama"), { configOverrides: { vocab_size: vocab } });
+      const { model } = await loadModel(d, { quantize: false, lossChunkRows });
+      model.getSubmodule<Module>("model.norm").parameters()[0].requiresGrad = true;
+      const ids = readFixture("llama")
+        .get("input_ids")
+        .data.map((x) => x % 320);
+      const inputIds = tensor(ids, { shape: [2, 128], dtype: "i32" });
+      const labels = tensor(ids, { shape: [2, 128], dtype: "i32" });
+      const before = memoryStats("cpu").currentBytes;
+      resetPeakMemory("cpu");
+      const out = model.forward({ inputIds, labels });
+      out.loss!.backward();
+      const peak = memoryStats("cpu").peakBytes - before;
+      model.dispose();
+      return peak;
+    };
+    const small = await peakOf(320);
+    const large = await peakOf(320 * 16);
+    const oneChunk = 16 * 320 * 16 * 4;
+    const fullLogits = 256 * 320 * 16 * 4;
+    // 16× the vocabulary adds at most a few chunk-sized buffers (logits of 16 rows and their gradient)
+    expect(large - small).toBeLessThan(4 * oneChunk);
+    // while one chunk of all 256 rows holds the full logits: the measurement sees them
+    expect((await peakOf(320 * 16, 1 << 20)) - small).toBeGreaterThan(fullLogits);
+  });
+});
+
+describe("module tree", () => {
+  it("stateDict keys are the checkpoint keys (tied lm_head left out, as in the file)", async () => {
+    for (const name of ["llama", "llama3", "qwen3", "llama-linear-bias"]) {
+      const d = join(dir.path, name);
+      const { model } = await loadModel(d, { quantize: false });
+      const st = await openShardedSafetensors(d);
+      expect(Object.keys(model.stateDict()).sort()).toEqual([...st.names].sort());
+      await st.close();
+      model.dispose();
+    }
+  });
+
+  it("replacing a projection with setSubmodule changes the forward (LoRA injection point)", async () => {
+    const { model } = await loadModel(join(dir.path, "llama"));
+    const inputIds = readFixture("llama").tensor("input_ids").narrow(1, 0, 16);
+    const before = noGrad(() => model.forward({ inputIds }).logits!.toTypedArray());
+    const path = "model.layers.0.self_attn.v_proj";
+    const old = model.getSubmodule<Linear>(path);
+    const zero = new Linear(64, 32, { init: { weight: tensor(new Float32Array(32 * 64), { shape: [32, 64] }) } });
+    model.setSubmodule(path, zero);
+    expect(model.getSubmodule(path)).toBe(zero);
+    const after = noGrad(() => model.forward({ inputIds }).logits!.toTypedArray());
+    expect(relErr(after, before)).toBeGreaterThan(1e-3);
+    model.setSubmodule(path, old);
+    expect(Array.from(noGrad(() => model.forward({ inputIds }).logits!.toTypedArray()))).toEqual(Array.from(before));
+    model.dispose();
+  });
+});
