@@ -2,7 +2,8 @@
  * Test fixtures built only from @qlora/tensor: a tiny causal "language model" (Embedding → RMSNorm → Linear head),
  * its summed cross-entropy loss, an AdamW with a state dict, and an in-memory batch source.
  */
-import { AdamW, Embedding, Linear, Module, RMSNorm, type Tensor, crossEntropy, tensor } from "@qlora/tensor";
+import { AdamW, Embedding, Linear, Module, RMSNorm, type Tensor, crossEntropy, dropout, tensor } from "@qlora/tensor";
+import type { TokenBatch } from "../../src/index";
 import type { BatchSource, TrainerOptimizer } from "../../src/index";
 
 export interface Batch {
@@ -17,6 +18,8 @@ export class TinyLM extends Module {
   constructor(
     readonly vocab = 11,
     readonly dim = 8,
+    /** Dropout on the embeddings: draws from the global generator, so resume must restore it. */
+    readonly dropoutP = 0,
   ) {
     super();
     this.embed = this.registerModule("embed", new Embedding(vocab, dim));
@@ -25,7 +28,9 @@ export class TinyLM extends Module {
     this.norm.weight.requiresGrad = false;
   }
   forward(ids: Tensor): Tensor {
-    const h = this.embed.forward(ids);
+    const e = this.embed.forward(ids);
+    const h = this.dropoutP > 0 ? dropout(e, this.dropoutP, this.training) : e;
+    if (h !== e) e.dispose();
     const n = this.norm.forward(h);
     h.dispose();
     const out = this.head.forward(n);
@@ -90,4 +95,17 @@ export class StatefulAdamW extends AdamW implements TrainerOptimizer {
     this.stepCount = stepCount;
     for (const [i, s] of Object.entries(state)) this.moments.set(this.params[Number(i)], s);
   }
+}
+
+/** Shifted (causal LM) summed loss of a TokenBatch: position t predicts labels[t+1]. */
+export function tokenBatchLoss(model: Module, b: TokenBatch): Tensor {
+  const shifted = new Int32Array(b.labels.length).fill(-100);
+  for (let r = 0; r < b.rows; r++)
+    for (let t = 0; t + 1 < b.seqLen; t++) shifted[r * b.seqLen + t] = b.labels[r * b.seqLen + t + 1];
+  const ids = tensor(b.inputIds, { dtype: "i32", shape: [b.rows, b.seqLen] });
+  const labels = tensor(shifted, { dtype: "i32", shape: [b.rows, b.seqLen] });
+  const logits = (model as TinyLM).forward(ids);
+  const loss = crossEntropy(logits, labels, { reduction: "sum" });
+  for (const t of [ids, labels, logits]) t.dispose();
+  return loss;
 }
