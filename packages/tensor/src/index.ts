@@ -33,7 +33,9 @@ export {
   DTYPES,
 } from "./tensor";
 export type { Shape, CreateOptions, RandomOptions } from "./tensor";
-export { memoryStats, resetPeakMemory } from "./memory";
+export { memoryStats, resetPeakMemory, emptyCache } from "./memory";
+export { HostAllocator, sizeClass, sharedHostAllocator } from "./backend/host-allocator";
+export type { HostAllocatorStats } from "./backend/host-allocator";
 export { noGrad, enableGrad, isGradEnabled, backward, freeGraph } from "./autograd";
 export { checkpoint } from "./checkpoint";
 export { registerGradRule, gradRuleFor } from "./graph";

@@ -5,6 +5,8 @@
  * collected without dispose() (a backstop, not the plan). Byte counters are per device.
  */
 import { dtypeBytes } from "./backend/reference";
+import { sharedHostAllocator } from "./backend/host-allocator";
+import { availableBackends } from "./backend/registry";
 import type { Backend, Buffer, MemoryStats } from "./backend/types";
 
 const counters = new Map<string, { current: number; peak: number }>();
@@ -43,10 +45,27 @@ export class Storage {
   }
 }
 
-/** Bytes held by live tensor storages on `device` ("cpu", "cuda:0"), and the peak since resetPeak. */
-export function memoryStats(device = "cpu"): MemoryStats {
+/** Free bytes kept by the caching allocators on `device` (host backends share one allocator). */
+function cachedBytesOn(device: string): number {
+  if (device === "cpu") return sharedHostAllocator.stats().cachedBytes;
+  let total = 0;
+  for (const b of availableBackends()) if (b.device === device) total += b.memoryStats().cachedBytes ?? 0;
+  return total;
+}
+
+/**
+ * Bytes held by live tensor storages on `device` ("cpu", "cuda:0") and their peak since resetPeakMemory;
+ * cachedBytes: freed buffers the caching allocator keeps for reuse (see backend/host-allocator.ts).
+ */
+export function memoryStats(device = "cpu"): Required<MemoryStats> {
   const c = counter(device);
-  return { currentBytes: c.current, peakBytes: c.peak };
+  return { currentBytes: c.current, peakBytes: c.peak, cachedBytes: cachedBytesOn(device) };
+}
+
+/** Give the cached free buffers of every backend on `device` back to the system. */
+export function emptyCache(device = "cpu"): void {
+  if (device === "cpu") sharedHostAllocator.emptyCache();
+  for (const b of availableBackends()) if (b.device === device) b.emptyCache?.();
 }
 export function resetPeakMemory(device = "cpu"): void {
   const c = counter(device);

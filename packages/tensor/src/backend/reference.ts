@@ -8,6 +8,7 @@
  */
 import { TensorError } from "../errors";
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from "../internal/half";
+import { type HostAllocator, sharedHostAllocator } from "./host-allocator";
 import type {
   AdamWOptions,
   AttentionOptions,
@@ -51,6 +52,8 @@ export interface ReferenceBackendOptions {
   /** f64 test mode: f32 buffers are Float64Array (double-precision math throughout). */
   readonly f64?: boolean;
   readonly name?: string;
+  /** The caching allocator to draw buffers from (default: the process-wide sharedHostAllocator). */
+  readonly allocator?: HostAllocator;
 }
 
 type F = Float32Array | Float64Array;
@@ -66,20 +69,29 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
   const name = options.name ?? (f64 ? "reference-f64" : "reference");
   let current = 0;
   let peak = 0;
+  const pool = options.allocator ?? sharedHostAllocator;
 
-  function newArray(dtype: DType, length: number): HostArray {
+  function arrayType(dtype: DType) {
     switch (dtype) {
       case "f32":
-        return (f64 ? new Float64Array(length) : new Float32Array(length)) as unknown as Float32Array;
+        return f64 ? Float64Array : Float32Array;
       case "f16":
       case "bf16":
-        return new Uint16Array(length);
+        return Uint16Array;
       case "i32":
-        return new Int32Array(length);
+        return Int32Array;
       case "u8":
       case "bool":
-        return new Uint8Array(length);
+        return Uint8Array;
     }
+  }
+  /** A typed array from the caching allocator; zeroed unless `zero` is false (outputs written in full). */
+  function newArray(dtype: DType, length: number, zero = true): HostArray {
+    const Ctor = arrayType(dtype);
+    const { buffer, recycled } = pool.take(length * Ctor.BYTES_PER_ELEMENT);
+    const a = new Ctor(buffer, 0, length);
+    if (zero && recycled) a.fill(0);
+    return a as unknown as HostArray;
   }
   function wrap(dtype: DType, data: HostArray): HostBuffer {
     current += data.length * dtypeBytes(dtype);
@@ -91,6 +103,14 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
   }
   function mkF(length: number): { buf: HostBuffer; data: F } {
     const buf = mk("f32", length);
+    return { buf, data: buf.data as unknown as F };
+  }
+  /** Uninitialised (recycled) output for ops that write every element. */
+  function mkU(dtype: DType, length: number): HostBuffer {
+    return wrap(dtype, newArray(dtype, length, false));
+  }
+  function mkFU(length: number): { buf: HostBuffer; data: F } {
+    const buf = mkU("f32", length);
     return { buf, data: buf.data as unknown as F };
   }
   function host(b: Buffer, op: string): HostBuffer {
@@ -308,14 +328,21 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
     alloc(dtype, length) {
       return mk(dtype, length);
     },
+    allocUninit(dtype, length) {
+      return mkU(dtype, length);
+    },
     free(buffer) {
       const h = host(buffer, "free");
       if ((h as { freed?: boolean }).freed) return;
       (h as { freed?: boolean }).freed = true;
       current -= h.length * dtypeBytes(h.dtype);
+      pool.give(h.data.buffer as ArrayBuffer);
+    },
+    emptyCache() {
+      pool.emptyCache();
     },
     fromHost(data, dtype) {
-      const out = newArray(dtype, data.length);
+      const out = newArray(dtype, data.length, false);
       (out as unknown as { set(a: ArrayLike<number>): void }).set(data as ArrayLike<number>);
       return wrap(dtype, out);
     },
@@ -323,7 +350,7 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       return host(buffer, "toHost").data.slice();
     },
     memoryStats(): MemoryStats {
-      return { currentBytes: current, peakBytes: peak };
+      return { currentBytes: current, peakBytes: peak, cachedBytes: pool.stats().cachedBytes };
     },
     resetPeak() {
       peak = current;
@@ -332,7 +359,7 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
     copy(src, view, dtype) {
       const s = host(src, "copy");
       const n = view.shape.reduce((a, b) => a * b, 1);
-      const out = mk(dtype, n);
+      const out = mkU(dtype, n);
       const o = out.data;
       const enc = encoder(dtype);
       if (s.dtype === dtype) {
@@ -379,13 +406,13 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       );
     },
     fill(dtype, length, value) {
-      const out = mk(dtype, length);
+      const out = mkU(dtype, length);
       out.data.fill(encoder(dtype)(value));
       return out;
     },
     unary(op, x, length) {
       const xs = asF(x, "unary");
-      const { buf, data } = mkF(length);
+      const { buf, data } = mkFU(length);
       const fn = unaryFn(op);
       for (let i = 0; i < length; i++) data[i] = fn(xs[i]);
       return buf;
@@ -394,16 +421,17 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       const ha = host(a, "binary");
       const hb = host(b, "binary");
       const n = shape.reduce((p, q) => p * q, 1);
-      const av = new (f64 ? Float64Array : Float32Array)(n);
+      const av = newArray("f32", n, false) as unknown as F; // scratch from the cache, given back below
       forEachStrided(shape, aView.strides, aView.offset, (i, j) => (av[i] = read(ha, j)));
-      const { buf, data } = mkF(n);
+      const { buf, data } = mkFU(n);
       const fn = binaryFn(op);
       forEachStrided(shape, bView.strides, bView.offset, (i, j) => (data[i] = fn(av[i], read(hb, j))));
+      pool.give(av.buffer as ArrayBuffer);
       return buf;
     },
     reduce(op, x, outer, size, inner) {
       const xs = asF(x, "reduce");
-      const { buf, data } = mkF(outer * inner);
+      const { buf, data } = mkFU(outer * inner);
       for (let o = 0; o < outer; o++) {
         for (let i = 0; i < inner; i++) {
           let acc = op === "sum" ? 0 : op === "max" ? -Infinity : Infinity;
@@ -424,7 +452,7 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       const B = asF(b, "matmul");
       const aStride = opts.aBatchStride ?? m * k;
       const bStride = opts.bBatchStride ?? k * n;
-      const { buf, data } = out ? accumulator(out, batch * m * n, "matmul") : mkF(batch * m * n);
+      const { buf, data } = out ? accumulator(out, batch * m * n, "matmul") : mkFU(batch * m * n);
       const alpha = opts.alpha ?? 1;
       const beta = out ? (opts.beta ?? 0) : 0; // beta 0: C is never read (garbage/NaN must not leak in)
       // Per batch: A as row-major [m, k], B as row-major [k, n]; each output row accumulates a·B[p, :].
