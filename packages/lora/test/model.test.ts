@@ -1,0 +1,306 @@
+import {
+  Generator,
+  Linear,
+  Linear4bit,
+  type Module,
+  type Tensor,
+  checkpoint,
+  manualSeed,
+  noGrad,
+  randn,
+  tensor,
+} from "@qlora/tensor";
+import { describe, expect, it } from "vitest";
+import { LoraError, LoraLinear, LoraModel, ModulesToSaveWrapper } from "../src";
+import { HIDDEN, TinyModel } from "./tiny-model";
+
+const input = (seed = 9, rows = 3) => randn([rows, HIDDEN], { generator: new Generator(seed) });
+const run = (m: Module, x: Tensor) => Float32Array.from(noGrad(() => (m as TinyModel).forward(x)).toTypedArray());
+function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let w = 0;
+  for (let i = 0; i < a.length; i++) w = Math.max(w, Math.abs(a[i] - b[i]));
+  return w;
+}
+/** Give every B a non-zero value so the adapter changes the output. */
+function perturbB(lm: LoraModel, adapter = "default", seed = 5) {
+  const g = new Generator(seed);
+  for (const [, layer] of lm.loraLayers()) {
+    if (!layer.settings.has(adapter)) continue;
+    const B = layer.loraB.get(adapter);
+    B.loadStateDict({ weight: randn(B.weight.shape, { generator: g }).mul(0.05) });
+  }
+}
+
+describe("injection", () => {
+  it("wraps the targeted linears with PEFT's in-memory names; only adapters train; a no-op at init", () => {
+    const model = new TinyModel();
+    const x = input();
+    const before = run(model, x);
+    const lm = LoraModel.inject(model, { r: 4, lora_alpha: 8, target_modules: ["q_proj", "v_proj"] });
+    expect(lm.loraLayers().map(([n]) => n)).toEqual([
+      "model.layers.0.self_attn.q_proj",
+      "model.layers.0.self_attn.v_proj",
+      "model.layers.1.self_attn.q_proj",
+      "model.layers.1.self_attn.v_proj",
+    ]);
+    const names = [...model.namedParameters()].map(([n]) => n);
+    expect(names).toContain("model.layers.0.self_attn.q_proj.base_layer.weight");
+    expect(names).toContain("model.layers.0.self_attn.q_proj.base_layer.bias");
+    expect(names).toContain("model.layers.0.self_attn.q_proj.lora_A.default.weight");
+    expect(names).toContain("model.layers.1.self_attn.v_proj.lora_B.default.weight");
+    expect(lm.trainableParameters().map(([n]) => n)).toEqual(names.filter((n) => n.includes(".lora_")));
+    const layer = model.getSubmodule<LoraLinear>("model.layers.0.self_attn.q_proj");
+    expect(layer.loraA.get("default").weight.shape).toEqual([4, HIDDEN]);
+    expect(layer.loraB.get("default").weight.shape).toEqual([HIDDEN, 4]);
+    expect([...layer.namedModules()].map(([n]) => n)).toContain("lora_dropout.default");
+    expect(maxDiff(run(model, x), before)).toBe(0); // B = 0
+  });
+
+  it('"all-linear" skips lm_head; Linear4bit bases are wrapped too; rank/alpha patterns apply per module', () => {
+    const model = new TinyModel(2, 2, true);
+    const lm = LoraModel.inject(model, {
+      r: 8,
+      lora_alpha: 16,
+      target_modules: "all-linear",
+      rank_pattern: { "layers\\.1\\.mlp\\..*": 2 },
+      alpha_pattern: { o_proj: 4 },
+    });
+    const layers = new Map(lm.loraLayers());
+    expect(layers.size).toBe(12);
+    expect(layers.has("lm_head")).toBe(false);
+    expect(layers.get("model.layers.0.self_attn.q_proj")!.baseLayer).toBeInstanceOf(Linear4bit);
+    expect(layers.get("model.layers.0.self_attn.k_proj")!.baseLayer).toBeInstanceOf(Linear);
+    expect(layers.get("model.layers.1.mlp.up_proj")!.settingsOf("default")).toMatchObject({
+      r: 2,
+      alpha: 16,
+      scaling: 8,
+    });
+    expect(layers.get("model.layers.0.self_attn.o_proj")!.settingsOf("default")).toMatchObject({
+      r: 8,
+      alpha: 4,
+      scaling: 0.5,
+    });
+    expect(lm.configs.get("default")!.target_modules).toContain("model.layers.1.mlp.down_proj");
+  });
+
+  it("typed errors: no match, a non-linear target, bad adapter names", () => {
+    expect(() => LoraModel.inject(new TinyModel(), { target_modules: ["nothing"] })).toThrow(LoraError);
+    expect(() => LoraModel.inject(new TinyModel(), { target_modules: ["nothing"] })).toThrow(
+      /target_modules: \["nothing"\] matched no/,
+    );
+    expect(() => LoraModel.inject(new TinyModel(), { target_modules: ["self_attn"] })).toThrow(
+      /"model.layers.0.self_attn" \(Attn\) is not supported/,
+    );
+    const lm = LoraModel.inject(new TinyModel(), { target_modules: ["q_proj"] });
+    expect(() => lm.addAdapter("default", { target_modules: ["q_proj"] })).toThrow(/already exists/);
+    expect(() => lm.addAdapter("a.b", { target_modules: ["q_proj"] })).toThrow(/contain no "\."/);
+    expect(() => lm.setAdapter("missing")).toThrow(/adapter "missing" does not exist/);
+  });
+
+  it("backward reaches only the active adapter's A and B (base frozen)", () => {
+    const model = new TinyModel();
+    const lm = LoraModel.inject(model, { r: 4, target_modules: ["q_proj", "up_proj"] });
+    perturbB(lm);
+    const y = (model as TinyModel).forward(input());
+    y.sum().backward();
+    for (const [n, p] of model.namedParameters()) {
+      if (n.includes(".lora_")) expect(p.grad, n).not.toBeNull();
+      else expect(p.grad, n).toBeNull();
+    }
+    expect(
+      lm.loraLayers().every(([, l]) =>
+        l.loraA
+          .get("default")
+          .weight.grad!.toTypedArray()
+          .some((v) => v !== 0),
+      ),
+    ).toBe(true);
+  });
+
+  it("under checkpoint() the gradients are the same", () => {
+    const model = new TinyModel();
+    const lm = LoraModel.inject(model, { r: 4, target_modules: ["q_proj"], lora_dropout: 0.2 });
+    perturbB(lm);
+    const x = input();
+    const A = lm.loraLayers()[0][1].loraA.get("default").weight;
+    const grad = (ckpt: boolean) => {
+      const y = ckpt ? checkpoint((t) => (model as TinyModel).forward(t), x) : (model as TinyModel).forward(x);
+      y.sum().backward();
+      const g = Float32Array.from(A.grad!.toTypedArray());
+      model.zeroGrad();
+      return g;
+    };
+    const plain = withSeed(() => grad(false));
+    const ck = withSeed(() => grad(true));
+    expect(maxDiff(plain, ck)).toBeLessThan(1e-6);
+  });
+});
+
+function withSeed<T>(fn: () => T): T {
+  manualSeed(42);
+  return fn();
+}
+
+describe("several adapters", () => {
+  it("add / set / disable / delete", () => {
+    const model = new TinyModel();
+    const x = input();
+    const base = run(model, x);
+    const lm = LoraModel.inject(model, { r: 4, target_modules: ["q_proj"] });
+    perturbB(lm, "default", 5);
+    lm.addAdapter("second", { r: 2, lora_alpha: 4, target_modules: ["q_proj", "v_proj"] });
+    perturbB(lm, "second", 6);
+    expect(lm.activeAdapters).toEqual(["default"]);
+    const yDefault = run(model, x);
+    expect(maxDiff(yDefault, base)).toBeGreaterThan(1e-4);
+    // only the active adapter is trainable
+    const trainable = lm.trainableParameters().map(([n]) => n);
+    expect(trainable.every((n) => n.includes(".default."))).toBe(true);
+    lm.setAdapter("second");
+    expect(lm.trainableParameters().every(([n]) => n.includes(".second."))).toBe(true);
+    const ySecond = run(model, x);
+    expect(maxDiff(ySecond, yDefault)).toBeGreaterThan(1e-4);
+    lm.setAdapter(["default", "second"]);
+    const yBoth = run(model, x);
+    expect(maxDiff(yBoth, ySecond)).toBeGreaterThan(1e-4);
+    expect(
+      maxDiff(
+        lm.withAdaptersDisabled(() => run(model, x)),
+        base,
+      ),
+    ).toBe(0);
+    expect(maxDiff(run(model, x), yBoth)).toBe(0);
+    lm.deleteAdapter("second");
+    expect(lm.adapterNames).toEqual(["default"]);
+    expect([...model.namedParameters()].some(([n]) => n.includes(".second."))).toBe(false);
+    expect(lm.loraLayers().map(([n]) => n)).toContain("model.layers.0.self_attn.v_proj"); // wrapper stays, empty
+    expect(maxDiff(run(model, x), yDefault)).toBe(0);
+    expect(() => lm.addAdapter("third", { target_modules: ["q_proj"], bias: "all" })).toThrow(
+      /only one adapter may train biases/,
+    );
+  });
+});
+
+describe("merge / unmerge / mergeAndUnload", () => {
+  it("dense: merged forward equals the adapter forward; unmerge restores the weights; mergeAndUnload returns plain Linears", () => {
+    const model = new TinyModel();
+    const x = input();
+    const lm = LoraModel.inject(model, { r: 4, lora_alpha: 8, target_modules: ["q_proj", "down_proj"] });
+    perturbB(lm);
+    const w0 = Float32Array.from(
+      model.getSubmodule<LoraLinear>("model.layers.0.self_attn.q_proj").baseLayer.stateDict().weight.toTypedArray(),
+    );
+    const y = run(model, x);
+    const reports = lm.merge();
+    expect(reports).toHaveLength(4);
+    expect(reports.every((r) => !r.requantized)).toBe(true);
+    expect(maxDiff(run(model, x), y)).toBeLessThan(1e-5);
+    const wMerged = model
+      .getSubmodule<LoraLinear>("model.layers.0.self_attn.q_proj")
+      .baseLayer.stateDict()
+      .weight.toTypedArray();
+    expect(maxDiff(wMerged, w0)).toBeGreaterThan(1e-4);
+    lm.unmerge();
+    expect(
+      maxDiff(
+        model.getSubmodule<LoraLinear>("model.layers.0.self_attn.q_proj").baseLayer.stateDict().weight.toTypedArray(),
+        w0,
+      ),
+    ).toBeLessThan(1e-6);
+    const { model: plain, reports: r2 } = lm.mergeAndUnload();
+    expect(r2).toHaveLength(4);
+    expect(plain.getSubmodule("model.layers.0.self_attn.q_proj")).toBeInstanceOf(Linear);
+    expect([...plain.namedParameters()].some(([n]) => n.includes("lora_") || n.includes("base_layer"))).toBe(false);
+    expect(maxDiff(run(plain, x), y)).toBeLessThan(1e-5);
+  });
+
+  it("4-bit: dequantize, add, re-quantize; warns and reports the measured error", () => {
+    const model = new TinyModel(3, 1, true);
+    const x = input();
+    const warnings: string[] = [];
+    const lm = LoraModel.inject(
+      model,
+      { r: 4, lora_alpha: 8, target_modules: ["q_proj"] },
+      { onWarning: (m) => warnings.push(m) },
+    );
+    perturbB(lm);
+    const layer = model.getSubmodule<LoraLinear>("model.layers.0.self_attn.q_proj");
+    const exact = (() => {
+      const w = layer.baseWeightValues();
+      const d = layer.deltaWeight("default");
+      return w.map((v, i) => v + d[i]);
+    })();
+    const y = run(model, x);
+    const [rep] = lm.merge();
+    expect(rep.requantized).toBe(true);
+    expect(warnings.some((w) => /re-quantized the 4-bit base weight/.test(w))).toBe(true);
+    const after = (layer.baseLayer as Linear4bit).dequantizedWeight().toTypedArray();
+    let max = 0;
+    let sum = 0;
+    for (let i = 0; i < after.length; i++) {
+      const e = Math.abs(after[i] - exact[i]);
+      max = Math.max(max, e);
+      sum += e;
+    }
+    expect(rep.maxAbsError).toBeCloseTo(max, 7);
+    expect(rep.meanAbsError).toBeCloseTo(sum / after.length, 7);
+    expect(rep.maxAbsError).toBeGreaterThan(0);
+    // the merged 4-bit model is close to the adapter model (NF4 rounding of W + ΔW)
+    const yMerged = run(model, x);
+    expect(maxDiff(yMerged, y)).toBeLessThan(0.5);
+    expect(maxDiff(yMerged, y)).toBeGreaterThan(0);
+  });
+
+  it("safe merge refuses non-finite results and leaves the base unchanged", () => {
+    const model = new TinyModel();
+    const lm = LoraModel.inject(model, { r: 2, target_modules: ["q_proj"] });
+    const layer = lm.loraLayers()[0][1];
+    layer.loraB
+      .get("default")
+      .loadStateDict({
+        weight: tensor(new Float32Array(HIDDEN * 2).fill(Number.POSITIVE_INFINITY), { shape: [HIDDEN, 2] }),
+      });
+    const w0 = Float32Array.from((layer.baseLayer as Linear).weight.toTypedArray());
+    expect(() => layer.merge({ safeMerge: true })).toThrow(/non-finite/);
+    expect(maxDiff((layer.baseLayer as Linear).weight.toTypedArray(), w0)).toBe(0);
+  });
+});
+
+describe("modules_to_save and bias", () => {
+  it("modules_to_save: a trainable copy per adapter runs in forward; the original stays", () => {
+    const model = new TinyModel();
+    const x = input();
+    const lm = LoraModel.inject(model, { r: 2, target_modules: ["q_proj"], modules_to_save: ["lm_head"] });
+    const w = model.getSubmodule("lm_head");
+    expect(w).toBeInstanceOf(ModulesToSaveWrapper);
+    const names = lm.trainableParameters().map(([n]) => n);
+    expect(names).toContain("lm_head.modules_to_save.default.weight");
+    expect(names).not.toContain("lm_head.original_module.weight");
+    const y0 = run(model, x);
+    const copy = (w as ModulesToSaveWrapper).copies.get("default") as Linear;
+    copy.loadStateDict({ weight: copy.weight.mul(2) });
+    const y1 = run(model, x);
+    expect(
+      maxDiff(
+        y1,
+        y0.map((v) => 2 * v),
+      ),
+    ).toBeLessThan(1e-5);
+    expect(
+      maxDiff(
+        lm.withAdaptersDisabled(() => run(model, x)),
+        y0,
+      ),
+    ).toBeLessThan(1e-6);
+    const { model: plain } = lm.mergeAndUnload();
+    expect(plain.getSubmodule("lm_head")).toBe(copy);
+  });
+  it('bias "all" / "lora_only" make those biases trainable', () => {
+    const all = LoraModel.inject(new TinyModel(), { r: 2, target_modules: ["q_proj"], bias: "all" });
+    expect(all.trainableParameters().map(([n]) => n)).toContain("model.layers.0.self_attn.k_proj.bias");
+    const only = LoraModel.inject(new TinyModel(), { r: 2, target_modules: ["q_proj"], bias: "lora_only" });
+    const names = only.trainableParameters().map(([n]) => n);
+    expect(names).toContain("model.layers.0.self_attn.q_proj.base_layer.bias");
+    expect(names).not.toContain("model.layers.0.self_attn.k_proj.bias");
+  });
+});
