@@ -11,7 +11,7 @@ import {
   tensor,
 } from "@qlora/tensor";
 import { describe, expect, it } from "vitest";
-import { LoraError, LoraLinear, LoraModel, ModulesToSaveWrapper } from "../src";
+import { LoraError, type LoraLinear, LoraModel, ModulesToSaveWrapper } from "../src";
 import { HIDDEN, TinyModel } from "./tiny-model";
 
 const input = (seed = 9, rows = 3) => randn([rows, HIDDEN], { generator: new Generator(seed) });
@@ -255,11 +255,9 @@ describe("merge / unmerge / mergeAndUnload", () => {
     const model = new TinyModel();
     const lm = LoraModel.inject(model, { r: 2, target_modules: ["q_proj"] });
     const layer = lm.loraLayers()[0][1];
-    layer.loraB
-      .get("default")
-      .loadStateDict({
-        weight: tensor(new Float32Array(HIDDEN * 2).fill(Number.POSITIVE_INFINITY), { shape: [HIDDEN, 2] }),
-      });
+    layer.loraB.get("default").loadStateDict({
+      weight: tensor(new Float32Array(HIDDEN * 2).fill(Number.POSITIVE_INFINITY), { shape: [HIDDEN, 2] }),
+    });
     const w0 = Float32Array.from((layer.baseLayer as Linear).weight.toTypedArray());
     expect(() => layer.merge({ safeMerge: true })).toThrow(/non-finite/);
     expect(maxDiff((layer.baseLayer as Linear).weight.toTypedArray(), w0)).toBe(0);
