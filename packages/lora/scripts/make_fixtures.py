@@ -17,6 +17,12 @@ Cases:
   olora      torch.linalg.qr(W): B = Q[:, :r], A = R[:r]; W - s B A (LAPACK's signs; the TS QR uses dlarfg's).
   loftq_*    loftq_init with bitsandbytes-style NF4 (blocks of 64, no double quantization) in torch: A, B, the
              dequantized base, for 1 and 2 iterations.
+  peft_adapter/  an adapter directory laid out byte for byte as Python PEFT's save_pretrained writes it for a model
+             with HF module names (model.layers.{0,1}.self_attn.{q,v}_proj, hidden 64): adapter_config.json
+             (json.dumps(indent=2, sort_keys=True)), adapter_model.safetensors (Rust safetensors layout: compact JSON
+             header, "__metadata__" {"format": "pt"} first, tensors ordered by dtype then name, space padding to
+             8 bytes), F32 for "default"; a second adapter "second" (DoRA, BF16, rsLoRA) in peft_adapter/second/.
+             expected_peft_adapter.json holds the tensor values for the test.
   dora_*     DoRA forward/backward: weight norm ||W + s B A|| per output row (detached), m / norm scaling, with
              and without a dropout mask; dense base and a 4-bit base (the NF4-dequantized W fed in); gradients for
              x, A, B and the magnitude m; the merged weight (m / norm) (W + s B A).
@@ -24,6 +30,7 @@ Cases:
 import json
 import math
 import os
+import re
 
 import torch
 
@@ -174,7 +181,79 @@ cases = {
     "dora_dense_dropout": dora_case(6, 16, 12, 4, 8, 0.25, False),
     "dora_4bit": dora_case(6, 64, 12, 4, 8, 0.0, True),
 }
+
+
+def write_safetensors(path, tensors):
+    """Rust safetensors' serialize(): order by (dtype alignment desc, name), compact header, space padding."""
+    import struct
+    size = {"F32": 4, "BF16": 2}
+    order = sorted(tensors.items(), key=lambda kv: (-size[kv[1][0]], kv[0]))
+    header = {"__metadata__": {"format": "pt"}}
+    blobs, off = [], 0
+    for name, (dtype, t) in order:
+        if dtype == "F32":
+            raw = t.to(torch.float32).contiguous().numpy().tobytes()
+        else:
+            bits = t.to(torch.float32).contiguous().view(torch.int32)
+            raw = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).to(torch.int16).numpy().tobytes()  # RNE to bf16
+        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    hj = json.dumps(header, separators=(",", ":")).encode()
+    hj += b" " * ((8 - len(hj) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(hj)) + hj + b"".join(blobs))
+
+
+def peft_config(**over):
+    c = {
+        "alpha_pattern": {}, "auto_mapping": None, "base_model_name_or_path": "tiny-llama", "bias": "none",
+        "corda_config": None, "eva_config": None, "exclude_modules": None, "fan_in_fan_out": False,
+        "inference_mode": True, "init_lora_weights": True, "layer_replication": None, "layers_pattern": None,
+        "layers_to_transform": None, "loftq_config": {}, "lora_alpha": 8, "lora_bias": False, "lora_dropout": 0.05,
+        "megatron_config": None, "megatron_core": "megatron.core", "modules_to_save": None, "peft_type": "LORA",
+        "peft_version": "0.17.1", "qalora_group_size": 16, "r": 4, "rank_pattern": {}, "revision": None,
+        "target_modules": ["q_proj", "v_proj"], "target_parameters": None, "task_type": "CAUSAL_LM",
+        "trainable_token_indices": None, "use_dora": False, "use_qalora": False, "use_rslora": False,
+    }
+    c.update(over)
+    return c
+
+
+def peft_adapter_dir(root):
+    H = 64
+    expected = {}
+    for adapter, sub, cfg, dtype in [
+        ("default", "", peft_config(), "F32"),
+        ("second", "second", peft_config(r=2, lora_alpha=4, use_rslora=True, use_dora=True, target_modules=["q_proj"],
+                                        rank_pattern={"layers.1.self_attn.q_proj": 3}), "BF16"),
+    ]:
+        d = os.path.join(root, sub)
+        os.makedirs(d, exist_ok=True)
+        tensors = {}
+        for layer in (0, 1):
+            for mod in cfg["target_modules"]:
+                key = f"model.layers.{layer}.self_attn.{mod}"
+                # peft get_pattern_key: a dotted-prefix regex with a full suffix match
+                pk = next((p for p in cfg["rank_pattern"] if re.match(rf"(.*\.)?({p})$", key)), None)
+                r = cfg["rank_pattern"][pk] if pk else cfg["r"]
+                pre = f"base_model.model.{key}"
+                tensors[f"{pre}.lora_A.weight"] = (dtype, torch.randn(r, H) * H ** -0.5)
+                tensors[f"{pre}.lora_B.weight"] = (dtype, torch.randn(H, r) * 0.05)
+                if cfg["use_dora"]:
+                    tensors[f"{pre}.lora_magnitude_vector"] = (dtype, 1 + 0.1 * torch.rand(H))
+        write_safetensors(os.path.join(d, "adapter_model.safetensors"), tensors)
+        with open(os.path.join(d, "adapter_config.json"), "w") as f:
+            f.write(json.dumps(cfg, indent=2, sort_keys=True))
+        expected[adapter] = {k: {"dtype": dt, **T(v if dt == "F32" else v.to(torch.bfloat16).to(torch.float32))} for k, (dt, v) in tensors.items()}
+    return expected
+
+
 os.makedirs(os.path.dirname(OUT_PATH), exist_ok=True)
+fixtures_dir = os.path.dirname(OUT_PATH)
+expected_adapter = peft_adapter_dir(os.path.join(fixtures_dir, "peft_adapter"))
+with open(os.path.join(fixtures_dir, "expected_peft_adapter.json"), "w") as f:
+    json.dump(expected_adapter, f)
 with open(OUT_PATH + ".tmp", "w") as f:
     json.dump({"generator": "packages/lora/scripts/make_fixtures.py", "torch": torch.__version__, "cases": cases}, f)
 os.replace(OUT_PATH + ".tmp", OUT_PATH)

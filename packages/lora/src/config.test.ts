@@ -19,7 +19,15 @@ const rejects = (input: object, field: RegExp) => {
 describe("LoraConfig: PEFT's defaults and rules", () => {
   it("defaults are PEFT's", () => {
     const c = loraConfig();
-    expect(c).toMatchObject({ r: 8, lora_alpha: 8, lora_dropout: 0, bias: "none", use_rslora: false, use_dora: false, init_lora_weights: true });
+    expect(c).toMatchObject({
+      r: 8,
+      lora_alpha: 8,
+      lora_dropout: 0,
+      bias: "none",
+      use_rslora: false,
+      use_dora: false,
+      init_lora_weights: true,
+    });
     expect(c.rank_pattern).toEqual({});
     expect(Object.isFrozen(c)).toBe(true);
   });
@@ -28,14 +36,23 @@ describe("LoraConfig: PEFT's defaults and rules", () => {
     rejects({ r: 2.5 }, /LoraConfig\.r/);
     rejects({ lora_dropout: 1.5 }, /LoraConfig\.lora_dropout/);
     rejects({ bias: "some" }, /LoraConfig\.bias/);
-    rejects({ target_modules: ".*proj", layers_to_transform: [0] }, /LoraConfig\.layers_to_transform: cannot be used when `target_modules` is a str/);
+    rejects(
+      { target_modules: ".*proj", layers_to_transform: [0] },
+      /LoraConfig\.layers_to_transform: cannot be used when `target_modules` is a str/,
+    );
     rejects({ target_modules: ".*proj", layers_pattern: "layers" }, /LoraConfig\.layers_pattern: cannot be used/);
-    rejects({ target_modules: ["q_proj"], layers_pattern: "layers" }, /layers_pattern.*`layers_to_transform` must also be specified/);
+    rejects(
+      { target_modules: ["q_proj"], layers_pattern: "layers" },
+      /layers_pattern.*`layers_to_transform` must also be specified/,
+    );
     rejects({ init_lora_weights: "loftq" }, /LoraConfig\.loftq_config: must be specified/);
     rejects({ init_lora_weights: "loftq", loftq_config: { loftq_bits: 8 } }, /loftq_bits/);
     rejects({ init_lora_weights: "eva" }, /init_lora_weights.*not implemented/);
     rejects({ init_lora_weights: "pissa_niter_x" }, /init_lora_weights/);
-    rejects({ lora_bias: true, init_lora_weights: "pissa" }, /LoraConfig\.lora_bias: lora_bias=true is only supported with init_lora_weights=true or false/);
+    rejects(
+      { lora_bias: true, init_lora_weights: "pissa" },
+      /LoraConfig\.lora_bias: lora_bias=true is only supported with init_lora_weights=true or false/,
+    );
     rejects({ lora_bias: true, use_dora: true }, /not supported for DoRA/);
     rejects({ rank_pattern: { q_proj: 0 } }, /rank_pattern\["q_proj"\]/);
     rejects({ target_modules: "(" }, /target_modules: the string is used as a regular expression/);
@@ -47,7 +64,10 @@ describe("LoraConfig: PEFT's defaults and rules", () => {
   it("accepts the valid special inits", () => {
     for (const v of [true, false, "gaussian", "pissa", "pissa_niter_16", "olora"] as const)
       expect(loraConfig({ init_lora_weights: v }).init_lora_weights).toBe(v);
-    expect(loraConfig({ init_lora_weights: "loftq", loftq_config: { loftq_bits: 4, loftq_iter: 2 } }).loftq_config.loftq_iter).toBe(2);
+    expect(
+      loraConfig({ init_lora_weights: "loftq", loftq_config: { loftq_bits: 4, loftq_iter: 2 } }).loftq_config
+        .loftq_iter,
+    ).toBe(2);
   });
   it("rsLoRA scaling is α/√r, plain α/r", () => {
     expect(loraScaling(16, 16, false)).toBe(1);
@@ -75,7 +95,9 @@ describe("target matching (PEFT's check_target_module_exists)", () => {
     expect(pick({ target_modules: "q_proj" })).toEqual([]); // must match the whole name
   });
   it("exclude_modules removes matches (list or regex)", () => {
-    expect(pick({ target_modules: ["q_proj", "k_proj"], exclude_modules: ["model.layers.0.self_attn.k_proj"] })).toEqual([keys[0], keys[2]]);
+    expect(
+      pick({ target_modules: ["q_proj", "k_proj"], exclude_modules: ["model.layers.0.self_attn.k_proj"] }),
+    ).toEqual([keys[0], keys[2]]);
     expect(pick({ target_modules: ["q_proj"], exclude_modules: ".*layers\\.1\\..*" })).toEqual([keys[0]]);
   });
   it("layers_to_transform (+ layers_pattern) on suffix matches", () => {
@@ -84,7 +106,12 @@ describe("target matching (PEFT's check_target_module_exists)", () => {
     expect(pick({ target_modules: ["q_proj"], layers_to_transform: 0, layers_pattern: "h" })).toEqual([]);
   });
   it("rank_pattern / alpha_pattern: exact key, else a dotted-suffix regex", () => {
-    const c = loraConfig({ r: 8, lora_alpha: 16, rank_pattern: { q_proj: 4, "layers\\.1\\..*": 2 }, alpha_pattern: { "model.layers.11.mlp.up_proj": 3 } });
+    const c = loraConfig({
+      r: 8,
+      lora_alpha: 16,
+      rank_pattern: { q_proj: 4, "layers\\.1\\..*": 2 },
+      alpha_pattern: { "model.layers.11.mlp.up_proj": 3 },
+    });
     expect(rankAndAlpha(c, keys[0])).toEqual({ r: 4, alpha: 16 });
     expect(rankAndAlpha(c, keys[1])).toEqual({ r: 8, alpha: 16 });
     expect(rankAndAlpha(c, keys[3])).toEqual({ r: 8, alpha: 3 });
@@ -101,9 +128,31 @@ describe("target matching (PEFT's check_target_module_exists)", () => {
 
 describe("adapter_config.json", () => {
   it("round-trips and carries PEFT's fields", () => {
-    const c = loraConfig({ r: 16, lora_alpha: 32, lora_dropout: 0.05, target_modules: ["v_proj", "q_proj"], use_rslora: true, rank_pattern: { q_proj: 8 } });
+    const c = loraConfig({
+      r: 16,
+      lora_alpha: 32,
+      lora_dropout: 0.05,
+      target_modules: ["v_proj", "q_proj"],
+      use_rslora: true,
+      rank_pattern: { q_proj: 8 },
+    });
     const json = configToJson(c);
-    for (const k of ["peft_type", "task_type", "r", "lora_alpha", "target_modules", "bias", "use_dora", "init_lora_weights", "modules_to_save", "fan_in_fan_out", "megatron_core", "layers_pattern", "alpha_pattern", "loftq_config"])
+    for (const k of [
+      "peft_type",
+      "task_type",
+      "r",
+      "lora_alpha",
+      "target_modules",
+      "bias",
+      "use_dora",
+      "init_lora_weights",
+      "modules_to_save",
+      "fan_in_fan_out",
+      "megatron_core",
+      "layers_pattern",
+      "alpha_pattern",
+      "loftq_config",
+    ])
       expect(json).toHaveProperty(k);
     expect(json.inference_mode).toBe(true);
     expect(json.target_modules).toEqual(["q_proj", "v_proj"]);
@@ -111,7 +160,10 @@ describe("adapter_config.json", () => {
     expect({ ...back, inference_mode: false }).toEqual({ ...c, target_modules: ["q_proj", "v_proj"] });
   });
   it("a minimal PEFT config loads with defaults", () => {
-    expect(configFromJson({ peft_type: "LORA", target_modules: ["q_proj"] })).toEqual({ ...LORA_DEFAULTS, target_modules: ["q_proj"] });
+    expect(configFromJson({ peft_type: "LORA", target_modules: ["q_proj"] })).toEqual({
+      ...LORA_DEFAULTS,
+      target_modules: ["q_proj"],
+    });
   });
   it("bad files name the file and field", () => {
     expect(() => configFromJson([], "x/adapter_config.json")).toThrow(/x\/adapter_config.json: expected a JSON object/);

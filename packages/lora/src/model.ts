@@ -157,15 +157,22 @@ export class LoraModel {
   /** PEFT's _mark_only_adapters_as_trainable + set_adapter: freeze everything, then unfreeze the active adapters. */
   private markTrainable(): void {
     for (const p of this.model.parameters()) if (p.requiresGrad) p.requiresGrad = false;
+    // an adapter in inference mode (loaded without isTrainable, as PEFT's inference_mode) stays frozen
+    const trains = (n: string) => this.configs.get(n)?.inference_mode !== true;
     for (const [, layer] of this.loraLayers())
-      for (const n of layer.activeAdapters) {
+      for (const n of layer.activeAdapters.filter(trains)) {
         layer.loraA.get(n).weight.requiresGrad = true;
         layer.loraB.get(n).weight.requiresGrad = true;
         if (layer.magnitude.has(n)) layer.magnitude.get(n).weight.requiresGrad = true;
       }
     for (const [, w] of this.wrappers())
-      if (w.activeAdapter) for (const p of w.copies.get(w.activeAdapter).parameters()) p.requiresGrad = true;
-    const bias = this.active.map((n) => this.configs.get(n)!.bias).find((b) => b !== "none") ?? "none";
+      if (w.activeAdapter && trains(w.activeAdapter))
+        for (const p of w.copies.get(w.activeAdapter).parameters()) p.requiresGrad = true;
+    const bias =
+      this.active
+        .filter(trains)
+        .map((n) => this.configs.get(n)!.bias)
+        .find((b) => b !== "none") ?? "none";
     if (bias === "all")
       for (const [n, p] of this.model.namedParameters())
         if (n.split(".").pop() === "bias" && !n.includes("original_module")) p.requiresGrad = true;

@@ -216,7 +216,7 @@ export async function loadAdapter(
     (options.onWarning ?? console.warn)(
       `${dir}: adapter was initialised with init_lora_weights=${JSON.stringify(config.init_lora_weights)}; loading it assumes the base model already holds the residual weights`,
     );
-  const injectConfig = { ...config, init_lora_weights: true as const };
+  const injectConfig = { ...config, init_lora_weights: true as const, inference_mode: !options.isTrainable };
   const lm = target instanceof LoraModel ? target : null;
   const model = lm ? lm.model : (target as Module);
   const result = lm ?? LoraModel.inject(model, injectConfig, { ...options, adapterName: name });
@@ -242,11 +242,16 @@ export async function loadAdapter(
   }
   model.loadStateDict(sd, { strict: false }); // the public in-place copy (casts to each parameter's dtype)
   for (const t of Object.values(sd)) t.dispose();
-  // restore the saved init method in the in-memory config (it is written back on save)
+  // restore the saved init method (written back on save); without isTrainable the adapter is in inference
+  // mode (PEFT's is_trainable=False): markTrainable keeps it frozen
   result.configs.set(
     name,
-    Object.freeze({ ...result.configs.get(name)!, init_lora_weights: config.init_lora_weights }),
+    Object.freeze({
+      ...result.configs.get(name)!,
+      init_lora_weights: config.init_lora_weights,
+      inference_mode: !options.isTrainable,
+    }),
   );
-  if (!options.isTrainable) for (const e of entries) e.tensor.requiresGrad = false;
+  result.setAdapter(result.activeAdapters);
   return result;
 }
