@@ -12,7 +12,7 @@ import type { Backend, Buffer, QuantizedWeightBuffers } from "../backend/types";
 import { TensorError } from "../errors";
 import { matmul4bit } from "../ops";
 import type { QuantizedWeight } from "../ops";
-import { fromBuffer, resolveBackend, tensor, Tensor } from "../tensor";
+import { fromBuffer, keep, resolveBackend, tensor, Tensor } from "../tensor";
 import { Module } from "./module";
 
 export interface Linear4bitOptions {
@@ -22,29 +22,34 @@ export interface Linear4bitOptions {
   readonly bias?: Tensor | null;
 }
 
-function upload(be: Backend, state: QuantState4bit): QuantizedWeightBuffers {
+/**
+ * The module's state tensors: the bitsandbytes key set of `packQuantState` (weight, weight.absmax, …) as
+ * tensors on `be`, owned by the module. They are both what stateDict() hands out and what the kernels read
+ * (the QuantizedWeightBuffers below point at their buffers): one copy, one owner.
+ */
+function stateTensors(be: Backend, state: QuantState4bit): Map<string, Tensor> {
+  const out = new Map<string, Tensor>();
+  for (const [key, rec] of Object.entries(packQuantState(state, { param: "weight" })))
+    out.set(key, keep(recordToTensor(rec, be)));
+  return out;
+}
+
+function weightBuffers(state: QuantState4bit, t: Map<string, Tensor>): QuantizedWeightBuffers {
   const [n, k] = state.shape;
-  const codes = be.fromHost(state.packed, "u8");
+  const buf = (key: string): Buffer => t.get(key)!.buffer;
   const a = state.absmax;
   const absmax: QuantizedWeightBuffers["absmax"] =
     a instanceof Float32Array
-      ? { kind: "f32", values: be.fromHost(a, "f32") }
+      ? { kind: "f32", values: buf("weight.absmax") }
       : {
           kind: "nested",
-          qabsmax: be.fromHost(a.qabsmax, "u8"),
-          code: be.fromHost(a.code, "f32"),
-          nestedAbsmax: be.fromHost(a.nestedAbsmax, "f32"),
+          qabsmax: buf("weight.absmax"),
+          code: buf("weight.nested_quant_map"),
+          nestedAbsmax: buf("weight.nested_absmax"),
           nestedBlocksize: a.nestedBlocksize,
           offset: a.offset,
         };
-  return { quantType: state.quantType, blocksize: state.blocksize, shape: [n, k], codes, absmax };
-}
-
-function freeBuffers(be: Backend, w: QuantizedWeightBuffers): void {
-  const bufs: Buffer[] = [w.codes];
-  if (w.absmax.kind === "f32") bufs.push(w.absmax.values);
-  else bufs.push(w.absmax.qabsmax, w.absmax.code, w.absmax.nestedAbsmax);
-  for (const b of bufs) be.free(b);
+  return { quantType: state.quantType, blocksize: state.blocksize, shape: [n, k], codes: buf("weight"), absmax };
 }
 
 export class Linear4bit extends Module {
@@ -52,6 +57,7 @@ export class Linear4bit extends Module {
   readonly outFeatures: number;
   private _state: QuantState4bit;
   private _weight: QuantizedWeight;
+  private _stateTensors: Map<string, Tensor>;
   readonly bias: Tensor | null;
 
   constructor(state: QuantState4bit, options: Linear4bitOptions = {}) {
@@ -64,7 +70,8 @@ export class Linear4bit extends Module {
     [this.outFeatures, this.inFeatures] = state.shape;
     const be = resolveBackend(options);
     this._state = state;
-    this._weight = { backend: be, buffers: upload(be, state) };
+    this._stateTensors = stateTensors(be, state);
+    this._weight = { backend: be, buffers: weightBuffers(state, this._stateTensors) };
     const bias = options.bias ?? null;
     if (bias && (bias.ndim !== 1 || bias.shape[0] !== this.outFeatures))
       throw new TensorError(
@@ -121,9 +128,9 @@ export class Linear4bit extends Module {
     return tensor(w, { shape: this._state.shape, backend: this._weight.backend });
   }
 
+  /** The bitsandbytes key set, as the module's own tensors (the same ones on every call: never dispose them). */
   protected override saveExtraState(prefix: string, out: Record<string, Tensor>): void {
-    const recs = packQuantState(this._state, { param: "weight" });
-    for (const [key, rec] of Object.entries(recs)) out[prefix + key] = recordToTensor(rec, this._weight.backend);
+    for (const [key, t] of this._stateTensors) out[prefix + key] = t;
   }
 
   protected override loadExtraState(
@@ -149,13 +156,17 @@ export class Linear4bit extends Module {
         "STATE_SHAPE",
         `loadStateDict: "${prefix}weight" holds shape ${JSON.stringify(state.shape)}, the module expects ${JSON.stringify(this._state.shape)}`,
       );
-    freeBuffers(this._weight.backend, this._weight.buffers);
+    const be = this._weight.backend;
+    const fresh = stateTensors(be, state);
+    for (const t of this._stateTensors.values()) t.dispose();
     this._state = state;
-    this._weight = { backend: this._weight.backend, buffers: upload(this._weight.backend, state) };
+    this._stateTensors = fresh;
+    this._weight = { backend: be, buffers: weightBuffers(state, fresh) };
   }
 
   protected override disposeExtra(): void {
-    freeBuffers(this._weight.backend, this._weight.buffers);
+    for (const t of this._stateTensors.values()) t.dispose();
+    this._stateTensors.clear();
   }
 }
 

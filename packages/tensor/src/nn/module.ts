@@ -119,8 +119,11 @@ export class Module {
   ): void {}
 
   /**
-   * name → Tensor (parameters, then buffers, recursively; dotted names as in PyTorch). The tensors are the
-   * module's own (not copies): do not dispose them.
+   * name → Tensor (parameters, then buffers, recursively; dotted names as in PyTorch). The contract, for
+   * every module (Linear4bit's packed 4-bit state included): the tensors are the module's own, not copies;
+   * every call returns the same tensor objects while the state is unchanged; they stay valid until the
+   * module replaces them (loadStateDict) or is disposed; callers never dispose them, and a call allocates
+   * no tensor memory.
    */
   stateDict(): Record<string, Tensor> {
     const out: Record<string, Tensor> = {};
