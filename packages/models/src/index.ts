@@ -55,3 +55,17 @@ export type {
   GenerationCache,
   GenerationTokenizer,
 } from "./generate";
+export {
+  GGUF_ARCHITECTURES,
+  ggufArchitecture,
+  ggufTensorName,
+  isSkippedForGguf,
+  qkPermuteHeads,
+  permuteQkRows,
+} from "./gguf-names";
+export {
+  exportGguf,
+  hyperparameters as ggufHyperparameters,
+  tokenizerMetadata as ggufTokenizerMetadata,
+} from "./gguf-export";
+export type { GgufOutType, GgufExportOptions, GgufExportResult } from "./gguf-export";
