@@ -11,7 +11,16 @@ import {
 import { f64Tensor, gradCheck, gradCheckBackend, randomValues } from "@qlora/tensor/testing";
 import { describe, expect, it } from "vitest";
 import { LoraError } from "./errors";
-import { type LoraBase, loraLinear, loraLinearOp, loraLinearReference } from "./lora-op";
+import {
+  type LoraBase,
+  loraBackward,
+  loraBackwardAccumulate,
+  loraForward,
+  loraForwardAccumulate,
+  loraLinear,
+  loraLinearOp,
+  loraLinearReference,
+} from "./lora-op";
 
 const TOL = 1e-7;
 const M = 5;
@@ -187,4 +196,64 @@ describe("lora.linear: what the node keeps", () => {
       /lora_A/,
     );
   });
+});
+
+describe("lora.linear: the accumulating (cpu kernel) forms against the reference forms", () => {
+  for (const quant of [false, true])
+    for (const withMask of [false, true])
+      for (const withBase of [true, false])
+        it(`${quant ? "4-bit" : "dense"} base${withBase ? "" : " (absent)"}${withMask ? ", dropout mask" : ""}`, () => {
+          const be = referenceBackend;
+          const inF = 64;
+          const x = tensor(Float32Array.from(randomValues(2 * 5 * inF, 21)), { shape: [2, 5, inF], backend: be });
+          const wv = Float32Array.from(randomValues(OUT * inF, 22));
+          const lin = Linear4bit.fromWeight({ values: wv, shape: [OUT, inF] }, { backend: be });
+          const W = tensor(wv, { shape: [OUT, inF], backend: be });
+          const base: LoraBase | null = !withBase
+            ? null
+            : quant
+              ? { kind: "4bit", weight: lin.quantizedWeight }
+              : { kind: "dense", weight: W };
+          const A = tensor(Float32Array.from(randomValues(R * inF, 23)), { shape: [R, inF], backend: be });
+          const B = tensor(Float32Array.from(randomValues(OUT * R, 24)), { shape: [OUT, R], backend: be });
+          const mask = withMask ? dropoutMask(x.shape, 0.3, { backend: be }) : null;
+          const g = tensor(Float32Array.from(randomValues(2 * 5 * OUT, 25)), { shape: [2, 5, OUT], backend: be });
+          const args = { base, scaling: 1.25, mask };
+          const ref = loraForward(x, A, B, args);
+          const acc = loraForwardAccumulate(x, A, B, args);
+          expect(maxAbs(acc.y.toTypedArray(), ref.y.toTypedArray())).toBeLessThan(1e-5);
+          const needs = { x: true, A: true, B: true };
+          const saved = { x, t: ref.t, mask };
+          const gr = loraBackward(g, saved, A, B, args, needs);
+          const ga = loraBackwardAccumulate(g, saved, A, B, args, needs);
+          for (let i = 0; i < 3; i++) expect(maxAbs(ga[i]!.toTypedArray(), gr[i]!.toTypedArray())).toBeLessThan(1e-4);
+          const onlyB = loraBackwardAccumulate(g, saved, A, B, args, { x: false, A: false, B: true });
+          expect(onlyB[0]).toBeNull();
+          expect(onlyB[1]).toBeNull();
+          lin.dispose();
+        });
+
+  it.skipIf(!(cpuBackendInfo(cpuBackend)?.native === true))(
+    "through the op on the native cpu backend (kernel) vs the reference implementation (needs the native addon)",
+    () => {
+      const inF = 128;
+      const mk = (n: number, seed: number) => Float32Array.from(randomValues(n, seed));
+      const inputs = [
+        { values: mk(7 * inF, 31), shape: [7, inF], requiresGrad: true },
+        { values: mk(R * inF, 32), shape: [R, inF], requiresGrad: true },
+        { values: mk(OUT * R, 33), shape: [OUT, R], requiresGrad: true },
+      ];
+      const run = (be: Backend, impl: "auto" | "reference") => {
+        const ts = inputs.map((i) => tensor(i.values, { shape: i.shape, backend: be, requiresGrad: true }));
+        const W = tensor(mk(OUT * inF, 34), { shape: [OUT, inF], backend: be });
+        const y = loraLinearOp.run(ts, { base: { kind: "dense", weight: W }, scaling: 0.5 }, impl);
+        y.backward(tensor(mk(7 * OUT, 35), { shape: [7, OUT], backend: be }));
+        return [y, ...ts.map((t) => t.grad!)].map((t) => Float32Array.from(t.toTypedArray()));
+      };
+      const k = run(cpuBackend, "auto");
+      const r = run(referenceBackend, "reference");
+      for (let i = 0; i < 4; i++) expect(maxAbs(k[i], r[i])).toBeLessThan(1e-4);
+      expect(loraLinearOp.kernelBackends).toContain("cpu");
+    },
+  );
 });

@@ -13,8 +13,13 @@
  * - `loraLinear`: the op called by LoraLinear layers.
  */
 import {
+  type OpBackward,
+  type OpForward,
   add,
+  addInPlace,
   defineOp,
+  matmulAccumulate,
+  zeros,
   dropoutMask,
   matmul,
   matmul4bit,
@@ -232,28 +237,123 @@ export interface LoraLinearAttrs {
 }
 
 /**
- * The fused op: one autograd node per LoRA linear. Inputs [x, A, B] or [x, A, B, mask]. Saves x, t = x̃·Aᵀ
- * and the mask; never a dequantized weight.
+ * The accumulating forward (the op's `cpu` kernel; any backend with Backend.matmul alpha/beta/out runs it):
+ * y = base(x) in a fresh buffer, then y += s·t·Bᵀ in place in one GEMM: no separate LoRA output, no add.
  */
-export const loraLinearOp = defineOp<LoraLinearAttrs>({
-  name: "lora.linear",
-  forward([x, A, B, mask], attrs, ctx) {
-    const args = { base: attrs.base, scaling: attrs.scaling, mask: mask ?? null };
-    const { y, t } = loraForward(x, A, B, args);
+export function loraForwardAccumulate(x: Tensor, A: Tensor, B: Tensor, args: LoraOpArgs): { y: Tensor; t: Tensor } {
+  checkShapes(x, A, B, args);
+  return noGrad(() => {
+    const out = B.shape[0];
+    const xd = args.mask ? mul(x, args.mask) : x;
+    const at = A.transpose(0, 1);
+    const t = matmul(xd, at);
+    at.dispose();
+    if (xd !== x) xd.dispose();
+    const y = args.base ? baseForward(x, args.base) : zeros([...x.shape.slice(0, -1), out], { backend: x.backend });
+    const y2 = y.reshape([-1, out]);
+    const t2 = t.reshape([-1, t.shape[t.ndim - 1]]);
+    const bt = B.transpose(0, 1);
+    matmulAccumulate(y2, t2, bt, args.scaling, args.base ? 1 : 0);
+    for (const h of [y2, t2, bt]) h.dispose();
+    return { y, t };
+  });
+}
+
+/**
+ * The accumulating backward: dB = s·gᵀ·t and gt = s·g·B as GEMMs with alpha = s, dA = gtᵀ·x̃, and
+ * dX = base.inputGrad(g) with the LoRA path added in place (one GEMM with beta = 1 when there is no mask).
+ */
+export function loraBackwardAccumulate(
+  g: Tensor,
+  saved: LoraSaved,
+  A: Tensor,
+  B: Tensor,
+  args: LoraOpArgs,
+  needs: LoraNeeds,
+): [Tensor | null, Tensor | null, Tensor | null] {
+  return noGrad(() => {
+    const be = g.backend;
+    const [out, r] = B.shape;
+    const inF = A.shape[1];
+    const g2 = g.reshape([-1, out]);
+    const rows = g2.shape[0];
+    let dB: Tensor | null = null;
+    if (needs.B) {
+      const t2 = saved.t.reshape([-1, r]);
+      const gT = g2.transpose(0, 1);
+      dB = zeros([out, r], { backend: be });
+      matmulAccumulate(dB, gT, t2, args.scaling, 0);
+      t2.dispose();
+      gT.dispose();
+    }
+    let dA: Tensor | null = null;
+    let dX: Tensor | null = null;
+    if (needs.A || needs.x) {
+      const gt = zeros([rows, r], { backend: be });
+      matmulAccumulate(gt, g2, B, args.scaling, 0);
+      if (needs.A) {
+        const x2 = saved.x.reshape([-1, inF]);
+        const xd = saved.mask ? mulMask(x2, saved.mask) : x2;
+        const gtT = gt.transpose(0, 1);
+        dA = zeros([r, inF], { backend: be });
+        matmulAccumulate(dA, gtT, xd, 1, 0);
+        gtT.dispose();
+        if (xd !== x2) xd.dispose();
+        x2.dispose();
+      }
+      if (needs.x) {
+        dX = args.base ? baseInputGrad(g, args.base) : zeros(saved.x.shape, { backend: be });
+        const dX2 = dX.reshape([-1, inF]);
+        if (!saved.mask) matmulAccumulate(dX2, gt, A, 1, args.base ? 1 : 0);
+        else {
+          const lx = matmul(gt, A);
+          const m2 = saved.mask.reshape([-1, inF]);
+          const lxm = mul(lx, m2);
+          addInPlace(dX2, lxm);
+          for (const h of [lx, m2, lxm]) h.dispose();
+        }
+        dX2.dispose();
+      }
+      gt.dispose();
+    }
+    g2.dispose();
+    return [dX, dA, dB];
+  });
+}
+
+function opForward(fwd: typeof loraForward): OpForward<LoraLinearAttrs> {
+  return ([x, A, B, mask], attrs, ctx) => {
+    const { y, t } = fwd(x, A, B, { base: attrs.base, scaling: attrs.scaling, mask: mask ?? null });
     // x and t are the activations kept; A and B are the parameters themselves (aliases, no copy)
     ctx.save(x, t, A, B, ...(mask ? [mask] : []));
     return y;
-  },
-  backward(g, ctx) {
+  };
+}
+
+function opBackward(bwd: typeof loraBackward): OpBackward<LoraLinearAttrs> {
+  return (g, ctx) => {
     const [x, t, A, B, mask] = ctx.saved;
     const args = { base: ctx.attrs.base, scaling: ctx.attrs.scaling, mask: mask ?? null };
-    const [dX, dA, dB] = loraBackward(g, { x, t, mask: mask ?? null }, A, B, args, {
+    const gd = g.isDense() && g.dtype === "f32" ? g : g.contiguous();
+    const [dX, dA, dB] = bwd(gd, { x, t, mask: mask ?? null }, A, B, args, {
       x: ctx.needsGrad(0),
       A: ctx.needsGrad(1),
       B: ctx.needsGrad(2),
     });
     return ctx.inputs.length === 4 ? [dX, dA, dB, null] : [dX, dA, dB];
-  },
+  };
+}
+
+/**
+ * The fused op: one autograd node per LoRA linear. Inputs [x, A, B] or [x, A, B, mask]. Saves x, t = x̃·Aᵀ,
+ * the mask and aliases of A and B; never a dequantized weight. Reference: loraForward/loraBackward; `cpu`
+ * kernel: the accumulating GEMM forms (the native GEMM with alpha/beta).
+ */
+export const loraLinearOp = defineOp<LoraLinearAttrs>({
+  name: "lora.linear",
+  forward: opForward(loraForward),
+  backward: opBackward(loraBackward),
+  kernels: { cpu: { forward: opForward(loraForwardAccumulate), backward: opBackward(loraBackwardAccumulate) } },
 });
 
 /** y = base(x) + s·(dropout(x)·Aᵀ)·Bᵀ through the fused op (x may have any leading dims). */
