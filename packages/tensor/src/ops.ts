@@ -341,9 +341,11 @@ function matmulRaw(a: Tensor, b: Tensor): Tensor {
       `matmul: ${JSON.stringify(a.shape)} @ ${JSON.stringify(b.shape)}: inner sizes ${k} and ${b.shape[b.ndim - 2]} differ`,
     );
   const batch = broadcastShapes(a.shape.slice(0, -2), b.shape.slice(0, -2), "matmul batch");
+  // each operand keeps bf16 storage (f32 activations × a bf16 weight: the backend converts tile by tile,
+  // never the whole weight); anything else is read as f32
   const dtype: DType = a.dtype === "bf16" && b.dtype === "bf16" ? "bf16" : "f32";
-  const A = operand(a, batch, dtype);
-  const Bo = operand(b, batch, dtype);
+  const A = operand(a, batch, a.dtype === "bf16" ? "bf16" : "f32");
+  const Bo = operand(b, batch, b.dtype === "bf16" ? "bf16" : "f32");
   let B = numel(batch);
   let M = m;
   let aStride = A.batchStride;
@@ -650,7 +652,8 @@ export function embedding(weight: Tensor, ids: Tensor): Tensor {
     throw new TensorError("BAD_SHAPE", `embedding: weight must be [vocab, dim], got ${JSON.stringify(weight.shape)}`);
   const [vocab, dim] = weight.shape;
   const be = sameDevice("embedding", weight, ids);
-  const wf = dense(weight);
+  // a bf16/f16 table is handed over as stored: the backend widens the gathered rows only
+  const wf = dense(weight, weight.dtype === "bf16" || weight.dtype === "f16" ? weight.dtype : "f32");
   const idf = dense(ids, "i32");
   const out = castRaw(
     fromBuffer(be.embedding(wf.buffer, idf.buffer, ids.size, dim), be, [...ids.shape, dim], "f32"),

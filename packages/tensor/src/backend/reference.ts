@@ -10,6 +10,7 @@ import { TensorError } from "../errors";
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from "../internal/half";
 import { type HostAllocator, sharedHostAllocator } from "./host-allocator";
 import type {
+  CrossEntropyGradOptions,
   AdamWOptions,
   AttentionOptions,
   Backend,
@@ -582,31 +583,25 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       const Q = asF(q, "attention");
       const K = asF(k, "attention");
       const V = asF(v, "attention");
-      const { batch, heads, kvHeads, seq, headDim: D, scale } = o;
-      if (heads % kvHeads !== 0)
-        throw new TensorError(
-          "BAD_SHAPE",
-          `${name}.attention: heads (${heads}) must be a multiple of kvHeads (${kvHeads})`,
-        );
+      const { batch, heads, seq, headDim: D, scale } = o;
+      const at = attentionIndex(o, "attention");
       const seg = o.segmentIds ? ints(o.segmentIds, "attention") : undefined;
-      const group = heads / kvHeads;
       const out = mkF(batch * heads * seq * D);
       const lse = mkF(batch * heads * seq);
       const acc = new Float64Array(D);
       for (let b = 0; b < batch; b++)
-        for (let h = 0; h < heads; h++) {
-          const kh = Math.floor(h / group);
-          const qBase = (b * heads + h) * seq * D;
-          const kBase = (b * kvHeads + kh) * seq * D;
+        for (let h = 0; h < heads; h++)
           for (let i = 0; i < seq; i++) {
-            // one query row at a time, online softmax: no seq×seq matrix
+            // one query row at a time, online softmax: no seq×kvSeq matrix
+            const qi = at.q(b, h, i);
             let mx = -Infinity;
             let l = 0;
             acc.fill(0);
-            for (let j = 0; j <= i; j++) {
+            for (let j = 0; j <= i + at.offset; j++) {
               if (seg && seg[b * seq + j] !== seg[b * seq + i]) continue;
+              const kj = at.k(b, h, j);
               let s = 0;
-              for (let d = 0; d < D; d++) s += Q[qBase + i * D + d] * K[kBase + j * D + d];
+              for (let d = 0; d < D; d++) s += Q[qi + d] * K[kj + d];
               s *= scale;
               if (s > mx) {
                 const c = Math.exp(mx - s);
@@ -616,12 +611,11 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
               }
               const p = Math.exp(s - mx);
               l += p;
-              for (let d = 0; d < D; d++) acc[d] += p * V[kBase + j * D + d];
+              for (let d = 0; d < D; d++) acc[d] += p * V[kj + d];
             }
-            for (let d = 0; d < D; d++) out.data[qBase + i * D + d] = acc[d] / l;
+            for (let d = 0; d < D; d++) out.data[qi + d] = acc[d] / l;
             lse.data[(b * heads + h) * seq + i] = mx + Math.log(l);
           }
-        }
       return { out: out.buf, lse: lse.buf };
     },
     attentionBackward(dout, q, k, v, out, lse, o: AttentionOptions) {
@@ -632,41 +626,39 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       const O = asF(out, "attentionBackward");
       const L = asF(lse, "attentionBackward");
       const { batch, heads, kvHeads, seq, headDim: D, scale } = o;
+      const at = attentionIndex(o, "attentionBackward");
       const seg = o.segmentIds ? ints(o.segmentIds, "attentionBackward") : undefined;
-      const group = heads / kvHeads;
       const dq = mkF(batch * heads * seq * D);
-      const dkAcc = new Float64Array(batch * kvHeads * seq * D);
-      const dvAcc = new Float64Array(batch * kvHeads * seq * D);
+      const dkAcc = new Float64Array(batch * kvHeads * at.kvSeq * D);
+      const dvAcc = new Float64Array(batch * kvHeads * at.kvSeq * D);
       const dqRow = new Float64Array(D);
       for (let b = 0; b < batch; b++)
-        for (let h = 0; h < heads; h++) {
-          const kh = Math.floor(h / group);
-          const qBase = (b * heads + h) * seq * D;
-          const kBase = (b * kvHeads + kh) * seq * D;
+        for (let h = 0; h < heads; h++)
           for (let i = 0; i < seq; i++) {
+            const qi = at.q(b, h, i);
             const lseI = L[(b * heads + h) * seq + i];
             let Di = 0;
-            for (let d = 0; d < D; d++) Di += dO[qBase + i * D + d] * O[qBase + i * D + d];
+            for (let d = 0; d < D; d++) Di += dO[qi + d] * O[qi + d];
             dqRow.fill(0);
-            for (let j = 0; j <= i; j++) {
+            for (let j = 0; j <= i + at.offset; j++) {
               if (seg && seg[b * seq + j] !== seg[b * seq + i]) continue;
+              const kj = at.k(b, h, j);
               let s = 0;
               let dp = 0;
               for (let d = 0; d < D; d++) {
-                s += Q[qBase + i * D + d] * K[kBase + j * D + d];
-                dp += dO[qBase + i * D + d] * V[kBase + j * D + d];
+                s += Q[qi + d] * K[kj + d];
+                dp += dO[qi + d] * V[kj + d];
               }
               const p = Math.exp(s * scale - lseI);
               const ds = p * (dp - Di) * scale;
               for (let d = 0; d < D; d++) {
-                dqRow[d] += ds * K[kBase + j * D + d];
-                dkAcc[kBase + j * D + d] += ds * Q[qBase + i * D + d];
-                dvAcc[kBase + j * D + d] += p * dO[qBase + i * D + d];
+                dqRow[d] += ds * K[kj + d];
+                dkAcc[kj + d] += ds * Q[qi + d];
+                dvAcc[kj + d] += p * dO[qi + d];
               }
             }
-            for (let d = 0; d < D; d++) dq.data[qBase + i * D + d] = dqRow[d];
+            for (let d = 0; d < D; d++) dq.data[qi + d] = dqRow[d];
           }
-        }
       const dk = mkF(dkAcc.length);
       dk.data.set(dkAcc);
       const dv = mkF(dvAcc.length);
@@ -736,6 +728,38 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       }
       return buf;
     },
+    crossEntropyGradInPlace(logits, labels, rows, vocab, o: CrossEntropyGradOptions) {
+      const X = host(logits, "crossEntropyGradInPlace");
+      if (X.dtype !== "f32")
+        throw new TensorError("BAD_DTYPE", `${name}.crossEntropyGradInPlace: logits must be f32, got ${X.dtype}`);
+      const x = X.data as unknown as F;
+      const Lb = ints(labels, "crossEntropyGradInPlace");
+      const loss = mkF(rows);
+      for (let r = 0; r < rows; r++) {
+        const row = r * vocab;
+        const lab = Lb[r];
+        if (lab !== o.ignoreIndex && (lab < 0 || lab >= vocab))
+          throw new TensorError(
+            "LABEL_OUT_OF_RANGE",
+            `${name}.crossEntropyGradInPlace: label ${lab} at row ${r} is outside [0, ${vocab}) and is not ignoreIndex ${o.ignoreIndex}`,
+          );
+        let mx = -Infinity;
+        for (let j = 0; j < vocab; j++) mx = Math.max(mx, x[row + j]);
+        let s = 0;
+        for (let j = 0; j < vocab; j++) s += Math.exp(x[row + j] - mx);
+        const lse = mx + Math.log(s);
+        if (lab === o.ignoreIndex) {
+          if (o.grad) for (let j = 0; j < vocab; j++) x[row + j] = 0;
+          continue;
+        }
+        loss.data[r] = lse - x[row + lab] + o.zLoss * lse * lse;
+        if (!o.grad) continue;
+        const k = 1 + 2 * o.zLoss * lse; // d(zLoss·lse²)/d(logit_j) = 2·zLoss·lse·softmax_j
+        for (let j = 0; j < vocab; j++) x[row + j] = k * Math.exp(x[row + j] - lse);
+        x[row + lab] -= 1;
+      }
+      return loss.buf;
+    },
     swiglu(gate, up, length) {
       const G = asF(gate, "swiglu");
       const U = asF(up, "swiglu");
@@ -757,7 +781,8 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       return { dgate: dg.buf, dup: du.buf };
     },
     embedding(weight, ids, count, dim) {
-      const W = asF(weight, "embedding");
+      // f32, bf16 or f16 table: only the gathered rows are decoded (never the whole table)
+      const W = host(weight, "embedding");
       const I = ints(ids, "embedding");
       const vocab = W.length / dim;
       const { buf, data } = mkF(count * dim);
@@ -768,7 +793,7 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
             "INDEX_OUT_OF_RANGE",
             `${name}.embedding: id ${id} at position ${i} is outside [0, ${vocab})`,
           );
-        for (let d = 0; d < dim; d++) data[i * dim + d] = W[id * dim + d];
+        for (let d = 0; d < dim; d++) data[i * dim + d] = read(W, id * dim + d);
       }
       return buf;
     },

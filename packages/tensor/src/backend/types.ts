@@ -128,7 +128,17 @@ export interface AttentionOptions {
   readonly scale: number; // usually 1/sqrt(headDim)
   /** Optional i32 [batch, seq]: tokens attend only within equal segment ids (packed sequences). */
   readonly segmentIds?: Buffer;
+  /** [runtime refinement] Keys/values per sequence (default seq; kvSeq ≥ seq). The queries are the LAST seq
+   * positions: query i sits at kvSeq − seq + i and attends keys j ≤ kvSeq − seq + i (a KV cache: keys =
+   * cached + new). segmentIds need kvSeq = seq. k/v (and dk/dv) have kvSeq rows per head. */
+  readonly kvSeq?: number;
+  /** [runtime refinement] Memory layout of q, k, v, out (and dout, dq, dk, dv): "bhsd" (default) is
+   * [batch, heads, seq, d]; "bshd" is [batch, seq, heads, d], rope's layout and what the q/k/v projections
+   * produce, so a decoder layer needs no transposed copies. lse is [batch, heads, seq] in both. */
+  readonly layout?: AttentionLayout;
 }
+
+export type AttentionLayout = "bhsd" | "bshd";
 
 export interface RopeOptions {
   readonly batch: number;
@@ -147,6 +157,15 @@ export interface AdamWOptions {
   readonly eps: number;
   readonly weightDecay: number;
   readonly step: number; // 1-based, for bias correction
+}
+
+/** Options of `crossEntropyGradInPlace` (one row chunk of `linearCrossEntropy`). */
+export interface CrossEntropyGradOptions {
+  readonly ignoreIndex: number;
+  /** Weight of the z-loss term zLoss·lse² added to each non-ignored row (0: plain cross-entropy). */
+  readonly zLoss: number;
+  /** Also overwrite logits with the gradient of the summed loss (else logits are left as they are). */
+  readonly grad: boolean;
 }
 
 export interface MemoryStats {
@@ -214,7 +233,8 @@ export interface Backend {
   /** Rotary embedding, Hugging Face "rotate_half" convention, on x [batch, seq, heads, headDim]
    * with positions i32 [batch, seq]. */
   rope(x: Buffer, positions: Buffer, options: RopeOptions): Buffer;
-  /** Causal attention: q [batch, heads, seq, d], k/v [batch, kvHeads, seq, d] → out [batch, heads, seq, d]
+  /** Causal attention: q [batch, heads, seq, d], k/v [batch, kvHeads, kvSeq, d] → out [batch, heads, seq, d]
+   * (or all four in the "bshd" layout, see AttentionOptions)
    * and the row log-sum-exp [batch, heads, seq] saved for backward. Never keeps a seq×seq matrix per head. */
   attention(q: Buffer, k: Buffer, v: Buffer, options: AttentionOptions): { out: Buffer; lse: Buffer };
   attentionBackward(
@@ -246,10 +266,24 @@ export interface Backend {
     vocab: number,
     ignoreIndex: number,
   ): Buffer;
+  /** [runtime refinement] Optional, fused loss and gradient of one chunk of logits [rows, vocab] (in place):
+   * returns loss [rows] = lse − logits[label] + zLoss·lse² (0 where label === ignoreIndex), and when
+   * `options.grad` overwrites logits with d(Σ loss)/d(logits) = (1 + 2·zLoss·lse)·softmax(logits) −
+   * onehot(label) (0 on ignored rows), so a chunk never holds logits and their gradient at once. Host
+   * backends without it get the reference implementation; a device backend without it is served by
+   * crossEntropy + crossEntropyBackward when zLoss = 0. */
+  crossEntropyGradInPlace?(
+    logits: Buffer,
+    labels: Buffer,
+    rows: number,
+    vocab: number,
+    options: CrossEntropyGradOptions,
+  ): Buffer;
   /** silu(gate) · up, elementwise. */
   swiglu(gate: Buffer, up: Buffer, length: number): Buffer;
   swigluBackward(dy: Buffer, gate: Buffer, up: Buffer, length: number): { dgate: Buffer; dup: Buffer };
-  /** out[i] = weight[ids[i]] for rows of length dim. */
+  /** out[i] = weight[ids[i]] for rows of length dim, f32 out. [runtime refinement] weight may be f32, bf16 or
+   * f16: only the gathered rows are converted, never the whole table. */
   embedding(weight: Buffer, ids: Buffer, count: number, dim: number): Buffer;
   /** dweight [vocab, dim] = scatter-add of dy rows at ids. */
   embeddingBackward(dy: Buffer, ids: Buffer, count: number, dim: number, vocab: number): Buffer;

@@ -1,0 +1,146 @@
+// attention over a KV cache (kv length ≠ query length, causal with offset) and in rope's [b, s, h, d]
+// layout (transposed views read in place, no copies), on the reference backend: equality with the
+// plain path, finite-difference gradients (f64), and a count of the backend copies a decoder layer makes.
+import { describe, expect, it } from "vitest";
+import { createReferenceBackend } from "../src/backend/reference";
+import type { AttentionOptions, Backend } from "../src/backend/types";
+import { attention, rope } from "../src/ops";
+import { Generator } from "../src/random";
+import { randn, type Tensor, tensor } from "../src/tensor";
+import { gradCheck, randomValues, t64 } from "./helpers";
+
+const be = createReferenceBackend({ name: "reference-attn" });
+const gen = (seed: number) => ({ backend: be, generator: new Generator(seed) });
+
+function close(a: Tensor, b: Tensor, tol = 1e-6): void {
+  expect(a.shape).toEqual(b.shape);
+  const x = a.toTypedArray();
+  const y = b.toTypedArray();
+  let worst = 0;
+  for (let i = 0; i < x.length; i++) worst = Math.max(worst, Math.abs(x[i] - y[i]));
+  expect(worst).toBeLessThan(tol);
+}
+
+describe("attention over a KV cache (query length < key length)", () => {
+  for (const [B, H, KVH, S, D] of [
+    [1, 2, 2, 7, 4],
+    [2, 4, 2, 9, 3],
+    [1, 6, 1, 5, 8],
+  ]) {
+    it(`last ${3} queries over ${S} keys equal the last rows of full attention (b${B} h${H} kvh${KVH} d${D})`, () => {
+      const q = randn([B, H, S, D], gen(1));
+      const k = randn([B, KVH, S, D], gen(2));
+      const v = randn([B, KVH, S, D], gen(3));
+      const full = attention(q, k, v);
+      for (const n of [1, 3]) {
+        const qLast = q.narrow(2, S - n, n);
+        const out = attention(qLast, k, v);
+        const want = full.narrow(2, S - n, n);
+        close(out, want);
+        for (const t of [qLast, out, want]) t.dispose();
+      }
+      for (const t of [q, k, v, full]) t.dispose();
+    });
+  }
+
+  it("rejects kv length < query length and segment ids with a cache, naming the shapes", () => {
+    const q = randn([1, 2, 4, 3], gen(1));
+    const k = randn([1, 2, 3, 3], gen(2));
+    expect(() => attention(q, k, k)).toThrow(/kv length ≥ query length/);
+    const k2 = randn([1, 2, 6, 3], gen(2));
+    const seg = tensor([[0, 0, 1, 1]], { dtype: "i32", backend: be });
+    expect(() => attention(q, k2, k2, { segmentIds: seg })).toThrow(/need kv length = query length/);
+    for (const t of [q, k, k2, seg]) t.dispose();
+  });
+});
+
+describe("attention in rope's layout ([b, s, h, d] storage, transposed views)", () => {
+  it("gives the same output and gradients as dense [b, h, s, d] inputs, with and without a cache", () => {
+    const [B, S, H, KVH, D] = [2, 6, 4, 2, 5];
+    for (const sq of [S, 2]) {
+      const qs = randn([B, sq, H, D], { ...gen(4), requiresGrad: true });
+      const ks = randn([B, S, KVH, D], { ...gen(5), requiresGrad: true });
+      const vs = randn([B, S, KVH, D], { ...gen(6), requiresGrad: true });
+      const viaViews = attention(qs.transpose(1, 2), ks.transpose(1, 2), vs.transpose(1, 2));
+      const [qd, kd, vd] = [qs, ks, vs].map((t) => {
+        const c = t.detach().transpose(1, 2).contiguous();
+        c.requiresGrad = true;
+        return c;
+      });
+      const viaDense = attention(qd, kd, vd);
+      close(viaViews, viaDense);
+      // the view path hands back a [b, h, s, d] view of [b, s, h, d] storage: transposing it back is dense
+      const merged = viaViews.transpose(1, 2);
+      expect(merged.isDense()).toBe(true);
+      const w = randn([B, H, sq, D], gen(7));
+      viaViews.mul(w).sum().backward();
+      viaDense.mul(w).sum().backward();
+      close(qs.grad!.transpose(1, 2), qd.grad!);
+      close(ks.grad!.transpose(1, 2), kd.grad!);
+      close(vs.grad!.transpose(1, 2), vd.grad!);
+    }
+  });
+
+  it("a decoder layer's rope → attention → merge heads makes no copies for the layout", () => {
+    let copies = 0;
+    let layout: AttentionOptions["layout"];
+    const counting: Backend = {
+      ...be,
+      copy(src, view, dtype) {
+        copies++;
+        return be.copy(src, view, dtype);
+      },
+      attention(q, k, v, o) {
+        layout = o.layout;
+        return be.attention(q, k, v, o);
+      },
+    };
+    const [B, S, H, KVH, D] = [1, 5, 4, 2, 6];
+    const pos = tensor([[0, 1, 2, 3, 4]], { dtype: "i32", backend: counting });
+    const q = randn([B, S, H, D], { backend: counting, generator: new Generator(1) });
+    const k = randn([B, S, KVH, D], { backend: counting, generator: new Generator(2) });
+    const v = randn([B, S, KVH, D], { backend: counting, generator: new Generator(3) });
+    const qr = rope(q, pos);
+    const kr = rope(k, pos);
+    copies = 0;
+    const out = attention(qr.transpose(1, 2), kr.transpose(1, 2), v.transpose(1, 2));
+    const merged = out.transpose(1, 2).reshape([B, S, H * D]);
+    expect(copies).toBe(0);
+    expect(layout).toBe("bshd");
+    expect(merged.shape).toEqual([B, S, H * D]);
+  });
+});
+
+describe("attention gradients against finite differences (f64), cache offset and layout", () => {
+  it("GQA, 2 queries over 5 keys, dense layout", () => {
+    const err = gradCheck(
+      (q, k, v) => attention(q, k, v, { scale: 0.8 }),
+      [
+        { values: randomValues(1 * 4 * 2 * 3, 1), shape: [1, 4, 2, 3] },
+        { values: randomValues(1 * 2 * 5 * 3, 2), shape: [1, 2, 5, 3] },
+        { values: randomValues(1 * 2 * 5 * 3, 3), shape: [1, 2, 5, 3] },
+      ],
+    );
+    expect(err).toBeLessThan(1e-7);
+  });
+
+  it("GQA, 3 queries over 4 keys, [b, s, h, d] storage read through transposed views", () => {
+    const err = gradCheck(
+      (q, k, v) => attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)),
+      [
+        { values: randomValues(2 * 3 * 4 * 2, 4), shape: [2, 3, 4, 2] },
+        { values: randomValues(2 * 4 * 2 * 2, 5), shape: [2, 4, 2, 2] },
+        { values: randomValues(2 * 4 * 2 * 2, 6), shape: [2, 4, 2, 2] },
+      ],
+    );
+    expect(err).toBeLessThan(1e-7);
+  });
+
+  it("the f64 backend takes the view path too (layout reaches the backend)", () => {
+    const q = t64(randomValues(12, 1), [1, 2, 3, 2]);
+    const out = attention(q.transpose(1, 2), q.transpose(1, 2), q.transpose(1, 2));
+    expect(out.transpose(1, 2).isDense()).toBe(true);
+    q.dispose();
+    out.dispose();
+  });
+});
