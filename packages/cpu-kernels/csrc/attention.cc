@@ -15,7 +15,8 @@
 namespace qlora {
 namespace {
 
-// Reads batch, heads, kvHeads, seq, headDim, scale starting at argument `at`.
+// Reads batch, heads, kvHeads, seq, headDim, scale starting at argument `at`, then the optional kvSeq
+// (default seq) and layout (0 = [batch, heads, seq, d], 1 = [batch, seq, heads, d]; default 0).
 AttnProblem read_problem(Args& a, size_t at) {
   AttnProblem p{};
   p.batch = a.count(at, "batch");
@@ -24,19 +25,32 @@ AttnProblem read_problem(Args& a, size_t at) {
   p.seq = a.count(at + 3, "seq");
   p.d = a.count(at + 4, "headDim");
   p.scale = static_cast<float>(a.number(at + 5, "scale"));
+  p.kv_seq = a.is_null(at + 6) ? p.seq : a.count(at + 6, "kvSeq");
+  const int64_t layout = a.is_null(at + 7) ? 0 : a.count(at + 7, "layout");
   if (a.ok() && (p.kv_heads == 0 || p.heads % p.kv_heads != 0)) a.fail_range("kvHeads", "a positive divisor of heads");
   if (a.ok() && p.d == 0) a.fail_range("headDim", "positive");
   if (a.ok() && !(p.scale > 0)) a.fail_range("scale", "a positive number");
+  if (a.ok() && p.kv_seq < p.seq) a.fail_range("kvSeq", "at least seq");
+  if (a.ok() && layout > 1) a.fail_range("layout", "0 (batch, heads, seq, d) or 1 (batch, seq, heads, d)");
+  p.offset = p.kv_seq - p.seq;
+  const bool bshd = layout == 1;
+  p.q_rs = bshd ? p.heads * p.d : p.d;
+  p.q_hs = bshd ? p.d : p.seq * p.d;
+  p.q_bs = p.heads * p.seq * p.d;
+  p.kv_rs = bshd ? p.kv_heads * p.d : p.d;
+  p.kv_hs = bshd ? p.d : p.kv_seq * p.d;
+  p.kv_bs = p.kv_heads * p.kv_seq * p.d;
   return p;
 }
 
 void read_inputs(Args& a, AttnProblem& p, size_t q, size_t seg) {
   const double nq = static_cast<double>(p.batch) * p.heads * p.seq * p.d;
-  const double nkv = static_cast<double>(p.batch) * p.kv_heads * p.seq * p.d;
+  const double nkv = static_cast<double>(p.batch) * p.kv_heads * p.kv_seq * p.d;
   p.q = a.f32(q, "q", nq);
   p.k = a.f32(q + 1, "k", nkv);
   p.v = a.f32(q + 2, "v", nkv);
   p.seg = a.is_null(seg) ? nullptr : a.i32(seg, "segmentIds", static_cast<double>(p.batch) * p.seq);
+  if (a.ok() && p.seg && p.offset != 0) a.fail_range("segmentIds", "absent when kvSeq != seq (a KV cache)");
 }
 
 // Runs task(t, scratch) for t in [0, n) with dynamic scheduling: every pool thread takes the next
@@ -57,16 +71,16 @@ void transpose_keys(const AttnProblem& p, float* kt) {
   parallel_for(p.batch * p.kv_heads * tiles, [&](size_t t0, size_t t1) {
     for (size_t t = t0; t < t1; ++t) {
       const int64_t bh = static_cast<int64_t>(t) / tiles, j0 = (static_cast<int64_t>(t) % tiles) * kAttnBc;
-      const int64_t bc = std::min(kAttnBc, p.seq - j0);
-      const float* src = p.k + (bh * p.seq + j0) * d;
+      const int64_t bc = std::min(kAttnBc, p.kv_seq - j0);
+      const float* src = p.k + (bh / p.kv_heads) * p.kv_bs + (bh % p.kv_heads) * p.kv_hs + j0 * p.kv_rs;
       float* dst = kt + static_cast<int64_t>(t) * d * kAttnBc;
       for (int64_t j = 0; j < bc; ++j)
-        for (int64_t c = 0; c < d; ++c) dst[c * kAttnBc + j] = src[j * d + c];
+        for (int64_t c = 0; c < d; ++c) dst[c * kAttnBc + j] = src[j * p.kv_rs + c];
     }
   });
 }
 
-// attentionForward(q, k, v, segmentIds|null, out, lse, batch, heads, kvHeads, seq, headDim, scale)
+// attentionForward(q, k, v, segmentIds|null, out, lse, batch, heads, kvHeads, seq, headDim, scale[, kvSeq, layout])
 Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
   Args a(info, "attentionForward");
   AttnProblem p = read_problem(a, 6);
@@ -83,39 +97,53 @@ Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
   return a.env().Undefined();
 }
 
-// Fewer (batch, kv head) pairs than threads: each pair's key tiles go round-robin to the threads
-// (round-robin balances the causal triangle), each thread accumulating the group's dq privately;
-// the private dq buffers are then summed in parallel.
+// dq of a GQA group is a sum over key tiles. With few (batch, kv head) pairs, each pair's key tiles are
+// split round-robin (which balances the causal triangle) into `parts` subsets, each accumulating a private
+// dq that is summed afterwards in part order. `parts` depends on the shape only, never on the thread
+// count, so results are bit-identical on any number of threads (test/thread-sweep.test.ts); threads only
+// decide who computes which part. kAttnPairTarget bounds the parallelism (and the private dq memory:
+// parts x the group's dq) for a single pair.
+constexpr int64_t kAttnPairTarget = 8;
+int64_t dq_parts(const AttnProblem& p) {
+  const int64_t pairs = attn_backward_tasks(p);
+  if (pairs >= kAttnPairTarget) return 1;
+  return std::max<int64_t>(1, std::min(attn_key_tiles(p), (kAttnPairTarget + pairs - 1) / pairs));
+}
+
 void backward_split_keys(const AttnProblem& p, int level, const float* dout, const float* out, const float* lse,
                          float* dq, float* dk, float* dv, size_t scratch) {
   auto fn = level == 2 ? avx512::attn_backward_tiles : level == 1 ? avx2::attn_backward_tiles : sse::attn_backward_tiles;
-  const int64_t parts = std::min<int64_t>(num_threads(), attn_key_tiles(p));
+  const int64_t parts = dq_parts(p);
   const int64_t G = p.heads / p.kv_heads, group = G * p.seq * p.d;
   std::vector<float> partial(static_cast<size_t>(parts * group));
   for (int64_t t = 0; t < attn_backward_tasks(p); ++t) {
     parallel_for(parts, [&](size_t w0, size_t w1) {
       std::vector<float> buf(scratch);
       for (size_t w = w0; w < w1; ++w)
-        fn(p, dout, out, lse, partial.data() + w * group, dk, dv, t, static_cast<int64_t>(w), parts, buf.data());
+        fn(p, dout, out, lse, partial.data() + w * group, p.d, p.seq * p.d, dk, dv, t, static_cast<int64_t>(w), parts,
+           buf.data());
     });
-    float* dq_group = dq + ((t / p.kv_heads) * p.heads + (t % p.kv_heads) * G) * p.seq * p.d;
+    // the private buffers are [G][seq][d]; dq is in the problem's layout
+    float* dq_group = dq + (t / p.kv_heads) * p.q_bs + (t % p.kv_heads) * G * p.q_hs;
     parallel_for(group, [&](size_t i0, size_t i1) {
       for (size_t i = i0; i < i1; ++i) {
         float s = 0.0f;
         for (int64_t w = 0; w < parts; ++w) s += partial[w * group + i];
-        dq_group[i] = s;
+        const int64_t g = static_cast<int64_t>(i) / (p.seq * p.d), r = (static_cast<int64_t>(i) / p.d) % p.seq;
+        dq_group[g * p.q_hs + r * p.q_rs + static_cast<int64_t>(i) % p.d] = s;
       }
     }, 4096);
   }
 }
 
-// attentionBackward(dout, q, k, v, out, lse, segmentIds|null, dq, dk, dv, batch, heads, kvHeads, seq, headDim, scale)
+// attentionBackward(dout, q, k, v, out, lse, segmentIds|null, dq, dk, dv, batch, heads, kvHeads, seq, headDim, scale
+//                   [, kvSeq, layout])
 Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   Args a(info, "attentionBackward");
   AttnProblem p = read_problem(a, 10);
   read_inputs(a, p, 1, 6);
   const double nq = static_cast<double>(p.batch) * p.heads * p.seq * p.d;
-  const double nkv = static_cast<double>(p.batch) * p.kv_heads * p.seq * p.d;
+  const double nkv = static_cast<double>(p.batch) * p.kv_heads * p.kv_seq * p.d;
   const float* dout = a.f32(0, "dout", nq);
   const float* out = a.f32(4, "out", nq);
   const float* lse = a.f32(5, "lse", static_cast<double>(p.batch) * p.heads * p.seq);
@@ -125,8 +153,8 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   if (!a.ok()) return a.env().Undefined();
   const int level = fused_isa_level();
   const size_t scratch = attn_backward_scratch(p);
-  const int64_t tasks = attn_backward_tasks(p), threads = num_threads();
-  if (tasks >= threads || attn_key_tiles(p) < 2) {
+  const int64_t tasks = attn_backward_tasks(p);
+  if (dq_parts(p) == 1) {
     auto fn = level == 2 ? avx512::attn_backward : level == 1 ? avx2::attn_backward : sse::attn_backward;
     for_each_task(tasks, scratch, [&](int64_t t, float* buf) { fn(p, dout, out, lse, dq, dk, dv, t, t + 1, buf); });
   } else {

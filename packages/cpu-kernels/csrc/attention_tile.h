@@ -7,8 +7,8 @@
 //   (running max m, running sum l, O rescaled by exp(m_old − m_new)), O += P V;
 //   finally O /= l, lse = m + log l. Only O and lse leave the tile.
 // Backward (per batch, kv head; the thread owns dq of the query heads sharing it, so no races; when
-// there are fewer (batch, kv head) pairs than threads, attention.cc splits each pair's key tiles
-// over the threads instead, each accumulating dq into a private buffer that is summed after):
+// there are few (batch, kv head) pairs, attention.cc splits each pair's key tiles into a shape-determined
+// number of parts instead, each accumulating dq into a private buffer that is summed after in part order):
 //   for each key tile j: for each query head of the group and query tile i ≥ j:
 //   P = exp(scale·Q Kᵀ − lse) recomputed, dV_j += Pᵀ dO, dP = dO Vᵀ, dS = P∘(dP − D)·scale,
 //   dQ_i += dS K_j, dK_j += dSᵀ Q_i, with D = rowsum(dO∘O) computed once per row.
@@ -80,10 +80,10 @@ void zero(float* p, int64_t n) {
   for (; i < n; ++i) p[i] = 0.0f;
 }
 
-// dst[c][j] = src[j][c] for j < rows, c < d (dst rows kAttnBc apart).
-void transpose(float* dst, const float* src, int64_t rows, int64_t d) {
+// dst[c][j] = src[j·ld + c] for j < rows, c < d (dst rows kAttnBc apart).
+void transpose(float* dst, const float* src, int64_t rows, int64_t ld, int64_t d) {
   for (int64_t j = 0; j < rows; ++j)
-    for (int64_t c = 0; c < d; ++c) dst[c * kAttnBc + j] = src[j * d + c];
+    for (int64_t c = 0; c < d; ++c) dst[c * kAttnBc + j] = src[j * ld + c];
 }
 
 // row[j] = exp(row[j]·mul − shift) for j < n, in place; returns the sum.
@@ -136,8 +136,8 @@ void forward_tile(const AttnProblem& p, float* out, float* lse, int64_t task, fl
   const int64_t b = task / (p.heads * nqb), h = (task / nqb) % p.heads, i0 = (task % nqb) * kAttnBr;
   const int64_t br = S - i0 < kAttnBr ? S - i0 : kAttnBr;
   const int64_t kvh = h / (p.heads / p.kv_heads);
-  const float* Q = p.q + ((b * p.heads + h) * S + i0) * d;
-  const float* Vv = p.v + (b * p.kv_heads + kvh) * S * d;
+  const float* Q = p.q + b * p.q_bs + h * p.q_hs + i0 * p.q_rs;
+  const float* Vv = p.v + b * p.kv_bs + kvh * p.kv_hs;
   const int32_t* seg = p.seg ? p.seg + b * S : nullptr;
   const float* KTall = p.kt + (b * p.kv_heads + kvh) * attn_key_tiles(p) * d * kAttnBc;
   float* St = scratch;                 // [kAttnBr][kAttnBc]: scores, then probabilities
@@ -147,15 +147,15 @@ void forward_tile(const AttnProblem& p, float* out, float* lse, int64_t task, fl
   const float ninf = -__builtin_inff();
   for (int64_t r = 0; r < br; ++r) m[r] = ninf, l[r] = 0.0f;
   zero(O, br * d);
-  const int64_t jend = i0 + br;  // causal: keys < i0 + br
+  const int64_t jend = p.offset + i0 + br;  // causal: keys < offset + i0 + br (≤ kv_seq)
   for (int64_t j0 = 0; j0 < jend; j0 += kAttnBc) {
     const int64_t bc = jend - j0 < kAttnBc ? jend - j0 : kAttnBc;
     const float* KT = KTall + (j0 / kAttnBc) * d * kAttnBc;
     zero(St, br * kAttnBc);
-    gemm_acc(St, kAttnBc, Q, d, 1, KT, kAttnBc, br, d, bc);
+    gemm_acc(St, kAttnBc, Q, p.q_rs, 1, KT, kAttnBc, br, d, bc);
     for (int64_t r = 0; r < br; ++r) {
       float* row = St + r * kAttnBc;
-      const int64_t nv = visible(i0 + r, j0, bc);
+      const int64_t nv = visible(p.offset + i0 + r, j0, bc);
       for (int64_t j = nv; j < bc; ++j) row[j] = ninf;
       if (seg) mask_segments(row, nv, seg + j0, seg[i0 + r], ninf);
       const float mx = max_row(row, bc) * p.scale;  // scale > 0 keeps the argmax
@@ -169,13 +169,13 @@ void forward_tile(const AttnProblem& p, float* out, float* lse, int64_t task, fl
       m[r] = m_new;
       if (corr != 1.0f) scale_row(O + r * d, d, corr);
     }
-    gemm_acc(O, d, St, kAttnBc, 1, Vv + j0 * d, d, br, bc, d);
+    gemm_acc(O, d, St, kAttnBc, 1, Vv + j0 * p.kv_rs, p.kv_rs, br, bc, d);
   }
-  float* Og = out + ((b * p.heads + h) * S + i0) * d;
+  float* Og = out + b * p.q_bs + h * p.q_hs + i0 * p.q_rs;
   float* L = lse + (b * p.heads + h) * S + i0;
   for (int64_t r = 0; r < br; ++r) {
     const float inv = 1.0f / l[r];
-    for (int64_t c = 0; c < d; ++c) Og[r * d + c] = O[r * d + c] * inv;
+    for (int64_t c = 0; c < d; ++c) Og[r * p.q_rs + c] = O[r * d + c] * inv;
     L[r] = m[r] + __builtin_logf(l[r]);
   }
 }
@@ -190,10 +190,11 @@ float dot(const float* a, const float* b, int64_t n) {
 }
 
 // One (batch, kv head) of the backward over key tiles jt0, jt0 + jstep, ...: dK/dV of those tiles
-// are final (written to dk/dv), dQ of the group's query heads is accumulated into dq_group
-// ([G][S][d], zeroed here).
+// are final (written to dk/dv), dQ of the group's query heads is accumulated into dq_group (head g,
+// row i at g·dq_hs + i·dq_rs; zeroed here).
 void backward_task(const AttnProblem& p, const float* dout, const float* out, const float* lse, float* dq_group,
-                   float* dk, float* dv, int64_t task, int64_t jt0, int64_t jstep, float* scratch) {
+                   int64_t dq_rs, int64_t dq_hs, float* dk, float* dv, int64_t task, int64_t jt0, int64_t jstep,
+                   float* scratch) {
   const int64_t d = p.d, S = p.seq, G = p.heads / p.kv_heads;
   const int64_t b = task / p.kv_heads, kvh = task % p.kv_heads;
   const int32_t* seg = p.seg ? p.seg + b * S : nullptr;
@@ -205,39 +206,42 @@ void backward_task(const AttnProblem& p, const float* dout, const float* out, co
   float* dV = dK + kAttnBc * d;         // [kAttnBc][d]
   float* D = dV + kAttnBc * d;          // [G][S]
   for (int64_t g = 0; g < G; ++g) {
-    const int64_t off = (b * p.heads + kvh * G + g) * S * d;
-    for (int64_t i = 0; i < S; ++i) D[g * S + i] = dot(dout + off + i * d, out + off + i * d, d);
+    const int64_t off = b * p.q_bs + (kvh * G + g) * p.q_hs;
+    for (int64_t i = 0; i < S; ++i) D[g * S + i] = dot(dout + off + i * p.q_rs, out + off + i * p.q_rs, d);
+    for (int64_t i = 0; i < S; ++i) zero(dq_group + g * dq_hs + i * dq_rs, d);
   }
-  zero(dq_group, G * S * d);
-  const float* K = p.k + (b * p.kv_heads + kvh) * S * d;
-  const float* Vv = p.v + (b * p.kv_heads + kvh) * S * d;
-  for (int64_t j0 = jt0 * kAttnBc; j0 < S; j0 += jstep * kAttnBc) {
-    const int64_t bc = S - j0 < kAttnBc ? S - j0 : kAttnBc;
-    transpose(KT, K + j0 * d, bc, d);
-    transpose(VT, Vv + j0 * d, bc, d);
+  const int64_t KS = p.kv_seq;
+  const float* K = p.k + b * p.kv_bs + kvh * p.kv_hs;
+  const float* Vv = p.v + b * p.kv_bs + kvh * p.kv_hs;
+  for (int64_t j0 = jt0 * kAttnBc; j0 < KS; j0 += jstep * kAttnBc) {
+    const int64_t bc = KS - j0 < kAttnBc ? KS - j0 : kAttnBc;
+    transpose(KT, K + j0 * p.kv_rs, bc, p.kv_rs, d);
+    transpose(VT, Vv + j0 * p.kv_rs, bc, p.kv_rs, d);
     zero(dK, bc * d);
     zero(dV, bc * d);
     for (int64_t g = 0; g < G; ++g) {
-      const int64_t hrow = (b * p.heads + kvh * G + g) * S;
-      const float* Qh = p.q + hrow * d;
-      const float* dOh = dout + hrow * d;
-      float* dQh = dq_group + g * S * d;
-      const float* Lh = lse + hrow;
+      const int64_t qoff = b * p.q_bs + (kvh * G + g) * p.q_hs, qrs = p.q_rs;
+      const float* Qh = p.q + qoff;
+      const float* dOh = dout + qoff;
+      float* dQh = dq_group + g * dq_hs;
+      const float* Lh = lse + (b * p.heads + kvh * G + g) * S;
       const float* Dh = D + g * S;
-      for (int64_t i0 = (j0 / kAttnBr) * kAttnBr; i0 < S; i0 += kAttnBr) {
+      // the first query that sees key j0 is j0 − offset (rounded down to its tile)
+      const int64_t first = j0 - p.offset > 0 ? j0 - p.offset : 0;
+      for (int64_t i0 = (first / kAttnBr) * kAttnBr; i0 < S; i0 += kAttnBr) {
         const int64_t br = S - i0 < kAttnBr ? S - i0 : kAttnBr;
         zero(P, br * kAttnBc);
-        gemm_acc(P, kAttnBc, Qh + i0 * d, d, 1, KT, kAttnBc, br, d, bc);
+        gemm_acc(P, kAttnBc, Qh + i0 * qrs, qrs, 1, KT, kAttnBc, br, d, bc);
         for (int64_t r = 0; r < br; ++r) {
           float* row = P + r * kAttnBc;
-          const int64_t nv = visible(i0 + r, j0, bc);
+          const int64_t nv = visible(p.offset + i0 + r, j0, bc);
           exp_row(row, nv, p.scale, Lh[i0 + r]);
           for (int64_t j = nv; j < bc; ++j) row[j] = 0.0f;
           if (seg) mask_segments(row, nv, seg + j0, seg[i0 + r], 0.0f);
         }
-        gemm_acc(dV, d, P, 1, kAttnBc, dOh + i0 * d, d, bc, br, d);  // dV += Pᵀ dO
+        gemm_acc(dV, d, P, 1, kAttnBc, dOh + i0 * qrs, qrs, bc, br, d);  // dV += Pᵀ dO
         zero(dS, br * kAttnBc);
-        gemm_acc(dS, kAttnBc, dOh + i0 * d, d, 1, VT, kAttnBc, br, d, bc);  // dP = dO Vᵀ
+        gemm_acc(dS, kAttnBc, dOh + i0 * qrs, qrs, 1, VT, kAttnBc, br, d, bc);  // dP = dO Vᵀ
         for (int64_t r = 0; r < br; ++r) {
           float* ds = dS + r * kAttnBc;
           const float* pr = P + r * kAttnBc;
@@ -247,13 +251,14 @@ void backward_task(const AttnProblem& p, const float* dout, const float* out, co
             V::store(ds + j, V::mul(V::mul(V::load(pr + j), V::sub(V::load(ds + j), vD)), vs));
           for (; j < bc; ++j) ds[j] = pr[j] * (ds[j] - Dh[i0 + r]) * p.scale;
         }
-        gemm_acc(dQh + i0 * d, d, dS, kAttnBc, 1, K + j0 * d, d, br, bc, d);  // dQ += dS K
-        gemm_acc(dK, d, dS, 1, kAttnBc, Qh + i0 * d, d, bc, br, d);          // dK += dSᵀ Q
+        gemm_acc(dQh + i0 * dq_rs, dq_rs, dS, kAttnBc, 1, K + j0 * p.kv_rs, p.kv_rs, br, bc, d);  // dQ += dS K
+        gemm_acc(dK, d, dS, 1, kAttnBc, Qh + i0 * qrs, qrs, bc, br, d);                         // dK += dSᵀ Q
       }
     }
-    float* dKg = dk + ((b * p.kv_heads + kvh) * S + j0) * d;
-    float* dVg = dv + ((b * p.kv_heads + kvh) * S + j0) * d;
-    for (int64_t x = 0; x < bc * d; ++x) dKg[x] = dK[x], dVg[x] = dV[x];
+    float* dKg = dk + b * p.kv_bs + kvh * p.kv_hs + j0 * p.kv_rs;
+    float* dVg = dv + b * p.kv_bs + kvh * p.kv_hs + j0 * p.kv_rs;
+    for (int64_t j = 0; j < bc; ++j)
+      for (int64_t c = 0; c < d; ++c) dKg[j * p.kv_rs + c] = dK[j * d + c], dVg[j * p.kv_rs + c] = dV[j * d + c];
   }
 }
 
@@ -266,14 +271,15 @@ void attn_forward(const AttnProblem& p, float* out, float* lse, int64_t t0, int6
 void attn_backward(const AttnProblem& p, const float* dout, const float* out, const float* lse, float* dq, float* dk,
                    float* dv, int64_t t0, int64_t t1, float* scratch) {
   for (int64_t t = t0; t < t1; ++t) {
-    float* dq_group = dq + ((t / p.kv_heads) * p.heads + (t % p.kv_heads) * (p.heads / p.kv_heads)) * p.seq * p.d;
-    backward_task(p, dout, out, lse, dq_group, dk, dv, t, 0, 1, scratch);
+    float* dq_group = dq + (t / p.kv_heads) * p.q_bs + (t % p.kv_heads) * (p.heads / p.kv_heads) * p.q_hs;
+    backward_task(p, dout, out, lse, dq_group, p.q_rs, p.q_hs, dk, dv, t, 0, 1, scratch);
   }
 }
 
 void attn_backward_tiles(const AttnProblem& p, const float* dout, const float* out, const float* lse, float* dq_group,
-                         float* dk, float* dv, int64_t task, int64_t jt0, int64_t jstep, float* scratch) {
-  backward_task(p, dout, out, lse, dq_group, dk, dv, task, jt0, jstep, scratch);
+                         int64_t dq_rs, int64_t dq_hs, float* dk, float* dv, int64_t task, int64_t jt0, int64_t jstep,
+                         float* scratch) {
+  backward_task(p, dout, out, lse, dq_group, dq_rs, dq_hs, dk, dv, task, jt0, jstep, scratch);
 }
 
 }  // namespace QLORA_NS
