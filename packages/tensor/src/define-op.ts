@@ -10,6 +10,7 @@ import type { Backend } from "./backend/types";
 import { TensorError } from "./errors";
 import { gradRuleFor, isGradEnabled, noGrad, record, registerGradRule } from "./graph";
 import type { Node } from "./graph";
+import { dense } from "./ops";
 import { Tensor, tidy } from "./tensor";
 
 /** What a forward (reference or kernel) sees besides its inputs. */
@@ -150,7 +151,8 @@ function runBackward<A>(def: OpDefinition<A>, g: Tensor, node: Node): (Tensor | 
     needsGrad: (i) => node.inputs[i]?.requiresGrad === true,
   };
   const grads = tidy(() => {
-    const r = backward(g, ctx);
+    // g may arrive as a strided view (e.g. the broadcast gradient of a sum): backwards get it dense
+    const r = backward(dense(g), ctx);
     if (!Array.isArray(r) || r.length !== node.inputs.length)
       throw new TensorError(
         "BAD_OP_RESULT",

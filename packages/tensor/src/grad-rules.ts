@@ -180,8 +180,8 @@ export const builtinGradRules: Readonly<Record<string, Rule>> = {
     const dims = n.ctx.dims as number[];
     const keepShape = inShape.map((s, i) => (dims.includes(i) ? 1 : s));
     const gk = g.reshape(keepShape);
-    const e = gk.expand(inShape);
-    return [done(e.contiguous(), gk, e)];
+    // the broadcast view itself (no copy of size inShape): consumers read it strided
+    return [done(gk.expand(inShape), gk)];
   },
   amax: (g, n) => {
     const [x, kept] = n.saved;
@@ -232,11 +232,13 @@ export const builtinGradRules: Readonly<Record<string, Rule>> = {
     const [x, w, rstd] = n.saved;
     const { rows, dim } = n.ctx as { rows: number; dim: number };
     const gd = dense(g);
-    const r = g.backend.rmsNormBackward(gd.buffer, x.buffer, w.buffer, rstd.buffer, rows, dim);
+    // a frozen weight: its gradient is not computed (dx comes out of the same pass either way)
+    const weightGrad = needs(n, 1);
+    const r = g.backend.rmsNormBackward(gd.buffer, x.buffer, w.buffer, rstd.buffer, rows, dim, { weightGrad });
     gd.dispose();
     const dx = fromBuffer(r.dx, g.backend, n.inputs[0].shape, "f32");
-    const dw = fromBuffer(r.dweight, g.backend, [dim], "f32");
-    return [needs(n, 0) ? dx : done(null, dx), needs(n, 1) ? dw : done(null, dw)];
+    const dw = r.dweight ? fromBuffer(r.dweight, g.backend, [dim], "f32") : null;
+    return [needs(n, 0) ? dx : done(null, dx), weightGrad ? dw : dw ? done(null, dw) : null];
   },
   rope: (g, n) => {
     const gd = dense(g);

@@ -529,7 +529,8 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       }
       return { y: y.buf, rstd: r.buf };
     },
-    rmsNormBackward(dy, x, weight, rstd, rows, dim) {
+    rmsNormBackward(dy, x, weight, rstd, rows, dim, options?: { readonly weightGrad: boolean }) {
+      const weightGrad = options?.weightGrad !== false;
       const DY = asF(dy, "rmsNormBackward");
       const X = asF(x, "rmsNormBackward");
       const W = asF(weight, "rmsNormBackward");
@@ -544,9 +545,10 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
         for (let j = 0; j < dim; j++) {
           const e = i * dim + j;
           dx.data[e] = r * DY[e] * W[j] - c * X[e];
-          dwAcc[j] += DY[e] * X[e] * r;
+          if (weightGrad) dwAcc[j] += DY[e] * X[e] * r;
         }
       }
+      if (!weightGrad) return { dx: dx.buf, dweight: null as unknown as Buffer };
       const dw = mkF(dim);
       dw.data.set(dwAcc);
       return { dx: dx.buf, dweight: dw.buf };

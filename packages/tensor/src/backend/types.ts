@@ -230,6 +230,17 @@ export interface Backend {
     rows: number,
     dim: number,
   ): { dx: Buffer; dweight: Buffer };
+  /** [tensor refinement] `weightGrad: false` (a frozen weight): dweight is not computed (null). A backend
+   * that ignores the option still returns a correct dweight, which the caller drops. */
+  rmsNormBackward(
+    dy: Buffer,
+    x: Buffer,
+    weight: Buffer,
+    rstd: Buffer,
+    rows: number,
+    dim: number,
+    options: { readonly weightGrad: boolean },
+  ): { dx: Buffer; dweight: Buffer | null };
   /** Rotary embedding, Hugging Face "rotate_half" convention, on x [batch, seq, heads, headDim]
    * with positions i32 [batch, seq]. */
   rope(x: Buffer, positions: Buffer, options: RopeOptions): Buffer;
