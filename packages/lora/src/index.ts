@@ -43,3 +43,5 @@ export {
   ADAPTER_WEIGHTS_NAME,
 } from "./peft-format";
 export type { SaveOptions, LoadOptions } from "./peft-format";
+export { exportAdapterGguf } from "./gguf-adapter";
+export type { GgufLoraMapping, GgufAdapterOptions, GgufAdapterResult } from "./gguf-adapter";
