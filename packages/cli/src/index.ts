@@ -9,3 +9,6 @@ export type { EstimateOptions, MemoryPlan, ModelShape, BaseQuant } from "./estim
 export { inspectPath, formatInspection } from "./inspect";
 export type { Inspection } from "./inspect";
 export { writeReport, reportHtml, readMetrics, metricSeries } from "./report";
+export { runTrain, loadBase, loraSettings, buildOptimizer } from "./train";
+export type { TrainOptions, TrainResult } from "./train";
+export { batchLoss } from "./loss";

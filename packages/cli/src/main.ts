@@ -6,6 +6,7 @@ import { Command, CommanderError } from "commander";
 import { registerEstimate } from "./commands/estimate";
 import { registerInspect } from "./commands/inspect";
 import { registerReport } from "./commands/report";
+import { registerTrain } from "./commands/train";
 import { CliError } from "./errors";
 
 export interface GlobalOptions {
@@ -40,6 +41,7 @@ export function buildProgram(io: Io = defaultIo): Command {
   registerEstimate(program, io);
   registerInspect(program, io);
   registerReport(program, io);
+  registerTrain(program, io);
   return program;
 }
 

@@ -13,7 +13,8 @@ export interface MetricSeries {
 }
 
 /** Which JSONL fields feed which chart; the first field present in a record wins. */
-const CHARTS: { title: string; unit: string; lines: { label: string; color: string; keys: string[] }[] }[] = [
+type Line = { label: string; color: string; keys: string[]; scale?: Record<string, number> };
+const CHARTS: { title: string; unit: string; lines: Line[] }[] = [
   {
     title: "Loss",
     unit: "",
@@ -31,7 +32,14 @@ const CHARTS: { title: string; unit: string; lines: { label: string; color: stri
   {
     title: "Memory",
     unit: "MB",
-    lines: [{ label: "rss", color: "#8c564b", keys: ["rss_mb", "memory_mb", "rssMB"] }],
+    lines: [
+      {
+        label: "rss",
+        color: "#8c564b",
+        keys: ["rss_mb", "memory/rss", "rss_bytes"],
+        scale: { "memory/rss": 1e-6, rss_bytes: 1e-6 },
+      },
+    ],
   },
 ];
 
@@ -61,7 +69,7 @@ export function metricSeries(records: Record<string, unknown>[]): MetricSeries[]
       points: records.flatMap((r): [number, number][] => {
         const step = r.step ?? r.global_step;
         const key = line.keys.find((k) => typeof r[k] === "number" && Number.isFinite(r[k]));
-        return typeof step === "number" && key ? [[step, r[key] as number]] : [];
+        return typeof step === "number" && key ? [[step, (r[key] as number) * (line.scale?.[key] ?? 1)]] : [];
       }),
     })),
   }));

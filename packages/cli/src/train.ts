@@ -1,0 +1,227 @@
+/**
+ * `qlora train`: turns a validated TrainConfig into wiring — model (NF4 on load for QLoRA), LoRA injection,
+ * tokenized data, optimizer, trainer plugins, PEFT checkpoints, the final adapter and the run report. No training
+ * logic lives here; every piece is owned by its package.
+ */
+import { existsSync } from "node:fs";
+import { mkdir } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import { type CausalLM, type HfTokenizer, loadModel, loadTokenizer } from "@qlora/models";
+import { LoraModel, type LoraConfigInput, saveAdapter } from "@qlora/lora";
+import { AdamW, Lion, type NamedParameters, SGD, loraPlusGroups } from "@qlora/paged-optim";
+import type { Tensor } from "@qlora/tensor";
+import {
+  type CheckpointIO,
+  type DataFormat,
+  type TokenBatch,
+  type TokenDataset,
+  Trainer,
+  type TrainerOptimizer,
+  type TrainerPlugin,
+  earlyStopping,
+  loadTokenDataset,
+  memoryReport,
+  metricsFile,
+  neftune,
+  progress,
+  safetensorsCheckpointIO,
+  seedEverything,
+} from "@qlora/trainer";
+import type { TrainConfig } from "./config";
+import { CliError } from "./errors";
+import { batchLoss } from "./loss";
+import { writeReport } from "./report";
+
+export interface TrainOptions {
+  /** Where progress and plain log lines go (a TTY gets a progress bar). */
+  stream?: NodeJS.WriteStream;
+  quiet?: boolean;
+  /** Aborting writes a checkpoint at the end of the current step and stops (Ctrl-C). */
+  signal?: AbortSignal;
+}
+
+export interface TrainResult {
+  outputDir: string;
+  /** The final PEFT adapter (adapter runs) or trainable weights (full fine-tune). */
+  modelDir: string;
+  reportPath: string;
+  globalStep: number;
+  evalLossBefore?: number;
+  evalLossAfter?: number;
+  interrupted: boolean;
+}
+
+const DATASET_FORMATS: Record<TrainConfig["datasets"][number]["type"], DataFormat> = {
+  alpaca: "alpaca",
+  completion: "text",
+  text: "text",
+  prompt_completion: "prompt_completion",
+  chat_template: "messages",
+  pretokenized: "pretokenized",
+};
+
+export async function loadBase(config: TrainConfig): Promise<{ model: CausalLM; tokenizer: HfTokenizer }> {
+  const dir = config.base_model;
+  if (!existsSync(join(dir, "config.json")))
+    throw new CliError("BAD_PATH", `base_model: ${dir} is not a model directory (no config.json)`);
+  const quantize = config.load_in_4bit
+    ? { quantType: config.bnb_4bit_quant_type, doubleQuant: config.bnb_4bit_use_double_quant, blocksize: 64 }
+    : false;
+  const { model } = await loadModel(dir, { quantize });
+  const tokenizer = await loadTokenizer(dir);
+  return { model, tokenizer };
+}
+
+export function loraSettings(config: TrainConfig): LoraConfigInput {
+  const target = config.lora_target_linear ? "all-linear" : (config.lora_target_modules ?? null);
+  return {
+    r: config.lora_r,
+    lora_alpha: config.lora_alpha,
+    lora_dropout: config.lora_dropout,
+    target_modules: target,
+    modules_to_save: config.lora_modules_to_save ?? null,
+    rank_pattern: config.lora_rank_pattern ?? {},
+    alpha_pattern: config.lora_alpha_pattern ?? {},
+    use_rslora: config.peft_use_rslora,
+    use_dora: config.peft_use_dora,
+    init_lora_weights: config.peft_init_lora_weights as LoraConfigInput["init_lora_weights"],
+    base_model_name_or_path: config.base_model,
+  };
+}
+
+export function buildOptimizer(config: TrainConfig, params: [string, Tensor][]): TrainerOptimizer {
+  const name = config.optimizer;
+  const state = { paged: name.startsWith("paged_"), bits: (name.includes("8bit") ? 8 : 32) as 8 | 32 };
+  const lr = config.learning_rate;
+  const weightDecay = config.weight_decay;
+  const groups: NamedParameters | ReturnType<typeof loraPlusGroups> = config.loraplus_lr_ratio
+    ? loraPlusGroups(params, { ratio: config.loraplus_lr_ratio, lr, weightDecay })
+    : params;
+  if (name.includes("lion")) return new Lion(groups, { lr, weightDecay, ...state });
+  if (name === "sgd") return new SGD(groups, { lr, weightDecay });
+  return new AdamW(groups, { lr, weightDecay, ...state });
+}
+
+async function loadData(config: TrainConfig, tokenizer: HfTokenizer): Promise<TokenDataset> {
+  const types = new Set(config.datasets.map((d) => d.type));
+  const format: DataFormat = types.size === 1 ? DATASET_FORMATS[config.datasets[0].type] : "auto";
+  return loadTokenDataset({
+    files: config.datasets.map((d) => d.path),
+    format,
+    tokenizer,
+    trainOnInputs: config.train_on_inputs,
+    maxLength: config.sequence_len,
+    overflow: config.excess_length_strategy === "drop" ? "drop" : "truncate",
+    packing: config.sample_packing,
+    microBatchSize: config.micro_batch_size,
+    groupByLength: config.group_by_length,
+    seed: config.seed,
+    validationSplit: config.val_set_size > 0 ? config.val_set_size : undefined,
+  });
+}
+
+/** Checkpoints keep the trainable tensors for exact resume and, beside them, the adapter in PEFT format. */
+function peftCheckpointIO(lora: LoraModel, baseModel: string): CheckpointIO {
+  return {
+    async saveModel(dir, state, model) {
+      await safetensorsCheckpointIO.saveModel(dir, state, model);
+      await saveAdapter(lora, dir, { baseModelNameOrPath: baseModel });
+    },
+    loadModel: safetensorsCheckpointIO.loadModel,
+  };
+}
+
+/** On abort (Ctrl-C): save at the end of the current step, then stop. */
+function interruptPlugin(signal: AbortSignal | undefined, flag: { interrupted: boolean }): TrainerPlugin {
+  return {
+    name: "interrupt",
+    order: "pre",
+    hooks: {
+      "step:end"(ctx) {
+        if (!signal?.aborted) return;
+        flag.interrupted = true;
+        ctx.control.save();
+        ctx.control.stop("interrupted (Ctrl-C): checkpoint written");
+      },
+    },
+  };
+}
+
+export async function runTrain(config: TrainConfig, options: TrainOptions = {}): Promise<TrainResult> {
+  if (config.load_in_4bit && !config.adapter)
+    throw new CliError(
+      "CONFIG_INVALID",
+      "load_in_4bit: a 4-bit base cannot be fully fine-tuned; set adapter: qlora (or drop load_in_4bit)",
+    );
+  for (const d of config.datasets)
+    if (!existsSync(d.path)) throw new CliError("BAD_PATH", `datasets: ${d.path} does not exist`);
+  const seed = seedEverything(config.seed);
+  const { model, tokenizer } = await loadBase(config);
+  const lora = config.adapter ? LoraModel.inject(model, loraSettings(config)) : undefined;
+  // Full fine-tune: the loader hands out frozen weights; every parameter trains.
+  if (!lora) for (const p of model.parameters()) p.requiresGrad = true;
+  const trainable = [...model.namedParameters()].filter(([, p]) => p.requiresGrad);
+  if (trainable.length === 0) throw new CliError("CONFIG_INVALID", "no parameter is trainable with this config");
+  const data = await loadData(config, tokenizer);
+  const outputDir = resolve(config.output_dir);
+  const flag = { interrupted: false };
+  const stream = options.stream ?? process.stderr;
+  const plugins: TrainerPlugin[] = [metricsFile(), interruptPlugin(options.signal, flag)];
+  if (!options.quiet)
+    plugins.push(
+      progress({ stream }),
+      memoryReport((l) => stream.write(`${l}\n`)),
+    );
+  if (config.early_stopping_patience) plugins.push(earlyStopping({ patience: config.early_stopping_patience }));
+  if (config.neftune_noise_alpha)
+    plugins.push(neftune({ alpha: config.neftune_noise_alpha, module: "model.embed_tokens" }));
+  const trainer = new Trainer<TokenBatch>({
+    model,
+    optimizer: buildOptimizer(config, trainable),
+    loss: batchLoss,
+    train: data.train,
+    eval: data.eval,
+    plugins,
+    checkpointIO: lora ? peftCheckpointIO(lora, config.base_model) : safetensorsCheckpointIO,
+    args: {
+      outputDir,
+      seed,
+      learningRate: config.learning_rate,
+      numEpochs: config.num_epochs,
+      maxSteps: config.max_steps,
+      gradientAccumulationSteps: config.gradient_accumulation_steps,
+      maxGradNorm: config.max_grad_norm > 0 ? config.max_grad_norm : undefined,
+      scheduler: {
+        name: config.lr_scheduler,
+        warmupSteps: config.warmup_steps,
+        warmupRatio: config.warmup_ratio,
+        minLrRate: config.cosine_min_lr_ratio,
+      },
+      loggingSteps: config.logging_steps,
+      evalSteps: config.eval_steps,
+      saveSteps: config.save_steps,
+      saveTotalLimit: config.save_total_limit,
+      gradientCheckpointing: config.gradient_checkpointing,
+    },
+  });
+  const evalLossBefore = data.eval ? (await trainer.evaluate()).eval_loss : undefined;
+  const resumeFrom = config.resume_from_checkpoint;
+  const state = await trainer.fit({ resumeFrom: resumeFrom === undefined ? undefined : resumeFrom });
+  const evalLossAfter = data.eval && !flag.interrupted ? (await trainer.evaluate()).eval_loss : undefined;
+  const modelDir = join(outputDir, lora ? "adapter" : "model");
+  if (lora) await saveAdapter(lora, modelDir, { baseModelNameOrPath: config.base_model });
+  else {
+    await mkdir(modelDir, { recursive: true });
+    await safetensorsCheckpointIO.saveModel(modelDir, Object.fromEntries(trainable), model);
+  }
+  const reportPath = writeReport(outputDir);
+  return {
+    outputDir,
+    modelDir,
+    reportPath,
+    globalStep: state.globalStep,
+    evalLossBefore,
+    evalLossAfter,
+    interrupted: flag.interrupted,
+  };
+}

@@ -1,0 +1,91 @@
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { TINY_MODELS, writeTinyModel } from "../../models/scripts/make-tiny-models";
+import { writeTinyTokenizer } from "@qlora/models";
+import { runCli } from "./helpers";
+
+const root = mkdtempSync(join(tmpdir(), "qlora-train-"));
+
+async function tinyModel(): Promise<string> {
+  const dir = join(root, "base");
+  const info = await writeTinyTokenizer(dir, "llama3");
+  const spec = TINY_MODELS.find((s) => s.name === "llama")!;
+  await writeTinyModel(dir, spec, {
+    configOverrides: { vocab_size: info.vocabSize, bos_token_id: info.bosTokenId, eos_token_id: info.eosTokenId },
+  });
+  return dir;
+}
+
+function writeData(): string {
+  const rows = [];
+  for (let i = 0; i < 48; i++) {
+    const a = ["red", "green", "blue", "gold"][i % 4];
+    rows.push(JSON.stringify({ prompt: `colour ${i % 7}:`, completion: ` ${a} ${a}` }));
+  }
+  const file = join(root, "data.jsonl");
+  writeFileSync(file, rows.join("\n"));
+  return file;
+}
+
+describe("qlora train", () => {
+  it("runs a QLoRA fine-tune from YAML: eval loss falls, PEFT adapter, checkpoint, metrics and report written", async () => {
+    const base = await tinyModel();
+    const data = writeData();
+    const out = join(root, "run");
+    const yaml = `base_model: ${base}
+load_in_4bit: true
+adapter: qlora
+lora_r: 8
+lora_alpha: 16
+lora_target_linear: true
+datasets:
+  - path: ${data}
+    type: prompt_completion
+sequence_len: 64
+micro_batch_size: 4
+max_steps: 30
+learning_rate: 0.01
+lr_scheduler: constant
+optimizer: paged_adamw_8bit
+val_set_size: 0.25
+save_steps: 15
+gradient_checkpointing: true
+output_dir: ${out}
+`;
+    writeFileSync(join(root, "qlora.yaml"), yaml);
+    const r = await runCli(["--quiet", "--json", "train", join(root, "qlora.yaml"), "--logging-steps", "5"]);
+    expect(r.err).toBe("");
+    expect(r.code).toBe(0);
+    const result = JSON.parse(r.out);
+    expect(result.globalStep).toBe(30);
+    expect(result.evalLossAfter).toBeLessThan(0.7 * result.evalLossBefore);
+    const adapterConfig = JSON.parse(readFileSync(join(out, "adapter", "adapter_config.json"), "utf8"));
+    expect(adapterConfig).toMatchObject({ peft_type: "LORA", r: 8, lora_alpha: 16, base_model_name_or_path: base });
+    expect(existsSync(join(out, "adapter", "adapter_model.safetensors"))).toBe(true);
+    expect(existsSync(join(out, "checkpoint-30", "adapter_model.safetensors"))).toBe(true);
+    expect(existsSync(join(out, "checkpoint-30", "trainer_state.json"))).toBe(true);
+    const metrics = readFileSync(join(out, "metrics.jsonl"), "utf8").trim().split("\n");
+    expect(metrics.length).toBeGreaterThan(5);
+    expect(readFileSync(join(out, "report.html"), "utf8")).toMatch(/<svg /);
+  });
+
+  it("a bad config key, a missing base model and a missing dataset are one-line errors with exit code 2", async () => {
+    writeFileSync(join(root, "bad.yaml"), "base_model: x\ndatasets: [{path: d.jsonl}]\nlora_rr: 3\n");
+    const bad = await runCli(["train", join(root, "bad.yaml")]);
+    expect(bad.code).toBe(2);
+    expect(bad.err).toBe(`qlora: ${join(root, "bad.yaml")}:3: unknown key "lora_rr" (did you mean "lora_r"?)`);
+    const data = writeData();
+    writeFileSync(join(root, "nobase.yaml"), `base_model: ${join(root, "none")}\ndatasets: [{path: ${data}}]\n`);
+    const nobase = await runCli(["train", join(root, "nobase.yaml")]);
+    expect(nobase.code).toBe(2);
+    expect(nobase.err).toBe(`qlora: base_model: ${join(root, "none")} is not a model directory (no config.json)`);
+    const base = await tinyModel();
+    writeFileSync(join(root, "nodata.yaml"), `base_model: ${base}\ndatasets: [{path: ${join(root, "none.jsonl")}}]\n`);
+    const nodata = await runCli(["train", join(root, "nodata.yaml")]);
+    expect(nodata.err).toBe(`qlora: datasets: ${join(root, "none.jsonl")} does not exist`);
+    const fourBitFull = await runCli(["train", join(root, "nodata.yaml"), "--load-in-4bit", "true"]);
+    expect(fourBitFull.err).toMatch(/^qlora: load_in_4bit: a 4-bit base cannot be fully fine-tuned/);
+  });
+});
