@@ -6,6 +6,7 @@ import { type Backend, referenceBackend, registerBackend } from "@qlora/tensor";
 import { fusedOps } from "./fused";
 import { createGemmOps, gemmNative } from "./gemm";
 import { loadNative, type NativeModule } from "./load";
+import { optimizerOpsOf } from "./optim";
 
 /** Every compute op of the Backend interface (memory ops always come from the shared host allocator). */
 export const COMPUTE_OPS = [
@@ -96,6 +97,8 @@ export function createCpuBackend(options: CreateCpuBackendOptions = {}): Backend
   const backend: Backend = {
     ...delegated,
     ...nativeOps,
+    // Optimizer update ops for @qlora/paged-optim (methods beyond the Backend interface; csrc/optim.cc).
+    ...optimizerOpsOf(native),
     name: "cpu",
     device: "cpu",
     alloc: (dtype, length) => r.alloc(dtype, length),

@@ -12,3 +12,4 @@ export {
 } from "./backend";
 export { createGemmOps, nativeQuantWeight, type GemmNative, type NativeQuantWeight } from "./gemm";
 export { setThreads, getThreads } from "./threads";
+export { createOptimizerOps, optimizerOpsOf, type OptimizerOps, type OptimNative } from "./optim";

@@ -1,0 +1,541 @@
+// Optimizer update kernels for @qlora/paged-optim, in place, bit-identical to its TypeScript references
+// (packages/paged-optim/src/kernels/reference.ts). The per-step scalars arrive already rounded to f32
+// (paged-optim/src/kernels/scalars.ts), so host math can never make the two disagree.
+//
+// 32-bit updates (AdamW, Lion, SGD) round like torch's AVX2 CPU kernels: fused multiply-add where torch
+// fuses (add with alpha, addcmul), separate roundings elsewhere. The AVX2 path and the scalar path
+// (std::fma) give identical results. 8-bit updates follow bitsandbytes' blockwise-256 CUDA kernels
+// (spec §8.4) without contraction (-std=c++17 is ISO mode: GCC does not contract a·b + c unless asked).
+// On arm64 the AVX2 bodies are not compiled and the scalar bodies run (isa().avx2_fma is false there).
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "fused_args.h"
+#include "isa.h"
+#include "pool.h"
+#include "registry.h"
+
+namespace qlora {
+namespace {
+
+constexpr int64_t kBlock8 = 256;  // elements per absmax block of the 8-bit states (bitsandbytes ≥ 0.44)
+constexpr size_t kGrain = 1 << 14;
+
+// ---------------------------------------------------------------------------------------------
+// Exact 8-bit code search. `literal` is bitsandbytes' dQuantize<0> binary search (nearest code by f32
+// midpoints, ties to the even index, NaN -> 0), the function @qlora/nf4's quantize8bitValue implements.
+// It is monotone in y, so it is a step function with 255 steps: Quantizer finds each step's first float
+// once per map (bisection over the order-preserving integer keys of floats) and then answers with a
+// 65536-bucket table plus at most a few key comparisons, with exactly the literal search's result.
+
+uint8_t literal(const float* c, float y) {
+  int pivot = 127, lo = 0, hi = 255;
+  float lower = -1.0f, upper = 1.0f, val = c[127];
+  for (int s = 64; s > 0; s >>= 1) {
+    if (y > val) {
+      lo = pivot;
+      lower = val;
+      pivot += s;
+    } else {
+      hi = pivot;
+      upper = val;
+      pivot -= s;
+    }
+    val = c[pivot];
+  }
+  if (hi == 255) upper = c[255];
+  if (lo == 0) lower = c[0];
+  if (y > val) {
+    const float mid = (upper + val) * 0.5f;
+    return static_cast<uint8_t>(y > mid ? hi : pivot);
+  }
+  const float mid = (lower + val) * 0.5f;
+  return static_cast<uint8_t>(y < mid ? lo : pivot);
+}
+
+// Order-preserving map of float bit patterns to uint32 (−NaN < −inf < … < −0 < +0 < … < +inf < +NaN).
+inline uint32_t orderKey(float y) {
+  uint32_t u;
+  std::memcpy(&u, &y, 4);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+inline float fromKey(uint32_t k) {
+  const uint32_t u = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
+  float y;
+  std::memcpy(&y, &u, 4);
+  return y;
+}
+
+struct Quantizer {
+  float code[256];
+  uint32_t firstKey[256];  // firstKey[c]: smallest key whose float quantizes above c (c < 255)
+  uint8_t bucket[65536];   // code of the smallest float of each key bucket (key >> 16)
+
+  explicit Quantizer(const float* qmap) {
+    std::memcpy(code, qmap, sizeof(code));
+    const uint32_t minKey = orderKey(-INFINITY), maxKey = orderKey(INFINITY);
+    for (int c = 0; c < 255; ++c) {
+      if (literal(code, INFINITY) <= c) {
+        firstKey[c] = UINT32_MAX;
+        continue;
+      }
+      uint32_t a = minKey, b = maxKey;  // literal(fromKey(b)) > c; find the smallest such key
+      if (literal(code, fromKey(a)) > c) b = a;
+      while (b - a > 1) {
+        const uint32_t mid = a + (b - a) / 2;
+        if (literal(code, fromKey(mid)) > c) b = mid;
+        else a = mid;
+      }
+      firstKey[c] = b;
+    }
+    firstKey[255] = UINT32_MAX;
+    int c = 0;
+    for (uint32_t bk = 0; bk < 65536; ++bk) {
+      while (c < 255 && (bk << 16) >= firstKey[c]) ++c;
+      bucket[bk] = static_cast<uint8_t>(c);
+    }
+  }
+
+  uint8_t quantize(float y) const {
+    if (y != y) return 0;
+    const uint32_t k = orderKey(y);
+    int c = bucket[k >> 16];
+    while (c < 255 && k >= firstKey[c]) ++c;
+    return static_cast<uint8_t>(c);
+  }
+};
+
+// Quantizers for the maps seen so far, matched by content (the optimizers pass the same two maps).
+// Built on the JS thread before any parallel work starts.
+const Quantizer& quantizerFor(const float* qmap) {
+  static std::vector<std::unique_ptr<Quantizer>> cache;
+  for (const auto& q : cache)
+    if (std::memcmp(q->code, qmap, sizeof(q->code)) == 0) return *q;
+  if (cache.size() >= 8) cache.erase(cache.begin());
+  cache.push_back(std::make_unique<Quantizer>(qmap));
+  return *cache.back();
+}
+
+// First-moment code: never let the stored value flip sign (bitsandbytes' fix after quantize).
+inline uint8_t quantizeSigned(const Quantizer& q, float y, float value) {
+  int c = q.quantize(y);
+  if (std::signbit(q.code[c]) != std::signbit(value)) c = value > 0.0f ? (c < 255 ? c + 1 : 255) : (c > 0 ? c - 1 : 0);
+  return static_cast<uint8_t>(c);
+}
+
+inline float scaled(float value, float absmax) { return absmax > 0.0f ? value / absmax : 0.0f; }
+
+// ---------------------------------------------------------------------------------------------
+// AdamW 8-bit (bitsandbytes kOptimizerStatic8bit2StateBlockwise).
+
+struct Adam8Args {
+  float* p;
+  const float* g;
+  uint8_t* s1;
+  uint8_t* s2;
+  float* a1;
+  float* a2;
+  const Quantizer* q1;
+  const Quantizer* q2;
+  int64_t n;
+  float beta1, omb1, beta2, omb2, c2eps, stepSize, decay;
+};
+
+void adam8Block(const Adam8Args& a, int64_t b) {
+  const int64_t start = b * kBlock8, len = std::min(kBlock8, a.n - start);
+  float m[kBlock8], v[kBlock8];
+  float max1 = 0.0f, max2 = 0.0f;
+  const float am1 = a.a1[b], am2 = a.a2[b];
+  for (int64_t j = 0; j < len; ++j) {
+    const int64_t i = start + j;
+    const float gi = a.g[i];
+    float mm = 0.0f, vv = 0.0f;
+    if (std::isfinite(gi)) {
+      vv = (a.q2->code[a.s2[i]] * am2) * a.beta2 + (a.omb2 * gi) * gi;
+      mm = (a.q1->code[a.s1[i]] * am1) * a.beta1 + a.omb1 * gi;
+      float pi = a.p[i] + a.stepSize * (mm / (std::sqrt(vv) + a.c2eps));
+      if (a.decay != 1.0f) pi = pi * a.decay;
+      a.p[i] = pi;
+    }
+    m[j] = mm;
+    v[j] = vv;
+    if (std::fabs(mm) > max1) max1 = std::fabs(mm);
+    if (std::fabs(vv) > max2) max2 = std::fabs(vv);
+  }
+  a.a1[b] = max1;
+  a.a2[b] = max2;
+  for (int64_t j = 0; j < len; ++j) {
+    a.s1[start + j] = quantizeSigned(*a.q1, scaled(m[j], max1), m[j]);
+    a.s2[start + j] = a.q2->quantize(scaled(v[j], max2));
+  }
+}
+
+// optimAdamW8bit(p, g, state1, state2, absmax1, absmax2, qmap1, qmap2, n,
+//                beta1, oneMinusBeta1, beta2, oneMinusBeta2, c2Eps, stepSize, decay)
+Napi::Value OptimAdamW8bit(const Napi::CallbackInfo& info) {
+  Args x(info, "optimAdamW8bit");
+  const int64_t n = x.count(8, "n");
+  const int64_t blocks = (n + kBlock8 - 1) / kBlock8;
+  Adam8Args a{};
+  a.p = x.f32(0, "param", n);
+  a.g = x.f32(1, "grad", n);
+  a.s1 = x.u8(2, "state1", n);
+  a.s2 = x.u8(3, "state2", n);
+  a.a1 = x.f32(4, "absmax1", blocks);
+  a.a2 = x.f32(5, "absmax2", blocks);
+  const float* qm1 = x.f32(6, "qmap1", 256);
+  const float* qm2 = x.f32(7, "qmap2", 256);
+  a.n = n;
+  a.beta1 = x.number(9, "beta1");
+  a.omb1 = x.number(10, "oneMinusBeta1");
+  a.beta2 = x.number(11, "beta2");
+  a.omb2 = x.number(12, "oneMinusBeta2");
+  a.c2eps = x.number(13, "c2Eps");
+  a.stepSize = x.number(14, "stepSize");
+  a.decay = x.number(15, "decay");
+  if (!x.ok()) return x.env().Undefined();
+  a.q1 = &quantizerFor(qm1);
+  a.q2 = &quantizerFor(qm2);
+  parallel_for(static_cast<size_t>(blocks), [&](size_t b0, size_t b1) {
+    for (size_t b = b0; b < b1; ++b) adam8Block(a, static_cast<int64_t>(b));
+  }, 16);
+  return x.env().Undefined();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lion 8-bit (bitsandbytes' 1-state blockwise kernel order; non-finite gradients as the 2-state rule).
+
+struct Lion8Args {
+  float* p;
+  const float* g;
+  uint8_t* s1;
+  float* a1;
+  const Quantizer* q1;
+  int64_t n;
+  float decay, beta1, omb1, beta2, omb2, negLr;
+};
+
+inline float lionSign(float c) { return c > 0.0f ? 1.0f : (c < 0.0f ? -1.0f : c); }
+
+void lion8Block(const Lion8Args& a, int64_t b) {
+  const int64_t start = b * kBlock8, len = std::min(kBlock8, a.n - start);
+  float m[kBlock8];
+  float max1 = 0.0f;
+  const float am1 = a.a1[b];
+  for (int64_t j = 0; j < len; ++j) {
+    const int64_t i = start + j;
+    const float gi = a.g[i];
+    float mm = 0.0f;
+    if (std::isfinite(gi)) {
+      const float mOld = a.q1->code[a.s1[i]] * am1;
+      const float c = mOld * a.beta1 + a.omb1 * gi;
+      a.p[i] = a.p[i] * a.decay + a.negLr * lionSign(c);
+      mm = mOld * a.beta2 + a.omb2 * gi;
+    }
+    m[j] = mm;
+    if (std::fabs(mm) > max1) max1 = std::fabs(mm);
+  }
+  a.a1[b] = max1;
+  for (int64_t j = 0; j < len; ++j) a.s1[start + j] = quantizeSigned(*a.q1, scaled(m[j], max1), m[j]);
+}
+
+// optimLion8bit(p, g, state1, absmax1, qmap1, n, decay, beta1, oneMinusBeta1, beta2, oneMinusBeta2, negLr)
+Napi::Value OptimLion8bit(const Napi::CallbackInfo& info) {
+  Args x(info, "optimLion8bit");
+  const int64_t n = x.count(5, "n");
+  const int64_t blocks = (n + kBlock8 - 1) / kBlock8;
+  Lion8Args a{};
+  a.p = x.f32(0, "param", n);
+  a.g = x.f32(1, "grad", n);
+  a.s1 = x.u8(2, "state1", n);
+  a.a1 = x.f32(3, "absmax1", blocks);
+  const float* qm1 = x.f32(4, "qmap1", 256);
+  a.n = n;
+  a.decay = x.number(6, "decay");
+  a.beta1 = x.number(7, "beta1");
+  a.omb1 = x.number(8, "oneMinusBeta1");
+  a.beta2 = x.number(9, "beta2");
+  a.omb2 = x.number(10, "oneMinusBeta2");
+  a.negLr = x.number(11, "negLr");
+  if (!x.ok()) return x.env().Undefined();
+  a.q1 = &quantizerFor(qm1);
+  parallel_for(static_cast<size_t>(blocks), [&](size_t b0, size_t b1) {
+    for (size_t b = b0; b < b1; ++b) lion8Block(a, static_cast<int64_t>(b));
+  }, 16);
+  return x.env().Undefined();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 32-bit updates. Each has a scalar body (std::fma where torch fuses) and an AVX2 body with the same
+// operations 8 lanes at a time; the AVX2 body handles whole vectors and hands the tail to the scalar one.
+
+struct AdamW32 {
+  float decay, beta1, omb1, beta2, omb2, eps, bc2Sqrt, negStep;
+};
+
+inline void adamw32Scalar(float* p, const float* g, float* m, float* v, size_t i0, size_t i1, const AdamW32& s) {
+  for (size_t i = i0; i < i1; ++i) {
+    const float gi = g[i];
+    const float pi = p[i] * s.decay;
+    const float mi = std::fma(s.omb1, gi, m[i] * s.beta1);
+    const float vi = std::fma(s.omb2 * gi, gi, v[i] * s.beta2);
+    const float denom = std::sqrt(vi) / s.bc2Sqrt + s.eps;
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = pi + (s.negStep * mi) / denom;
+  }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) void adamw32Avx2(float* p, const float* g, float* m, float* v, size_t i0,
+                                                       size_t i1, const AdamW32& s) {
+  const __m256 decay = _mm256_set1_ps(s.decay), b1 = _mm256_set1_ps(s.beta1), omb1 = _mm256_set1_ps(s.omb1);
+  const __m256 b2 = _mm256_set1_ps(s.beta2), omb2 = _mm256_set1_ps(s.omb2), eps = _mm256_set1_ps(s.eps);
+  const __m256 bc2 = _mm256_set1_ps(s.bc2Sqrt), neg = _mm256_set1_ps(s.negStep);
+  size_t i = i0;
+  for (; i + 8 <= i1; i += 8) {
+    const __m256 gi = _mm256_loadu_ps(g + i);
+    const __m256 pi = _mm256_mul_ps(_mm256_loadu_ps(p + i), decay);
+    const __m256 mi = _mm256_fmadd_ps(omb1, gi, _mm256_mul_ps(_mm256_loadu_ps(m + i), b1));
+    const __m256 vi = _mm256_fmadd_ps(_mm256_mul_ps(omb2, gi), gi, _mm256_mul_ps(_mm256_loadu_ps(v + i), b2));
+    const __m256 denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vi), bc2), eps);
+    _mm256_storeu_ps(m + i, mi);
+    _mm256_storeu_ps(v + i, vi);
+    _mm256_storeu_ps(p + i, _mm256_add_ps(pi, _mm256_div_ps(_mm256_mul_ps(neg, mi), denom)));
+  }
+  adamw32Scalar(p, g, m, v, i, i1, s);
+}
+#else
+// Not compiled off x86: never called there (isa().avx2_fma is false).
+void adamw32Avx2(float* p, const float* g, float* m, float* v, size_t i0, size_t i1, const AdamW32& s) {
+  adamw32Scalar(p, g, m, v, i0, i1, s);
+}
+#endif
+
+// optimAdamW32(p, g, m, v, n, decay, beta1, oneMinusBeta1, beta2, oneMinusBeta2, eps, bc2Sqrt, negStepSize)
+Napi::Value OptimAdamW32(const Napi::CallbackInfo& info) {
+  Args x(info, "optimAdamW32");
+  const int64_t n = x.count(4, "n");
+  float* p = x.f32(0, "param", n);
+  const float* g = x.f32(1, "grad", n);
+  float* m = x.f32(2, "m", n);
+  float* v = x.f32(3, "v", n);
+  AdamW32 s{};
+  s.decay = x.number(5, "decay");
+  s.beta1 = x.number(6, "beta1");
+  s.omb1 = x.number(7, "oneMinusBeta1");
+  s.beta2 = x.number(8, "beta2");
+  s.omb2 = x.number(9, "oneMinusBeta2");
+  s.eps = x.number(10, "eps");
+  s.bc2Sqrt = x.number(11, "bc2Sqrt");
+  s.negStep = x.number(12, "negStepSize");
+  if (!x.ok()) return x.env().Undefined();
+  const bool avx2 = isa().avx2_fma;
+  parallel_for(static_cast<size_t>(n), [&](size_t i0, size_t i1) {
+    if (avx2) adamw32Avx2(p, g, m, v, i0, i1, s);
+    else adamw32Scalar(p, g, m, v, i0, i1, s);
+  }, kGrain);
+  return x.env().Undefined();
+}
+
+struct Lion32 {
+  float decay, beta1, omb1, beta2, omb2, negLr;
+};
+
+inline void lion32Scalar(float* p, const float* g, float* m, size_t i0, size_t i1, const Lion32& s) {
+  for (size_t i = i0; i < i1; ++i) {
+    const float gi = g[i];
+    const float c = std::fma(s.omb1, gi, m[i] * s.beta1);
+    p[i] = std::fma(s.negLr, lionSign(c), p[i] * s.decay);
+    m[i] = std::fma(s.omb2, gi, m[i] * s.beta2);
+  }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) void lion32Avx2(float* p, const float* g, float* m, size_t i0, size_t i1,
+                                                      const Lion32& s) {
+  const __m256 decay = _mm256_set1_ps(s.decay), b1 = _mm256_set1_ps(s.beta1), omb1 = _mm256_set1_ps(s.omb1);
+  const __m256 b2 = _mm256_set1_ps(s.beta2), omb2 = _mm256_set1_ps(s.omb2), negLr = _mm256_set1_ps(s.negLr);
+  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f), minusOne = _mm256_set1_ps(-1.0f);
+  size_t i = i0;
+  for (; i + 8 <= i1; i += 8) {
+    const __m256 gi = _mm256_loadu_ps(g + i), mOld = _mm256_loadu_ps(m + i);
+    const __m256 c = _mm256_fmadd_ps(omb1, gi, _mm256_mul_ps(mOld, b1));
+    // sign(c): ±1, and c itself where c is ±0 or NaN (torch.sign)
+    const __m256 pos = _mm256_cmp_ps(c, zero, _CMP_GT_OQ), neg = _mm256_cmp_ps(c, zero, _CMP_LT_OQ);
+    __m256 sg = _mm256_blendv_ps(c, one, pos);
+    sg = _mm256_blendv_ps(sg, minusOne, neg);
+    _mm256_storeu_ps(p + i, _mm256_fmadd_ps(negLr, sg, _mm256_mul_ps(_mm256_loadu_ps(p + i), decay)));
+    _mm256_storeu_ps(m + i, _mm256_fmadd_ps(omb2, gi, _mm256_mul_ps(mOld, b2)));
+  }
+  lion32Scalar(p, g, m, i, i1, s);
+}
+#else
+// Not compiled off x86: never called there (isa().avx2_fma is false).
+void lion32Avx2(float* p, const float* g, float* m, size_t i0, size_t i1, const Lion32& s) {
+  lion32Scalar(p, g, m, i0, i1, s);
+}
+#endif
+
+// optimLion32(p, g, m, n, decay, beta1, oneMinusBeta1, beta2, oneMinusBeta2, negLr)
+Napi::Value OptimLion32(const Napi::CallbackInfo& info) {
+  Args x(info, "optimLion32");
+  const int64_t n = x.count(3, "n");
+  float* p = x.f32(0, "param", n);
+  const float* g = x.f32(1, "grad", n);
+  float* m = x.f32(2, "m", n);
+  Lion32 s{};
+  s.decay = x.number(4, "decay");
+  s.beta1 = x.number(5, "beta1");
+  s.omb1 = x.number(6, "oneMinusBeta1");
+  s.beta2 = x.number(7, "beta2");
+  s.omb2 = x.number(8, "oneMinusBeta2");
+  s.negLr = x.number(9, "negLr");
+  if (!x.ok()) return x.env().Undefined();
+  const bool avx2 = isa().avx2_fma;
+  parallel_for(static_cast<size_t>(n), [&](size_t i0, size_t i1) {
+    if (avx2) lion32Avx2(p, g, m, i0, i1, s);
+    else lion32Scalar(p, g, m, i0, i1, s);
+  }, kGrain);
+  return x.env().Undefined();
+}
+
+struct Sgd {
+  float wd, momentum, omd, negLr;
+  bool nesterov, first;
+};
+
+inline void sgdScalar(float* p, const float* g, float* buf, size_t i0, size_t i1, const Sgd& s) {
+  for (size_t i = i0; i < i1; ++i) {
+    float d = s.wd != 0.0f ? std::fma(s.wd, p[i], g[i]) : g[i];
+    if (buf != nullptr) {
+      const float b = s.first ? d : std::fma(s.omd, d, buf[i] * s.momentum);
+      buf[i] = b;
+      d = s.nesterov ? std::fma(s.momentum, b, d) : b;
+    }
+    p[i] = std::fma(s.negLr, d, p[i]);
+  }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) void sgdAvx2(float* p, const float* g, float* buf, size_t i0, size_t i1,
+                                                   const Sgd& s) {
+  const __m256 wd = _mm256_set1_ps(s.wd), mom = _mm256_set1_ps(s.momentum), omd = _mm256_set1_ps(s.omd);
+  const __m256 negLr = _mm256_set1_ps(s.negLr);
+  size_t i = i0;
+  for (; i + 8 <= i1; i += 8) {
+    const __m256 pi = _mm256_loadu_ps(p + i);
+    __m256 d = _mm256_loadu_ps(g + i);
+    if (s.wd != 0.0f) d = _mm256_fmadd_ps(wd, pi, d);
+    if (buf != nullptr) {
+      const __m256 b = s.first ? d : _mm256_fmadd_ps(omd, d, _mm256_mul_ps(_mm256_loadu_ps(buf + i), mom));
+      _mm256_storeu_ps(buf + i, b);
+      d = s.nesterov ? _mm256_fmadd_ps(mom, b, d) : b;
+    }
+    _mm256_storeu_ps(p + i, _mm256_fmadd_ps(negLr, d, pi));
+  }
+  sgdScalar(p, g, buf, i, i1, s);
+}
+#else
+// Not compiled off x86: never called there (isa().avx2_fma is false).
+void sgdAvx2(float* p, const float* g, float* buf, size_t i0, size_t i1, const Sgd& s) {
+  sgdScalar(p, g, buf, i0, i1, s);
+}
+#endif
+
+// optimSgd(p, g, buf | null, n, weightDecay, momentum, oneMinusDampening, nesterov, negLr, first)
+Napi::Value OptimSgd(const Napi::CallbackInfo& info) {
+  Args x(info, "optimSgd");
+  const int64_t n = x.count(3, "n");
+  float* p = x.f32(0, "param", n);
+  const float* g = x.f32(1, "grad", n);
+  float* buf = x.is_null(2) ? nullptr : x.f32(2, "momentumBuffer", n);
+  Sgd s{};
+  s.wd = x.number(4, "weightDecay");
+  s.momentum = x.number(5, "momentum");
+  s.omd = x.number(6, "oneMinusDampening");
+  s.nesterov = x.boolean(7, "nesterov");
+  s.negLr = x.number(8, "negLr");
+  s.first = x.boolean(9, "first");
+  if (!x.ok()) return x.env().Undefined();
+  const bool avx2 = isa().avx2_fma;
+  parallel_for(static_cast<size_t>(n), [&](size_t i0, size_t i1) {
+    if (avx2) sgdAvx2(p, g, buf, i0, i1, s);
+    else sgdScalar(p, g, buf, i0, i1, s);
+  }, kGrain);
+  return x.env().Undefined();
+}
+
+// optimSumSquares(x, n) -> Σ x² in f64. Fixed chunks of 2^16 summed in order, so the result does not
+// depend on the thread count (x² of an f32 is exact in f64; only the sums round).
+Napi::Value OptimSumSquares(const Napi::CallbackInfo& info) {
+  Args x(info, "optimSumSquares");
+  const int64_t n = x.count(1, "n");
+  const float* v = x.f32(0, "x", n);
+  if (!x.ok()) return x.env().Undefined();
+  constexpr size_t kChunk = 1 << 16;
+  const size_t chunks = (static_cast<size_t>(n) + kChunk - 1) / kChunk;
+  std::vector<double> partial(chunks, 0.0);
+  parallel_for(chunks, [&](size_t c0, size_t c1) {
+    for (size_t c = c0; c < c1; ++c) {
+      const size_t e = std::min(static_cast<size_t>(n), (c + 1) * kChunk);
+      double acc[4] = {0, 0, 0, 0};
+      size_t i = c * kChunk;
+      for (; i + 4 <= e; i += 4)
+        for (int l = 0; l < 4; ++l) acc[l] += static_cast<double>(v[i + l]) * v[i + l];
+      for (; i < e; ++i) acc[0] += static_cast<double>(v[i]) * v[i];
+      partial[c] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    }
+  });
+  double total = 0;
+  for (double s : partial) total += s;
+  return Napi::Number::New(x.env(), total);
+}
+
+// optimScale(x, n, factor): x *= f32(factor), in place.
+Napi::Value OptimScale(const Napi::CallbackInfo& info) {
+  Args x(info, "optimScale");
+  const int64_t n = x.count(1, "n");
+  float* v = x.f32(0, "x", n);
+  const float k = static_cast<float>(x.number(2, "factor"));
+  if (!x.ok()) return x.env().Undefined();
+  parallel_for(static_cast<size_t>(n), [&](size_t i0, size_t i1) {
+    for (size_t i = i0; i < i1; ++i) v[i] *= k;
+  }, kGrain);
+  return x.env().Undefined();
+}
+
+// optimQuantize8bit(qmap, ys, out): the exact code search on its own (tests compare it with the literal one).
+Napi::Value OptimQuantize8bit(const Napi::CallbackInfo& info) {
+  Args x(info, "optimQuantize8bit");
+  const float* qmap = x.f32(0, "qmap", 256);
+  const int64_t n = x.ok() && info.Length() > 1 && info[1].IsTypedArray()
+                        ? static_cast<int64_t>(info[1].As<Napi::TypedArray>().ElementLength())
+                        : 0;
+  const float* ys = x.f32(1, "ys", n);
+  uint8_t* out = x.u8(2, "out", n);
+  if (!x.ok()) return x.env().Undefined();
+  const Quantizer& q = quantizerFor(qmap);
+  for (int64_t i = 0; i < n; ++i) out[i] = q.quantize(ys[i]);
+  return x.env().Undefined();
+}
+
+Register reg_adamw32("optimAdamW32", OptimAdamW32);
+Register reg_adamw8("optimAdamW8bit", OptimAdamW8bit);
+Register reg_lion32("optimLion32", OptimLion32);
+Register reg_lion8("optimLion8bit", OptimLion8bit);
+Register reg_sgd("optimSgd", OptimSgd);
+Register reg_sumsq("optimSumSquares", OptimSumSquares);
+Register reg_scale("optimScale", OptimScale);
+Register reg_q8("optimQuantize8bit", OptimQuantize8bit);
+
+}  // namespace
+}  // namespace qlora
