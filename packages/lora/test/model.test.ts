@@ -302,3 +302,62 @@ describe("modules_to_save and bias", () => {
     expect(names).not.toContain("model.layers.0.self_attn.k_proj.bias");
   });
 });
+
+describe("data-dependent inits over the base", () => {
+  it("pissa / olora on a dense base: base + s·B·A reproduces the original weight", () => {
+    for (const init of ["pissa", "olora", "pissa_niter_2"] as const) {
+      const model = new TinyModel(4);
+      const x = input();
+      const y0 = run(model, x);
+      const lm = LoraModel.inject(model, { r: 4, lora_alpha: 8, target_modules: ["q_proj"], init_lora_weights: init });
+      // the principal part moved into the adapter: the output is unchanged, the base weight is not
+      expect(maxDiff(run(model, x), y0), init).toBeLessThan(1e-4);
+      expect(
+        maxDiff(
+          lm.withAdaptersDisabled(() => run(model, x)),
+          y0,
+        ),
+        init,
+      ).toBeGreaterThan(1e-3);
+    }
+  });
+  it("olora on a 4-bit base: dequantize, split, re-quantize the residual (warned, output close)", () => {
+    const model = new TinyModel(5, 1, true);
+    const x = input();
+    const y0 = run(model, x);
+    const warnings: string[] = [];
+    LoraModel.inject(
+      model,
+      { r: 4, lora_alpha: 8, target_modules: ["q_proj"], init_lora_weights: "olora" },
+      { onWarning: (w) => warnings.push(w) },
+    );
+    expect(warnings.some((w) => w.includes('init_lora_weights="olora" re-quantized the 4-bit base weight'))).toBe(true);
+    expect(model.getSubmodule<LoraLinear>("model.layers.0.self_attn.q_proj").baseLayer).toBeInstanceOf(Linear4bit);
+    expect(maxDiff(run(model, x), y0)).toBeLessThan(0.5);
+  });
+  it("loftq on a dense base: the base becomes the NF4-dequantized residual; base + B·A approximates W better than NF4 alone", () => {
+    const model = new TinyModel(6);
+    const q = model.getSubmodule<Linear>("model.layers.0.self_attn.q_proj");
+    const w = Float32Array.from(q.weight.toTypedArray());
+    const lm = LoraModel.inject(model, {
+      r: 8,
+      lora_alpha: 8,
+      target_modules: ["q_proj"],
+      init_lora_weights: "loftq",
+      loftq_config: { loftq_bits: 4, loftq_iter: 2 },
+    });
+    const layer = lm.loraLayers()[0][1];
+    const base = layer.baseWeightValues();
+    const delta = layer.deltaWeight("default"); // s = alpha/r = 1, as LoftQ assumes
+    let errLoftq = 0;
+    let errNf4 = 0;
+    const nf4 = Linear4bit.fromWeight({ values: w, shape: [HIDDEN, HIDDEN] })
+      .dequantizedWeight()
+      .toTypedArray();
+    for (let i = 0; i < w.length; i++) {
+      errLoftq += (w[i] - base[i] - delta[i]) ** 2;
+      errNf4 += (w[i] - nf4[i]) ** 2;
+    }
+    expect(errLoftq).toBeLessThan(0.8 * errNf4);
+  });
+});
