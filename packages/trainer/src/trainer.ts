@@ -103,6 +103,8 @@ export class Trainer<B = unknown> {
   private model: Module;
   private readonly trainable: Map<string, Tensor>;
   private schedule: (step: number) => number = () => 1;
+  /** Each parameter group's lr at construction (the scheduler's base), or null for an optimizer without groups. */
+  private readonly baseLrs: number[] | null;
   private stepsPerEpoch = 0;
 
   constructor(readonly options: TrainerOptions<B>) {
@@ -113,6 +115,7 @@ export class Trainer<B = unknown> {
     this.strategy = options.strategy ?? new SingleProcessStrategy();
     this.precision = options.precision ?? f32Precision;
     this.checkpointIO = options.checkpointIO ?? safetensorsCheckpointIO;
+    this.baseLrs = options.optimizer.paramGroups?.map((g) => g.lr) ?? null;
     this.trainable = new Map([...options.model.namedParameters()].filter(([, p]) => p.requiresGrad));
     if (this.trainable.size === 0)
       throw new TrainerError("NO_TRAINABLE", "Trainer: the model has no parameter that requires gradients");
@@ -130,9 +133,17 @@ export class Trainer<B = unknown> {
     return { trainer: this, state: this.state, control: this.control, ...(extra as T) };
   }
 
-  /** The current learning rate (schedule of the global step). */
+  /** The current learning rate (of the first parameter group): base × schedule(global step). */
   get lr(): number {
-    return this.args.learningRate * this.schedule(this.state.globalStep);
+    return (this.baseLrs?.[0] ?? this.args.learningRate) * this.schedule(this.state.globalStep);
+  }
+
+  private applyLr(): void {
+    const f = this.schedule(this.state.globalStep);
+    const opt = this.options.optimizer;
+    if (this.baseLrs && opt.paramGroups) {
+      for (const [i, g] of opt.paramGroups.entries()) g.lr = (this.baseLrs[i] ?? 0) * f;
+    } else opt.lr = this.args.learningRate * f;
   }
 
   async fit(fit: FitOptions = {}): Promise<TrainerState> {
@@ -244,7 +255,7 @@ export class Trainer<B = unknown> {
     }
     const lr = this.lr;
     if (finite) {
-      optimizer.lr = lr;
+      this.applyLr();
       await this.hooks.emit("optimizer:step:before", this.context({ lr, gradNorm }));
       await strategy.optimizerStep(optimizer);
       await this.hooks.emit("optimizer:step:after", this.context({ lr, gradNorm }));

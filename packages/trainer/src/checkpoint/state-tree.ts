@@ -25,6 +25,9 @@ const ARRAY_TO_ST: Record<string, SafetensorsDtype> = {
   Int32Array: "I32",
   Uint8Array: "U8",
   Uint16Array: "U16",
+  Int8Array: "I8",
+  Uint32Array: "U32",
+  Int16Array: "I16",
 };
 
 interface Encoded {
@@ -64,6 +67,9 @@ const ARRAY_CTORS: Record<string, new (b: ArrayBuffer) => ArrayBufferView> = {
   Int32Array,
   Uint8Array,
   Uint16Array,
+  Int8Array,
+  Uint32Array,
+  Int16Array,
 };
 
 function decode(x: unknown, arrays: Map<string, { bytes: Uint8Array; shape: number[] }>): unknown {
