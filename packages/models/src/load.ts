@@ -5,9 +5,18 @@
  * the directory is a pre-quantized bitsandbytes checkpoint), the rest stay in the checkpoint's dtype.
  */
 import { readFile } from "node:fs/promises";
+import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { type ShardedSafetensors, openShardedSafetensors } from "@qlora/formats";
-import { Nf4Error, type QuantState4bit, quantize4bit, type TensorRecords, unpackQuantState } from "@qlora/nf4";
+import {
+  Nf4Error,
+  type Quantize4bitOptions,
+  type QuantState4bit,
+  quantize4bit,
+  type TensorRecords,
+  unpackQuantState,
+} from "@qlora/nf4";
+import { Nf4WorkerPool } from "@qlora/nf4/node";
 import {
   type Backend,
   type DType,
@@ -31,6 +40,11 @@ export interface LoadOptions extends CausalLMOptions {
    */
   quantize?: QuantizeOptions | false;
   backend?: Backend | string;
+  /**
+   * Worker threads quantizing big weights (default: os.availableParallelism(); 1 = on the calling thread).
+   * Reading the next tensor overlaps the quantization of the current one either way.
+   */
+  quantizeThreads?: number;
 }
 
 export interface LoadedModel {
@@ -139,6 +153,24 @@ class CheckpointReader {
         : await this.st.readTyped(key, this.st.info(key).dtype as "BF16");
     return { data, dtype };
   }
+  /** Like values(), into `scratch` (reused across tensors, so no garbage per tensor). */
+  async valuesInto(
+    key: string,
+    shape: number[],
+    scratch: Scratch,
+  ): Promise<{ data: Float32Array | Uint16Array; dtype: DType }> {
+    this.require(key, shape);
+    const dtype = this.dtype(key);
+    this.used.add(key);
+    const nbytes = this.st.info(key).byteLength;
+    const bytes = scratch.bytes(nbytes);
+    await this.st.readInto(key, bytes);
+    const data =
+      dtype === "f32"
+        ? new Float32Array(bytes.buffer, bytes.byteOffset, nbytes / 4)
+        : new Uint16Array(bytes.buffer, bytes.byteOffset, nbytes / 2);
+    return { data, dtype };
+  }
   async tensor(key: string, shape: number[]): Promise<Tensor> {
     const { data, dtype } = await this.values(key, shape);
     const t = tensor(data, { shape, dtype, backend: this.backend });
@@ -165,6 +197,38 @@ class CheckpointReader {
     }
     return recs;
   }
+}
+
+/** A growable read buffer on a SharedArrayBuffer (worker threads read it without a copy). */
+class Scratch {
+  private buf = new Uint8Array(new SharedArrayBuffer(0));
+  bytes(n: number): Uint8Array {
+    if (this.buf.byteLength < n) this.buf = new Uint8Array(new SharedArrayBuffer(n));
+    return this.buf.subarray(0, n);
+  }
+}
+
+/** quantize4bit, on a worker pool for big weights (created on first use, closed by `close`). */
+class Quantizer {
+  private pool: Nf4WorkerPool | null = null;
+  constructor(private readonly threads: number) {}
+  quantize(data: Float32Array | Uint16Array, options: Quantize4bitOptions): Promise<QuantState4bit> {
+    if (this.threads <= 1 || data.length < 1 << 20) return Promise.resolve(quantize4bit(data, options));
+    this.pool ??= new Nf4WorkerPool(this.threads);
+    return this.pool.quantize(data, options);
+  }
+  async close(): Promise<void> {
+    await this.pool?.close();
+  }
+}
+
+interface BuildContext {
+  reader: CheckpointReader;
+  quant: Required<QuantizeOptions> | null;
+  quantizer: Quantizer;
+  /** Two read buffers: one being read into while the other's quantization runs. */
+  scratch: [Scratch, Scratch];
+  turn: number;
 }
 
 type LeafSpec =
@@ -200,11 +264,21 @@ function planLeaves(config: ModelConfig): LeafSpec[] {
   return specs;
 }
 
-async function buildLinear(
-  r: CheckpointReader,
-  s: Extract<LeafSpec, { kind: "linear" }>,
-  quant: Required<QuantizeOptions> | null,
-): Promise<LinearLike> {
+/**
+ * Reads a leaf's tensors and returns (once the reads are done) `done`, a promise of the finished module, so the caller
+ * can read the next leaf while this one is being quantized.
+ */
+async function startLeaf(ctx: BuildContext, s: LeafSpec): Promise<{ done: Promise<Module> }> {
+  const r = ctx.reader;
+  const ready = (m: Module) => ({ done: Promise.resolve(m) });
+  const frozen = (m: Module) => {
+    for (const p of m.parameters()) p.requiresGrad = false;
+    return m;
+  };
+  if (s.kind === "norm")
+    return ready(frozen(new RMSNorm(s.dim, s.eps, { init: await r.tensor(`${s.path}.weight`, [s.dim]) })));
+  if (s.kind === "embedding")
+    return ready(frozen(new Embedding(s.vocab, s.dim, { init: await r.tensor(`${s.path}.weight`, [s.vocab, s.dim]) })));
   const wKey = `${s.path}.weight`;
   const shape = [s.outFeatures, s.inFeatures];
   const bias = s.bias ? await r.tensor(`${s.path}.bias`, [s.outFeatures]) : null;
@@ -228,30 +302,44 @@ async function buildLinear(
         `${r.fileOf(qsKey)}: "${qsKey}" holds shape ${JSON.stringify(state.shape)}; config.json implies ${JSON.stringify(shape)}`,
         { file: r.fileOf(qsKey), key: qsKey },
       );
-    return new Linear4bit(state, { bias, backend: r.backend });
+    return ready(frozen(new Linear4bit(state, { bias, backend: r.backend })));
   }
+  const quant = ctx.quant;
   if (quant && !isSkipped(s.path, quant.skipModules)) {
-    const { data, dtype } = await r.values(wKey, shape);
-    const state = quantize4bit(data, {
+    const { data, dtype } = await r.valuesInto(wKey, shape, ctx.scratch[ctx.turn++ % 2]);
+    const pending = ctx.quantizer.quantize(data, {
       quantType: quant.quantType,
       blocksize: quant.blocksize,
       doubleQuant: quant.doubleQuant,
       shape,
       dtype: dtype === "f32" ? "float32" : dtype === "bf16" ? "bfloat16" : "float16",
     });
-    return new Linear4bit(state, { bias, backend: r.backend });
+    return { done: pending.then((state) => frozen(new Linear4bit(state, { bias, backend: r.backend }))) };
   }
   const weight = await r.tensor(wKey, shape);
-  return new Linear(s.inFeatures, s.outFeatures, { init: { weight, bias } });
+  return ready(frozen(new Linear(s.inFeatures, s.outFeatures, { init: { weight, bias } })));
 }
 
-async function buildLeaf(r: CheckpointReader, s: LeafSpec, quant: Required<QuantizeOptions> | null): Promise<Module> {
-  let m: Module;
-  if (s.kind === "linear") m = await buildLinear(r, s, quant);
-  else if (s.kind === "norm") m = new RMSNorm(s.dim, s.eps, { init: await r.tensor(`${s.path}.weight`, [s.dim]) });
-  else m = new Embedding(s.vocab, s.dim, { init: await r.tensor(`${s.path}.weight`, [s.vocab, s.dim]) });
-  for (const p of m.parameters()) p.requiresGrad = false;
-  return m;
+/** Builds every leaf in order, reading leaf i+1 while leaf i is quantized (at most one in flight per buffer). */
+async function buildLeaves(ctx: BuildContext, specs: LeafSpec[]): Promise<Map<string, Module>> {
+  const leaves = new Map<string, Module>();
+  let inflight: Promise<void> | null = null;
+  try {
+    for (const spec of specs) {
+      const { done } = await startLeaf(ctx, spec);
+      // the previous leaf's buffer is reused by the next read: wait for its quantization first
+      if (inflight) await inflight;
+      inflight = done.then((m) => {
+        leaves.set(spec.path, m);
+      });
+    }
+    if (inflight) await inflight;
+  } catch (e) {
+    await inflight?.catch(() => {});
+    for (const m of leaves.values()) m.dispose();
+    throw e;
+  }
+  return leaves;
 }
 
 /**
@@ -266,13 +354,13 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   const pre = preQuantizedSettings(config);
   const quant = pre ?? (options.quantize === false ? null : { ...DEFAULT_QUANT, ...options.quantize });
   const reader = new CheckpointReader(st, dir, options.backend);
-  const leaves = new Map<string, Module>();
+  const quantizer = new Quantizer(options.quantizeThreads ?? availableParallelism());
+  const ctx: BuildContext = { reader, quant, quantizer, scratch: [new Scratch(), new Scratch()], turn: 0 };
+  let leaves: Map<string, Module>;
   try {
-    for (const spec of planLeaves(config)) leaves.set(spec.path, await buildLeaf(reader, spec, quant));
-  } catch (e) {
-    for (const m of leaves.values()) m.dispose();
-    throw e;
+    leaves = await buildLeaves(ctx, planLeaves(config));
   } finally {
+    await quantizer.close();
     await st.close();
   }
   const take = <M>(path: string) => leaves.get(path) as M;

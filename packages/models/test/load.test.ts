@@ -94,6 +94,25 @@ describe("quantize on load", () => {
   });
 });
 
+describe("quantizing on worker threads", () => {
+  it("weights of ≥ 1M elements quantized on 2 workers are byte-identical to the calling thread's", async () => {
+    const d = path("wide");
+    await writeTinyModel(d, spec("llama"), {
+      dtype: "bfloat16",
+      configOverrides: { hidden_size: 1024, intermediate_size: 1024, num_hidden_layers: 1, num_attention_heads: 8 },
+    });
+    const one = await loadModel(d, { quantizeThreads: 1 });
+    const two = await loadModel(d, { quantizeThreads: 2 });
+    const name = "model.layers.0.mlp.gate_proj";
+    const [a, b] = [one, two].map((m) => m.model.getSubmodule<Linear4bit>(name).quantState);
+    expect(a.shape).toEqual([1024, 1024]);
+    expect(Buffer.from(b.packed).equals(Buffer.from(a.packed))).toBe(true);
+    expect(b.absmax).toEqual(a.absmax);
+    one.model.dispose();
+    two.model.dispose();
+  });
+});
+
 describe("bitsandbytes checkpoints", () => {
   it("quantize → saveQuantized → load pre-quantized → save gives identical bytes and identical logits", async () => {
     const first = await loadModel(path("qwen2-bf16"));
