@@ -46,8 +46,8 @@ Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
   return a.env().Undefined();
 }
 
-// rmsNormBackward(dy, x, weight, rstd, dx, dweight, rows, dim)
-//   dx = r·(dy∘w) − r³/dim · x · Σ(dy∘w∘x);  dweight = Σ_rows dy∘x·r
+// rmsNormBackward(dy, x, weight, rstd, dx, dweight | null, rows, dim)
+//   dx = r·(dy∘w) − r³/dim · x · Σ(dy∘w∘x);  dweight = Σ_rows dy∘x·r (skipped when dweight is null: a frozen weight)
 Napi::Value RmsNormBackward(const Napi::CallbackInfo& info) {
   Args a(info, "rmsNormBackward");
   int64_t rows = a.count(6, "rows"), dim = a.count(7, "dim");
@@ -57,12 +57,13 @@ Napi::Value RmsNormBackward(const Napi::CallbackInfo& info) {
   const float* w = a.f32(2, "weight", dim);
   const float* rstd = a.f32(3, "rstd", rows);
   float* dx = a.f32(4, "dx", n);
-  float* dw = a.f32(5, "dweight", dim);
+  const bool want_dw = !a.is_null(5);
+  float* dw = want_dw ? a.f32(5, "dweight", dim) : nullptr;
   if (!a.ok()) return a.env().Undefined();
   std::vector<double> dw_total(dim, 0.0);
   std::mutex merge;
   parallel_for(rows, [&](size_t r0, size_t r1) {
-    std::vector<double> dw_part(dim, 0.0);  // per chunk, merged once: no races on dweight
+    std::vector<double> dw_part(want_dw ? dim : 0, 0.0);  // per chunk, merged once: no races on dweight
     std::vector<float> g(dim);
     for (size_t r = r0; r < r1; ++r) {
       const float* xr = x + r * dim;
@@ -73,13 +74,16 @@ Napi::Value RmsNormBackward(const Napi::CallbackInfo& info) {
       const double c = dot_d(g.data(), xr, dim) * rs * rs * rs / dim;
       for (int64_t i = 0; i < dim; ++i) {
         dxr[i] = static_cast<float>(rs * g[i] - c * xr[i]);
-        dw_part[i] += static_cast<double>(dyr[i]) * xr[i] * rs;
       }
+      if (want_dw)
+        for (int64_t i = 0; i < dim; ++i) dw_part[i] += static_cast<double>(dyr[i]) * xr[i] * rs;
     }
+    if (!want_dw) return;
     std::lock_guard<std::mutex> lock(merge);
     for (int64_t i = 0; i < dim; ++i) dw_total[i] += dw_part[i];
   }, row_grain(dim));
-  for (int64_t i = 0; i < dim; ++i) dw[i] = static_cast<float>(dw_total[i]);
+  if (want_dw)
+    for (int64_t i = 0; i < dim; ++i) dw[i] = static_cast<float>(dw_total[i]);
   return a.env().Undefined();
 }
 

@@ -12,6 +12,7 @@ import { optimizerOpsOf } from "./optim";
 export const COMPUTE_OPS = [
   "copy",
   "copyInPlace",
+  "addInPlace",
   "fill",
   "unary",
   "binary",
@@ -102,6 +103,8 @@ export function createCpuBackend(options: CreateCpuBackendOptions = {}): Backend
     name: "cpu",
     device: "cpu",
     alloc: (dtype, length) => r.alloc(dtype, length),
+    allocUninit: (dtype, length) => r.allocUninit!(dtype, length),
+    emptyCache: () => r.emptyCache?.(),
     free: (buffer) => r.free(buffer),
     fromHost: (data, dtype) => r.fromHost(data, dtype),
     toHost: (buffer) => r.toHost(buffer),

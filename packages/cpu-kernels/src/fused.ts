@@ -67,7 +67,7 @@ export interface FusedNative {
     w: Float32Array,
     rstd: Float32Array,
     dx: Float32Array,
-    dw: Float32Array,
+    dw: Float32Array | null,
     rows: number,
     dim: number,
   ): void;
@@ -351,13 +351,17 @@ export function createFusedOps(
       nat().rmsNorm(f[0], f[1], y.data, rstd.data, rows, dim, eps);
       return { y: y.buf, rstd: rstd.buf };
     },
-    rmsNormBackward(dy, x, weight, rstd, rows, dim) {
+    rmsNormBackward(dy, x, weight, rstd, rows, dim, options?: { readonly weightGrad: boolean }) {
       const f = allF32([dy, x, weight, rstd], "rmsNormBackward");
-      if (!f) return host.rmsNormBackward(dy, x, weight, rstd, rows, dim);
+      if (!f)
+        return host.rmsNormBackward(dy, x, weight, rstd, rows, dim, {
+          weightGrad: options?.weightGrad !== false,
+        }) as { dx: Buffer; dweight: Buffer }; // dweight null only when the caller asked for none
       const dx = allocF(rows * dim);
-      const dw = allocF(dim);
-      nat().rmsNormBackward(f[0], f[1], f[2], f[3], dx.data, dw.data, rows, dim);
-      return { dx: dx.buf, dweight: dw.buf };
+      // a frozen weight (weightGrad false): the kernel skips the dweight reduction (null output)
+      const dw = options?.weightGrad === false ? null : allocF(dim);
+      nat().rmsNormBackward(f[0], f[1], f[2], f[3], dx.data, dw?.data ?? null, rows, dim);
+      return { dx: dx.buf, dweight: (dw?.buf ?? null) as Buffer };
     },
     rope(x, positions, o: RopeOptions) {
       const xs = f32Of(x, "rope", "x");

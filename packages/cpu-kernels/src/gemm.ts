@@ -85,29 +85,77 @@ export function nativeQuantWeight(w: QuantizedWeightBuffers, op: string): Native
   };
 }
 
-/** The GEMM-family Backend ops over `native`, allocating outputs with `allocator` (the shared host allocator). */
-export function createGemmOps(native: GemmNative, allocator: Pick<Backend, "alloc">): Pick<Backend, GemmOpName> {
+/** The GEMM-family Backend ops over `native`, allocating outputs with `allocator` (the shared host allocator:
+ * outputs the kernels overwrite whole come from its cache without zeroing). */
+export function createGemmOps(
+  native: GemmNative,
+  allocator: Pick<Backend, "alloc" | "allocUninit" | "free">,
+): Pick<Backend, GemmOpName> {
   const out = (length: number) => {
-    const buf = allocator.alloc("f32", length) as HostBuffer;
+    const buf = (allocator.allocUninit ?? allocator.alloc)("f32", length) as HostBuffer;
     return { buf, data: buf.data as Float32Array };
   };
+  /** C = alpha·T + beta·C over the native result T (beta 0: C is not read). */
+  const blend = (c: Float32Array, t: Float32Array | null, alpha: number, beta: number): void => {
+    const n = c.length;
+    if (!t) for (let i = 0; i < n; i++) c[i] = beta === 0 ? 0 : beta * c[i];
+    else if (beta === 0) for (let i = 0; i < n; i++) c[i] = alpha * t[i];
+    else if (beta === 1) for (let i = 0; i < n; i++) c[i] += alpha * t[i];
+    else for (let i = 0; i < n; i++) c[i] = alpha * t[i] + beta * c[i];
+  };
+  const accumulate = (a: Buffer, b: Buffer, o: MatmulOptions, c: Buffer): Buffer => {
+    const { batch, m, k, n } = o;
+    const cd = f32(c, "matmul", "out");
+    if (cd.length !== batch * m * n)
+      throw new CpuKernelsError("BAD_SHAPE", `cpu.matmul: out has ${cd.length} elements, expected ${batch * m * n}`);
+    const alpha = o.alpha ?? 1;
+    const beta = o.beta ?? 0;
+    if (k === 0) {
+      blend(cd, null, alpha, beta);
+      return c;
+    }
+    if (alpha === 1 && beta === 0) {
+      run(a, b, o, cd); // the native GEMM overwrites C: straight into it
+      return c;
+    }
+    // The native kernel overwrites its output: compute into a cached scratch buffer (no page faults after the
+    // first use) and blend. In-kernel accumulation would need the driver's first k-panel to accumulate too.
+    const t = out(batch * m * n);
+    try {
+      run(a, b, o, t.data);
+      blend(cd, t.data, alpha, beta);
+    } finally {
+      allocator.free(t.buf);
+    }
+    return c;
+  };
+  const run = (a: Buffer, b: Buffer, o: MatmulOptions, y: Float32Array): void => {
+    const { batch, m, k, n } = o;
+    native.matmul(
+      matmulInput(a, "a"),
+      matmulInput(b, "b"),
+      y,
+      batch,
+      m,
+      k,
+      n,
+      o.transA === true,
+      o.transB === true,
+      o.aBatchStride ?? m * k,
+      o.bBatchStride ?? k * n,
+    );
+  };
   return {
-    matmul(a: Buffer, b: Buffer, o: MatmulOptions) {
+    matmul(a: Buffer, b: Buffer, o: MatmulOptions, c?: Buffer) {
+      if (c) return accumulate(a, b, o, c);
       const { batch, m, k, n } = o;
       const y = out(batch * m * n);
-      native.matmul(
-        matmulInput(a, "a"),
-        matmulInput(b, "b"),
-        y.data,
-        batch,
-        m,
-        k,
-        n,
-        o.transA === true,
-        o.transB === true,
-        o.aBatchStride ?? m * k,
-        o.bBatchStride ?? k * n,
-      );
+      if (k === 0) {
+        y.data.fill(0); // an empty inner dimension: the kernel would not touch the (recycled) output
+        return y.buf;
+      }
+      run(a, b, o, y.data);
+      if (o.alpha !== undefined && o.alpha !== 1) blend(y.data, y.data, o.alpha, 0);
       return y.buf;
     },
     matmul4bit(x: Buffer, w: QuantizedWeightBuffers, m: number) {
