@@ -381,3 +381,39 @@ describe("strategy slot", () => {
     }
   });
 });
+
+describe("clipping, precision, gradient checkpointing flag", () => {
+  it("max_grad_norm: the pre-clip norm is reported and gradients are scaled to the limit", async () => {
+    const { trainer, model } = makeTrainer(randomBatches(1, 2, 5, 11), { maxGradNorm: 0.01 });
+    let reported = 0;
+    let after = 0;
+    trainer.hooks.on("optimizer:step:before", (ctx) => {
+      reported = ctx.gradNorm ?? 0;
+      let s = 0;
+      for (const p of model.parameters()) for (const g of p.grad?.toTypedArray() ?? []) s += g * g;
+      after = Math.sqrt(s);
+    });
+    await trainer.fit();
+    expect(reported).toBeGreaterThan(0.01);
+    expect(after).toBeCloseTo(0.01, 6);
+  });
+
+  it("precision slot checks its contract; the gradient checkpointing flag reaches the model", async () => {
+    const { bf16MixedPrecision } = await import("./precision");
+    const { model } = makeTrainer(randomBatches(1, 1, 4, 11));
+    expect(() =>
+      bf16MixedPrecision.setup(model, new Map([...model.namedParameters()].filter(([, p]) => p.requiresGrad))),
+    ).toThrow(/frozen parameter "norm.weight" is f32; load the base model with dtype bf16/);
+    manualSeed(1);
+    const flagged = Object.assign(new TinyLM(), { gradientCheckpointing: false });
+    const t = new Trainer<Batch>({
+      model: flagged,
+      optimizer: new StatefulAdamW(flagged.parameters().filter((p) => p.requiresGrad)),
+      loss: (m, b) => tinyLoss(m, b),
+      train: memorySource(randomBatches(1, 1, 4, 11)),
+      args: { learningRate: 0.01, gradientCheckpointing: true },
+    });
+    await t.fit();
+    expect(flagged.gradientCheckpointing).toBe(true);
+  });
+});
