@@ -3,7 +3,10 @@
  * only under --verbose); the exit code is 0 only on success.
  */
 import { Command, CommanderError } from "commander";
+import { registerConvert } from "./commands/convert";
 import { registerEstimate } from "./commands/estimate";
+import { registerEval } from "./commands/eval";
+import { registerGenerate } from "./commands/generate";
 import { registerInspect } from "./commands/inspect";
 import { registerReport } from "./commands/report";
 import { registerTrain } from "./commands/train";
@@ -42,6 +45,9 @@ export function buildProgram(io: Io = defaultIo): Command {
   registerInspect(program, io);
   registerReport(program, io);
   registerTrain(program, io);
+  registerGenerate(program, io);
+  registerEval(program, io);
+  registerConvert(program, io);
   return program;
 }
 

@@ -51,7 +51,7 @@ export interface TrainResult {
   interrupted: boolean;
 }
 
-const DATASET_FORMATS: Record<TrainConfig["datasets"][number]["type"], DataFormat> = {
+export const DATASET_FORMATS: Record<TrainConfig["datasets"][number]["type"], DataFormat> = {
   alpaca: "alpaca",
   completion: "text",
   text: "text",

@@ -1,0 +1,110 @@
+/** Commands that write model files: quantize, merge, export. */
+import { join } from "node:path";
+import type { Command } from "commander";
+import { exportGguf, loadModel, saveQuantized } from "@qlora/models";
+import { exportAdapterGguf, loadAdapter, saveAdapter } from "@qlora/lora";
+import { CliError } from "../errors";
+import {
+  copyTokenizerFiles,
+  ggufMapping,
+  loadForInference,
+  requireAdapterDir,
+  requireModelDir,
+  saveDense,
+} from "../infer";
+import type { GlobalOptions, Io } from "../main";
+import { positiveInt } from "../main";
+
+const report = (io: Io, json: boolean | undefined, value: Record<string, unknown>, text: string) =>
+  io.out(json ? JSON.stringify(value) : text);
+
+function oneOf<T extends string>(v: string, allowed: readonly T[], flag: string): T {
+  if (!(allowed as readonly string[]).includes(v))
+    throw new CliError("BAD_ARGUMENT", `${flag}: expected one of ${allowed.join(", ")}, got "${v}"`);
+  return v as T;
+}
+
+export function registerConvert(program: Command, io: Io): void {
+  program
+    .command("quantize")
+    .description("write a transformers + bitsandbytes 4-bit checkpoint")
+    .argument("<model_dir>", "model directory")
+    .requiredOption("--out <dir>", "output directory")
+    .option("--quant-type <t>", "nf4 | fp4", "nf4")
+    .option("--no-double-quant", "plain f32 absmax per block")
+    .option("--blocksize <n>", "64 (default), 128, 256 …", (v) => positiveInt(v, "--blocksize"), 64)
+    .action(async function (this: Command, dir: string, o) {
+      const global = this.optsWithGlobals() as GlobalOptions;
+      requireModelDir(dir, "model_dir");
+      const quantization = {
+        quantType: oneOf(o.quantType, ["nf4", "fp4"] as const, "--quant-type"),
+        doubleQuant: o.doubleQuant as boolean,
+        blocksize: o.blocksize as number,
+        skipModules: ["lm_head"],
+      };
+      const { model, generationConfig } = await loadModel(dir, { quantize: quantization });
+      await saveQuantized(model, o.out, { quantization, generationConfig });
+      await copyTokenizerFiles(dir, o.out);
+      report(
+        io,
+        global.json,
+        { out: o.out, ...quantization },
+        `wrote ${quantization.quantType} checkpoint to ${o.out}`,
+      );
+    });
+
+  program
+    .command("merge")
+    .description("merge a LoRA adapter into the base weights and write the merged model")
+    .requiredOption("--model <dir>", "base model directory")
+    .requiredOption("--adapter <dir>", "PEFT adapter directory")
+    .requiredOption("--out <dir>", "output directory")
+    .option("--dtype <d>", "f32 | bf16 | f16 | nf4", "bf16")
+    .action(async function (this: Command, o) {
+      const global = this.optsWithGlobals() as GlobalOptions;
+      const dtype = oneOf(o.dtype, ["f32", "bf16", "f16", "nf4"] as const, "--dtype");
+      requireModelDir(o.model);
+      requireAdapterDir(o.adapter);
+      // Merging happens in dense f32 (the exact sum); nf4 output re-quantizes the merged weights.
+      const { model, generationConfig } = await loadModel(o.model, { quantize: false });
+      const lora = await loadAdapter(model, o.adapter);
+      const { model: merged } = lora.mergeAndUnload();
+      const out = merged as typeof model;
+      if (dtype === "nf4") {
+        const quantization = { quantType: "nf4" as const, doubleQuant: true, blocksize: 64, skipModules: ["lm_head"] };
+        await saveDense(out, o.model, join(o.out, ".dense"), "f32");
+        const { model: q } = await loadModel(join(o.out, ".dense"), { quantize: quantization });
+        await saveQuantized(q, o.out, { quantization, generationConfig });
+        await copyTokenizerFiles(o.model, o.out);
+      } else await saveDense(out, o.model, o.out, dtype);
+      report(io, global.json, { out: o.out, dtype }, `merged ${o.adapter} into ${o.model}: ${o.out} (${dtype})`);
+    });
+
+  program
+    .command("export")
+    .description("export a base model or adapter: PEFT directory, or GGUF for llama.cpp / node-llama-cpp")
+    .requiredOption("--model <dir>", "base model directory")
+    .option("--adapter <dir>", "PEFT adapter directory (GGUF: writes a llama.cpp LoRA adapter file)")
+    .requiredOption("--format <f>", "peft | gguf")
+    .requiredOption("--out <path>", "output file (gguf) or directory (peft)")
+    .option("--gguf-type <t>", "f32 | f16 | bf16 | q8_0 (base model export)", "f16")
+    .action(async function (this: Command, o) {
+      const global = this.optsWithGlobals() as GlobalOptions;
+      const format = oneOf(o.format, ["peft", "gguf"] as const, "--format");
+      requireModelDir(o.model);
+      if (format === "peft") {
+        if (!o.adapter) throw new CliError("BAD_ARGUMENT", "--format peft: needs --adapter <dir>");
+        const { lora } = await loadForInference(o.model, { adapter: o.adapter, quantize: "none" });
+        await saveAdapter(lora!, o.out, { baseModelNameOrPath: o.model });
+        return report(io, global.json, { out: o.out }, `wrote PEFT adapter to ${o.out}`);
+      }
+      if (o.adapter) {
+        const { lora, config } = await loadForInference(o.model, { adapter: o.adapter, quantize: "none" });
+        const r = await exportAdapterGguf(lora!, o.out, { mapping: ggufMapping(config) });
+        return report(io, global.json, { out: r.path, alpha: r.alpha }, `wrote GGUF LoRA adapter to ${r.path}`);
+      }
+      const type = oneOf(o.ggufType, ["f32", "f16", "bf16", "q8_0"] as const, "--gguf-type");
+      const r = await exportGguf(o.model, o.out, { outType: type.toUpperCase() as "F32" });
+      report(io, global.json, { out: r.path, architecture: r.architecture }, `wrote ${type} GGUF to ${r.path}`);
+    });
+}

@@ -1,0 +1,157 @@
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { openGguf } from "@qlora/formats";
+import { beforeAll, describe, expect, it } from "vitest";
+import { runCli } from "./helpers";
+import { writeRandomAdapter, writeTinyBase } from "./tiny";
+
+const root = mkdtempSync(join(tmpdir(), "qlora-convert-"));
+let base = "";
+let adapter = "";
+let data = "";
+
+beforeAll(async () => {
+  base = await writeTinyBase(join(root, "base"));
+  adapter = await writeRandomAdapter(base, join(root, "adapter"));
+  data = join(root, "eval.jsonl");
+  writeFileSync(
+    data,
+    ["the cat sat on the mat", "a dog ran to the park", "red green blue"]
+      .map((t) => JSON.stringify({ text: t }))
+      .join("\n"),
+  );
+}, 120_000);
+
+const evalLoss = async (args: string[]) => {
+  const r = await runCli(["--json", "eval", "--data", data, ...args]);
+  expect(r.err).toBe("");
+  return JSON.parse(r.out) as { loss: number; perplexity: number; tokens: number };
+};
+
+describe("qlora eval / merge / quantize / export / generate", () => {
+  it("eval reports loss and perplexity; the adapter changes them; merging reproduces base + adapter", async () => {
+    const dense = await evalLoss(["--model", base, "--quantize", "none"]);
+    expect(dense.perplexity).toBeCloseTo(Math.exp(dense.loss), 6);
+    expect(dense.tokens).toBeGreaterThan(10);
+    const withAdapter = await evalLoss(["--model", base, "--adapter", adapter, "--quantize", "none"]);
+    expect(Math.abs(withAdapter.loss - dense.loss)).toBeGreaterThan(1e-3);
+    const merged = join(root, "merged");
+    const m = await runCli(["merge", "--model", base, "--adapter", adapter, "--out", merged, "--dtype", "f32"]);
+    expect(m.code).toBe(0);
+    const afterMerge = await evalLoss(["--model", merged, "--quantize", "none"]);
+    expect(Math.abs(afterMerge.loss - withAdapter.loss) / withAdapter.loss).toBeLessThan(1e-5);
+  });
+
+  it("quantize writes a bitsandbytes checkpoint that loads and evaluates like NF4-on-load", async () => {
+    const out = join(root, "nf4");
+    const q = await runCli(["quantize", base, "--out", out]);
+    expect(q.code).toBe(0);
+    const config = JSON.parse(readFileSync(join(out, "config.json"), "utf8"));
+    expect(config.quantization_config).toMatchObject({ load_in_4bit: true, bnb_4bit_quant_type: "nf4" });
+    expect(existsSync(join(out, "tokenizer.json"))).toBe(true);
+    const fromFile = await evalLoss(["--model", out]);
+    const onLoad = await evalLoss(["--model", base]);
+    expect(fromFile.loss).toBe(onLoad.loss);
+  });
+
+  it("export writes a base GGUF and a LoRA adapter GGUF llama.cpp reads", async () => {
+    const r = await runCli([
+      "export",
+      "--model",
+      base,
+      "--format",
+      "gguf",
+      "--gguf-type",
+      "f32",
+      "--out",
+      join(root, "b.gguf"),
+    ]);
+    expect(r.code).toBe(0);
+    expect((await openGguf(join(root, "b.gguf"))).get("general.architecture")).toBe("llama");
+    const a = await runCli([
+      "export",
+      "--model",
+      base,
+      "--adapter",
+      adapter,
+      "--format",
+      "gguf",
+      "--out",
+      join(root, "a.gguf"),
+    ]);
+    expect(a.code).toBe(0);
+    const g = await openGguf(join(root, "a.gguf"));
+    expect(g.get("general.type")).toBe("adapter");
+    expect(g.tensors.some((t) => t.name === "blk.0.attn_q.weight.lora_a")).toBe(true);
+    const p = await runCli([
+      "export",
+      "--model",
+      base,
+      "--adapter",
+      adapter,
+      "--format",
+      "peft",
+      "--out",
+      join(root, "peft"),
+    ]);
+    expect(p.code).toBe(0);
+    expect(existsSync(join(root, "peft", "adapter_model.safetensors"))).toBe(true);
+  });
+
+  it("generate is greedy-deterministic, with or without the chat template", async () => {
+    const args = [
+      "--json",
+      "generate",
+      "--model",
+      base,
+      "--prompt",
+      "the cat",
+      "--max-new-tokens",
+      "8",
+      "--quantize",
+      "none",
+    ];
+    const a = JSON.parse((await runCli(args)).out);
+    const b = JSON.parse((await runCli(args)).out);
+    expect(a.completion).toBe(b.completion);
+    expect(a.completion.length).toBeGreaterThan(0);
+    const chat = await runCli([...args, "--chat", "--adapter", adapter]);
+    expect(chat.code).toBe(0);
+    expect(typeof JSON.parse(chat.out).completion).toBe("string");
+  });
+
+  it("bad paths and values are one-line errors with exit code 2", async () => {
+    const cases: [string[], string][] = [
+      [
+        ["eval", "--model", join(root, "nope"), "--data", data],
+        `qlora: --model: ${join(root, "nope")} is not a model directory (no config.json)`,
+      ],
+      [
+        ["eval", "--model", base, "--data", join(root, "x.jsonl")],
+        `qlora: --data: ${join(root, "x.jsonl")} does not exist`,
+      ],
+      [
+        ["merge", "--model", base, "--adapter", base, "--out", root],
+        `qlora: --adapter: ${base} is not a PEFT adapter directory (no adapter_config.json)`,
+      ],
+      [
+        ["merge", "--model", base, "--adapter", adapter, "--out", root, "--dtype", "int8"],
+        'qlora: --dtype: expected one of f32, bf16, f16, nf4, got "int8"',
+      ],
+      [
+        ["export", "--model", base, "--format", "onnx", "--out", root],
+        'qlora: --format: expected one of peft, gguf, got "onnx"',
+      ],
+      [
+        ["quantize", base, "--out", root, "--quant-type", "int4"],
+        'qlora: --quant-type: expected one of nf4, fp4, got "int4"',
+      ],
+    ];
+    for (const [argv, message] of cases) {
+      const r = await runCli(argv);
+      expect(r.err).toBe(message);
+      expect(r.code).toBe(2);
+    }
+  });
+});
