@@ -22,21 +22,26 @@ export function clipGradNorm(
 ): number {
   if (typeof maxNorm !== "number" || !(maxNorm > 0))
     throw new OptimError("BAD_ARGUMENT", `maxNorm: expected a number > 0, got ${JSON.stringify(maxNorm)}`);
-  const grads = gradsOf(params);
+  const owners = paramsWithGrads(params);
   let sum = 0;
-  for (const g of grads) sum += kernelsFor(g.backend).sumSquares(g.buffer, g.size);
+  for (const p of owners) sum += kernelsFor(p.backend).sumSquares(p.grad!.buffer, p.size);
   const norm = Math.sqrt(sum);
   const coef = maxNorm / (norm + (options.eps ?? 1e-6));
   if (Number.isFinite(norm) && coef < 1)
-    for (const g of grads) {
-      const k = kernelsFor(g.backend);
+    for (const p of owners) {
+      const g = p.grad!;
+      const k = kernelsFor(p.backend);
       if (k.scale) k.scale(g.buffer, g.size, coef);
-      else throw new OptimError("NO_KERNEL", `backend "${g.backend.name}" has no in-place scale kernel for clipping`);
+      else {
+        // A device backend without the in-place kernel: one elementwise multiply into a new gradient.
+        p.grad = g.mul(Math.fround(coef));
+        g.dispose();
+      }
     }
   return norm;
 }
 
-function gradsOf(
+function paramsWithGrads(
   params: NamedParameters | Iterable<Tensor> | { readonly names: readonly string[]; param(name: string): Tensor },
 ): Tensor[] {
   let tensors: Tensor[];
@@ -48,7 +53,7 @@ function gradsOf(
       Array.isArray(x) ? (x[1] as Tensor) : (x as Tensor),
     );
   } else tensors = Object.values(params as Record<string, Tensor>);
-  const grads: Tensor[] = [];
+  const owners: Tensor[] = [];
   for (const p of tensors) {
     const g = p.grad;
     if (!g) continue;
@@ -57,7 +62,7 @@ function gradsOf(
         "BAD_PARAM",
         `clipGradNorm: gradients must be dense f32 (got ${g.dtype} ${JSON.stringify(g.shape)}${g.isDense() ? "" : ", a view"})`,
       );
-    grads.push(g);
+    owners.push(p);
   }
-  return grads;
+  return owners;
 }

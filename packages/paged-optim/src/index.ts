@@ -35,3 +35,4 @@ export {
 } from "./kernels/table";
 export * from "./kernels/reference";
 export * from "./kernels/scalars";
+export { createOptimizer, OPTIMIZER_NAMES, type OptimizerName } from "./factory";

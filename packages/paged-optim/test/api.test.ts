@@ -9,6 +9,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import {
   AdamW,
   clipGradNorm,
+  createOptimizer,
   Lion,
   loraPlusGroups,
   OptimError,
@@ -301,5 +302,50 @@ describe("state files", () => {
       ),
       { numRuns: 500 },
     );
+  });
+});
+
+describe("backends without the optimizer ops", () => {
+  // Looks like a device backend (device ≠ "cpu"): no TypeScript fallback on its buffers.
+  const device: Backend = { ...referenceBackend, name: "fakedevice", device: "fake:0" };
+  it("AdamW uses the backend's own adamwStepInPlace; Lion/SGD say which kernel is missing", () => {
+    const p = param(50, 1, device);
+    const q = param(50, 1);
+    grad(p, 2);
+    grad(q, 2);
+    new AdamW([["p", p]]).step();
+    new AdamW([["q", q]]).step();
+    // the reference backend's adamwStepInPlace computes in f64: close to, not bitwise, the f32 kernel
+    const a = host(p);
+    const b = host(q);
+    for (let i = 0; i < 50; i++) expect(Math.abs(a[i] - b[i])).toBeLessThanOrEqual(1e-7 * Math.max(1, Math.abs(b[i])));
+    expect(() => new Lion([["p", p]]).step()).toThrow(/backend "fakedevice" has no lion32 update kernel/);
+    expect(() => new SGD([["p", p]]).step()).toThrow(/no sgd update kernel/);
+  });
+  it("clipping reads the norm through toHost and scales with a tensor multiply", () => {
+    const p = param(300, 1, device);
+    grad(p, 2, 1);
+    const g = host(p.grad!).slice();
+    const norm = clipGradNorm([p], 0.5);
+    const coef = Math.fround(0.5 / (norm + 1e-6));
+    expect(host(p.grad!)).toEqual(g.map((x) => Math.fround(x * coef)));
+  });
+});
+
+describe("createOptimizer (Hugging Face / Axolotl optim names)", () => {
+  it("maps names to class, bits and paging, and rejects unknown names", () => {
+    const p = param(5000, 1);
+    const o = createOptimizer("paged_adamw_8bit", [["p", p]], { lr: 2e-4 });
+    expect(o).toBeInstanceOf(AdamW);
+    expect([o.bits, o.paged, o.paramGroups[0].lr]).toEqual([8, true, 2e-4]);
+    const l = createOptimizer("lion_8bit", [["p", p]]);
+    expect(l).toBeInstanceOf(Lion);
+    expect([l.bits, l.paged]).toEqual([8, false]);
+    expect(createOptimizer("adamw_torch", [["p", p]]).bits).toBe(32);
+    expect(createOptimizer("sgd", [["p", p]], { lr: 0.1, momentum: 0.9 })).toBeInstanceOf(SGD);
+    expect(() => createOptimizer("adafactor", [["p", p]])).toThrow(
+      /optimizer "adafactor": expected one of adamw_torch/,
+    );
+    expect(() => createOptimizer("adamw_torch", [["p", p]], { bits: 8 } as never)).toThrow(/come from the name/);
   });
 });
