@@ -5,7 +5,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { openSafetensors } from "@qlora/formats";
-import { Embedding, Linear, Linear4bit, noGrad, RMSNorm, type Tensor } from "@qlora/tensor";
+import { type Embedding, Linear, Linear4bit, noGrad, type RMSNorm, type Tensor } from "@qlora/tensor";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TINY_MODELS, writeTinyModel } from "../scripts/make-tiny-models";
 import { type CausalLM, loadModel, saveQuantized, TiedLmHead } from "../src";
