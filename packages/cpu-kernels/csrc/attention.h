@@ -8,8 +8,14 @@ namespace qlora {
 
 struct AttnProblem {
   int64_t batch, heads, kv_heads, seq, d;
+  // Keys per sequence (≥ seq) and the causal offset kv_seq − seq: query i sits at position offset + i
+  // and sees keys j ≤ offset + i (a KV cache: keys = cached + new).
+  int64_t kv_seq, offset;
+  // Element strides of one position (row), one head and one batch: q_* for q, out, dout and dq;
+  // kv_* for k, v, dk and dv. Layout "bhsd": row d, head seq·d; layout "bshd": row heads·d, head d.
+  int64_t q_rs, q_hs, q_bs, kv_rs, kv_hs, kv_bs;
   float scale;
-  const int32_t* seg;  // [batch, seq] segment ids, or null
+  const int32_t* seg;  // [batch, seq] segment ids, or null (only when kv_seq == seq)
   const float *q, *k, *v;
   // K transposed tile by tile for the forward: [batch][kv_heads][key tile][d][kAttnBc], built once
   // per call (attention.cc) instead of once per (query tile, key tile) pair.
@@ -24,7 +30,7 @@ inline int64_t attn_forward_tasks(const AttnProblem& p) {
   return p.batch * p.heads * ((p.seq + kAttnBr - 1) / kAttnBr);
 }
 inline int64_t attn_backward_tasks(const AttnProblem& p) { return p.batch * p.kv_heads; }
-inline int64_t attn_key_tiles(const AttnProblem& p) { return (p.seq + kAttnBc - 1) / kAttnBc; }
+inline int64_t attn_key_tiles(const AttnProblem& p) { return (p.kv_seq + kAttnBc - 1) / kAttnBc; }
 inline size_t attn_kt_floats(const AttnProblem& p) {
   return static_cast<size_t>(p.batch * p.kv_heads * attn_key_tiles(p) * p.d * kAttnBc);
 }
@@ -42,8 +48,8 @@ inline size_t attn_backward_scratch(const AttnProblem& p) {
   void attn_backward(const AttnProblem& p, const float* dout, const float* out, const float* lse, float* dq,  \
                      float* dk, float* dv, int64_t t0, int64_t t1, float* scratch);                           \
   void attn_backward_tiles(const AttnProblem& p, const float* dout, const float* out, const float* lse,       \
-                           float* dq_group, float* dk, float* dv, int64_t task, int64_t jt0, int64_t jstep,   \
-                           float* scratch);                                                                   \
+                           float* dq_group, int64_t dq_rs, int64_t dq_hs, float* dk, float* dv, int64_t task, \
+                           int64_t jt0, int64_t jstep, float* scratch);                                       \
   }
 QLORA_ATTN_DECLARE(avx512)
 QLORA_ATTN_DECLARE(avx2)

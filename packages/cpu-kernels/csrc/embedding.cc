@@ -1,10 +1,12 @@
 // Embedding gather and its backward (scatter-add into a zeroed [vocab, dim] gradient). Ids are
-// validated first: an id outside [0, vocab) is a RangeError naming its index.
+// validated first: an id outside [0, vocab) is a RangeError naming its index. The gather also reads
+// bf16/f16 tables (embeddingHalf): only the gathered rows are widened, never the whole table.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <string>
 
+#include "elementwise_dtype.h"
 #include "fused_args.h"
 #include "pool.h"
 #include "registry.h"
@@ -37,6 +39,29 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
   return a.env().Undefined();
 }
 
+// embeddingHalf(weight: Uint16Array, bf16: boolean, ids, out, count, dim, vocab): weight holds bf16 (or f16)
+// bit patterns; each gathered row is widened to f32 into out.
+Napi::Value EmbeddingHalf(const Napi::CallbackInfo& info) {
+  Args a(info, "embeddingHalf");
+  const bool bf16 = a.boolean(1, "bf16");
+  int64_t count = a.count(4, "count"), dim = a.count(5, "dim"), vocab = a.count(6, "vocab");
+  const uint16_t* w = a.u16(0, "weight", static_cast<double>(vocab) * dim);
+  const int32_t* ids = a.i32(2, "ids", count);
+  float* out = a.f32(3, "out", static_cast<double>(count) * dim);
+  if (!a.ok() || !check_ids(a, ids, count, vocab)) return a.env().Undefined();
+  parallel_for(count, [&](size_t i0, size_t i1) {
+    for (size_t i = i0; i < i1; ++i) {
+      const uint16_t* src = w + static_cast<int64_t>(ids[i]) * dim;
+      float* dst = out + i * dim;
+      if (bf16)
+        for (int64_t c = 0; c < dim; ++c) dst[c] = bf16_to_f32(src[c]);
+      else
+        for (int64_t c = 0; c < dim; ++c) dst[c] = f16_to_f32(src[c]);
+    }
+  }, static_cast<size_t>(std::max<int64_t>(1, 16384 / std::max<int64_t>(1, dim))));
+  return a.env().Undefined();
+}
+
 // embeddingBackward(dy, ids, dweight, count, dim, vocab): dweight must arrive zero-filled.
 // Threads split the columns, so each owns a slice of every row: no races, ids order preserved.
 Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
@@ -58,6 +83,7 @@ Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
 }
 
 Register reg_embedding("embedding", Embedding);
+Register reg_embedding_half("embeddingHalf", EmbeddingHalf);
 Register reg_embedding_bwd("embeddingBackward", EmbeddingBackward);
 
 }  // namespace

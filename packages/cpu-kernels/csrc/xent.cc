@@ -82,7 +82,48 @@ Napi::Value CrossEntropyBackward(const Napi::CallbackInfo& info) {
   return a.env().Undefined();
 }
 
+// crossEntropyGradInPlace(logits, labels, loss, rows, vocab, ignoreIndex, zLoss, grad): one row chunk of
+// linearCrossEntropy. loss[r] = lse − x[label] + zLoss·lse² (0 on ignored rows); with grad, the logits
+// row is overwritten by (1 + 2·zLoss·lse)·softmax − onehot(label) (0 on ignored rows): two passes over
+// the row (max, then exp-sum) and one more that writes the gradient where the logits were.
+Napi::Value CrossEntropyGradInPlace(const Napi::CallbackInfo& info) {
+  Args a(info, "crossEntropyGradInPlace");
+  int64_t rows = a.count(3, "rows"), vocab = a.count(4, "vocab");
+  int32_t ignore = a.int32(5, "ignoreIndex");
+  const float z = static_cast<float>(a.number(6, "zLoss"));
+  const bool grad = a.boolean(7, "grad");
+  if (a.ok() && vocab == 0) a.fail_range("vocab", "positive");
+  if (a.ok() && !(z >= 0.0f)) a.fail_range("zLoss", "a number >= 0");
+  float* logits = a.f32(0, "logits", static_cast<double>(rows) * vocab);
+  const int32_t* labels = a.i32(1, "labels", rows);
+  float* loss = a.f32(2, "loss", rows);
+  if (!a.ok() || !check_labels(a, labels, rows, vocab, ignore)) return a.env().Undefined();
+  const VecOps& v = vecops();
+  parallel_for(rows, [&](size_t r0, size_t r1) {
+    for (size_t r = r0; r < r1; ++r) {
+      float* x = logits + r * vocab;
+      if (labels[r] == ignore) {
+        loss[r] = 0.0f;
+        if (grad) std::fill(x, x + vocab, 0.0f);
+        continue;
+      }
+      const float m = v.max(x, vocab);
+      const float l = m + std::log(v.exp_sum(x, nullptr, vocab, m));
+      loss[r] = l - x[labels[r]] + z * l * l;
+      if (!grad) continue;
+      v.exp_sum(x, x, vocab, l);  // softmax, in place
+      if (z != 0.0f) {
+        const float k = 1.0f + 2.0f * z * l;
+        for (int64_t i = 0; i < vocab; ++i) x[i] *= k;
+      }
+      x[labels[r]] -= 1.0f;
+    }
+  }, row_grain(vocab));
+  return a.env().Undefined();
+}
+
 Register reg_xent("crossEntropy", CrossEntropy);
+Register reg_xent_grad("crossEntropyGradInPlace", CrossEntropyGradInPlace);
 Register reg_xent_bwd("crossEntropyBackward", CrossEntropyBackward);
 
 }  // namespace

@@ -29,6 +29,7 @@ export const COMPUTE_OPS = [
   "softmaxBackward",
   "crossEntropy",
   "crossEntropyBackward",
+  "crossEntropyGradInPlace",
   "swiglu",
   "swigluBackward",
   "embedding",

@@ -12,6 +12,7 @@ import {
   type Backend,
   type BinaryOp,
   type Buffer,
+  type CrossEntropyGradOptions,
   type DType,
   type HostBuffer,
   type ReduceOp,
@@ -103,6 +104,16 @@ export interface FusedNative {
     vocab: number,
     ignoreIndex: number,
   ): void;
+  crossEntropyGradInPlace(
+    logits: Float32Array,
+    labels: Int32Array,
+    loss: Float32Array,
+    rows: number,
+    vocab: number,
+    ignoreIndex: number,
+    zLoss: number,
+    grad: boolean,
+  ): void;
   swiglu(gate: Float32Array, up: Float32Array, y: Float32Array, n: number): void;
   swigluBackward(
     dy: Float32Array,
@@ -113,6 +124,15 @@ export interface FusedNative {
     n: number,
   ): void;
   embedding(w: Float32Array, ids: Int32Array, out: Float32Array, count: number, dim: number, vocab: number): void;
+  embeddingHalf(
+    w: Uint16Array,
+    bf16: boolean,
+    ids: Int32Array,
+    out: Float32Array,
+    count: number,
+    dim: number,
+    vocab: number,
+  ): void;
   embeddingBackward(
     dy: Float32Array,
     ids: Int32Array,
@@ -148,6 +168,8 @@ export interface FusedNative {
     seq: number,
     headDim: number,
     scale: number,
+    kvSeq?: number,
+    layout?: number,
   ): void;
   attentionBackward(
     dout: Float32Array,
@@ -166,6 +188,8 @@ export interface FusedNative {
     seq: number,
     headDim: number,
     scale: number,
+    kvSeq?: number,
+    layout?: number,
   ): void;
   /** Caps the fused kernels' ISA (2 AVX-512, 1 AVX2, 0 SSE4.2); returns the level in use. */
   setFusedIsaLevel(level: number): number;
@@ -399,6 +423,8 @@ export function createFusedOps(
         o.seq,
         o.headDim,
         o.scale,
+        o.kvSeq ?? o.seq,
+        o.layout === "bshd" ? 1 : 0,
       );
       return { out: out.buf, lse: lse.buf };
     },
@@ -407,7 +433,7 @@ export function createFusedOps(
       if (!f) return host.attentionBackward(dout, q, k, v, out, lse, o);
       const seg = o.segmentIds ? i32Of(o.segmentIds, "attentionBackward", "segmentIds") : null;
       const nq = o.batch * o.heads * o.seq * o.headDim;
-      const nkv = o.batch * o.kvHeads * o.seq * o.headDim;
+      const nkv = o.batch * o.kvHeads * (o.kvSeq ?? o.seq) * o.headDim;
       const dq = allocF(nq);
       const dk = allocF(nkv);
       const dv = allocF(nkv);
@@ -428,6 +454,8 @@ export function createFusedOps(
         o.seq,
         o.headDim,
         o.scale,
+        o.kvSeq ?? o.seq,
+        o.layout === "bshd" ? 1 : 0,
       );
       return { dq: dq.buf, dk: dk.buf, dv: dv.buf };
     },
@@ -469,6 +497,22 @@ export function createFusedOps(
       );
       return d.buf;
     },
+    crossEntropyGradInPlace(logits, labels, rows, vocab, o: CrossEntropyGradOptions) {
+      const xs = f32Of(logits, "crossEntropyGradInPlace", "logits");
+      if (!xs) return host.crossEntropyGradInPlace!(logits, labels, rows, vocab, o);
+      const loss = allocF(rows);
+      nat().crossEntropyGradInPlace(
+        xs,
+        i32Of(labels, "crossEntropyGradInPlace", "labels"),
+        loss.data,
+        rows,
+        vocab,
+        o.ignoreIndex,
+        o.zLoss,
+        o.grad,
+      );
+      return loss.buf;
+    },
     swiglu(gate, up, length) {
       const f = allF32([gate, up], "swiglu");
       if (!f) return host.swiglu(gate, up, length);
@@ -485,6 +529,22 @@ export function createFusedOps(
       return { dgate: dg.buf, dup: du.buf };
     },
     embedding(weight, ids, count, dim) {
+      const half = hostOf(weight, "embedding", "weight");
+      if ((half.dtype === "bf16" || half.dtype === "f16") && half.data instanceof Uint16Array) {
+        // a bf16/f16 table: only the gathered rows are widened (never the whole table)
+        const out = allocF(count * dim);
+        const vocab = dim > 0 ? Math.floor(half.data.length / dim) : 0;
+        nat().embeddingHalf(
+          half.data,
+          half.dtype === "bf16",
+          i32Of(ids, "embedding", "ids"),
+          out.data,
+          count,
+          dim,
+          vocab,
+        );
+        return out.buf;
+      }
       const w = f32Of(weight, "embedding", "weight");
       if (!w) return host.embedding(weight, ids, count, dim);
       const out = allocF(count * dim);

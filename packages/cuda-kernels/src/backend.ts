@@ -21,6 +21,7 @@ import type {
   StridedView,
   UnaryOp,
 } from "@qlora/tensor";
+import { withAttentionLayouts } from "./attention-layout";
 import { requireCuda } from "./device";
 import { CudaKernelsError } from "./errors";
 import type { NativeCuda, NativeMemoryStats } from "./native";
@@ -562,5 +563,10 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
       );
     },
   };
+  // bshd layout (transposing device copies) and the KV-cache refusal: the kernels read bhsd only
+  Object.assign(
+    backend,
+    withAttentionLayouts(backend, { attention: backend.attention, attentionBackward: backend.attentionBackward }),
+  );
   return backend;
 }

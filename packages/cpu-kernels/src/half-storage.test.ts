@@ -1,0 +1,53 @@
+// bf16/f16 storage on the cpu backend without whole-tensor copies: the native embedding gathers rows of
+// a bf16/f16 table (csrc/embedding.cc embeddingHalf; only gathered rows widened) and the native GEMM
+// takes f32 activations × a bf16 weight as stored (widened tile by tile while packing, csrc/gemm.cc).
+// Parity with the reference backend and byte counters of the shared host allocator.
+import { Generator, embedding, matmul, randn, referenceBackend, tensor, type Tensor } from "@qlora/tensor";
+import { describe, expect, it } from "vitest";
+import { cpuBackend } from "./backend";
+
+function peakDuring(fn: () => Tensor): { out: Tensor; peak: number } {
+  const before = cpuBackend.memoryStats().currentBytes;
+  cpuBackend.resetPeak();
+  const out = fn();
+  return { out, peak: cpuBackend.memoryStats().peakBytes - before };
+}
+
+describe("bf16/f16 tables and weights on the cpu backend", () => {
+  for (const dtype of ["bf16", "f16"] as const) {
+    it(`embedding from a ${dtype} table [4099, 67]: equals the reference, allocates only the gathered rows`, () => {
+      const [V, D] = [4099, 67];
+      const tableF = randn([V, D], { backend: cpuBackend, generator: new Generator(1) });
+      const table = tableF.cast(dtype);
+      const idsArr = [4098, 0, 17, 17, 2048, 3, 999];
+      const ids = tensor(idsArr, { dtype: "i32", backend: cpuBackend });
+      const { out, peak } = peakDuring(() => embedding(table, ids));
+      expect(out.dtype).toBe(dtype);
+      // f32 rows then the cast to the table's dtype: 7·67·(4 + 2) bytes; the widened table would be 1.1 MB
+      expect(peak).toBeLessThanOrEqual(idsArr.length * D * 6 + 64);
+      const refTable = tensor(table.toHost(), { shape: [V, D], dtype, backend: referenceBackend });
+      const refIds = tensor(idsArr, { dtype: "i32", backend: referenceBackend });
+      const want = embedding(refTable, refIds);
+      expect(Array.from(out.toHost())).toEqual(Array.from(want.toHost()));
+      for (const t of [tableF, table, ids, out, refTable, refIds, want]) t.dispose();
+    });
+  }
+
+  it("f32 [37, 301] × bf16 weight [257, 301]ᵀ: the weight is not widened whole; equals the reference", () => {
+    const x = randn([37, 301], { backend: cpuBackend, generator: new Generator(2) });
+    const wF = randn([257, 301], { backend: cpuBackend, generator: new Generator(3) });
+    const w = wF.cast("bf16");
+    const { out, peak } = peakDuring(() => matmul(x, w.T));
+    expect(out.dtype).toBe("f32");
+    expect(peak).toBe(37 * 257 * 4); // the output only (a widened weight would add 309 KB)
+    const xr = tensor(x.toHost(), { shape: x.shape, backend: referenceBackend });
+    const wr = tensor(w.toHost(), { shape: w.shape, dtype: "bf16", backend: referenceBackend });
+    const want = matmul(xr, wr.T).toTypedArray();
+    const got = out.toTypedArray();
+    // TOL_ACC of the parity suite: atol 1e-6 + rtol 1e-4·|want| + stol 1e-5·max|want| (long f32 sums)
+    const maxAbs = Array.from(want).reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+    for (let i = 0; i < want.length; i++)
+      expect(Math.abs(got[i] - want[i])).toBeLessThanOrEqual(1e-6 + 1e-4 * Math.abs(want[i]) + 1e-5 * maxAbs);
+    for (const t of [x, wF, w, out, xr, wr]) t.dispose();
+  });
+});
