@@ -177,6 +177,71 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
     return [h(w.codes, "codes"), w.shape[0], w.shape[1], w.blocksize, w.quantType === "fp4", ...spec];
   };
 
+  // C = alpha·op(A)·op(B) + beta·C and dst += alpha·src, composed from the gemm, binary and copyInPlace
+  // kernels (compiled, unverified on a GPU; a fused rank ≤ 64 path would use csrc/kernels/lora.cu, which no
+  // N-API function exposes yet).
+  const scalar = (v: number, shape: readonly number[]) => ({
+    buf: backend.fill("f32", 1, v),
+    view: { shape, strides: shape.map(() => 0), offset: 0 },
+  });
+  const denseView = (shape: readonly number[]): StridedView => {
+    const strides = new Array<number>(shape.length);
+    let acc = 1;
+    for (let i = shape.length - 1; i >= 0; i--) {
+      strides[i] = acc;
+      acc *= shape[i];
+    }
+    return { shape, strides, offset: 0 };
+  };
+  /** dst[dstView] = alpha·src[srcView] + beta·dst[dstView] (beta 0: dst not read). */
+  const blendInto = (
+    dst: Buffer,
+    dstView: StridedView,
+    src: Buffer,
+    srcView: StridedView,
+    alpha: number,
+    beta: number,
+  ) => {
+    const shape = srcView.shape;
+    const temps: Buffer[] = [];
+    let cur = src;
+    let curView = srcView;
+    if (alpha !== 1) {
+      const s = scalar(alpha, shape);
+      temps.push(s.buf);
+      cur = backend.binary("mul", cur, curView, s.buf, s.view, shape);
+      curView = denseView(shape);
+      temps.push(cur);
+    }
+    if (beta !== 0) {
+      let d = dst;
+      let dView = dstView;
+      if (beta !== 1) {
+        const s = scalar(beta, shape);
+        temps.push(s.buf);
+        d = backend.binary("mul", dst, dstView, s.buf, s.view, shape);
+        dView = denseView(shape);
+        temps.push(d);
+      }
+      cur = backend.binary("add", cur, curView, d, dView, shape);
+      curView = denseView(shape);
+      temps.push(cur);
+    }
+    backend.copyInPlace!(dst, dstView, cur, curView);
+    for (const t of temps) free(t);
+  };
+  const accumulateMatmul = (a: Buffer, b: Buffer, o: MatmulOptions, c?: Buffer): Buffer => {
+    const t = backend.matmul(a, b, { ...o, alpha: 1, beta: 0 });
+    const shape = [o.batch * o.m * o.n];
+    if (!c) {
+      blendInto(t, denseView(shape), t, denseView(shape), o.alpha ?? 1, 0);
+      return t;
+    }
+    blendInto(c, denseView(shape), t, denseView(shape), o.alpha ?? 1, o.beta ?? 0);
+    free(t);
+    return c;
+  };
+
   const backend: CudaBackend = {
     name: "cuda",
     device: "cuda:0",
@@ -235,6 +300,9 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
         srcView.offset,
       );
     },
+    addInPlace(dst, dstView: StridedView, src, srcView: StridedView, alpha: number) {
+      blendInto(dst, dstView, src, srcView, alpha, 1);
+    },
     fill(dtype, length, value) {
       const out = alloc(dtype, length);
       native.fill(out.handle, DTYPE_CODE[dtype], length, value);
@@ -267,7 +335,8 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
       withF32([x], "reduce", (xh) => native.reduce(REDUCE_CODE[op], xh, outer, size, inner, out.handle));
       return out;
     },
-    matmul(a, b, o: MatmulOptions) {
+    matmul(a, b, o: MatmulOptions, c?: Buffer) {
+      if (c || (o.alpha !== undefined && o.alpha !== 1)) return accumulateMatmul(a, b, o, c);
       const out = f32Out(o.batch * o.m * o.n);
       const run = (ah: number, bh: number, dtype: number) =>
         native.gemm(

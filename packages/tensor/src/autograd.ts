@@ -57,9 +57,15 @@ function topo(root: Tensor): Node[] {
   return order.reverse(); // root first
 }
 
-/** True when t is the only handle on its storage and covers it densely in f32: safe to add into. */
+/** True when t is the only handle on its storage, covers it densely in f32, and its backend can add in
+ * place (host backends always can; a device backend only if it implements addInPlace): safe to add into. */
 function exclusivelyOwned(t: Tensor): boolean {
-  return t.storage.refs === 1 && t.dtype === "f32" && t.isDense();
+  return (
+    t.storage.refs === 1 &&
+    t.dtype === "f32" &&
+    t.isDense() &&
+    (t.device === "cpu" || t.backend.addInPlace !== undefined)
+  );
 }
 
 /**
