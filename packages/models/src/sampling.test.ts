@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { ModelError } from "./errors";
@@ -14,6 +15,7 @@ import {
   softmax,
   topKFilter,
   topPFilter,
+  type SamplingOptions,
 } from "./sampling";
 
 const NEG = Number.NEGATIVE_INFINITY;
@@ -100,6 +102,28 @@ describe("sampling processors (transformers semantics)", () => {
         expect((e as ModelError).key).toBe(key);
       }
     }
+  });
+});
+
+describe("against transformers' processors (torch formulas, scripts/make_sampling_fixtures.py)", () => {
+  const fixture = JSON.parse(readFileSync(new URL("../test/fixtures/sampling.json", import.meta.url), "utf8")) as {
+    cases: { logits: number[]; seen: number[]; options: SamplingOptions; expected: (number | null)[] }[];
+  };
+
+  it("the same tokens are filtered and kept logits agree to f32 rounding, in all 24 cases", () => {
+    expect(fixture.cases).toHaveLength(24);
+    for (const [i, c] of fixture.cases.entries()) {
+      const got = processLogits(f32(c.logits), c.seen, c.options);
+      const want = c.expected;
+      expect(kept(got), `case ${i}`).toEqual(want.flatMap((v, j) => (v === null ? [] : [j])));
+      for (let j = 0; j < want.length; j++)
+        if (want[j] !== null)
+          expect(Math.abs(got[j] - want[j]!), `case ${i} token ${j}`).toBeLessThanOrEqual(Math.abs(want[j]!) * 2e-7);
+    }
+    // the fixture exercises filtering: some cases keep few tokens, some many
+    const keptCounts = fixture.cases.map((c) => c.expected.filter((v) => v !== null).length);
+    expect(Math.min(...keptCounts)).toBeLessThan(3);
+    expect(Math.max(...keptCounts)).toBeGreaterThan(20);
   });
 });
 
