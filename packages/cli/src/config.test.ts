@@ -87,6 +87,18 @@ warmup_ratio: 0.1
     expect(e.message).toMatch(/^run\.yaml:\d+: invalid YAML: /);
   });
 
+  it("an undefined alias or an alias bomb is a parse error, not a crash", () => {
+    expect(errorOf("\n*!").message).toMatch(/^run\.yaml: invalid YAML: Unresolved alias/);
+    const bomb = ["a: &a [x, x, x, x, x, x, x, x, x]"];
+    for (let i = 1; i < 10; i++)
+      bomb.push(
+        `${"abcdefghij"[i]}: &${"abcdefghij"[i]} [${Array(9)
+          .fill(`*${"abcdefghij"[i - 1]}`)
+          .join(", ")}]`,
+      );
+    expect(errorOf(bomb.join("\n")).code).toBe("CONFIG_PARSE");
+  });
+
   it("applies --key value overrides (kebab or snake case) over the file", () => {
     const c = parseTrainConfig(minimal, "run.yaml", { "lora-r": "32", max_steps: "7", "sample-packing": "true" });
     expect(c.lora_r).toBe(32);

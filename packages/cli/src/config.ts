@@ -146,7 +146,13 @@ export function parseTrainConfig(
     const { line } = lines.linePos(err.pos[0]);
     throw new CliError("CONFIG_PARSE", `${file}:${line}: invalid YAML: ${err.message.split("\n")[0]}`);
   }
-  const raw: unknown = doc.toJS() ?? {};
+  let raw: unknown;
+  try {
+    // toJS resolves aliases: an undefined anchor or an alias bomb (maxAliasCount) throws here.
+    raw = doc.toJS({ maxAliasCount: 100 }) ?? {};
+  } catch (e) {
+    throw new CliError("CONFIG_PARSE", `${file}: invalid YAML: ${(e as Error).message}`);
+  }
   if (typeof raw !== "object" || raw === null || Array.isArray(raw))
     throw new CliError("CONFIG_INVALID", `${file}: expected a mapping of config keys at the top level`);
   const merged = { ...(raw as Record<string, unknown>), ...parseOverrides(overrides) };
