@@ -174,10 +174,10 @@ function learnMerges(words: readonly string[][]): { merges: [string, string][]; 
   }
 }
 
-function byteLevelFiles(family: "llama3" | "qwen2") {
+function byteLevelFiles(family: "llama3" | "qwen2", wordList: readonly string[] = WORDS) {
   const b2u = bytesToUnicode();
   const enc = (s: string) => Array.from(new TextEncoder().encode(s), (b) => b2u[b]);
-  const words = [...WORDS.map(enc), ...WORDS.map((w) => enc(` ${w}`)), enc("\n\n"), enc("  ")];
+  const words = [...wordList.map(enc), ...wordList.map((w) => enc(` ${w}`)), enc("\n\n"), enc("  ")];
   const { merges, pieces } = learnMerges(words);
   const vocab: Record<string, number> = {};
   for (const s of [...b2u, ...pieces]) if (!(s in vocab)) vocab[s] = Object.keys(vocab).length;
@@ -349,13 +349,19 @@ function addedTokensDecoder(added: ReturnType<typeof addedToken>[]): Record<stri
   return Object.fromEntries(added.map(({ id, ...rest }) => [String(id), rest]));
 }
 
-/** The two files' contents and the special ids, without writing anything. */
-export function tinyTokenizerFiles(family: TinyTokenizerFamily): {
+/**
+ * The two files' contents and the special ids, without writing anything. `words` replaces the built-in word list
+ * the byte-level merges are learned from (byte-level families only).
+ */
+export function tinyTokenizerFiles(
+  family: TinyTokenizerFamily,
+  words?: readonly string[],
+): {
   tokenizer: Record<string, unknown>;
   config: Record<string, unknown>;
   info: TinyTokenizerInfo;
 } {
-  if (family === "llama3" || family === "qwen2") return byteLevelFiles(family);
+  if (family === "llama3" || family === "qwen2") return byteLevelFiles(family, words);
   if (family === "llama2" || family === "mistral") return sentencePieceFiles(family);
   throw new TypeError(`writeTinyTokenizer: unknown family ${JSON.stringify(family)} (llama3, qwen2, llama2, mistral)`);
 }
@@ -372,8 +378,12 @@ async function writeJsonAtomic(path: string, value: unknown): Promise<void> {
 }
 
 /** Writes dir/tokenizer.json and dir/tokenizer_config.json (atomically) and returns the vocab size and ids. */
-export async function writeTinyTokenizer(dir: string, family: TinyTokenizerFamily): Promise<TinyTokenizerInfo> {
-  const { tokenizer, config, info } = tinyTokenizerFiles(family);
+export async function writeTinyTokenizer(
+  dir: string,
+  family: TinyTokenizerFamily,
+  words?: readonly string[],
+): Promise<TinyTokenizerInfo> {
+  const { tokenizer, config, info } = tinyTokenizerFiles(family, words);
   await mkdir(dir, { recursive: true });
   await writeJsonAtomic(join(dir, "tokenizer.json"), tokenizer);
   await writeJsonAtomic(join(dir, "tokenizer_config.json"), config);
