@@ -257,3 +257,39 @@ describe("lora.linear: the accumulating (cpu kernel) forms against the reference
     },
   );
 });
+
+describe("lora.linear: bf16 activations and base", () => {
+  for (const [name, be] of [
+    ["reference", referenceBackend],
+    ["cpu", cpuBackend],
+  ] as const)
+    it(`${name}: a bf16 base weight and bf16 x run (reference form) and match the f32 result to bf16 precision`, () => {
+      const inF = 64;
+      const xv = Float32Array.from(randomValues(4 * inF, 41));
+      const wv = Float32Array.from(randomValues(OUT * inF, 42));
+      const A = tensor(Float32Array.from(randomValues(R * inF, 43)), {
+        shape: [R, inF],
+        backend: be,
+        requiresGrad: true,
+      });
+      const B = tensor(Float32Array.from(randomValues(OUT * R, 44)), {
+        shape: [OUT, R],
+        backend: be,
+        requiresGrad: true,
+      });
+      const out = (dtype: "f32" | "bf16") => {
+        const x = tensor(xv, { shape: [4, inF], backend: be, dtype });
+        x.requiresGrad = true;
+        const W = tensor(wv, { shape: [OUT, inF], backend: be, dtype });
+        const y = loraLinear(x, A, B, { base: { kind: "dense", weight: W }, scaling: 0.5, mask: null });
+        y.sum().backward();
+        const r = [y, x.grad!, A.grad!].map((t) => Float32Array.from(t.toTypedArray()));
+        A.grad = null;
+        B.grad = null;
+        return r;
+      };
+      const f = out("f32");
+      const h = out("bf16");
+      for (let i = 0; i < 3; i++) expect(maxAbs(h[i], f[i])).toBeLessThan(0.1);
+    });
+});

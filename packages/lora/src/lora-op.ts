@@ -353,8 +353,22 @@ export const loraLinearOp = defineOp<LoraLinearAttrs>({
   name: "lora.linear",
   forward: opForward(loraForward),
   backward: opBackward(loraBackward),
-  kernels: { cpu: { forward: opForward(loraForwardAccumulate), backward: opBackward(loraBackwardAccumulate) } },
+  kernels: {
+    cpu: { forward: opForward(accumulateOr(loraForward)), backward: opBackward(accumulateBackwardOr(loraBackward)) },
+  },
 });
+
+/** The accumulating GEMM writes into an f32 output: a bf16/f16 activation or base takes the reference form. */
+function f32Path(x: Tensor, base: LoraBase | null): boolean {
+  return x.dtype === "f32" && (base?.kind !== "dense" || base.weight.dtype === "f32");
+}
+function accumulateOr(fallback: typeof loraForward): typeof loraForward {
+  return (x, A, B, args) => (f32Path(x, args.base) ? loraForwardAccumulate : fallback)(x, A, B, args);
+}
+function accumulateBackwardOr(fallback: typeof loraBackward): typeof loraBackward {
+  return (g, saved, A, B, args, needs) =>
+    (g.dtype === "f32" && f32Path(saved.x, args.base) ? loraBackwardAccumulate : fallback)(g, saved, A, B, args, needs);
+}
 
 /** y = base(x) + s·(dropout(x)·Aᵀ)·Bᵀ through the fused op (x may have any leading dims). */
 export function loraLinear(x: Tensor, A: Tensor, B: Tensor, args: LoraOpArgs): Tensor {

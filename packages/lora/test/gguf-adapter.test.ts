@@ -6,7 +6,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { openGguf } from "@qlora/formats";
+import { GgmlType, openGguf } from "@qlora/formats";
 import {
   exportGguf,
   ggufArchitecture,
@@ -114,11 +114,16 @@ describe("GGUF adapter file", () => {
     await g.close();
   });
 
-  it("rsLoRA with one rank: alpha·√r is written and nothing is folded", async () => {
+  it("rsLoRA with one rank: alpha·√r is written and nothing is folded; F16 factors on request", async () => {
     const { lm } = await adapted(CASES[1][1], 2);
     const res = await exportAdapterGguf(lm, join(tmp, "rs.gguf"), { mapping });
     expect(res.alpha).toBe(16);
     expect(res.folded).toEqual({});
+    await exportAdapterGguf(lm, join(tmp, "rs16.gguf"), { mapping, outType: "F16" });
+    const g = await openGguf(join(tmp, "rs16.gguf"));
+    expect(g.info("blk.0.attn_q.weight.lora_a").type).toBe(GgmlType.F16);
+    expect(g.info("blk.1.ffn_up.weight.lora_b").ne).toEqual([4, TINY.inter]);
+    await g.close();
   });
 
   it("DoRA, modules_to_save and trained biases are refused with a LoraError saying why", async () => {
