@@ -194,6 +194,34 @@ describe("linearCrossEntropy work and memory", () => {
     expect(biggerChunk - large).toBeLessThan(3 * logitsBytes(3 * chunk));
   });
 
+  it("backward allocates no second dHidden/dWeight: the saved gradients are scaled in place", () => {
+    const h = randn([40, 16], { backend: be, generator: new Generator(1), requiresGrad: true });
+    const w = randn([300, 16], { backend: be, generator: new Generator(2), requiresGrad: true });
+    const labels = labelsFor(40, 300, 3);
+    const { loss, tokens } = linearCrossEntropy(h, w, labels, { chunkSize: 8 });
+    const mean = loss.div(tokens); // the incoming gradient is 1/tokens, not 1
+    const before = be.memoryStats().currentBytes;
+    be.resetPeak();
+    mean.backward();
+    // a few scalars at most; a fresh dWeight would be 300·16·4 = 19200 bytes, dHidden 2560
+    expect(be.memoryStats().peakBytes - before).toBeLessThan(256);
+    const ref = unchunked(h, w, labels, 0);
+    const n = tokens.item();
+    expect(
+      maxAbsDiff(
+        w.grad!.toTypedArray(),
+        Array.from(ref.dw, (v) => v / n),
+      ),
+    ).toBeLessThan(1e-6);
+    expect(
+      maxAbsDiff(
+        h.grad!.toTypedArray(),
+        Array.from(ref.dh, (v) => v / n),
+      ),
+    ).toBeLessThan(1e-6);
+    for (const t of [loss, tokens, mean, h.grad!, w.grad!, h, w, labels]) t.dispose();
+  });
+
   it("no leaked buffers over 100 steps (memory stats flat)", () => {
     const h = randn([9, 5], { backend: be, generator: new Generator(1), requiresGrad: true });
     const w = randn([13, 5], { backend: be, generator: new Generator(2), requiresGrad: true });

@@ -19,7 +19,7 @@ import type { Backend, Buffer, CrossEntropyGradOptions } from "../backend/types"
 import { referenceBackend } from "../backend/reference";
 import { defineOp } from "../define-op";
 import { TensorError } from "../errors";
-import { copyInPlace, dense, eq, sub, sum } from "../ops";
+import { addInPlace, copyInPlace, dense, eq, sub, sum } from "../ops";
 import { fromBuffer, Tensor } from "../tensor";
 
 export interface LinearCrossEntropyOptions {
@@ -138,11 +138,18 @@ export const linearCrossEntropyOp = defineOp<Attrs>({
     return sum(rowsT);
   },
   backward(g, ctx) {
-    // the loss is a sum: its gradients were computed in forward; scale them by the incoming scalar
+    // The loss is a sum: its gradients were computed in forward; scale them by the incoming scalar, in
+    // place (the node owns them: no second [V, H] buffer). Reading g costs one scalar transfer.
+    const scale = g.item();
     const savedDH = ctx.data.savedDH === true;
     const dH = savedDH ? ctx.saved[0] : null;
     const dW = ctx.saved[savedDH ? 1 : 0] ?? null;
-    return [dH && ctx.needsGrad(0) ? dH.mul(g) : null, dW && ctx.needsGrad(1) ? dW.mul(g) : null, null];
+    const scaled = (t: Tensor | null, i: number): Tensor | null => {
+      if (!t || !ctx.needsGrad(i)) return null;
+      if (scale !== 1) addInPlace(t, t, scale - 1); // t += (g − 1)·t, elementwise: t = g·t
+      return t._alias();
+    };
+    return [scaled(dH, 0), scaled(dW, 1), null];
   },
 });
 
