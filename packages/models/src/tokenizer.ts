@@ -309,27 +309,32 @@ function withPostProcessorFromFlags(tok: JsonObject, config: JsonObject): JsonOb
   const cls = config.tokenizer_class;
   if (typeof cls !== "string" || !POST_PROCESSOR_FROM_FLAGS.test(cls)) return tok;
   if (typeof config.add_bos_token !== "boolean" && typeof config.add_eos_token !== "boolean") return tok;
-  const addBos = config.add_bos_token ?? true;
-  const addEos = config.add_eos_token ?? false;
-  const bos = tokenString(config, "bos_token", "tokenizer_config.json");
-  const eos = tokenString(config, "eos_token", "tokenizer_config.json");
-  const single: unknown[] = [];
-  const pair: unknown[] = [];
-  const special = (id: string) => ({ SpecialToken: { id, type_id: 0 } });
-  if (addBos && bos) single.push(special(bos));
-  single.push({ Sequence: { id: "A", type_id: 0 } });
-  if (addEos && eos) single.push(special(eos));
-  pair.push(...single);
-  if (addBos && bos) pair.push(special(bos));
-  pair.push({ Sequence: { id: "B", type_id: 1 } });
-  if (addEos && eos) pair.push(special(eos));
-  const specials: JsonObject = {};
   const vocab = (tok.model as JsonObject).vocab as JsonObject;
   const added = tok.added_tokens as JsonObject[];
-  for (const t of [addBos ? bos : null, addEos ? eos : null]) {
-    if (!t) continue;
-    const id = added.find((a) => a.content === t)?.id ?? vocab[t];
-    if (id !== undefined) specials[t] = { id: t, ids: [id], tokens: [t] };
-  }
+  const idOf = (t: string | null) => (t === null ? undefined : (added.find((a) => a.content === t)?.id ?? vocab[t]));
+  const specials: JsonObject = {};
+  // A flag set for a token the vocabulary lacks adds nothing (the config check reports unknown tokens).
+  const use = (flag: boolean, token: string | null): string | null => {
+    const id = flag ? idOf(token) : undefined;
+    if (id === undefined || token === null) return null;
+    specials[token] = { id: token, ids: [id], tokens: [token] };
+    return token;
+  };
+  const bos = use(
+    (config.add_bos_token as boolean | undefined) ?? true,
+    tokenString(config, "bos_token", "tokenizer_config.json"),
+  );
+  const eos = use(
+    (config.add_eos_token as boolean | undefined) ?? false,
+    tokenString(config, "eos_token", "tokenizer_config.json"),
+  );
+  const special = (id: string) => ({ SpecialToken: { id, type_id: 0 } });
+  const sequence = (id: "A" | "B", typeId: number) => [
+    ...(bos ? [special(bos)] : []),
+    { Sequence: { id, type_id: typeId } },
+    ...(eos ? [special(eos)] : []),
+  ];
+  const single = sequence("A", 0);
+  const pair = [...single, ...sequence("B", 1)];
   return { ...tok, post_processor: { type: "TemplateProcessing", single, pair, special_tokens: specials } };
 }
