@@ -5,7 +5,9 @@
 // 32-bit updates (AdamW, Lion, SGD) round like torch's AVX2 CPU kernels: fused multiply-add where torch
 // fuses (add with alpha, addcmul), separate roundings elsewhere. The AVX2 path and the scalar path
 // (std::fma) give identical results. 8-bit updates follow bitsandbytes' blockwise-256 CUDA kernels
-// (spec §8.4) without contraction (-std=c++17 is ISO mode: GCC does not contract a·b + c unless asked).
+// (spec §8.4) without contraction. GCC contracts a·b + c into an FMA by default in C++ (across
+// statements, and in AVX2 code even between intrinsics), which would break the bit-for-bit agreement:
+// contraction is switched off for this file, so every FMA here is an explicit one.
 // On arm64 the AVX2 bodies are not compiled and the scalar bodies run (isa().avx2_fma is false there).
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -22,6 +24,12 @@
 #include "isa.h"
 #include "pool.h"
 #include "registry.h"
+
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
 
 namespace qlora {
 namespace {
