@@ -11,12 +11,13 @@ import {
   crossEntropy,
   type Embedding,
   isGradEnabled,
+  Linear,
+  linearCrossEntropy,
   matmul,
   Module,
   ModuleList,
   noGrad,
   type RMSNorm,
-  softmax,
   swiglu,
   type Tensor,
   tensor,
@@ -76,25 +77,14 @@ export class Attention extends Module {
 }
 
 /**
- * Attention of n new queries over the cached keys plus the n new ones (causal with offset = cached length),
- * composed of matmul/softmax; appends the new keys/values to the cache.
+ * Attention of n new queries over the cached keys plus the n new ones (the fused op's causal offset:
+ * query i attends keys j ≤ cached + i); appends the new keys/values to the cache.
  */
 function cachedAttention(q: Tensor, kNew: Tensor, vNew: Tensor, cache: NonNullable<LayerContext["cache"]>): Tensor {
   const k = cache.k ? cat([cache.k, kNew], 2) : kNew.contiguous();
   const v = cache.v ? cat([cache.v, vNew], 2) : vNew.contiguous();
   cache.store(k, v);
-  const [b, h, sq, d] = q.shape;
-  const [, kvh, sk] = k.shape;
-  const groups = h / kvh;
-  const expand = (t: Tensor) => t.unsqueeze(2).expand([b, kvh, groups, sk, d]).reshape([b, h, sk, d]);
-  let scores = matmul(q, expand(k).transpose(-1, -2)).mul(1 / Math.sqrt(d));
-  if (sq > 1) {
-    const offset = sk - sq;
-    const mask = new Float32Array(sq * sk);
-    for (let i = 0; i < sq; i++) for (let j = offset + i + 1; j < sk; j++) mask[i * sk + j] = -Infinity;
-    scores = scores.add(tensor(mask, { shape: [sq, sk], backend: q.backend }));
-  }
-  return matmul(softmax(scores, -1), expand(v));
+  return attention(q, k, v);
 }
 
 export class MLP extends Module {
@@ -196,7 +186,10 @@ export interface ForwardOutput {
 export interface CausalLMOptions {
   /** Recompute each decoder layer in backward instead of keeping its activations. */
   gradientCheckpointing?: boolean;
-  /** Rows of hidden state per lm_head + cross-entropy chunk; default: ≈ 8 Mi logits per chunk. */
+  /**
+   * Rows of hidden state per lm_head + cross-entropy chunk (tensor's fused `linearCrossEntropy` for a plain
+   * head; chunked checkpointed cross-entropy for any other head module); default: ≈ 8 Mi logits per chunk.
+   */
   lossChunkRows?: number;
 }
 
@@ -302,18 +295,11 @@ export class CausalLM extends Module {
     const vocab = this.config.vocabSize;
     const chunk = Math.max(1, this.lossChunkRows ?? Math.floor((8 << 20) / vocab));
     const head = this.child<LinearLike>("lm_head");
-    // tidy: each chunk's logits are freed as soon as its loss is computed
-    const chunkLoss = (x: Tensor, y: Tensor) => tidy(() => crossEntropy(head.forward(x), y, { reduction: "sum" }));
-    let lossSum: Tensor | null = null;
-    for (let r0 = 0; r0 < rows; r0 += chunk) {
-      const n = Math.min(chunk, rows - r0);
-      const x = flat.narrow(0, r0, n);
-      const y = target.narrow(0, r0, n);
-      const part = isGradEnabled() ? checkpoint(chunkLoss, x, y) : chunkLoss(x, y);
-      lossSum = lossSum ? lossSum.add(part) : part;
-    }
-    const sum = lossSum!;
-    return { loss: sum.div(Math.max(tokenCount, 1)), lossSum: sum, tokenCount };
+    const weight = plainHeadWeight(head);
+    const lossSum = weight
+      ? linearCrossEntropy(flat, weight, target, { chunkSize: chunk }).loss
+      : chunkedLoss(head, flat, target, chunk);
+    return { loss: lossSum.div(Math.max(tokenCount, 1)), lossSum, tokenCount };
   }
 
   private checkLength(n: number): void {
@@ -325,6 +311,32 @@ export class CausalLM extends Module {
         { key: "sliding_window" },
       );
   }
+}
+
+/** The weight of an lm_head that is a plain bias-free projection (fused loss), or null (e.g. a LoRA-wrapped head). */
+function plainHeadWeight(head: LinearLike): Tensor | null {
+  if (head instanceof TiedLmHead) return head.weight;
+  if (head instanceof Linear && !head.bias) return head.weight;
+  return null;
+}
+
+/**
+ * Fallback for any other head module: cross-entropy chunk by chunk through head.forward, each chunk
+ * checkpointed (its logits are recomputed in backward), so the full logits never exist either.
+ */
+function chunkedLoss(head: LinearLike, flat: Tensor, target: Tensor, chunk: number): Tensor {
+  // tidy: each chunk's logits are freed as soon as its loss is computed
+  const chunkLoss = (x: Tensor, y: Tensor) => tidy(() => crossEntropy(head.forward(x), y, { reduction: "sum" }));
+  const rows = flat.shape[0];
+  let lossSum: Tensor | null = null;
+  for (let r0 = 0; r0 < rows; r0 += chunk) {
+    const n = Math.min(chunk, rows - r0);
+    const x = flat.narrow(0, r0, n);
+    const y = target.narrow(0, r0, n);
+    const part = isGradEnabled() ? checkpoint(chunkLoss, x, y) : chunkLoss(x, y);
+    lossSum = lossSum ? lossSum.add(part) : part;
+  }
+  return lossSum!;
 }
 
 function checkIds(name: string, t: Tensor, shape?: readonly number[]): Tensor {

@@ -6,7 +6,7 @@
  */
 import { join } from "node:path";
 import { openShardedSafetensors } from "@qlora/formats";
-import { Linear, type Module, memoryStats, noGrad, resetPeakMemory, type Tensor, tensor } from "@qlora/tensor";
+import { getBackend, Linear, Module, noGrad, type Tensor, tensor } from "@qlora/tensor";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TINY_MODELS, writeTinyModel } from "../scripts/make-tiny-models";
 import { type CausalLM, loadModel } from "../src";
@@ -104,6 +104,22 @@ describe("training forward", () => {
     for (const [n, g] of plain.grads) expect(relErr(other.grads.get(n)!, g), n).toBeLessThan(1e-5);
   });
 
+  it("a head that is not a plain projection (e.g. LoRA-wrapped) takes the chunked fallback with the same loss and gradients", async () => {
+    const fused = lossAndGrads(await trainable("llama", { lossChunkRows: 40 }), "llama");
+    const model = await trainable("llama", { lossChunkRows: 40 });
+    const inner = model.getSubmodule<Linear>("lm_head");
+    class Wrapped extends Module {
+      forward(x: Tensor) {
+        return inner.forward(x);
+      }
+    }
+    model.setSubmodule("lm_head", new Wrapped());
+    const fallback = lossAndGrads(model, "llama");
+    expect(relErr([fallback.loss], [fused.loss])).toBeLessThan(1e-6);
+    expect([...fallback.grads.keys()]).toEqual([...fused.grads.keys()]);
+    for (const [n, g] of fused.grads) expect(relErr(fallback.grads.get(n)!, g), n).toBeLessThan(1e-5);
+  });
+
   it("peak memory of the loss does not grow with the vocabulary beyond one chunk", async () => {
     const peakOf = async (vocab: number, lossChunkRows = 16) => {
       const d = join(dir.path, `vocab-${vocab}`);
@@ -115,11 +131,13 @@ describe("training forward", () => {
         .data.map((x) => x % 320);
       const inputIds = tensor(ids, { shape: [2, 128], dtype: "i32" });
       const labels = tensor(ids, { shape: [2, 128], dtype: "i32" });
-      const before = memoryStats("cpu").currentBytes;
-      resetPeakMemory("cpu");
+      // the backend's own counters: they also see buffers a fused op allocates internally
+      const be = getBackend();
+      const before = be.memoryStats().currentBytes;
+      be.resetPeak();
       const out = model.forward({ inputIds, labels });
       out.loss!.backward();
-      const peak = memoryStats("cpu").peakBytes - before;
+      const peak = be.memoryStats().peakBytes - before;
       model.dispose();
       return peak;
     };
@@ -129,8 +147,9 @@ describe("training forward", () => {
     const fullLogits = 256 * 320 * 16 * 4;
     // 16× the vocabulary adds at most a few chunk-sized buffers (logits of 16 rows and their gradient)
     expect(large - small).toBeLessThan(4 * oneChunk);
-    // while one chunk of all 256 rows holds the full logits: the measurement sees them
-    expect((await peakOf(320 * 16, 1 << 20)) - small).toBeGreaterThan(fullLogits);
+    // while one chunk of all 256 rows holds the full logits, and the measurement sees them (the loss phase's
+    // peak stacks on less than the whole forward's, so the growth is a little under the logits' size)
+    expect((await peakOf(320 * 16, 1 << 20)) - small).toBeGreaterThan(0.75 * fullLogits);
   });
 });
 
