@@ -5,7 +5,7 @@ import type { HostBuffer } from "../src/backend/types";
 import { emptyCache, memoryStats } from "../src/memory";
 import * as ops from "../src/ops";
 import { swiglu } from "../src/fused/swiglu";
-import { fromBuffer, randn, tensor, tidy, zeros } from "../src/tensor";
+import { randn, tensor, tidy, zeros } from "../src/tensor";
 import { noGrad } from "../src/autograd";
 
 describe("HostAllocator", () => {

@@ -5,7 +5,7 @@ import { checkpoint } from "../src/checkpoint";
 import { memoryStats } from "../src/memory";
 import * as ops from "../src/ops";
 import { randomValues } from "../src/testing/gradcheck";
-import { fromBuffer, randn, tensor, tidy, type Tensor } from "../src/tensor";
+import { fromBuffer, randn, tensor, tidy } from "../src/tensor";
 
 const vals = (n: number, seed: number) => Array.from(randomValues(n, seed));
 
