@@ -1,5 +1,7 @@
 // Attention tile kernels compiled for sse (see vec_math.h for why system headers come first).
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
 
 #include <cstddef>
 #include <cstdint>

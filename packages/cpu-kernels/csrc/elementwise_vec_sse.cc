@@ -1,5 +1,7 @@
 // VecOps compiled for sse (see vec_math.h for why system headers come before the target switch).
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
 
 #include <cstddef>
 #include <cstdint>

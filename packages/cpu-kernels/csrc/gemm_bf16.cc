@@ -7,13 +7,18 @@
 // Reference: packages/tensor reference backend `matmul` (tests: test/gemm_bf16.test.ts).
 #include "gemm_bf16.h"
 
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "gemm_kernels.h"
+#if defined(__x86_64__)
 #include "gemm_tile512.h"
+#endif
 
 namespace qlora {
 namespace {
@@ -45,6 +50,7 @@ void pack_pairs(const uint16_t* data, int64_t ld, bool k_contig, int64_t l0, int
   }
 }
 
+#if defined(__x86_64__)
 using tile512::kMr;
 using tile512::kNr;
 
@@ -75,10 +81,16 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))) void ke
 // kc = 384 (even, so blocks split on pair boundaries) keeps the same bytes per panel as the f32
 // kernel's kc = 192: B micro-panel 192 words x 32 x 4 B = 24 KiB (L1), A block 192 x 384 bf16 (L2).
 const GemmKernel kAvx512Bf16{"avx512bf16", kMr, kNr, 12 * 16, 384, 4096, kernel_avx512bf16, 2};
+#endif
 
 }  // namespace
 
+#if defined(__x86_64__)
 const GemmKernel& avx512bf16_kernel() { return kAvx512Bf16; }
+#else
+// Never reached off x86 (isa().avx512bf16 is false, so gemm_bf16_kernel() returns nullptr).
+const GemmKernel& avx512bf16_kernel() { std::abort(); }
+#endif
 
 // The driver's buffers are float*; the packed words are reinterpreted as such (the micro-kernel
 // reads them back as uint32 words).

@@ -2,19 +2,27 @@
 // element of A per row and multiplies it by NR/lanes vectors of B (outer-product formulation).
 //   AVX-512: 12 x 32 -> 24 zmm accumulators + 2 B vectors + 1 broadcast (31 of 32 registers).
 //   AVX2:     6 x 16 -> 12 ymm accumulators + 2 B vectors + 1 broadcast (15 of 16 registers).
-//   portable: 4 x 8 plain C++ (the x86-64-v2 baseline; the compiler vectorises it with SSE).
+//   NEON:     8 x 12 -> 24 q-register accumulators + 3 B vectors + 2 A vectors (29 of 32; arm64 only).
+//   portable: 4 x 8 plain C++ (the floor; the compiler vectorises it with SSE / NEON).
+#if defined(__x86_64__)
 #include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#endif
 
 #include <cstdlib>
 #include <cstring>
 
 #include "gemm_kernels.h"
+#if defined(__x86_64__)
 #include "gemm_tile512.h"
+#endif
 #include "isa.h"
 
 namespace qlora {
 namespace {
 
+#if defined(__x86_64__)
 constexpr int kMr512 = tile512::kMr, kNr512 = tile512::kNr;
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void kernel_avx512(int64_t kc, const float* a,
@@ -73,6 +81,39 @@ __attribute__((target("avx2,fma"))) void kernel_avx2(int64_t kc, const float* a,
   }
 }
 
+#endif  // __x86_64__
+
+#if defined(__aarch64__)
+constexpr int kMrNeon = 8, kNrNeon = 12;
+
+// A sliver of 8 rows is two q registers; each k step multiplies 3 B vectors by the 8 A lanes
+// (vfmaq_laneq_f32: the A broadcast is free).
+void kernel_neon(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate) {
+  float32x4_t acc[kMrNeon][3];
+  for (int i = 0; i < kMrNeon; ++i) acc[i][0] = acc[i][1] = acc[i][2] = vdupq_n_f32(0.0f);
+  for (int64_t p = 0; p < kc; ++p) {
+    const float32x4_t a0 = vld1q_f32(a), a1 = vld1q_f32(a + 4);
+    const float32x4_t b0 = vld1q_f32(b), b1 = vld1q_f32(b + 4), b2 = vld1q_f32(b + 8);
+#define QLORA_NEON_ROW(i, av, lane)                        \
+  acc[i][0] = vfmaq_laneq_f32(acc[i][0], b0, av, lane);    \
+  acc[i][1] = vfmaq_laneq_f32(acc[i][1], b1, av, lane);    \
+  acc[i][2] = vfmaq_laneq_f32(acc[i][2], b2, av, lane);
+    QLORA_NEON_ROW(0, a0, 0) QLORA_NEON_ROW(1, a0, 1) QLORA_NEON_ROW(2, a0, 2) QLORA_NEON_ROW(3, a0, 3)
+    QLORA_NEON_ROW(4, a1, 0) QLORA_NEON_ROW(5, a1, 1) QLORA_NEON_ROW(6, a1, 2) QLORA_NEON_ROW(7, a1, 3)
+#undef QLORA_NEON_ROW
+    a += kMrNeon;
+    b += kNrNeon;
+  }
+  for (int i = 0; i < kMrNeon; ++i) {
+    float* row = c + i * ldc;
+    for (int v = 0; v < 3; ++v) {
+      if (accumulate) acc[i][v] = vaddq_f32(acc[i][v], vld1q_f32(row + 4 * v));
+      vst1q_f32(row + 4 * v, acc[i][v]);
+    }
+  }
+}
+#endif  // __aarch64__
+
 constexpr int kMrS = 4, kNrS = 8;
 
 void kernel_portable(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate) {
@@ -87,22 +128,39 @@ void kernel_portable(int64_t kc, const float* a, const float* b, float* c, int64
     for (int j = 0; j < kNrS; ++j) c[i * ldc + j] = accumulate ? c[i * ldc + j] + acc[i][j] : acc[i][j];
 }
 
+#if defined(__x86_64__)
 const GemmKernel kAvx512{"avx512", kMr512, kNr512, 12 * 16, 192, 4096, kernel_avx512};
 const GemmKernel kAvx2{"avx2", kMr256, kNr256, 6 * 24, 256, 4096, kernel_avx2};
+#endif
+#if defined(__aarch64__)
+// A block 128 x 256 floats = 128 KiB (L2), B micro-panel 256 x 12 floats = 12 KiB (L1).
+const GemmKernel kNeon{"neon", kMrNeon, kNrNeon, 8 * 16, 256, 4096, kernel_neon};
+#endif
 const GemmKernel kPortable{"scalar", kMrS, kNrS, 4 * 32, 256, 4096, kernel_portable};
 
 }  // namespace
 
 const char* const* gemm_kernel_names() {
+#if defined(__x86_64__)
   static const char* const names[] = {kPortable.name, kAvx2.name, kAvx512.name, nullptr};
+#elif defined(__aarch64__)
+  static const char* const names[] = {kPortable.name, kNeon.name, nullptr};
+#else
+  static const char* const names[] = {kPortable.name, nullptr};
+#endif
   return names;
 }
 
 const GemmKernel& gemm_kernel_for(const char* want) {
-  const auto& i = isa();
   const bool any = want == nullptr || *want == '\0' || std::strcmp(want, "avx512bf16") == 0;
+#if defined(__x86_64__)
+  const auto& i = isa();
   if (i.avx512f && (any || std::strcmp(want, "avx512") == 0)) return kAvx512;
   if (i.avx2_fma && (any || std::strcmp(want, "avx512") == 0 || std::strcmp(want, "avx2") == 0)) return kAvx2;
+#elif defined(__aarch64__)
+  // NEON is baseline on arm64: every request but "scalar" gets it (x86 names included, as their best fallback).
+  if (any || std::strcmp(want, "scalar") != 0) return kNeon;
+#endif
   return kPortable;
 }
 

@@ -27,8 +27,13 @@ Napi::Array Names(Napi::Env env, const char* const* names) {
 Napi::Value IsaPaths(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   auto out = Napi::Object::New(env);
+#if defined(__aarch64__)
+  static const char* const fused[] = {"neon", nullptr};  // level 0 = the 128-bit level, NEON on arm64
+  out.Set("arch", "arm64");
+#else
   static const char* const fused[] = {"sse", "avx2", "avx512", nullptr};
   out.Set("arch", "x64");
+#endif
   out.Set("gemm", Names(env, qlora::gemm_kernel_names()));
   out.Set("fused", Names(env, fused));
   return out;

@@ -1,5 +1,7 @@
 // Runtime ISA detection. Kernels compile AVX2/AVX-512 variants with __attribute__((target(...)))
-// and pick one per call through these flags; the baseline build is x86-64-v2.
+// and pick one per call through these flags; the baseline build is x86-64-v2. On arm64 every flag is
+// false: NEON is part of the armv8-a baseline, so the 128-bit level ("sse" namespaces, level 0) and the
+// NEON GEMM micro-kernel are compiled for it unconditionally.
 #pragma once
 
 namespace qlora {
@@ -12,12 +14,14 @@ struct Isa {
 
 inline const Isa& isa() {
   static const Isa detected = [] {
-    __builtin_cpu_init();
     Isa i{};
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
     i.avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     i.avx512f = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
     i.avx512bf16 = i.avx512f && __builtin_cpu_supports("avx512bf16");
+#endif
     return i;
   }();
   return detected;

@@ -4,13 +4,19 @@
 //   y[j] = sum_blocks absmax[b] * (sum LUT[hi] * xe + sum LUT[lo] * xo)
 // The 16-entry LUT is one zmm (vpermps) on AVX-512, two ymm + blend on AVX2. Per-block scaling of
 // the partial sum instead of each weight reassociates one multiply (error ~1 ulp of the block sum).
+// arm64: the LUT is a 64-byte vqtbl4q_u8 table (each code expanded to its 4 float bytes), 32 weights
+// per 16 packed bytes; blocksize % 32.
 #include "nf4_gemv.h"
 
 // GCC 12 reports its own _mm512_undefined_* helpers inside immintrin.h as uninitialised (a known
 // false positive); silence only that.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#if defined(__x86_64__)
 #include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -25,6 +31,7 @@
 namespace qlora {
 namespace {
 
+#if defined(__x86_64__)
 template <int M, int BPB>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void rows_avx512(const Quant4& q, const float* xe,
                                                                                  const float* xo, int64_t j0,
@@ -100,6 +107,54 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const Quant4& q, const float*
   }
 }
 
+#endif  // __x86_64__
+
+#if defined(__aarch64__)
+// out[p] lanes l = LUT[idx[4p + l]] for p < 4: byte indices 4·code + {0,1,2,3} into the LUT's 64 bytes.
+inline void lut16_neon(uint8x16_t idx, const uint8x16x4_t& table, float32x4_t out[4]) {
+  static const uint8_t kOffsets[16] = {0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3};
+  const uint8x16_t off = vld1q_u8(kOffsets), idx4 = vshlq_n_u8(idx, 2);
+  const uint8x16_t lo = vzip1q_u8(idx4, idx4), hi = vzip2q_u8(idx4, idx4);  // each index twice
+  out[0] = vreinterpretq_f32_u8(vqtbl4q_u8(table, vaddq_u8(vzip1q_u8(lo, lo), off)));  // four times
+  out[1] = vreinterpretq_f32_u8(vqtbl4q_u8(table, vaddq_u8(vzip2q_u8(lo, lo), off)));
+  out[2] = vreinterpretq_f32_u8(vqtbl4q_u8(table, vaddq_u8(vzip1q_u8(hi, hi), off)));
+  out[3] = vreinterpretq_f32_u8(vqtbl4q_u8(table, vaddq_u8(vzip2q_u8(hi, hi), off)));
+}
+
+template <int M>
+void rows_neon(const Quant4& q, const float* xe, const float* xo, int64_t j0, int64_t j1, float* y) {
+  const auto* lut_bytes = reinterpret_cast<const uint8_t*>(q.lut);
+  const uint8x16x4_t table = {{vld1q_u8(lut_bytes), vld1q_u8(lut_bytes + 16), vld1q_u8(lut_bytes + 32),
+                               vld1q_u8(lut_bytes + 48)}};
+  const int64_t half = q.k / 2, bytes_per_block = q.blocksize / 2, blocks_per_row = q.k / q.blocksize;
+  for (int64_t j = j0; j < j1; ++j) {
+    const uint8_t* row = q.codes + j * half;
+    float32x4_t tot[M];
+    for (int i = 0; i < M; ++i) tot[i] = vdupq_n_f32(0.0f);
+    AbsmaxCursor absmax(q, j * blocks_per_row);
+    for (int64_t b = 0; b < blocks_per_row; ++b) {
+      float32x4_t se[M], so[M];
+      for (int i = 0; i < M; ++i) se[i] = so[i] = vdupq_n_f32(0.0f);
+      const int64_t t0 = b * bytes_per_block;
+      for (int64_t t = t0; t < t0 + bytes_per_block; t += 16) {
+        const uint8x16_t v = vld1q_u8(row + t);
+        float32x4_t wh[4], wl[4];
+        lut16_neon(vshrq_n_u8(v, 4), table, wh);
+        lut16_neon(vandq_u8(v, vdupq_n_u8(15)), table, wl);
+        for (int i = 0; i < M; ++i)
+          for (int p = 0; p < 4; ++p) {
+            se[i] = vfmaq_f32(se[i], wh[p], vld1q_f32(xe + i * half + t + 4 * p));
+            so[i] = vfmaq_f32(so[i], wl[p], vld1q_f32(xo + i * half + t + 4 * p));
+          }
+      }
+      const float32x4_t scale = vdupq_n_f32(absmax.next());
+      for (int i = 0; i < M; ++i) tot[i] = vfmaq_f32(tot[i], vaddq_f32(se[i], so[i]), scale);
+    }
+    for (int i = 0; i < M; ++i) y[i * q.n + j] = vaddvq_f32(tot[i]);
+  }
+}
+#endif  // __aarch64__
+
 using RowsFn = void (*)(const Quant4&, const float*, const float*, int64_t, int64_t, float*);
 
 template <template <int> class Pick>
@@ -111,6 +166,7 @@ RowsFn pick_m(int64_t m) {
     default: return Pick<4>::fn;
   }
 }
+#if defined(__x86_64__)
 template <int M>
 struct Avx512Rows {
   static constexpr RowsFn fn = rows_avx512<M, 0>;
@@ -123,6 +179,12 @@ template <int M>
 struct Avx2Rows {
   static constexpr RowsFn fn = rows_avx2<M>;
 };
+#elif defined(__aarch64__)
+template <int M>
+struct NeonRows {
+  static constexpr RowsFn fn = rows_neon<M>;
+};
+#endif
 
 }  // namespace
 
@@ -131,9 +193,13 @@ bool nf4_gemv(const Quant4& q, const float* x, int64_t m, float* y) {
   const std::string_view level = gemm_kernel().name;
   if (m < 1 || m > kNf4GemvMaxM || q.k % q.blocksize != 0) return false;
   RowsFn rows = nullptr;
+#if defined(__x86_64__)
   if (level == "avx512" && q.blocksize == 64) rows = pick_m<Avx512Rows64>(m);
   else if (level == "avx512" && q.blocksize % 32 == 0) rows = pick_m<Avx512Rows>(m);
   else if (level != "scalar" && isa().avx2_fma && q.blocksize % 16 == 0) rows = pick_m<Avx2Rows>(m);
+#elif defined(__aarch64__)
+  if (level == "neon" && q.blocksize % 32 == 0) rows = pick_m<NeonRows>(m);
+#endif
   if (!rows) return false;
   // Even/odd column split of x: xe[i][t] = x[i][2t], xo[i][t] = x[i][2t+1].
   const int64_t half = q.k / 2;

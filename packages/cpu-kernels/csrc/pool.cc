@@ -1,3 +1,5 @@
+// The pool itself is plain C++ (no N-API), so the arm64 kernel check links it as is; getThreads /
+// setThreads live in pool_napi.cc.
 #include "pool.h"
 
 #include <algorithm>
@@ -8,7 +10,6 @@
 #include <thread>
 #include <vector>
 
-#include "registry.h"
 
 namespace qlora {
 namespace {
@@ -118,19 +119,6 @@ Pool& pool() {
   return instance;
 }
 
-Napi::Value GetThreads(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), num_threads()); }
-
-Napi::Value SetThreads(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsNumber() || info[0].As<Napi::Number>().Int32Value() < 1) {
-    Napi::TypeError::New(info.Env(), "setThreads(n): expected a positive integer n").ThrowAsJavaScriptException();
-    return info.Env().Undefined();
-  }
-  set_num_threads(info[0].As<Napi::Number>().Int32Value());
-  return info.Env().Undefined();
-}
-
-Register reg_get_threads("getThreads", GetThreads);
-Register reg_set_threads("setThreads", SetThreads);
 
 }  // namespace
 

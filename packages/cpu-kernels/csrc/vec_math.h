@@ -9,8 +9,14 @@
 // Everything here is in an anonymous namespace, so the three copies never collide at link time
 // and no AVX-512 code can leak into baseline callers through a shared inline function.
 // QLORA_VEC: 512 (AVX-512F/BW/VL/DQ), 256 (AVX2+FMA), 128 (SSE4.2, the x86-64-v2 baseline).
+// On arm64 every QLORA_VEC compiles to the NEON V below (4 lanes, fused multiply-add); isa.h reports no
+// x86 feature there, so only level 0 (the "sse" namespace, i.e. the 128-bit baseline level) is dispatched.
 #pragma once
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#else
 #include <immintrin.h>
+#endif
 
 #include <cstddef>
 #include <cstdint>
@@ -43,7 +49,33 @@ constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -
 constexpr float kP0 = 1.9875691500E-4f, kP1 = 1.3981999507E-3f, kP2 = 8.3334519073E-3f;
 constexpr float kP3 = 4.1665795894E-2f, kP4 = 1.6666665459E-1f, kP5 = 5.0000001201E-1f;
 
-#if QLORA_VEC == 512
+#if defined(__aarch64__)
+struct V {
+  static constexpr int W = 4;
+  using R = float32x4_t;
+  static QLORA_INLINE R zero() { return vdupq_n_f32(0.0f); }
+  static QLORA_INLINE R set1(float a) { return vdupq_n_f32(a); }
+  static QLORA_INLINE R load(const float* p) { return vld1q_f32(p); }
+  static QLORA_INLINE void store(float* p, R a) { vst1q_f32(p, a); }
+  static QLORA_INLINE R add(R a, R b) { return vaddq_f32(a, b); }
+  static QLORA_INLINE R sub(R a, R b) { return vsubq_f32(a, b); }
+  static QLORA_INLINE R mul(R a, R b) { return vmulq_f32(a, b); }
+  static QLORA_INLINE R div(R a, R b) { return vdivq_f32(a, b); }
+  static QLORA_INLINE R fma(R a, R b, R c) { return vfmaq_f32(c, a, b); }
+  static QLORA_INLINE R max(R a, R b) { return vmaxq_f32(a, b); }  // NaN in either lane gives NaN
+  static QLORA_INLINE R min(R a, R b) { return vminq_f32(a, b); }
+  static QLORA_INLINE R round(R a) { return vrndnq_f32(a); }  // to nearest, ties to even (as _MM_FROUND_TO_NEAREST_INT)
+  static QLORA_INLINE float hsum(R a) { return vaddvq_f32(a); }
+  static QLORA_INLINE float hmax(R a) { return vmaxvq_f32(a); }
+  static QLORA_INLINE R pow2(R n) {
+    return vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(vcvtnq_s32_f32(n), vdupq_n_s32(127)), 23));
+  }
+  // Lanes where x < lo become 0; NaN lanes keep r (like _CMP_NLT_UQ on x86).
+  static QLORA_INLINE R zero_below(R x, R lo, R r) {
+    return vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(r), vcltq_f32(x, lo)));
+  }
+};
+#elif QLORA_VEC == 512
 struct V {
   static constexpr int W = 16;
   using R = __m512;
