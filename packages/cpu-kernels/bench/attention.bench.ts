@@ -1,5 +1,7 @@
 // Causal GQA attention forward+backward (batch 2, 16 heads, 4 kv heads, head dim 64) against torch
-// 1.13's plain formula with autograd (bench/attention_peer.py), same thread count, medians.
+// 1.13's fastest plain formulation with autograd (bench/attention_peer.py: baddbmm(mask, q·scale, kᵀ) →
+// softmax → bmm over the stacked query heads of each kv head, or repeat_interleave + matmul if that is
+// faster; the chosen form is printed), same thread count, medians.
 // Ratio = torch time / our time (> 1: we are faster). Memory at each seq: ours = bytes the step
 // allocates through the shared host allocator (out + lse saved for backward, dq/dk/dv) plus the
 // kernels' per-thread scratch; also our process's peak-RSS growth over the step (VmHWM reset via
@@ -80,7 +82,14 @@ function measure(seq: number): { ms: number; allocBytes: number; rssBytes: numbe
   return { ms: median(t), allocBytes, rssBytes };
 }
 
-function peer(threads: number): { torch: string; ms: Record<string, number>; peak_bytes: Record<string, number> } {
+interface PeerResult {
+  torch: string;
+  ms: Record<string, number>;
+  form: Record<string, string>;
+  all_ms: Record<string, Record<string, number>>;
+  peak_bytes: Record<string, number>;
+}
+function peer(threads: number): PeerResult {
   const r = spawnSync(
     "/usr/bin/python3",
     [
@@ -110,12 +119,19 @@ const scratchBytes = (threads: number, seq: number) =>
   threads * 4 * Math.max(64 * 64 + 2 * 64 + 64 * headDim, 4 * headDim * 64 + 2 * 64 * 64 + (heads / kvHeads) * seq);
 const mb = (b: number) => (b / 2 ** 20).toFixed(1);
 const rows: string[][] = [];
+const peerNotes: string[] = [];
 let torchVersion = "";
 for (const threads of threadCounts) {
   setThreads(threads);
   const ours = new Map(seqs.map((s) => [s, measure(s)]));
   const p = peer(threads);
   torchVersion = p.torch;
+  for (const seq of seqs)
+    peerNotes.push(
+      `torch forms at seq ${seq}, ${threads} thread(s): ${Object.entries(p.all_ms[String(seq)]!)
+        .map(([f, ms]) => `${f} ${ms.toFixed(1)} ms`)
+        .join(", ")}`,
+    );
   for (const seq of seqs) {
     const o = ours.get(seq)!;
     const t = p.ms[String(seq)]!;
@@ -124,7 +140,7 @@ for (const threads of threadCounts) {
       String(seq),
       String(threads),
       o.ms.toFixed(1),
-      t.toFixed(1),
+      `${t.toFixed(1)} (${p.form[String(seq)]})`,
       ratio.toFixed(2),
       ratio >= 1 ? "met (≥ 1.0)" : "MISSED (≥ 1.0)",
       `${mb(o.allocBytes + scratchBytes(threads, seq))} alloc+scratch / ${mb(o.rssBytes)} RSS`,
@@ -152,6 +168,7 @@ if (markdown) {
   console.log(line(header));
   for (const r of rows) console.log(line(r));
 }
+for (const n of peerNotes) console.log(n);
 console.log(
   `(causal attention fwd+bwd, batch ${batch}, heads ${heads}, kv heads ${kvHeads}, head dim ${headDim}, f32; ours ${reps} reps, torch ${torchVersion} ${peerReps} reps; medians)`,
 );

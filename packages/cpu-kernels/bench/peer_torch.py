@@ -6,7 +6,10 @@ and noisy; pairing makes both sides see the same load).
   peer_torch.py --threads N --items a,b,...   -> sets up the items, prints "ready"
   stdin "name calls warmup\n"                  -> runs item `warmup` times untimed, then `calls` times,
                                                  prints the elapsed milliseconds of the timed calls
-Outputs are preallocated (out=), as ours are."""
+Outputs are preallocated (out=), as ours are. Where torch has more than one formulation of an item, each
+is timed at setup and the fastest is the peer (its name is in the "ready" line): x·Wᵀ as torch.mm(x, W.t())
+(F.linear's layout) vs torch.mm(x, Wt) with the weight stored transposed; torch.mv vs torch.matmul(W, x)
+vs torch.addmv."""
 import argparse
 import sys
 import time
@@ -24,13 +27,36 @@ def main():
 
     def mm(m, k, n, trans_b=False, dtype=torch.float32):
         a = torch.randn(m, k).to(dtype)
-        b = (torch.randn(n, k).t() if trans_b else torch.randn(k, n)).to(dtype)  # trans_b: F.linear(x, W) layout
         c = torch.empty(m, n, dtype=dtype)  # bf16 x bf16 -> bf16 in torch (ours writes f32)
-        return lambda: torch.mm(a, b, out=c)
+        if not trans_b:
+            b = torch.randn(k, n).to(dtype)
+            return {"mm": lambda: torch.mm(a, b, out=c)}
+        w = torch.randn(n, k).to(dtype)  # F.linear(x, W) layout
+        wt = w.t().contiguous()
+        return {"mm(x, W.t())": lambda: torch.mm(a, w.t(), out=c), "mm(x, Wt)": lambda: torch.mm(a, wt, out=c)}
 
     def mv(n, k):
         w, x, y = torch.randn(n, k), torch.randn(k), torch.empty(n)
-        return lambda: torch.mv(w, x, out=y)
+        return {
+            "mv": lambda: torch.mv(w, x, out=y),
+            "matmul": lambda: torch.matmul(w, x, out=y),
+            "addmv": lambda: torch.addmv(y, w, x, beta=0, out=y),
+        }
+
+    def fastest(candidates):
+        if len(candidates) == 1:
+            return next(iter(candidates.items()))
+        timing = {}
+        for name, fn in candidates.items():
+            fn()
+            reps = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                fn()
+                reps.append(time.perf_counter() - t0)
+            timing[name] = sorted(reps)[2]
+        best = min(timing, key=timing.get)
+        return best, candidates[best]
 
     makers = {
         "gemm_f32_512": lambda: mm(512, 512, 512),
@@ -41,11 +67,12 @@ def main():
         "gemv_nf4_4096x4096": lambda: mv(4096, 4096),
         "gemv_nf4_14336x4096": lambda: mv(14336, 4096),
     }
-    fns = {}
+    fns, forms = {}, []
     for name in args.items.split(","):
-        fns[name] = makers[name]()
+        form, fns[name] = fastest(makers[name]())
         fns[name]()  # warm-up
-    print("ready", torch.__version__, torch.get_num_threads(), flush=True)
+        forms.append(f"{name}={form}")
+    print("ready", torch.__version__, torch.get_num_threads(), ";".join(forms), flush=True)
     for line in sys.stdin:
         name, calls, warmup = line.split()
         fn = fns[name]
