@@ -249,7 +249,6 @@ export class CausalLM extends Module {
     const model = this.child<DecoderModel>("model");
     const emb = model.child<Embedding>("embed_tokens").forward(ids);
     let h = emb.dtype === "f32" ? emb : emb.cast("f32");
-    model.layers.at(0); // fail early on an empty ModuleList
     let i = 0;
     for (const layer of model.layers) {
       const li = i++;

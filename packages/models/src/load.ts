@@ -104,6 +104,7 @@ const FLOAT_DTYPES: Record<string, DType> = { F32: "f32", BF16: "bf16", F16: "f1
 /** Reads named tensors from the checkpoint with typed errors naming the file and key. */
 class CheckpointReader {
   readonly used = new Set<string>();
+  private readonly denseScratch = new Scratch();
   constructor(
     readonly st: ShardedSafetensors,
     readonly dir: string,
@@ -142,18 +143,7 @@ class CheckpointReader {
       );
     return d;
   }
-  /** Raw values: Float32Array for F32, bit patterns (Uint16Array) for BF16/F16. */
-  async values(key: string, shape: number[]): Promise<{ data: Float32Array | Uint16Array; dtype: DType }> {
-    this.require(key, shape);
-    const dtype = this.dtype(key);
-    this.used.add(key);
-    const data =
-      dtype === "f32"
-        ? await this.st.readTyped(key, "F32")
-        : await this.st.readTyped(key, this.st.info(key).dtype as "BF16");
-    return { data, dtype };
-  }
-  /** Like values(), into `scratch` (reused across tensors, so no garbage per tensor). */
+  /** Raw values (Float32Array for F32, bit patterns for BF16/F16) read into `scratch` (reused: no garbage per tensor). */
   async valuesInto(
     key: string,
     shape: number[],
@@ -171,8 +161,9 @@ class CheckpointReader {
         : new Uint16Array(bytes.buffer, bytes.byteOffset, nbytes / 2);
     return { data, dtype };
   }
+  /** A tensor kept as stored: read into one reused buffer, then copied into backend memory (no garbage). */
   async tensor(key: string, shape: number[]): Promise<Tensor> {
-    const { data, dtype } = await this.values(key, shape);
+    const { data, dtype } = await this.valuesInto(key, shape, this.denseScratch);
     const t = tensor(data, { shape, dtype, backend: this.backend });
     t.requiresGrad = false;
     return t;
