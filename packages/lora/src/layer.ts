@@ -12,6 +12,7 @@ import {
   Module,
   type Tensor,
   add,
+  matmul,
   noGrad,
   sub,
   tensor,
@@ -227,21 +228,19 @@ export class LoraLinear extends Module {
     return report;
   }
 
-  /** s·B·A [out, in] as f32 values. */
+  /** s·B·A [out, in] as f32 values (one backend GEMM). */
   deltaWeight(name: string): Float32Array {
     const s = this.settingsOf(name);
-    const a = Float32Array.from(this.loraA.get(name).weight.toTypedArray());
-    const b = Float32Array.from(this.loraB.get(name).weight.toTypedArray());
-    const out = new Float32Array(this.outFeatures * this.inFeatures);
-    const r = s.r;
-    const inF = this.inFeatures;
-    for (let i = 0; i < this.outFeatures; i++)
-      for (let k = 0; k < r; k++) {
-        const bik = b[i * r + k] * s.scaling;
-        if (bik === 0) continue;
-        for (let j = 0; j < inF; j++) out[i * inF + j] += bik * a[k * inF + j];
-      }
-    return out;
+    const A = this.loraA.get(name).weight;
+    const B = this.loraB.get(name).weight;
+    return noGrad(() => {
+      const ba = matmul(B, A);
+      const d = ba.mul(s.scaling);
+      const out = Float32Array.from(d.toTypedArray());
+      ba.dispose();
+      d.dispose();
+      return out;
+    });
   }
 
   /** Row norms ‖W + s·B·A‖ over the input dim [out] (DoRA; the base dequantized for 4-bit). */
