@@ -42,7 +42,8 @@ constexpr size_t kGrain = 1 << 14;
 // midpoints, ties to the even index, NaN -> 0), the function @qlora/nf4's quantize8bitValue implements.
 // It is monotone in y, so it is a step function with 255 steps: Quantizer finds each step's first float
 // once per map (bisection over the order-preserving integer keys of floats) and then answers with a
-// 65536-bucket table plus at most a few key comparisons, with exactly the literal search's result.
+// 2^20-bucket table (buckets of 2^12 consecutive floats: for the dynamic maps finer than any two
+// neighbouring codes, so the loop below rarely advances) plus key comparisons: exactly the literal result.
 
 uint8_t literal(const float* c, float y) {
   int pivot = 127, lo = 0, hi = 255;
@@ -85,7 +86,8 @@ inline float fromKey(uint32_t k) {
 struct Quantizer {
   float code[256];
   uint32_t firstKey[256];  // firstKey[c]: smallest key whose float quantizes above c (c < 255)
-  uint8_t bucket[65536];   // code of the smallest float of each key bucket (key >> 16)
+  static constexpr int kShift = 12;
+  std::vector<uint8_t> bucket;  // code of the smallest float of each key bucket (key >> kShift)
 
   explicit Quantizer(const float* qmap) {
     std::memcpy(code, qmap, sizeof(code));
@@ -106,8 +108,9 @@ struct Quantizer {
     }
     firstKey[255] = UINT32_MAX;
     int c = 0;
-    for (uint32_t bk = 0; bk < 65536; ++bk) {
-      while (c < 255 && (bk << 16) >= firstKey[c]) ++c;
+    bucket.resize(size_t{1} << (32 - kShift));
+    for (uint32_t bk = 0; bk < bucket.size(); ++bk) {
+      while (c < 255 && (bk << kShift) >= firstKey[c]) ++c;
       bucket[bk] = static_cast<uint8_t>(c);
     }
   }
@@ -115,8 +118,8 @@ struct Quantizer {
   uint8_t quantize(float y) const {
     if (y != y) return 0;
     const uint32_t k = orderKey(y);
-    int c = bucket[k >> 16];
-    while (c < 255 && k >= firstKey[c]) ++c;
+    int c = bucket[k >> kShift];
+    while (k >= firstKey[c]) ++c;  // firstKey[255] = UINT32_MAX > every non-NaN key: stops at 255
     return static_cast<uint8_t>(c);
   }
 };
@@ -157,30 +160,79 @@ struct Adam8Args {
   float beta1, omb1, beta2, omb2, c2eps, stepSize, decay;
 };
 
-void adam8Block(const Adam8Args& a, int64_t b) {
+// One element of the 2-state update: new m and v (0 for a non-finite gradient), parameter stepped.
+inline void adam8Element(const Adam8Args& a, int64_t i, float am1, float am2, float& mm, float& vv) {
+  const float gi = a.g[i];
+  mm = 0.0f;
+  vv = 0.0f;
+  if (!std::isfinite(gi)) return;
+  vv = (a.q2->code[a.s2[i]] * am2) * a.beta2 + (a.omb2 * gi) * gi;
+  mm = (a.q1->code[a.s1[i]] * am1) * a.beta1 + a.omb1 * gi;
+  float pi = a.p[i] + a.stepSize * (mm / (std::sqrt(vv) + a.c2eps));
+  if (a.decay != 1.0f) pi = pi * a.decay;
+  a.p[i] = pi;
+}
+
+#if defined(__x86_64__)
+// The same operations 8 lanes at a time (codes gathered from the maps); lanes with a non-finite
+// gradient keep their parameter and get m = v = 0. Returns how many elements it handled.
+__attribute__((target("avx2,fma"))) int64_t adam8Avx2(const Adam8Args& a, int64_t start, int64_t len, float am1,
+                                                        float am2, float* m, float* v, float& max1, float& max2) {
+  const __m256 vam1 = _mm256_set1_ps(am1), vam2 = _mm256_set1_ps(am2);
+  const __m256 b1 = _mm256_set1_ps(a.beta1), omb1 = _mm256_set1_ps(a.omb1);
+  const __m256 b2 = _mm256_set1_ps(a.beta2), omb2 = _mm256_set1_ps(a.omb2);
+  const __m256 c2eps = _mm256_set1_ps(a.c2eps), step = _mm256_set1_ps(a.stepSize), decay = _mm256_set1_ps(a.decay);
+  const __m256 absMask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)), inf = _mm256_set1_ps(INFINITY);
+  const bool decayOn = a.decay != 1.0f;
+  __m256 mx1 = _mm256_setzero_ps(), mx2 = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8) {
+    const int64_t i = start + j;
+    const __m256 g = _mm256_loadu_ps(a.g + i);
+    const __m256 finite = _mm256_cmp_ps(_mm256_and_ps(g, absMask), inf, _CMP_LT_OQ);
+    const __m256i i1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a.s1 + i)));
+    const __m256i i2 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a.s2 + i)));
+    const __m256 q1 = _mm256_i32gather_ps(a.q1->code, i1, 4), q2 = _mm256_i32gather_ps(a.q2->code, i2, 4);
+    __m256 vv = _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(q2, vam2), b2), _mm256_mul_ps(_mm256_mul_ps(omb2, g), g));
+    __m256 mm = _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(q1, vam1), b1), _mm256_mul_ps(omb1, g));
+    const __m256 p0 = _mm256_loadu_ps(a.p + i);
+    __m256 p1 = _mm256_add_ps(p0, _mm256_mul_ps(step, _mm256_div_ps(mm, _mm256_add_ps(_mm256_sqrt_ps(vv), c2eps))));
+    if (decayOn) p1 = _mm256_mul_ps(p1, decay);
+    _mm256_storeu_ps(a.p + i, _mm256_blendv_ps(p0, p1, finite));
+    mm = _mm256_and_ps(mm, finite);
+    vv = _mm256_and_ps(vv, finite);
+    _mm256_storeu_ps(m + j, mm);
+    _mm256_storeu_ps(v + j, vv);
+    mx1 = _mm256_max_ps(mx1, _mm256_and_ps(mm, absMask));
+    mx2 = _mm256_max_ps(mx2, _mm256_and_ps(vv, absMask));
+  }
+  alignas(32) float l1[8], l2[8];
+  _mm256_store_ps(l1, mx1);
+  _mm256_store_ps(l2, mx2);
+  for (int l = 0; l < 8; ++l) {
+    if (l1[l] > max1) max1 = l1[l];
+    if (l2[l] > max2) max2 = l2[l];
+  }
+  return j;
+}
+#else
+int64_t adam8Avx2(const Adam8Args&, int64_t, int64_t, float, float, float*, float*, float&, float&) { return 0; }
+#endif
+
+void adam8Block(const Adam8Args& a, int64_t b, bool avx2) {
   const int64_t start = b * kBlock8, len = std::min(kBlock8, a.n - start);
-  float m[kBlock8], v[kBlock8];
+  alignas(32) float m[kBlock8], v[kBlock8];
   float max1 = 0.0f, max2 = 0.0f;
   const float am1 = a.a1[b], am2 = a.a2[b];
-  for (int64_t j = 0; j < len; ++j) {
-    const int64_t i = start + j;
-    const float gi = a.g[i];
-    float mm = 0.0f, vv = 0.0f;
-    if (std::isfinite(gi)) {
-      vv = (a.q2->code[a.s2[i]] * am2) * a.beta2 + (a.omb2 * gi) * gi;
-      mm = (a.q1->code[a.s1[i]] * am1) * a.beta1 + a.omb1 * gi;
-      float pi = a.p[i] + a.stepSize * (mm / (std::sqrt(vv) + a.c2eps));
-      if (a.decay != 1.0f) pi = pi * a.decay;
-      a.p[i] = pi;
-    }
-    m[j] = mm;
-    v[j] = vv;
-    if (std::fabs(mm) > max1) max1 = std::fabs(mm);
-    if (std::fabs(vv) > max2) max2 = std::fabs(vv);
+  int64_t j = avx2 ? adam8Avx2(a, start, len, am1, am2, m, v, max1, max2) : 0;
+  for (; j < len; ++j) {
+    adam8Element(a, start + j, am1, am2, m[j], v[j]);
+    if (std::fabs(m[j]) > max1) max1 = std::fabs(m[j]);
+    if (std::fabs(v[j]) > max2) max2 = std::fabs(v[j]);
   }
   a.a1[b] = max1;
   a.a2[b] = max2;
-  for (int64_t j = 0; j < len; ++j) {
+  for (j = 0; j < len; ++j) {
     a.s1[start + j] = quantizeSigned(*a.q1, scaled(m[j], max1), m[j]);
     a.s2[start + j] = a.q2->quantize(scaled(v[j], max2));
   }
@@ -212,8 +264,9 @@ Napi::Value OptimAdamW8bit(const Napi::CallbackInfo& info) {
   if (!x.ok()) return x.env().Undefined();
   a.q1 = &quantizerFor(qm1);
   a.q2 = &quantizerFor(qm2);
+  const bool avx2 = isa().avx2_fma;
   parallel_for(static_cast<size_t>(blocks), [&](size_t b0, size_t b1) {
-    for (size_t b = b0; b < b1; ++b) adam8Block(a, static_cast<int64_t>(b));
+    for (size_t b = b0; b < b1; ++b) adam8Block(a, static_cast<int64_t>(b), avx2);
   }, 16);
   return x.env().Undefined();
 }
