@@ -208,7 +208,7 @@ describe("initialisations vs PEFT's math", () => {
     const [o, i] = c.W.shape;
     close(nf4RoundTrip(Float32Array.from(c.W_original.data), [o, i]), c.W, 1e-12, 0);
   });
-  it("true (Kaiming-uniform A, zero B) and gaussian (A ~ N(0, 1/r), zero B): distributions (PyTorch's RNG stream differs)", () => {
+  it("true (Kaiming-uniform A, zero B), gaussian (A ~ N(0, 1/r), zero B) and false (random B): distributions (PyTorch's RNG stream differs)", () => {
     const model = new Linear(256, 64, { bias: false });
     const lm = LoraModel.inject(wrap(model), { r: 16, target_modules: ["proj"] }, { generator: new Generator(3) });
     const layer = lm.loraLayers()[0][1];
@@ -228,6 +228,15 @@ describe("initialisations vs PEFT's math", () => {
     const std = Math.sqrt(Array.from(g).reduce((s, v) => s + v * v, 0) / g.length);
     expect(std).toBeGreaterThan((1 / 16) * 0.95);
     expect(std).toBeLessThan((1 / 16) * 1.05);
+    // false: A and B both keep nn.Linear's default init (B ~ U(±1/√r)): not a no-op
+    const lm3 = LoraModel.inject(
+      wrap(new Linear(256, 64)),
+      { r: 16, target_modules: ["proj"], init_lora_weights: false },
+      { generator: new Generator(5) },
+    );
+    const b3 = Array.from(lm3.loraLayers()[0][1].loraB.get("default").weight.toTypedArray(), Math.abs);
+    expect(Math.max(...b3)).toBeLessThanOrEqual(1 / 4);
+    expect(Math.max(...b3)).toBeGreaterThan(0.9 / 4);
   });
 });
 
