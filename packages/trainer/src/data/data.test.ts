@@ -3,6 +3,7 @@ import { open } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
+import { parquetWriteFile } from "hyparquet-writer";
 import { afterAll, describe, expect, it } from "vitest";
 import { charTokenizer } from "../../test/helpers/char-tokenizer";
 import { TrainerError } from "../errors";
@@ -114,6 +115,27 @@ describe("formats", () => {
     expect((await loadTokenDataset(base(txt))).stats.examples).toBe(2);
     const broken = jsonl(['{"text": "ok"}', "{not json"]);
     await expect(loadTokenDataset(base(broken))).rejects.toThrow(/d\d+\.jsonl:2: not valid JSON/);
+  });
+
+  it("Parquet rows read one row group at a time give the same examples as JSONL", async () => {
+    const rows = Array.from({ length: 7 }, (_, i) => ({ prompt: `p${i}`, completion: `c${i}`.repeat(i + 1) }));
+    const pq = join(root, "rows.parquet");
+    parquetWriteFile({
+      filename: pq,
+      columnData: [
+        { name: "prompt", data: rows.map((r) => r.prompt), type: "STRING" },
+        { name: "completion", data: rows.map((r) => r.completion), type: "STRING" },
+      ],
+      rowGroupSize: 3,
+    });
+    const a = await loadTokenDataset(base(pq, { shuffle: false }));
+    const b = await loadTokenDataset(base(jsonl(rows), { shuffle: false }));
+    expect(a.stats.examples).toBe(7);
+    for (let i = 0; i < 7; i++) expect([...a.example(i).labels]).toEqual([...b.example(i).labels]);
+    writeFileSync(join(root, "bad.parquet"), "PAR1 not really");
+    await expect(loadTokenDataset(base(join(root, "bad.parquet")))).rejects.toThrow(
+      /bad\.parquet: not a readable Parquet file/,
+    );
   });
 
   it("an empty dataset is an error", async () => {

@@ -14,7 +14,7 @@ import type { DataTokenizer } from "./tokenizer";
 
 export interface DatasetOptions {
   readonly files: string | readonly string[];
-  /** File format; default by extension (.jsonl, .json, .txt). */
+  /** File format; default by extension (.jsonl, .json, .txt, .parquet). */
   readonly fileFormat?: FileFormat;
   /** Row format; default "auto" (by the keys of each row). */
   readonly format?: DataFormat;
