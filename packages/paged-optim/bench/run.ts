@@ -3,14 +3,14 @@
 // torch.optim.AdamW (foreach=False and foreach=True; the faster one is the peer) on the same number of
 // threads, measured in the same run, interleaved (ours, torch, ours, torch, ...). Prints medians and ratios
 // and the state bytes of 8-bit vs 32-bit.
-//   pnpm --filter @qlora/paged-optim bench            (THREADS=2 ROUNDS=3 STEPS=5 by default)
+//   pnpm --filter @qlora/paged-optim bench     (THREADS=2 ROUNDS=3 STEPS=5 by default; THREADS=2,1 for both)
 import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { cpuBackend, cpuBackendInfo, setThreads } from "@qlora/cpu-kernels";
 import { type Tensor, tensor } from "@qlora/tensor";
 import { AdamW, kernelsFor } from "../src/index";
 
-const THREADS = Number(process.env.THREADS ?? 2);
+const THREAD_COUNTS = (process.env.THREADS ?? "2").split(",").map(Number);
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
 const STEPS = Number(process.env.STEPS ?? 5);
 const WARMUP = 2;
@@ -76,7 +76,7 @@ function ours(params: [string, Tensor][], bits: 8 | 32): { seconds: number[]; st
   return { seconds, stateBytes };
 }
 
-function torchPeer(foreach: boolean): number[] {
+function torchPeer(THREADS: number, foreach: boolean): number[] {
   const r = spawnSync("/usr/bin/python3", [PEER, String(THREADS), foreach ? "1" : "0", String(WARMUP), String(STEPS)], {
     encoding: "utf8",
     env: { ...process.env, OMP_NUM_THREADS: String(THREADS), MKL_NUM_THREADS: String(THREADS) },
@@ -86,40 +86,42 @@ function torchPeer(foreach: boolean): number[] {
 }
 
 if (!cpuBackendInfo(cpuBackend)?.native) throw new Error("the native cpu backend did not load: build it first");
-setThreads(THREADS);
 const params = adapter();
 const count = params.reduce((a, [, p]) => a + p.size, 0);
-console.log(
-  `AdamW step, ${params.length} tensors, ${count} parameters; ${THREADS} threads; kernels: ${kernelsFor(cpuBackend).source}; ` +
-    `${ROUNDS} interleaved rounds × ${STEPS} steps (after ${WARMUP} warm-up steps)`,
-);
-const t32: number[] = [];
-const t8: number[] = [];
-const tf: number[] = [];
-const tt: number[] = [];
-let bytes32 = 0;
-let bytes8 = 0;
-for (let round = 0; round < ROUNDS; round++) {
-  const a = ours(params, 32);
-  t32.push(...a.seconds);
-  bytes32 = a.stateBytes;
-  tf.push(...torchPeer(false));
-  const b = ours(params, 8);
-  t8.push(...b.seconds);
-  bytes8 = b.stateBytes;
-  tt.push(...torchPeer(true));
-}
-const peer = Math.min(median(tf), median(tt));
-const rows: [string, number][] = [
-  ["torch.optim.AdamW foreach=False", median(tf)],
-  ["torch.optim.AdamW foreach=True", median(tt)],
-  ["qlora AdamW, 32-bit state", median(t32)],
-  ["qlora AdamW, 8-bit state (bnb blockwise)", median(t8)],
-];
-for (const [name, s] of rows)
+for (const THREADS of THREAD_COUNTS) {
+  setThreads(THREADS);
   console.log(
-    `${name.padEnd(44)} ${(s * 1000).toFixed(1).padStart(8)} ms/step   speed vs fastest torch: ${(peer / s).toFixed(2)}×`,
+    `\nAdamW step, ${params.length} tensors, ${count} parameters; ${THREADS} thread(s) on both sides; kernels: ${kernelsFor(cpuBackend).source}; ` +
+      `${ROUNDS} interleaved rounds × ${STEPS} steps (after ${WARMUP} warm-up steps)`,
   );
-console.log(
-  `state bytes: 32-bit ${(bytes32 / 2 ** 20).toFixed(1)} MiB, 8-bit ${(bytes8 / 2 ** 20).toFixed(1)} MiB, ratio ${(bytes8 / bytes32).toFixed(4)}`,
-);
+  const t32: number[] = [];
+  const t8: number[] = [];
+  const tf: number[] = [];
+  const tt: number[] = [];
+  let bytes32 = 0;
+  let bytes8 = 0;
+  for (let round = 0; round < ROUNDS; round++) {
+    const a = ours(params, 32);
+    t32.push(...a.seconds);
+    bytes32 = a.stateBytes;
+    tf.push(...torchPeer(THREADS, false));
+    const b = ours(params, 8);
+    t8.push(...b.seconds);
+    bytes8 = b.stateBytes;
+    tt.push(...torchPeer(THREADS, true));
+  }
+  const peer = Math.min(median(tf), median(tt));
+  const rows: [string, number][] = [
+    ["torch.optim.AdamW foreach=False", median(tf)],
+    ["torch.optim.AdamW foreach=True", median(tt)],
+    ["qlora AdamW, 32-bit state", median(t32)],
+    ["qlora AdamW, 8-bit state (bnb blockwise)", median(t8)],
+  ];
+  for (const [name, s] of rows)
+    console.log(
+      `${name.padEnd(44)} ${(s * 1000).toFixed(1).padStart(8)} ms/step   speed vs fastest torch: ${(peer / s).toFixed(2)}×`,
+    );
+  console.log(
+    `state bytes: 32-bit ${(bytes32 / 2 ** 20).toFixed(1)} MiB, 8-bit ${(bytes8 / 2 ** 20).toFixed(1)} MiB, ratio ${(bytes8 / bytes32).toFixed(4)}`,
+  );
+}

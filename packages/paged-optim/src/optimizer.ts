@@ -331,7 +331,8 @@ export abstract class Optimizer<H extends BaseHyper> {
         if (!(key in layout)) throw new OptimError("STATE_MISMATCH", `state of "${name}": unexpected buffer "${key}"`);
       for (const [key, want] of Object.entries(layout)) {
         const t = saved.tensors[key];
-        if (!t || t.dtype !== want.dtype || t.data.length !== want.length)
+        const arrayOk = want.dtype === "u8" ? t?.data instanceof Uint8Array : t?.data instanceof Float32Array;
+        if (!t || t.dtype !== want.dtype || !arrayOk || t.data.length !== want.length)
           throw new OptimError(
             "STATE_MISMATCH",
             `state of "${name}".${key}: expected ${want.dtype}[${want.length}], got ${t ? `${t.dtype}[${t.data.length}]` : "nothing"}`,
