@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { createReferenceBackend } from "../backend/reference";
 import { Generator } from "../random";
-import type { Backend, MatmulOptions } from "../backend/types";
+import { type Backend, BackendOpError, type MatmulOptions } from "../backend/types";
 import { TensorError } from "../errors";
 import { memoryStats } from "../memory";
 import { crossEntropy, matmul } from "../ops";
@@ -239,6 +239,38 @@ describe("linearCrossEntropy work and memory", () => {
     }
     expect(memoryStats("cpu").currentBytes).toBe(at10);
     expect(be.memoryStats().currentBytes).toBe(rawAt10);
+    for (const t of [h, w, labels]) t.dispose();
+  });
+});
+
+describe("linearCrossEntropy on a device backend without the fused chunk op (the cuda backend today)", () => {
+  // a reference backend posing as a device: no crossEntropyGradInPlace, so the op composes crossEntropy +
+  // crossEntropyBackward (+ copyInPlace) per chunk; z-loss has no composed form and is refused
+  const base = createReferenceBackend({ name: "fake-device" });
+  const device: Backend = { ...base, name: "fake-device", device: "fake:0", crossEntropyGradInPlace: undefined };
+  it("zLoss 0: same loss and gradients as the fused path", () => {
+    const mk = (backend: Backend) => {
+      const h = randn([11, 6], { backend, generator: new Generator(1), requiresGrad: true });
+      const w = randn([9, 6], { backend, generator: new Generator(2), requiresGrad: true });
+      const labels = labelsFor(11, 9, 3, backend);
+      const { loss, tokens } = linearCrossEntropy(h, w, labels, { chunkSize: 4 });
+      loss.backward();
+      const r = { loss: loss.item(), dh: h.grad!.toTypedArray(), dw: w.grad!.toTypedArray() };
+      for (const t of [loss, tokens, h.grad!, w.grad!, h, w, labels]) t.dispose();
+      return r;
+    };
+    const got = mk(device);
+    const want = mk(be);
+    expect(Math.abs(got.loss - want.loss)).toBeLessThan(1e-5);
+    expect(maxAbsDiff(got.dh, want.dh)).toBeLessThan(1e-6);
+    expect(maxAbsDiff(got.dw, want.dw)).toBeLessThan(1e-6);
+  });
+  it("zLoss > 0: BackendOpError naming the missing op", () => {
+    const h = randn([3, 2], { backend: device, generator: new Generator(1) });
+    const w = randn([4, 2], { backend: device, generator: new Generator(2) });
+    const labels = tensor([0, 1, 2], { dtype: "i32", backend: device });
+    expect(() => linearCrossEntropy(h, w, labels, { zLoss: 1e-4 })).toThrow(BackendOpError);
+    expect(() => linearCrossEntropy(h, w, labels, { zLoss: 1e-4 })).toThrow(/crossEntropyGradInPlace/);
     for (const t of [h, w, labels]) t.dispose();
   });
 });
