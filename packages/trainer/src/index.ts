@@ -21,7 +21,14 @@ export type {
 export type { TrainerPlugin } from "./plugin";
 export type { TrainerOptimizer } from "./optimizer";
 export type { TrainerState, LogEntry } from "./state";
-export { SingleProcessStrategy, gradSquaredSum, scaleGradients, clipByNorm } from "./strategy";
+export {
+  SingleProcessStrategy,
+  gradSquaredSum,
+  scaleGradients,
+  clipByNorm,
+  registerStrategy,
+  strategyByName,
+} from "./strategy";
 export type { Strategy, StrategySetup, ReduceOp, NumericArray } from "./strategy";
 export { f32Precision, bf16MixedPrecision, precisionByName } from "./precision";
 export type { Precision } from "./precision";

@@ -7,6 +7,7 @@
  * over all ranks, so `reduceGradients` must SUM gradients across ranks (not average) to reproduce one big batch.
  */
 import { type Module, type Tensor, noGrad } from "@qlora/tensor";
+import { TrainerError } from "./errors";
 import type { TrainerOptimizer } from "./optimizer";
 
 export type ReduceOp = "sum" | "avg" | "max" | "min";
@@ -124,4 +125,21 @@ export class SingleProcessStrategy implements Strategy {
     optimizer.loadStateDict(state);
   }
   teardown(): void {}
+}
+
+/** Strategies by name (with presets): the CLI's `strategy: ddp` resolves here; distributed packages register theirs. */
+const strategies = new Map<string, () => Strategy>([["single", () => new SingleProcessStrategy()]]);
+
+export function registerStrategy(name: string, factory: () => Strategy): void {
+  strategies.set(name, factory);
+}
+
+export function strategyByName(name: string): Strategy {
+  const factory = strategies.get(name);
+  if (!factory)
+    throw new TrainerError(
+      "BAD_ARGUMENT",
+      `strategy "${name}" is not registered; registered: ${[...strategies.keys()].join(", ")}`,
+    );
+  return factory();
 }

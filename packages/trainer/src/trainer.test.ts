@@ -5,7 +5,15 @@ import { type Tensor, manualSeed } from "@qlora/tensor";
 import { afterEach, describe, expect, it } from "vitest";
 import { FakeRankStrategy, FakeWorld, guardGrads } from "../test/helpers/fake-world";
 import { type Batch, StatefulAdamW, TinyLM, memorySource, randomBatches, tinyLoss } from "../test/helpers/tiny";
-import { EVENT_KINDS, type EventName, Trainer, TrainerError, type TrainerPlugin, type TrainingArgs } from "./index";
+import {
+  EVENT_KINDS,
+  type EventName,
+  Trainer,
+  TrainerError,
+  type TrainerPlugin,
+  type TrainingArgs,
+  strategyByName,
+} from "./index";
 
 const dirs: string[] = [];
 function tempDir(): string {
@@ -326,6 +334,11 @@ describe("evaluation and arguments", () => {
     await expect(
       makeTrainer(randomBatches(1, 1, 4, 11), { gradientCheckpointing: true }).trainer.fit(),
     ).rejects.toThrow(/setGradientCheckpointing/);
+    await expect(makeTrainer(randomBatches(1, 1, 4, 11), { saveSteps: 1 }).trainer.fit()).rejects.toThrow(
+      /saveSteps is set but TrainingArgs.outputDir is not/,
+    );
+    expect(() => strategyByName("nope")).toThrow(/strategy "nope" is not registered; registered: single/);
+    expect(strategyByName("single").worldSize).toBe(1);
   });
 
   it("max_steps wins over epochs and repeats the data", async () => {
