@@ -22,6 +22,8 @@ interface StepReport {
   backend: string;
   stepMs: number[];
   rssMB: number[];
+  /** Minor page faults of the process during each step (first touches of fresh memory). */
+  faults: number[];
   peakMB: number;
   freshAfterStep1: number;
   freshAtEnd: number;
@@ -88,12 +90,22 @@ async function child(): Promise<void> {
         p.grad = null;
       }
   };
-  const rep: StepReport = { backend: be.name, stepMs: [], rssMB: [], peakMB: 0, freshAfterStep1: 0, freshAtEnd: 0 };
+  const rep: StepReport = {
+    backend: be.name,
+    stepMs: [],
+    rssMB: [],
+    faults: [],
+    peakMB: 0,
+    freshAfterStep1: 0,
+    freshAtEnd: 0,
+  };
   t.resetPeakMemory("cpu");
   for (let i = 0; i < steps; i++) {
+    const f0 = process.resourceUsage().minorPageFault;
     const t0 = performance.now();
     step();
     rep.stepMs.push(performance.now() - t0);
+    rep.faults.push(process.resourceUsage().minorPageFault - f0);
     rep.rssMB.push(process.memoryUsage().rss / 2 ** 20);
     if (i === 0) rep.freshAfterStep1 = t.sharedHostAllocator.stats().fresh;
   }
@@ -131,14 +143,14 @@ function parent(): void {
     `decoder layer fwd+bwd, hidden 1024, 16/4 heads, ffn 2816, 2x${tokens} tokens, r=16 LoRA on 7 frozen f32 linears; backend ${runs.on[0].backend}; ${rounds} rounds A B interleaved`,
   );
   console.log(
-    "| cache | step 1 (ms) | steps 2..N median (ms) | RSS growth / step after step 2 (MB) | final RSS (MB) | runtime peak (MB) | fresh host buffers after step 1 → end |",
+    "| cache | step 1 (ms) | steps 2..N median (ms) | minor page faults step 1 / steps 2..N median | RSS growth / step after step 2 (MB) | final RSS (MB) | runtime peak (MB) | fresh host buffers after step 1 → end |",
   );
-  console.log("|---|---:|---:|---:|---:|---:|---|");
+  console.log("|---|---:|---:|---:|---:|---:|---:|---|");
   for (const mode of ["on", "off"] as const)
     for (const r of runs[mode]) {
       const growth = r.rssMB.slice(2).map((v, i) => v - r.rssMB[i + 1]);
       console.log(
-        `| ${mode} | ${r.stepMs[0].toFixed(0)} | ${median(r.stepMs.slice(1)).toFixed(0)} | ${median(growth).toFixed(1)} (max ${Math.max(...growth).toFixed(0)}) | ${r.rssMB[r.rssMB.length - 1].toFixed(0)} | ${r.peakMB.toFixed(0)} | ${r.freshAfterStep1} → ${r.freshAtEnd} |`,
+        `| ${mode} | ${r.stepMs[0].toFixed(0)} | ${median(r.stepMs.slice(1)).toFixed(0)} | ${r.faults[0]} / ${median(r.faults.slice(1))} | ${median(growth).toFixed(1)} (max ${Math.max(...growth).toFixed(0)}) | ${r.rssMB[r.rssMB.length - 1].toFixed(0)} | ${r.peakMB.toFixed(0)} | ${r.freshAfterStep1} → ${r.freshAtEnd} |`,
       );
     }
   const on = median(runs.on.map((r) => median(r.stepMs.slice(1))));
