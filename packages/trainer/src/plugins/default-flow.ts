@@ -28,6 +28,8 @@ export function defaultFlow(): TrainerPlugin {
             "NO_EVAL_DATA",
             "TrainingArgs.evalSteps is set but the Trainer was given no eval data",
           );
+        if (t.args.saveSteps && !t.args.outputDir)
+          throw new TrainerError("NO_OUTPUT_DIR", "TrainingArgs.saveSteps is set but TrainingArgs.outputDir is not");
       },
     },
   };
