@@ -24,7 +24,8 @@ const rss0 = process.resourceUsage().maxRSS * 1024;
 const rssNow0 = process.memoryUsage().rss;
 const alloc0 = memoryStats("cpu").currentBytes;
 const t0 = performance.now();
-const { model } = await loadModel(dir);
+const threads = process.env.QLORA_QUANTIZE_THREADS;
+const { model } = await loadModel(dir, threads ? { quantizeThreads: Number(threads) } : {});
 const seconds = (performance.now() - t0) / 1000;
 const peakGrowth = process.resourceUsage().maxRSS * 1024 - rss0;
 // resident growth that stays after the load: the allocator's tensors plus host-side copies (Linear4bit keeps
