@@ -1,7 +1,7 @@
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type Tensor, manualSeed } from "@qlora/tensor";
+import { type Tensor, manualSeed, memoryStats } from "@qlora/tensor";
 import { afterEach, describe, expect, it } from "vitest";
 import { FakeRankStrategy, FakeWorld, guardGrads } from "../test/helpers/fake-world";
 import { type Batch, StatefulAdamW, TinyLM, memorySource, randomBatches, tinyLoss } from "../test/helpers/tiny";
@@ -428,5 +428,16 @@ describe("clipping, precision, gradient checkpointing flag", () => {
     });
     await t.fit();
     expect(flagged.gradientCheckpointing).toBe(true);
+  });
+});
+
+describe("memory", () => {
+  it("live tensor bytes are flat across steps (no leaked losses, grads or clipped copies)", async () => {
+    const { trainer } = makeTrainer(randomBatches(30, 2, 5, 11), { gradientAccumulationSteps: 2, maxGradNorm: 0.1 });
+    const live: number[] = [];
+    trainer.hooks.on("step:end", () => void live.push(memoryStats("cpu").currentBytes));
+    await trainer.fit();
+    expect(live).toHaveLength(15);
+    expect(live[14]).toBe(live[2]);
   });
 });
