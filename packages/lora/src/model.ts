@@ -95,45 +95,70 @@ export class LoraModel {
     const target = resolveTargetModules(config, linearNames, options);
     const resolved: LoraConfig = Object.freeze({ ...config, target_modules: target });
     const gen = options.generator ?? getGenerator();
-    let found = 0;
+    // plan first, so that a rejected target leaves the model untouched
+    const toSave: [string, Module][] = [];
+    const targets: [string, Module, { r: number; alpha: number }][] = [];
     for (const [key, m] of candidates) {
-      if (matchesModuleToSave(resolved.modules_to_save, key)) {
-        const w = m instanceof ModulesToSaveWrapper ? m : new ModulesToSaveWrapper(m);
-        if (w !== m) this.model.setSubmodule(key, w);
-        w.addAdapter(name, key);
-        continue;
+      if (matchesModuleToSave(resolved.modules_to_save, key)) toSave.push([key, m]);
+      else if (isTargeted(resolved, key)) {
+        if (!(m instanceof LoraLinear) && !isLinear(m))
+          throw new LoraError(
+            "BAD_MODULE",
+            `target module "${key}" (${m.constructor.name}) is not supported; only Linear and Linear4bit layers can get LoRA adapters`,
+          );
+        const ra = rankAndAlpha(resolved, key);
+        const l = m as LoraLinearT | Linear | Linear4bit;
+        const dataInit = typeof resolved.init_lora_weights === "string" && resolved.init_lora_weights !== "gaussian";
+        if (dataInit && ra.r > Math.min(l.inFeatures, l.outFeatures))
+          throw new LoraError(
+            "BAD_CONFIG",
+            `LoraConfig.r: ${ra.r} for "${key}" exceeds min(in, out) = ${Math.min(l.inFeatures, l.outFeatures)}, which init_lora_weights=${JSON.stringify(resolved.init_lora_weights)} needs`,
+          );
+        targets.push([key, m, ra]);
       }
-      if (!isTargeted(resolved, key)) continue;
-      found++;
-      let layer: LoraLinearT;
-      if (m instanceof LoraLinear) layer = m;
-      else if (isLinear(m)) {
-        layer = new LoraLinear(m);
-        this.model.setSubmodule(key, layer);
-      } else
-        throw new LoraError(
-          "BAD_MODULE",
-          `target module "${key}" (${m.constructor.name}) is not supported; only Linear and Linear4bit layers can get LoRA adapters`,
-        );
-      layer.onWarning = this.onWarning;
-      const { r, alpha } = rankAndAlpha(resolved, key);
-      layer.addAdapter(name, {
-        r,
-        alpha,
-        scaling: loraScaling(alpha, r, resolved.use_rslora),
-        dropout: resolved.lora_dropout,
-        useDora: resolved.use_dora,
-        init: resolved.init_lora_weights,
-        generator: gen,
-        loftq: resolved.loftq_config,
-        onWarning: this.onWarning,
-      });
     }
-    if (found === 0)
+    if (targets.length === 0)
       throw new LoraError(
         "NO_TARGET",
         `LoraConfig.target_modules: ${JSON.stringify(config.target_modules)} matched no Linear/Linear4bit module of the model (adapter "${name}")`,
       );
+    const undo: (() => void)[] = [];
+    try {
+      for (const [key, m] of toSave) {
+        const w = m instanceof ModulesToSaveWrapper ? m : new ModulesToSaveWrapper(m);
+        if (w !== m) {
+          this.model.setSubmodule(key, w);
+          undo.push(() => this.model.setSubmodule(key, m));
+        }
+        w.addAdapter(name, key);
+        undo.push(() => w.deleteAdapter(name));
+      }
+      for (const [key, m, { r, alpha }] of targets) {
+        let layer: LoraLinearT;
+        if (m instanceof LoraLinear) layer = m;
+        else {
+          layer = new LoraLinear(m as Linear | Linear4bit);
+          this.model.setSubmodule(key, layer);
+          undo.push(() => this.model.setSubmodule(key, layer.baseLayer));
+        }
+        layer.onWarning = this.onWarning;
+        layer.addAdapter(name, {
+          r,
+          alpha,
+          scaling: loraScaling(alpha, r, resolved.use_rslora),
+          dropout: resolved.lora_dropout,
+          useDora: resolved.use_dora,
+          init: resolved.init_lora_weights,
+          generator: gen,
+          loftq: resolved.loftq_config,
+          onWarning: this.onWarning,
+        });
+        undo.push(() => layer.deleteAdapter(name));
+      }
+    } catch (e) {
+      for (const u of undo.reverse()) u();
+      throw e;
+    }
     this.configs.set(name, resolved);
     if (this.active.length === 0) this.active = [name];
     this.setAdapter(this.active);

@@ -161,25 +161,28 @@ async function exists(p: string): Promise<boolean> {
 
 /** Read every tensor of the adapter's safetensors as f32 values (F32, BF16, F16 accepted). */
 async function readAdapterTensors(path: string): Promise<Map<string, { shape: number[]; values: Float32Array }>> {
-  const f = await openSafetensors(path).catch((e: unknown) => {
+  try {
+    const f = await openSafetensors(path);
+    try {
+      const out = new Map<string, { shape: number[]; values: Float32Array }>();
+      for (const name of f.names) {
+        const info = f.info(name);
+        const dtype = info.dtype as SafetensorsDtype;
+        if (dtype !== "F32" && dtype !== "BF16" && dtype !== "F16")
+          throw new LoraError(
+            "BAD_FILE",
+            `${path}: tensor "${name}" is ${dtype}; adapter tensors must be F32, BF16 or F16`,
+          );
+        out.set(name, { shape: [...info.shape], values: toFloat32Array(await f.read(name), dtype) });
+      }
+      return out;
+    } finally {
+      await f.close();
+    }
+  } catch (e) {
+    // the formats package names the file and tensor; rethrown as this package's error class
     if (e instanceof FormatsError) throw new LoraError("BAD_FILE", `${path}: ${e.message}`);
     throw e;
-  });
-  try {
-    const out = new Map<string, { shape: number[]; values: Float32Array }>();
-    for (const name of f.names) {
-      const info = f.info(name);
-      const dtype = info.dtype as SafetensorsDtype;
-      if (dtype !== "F32" && dtype !== "BF16" && dtype !== "F16")
-        throw new LoraError(
-          "BAD_FILE",
-          `${path}: tensor "${name}" is ${dtype}; adapter tensors must be F32, BF16 or F16`,
-        );
-      out.set(name, { shape: [...info.shape], values: toFloat32Array(await f.read(name), dtype) });
-    }
-    return out;
-  } finally {
-    await f.close();
   }
 }
 
@@ -221,7 +224,37 @@ export async function loadAdapter(
   const model = lm ? lm.model : (target as Module);
   const result = lm ?? LoraModel.inject(model, injectConfig, { ...options, adapterName: name });
   if (lm) lm.addAdapter(name, injectConfig, options);
-  const entries = adapterEntries(result, name);
+  try {
+    copyAdapterWeights(result, name, tensors, weightsPath);
+  } catch (e) {
+    // leave the model as it was: no half-loaded adapter
+    if (lm) lm.deleteAdapter(name);
+    else result.unload();
+    throw e;
+  }
+  // restore the saved init method (written back on save); without isTrainable the adapter is in inference
+  // mode (PEFT's is_trainable=False): markTrainable keeps it frozen
+  result.configs.set(
+    name,
+    Object.freeze({
+      ...result.configs.get(name)!,
+      init_lora_weights: config.init_lora_weights,
+      inference_mode: !options.isTrainable,
+    }),
+  );
+  result.setAdapter(result.activeAdapters);
+  return result;
+}
+
+/** Check the file's keys and shapes against the injected adapter and copy the values in place. */
+function copyAdapterWeights(
+  lm: LoraModel,
+  name: string,
+  tensors: Map<string, { shape: number[]; values: Float32Array }>,
+  weightsPath: string,
+): void {
+  const model = lm.model;
+  const entries = adapterEntries(lm, name);
   const expected = new Set(entries.map((e) => e.key));
   const missing = [...expected].filter((k) => !tensors.has(k));
   const unexpected = [...tensors.keys()].filter((k) => !expected.has(k));
@@ -242,16 +275,4 @@ export async function loadAdapter(
   }
   model.loadStateDict(sd, { strict: false }); // the public in-place copy (casts to each parameter's dtype)
   for (const t of Object.values(sd)) t.dispose();
-  // restore the saved init method (written back on save); without isTrainable the adapter is in inference
-  // mode (PEFT's is_trainable=False): markTrainable keeps it frozen
-  result.configs.set(
-    name,
-    Object.freeze({
-      ...result.configs.get(name)!,
-      init_lora_weights: config.init_lora_weights,
-      inference_mode: !options.isTrainable,
-    }),
-  );
-  result.setAdapter(result.activeAdapters);
-  return result;
 }

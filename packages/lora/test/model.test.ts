@@ -91,6 +91,13 @@ describe("injection", () => {
     expect(() => LoraModel.inject(new TinyModel(), { target_modules: ["self_attn"] })).toThrow(
       /"model.layers.0.self_attn" \(Attn\) is not supported/,
     );
+    // a rejected target leaves the model untouched (nothing half-injected)
+    const m = new TinyModel();
+    expect(() => LoraModel.inject(m, { target_modules: ["q_proj", "self_attn"] })).toThrow(/not supported/);
+    expect(() => LoraModel.inject(m, { r: 65, target_modules: ["q_proj"], init_lora_weights: "pissa" })).toThrow(
+      /LoraConfig.r: 65 for "model.layers.0.self_attn.q_proj" exceeds min\(in, out\) = 64/,
+    );
+    expect([...m.namedParameters()].some(([n]) => n.includes("lora_") || n.includes("base_layer"))).toBe(false);
     const lm = LoraModel.inject(new TinyModel(), { target_modules: ["q_proj"] });
     expect(() => lm.addAdapter("default", { target_modules: ["q_proj"] })).toThrow(/already exists/);
     expect(() => lm.addAdapter("a.b", { target_modules: ["q_proj"] })).toThrow(/contain no "\."/);

@@ -3,8 +3,17 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { openSafetensors } from "@qlora/formats";
 import { Generator, type Module, type Tensor, noGrad, randn } from "@qlora/tensor";
+import fc from "fast-check";
 import { afterAll, describe, expect, it } from "vitest";
-import { type LoraLinear, LoraModel, adapterStateDict, loadAdapter, readAdapterConfig, saveAdapter } from "../src";
+import {
+  LoraError,
+  type LoraLinear,
+  LoraModel,
+  adapterStateDict,
+  loadAdapter,
+  readAdapterConfig,
+  saveAdapter,
+} from "../src";
 import { HIDDEN, TinyModel } from "./tiny-model";
 
 const tmp = mkdtempSync(join(tmpdir(), "qlora-lora-"));
@@ -148,6 +157,46 @@ describe("PEFT adapter directory: load one written by Python PEFT (fixture built
     writeFileSync(join(bad, "adapter_config.json"), JSON.stringify(cfg));
     await expect(loadAdapter(new TinyModel(), bad)).rejects.toThrow(/adapter_model.safetensors: not found/);
     writeFileSync(join(bad, "adapter_model.safetensors"), new Uint8Array([1, 2, 3]));
-    await expect(loadAdapter(new TinyModel(), bad)).rejects.toThrow(/LoraError|adapter_model.safetensors/);
+    await expect(loadAdapter(new TinyModel(), bad)).rejects.toThrow(LoraError);
+  });
+  it("fuzz: mutated adapter files load or fail with a LoraError, never another throw", async () => {
+    const src = readFileSync(join(FIXTURES, "peft_adapter", "adapter_model.safetensors"));
+    const cfgText = readFileSync(join(FIXTURES, "peft_adapter", "adapter_config.json"), "utf8");
+    const dir = join(tmp, "fuzz");
+    cpSync(join(FIXTURES, "peft_adapter"), dir, { recursive: true });
+    const model = new TinyModel();
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.tuple(fc.nat({ max: src.length + 8 }), fc.integer({ min: 0, max: 255 })), {
+          minLength: 1,
+          maxLength: 6,
+        }),
+        fc.nat({ max: src.length }),
+        fc.boolean(),
+        async (edits, cut, mutateConfig) => {
+          const bytes = Uint8Array.from(src);
+          for (const [at, v] of edits) if (at < bytes.length) bytes[at] = v;
+          writeFileSync(
+            join(dir, "adapter_model.safetensors"),
+            mutateConfig ? src : bytes.subarray(0, cut < 64 ? src.length : cut),
+          );
+          const cfg = mutateConfig
+            ? cfgText.slice(0, edits[0][0] % cfgText.length) +
+              String.fromCharCode(edits[0][1]) +
+              cfgText.slice((edits[0][0] % cfgText.length) + 1)
+            : cfgText;
+          writeFileSync(join(dir, "adapter_config.json"), cfg);
+          try {
+            const lm = await loadAdapter(model, dir);
+            lm.unload();
+          } catch (e) {
+            if (!(e instanceof LoraError)) throw e;
+          }
+          // a failed load leaves no adapter behind (the next iteration injects afresh)
+          expect([...model.namedParameters()].some(([n]) => n.includes("lora_"))).toBe(false);
+        },
+      ),
+      { numRuns: 120 },
+    );
   });
 });
