@@ -1,6 +1,7 @@
 /**
  * Greedy decode tokens/s, batch 1, of a generated ~290M-parameter Llama: ours (NF4 + DQ on the cpu backend) vs
- * node-llama-cpp on our F32 and Q8_0 GGUF exports of the same checkpoint, at the same thread count. Each run is a
+ * node-llama-cpp on our F32 and Q8_0 GGUF exports of the same checkpoint, at the same thread count (plus ours with
+ * lm_head quantized too, to show what the bf16 lm_head costs). Each run is a
  * fresh process; runs are interleaved (ours, F32, Q8_0, ours, …) and medians compared, because the build machine
  * is shared and noisy. Decode rate = tokens after the first / time since the first (prefill excluded).
  *   node --import tsx --conditions=@qlora/source bench/decode.ts [--runs 5] [--threads 2]
@@ -28,12 +29,18 @@ const node = (script: string, ...args: string[]) =>
       .at(-1)!,
   );
 
-const results: Record<string, number[]> = { "ours-nf4": [], "llama.cpp-F32": [], "llama.cpp-Q8_0": [] };
+const results: Record<string, number[]> = {
+  "ours-nf4": [],
+  "llama.cpp-F32": [],
+  "llama.cpp-Q8_0": [],
+  "ours-nf4+lm_head-nf4": [],
+};
 for (let r = 0; r < runs; r++) {
   for (const run of [
     () => node("decode-ours.ts", dir, String(threads)),
     () => node("decode-llamacpp.ts", gguf.F32, String(threads), "F32"),
     () => node("decode-llamacpp.ts", gguf.Q8_0, String(threads), "Q8_0"),
+    () => node("decode-ours.ts", dir, String(threads), "lm_head-nf4"),
   ]) {
     const out = run();
     results[out.who].push(out.decode_tokens_per_s);
@@ -41,13 +48,15 @@ for (let r = 0; r < runs; r++) {
   }
 }
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-const ours = median(results["ours-nf4"]);
 console.log(
   `greedy decode, batch 1, prompt ${PROMPT_TOKENS} + ${NEW_TOKENS} new tokens, ${threads} threads, ${runs} interleaved runs`,
 );
-console.log("| engine | decode tokens/s (median) | runs | ours / this |");
-console.log("|---|---:|---|---:|");
+console.log("| engine | decode tokens/s (median) | runs |");
+console.log("|---|---:|---|");
 for (const [who, xs] of Object.entries(results))
-  console.log(
-    `| ${who} | ${median(xs).toFixed(2)} | ${xs.map((x) => x.toFixed(2)).join(", ")} | ${(ours / median(xs)).toFixed(2)}× |`,
-  );
+  console.log(`| ${who} | ${median(xs).toFixed(2)} | ${xs.map((x) => x.toFixed(2)).join(", ")} |`);
+console.log("\n| ratio (medians) | value |");
+console.log("|---|---:|");
+for (const ours of ["ours-nf4", "ours-nf4+lm_head-nf4"])
+  for (const peer of ["llama.cpp-F32", "llama.cpp-Q8_0"])
+    console.log(`| ${ours} / ${peer} | ${(median(results[ours]) / median(results[peer])).toFixed(2)}× |`);
