@@ -21,7 +21,7 @@ import type { InitLoraWeights, LoftQConfig } from "./config";
 import { doraLinear } from "./dora";
 import { LoraError } from "./errors";
 import { initLora } from "./init";
-import { type LoraBase, baseForward, loraDropoutMask, loraLinear } from "./lora-op";
+import { type LoraBase, baseForward, loraDropoutMask, loraLinear, loraLinearReference } from "./lora-op";
 
 /** A name → module container (torch.nn.ModuleDict): children keyed by adapter name. */
 export class ModuleDict<M extends Module = Module> extends Module {
@@ -301,7 +301,11 @@ export class LoraLinear extends Module {
           for (const h of [yd, yb, delta]) h.dispose();
         } else next = yd;
       } else {
-        next = loraLinear(x, A, B, { base: y ? null : this.base(), scaling: s.scaling, mask });
+        const base = y ? null : this.base();
+        // the fused op treats the base as frozen; a dense base someone unfroze goes through the composed
+        // reference so that autograd also gives the base weight its gradient
+        const op = base?.kind === "dense" && base.weight.requiresGrad ? loraLinearReference : loraLinear;
+        next = op(x, A, B, { base, scaling: s.scaling, mask });
         if (y) {
           const sum = add(y, next);
           next.dispose();

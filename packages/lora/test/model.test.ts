@@ -124,6 +124,19 @@ describe("injection", () => {
     ).toBe(true);
   });
 
+  it("a dense base weight someone unfroze still gets its gradient (composed path instead of the fused op)", () => {
+    const model = new TinyModel();
+    const lm = LoraModel.inject(model, { r: 4, target_modules: ["q_proj"] });
+    perturbB(lm);
+    const layer = lm.loraLayers()[0][1];
+    const W = (layer.baseLayer as Linear).weight;
+    W.requiresGrad = true;
+    const y = (model as TinyModel).forward(input());
+    y.sum().backward();
+    expect(W.grad).not.toBeNull();
+    expect(layer.loraA.get("default").weight.grad).not.toBeNull();
+  });
+
   it("under checkpoint() the gradients are the same", () => {
     const model = new TinyModel();
     const lm = LoraModel.inject(model, { r: 4, target_modules: ["q_proj"], lora_dropout: 0.2 });
