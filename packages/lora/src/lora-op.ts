@@ -10,7 +10,10 @@
  *   over tensor ops with grad recording off. The backward needs only x (and the dropout mask) and t = x·Aᵀ;
  *   it never materialises a dequantized weight:
  *     dB = s·gᵀ·t,  gt = s·g·B,  dA = gtᵀ·(x∘mask),  dX = base.inputGrad(g) + (gt·A)∘mask.
- * - `loraLinear`: the op called by LoraLinear layers.
+ * - `loraForwardAccumulate` / `loraBackwardAccumulate`: the same math as accumulating GEMMs (y = base(x), then
+ *   y += s·t·Bᵀ with beta = 1; the LoRA part of dX added into the base's input gradient in place): the op's
+ *   `cpu` kernel (f32 activations; bf16/f16 take the reference forms).
+ * - `loraLinear` / `loraLinearOp`: the op (defineOp) called by LoraLinear layers.
  */
 import {
   type OpBackward,
@@ -123,7 +126,7 @@ export function loraForward(x: Tensor, A: Tensor, B: Tensor, args: LoraOpArgs): 
     const t = matmul(xd, at);
     const bt = B.transpose(0, 1);
     const l = matmul(t, bt);
-    // TODO(runtime matmul accumulate β): y = base(x); y += s·t·Bᵀ in one GEMM once the Backend has it.
+    // readable form: a separate LoRA output and an add (the cpu kernel accumulates into y instead)
     const ls = mul(l, args.scaling);
     let y = ls;
     if (args.base) {
@@ -191,7 +194,7 @@ export function loraBackward(
         if (lxm !== lx) lx.dispose();
         if (args.base) {
           const bx = baseInputGrad(g, args.base);
-          dX = add(bx, lxm); // TODO(runtime in-place add): accumulate into bx
+          dX = add(bx, lxm); // readable form (the cpu kernel adds into bx in place)
           bx.dispose();
           lxm.dispose();
         } else dX = lxm;
