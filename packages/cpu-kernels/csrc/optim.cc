@@ -142,7 +142,15 @@ inline uint8_t quantizeSigned(const Quantizer& q, float y, float value) {
   return static_cast<uint8_t>(c);
 }
 
-inline float scaled(float value, float absmax) { return absmax > 0.0f ? value / absmax : 0.0f; }
+// y[j] = values[j] / absmax (0 for an all-zero block). A loop of its own: fused into the quantize loop
+// the divisions made that loop about 10x slower (measured), on its own it vectorizes.
+inline void scaledBlock(const float* values, float absmax, float* y, int64_t len) {
+  if (absmax > 0.0f) {
+    for (int64_t j = 0; j < len; ++j) y[j] = values[j] / absmax;
+  } else {
+    for (int64_t j = 0; j < len; ++j) y[j] = 0.0f;
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // AdamW 8-bit (bitsandbytes kOptimizerStatic8bit2StateBlockwise).
@@ -232,10 +240,11 @@ void adam8Block(const Adam8Args& a, int64_t b, bool avx2) {
   }
   a.a1[b] = max1;
   a.a2[b] = max2;
-  for (j = 0; j < len; ++j) {
-    a.s1[start + j] = quantizeSigned(*a.q1, scaled(m[j], max1), m[j]);
-    a.s2[start + j] = a.q2->quantize(scaled(v[j], max2));
-  }
+  alignas(32) float y[kBlock8];
+  scaledBlock(m, max1, y, len);
+  for (j = 0; j < len; ++j) a.s1[start + j] = quantizeSigned(*a.q1, y[j], m[j]);
+  scaledBlock(v, max2, y, len);
+  for (j = 0; j < len; ++j) a.s2[start + j] = a.q2->quantize(y[j]);
 }
 
 // optimAdamW8bit(p, g, state1, state2, absmax1, absmax2, qmap1, qmap2, n,
@@ -305,7 +314,9 @@ void lion8Block(const Lion8Args& a, int64_t b) {
     if (std::fabs(mm) > max1) max1 = std::fabs(mm);
   }
   a.a1[b] = max1;
-  for (int64_t j = 0; j < len; ++j) a.s1[start + j] = quantizeSigned(*a.q1, scaled(m[j], max1), m[j]);
+  float y[kBlock8];
+  scaledBlock(m, max1, y, len);
+  for (int64_t j = 0; j < len; ++j) a.s1[start + j] = quantizeSigned(*a.q1, y[j], m[j]);
 }
 
 // optimLion8bit(p, g, state1, absmax1, qmap1, n, decay, beta1, oneMinusBeta1, beta2, oneMinusBeta2, negLr)
