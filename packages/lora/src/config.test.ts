@@ -169,6 +169,10 @@ describe("adapter_config.json", () => {
     expect(() => configFromJson([], "x/adapter_config.json")).toThrow(/x\/adapter_config.json: expected a JSON object/);
     expect(() => configFromJson({ peft_type: "IA3" }, "f.json")).toThrow(/f.json: "peft_type" must be "LORA"/);
     expect(() => configFromJson({ peft_type: "LORA", r: -1 }, "f.json")).toThrow(/f.json: LoraConfig.r/);
+    expect(() => configFromJson({ peft_type: "LORA", r: null }, "f.json")).toThrow(
+      /f.json: LoraConfig.r: expected a positive integer, got null/,
+    );
+    expect(configFromJson({ peft_type: "LORA", rank_pattern: null, target_modules: null }).rank_pattern).toEqual({});
   });
   it("fuzz: any JSON value gives a config or a LoraError, never another throw", () => {
     fc.assert(

@@ -272,12 +272,19 @@ export function configFromJson(json: unknown, file = "adapter_config.json"): Lor
   const o = json as Record<string, unknown>;
   if (o.peft_type !== "LORA")
     throw new LoraError("BAD_FILE", `${file}: "peft_type" must be "LORA", got ${JSON.stringify(o.peft_type)}`);
+  // keys this package does not know are ignored (newer PEFT fields); null means "default" only where the
+  // default is null or an empty dict, so `"r": null` is still an error naming r
   const known = new Set([...Object.keys(LORA_DEFAULTS), ...Object.keys(UNSUPPORTED_NON_DEFAULT)]);
+  const nullable = new Set([
+    ...Object.entries(LORA_DEFAULTS)
+      .filter(([, v]) => v === null)
+      .map(([k]) => k),
+    "rank_pattern",
+    "alpha_pattern",
+    "loftq_config",
+  ]);
   const input: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(o)) if (known.has(k)) input[k] = v ?? (k in LORA_DEFAULTS ? undefined : v);
-  // null in JSON means "PEFT default" for the dict/list fields
-  for (const k of ["rank_pattern", "alpha_pattern", "loftq_config"]) if (input[k] === null) input[k] = undefined;
-  if (input.lora_dropout === undefined && o.lora_dropout === null) input.lora_dropout = undefined;
+  for (const [k, v] of Object.entries(o)) if (known.has(k)) input[k] = v === null && nullable.has(k) ? undefined : v;
   try {
     return loraConfig(input as LoraConfigInput);
   } catch (e) {
