@@ -1,11 +1,13 @@
 // Dense matmul: out[b] = op(A[b]) . op(B[b]) for f32 or bf16 inputs (bf16 is widened to f32 while
 // packing; accumulation is f32), with transposes and batch strides (0 = broadcast). bf16 x bf16 runs
-// on the AVX512-BF16 k-pair kernel instead where the CPU has it (gemm_bf16.cc).
+// on the AVX512-BF16 k-pair kernel instead where the CPU has it (gemm_bf16.cc). An f16 operand (with an
+// f32 other operand: activations x an f16 weight) is widened the same way, panel by panel, never whole.
 // Reference: packages/tensor reference backend `matmul` (tests: src/gemm.test.ts).
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
 
+#include "elementwise_dtype.h"
 #include "gemm_bf16.h"
 #include "gemm_driver.h"
 #include "gemm_kernels.h"
@@ -16,7 +18,14 @@
 namespace qlora {
 namespace {
 
+// f16 bit patterns, a distinct type so the packers widen them as f16 (bf16 arrives as plain uint16_t).
+struct F16 {
+  uint16_t bits;
+};
+static_assert(sizeof(F16) == sizeof(uint16_t), "F16 must alias uint16_t storage");
+
 inline float widen(float x) { return x; }
+inline float widen(F16 h) { return f16_to_f32(h.bits); }
 inline float widen(uint16_t bf16) {
   uint32_t bits = static_cast<uint32_t>(bf16) << 16;
   float f;
@@ -124,15 +133,21 @@ bool need(Napi::Env env, int64_t batch, int64_t stride, int64_t size, const char
   return true;
 }
 
-// matmul(a, b, out, batch, m, k, n, transA, transB, aBatchStride, bBatchStride)
-// a, b: Float32Array or Uint16Array (bf16 bits); out: Float32Array [batch*m*n].
+// matmul(a, b, out, batch, m, k, n, transA, transB, aBatchStride, bBatchStride[, aIsF16, bIsF16])
+// a, b: Float32Array or Uint16Array (bf16 bits, or f16 bits when flagged: the other operand must then be
+// f32); out: Float32Array [batch*m*n].
 Napi::Value Matmul(const Napi::CallbackInfo& info) {
   using namespace gemm_args;
   auto env = info.Env();
-  if (info.Length() != 11) {
-    fail_type(env, "matmul(a, b, out, batch, m, k, n, transA, transB, aBatchStride, bBatchStride): expected 11 arguments");
+  if (info.Length() != 11 && info.Length() != 13) {
+    fail_type(env,
+              "matmul(a, b, out, batch, m, k, n, transA, transB, aBatchStride, bBatchStride[, aIsF16, bIsF16]): "
+              "expected 11 arguments (13 with the f16 flags)");
     return env.Undefined();
   }
+  bool a_f16 = false, b_f16 = false;
+  if (info.Length() == 13 && (!get_bool(env, info[11], "aIsF16", a_f16) || !get_bool(env, info[12], "bIsF16", b_f16)))
+    return env.Undefined();
   MatmulArgs g{};
   if (!get_size(env, info[3], "batch", g.batch) || !get_size(env, info[4], "m", g.m) ||
       !get_size(env, info[5], "k", g.k) || !get_size(env, info[6], "n", g.n) ||
@@ -153,7 +168,13 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
     return env.Undefined();
   if (!(b16 ? get_array<uint16_t>(env, info[1], "b", need_b, bh) : get_array<float>(env, info[1], "b", need_b, bf)))
     return env.Undefined();
-  if (af && bf) run_matmul(g, af, bf, out);
+  if ((a_f16 && !ah) || (b_f16 && !bh) || (a_f16 && !bf) || (b_f16 && !af)) {
+    fail_type(env, "matmul: an f16 operand must be a Uint16Array and the other operand a Float32Array");
+    return env.Undefined();
+  }
+  if (a_f16) run_matmul(g, reinterpret_cast<const F16*>(ah), bf, out);
+  else if (b_f16) run_matmul(g, af, reinterpret_cast<const F16*>(bh), out);
+  else if (af && bf) run_matmul(g, af, bf, out);
   else if (af) run_matmul(g, af, bh, out);
   else if (bf) run_matmul(g, ah, bf, out);
   else run_matmul(g, ah, bh, out);

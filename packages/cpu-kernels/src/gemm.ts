@@ -19,6 +19,9 @@ export interface GemmNative {
     transB: boolean,
     aBatchStride: number,
     bBatchStride: number,
+    /** Both given when an operand holds f16 bits (the other operand must then be f32). */
+    aIsF16?: boolean,
+    bIsF16?: boolean,
   ): void;
   matmul4bit(x: Float32Array, m: number, out: Float32Array, w: NativeQuantWeight): void;
   matmul4bitInputGrad(dy: Float32Array, m: number, out: Float32Array, w: NativeQuantWeight): void;
@@ -58,11 +61,13 @@ function f32(b: Buffer, op: string, arg: string): Float32Array {
   return h.data;
 }
 
-function matmulInput(b: Buffer, arg: string): Float32Array | Uint16Array {
+/** An operand as the native GEMM takes it: f32 or bf16/f16 bits (f16 flagged; widened panel by panel). */
+function matmulInput(b: Buffer, arg: string): { data: Float32Array | Uint16Array; f16: boolean } {
   const h = host(b, "matmul", arg);
-  if (h.dtype === "f32" && h.data instanceof Float32Array) return h.data;
-  if (h.dtype === "bf16" && h.data instanceof Uint16Array) return h.data;
-  throw new CpuKernelsError("BAD_DTYPE", `cpu.matmul: ${arg} must be f32 or bf16, got ${h.dtype}`);
+  if (h.dtype === "f32" && h.data instanceof Float32Array) return { data: h.data, f16: false };
+  if ((h.dtype === "bf16" || h.dtype === "f16") && h.data instanceof Uint16Array)
+    return { data: h.data, f16: h.dtype === "f16" };
+  throw new CpuKernelsError("BAD_DTYPE", `cpu.matmul: ${arg} must be f32, bf16 or f16, got ${h.dtype}`);
 }
 
 /** QuantizedWeightBuffers → the plain object the native 4-bit kernels read. */
@@ -131,9 +136,14 @@ export function createGemmOps(
   };
   const run = (a: Buffer, b: Buffer, o: MatmulOptions, y: Float32Array): void => {
     const { batch, m, k, n } = o;
+    const A = matmulInput(a, "a");
+    const B = matmulInput(b, "b");
+    if ((A.f16 && !(B.data instanceof Float32Array)) || (B.f16 && !(A.data instanceof Float32Array)))
+      throw new CpuKernelsError("BAD_DTYPE", "cpu.matmul: an f16 operand needs an f32 other operand");
+    const f16Flags = A.f16 || B.f16 ? [A.f16, B.f16] : [];
     native.matmul(
-      matmulInput(a, "a"),
-      matmulInput(b, "b"),
+      A.data,
+      B.data,
       y,
       batch,
       m,
@@ -143,6 +153,7 @@ export function createGemmOps(
       o.transB === true,
       o.aBatchStride ?? m * k,
       o.bBatchStride ?? k * n,
+      ...f16Flags,
     );
   };
   return {

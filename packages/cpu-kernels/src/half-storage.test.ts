@@ -1,6 +1,6 @@
 // bf16/f16 storage on the cpu backend without whole-tensor copies: the native embedding gathers rows of
 // a bf16/f16 table (csrc/embedding.cc embeddingHalf; only gathered rows widened) and the native GEMM
-// takes f32 activations × a bf16 weight as stored (widened tile by tile while packing, csrc/gemm.cc).
+// takes f32 activations × a bf16 or f16 weight as stored (widened panel by panel while packing, csrc/gemm.cc).
 // Parity with the reference backend and byte counters of the shared host allocator.
 import { Generator, embedding, matmul, randn, referenceBackend, tensor, type Tensor } from "@qlora/tensor";
 import { describe, expect, it } from "vitest";
@@ -33,21 +33,37 @@ describe("bf16/f16 tables and weights on the cpu backend", () => {
     });
   }
 
-  it("f32 [37, 301] × bf16 weight [257, 301]ᵀ: the weight is not widened whole; equals the reference", () => {
-    const x = randn([37, 301], { backend: cpuBackend, generator: new Generator(2) });
-    const wF = randn([257, 301], { backend: cpuBackend, generator: new Generator(3) });
-    const w = wF.cast("bf16");
-    const { out, peak } = peakDuring(() => matmul(x, w.T));
-    expect(out.dtype).toBe("f32");
-    expect(peak).toBe(37 * 257 * 4); // the output only (a widened weight would add 309 KB)
-    const xr = tensor(x.toHost(), { shape: x.shape, backend: referenceBackend });
-    const wr = tensor(w.toHost(), { shape: w.shape, dtype: "bf16", backend: referenceBackend });
-    const want = matmul(xr, wr.T).toTypedArray();
-    const got = out.toTypedArray();
-    // TOL_ACC of the parity suite: atol 1e-6 + rtol 1e-4·|want| + stol 1e-5·max|want| (long f32 sums)
-    const maxAbs = Array.from(want).reduce((m, v) => Math.max(m, Math.abs(v)), 0);
-    for (let i = 0; i < want.length; i++)
-      expect(Math.abs(got[i] - want[i])).toBeLessThanOrEqual(1e-6 + 1e-4 * Math.abs(want[i]) + 1e-5 * maxAbs);
-    for (const t of [x, wF, w, out, xr, wr]) t.dispose();
+  for (const [dtype, transB] of [
+    ["bf16", true],
+    ["f16", true],
+    ["f16", false],
+  ] as const)
+    it(`f32 [37, 301] × ${dtype} weight [257, 301]${transB ? "ᵀ" : " (stored [301, 257])"}: not widened whole; equals the reference`, () => {
+      const x = randn([37, 301], { backend: cpuBackend, generator: new Generator(2) });
+      const wF = randn(transB ? [257, 301] : [301, 257], { backend: cpuBackend, generator: new Generator(3) });
+      const w = wF.cast(dtype);
+      const { out, peak } = peakDuring(() => matmul(x, transB ? w.T : w));
+      expect(out.dtype).toBe("f32");
+      expect(peak).toBe(37 * 257 * 4); // the output only (a widened weight would add 309 KB)
+      const xr = tensor(x.toHost(), { shape: x.shape, backend: referenceBackend });
+      const wr = tensor(w.toHost(), { shape: w.shape, dtype, backend: referenceBackend });
+      const want = matmul(xr, transB ? wr.T : wr).toTypedArray();
+      const got = out.toTypedArray();
+      // TOL_ACC of the parity suite: atol 1e-6 + rtol 1e-4·|want| + stol 1e-5·max|want| (long f32 sums)
+      const maxAbs = Array.from(want).reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+      for (let i = 0; i < want.length; i++)
+        expect(Math.abs(got[i] - want[i])).toBeLessThanOrEqual(1e-6 + 1e-4 * Math.abs(want[i]) + 1e-5 * maxAbs);
+      for (const t of [x, wF, w, out, xr, wr]) t.dispose();
+    });
+
+  it("f16 × f16 is refused by the native GEMM with a typed error (the frontend widens one side first)", () => {
+    const a = randn([3, 5], { backend: cpuBackend, generator: new Generator(4) }).cast("f16");
+    const b = randn([5, 2], { backend: cpuBackend, generator: new Generator(5) }).cast("f16");
+    expect(() => cpuBackend.matmul(a.buffer, b.buffer, { batch: 1, m: 3, k: 5, n: 2 })).toThrow(
+      /an f16 operand needs an f32 other operand/,
+    );
+    const viaFrontend = matmul(a, b); // both f16: read as f32, still correct
+    expect(viaFrontend.shape).toEqual([3, 2]);
+    for (const t of [a, b, viaFrontend]) t.dispose();
   });
 });

@@ -341,11 +341,13 @@ function matmulRaw(a: Tensor, b: Tensor): Tensor {
       `matmul: ${JSON.stringify(a.shape)} @ ${JSON.stringify(b.shape)}: inner sizes ${k} and ${b.shape[b.ndim - 2]} differ`,
     );
   const batch = broadcastShapes(a.shape.slice(0, -2), b.shape.slice(0, -2), "matmul batch");
-  // each operand keeps bf16 storage (f32 activations × a bf16 weight: the backend converts tile by tile,
-  // never the whole weight); anything else is read as f32
+  // each operand keeps bf16 storage, and f16 storage against an f32 operand (f32 activations × a bf16/f16
+  // weight: the backend converts tile by tile, never the whole weight); anything else is read as f32
   const dtype: DType = a.dtype === "bf16" && b.dtype === "bf16" ? "bf16" : "f32";
-  const A = operand(a, batch, a.dtype === "bf16" ? "bf16" : "f32");
-  const Bo = operand(b, batch, b.dtype === "bf16" ? "bf16" : "f32");
+  const keep = (t: Tensor, other: Tensor): DType =>
+    t.dtype === "bf16" || (t.dtype === "f16" && other.dtype === "f32") ? t.dtype : "f32";
+  const A = operand(a, batch, keep(a, b));
+  const Bo = operand(b, batch, keep(b, a));
   let B = numel(batch);
   let M = m;
   let aStride = A.batchStride;

@@ -1,5 +1,5 @@
 // bf16/f16 storage without whole-tensor copies: an embedding lookup gathers rows from a bf16/f16 table
-// without widening the table, and f32 activations × a bf16 weight go to the backend's matmul as stored
+// without widening the table, and f32 activations × a bf16/f16 weight go to the backend's matmul as stored
 // (converted tile by tile). Measured with the backend's byte counters (every buffer, raw ones included).
 import { describe, expect, it } from "vitest";
 import { createReferenceBackend } from "../src/backend/reference";
@@ -46,34 +46,35 @@ describe("embedding from a bf16/f16 table", () => {
   }
 });
 
-describe("matmul with f32 activations × a bf16 weight", () => {
-  it("hands the weight over as stored (no whole f32 copy) and equals the widened product", () => {
-    const be = createReferenceBackend({ name: "mm-bf16" });
-    let seen: string[] = [];
-    const spy: Backend = {
-      ...be,
-      matmul(a, b, o, out) {
-        seen = [a.dtype, b.dtype];
-        return be.matmul(a, b, o, out);
-      },
-    };
-    const [M, K, N] = [5, 64, 300];
-    const x = randn([M, K], { backend: spy, generator: new Generator(2) });
-    const w = randn([N, K], { backend: spy, generator: new Generator(3) }).cast("bf16");
-    const wf = w.cast("f32");
-    const want = matmul(x, wf.T);
-    let got: Tensor | undefined;
-    const peak = peakOf(spy, () => {
-      got = matmul(x, w.T);
-      return [];
+describe("matmul with f32 activations × a bf16/f16 weight", () => {
+  for (const dtype of ["bf16", "f16"] as const)
+    it(`${dtype}: hands the weight over as stored (no whole f32 copy) and equals the widened product`, () => {
+      const be = createReferenceBackend({ name: "mm-bf16" });
+      let seen: string[] = [];
+      const spy: Backend = {
+        ...be,
+        matmul(a, b, o, out) {
+          seen = [a.dtype, b.dtype];
+          return be.matmul(a, b, o, out);
+        },
+      };
+      const [M, K, N] = [5, 64, 300];
+      const x = randn([M, K], { backend: spy, generator: new Generator(2) });
+      const w = randn([N, K], { backend: spy, generator: new Generator(3) }).cast(dtype);
+      const wf = w.cast("f32");
+      const want = matmul(x, wf.T);
+      let got: Tensor | undefined;
+      const peak = peakOf(spy, () => {
+        got = matmul(x, w.T);
+        return [];
+      });
+      expect(seen).toEqual(["f32", dtype]);
+      expect(got!.dtype).toBe("f32");
+      const g = got!.toTypedArray();
+      const r = want.toTypedArray();
+      for (let i = 0; i < r.length; i++) expect(Math.abs(g[i] - r[i])).toBeLessThanOrEqual(1e-5 * (1 + Math.abs(r[i])));
+      // only the [M, N] f32 output; a widened weight would add N·K·4 = 76.8 KB
+      expect(peak).toBe(M * N * 4);
+      for (const t of [x, w, wf, want, got!]) t.dispose();
     });
-    expect(seen).toEqual(["f32", "bf16"]);
-    expect(got!.dtype).toBe("f32");
-    const g = got!.toTypedArray();
-    const r = want.toTypedArray();
-    for (let i = 0; i < r.length; i++) expect(Math.abs(g[i] - r[i])).toBeLessThanOrEqual(1e-5 * (1 + Math.abs(r[i])));
-    // only the [M, N] f32 output; a widened weight would add N·K·4 = 76.8 KB
-    expect(peak).toBe(M * N * 4);
-    for (const t of [x, w, wf, want, got!]) t.dispose();
-  });
 });
