@@ -93,7 +93,12 @@ export class LoraModel {
     const candidates = all.filter(([n]) => n !== "" && !insideWrapper(n, wrapperNames));
     const linearNames = candidates.filter(([, m]) => isLinear(m) || m instanceof LoraLinear).map(([n]) => n);
     const target = resolveTargetModules(config, linearNames, options);
-    const resolved: LoraConfig = Object.freeze({ ...config, target_modules: target });
+    if (config.fan_in_fan_out)
+      // PEFT's rule for nn.Linear targets: weights here are always [out, in]
+      this.onWarning(
+        `LoraConfig.fan_in_fan_out is true but the targets are Linear layers ([out, in]); setting it to false`,
+      );
+    const resolved: LoraConfig = Object.freeze({ ...config, target_modules: target, fan_in_fan_out: false });
     const gen = options.generator ?? getGenerator();
     // plan first, so that a rejected target leaves the model untouched
     const toSave: [string, Module][] = [];

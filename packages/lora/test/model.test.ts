@@ -104,6 +104,17 @@ describe("injection", () => {
     expect(() => lm.setAdapter("missing")).toThrow(/adapter "missing" does not exist/);
   });
 
+  it("fan_in_fan_out on Linear targets is set to false with a warning (PEFT's rule)", () => {
+    const warnings: string[] = [];
+    const lm = LoraModel.inject(
+      new TinyModel(),
+      { target_modules: ["q_proj"], fan_in_fan_out: true },
+      { onWarning: (w) => warnings.push(w) },
+    );
+    expect(lm.configs.get("default")!.fan_in_fan_out).toBe(false);
+    expect(warnings[0]).toMatch(/fan_in_fan_out is true/);
+  });
+
   it("backward reaches only the active adapter's A and B (base frozen)", () => {
     const model = new TinyModel();
     const lm = LoraModel.inject(model, { r: 4, target_modules: ["q_proj", "up_proj"] });
