@@ -9,9 +9,10 @@ import { join } from "node:path";
 import { LoraModel } from "@qlora/lora";
 import { AdamW } from "@qlora/paged-optim";
 import { Linear4bit, manualSeed } from "@qlora/tensor";
+import { existsSync } from "node:fs";
 import { afterAll, describe, expect, it } from "vitest";
 import { Trainer, type TokenDataset, loadTokenDataset } from "../src/index";
-import { llamaLoss, tinyLlama } from "./helpers/llama";
+import { llamaLoss, peftCheckpointIO, tinyLlama } from "./helpers/llama";
 
 const work = mkdtempSync(join(tmpdir(), "qlora-e2e-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -40,26 +41,45 @@ async function train(kind: "nf4" | "bf16", data: TokenDataset) {
   const lora = LoraModel.inject(model, { r: 8, lora_alpha: 16, target_modules: "all-linear", lora_dropout: 0 });
   const trainable = [...model.namedParameters()].filter(([, p]) => p.requiresGrad);
   const optimizer = new AdamW(trainable, { lr: 3e-2, weightDecay: 0 });
-  const trainer = new Trainer({
-    model,
-    optimizer,
-    loss: llamaLoss,
-    train: data.train,
-    eval: data.eval,
-    args: {
-      seed: 0,
-      learningRate: 3e-2,
-      maxSteps: 40,
-      gradientAccumulationSteps: 1,
-      maxGradNorm: 1,
-      gradientCheckpointing: true,
-      loggingSteps: 10,
-      scheduler: { name: "cosine", warmupSteps: 2 },
-    },
-  });
+  const make = (m: typeof model, o: typeof optimizer, io: ReturnType<typeof peftCheckpointIO>) =>
+    new Trainer({
+      model: m,
+      optimizer: o,
+      loss: llamaLoss,
+      train: data.train,
+      eval: data.eval,
+      checkpointIO: io,
+      args: {
+        outputDir: join(work, kind),
+        saveSteps: 40,
+        seed: 0,
+        learningRate: 3e-2,
+        maxSteps: 40,
+        gradientAccumulationSteps: 1,
+        maxGradNorm: 1,
+        gradientCheckpointing: true,
+        loggingSteps: 10,
+        scheduler: { name: "cosine", warmupSteps: 2 },
+      },
+    });
+  const trainer = make(model, optimizer, peftCheckpointIO(lora));
   const start = (await trainer.evaluate()).eval_loss;
   await trainer.fit();
   const end = (await trainer.evaluate()).eval_loss;
+  // The checkpoint holds a PEFT adapter; loading it into a fresh model restores the same eval loss.
+  const ckpt = join(work, kind, "checkpoint-40");
+  for (const f of ["adapter_model.safetensors", "adapter_config.json", "optimizer.json", "trainer_state.json"])
+    expect(existsSync(join(ckpt, f))).toBe(true);
+  manualSeed(0);
+  const fresh = tinyLlama(kind, 1);
+  const freshLora = LoraModel.inject(fresh, { r: 8, lora_alpha: 16, target_modules: "all-linear", lora_dropout: 0 });
+  const freshOpt = new AdamW(
+    [...fresh.namedParameters()].filter(([, p]) => p.requiresGrad),
+    { lr: 3e-2 },
+  );
+  const reloaded = make(fresh, freshOpt, peftCheckpointIO(freshLora));
+  await reloaded.loadCheckpoint(ckpt);
+  expect((await reloaded.evaluate()).eval_loss).toBe(end);
   const quantized = [...model.namedModules()].filter(([, m]) => m instanceof Linear4bit).length;
   const frozenDtypes = new Set([...model.namedParameters()].filter(([, p]) => !p.requiresGrad).map(([, p]) => p.dtype));
   return { start, end, quantized, frozenDtypes, loraLayers: lora.loraLayers().length, trainable: trainable.length };

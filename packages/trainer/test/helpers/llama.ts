@@ -1,8 +1,11 @@
 /** Integration helpers: a tiny generated Llama (models), LoRA (lora), AdamW (paged-optim), TokenBatch loss. */
+import { join } from "node:path";
+import { openSafetensors } from "@qlora/formats";
+import { ADAPTER_WEIGHTS_NAME, type LoraModel, adapterStateDict, saveAdapter } from "@qlora/lora";
 import { type CausalLM, createModel, parseConfig, randomLayers } from "@qlora/models";
 import { tensor } from "@qlora/tensor";
 import type { Module, Tensor } from "@qlora/tensor";
-import type { TokenBatch } from "../../src/index";
+import type { CheckpointIO, TokenBatch } from "../../src/index";
 
 export const tinyLlamaConfig = (vocab = 64) =>
   parseConfig({
@@ -41,4 +44,30 @@ export function llamaLoss(model: Module, b: TokenBatch): Tensor {
   for (const t of [inputIds, positionIds, segmentIds, labels]) t.dispose();
   out.loss?.dispose();
   return out.lossSum as Tensor;
+}
+
+/**
+ * CheckpointIO writing the adapter in PEFT format (what the CLI wires): save_pretrained's files; load copies the
+ * file's tensors back into the live adapter parameters.
+ */
+export function peftCheckpointIO(lm: LoraModel): CheckpointIO {
+  return {
+    async saveModel(dir) {
+      await saveAdapter(lm, dir);
+    },
+    async loadModel(dir, model) {
+      const names = new Map([...model.namedParameters()].map(([n, p]) => [p, n]));
+      const f = await openSafetensors(join(dir, ADAPTER_WEIGHTS_NAME));
+      const sd: Record<string, Tensor> = {};
+      try {
+        for (const [key, live] of Object.entries(adapterStateDict(lm, "default"))) {
+          const data = await f.readTyped(key, "F32");
+          sd[names.get(live) as string] = tensor(Float32Array.from(data), { shape: [...live.shape] });
+        }
+      } finally {
+        await f.close();
+      }
+      model.loadStateDict(sd, { strict: false });
+    },
+  };
 }
