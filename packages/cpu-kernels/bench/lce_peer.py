@@ -28,11 +28,12 @@ def main():
     ap.add_argument("--tokens", type=int, required=True)
     ap.add_argument("--hidden", type=int, required=True)
     ap.add_argument("--vocab", type=int, required=True)
+    ap.add_argument("--frozen-head", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     h = torch.randn(args.tokens, args.hidden, requires_grad=True)
-    w = (torch.randn(args.vocab, args.hidden) * 0.02).requires_grad_(True)
+    w = (torch.randn(args.vocab, args.hidden) * 0.02).requires_grad_(not args.frozen_head)
     labels = torch.randint(0, args.vocab, (args.tokens,))
     labels[::7] = -100
 

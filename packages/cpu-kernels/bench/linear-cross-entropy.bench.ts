@@ -3,7 +3,8 @@
 // ratio = torch ms / our ms (> 1: we are faster). Memory: ours = peak bytes the step allocates through the
 // shared host allocator (the chunk's logits, dHidden, dWeight and temporaries) and the process's peak-RSS
 // growth; torch's = its peak-RSS growth (the full [tokens, vocab] logits and their gradient).
-//   args: --threads 2 --reps 3 --tokens 1024 --hidden 512 --vocab 16384 --chunks 256,1024
+// --frozen-head: the head does not train (the usual QLoRA case): no dWeight on either side.
+//   args: --threads 2 --reps 3 --tokens 1024 --hidden 512 --vocab 16384 --chunks 256,1024 [--frozen-head]
 import { spawnSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -21,6 +22,7 @@ const threads = Number(arg("threads", String(getThreads())));
 const reps = Number(arg("reps", "3"));
 const [N, H, V] = [Number(arg("tokens", "1024")), Number(arg("hidden", "512")), Number(arg("vocab", "16384"))];
 const chunks = arg("chunks", "256,1024").split(",").map(Number);
+const frozenHead = process.argv.includes("--frozen-head");
 const be = cpuBackend;
 
 function statusKb(key: string): number {
@@ -34,7 +36,7 @@ function measure(chunkSize: number) {
   const h = randn([N, H], { backend: be, generator: new Generator(1), requiresGrad: true });
   const w0 = randn([V, H], { backend: be, generator: new Generator(2) });
   const w = w0.mul(0.02);
-  w.requiresGrad = true;
+  w.requiresGrad = !frozenHead;
   const labels = tensor(
     Array.from({ length: N }, (_, i) => (i % 7 === 0 ? -100 : (i * 7919) % V)),
     { dtype: "i32", backend: be },
@@ -42,7 +44,7 @@ function measure(chunkSize: number) {
   const step = () => {
     const { loss, tokens } = linearCrossEntropy(h, w, labels, { chunkSize });
     loss.backward();
-    for (const t of [loss, tokens, h.grad!, w.grad!]) t.dispose();
+    for (const t of [loss, tokens, h.grad!, w.grad]) t?.dispose();
     h.grad = null;
     w.grad = null;
   };
@@ -82,6 +84,7 @@ const r = spawnSync(
     String(H),
     "--vocab",
     String(V),
+    ...(frozenHead ? ["--frozen-head"] : []),
   ],
   {
     encoding: "utf8",
@@ -91,7 +94,7 @@ const r = spawnSync(
 if (r.status !== 0) throw new Error(`lce_peer.py failed: ${r.stderr}`);
 const peer = JSON.parse(r.stdout) as { torch: string; ms: number; peak_bytes: number };
 console.log(
-  `linearCrossEntropy fwd+bwd, tokens ${N}, hidden ${H}, vocab ${V}, ${threads} threads (torch ${peer.torch})`,
+  `linearCrossEntropy fwd+bwd, tokens ${N}, hidden ${H}, vocab ${V}, ${frozenHead ? "frozen" : "trained"} head, ${threads} threads (torch ${peer.torch})`,
 );
 console.log(`full logits would be ${mb(N * V * 4)} MiB (and as much again for their gradient)`);
 console.log(
