@@ -33,7 +33,7 @@ def main():
             return {"mm": lambda: torch.mm(a, b, out=c)}
         w = torch.randn(n, k).to(dtype)  # F.linear(x, W) layout
         wt = w.t().contiguous()
-        return {"mm(x, W.t())": lambda: torch.mm(a, w.t(), out=c), "mm(x, Wt)": lambda: torch.mm(a, wt, out=c)}
+        return {"mm(x,W.t())": lambda: torch.mm(a, w.t(), out=c), "mm(x,Wt)": lambda: torch.mm(a, wt, out=c)}
 
     def mv(n, k):
         w, x, y = torch.randn(n, k), torch.randn(k), torch.empty(n)

@@ -198,38 +198,30 @@ void check_gemv_taken() {
 }
 #endif
 
-// AttnProblem gained a key length, a causal offset and layout strides (KV cache, "bshd"): fill them for
-// the plain causal "bhsd" case when this version of attention.h has them.
-template <class P>
-auto plain_layout(P& p, int) -> decltype(p.kv_seq, p.q_rs, void()) {
-  p.kv_seq = p.seq, p.offset = 0;
-  p.q_rs = p.d, p.q_hs = p.seq * p.d, p.q_bs = p.heads * p.seq * p.d;
-  p.kv_rs = p.d, p.kv_hs = p.seq * p.d, p.kv_bs = p.kv_heads * p.seq * p.d;
-}
-template <class P>
-void plain_layout(P&, long) {}
-
-// Causal attention (no segments): out and lse from sse::attn_forward (the 128-bit level:
-// SSE on x86-64, NEON on arm64) against an f64 softmax reference.
+// Causal attention forward (no segments, layout [b, h, s, d]): out and lse from sse::attn_forward (the
+// 128-bit level: SSE on x86-64, NEON on arm64) against an f64 softmax reference, including a KV-cache
+// case (kv_seq > seq: query i at position offset + i sees keys j <= offset + i).
 void check_attention() {
-  const int64_t shapes[][4] = {{1, 4, 1, 5}, {1, 4, 2, 129}, {2, 2, 1, 70}};  // batch, heads, kv heads, seq
+  const int64_t shapes[][5] = {{1, 4, 1, 5, 0}, {1, 4, 2, 129, 0}, {2, 2, 1, 70, 0}, {1, 4, 2, 67, 61}};
   for (const auto& s : shapes)
     for (int64_t d : {8, 24, 64}) {
       AttnProblem p{};
       p.batch = s[0], p.heads = s[1], p.kv_heads = s[2], p.seq = s[3], p.d = d;
+      p.kv_seq = s[3] + s[4], p.offset = s[4];
+      const int64_t S = p.seq, KS = p.kv_seq, G = p.heads / p.kv_heads;
+      p.q_rs = d, p.q_hs = S * d, p.q_bs = p.heads * S * d;
+      p.kv_rs = d, p.kv_hs = KS * d, p.kv_bs = p.kv_heads * KS * d;
       p.scale = 1.0f / std::sqrt(float(d));
-      plain_layout(p, 0);
-      const int64_t S = p.seq, G = p.heads / p.kv_heads;
-      const auto q = rand_vec(p.batch * p.heads * S * d, 1 + d), k = rand_vec(p.batch * p.kv_heads * S * d, 2 + d),
-                 v = rand_vec(p.batch * p.kv_heads * S * d, 3 + d);
+      const auto q = rand_vec(p.batch * p.heads * S * d, 1 + d), k = rand_vec(p.batch * p.kv_heads * KS * d, 2 + d),
+                 v = rand_vec(p.batch * p.kv_heads * KS * d, 3 + d);
       p.q = q.data(), p.k = k.data(), p.v = v.data(), p.seg = nullptr;
-      std::vector<float> kt(attn_kt_floats(p));
+      std::vector<float> kt(attn_kt_floats(p));  // K tile by tile, transposed (as attention.cc builds it)
       const int64_t tiles = attn_key_tiles(p);
       for (int64_t bh = 0; bh < p.batch * p.kv_heads; ++bh)
         for (int64_t t = 0; t < tiles; ++t)
-          for (int64_t j = 0; j < std::min(kAttnBc, S - t * kAttnBc); ++j)
+          for (int64_t j = 0; j < std::min(kAttnBc, KS - t * kAttnBc); ++j)
             for (int64_t c = 0; c < d; ++c)
-              kt[((bh * tiles + t) * d + c) * kAttnBc + j] = k[(bh * S + t * kAttnBc + j) * d + c];
+              kt[((bh * tiles + t) * d + c) * kAttnBc + j] = k[(bh * KS + t * kAttnBc + j) * d + c];
       p.kt = kt.data();
       std::vector<float> out(q.size(), NAN), lse(p.batch * p.heads * S, NAN);
       std::vector<float> scratch(attn_forward_scratch(p));
@@ -238,10 +230,11 @@ void check_attention() {
       for (int64_t b = 0; b < p.batch; ++b)
         for (int64_t h = 0; h < p.heads; ++h)
           for (int64_t i = 0; i < S; ++i) {
-            const int64_t qo = ((b * p.heads + h) * S + i) * d, kvo = (b * p.kv_heads + h / G) * S * d;
-            std::vector<double> sc(i + 1);
+            const int64_t qo = ((b * p.heads + h) * S + i) * d, kvo = (b * p.kv_heads + h / G) * KS * d;
+            const int64_t last = p.offset + i;  // causal: keys 0..offset+i
+            std::vector<double> sc(last + 1);
             double mx = -INFINITY, sum = 0;
-            for (int64_t j = 0; j <= i; ++j) {
+            for (int64_t j = 0; j <= last; ++j) {
               double dot = 0;
               for (int64_t c = 0; c < d; ++c) dot += double(q[qo + c]) * k[kvo + j * d + c];
               mx = std::max(mx, sc[j] = dot * p.scale);
@@ -249,14 +242,15 @@ void check_attention() {
             for (auto& x : sc) sum += (x = std::exp(x - mx));
             for (int64_t c = 0; c < d; ++c) {
               double o = 0;
-              for (int64_t j = 0; j <= i; ++j) o += sc[j] * v[kvo + j * d + c];
+              for (int64_t j = 0; j <= last; ++j) o += sc[j] * v[kvo + j * d + c];
               want[qo + c] = o / sum;
             }
             want_lse[(b * p.heads + h) * S + i] = mx + std::log(sum);
           }
       const std::string what = "attention fwd b" + std::to_string(p.batch) + " h" + std::to_string(p.heads) + "/" +
-                               std::to_string(p.kv_heads) + " seq" + std::to_string(S) + " d" + std::to_string(d);
-      // attention.test.ts's bound: 1e-5 + 1e-4 |want| (terms = 1: no sqrt growth in this form)
+                               std::to_string(p.kv_heads) + " seq" + std::to_string(S) + " kv" + std::to_string(KS) +
+                               " d" + std::to_string(d);
+      // attention.test.ts's bound: 1e-5 + 1e-4 |want|
       double worst = 0;
       for (size_t i = 0; i < out.size(); ++i)
         worst = std::max(worst, std::fabs(out[i] - want[i]) / (1e-5 + 1e-4 * std::fabs(want[i])));
