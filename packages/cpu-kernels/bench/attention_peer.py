@@ -5,7 +5,8 @@ scaled_dot_product_attention before 2.0) with autograd, in the fastest plain for
                (no copy of k/v per query head); s = baddbmm(causal additive mask, q·scale, kᵀ) (mask fused
                into the GEMM's C input); p = softmax(s); o = bmm(p, v); o.backward(dout)
 The older form ("repeat_interleave": k, v repeated to the query heads, 4-D matmul, masked_fill) is
-timed too, and the faster of the two at each seq is the peer (its name is printed). Prints one JSON object:
+timed too at seq <= --compare-max-seq (default 512; above that it is several times slower and takes minutes
+per step on a loaded 2-core machine), and the faster form at each seq is the peer (its name is printed). Prints one JSON object:
     {"torch": version, "ms": {seq: median ms}, "form": {seq: name}, "all_ms": {seq: {form: ms}},
      "peak_bytes": {seq: peak RSS growth during one fwd+bwd of the chosen form}}
 Peak memory: the process's VmHWM (peak resident set) is reset to the current RSS through
@@ -36,6 +37,7 @@ def main():
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--kv-heads", type=int, default=4)
     ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--compare-max-seq", type=int, default=512)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -81,7 +83,9 @@ def main():
                 times.append((time.perf_counter() - t0) * 1e3)
             return statistics.median(times)
 
-        forms = {"baddbmm": step_baddbmm, "repeat_interleave": step_repeat}
+        forms = {"baddbmm": step_baddbmm}
+        if seq <= args.compare_max_seq:
+            forms["repeat_interleave"] = step_repeat
         all_ms[seq] = {name: timed(fn, args.reps) for name, fn in forms.items()}
         best = min(all_ms[seq], key=all_ms[seq].get)
         step = forms[best]
