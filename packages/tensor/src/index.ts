@@ -17,6 +17,7 @@ export {
   tensor,
   fromArray,
   zeros,
+  empty,
   ones,
   full,
   zerosLike,

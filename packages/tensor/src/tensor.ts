@@ -581,6 +581,17 @@ export function zeros(shape: Shape, o?: CreateOptions): Tensor {
   const dtype = o?.dtype ?? "f32";
   return finish(fromBuffer(be.alloc(dtype, numel(shape)), be, shape, dtype), o);
 }
+/**
+ * A tensor whose contents are unspecified (a recycled buffer from the caching allocator, not zeroed): for an
+ * output that is written in full right away, e.g. by matmulAccumulate(c, a, b, 1, 0).
+ */
+export function empty(shape: Shape, o?: CreateOptions): Tensor {
+  checkShape(shape, "empty");
+  const be = resolveBackend(o);
+  const dtype = o?.dtype ?? "f32";
+  const buf = be.allocUninit ? be.allocUninit(dtype, numel(shape)) : be.alloc(dtype, numel(shape));
+  return finish(fromBuffer(buf, be, shape, dtype), o);
+}
 export function ones(shape: Shape, o?: CreateOptions): Tensor {
   return full(shape, 1, o);
 }

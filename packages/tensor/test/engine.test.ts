@@ -5,7 +5,7 @@ import { checkpoint } from "../src/checkpoint";
 import { memoryStats } from "../src/memory";
 import * as ops from "../src/ops";
 import { randomValues } from "../src/testing/gradcheck";
-import { fromBuffer, randn, tensor, tidy } from "../src/tensor";
+import { empty, fromBuffer, randn, tensor, tidy } from "../src/tensor";
 
 const vals = (n: number, seed: number) => Array.from(randomValues(n, seed));
 
@@ -117,6 +117,15 @@ describe("matmul with accumulation (C = alpha·op(A)·op(B) + beta·C)", () => {
     const want2 = ops.add(ops.matmul(a, b3), c2).toArray();
     ops.matmulAccumulate(c2, a, b3);
     expectClose(c2.toArray(), want2);
+  });
+  it("into empty(): a recycled output written in full (beta 0)", () => {
+    const junk = tensor(new Float32Array(2000).fill(Number.NaN), { shape: [40, 50] });
+    junk.dispose(); // back to the free list, NaN inside
+    const c = empty([40, 50]);
+    const a = randn([40, 7]);
+    const b = randn([7, 50]);
+    ops.matmulAccumulate(c, a, b, 1, 0);
+    expectClose(c.toArray(), ops.matmul(a, b).toArray(), 1e-6);
   });
   it("beta = 0 never reads C (NaN garbage does not leak in)", () => {
     const c = tensor([Number.NaN, Number.NaN, Number.NaN, Number.NaN], { shape: [2, 2] });
