@@ -95,11 +95,14 @@ interface Frame {
   readonly pending: Map<Tensor, number>;
   readonly touched: Set<Tensor>;
   readonly fired: Set<Tensor>;
+  /** Leaves that received a gradient (outermost frame; nested walks record here too). */
+  readonly received: Set<Tensor>;
 }
 const frames: Frame[] = [];
 
 function runHooks(leaf: Tensor, frame: Frame): void {
-  if (frame.fired.has(leaf)) return;
+  // as in PyTorch: no hook for a leaf that got no gradient in this backward (e.g. only through sign())
+  if (frame.fired.has(leaf) || !frame.received.has(leaf)) return;
   frame.fired.add(leaf);
   leaf._runPostAccumulateGradHooks();
 }
@@ -168,12 +171,18 @@ export function backward(root: Tensor, grad?: Tensor): void {
     g0 = fromBuffer(root.backend.fill("f32", 1, 1), root.backend, root.shape, "f32");
   }
   const order = topo(root);
-  const frame: Frame = { pending: countLeafContributions(order), touched: new Set(), fired: new Set() };
+  const frame: Frame = {
+    pending: countLeafContributions(order),
+    touched: new Set(),
+    fired: new Set(),
+    received: frames.length > 0 ? frames[0].received : new Set(),
+  };
   if (!root.gradFn) frame.pending.set(root, 1);
   frames.push(frame);
   try {
     if (!root.gradFn) {
       noGrad(() => accumulateLeaf(root, g0));
+      frame.received.add(root);
       contributed(root);
       return;
     }
@@ -248,6 +257,7 @@ function runNode(node: Node, grads: Map<Node, Tensor>): void {
       grads.set(input.gradFn, prev ? fanIn(prev, gi) : gi);
     } else {
       accumulateLeaf(input, gi);
+      frames[0].received.add(input);
       contributed(input);
     }
   }

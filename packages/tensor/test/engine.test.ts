@@ -238,6 +238,16 @@ describe("post-accumulate-grad hooks", () => {
     expect(calls).toBe(1);
     expect(inHook).toEqual(w.grad!.toArray());
   });
+  it("no hook for a parameter that received no gradient in this backward", () => {
+    const w = tensor([1, -2, 3], { requiresGrad: true });
+    const v = tensor([1, 1, 1], { requiresGrad: true });
+    const calls: string[] = [];
+    w.registerPostAccumulateGradHook(() => calls.push("w"));
+    v.registerPostAccumulateGradHook(() => calls.push("v"));
+    tidy(() => w.sign().add(v).sum()).backward(); // sign() passes no gradient to w
+    expect(calls).toEqual(["v"]);
+    expect(w.grad).toBeNull();
+  });
   it("typed errors", () => {
     const x = tensor([1], { requiresGrad: true });
     const y = x.mul(2);
