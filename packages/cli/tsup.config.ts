@@ -1,7 +1,8 @@
 import { defineConfig } from "tsup";
 
 export default defineConfig({
-  entry: ["src/index.ts"],
+  // bin.ts is the `qlora` executable (package.json "bin"); its #!/usr/bin/env node line is kept by esbuild
+  entry: ["src/index.ts", "src/bin.ts"],
   format: ["esm"],
   dts: true,
   clean: true,

@@ -12,3 +12,5 @@ export { writeReport, reportHtml, readMetrics, metricSeries } from "./report";
 export { runTrain, loadBase, loraSettings, buildOptimizer } from "./train";
 export type { TrainOptions, TrainResult } from "./train";
 export { batchLoss } from "./loss";
+export { runDemo, demoAssets } from "./demo/run";
+export type { DemoOptions, DemoResult, DemoScore } from "./demo/run";

@@ -4,12 +4,15 @@
  */
 import { Command, CommanderError } from "commander";
 import { registerConvert } from "./commands/convert";
+import { registerDemo } from "./commands/demo";
 import { registerEstimate } from "./commands/estimate";
 import { registerEval } from "./commands/eval";
 import { registerGenerate } from "./commands/generate";
 import { registerInspect } from "./commands/inspect";
+import { registerPreprocess } from "./commands/preprocess";
 import { registerReport } from "./commands/report";
 import { registerTrain } from "./commands/train";
+import { selectDevice } from "./device";
 import { CliError } from "./errors";
 
 export interface GlobalOptions {
@@ -38,12 +41,18 @@ export function buildProgram(io: Io = defaultIo): Command {
     .option("--threads <n>", "CPU threads", (v) => positiveInt(v, "--threads"))
     .option("--quiet", "print only results")
     .option("--verbose", "print stacks with errors")
+    .hook("preAction", (cmd) => {
+      const o = cmd.opts() as GlobalOptions;
+      selectDevice(o.device, o.threads);
+    })
     .showHelpAfterError()
     .exitOverride()
     .configureOutput({ writeOut: (s) => io.out(s.trimEnd()), writeErr: (s) => io.err(s.trimEnd()) });
+  registerDemo(program, io);
   registerEstimate(program, io);
   registerInspect(program, io);
   registerReport(program, io);
+  registerPreprocess(program, io);
   registerTrain(program, io);
   registerGenerate(program, io);
   registerEval(program, io);

@@ -13,8 +13,8 @@ import type { Tensor } from "@qlora/tensor";
 import {
   type CheckpointIO,
   type DataFormat,
+  type DatasetOptions,
   type TokenBatch,
-  type TokenDataset,
   Trainer,
   type TrainerOptimizer,
   type TrainerPlugin,
@@ -102,10 +102,11 @@ export function buildOptimizer(config: TrainConfig, params: [string, Tensor][]):
   return new AdamW(groups, { lr, weightDecay, ...state });
 }
 
-async function loadData(config: TrainConfig, tokenizer: HfTokenizer): Promise<TokenDataset> {
+/** The data pipeline's options for a config (train and preprocess tokenize the same way). */
+export function datasetOptions(config: TrainConfig, tokenizer: HfTokenizer): DatasetOptions {
   const types = new Set(config.datasets.map((d) => d.type));
   const format: DataFormat = types.size === 1 ? DATASET_FORMATS[config.datasets[0].type] : "auto";
-  return loadTokenDataset({
+  return {
     files: config.datasets.map((d) => d.path),
     format,
     tokenizer,
@@ -117,7 +118,7 @@ async function loadData(config: TrainConfig, tokenizer: HfTokenizer): Promise<To
     groupByLength: config.group_by_length,
     seed: config.seed,
     validationSplit: config.val_set_size > 0 ? config.val_set_size : undefined,
-  });
+  };
 }
 
 /** Checkpoints keep the trainable tensors for exact resume and, beside them, the adapter in PEFT format. */
@@ -162,7 +163,7 @@ export async function runTrain(config: TrainConfig, options: TrainOptions = {}):
   if (!lora) for (const p of model.parameters()) p.requiresGrad = true;
   const trainable = [...model.namedParameters()].filter(([, p]) => p.requiresGrad);
   if (trainable.length === 0) throw new CliError("CONFIG_INVALID", "no parameter is trainable with this config");
-  const data = await loadData(config, tokenizer);
+  const data = await loadTokenDataset(datasetOptions(config, tokenizer));
   const outputDir = resolve(config.output_dir);
   const flag = { interrupted: false };
   const stream = options.stream ?? process.stderr;

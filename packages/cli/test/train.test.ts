@@ -71,6 +71,29 @@ output_dir: ${out}
     expect(readFileSync(join(out, "report.html"), "utf8")).toMatch(/<svg /);
   });
 
+  it("preprocess --debug shows the label mask: prompt tokens masked, completion and EOS trained", async () => {
+    const base = await tinyModel();
+    const data = writeData();
+    writeFileSync(
+      join(root, "pre.yaml"),
+      `base_model: ${base}\ndatasets: [{path: ${data}, type: prompt_completion}]\nsequence_len: 64\n`,
+    );
+    const r = await runCli([
+      "preprocess",
+      join(root, "pre.yaml"),
+      "--debug",
+      "--debug-num-examples",
+      "2",
+      "--sequence-len",
+      "32",
+    ]);
+    expect(r.err).toBe("");
+    expect(r.out).toMatch(/^48 rows → 48 examples \(0 held out\), \d+ tokens; 0 truncated, 0 dropped$/m);
+    const examples = r.out.split(/--- example \d ---\n/).slice(1);
+    expect(examples).toHaveLength(2);
+    expect(examples[0]).toMatch(/^⟦<\|begin_of_text\|>colour 0:⟧ red red<\|eot_id\|>\n?$/);
+  });
+
   it("a bad config key, a missing base model and a missing dataset are one-line errors with exit code 2", async () => {
     writeFileSync(join(root, "bad.yaml"), "base_model: x\ndatasets: [{path: d.jsonl}]\nlora_rr: 3\n");
     const bad = await runCli(["train", join(root, "bad.yaml")]);
