@@ -58,6 +58,6 @@ export function registerPreprocess(program: Command, io: Io): void {
       io.out(
         `${s.rows} rows → ${s.examples} examples (${s.evalExamples} held out), ${s.tokens} tokens; ${s.truncated} truncated, ${s.dropped} dropped`,
       );
-      shown.forEach((text, i) => io.out(`--- example ${i} ---\n${text}`));
+      for (const [i, text] of shown.entries()) io.out(`--- example ${i} ---\n${text}`);
     });
 }
