@@ -35,11 +35,14 @@ inline size_t attn_kt_floats(const AttnProblem& p) {
   return static_cast<size_t>(p.batch * p.kv_heads * attn_key_tiles(p) * p.d * kAttnBc);
 }
 // Floats of scratch one thread needs.
+// (+ one packed query tile in the forward, packed Q and dO tiles in the backward: strided [b, s, h, d] rows
+// are 4 KiB apart for 16 heads of 64, which maps every row of a tile to the same L1 sets)
 inline size_t attn_forward_scratch(const AttnProblem& p) {
-  return static_cast<size_t>(kAttnBr * kAttnBc + 2 * kAttnBr + kAttnBr * p.d);
+  return static_cast<size_t>(kAttnBr * kAttnBc + 2 * kAttnBr + 2 * kAttnBr * p.d);
 }
 inline size_t attn_backward_scratch(const AttnProblem& p) {
-  return static_cast<size_t>(4 * p.d * kAttnBc + 2 * kAttnBr * kAttnBc + (p.heads / p.kv_heads) * p.seq);
+  return static_cast<size_t>(4 * p.d * kAttnBc + 2 * kAttnBr * kAttnBc + (p.heads / p.kv_heads) * p.seq +
+                             2 * kAttnBr * p.d);
 }
 
 #define QLORA_ATTN_DECLARE(ns)                                                                                \

@@ -101,6 +101,15 @@ float exp_row(float* row, int64_t n, float mul, float shift) {
   return s;
 }
 
+// Rows [0, rows) of a strided tile (src rows ld apart) copied to dst rows d apart; returns dst, or src
+// itself when the rows are already contiguous.
+const float* pack_rows(float* dst, const float* src, int64_t rows, int64_t ld, int64_t d) {
+  if (ld == d) return src;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < d; ++c) dst[r * d + c] = src[r * ld + c];
+  return dst;
+}
+
 float max_row(const float* row, int64_t n) {
   float m = -__builtin_inff();
   int64_t j = 0;
@@ -144,6 +153,8 @@ void forward_tile(const AttnProblem& p, float* out, float* lse, int64_t task, fl
   float* m = St + kAttnBr * kAttnBc;   // running row max (of scaled scores)
   float* l = m + kAttnBr;              // running row sum
   float* O = l + kAttnBr;              // [kAttnBr][d] unnormalised output
+  float* Qpack = O + kAttnBr * d;      // [kAttnBr][d] the query tile, when its rows are strided
+  const float* Qt = pack_rows(Qpack, Q, br, p.q_rs, d);  // rows d apart either way
   const float ninf = -__builtin_inff();
   for (int64_t r = 0; r < br; ++r) m[r] = ninf, l[r] = 0.0f;
   zero(O, br * d);
@@ -152,7 +163,7 @@ void forward_tile(const AttnProblem& p, float* out, float* lse, int64_t task, fl
     const int64_t bc = jend - j0 < kAttnBc ? jend - j0 : kAttnBc;
     const float* KT = KTall + (j0 / kAttnBc) * d * kAttnBc;
     zero(St, br * kAttnBc);
-    gemm_acc(St, kAttnBc, Q, p.q_rs, 1, KT, kAttnBc, br, d, bc);
+    gemm_acc(St, kAttnBc, Qt, d, 1, KT, kAttnBc, br, d, bc);
     for (int64_t r = 0; r < br; ++r) {
       float* row = St + r * kAttnBc;
       const int64_t nv = visible(p.offset + i0 + r, j0, bc);
@@ -205,6 +216,8 @@ void backward_task(const AttnProblem& p, const float* dout, const float* out, co
   float* dK = dS + kAttnBr * kAttnBc;   // [kAttnBc][d]
   float* dV = dK + kAttnBc * d;         // [kAttnBc][d]
   float* D = dV + kAttnBc * d;          // [G][S]
+  float* Qpack = D + G * S;             // [kAttnBr][d] packed query tile (strided layouts only)
+  float* dOpack = Qpack + kAttnBr * d;  // [kAttnBr][d] packed dout tile
   for (int64_t g = 0; g < G; ++g) {
     const int64_t off = b * p.q_bs + (kvh * G + g) * p.q_hs;
     for (int64_t i = 0; i < S; ++i) D[g * S + i] = dot(dout + off + i * p.q_rs, out + off + i * p.q_rs, d);
@@ -230,8 +243,11 @@ void backward_task(const AttnProblem& p, const float* dout, const float* out, co
       const int64_t first = j0 - p.offset > 0 ? j0 - p.offset : 0;
       for (int64_t i0 = (first / kAttnBr) * kAttnBr; i0 < S; i0 += kAttnBr) {
         const int64_t br = S - i0 < kAttnBr ? S - i0 : kAttnBr;
+        const float* Qi = pack_rows(Qpack, Qh + i0 * qrs, br, qrs, d);
+        const float* dOi = pack_rows(dOpack, dOh + i0 * qrs, br, qrs, d);
+        const int64_t ld = d;  // Qi / dOi rows are d apart (packed, or contiguous already)
         zero(P, br * kAttnBc);
-        gemm_acc(P, kAttnBc, Qh + i0 * qrs, qrs, 1, KT, kAttnBc, br, d, bc);
+        gemm_acc(P, kAttnBc, Qi, ld, 1, KT, kAttnBc, br, d, bc);
         for (int64_t r = 0; r < br; ++r) {
           float* row = P + r * kAttnBc;
           const int64_t nv = visible(p.offset + i0 + r, j0, bc);
@@ -239,9 +255,9 @@ void backward_task(const AttnProblem& p, const float* dout, const float* out, co
           for (int64_t j = nv; j < bc; ++j) row[j] = 0.0f;
           if (seg) mask_segments(row, nv, seg + j0, seg[i0 + r], 0.0f);
         }
-        gemm_acc(dV, d, P, 1, kAttnBc, dOh + i0 * qrs, qrs, bc, br, d);  // dV += Pᵀ dO
+        gemm_acc(dV, d, P, 1, kAttnBc, dOi, ld, bc, br, d);  // dV += Pᵀ dO
         zero(dS, br * kAttnBc);
-        gemm_acc(dS, kAttnBc, dOh + i0 * qrs, qrs, 1, VT, kAttnBc, br, d, bc);  // dP = dO Vᵀ
+        gemm_acc(dS, kAttnBc, dOi, ld, 1, VT, kAttnBc, br, d, bc);  // dP = dO Vᵀ
         for (int64_t r = 0; r < br; ++r) {
           float* ds = dS + r * kAttnBc;
           const float* pr = P + r * kAttnBc;
@@ -252,7 +268,7 @@ void backward_task(const AttnProblem& p, const float* dout, const float* out, co
           for (; j < bc; ++j) ds[j] = pr[j] * (ds[j] - Dh[i0 + r]) * p.scale;
         }
         gemm_acc(dQh + i0 * dq_rs, dq_rs, dS, kAttnBc, 1, K + j0 * p.kv_rs, p.kv_rs, br, bc, d);  // dQ += dS K
-        gemm_acc(dK, d, dS, 1, kAttnBc, Qh + i0 * qrs, qrs, bc, br, d);                         // dK += dSᵀ Q
+        gemm_acc(dK, d, dS, 1, kAttnBc, Qi, ld, bc, br, d);                                     // dK += dSᵀ Q
       }
     }
     float* dKg = dk + b * p.kv_bs + kvh * p.kv_hs + j0 * p.kv_rs;
