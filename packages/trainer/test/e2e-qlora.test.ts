@@ -11,7 +11,7 @@ import { AdamW } from "@qlora/paged-optim";
 import { Linear4bit, manualSeed } from "@qlora/tensor";
 import { existsSync } from "node:fs";
 import { afterAll, describe, expect, it } from "vitest";
-import { Trainer, type TokenDataset, loadTokenDataset } from "../src/index";
+import { Trainer, type TokenDataset, bf16MixedPrecision, f32Precision, loadTokenDataset } from "../src/index";
 import { llamaLoss, peftCheckpointIO, tinyLlama } from "./helpers/llama";
 
 const work = mkdtempSync(join(tmpdir(), "qlora-e2e-"));
@@ -49,6 +49,8 @@ async function train(kind: "nf4" | "bf16", data: TokenDataset) {
       train: data.train,
       eval: data.eval,
       checkpointIO: io,
+      // 16-bit LoRA: frozen bf16 weights with f32 trainable adapters, checked by the precision slot
+      precision: kind === "bf16" ? bf16MixedPrecision : f32Precision,
       args: {
         outputDir: join(work, kind),
         saveSteps: 40,
