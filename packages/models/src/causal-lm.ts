@@ -6,7 +6,6 @@
  */
 import {
   attention,
-  cat,
   checkpoint,
   crossEntropy,
   type Embedding,
@@ -25,14 +24,19 @@ import {
 } from "@qlora/tensor";
 import type { Architecture, ModelConfig } from "./config";
 import { ModelError } from "./errors";
-import { KVCache, type LayerKV } from "./kv-cache";
+import { KVCache } from "./kv-cache";
 import type { LayerSource, LinearLike } from "./layers";
 import { RotaryEmbedding } from "./rope";
+
+interface LayerCache {
+  cache: KVCache;
+  layer: number;
+}
 
 interface LayerContext {
   positions: Tensor;
   segmentIds?: Tensor;
-  cache?: LayerKV & { store(k: Tensor, v: Tensor): void };
+  cache?: LayerCache;
 }
 
 export class Attention extends Module {
@@ -66,11 +70,10 @@ export class Attention extends Module {
         k = this.child<RMSNorm>("k_norm").forward(k);
       }
       const qr = this.rotary.apply(q, ctx.positions).transpose(1, 2);
-      const kr = this.rotary.apply(k, ctx.positions).transpose(1, 2);
-      const vt = v.transpose(1, 2);
+      const kr = this.rotary.apply(k, ctx.positions);
       const out = ctx.cache
-        ? cachedAttention(qr, kr, vt, ctx.cache)
-        : attention(qr, kr, vt, ctx.segmentIds ? { segmentIds: ctx.segmentIds } : {});
+        ? cachedAttention(qr, kr, v, ctx.cache)
+        : attention(qr, kr.transpose(1, 2), v.transpose(1, 2), ctx.segmentIds ? { segmentIds: ctx.segmentIds } : {});
       return this.child<LinearLike>("o_proj").forward(out.transpose(1, 2).reshape([b, s, h * d]));
     });
   }
@@ -78,13 +81,14 @@ export class Attention extends Module {
 
 /**
  * Attention of n new queries over the cached keys plus the n new ones (the fused op's causal offset:
- * query i attends keys j ≤ cached + i); appends the new keys/values to the cache.
+ * query i attends keys j ≤ cached + i). kNew/vNew are [b, n, kvh, d]; the cache appends them in place.
  */
-function cachedAttention(q: Tensor, kNew: Tensor, vNew: Tensor, cache: NonNullable<LayerContext["cache"]>): Tensor {
-  const k = cache.k ? cat([cache.k, kNew], 2) : kNew.contiguous();
-  const v = cache.v ? cat([cache.v, vNew], 2) : vNew.contiguous();
-  cache.store(k, v);
-  return attention(q, k, v);
+function cachedAttention(q: Tensor, kNew: Tensor, vNew: Tensor, cache: LayerCache): Tensor {
+  const { k, v } = cache.cache.append(cache.layer, kNew, vNew);
+  const out = attention(q, k, v);
+  k.dispose();
+  v.dispose();
+  return out;
 }
 
 export class MLP extends Module {
@@ -252,11 +256,8 @@ export class CausalLM extends Module {
     let i = 0;
     for (const layer of model.layers) {
       const li = i++;
-      if (cache) {
-        const kv = cache.layers[li];
-        const ctx = { positions, cache: { ...kv, store: (k: Tensor, v: Tensor) => cache.set(li, k, v) } };
-        h = layer.forward(h, ctx);
-      } else if (this.gradientCheckpointing && isGradEnabled()) {
+      if (cache) h = layer.forward(h, { positions, cache: { cache, layer: li } });
+      else if (this.gradientCheckpointing && isGradEnabled()) {
         const seg = args.segmentIds;
         h = seg
           ? checkpoint((x, p, sg) => layer.forward(x, { positions: p, segmentIds: sg }), h, positions, seg)

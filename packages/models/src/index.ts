@@ -6,7 +6,7 @@ export { inverseFrequencies, RotaryEmbedding } from "./rope";
 export { randomLayers, isSkipped } from "./layers";
 export type { LayerSource, LinearLike, QuantizeOptions, RandomLayerOptions } from "./layers";
 export { KVCache } from "./kv-cache";
-export type { LayerKV } from "./kv-cache";
+
 export {
   CausalLM,
   LlamaForCausalLM,

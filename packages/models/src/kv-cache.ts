@@ -6,43 +6,82 @@
  *   (or the given `positionIds`), attends to every cached position plus causally within the n new ones,
  *   appends their keys/values (after rope) to the cache, and returns `logits` of the last new position
  *   [batch, vocab] (f32). Prefill is the first call with the whole prompt; decode calls pass n = 1.
- * - Gradients are never recorded through the cache (call it under `noGrad`, or it is done for you).
+ * - Gradients are never recorded through the cache (the cached forward runs under `noGrad`).
  * - `cache.dispose()` frees its tensors; a cache belongs to one model and one batch size.
- * Keys/values are stored per layer as [batch, kvHeads, length, headDim] f32.
+ * Storage: per layer one preallocated [batch, capacity, kvHeads, headDim] f32 buffer for keys and one for values
+ * (rope's layout, so new keys are written in place and, for batch 1, attention reads the cache without a
+ * copy); the capacity doubles when full.
  */
-import { keep, type Tensor } from "@qlora/tensor";
+import { keep, type Tensor, zeros } from "@qlora/tensor";
 
-export interface LayerKV {
+interface LayerStore {
   k: Tensor | null;
   v: Tensor | null;
 }
 
 export class KVCache {
-  readonly layers: LayerKV[];
+  private readonly store: LayerStore[];
+  private len = 0;
+
   constructor(numLayers: number) {
-    this.layers = Array.from({ length: numLayers }, () => ({ k: null, v: null }));
+    this.store = Array.from({ length: numLayers }, () => ({ k: null, v: null }));
   }
 
   /** Cached positions (0 when empty). */
   get length(): number {
-    return this.layers[0]?.k?.shape[2] ?? 0;
+    return this.len;
   }
 
-  /** @internal store a layer's new full keys/values, freeing the previous ones. */
-  set(layer: number, k: Tensor, v: Tensor): void {
-    const l = this.layers[layer];
-    l.k?.dispose();
-    l.v?.dispose();
-    l.k = keep(k);
-    l.v = keep(v);
+  /**
+   * @internal Append layer `layer`'s new keys/values k, v [batch, n, kvHeads, headDim] and return views of all
+   * cached ones as [batch, kvHeads, length + n, headDim]. The last layer's call advances `length`.
+   */
+  append(layer: number, k: Tensor, v: Tensor): { k: Tensor; v: Tensor } {
+    const s = this.store[layer];
+    const [, n] = k.shape;
+    const total = this.len + n;
+    s.k = this.reserve(s.k, k, total);
+    s.v = this.reserve(s.v, v, total);
+    const slotK = s.k.narrow(1, this.len, n);
+    const slotV = s.v.narrow(1, this.len, n);
+    slotK.add_(k); // the slot holds zeros: += writes the new keys in place
+    slotV.add_(v);
+    slotK.dispose();
+    slotV.dispose();
+    if (layer === this.store.length - 1) this.len = total;
+    const view = (t: Tensor) => {
+      const used = t.narrow(1, 0, total);
+      const out = used.transpose(1, 2);
+      used.dispose();
+      return out;
+    };
+    return { k: view(s.k), v: view(s.v) };
+  }
+
+  /** A zero-filled buffer with room for `total` positions, keeping the cached ones (doubling capacity). */
+  private reserve(buf: Tensor | null, like: Tensor, total: number): Tensor {
+    if (buf && buf.shape[1] >= total) return buf;
+    const [b, , h, d] = like.shape;
+    const capacity = Math.max(total, 2 * (buf?.shape[1] ?? 0), 64);
+    const grown = keep(zeros([b, capacity, h, d], { backend: like.backend }));
+    if (buf) {
+      const head = grown.narrow(1, 0, this.len);
+      const old = buf.narrow(1, 0, this.len);
+      head.add_(old);
+      head.dispose();
+      old.dispose();
+      buf.dispose();
+    }
+    return grown;
   }
 
   dispose(): void {
-    for (const l of this.layers) {
-      l.k?.dispose();
-      l.v?.dispose();
-      l.k = null;
-      l.v = null;
+    for (const s of this.store) {
+      s.k?.dispose();
+      s.v?.dispose();
+      s.k = null;
+      s.v = null;
     }
+    this.len = 0;
   }
 }

@@ -32,6 +32,27 @@ function argmaxRows(logits: Tensor): number[] {
 }
 
 describe("KV cache", () => {
+  it("batch 2: prefill + 70 single steps (capacity grows past 64) equal the full forward", async () => {
+    const { model } = await loadModel(join(dir.path, "qwen2"), { quantize: false });
+    const all = Array.from(readFixture("qwen2").get("input_ids").data);
+    const rows = [all.slice(0, 80), all.slice(128, 208)];
+    const batch = (from: number, to: number) =>
+      tensor(
+        rows.flatMap((r) => r.slice(from, to)),
+        { shape: [2, to - from], dtype: "i32" },
+      );
+    const cache = model.createCache();
+    let logits = model.forward({ inputIds: batch(0, 10), cache }).logits!;
+    for (let t = 10; t < 80; t++) logits = model.forward({ inputIds: batch(t, t + 1), cache }).logits!;
+    expect(cache.length).toBe(80);
+    const full = noGrad(() => model.forward({ inputIds: batch(0, 80) }).logits!);
+    const last = full.narrow(1, 79, 1).reshape([2, -1]);
+    expect(relErr(logits.toTypedArray(), last.toTypedArray())).toBeLessThan(1e-5);
+    cache.dispose();
+    expect(cache.length).toBe(0);
+    model.dispose();
+  });
+
   it.each(["llama-linear-bias", "qwen3"])(
     "%s (NF4): 64 greedy tokens with the cache equal full recomputation",
     async (name) => {
