@@ -133,8 +133,8 @@ describe("properties", () => {
       fc.property(
         logitsArb,
         fc.integer({ min: 1, max: 50 }),
-        fc.double({ min: 0.001, max: 1 }),
-        fc.double({ min: 0, max: 1 }),
+        fc.double({ min: 0.001, max: 1, noNaN: true }),
+        fc.double({ min: 0, max: 1, noNaN: true }),
         (x, k, p, m) => {
           const top = argmax(x);
           for (const y of [topKFilter(x, k), topPFilter(x, p), minPFilter(x, m)]) {
@@ -149,7 +149,7 @@ describe("properties", () => {
 
   it("top-p keeps mass ≥ p and removing its least likely kept token would drop below p", () => {
     fc.assert(
-      fc.property(logitsArb, fc.double({ min: 0.01, max: 0.999 }), (x, p) => {
+      fc.property(logitsArb, fc.double({ min: 0.01, max: 0.999, noNaN: true }), (x, p) => {
         const probs = softmax(x);
         const keep = kept(topPFilter(x, p));
         const mass = keep.reduce((s, i) => s + probs[i], 0);
@@ -165,7 +165,7 @@ describe("properties", () => {
 
   it("selectToken with greedy options is the argmax of the penalised logits; sampled tokens are never filtered ones", () => {
     fc.assert(
-      fc.property(logitsArb, fc.array(fc.nat(39)), fc.double({ min: 0, max: 0.999999 }), (x, seen, u) => {
+      fc.property(logitsArb, fc.array(fc.nat(39)), fc.double({ min: 0, max: 0.999999, noNaN: true }), (x, seen, u) => {
         const greedy = selectToken(x, seen, { repetitionPenalty: 1.3 }, u);
         expect(greedy).toBe(argmax(applyRepetitionPenalty(x, seen, 1.3)));
         const o = { temperature: 0.8, topK: 5, topP: 0.9, minP: 0.05, repetitionPenalty: 1.1 };
