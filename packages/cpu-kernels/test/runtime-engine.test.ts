@@ -19,6 +19,7 @@ import { describe, expect, test } from "vitest";
 import { cpuBackend, cpuBackendInfo } from "../src/backend";
 
 const native = cpuBackendInfo(cpuBackend)?.native === true;
+const needsNative = native ? "" : " [skipped: the native addon did not load]";
 const vals = (n: number, seed: number) => Float32Array.from(randomValues(n, seed));
 
 function hostF32(be: Backend, data: Float32Array): HostBuffer {
@@ -31,7 +32,7 @@ function worst(a: ArrayLike<number>, r: ArrayLike<number>): number {
   return w;
 }
 
-describe.skipIf(!native)("cpu matmul with accumulation vs the reference backend", () => {
+describe.skipIf(!native)(`cpu matmul with accumulation vs the reference backend${needsNative}`, () => {
   const shapes: [number, number, number, number][] = [
     [1, 1, 1, 1],
     [1, 7, 13, 5],
@@ -105,7 +106,7 @@ describe.skipIf(!native)("cpu matmul with accumulation vs the reference backend"
   });
 });
 
-describe.skipIf(!native)("rmsNormBackward with a frozen weight", () => {
+describe.skipIf(!native)(`rmsNormBackward with a frozen weight${needsNative}`, () => {
   test("weightGrad false: the same dx, no dweight computed (null), on odd shapes", () => {
     for (const [rows, dim] of [
       [1, 1],
@@ -126,7 +127,7 @@ describe.skipIf(!native)("rmsNormBackward with a frozen weight", () => {
   });
 });
 
-describe.skipIf(!native)("defineOp ops on the cpu backend", () => {
+describe.skipIf(!native)(`defineOp ops on the cpu backend${needsNative}`, () => {
   test("swiglu (tensor.swiglu) matches its reference, forward and backward, on odd shapes", () => {
     for (const shape of [[1], [7, 13], [3, 257], [301], [129, 65]]) {
       const n = shape.reduce((p, q) => p * q, 1);
@@ -163,5 +164,3 @@ describe.skipIf(!native)("defineOp ops on the cpu backend", () => {
     w.dispose();
   });
 });
-
-test.skipIf(native)("cpu engine tests need the native addon (skipped: the addon did not load)", () => {});
