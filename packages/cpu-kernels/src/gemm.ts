@@ -67,7 +67,10 @@ function matmulInput(b: Buffer, arg: string): { data: Float32Array | Uint16Array
   if (h.dtype === "f32" && h.data instanceof Float32Array) return { data: h.data, f16: false };
   if ((h.dtype === "bf16" || h.dtype === "f16") && h.data instanceof Uint16Array)
     return { data: h.data, f16: h.dtype === "f16" };
-  throw new CpuKernelsError("BAD_DTYPE", `cpu.matmul: ${arg} must be f32, bf16 or f16, got ${h.dtype}`);
+  throw new CpuKernelsError(
+    "BAD_DTYPE",
+    `cpu.matmul: ${arg} must be f32 or bf16, got ${h.dtype} (f16 is accepted too, against an f32 operand)`,
+  );
 }
 
 /** QuantizedWeightBuffers → the plain object the native 4-bit kernels read. */
