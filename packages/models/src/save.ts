@@ -89,6 +89,11 @@ export interface SaveQuantizedOptions {
 
 /** Write `model` to `dir` as a bitsandbytes 4-bit Hugging Face checkpoint (model.safetensors + config.json). */
 export async function saveQuantized(model: CausalLM, dir: string, options: SaveQuantizedOptions): Promise<void> {
+  if (![...model.namedModules()].some(([, m]) => m instanceof Linear4bit))
+    throw new ModelError(
+      "bad_argument",
+      `saveQuantized(${dir}): the model has no Linear4bit layer; a quantization_config would misdescribe it`,
+    );
   await mkdir(dir, { recursive: true });
   const recs = quantizedRecords(model);
   await writeSafetensors(

@@ -5,7 +5,7 @@ import { SafetensorsError, writeSafetensors } from "@qlora/formats";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TINY_MODELS, writeTinyModel } from "../scripts/make-tiny-models";
-import { loadModel, ModelError, parseConfig } from "../src";
+import { loadModel, ModelError, parseConfig, saveQuantized } from "../src";
 import { tempDir } from "./helpers";
 
 const dir = tempDir();
@@ -116,6 +116,17 @@ describe("bad input gives typed errors naming file and key", () => {
     const { rmSync } = await import("node:fs");
     rmSync(join(d, Object.values(idx.weight_map)[0] as string));
     await expect(loadModel(d)).rejects.toBeInstanceOf(SafetensorsError);
+  });
+
+  it("saveQuantized refuses a model without 4-bit layers", async () => {
+    const { model, quantization } = await loadModel(join(dir.path, "ok"), { quantize: false });
+    expect(quantization).toBeNull();
+    await expect(
+      saveQuantized(model, join(dir.path, "never"), {
+        quantization: { quantType: "nf4", blocksize: 64, doubleQuant: true, skipModules: [] },
+      }),
+    ).rejects.toThrow(/no Linear4bit layer/);
+    model.dispose();
   });
 
   it("bad values name the key and what was expected", () => {
