@@ -39,7 +39,10 @@ describe("withAttentionLayouts (the CUDA backend's attention options)", () => {
     const [q, k, v, dout] = [f32(120, 1), f32(60, 2), f32(60, 3), f32(120, 4)];
     const want = ref.attention(q, k, v, o);
     const got = wrapped.attention(q, k, v, o);
-    const close = (a: number[], b: number[]) => a.forEach((x, i) => expect(Math.abs(x - b[i])).toBeLessThan(1e-6));
+    const close = (a: number[], b: number[]) => {
+      expect(a.length).toBe(b.length);
+      for (let i = 0; i < a.length; i++) expect(Math.abs(a[i] - b[i])).toBeLessThan(1e-6);
+    };
     close(data(got.out), data(want.out));
     close(data(got.lse), data(want.lse));
     const gw = ref.attentionBackward(dout, q, k, v, want.out, want.lse, o);
