@@ -395,6 +395,39 @@ describe("strategy slot", () => {
   });
 });
 
+describe("strategy slot: one rank's NaN", () => {
+  it("skips the step on every rank (no hang, same weights on both ranks)", async () => {
+    const data = randomBatches(6, 2, 5, 11, 4);
+    const world = new FakeWorld(2);
+    const ranks = [0, 1].map((rank) => {
+      manualSeed(7);
+      const model = new TinyLM();
+      const trainer = new Trainer<Batch>({
+        model,
+        optimizer: new StatefulAdamW(
+          model.parameters().filter((p) => p.requiresGrad),
+          { lr: 0.01 },
+        ),
+        loss: (m, b) => tinyLoss(m, b),
+        train: memorySource(data.filter((_, i) => i % 2 === rank)),
+        args: { learningRate: 0.01 },
+        strategy: new FakeRankStrategy(world, rank),
+      });
+      if (rank === 1)
+        trainer.hooks.on("loss:transform", (loss, ctx) => {
+          if (ctx.state.globalStep !== 1) return loss;
+          const nan = loss.mul(Number.NaN);
+          loss.dispose();
+          return nan;
+        });
+      return { model, trainer };
+    });
+    const states = await Promise.all(ranks.map((r) => r.trainer.fit()));
+    expect(states.map((s) => s.nonFiniteTotal)).toEqual([1, 1]);
+    expect(snapshot(ranks[0].model.parameters())).toEqual(snapshot(ranks[1].model.parameters()));
+  });
+});
+
 describe("clipping, precision, gradient checkpointing flag", () => {
   it("max_grad_norm: the pre-clip norm is reported and gradients are scaled to the limit", async () => {
     const { trainer, model } = makeTrainer(randomBatches(1, 2, 5, 11), { maxGradNorm: 0.01 });

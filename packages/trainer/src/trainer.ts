@@ -222,9 +222,10 @@ export class Trainer<B = unknown> {
     await strategy.allReduce(counts, "sum");
     const stepTokens = counts[0];
     let lossSum = 0;
+    // stepTokens is global, so every rank takes the same branch here. A non-finite loss still runs its backward:
+    // every rank makes the same backward calls, so a strategy that communicates during backward cannot hang.
     let finite = stepTokens > 0;
-    for (const [i, batch] of micro.entries()) {
-      if (!finite) break;
+    for (const [i, batch] of (finite ? micro : []).entries()) {
       const out = this.options.loss(this.model, batch, { training: true });
       let loss = out instanceof Object && "loss" in out ? out.loss : (out as Tensor);
       loss = await this.hooks.waterfall("loss:transform", loss, this.microContext(batch, i));
@@ -232,12 +233,8 @@ export class Trainer<B = unknown> {
       const value = loss.item();
       if (loss !== scaled) loss.dispose();
       lossSum += value;
+      if (!Number.isFinite(value)) finite = false;
       const ctx = this.microContext(batch, i, scaled);
-      if (!Number.isFinite(value)) {
-        finite = false;
-        scaled.dispose();
-        break;
-      }
       await this.hooks.emit("backward:before", ctx);
       await strategy.backward(scaled);
       scaled.dispose();
