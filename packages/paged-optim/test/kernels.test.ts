@@ -147,9 +147,9 @@ describe.skipIf(!CPU_NATIVE)("cpu optimizer kernels equal the TypeScript referen
       expect(cpuBackend.toHost(a)).toEqual(referenceBackend.toHost(b));
     }
   });
-  it("the native 8-bit code search equals bitsandbytes' literal binary search", () => {
+  it("the native 8-bit code search (scalar and AVX2) equals bitsandbytes' literal binary search", () => {
     const native = loadNative() as unknown as {
-      optimQuantize8bit(q: Float32Array, y: Float32Array, o: Uint8Array): void;
+      optimQuantize8bit(q: Float32Array, y: Float32Array, o: Uint8Array, scalarOnly: boolean): void;
     };
     for (const qmap of [DYNAMIC_MAP_SIGNED, DYNAMIC_MAP_UNSIGNED]) {
       // every decision boundary ±3 floats, exact code values, ±0, ±1, ±inf, NaN, and 200k random values
@@ -170,11 +170,15 @@ describe.skipIf(!CPU_NATIVE)("cpu optimizer kernels equal the TypeScript referen
       const rnd = normals(200_000, 11, 0.5);
       for (let i = 0; i < rnd.length; i++) ys.push(i % 3 === 0 ? rnd[i] * 1e-4 : rnd[i]);
       const y = Float32Array.from(ys);
-      const out = new Uint8Array(y.length);
-      native.optimQuantize8bit(qmap, y, out);
-      for (let i = 0; i < y.length; i++)
-        if (out[i] !== quantize8bitValue(qmap, y[i]))
-          expect.fail(`y=${y[i]}: native ${out[i]}, literal ${quantize8bitValue(qmap, y[i])}`);
+      for (const scalarOnly of [true, false]) {
+        const out = new Uint8Array(y.length);
+        native.optimQuantize8bit(qmap, y, out, scalarOnly);
+        for (let i = 0; i < y.length; i++)
+          if (out[i] !== quantize8bitValue(qmap, y[i]))
+            expect.fail(
+              `y=${y[i]} (scalarOnly ${scalarOnly}): native ${out[i]}, literal ${quantize8bitValue(qmap, y[i])}`,
+            );
+      }
     }
   });
 });
