@@ -4,7 +4,7 @@
 import { describe, expect, it } from "vitest";
 import { createReferenceBackend } from "../src/backend/reference";
 import type { AttentionOptions, Backend } from "../src/backend/types";
-import { attention, rope } from "../src/ops";
+import { attention, embedding, rope } from "../src/ops";
 import { Generator } from "../src/random";
 import { randn, type Tensor, tensor } from "../src/tensor";
 import { gradCheck, randomValues, t64 } from "./helpers";
@@ -142,5 +142,27 @@ describe("attention gradients against finite differences (f64), cache offset and
     expect(out.transpose(1, 2).isDense()).toBe(true);
     q.dispose();
     out.dispose();
+  });
+});
+
+describe("no leaked buffers over 100 steps (memory stats flat)", () => {
+  it("attention in rope's layout over a KV cache, forward + backward, and a bf16 embedding lookup", () => {
+    const q = randn([1, 3, 4, 2], { ...gen(1), requiresGrad: true });
+    const k = randn([1, 7, 2, 2], { ...gen(2), requiresGrad: true });
+    const table = randn([50, 6], gen(3)).cast("bf16");
+    const ids = tensor([1, 49, 7], { dtype: "i32", backend: be });
+    let at10 = 0;
+    for (let step = 1; step <= 100; step++) {
+      const out = attention(q.transpose(1, 2), k.transpose(1, 2), k.transpose(1, 2));
+      const e = embedding(table, ids);
+      const loss = out.sum();
+      loss.backward();
+      for (const t of [out, e, loss, q.grad!, k.grad!]) t.dispose();
+      q.grad = null;
+      k.grad = null;
+      if (step === 10) at10 = be.memoryStats().currentBytes;
+    }
+    expect(be.memoryStats().currentBytes).toBe(at10);
+    for (const t of [q, k, table, ids]) t.dispose();
   });
 });
