@@ -2,9 +2,20 @@
 // a bf16/f16 table (csrc/embedding.cc embeddingHalf; only gathered rows widened) and the native GEMM
 // takes f32 activations × a bf16 or f16 weight as stored (widened panel by panel while packing, csrc/gemm.cc).
 // Parity with the reference backend and byte counters of the shared host allocator.
-import { Generator, embedding, matmul, randn, referenceBackend, tensor, type Tensor } from "@qlora/tensor";
+import {
+  attention,
+  embedding,
+  Generator,
+  linearCrossEntropy,
+  matmul,
+  randn,
+  referenceBackend,
+  type Tensor,
+  tensor,
+  tidy,
+} from "@qlora/tensor";
 import { describe, expect, it } from "vitest";
-import { cpuBackend } from "./backend";
+import { cpuBackend, cpuBackendInfo } from "./backend";
 
 function peakDuring(fn: () => Tensor): { out: Tensor; peak: number } {
   const before = cpuBackend.memoryStats().currentBytes;
@@ -14,6 +25,10 @@ function peakDuring(fn: () => Tensor): { out: Tensor; peak: number } {
 }
 
 describe("bf16/f16 tables and weights on the cpu backend", () => {
+  it("the cpu backend is the native one (not the reference fallback)", () => {
+    expect(cpuBackendInfo(cpuBackend)?.native).toBe(true);
+  });
+
   for (const dtype of ["bf16", "f16"] as const) {
     it(`embedding from a ${dtype} table [4099, 67]: equals the reference, allocates only the gathered rows`, () => {
       const [V, D] = [4099, 67];
@@ -65,5 +80,36 @@ describe("bf16/f16 tables and weights on the cpu backend", () => {
     const viaFrontend = matmul(a, b); // both f16: read as f32, still correct
     expect(viaFrontend.shape).toEqual([3, 2]);
     for (const t of [a, b, viaFrontend]) t.dispose();
+  });
+});
+
+describe("no leaked buffers over 100 steps on the cpu backend (memory stats flat)", () => {
+  it("bshd attention over a KV cache, a bf16 embedding, an f32 × f16 matmul and linearCrossEntropy, fwd + bwd", () => {
+    const g = (seed: number) => ({ backend: cpuBackend, generator: new Generator(seed) });
+    const q = randn([1, 3, 4, 8], { ...g(1), requiresGrad: true });
+    const k = randn([1, 9, 2, 8], { ...g(2), requiresGrad: true });
+    const table = randn([64, 8], g(3)).cast("bf16");
+    const w16 = randn([8, 8], g(4)).cast("f16");
+    const head = randn([33, 8], { ...g(5), requiresGrad: true });
+    const ids = tensor([1, 63, 7], { dtype: "i32", backend: cpuBackend });
+    const labels = tensor([3, -100, 32], { dtype: "i32", backend: cpuBackend });
+    let at10 = 0;
+    for (let step = 1; step <= 100; step++) {
+      // intermediates (views included: each handle holds its storage) are disposed by tidy
+      const { loss, tokens } = tidy(() => {
+        const a = attention(q.transpose(1, 2), k.transpose(1, 2), k.transpose(1, 2)); // [1, 4, 3, 8]
+        const x = a.transpose(1, 2).reshape([3, 32]).narrow(1, 0, 8);
+        const h = matmul(x.add(embedding(table, ids).cast("f32")), w16);
+        return linearCrossEntropy(h, head, labels, { chunkSize: 2 });
+      });
+      loss.backward();
+      for (const t of [loss, tokens, q.grad!, k.grad!, head.grad!]) t.dispose();
+      q.grad = null;
+      k.grad = null;
+      head.grad = null;
+      if (step === 10) at10 = cpuBackend.memoryStats().currentBytes;
+    }
+    expect(cpuBackend.memoryStats().currentBytes).toBe(at10);
+    for (const t of [q, k, table, w16, head, ids, labels]) t.dispose();
   });
 });
