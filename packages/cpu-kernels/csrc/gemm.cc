@@ -90,6 +90,7 @@ struct DenseB final : BPacker {
 struct MatmulArgs {
   int64_t batch, m, k, n, a_stride, b_stride;
   bool trans_a, trans_b;
+  bool accumulate;  // out += op(A)·op(B) instead of out = …
 };
 
 template <typename TA, typename TB>
@@ -104,11 +105,13 @@ void run_matmul(const MatmulArgs& g, const TA* a, const TB* b, float* out) {
     float* oi = out + i * g.m * g.n;
     if constexpr (std::is_same_v<TA, uint16_t> && std::is_same_v<TB, uint16_t>) {
       if (k16) {
-        gemm(*k16, g.m, g.n, g.k, Bf16PairA(ai, lda, g.trans_a), Bf16PairB(bi, ldb, g.trans_b), oi, g.n, parallel);
+        gemm(*k16, g.m, g.n, g.k, Bf16PairA(ai, lda, g.trans_a), Bf16PairB(bi, ldb, g.trans_b), oi, g.n, parallel, 1,
+             g.accumulate);
         return;
       }
     }
-    gemm(g.m, g.n, g.k, DenseA<TA>(ai, lda, g.trans_a), DenseB<TB>(bi, ldb, g.trans_b), oi, g.n, parallel);
+    gemm(g.m, g.n, g.k, DenseA<TA>(ai, lda, g.trans_a), DenseB<TB>(bi, ldb, g.trans_b), oi, g.n, parallel, 1,
+         g.accumulate);
   };
   // Many small matrices (attention-style batches): one matrix per task. Otherwise parallel inside.
   if (g.batch >= num_threads() && flops < (int64_t{1} << 22)) {
@@ -133,22 +136,24 @@ bool need(Napi::Env env, int64_t batch, int64_t stride, int64_t size, const char
   return true;
 }
 
-// matmul(a, b, out, batch, m, k, n, transA, transB, aBatchStride, bBatchStride[, aIsF16, bIsF16])
+// matmul(a, b, out, batch, m, k, n, transA, transB, aBatchStride, bBatchStride[, aIsF16, bIsF16[, accumulate]])
 // a, b: Float32Array or Uint16Array (bf16 bits, or f16 bits when flagged: the other operand must then be
-// f32); out: Float32Array [batch*m*n].
+// f32); out: Float32Array [batch*m*n]. accumulate: out += op(A)·op(B) (out is read) instead of out = ….
 Napi::Value Matmul(const Napi::CallbackInfo& info) {
   using namespace gemm_args;
   auto env = info.Env();
-  if (info.Length() != 11 && info.Length() != 13) {
+  if (info.Length() != 11 && info.Length() != 13 && info.Length() != 14) {
     fail_type(env,
-              "matmul(a, b, out, batch, m, k, n, transA, transB, aBatchStride, bBatchStride[, aIsF16, bIsF16]): "
-              "expected 11 arguments (13 with the f16 flags)");
+              "matmul(a, b, out, batch, m, k, n, transA, transB, aBatchStride, bBatchStride[, aIsF16, bIsF16[, "
+              "accumulate]]): expected 11 arguments (13 with the f16 flags, 14 with accumulate)");
     return env.Undefined();
   }
-  bool a_f16 = false, b_f16 = false;
-  if (info.Length() == 13 && (!get_bool(env, info[11], "aIsF16", a_f16) || !get_bool(env, info[12], "bIsF16", b_f16)))
+  bool a_f16 = false, b_f16 = false, accumulate = false;
+  if (info.Length() >= 13 && (!get_bool(env, info[11], "aIsF16", a_f16) || !get_bool(env, info[12], "bIsF16", b_f16)))
     return env.Undefined();
+  if (info.Length() == 14 && !get_bool(env, info[13], "accumulate", accumulate)) return env.Undefined();
   MatmulArgs g{};
+  g.accumulate = accumulate;
   if (!get_size(env, info[3], "batch", g.batch) || !get_size(env, info[4], "m", g.m) ||
       !get_size(env, info[5], "k", g.k) || !get_size(env, info[6], "n", g.n) ||
       !get_bool(env, info[7], "transA", g.trans_a) || !get_bool(env, info[8], "transB", g.trans_b) ||

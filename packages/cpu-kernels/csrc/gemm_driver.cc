@@ -50,9 +50,10 @@ void edge_tile(const GemmKernel& K, int64_t kc, const float* a, const float* b, 
 }
 
 void gemm_region(const GemmKernel& K, int64_t i_begin, int64_t i_end, int64_t j_begin, int64_t j_end, int64_t k,
-                 const APacker& A, const BPacker& B, float* c, int64_t ldc) {
+                 const APacker& A, const BPacker& B, float* c, int64_t ldc, bool accumulate_c) {
   if (i_begin >= i_end || j_begin >= j_end) return;
   if (k == 0) {
+    if (accumulate_c) return;  // C += nothing
     for (int64_t i = i_begin; i < i_end; ++i) std::memset(c + i * ldc + j_begin, 0, (j_end - j_begin) * sizeof(float));
     return;
   }
@@ -64,7 +65,7 @@ void gemm_region(const GemmKernel& K, int64_t i_begin, int64_t i_end, int64_t j_
     const int64_t nc = std::min(K.nc, j_end - jc);
     for (int64_t pc = 0; pc < k; pc += K.kc) {
       const int64_t kc = std::min(K.kc, k - pc);
-      const bool accumulate = pc > 0;
+      const bool accumulate = pc > 0 || accumulate_c;
       const int64_t kw = packed_k(K, kc);  // packed words per sliver row (kc, or kc/2 for bf16 pairs)
       B.pack(pc, kc, jc, nc, K.nr, bbuf);
       for (int64_t ic = i_begin; ic < i_end; ic += K.mc) {
@@ -89,17 +90,17 @@ void gemm_region(const GemmKernel& K, int64_t i_begin, int64_t i_end, int64_t j_
 }  // namespace
 
 void gemm(int64_t m, int64_t n, int64_t k, const APacker& a, const BPacker& b, float* c, int64_t ldc, bool parallel,
-          int b_pack_weight) {
-  gemm(gemm_kernel(), m, n, k, a, b, c, ldc, parallel, b_pack_weight);
+          int b_pack_weight, bool accumulate_c) {
+  gemm(gemm_kernel(), m, n, k, a, b, c, ldc, parallel, b_pack_weight, accumulate_c);
 }
 
 void gemm(const GemmKernel& K, int64_t m, int64_t n, int64_t k, const APacker& a, const BPacker& b, float* c,
-          int64_t ldc, bool parallel, int b_pack_weight) {
+          int64_t ldc, bool parallel, int b_pack_weight, bool accumulate_c) {
   const int threads = parallel ? num_threads() : 1;
   const int64_t flops = m * n * std::max<int64_t>(k, 1);
   // Small products are not worth waking the pool (~10 us per dispatch).
   if (threads <= 1 || flops < (int64_t{1} << 18)) {
-    gemm_region(K, 0, m, 0, n, k, a, b, c, ldc);
+    gemm_region(K, 0, m, 0, n, k, a, b, c, ldc, accumulate_c);
     return;
   }
   // Over-decompose (up to 4 tasks per thread, each >= ~2M FMA) and hand tasks out dynamically, so
@@ -117,7 +118,7 @@ void gemm(const GemmKernel& K, int64_t m, int64_t n, int64_t k, const APacker& a
   const bool split_n = tn_only >= threads && (tm_only < threads || dup_a <= dup_b);
   const int64_t tasks = split_n ? tn_only : tm_only;
   if (tasks < 2) {
-    gemm_region(K, 0, m, 0, n, k, a, b, c, ldc);
+    gemm_region(K, 0, m, 0, n, k, a, b, c, ldc, accumulate_c);
     return;
   }
   std::atomic<int64_t> next{0};
@@ -126,9 +127,11 @@ void gemm(const GemmKernel& K, int64_t m, int64_t n, int64_t k, const APacker& a
       [&](std::size_t, std::size_t) {
         for (int64_t t; (t = next.fetch_add(1)) < tasks;) {
           if (split_n)
-            gemm_region(K, 0, m, std::min(n, nt * t / tasks * K.nr), std::min(n, nt * (t + 1) / tasks * K.nr), k, a, b, c, ldc);
+            gemm_region(K, 0, m, std::min(n, nt * t / tasks * K.nr), std::min(n, nt * (t + 1) / tasks * K.nr), k, a, b, c,
+                        ldc, accumulate_c);
           else
-            gemm_region(K, std::min(m, mt * t / tasks * K.mr), std::min(m, mt * (t + 1) / tasks * K.mr), 0, n, k, a, b, c, ldc);
+            gemm_region(K, std::min(m, mt * t / tasks * K.mr), std::min(m, mt * (t + 1) / tasks * K.mr), 0, n, k, a, b, c,
+                        ldc, accumulate_c);
         }
       },
       1);

@@ -24,12 +24,13 @@ struct BPacker {
 // handed out dynamically over the thread pool unless `parallel` is false (required when called
 // from inside a pool task). b_pack_weight: relative cost of packing a B element vs an A element
 // (a dequantizing B packer passes > 1 so the weight is decoded once, i.e. the split is over N).
+// accumulate_c: C += op(A)·op(B) (C read, not overwritten: the micro-kernels' accumulate mode from the first k panel).
 void gemm(int64_t m, int64_t n, int64_t k, const APacker& a, const BPacker& b, float* c, int64_t ldc,
-          bool parallel = true, int b_pack_weight = 1);
+          bool parallel = true, int b_pack_weight = 1, bool accumulate_c = false);
 
 struct GemmKernel;
 // The same with an explicit micro-kernel (the packers must produce its layout: K.kpair).
 void gemm(const GemmKernel& K, int64_t m, int64_t n, int64_t k, const APacker& a, const BPacker& b, float* c,
-          int64_t ldc, bool parallel = true, int b_pack_weight = 1);
+          int64_t ldc, bool parallel = true, int b_pack_weight = 1, bool accumulate_c = false);
 
 }  // namespace qlora

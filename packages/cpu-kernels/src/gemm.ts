@@ -22,6 +22,8 @@ export interface GemmNative {
     /** Both given when an operand holds f16 bits (the other operand must then be f32). */
     aIsF16?: boolean,
     bIsF16?: boolean,
+    /** out += op(A)·op(B) (out is read) instead of out = op(A)·op(B). */
+    accumulate?: boolean,
   ): void;
   matmul4bit(x: Float32Array, m: number, out: Float32Array, w: NativeQuantWeight): void;
   matmul4bitInputGrad(dy: Float32Array, m: number, out: Float32Array, w: NativeQuantWeight): void;
@@ -126,8 +128,34 @@ export function createGemmOps(
       run(a, b, o, cd); // the native GEMM overwrites C: straight into it
       return c;
     }
-    // The native kernel overwrites its output: compute into a cached scratch buffer (no page faults after the
-    // first use) and blend. In-kernel accumulation would need the driver's first k-panel to accumulate too.
+    if (beta !== 0) {
+      // C = beta·C (one pass, only when beta ≠ 1), then C += op(alpha·A)·op(B) inside the GEMM (its accumulate
+      // mode): C is read and written once more, no m×n temporary. alpha scales the smaller f32 operand.
+      if (beta !== 1) blend(cd, null, 1, beta);
+      if (alpha === 1) {
+        run(a, b, o, cd, true);
+        return c;
+      }
+      const scaled = scaleSmallerOperand(a, b, alpha);
+      if (scaled) {
+        try {
+          run(scaled.a, scaled.b, o, cd, true);
+        } finally {
+          allocator.free(scaled.temp);
+        }
+        return c;
+      }
+      // half-precision operands: GEMM into a scratch buffer and blend (beta already applied)
+      const t = out(batch * m * n);
+      try {
+        run(a, b, o, t.data);
+        blend(cd, t.data, alpha, 1);
+      } finally {
+        allocator.free(t.buf);
+      }
+      return c;
+    }
+    // beta 0, alpha ≠ 1: GEMM into a cached scratch buffer and scale into C (C is never read).
     const t = out(batch * m * n);
     try {
       run(a, b, o, t.data);
@@ -137,13 +165,24 @@ export function createGemmOps(
     }
     return c;
   };
-  const run = (a: Buffer, b: Buffer, o: MatmulOptions, y: Float32Array): void => {
+  /** A copy of the f32 operand with fewer elements, times alpha (the other one as is); null if neither is f32. */
+  const scaleSmallerOperand = (a: Buffer, b: Buffer, alpha: number): { a: Buffer; b: Buffer; temp: Buffer } | null => {
+    const fa = (a as HostBuffer).data instanceof Float32Array;
+    const fb = (b as HostBuffer).data instanceof Float32Array;
+    if (!fa && !fb) return null;
+    const pickA = fa && (!fb || a.length <= b.length);
+    const src = ((pickA ? a : b) as HostBuffer).data as Float32Array;
+    const t = out(src.length);
+    for (let i = 0; i < src.length; i++) t.data[i] = alpha * src[i];
+    return pickA ? { a: t.buf, b, temp: t.buf } : { a, b: t.buf, temp: t.buf };
+  };
+  const run = (a: Buffer, b: Buffer, o: MatmulOptions, y: Float32Array, accumulateC = false): void => {
     const { batch, m, k, n } = o;
     const A = matmulInput(a, "a");
     const B = matmulInput(b, "b");
     if ((A.f16 && !(B.data instanceof Float32Array)) || (B.f16 && !(A.data instanceof Float32Array)))
       throw new CpuKernelsError("BAD_DTYPE", "cpu.matmul: an f16 operand needs an f32 other operand");
-    const f16Flags = A.f16 || B.f16 ? [A.f16, B.f16] : [];
+    const flags = accumulateC ? [A.f16, B.f16, true] : A.f16 || B.f16 ? [A.f16, B.f16] : [];
     native.matmul(
       A.data,
       B.data,
@@ -156,7 +195,7 @@ export function createGemmOps(
       o.transB === true,
       o.aBatchStride ?? m * k,
       o.bBatchStride ?? k * n,
-      ...f16Flags,
+      ...flags,
     );
   };
   return {

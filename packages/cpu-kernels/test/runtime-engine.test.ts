@@ -38,6 +38,7 @@ describe.skipIf(!native)(`cpu matmul with accumulation vs the reference backend$
     [1, 7, 13, 5],
     [2, 33, 16, 257],
     [1, 130, 64, 301],
+    [1, 67, 300, 129], // k > KC: the GEMM's later k panels accumulate too
     [3, 45, 0, 17],
   ];
   for (const [batch, m, k, n] of shapes)
@@ -75,6 +76,20 @@ describe.skipIf(!native)(`cpu matmul with accumulation vs the reference backend$
           ) as HostBuffer;
           expect(worst(fresh.data, refFresh.data)).toBeLessThanOrEqual(1);
         });
+  test("bf16 operands accumulate too (scratch path: no f32 operand to scale)", () => {
+    const [m, k, n] = [33, 40, 57];
+    const bf = (x: Float32Array) => {
+      const t = referenceBackend.fromHost(x, "f32");
+      return referenceBackend.copy(t, { shape: [x.length], strides: [1], offset: 0 }, "bf16");
+    };
+    const a = bf(vals(m * k, 5));
+    const b = bf(vals(k * n, 6));
+    const c = vals(m * n, 7);
+    const o = { batch: 1, m, k, n, alpha: 0.5, beta: 1 };
+    const ref = referenceBackend.matmul(a, b, o, hostF32(referenceBackend, c)) as HostBuffer;
+    const got = cpuBackend.matmul(a, b, o, hostF32(cpuBackend, c)) as HostBuffer;
+    expect(worst(got.data, ref.data)).toBeLessThanOrEqual(1);
+  });
   test("beta = 0 never reads C, and a recycled NaN-filled output is fully overwritten", () => {
     const dirty = cpuBackend.allocUninit!("f32", 64 * 64) as HostBuffer;
     (dirty.data as Float32Array).fill(Number.NaN);
