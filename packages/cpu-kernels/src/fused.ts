@@ -501,16 +501,21 @@ export function createFusedOps(
       const xs = f32Of(logits, "crossEntropyGradInPlace", "logits");
       if (!xs) return host.crossEntropyGradInPlace!(logits, labels, rows, vocab, o);
       const loss = allocF(rows);
-      nat().crossEntropyGradInPlace(
-        xs,
-        i32Of(labels, "crossEntropyGradInPlace", "labels"),
-        loss.data,
-        rows,
-        vocab,
-        o.ignoreIndex,
-        o.zLoss,
-        o.grad,
-      );
+      try {
+        nat().crossEntropyGradInPlace(
+          xs,
+          i32Of(labels, "crossEntropyGradInPlace", "labels"),
+          loss.data,
+          rows,
+          vocab,
+          o.ignoreIndex,
+          o.zLoss,
+          o.grad,
+        );
+      } catch (error) {
+        host.free(loss.buf); // a bad label: the kernel validated before touching anything
+        throw error;
+      }
       return loss.buf;
     },
     swiglu(gate, up, length) {

@@ -108,7 +108,9 @@ describe("linearCrossEntropy: cpu backend vs reference (forward, dHidden, dWeigh
     const h = tensor(rand(6, 1), { shape: [2, 3], backend: cpuBackend });
     const w = tensor(rand(12, 2), { shape: [4, 3], backend: cpuBackend });
     const l = tensor([1, 4], { dtype: "i32", backend: cpuBackend });
+    const before = cpuBackend.memoryStats().currentBytes;
     expect(() => linearCrossEntropy(h, w, l)).toThrow(/labels\[1\] = 4 is outside \[0, 4\)/);
+    expect(cpuBackend.memoryStats().currentBytes).toBe(before); // nothing left behind by the failed call
     expect(() => linearCrossEntropy(h, w, l.reshape([1, 2]).cast("f32"))).toThrow(TensorError);
     for (const t of [h, w, l]) t.dispose();
   });

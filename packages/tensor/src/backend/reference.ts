@@ -736,15 +736,18 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
         throw new TensorError("BAD_DTYPE", `${name}.crossEntropyGradInPlace: logits must be f32, got ${X.dtype}`);
       const x = X.data as unknown as F;
       const Lb = ints(labels, "crossEntropyGradInPlace");
-      const loss = mkF(rows);
       for (let r = 0; r < rows; r++) {
-        const row = r * vocab;
         const lab = Lb[r];
         if (lab !== o.ignoreIndex && (lab < 0 || lab >= vocab))
           throw new TensorError(
             "LABEL_OUT_OF_RANGE",
             `${name}.crossEntropyGradInPlace: label ${lab} at row ${r} is outside [0, ${vocab}) and is not ignoreIndex ${o.ignoreIndex}`,
           );
+      }
+      const loss = mkF(rows); // after the checks: a bad label allocates nothing and leaves the logits as they were
+      for (let r = 0; r < rows; r++) {
+        const row = r * vocab;
+        const lab = Lb[r];
         let mx = -Infinity;
         for (let j = 0; j < vocab; j++) mx = Math.max(mx, x[row + j]);
         let s = 0;

@@ -243,6 +243,18 @@ describe("linearCrossEntropy work and memory", () => {
   });
 });
 
+describe("linearCrossEntropy fails cleanly", () => {
+  it("a bad label in a later chunk throws the typed error and leaves no buffer behind", () => {
+    const h = randn([9, 4], { backend: be, generator: new Generator(1), requiresGrad: true });
+    const w = randn([6, 4], { backend: be, generator: new Generator(2), requiresGrad: true });
+    const labels = tensor([0, 1, 2, 3, 4, 5, 0, 7, 1], { dtype: "i32", backend: be });
+    const before = be.memoryStats().currentBytes;
+    expect(() => linearCrossEntropy(h, w, labels, { chunkSize: 3 })).toThrow(/label 7 at row 1 is outside \[0, 6\)/);
+    expect(be.memoryStats().currentBytes).toBe(before);
+    for (const t of [h, w, labels]) t.dispose();
+  });
+});
+
 describe("linearCrossEntropy on a device backend without the fused chunk op (the cuda backend today)", () => {
   // a reference backend posing as a device: no crossEntropyGradInPlace, so the op composes crossEntropy +
   // crossEntropyBackward (+ copyInPlace) per chunk; z-loss has no composed form and is refused

@@ -90,52 +90,49 @@ export const linearCrossEntropyOp = defineOp<Attrs>({
     const wantDH = ctx.needsGrad(0);
     const wantDW = ctx.needsGrad(1);
     const grad = wantDH || wantDW;
-    const lossRows = be.alloc("f32", N);
-    const dH = wantDH ? be.alloc("f32", N * H) : null;
-    let dW: Buffer | null = null;
+    // every buffer is owned by a Tensor at once: the forward runs in a tidy scope, so an error in a later
+    // chunk (a bad label) frees what earlier chunks allocated
+    const own = (buf: Buffer, shape: readonly number[]) => fromBuffer(buf, be, shape, buf.dtype);
+    const lossRows = own(be.alloc("f32", N), [N]);
+    const dH = wantDH ? own(be.alloc("f32", N * H), hidden.shape) : null;
+    let dW: Tensor | null = null;
     const o = { ignoreIndex: attrs.ignoreIndex, zLoss: attrs.zLoss, grad };
     for (let r0 = 0; r0 < N; r0 += attrs.chunkSize) {
       const c = Math.min(attrs.chunkSize, N - r0);
-      const hc = be.copy(hf.buffer, { shape: [c, H], strides: [H, 1], offset: r0 * H }, "f32");
-      const lc = be.copy(lf.buffer, { shape: [c], strides: [1], offset: r0 }, "i32");
-      const logits = be.matmul(hc, wd.buffer, { batch: 1, m: c, k: H, n: V, transB: true });
-      const loss = crossEntropyChunk(be, logits, lc, c, V, o);
-      copyInPlace(be, lossRows, { shape: [c], strides: [1], offset: r0 }, loss, {
-        shape: [c],
-        strides: [1],
-        offset: 0,
-      });
-      be.free(loss);
-      be.free(lc);
+      const hc = own(be.copy(hf.buffer, { shape: [c, H], strides: [H, 1], offset: r0 * H }, "f32"), [c, H]);
+      const lc = own(be.copy(lf.buffer, { shape: [c], strides: [1], offset: r0 }, "i32"), [c]);
+      const logits = own(be.matmul(hc.buffer, wd.buffer, { batch: 1, m: c, k: H, n: V, transB: true }), [c, V]);
+      const loss = own(crossEntropyChunk(be, logits.buffer, lc.buffer, c, V, o), [c]);
+      const rowsOf = (n: number, offset: number) => ({ shape: [n], strides: [1], offset });
+      copyInPlace(be, lossRows.buffer, rowsOf(c, r0), loss.buffer, rowsOf(c, 0));
       if (dH) {
-        const dHc = be.matmul(logits, wd.buffer, { batch: 1, m: c, k: V, n: H });
+        const dHc = own(be.matmul(logits.buffer, wd.buffer, { batch: 1, m: c, k: V, n: H }), [c, H]);
         const rows = { shape: [c, H], strides: [H, 1], offset: 0 };
-        copyInPlace(be, dH, { ...rows, offset: r0 * H }, dHc, rows);
-        be.free(dHc);
+        copyInPlace(be, dH.buffer, { ...rows, offset: r0 * H }, dHc.buffer, rows);
+        dHc.dispose();
       }
       if (wantDW) {
         const opts = { batch: 1, m: V, k: c, n: H, transA: true };
-        if (dW === null) dW = be.matmul(logits, hc, opts);
+        if (dW === null) dW = own(be.matmul(logits.buffer, hc.buffer, opts), [V, H]);
         else {
-          const r = be.matmul(logits, hc, { ...opts, beta: 1 }, dW);
-          if (r !== dW) {
+          const r = be.matmul(logits.buffer, hc.buffer, { ...opts, beta: 1 }, dW.buffer);
+          if (r !== dW.buffer) {
             // a backend without accumulation returned a fresh product: add it in
-            accumulate(be, dW, r);
-            be.free(r);
+            const fresh = own(r, [V, H]);
+            accumulate(be, dW.buffer, r);
+            fresh.dispose();
           }
         }
       }
-      be.free(logits);
-      be.free(hc);
+      for (const t of [loss, lc, logits, hc]) t.dispose();
     }
     hf.dispose();
     wd.dispose();
     lf.dispose();
-    if (dH) ctx.save(fromBuffer(dH, be, hidden.shape, "f32"));
-    if (wantDW) ctx.save(fromBuffer(dW ?? be.alloc("f32", V * H), be, weight.shape, "f32"));
+    if (dH) ctx.save(dH);
+    if (wantDW) ctx.save(dW ?? own(be.alloc("f32", V * H), weight.shape));
     ctx.data.savedDH = wantDH;
-    const rowsT = fromBuffer(lossRows, be, [N], "f32");
-    return sum(rowsT);
+    return sum(lossRows);
   },
   backward(g, ctx) {
     // The loss is a sum: its gradients were computed in forward; scale them by the incoming scalar, in
