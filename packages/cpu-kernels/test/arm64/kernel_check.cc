@@ -111,6 +111,13 @@ void check_gemm(const GemmKernel& K) {
                              "x" + std::to_string(n);
     expect_close(what, runs[0], want, double(k));
     expect_identical(what, runs[0], runs[1]);
+    // C += A·B (the driver's accumulate_c: micro-kernels accumulate into C from the first k panel)
+    std::vector<float> acc = rand_vec(m * n, m + n);
+    std::vector<double> want_acc(m * n);
+    for (int64_t i = 0; i < m * n; ++i) want_acc[i] = want[i] + acc[i];
+    set_num_threads(3);
+    gemm(K, m, n, k, RowMajor(a.data(), k), RowMajorB(b.data(), n), acc.data(), n, true, 1, true);
+    expect_close(what + " accumulate", acc, want_acc, double(k));
   }
 }
 
