@@ -47,7 +47,11 @@ for (let r = 0; r < runs; r++) {
     console.error(JSON.stringify(out));
   }
 }
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const h = Math.floor(s.length / 2);
+  return s.length % 2 ? s[h] : (s[h - 1] + s[h]) / 2;
+};
 console.log(
   `greedy decode, batch 1, prompt ${PROMPT_TOKENS} + ${NEW_TOKENS} new tokens, ${threads} threads, ${runs} interleaved runs`,
 );
