@@ -1,0 +1,17 @@
+export { DistributedError, type DistributedErrorCode } from "./errors";
+export {
+  type CommArray,
+  type CommHandle,
+  type CommReduceOp,
+  type Communicator,
+  referenceCollectives,
+} from "./communicator";
+export {
+  DEFAULT_MPI_LIBRARY,
+  DEFAULT_TIMEOUT_MS,
+  MpiCommunicator,
+  type MpiCommunicatorOptions,
+  launchedByMpi,
+  mpiAvailability,
+  mpiWorld,
+} from "./mpi";
