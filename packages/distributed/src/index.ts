@@ -15,3 +15,14 @@ export {
   mpiAvailability,
   mpiWorld,
 } from "./mpi";
+export {
+  type LaunchOptions,
+  type LaunchResult,
+  type RankLogger,
+  envRank,
+  findMpirun,
+  launch,
+  launchCommand,
+  rankLogger,
+  runRank,
+} from "./launch";

@@ -108,7 +108,10 @@ export class MpiCommunicator implements Communicator {
     const library = options.library ?? process.env.QLORA_MPI_LIBRARY ?? DEFAULT_MPI_LIBRARY;
     const timeoutMs = options.timeoutMs ?? Number(process.env.QLORA_COLLECTIVE_TIMEOUT_MS ?? DEFAULT_TIMEOUT_MS);
     if (!(Number.isFinite(timeoutMs) && timeoutMs > 0))
-      throw new DistributedError("BAD_ARGUMENT", `timeoutMs must be a positive number of milliseconds, got ${timeoutMs}`);
+      throw new DistributedError(
+        "BAD_ARGUMENT",
+        `timeoutMs must be a positive number of milliseconds, got ${timeoutMs}`,
+      );
     this.timeoutMs = timeoutMs;
     this.a = loadAddon(library);
     let info: { rank: number; size: number; version: string };
@@ -164,7 +167,10 @@ export class MpiCommunicator implements Communicator {
   broadcast(data: CommArray, root: number): CommHandle {
     checkArray("broadcast", data);
     if (!Number.isInteger(root) || root < 0 || root >= this.worldSize)
-      throw new DistributedError("BAD_ARGUMENT", `broadcast: root must be a rank in [0, ${this.worldSize}), got ${root}`);
+      throw new DistributedError(
+        "BAD_ARGUMENT",
+        `broadcast: root must be a rank in [0, ${this.worldSize}), got ${root}`,
+      );
     return { done: this.submit("broadcast", () => this.a.start(KIND.broadcast, dtypeCode(data), 0, data, data, root)) };
   }
 

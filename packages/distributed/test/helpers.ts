@@ -1,0 +1,19 @@
+import { join } from "node:path";
+import { findMpirun, launch } from "../src/index";
+
+export const ROOT = join(import.meta.dirname, "../../..");
+export const mpirun = findMpirun();
+/** Skip reason for tests that need mpirun. */
+export const noMpi = mpirun.ok ? "" : ` (skipped: ${mpirun.reason})`;
+
+/** Run a test script (TypeScript, from sources) on n ranks; returns mpirun's result and wall time. */
+export async function runRanks(n: number, script: string, args: string[] = [], env: Record<string, string> = {}) {
+  const t0 = performance.now();
+  const r = await launch({
+    nproc: n,
+    argv: ["--import", "tsx", "--conditions=@qlora/source", join(import.meta.dirname, "scripts", script), ...args],
+    env,
+    stdio: "pipe",
+  });
+  return { ...r, seconds: (performance.now() - t0) / 1000 };
+}
