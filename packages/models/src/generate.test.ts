@@ -1,4 +1,4 @@
-import { noGrad, type Tensor, tensor } from "@qlora/tensor";
+import { memoryStats, noGrad, type Tensor, tensor } from "@qlora/tensor";
 import { describe, expect, it } from "vitest";
 import { createModel } from "./causal-lm";
 import { parseConfig } from "./config";
@@ -288,6 +288,22 @@ describe("generate over a tiny Llama (models-core's CausalLM and KVCache)", () =
     rope_theta: 10000,
   });
 
+  it("generation frees every tensor it creates (inputs, logits, caches)", async () => {
+    const model = createModel(config, randomLayers({ seed: 3, std: 0.5 }));
+    const before = memoryStats("cpu").currentBytes;
+    await generate(
+      model,
+      [
+        [1, 2, 3],
+        [4, 5],
+        [6, 7, 8],
+      ],
+      { maxNewTokens: 8, temperature: 0.8, seed: 1 },
+    );
+    expect(memoryStats("cpu").currentBytes).toBe(before);
+    model.dispose();
+  });
+
   it("KV-cache greedy decoding equals full recomputation token for token for 64 new tokens", async () => {
     // std 0.5 makes the distribution peaked enough that greedy is not decided by rounding noise.
     const model = createModel(config, randomLayers({ seed: 7, std: 0.5 }));
@@ -301,7 +317,7 @@ describe("generate over a tiny Llama (models-core's CausalLM and KVCache)", () =
       const margins: number[] = [];
       for (let step = 0; step < 64; step++) {
         const logits = noGrad(() => {
-          const ids = tensor(Int32Array.from(seq), { dtype: "i32" }).reshape([1, seq.length]);
+          const ids = tensor(Int32Array.from(seq), { dtype: "i32", shape: [1, seq.length] });
           const out = model.forward({ inputIds: ids }).logits!;
           const last = (out.toTypedArray() as Float32Array).slice((seq.length - 1) * config.vocabSize);
           out.dispose();

@@ -209,7 +209,7 @@ class Run<C extends GenerationCache> {
     const prefill = g.cache === undefined;
     g.cache ??= this.model.createCache();
     const rows = g.members.map((s) => (prefill ? s.prompt : [s.generated.at(-1)!]));
-    const ids = tensor(Int32Array.from(rows.flat()), { dtype: "i32" }).reshape([rows.length, rows[0].length]);
+    const ids = tensor(Int32Array.from(rows.flat()), { dtype: "i32", shape: [rows.length, rows[0].length] });
     let logits: Float32Array;
     try {
       const out = this.model.forward({ inputIds: ids, cache: g.cache }).logits;

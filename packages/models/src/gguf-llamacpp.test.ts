@@ -44,7 +44,7 @@ afterAll(async () => {
 /** Our next-token probabilities at every position of `ids` (full forward, no cache). */
 function ourProbabilities(model: Awaited<ReturnType<typeof loadModel>>["model"], ids: number[]): Float64Array[] {
   return noGrad(() => {
-    const input = tensor(Int32Array.from(ids), { dtype: "i32" }).reshape([1, ids.length]);
+    const input = tensor(Int32Array.from(ids), { dtype: "i32", shape: [1, ids.length] });
     const logits = model.forward({ inputIds: input }).logits!;
     const all = logits.toTypedArray() as Float32Array;
     input.dispose();
