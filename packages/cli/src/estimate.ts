@@ -2,6 +2,19 @@
  * `qlora estimate`: a memory plan for a QLoRA/LoRA run from a Hugging Face config.json, itemised like the QLoRA
  * paper's table (base weights, non-quantized tensors, adapters + gradients, optimizer state, activations, logits).
  * Pure arithmetic over the config: no weights are read.
+ *
+ * What it predicts is the peak of one training step of this runtime (@qlora/models' CausalLM, LoRA through
+ * @qlora/lora's fused op, the chunked lm_head + cross-entropy of @qlora/tensor), modelled on what each op keeps:
+ * - persistent: weights as stored (Linear4bit: packed codes + absmax state), LoRA parameters, optimizer state,
+ *   the micro-batch's token ids;
+ * - the peak is the larger of two moments of the step:
+ *   loss: the forward has reached the fused lm_head + cross-entropy, which computes dHidden right away and
+ *     holds one chunk of logits;
+ *   backward: inside a decoder layer's backward, at the SwiGLU backward (dGate and dUp alive next to the layer's
+ *     saved set, which for a checkpointed layer is its recomputation).
+ * "Tracked" bytes are tensor storages, which `memoryStats("cpu").peakBytes` counts; the optimizer state and the
+ * cross-entropy gradient scratch are raw backend buffers outside that counter. Neither figure contains Node.js's
+ * own heap or code, nor the free buffers the caching host allocator keeps for reuse (see `formatPlan`'s notes).
  */
 import { CliError } from "./errors";
 
@@ -28,15 +41,31 @@ export interface EstimateOptions {
   optimizerBits: 32 | 8;
   gradientCheckpointing: boolean;
   baseQuant: BaseQuant;
-  /** Rows of logits computed at once by the chunked lm_head + cross-entropy. */
-  logitsChunk: number;
+  /** Rows of logits computed at once by the chunked lm_head + cross-entropy; default: the model's (8 Mi logits). */
+  logitsChunk?: number;
   /** Train LoRA on every linear of the decoder layers (true) or on q_proj and v_proj only (PEFT's default). */
   allLinear: boolean;
 }
 
+/** When a row's bytes are alive: for the whole step, or at one of the two candidate peak moments. */
+export type PlanPhase = "persistent" | "loss" | "backward";
+
+export interface PlanRow {
+  item: string;
+  bytes: number;
+  phase: PlanPhase;
+  /** A tensor storage (counted by memoryStats); false: a raw backend buffer outside that counter. */
+  tracked: boolean;
+}
+
 export interface MemoryPlan {
-  rows: { item: string; bytes: number }[];
+  rows: PlanRow[];
+  /** Persistent rows + the larger phase, raw buffers included: the plan's answer. */
   totalBytes: number;
+  /** The same peak over tensor storages only: what `memoryStats("cpu").peakBytes` reports for this step. */
+  trackedPeakBytes: number;
+  /** The moment of the step the peak falls on. */
+  peakPhase: "loss" | "backward";
   quantizedParams: number;
   otherParams: number;
   loraParams: number;
@@ -49,9 +78,13 @@ export const DEFAULT_ESTIMATE: EstimateOptions = {
   optimizerBits: 32,
   gradientCheckpointing: true,
   baseQuant: "nf4-dq",
-  logitsChunk: 1024,
   allLinear: true,
 };
+
+/** @qlora/models' default loss chunk: as many rows as make ≈ 8 Mi logits (32 MiB f32). */
+export function defaultLogitsChunk(vocabSize: number): number {
+  return Math.max(1, Math.floor((8 << 20) / vocabSize));
+}
 
 /** Read the fields the plan needs from a parsed config.json; `file` names it in errors. */
 export function modelShapeFromConfig(config: Record<string, unknown>, file = "config.json"): ModelShape {
@@ -101,6 +134,32 @@ export function quantizedBytes(n: number, quant: BaseQuant, storageBytes: number
   return packed + blocks + Math.ceil(blocks / 256) * 4 + 256 * 4;
 }
 
+/** bitsandbytes' min_8bit_size (@qlora/paged-optim's MIN_8BIT_SIZE): smaller tensors keep 32-bit state. */
+const MIN_8BIT_SIZE = 4096;
+
+/** AdamW state bytes of one parameter tensor of n elements, as @qlora/paged-optim allocates it. */
+export function adamStateBytes(n: number, bits: 32 | 8): number {
+  if (bits === 32 || n < MIN_8BIT_SIZE) return 2 * 4 * n; // exp_avg, exp_avg_sq in f32
+  return 2 * (n + 4 * Math.ceil(n / 256)); // two u8 states, each with an f32 absmax per block of 256
+}
+
+const F32 = 4;
+
+/** Bytes one decoder layer keeps for its backward (f32), read off the ops' saved tensors. */
+function layerSavedBytes(m: ModelShape, tokens: number, loraTargets: number, r: number): number {
+  const q = m.numHeads * m.headDim;
+  const kv = m.numKvHeads * m.headDim;
+  const perToken =
+    4 * m.hiddenSize + // input_layernorm output, h + attention (residual), post-attention norm output, layer output
+    2 * q + // rotated queries and the attention output (attention saves both)
+    2 * kv + // rotated keys and the values
+    3 * m.intermediateSize + // gate, up and swiglu outputs (swiglu's and down_proj's inputs)
+    loraTargets * r + // each LoRA linear keeps x·Aᵀ for dB
+    m.numHeads + // attention's per-row log-sum-exp
+    2; // the two RMSNorms' per-row 1/rms
+  return tokens * F32 * perToken;
+}
+
 export function estimateMemory(m: ModelShape, o: EstimateOptions): MemoryPlan {
   const linears = Object.entries(layerLinears(m));
   const perLayerLinear = linears.reduce((s, [, [i, out]]) => s + i * out, 0);
@@ -109,41 +168,130 @@ export function estimateMemory(m: ModelShape, o: EstimateOptions): MemoryPlan {
   const norms = (2 * m.numLayers + 1) * m.hiddenSize;
   const otherParams = embed * (m.tiedEmbeddings ? 1 : 2) + norms;
   const targets = o.allLinear ? linears : linears.filter(([n]) => n === "q_proj" || n === "v_proj");
-  const loraParams = targets.reduce((s, [, [i, out]]) => s + o.loraR * (i + out), 0) * m.numLayers;
+  const loraPerLayer = targets.reduce((s, [, [i, out]]) => s + o.loraR * (i + out), 0);
+  const loraParams = loraPerLayer * m.numLayers;
+  const optimizerBytes =
+    targets.reduce(
+      (s, [, [i, out]]) =>
+        s + adamStateBytes(o.loraR * i, o.optimizerBits) + adamStateBytes(out * o.loraR, o.optimizerBits),
+      0,
+    ) * m.numLayers;
 
+  const L = m.numLayers;
   const tokens = o.seqLen * o.microBatchSize;
-  const f32 = 4;
-  const qDim = m.numHeads * m.headDim;
-  const kvDim = m.numKvHeads * m.headDim;
-  // What one decoder layer keeps for backward (f32 activations): two norm outputs and residual inputs, q/k/v,
-  // attention output, gate/up/swiglu outputs, and each LoRA's x·Aᵀ.
-  const layerSaved =
-    tokens * f32 * (4 * m.hiddenSize + 2 * qDim + 2 * kvDim + 3 * m.intermediateSize + targets.length * o.loraR);
-  const layerInput = tokens * m.hiddenSize * f32;
-  const activations = o.gradientCheckpointing
-    ? m.numLayers * layerInput + layerSaved // every layer's input + one layer recomputed at a time
-    : m.numLayers * layerSaved;
-  // Gradients flowing through one layer during backward: a few hidden/ffn-sized buffers alive at once.
-  const backwardWorkspace = tokens * f32 * (2 * m.hiddenSize + 2 * m.intermediateSize);
-  const logitsChunk = Math.min(o.logitsChunk, tokens) * m.vocabSize * f32 * 2; // chunk logits + their gradient
+  const hidden = tokens * m.hiddenSize * F32; // one [tokens, hidden] f32 activation
+  const saved = layerSavedBytes(m, tokens, targets.length, o.loraR);
+  const chunk = Math.min(o.logitsChunk ?? defaultLogitsChunk(m.vocabSize), tokens);
+  const ckpt = o.gradientCheckpointing;
 
-  const optimizerPerParam = o.optimizerBits === 32 ? 8 : 2 + 8 / 256;
-  const rows = [
-    { item: `base weights (${o.baseQuant === "none" ? "16-bit" : o.baseQuant.toUpperCase()})`, bytes: 0 },
-    { item: "embeddings, norms, lm_head (as stored)", bytes: otherParams * m.storageBytes },
-    { item: "LoRA parameters (f32)", bytes: loraParams * f32 },
-    { item: "LoRA gradients (f32)", bytes: loraParams * f32 },
-    { item: `optimizer state (${o.optimizerBits}-bit AdamW)`, bytes: Math.ceil(loraParams * optimizerPerParam) },
-    { item: `activations (${o.gradientCheckpointing ? "checkpointed" : "all layers kept"})`, bytes: activations },
-    { item: "backward workspace (one layer)", bytes: backwardWorkspace },
-    { item: "logits chunk + gradient", bytes: logitsChunk },
+  const persistent: PlanRow[] = [
+    {
+      item: `base weights (${o.baseQuant === "none" ? "16-bit" : o.baseQuant.toUpperCase()})`,
+      bytes: linears.reduce((s, [, [i, out]]) => s + quantizedBytes(i * out, o.baseQuant, m.storageBytes) * L, 0),
+      phase: "persistent",
+      tracked: true,
+    },
+    {
+      item: "embeddings, norms, lm_head (as stored)",
+      bytes: otherParams * m.storageBytes,
+      phase: "persistent",
+      tracked: true,
+    },
+    { item: "LoRA parameters (f32)", bytes: loraParams * F32, phase: "persistent", tracked: true },
+    {
+      item: `optimizer state (${o.optimizerBits}-bit AdamW)`,
+      bytes: optimizerBytes,
+      phase: "persistent",
+      tracked: false, // @qlora/paged-optim allocates it as raw backend buffers
+    },
+    // input ids, positions, segment ids, labels, shifted targets (i32), per-token loss and final-norm 1/rms (f32)
+    { item: "token ids and per-token scalars", bytes: tokens * 7 * 4, phase: "persistent", tracked: true },
   ];
-  rows[0].bytes = linears.reduce(
-    (s, [, [i, out]]) => s + quantizedBytes(i * out, o.baseQuant, m.storageBytes) * m.numLayers,
-    0,
-  );
-  const totalBytes = rows.reduce((s, r) => s + r.bytes, 0);
-  return { rows, totalBytes, quantizedParams, otherParams, loraParams };
+
+  // What the forward keeps until backward: with checkpointing each layer's input (the embedding output for layer
+  // 0) plus the last layer's output (the final norm's input); without, every layer's saved set and the embedding.
+  const kept = ckpt ? (L + 1) * hidden : hidden + L * saved;
+  const loss: PlanRow[] = [
+    {
+      item: ckpt ? `checkpointed layer inputs (${L + 1} × tokens × hidden)` : `saved activations (all ${L} layers)`,
+      bytes: kept,
+      phase: "loss",
+      tracked: true,
+    },
+    // the fused op computes dHidden for the whole batch in its forward and keeps it until backward
+    { item: "final norm output + its gradient", bytes: 2 * hidden, phase: "loss", tracked: true },
+    {
+      item: `logits chunk (${chunk} rows × vocab, f32)`,
+      bytes: chunk * m.vocabSize * F32,
+      phase: "loss",
+      tracked: true,
+    },
+    { item: "chunk hidden rows + their gradient", bytes: 2 * chunk * m.hiddenSize * F32, phase: "loss", tracked: true },
+    // crossEntropyBackward's output, freed before the chunk's dHidden rows exist: counting both is an upper bound
+    {
+      item: "cross-entropy gradient scratch (raw)",
+      bytes: chunk * m.vocabSize * F32,
+      phase: "loss",
+      tracked: false,
+    },
+  ];
+
+  // Backward of layer i, at its SwiGLU backward: the inputs (or saved sets) of layers 0..i are alive, layers
+  // i+1..L−1 have all their LoRA gradients and layer i only down_proj's (the one linear back-propagated so far).
+  // Linear in i, so the worst layer is the first or the last one. At the first layer the gradients of its other
+  // linears come later, once part of its saved set is freed; counting them here makes that case a slight upper
+  // bound (it only wins when the adapters outweigh a layer's activations: a large rank over few tokens).
+  const gradsPerLayer = loraPerLayer * F32;
+  const down = targets.find(([n]) => n === "down_proj")?.[1];
+  const gradsDown = down ? o.loraR * (down[0] + down[1]) * F32 : 0;
+  const alive = ckpt ? hidden : saved;
+  const atLast = L * alive + gradsDown;
+  const atFirst = alive + L * gradsPerLayer;
+  const worstIsLast = atLast >= atFirst;
+  const inputsAlive = worstIsLast ? L : 1;
+  const backward: PlanRow[] = [
+    {
+      item: ckpt
+        ? `checkpointed layer inputs alive (${inputsAlive} of ${L})`
+        : `saved activations alive (${inputsAlive} of ${L} layers)`,
+      bytes: inputsAlive * alive,
+      phase: "backward",
+      tracked: true,
+    },
+    {
+      item: worstIsLast ? "LoRA gradients so far (down_proj's, f32)" : `LoRA gradients (all ${L} layers, f32)`,
+      bytes: worstIsLast ? gradsDown : L * gradsPerLayer,
+      phase: "backward",
+      tracked: true,
+    },
+    ...(ckpt
+      ? [{ item: "one layer's recomputed activations", bytes: saved, phase: "backward" as const, tracked: true }]
+      : []),
+    {
+      // the gradient arriving at the layer, and SwiGLU's backward writing dGate and dUp while its own
+      // incoming gradient has replaced the freed swiglu output
+      item: "layer output gradient + dGate, dUp",
+      bytes: hidden + 2 * tokens * m.intermediateSize * F32,
+      phase: "backward",
+      tracked: true,
+    },
+  ];
+
+  const sum = (rows: PlanRow[], trackedOnly: boolean) =>
+    rows.reduce((s, r) => s + (trackedOnly && !r.tracked ? 0 : r.bytes), 0);
+  const lossTracked = sum(loss, true);
+  const backwardTracked = sum(backward, true);
+  const peakPhase = sum(loss, false) >= sum(backward, false) ? "loss" : "backward";
+  const rows = [...persistent, ...loss, ...backward];
+  return {
+    rows,
+    totalBytes: sum(persistent, false) + Math.max(sum(loss, false), sum(backward, false)),
+    trackedPeakBytes: sum(persistent, true) + Math.max(lossTracked, backwardTracked),
+    peakPhase,
+    quantizedParams,
+    otherParams,
+    loraParams,
+  };
 }
 
 export function formatBytes(n: number): string {
@@ -153,9 +301,28 @@ export function formatBytes(n: number): string {
   return `${n} B`;
 }
 
+const PHASE_TITLES: Record<PlanPhase, string> = {
+  persistent: "resident for the whole step",
+  loss: "peak candidate: forward at the chunked lm_head + cross-entropy",
+  backward: "peak candidate: inside a decoder layer's backward",
+};
+
 export function formatPlan(plan: MemoryPlan): string {
-  const width = Math.max(...plan.rows.map((r) => r.item.length), 5);
-  const lines = plan.rows.map((r) => `${r.item.padEnd(width)}  ${formatBytes(r.bytes).padStart(10)}`);
-  lines.push(`${"total".padEnd(width)}  ${formatBytes(plan.totalBytes).padStart(10)}`);
+  const width = Math.max(...plan.rows.map((r) => r.item.length + 2), 44);
+  const line = (item: string, bytes: number) => `${item.padEnd(width)}  ${formatBytes(bytes).padStart(10)}`;
+  const lines: string[] = [];
+  for (const phase of ["persistent", "loss", "backward"] as const) {
+    const mark = phase === plan.peakPhase ? "  <- peak" : "";
+    lines.push(`${PHASE_TITLES[phase]}${mark}`);
+    for (const r of plan.rows.filter((x) => x.phase === phase))
+      lines.push(line(`  ${r.item}${r.tracked ? "" : " *"}`, r.bytes));
+  }
+  lines.push(line("total", plan.totalBytes));
+  lines.push(line("  tensor storages only (memoryStats peak)", plan.trackedPeakBytes));
+  lines.push(
+    '* raw backend buffers: outside memoryStats("cpu").peakBytes, which counts tensor storages only.',
+    "Process RSS is higher: add Node.js itself (≈ 0.1 GB) and the caching host allocator's free buffers,",
+    "which it keeps for reuse (size classes round up by ≤ 25 %; cap 2 GiB or $QLORA_HOST_CACHE_BYTES).",
+  );
   return lines.join("\n");
 }

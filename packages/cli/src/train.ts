@@ -138,7 +138,10 @@ function interruptPlugin(signal: AbortSignal | undefined, flag: { interrupted: b
     name: "interrupt",
     order: "pre",
     hooks: {
-      "step:end"(ctx) {
+      async "step:end"(ctx) {
+        // A training step never waits on I/O, so without this turn of the event loop the SIGINT handler (a
+        // macrotask) would not run until fit() returned.
+        if (signal) await new Promise((resolve) => setImmediate(resolve));
         if (!signal?.aborted) return;
         flag.interrupted = true;
         ctx.control.save();
