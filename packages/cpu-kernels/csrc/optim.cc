@@ -137,15 +137,17 @@ struct Quantizer {
   }
 };
 
-// Quantizers for the maps seen so far, matched by content (the optimizers pass the same two maps).
-// Built on the JS thread before any parallel work starts.
-const Quantizer& quantizerFor(const float* qmap) {
-  static std::vector<std::unique_ptr<Quantizer>> cache;
+// Quantizers for the maps seen so far, matched by content (the optimizers pass the same two maps). Shared
+// pointers under a mutex: several Node worker threads may call the kernels at once.
+std::shared_ptr<const Quantizer> quantizerFor(const float* qmap) {
+  static std::mutex lock;
+  static std::vector<std::shared_ptr<const Quantizer>> cache;
+  std::lock_guard<std::mutex> guard(lock);
   for (const auto& q : cache)
-    if (std::memcmp(q->code, qmap, sizeof(q->code)) == 0) return *q;
+    if (std::memcmp(q->code, qmap, sizeof(q->code)) == 0) return q;
   if (cache.size() >= 8) cache.erase(cache.begin());
-  cache.push_back(std::make_unique<Quantizer>(qmap));
-  return *cache.back();
+  cache.push_back(std::make_shared<const Quantizer>(qmap));
+  return cache.back();
 }
 
 // First-moment code: never let the stored value flip sign (bitsandbytes' fix after quantize).
@@ -348,8 +350,9 @@ Napi::Value OptimAdamW8bit(const Napi::CallbackInfo& info) {
   a.stepSize = x.number(14, "stepSize");
   a.decay = x.number(15, "decay");
   if (!x.ok()) return x.env().Undefined();
-  a.q1 = &quantizerFor(qm1);
-  a.q2 = &quantizerFor(qm2);
+  const auto hold1 = quantizerFor(qm1), hold2 = quantizerFor(qm2);
+  a.q1 = hold1.get();
+  a.q2 = hold2.get();
   const bool avx2 = isa().avx2_fma;
   parallel_for(static_cast<size_t>(blocks), [&](size_t b0, size_t b1) {
     for (size_t b = b0; b < b1; ++b) adam8Block(a, static_cast<int64_t>(b), avx2);
@@ -415,7 +418,8 @@ Napi::Value OptimLion8bit(const Napi::CallbackInfo& info) {
   a.omb2 = x.number(10, "oneMinusBeta2");
   a.negLr = x.number(11, "negLr");
   if (!x.ok()) return x.env().Undefined();
-  a.q1 = &quantizerFor(qm1);
+  const auto hold1 = quantizerFor(qm1);
+  a.q1 = hold1.get();
   parallel_for(static_cast<size_t>(blocks), [&](size_t b0, size_t b1) {
     for (size_t b = b0; b < b1; ++b) lion8Block(a, static_cast<int64_t>(b));
   }, 16);
@@ -675,7 +679,8 @@ Napi::Value OptimQuantize8bit(const Napi::CallbackInfo& info) {
   if (!x.ok()) return x.env().Undefined();
   const bool scalar = !x.is_null(3) && x.boolean(3, "scalarOnly");
   if (!x.ok()) return x.env().Undefined();
-  const Quantizer& q = quantizerFor(qmap);
+  const auto hold = quantizerFor(qmap);
+  const Quantizer& q = *hold;
   quantizeBlock(!scalar && isa().avx2_fma, q, ys, nullptr, out, n);
   return x.env().Undefined();
 }
