@@ -26,3 +26,4 @@ export {
   rankLogger,
   runRank,
 } from "./launch";
+export { type CommStats, DdpStrategy, type DdpOptions } from "./ddp";
