@@ -10,7 +10,7 @@ constexpr int64_t kNf4GemvMaxM = 4;
 
 // Returns false (and writes nothing) when the fast path does not apply: m > 4, no AVX2/AVX-512,
 // or rows that do not start on a block boundary (k % blocksize != 0) / blocks not a multiple of
-// the SIMD chunk (blocksize % 16 for AVX2, % 32 for AVX-512 and NEON). Callers then use the tiled GEMM.
+// the SIMD chunk (blocksize % 32: every bitsandbytes blocksize). Callers then use the tiled GEMM.
 bool nf4_gemv(const Quant4& q, const float* x, int64_t m, float* y);
 
 }  // namespace qlora
