@@ -1,7 +1,7 @@
 import { spawnSync } from "node:child_process";
 import { describe, expect, it } from "vitest";
 import { DistributedError, launchCommand, rankLogger, referenceCollectives } from "../src/index";
-import { ROOT, mpirun, noMpi, runRanks } from "./helpers";
+import { ROOT } from "./helpers";
 
 describe("MPI communicator without a job", () => {
   it("a missing MPI library is a typed error naming the library", () => {
@@ -50,34 +50,5 @@ describe("MPI communicator without a job", () => {
     expect([...referenceCollectives.allReduce(parts, "max")]).toEqual([3, 5, 7, 4]);
     expect([...referenceCollectives.reduceScatter(parts, "min", 1)]).toEqual([-2, 0]);
     expect([...referenceCollectives.allGather(parts)]).toEqual([1, 5, -2, 4, 3, -1, 7, 0]);
-  });
-});
-
-describe(`MPI collectives under mpirun${noMpi}`, () => {
-  for (const n of [2, 3])
-    it.skipIf(!mpirun.ok)(`-n ${n}: every collective, f32/f64/i32, odd sizes, against its definition`, async () => {
-      const r = await runRanks(n, "collectives.ts");
-      expect(r.exitCode, r.stderr).toBe(0);
-      const res = JSON.parse(r.stdout.trim().split("\n").at(-1) as string);
-      expect(res.worldSize).toBe(n);
-      expect(res.failures).toEqual([]);
-      expect(res.failuresPerRank).toEqual(Array(n).fill(0));
-      expect(res.cases).toBeGreaterThan(100);
-    });
-
-  it.skipIf(!mpirun.ok)("a killed rank ends every other rank (no hang), with a message", async () => {
-    const r = await runRanks(3, "failure.ts", ["kill"], { TEST_TIMEOUT_MS: "5000" });
-    expect(r.exitCode).not.toBe(0);
-    expect(r.seconds).toBeLessThan(40);
-    expect(`${r.stdout}${r.stderr}`).toMatch(/signal 9|Killed|killed|rank 1/i);
-  });
-
-  it.skipIf(!mpirun.ok)("a silent rank makes its peers' collective time out and the job end", async () => {
-    const r = await runRanks(2, "failure.ts", ["stall"], { TEST_TIMEOUT_MS: "2000" });
-    expect(r.exitCode).not.toBe(0);
-    expect(r.seconds).toBeLessThan(40);
-    expect(r.stderr).toMatch(
-      /\[rank 0\/2\] error: DistributedError TIMEOUT: allReduce on rank 0 of 2: peers did not arrive within 2000 ms/,
-    );
   });
 });

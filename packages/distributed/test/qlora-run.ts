@@ -58,6 +58,8 @@ export interface RunOptions {
   accumulation: number;
   steps: number;
   strategy?: Strategy;
+  /** Called at the start of every optimizer step with its index. */
+  onStep?: (step: number) => void;
 }
 
 export async function trainAdapter(o: RunOptions): Promise<{ values: number[]; names: string[]; losses: number[] }> {
@@ -111,6 +113,7 @@ export async function trainAdapter(o: RunOptions): Promise<{ values: number[]; n
       scheduler: { name: "constant" },
     },
   });
+  trainer.hooks.on("step:start", (ctx) => o.onStep?.(ctx.state.globalStep));
   trainer.hooks.on("step:end", (ctx) => {
     if (ctx.loss !== undefined) losses.push(ctx.loss);
   });

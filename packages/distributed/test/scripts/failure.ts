@@ -1,5 +1,5 @@
-// Run under mpirun: ranks loop over all-reduces; argv[2] picks how rank 1 fails.
-//   kill: rank 1 SIGKILLs itself mid-job;  stall: rank 1 stops calling collectives (alive, silent).
+// Run under mpirun: ranks loop over all-reduces; with argv[2] = "stall", rank 1 stops calling collectives at its
+// 4th (alive and silent), so its peers' next all-reduce must time out.
 import { mpiWorld, runRank } from "../../src/index";
 
 const mode = process.argv[2];
@@ -8,7 +8,6 @@ await runRank(
   async () => {
     for (let step = 0; step < 1000; step++) {
       if (comm.rank === 1 && step === 3) {
-        if (mode === "kill") process.kill(process.pid, "SIGKILL");
         if (mode === "stall") await new Promise((r) => setTimeout(r, 120_000));
       }
       const x = new Float32Array(1000).fill(comm.rank);

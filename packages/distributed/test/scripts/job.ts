@@ -1,17 +1,22 @@
-// Run under mpirun: DDP training of the tiny QLoRA setup; rank 0 writes the adapter and figures to argv[2].
+// Run under mpirun: the collectives check, then DDP training of the tiny QLoRA setup; rank 0 writes both results
+// to argv[2] (one job per world size keeps the suite fast: rank start-up dominates).
 import { writeFileSync } from "node:fs";
 import { DdpStrategy, mpiWorld, runRank } from "../../src/index";
 import { trainAdapter } from "../qlora-run";
+import { checkCollectives } from "./collectives";
 
 const [out, micro, accum, steps] = [process.argv[2], ...process.argv.slice(3).map(Number)];
-const comm = mpiWorld({ timeoutMs: 60_000 });
+const comm = mpiWorld();
 await runRank(
   async () => {
+    const collectives = process.env.TEST_KILL_RANK ? undefined : await checkCollectives(comm);
     const strategy = new DdpStrategy({
       communicator: comm,
       bucketCapBytes: 16 * 1024,
       gradientAccumulationSteps: accum,
     });
+    // Failure test: this rank dies (SIGKILL) at the start of the given step.
+    const killAt = process.env.TEST_KILL_RANK === String(comm.rank) ? Number(process.env.TEST_KILL_AT_STEP) : -1;
     const t0 = performance.now();
     const r = await trainAdapter({
       rank: comm.rank,
@@ -20,6 +25,9 @@ await runRank(
       accumulation: accum,
       steps,
       strategy,
+      onStep: (step) => {
+        if (step === killAt) process.kill(process.pid, "SIGKILL");
+      },
     });
     const seconds = (performance.now() - t0) / 1000;
     // every rank must end with the same adapter
@@ -29,7 +37,7 @@ await runRank(
     const sameAsRank0 = mine.every((v, i) => v === root[i]);
     const agree = await comm.allGather(new Int32Array([sameAsRank0 ? 1 : 0])).done;
     if (comm.rank === 0)
-      writeFileSync(out, JSON.stringify({ ...r, stats: strategy.stats, agree: [...agree], seconds }));
+      writeFileSync(out, JSON.stringify({ collectives, ...r, stats: strategy.stats, agree: [...agree], seconds }));
   },
   { abort: (c) => comm.abort(c), rank: comm.rank, worldSize: comm.worldSize },
 );
