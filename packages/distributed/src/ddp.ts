@@ -10,6 +10,7 @@
 import { type Module, type Tensor, tensor } from "@qlora/tensor";
 import {
   type NumericArray,
+  registerStrategy,
   type ReduceOp,
   type Strategy,
   type StrategySetup,
@@ -19,6 +20,7 @@ import {
 } from "@qlora/trainer";
 import type { CommArray, CommHandle, Communicator } from "./communicator";
 import { DistributedError } from "./errors";
+import { mpiWorld } from "./mpi";
 
 export interface DdpOptions {
   readonly communicator: Communicator;
@@ -259,4 +261,12 @@ export class DdpStrategy implements Strategy {
     for (const h of this.hooks) h.remove();
     this.hooks = [];
   }
+}
+
+/**
+ * Registers `strategy: ddp` with the trainer's name registry (what the CLI resolves). The communicator defaults
+ * to MPI_COMM_WORLD, created when the strategy is first built (so registering needs no MPI).
+ */
+export function registerDdpStrategy(options: Partial<DdpOptions> = {}): void {
+  registerStrategy("ddp", () => new DdpStrategy({ ...options, communicator: options.communicator ?? mpiWorld() }));
 }

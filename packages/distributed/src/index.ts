@@ -26,4 +26,5 @@ export {
   rankLogger,
   runRank,
 } from "./launch";
-export { type CommStats, DdpStrategy, type DdpOptions } from "./ddp";
+export { type CommStats, DdpStrategy, type DdpOptions, registerDdpStrategy } from "./ddp";
+export { LocalCommunicator } from "./local";
