@@ -1,6 +1,15 @@
 import { describe, expect, it } from "vitest";
 import { CliError } from "./errors";
-import { DEFAULT_ESTIMATE, estimateMemory, formatPlan, modelShapeFromConfig, quantizedBytes } from "./estimate";
+import {
+  adamStateBytes,
+  DEFAULT_ESTIMATE,
+  defaultLogitsChunk,
+  estimateMemory,
+  formatPlan,
+  type MemoryPlan,
+  modelShapeFromConfig,
+  quantizedBytes,
+} from "./estimate";
 
 const llama65b = {
   architectures: ["LlamaForCausalLM"],
@@ -35,9 +44,37 @@ describe("estimateMemory", () => {
     const shape = modelShapeFromConfig(llama65b);
     const a = estimateMemory(shape, DEFAULT_ESTIMATE);
     const b = estimateMemory(shape, { ...DEFAULT_ESTIMATE, optimizerBits: 8 });
-    expect(b.rows[4].bytes / a.rows[4].bytes).toBeLessThan(0.27);
+    const row = (plan: MemoryPlan, prefix: string) => plan.rows.find((r) => r.item.startsWith(prefix))!.bytes;
+    expect(row(b, "optimizer state") / row(a, "optimizer state")).toBeLessThan(0.27);
     const c = estimateMemory(shape, { ...DEFAULT_ESTIMATE, gradientCheckpointing: false });
-    expect(c.rows[5].bytes).toBeGreaterThan(5 * a.rows[5].bytes);
+    expect(row(c, "saved activations (all")).toBeGreaterThan(5 * row(a, "checkpointed layer inputs ("));
+    expect(c.totalBytes).toBeGreaterThan(a.totalBytes + row(c, "saved activations (all") / 2);
+  });
+
+  it("8-bit optimizer state follows bitsandbytes' min_8bit_size; the loss chunk follows the model's default", () => {
+    expect(adamStateBytes(4095, 8)).toBe(8 * 4095); // below 4096 elements: 32-bit state
+    expect(adamStateBytes(4096, 8)).toBe(2 * (4096 + 4 * 16));
+    expect(adamStateBytes(1000, 32)).toBe(8000);
+    expect(defaultLogitsChunk(32000)).toBe(262); // ⌊8 Mi / 32000⌋ rows, as @qlora/models chunks the loss
+    expect(defaultLogitsChunk(1 << 24)).toBe(1);
+  });
+
+  it("the total is the resident rows plus the larger of the two peak moments", () => {
+    for (const gradientCheckpointing of [true, false]) {
+      const plan = estimateMemory(modelShapeFromConfig(llama65b), { ...DEFAULT_ESTIMATE, gradientCheckpointing });
+      const sum = (phase: string, trackedOnly = false) =>
+        plan.rows.filter((r) => r.phase === phase && (r.tracked || !trackedOnly)).reduce((s, r) => s + r.bytes, 0);
+      expect(plan.totalBytes).toBe(sum("persistent") + Math.max(sum("loss"), sum("backward")));
+      expect(plan.trackedPeakBytes).toBe(sum("persistent", true) + Math.max(sum("loss", true), sum("backward", true)));
+      expect(plan.peakPhase).toBe(sum("loss") >= sum("backward") ? "loss" : "backward");
+      // the paper's items are all there
+      for (const item of ["base weights", "LoRA parameters", "LoRA gradients", "optimizer state", "logits chunk"])
+        expect(plan.rows.some((r) => r.item.startsWith(item))).toBe(true);
+      const text = formatPlan(plan);
+      expect(text).toContain("<- peak");
+      expect(text).toMatch(/tensor storages only \(memoryStats peak\)/);
+      expect(text).toMatch(/Process RSS is higher/);
+    }
   });
 
   it("names the file and key of a bad config", () => {

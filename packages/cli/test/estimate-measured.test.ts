@@ -4,9 +4,8 @@
  *
  * "Measured peak" is `memoryStats("cpu").peakBytes`: the peak of the bytes held by tensor storages. It excludes
  * Node.js's heap and code, the caching allocator's free buffers and raw backend buffers; of the latter the plan
- * names two, the optimizer state (checked exactly against `stateBytes()`) and the cross-entropy gradient scratch
- * (not observable from here), so the plan's tracked figure is compared with the counter, and its optimizer row
- * with the optimizer. Each step is also measured in two windows, forward and backward, against the plan's two
+ * has one, the optimizer state, so the plan's tracked figure is compared with the counter and its optimizer row
+ * with the optimizer's `stateBytes()`, exactly. Each step is also measured in two windows, forward and backward, against the plan's two
  * peak candidates, so a right total cannot come from two wrong halves.
  */
 import { LoraModel } from "@qlora/lora";
@@ -174,7 +173,6 @@ describe("qlora estimate vs the measured peak of CPU training steps", () => {
           .filter((r) => r.tracked && (r.phase === phase || r.phase === "persistent"))
           .reduce((s, r) => s + r.bytes, 0);
       const report = `plan ${plan.trackedPeakBytes} vs measured ${m.peak}; forward ${tracked("loss")} vs ${m.forward}; backward ${tracked("backward")} vs ${m.backward}`;
-      console.log("ZZ", c.name, report);
       expect(within(plan.trackedPeakBytes, m.peak), report).toBeLessThan(0.15);
       expect(within(tracked("loss"), m.forward), report).toBeLessThan(0.15);
       expect(within(tracked("backward"), m.backward), report).toBeLessThan(0.15);

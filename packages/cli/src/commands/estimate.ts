@@ -20,7 +20,9 @@ export function registerEstimate(program: Command, io: Io): void {
     )
     .option("--quant <q>", "base weights: nf4-dq | nf4 | none", "nf4-dq")
     .option("--no-gradient-checkpointing", "keep every layer's activations")
-    .option("--logits-chunk <n>", "rows of logits per chunk", (v) => positiveInt(v, "--logits-chunk"), 1024)
+    .option("--logits-chunk <n>", "rows of logits per chunk (default: the model's, ≈ 8 Mi logits)", (v) =>
+      positiveInt(v, "--logits-chunk"),
+    )
     .action(function (this: Command, o) {
       const global = this.optsWithGlobals() as GlobalOptions;
       if (!["nf4-dq", "nf4", "none"].includes(o.quant))
