@@ -46,12 +46,14 @@ export interface CommStats {
   allReduceCalls: number;
   /** Bucket all-reduces started from a post-accumulate-grad hook, i.e. while backward was still running. */
   startedDuringBackward: number;
+  /** Milliseconds reduceGradients spent waiting for all-reduces to finish (communication not hidden by backward). */
+  waitMs: number;
 }
 
 export class DdpStrategy implements Strategy {
   readonly name = "ddp";
   readonly comm: Communicator;
-  readonly stats: CommStats = { allReduceBytes: 0, allReduceCalls: 0, startedDuringBackward: 0 };
+  readonly stats: CommStats = { allReduceBytes: 0, allReduceCalls: 0, startedDuringBackward: 0, waitMs: 0 };
   private readonly bucketCapBytes: number;
   private readonly accumulation: number;
   private params: ReadonlyMap<string, Tensor> = new Map();
@@ -185,7 +187,9 @@ export class DdpStrategy implements Strategy {
     if (this.lateGradient) throw new DistributedError("ACCUMULATION_MISMATCH", `DdpStrategy: ${this.lateGradient}`);
     while (this.nextBucket < this.buckets.length) this.start(this.buckets[this.nextBucket]);
     for (const b of this.buckets) {
+      const t0 = performance.now();
       await b.handle?.done;
+      this.stats.waitMs += performance.now() - t0;
       b.params.forEach((p, i) => {
         const old = p.grad;
         p.grad = tensor(b.data.slice(b.offsets[i], b.offsets[i] + p.size), { shape: [...p.shape], backend: p.backend });
