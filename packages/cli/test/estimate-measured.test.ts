@@ -31,12 +31,14 @@ interface Case {
   gradientCheckpointing: boolean;
   loraR: number;
   optimizerBits: 32 | 8;
+  /** dtype of the non-quantized weights (embeddings, norms, lm_head); config.torch_dtype says the same. */
+  storage: "f32" | "bf16";
 }
 
-const llama = (c: Record<string, unknown>) => ({
+const llama = (c: Record<string, unknown>, torchDtype = "float32") => ({
   architectures: ["LlamaForCausalLM"],
   max_position_embeddings: 1024,
-  torch_dtype: "float32",
+  torch_dtype: torchDtype,
   ...c,
 });
 
@@ -56,22 +58,27 @@ const CASES: Case[] = [
     gradientCheckpointing: true,
     loraR: 8,
     optimizerBits: 32,
+    storage: "f32",
   },
   {
-    name: "hidden 256, 4 layers, 2×256 tokens, checkpointed, 8-bit AdamW",
-    config: llama({
-      hidden_size: 256,
-      intermediate_size: 688,
-      num_hidden_layers: 4,
-      num_attention_heads: 8,
-      num_key_value_heads: 4,
-      vocab_size: 2000,
-    }),
+    name: "hidden 256, 4 layers, 2×256 tokens, checkpointed, 8-bit AdamW, bf16 embeddings and lm_head",
+    config: llama(
+      {
+        hidden_size: 256,
+        intermediate_size: 688,
+        num_hidden_layers: 4,
+        num_attention_heads: 8,
+        num_key_value_heads: 4,
+        vocab_size: 2000,
+      },
+      "bfloat16",
+    ),
     seqLen: 256,
     microBatchSize: 2,
     gradientCheckpointing: true,
     loraR: 8,
     optimizerBits: 8,
+    storage: "bf16",
   },
   {
     name: "hidden 384, 3 layers, 4×128 tokens, no checkpointing (peak at the lm_head + cross-entropy)",
@@ -88,6 +95,7 @@ const CASES: Case[] = [
     gradientCheckpointing: false,
     loraR: 8,
     optimizerBits: 32,
+    storage: "f32",
   },
   {
     name: "tied 32k vocabulary (two logits chunks), rank 16, checkpointed",
@@ -104,6 +112,7 @@ const CASES: Case[] = [
     gradientCheckpointing: true,
     loraR: 16,
     optimizerBits: 32,
+    storage: "f32",
   },
 ];
 
@@ -121,7 +130,7 @@ async function measure(c: Case): Promise<Measured> {
   const before = memoryStats("cpu").currentBytes;
   const model = createModel(
     parseConfig(c.config),
-    randomLayers({ seed: 1, dtype: "f32", quantize: { quantType: "nf4", doubleQuant: true, blocksize: 64 } }),
+    randomLayers({ seed: 1, dtype: c.storage, quantize: { quantType: "nf4", doubleQuant: true, blocksize: 64 } }),
     { gradientCheckpointing: c.gradientCheckpointing },
   );
   LoraModel.inject(model, { r: c.loraR, lora_alpha: 2 * c.loraR, target_modules: "all-linear" });
