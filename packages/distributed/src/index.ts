@@ -28,3 +28,4 @@ export {
 } from "./launch";
 export { type CommStats, DdpStrategy, type DdpOptions, registerDdpStrategy } from "./ddp";
 export { LocalCommunicator } from "./local";
+export { type PerRankMemory, type SingleProcessMemory, perRankMemory } from "./estimate";
