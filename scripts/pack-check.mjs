@@ -326,6 +326,29 @@ function main() {
     );
     return `${tensors} tensors, LlamaForCausalLM`;
   });
+  check("qlora generate (NF4 load, cpu backend) prints what the workspace sources print", () => {
+    const argv = ["generate", "--model", model, "--prompt", "colour 3:", "--max-new-tokens", "6"];
+    const installed = qlora(...argv);
+    expect(installed.status === 0, `exit ${installed.status}\n${installed.stderr}`);
+    expect(
+      !installed.stderr.includes("QLORA_CPU_KERNELS_FALLBACK"),
+      `the CLI fell back to the reference backend:\n${installed.stderr}`,
+    );
+    const cli = join(root, "packages", "cli");
+    const fromSources = run(
+      process.execPath,
+      ["--conditions=@qlora/source", "--import", "tsx", "src/bin.ts", ...argv],
+      {
+        cwd: cli,
+      },
+    );
+    expect(fromSources.status === 0, `from sources: exit ${fromSources.status}\n${fromSources.stderr}`);
+    expect(
+      installed.stdout.length > 0 && installed.stdout === fromSources.stdout,
+      `installed printed:\n${installed.stdout}\nsources printed:\n${fromSources.stdout}`,
+    );
+    return JSON.stringify(installed.stdout.trim().slice(0, 60));
+  });
   check("qlora inspect <missing path> fails with a message", () => {
     const missing = join(work, "no-such-model");
     const r = qlora("inspect", missing);

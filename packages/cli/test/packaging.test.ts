@@ -37,6 +37,7 @@ describe("packaging (scripts/pack-check.mjs)", () => {
         "npx qlora --help",
         "qlora estimate",
         "qlora inspect <model.safetensors>",
+        "qlora generate (NF4 load, cpu backend)",
         "qlora inspect <missing path>",
       ]) {
         expect(
