@@ -12,6 +12,7 @@ import {
   referenceBackend,
 } from "@qlora/tensor";
 import { afterAll, describe, expect, it } from "vitest";
+import { isaAccountingTest, isaSuite } from "../test/isa-paths";
 import { createFusedOps, type FusedNative } from "./fused";
 import { loadNative } from "./load";
 import { rand } from "./rand.test-util";
@@ -19,7 +20,9 @@ import { rand } from "./rand.test-util";
 const native = loadNative() as unknown as FusedNative;
 const fused = createFusedOps(() => native) as Backend;
 const ref = referenceBackend;
-const levels = [2, 1, 0].filter((l) => native.setFusedIsaLevel(l) === l);
+// Every ISA level this host cannot run is reported as a skipped test (test/isa-paths.ts).
+const levels = isaSuite("fused", "elementwise long-row tests").map((c) => c.level);
+isaAccountingTest("fused");
 afterAll(() => native.setFusedIsaLevel(2));
 
 const f = (a: ArrayLike<number>) => ref.fromHost(Float32Array.from(a), "f32");
