@@ -2,7 +2,7 @@
  * One MPI job per world size (rank start-up dominates the time here): each job first checks every collective
  * against its definition, then trains the tiny QLoRA setup with DDP; the assertions are split by topic below.
  */
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -81,18 +81,39 @@ for (const n of [2, 3]) {
 }
 
 describe(`failures end the job on every rank${noMpi}`, () => {
-  it.skipIf(!mpirun.ok)("-n 3: a rank killed mid-training ends every other rank with a message (no hang)", async () => {
-    const r = await runRanks(3, "job.ts", [join(work, "killed.json"), "2", "1", "50"], {
-      TEST_KILL_RANK: "1",
-      TEST_KILL_AT_STEP: "2",
-      QLORA_COLLECTIVE_TIMEOUT_MS: "10000",
-    });
-    expect(r.exitCode).not.toBe(0);
-    expect(r.seconds).toBeLessThan(60);
-    // mpirun names the dead rank and stops the others; a surviving rank says why it stops
-    expect(r.stderr).toMatch(/process rank 1 .*signal 9/);
-    expect(r.stderr).toMatch(/\[rank [02]\/3\] error: stopped by the launcher: another rank failed/);
-  });
+  it.skipIf(!mpirun.ok)(
+    "-n 3: a rank killed mid-training ends every other rank with a message (no hang); resuming from the last checkpoint gives the uninterrupted adapter",
+    async () => {
+      const outputDir = join(work, "resume");
+      const args = [join(work, "resumed.json"), String(MICRO), String(ACCUM), String(STEPS)];
+      const r = await runRanks(3, "job.ts", args, {
+        TEST_OUTPUT_DIR: outputDir,
+        TEST_KILL_RANK: "1",
+        TEST_KILL_AT_STEP: "2",
+        QLORA_COLLECTIVE_TIMEOUT_MS: "10000",
+      });
+      expect(r.exitCode).not.toBe(0);
+      expect(r.seconds).toBeLessThan(60);
+      // mpirun names the dead rank and stops the others; a surviving rank says why it stops
+      expect(r.stderr).toMatch(/process rank 1 .*signal 9/);
+      expect(r.stderr).toMatch(/\[rank [02]\/3\] error: stopped by the launcher: another rank failed/);
+      expect(existsSync(join(outputDir, "checkpoint-2", "trainer_state.json"))).toBe(true);
+      expect(existsSync(join(outputDir, "checkpoint-3"))).toBe(false);
+
+      const resumed = await runRanks(3, "job.ts", args, { TEST_OUTPUT_DIR: outputDir, TEST_RESUME: "1" });
+      expect(resumed.exitCode, resumed.stderr).toBe(0);
+      const job = JSON.parse(readFileSync(args[0], "utf8"));
+      expect(job.losses.length).toBe(1); // only step 3 ran after the resume
+      const single = await trainAdapter({
+        rank: 0,
+        worldSize: 1,
+        microBatch: MICRO * 3,
+        accumulation: ACCUM,
+        steps: STEPS,
+      });
+      expect(maxAbsDiff(job.values, single.values)).toBeLessThan(1e-5);
+    },
+  );
 
   it.skipIf(!mpirun.ok)("-n 2: a silent rank makes its peer's collective time out and the job end", async () => {
     const r = await runRanks(2, "failure.ts", ["stall"], { TEST_TIMEOUT_MS: "2000" });

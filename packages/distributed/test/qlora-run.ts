@@ -58,6 +58,10 @@ export interface RunOptions {
   accumulation: number;
   steps: number;
   strategy?: Strategy;
+  /** Checkpoint every step into this directory (the trainer's default safetensors CheckpointIO). */
+  outputDir?: string;
+  /** Resume from the latest checkpoint in outputDir. */
+  resume?: boolean;
   /** Called at the start of every optimizer step with its index. */
   onStep?: (step: number) => void;
 }
@@ -111,13 +115,14 @@ export async function trainAdapter(o: RunOptions): Promise<{ values: number[]; n
       maxGradNorm: 0.5,
       loggingSteps: 1,
       scheduler: { name: "constant" },
+      ...(o.outputDir ? { outputDir: o.outputDir, saveSteps: 1 } : {}),
     },
   });
   trainer.hooks.on("step:start", (ctx) => o.onStep?.(ctx.state.globalStep));
   trainer.hooks.on("step:end", (ctx) => {
     if (ctx.loss !== undefined) losses.push(ctx.loss);
   });
-  if (o.steps > 0) await trainer.fit();
+  if (o.steps > 0) await trainer.fit({ resumeFrom: o.resume });
   const values: number[] = [];
   const names: string[] = [];
   for (const [n, p] of trainable) {

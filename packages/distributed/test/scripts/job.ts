@@ -9,7 +9,7 @@ const [out, micro, accum, steps] = [process.argv[2], ...process.argv.slice(3).ma
 const comm = mpiWorld();
 await runRank(
   async () => {
-    const collectives = process.env.TEST_KILL_RANK ? undefined : await checkCollectives(comm);
+    const collectives = process.env.TEST_OUTPUT_DIR ? undefined : await checkCollectives(comm);
     const strategy = new DdpStrategy({
       communicator: comm,
       bucketCapBytes: 16 * 1024,
@@ -25,6 +25,8 @@ await runRank(
       accumulation: accum,
       steps,
       strategy,
+      outputDir: process.env.TEST_OUTPUT_DIR,
+      resume: process.env.TEST_RESUME === "1",
       onStep: (step) => {
         if (step === killAt) process.kill(process.pid, "SIGKILL");
       },
