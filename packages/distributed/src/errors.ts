@@ -4,7 +4,8 @@ export type DistributedErrorCode =
   | "TIMEOUT"
   | "BAD_ARGUMENT"
   | "ACCUMULATION_MISMATCH"
-  | "LAUNCH_FAILED";
+  | "LAUNCH_FAILED"
+  | "NOT_SUPPORTED";
 
 /** The one error class of @qlora/distributed; `code` says what went wrong, the message names the argument or library. */
 export class DistributedError extends Error {

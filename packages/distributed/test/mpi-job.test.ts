@@ -77,6 +77,31 @@ for (const n of [2, 3]) {
         expect(stats.startedDuringBackward).toBeGreaterThan(0);
       },
     );
+
+    it.skipIf(!mpirun.ok)(
+      "sharded gradients + optimizer state: the same adapter as DDP and one process; each rank holds ~1/N of the optimizer state",
+      async () => {
+        const single = await trainAdapter({
+          rank: 0,
+          worldSize: 1,
+          microBatch: MICRO * n,
+          accumulation: ACCUM,
+          steps: STEPS,
+        });
+        const { sharded } = job;
+        expect(sharded.agree).toEqual(Array(n).fill(1));
+        expect(maxAbsDiff(sharded.values, single.values)).toBeLessThan(1e-5);
+        expect(maxAbsDiff(sharded.values, job.values)).toBeLessThan(1e-5);
+        expect(maxAbsDiff(sharded.losses, single.losses)).toBeLessThan(1e-5);
+        const perRank: number[] = sharded.optimizerStateBytesPerRank;
+        // the ranks' states partition the one-process state exactly, and the largest share is close to 1/N
+        expect(perRank.reduce((a, b) => a + b, 0)).toBe(single.optimizerStateBytes);
+        expect(Math.max(...perRank)).toBeLessThanOrEqual((single.optimizerStateBytes / n) * 1.2);
+        console.log(
+          `sharded -n ${n}: optimizer state per rank ${perRank.join(", ")} bytes vs one process ${single.optimizerStateBytes}; max adapter diff vs one process ${maxAbsDiff(sharded.values, single.values).toExponential(2)}`,
+        );
+      },
+    );
   });
 }
 

@@ -66,7 +66,9 @@ export interface RunOptions {
   onStep?: (step: number) => void;
 }
 
-export async function trainAdapter(o: RunOptions): Promise<{ values: number[]; names: string[]; losses: number[] }> {
+export async function trainAdapter(
+  o: RunOptions,
+): Promise<{ values: number[]; names: string[]; losses: number[]; optimizerStateBytes: number }> {
   manualSeed(0);
   const config = parseConfig({
     architectures: ["LlamaForCausalLM"],
@@ -129,5 +131,5 @@ export async function trainAdapter(o: RunOptions): Promise<{ values: number[]; n
     names.push(n);
     values.push(...(p.toTypedArray() as Float32Array));
   }
-  return { values, names, losses };
+  return { values, names, losses, optimizerStateBytes: optimizer.stateBytes() };
 }

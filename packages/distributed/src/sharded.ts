@@ -1,0 +1,189 @@
+/**
+ * Sharded gradients and optimizer state (ZeRO stage 2) for the trainer's Strategy slot: each trainable parameter
+ * is owned by one rank (greedy size balance, the same on every rank). Gradients are reduce-scattered so each rank
+ * receives only the sums of the parameters it owns; the optimizer steps only those (the others' .grad is dropped,
+ * and paged-optim/torch optimizers skip parameters without a gradient, so their state is never allocated: about
+ * 1/N of the optimizer state per rank); then the updated parameters are all-gathered. Every rank keeps full
+ * parameters, and the frozen base is NOT sharded: this is not yet the FSDP of issue 16.
+ */
+import { type Module, type Tensor, tensor } from "@qlora/tensor";
+import {
+  type NumericArray,
+  type ReduceOp,
+  type Strategy,
+  type StrategySetup,
+  type TrainerOptimizer,
+  clipByNorm,
+  gradSquaredSum,
+} from "@qlora/trainer";
+import type { CommArray, Communicator } from "./communicator";
+import { DistributedError } from "./errors";
+
+export interface ShardedOptions {
+  readonly communicator: Communicator;
+}
+
+interface Slot {
+  readonly name: string;
+  readonly param: Tensor;
+  readonly owner: number;
+  /** Offset in the flat [worldSize × partition] buffer. */
+  readonly offset: number;
+}
+
+export class ShardedOptimizerStrategy implements Strategy {
+  readonly name = "sharded-optimizer";
+  readonly comm: Communicator;
+  private model: Module | undefined;
+  private slots: Slot[] = [];
+  private partition = 0;
+  /** Bytes reduce-scattered and all-gathered by this rank (payload handed to MPI, whole buffers). */
+  readonly stats = { reduceScatterBytes: 0, allGatherBytes: 0 };
+
+  constructor(options: ShardedOptions) {
+    this.comm = options.communicator;
+  }
+  get rank(): number {
+    return this.comm.rank;
+  }
+  get worldSize(): number {
+    return this.comm.worldSize;
+  }
+  private get owned(): Tensor[] {
+    return this.slots.filter((s) => s.owner === this.rank).map((s) => s.param);
+  }
+
+  async setup(s: StrategySetup): Promise<void> {
+    this.model = s.model;
+    const entries = [...s.params];
+    for (const [name, p] of entries)
+      if (p.dtype !== "f32")
+        throw new DistributedError(
+          "BAD_ARGUMENT",
+          `ShardedOptimizerStrategy: trainable parameter "${name}" is ${p.dtype}; f32 expected`,
+        );
+    // Largest first onto the least-loaded rank (ties: lowest rank): deterministic, so every rank agrees.
+    const load = new Array(this.worldSize).fill(0);
+    const owner = new Map<string, number>();
+    for (const [name, p] of [...entries].sort((a, b) => b[1].size - a[1].size || (a[0] < b[0] ? -1 : 1))) {
+      const r = load.indexOf(Math.min(...load));
+      owner.set(name, r);
+      load[r] += p.size;
+    }
+    this.partition = Math.max(1, ...load);
+    const cursor = load.map((_, r) => r * this.partition);
+    this.slots = entries.map(([name, param]) => {
+      const o = owner.get(name) as number;
+      const slot = { name, param, owner: o, offset: cursor[o] };
+      cursor[o] += param.size;
+      return slot;
+    });
+    // Every rank starts from rank 0's weights.
+    const flat = this.flatParams();
+    await this.comm.broadcast(flat, 0).done;
+    this.loadFlat(flat, () => true);
+  }
+
+  private flatParams(): Float32Array {
+    const flat = new Float32Array(this.partition * this.worldSize);
+    for (const s of this.slots) flat.set(s.param.toTypedArray() as Float32Array, s.offset);
+    return flat;
+  }
+
+  private loadFlat(flat: Float32Array, which: (s: Slot) => boolean): void {
+    const sd: Record<string, Tensor> = {};
+    for (const s of this.slots)
+      if (which(s))
+        sd[s.name] = tensor(flat.slice(s.offset, s.offset + s.param.size), {
+          shape: [...s.param.shape],
+          backend: s.param.backend,
+        });
+    (this.model as Module).loadStateDict(sd, { strict: false });
+  }
+
+  wrapModel<M extends Module>(model: M): M {
+    return model;
+  }
+  backward(loss: Tensor): void {
+    loss.backward();
+  }
+
+  /** Reduce-scatter: this rank's gradients become the sums over ranks for the parameters it owns; others dropped. */
+  async reduceGradients(): Promise<void> {
+    const flat = new Float32Array(this.partition * this.worldSize);
+    for (const s of this.slots) if (s.param.grad) flat.set(s.param.grad.toTypedArray() as Float32Array, s.offset);
+    this.stats.reduceScatterBytes += flat.byteLength;
+    const mine = await this.comm.reduceScatter(flat, "sum").done;
+    const base = this.rank * this.partition;
+    for (const s of this.slots) {
+      const old = s.param.grad;
+      s.param.grad =
+        s.owner === this.rank
+          ? tensor(mine.slice(s.offset - base, s.offset - base + s.param.size), {
+              shape: [...s.param.shape],
+              backend: s.param.backend,
+            })
+          : null;
+      old?.dispose();
+    }
+  }
+
+  async clipGradients(maxNorm: number | undefined): Promise<number> {
+    const sq = new Float64Array([gradSquaredSum(this.owned)]);
+    await this.comm.allReduce(sq, "sum").done;
+    const norm = Math.sqrt(sq[0]);
+    clipByNorm(this.owned, norm, maxNorm);
+    return norm;
+  }
+
+  /** Step the owned parameters, then all-gather every rank's updated partition. */
+  async optimizerStep(optimizer: TrainerOptimizer): Promise<void> {
+    await optimizer.step();
+    const part = new Float32Array(this.partition);
+    const base = this.rank * this.partition;
+    for (const s of this.slots)
+      if (s.owner === this.rank) part.set(s.param.toTypedArray() as Float32Array, s.offset - base);
+    const all = await this.comm.allGather(part).done;
+    this.stats.allGatherBytes += all.byteLength;
+    this.loadFlat(all, (s) => s.owner !== this.rank);
+  }
+  zeroGrad(optimizer: TrainerOptimizer): void {
+    optimizer.zeroGrad();
+  }
+  async allReduce(data: NumericArray, op: ReduceOp): Promise<void> {
+    await this.comm.allReduce(data as CommArray, op).done;
+  }
+  async allGather(data: NumericArray): Promise<NumericArray> {
+    return this.comm.allGather(data as CommArray).done;
+  }
+  async reduceScatter(data: NumericArray, op: ReduceOp): Promise<NumericArray> {
+    return this.comm.reduceScatter(data as CommArray, op).done;
+  }
+  async broadcast(data: NumericArray, root: number): Promise<void> {
+    await this.comm.broadcast(data as CommArray, root).done;
+  }
+  async barrier(): Promise<void> {
+    await this.comm.barrier().done;
+  }
+  /** Every rank holds full parameters after each step. */
+  modelStateDict(): Record<string, Tensor> {
+    return Object.fromEntries(this.slots.map((s) => [s.name, s.param]));
+  }
+  optimizerStateDict(optimizer: TrainerOptimizer): unknown {
+    if (this.worldSize > 1)
+      throw new DistributedError(
+        "NOT_SUPPORTED",
+        "ShardedOptimizerStrategy: checkpoints of sharded optimizer state (per-rank shards) are not implemented; train without saveSteps or use the ddp strategy",
+      );
+    return optimizer.stateDict();
+  }
+  loadOptimizerStateDict(optimizer: TrainerOptimizer, state: unknown): void {
+    if (this.worldSize > 1)
+      throw new DistributedError(
+        "NOT_SUPPORTED",
+        "ShardedOptimizerStrategy: resuming sharded optimizer state is not implemented; use the ddp strategy",
+      );
+    optimizer.loadStateDict(state);
+  }
+  teardown(): void {}
+}
