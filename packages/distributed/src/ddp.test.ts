@@ -1,7 +1,14 @@
 import { Linear, type Tensor, manualSeed, tensor } from "@qlora/tensor";
 import { type TrainerOptimizer, strategyByName } from "@qlora/trainer";
 import { describe, expect, it } from "vitest";
-import { DdpStrategy, DistributedError, LocalCommunicator, registerDdpStrategy } from "./index";
+import {
+  DdpStrategy,
+  DistributedError,
+  LocalCommunicator,
+  ShardedOptimizerStrategy,
+  registerDdpStrategy,
+  registerShardedOptimizerStrategy,
+} from "./index";
 
 function setupModel() {
   manualSeed(3);
@@ -72,5 +79,7 @@ describe("DdpStrategy (one process, LocalCommunicator)", () => {
     const s = strategyByName("ddp");
     expect(s).toBeInstanceOf(DdpStrategy);
     expect(s.worldSize).toBe(1);
+    registerShardedOptimizerStrategy({ communicator: new LocalCommunicator() });
+    expect(strategyByName("sharded-optimizer")).toBeInstanceOf(ShardedOptimizerStrategy);
   });
 });

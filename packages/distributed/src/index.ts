@@ -29,4 +29,4 @@ export {
 export { type CommStats, DdpStrategy, type DdpOptions, registerDdpStrategy } from "./ddp";
 export { LocalCommunicator } from "./local";
 export { type PerRankMemory, type SingleProcessMemory, perRankMemory } from "./estimate";
-export { ShardedOptimizerStrategy, type ShardedOptions } from "./sharded";
+export { ShardedOptimizerStrategy, type ShardedOptions, registerShardedOptimizerStrategy } from "./sharded";

@@ -9,6 +9,7 @@
 import { type Module, type Tensor, tensor } from "@qlora/tensor";
 import {
   type NumericArray,
+  registerStrategy,
   type ReduceOp,
   type Strategy,
   type StrategySetup,
@@ -18,6 +19,7 @@ import {
 } from "@qlora/trainer";
 import type { CommArray, Communicator } from "./communicator";
 import { DistributedError } from "./errors";
+import { mpiWorld } from "./mpi";
 
 export interface ShardedOptions {
   readonly communicator: Communicator;
@@ -186,4 +188,12 @@ export class ShardedOptimizerStrategy implements Strategy {
     optimizer.loadStateDict(state);
   }
   teardown(): void {}
+}
+
+/** Registers `strategy: sharded-optimizer` with the trainer's registry (MPI_COMM_WORLD unless given). */
+export function registerShardedOptimizerStrategy(options: Partial<ShardedOptions> = {}): void {
+  registerStrategy(
+    "sharded-optimizer",
+    () => new ShardedOptimizerStrategy({ communicator: options.communicator ?? mpiWorld() }),
+  );
 }
