@@ -12,7 +12,8 @@ export async function runRanks(n: number, script: string, args: string[] = [], e
   const r = await launch({
     nproc: n,
     argv: ["--import", "tsx", "--conditions=@qlora/source", join(import.meta.dirname, "scripts", script), ...args],
-    env,
+    // Containers often forbid the cross-memory-attach copy Open MPI's shared-memory transport tries first.
+    env: { OMPI_MCA_btl_vader_single_copy_mechanism: "none", ...env },
     stdio: "pipe",
   });
   return { ...r, seconds: (performance.now() - t0) / 1000 };
