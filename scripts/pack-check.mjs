@@ -268,30 +268,46 @@ function main() {
       if (!info?.native) throw new Error("cpu backend fell back to the reference: " + info?.reason);
       const req = createRequire(import.meta.resolve("@qlora/cpu-kernels"));
       console.log(req("node-gyp-build").resolve(${JSON.stringify(cpu)}));`;
-    const r = inApp(join(bin, "node"), ["--input-type=module", "-e", code]);
+    const r = runModule(app, code, env);
     expect(r.status === 0, r.stderr || r.stdout);
     const loaded = r.stdout.trim();
     expect(loaded.includes(`${join("prebuilds", `${process.platform}-${process.arch}`)}`), `loaded ${loaded}`);
     return loaded.slice(app.length + 1);
   });
-  check('import { quantize4bit } from "@qlora/nf4" round-trips', () => {
-    // |x| <= 1, so every block's absmax is <= 1 and each value is off by at most half the widest gap of the
-    // NF4 code (plus float32 slack); a zero error would mean nothing was quantized
-    const code = `
+  check(
+    'import { quantize4bit } from "@qlora/nf4" round-trips in a project that installs only @qlora/nf4 (and @qlora/nf4/node workers agree)',
+    () => {
+      const nf4App = join(work, "nf4-app");
+      mkdirSync(nf4App);
+      const dependencies = { "@qlora/nf4": tarballs["@qlora/nf4"] };
+      writeFileSync(
+        join(nf4App, "package.json"),
+        JSON.stringify({ name: "nf4-app", private: true, type: "module", dependencies }),
+      );
+      const install = run(join(bin, "npm"), ["install", "--no-audit", "--no-fund"], { cwd: nf4App, env });
+      expect(install.status === 0, `npm install exited ${install.status}\n${install.stderr}`);
+      // |x| <= 1, so every block's absmax is <= 1 and each value is off by at most half the widest gap of the
+      // NF4 code (plus float32 slack); a zero error would mean nothing was quantized
+      const code = `
       import { NF4_CODE, quantize4bit, dequantize4bit } from "@qlora/nf4";
+      import { quantize4bitParallel } from "@qlora/nf4/node";
       const x = Float32Array.from({ length: 4096 }, (_, i) => Math.sin(i * 0.37));
       const y = dequantize4bit(quantize4bit(x));
+      // the worker-thread quantizer (dist/node-worker.js) must give the same result
+      const z = dequantize4bit(await quantize4bitParallel(x, { threads: 2, minParallelElements: 1 }));
+      if (!y.every((v, i) => Object.is(v, z[i]))) throw new Error("quantize4bitParallel differs from quantize4bit");
       let err = 0;
       for (let i = 0; i < x.length; i++) err = Math.max(err, Math.abs(x[i] - y[i]));
       let gap = 0;
       for (let i = 1; i < NF4_CODE.length; i++) gap = Math.max(gap, NF4_CODE[i] - NF4_CODE[i - 1]);
       console.log(JSON.stringify({ err, bound: gap / 2 + 1e-6 }));`;
-    const r = inApp(join(bin, "node"), ["--input-type=module", "-e", code]);
-    expect(r.status === 0, r.stderr || r.stdout);
-    const { err, bound } = JSON.parse(r.stdout);
-    expect(err > 0 && err <= bound, `max |x - dequant(quant(x))| = ${err}, bound ${bound}`);
-    return `max abs error ${err.toFixed(4)} <= ${bound.toFixed(4)}`;
-  });
+      const r = runModule(nf4App, code, env);
+      expect(r.status === 0, r.stderr || r.stdout);
+      const { err, bound } = JSON.parse(r.stdout);
+      expect(err > 0 && err <= bound, `max |x - dequant(quant(x))| = ${err}, bound ${bound}`);
+      return `max abs error ${err.toFixed(4)} <= ${bound.toFixed(4)}`;
+    },
+  );
   let help = "";
   check("npx qlora --help", () => {
     const r = qlora("--help");
@@ -366,6 +382,16 @@ function main() {
   } else {
     log("SKIP qlora demo: this CLI has no demo command (not in --help)");
   }
+}
+
+/**
+ * Runs `code` as a module file in `dir`, the way a user's script runs (not `node --input-type=module -e`:
+ * worker threads inherit that flag and refuse to start with it).
+ */
+function runModule(dir, code, env) {
+  const file = join(dir, `check-${results.length}.mjs`);
+  writeFileSync(file, code);
+  return run(env.PATH ? join(env.PATH, "node") : process.execPath, [file], { cwd: dir, env });
 }
 
 /** Tensor and element counts of a safetensors file, read from its header (u64 LE length, then JSON). */
