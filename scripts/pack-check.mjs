@@ -36,6 +36,9 @@ import { fileURLToPath } from "node:url";
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const args = new Set(process.argv.slice(2));
 const PACKAGES = ["nf4", "formats", "tensor", "cpu-kernels", "models", "lora", "paged-optim", "trainer", "cli"];
+// the workspace's pins (root package.json), for the TypeScript consumer check
+const TYPESCRIPT = "5.9.3";
+const TYPES_NODE = "20.19.43";
 const COMPILERS = ["g++", "gcc", "cc", "c++", "clang", "make", "python", "python3", "nvcc"];
 const work = mkdtempSync(join(tmpdir(), "qlora-pack-check-"));
 const results = [];
@@ -306,6 +309,39 @@ function main() {
       const { err, bound } = JSON.parse(r.stdout);
       expect(err > 0 && err <= bound, `max |x - dequant(quant(x))| = ${err}, bound ${bound}`);
       return `max abs error ${err.toFixed(4)} <= ${bound.toFixed(4)}`;
+    },
+  );
+  check(
+    "TypeScript: every package's types resolve from the installed tarballs (tsc --noEmit, strict, nodenext)",
+    () => {
+      const tsApp = join(work, "ts-app");
+      mkdirSync(tsApp);
+      const dependencies = { ...tarballs, typescript: TYPESCRIPT, "@types/node": TYPES_NODE };
+      writeFileSync(
+        join(tsApp, "package.json"),
+        JSON.stringify({ name: "ts-app", private: true, type: "module", dependencies, overrides: tarballs }),
+      );
+      const install = run(join(bin, "npm"), ["install", "--no-audit", "--no-fund"], { cwd: tsApp, env });
+      expect(install.status === 0, `npm install exited ${install.status}\n${install.stderr}`);
+      const imports = PACKAGES.map((name, i) => `import * as m${i} from "@qlora/${name}";`);
+      const uses = `export const loaded = [${PACKAGES.map((_, i) => `m${i}`).join(", ")}].length;`;
+      const typed =
+        'import { quantize4bit } from "@qlora/nf4";\nexport const bytes: Uint8Array = quantize4bit(new Float32Array(64)).packed;';
+      writeFileSync(join(tsApp, "index.ts"), `${imports.join("\n")}\n${uses}\n${typed}\n`);
+      const tsc = join(tsApp, "node_modules", "typescript", "bin", "tsc");
+      const flags = [
+        "--noEmit",
+        "--strict",
+        "--module",
+        "nodenext",
+        "--moduleResolution",
+        "nodenext",
+        "--target",
+        "es2022",
+      ];
+      const r = run(join(bin, "node"), [tsc, ...flags, "--types", "node", "index.ts"], { cwd: tsApp, env });
+      expect(r.status === 0, `tsc exited ${r.status}\n${r.stdout}\n${r.stderr}`);
+      return `${PACKAGES.length} packages`;
     },
   );
   let help = "";

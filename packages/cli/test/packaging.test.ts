@@ -34,6 +34,7 @@ describe("packaging (scripts/pack-check.mjs)", () => {
         "npm install of the tarballs",
         "@qlora/cpu-kernels loads its prebuilt binary",
         'import { quantize4bit } from "@qlora/nf4"',
+        "TypeScript: every package's types resolve",
         "npx qlora --help",
         "qlora estimate",
         "qlora inspect <model.safetensors>",
