@@ -13,7 +13,7 @@
 //     --rebuild      run tsup for every package (default: only where dist/ is missing or older than src/)
 //     --prebuildify  compile the prebuild with prebuildify even if an up-to-date one or build/Release exists
 //     --keep         keep the temp dir (always kept when a check fails)
-// @qlora/cuda-kernels is left out: nothing that is installed here depends on it.
+// @qlora/cuda-kernels (and any package @qlora/cli and @qlora/nf4 do not depend on) is left out.
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import {
@@ -35,7 +35,10 @@ import { fileURLToPath } from "node:url";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const args = new Set(process.argv.slice(2));
-const PACKAGES = ["nf4", "formats", "tensor", "cpu-kernels", "models", "lora", "paged-optim", "trainer", "cli"];
+// What a user installs: these two and every workspace package they depend on (so @qlora/cuda-kernels and
+// @qlora/distributed are in only once something installed depends on them), dependencies first.
+const ENTRY_PACKAGES = ["@qlora/cli", "@qlora/nf4"];
+const PACKAGES = installedWorkspacePackages();
 // the workspace's pins (root package.json), for the TypeScript consumer check
 const TYPESCRIPT = "5.9.3";
 const TYPES_NODE = "20.19.43";
@@ -43,6 +46,30 @@ const COMPILERS = ["g++", "gcc", "cc", "c++", "clang", "make", "python", "python
 const work = mkdtempSync(join(tmpdir(), "qlora-pack-check-"));
 const results = [];
 const started = Date.now();
+
+/** Directory names under packages/ of ENTRY_PACKAGES and their workspace dependencies, in dependency order. */
+function installedWorkspacePackages() {
+  const manifests = new Map();
+  for (const dir of readdirSync(join(root, "packages"))) {
+    const file = join(root, "packages", dir, "package.json");
+    if (existsSync(file))
+      manifests.set(JSON.parse(readFileSync(file, "utf8")).name, { dir, ...JSON.parse(readFileSync(file, "utf8")) });
+  }
+  const ordered = [];
+  const visit = (name, path) => {
+    const manifest = manifests.get(name);
+    if (!manifest) throw new Error(`pack-check: ${path.join(" -> ")} needs ${name}, which is not in packages/`);
+    if (ordered.includes(manifest.dir)) return;
+    const deps = { ...manifest.dependencies, ...manifest.optionalDependencies, ...manifest.peerDependencies };
+    for (const dep of Object.keys(deps).filter((d) => manifests.has(d))) {
+      if (path.includes(dep)) throw new Error(`pack-check: dependency cycle ${[...path, dep].join(" -> ")}`);
+      visit(dep, [...path, dep]);
+    }
+    ordered.push(manifest.dir);
+  };
+  for (const name of ENTRY_PACKAGES) visit(name, [name]);
+  return ordered;
+}
 
 function log(message) {
   console.log(`pack-check [${((Date.now() - started) / 1000).toFixed(0).padStart(3)} s]: ${message}`);
@@ -148,12 +175,14 @@ function pack() {
   const out = join(work, "tarballs");
   mkdirSync(out);
   const pnpm = join(root, ".tools", "node_modules", ".bin", "pnpm");
-  must(existsSync(pnpm) ? pnpm : "pnpm", ["-r", "--filter=!@qlora/cuda-kernels", "pack", "--pack-destination", out]);
+  const filters = PACKAGES.map((dir) => `--filter=./packages/${dir}`);
+  must(existsSync(pnpm) ? pnpm : "pnpm", ["-r", ...filters, "pack", "--pack-destination", out]);
   const tarballs = {};
-  for (const name of PACKAGES) {
-    const file = readdirSync(out).find((f) => f.startsWith(`qlora-${name}-`) && f.endsWith(".tgz"));
-    if (!file) throw new Error(`pnpm pack produced no tarball for @qlora/${name} in ${out}`);
-    tarballs[`@qlora/${name}`] = `file:${join(out, file)}`;
+  for (const dir of PACKAGES) {
+    const { name, version } = JSON.parse(readFileSync(join(root, "packages", dir, "package.json"), "utf8"));
+    const file = join(out, `${name.replace("@", "").replace("/", "-")}-${version}.tgz`);
+    if (!existsSync(file)) throw new Error(`pnpm pack produced no ${file} for ${name}`);
+    tarballs[name] = `file:${file}`;
   }
   return tarballs;
 }
@@ -260,6 +289,15 @@ function main() {
     expect(r.status === 0, `npm install exited ${r.status}\n${r.stdout}\n${r.stderr}`);
     return r.stdout.trim().split("\n").at(-1);
   });
+  check(`every installed package with a binding.gyp ships prebuilds/${process.platform}-${process.arch}/*.node`, () => {
+    const native = Object.keys(tarballs).filter((name) => existsSync(join(app, "node_modules", name, "binding.gyp")));
+    const missing = native.filter((name) => {
+      const dir = join(app, "node_modules", name, "prebuilds", `${process.platform}-${process.arch}`);
+      return !existsSync(dir) || !readdirSync(dir).some((f) => f.endsWith(".node"));
+    });
+    expect(missing.length === 0, `no prebuild in ${missing.join(", ")} (pack-check builds only @qlora/cpu-kernels')`);
+    return native.join(", ");
+  });
   const cpu = join(app, "node_modules", "@qlora", "cpu-kernels");
   check("@qlora/cpu-kernels loads its prebuilt binary (no build/ dir)", () => {
     expect(!existsSync(join(cpu, "build")), `${cpu}/build exists: the check would not prove the prebuild loads`);
@@ -323,7 +361,7 @@ function main() {
       );
       const install = run(join(bin, "npm"), ["install", "--no-audit", "--no-fund"], { cwd: tsApp, env });
       expect(install.status === 0, `npm install exited ${install.status}\n${install.stderr}`);
-      const imports = PACKAGES.map((name, i) => `import * as m${i} from "@qlora/${name}";`);
+      const imports = Object.keys(tarballs).map((name, i) => `import * as m${i} from "${name}";`);
       const uses = `export const loaded = [${PACKAGES.map((_, i) => `m${i}`).join(", ")}].length;`;
       const typed =
         'import { quantize4bit } from "@qlora/nf4";\nexport const bytes: Uint8Array = quantize4bit(new Float32Array(64)).packed;';
