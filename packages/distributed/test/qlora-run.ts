@@ -115,6 +115,7 @@ export async function trainAdapter(
       maxSteps: Math.max(1, o.steps),
       gradientAccumulationSteps: o.accumulation,
       maxGradNorm: 0.5,
+      gradientCheckpointing: true, // the hooks must fire once per parameter under recomputation too
       loggingSteps: 1,
       scheduler: { name: "constant" },
       ...(o.outputDir ? { outputDir: o.outputDir, saveSteps: 1 } : {}),
