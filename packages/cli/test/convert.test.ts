@@ -155,3 +155,34 @@ describe("qlora eval / merge / quantize / export / generate", () => {
     }
   });
 });
+
+describe("qlora chat", () => {
+  it("runs a multi-turn session over stdin with the chat template and exits 0 on an empty line", async () => {
+    const { spawn } = await import("node:child_process");
+    const { BIN } = await import("./helpers");
+    const child = spawn(
+      process.execPath,
+      [
+        "--conditions=@qlora/source",
+        "--import",
+        "tsx",
+        BIN,
+        "chat",
+        "--model",
+        base,
+        "--max-new-tokens",
+        "4",
+        "--quantize",
+        "none",
+      ],
+      { stdio: ["pipe", "pipe", "pipe"] },
+    );
+    let out = "";
+    child.stdout.on("data", (d) => (out += d));
+    child.stdin.write("hello there\nand again\n\n");
+    const code = await new Promise<number | null>((r) => child.on("exit", (c) => r(c)));
+    expect(code).toBe(0);
+    // one prompt per turn plus the closing one
+    expect(out.split("> ").length - 1).toBe(3);
+  }, 60_000);
+});

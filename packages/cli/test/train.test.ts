@@ -94,6 +94,19 @@ output_dir: ${out}
     expect(examples[0]).toMatch(/^⟦<\|begin_of_text\|>colour 0:⟧ red red<\|eot_id\|>\n?$/);
   });
 
+  it("a bad data row is an error naming file:line and the fields expected", async () => {
+    const base = await tinyModel();
+    const data = join(root, "bad-rows.jsonl");
+    writeFileSync(data, '{"prompt": "a", "completion": " b"}\n{"prompt": "only a prompt"}\n');
+    writeFileSync(
+      join(root, "badrows.yaml"),
+      `base_model: ${base}\ndatasets: [{path: ${data}, type: prompt_completion}]\n`,
+    );
+    const r = await runCli(["train", join(root, "badrows.yaml")]);
+    expect(r.code).not.toBe(0);
+    expect(r.err).toMatch(new RegExp(`^qlora: .*${data.replaceAll("/", "\\/")}:2.*completion`));
+  });
+
   it("a bad config key, a missing base model and a missing dataset are one-line errors with exit code 2", async () => {
     writeFileSync(join(root, "bad.yaml"), "base_model: x\ndatasets: [{path: d.jsonl}]\nlora_rr: 3\n");
     const bad = await runCli(["train", join(root, "bad.yaml")]);

@@ -93,10 +93,15 @@ export function registerGenerate(program: Command, io: Io): void {
     if (!loaded.tokenizer.chatTemplate)
       throw new CliError("UNSUPPORTED", `${o.model}: the tokenizer has no chat_template; use qlora generate`);
     const messages: ChatMessage[] = o.system ? [{ role: "system", content: o.system }] : [];
-    const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY });
+    // Lines are read through the async iterator, which buffers them: a piped stdin delivers every line at once, and
+    // rl.question() would drop the ones that arrive while a reply is being generated.
+    const rl = createInterface({ input: process.stdin, terminal: false });
+    const lines = rl[Symbol.asyncIterator]();
     try {
       for (;;) {
-        const line = await rl.question("> ").catch(() => "");
+        process.stdout.write("> ");
+        const next = await lines.next();
+        const line = next.done ? "" : next.value;
         if (line.trim() === "") break;
         messages.push({ role: "user", content: line });
         const ids = loaded.tokenizer.encodeChat(messages, { addGenerationPrompt: true });
