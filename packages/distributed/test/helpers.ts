@@ -1,8 +1,11 @@
 import { join } from "node:path";
-import { findMpirun, launch } from "../src/index";
+import { findMpirun, launch, mpiAvailability } from "../src/index";
 
 export const ROOT = join(import.meta.dirname, "../../..");
-export const mpirun = findMpirun();
+const launcher = findMpirun();
+// The binding and libmpi.so.40 must load too (dlopen only here; MPI_Init happens in the ranks).
+const library = launcher.ok ? mpiAvailability() : launcher;
+export const mpirun = { ok: launcher.ok && library.ok, reason: launcher.reason ?? library.reason };
 /** Skip reason for tests that need mpirun. */
 export const noMpi = mpirun.ok ? "" : ` (skipped: ${mpirun.reason})`;
 
