@@ -134,7 +134,8 @@ export class DdpStrategy implements Strategy {
         const slice = b.data.slice(b.offsets[i], b.offsets[i] + p.size);
         sd[names.get(p) as string] = tensor(slice, { shape: [...p.shape], backend: p.backend });
       });
-      model.loadStateDict(sd, { strict: false });
+      model.loadStateDict(sd, { strict: false }); // copies in place
+      for (const t of Object.values(sd)) t.dispose();
     }
   }
 

@@ -100,7 +100,8 @@ export class ShardedOptimizerStrategy implements Strategy {
           shape: [...s.param.shape],
           backend: s.param.backend,
         });
-    (this.model as Module).loadStateDict(sd, { strict: false });
+    (this.model as Module).loadStateDict(sd, { strict: false }); // copies in place
+    for (const t of Object.values(sd)) t.dispose();
   }
 
   wrapModel<M extends Module>(model: M): M {
