@@ -21,6 +21,7 @@ import { type GgufLoraMapping, type LoraModel, loadAdapter } from "@qlora/lora";
 import { noGrad, type Tensor } from "@qlora/tensor";
 import type { TokenBatchSource } from "@qlora/trainer";
 import { CliError } from "./errors";
+import { layerProgress } from "./progress";
 import { batchLoss } from "./loss";
 
 export interface LoadedForInference {
@@ -46,12 +47,16 @@ export function requireAdapterDir(dir: string): void {
 /** quantize "nf4" (default for inference: what QLoRA trained against) or "none" (dense, checkpoint dtype). */
 export async function loadForInference(
   modelDir: string,
-  options: { adapter?: string; quantize?: "nf4" | "none" } = {},
+  options: { adapter?: string; quantize?: "nf4" | "none"; quiet?: boolean } = {},
 ): Promise<LoadedForInference> {
   requireModelDir(modelDir);
   if (options.adapter) requireAdapterDir(options.adapter);
   const quantize = options.quantize === "none" ? false : undefined;
-  const { model, config, generationConfig } = await loadModel(modelDir, { quantize });
+  const bar = layerProgress(`loading ${modelDir}`, options.quiet);
+  const { model, config, generationConfig } = await loadModel(modelDir, {
+    quantize,
+    onProgress: bar.onProgress,
+  }).finally(bar.stop);
   const tokenizer = await loadTokenizer(modelDir);
   const lora = options.adapter ? await loadAdapter(model, options.adapter) : undefined;
   model.eval();

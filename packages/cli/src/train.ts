@@ -30,6 +30,7 @@ import {
 import type { TrainConfig } from "./config";
 import { CliError } from "./errors";
 import { batchLoss } from "./loss";
+import { layerProgress } from "./progress";
 import { writeReport } from "./report";
 
 export interface TrainOptions {
@@ -60,14 +61,18 @@ export const DATASET_FORMATS: Record<TrainConfig["datasets"][number]["type"], Da
   pretokenized: "pretokenized",
 };
 
-export async function loadBase(config: TrainConfig): Promise<{ model: CausalLM; tokenizer: HfTokenizer }> {
+export async function loadBase(
+  config: TrainConfig,
+  quiet = false,
+): Promise<{ model: CausalLM; tokenizer: HfTokenizer }> {
   const dir = config.base_model;
   if (!existsSync(join(dir, "config.json")))
     throw new CliError("BAD_PATH", `base_model: ${dir} is not a model directory (no config.json)`);
   const quantize = config.load_in_4bit
     ? { quantType: config.bnb_4bit_quant_type, doubleQuant: config.bnb_4bit_use_double_quant, blocksize: 64 }
     : false;
-  const { model } = await loadModel(dir, { quantize });
+  const bar = layerProgress(`loading ${dir}`, quiet);
+  const { model } = await loadModel(dir, { quantize, onProgress: bar.onProgress }).finally(bar.stop);
   const tokenizer = await loadTokenizer(dir);
   return { model, tokenizer };
 }
@@ -160,7 +165,7 @@ export async function runTrain(config: TrainConfig, options: TrainOptions = {}):
   for (const d of config.datasets)
     if (!existsSync(d.path)) throw new CliError("BAD_PATH", `datasets: ${d.path} does not exist`);
   const seed = seedEverything(config.seed);
-  const { model, tokenizer } = await loadBase(config);
+  const { model, tokenizer } = await loadBase(config, options.quiet);
   const lora = config.adapter ? LoraModel.inject(model, loraSettings(config)) : undefined;
   // Full fine-tune: the loader hands out frozen weights; every parameter trains.
   if (!lora) for (const p of model.parameters()) p.requiresGrad = true;

@@ -45,6 +45,8 @@ export interface LoadOptions extends CausalLMOptions {
    * Reading the next tensor overlaps the quantization of the current one either way.
    */
   quantizeThreads?: number;
+  /** Called after each layer (embedding, linear, norm) is built: layers done, layers in all, and the layer's path. */
+  onProgress?: (done: number, total: number, path: string) => void;
 }
 
 export interface LoadedModel {
@@ -220,6 +222,7 @@ interface BuildContext {
   /** Two read buffers: one being read into while the other's quantization runs. */
   scratch: [Scratch, Scratch];
   turn: number;
+  onProgress?: LoadOptions["onProgress"];
 }
 
 type LeafSpec =
@@ -322,6 +325,7 @@ async function buildLeaves(ctx: BuildContext, specs: LeafSpec[]): Promise<Map<st
       if (inflight) await inflight;
       inflight = done.then((m) => {
         leaves.set(spec.path, m);
+        ctx.onProgress?.(leaves.size, specs.length, spec.path);
       });
     }
     if (inflight) await inflight;
@@ -346,7 +350,14 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   const quant = pre ?? (options.quantize === false ? null : { ...DEFAULT_QUANT, ...options.quantize });
   const reader = new CheckpointReader(st, dir, options.backend);
   const quantizer = new Quantizer(options.quantizeThreads ?? availableParallelism());
-  const ctx: BuildContext = { reader, quant, quantizer, scratch: [new Scratch(), new Scratch()], turn: 0 };
+  const ctx: BuildContext = {
+    reader,
+    quant,
+    quantizer,
+    scratch: [new Scratch(), new Scratch()],
+    turn: 0,
+    onProgress: options.onProgress,
+  };
   let leaves: Map<string, Module>;
   try {
     leaves = await buildLeaves(ctx, planLeaves(config));

@@ -14,6 +14,7 @@ import {
 } from "../infer";
 import type { GlobalOptions, Io } from "../main";
 import { positiveInt } from "../main";
+import { layerProgress } from "../progress";
 
 const report = (io: Io, json: boolean | undefined, value: Record<string, unknown>, text: string) =>
   io.out(json ? JSON.stringify(value) : text);
@@ -42,7 +43,11 @@ export function registerConvert(program: Command, io: Io): void {
         blocksize: o.blocksize as number,
         skipModules: ["lm_head"],
       };
-      const { model, generationConfig } = await loadModel(dir, { quantize: quantization });
+      const bar = layerProgress(`quantizing ${dir}`, global.quiet);
+      const { model, generationConfig } = await loadModel(dir, {
+        quantize: quantization,
+        onProgress: bar.onProgress,
+      }).finally(bar.stop);
       await saveQuantized(model, o.out, { quantization, generationConfig });
       await copyTokenizerFiles(dir, o.out);
       report(
@@ -66,7 +71,11 @@ export function registerConvert(program: Command, io: Io): void {
       requireModelDir(o.model);
       requireAdapterDir(o.adapter);
       // Merging happens in dense f32 (the exact sum); nf4 output re-quantizes the merged weights.
-      const { model, generationConfig } = await loadModel(o.model, { quantize: false });
+      const bar = layerProgress(`loading ${o.model}`, global.quiet);
+      const { model, generationConfig } = await loadModel(o.model, {
+        quantize: false,
+        onProgress: bar.onProgress,
+      }).finally(bar.stop);
       const lora = await loadAdapter(model, o.adapter);
       const { model: merged } = lora.mergeAndUnload();
       const out = merged as typeof model;

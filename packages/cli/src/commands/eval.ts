@@ -23,7 +23,11 @@ export function registerEval(program: Command, io: Io): void {
       if (!existsSync(o.data)) throw new CliError("BAD_PATH", `--data: ${o.data} does not exist`);
       if (o.type !== undefined && !(DATASET_TYPES as readonly string[]).includes(o.type))
         throw new CliError("BAD_ARGUMENT", `--type: expected one of ${DATASET_TYPES.join(", ")}, got "${o.type}"`);
-      const loaded = await loadForInference(o.model, { adapter: o.adapter, quantize: o.quantize });
+      const loaded = await loadForInference(o.model, {
+        adapter: o.adapter,
+        quantize: o.quantize,
+        quiet: global.quiet || global.json,
+      });
       const data = await loadTokenDataset({
         files: o.data,
         format: o.type ? DATASET_FORMATS[o.type as keyof typeof DATASET_FORMATS] : "auto",

@@ -68,7 +68,11 @@ export function registerGenerate(program: Command, io: Io): void {
       .option("--chat", "wrap the prompt as a user turn with the model's chat template"),
   ).action(async function (this: Command, o) {
     const global = this.optsWithGlobals() as GlobalOptions;
-    const loaded = await loadForInference(o.model, { adapter: o.adapter, quantize: checkQuantize(o.quantize) });
+    const loaded = await loadForInference(o.model, {
+      adapter: o.adapter,
+      quantize: checkQuantize(o.quantize),
+      quiet: global.quiet || global.json,
+    });
     const ids = o.chat
       ? loaded.tokenizer.encodeChat([{ role: "user", content: o.prompt }], { addGenerationPrompt: true })
       : loaded.tokenizer.encode(o.prompt);

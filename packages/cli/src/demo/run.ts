@@ -81,7 +81,11 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
   const sampleIndex = 0;
 
   print(`base model: ${base} (NF4 + double quant on load)`);
-  const before = await score(await loadForInference(base, { quantize: "nf4" }), heldout, sampleIndex);
+  const before = await score(
+    await loadForInference(base, { quantize: "nf4", quiet: options.quiet }),
+    heldout,
+    sampleIndex,
+  );
   print(
     `before fine-tuning: held-out accuracy ${pct(before.accuracy)} (${before.correct}/${before.total}), loss ${before.loss.toFixed(3)}`,
   );
@@ -110,7 +114,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
   });
   const trained = await runTrain(config, { quiet: options.quiet, signal: options.signal });
 
-  const tuned = await loadForInference(base, { adapter: trained.modelDir, quantize: "nf4" });
+  const tuned = await loadForInference(base, { adapter: trained.modelDir, quantize: "nf4", quiet: options.quiet });
   const after = await score(tuned, heldout, sampleIndex);
   const ggufAdapter = join(outputDir, "adapter.gguf");
   await exportAdapterGguf(tuned.lora!, ggufAdapter, { mapping: ggufMapping(tuned.config) });
