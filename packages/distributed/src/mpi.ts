@@ -123,6 +123,14 @@ export class MpiCommunicator implements Communicator {
     this.rank = info.rank;
     this.worldSize = info.size;
     this.libraryVersion = info.version.trim();
+    // A script that never calls close() still finalizes when its event loop empties (Open MPI reports a rank
+    // that exits without MPI_Finalize as a failed job).
+    process.once("beforeExit", () => {
+      if (!this.closed && this.pending.length === 0) {
+        this.closed = true;
+        this.a.finalize();
+      }
+    });
   }
 
   allReduce(data: CommArray, op: CommReduceOp): CommHandle {
