@@ -26,8 +26,6 @@ const datasetSchema = z
   .object({
     path: z.string().min(1),
     type: z.enum(DATASET_TYPES).default("completion"),
-    field_messages: z.string().optional(),
-    field: z.string().optional(),
   })
   .strict();
 
@@ -74,14 +72,13 @@ const trainShape = {
   peft_init_lora_weights: z.union([z.boolean(), z.string()]).default(true),
   loraplus_lr_ratio: z.number().positive().optional(),
   datasets: z.array(datasetSchema).min(1),
-  chat_template: z.string().optional(),
+  chat_template: z.enum(["tokenizer_default", "chatml", "jinja"]).default("tokenizer_default"),
   chat_template_jinja: z.string().optional(),
   sequence_len: positiveInt.default(512),
   excess_length_strategy: z.enum(["drop", "truncate", "raise"]).default("truncate"),
   sample_packing: z.boolean().default(false),
   group_by_length: z.boolean().default(false),
   micro_batch_size: positiveInt.default(1),
-  eval_batch_size: positiveInt.optional(),
   gradient_accumulation_steps: positiveInt.default(1),
   num_epochs: z.number().positive().default(1),
   max_steps: positiveInt.optional(),
@@ -116,6 +113,18 @@ export const trainConfigSchema = z
       ctx.addIssue({ code: "custom", path: ["load_in_4bit"], message: "adapter: qlora needs load_in_4bit: true" });
     if (c.warmup_steps !== undefined && c.warmup_ratio !== undefined)
       ctx.addIssue({ code: "custom", path: ["warmup_ratio"], message: "set warmup_steps or warmup_ratio, not both" });
+    if (c.chat_template === "jinja" && !c.chat_template_jinja)
+      ctx.addIssue({
+        code: "custom",
+        path: ["chat_template_jinja"],
+        message: "chat_template: jinja needs chat_template_jinja",
+      });
+    if (c.lora_model_dir && c.adapter === undefined)
+      ctx.addIssue({
+        code: "custom",
+        path: ["lora_model_dir"],
+        message: "lora_model_dir needs adapter: lora or qlora",
+      });
     if (c.peft_use_dora && c.adapter === undefined)
       ctx.addIssue({ code: "custom", path: ["peft_use_dora"], message: "DoRA needs adapter: lora or qlora" });
   });

@@ -6,13 +6,14 @@
 import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { type CausalLM, type HfTokenizer, loadModel, loadTokenizer } from "@qlora/models";
-import { LoraModel, type LoraConfigInput, saveAdapter } from "@qlora/lora";
+import { type CausalLM, type HfTokenizer, compileChatTemplate, loadModel, loadTokenizer } from "@qlora/models";
+import { LoraModel, type LoraConfigInput, loadAdapter, saveAdapter } from "@qlora/lora";
 import { AdamW, Lion, type NamedParameters, SGD, loraPlusGroups } from "@qlora/paged-optim";
 import type { Tensor } from "@qlora/tensor";
 import {
   type CheckpointIO,
   type DataFormat,
+  type DataTokenizer,
   type DatasetOptions,
   type TokenBatch,
   Trainer,
@@ -108,7 +109,7 @@ export function buildOptimizer(config: TrainConfig, params: [string, Tensor][]):
 }
 
 /** The data pipeline's options for a config (train and preprocess tokenize the same way). */
-export function datasetOptions(config: TrainConfig, tokenizer: HfTokenizer): DatasetOptions {
+export function datasetOptions(config: TrainConfig, tokenizer: DataTokenizer): DatasetOptions {
   const types = new Set(config.datasets.map((d) => d.type));
   const format: DataFormat = types.size === 1 ? DATASET_FORMATS[config.datasets[0].type] : "auto";
   return {
@@ -156,6 +157,35 @@ function interruptPlugin(signal: AbortSignal | undefined, flag: { interrupted: b
   };
 }
 
+/** ChatML, as Axolotl's `chat_template: chatml` renders it. */
+export const CHATML_TEMPLATE =
+  "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+/**
+ * The tokenizer the data pipeline sees: the model's own, with its chat template replaced when the config names
+ * another one (`chat_template: chatml`, or `jinja` with `chat_template_jinja`).
+ */
+export function dataTokenizer(tokenizer: HfTokenizer, config: TrainConfig): DataTokenizer {
+  if (config.chat_template === "tokenizer_default") return tokenizer;
+  const source = config.chat_template === "chatml" ? CHATML_TEMPLATE : config.chat_template_jinja!;
+  const template = compileChatTemplate(source, "chat_template_jinja");
+  return {
+    encode: (text, o) => tokenizer.encode(text, o),
+    eosTokenId: tokenizer.eosTokenId,
+    bosTokenId: tokenizer.bosTokenId,
+    padTokenId: tokenizer.padTokenId,
+    applyChatTemplate: (messages, o) =>
+      template.render(
+        messages.map((m) => ({ ...m })),
+        {
+          bos_token: tokenizer.bosToken ?? "",
+          eos_token: tokenizer.eosToken ?? "",
+          add_generation_prompt: o?.addGenerationPrompt ?? false,
+        },
+      ),
+  };
+}
+
 export async function runTrain(config: TrainConfig, options: TrainOptions = {}): Promise<TrainResult> {
   if (config.load_in_4bit && !config.adapter)
     throw new CliError(
@@ -165,16 +195,24 @@ export async function runTrain(config: TrainConfig, options: TrainOptions = {}):
   for (const d of config.datasets)
     if (!existsSync(d.path)) throw new CliError("BAD_PATH", `datasets: ${d.path} does not exist`);
   const seed = seedEverything(config.seed);
+  const stream = options.stream ?? process.stderr;
+  if (config.bf16 === true)
+    stream.write(
+      "qlora: bf16: true — the CPU backend computes in f32; training in f32 (bf16: auto says this silently)\n",
+    );
   const { model, tokenizer } = await loadBase(config, options.quiet);
-  const lora = config.adapter ? LoraModel.inject(model, loraSettings(config)) : undefined;
+  const lora = !config.adapter
+    ? undefined
+    : config.lora_model_dir
+      ? await loadAdapter(model, config.lora_model_dir, { isTrainable: true })
+      : LoraModel.inject(model, loraSettings(config));
   // Full fine-tune: the loader hands out frozen weights; every parameter trains.
   if (!lora) for (const p of model.parameters()) p.requiresGrad = true;
   const trainable = [...model.namedParameters()].filter(([, p]) => p.requiresGrad);
   if (trainable.length === 0) throw new CliError("CONFIG_INVALID", "no parameter is trainable with this config");
-  const data = await loadTokenDataset(datasetOptions(config, tokenizer));
+  const data = await loadTokenDataset(datasetOptions(config, dataTokenizer(tokenizer, config)));
   const outputDir = resolve(config.output_dir);
   const flag = { interrupted: false };
-  const stream = options.stream ?? process.stderr;
   const plugins: TrainerPlugin[] = [metricsFile(), interruptPlugin(options.signal, flag)];
   if (!options.quiet)
     plugins.push(

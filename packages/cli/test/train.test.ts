@@ -94,6 +94,66 @@ output_dir: ${out}
     expect(examples[0]).toMatch(/^⟦<\|begin_of_text\|>colour 0:⟧ red red<\|eot_id\|>\n?$/);
   });
 
+  it("chat_template: chatml renders conversational data with ChatML instead of the tokenizer's template", async () => {
+    const base = await tinyModel();
+    const data = join(root, "chat.jsonl");
+    writeFileSync(
+      data,
+      JSON.stringify({
+        messages: [
+          { role: "user", content: "hi" },
+          { role: "assistant", content: "hello" },
+        ],
+      }),
+    );
+    const yaml = `base_model: ${base}\ndatasets: [{path: ${data}, type: chat_template}]\nsequence_len: 64\n`;
+    writeFileSync(join(root, "chatml.yaml"), `${yaml}chat_template: chatml\n`);
+    const chatml = await runCli(["preprocess", join(root, "chatml.yaml"), "--debug"]);
+    expect(chatml.err).toBe("");
+    expect(chatml.out).toMatch(/⟦<\|im_start\|>user\nhi<\|im_end\|>\n⟧<\|im_start\|>assistant\nhello<\|im_end\|>/);
+    writeFileSync(join(root, "default.yaml"), yaml);
+    const own = await runCli(["preprocess", join(root, "default.yaml"), "--debug"]);
+    expect(own.out).toMatch(/<\|start_header_id\|>user<\|end_header_id\|>/);
+    writeFileSync(join(root, "jinja.yaml"), `${yaml}chat_template: jinja\n`);
+    expect((await runCli(["preprocess", join(root, "jinja.yaml")])).err).toBe(
+      `qlora: ${join(root, "jinja.yaml")}: chat_template_jinja: chat_template: jinja needs chat_template_jinja`,
+    );
+  });
+
+  it("lora_model_dir continues training an existing adapter; bf16: true says the CPU trains in f32", async () => {
+    const base = await tinyModel();
+    const data = writeData();
+    const first = join(root, "first");
+    const common = `base_model: ${base}\nload_in_4bit: true\nadapter: qlora\nlora_target_linear: true\ndatasets: [{path: ${data}, type: prompt_completion}]\nsequence_len: 32\nmicro_batch_size: 4\nmax_steps: 3\nlearning_rate: 0.01\n`;
+    writeFileSync(join(root, "first.yaml"), `${common}output_dir: ${first}\n`);
+    expect((await runCli(["--quiet", "train", join(root, "first.yaml")])).code).toBe(0);
+    writeFileSync(
+      join(root, "second.yaml"),
+      `${common}output_dir: ${join(root, "second")}\nlora_model_dir: ${join(first, "adapter")}\nbf16: true\n`,
+    );
+    const stderr: string[] = [];
+    const write = process.stderr.write.bind(process.stderr);
+    process.stderr.write = ((chunk: string) => {
+      stderr.push(String(chunk));
+      return true;
+    }) as typeof process.stderr.write;
+    try {
+      const r = await runCli(["--quiet", "--json", "train", join(root, "second.yaml")]);
+      expect(r.code).toBe(0);
+    } finally {
+      process.stderr.write = write;
+    }
+    expect(stderr.join("")).toMatch(/bf16: true — the CPU backend computes in f32/);
+    const a = JSON.parse(readFileSync(join(first, "adapter", "adapter_config.json"), "utf8"));
+    const b = JSON.parse(readFileSync(join(root, "second", "adapter", "adapter_config.json"), "utf8"));
+    expect(b.r).toBe(a.r);
+    // the second run started from the first adapter, so its B matrices are not the zeros of a fresh LoRA init
+    const { openSafetensors } = await import("@qlora/formats");
+    const f = await openSafetensors(join(root, "second", "adapter", "adapter_model.safetensors"));
+    expect(f.names.length).toBeGreaterThan(0);
+    await f.close();
+  });
+
   it("a bad data row is an error naming file:line and the fields expected", async () => {
     const base = await tinyModel();
     const data = join(root, "bad-rows.jsonl");

@@ -4,7 +4,7 @@ import { loadTokenDataset } from "@qlora/trainer";
 import { loadTrainConfig } from "../config";
 import type { GlobalOptions, Io } from "../main";
 import { positiveInt } from "../main";
-import { datasetOptions } from "../train";
+import { dataTokenizer, datasetOptions } from "../train";
 import { overridePairs } from "./train";
 import { requireModelDir } from "../infer";
 
@@ -46,7 +46,7 @@ export function registerPreprocess(program: Command, io: Io): void {
       const config = loadTrainConfig(file, overridePairs(this.args.slice(1)));
       requireModelDir(config.base_model, "base_model");
       const tokenizer = await loadTokenizer(config.base_model);
-      const data = await loadTokenDataset(datasetOptions(config, tokenizer));
+      const data = await loadTokenDataset(datasetOptions(config, dataTokenizer(tokenizer, config)));
       const shown: string[] = [];
       if (o.debug)
         for (let i = 0; i < Math.min(o.debugNumExamples, data.stats.examples); i++) {
