@@ -123,9 +123,14 @@ export async function saveDense(
   await copyTokenizerFiles(from, out);
 }
 
+/** Copy the tokenizer (and generation config) files, each under a temporary name first, then renamed. */
 export async function copyTokenizerFiles(from: string, out: string): Promise<void> {
-  for (const f of [...TOKENIZER_FILES, "generation_config.json"])
-    if (existsSync(join(from, f))) await copyFile(join(from, f), join(out, f));
+  for (const f of [...TOKENIZER_FILES, "generation_config.json"]) {
+    if (!existsSync(join(from, f))) continue;
+    const tmp = join(out, `.${f}.tmp-${process.pid}`);
+    await copyFile(join(from, f), tmp);
+    await rename(tmp, join(out, f));
+  }
 }
 
 export async function writeJsonAtomic(path: string, value: unknown): Promise<void> {

@@ -40,6 +40,12 @@ describe("qlora eval / merge / quantize / export / generate", () => {
     const m = await runCli(["merge", "--model", base, "--adapter", adapter, "--out", merged, "--dtype", "f32"]);
     expect(m.code).toBe(0);
     const afterMerge = await evalLoss(["--model", merged, "--quantize", "none"]);
+    const nf4 = join(root, "merged-nf4");
+    expect((await runCli(["merge", "--model", base, "--adapter", adapter, "--out", nf4, "--dtype", "nf4"])).code).toBe(
+      0,
+    );
+    expect(existsSync(join(nf4, ".merged-f32"))).toBe(false);
+    expect(JSON.parse(readFileSync(join(nf4, "config.json"), "utf8")).quantization_config).toBeDefined();
     expect(Math.abs(afterMerge.loss - withAdapter.loss) / withAdapter.loss).toBeLessThan(1e-5);
   });
 

@@ -1,4 +1,5 @@
 /** Commands that write model files: quantize, merge, export. */
+import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Command } from "commander";
 import { exportGguf, loadModel, saveQuantized } from "@qlora/models";
@@ -81,9 +82,14 @@ export function registerConvert(program: Command, io: Io): void {
       const out = merged as typeof model;
       if (dtype === "nf4") {
         const quantization = { quantType: "nf4" as const, doubleQuant: true, blocksize: 64, skipModules: ["lm_head"] };
-        await saveDense(out, o.model, join(o.out, ".dense"), "f32");
-        const { model: q } = await loadModel(join(o.out, ".dense"), { quantize: quantization });
-        await saveQuantized(q, o.out, { quantization, generationConfig });
+        const dense = join(o.out, ".merged-f32");
+        try {
+          await saveDense(out, o.model, dense, "f32");
+          const { model: q } = await loadModel(dense, { quantize: quantization });
+          await saveQuantized(q, o.out, { quantization, generationConfig });
+        } finally {
+          await rm(dense, { recursive: true, force: true });
+        }
         await copyTokenizerFiles(o.model, o.out);
       } else await saveDense(out, o.model, o.out, dtype);
       report(io, global.json, { out: o.out, dtype }, `merged ${o.adapter} into ${o.model}: ${o.out} (${dtype})`);
