@@ -60,7 +60,10 @@ function installedWorkspacePackages() {
     const manifest = manifests.get(name);
     if (!manifest) throw new Error(`pack-check: ${path.join(" -> ")} needs ${name}, which is not in packages/`);
     if (ordered.includes(manifest.dir)) return;
-    const deps = { ...manifest.dependencies, ...manifest.optionalDependencies, ...manifest.peerDependencies };
+    // Optional peers (the cli's @qlora/cuda-kernels) are what a user adds by choice: not part of the install.
+    const optionalPeer = (d) => manifest.peerDependenciesMeta?.[d]?.optional === true;
+    const peers = Object.fromEntries(Object.entries(manifest.peerDependencies ?? {}).filter(([d]) => !optionalPeer(d)));
+    const deps = { ...manifest.dependencies, ...manifest.optionalDependencies, ...peers };
     for (const dep of Object.keys(deps).filter((d) => manifests.has(d))) {
       if (path.includes(dep)) throw new Error(`pack-check: dependency cycle ${[...path, dep].join(" -> ")}`);
       visit(dep, [...path, dep]);

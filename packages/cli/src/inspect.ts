@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { FormatsError, ggmlTypeName, openGguf, openSafetensors, openShardedSafetensors } from "@qlora/formats";
 import { CliError } from "./errors";
 import { formatBytes } from "./estimate";
+import { readMetrics } from "./report";
 
 export interface Inspection {
   kind: "safetensors" | "checkpoint" | "gguf" | "adapter" | "run";
@@ -105,11 +106,12 @@ function readJson(file: string): Record<string, unknown> {
 async function inspectDirectory(dir: string): Promise<Inspection> {
   if (existsSync(join(dir, "adapter_config.json"))) return inspectAdapter(dir);
   if (existsSync(join(dir, "config.json"))) return inspectCheckpoint(dir);
-  if (existsSync(join(dir, "trainer_state.json")) || readdirSync(dir).some((n) => n.startsWith("checkpoint-")))
+  const runMarkers = ["trainer_state.json", "metrics.jsonl"];
+  if (runMarkers.some((f) => existsSync(join(dir, f))) || readdirSync(dir).some((n) => n.startsWith("checkpoint-")))
     return inspectRun(dir);
   throw new CliError(
     "BAD_PATH",
-    `${dir}: expected a model directory (config.json), an adapter directory (adapter_config.json) or a run directory (checkpoint-*/ or trainer_state.json)`,
+    `${dir}: expected a model directory (config.json), an adapter directory (adapter_config.json) or a run directory (checkpoint-*/, trainer_state.json or metrics.jsonl)`,
   );
 }
 
@@ -165,15 +167,23 @@ async function inspectRun(dir: string): Promise<Inspection> {
       ? join(dir, checkpoints[checkpoints.length - 1], "trainer_state.json")
       : undefined;
   const state = stateFile && existsSync(stateFile) ? readJson(stateFile) : {};
+  const metrics = existsSync(join(dir, "metrics.jsonl")) ? readMetrics(join(dir, "metrics.jsonl")) : [];
+  // ES2022 target: no Array.prototype.findLast.
+  const last = (key: string) => [...metrics].reverse().find((m) => typeof m[key] === "number");
+  const lastLoss = last("loss");
+  const lastEval = last("eval_loss");
   return {
     kind: "run",
     path: dir,
     summary: [
       ["checkpoints", checkpoints.join(", ") || "none"],
-      ["global_step", String(state.global_step ?? "?")],
+      ["global_step", String(state.global_step ?? lastLoss?.step ?? "?")],
       ["best_metric", String(state.best_metric ?? "?")],
+      ["last train loss", lastLoss ? `${lastLoss.loss} (step ${lastLoss.step})` : "?"],
+      ["last eval loss", lastEval ? `${lastEval.eval_loss} (step ${lastEval.step})` : "?"],
+      ["adapter", existsSync(join(dir, "adapter", "adapter_config.json")) ? join(dir, "adapter") : "none"],
     ],
-    details: { checkpoints, state },
+    details: { checkpoints, state, lastMetrics: metrics.at(-1) ?? null },
   };
 }
 

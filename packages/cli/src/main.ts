@@ -12,7 +12,7 @@ import { registerInspect } from "./commands/inspect";
 import { registerPreprocess } from "./commands/preprocess";
 import { registerReport } from "./commands/report";
 import { registerTrain } from "./commands/train";
-import { selectDevice } from "./device";
+import { selectCuda, selectDevice } from "./device";
 import { CliError } from "./errors";
 
 export interface GlobalOptions {
@@ -41,9 +41,10 @@ export function buildProgram(io: Io = defaultIo): Command {
     .option("--threads <n>", "CPU threads", (v) => positiveInt(v, "--threads"))
     .option("--quiet", "print only results")
     .option("--verbose", "print stacks with errors")
-    .hook("preAction", (cmd) => {
+    .hook("preAction", async (cmd) => {
       const o = cmd.opts() as GlobalOptions;
-      selectDevice(o.device, o.threads);
+      if (o.device === "cuda") await selectCuda((line) => io.err(line));
+      else selectDevice(o.device, o.threads);
     })
     .showHelpAfterError()
     .exitOverride()

@@ -11,6 +11,7 @@ export function layerProgress(
   label: string,
   quiet = false,
   stream: NodeJS.WriteStream = process.stderr,
+  unit = "layers",
 ): LayerProgress {
   if (quiet || !stream.isTTY) return { onProgress: () => {}, stop: () => {} };
   let bar: SingleBar | undefined;
@@ -18,7 +19,7 @@ export function layerProgress(
     onProgress(done, total) {
       if (!bar) {
         bar = new SingleBar(
-          { format: `${label} [{bar}] {value}/{total} layers | {eta_formatted}`, stream },
+          { format: `${label} [{bar}] {value}/{total} ${unit} | {eta_formatted}`, stream },
           Presets.shades_classic,
         );
         bar.start(total, 0);

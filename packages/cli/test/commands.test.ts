@@ -71,6 +71,18 @@ describe("qlora inspect", () => {
   });
 });
 
+describe("--device", () => {
+  it("cuda without a usable GPU is a clear error; an unknown device names the choices", async () => {
+    const cuda = await runCli(["--device", "cuda", "estimate", "--model", dir]);
+    expect(cuda.code).toBe(2);
+    expect(cuda.err).toMatch(
+      /^qlora: --device cuda: (no usable CUDA device \(.+\)|@qlora\/cuda-kernels is not installed)/,
+    );
+    const bad = await runCli(["--device", "tpu", "estimate", "--model", dir]);
+    expect(bad.err).toBe('qlora: --device: expected cpu, cuda or auto, got "tpu"');
+  });
+});
+
 describe("the qlora binary", () => {
   it("runs as a subprocess: --help exits 0, an unknown command exits 2", async () => {
     const help = await runBin(["--help"]);

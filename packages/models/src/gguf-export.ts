@@ -41,6 +41,8 @@ export interface GgufExportOptions {
    * tokenizer.json Split regex (Llama 3 → "llama-bpe", Qwen2 → "qwen2"); an unknown regex needs this option.
    */
   preTokenizer?: string;
+  /** Called after each tensor is written: tensors done, tensors in all. */
+  onProgress?: (done: number, total: number) => void;
 }
 
 export interface GgufExportResult {
@@ -89,7 +91,7 @@ export async function exportGguf(
       tensors: plan.map((p) => ({ name: p.gguf, type: p.type, shape: p.shape })),
     });
     try {
-      for (const p of plan) {
+      for (const [i, p] of plan.entries()) {
         const values = p.hf === null ? p.values! : await readValues(st, p.hf);
         const rows = p.shape[0];
         const cols = p.shape.length === 2 ? p.shape[1] : 1;
@@ -98,6 +100,7 @@ export async function exportGguf(
           p.gguf,
           encode(heads === null ? values : permuteQkRows(values, rows, cols, heads), p.type),
         );
+        options.onProgress?.(i + 1, plan.length);
       }
       await writer.finish();
     } catch (e) {

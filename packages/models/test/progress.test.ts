@@ -21,3 +21,21 @@ describe("loadModel onProgress", () => {
     model.dispose();
   });
 });
+
+describe("exportGguf onProgress", () => {
+  it("reports every tensor once, ending at the total", async () => {
+    const { writeTinyTokenizer, exportGguf } = await import("../src/index");
+    const dir = join(tmp.path, "gguf-src");
+    const info = await writeTinyTokenizer(dir, "llama3");
+    await writeTinyModel(dir, TINY_MODELS.find((s) => s.name === "llama")!, {
+      configOverrides: { vocab_size: info.vocabSize, bos_token_id: info.bosTokenId, eos_token_id: info.eosTokenId },
+    });
+    const calls: [number, number][] = [];
+    const r = await exportGguf(dir, join(tmp.path, "m.gguf"), {
+      outType: "F32",
+      onProgress: (d, t) => calls.push([d, t]),
+    });
+    expect(calls).toHaveLength(r.tensors.length);
+    expect(calls.at(-1)).toEqual([r.tensors.length, r.tensors.length]);
+  });
+});

@@ -119,7 +119,11 @@ export function registerConvert(program: Command, io: Io): void {
         return report(io, global.json, { out: r.path, alpha: r.alpha }, `wrote GGUF LoRA adapter to ${r.path}`);
       }
       const type = oneOf(o.ggufType, ["f32", "f16", "bf16", "q8_0"] as const, "--gguf-type");
-      const r = await exportGguf(o.model, o.out, { outType: type.toUpperCase() as "F32" });
+      const bar = layerProgress(`exporting ${o.model}`, global.quiet, process.stderr, "tensors");
+      const r = await exportGguf(o.model, o.out, {
+        outType: type.toUpperCase() as "F32",
+        onProgress: bar.onProgress,
+      }).finally(bar.stop);
       report(io, global.json, { out: r.path, architecture: r.architecture }, `wrote ${type} GGUF to ${r.path}`);
     });
 }
