@@ -4,7 +4,6 @@
  * logic lives here; every piece is owned by its package.
  */
 import { existsSync } from "node:fs";
-import { mkdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { type CausalLM, type HfTokenizer, compileChatTemplate, loadModel, loadTokenizer } from "@qlora/models";
 import { LoraModel, type LoraConfigInput, loadAdapter, saveAdapter } from "@qlora/lora";
@@ -31,6 +30,7 @@ import {
 import type { TrainConfig } from "./config";
 import { CliError } from "./errors";
 import { batchLoss } from "./loss";
+import { saveDense } from "./infer";
 import { layerProgress } from "./progress";
 import { writeReport } from "./report";
 
@@ -257,10 +257,8 @@ export async function runTrain(config: TrainConfig, options: TrainOptions = {}):
   const evalLossAfter = data.eval && !flag.interrupted ? (await trainer.evaluate()).eval_loss : undefined;
   const modelDir = join(outputDir, lora ? "adapter" : "model");
   if (lora) await saveAdapter(lora, modelDir, { baseModelNameOrPath: config.base_model });
-  else {
-    await mkdir(modelDir, { recursive: true });
-    await safetensorsCheckpointIO.saveModel(modelDir, Object.fromEntries(trainable), model);
-  }
+  // A full fine-tune ends as a Hugging Face checkpoint (f32, the precision it trained in) that every tool loads.
+  else await saveDense(model, config.base_model, modelDir, "f32");
   const reportPath = writeReport(outputDir);
   return {
     outputDir,

@@ -154,6 +154,35 @@ output_dir: ${out}
     await f.close();
   });
 
+  it("a full fine-tune (no adapter, dense base) trains every parameter and saves them", async () => {
+    const base = await tinyModel();
+    const data = writeData();
+    const out = join(root, "full");
+    writeFileSync(
+      join(root, "full.yaml"),
+      `base_model: ${base}\ndatasets: [{path: ${data}, type: prompt_completion}]\nsequence_len: 32\nmicro_batch_size: 4\nmax_steps: 3\nlearning_rate: 0.001\noutput_dir: ${out}\n`,
+    );
+    const r = await runCli(["--quiet", "--json", "train", join(root, "full.yaml")]);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.out).modelDir).toBe(join(out, "model"));
+    const { openSafetensors } = await import("@qlora/formats");
+    const f = await openSafetensors(join(out, "model", "model.safetensors"));
+    expect(f.names).toContain("model.layers.0.mlp.down_proj.weight");
+    expect(f.names).toContain("model.embed_tokens.weight");
+    await f.close();
+    // and it loads back as a model that evaluates
+    const ev = await runCli(["--json", "eval", "--model", join(out, "model"), "--data", data, "--quantize", "none"]);
+    expect(ev.code).toBe(0);
+  });
+
+  it("--verbose adds the stack to an error; without it the error is one line", async () => {
+    const plain = await runCli(["train", join(root, "missing.yaml")]);
+    expect(plain.err.split("\n")).toHaveLength(1);
+    const verbose = await runCli(["--verbose", "train", join(root, "missing.yaml")]);
+    expect(verbose.err).toMatch(/^qlora: .*missing\.yaml: cannot read the config file/);
+    expect(verbose.err).toMatch(/\n\s*at /);
+  });
+
   it("a bad data row is an error naming file:line and the fields expected", async () => {
     const base = await tinyModel();
     const data = join(root, "bad-rows.jsonl");
