@@ -89,14 +89,14 @@ export function loraDropoutMask(x: Tensor, p: number, training: boolean): Tensor
   return dropoutMask(x.shape, p, { backend: x.backend });
 }
 
-/** The formula from public ops; autograd gives the gradients. */
-export function loraLinearReference(x: Tensor, A: Tensor, B: Tensor, args: LoraOpArgs): Tensor {
-  checkShapes(x, A, B, args);
+/** y = base(x) + s·(dropout(x)·Aᵀ)·Bᵀ from public ops, with t = dropout(x)·Aᵀ kept for the caller. */
+function composedForward(x: Tensor, A: Tensor, B: Tensor, args: LoraOpArgs): { y: Tensor; t: Tensor } {
   const xd = args.mask ? mul(x, args.mask) : x;
   const at = A.transpose(0, 1);
   const t = matmul(xd, at);
   const bt = B.transpose(0, 1);
   const l = matmul(t, bt);
+  // readable form: a separate LoRA output and an add (the cpu kernel accumulates into y instead)
   const ls = mul(l, args.scaling);
   let y = ls;
   if (args.base) {
@@ -105,8 +105,16 @@ export function loraLinearReference(x: Tensor, A: Tensor, B: Tensor, args: LoraO
     yb.dispose();
     ls.dispose();
   }
-  for (const h of [at, t, bt, l]) h.dispose();
+  for (const h of [at, bt, l]) h.dispose();
   if (xd !== x) xd.dispose();
+  return { y, t };
+}
+
+/** The formula from public ops; autograd gives the gradients. */
+export function loraLinearReference(x: Tensor, A: Tensor, B: Tensor, args: LoraOpArgs): Tensor {
+  checkShapes(x, A, B, args);
+  const { y, t } = composedForward(x, A, B, args);
+  t.dispose();
   return y;
 }
 
@@ -120,25 +128,7 @@ export interface LoraSaved {
 /** Forward without recording: returns y and what backward needs (x, the mask, t). */
 export function loraForward(x: Tensor, A: Tensor, B: Tensor, args: LoraOpArgs): { y: Tensor; t: Tensor } {
   checkShapes(x, A, B, args);
-  return noGrad(() => {
-    const xd = args.mask ? mul(x, args.mask) : x;
-    const at = A.transpose(0, 1);
-    const t = matmul(xd, at);
-    const bt = B.transpose(0, 1);
-    const l = matmul(t, bt);
-    // readable form: a separate LoRA output and an add (the cpu kernel accumulates into y instead)
-    const ls = mul(l, args.scaling);
-    let y = ls;
-    if (args.base) {
-      const yb = baseForward(x, args.base);
-      y = add(yb, ls);
-      yb.dispose();
-      ls.dispose();
-    }
-    for (const h of [at, bt, l]) h.dispose();
-    if (xd !== x) xd.dispose();
-    return { y, t };
-  });
+  return noGrad(() => composedForward(x, A, B, args));
 }
 
 /** Which gradients to compute (frozen inputs cost nothing). */
