@@ -95,7 +95,8 @@ async function inspectGguf(path: string): Promise<Inspection> {
   return { kind: "gguf", path, summary, details: { version: f.version, architecture: arch, tensorTypes: types } };
 }
 
-function readJson(file: string): Record<string, unknown> {
+/** A JSON file as an object; unreadable or invalid JSON is a CliError naming the file. */
+export function readJson(file: string): Record<string, unknown> {
   try {
     return JSON.parse(readFileSync(file, "utf8")) as Record<string, unknown>;
   } catch (e) {

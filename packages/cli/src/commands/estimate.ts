@@ -1,8 +1,9 @@
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { join } from "node:path";
 import type { Command } from "commander";
 import { CliError } from "../errors";
 import { type BaseQuant, DEFAULT_ESTIMATE, estimateMemory, formatPlan, modelShapeFromConfig } from "../estimate";
+import { readJson } from "../inspect";
 import { type GlobalOptions, type Io, positiveInt } from "../main";
 
 export function registerEstimate(program: Command, io: Io): void {
@@ -29,12 +30,7 @@ export function registerEstimate(program: Command, io: Io): void {
         throw new CliError("BAD_ARGUMENT", `--quant: expected nf4-dq, nf4 or none, got "${o.quant}"`);
       const file = existsSync(o.model) && statSync(o.model).isDirectory() ? join(o.model, "config.json") : o.model;
       if (!existsSync(file)) throw new CliError("BAD_PATH", `--model: ${file} does not exist`);
-      let config: Record<string, unknown>;
-      try {
-        config = JSON.parse(readFileSync(file, "utf8"));
-      } catch (e) {
-        throw new CliError("BAD_PATH", `${file}: not valid JSON (${(e as Error).message})`);
-      }
+      const config = readJson(file);
       const plan = estimateMemory(modelShapeFromConfig(config, file), {
         ...DEFAULT_ESTIMATE,
         seqLen: o.seqLen,
