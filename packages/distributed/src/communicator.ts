@@ -28,6 +28,11 @@ export interface Communicator {
   /** In place: every rank's `data` becomes root's. */
   broadcast(data: CommArray, root: number): CommHandle;
   barrier(): CommHandle;
+  /**
+   * All-gather that returns only when complete (MPI_Iallgather + MPI_Test in a loop, same timeout): for callers
+   * inside synchronous code that cannot await, i.e. FSDP gathering a layer's shards during autograd's backward.
+   */
+  allGatherBlocking?<T extends CommArray>(data: T): T;
   /** Lets pending transfers advance (MPI progresses nonblocking collectives only inside MPI calls). */
   progress(): void;
   /** Ends the whole job at once (every rank): for errors after which the collectives cannot continue. */

@@ -30,3 +30,18 @@ export { type CommStats, DdpStrategy, type DdpOptions, registerDdpStrategy } fro
 export { LocalCommunicator } from "./local";
 export { type PerRankMemory, type SingleProcessMemory, perRankMemory } from "./estimate";
 export { ShardedOptimizerStrategy, type ShardedOptions, registerShardedOptimizerStrategy } from "./sharded";
+export {
+  type FsdpGatherStats,
+  type FsdpMemory,
+  type FsdpOptions,
+  FsdpStrategy,
+  registerFsdpStrategy,
+  stateTensorBytes,
+} from "./fsdp";
+export { FsdpUnit, ShardedLinear4bit } from "./fsdp-modules";
+export {
+  FSDP_OPTIMIZER_FORMAT,
+  type FsdpCheckpointOptions,
+  type OptimizerManifest,
+  fsdpCheckpointIO,
+} from "./fsdp-state";

@@ -24,6 +24,10 @@ export class LocalCommunicator implements Communicator {
     checkArray("allGather", data);
     return done(data.slice() as T);
   }
+  allGatherBlocking<T extends CommArray>(data: T): T {
+    checkArray("allGatherBlocking", data);
+    return data.slice() as T;
+  }
   reduceScatter<T extends CommArray>(data: T, op: CommReduceOp): CommHandle<T> {
     checkArray("reduceScatter", data);
     checkOp("reduceScatter", data, op);

@@ -152,6 +152,45 @@ export class MpiCommunicator implements Communicator {
     return { done: done.then(() => out) };
   }
 
+  allGatherBlocking<T extends CommArray>(data: T): T {
+    checkArray("allGatherBlocking", data);
+    if (this.closed) throw new DistributedError("BAD_ARGUMENT", "allGatherBlocking: the communicator is closed");
+    const out = new (data.constructor as new (n: number) => T)(data.length * this.worldSize);
+    let slot: number;
+    try {
+      slot = this.a.start(KIND.allGather, dtypeCode(data), 0, data, out);
+    } catch (error) {
+      throw new DistributedError("MPI_ERROR", `allGatherBlocking on rank ${this.rank}: ${(error as Error).message}`);
+    }
+    this.waitBlocking(slot, "allGatherBlocking");
+    return out;
+  }
+
+  /**
+   * MPI_Test until complete: spin for the first millisecond, then sleep 0.1 ms between tests (Atomics.wait) so
+   * an oversubscribed peer on the same core gets the CPU. Other pending requests progress inside MPI_Test too.
+   */
+  private waitBlocking(slot: number, what: string): void {
+    const started = Date.now();
+    const nap = new Int32Array(new SharedArrayBuffer(4));
+    for (;;) {
+      let complete: boolean;
+      try {
+        complete = this.a.test(slot);
+      } catch (error) {
+        throw new DistributedError("MPI_ERROR", `${what} on rank ${this.rank}: ${(error as Error).message}`);
+      }
+      if (complete) return;
+      const waited = Date.now() - started;
+      if (waited > this.timeoutMs)
+        throw new DistributedError(
+          "TIMEOUT",
+          `${what} on rank ${this.rank} of ${this.worldSize}: peers did not arrive within ${this.timeoutMs} ms (a rank died or diverged)`,
+        );
+      if (waited >= 1) Atomics.wait(nap, 0, 0, 0.1);
+    }
+  }
+
   reduceScatter<T extends CommArray>(data: T, op: CommReduceOp): CommHandle<T> {
     checkArray("reduceScatter", data);
     checkOp("reduceScatter", data, op);

@@ -25,7 +25,7 @@ export interface ShardedOptions {
   readonly communicator: Communicator;
 }
 
-interface Slot {
+export interface Slot {
   readonly name: string;
   readonly param: Tensor;
   readonly owner: number;
@@ -34,11 +34,11 @@ interface Slot {
 }
 
 export class ShardedOptimizerStrategy implements Strategy {
-  readonly name = "sharded-optimizer";
+  readonly name: string = "sharded-optimizer";
   readonly comm: Communicator;
-  private model: Module | undefined;
-  private slots: Slot[] = [];
-  private partition = 0;
+  protected model: Module | undefined;
+  protected slots: Slot[] = [];
+  protected partition = 0;
   /** Bytes reduce-scattered and all-gathered by this rank (payload handed to MPI, whole buffers). */
   readonly stats = { reduceScatterBytes: 0, allGatherBytes: 0 };
 
@@ -51,7 +51,7 @@ export class ShardedOptimizerStrategy implements Strategy {
   get worldSize(): number {
     return this.comm.worldSize;
   }
-  private get owned(): Tensor[] {
+  protected get owned(): Tensor[] {
     return this.slots.filter((s) => s.owner === this.rank).map((s) => s.param);
   }
 

@@ -8,7 +8,7 @@ import { LoraModel } from "@qlora/lora";
 import { type CausalLM, createModel, parseConfig, randomLayers } from "@qlora/models";
 import { AdamW } from "@qlora/paged-optim";
 import { type Module, type Tensor, manualSeed, tensor } from "@qlora/tensor";
-import { type BatchSource, type Strategy, type TokenBatch, Trainer, collate } from "@qlora/trainer";
+import { type BatchSource, type CheckpointIO, type Strategy, type TokenBatch, Trainer, collate } from "@qlora/trainer";
 
 const SEQ = 12;
 const ROWS = 48;
@@ -64,6 +64,12 @@ export interface RunOptions {
   resume?: boolean;
   /** Called at the start of every optimizer step with its index. */
   onStep?: (step: number) => void;
+  /** Default true (the model's own per-layer checkpoints). */
+  gradientCheckpointing?: boolean;
+  /** The trainer's CheckpointIO, built for the injected LoRA model. */
+  checkpointIO?: (lora: LoraModel) => CheckpointIO;
+  /** Called after a checkpoint was loaded (resume), with the adapter values then. */
+  onLoad?: (values: number[]) => void;
 }
 
 export async function trainAdapter(
@@ -86,7 +92,7 @@ export async function trainAdapter(
     config,
     randomLayers({ seed: 1, std: 0.1, quantize: { quantType: "nf4", doubleQuant: true, blocksize: 64 } }),
   );
-  LoraModel.inject(model, { r: 4, lora_alpha: 8, target_modules: "all-linear", lora_dropout: 0 });
+  const lora = LoraModel.inject(model, { r: 4, lora_alpha: 8, target_modules: "all-linear", lora_dropout: 0 });
   const trainable = [...model.namedParameters()].filter(([, p]) => p.requiresGrad);
   const optimizer = new AdamW(trainable, { lr: 1e-2, weightDecay: 0 });
   const all = rows();
@@ -109,13 +115,14 @@ export async function trainAdapter(
     loss: llamaLoss,
     train: source(batches),
     strategy: o.strategy,
+    checkpointIO: o.checkpointIO?.(lora),
     args: {
       seed: 0,
       learningRate: 1e-2,
       maxSteps: Math.max(1, o.steps),
       gradientAccumulationSteps: o.accumulation,
       maxGradNorm: 0.5,
-      gradientCheckpointing: true, // the hooks must fire once per parameter under recomputation too
+      gradientCheckpointing: o.gradientCheckpointing ?? true, // hooks must fire once per parameter under recomputation too
       loggingSteps: 1,
       scheduler: { name: "constant" },
       ...(o.outputDir ? { outputDir: o.outputDir, saveSteps: 1 } : {}),
@@ -125,6 +132,9 @@ export async function trainAdapter(
   trainer.hooks.on("step:end", (ctx) => {
     if (ctx.loss !== undefined) losses.push(ctx.loss);
   });
+  trainer.hooks.on("checkpoint:load", () =>
+    o.onLoad?.(trainable.flatMap(([, p]) => Array.from(p.toTypedArray() as Float32Array))),
+  );
   if (o.steps > 0) await trainer.fit({ resumeFrom: o.resume });
   const values: number[] = [];
   const names: string[] = [];
