@@ -339,8 +339,8 @@ function opBackward(bwd: typeof loraBackward): OpBackward<LoraLinearAttrs> {
 
 /**
  * The fused op: one autograd node per LoRA linear. Inputs [x, A, B] or [x, A, B, mask]. Saves x, t = x̃·Aᵀ,
- * the mask and aliases of A and B; never a dequantized weight. Reference: loraForward/loraBackward; `cpu`
- * kernel: the accumulating GEMM forms (the native GEMM with alpha/beta).
+ * the mask and aliases of A and B; never a dequantized weight. Reference: loraForward/loraBackward; `cpu` and
+ * `cuda` kernels: the accumulating GEMM forms (the backend's GEMM with alpha/beta; on cuda the fused rank-r kernel).
  */
 export const loraLinearOp = defineOp<LoraLinearAttrs>({
   name: "lora.linear",
@@ -348,6 +348,9 @@ export const loraLinearOp = defineOp<LoraLinearAttrs>({
   backward: opBackward(loraBackward),
   kernels: {
     cpu: { forward: opForward(accumulateOr(loraForward)), backward: opBackward(accumulateBackwardOr(loraBackward)) },
+    // The same accumulating forms: @qlora/cuda-kernels' matmul with an output sends the rank-r products (y += s·t·Bᵀ,
+    // dX += gt·A; inner dimension r ≤ 64) to its fused LoRA kernel (csrc/kernels/lora.cu). Unverified on a GPU.
+    cuda: { forward: opForward(accumulateOr(loraForward)), backward: opBackward(accumulateBackwardOr(loraBackward)) },
   },
 });
 
