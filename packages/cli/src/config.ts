@@ -8,6 +8,7 @@ import { closest, distance } from "fastest-levenshtein";
 import { LineCounter, parseDocument, parse as parseYamlValue } from "yaml";
 import { z } from "zod";
 import { CliError } from "./errors";
+import { parallelConfigIssues } from "./parallel-config";
 
 const positiveInt = z.number().int().positive();
 const nonNegativeInt = z.number().int().nonnegative();
@@ -103,6 +104,13 @@ const trainShape = {
   early_stopping_patience: positiveInt.optional(),
   neftune_noise_alpha: z.number().positive().optional(),
   bf16: z.union([z.boolean(), z.literal("auto")]).default(false),
+  // Several ranks (`qlora train --nproc N` or `mpirun -n N qlora train`): DDP unless the FSDP keys ask otherwise.
+  ddp: z.boolean().optional(),
+  ddp_timeout: positiveInt.optional(),
+  ddp_bucket_cap_mb: z.number().positive().optional(),
+  fsdp: z.union([z.string(), z.array(z.string())]).optional(),
+  fsdp_config: z.record(z.string(), z.unknown()).optional(),
+  fsdp_version: z.union([z.literal(1), z.literal(2)]).optional(),
 };
 
 export const trainConfigSchema = z
@@ -127,6 +135,7 @@ export const trainConfigSchema = z
       });
     if (c.peft_use_dora && c.adapter === undefined)
       ctx.addIssue({ code: "custom", path: ["peft_use_dora"], message: "DoRA needs adapter: lora or qlora" });
+    for (const issue of parallelConfigIssues(c)) ctx.addIssue({ code: "custom", ...issue });
   });
 
 export type TrainConfig = z.infer<typeof trainConfigSchema>;

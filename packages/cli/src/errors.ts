@@ -5,7 +5,8 @@ export type CliErrorCode =
   | "CONFIG_INVALID"
   | "BAD_ARGUMENT"
   | "BAD_PATH"
-  | "UNSUPPORTED";
+  | "UNSUPPORTED"
+  | "JOB_FAILED";
 
 export class CliError extends Error {
   override readonly name = "CliError";

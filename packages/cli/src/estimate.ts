@@ -56,6 +56,8 @@ export interface PlanRow {
   phase: PlanPhase;
   /** A tensor storage (counted by memoryStats); false: a raw backend buffer outside that counter. */
   tracked: boolean;
+  /** What multi-process training does with the row (see `singleProcessParts`); unset: activations. */
+  part?: "base" | "replicated" | "adapter" | "optimizer" | "gradients";
 }
 
 export interface MemoryPlan {
@@ -190,19 +192,22 @@ export function estimateMemory(m: ModelShape, o: EstimateOptions): MemoryPlan {
       bytes: linears.reduce((s, [, [i, out]]) => s + quantizedBytes(i * out, o.baseQuant, m.storageBytes) * L, 0),
       phase: "persistent",
       tracked: true,
+      part: "base",
     },
     {
       item: "embeddings, norms, lm_head (as stored)",
       bytes: otherParams * m.storageBytes,
       phase: "persistent",
       tracked: true,
+      part: "replicated",
     },
-    { item: "LoRA parameters (f32)", bytes: loraParams * F32, phase: "persistent", tracked: true },
+    { item: "LoRA parameters (f32)", bytes: loraParams * F32, phase: "persistent", tracked: true, part: "adapter" },
     {
       item: `optimizer state (${o.optimizerBits}-bit AdamW)`,
       bytes: optimizerBytes,
       phase: "persistent",
       tracked: false, // @qlora/paged-optim allocates it as raw backend buffers
+      part: "optimizer",
     },
     // input ids, positions, segment ids, labels, shifted targets (i32), per-token loss and final-norm 1/rms (f32)
     { item: "token ids and per-token scalars", bytes: tokens * 7 * 4, phase: "persistent", tracked: true },
@@ -257,6 +262,7 @@ export function estimateMemory(m: ModelShape, o: EstimateOptions): MemoryPlan {
       bytes: worstIsLast ? gradsDown : L * gradsPerLayer,
       phase: "backward",
       tracked: true,
+      part: "gradients",
     },
     ...(ckpt
       ? [{ item: "one layer's recomputed activations", bytes: saved, phase: "backward" as const, tracked: true }]
@@ -288,6 +294,35 @@ export function estimateMemory(m: ModelShape, o: EstimateOptions): MemoryPlan {
   };
 }
 
+/** A one-process plan in the parts @qlora/distributed's perRankMemory() shares out between ranks (its SingleProcessMemory). */
+export interface SingleProcessParts {
+  baseWeightBytes: number;
+  replicatedBytes: number;
+  adapterBytes: number;
+  optimizerBytes: number;
+  activationBytes: number;
+  layers: number;
+}
+
+/**
+ * The plan's parts for `qlora estimate --world-size N`. Activations are everything else at the peak (token ids
+ * included) without the LoRA gradients the backward row counts: perRankMemory adds the whole adapter's gradients
+ * itself (DDP holds all of them when it all-reduces), so they are not counted twice.
+ */
+export function singleProcessParts(plan: MemoryPlan, layers: number): SingleProcessParts {
+  const part = (p: PlanRow["part"]) => plan.rows.filter((r) => r.part === p).reduce((s, r) => s + r.bytes, 0);
+  const activations = (phase: PlanPhase) =>
+    plan.rows.filter((r) => r.phase === phase && r.part === undefined).reduce((s, r) => s + r.bytes, 0);
+  return {
+    baseWeightBytes: part("base"),
+    replicatedBytes: part("replicated"),
+    adapterBytes: part("adapter"),
+    optimizerBytes: part("optimizer"),
+    activationBytes: activations("persistent") + Math.max(activations("loss"), activations("backward")),
+    layers,
+  };
+}
+
 export function formatBytes(n: number): string {
   if (n >= 1e9) return `${(n / 1e9).toFixed(2)} GB`;
   if (n >= 1e6) return `${(n / 1e6).toFixed(1)} MB`;
@@ -300,6 +335,30 @@ const PHASE_TITLES: Record<PlanPhase, string> = {
   loss: "peak candidate: forward at the chunked lm_head + cross-entropy",
   backward: "peak candidate: inside a decoder layer's backward",
 };
+
+/** The per-rank tables of `qlora estimate --world-size N` (rows from perRankMemory). */
+export function formatPerRank(
+  perRank: readonly {
+    strategy: string;
+    worldSize: number;
+    rows: readonly { item: string; bytes: number }[];
+    totalBytes: number;
+  }[],
+): string {
+  const width = Math.max(...perRank.flatMap((p) => p.rows.map((r) => r.item.length + 2)), 44);
+  const line = (item: string, bytes: number) => `${item.padEnd(width)}  ${formatBytes(bytes).padStart(10)}`;
+  const titles: Record<string, string> = {
+    ddp: "DDP: every rank holds the whole model, adapter, gradients and optimizer state",
+    fsdp: "FSDP: each rank holds 1/N of the base, adapter, gradients and optimizer state, plus one layer gathered",
+  };
+  const lines: string[] = [];
+  for (const p of perRank) {
+    lines.push(`${titles[p.strategy] ?? p.strategy} (per rank, ${p.worldSize} ranks)`);
+    for (const r of p.rows) lines.push(line(`  ${r.item}`, r.bytes));
+    lines.push(line("total per rank", p.totalBytes));
+  }
+  return lines.join("\n");
+}
 
 export function formatPlan(plan: MemoryPlan): string {
   const width = Math.max(...plan.rows.map((r) => r.item.length + 2), 44);

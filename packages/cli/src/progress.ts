@@ -29,3 +29,23 @@ export function layerProgress(
     stop: () => bar?.stop(),
   };
 }
+
+/**
+ * Under `qlora train --nproc N` rank 0's stderr is mpirun's pipe. When the launcher's own stderr is a terminal it
+ * passes its width on (QLORA_TTY_COLUMNS), and rank 0 writes through this stand-in that says it is a terminal, so
+ * the progress bar is drawn: mpirun forwards the cursor escape codes to that terminal unchanged.
+ */
+export function launcherTerminal(
+  env: NodeJS.ProcessEnv = process.env,
+  stream: NodeJS.WriteStream = process.stderr,
+): NodeJS.WriteStream | undefined {
+  const columns = Number(env.QLORA_TTY_COLUMNS);
+  if (stream.isTTY || !(Number.isInteger(columns) && columns > 0)) return undefined;
+  const terminal = {
+    isTTY: true,
+    columns,
+    write: (chunk: string | Uint8Array, ...rest: unknown[]) =>
+      stream.write(chunk, ...(rest as [(error?: Error | null) => void])),
+  };
+  return terminal as unknown as NodeJS.WriteStream;
+}

@@ -18,6 +18,7 @@ import {
   Trainer,
   type TrainerOptimizer,
   type TrainerPlugin,
+  type Strategy,
   earlyStopping,
   loadTokenDataset,
   memoryReport,
@@ -31,7 +32,8 @@ import type { TrainConfig } from "./config";
 import { CliError } from "./errors";
 import { batchLoss } from "./loss";
 import { saveDense } from "./infer";
-import { layerProgress } from "./progress";
+import { wantsActivationCheckpointing } from "./parallel-config";
+import { launcherTerminal, layerProgress } from "./progress";
 import { writeReport } from "./report";
 
 export interface TrainOptions {
@@ -40,6 +42,9 @@ export interface TrainOptions {
   quiet?: boolean;
   /** Aborting writes a checkpoint at the end of the current step and stops (Ctrl-C). */
   signal?: AbortSignal;
+  /** Several ranks: the trainer strategy (DDP, FSDP), this rank and the world size. Rank 0 alone prints progress
+   * and writes metrics, checkpoints, the adapter and the report; every rank trains its shard of the data. */
+  parallel?: { strategy: Strategy; rank: number; worldSize: number };
 }
 
 export interface TrainResult {
@@ -195,12 +200,14 @@ export async function runTrain(config: TrainConfig, options: TrainOptions = {}):
   for (const d of config.datasets)
     if (!existsSync(d.path)) throw new CliError("BAD_PATH", `datasets: ${d.path} does not exist`);
   const seed = seedEverything(config.seed);
-  const stream = options.stream ?? process.stderr;
-  if (config.bf16 === true)
+  const { rank, worldSize } = options.parallel ?? { rank: 0, worldSize: 1 };
+  const stream = options.stream ?? (worldSize > 1 ? launcherTerminal() : undefined) ?? process.stderr;
+  const isMain = rank === 0;
+  if (config.bf16 === true && isMain)
     stream.write(
       "qlora: bf16: true — the CPU backend computes in f32; training in f32 (bf16: auto says this silently)\n",
     );
-  const { model, tokenizer } = await loadBase(config, options.quiet);
+  const { model, tokenizer } = await loadBase(config, options.quiet || !isMain);
   const lora = !config.adapter
     ? undefined
     : config.lora_model_dir
@@ -210,11 +217,16 @@ export async function runTrain(config: TrainConfig, options: TrainOptions = {}):
   if (!lora) for (const p of model.parameters()) p.requiresGrad = true;
   const trainable = [...model.namedParameters()].filter(([, p]) => p.requiresGrad);
   if (trainable.length === 0) throw new CliError("CONFIG_INVALID", "no parameter is trainable with this config");
-  const data = await loadTokenDataset(datasetOptions(config, dataTokenizer(tokenizer, config)));
+  const data = await loadTokenDataset({
+    ...datasetOptions(config, dataTokenizer(tokenizer, config)),
+    rank,
+    worldSize,
+  });
   const outputDir = resolve(config.output_dir);
   const flag = { interrupted: false };
-  const plugins: TrainerPlugin[] = [metricsFile(), interruptPlugin(options.signal, flag)];
-  if (!options.quiet)
+  const plugins: TrainerPlugin[] = [interruptPlugin(options.signal, flag)];
+  if (isMain) plugins.push(metricsFile());
+  if (!options.quiet && isMain)
     plugins.push(
       progress({ stream }),
       memoryReport((l) => stream.write(`${l}\n`)),
@@ -229,6 +241,7 @@ export async function runTrain(config: TrainConfig, options: TrainOptions = {}):
     train: data.train,
     eval: data.eval,
     plugins,
+    strategy: options.parallel?.strategy,
     checkpointIO: lora ? peftCheckpointIO(lora, config.base_model) : safetensorsCheckpointIO,
     args: {
       outputDir,
@@ -248,7 +261,7 @@ export async function runTrain(config: TrainConfig, options: TrainOptions = {}):
       evalSteps: config.eval_steps,
       saveSteps: config.save_steps,
       saveTotalLimit: config.save_total_limit,
-      gradientCheckpointing: config.gradient_checkpointing,
+      gradientCheckpointing: config.gradient_checkpointing || wantsActivationCheckpointing(config),
     },
   });
   const evalLossBefore = data.eval ? (await trainer.evaluate()).eval_loss : undefined;
@@ -256,10 +269,13 @@ export async function runTrain(config: TrainConfig, options: TrainOptions = {}):
   const state = await trainer.fit({ resumeFrom: resumeFrom === undefined ? undefined : resumeFrom });
   const evalLossAfter = data.eval && !flag.interrupted ? (await trainer.evaluate()).eval_loss : undefined;
   const modelDir = join(outputDir, lora ? "adapter" : "model");
-  if (lora) await saveAdapter(lora, modelDir, { baseModelNameOrPath: config.base_model });
-  // A full fine-tune ends as a Hugging Face checkpoint (f32, the precision it trained in) that every tool loads.
-  else await saveDense(model, config.base_model, modelDir, "f32");
-  const reportPath = writeReport(outputDir);
+  const reportPath = join(outputDir, "report.html");
+  if (isMain) {
+    if (lora) await saveAdapter(lora, modelDir, { baseModelNameOrPath: config.base_model });
+    // A full fine-tune ends as a Hugging Face checkpoint (f32, the precision it trained in) that every tool loads.
+    else await saveDense(model, config.base_model, modelDir, "f32");
+    writeReport(outputDir);
+  }
   return {
     outputDir,
     modelDir,

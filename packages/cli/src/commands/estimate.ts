@@ -2,9 +2,18 @@ import { existsSync, statSync } from "node:fs";
 import { join } from "node:path";
 import type { Command } from "commander";
 import { CliError } from "../errors";
-import { type BaseQuant, DEFAULT_ESTIMATE, estimateMemory, formatPlan, modelShapeFromConfig } from "../estimate";
+import {
+  type BaseQuant,
+  DEFAULT_ESTIMATE,
+  estimateMemory,
+  formatPerRank,
+  formatPlan,
+  modelShapeFromConfig,
+  singleProcessParts,
+} from "../estimate";
 import { readJson } from "../inspect";
 import { type GlobalOptions, type Io, positiveInt } from "../main";
+import { loadDistributed } from "../ranks";
 
 export function registerEstimate(program: Command, io: Io): void {
   program
@@ -21,17 +30,23 @@ export function registerEstimate(program: Command, io: Io): void {
     )
     .option("--quant <q>", "base weights: nf4-dq | nf4 | none", "nf4-dq")
     .option("--no-gradient-checkpointing", "keep every layer's activations")
+    .option(
+      "--world-size <n>",
+      "also the per-rank memory of n ranks under DDP and FSDP (--micro-batch-size is per rank)",
+      (v) => positiveInt(v, "--world-size"),
+    )
     .option("--logits-chunk <n>", "rows of logits per chunk (default: the model's, ≈ 8 Mi logits)", (v) =>
       positiveInt(v, "--logits-chunk"),
     )
-    .action(function (this: Command, o) {
+    .action(async function (this: Command, o) {
       const global = this.optsWithGlobals() as GlobalOptions;
       if (!["nf4-dq", "nf4", "none"].includes(o.quant))
         throw new CliError("BAD_ARGUMENT", `--quant: expected nf4-dq, nf4 or none, got "${o.quant}"`);
       const file = existsSync(o.model) && statSync(o.model).isDirectory() ? join(o.model, "config.json") : o.model;
       if (!existsSync(file)) throw new CliError("BAD_PATH", `--model: ${file} does not exist`);
       const config = readJson(file);
-      const plan = estimateMemory(modelShapeFromConfig(config, file), {
+      const shape = modelShapeFromConfig(config, file);
+      const plan = estimateMemory(shape, {
         ...DEFAULT_ESTIMATE,
         seqLen: o.seqLen,
         microBatchSize: o.microBatchSize,
@@ -41,6 +56,14 @@ export function registerEstimate(program: Command, io: Io): void {
         baseQuant: o.quant as BaseQuant,
         logitsChunk: o.logitsChunk,
       });
-      io.out(global.json ? JSON.stringify(plan) : formatPlan(plan));
+      if (o.worldSize === undefined) return io.out(global.json ? JSON.stringify(plan) : formatPlan(plan));
+      const { perRankMemory } = await loadDistributed(`--world-size ${o.worldSize}`);
+      const parts = singleProcessParts(plan, shape.numLayers);
+      const perRank = {
+        ddp: perRankMemory(parts, o.worldSize, "ddp"),
+        fsdp: perRankMemory(parts, o.worldSize, "fsdp"),
+      };
+      if (global.json) return io.out(JSON.stringify({ ...plan, worldSize: o.worldSize, perRank }));
+      io.out(`${formatPlan(plan)}\n\n${formatPerRank([perRank.ddp, perRank.fsdp])}`);
     });
 }

@@ -1,8 +1,11 @@
+import { setThreads } from "@qlora/cpu-kernels";
+import type { MpiCommunicator } from "@qlora/distributed";
 import type { Command } from "commander";
 import { loadTrainConfig } from "../config";
 import { CliError } from "../errors";
-import type { GlobalOptions, Io } from "../main";
-import { runTrain } from "../train";
+import { type GlobalOptions, type Io, positiveInt } from "../main";
+import { launchRanks, loadDistributed, rankRuntime, threadsPerRank, worldFromEnv } from "../ranks";
+import { type TrainResult, runTrain } from "../train";
 
 /** `--lora-r 16 --sample-packing true` → { "lora-r": "16", "sample-packing": "true" }. */
 export function overridePairs(args: readonly string[]): Record<string, string> {
@@ -24,11 +27,28 @@ export function registerTrain(program: Command, io: Io): void {
     .command("train")
     .description("fine-tune from a YAML config (Axolotl key names); any key can be overridden as --key value")
     .argument("<config>", "config.yaml")
+    .option(
+      "--nproc <n>",
+      "train on n processes (ranks) under mpirun, each on its shard of the data: DDP, or FSDP when the config's fsdp keys ask for it",
+      (v) => positiveInt(v, "--nproc"),
+    )
     .allowUnknownOption()
     .allowExcessArguments()
     .action(async function (this: Command, file: string) {
-      const global = this.optsWithGlobals() as GlobalOptions;
-      const config = loadTrainConfig(file, overridePairs(this.args.slice(1)));
+      const global = this.optsWithGlobals() as GlobalOptions & { nproc?: number };
+      const overrides = overridePairs(this.args.slice(1));
+      const world = worldFromEnv();
+      if (world.worldSize > 1) {
+        if (global.nproc !== undefined && global.nproc !== world.worldSize)
+          throw new CliError(
+            "BAD_ARGUMENT",
+            `--nproc ${global.nproc}: this process is one of ${world.worldSize} ranks mpirun started; drop --nproc or make it match`,
+          );
+        return trainRank(file, overrides, global, io, world);
+      }
+      // Validated here once, before any rank starts (a bad config is one error, not one per rank).
+      const config = loadTrainConfig(file, overrides);
+      if (global.nproc !== undefined && global.nproc > 1) return launchRanks(global.nproc, process.argv.slice(2));
       const abort = new AbortController();
       const onSigint = () => {
         io.err("qlora: interrupted — writing a checkpoint at the end of this step (Ctrl-C again to quit at once)");
@@ -37,19 +57,55 @@ export function registerTrain(program: Command, io: Io): void {
       };
       process.once("SIGINT", onSigint);
       try {
-        const result = await runTrain(config, { quiet: global.quiet, signal: abort.signal });
-        if (global.json) io.out(JSON.stringify(result));
-        else {
-          const loss =
-            result.evalLossBefore !== undefined && result.evalLossAfter !== undefined
-              ? `; eval loss ${result.evalLossBefore.toFixed(4)} → ${result.evalLossAfter.toFixed(4)}`
-              : "";
-          io.out(`trained ${result.globalStep} steps${loss}`);
-          io.out(`${result.interrupted ? "interrupted; " : ""}weights: ${result.modelDir}`);
-          io.out(`report: ${result.reportPath}`);
-        }
+        printResult(io, global, await runTrain(config, { quiet: global.quiet, signal: abort.signal }));
       } finally {
         process.removeListener("SIGINT", onSigint);
       }
     });
+}
+
+function printResult(io: Io, global: GlobalOptions, result: TrainResult): void {
+  if (global.json) {
+    io.out(JSON.stringify(result));
+    return;
+  }
+  const loss =
+    result.evalLossBefore !== undefined && result.evalLossAfter !== undefined
+      ? `; eval loss ${result.evalLossBefore.toFixed(4)} → ${result.evalLossAfter.toFixed(4)}`
+      : "";
+  io.out(`trained ${result.globalStep} steps${loss}`);
+  io.out(`${result.interrupted ? "interrupted; " : ""}weights: ${result.modelDir}`);
+  io.out(`report: ${result.reportPath}`);
+}
+
+/**
+ * One rank of a job mpirun started (`--nproc N` or the user's own `mpirun -n N qlora train`). Rank 0 prints the
+ * progress and the result; an error on any rank is printed with the rank and ends every rank (MPI_Abort), so no
+ * peer waits for it. Ctrl-C goes to mpirun, which ends the job (resume from the last save_steps checkpoint).
+ */
+async function trainRank(
+  file: string,
+  overrides: Record<string, string>,
+  global: GlobalOptions,
+  io: Io,
+  world: { rank: number; worldSize: number; local: number },
+): Promise<void> {
+  const dist = await loadDistributed(`rank ${world.rank} of ${world.worldSize}`);
+  let comm: MpiCommunicator | undefined;
+  await dist.runRank(
+    async () => {
+      const config = loadTrainConfig(file, overrides);
+      if (global.threads === undefined && world.local > 1) setThreads(threadsPerRank(world.local));
+      comm = dist.mpiWorld({ timeoutMs: config.ddp_timeout === undefined ? undefined : config.ddp_timeout * 1000 });
+      const runtime = rankRuntime(dist, config, comm);
+      const result = await runTrain(config, { quiet: global.quiet, parallel: runtime });
+      if (runtime.rank === 0) printResult(io, global, result);
+      await runtime.close();
+    },
+    {
+      abort: (code) => (comm ? comm.abort(code) : process.exit(code)),
+      rank: world.rank,
+      worldSize: world.worldSize,
+    },
+  );
 }

@@ -1,0 +1,93 @@
+import * as distributed from "@qlora/distributed";
+import { describe, expect, it } from "vitest";
+import { parseTrainConfig } from "./config";
+import { chooseStrategy, fsdpOptions, wantsActivationCheckpointing } from "./parallel-config";
+import { rankRuntime, withoutNproc, worldFromEnv } from "./ranks";
+
+const BASE = "base_model: m\ndatasets: [{path: d.jsonl}]\n";
+const parse = (extra: string) => parseTrainConfig(BASE + extra, "c.yaml");
+
+describe("strategy from the config (Axolotl keys)", () => {
+  it("one process trains alone; several use DDP by default", () => {
+    expect(chooseStrategy(parse(""), 1).name).toBe("single");
+    expect(chooseStrategy(parse("fsdp: [full_shard]\n"), 1).name).toBe("single");
+    expect(chooseStrategy(parse(""), 2).name).toBe("ddp");
+    expect(chooseStrategy(parse("ddp: true\n"), 3).name).toBe("ddp");
+  });
+
+  it("fsdp / fsdp_config choose the fsdp (full_shard) or sharded-optimizer (shard_grad_op) strategy", () => {
+    expect(chooseStrategy(parse("fsdp: [full_shard, auto_wrap]\n"), 2)).toEqual({ name: "fsdp", key: "fsdp" });
+    expect(chooseStrategy(parse("fsdp: full_shard auto_wrap\n"), 2).name).toBe("fsdp");
+    expect(chooseStrategy(parse("fsdp: [auto_wrap]\n"), 2).name).toBe("fsdp"); // FSDP's default sharding
+    expect(chooseStrategy(parse("fsdp: [shard_grad_op]\n"), 2).name).toBe("sharded-optimizer");
+    const c = parse(
+      "fsdp_config:\n  fsdp_sharding_strategy: SHARD_GRAD_OP\n  fsdp_transformer_layer_cls_to_wrap: LlamaDecoderLayer\n",
+    );
+    expect(chooseStrategy(c, 2)).toEqual({ name: "sharded-optimizer", key: "fsdp_config" });
+    expect(chooseStrategy(parse("fsdp_config: {sharding_strategy: FULL_SHARD}\n"), 2).name).toBe("fsdp");
+    expect(fsdpOptions(" Full_Shard  auto_wrap ")).toEqual(["full_shard", "auto_wrap"]);
+    expect(wantsActivationCheckpointing(parse("fsdp_config: {fsdp_activation_checkpointing: true}\n"))).toBe(true);
+  });
+
+  it("keys that cannot be honoured are errors naming the file, line and key", () => {
+    const bad = (extra: string) => () => parse(extra);
+    expect(bad("fsdp: [full_shard, offload]\n")).toThrow(
+      /c\.yaml:3: fsdp\[1\]: FSDP option "offload" is not supported/,
+    );
+    expect(bad("fsdp: [fully_shard]\n")).toThrow(/fsdp\[0\]: unknown FSDP option "fully_shard"/);
+    expect(bad("fsdp: [full_shard, shard_grad_op]\n")).toThrow(/keep one/);
+    expect(bad("fsdp_config:\n  fsdp_offload_params: true\n")).toThrow(
+      /c\.yaml:4: fsdp_config\.fsdp_offload_params: expected one of false \(CPU offload is not supported\), got true/,
+    );
+    expect(bad("fsdp_config: {fsdp_sharding_strategy: HYBRID_SHARD}\n")).toThrow(
+      /fsdp_config\.fsdp_sharding_strategy: expected one of "FULL_SHARD", "SHARD_GRAD_OP"/,
+    );
+    expect(bad("fsdp_config: {fsdp_bogus: 1}\n")).toThrow(/fsdp_config\.fsdp_bogus: unknown fsdp_config key/);
+    expect(bad("fsdp: [full_shard]\nfsdp_config: {sharding_strategy: SHARD_GRAD_OP}\n")).toThrow(
+      /fsdp_config\.sharding_strategy: says SHARD_GRAD_OP but fsdp says full_shard/,
+    );
+    expect(bad("ddp: true\nfsdp: [full_shard]\n")).toThrow(/ddp: ddp: true and fsdp\/fsdp_config ask for two/);
+    expect(bad("ddp_timeout: 0\n")).toThrow(/ddp_timeout/);
+  });
+});
+
+describe("rank runtime (a world of two stands in for MPI_COMM_WORLD)", () => {
+  // rankRuntime reads rank and worldSize and keeps the communicator for the strategy (not used here)
+  const world2 = () => ({ rank: 0, worldSize: 2, close: async () => {} }) as never;
+
+  it("resolves ddp through the trainer's registry with the config's accumulation", () => {
+    const r = rankRuntime(distributed, parse("gradient_accumulation_steps: 3\n"), world2());
+    expect(r.strategy.name).toBe("ddp");
+    expect(r.worldSize).toBe(2);
+  });
+
+  it("ddp: false with several ranks, or an fsdp strategy the package does not provide, is an error naming the key", () => {
+    expect(() => rankRuntime(distributed, parse("ddp: false\n"), world2())).toThrow(/ddp: false, but 2 ranks run/);
+    // A @qlora/distributed without an FSDP strategy (vitest isolates each test file, so the trainer's registry
+    // here holds only what this file registered).
+    const noFsdp = { ...distributed, registerFsdpStrategy: undefined } as unknown as typeof distributed;
+    expect(() => rankRuntime(noFsdp, parse("fsdp: [full_shard]\n"), world2())).toThrow(
+      /fsdp: asks for the "fsdp" strategy, which this @qlora\/distributed does not provide/,
+    );
+  });
+});
+
+describe("launcher helpers", () => {
+  it("reads the rank from Open MPI's or a PMI launcher's environment", () => {
+    expect(worldFromEnv({})).toEqual({ rank: 0, worldSize: 1, local: 1 });
+    expect(
+      worldFromEnv({ OMPI_COMM_WORLD_RANK: "2", OMPI_COMM_WORLD_SIZE: "4", OMPI_COMM_WORLD_LOCAL_SIZE: "2" }),
+    ).toEqual({ rank: 2, worldSize: 4, local: 2 });
+    expect(worldFromEnv({ PMI_RANK: "1", PMI_SIZE: "3" })).toEqual({ rank: 1, worldSize: 3, local: 3 });
+  });
+
+  it("drops --nproc from the ranks' command line", () => {
+    expect(withoutNproc(["train", "c.yaml", "--nproc", "2", "--lora-r", "4"])).toEqual([
+      "train",
+      "c.yaml",
+      "--lora-r",
+      "4",
+    ]);
+    expect(withoutNproc(["--json", "train", "--nproc=3", "c.yaml"])).toEqual(["--json", "train", "c.yaml"]);
+  });
+});
