@@ -5,8 +5,10 @@
 import { type Backend, referenceBackend, registerBackend } from "@qlora/tensor";
 import { fusedOps } from "./fused";
 import { createGemmOps, gemmNative } from "./gemm";
+import { gemvHalfNative, routeHalfGemv } from "./gemv-half";
 import { loadNative, type NativeModule } from "./load";
 import { optimizerOpsOf } from "./optim";
+import { quantizeOpsOf } from "./quantize";
 
 /** Every compute op of the Backend interface (memory ops always come from the shared host allocator). */
 export const COMPUTE_OPS = [
@@ -91,6 +93,9 @@ export function createCpuBackend(options: CreateCpuBackendOptions = {}): Backend
     return referenceBackend;
   }
   const nativeOps: Partial<Backend> = { ...gemm, ...(options.fused ?? fusedOps) };
+  // f32 rows (m ≤ 4) x a bf16/f16 weight: the skinny kernel reads the weight as stored (gemv-half.ts).
+  const gemvHalf = gemvHalfNative(native);
+  if (gemvHalf) nativeOps.matmul = routeHalfGemv(gemvHalf, gemm.matmul, referenceBackend);
   const delegatedOps = COMPUTE_OPS.filter((op) => typeof nativeOps[op] !== "function");
   const delegated: Partial<Backend> = {};
   for (const op of delegatedOps)
@@ -101,6 +106,8 @@ export function createCpuBackend(options: CreateCpuBackendOptions = {}): Backend
     ...nativeOps,
     // Optimizer update ops for @qlora/paged-optim (methods beyond the Backend interface; csrc/optim.cc).
     ...optimizerOpsOf(native),
+    // Quantize on load (csrc/quantize_nf4.cc), into buffers of the shared host allocator.
+    ...quantizeOpsOf(native, r),
     name: "cpu",
     device: "cpu",
     alloc: (dtype, length) => r.alloc(dtype, length),
