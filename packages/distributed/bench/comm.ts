@@ -1,11 +1,12 @@
 /**
  * Communication per optimizer step for the trainer benchmark's ~125M Llama (hidden 768, 12 layers, ffn 2048, vocab
  * 32000, NF4 + double quant, LoRA r=16 on all linear layers; packages/trainer/bench/qlora-step.ts):
- *  - analytical bytes per rank at N = 2, 4, 8 for DDP (ring all-reduce of the f32 adapter gradients) and for the
- *    FSDP design of issue 16 (NF4 linear shards + adapter shards all-gathered before forward and again in
- *    recomputation, gradients reduce-scattered; FSDP itself is not implemented, so only its analytical figure);
- *  - measured at N = 2 over MPI shared memory: DdpStrategy's all-reduced bytes per step, the time reduceGradients
- *    waited for them, the step time, and a bare all-reduce of the same buffer.
+ *  - analytical bytes per rank at N = 2, 4, 8 (commVolume in src/estimate.ts, ring algorithms) for DDP (all-reduce
+ *    of the f32 adapter gradients) and FSDP as built (the NF4 base all-gathered twice per micro-batch, before
+ *    forward and in recomputation; gradients reduce-scattered and the updated adapter all-gathered once per step);
+ *  - measured at N = 2 over MPI shared memory, one timed step after a warm-up step each: DdpStrategy's all-reduced
+ *    bytes, the time reduceGradients waited for them and a bare all-reduce of the same buffer; FsdpStrategy's
+ *    bytes all-gathered (base, adapter) and reduce-scattered, the time spent in those collectives, and the step.
  * Run: node --import tsx --conditions=@qlora/source packages/distributed/bench/comm.ts   (launches 2 ranks itself)
  */
 import { registerCpuBackend, setThreads } from "@qlora/cpu-kernels";
@@ -13,8 +14,8 @@ import { LoraModel } from "@qlora/lora";
 import { type CausalLM, createModel, parseConfig, randomLayers } from "@qlora/models";
 import { AdamW } from "@qlora/paged-optim";
 import { Linear4bit, type Module, tensor } from "@qlora/tensor";
-import { type BatchSource, type TokenBatch, Trainer, collate } from "@qlora/trainer";
-import { DdpStrategy, launch, launchedByMpi, mpiWorld } from "../src/index";
+import { type BatchSource, type Strategy, type TokenBatch, Trainer, collate } from "@qlora/trainer";
+import { DdpStrategy, FsdpStrategy, commVolume, launch, launchedByMpi, mpiWorld, stateTensorBytes } from "../src/index";
 
 const [microBatch, seq, vocab] = [2, 256, 32000];
 const config = parseConfig({
@@ -47,28 +48,33 @@ function analytical(model: Module) {
   for (const [, m] of model.namedModules()) if (m instanceof Linear4bit) linearElems += m.inFeatures * m.outFeatures;
   const adapterBytes = 4 * adapterParams;
   const baseBytes = nf4Bytes(linearElems);
+  let measuredBase = 0;
+  for (const [, m] of model.namedModules()) if (m instanceof Linear4bit) measuredBase += stateTensorBytes(m);
+  const v = { baseWeightBytes: baseBytes, adapterBytes, microBatches: 1 };
   const rows = [2, 4, 8].map((n) => {
-    const f = (n - 1) / n;
+    const ddp = commVolume(v, n, "ddp");
+    const fsdp = commVolume(v, n, "fsdp");
     return {
       worldSize: n,
-      ddp_allreduce_bytes_per_rank: Math.round(2 * f * adapterBytes), // ring: reduce-scatter + all-gather
-      fsdp_allgather_bytes_per_rank: Math.round(2 * f * (baseBytes + adapterBytes)), // forward + recomputation
-      fsdp_reducescatter_bytes_per_rank: Math.round(f * adapterBytes),
+      ddp_allreduce_bytes_per_rank: ddp.allReduceBytes,
+      fsdp_allgather_bytes_per_rank: fsdp.allGatherBytes,
+      fsdp_reducescatter_bytes_per_rank: fsdp.reduceScatterBytes,
     };
   });
-  return { adapterParams, adapterBytes, nf4LinearBytes: Math.round(baseBytes), rows };
+  // nf4LinearBytes: from the shapes (4 bits + absmax + nested absmax); the model's 4-bit tensors add the quant maps
+  // and quant-state JSON of every layer (measuredBase4bitTensorBytes)
+  return {
+    adapterParams,
+    adapterBytes,
+    nf4LinearBytes: Math.round(baseBytes),
+    measuredBase4bitTensorBytes: measuredBase,
+    rows,
+  };
 }
 
-async function rankMain() {
-  if (!registerCpuBackend()) throw new Error("the native cpu backend did not load");
-  setThreads(Number(process.env.QLORA_THREADS ?? 1));
-  const comm = mpiWorld();
-  const model = buildModel();
-  const trainable = [...model.namedParameters()].filter(([, p]) => p.requiresGrad);
-  const strategy = new DdpStrategy({ communicator: comm });
-  const steps = 2; // 1 warm-up + 1 timed
-  let seed = 7 + comm.rank;
-  const source: BatchSource<TokenBatch> = {
+function batches(rank: number, steps: number): BatchSource<TokenBatch> {
+  let seed = 7 + rank;
+  return {
     length: steps,
     *batches(_e, skip) {
       for (let i = skip; i < steps; i++) {
@@ -88,70 +94,128 @@ async function rankMain() {
     },
     lossTokens: (b) => b.numLossTokens,
   };
-  const loss = (m: Module, b: TokenBatch) => {
-    const shape = [b.rows, b.seqLen];
-    const out = (m as CausalLM).forward({
-      inputIds: tensor(b.inputIds, { dtype: "i32", shape }),
-      positionIds: tensor(b.positionIds, { dtype: "i32", shape }),
-      labels: tensor(b.labels, { dtype: "i32", shape }),
-    });
-    out.loss?.dispose();
-    return out.lossSum as NonNullable<typeof out.lossSum>;
-  };
+}
+
+const loss = (m: Module, b: TokenBatch) => {
+  const shape = [b.rows, b.seqLen];
+  const out = (m as CausalLM).forward({
+    inputIds: tensor(b.inputIds, { dtype: "i32", shape }),
+    positionIds: tensor(b.positionIds, { dtype: "i32", shape }),
+    labels: tensor(b.labels, { dtype: "i32", shape }),
+  });
+  out.loss?.dispose();
+  return out.lossSum as NonNullable<typeof out.lossSum>;
+};
+
+/** Two optimizer steps (1 warm-up + 1 timed) with `strategy`; `counters()` is read around the timed step. */
+async function timedStep(
+  rank: number,
+  strategy: Strategy,
+  counters: () => Record<string, number>,
+): Promise<{ stepMs: number; delta: Record<string, number>; trainable: number }> {
+  const model = buildModel();
+  const trainable = [...model.namedParameters()].filter(([, p]) => p.requiresGrad);
+  const steps = 2;
   const trainer = new Trainer({
     model,
     optimizer: new AdamW(trainable, { lr: 1e-4 }),
     loss,
-    train: source,
+    train: batches(rank, steps),
     strategy,
     args: { learningRate: 1e-4, maxSteps: steps, gradientCheckpointing: true, maxGradNorm: 1, loggingSteps: 1000 },
   });
   let t0 = 0;
-  let before = { ...strategy.stats };
-  const timed: { stepMs: number; waitMs: number; bytes: number; calls: number }[] = [];
+  let before: Record<string, number> = {};
+  let result = { stepMs: 0, delta: {} as Record<string, number> };
   trainer.hooks.on("step:start", () => {
     t0 = performance.now();
-    before = { ...strategy.stats };
+    before = counters();
   });
   trainer.hooks.on("step:end", (ctx) => {
     if (ctx.state.globalStep < 2) return; // warm-up
-    timed.push({
+    const now = counters();
+    result = {
       stepMs: performance.now() - t0,
-      waitMs: strategy.stats.waitMs - before.waitMs,
-      bytes: strategy.stats.allReduceBytes - before.allReduceBytes,
-      calls: strategy.stats.allReduceCalls - before.allReduceCalls,
-    });
+      delta: Object.fromEntries(Object.entries(now).map(([k, v]) => [k, v - (before[k] ?? 0)])),
+    };
   });
   await trainer.fit();
-  // the same volume as one bare all-reduce, 5 times
-  const buf = new Float32Array(trainable.reduce((s, [, p]) => s + p.size, 0));
+  model.dispose();
+  return { ...result, trainable: trainable.reduce((s, [, p]) => s + p.size, 0) };
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+async function rankMain() {
+  if (!registerCpuBackend()) throw new Error("the native cpu backend did not load");
+  setThreads(Number(process.env.QLORA_THREADS ?? 1));
+  const comm = mpiWorld();
+  const ddp = new DdpStrategy({ communicator: comm });
+  const d = await timedStep(comm.rank, ddp, () => ({ ...ddp.stats }));
+  // the same volume as one bare all-reduce, 5 times; peer: copying the same bytes once in this process
+  const buf = new Float32Array(d.trainable);
   const bare: number[] = [];
+  const copy: number[] = [];
+  const dst = new Float32Array(buf.length);
   for (let i = 0; i < 5; i++) {
     await comm.barrier().done;
     const s = performance.now();
     await comm.allReduce(buf, "sum").done;
     bare.push(performance.now() - s);
-  }
-  // peer: copying the same bytes once in this process (what a shared-memory transport cannot beat per hop)
-  const dst = new Float32Array(buf.length);
-  const copy: number[] = [];
-  for (let i = 0; i < 5; i++) {
-    const s = performance.now();
+    const c = performance.now();
     dst.set(buf);
-    copy.push(performance.now() - s);
+    copy.push(performance.now() - c);
   }
-  bare.sort((a, b) => a - b);
-  copy.sort((a, b) => a - b);
+  const fsdp = new FsdpStrategy({ communicator: comm });
+  const f = await timedStep(comm.rank, fsdp, () => ({ ...fsdp.stats, ...fsdp.gatherStats }));
+  const fm = f.delta;
+  // a bare blocking all-gather of the largest unit's shard, 5 times (what one gather costs without the rebuild)
+  const shard = new Int32Array(Math.ceil(fsdp.memory().largestUnitBytes / 4 / comm.worldSize));
+  const bareGather: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    await comm.barrier().done;
+    const s = performance.now();
+    comm.allGatherBlocking(shard);
+    bareGather.push(performance.now() - s);
+  }
+  const fsdpCommMs = fm.gatherMs + fm.reduceScatterMs + fm.allGatherMs;
   if (comm.rank === 0)
     console.log(
       JSON.stringify({
         measured: {
           worldSize: comm.worldSize,
-          timed,
-          bareAllReduceMsMedian: bare[2],
-          memcpyMsMedian: copy[2],
-          allReduceOverMemcpy: bare[2] / copy[2],
-          commShareOfStep: bare[2] / timed[0].stepMs,
+          ddp: {
+            stepMs: d.stepMs,
+            allReduceBytes: d.delta.allReduceBytes,
+            allReduceCalls: d.delta.allReduceCalls,
+            waitMs: d.delta.waitMs,
+            bareAllReduceMsMedian: median(bare),
+            memcpyMsMedian: median(copy),
+            allReduceOverMemcpy: median(bare) / median(copy),
+            commShareOfStep: median(bare) / d.stepMs,
+          },
+          fsdp: {
+            stepMs: f.stepMs,
+            // whole gathered/scattered buffers handed to MPI; a ring moves (N-1)/N of each per rank
+            baseAllGatherBufferBytes: fm.baseAllGatherBytes,
+            adapterAllGatherBufferBytes: fm.allGatherBytes,
+            reduceScatterBufferBytes: fm.reduceScatterBytes,
+            wire: {
+              allGatherBytes: Math.round(
+                ((fm.baseAllGatherBytes + fm.allGatherBytes) * (comm.worldSize - 1)) / comm.worldSize,
+              ),
+              reduceScatterBytes: Math.round((fm.reduceScatterBytes * (comm.worldSize - 1)) / comm.worldSize),
+            },
+            gathers: fm.forwardGathers + fm.recomputeGathers,
+            baseGatherMs: fm.gatherMs,
+            rebuildMs: fm.rebuildMs,
+            reduceScatterMs: fm.reduceScatterMs,
+            adapterAllGatherMs: fm.allGatherMs,
+            commShareOfStep: fsdpCommMs / f.stepMs,
+            bareUnitAllGatherMsMedian: median(bareGather),
+            bareGathersShareOfStep: (median(bareGather) * (fm.forwardGathers + fm.recomputeGathers)) / f.stepMs,
+            memory: fsdp.memory(),
+          },
         },
       }),
     );

@@ -28,7 +28,14 @@ export {
 } from "./launch";
 export { type CommStats, DdpStrategy, type DdpOptions, registerDdpStrategy } from "./ddp";
 export { LocalCommunicator } from "./local";
-export { type PerRankMemory, type SingleProcessMemory, perRankMemory } from "./estimate";
+export {
+  type CommVolume,
+  type CommVolumeInput,
+  type PerRankMemory,
+  type SingleProcessMemory,
+  commVolume,
+  perRankMemory,
+} from "./estimate";
 export { ShardedOptimizerStrategy, type ShardedOptions, registerShardedOptimizerStrategy } from "./sharded";
 export {
   type FsdpGatherStats,

@@ -39,8 +39,8 @@ export class ShardedOptimizerStrategy implements Strategy {
   protected model: Module | undefined;
   protected slots: Slot[] = [];
   protected partition = 0;
-  /** Bytes reduce-scattered and all-gathered by this rank (payload handed to MPI, whole buffers). */
-  readonly stats = { reduceScatterBytes: 0, allGatherBytes: 0 };
+  /** Bytes reduce-scattered and all-gathered by this rank (payload handed to MPI, whole buffers), and ms waited. */
+  readonly stats = { reduceScatterBytes: 0, allGatherBytes: 0, reduceScatterMs: 0, allGatherMs: 0 };
 
   constructor(options: ShardedOptions) {
     this.comm = options.communicator;
@@ -116,7 +116,9 @@ export class ShardedOptimizerStrategy implements Strategy {
     const flat = new Float32Array(this.partition * this.worldSize);
     for (const s of this.slots) if (s.param.grad) flat.set(s.param.grad.toTypedArray() as Float32Array, s.offset);
     this.stats.reduceScatterBytes += flat.byteLength;
+    const t0 = performance.now();
     const mine = await this.comm.reduceScatter(flat, "sum").done;
+    this.stats.reduceScatterMs += performance.now() - t0;
     const base = this.rank * this.partition;
     for (const s of this.slots) {
       const old = s.param.grad;
@@ -146,7 +148,9 @@ export class ShardedOptimizerStrategy implements Strategy {
     const base = this.rank * this.partition;
     for (const s of this.slots)
       if (s.owner === this.rank) part.set(s.param.toTypedArray() as Float32Array, s.offset - base);
+    const t0 = performance.now();
     const all = await this.comm.allGather(part).done;
+    this.stats.allGatherMs += performance.now() - t0;
     this.stats.allGatherBytes += all.byteLength;
     this.loadFlat(all, (s) => s.owner !== this.rank);
   }

@@ -62,8 +62,10 @@ export interface RunOptions {
   outputDir?: string;
   /** Resume from the latest checkpoint in outputDir. */
   resume?: boolean;
-  /** Called at the start of every optimizer step with its index. */
-  onStep?: (step: number) => void;
+  /** Called at the start of every optimizer step with its index (steps done) and a reader of the adapter. */
+  onStep?: (step: number, adapter: () => number[]) => void;
+  /** Decoder layers of the tiny Llama (default 2). */
+  layers?: number;
   /** Default true (the model's own per-layer checkpoints). */
   gradientCheckpointing?: boolean;
   /** The trainer's CheckpointIO, built for the injected LoRA model. */
@@ -81,7 +83,7 @@ export async function trainAdapter(
     vocab_size: 64,
     hidden_size: 64,
     intermediate_size: 128,
-    num_hidden_layers: 2,
+    num_hidden_layers: o.layers ?? 2,
     num_attention_heads: 4,
     num_key_value_heads: 2,
     max_position_embeddings: 64,
@@ -128,13 +130,12 @@ export async function trainAdapter(
       ...(o.outputDir ? { outputDir: o.outputDir, saveSteps: 1 } : {}),
     },
   });
-  trainer.hooks.on("step:start", (ctx) => o.onStep?.(ctx.state.globalStep));
+  const adapter = () => trainable.flatMap(([, p]) => Array.from(p.toTypedArray() as Float32Array));
+  trainer.hooks.on("step:start", (ctx) => o.onStep?.(ctx.state.globalStep, adapter));
   trainer.hooks.on("step:end", (ctx) => {
     if (ctx.loss !== undefined) losses.push(ctx.loss);
   });
-  trainer.hooks.on("checkpoint:load", () =>
-    o.onLoad?.(trainable.flatMap(([, p]) => Array.from(p.toTypedArray() as Float32Array))),
-  );
+  trainer.hooks.on("checkpoint:load", () => o.onLoad?.(adapter()));
   if (o.steps > 0) await trainer.fit({ resumeFrom: o.resume });
   const values: number[] = [];
   const names: string[] = [];

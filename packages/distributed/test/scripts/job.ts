@@ -1,7 +1,7 @@
 // Run under mpirun: the collectives check, then DDP training of the tiny QLoRA setup; rank 0 writes both results
 // to argv[2] (one job per world size keeps the suite fast: rank start-up dominates).
 import { writeFileSync } from "node:fs";
-import { DdpStrategy, ShardedOptimizerStrategy, mpiWorld, runRank } from "../../src/index";
+import { DdpStrategy, FsdpStrategy, ShardedOptimizerStrategy, mpiWorld, runRank } from "../../src/index";
 import { trainAdapter } from "../qlora-run";
 import { checkCollectives } from "./collectives";
 
@@ -63,12 +63,49 @@ await runRank(
         stats: st.stats,
       };
     }
+    const fsdp = process.env.TEST_OUTPUT_DIR ? undefined : await fsdpRuns();
     if (comm.rank === 0)
       writeFileSync(
         out,
-        JSON.stringify({ collectives, ...r, stats: strategy.stats, agree: [...agree], seconds, sharded }),
+        JSON.stringify({ collectives, ...r, stats: strategy.stats, agree: [...agree], seconds, sharded, fsdp }),
       );
   },
   { abort: (c) => comm.abort(c), rank: comm.rank, worldSize: comm.worldSize },
 );
 await comm.close();
+
+/** FSDP on the DDP setup (adapter, counters), then on an 8-layer variant for the per-rank memory figures. */
+async function fsdpRuns() {
+  const run = async (layers: number, steps: number) => {
+    const st = new FsdpStrategy({ communicator: comm });
+    const r = await trainAdapter({
+      rank: comm.rank,
+      worldSize: comm.worldSize,
+      microBatch: micro,
+      accumulation: accum,
+      steps,
+      layers,
+      strategy: st,
+    });
+    const m = st.memory();
+    const g = st.gatherStats;
+    // per rank: [unsharded base, shard, peak gathered, largest unit, optimizer state, forward gathers, recompute gathers]
+    const row = [
+      m.unshardedBaseBytes,
+      m.shardBytes,
+      m.peakGatheredBytes,
+      m.largestUnitBytes,
+      r.optimizerStateBytes,
+      g.forwardGathers,
+      g.recomputeGathers,
+    ];
+    const all = await comm.allGather(Float64Array.from(row)).done;
+    const perRank = Array.from({ length: comm.worldSize }, (_, k) => Array.from(all.slice(k * 7, (k + 1) * 7)));
+    const same = Float64Array.from(r.values);
+    const root = same.slice();
+    await comm.broadcast(root, 0).done;
+    const agreeF = await comm.allGather(Int32Array.of(same.every((v, i) => v === root[i]) ? 1 : 0)).done;
+    return { values: r.values, losses: r.losses, agree: [...agreeF], perRank, stats: { ...st.stats, ...g } };
+  };
+  return { tiny: await run(2, steps), deep: await run(8, 1) };
+}
