@@ -20,6 +20,20 @@ inline const float* fp4_lut() {
   return reinterpret_cast<const float*>(bits);
 }
 
+// Returns v unchanged, but the compiler can no longer fuse the multiply that produced it with a
+// following add. Needed because GCC contracts a*b + c into an FMA under -ffp-contract=fast, its
+// default for C++ even with -std=c++17, wherever FMA is available: in every target("avx2,fma") or
+// AVX-512 kernel that inlines this header, and everywhere on arm64. The spec's nested absmax has
+// two roundings (§5.4), so the product must be rounded to f32 before the offset is added.
+inline float rounded(float v) {
+#if defined(__x86_64__)
+  __asm__("" : "+x"(v));
+#elif defined(__aarch64__)
+  __asm__("" : "+w"(v));
+#endif
+  return v;
+}
+
 struct Quant4 {
   const uint8_t* codes = nullptr;  // ceil(n*k/2) bytes
   int64_t n = 0, k = 0, blocksize = 64;
@@ -33,11 +47,10 @@ struct Quant4 {
 
   int64_t blocks() const { return (n * k + blocksize - 1) / blocksize; }
 
-  // §5.4 two-rounding form: fl32(fl32(code[q] * nested[j / 256]) + offset). The build uses
-  // -std=c++17 (ffp-contract=off), so the multiply and add are not fused.
+  // §5.4 two-rounding form: fl32(fl32(code[q] * nested[j / 256]) + offset) (rounded(): no FMA).
   float absmax_at(int64_t block) const {
     if (absmax) return absmax[block];
-    const float scaled = code[qabsmax[block]] * nested[block / nested_blocksize];
+    const float scaled = rounded(code[qabsmax[block]] * nested[block / nested_blocksize]);
     return scaled + offset;
   }
 };
@@ -54,7 +67,7 @@ struct AbsmaxCursor {
     if (q.absmax) {
       v = q.absmax[block];
     } else {
-      const float scaled = q.code[q.qabsmax[block]] * q.nested[nested_index];  // same two roundings as absmax_at
+      const float scaled = rounded(q.code[q.qabsmax[block]] * q.nested[nested_index]);  // two roundings, as absmax_at
       v = scaled + q.offset;
       if (++nested_rem == q.nested_blocksize) nested_rem = 0, ++nested_index;
     }

@@ -133,6 +133,70 @@ __attribute__((target("avx2,fma"))) void rows_avx2_shuffle(const Quant4& q, cons
   }
 }
 
+// AVX2, blocksize % 64 == 0: 32 packed bytes (64 weights) per step with one 256-bit load, so the nibble
+// indices need no cross-lane insert: hi = byte >> 4 and lo = byte & 15 are each one ymm of 32 codes, and
+// both go through the same four vpshufb + two rounds of unpacks as rows_avx2_shuffle (12 shuffles per
+// 32 weights, the bound on Zen 3's two shuffle pipes). f[h][n], lane l, element i holds the weight of
+// byte u = t + 16l + 4n + i, column 2u + h; x is reordered once per call to that order (xq, see
+// nf4_gemv). The row's block scales are computed before its loop and broadcast from memory (a load, not
+// a shuffle). BPB = bytes per block (a multiple of 32) when known at compile time, 0 = q.blocksize / 2.
+template <int M, int BPB>
+__attribute__((target("avx2,fma"))) void rows_avx2_wide(const Quant4& q, const float* xq, const float*, int64_t j0,
+                                                        int64_t j1, float* y) {
+  alignas(32) uint8_t planes[4][32];
+  const auto* lut_bytes = reinterpret_cast<const uint8_t*>(q.lut);
+  for (int p = 0; p < 4; ++p)
+    for (int i = 0; i < 32; ++i) planes[p][i] = lut_bytes[(i & 15) * 4 + p];
+  const __m256i t0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(planes[0])),
+                t1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(planes[1])),
+                t2 = _mm256_load_si256(reinterpret_cast<const __m256i*>(planes[2])),
+                t3 = _mm256_load_si256(reinterpret_cast<const __m256i*>(planes[3]));
+  const __m256i nib = _mm256_set1_epi8(0x0f);
+  constexpr int NA = M == 1 ? 4 : 1;  // accumulators per row: keeps the FMA chains off the critical path
+  const int64_t half = q.k / 2, bytes_per_block = BPB > 0 ? BPB : q.blocksize / 2,
+                blocks_per_row = q.k / q.blocksize;
+  std::vector<float> scales(static_cast<std::size_t>(blocks_per_row));
+  for (int64_t j = j0; j < j1; ++j) {
+    const uint8_t* row = q.codes + j * half;
+    AbsmaxCursor absmax(q, j * blocks_per_row);
+    for (int64_t b = 0; b < blocks_per_row; ++b) scales[b] = absmax.next();
+    __m256 tot[M];
+    for (int i = 0; i < M; ++i) tot[i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < blocks_per_row; ++b) {
+      __m256 acc[M][NA];
+      for (int i = 0; i < M; ++i)
+        for (int a = 0; a < NA; ++a) acc[i][a] = _mm256_setzero_ps();
+      const int64_t tb = b * bytes_per_block;
+      for (int64_t t = tb; t < tb + bytes_per_block; t += 32) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + t));
+        const __m256i idx[2] = {_mm256_and_si256(_mm256_srli_epi16(v, 4), nib), _mm256_and_si256(v, nib)};
+        const float* xp = xq + 2 * t;
+        for (int h = 0; h < 2; ++h) {
+          const __m256i b0 = _mm256_shuffle_epi8(t0, idx[h]), b1 = _mm256_shuffle_epi8(t1, idx[h]);
+          const __m256i b2 = _mm256_shuffle_epi8(t2, idx[h]), b3 = _mm256_shuffle_epi8(t3, idx[h]);
+          const __m256i w01l = _mm256_unpacklo_epi8(b0, b1), w01h = _mm256_unpackhi_epi8(b0, b1);
+          const __m256i w23l = _mm256_unpacklo_epi8(b2, b3), w23h = _mm256_unpackhi_epi8(b2, b3);
+          const __m256 f[4] = {_mm256_castsi256_ps(_mm256_unpacklo_epi16(w01l, w23l)),
+                               _mm256_castsi256_ps(_mm256_unpackhi_epi16(w01l, w23l)),
+                               _mm256_castsi256_ps(_mm256_unpacklo_epi16(w01h, w23h)),
+                               _mm256_castsi256_ps(_mm256_unpackhi_epi16(w01h, w23h))};
+          for (int i = 0; i < M; ++i)
+            for (int n = 0; n < 4; ++n)
+              acc[i][n % NA] =
+                  _mm256_fmadd_ps(f[n], _mm256_loadu_ps(xp + i * q.k + 32 * h + 8 * n), acc[i][n % NA]);
+        }
+      }
+      const __m256 scale = _mm256_broadcast_ss(&scales[b]);
+      for (int i = 0; i < M; ++i) {
+        __m256 s = acc[i][0];
+        for (int a = 1; a < NA; ++a) s = _mm256_add_ps(s, acc[i][a]);
+        tot[i] = _mm256_fmadd_ps(s, scale, tot[i]);
+      }
+    }
+    for (int i = 0; i < M; ++i) y[i * q.n + j] = hsum_avx2(tot[i]);
+  }
+}
+
 #endif  // __x86_64__
 
 #if defined(__aarch64__)
@@ -202,6 +266,14 @@ struct Avx512Rows64 {  // blocksize 64, the bitsandbytes default
   static constexpr RowsFn fn = rows_avx512<M, 32>;
 };
 template <int M>
+struct Avx2WideRows64 {  // blocksize 64; x in the wide order (see rows_avx2_wide)
+  static constexpr RowsFn fn = rows_avx2_wide<M, 32>;
+};
+template <int M>
+struct Avx2WideRows {  // blocksize % 64 == 0
+  static constexpr RowsFn fn = rows_avx2_wide<M, 0>;
+};
+template <int M>
 struct Avx2ShuffleRows {  // blocksize % 32 == 0; x in the xq order (see rows_avx2_shuffle)
   static constexpr RowsFn fn = rows_avx2_shuffle<M>;
 };
@@ -219,12 +291,14 @@ bool nf4_gemv(const Quant4& q, const float* x, int64_t m, float* y) {
   const std::string_view level = gemm_kernel().name;
   if (m < 1 || m > kNf4GemvMaxM || q.k % q.blocksize != 0) return false;
   RowsFn rows = nullptr;
-  bool shuffle_order = false;  // x reordered for rows_avx2_shuffle instead of split into even/odd halves
+  enum { kSplit, kShuffle, kWide } order = kSplit;  // how x is rearranged for the row kernel
 #if defined(__x86_64__)
+  const bool avx2 = level != "scalar" && isa().avx2_fma;
   if (level == "avx512" && q.blocksize == 64) rows = pick_m<Avx512Rows64>(m);
   else if (level == "avx512" && q.blocksize % 32 == 0) rows = pick_m<Avx512Rows>(m);
-  else if (level != "scalar" && isa().avx2_fma && q.blocksize % 32 == 0)
-    rows = pick_m<Avx2ShuffleRows>(m), shuffle_order = true;
+  else if (avx2 && q.blocksize == 64) rows = pick_m<Avx2WideRows64>(m), order = kWide;
+  else if (avx2 && q.blocksize % 64 == 0) rows = pick_m<Avx2WideRows>(m), order = kWide;
+  else if (avx2 && q.blocksize % 32 == 0) rows = pick_m<Avx2ShuffleRows>(m), order = kShuffle;
 #elif defined(__aarch64__)
   if (level == "neon" && q.blocksize % 32 == 0) rows = pick_m<NeonRows>(m);
 #endif
@@ -232,7 +306,17 @@ bool nf4_gemv(const Quant4& q, const float* x, int64_t m, float* y) {
   const int64_t half = q.k / 2;
   std::vector<float> split(static_cast<std::size_t>(2 * m * half));
   float *xe = split.data(), *xo = split.data() + m * half;
-  if (shuffle_order) {
+  if (order == kWide) {
+    // xq[i][64s + 32h + 8n + 4l + u] = x[i][2(32s + 16l + 4n + u) + h] (h, l < 2; n, u < 4); k % 64 == 0 here.
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t c = 0; c < q.k; c += 64)
+        for (int h = 0; h < 2; ++h)
+          for (int n = 0; n < 4; ++n)
+            for (int l = 0; l < 2; ++l)
+              for (int u = 0; u < 4; ++u)
+                xe[i * q.k + c + 32 * h + 8 * n + 4 * l + u] = x[i * q.k + c + 2 * (16 * l + 4 * n + u) + h];
+    xo = nullptr;
+  } else if (order == kShuffle) {
     // xq[i][8c + u] = x[i][8c + 2u], xq[i][8c + 4 + u] = x[i][8c + 2u + 1] (u < 4); k % 32 == 0 here.
     for (int64_t i = 0; i < m; ++i)
       for (int64_t c = 0; c < q.k; c += 8)
