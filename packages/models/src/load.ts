@@ -8,23 +8,19 @@ import { readFile } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { type ShardedSafetensors, openShardedSafetensors } from "@qlora/formats";
-import {
-  Nf4Error,
-  type Quantize4bitOptions,
-  type QuantState4bit,
-  quantize4bit,
-  type TensorRecords,
-  unpackQuantState,
-} from "@qlora/nf4";
+import { Nf4Error, type QuantState4bit, type TensorRecords, unpackQuantState } from "@qlora/nf4";
 import { Nf4WorkerPool } from "@qlora/nf4/node";
 import {
   type Backend,
   type DType,
   Embedding,
+  empty,
+  type HostBuffer,
   Linear,
   Linear4bit,
   Module,
   RMSNorm,
+  getBackend,
   type Tensor,
   tensor,
 } from "@qlora/tensor";
@@ -107,11 +103,14 @@ const FLOAT_DTYPES: Record<string, DType> = { F32: "f32", BF16: "bf16", F16: "f1
 class CheckpointReader {
   readonly used = new Set<string>();
   private readonly denseScratch = new Scratch();
+  readonly backend: Backend;
   constructor(
     readonly st: ShardedSafetensors,
     readonly dir: string,
-    readonly backend: Backend | string | undefined,
-  ) {}
+    backend: Backend | string | undefined,
+  ) {
+    this.backend = typeof backend === "string" ? getBackend(backend) : (backend ?? getBackend());
+  }
 
   fileOf(key: string): string {
     return this.st.has(key)
@@ -163,12 +162,31 @@ class CheckpointReader {
         : new Uint16Array(bytes.buffer, bytes.byteOffset, nbytes / 2);
     return { data, dtype };
   }
-  /** A tensor kept as stored: read into one reused buffer, then copied into backend memory (no garbage). */
+  /**
+   * A tensor kept as stored. On a host backend its bytes are read straight into the tensor's own buffer (no
+   * scratch, no copy); otherwise into one reused buffer, then copied into backend memory.
+   */
   async tensor(key: string, shape: number[]): Promise<Tensor> {
-    const { data, dtype } = await this.valuesInto(key, shape, this.denseScratch);
-    const t = tensor(data, { shape, dtype, backend: this.backend });
-    t.requiresGrad = false;
-    return t;
+    this.require(key, shape);
+    const dtype = this.dtype(key);
+    const nbytes = this.st.info(key).byteLength;
+    const t = empty(shape, { dtype, backend: this.backend });
+    const data = (t.buffer as Partial<HostBuffer>).data;
+    if (t.buffer.device === "cpu" && data !== undefined && data.byteLength === nbytes) {
+      this.used.add(key);
+      try {
+        await this.st.readInto(key, new Uint8Array(data.buffer, data.byteOffset, nbytes));
+      } catch (e) {
+        t.dispose();
+        throw e;
+      }
+      return t;
+    }
+    t.dispose();
+    const read = await this.valuesInto(key, shape, this.denseScratch);
+    const out = tensor(read.data, { shape, dtype, backend: this.backend });
+    out.requiresGrad = false;
+    return out;
   }
   /** Every `<base>` / `<base>.*` tensor as nf4 TensorRecords (a bitsandbytes 4-bit weight). */
   async records(base: string): Promise<TensorRecords> {
@@ -201,14 +219,49 @@ class Scratch {
   }
 }
 
-/** quantize4bit, on a worker pool for big weights (created on first use, closed by `close`). */
+/** The weight bytes of a leaf to quantize, as read, and how. */
+interface QuantizeJob {
+  data: Float32Array | Uint16Array;
+  dtype: DType;
+  shape: [number, number];
+  quant: Required<QuantizeOptions>;
+  bias: Tensor | null;
+}
+
+/**
+ * Turns read weights into Linear4bit layers: straight into backend buffers by the backend's own quantizer
+ * when it has one (the cpu backend's native kernel: synchronous, on its thread pool, while the next tensor's
+ * read runs in libuv's threads), else @qlora/nf4's quantize4bit on a worker pool for big weights (created
+ * on first use, closed by `close`) and one copy into the backend.
+ */
 class Quantizer {
   private pool: Nf4WorkerPool | null = null;
-  constructor(private readonly threads: number) {}
-  quantize(data: Float32Array | Uint16Array, options: Quantize4bitOptions): Promise<QuantState4bit> {
-    if (this.threads <= 1 || data.length < 1 << 20) return Promise.resolve(quantize4bit(data, options));
+  constructor(
+    private readonly threads: number,
+    private readonly backend: Backend,
+  ) {}
+  build(job: QuantizeJob): Linear4bit | Promise<Linear4bit> {
+    const { quantType, blocksize, doubleQuant } = job.quant;
+    const options = { bias: job.bias, backend: this.backend };
+    if (this.backend.quantize4bit || this.threads <= 1 || job.data.length < 1 << 20)
+      return Linear4bit.quantize(job.data, {
+        ...options,
+        shape: job.shape,
+        dtype: job.dtype as "f32" | "bf16" | "f16",
+        quantType,
+        blocksize,
+        doubleQuant,
+      });
     this.pool ??= new Nf4WorkerPool(this.threads);
-    return this.pool.quantize(data, options);
+    return this.pool
+      .quantize(job.data, {
+        quantType,
+        blocksize,
+        doubleQuant,
+        shape: job.shape,
+        dtype: job.dtype === "f32" ? "float32" : job.dtype === "bf16" ? "bfloat16" : "float16",
+      })
+      .then((state) => new Linear4bit(state, options));
   }
   async close(): Promise<void> {
     await this.pool?.close();
@@ -258,23 +311,26 @@ function planLeaves(config: ModelConfig): LeafSpec[] {
   return specs;
 }
 
-/**
- * Reads a leaf's tensors and returns (once the reads are done) `done`, a promise of the finished module, so the caller
- * can read the next leaf while this one is being quantized.
- */
-async function startLeaf(ctx: BuildContext, s: LeafSpec): Promise<{ done: Promise<Module> }> {
+/** A leaf whose tensors are read: `build` makes the module (quantizing, if it is a 4-bit linear). */
+interface ReadLeaf {
+  build(): Module | Promise<Module>;
+  /** Frees what was read (when the load fails before `build`). */
+  discard(): void;
+}
+
+/** Reads a leaf's tensors (weights to quantize into one of the two scratch buffers, the rest in place). */
+async function readLeaf(ctx: BuildContext, s: LeafSpec): Promise<ReadLeaf> {
   const r = ctx.reader;
-  const ready = (m: Module) => ({ done: Promise.resolve(m) });
   const frozen = (m: Module) => {
     for (const p of m.parameters()) p.requiresGrad = false;
     return m;
   };
-  if (s.kind === "norm")
-    return ready(frozen(new RMSNorm(s.dim, s.eps, { init: await r.tensor(`${s.path}.weight`, [s.dim]) })));
+  const ready = (m: Module): ReadLeaf => ({ build: () => frozen(m), discard: () => m.dispose() });
+  if (s.kind === "norm") return ready(new RMSNorm(s.dim, s.eps, { init: await r.tensor(`${s.path}.weight`, [s.dim]) }));
   if (s.kind === "embedding")
-    return ready(frozen(new Embedding(s.vocab, s.dim, { init: await r.tensor(`${s.path}.weight`, [s.vocab, s.dim]) })));
+    return ready(new Embedding(s.vocab, s.dim, { init: await r.tensor(`${s.path}.weight`, [s.vocab, s.dim]) }));
   const wKey = `${s.path}.weight`;
-  const shape = [s.outFeatures, s.inFeatures];
+  const shape: [number, number] = [s.outFeatures, s.inFeatures];
   const bias = s.bias ? await r.tensor(`${s.path}.bias`, [s.outFeatures]) : null;
   const qsKey = [`${wKey}.quant_state.bitsandbytes__nf4`, `${wKey}.quant_state.bitsandbytes__fp4`].find((k) =>
     r.has(k),
@@ -284,53 +340,80 @@ async function startLeaf(ctx: BuildContext, s: LeafSpec): Promise<{ done: Promis
     try {
       state = unpackQuantState(await r.records(wKey), { prefix: `${s.path}.` });
     } catch (e) {
+      bias?.dispose();
       if (!(e instanceof Nf4Error)) throw e;
       throw new ModelError("tensor_dtype", `${r.fileOf(wKey)}: "${wKey}": ${e.message}`, {
         file: r.fileOf(wKey),
         key: wKey,
       });
     }
-    if (state.shape.join() !== shape.join())
+    if (state.shape.join() !== shape.join()) {
+      bias?.dispose();
       throw new ModelError(
         "tensor_shape",
         `${r.fileOf(qsKey)}: "${qsKey}" holds shape ${JSON.stringify(state.shape)}; config.json implies ${JSON.stringify(shape)}`,
         { file: r.fileOf(qsKey), key: qsKey },
       );
-    return ready(frozen(new Linear4bit(state, { bias, backend: r.backend })));
+    }
+    return ready(new Linear4bit(state, { bias, backend: r.backend }));
   }
   const quant = ctx.quant;
   if (quant && !isSkipped(s.path, quant.skipModules)) {
-    const { data, dtype } = await r.valuesInto(wKey, shape, ctx.scratch[ctx.turn++ % 2]);
-    const pending = ctx.quantizer.quantize(data, {
-      quantType: quant.quantType,
-      blocksize: quant.blocksize,
-      doubleQuant: quant.doubleQuant,
-      shape,
-      dtype: dtype === "f32" ? "float32" : dtype === "bf16" ? "bfloat16" : "float16",
-    });
-    return { done: pending.then((state) => frozen(new Linear4bit(state, { bias, backend: r.backend }))) };
+    let read: { data: Float32Array | Uint16Array; dtype: DType };
+    try {
+      read = await r.valuesInto(wKey, shape, ctx.scratch[ctx.turn++ % 2]);
+    } catch (e) {
+      bias?.dispose();
+      throw e;
+    }
+    const job: QuantizeJob = { ...read, shape, quant, bias };
+    return {
+      build: () => {
+        const m = ctx.quantizer.build(job);
+        return m instanceof Module ? frozen(m) : m.then(frozen);
+      },
+      discard: () => bias?.dispose(),
+    };
   }
-  const weight = await r.tensor(wKey, shape);
-  return ready(frozen(new Linear(s.inFeatures, s.outFeatures, { init: { weight, bias } })));
+  let weight: Tensor;
+  try {
+    weight = await r.tensor(wKey, shape);
+  } catch (e) {
+    bias?.dispose();
+    throw e;
+  }
+  return ready(new Linear(s.inFeatures, s.outFeatures, { init: { weight, bias } }));
 }
 
-/** Builds every leaf in order, reading leaf i+1 while leaf i is quantized (at most one in flight per buffer). */
+/**
+ * Builds every leaf in order. Leaf i+1's read is started before leaf i is built, so reading overlaps
+ * quantizing; weights to quantize alternate between two scratch buffers, and leaf i-1 is built before
+ * leaf i+1's read starts, so a buffer is never read into while it is being quantized.
+ */
 async function buildLeaves(ctx: BuildContext, specs: LeafSpec[]): Promise<Map<string, Module>> {
   const leaves = new Map<string, Module>();
-  let inflight: Promise<void> | null = null;
+  let next: Promise<ReadLeaf> | null = specs.length > 0 ? readLeaf(ctx, specs[0]) : null;
+  next?.catch(() => {});
   try {
-    for (const spec of specs) {
-      const { done } = await startLeaf(ctx, spec);
-      // the previous leaf's buffer is reused by the next read: wait for its quantization first
-      if (inflight) await inflight;
-      inflight = done.then((m) => {
-        leaves.set(spec.path, m);
-        ctx.onProgress?.(leaves.size, specs.length, spec.path);
-      });
+    for (let i = 0; i < specs.length; i++) {
+      const leaf = await next!;
+      next = i + 1 < specs.length ? readLeaf(ctx, specs[i + 1]) : null;
+      next?.catch(() => {}); // a failed read is handled when awaited; never an unhandled rejection meanwhile
+      let m: Module;
+      try {
+        m = await leaf.build();
+      } catch (e) {
+        leaf.discard();
+        throw e;
+      }
+      leaves.set(specs[i].path, m);
+      ctx.onProgress?.(leaves.size, specs.length, specs[i].path);
     }
-    if (inflight) await inflight;
   } catch (e) {
-    await inflight?.catch(() => {});
+    await next?.then(
+      (l) => l.discard(),
+      () => {},
+    );
     for (const m of leaves.values()) m.dispose();
     throw e;
   }
@@ -349,7 +432,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   const pre = preQuantizedSettings(config);
   const quant = pre ?? (options.quantize === false ? null : { ...DEFAULT_QUANT, ...options.quantize });
   const reader = new CheckpointReader(st, dir, options.backend);
-  const quantizer = new Quantizer(options.quantizeThreads ?? availableParallelism());
+  const quantizer = new Quantizer(options.quantizeThreads ?? availableParallelism(), reader.backend);
   const ctx: BuildContext = {
     reader,
     quant,

@@ -2,6 +2,12 @@ export * from "./backend/types";
 export { referenceBackend, createReferenceBackend, dtypeBytes } from "./backend/reference";
 export type { ReferenceBackendOptions } from "./backend/reference";
 export {
+  checkQuantizeWeightArgs,
+  quantizeWeightOnHost,
+  uploadQuantState,
+  NESTED_QUANT_MAP,
+} from "./backend/quantize-weight";
+export {
   registerBackend,
   unregisterBackend,
   getBackend,

@@ -9,6 +9,7 @@
 import { TensorError } from "../errors";
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from "../internal/half";
 import { type HostAllocator, sharedHostAllocator } from "./host-allocator";
+import { quantizeWeightOnHost } from "./quantize-weight";
 import type {
   CrossEntropyGradOptions,
   AdamWOptions,
@@ -514,6 +515,9 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
       const { buf, data } = mkF(m * k);
       data.set(acc);
       return buf;
+    },
+    quantize4bit(input, options) {
+      return quantizeWeightOnHost(backend, input, options);
     },
     rmsNorm(x, weight, rows, dim, eps) {
       const X = asF(x, "rmsNorm");

@@ -99,6 +99,18 @@ export interface QuantizedWeightBuffers {
       };
 }
 
+/** Options of `Backend.quantize4bit`. */
+export interface QuantizeWeightOptions {
+  readonly quantType: "nf4" | "fp4";
+  /** 32 … 4096, a power of two (bitsandbytes' 4-bit blocksizes). */
+  readonly blocksize: number;
+  readonly doubleQuant: boolean;
+  /** What the input holds: f32 values (Float32Array) or bf16/f16 bit patterns (Uint16Array). */
+  readonly dtype: "f32" | "bf16" | "f16";
+  /** [outFeatures, inFeatures]; n·k must equal the input length. */
+  readonly shape: readonly [number, number];
+}
+
 export interface MatmulOptions {
   readonly batch: number;
   readonly m: number;
@@ -220,6 +232,11 @@ export interface Backend {
   matmul4bit(x: Buffer, w: QuantizedWeightBuffers, m: number): Buffer;
   /** dx[m,k] = dy[m,n] · dequant(W): the input gradient (bitsandbytes MatMul4Bit.backward). */
   matmul4bitInputGrad(dy: Buffer, w: QuantizedWeightBuffers, m: number): Buffer;
+  /** [load refinement] Optional: quantize a host weight [n, k] (f32 values, or bf16/f16 bit patterns in a
+   * Uint16Array) to bitsandbytes 4-bit into fresh buffers of this backend, byte-exact with @qlora/nf4's
+   * quantize4bit (+ doubleQuantize). The input is read as it is (never widened whole). A backend without it
+   * leaves quantization to @qlora/nf4 on the host (reference.ts implements it that way). */
+  quantize4bit?(input: Float32Array | Uint16Array, options: QuantizeWeightOptions): QuantizedWeightBuffers;
   /** y = x · rsqrt(mean(x²) + eps) · weight over rows of length dim; also returns rstd [rows]. */
   rmsNorm(x: Buffer, weight: Buffer, rows: number, dim: number, eps: number): { y: Buffer; rstd: Buffer };
   rmsNormBackward(
