@@ -13,3 +13,4 @@ export {
 export { createGemmOps, nativeQuantWeight, type GemmNative, type NativeQuantWeight } from "./gemm";
 export { setThreads, getThreads } from "./threads";
 export { createOptimizerOps, optimizerOpsOf, type OptimizerOps, type OptimNative } from "./optim";
+export { createQuantizeOp, quantizeNative, quantizeOpsOf, type QuantizeNative } from "./quantize";
