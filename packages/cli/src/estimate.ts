@@ -353,6 +353,7 @@ export function formatPerRank(
   };
   const lines: string[] = [];
   for (const p of perRank) {
+    if (lines.length > 0) lines.push("");
     lines.push(`${titles[p.strategy] ?? p.strategy} (per rank, ${p.worldSize} ranks)`);
     for (const r of p.rows) lines.push(line(`  ${r.item}`, r.bytes));
     lines.push(line("total per rank", p.totalBytes));

@@ -1,6 +1,11 @@
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import * as distributed from "@qlora/distributed";
 import { describe, expect, it } from "vitest";
+import { runCli } from "../test/helpers";
 import { parseTrainConfig } from "./config";
+import { singleProcessParts } from "./estimate";
 import { chooseStrategy, fsdpOptions, wantsActivationCheckpointing } from "./parallel-config";
 import { rankRuntime, withoutNproc, worldFromEnv } from "./ranks";
 
@@ -89,5 +94,62 @@ describe("launcher helpers", () => {
       "4",
     ]);
     expect(withoutNproc(["--json", "train", "--nproc=3", "c.yaml"])).toEqual(["--json", "train", "c.yaml"]);
+  });
+});
+
+describe("qlora estimate --world-size N", () => {
+  const llama7b = {
+    hidden_size: 4096,
+    intermediate_size: 11008,
+    num_hidden_layers: 32,
+    num_attention_heads: 32,
+    vocab_size: 32000,
+    torch_dtype: "bfloat16",
+  };
+  const write = () => {
+    const dir = mkdtempSync(join(tmpdir(), "qlora-est-"));
+    writeFileSync(join(dir, "config.json"), JSON.stringify(llama7b));
+    return dir;
+  };
+
+  it("--json: per-rank DDP and FSDP rows are perRankMemory's over the one-process plan's parts", async () => {
+    const dir = write();
+    const one = await runCli(["--json", "estimate", "--model", dir, "--seq-len", "1024"]);
+    const four = await runCli(["--json", "estimate", "--model", dir, "--seq-len", "1024", "--world-size", "4"]);
+    expect(four.code).toBe(0);
+    const plan = JSON.parse(one.out);
+    const got = JSON.parse(four.out);
+    expect(got.totalBytes).toBe(plan.totalBytes); // the one-process plan is unchanged
+    expect(got.worldSize).toBe(4);
+    const parts = singleProcessParts(plan, 32);
+    for (const s of ["ddp", "fsdp"] as const) expect(got.perRank[s]).toEqual(distributed.perRankMemory(parts, 4, s));
+    // the parts are the plan's rows: nothing counted twice, nothing lost
+    const row = (prefix: string) => plan.rows.find((r: { item: string }) => r.item.startsWith(prefix)).bytes;
+    expect(parts.baseWeightBytes).toBe(row("base weights"));
+    expect(parts.adapterBytes).toBe(row("LoRA parameters"));
+    expect(parts.optimizerBytes).toBe(row("optimizer state"));
+    const gradsAtPeak = plan.rows
+      .filter((r: { item: string; phase: string }) => r.phase === plan.peakPhase && r.item.startsWith("LoRA gradients"))
+      .reduce((s: number, r: { bytes: number }) => s + r.bytes, 0);
+    expect(
+      parts.baseWeightBytes + parts.replicatedBytes + parts.adapterBytes + parts.optimizerBytes + parts.activationBytes,
+    ).toBeGreaterThanOrEqual(plan.totalBytes - gradsAtPeak);
+    // FSDP keeps a quarter of the base (plus one layer gathered); DDP all of it plus the gradient buckets
+    const fsdpBase = got.perRank.fsdp.rows.find((r: { item: string }) => r.item.startsWith("quantized base"));
+    expect(fsdpBase.bytes).toBe(Math.ceil(parts.baseWeightBytes / 4));
+    expect(got.perRank.fsdp.totalBytes).toBeLessThan(got.perRank.ddp.totalBytes);
+    expect(got.perRank.ddp.totalBytes).toBeGreaterThan(plan.totalBytes);
+  });
+
+  it("prints both tables after the plan; a bad --world-size is a usage error", async () => {
+    const dir = write();
+    const r = await runCli(["estimate", "--model", dir, "--world-size", "2"]);
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/^DDP: every rank holds .* \(per rank, 2 ranks\)$/m);
+    expect(r.out).toMatch(/^FSDP: each rank holds 1\/N .* \(per rank, 2 ranks\)$/m);
+    expect(r.out.match(/^total per rank\s+\d/gm)).toHaveLength(2);
+    const bad = await runCli(["estimate", "--model", dir, "--world-size", "0"]);
+    expect(bad.code).toBe(2);
+    expect(bad.err).toMatch(/--world-size: expected a positive integer, got "0"/);
   });
 });

@@ -195,6 +195,23 @@ describe(`qlora train on several processes${skip}`, () => {
   );
 
   it.skipIf(!!skip)(
+    "an error on one rank is printed with its rank and ends every rank (no hang)",
+    async () => {
+      // rank 0 alone writes into output_dir: a file there fails rank 0 while rank 1 waits in a collective
+      const blocked = join(root, "blocked");
+      writeFileSync(blocked, "not a directory");
+      const t0 = performance.now();
+      const r = await qlora(["train", config, "--nproc", "2", "--output-dir", blocked]);
+      expect(r.code).not.toBe(0);
+      expect(r.err).toMatch(/\[rank 0\/2\] error: .*blocked.*; ending the job on every rank/);
+      expect(r.err).not.toMatch(/\[rank 1\/2\] error: (?!stopped by the launcher)/);
+      expect(r.err).toMatch(/qlora: train --nproc 2: the job failed/);
+      expect((performance.now() - t0) / 1000).toBeLessThan(60);
+    },
+    120_000,
+  );
+
+  it.skipIf(!!skip)(
     "a killed rank ends the whole job non-zero, with an error",
     async () => {
       const long = writeConfig("long.yaml", 400);
@@ -211,6 +228,7 @@ describe(`qlora train on several processes${skip}`, () => {
       expect(killed, r.err).toBe(true);
       expect(r.code).not.toBe(0);
       expect(r.err).toMatch(/rank 1 .*exited on signal 9/s); // mpirun names the rank that died
+      expect(r.err).toMatch(/\[rank 0\/2\] error: stopped by the launcher: another rank failed/); // the survivor says why
       expect(r.err).toMatch(/qlora: train --nproc 2: the job failed/);
       expect(existsSync(join(root, "killed", "adapter"))).toBe(false);
       expect(seconds).toBeLessThan(100);
