@@ -28,8 +28,8 @@ const threads = process.env.QLORA_QUANTIZE_THREADS;
 const { model } = await loadModel(dir, threads ? { quantizeThreads: Number(threads) } : {});
 const seconds = (performance.now() - t0) / 1000;
 const peakGrowth = process.resourceUsage().maxRSS * 1024 - rss0;
-// resident growth that stays after the load: the allocator's tensors plus host-side copies (Linear4bit keeps
-// its QuantState4bit arrays on the JS heap next to its tensors)
+// resident growth that stays after the load: the allocator's tensors (Linear4bit's state tensors are its only
+// copy of the 4-bit state) plus the runtime's own heap
 const finalRssGrowth = process.memoryUsage().rss - rssNow0;
 const finalBytes = memoryStats("cpu").currentBytes - alloc0;
 const bound = finalBytes + largest + 256 * 2 ** 20;
