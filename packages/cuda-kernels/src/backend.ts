@@ -24,6 +24,7 @@ import type {
 import { withAttentionLayouts } from "./attention-layout";
 import { requireCuda } from "./device";
 import { CudaKernelsError } from "./errors";
+import { type LoraAccumulatePlan, loraAccumulatePlan, loraRouteEnabled } from "./lora-route";
 import type { NativeCuda, NativeMemoryStats } from "./native";
 
 const DTYPE_CODE: Record<DType, number> = { f32: 0, f16: 1, bf16: 2, i32: 3, u8: 4, bool: 5 };
@@ -88,8 +89,9 @@ export interface CudaBackend extends Backend {
   /** Optimizer state (Backend.allocState): allocPaged, or a normal buffer when QLORA_CUDA_PAGED_STATES=0.
    * The AdamW ops prefetch managed states to the device before each update. */
   allocState(dtype: DType, length: number): CudaBuffer;
-  /** bitsandbytes 4-bit quantize of a device buffer (f32/bf16/f16) → codes u8 + absmax f32. */
-  quantize4bit(x: Buffer, quantType: "nf4" | "fp4", blocksize: number): { codes: CudaBuffer; absmax: CudaBuffer };
+  /** bitsandbytes 4-bit quantize of a device buffer (f32/bf16/f16) → codes u8 + absmax f32. (Named apart from the
+   * optional host-input `Backend.quantize4bit`, which this backend leaves to @qlora/nf4.) */
+  quantize4bitDevice(x: Buffer, quantType: "nf4" | "fp4", blocksize: number): { codes: CudaBuffer; absmax: CudaBuffer };
   /** Dequantize a 4-bit weight (double quant resolved in the same launch) to f32/bf16/f16. */
   dequantize4bit(w: QuantizedWeightBuffers, dtype: "f32" | "bf16" | "f16"): CudaBuffer;
   /** bitsandbytes 8-bit blockwise AdamW (spec §8.4), in place; states u8, absmax f32 [ceil(n/256)]. */
@@ -178,8 +180,8 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
   };
 
   // C = alpha·op(A)·op(B) + beta·C and dst += alpha·src, composed from the gemm, binary and copyInPlace
-  // kernels (compiled, unverified on a GPU; a fused rank ≤ 64 path would use csrc/kernels/lora.cu, which no
-  // N-API function exposes yet).
+  // kernels; an inner dimension ≤ 64 goes to the fused LoRA kernel instead (loraAccumulateInto). Compiled,
+  // unverified on a GPU.
   const scalar = (v: number, shape: readonly number[]) => ({
     buf: backend.fill("f32", 1, v),
     view: { shape, strides: shape.map(() => 0), offset: 0 },
@@ -230,7 +232,26 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
     backend.copyInPlace!(dst, dstView, cur, curView);
     for (const t of temps) free(t);
   };
+  /** C (fresh when absent) = alpha·t·op(B) + beta·C with the fused rank-r kernel (csrc/kernels/lora.cu): C is
+   * zeroed (beta 0) or scaled (beta ≠ 1) first, then y += alpha·t·op(B) reads and writes C once. */
+  const loraAccumulateInto = (a: Buffer, b: Buffer, o: MatmulOptions, plan: LoraAccumulatePlan, c?: Buffer) => {
+    const length = plan.rows * plan.n;
+    const out = c ? buf(c, "matmul") : alloc("f32", length);
+    const beta = c ? (o.beta ?? 0) : 0;
+    if (beta === 0) native.fill(out.handle, DTYPE_CODE.f32, length, 0);
+    else if (beta !== 1) blendInto(out, denseView([length]), out, denseView([length]), beta, 0);
+    const ca = buf(a, "matmul");
+    const cb = buf(b, "matmul");
+    const run = (th: number, bh: number, dtype: number) =>
+      native.loraAccumulate(th, bh, dtype, plan.bTransposed, plan.rows, plan.n, plan.r, o.alpha ?? 1, out.handle);
+    if (ca.dtype === "bf16" && cb.dtype === "bf16") run(ca.handle, cb.handle, DTYPE_CODE.bf16);
+    else withF32([ca, cb], "matmul", (th, bh) => run(th, bh, DTYPE_CODE.f32));
+    return out;
+  };
+  const loraRoute = loraRouteEnabled();
   const accumulateMatmul = (a: Buffer, b: Buffer, o: MatmulOptions, c?: Buffer): Buffer => {
+    const plan = loraRoute ? loraAccumulatePlan(o) : null;
+    if (plan) return loraAccumulateInto(a, b, o, plan, c);
     const t = backend.matmul(a, b, { ...o, alpha: 1, beta: 0 });
     const shape = [o.batch * o.m * o.n];
     if (!c) {
@@ -602,8 +623,8 @@ export function createCudaBackend(options: CudaBackendOptions = {}): CudaBackend
       );
     },
 
-    quantize4bit(x, quantType, blocksize) {
-      const c = buf(x, "quantize4bit");
+    quantize4bitDevice(x, quantType, blocksize) {
+      const c = buf(x, "quantize4bitDevice");
       const codes = alloc("u8", Math.ceil(c.length / 2));
       const absmax = alloc("f32", Math.ceil(c.length / blocksize));
       native.quantize4bit(

@@ -28,12 +28,12 @@ describe.skipIf(!status.available)(title("NF4/FP4 on the GPU vs @qlora/nf4"), ()
   it("Appendix B V1/V2 bytes", () => {
     const v1 = Float32Array.from({ length: 64 }, (_, i) => (i - 32) / 16);
     const x = be!.fromHost(v1, "f32");
-    const { codes, absmax } = be!.quantize4bit(x, "nf4", 64);
+    const { codes, absmax } = be!.quantize4bitDevice(x, "nf4", 64);
     const hex = Array.from(be!.toHost(codes) as Uint8Array, (b) => b.toString(16).padStart(2, "0")).join(" ");
     expect(hex).toBe("00 00 01 11 11 11 12 22 22 33 33 44 45 55 66 67 77 88 99 9a aa bb bc cc cd dd de ee ee ee ff ff");
     expect(Array.from(be!.toHost(absmax))).toEqual([2]);
     const v2 = be!.fromHost(Float32Array.from([0.5, -1.0, 0.25, 0.0, -0.125]), "f32");
-    const fp4 = be!.quantize4bit(v2, "fp4", 64);
+    const fp4 = be!.quantize4bitDevice(v2, "fp4", 64);
     expect(Array.from(be!.toHost(fp4.codes))).toEqual([0x5b, 0x70, 0xe0]);
     for (const b of [x, codes, absmax, v2, fp4.codes, fp4.absmax]) be!.free(b);
   });
@@ -46,14 +46,14 @@ describe.skipIf(!status.available)(title("NF4/FP4 on the GPU vs @qlora/nf4"), ()
         const data = Float32Array.from({ length: n }, () => rnd() * 3);
         data[5] = 0;
         const x = be!.fromHost(data, "f32");
-        const got = be!.quantize4bit(x, quantType, blocksize);
+        const got = be!.quantize4bitDevice(x, quantType, blocksize);
         const want = quantize4bit(data, { quantType, blocksize, doubleQuant: false });
         expect(Buffer.from(be!.toHost(got.codes) as Uint8Array).equals(Buffer.from(want.packed))).toBe(true);
         expect(Array.from(be!.toHost(got.absmax))).toEqual(Array.from(want.absmax as Float32Array));
         // bf16 input path
         const bf = f32ToBf16(data);
         const xb = be!.fromHost(bf, "bf16");
-        const gotB = be!.quantize4bit(xb, quantType, blocksize);
+        const gotB = be!.quantize4bitDevice(xb, quantType, blocksize);
         const wantB = quantize4bit(bf, { quantType, blocksize, dtype: "bfloat16" });
         expect(Buffer.from(be!.toHost(gotB.codes) as Uint8Array).equals(Buffer.from(wantB.packed))).toBe(true);
         // double-quantized dequantization to f32 and bf16, one launch each

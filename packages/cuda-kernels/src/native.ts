@@ -146,6 +146,38 @@ export interface NativeCuda {
     backward: boolean,
     inDtype: number,
   ): number;
+  /** y[m,n] += scale · t[m,r] · op(B) (csrc/kernels/lora.cu): B [n,r] when bTransposed else [r,n]; r ≤ 64;
+   * t and B both f32 (0) or both bf16 (2); y f32. */
+  loraAccumulate(
+    t: Handle,
+    b: Handle,
+    dtype: number,
+    bTransposed: boolean,
+    m: number,
+    n: number,
+    r: number,
+    scale: number,
+    y: Handle,
+  ): void;
+  /** NCCL through dlopen (csrc/napi/nccl.cc): tries the names in order; never throws for a missing library. */
+  ncclLoad(names: readonly string[]): { loaded: boolean; library: string; detail: string; version: number };
+  /** ncclGetUniqueId: 128 bytes (rank 0). */
+  ncclUniqueId(): Uint8Array;
+  /** ncclCommInitRank on a worker thread (blocks until every rank joins) for `device`; resolves to a handle. */
+  ncclInitRank(id: Uint8Array, nranks: number, rank: number, device: number): Promise<number>;
+  /** Queues a collective (kind 0 allReduce, 1 allGather, 2 reduceScatter, 3 broadcast; op ncclRedOp_t) on the
+   * communicator's stream; the input is copied at once. Returns a slot for ncclTest/ncclFinish. */
+  ncclStart(
+    comm: number,
+    kind: number,
+    op: number,
+    root: number,
+    input: Float32Array | Float64Array | Int32Array,
+  ): number;
+  ncclTest(slot: number): boolean;
+  ncclFinish(slot: number, out: Float32Array | Float64Array | Int32Array): void;
+  ncclAbort(comm: number): void;
+  ncclDestroy(comm: number): void;
   attentionTc(...args: number[]): void;
   attentionBackwardTc(...args: number[]): void;
 }

@@ -42,16 +42,36 @@ DeviceStatus probeDevice() {
   return s;
 }
 
+namespace {
+int requestedDevice = 0;
+Runtime* created = nullptr;
+}  // namespace
+
 Runtime& Runtime::get() {
   static Runtime* instance = new Runtime();  // never destroyed: avoids teardown-order faults at exit
+  created = instance;
   return *instance;
+}
+
+void Runtime::selectDevice(int device) {
+  require(device >= 0, "selectDevice: device index must be >= 0, got " + std::to_string(device));
+  if (created) {
+    require(created->device() == device, "selectDevice: the runtime already runs on device " +
+                                             std::to_string(created->device()) + " (asked for " +
+                                             std::to_string(device) + "); select the device before any CUDA work");
+    return;
+  }
+  requestedDevice = device;
 }
 
 Runtime::Runtime() {
   DeviceStatus s = probeDevice();
   if (!s.available) throw CudaError(s.code ? s.code : 100, "no CUDA device: " + s.reason);
+  device_ = requestedDevice;
+  require(device_ < s.count, "device " + std::to_string(device_) + " does not exist (" + std::to_string(s.count) +
+                                 " CUDA device(s))");
   QK_CHECK(cudaSetDevice(device_));
-  smCount_ = s.smCount;
+  QK_CHECK(cudaDeviceGetAttribute(&smCount_, cudaDevAttrMultiProcessorCount, device_));
   int cma = 0;
   QK_CHECK(cudaDeviceGetAttribute(&cma, cudaDevAttrConcurrentManagedAccess, device_));
   concurrentManaged_ = cma != 0;

@@ -38,8 +38,10 @@ struct MemoryStats {
 
 class Runtime {
  public:
-  /** Device 0, created on first use; throws CudaError when no device is usable. */
+  /** The selected device (default 0), created on first use; throws CudaError when no device is usable. */
   static Runtime& get();
+  /** Chooses the device get() will use (one rank per GPU); before the first get() only, else it must match. */
+  static void selectDevice(int device);
 
   cudaStream_t compute() const { return compute_; }
   cudaStream_t copy() const { return copy_; }

@@ -15,3 +15,5 @@ for (const [name, file] of travelling) {
   const path = join(here, file);
   if (!process.env[name] && existsSync(path)) process.env[name] = path;
 }
+// Tests that start Node subprocesses through tsx (the multi-GPU NCCL ranks) skip themselves in the bundle.
+process.env.QLORA_GPU_BUNDLE = "1";

@@ -5,6 +5,8 @@ import "./bundle-env";
 import "../../src/no-device.test";
 import "../../src/cuda.test";
 import "../../src/attention-tc.test";
+import "../../src/lora-accumulate.test";
+import "../../src/nccl.test";
 import "../../test/fixtures.test";
 import { cudaDeviceStatus } from "../../src/index";
 import { tryLoadNative } from "../../src/native";
