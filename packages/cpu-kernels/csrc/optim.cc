@@ -94,6 +94,9 @@ struct Quantizer {
   static constexpr int kShift = 14;
   static constexpr uint32_t kLow = (1u << kShift) - 1;
   std::vector<uint32_t> buckets;
+  // Codes [0, negatives) have the sign bit set and no other code has (true of the signed dynamic map,
+  // 127; 0 for the unsigned one), so the sign fix compares indices; -1 when a map is not ordered so.
+  int negatives = -1;
 
   explicit Quantizer(const float* qmap) {
     std::memcpy(code, qmap, sizeof(code));
@@ -113,6 +116,11 @@ struct Quantizer {
       firstKey[c] = b;
     }
     firstKey[255] = UINT32_MAX;
+    int neg = 0;
+    while (neg < 256 && std::signbit(code[neg])) ++neg;
+    negatives = neg;
+    for (int k = neg; k < 256; ++k)
+      if (std::signbit(code[k])) negatives = -1;
     int c = 0;
     buckets.resize(size_t{1} << (32 - kShift));
     for (uint32_t bk = 0; bk < buckets.size(); ++bk) {
@@ -157,78 +165,110 @@ inline uint8_t quantizeSigned(const Quantizer& q, float y, float value) {
   return static_cast<uint8_t>(c);
 }
 
-// out[j] = code of y[j] for j < len; with `value` (the first moment) the sign fix of quantizeSigned too.
-// Scalar version; quantizeBlock below picks the AVX2 one where the CPU has it.
-inline void quantizeBlockScalar(const Quantizer& q, const float* y, const float* value, uint8_t* out, int64_t from,
-                                int64_t len) {
-  for (int64_t j = from; j < len; ++j) out[j] = value ? quantizeSigned(q, y[j], value[j]) : q.quantize(y[j]);
+// y = value / absmax, 0 for an all-zero block (absmax 0): the scaling of the reference.
+inline float scaled(float value, float absmax) { return absmax > 0.0f ? value / absmax : 0.0f; }
+
+// Requantizes one block: out[j] = code of values[j] / absmax, with the sign fix when `signFix` (the first
+// moment). Scalar version; requantizeBlock below picks the AVX2 one where the CPU has it.
+// The divisions get a loop of their own: fused into the search loop they made it about 2x slower
+// (measured), on its own the compiler vectorizes it.
+inline void requantizeScalar(const Quantizer& q, const float* values, float absmax, bool signFix, uint8_t* out,
+                             int64_t from, int64_t len) {
+  float y[kBlock8];
+  for (int64_t j = from; j < len; ++j) y[j] = scaled(values[j], absmax);
+  for (int64_t j = from; j < len; ++j) out[j] = signFix ? quantizeSigned(q, y[j], values[j]) : q.quantize(y[j]);
 }
 
 #if defined(__x86_64__)
-// The same search 8 lanes at a time: one gathered bucket entry per lane, the in-bucket step as a compare;
-// lanes whose bucket holds a second step (never for the dynamic maps) are redone by the scalar search.
-__attribute__((target("avx2,fma"))) void quantizeBlockAvx2(const Quantizer& q, const float* y, const float* value,
-                                                             uint8_t* out, int64_t len) {
+#define QLORA_AVX2 __attribute__((target("avx2,fma")))
+
+// The code search of Quantizer::quantize, 8 lanes: one gathered bucket entry per lane, the in-bucket step
+// as a compare; lanes whose bucket holds a second step (never for the dynamic maps) are redone by the
+// scalar search.
+QLORA_AVX2 inline __m256i quantize8(const Quantizer& q, __m256 yv) {
   const __m256i lowMask = _mm256_set1_epi32(static_cast<int>(Quantizer::kLow));
   const __m256i signBit = _mm256_set1_epi32(static_cast<int>(0x80000000u)), one = _mm256_set1_epi32(1);
-  const __m256i moreBit = _mm256_set1_epi32(1 << 22), top = _mm256_set1_epi32(255), zero = _mm256_setzero_si256();
-  const int* table = reinterpret_cast<const int*>(q.buckets.data());
-  int64_t j = 0;
-  alignas(32) int32_t lanes[8];
-  for (; j + 8 <= len; j += 8) {
-    const __m256 yv = _mm256_loadu_ps(y + j);
-    const __m256i u = _mm256_castps_si256(yv);
-    const __m256i key = _mm256_xor_si256(u, _mm256_or_si256(_mm256_srai_epi32(u, 31), signBit));  // orderKey
-    const __m256i e = _mm256_i32gather_epi32(table, _mm256_srli_epi32(key, Quantizer::kShift), 4);
-    const __m256i inside = _mm256_and_si256(_mm256_srli_epi32(e, 23), one);
-    const __m256i below = _mm256_cmpgt_epi32(_mm256_and_si256(e, lowMask), _mm256_and_si256(key, lowMask));
-    __m256i c = _mm256_add_epi32(_mm256_srli_epi32(e, 24), _mm256_andnot_si256(below, inside));
-    c = _mm256_andnot_si256(_mm256_castps_si256(_mm256_cmp_ps(yv, yv, _CMP_UNORD_Q)), c);  // NaN -> 0
-    const int more = _mm256_movemask_ps(
-        _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(e, moreBit), moreBit)));
-    if (more) {
-      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), c);
-      for (int l = 0; l < 8; ++l)
-        if (more >> l & 1) lanes[l] = q.quantize(y[j + l]);
-      c = _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
-    }
-    if (value) {  // sign fix: where sign(code[c]) != sign(value), one step toward the value's sign
-      const __m256 val = _mm256_loadu_ps(value + j);
-      const __m256 codes = _mm256_i32gather_ps(q.code, c, 4);
-      const __m256i flip = _mm256_srai_epi32(_mm256_xor_si256(_mm256_castps_si256(codes), _mm256_castps_si256(val)), 31);
-      const __m256 up = _mm256_cmp_ps(val, _mm256_setzero_ps(), _CMP_GT_OQ);
-      const __m256i inc = _mm256_min_epi32(_mm256_add_epi32(c, one), top);
-      const __m256i dec = _mm256_max_epi32(_mm256_sub_epi32(c, one), zero);
-      const __m256i fixed = _mm256_castps_si256(
-          _mm256_blendv_ps(_mm256_castsi256_ps(dec), _mm256_castsi256_ps(inc), up));
-      c = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(c), _mm256_castsi256_ps(fixed),
-                                               _mm256_castsi256_ps(flip)));
-    }
+  const __m256i moreBit = _mm256_set1_epi32(1 << 22);
+  const __m256i u = _mm256_castps_si256(yv);
+  const __m256i key = _mm256_xor_si256(u, _mm256_or_si256(_mm256_srai_epi32(u, 31), signBit));  // orderKey
+  const __m256i e = _mm256_i32gather_epi32(reinterpret_cast<const int*>(q.buckets.data()),
+                                           _mm256_srli_epi32(key, Quantizer::kShift), 4);
+  const __m256i inside = _mm256_and_si256(_mm256_srli_epi32(e, 23), one);
+  const __m256i below = _mm256_cmpgt_epi32(_mm256_and_si256(e, lowMask), _mm256_and_si256(key, lowMask));
+  __m256i c = _mm256_add_epi32(_mm256_srli_epi32(e, 24), _mm256_andnot_si256(below, inside));
+  c = _mm256_andnot_si256(_mm256_castps_si256(_mm256_cmp_ps(yv, yv, _CMP_UNORD_Q)), c);  // NaN -> 0
+  const int more = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(e, moreBit), moreBit)));
+  if (more) {
+    alignas(32) int32_t lanes[8];
+    alignas(32) float ys[8];
     _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), c);
-    for (int l = 0; l < 8; ++l) out[j + l] = static_cast<uint8_t>(lanes[l]);
+    _mm256_store_ps(ys, yv);
+    for (int l = 0; l < 8; ++l)
+      if (more >> l & 1) lanes[l] = q.quantize(ys[l]);
+    c = _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
   }
-  quantizeBlockScalar(q, y, value, out, j, len);
+  return c;
+}
+
+// Sign fix of quantizeSigned, 8 lanes: where sign(code[c]) != sign(value), one step toward the value's
+// sign. The dynamic signed map's negative codes are its first entries, so sign(code[c]) is c < negatives
+// (no gather); another map reads its codes.
+QLORA_AVX2 inline __m256i signFix8(const Quantizer& q, __m256i c, __m256 val) {
+  const __m256i one = _mm256_set1_epi32(1), top = _mm256_set1_epi32(255), zero = _mm256_setzero_si256();
+  const __m256i codeNegative =
+      q.negatives >= 0 ? _mm256_cmpgt_epi32(_mm256_set1_epi32(q.negatives), c)
+                       : _mm256_srai_epi32(_mm256_castps_si256(_mm256_i32gather_ps(q.code, c, 4)), 31);
+  const __m256i flip = _mm256_xor_si256(codeNegative, _mm256_srai_epi32(_mm256_castps_si256(val), 31));
+  const __m256 up = _mm256_cmp_ps(val, _mm256_setzero_ps(), _CMP_GT_OQ);
+  const __m256i inc = _mm256_min_epi32(_mm256_add_epi32(c, one), top);
+  const __m256i dec = _mm256_max_epi32(_mm256_sub_epi32(c, one), zero);
+  const __m256i fixed =
+      _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(dec), _mm256_castsi256_ps(inc), up));
+  return _mm256_castps_si256(
+      _mm256_blendv_ps(_mm256_castsi256_ps(c), _mm256_castsi256_ps(fixed), _mm256_castsi256_ps(flip)));
+}
+
+// Stores 8 codes (each 0..255 in an int32 lane) as 8 bytes.
+QLORA_AVX2 inline void storeCodes8(uint8_t* out, __m256i c) {
+  const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_packus_epi16(w, w));
+}
+
+// requantizeScalar 8 lanes at a time, scaling included (a true division, as the reference).
+QLORA_AVX2 void requantizeAvx2(const Quantizer& q, const float* values, float absmax, bool signFix, uint8_t* out,
+                               int64_t len) {
+  const __m256 am = _mm256_set1_ps(absmax);
+  const bool nonzero = absmax > 0.0f;
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8) {
+    const __m256 val = _mm256_loadu_ps(values + j);
+    const __m256 y = nonzero ? _mm256_div_ps(val, am) : _mm256_setzero_ps();
+    __m256i c = quantize8(q, y);
+    if (signFix) c = signFix8(q, c, val);
+    storeCodes8(out + j, c);
+  }
+  requantizeScalar(q, values, absmax, signFix, out, j, len);
+}
+
+// quantize8 over a whole array (the search on its own, for optimQuantize8bit).
+QLORA_AVX2 void quantizeArrayAvx2(const Quantizer& q, const float* y, uint8_t* out, int64_t len) {
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8) storeCodes8(out + j, quantize8(q, _mm256_loadu_ps(y + j)));
+  for (; j < len; ++j) out[j] = q.quantize(y[j]);
 }
 #else
-void quantizeBlockAvx2(const Quantizer& q, const float* y, const float* value, uint8_t* out, int64_t len) {
-  quantizeBlockScalar(q, y, value, out, 0, len);
+void requantizeAvx2(const Quantizer& q, const float* values, float absmax, bool signFix, uint8_t* out, int64_t len) {
+  requantizeScalar(q, values, absmax, signFix, out, 0, len);
+}
+void quantizeArrayAvx2(const Quantizer& q, const float* y, uint8_t* out, int64_t len) {
+  for (int64_t j = 0; j < len; ++j) out[j] = q.quantize(y[j]);
 }
 #endif
 
-inline void quantizeBlock(bool avx2, const Quantizer& q, const float* y, const float* value, uint8_t* out,
-                          int64_t len) {
-  if (avx2) quantizeBlockAvx2(q, y, value, out, len);
-  else quantizeBlockScalar(q, y, value, out, 0, len);
-}
-
-// y[j] = values[j] / absmax (0 for an all-zero block). A loop of its own: fused into the quantize loop
-// the divisions made that loop about 10x slower (measured), on its own it vectorizes.
-inline void scaledBlock(const float* values, float absmax, float* y, int64_t len) {
-  if (absmax > 0.0f) {
-    for (int64_t j = 0; j < len; ++j) y[j] = values[j] / absmax;
-  } else {
-    for (int64_t j = 0; j < len; ++j) y[j] = 0.0f;
-  }
+inline void requantizeBlock(bool avx2, const Quantizer& q, const float* values, float absmax, bool signFix,
+                            uint8_t* out, int64_t len) {
+  if (avx2) requantizeAvx2(q, values, absmax, signFix, out, len);
+  else requantizeScalar(q, values, absmax, signFix, out, 0, len);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -261,10 +301,20 @@ inline void adam8Element(const Adam8Args& a, int64_t i, float am1, float am2, fl
 }
 
 #if defined(__x86_64__)
-// The same operations 8 lanes at a time (codes gathered from the maps); lanes with a non-finite
-// gradient keep their parameter and get m = v = 0. Returns how many elements it handled.
-__attribute__((target("avx2,fma"))) int64_t adam8Avx2(const Adam8Args& a, int64_t start, int64_t len, float am1,
-                                                        float am2, float* m, float* v, float& max1, float& max2) {
+// Horizontal maximum of 8 lanes folded into `acc` (same NaN rule as the scalar `if (x > acc) acc = x`).
+QLORA_AVX2 inline void foldMax(__m256 lanes, float& acc) {
+  alignas(32) float l[8];
+  _mm256_store_ps(l, lanes);
+  for (int k = 0; k < 8; ++k)
+    if (l[k] > acc) acc = l[k];
+}
+
+// The same operations as adam8Element 8 lanes at a time (codes gathered from the maps); lanes with a
+// non-finite gradient keep their parameter and get m = v = 0. Block maxima as the scalar loop: a NaN
+// never replaces a maximum (max_ps returns its second operand when either is NaN). Returns how many
+// elements it handled.
+QLORA_AVX2 int64_t adam8Avx2(const Adam8Args& a, int64_t start, int64_t len, float am1, float am2, float* m,
+                             float* v, float& max1, float& max2) {
   const __m256 vam1 = _mm256_set1_ps(am1), vam2 = _mm256_set1_ps(am2);
   const __m256 b1 = _mm256_set1_ps(a.beta1), omb1 = _mm256_set1_ps(a.omb1);
   const __m256 b2 = _mm256_set1_ps(a.beta2), omb2 = _mm256_set1_ps(a.omb2);
@@ -290,22 +340,18 @@ __attribute__((target("avx2,fma"))) int64_t adam8Avx2(const Adam8Args& a, int64_
     vv = _mm256_and_ps(vv, finite);
     _mm256_storeu_ps(m + j, mm);
     _mm256_storeu_ps(v + j, vv);
-    mx1 = _mm256_max_ps(mx1, _mm256_and_ps(mm, absMask));
-    mx2 = _mm256_max_ps(mx2, _mm256_and_ps(vv, absMask));
+    mx1 = _mm256_max_ps(_mm256_and_ps(mm, absMask), mx1);
+    mx2 = _mm256_max_ps(_mm256_and_ps(vv, absMask), mx2);
   }
-  alignas(32) float l1[8], l2[8];
-  _mm256_store_ps(l1, mx1);
-  _mm256_store_ps(l2, mx2);
-  for (int l = 0; l < 8; ++l) {
-    if (l1[l] > max1) max1 = l1[l];
-    if (l2[l] > max2) max2 = l2[l];
-  }
+  foldMax(mx1, max1);
+  foldMax(mx2, max2);
   return j;
 }
 #else
 int64_t adam8Avx2(const Adam8Args&, int64_t, int64_t, float, float, float*, float*, float&, float&) { return 0; }
 #endif
 
+// One block of 256: update (m, v in f32, parameter stepped, new block maxima), then requantize both states.
 void adam8Block(const Adam8Args& a, int64_t b, bool avx2) {
   const int64_t start = b * kBlock8, len = std::min(kBlock8, a.n - start);
   alignas(32) float m[kBlock8], v[kBlock8];
@@ -319,11 +365,8 @@ void adam8Block(const Adam8Args& a, int64_t b, bool avx2) {
   }
   a.a1[b] = max1;
   a.a2[b] = max2;
-  alignas(32) float y[kBlock8];
-  scaledBlock(m, max1, y, len);
-  quantizeBlock(avx2, *a.q1, y, m, a.s1 + start, len);
-  scaledBlock(v, max2, y, len);
-  quantizeBlock(avx2, *a.q2, y, nullptr, a.s2 + start, len);
+  requantizeBlock(avx2, *a.q1, m, max1, true, a.s1 + start, len);
+  requantizeBlock(avx2, *a.q2, v, max2, false, a.s2 + start, len);
 }
 
 // optimAdamW8bit(p, g, state1, state2, absmax1, absmax2, qmap1, qmap2, n,
@@ -375,28 +418,61 @@ struct Lion8Args {
 
 inline float lionSign(float c) { return c > 0.0f ? 1.0f : (c < 0.0f ? -1.0f : c); }
 
-void lion8Block(const Lion8Args& a, int64_t b) {
+// One element of the 1-state update: new m (0 for a non-finite gradient), parameter stepped.
+inline float lion8Element(const Lion8Args& a, int64_t i, float am1) {
+  const float gi = a.g[i];
+  if (!std::isfinite(gi)) return 0.0f;
+  const float mOld = a.q1->code[a.s1[i]] * am1;
+  const float c = mOld * a.beta1 + a.omb1 * gi;
+  a.p[i] = a.p[i] * a.decay + a.negLr * lionSign(c);
+  return mOld * a.beta2 + a.omb2 * gi;
+}
+
+#if defined(__x86_64__)
+// lion8Element 8 lanes at a time (sign(c) as lion32Avx2: ±1, and c itself where c is ±0 or NaN).
+QLORA_AVX2 int64_t lion8Avx2(const Lion8Args& a, int64_t start, int64_t len, float am1, float* m, float& max1) {
+  const __m256 vam1 = _mm256_set1_ps(am1), decay = _mm256_set1_ps(a.decay), negLr = _mm256_set1_ps(a.negLr);
+  const __m256 b1 = _mm256_set1_ps(a.beta1), omb1 = _mm256_set1_ps(a.omb1);
+  const __m256 b2 = _mm256_set1_ps(a.beta2), omb2 = _mm256_set1_ps(a.omb2);
+  const __m256 absMask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)), inf = _mm256_set1_ps(INFINITY);
+  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f), minusOne = _mm256_set1_ps(-1.0f);
+  __m256 mx = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8) {
+    const int64_t i = start + j;
+    const __m256 g = _mm256_loadu_ps(a.g + i);
+    const __m256 finite = _mm256_cmp_ps(_mm256_and_ps(g, absMask), inf, _CMP_LT_OQ);
+    const __m256i i1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a.s1 + i)));
+    const __m256 mOld = _mm256_mul_ps(_mm256_i32gather_ps(a.q1->code, i1, 4), vam1);
+    const __m256 c = _mm256_add_ps(_mm256_mul_ps(mOld, b1), _mm256_mul_ps(omb1, g));
+    __m256 sg = _mm256_blendv_ps(c, one, _mm256_cmp_ps(c, zero, _CMP_GT_OQ));
+    sg = _mm256_blendv_ps(sg, minusOne, _mm256_cmp_ps(c, zero, _CMP_LT_OQ));
+    const __m256 p0 = _mm256_loadu_ps(a.p + i);
+    const __m256 p1 = _mm256_add_ps(_mm256_mul_ps(p0, decay), _mm256_mul_ps(negLr, sg));
+    _mm256_storeu_ps(a.p + i, _mm256_blendv_ps(p0, p1, finite));
+    const __m256 mm = _mm256_and_ps(_mm256_add_ps(_mm256_mul_ps(mOld, b2), _mm256_mul_ps(omb2, g)), finite);
+    _mm256_storeu_ps(m + j, mm);
+    mx = _mm256_max_ps(_mm256_and_ps(mm, absMask), mx);
+  }
+  foldMax(mx, max1);
+  return j;
+}
+#else
+int64_t lion8Avx2(const Lion8Args&, int64_t, int64_t, float, float*, float&) { return 0; }
+#endif
+
+void lion8Block(const Lion8Args& a, int64_t b, bool avx2) {
   const int64_t start = b * kBlock8, len = std::min(kBlock8, a.n - start);
-  float m[kBlock8];
+  alignas(32) float m[kBlock8];
   float max1 = 0.0f;
   const float am1 = a.a1[b];
-  for (int64_t j = 0; j < len; ++j) {
-    const int64_t i = start + j;
-    const float gi = a.g[i];
-    float mm = 0.0f;
-    if (std::isfinite(gi)) {
-      const float mOld = a.q1->code[a.s1[i]] * am1;
-      const float c = mOld * a.beta1 + a.omb1 * gi;
-      a.p[i] = a.p[i] * a.decay + a.negLr * lionSign(c);
-      mm = mOld * a.beta2 + a.omb2 * gi;
-    }
-    m[j] = mm;
-    if (std::fabs(mm) > max1) max1 = std::fabs(mm);
+  int64_t j = avx2 ? lion8Avx2(a, start, len, am1, m, max1) : 0;
+  for (; j < len; ++j) {
+    m[j] = lion8Element(a, start + j, am1);
+    if (std::fabs(m[j]) > max1) max1 = std::fabs(m[j]);
   }
   a.a1[b] = max1;
-  float y[kBlock8];
-  scaledBlock(m, max1, y, len);
-  quantizeBlock(isa().avx2_fma, *a.q1, y, m, a.s1 + start, len);
+  requantizeBlock(avx2, *a.q1, m, max1, true, a.s1 + start, len);
 }
 
 // optimLion8bit(p, g, state1, absmax1, qmap1, n, decay, beta1, oneMinusBeta1, beta2, oneMinusBeta2, negLr)
@@ -420,8 +496,9 @@ Napi::Value OptimLion8bit(const Napi::CallbackInfo& info) {
   if (!x.ok()) return x.env().Undefined();
   const auto hold1 = quantizerFor(qm1);
   a.q1 = hold1.get();
+  const bool avx2 = isa().avx2_fma;
   parallel_for(static_cast<size_t>(blocks), [&](size_t b0, size_t b1) {
-    for (size_t b = b0; b < b1; ++b) lion8Block(a, static_cast<int64_t>(b));
+    for (size_t b = b0; b < b1; ++b) lion8Block(a, static_cast<int64_t>(b), avx2);
   }, 16);
   return x.env().Undefined();
 }
@@ -681,7 +758,9 @@ Napi::Value OptimQuantize8bit(const Napi::CallbackInfo& info) {
   if (!x.ok()) return x.env().Undefined();
   const auto hold = quantizerFor(qmap);
   const Quantizer& q = *hold;
-  quantizeBlock(!scalar && isa().avx2_fma, q, ys, nullptr, out, n);
+  if (!scalar && isa().avx2_fma) quantizeArrayAvx2(q, ys, out, n);
+  else
+    for (int64_t j = 0; j < n; ++j) out[j] = q.quantize(ys[j]);
   return x.env().Undefined();
 }
 
