@@ -91,6 +91,27 @@ else
   echo "gpu-check: no libcublas.so.13 found (python3 nvidia.cublas, toolkit lib64, /opt, /usr/local): GEMMs use our kernels"
 fi
 
+# NCCL is dlopen'ed too (src/nccl.ts: libnccl.so.2): pip's nvidia-nccl-cu* in python3's environment (what torch
+# uses), else the loader path, else a search. The Node step's NCCL tests (world of one) skip with the reason without it.
+nccl_dir() {
+  local d
+  d="$("$python" -c 'import os, nvidia.nccl as m; print(os.path.join(list(m.__path__)[0], "lib"))' 2>/dev/null)"
+  [ -n "$d" ] && [ -e "$d/libnccl.so.2" ] && { echo "$d"; return; }
+  ldconfig -p 2>/dev/null | grep -q 'libnccl\.so\.2 ' && return
+  d="$(find /opt /usr/local /usr/lib -name 'libnccl.so.2*' -print -quit 2>/dev/null)"
+  [ -n "$d" ] && dirname "$d"
+}
+nccl="$(nccl_dir)"
+if [ -n "$nccl" ]; then
+  export LD_LIBRARY_PATH="$nccl${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  nccl_from="$nccl ($(basename "$(readlink -f "$nccl/libnccl.so.2")"))"
+elif ldconfig -p 2>/dev/null | grep -q 'libnccl\.so\.2 '; then
+  nccl_from="the loader path ($(ldconfig -p | awk '/libnccl\.so\.2 /{print $NF; exit}'))"
+else
+  nccl_from="not found (python3 nvidia.nccl, loader path, /opt, /usr/local, /usr/lib): the NCCL GPU tests skip"
+fi
+echo "gpu-check: NCCL from $nccl_from"
+
 bundled="$(sed -n 's/^commit: \([0-9a-f]\{7\}\).*/\1/p' "$bundle/MANIFEST.txt" 2>/dev/null)"
 if [ "$commit" = unknown ] && [ -n "$bundled" ]; then
   commit="$bundled (no .git here: the bundle's commit)"  # the device machine gets the tree without .git
@@ -226,6 +247,7 @@ write_summary() {  # summary.md: the run record and both tables, ready for BENCH
   echo "| driver | $(field 1) |"
   echo "| CUDA toolkit | nvcc $toolkit |"
   echo "| cuBLAS | $(grep -m1 '^cuBLAS: ' "$log" 2>/dev/null | cut -c9-) (from $cublas_from) |"
+  echo "| NCCL | $nccl_from |"
   echo "| date (UTC) | $date_utc |"
   echo "| commit | $commit; bundle: $(sed -n 's/^commit: //p' "$bundle/MANIFEST.txt" 2>/dev/null | head -1) |"
   echo "| checks | $harness_status |"

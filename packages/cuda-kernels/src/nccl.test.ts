@@ -111,8 +111,11 @@ describe("NCCL communicator: loading and arguments (no GPU needed)", () => {
 
 describe.skipIf(gpuSkip !== "")(`NCCL on the GPU, a world of one${gpuSkip ? ` (skipped: ${gpuSkip})` : ""}`, () => {
   const kinds = [Float32Array, Float64Array, Int32Array] as const;
-  const make = (C: (typeof kinds)[number], n: number) =>
-    C.from({ length: n }, (_, i) => (C === Int32Array ? (i % 19) - 9 : Math.cos(i * 0.3) * 2.5));
+  const make = (C: (typeof kinds)[number], n: number) => {
+    const a = new C(n);
+    for (let i = 0; i < n; i++) a[i] = C === Int32Array ? (i % 19) - 9 : Math.cos(i * 0.3) * 2.5;
+    return a;
+  };
 
   it("every collective equals its definition (odd sizes, f32/f64/i32), several in flight, close", async () => {
     const comm = await createNcclCommunicator({ rank: 0, worldSize: 1, timeoutMs: 30_000 });

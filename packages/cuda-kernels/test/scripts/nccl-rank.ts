@@ -6,8 +6,11 @@ import { createNcclCommunicator } from "../../src/nccl";
 
 type Arr = Float32Array | Float64Array | Int32Array;
 const kinds = [Float32Array, Float64Array, Int32Array] as const;
-const input = (C: (typeof kinds)[number], n: number, rank: number): Arr =>
-  C.from({ length: n }, (_, i) => (C === Int32Array ? ((i * 7 + rank * 13) % 23) - 11 : Math.sin(i * 0.37 + rank) * 3));
+const input = (C: (typeof kinds)[number], n: number, rank: number): Arr => {
+  const a = new C(n);
+  for (let i = 0; i < n; i++) a[i] = C === Int32Array ? ((i * 7 + rank * 13) % 23) - 11 : Math.sin(i * 0.37 + rank) * 3;
+  return a;
+};
 
 function near(got: Arr, want: ArrayLike<number>, what: string, tol: number): void {
   if (got.length !== want.length) throw new Error(`${what}: length ${got.length}, expected ${want.length}`);
