@@ -60,20 +60,34 @@ describe("rank runtime (a world of two stands in for MPI_COMM_WORLD)", () => {
   // rankRuntime reads rank and worldSize and keeps the communicator for the strategy (not used here)
   const world2 = () => ({ rank: 0, worldSize: 2, close: async () => {} }) as never;
 
-  it("resolves ddp through the trainer's registry with the config's accumulation", () => {
+  it("ddp: false with several ranks, or an fsdp strategy the package does not provide, is an error naming the key", () => {
+    expect(() => rankRuntime(distributed, parse("ddp: false\n"), world2())).toThrow(/ddp: false, but 2 ranks run/);
+    // A @qlora/distributed without an FSDP strategy. vitest isolates each test file, and this test runs before
+    // the next one registers "fsdp": the trainer's registry has no "fsdp" yet.
+    const noFsdp = { ...distributed, registerFsdpStrategy: undefined } as unknown as typeof distributed;
+    expect(() => rankRuntime(noFsdp, parse("adapter: lora\nfsdp: [full_shard]\n"), world2())).toThrow(
+      /fsdp: asks for the "fsdp" strategy, which this @qlora\/distributed does not provide/,
+    );
+    expect(() => rankRuntime(distributed, parse("fsdp: [full_shard]\n"), world2())).toThrow(
+      /fsdp: FSDP shards the frozen base of an adapter run; set adapter: qlora or lora/,
+    );
+    expect(() => rankRuntime(distributed, parse("fsdp: [shard_grad_op]\nsave_steps: 5\n"), world2())).toThrow(
+      /fsdp: shard_grad_op cannot checkpoint its sharded optimizer state yet; drop save_steps/,
+    );
+  });
+
+  it("resolves ddp, fsdp and sharded-optimizer through the trainer's registry", () => {
     const r = rankRuntime(distributed, parse("gradient_accumulation_steps: 3\n"), world2());
     expect(r.strategy.name).toBe("ddp");
     expect(r.worldSize).toBe(2);
-  });
-
-  it("ddp: false with several ranks, or an fsdp strategy the package does not provide, is an error naming the key", () => {
-    expect(() => rankRuntime(distributed, parse("ddp: false\n"), world2())).toThrow(/ddp: false, but 2 ranks run/);
-    // A @qlora/distributed without an FSDP strategy (vitest isolates each test file, so the trainer's registry
-    // here holds only what this file registered).
-    const noFsdp = { ...distributed, registerFsdpStrategy: undefined } as unknown as typeof distributed;
-    expect(() => rankRuntime(noFsdp, parse("fsdp: [full_shard]\n"), world2())).toThrow(
-      /fsdp: asks for the "fsdp" strategy, which this @qlora\/distributed does not provide/,
-    );
+    expect(r.checkpointIO).toBeUndefined(); // DDP checkpoints are the CLI's own (trainable tensors + PEFT adapter)
+    // FSDP gathers a layer inside backward with a blocking all-gather: the stand-in needs one
+    const comm = { ...(world2() as object), allGatherBlocking: (x: Int32Array) => x } as never;
+    const f = rankRuntime(distributed, parse("adapter: lora\nfsdp: [full_shard, auto_wrap]\n"), comm);
+    expect(f.strategy).toBeInstanceOf(distributed.FsdpStrategy);
+    expect(f.checkpointIO).toBeTypeOf("function"); // one PEFT adapter plus per-rank optimizer shards
+    const z = rankRuntime(distributed, parse("fsdp: [shard_grad_op]\n"), world2());
+    expect(z.strategy.name).toBe("sharded-optimizer");
   });
 });
 

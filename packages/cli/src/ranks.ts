@@ -9,7 +9,8 @@
  */
 import { availableParallelism } from "node:os";
 import type * as Distributed from "@qlora/distributed";
-import { type Strategy, strategyByName } from "@qlora/trainer";
+import type { LoraModel } from "@qlora/lora";
+import { type CheckpointIO, type Strategy, TrainerError, strategyByName } from "@qlora/trainer";
 import type { TrainConfig } from "./config";
 import { CliError } from "./errors";
 import { chooseStrategy } from "./parallel-config";
@@ -32,6 +33,8 @@ export async function loadDistributed(what: string): Promise<DistributedModule> 
   try {
     return await import("@qlora/distributed");
   } catch (e) {
+    // Only "not registered" is the package's answer; a strategy that fails to build says why itself.
+    if (!(e instanceof TrainerError && /is not registered/.test(e.message))) throw e;
     throw new CliError(
       "UNSUPPORTED",
       `${what}: several processes need @qlora/distributed, which is not installed or did not load (${(e as Error).message.split("\n")[0]}); install it next to @qlora/cli, with Open MPI (apt-get install openmpi-bin)`,
@@ -86,6 +89,8 @@ export interface RankRuntime {
   readonly rank: number;
   readonly worldSize: number;
   readonly strategy: Strategy;
+  /** The strategy's own checkpoint format for adapter runs (FSDP: one PEFT adapter plus per-rank optimizer shards). */
+  readonly checkpointIO?: (lora: LoraModel, baseModel: string) => CheckpointIO;
   /** MPI_Finalize (after the last collective). */
   close(): Promise<void>;
 }
@@ -106,6 +111,16 @@ export function rankRuntime(
       "CONFIG_INVALID",
       `ddp: false, but ${comm.worldSize} ranks run: without DDP or FSDP (fsdp: [full_shard]) they would not share the work; run one process or drop the key`,
     );
+  if (choice.name === "fsdp" && !config.adapter)
+    throw new CliError(
+      "CONFIG_INVALID",
+      `${choice.key}: FSDP shards the frozen base of an adapter run; set adapter: qlora or lora (a full fine-tune trains with DDP: drop the key)`,
+    );
+  if (choice.name === "sharded-optimizer" && config.save_steps !== undefined)
+    throw new CliError(
+      "CONFIG_INVALID",
+      `${choice.key}: shard_grad_op cannot checkpoint its sharded optimizer state yet; drop save_steps or use full_shard`,
+    );
   const accumulation = config.gradient_accumulation_steps;
   if (choice.name === "ddp")
     dist.registerDdpStrategy({
@@ -119,12 +134,23 @@ export function rankRuntime(
   try {
     strategy = strategyByName(choice.name);
   } catch (e) {
+    // Only "not registered" is the package's answer; a strategy that fails to build says why itself.
+    if (!(e instanceof TrainerError && /is not registered/.test(e.message))) throw e;
     throw new CliError(
       "CONFIG_INVALID",
       `${choice.key}: asks for the "${choice.name}" strategy, which this @qlora/distributed does not provide (${(e as Error).message}); use fsdp: [shard_grad_op] or drop the key for DDP`,
     );
   }
-  return { rank: comm.rank, worldSize: comm.worldSize, strategy, close: () => comm.close() };
+  const checkpointIO =
+    strategy instanceof dist.FsdpStrategy
+      ? (lora: LoraModel, baseModel: string) =>
+          dist.fsdpCheckpointIO({
+            strategy: strategy as Distributed.FsdpStrategy,
+            lora,
+            baseModelNameOrPath: baseModel,
+          })
+      : undefined;
+  return { rank: comm.rank, worldSize: comm.worldSize, strategy, checkpointIO, close: () => comm.close() };
 }
 
 /** The FSDP strategy registers itself under "fsdp" when @qlora/distributed has one (looked up, not assumed). */

@@ -44,7 +44,12 @@ export interface TrainOptions {
   signal?: AbortSignal;
   /** Several ranks: the trainer strategy (DDP, FSDP), this rank and the world size. Rank 0 alone prints progress
    * and writes metrics, checkpoints, the adapter and the report; every rank trains its shard of the data. */
-  parallel?: { strategy: Strategy; rank: number; worldSize: number };
+  parallel?: {
+    strategy: Strategy;
+    rank: number;
+    worldSize: number;
+    checkpointIO?: (lora: LoraModel, baseModel: string) => CheckpointIO;
+  };
 }
 
 export interface TrainResult {
@@ -242,7 +247,9 @@ export async function runTrain(config: TrainConfig, options: TrainOptions = {}):
     eval: data.eval,
     plugins,
     strategy: options.parallel?.strategy,
-    checkpointIO: lora ? peftCheckpointIO(lora, config.base_model) : safetensorsCheckpointIO,
+    checkpointIO: lora
+      ? (options.parallel?.checkpointIO?.(lora, config.base_model) ?? peftCheckpointIO(lora, config.base_model))
+      : safetensorsCheckpointIO,
     args: {
       outputDir,
       seed,
