@@ -68,7 +68,11 @@ function libraryNames(library: NcclCommunicatorOptions["library"]): string[] {
 
 function loadNccl(names: string[]): { native: NativeCuda; library: string; version: number } {
   const { native, error } = tryLoadNative();
-  if (!native) throw new CudaKernelsError("NCCL_UNAVAILABLE", `nccl: ${error}`);
+  if (!native)
+    throw new CudaKernelsError(
+      "NCCL_UNAVAILABLE",
+      `nccl: cannot load the NCCL library (tried ${names.join(", ")}): ${error}`,
+    );
   const s = native.ncclLoad(names);
   if (!s.loaded)
     throw new CudaKernelsError(
@@ -314,6 +318,7 @@ export class NcclCommunicator {
 
   /** Settles `p` when complete; an error or a timeout aborts the communicator and fails every pending call. */
   private testOne(p: Pending): boolean {
+    if (!this.pending.includes(p)) return true; // already failed by an earlier call's abort
     let complete: boolean;
     try {
       complete = this.native.ncclTest(p.slot);

@@ -108,6 +108,7 @@ function reply(socket: Socket, status: number, body: Uint8Array): void {
   head.writeUInt8(status, 0);
   head.writeUInt32LE(body.length, 1);
   socket.end(Buffer.concat([head, body]));
+  socket.resume(); // read the peer's close, so the socket (and the process) is not held open
 }
 
 function hostRendezvous(o: RendezvousOptions, payload: Uint8Array): Promise<Uint8Array> {
