@@ -8,6 +8,7 @@ Run with OMP_NUM_THREADS=2. Prints one JSON line with per-step figures like the 
 import argparse
 import json
 import os
+import re
 import resource
 import time
 
@@ -32,7 +33,23 @@ def rss_bytes():
         return int(f.read().split()[1]) * PAGE
 
 
-maxrss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def hwm_bytes():
+    """VmHWM, the RSS high-water mark; reset_hwm lowers it to the current RSS (ru_maxrss follows it too)."""
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) * 1024
+
+
+def reset_hwm():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+maxrss0 = hwm_bytes()
+run_peak = maxrss0
 B, S, HID, H, KV, FFN, R, EPS = a.batch, a.seq, a.hidden, a.heads, a.kv_heads, a.ffn, a.rank, 1e-5
 D = HID // H
 SCALE = 2.0
@@ -93,9 +110,13 @@ def layer(x):
 x = torch.randn(B, S, HID, generator=g).requires_grad_(True)
 gout = torch.ones(B, S, HID)
 rep = {"variant": "torch", "torch": torch.__version__, "threads": torch.get_num_threads(),
-       "step_ms": [], "faults": [], "rss_bytes": []}
+       "step_ms": [], "faults": [], "rss_bytes": [], "step_rss_peak_growth_bytes": []}
 rss_start = rss_bytes()
+steps_peak = 0  # highest VmHWM at the end of a step (the build's own peak excluded)
 for i in range(a.steps):
+    run_peak = max(run_peak, hwm_bytes())
+    can_reset = reset_hwm()
+    r0 = rss_bytes()
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t0 = time.perf_counter()
     out = layer(x)
@@ -108,8 +129,10 @@ for i in range(a.steps):
     rep["step_ms"].append((time.perf_counter() - t0) * 1000)
     rep["faults"].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     rep["rss_bytes"].append(rss_bytes())
+    rep["step_rss_peak_growth_bytes"].append(hwm_bytes() - r0 if can_reset else None)
+    steps_peak = max(steps_peak, hwm_bytes())
 rep["rss_start_bytes"] = rss_start
-maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+maxrss = max(run_peak, hwm_bytes())
 rep["peak_rss_growth_bytes"] = maxrss - maxrss0  # from before the layer was built (weights included)
-rep["steps_peak_rss_growth_bytes"] = maxrss - rss_start  # from after the build (activations, caches)
+rep["steps_peak_rss_growth_bytes"] = steps_peak - rss_start  # from after the build (activations, caches)
 print(json.dumps(rep))

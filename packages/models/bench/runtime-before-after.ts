@@ -10,7 +10,8 @@
  * The tree is a path, not a package name: the child imports <root>/packages/<pkg>/src/index.ts directly, so one
  * file runs against either tree (the hand-composed layer only uses API both trees have). Rounds are interleaved
  * (before, after, after-models, torch, before, …); every row is a median over rounds of per-process medians.
- * Each child prints per step: time, minor page faults (process.resourceUsage), RSS, bytes of tensor storage
+ * Each child prints per step: time, minor page faults (process.resourceUsage), RSS after the step, the step's RSS
+ * high-water mark above the RSS it started from (Linux: VmHWM reset through /proc/self/clear_refs), bytes of tensor storage
  * created (every Storage, counted as bytes released in the step + growth of live bytes: what memoryStats
  * tracks), and on the after tree the bytes the caching host allocator had to allocate afresh.
  *
@@ -21,7 +22,7 @@
  *   && cd packages/cpu-kernels && pnpm run build:native
  */
 import { spawnSync } from "node:child_process";
-import { copyFileSync, existsSync, mkdtempSync } from "node:fs";
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -52,6 +53,8 @@ interface StepReport {
   step_ms: number[];
   faults: number[];
   rss_bytes: number[];
+  /** Per step: peak RSS during the step minus RSS at its start (null where VmHWM cannot be reset). */
+  step_rss_peak_growth_bytes: (number | null)[];
   rss_start_bytes: number;
   peak_rss_growth_bytes: number;
   steps_peak_rss_growth_bytes: number;
@@ -64,6 +67,32 @@ interface StepReport {
 }
 
 // ---------------------------------------------------------------- child: one variant, one process
+
+/**
+ * The process's RSS high-water mark (VmHWM), which `reset` lowers to the current RSS (clear_refs 5), so each
+ * step's own peak is seen. ru_maxrss follows the same counter, so the whole run's peak is kept here.
+ */
+function rssHighWater() {
+  const hwm = () => {
+    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync("/proc/self/status", "utf8"));
+    return m ? Number(m[1]) * 1024 : Number.NaN;
+  };
+  let runPeak = hwm();
+  return {
+    /** Lower the mark to the current RSS; false where the kernel does not allow it. */
+    reset(): boolean {
+      runPeak = Math.max(runPeak, hwm());
+      try {
+        writeFileSync("/proc/self/clear_refs", "5");
+        return true;
+      } catch {
+        return false;
+      }
+    },
+    current: hwm,
+    runPeak: () => Math.max(runPeak, hwm()),
+  };
+}
 
 type AnyTensor = {
   shape: number[];
@@ -87,7 +116,8 @@ async function child(variant: Exclude<Variant, "torch">, root: string): Promise<
   const mem = await import(src("tensor", "memory.ts"));
   const cpu = await import(src("cpu-kernels"));
   if (!cpu.registerCpuBackend()) throw new Error(`the native cpu backend of ${root} did not load`);
-  const rss0 = process.resourceUsage().maxRSS * 1024;
+  const highWater = rssHighWater();
+  const rss0 = highWater.current();
   const size = SIZES[opt("size", "issue") as SizeName];
   const [B, S, HID] = [BATCH, Number(opt("seq", "512")), size.hidden];
 
@@ -128,6 +158,7 @@ async function child(variant: Exclude<Variant, "torch">, root: string): Promise<
     step_ms: [],
     faults: [],
     rss_bytes: [],
+    step_rss_peak_growth_bytes: [],
     rss_start_bytes: process.memoryUsage().rss,
     peak_rss_growth_bytes: 0,
     steps_peak_rss_growth_bytes: 0,
@@ -137,9 +168,12 @@ async function child(variant: Exclude<Variant, "torch">, root: string): Promise<
   };
   t.resetPeakMemory("cpu");
   const steps = Number(opt("steps", "6"));
+  let stepsPeak = 0; // highest VmHWM seen at the end of a step (the build's own peak excluded)
   for (let i = 0; i < steps; i++) {
     const live0 = t.memoryStats("cpu").currentBytes;
     const [rel0, fresh0] = [releasedBytes, freshBytes];
+    const canReset = highWater.reset();
+    const r0 = process.memoryUsage().rss;
     const f0 = process.resourceUsage().minorPageFault;
     const t0 = performance.now();
     const { out, trainable } = forward(x);
@@ -156,12 +190,14 @@ async function child(variant: Exclude<Variant, "torch">, root: string): Promise<
     rep.step_ms.push(ms);
     rep.faults.push(process.resourceUsage().minorPageFault - f0);
     rep.rss_bytes.push(process.memoryUsage().rss);
+    rep.step_rss_peak_growth_bytes.push(canReset ? highWater.current() - r0 : null);
+    stepsPeak = Math.max(stepsPeak, canReset ? highWater.current() : highWater.runPeak());
     rep.alloc_bytes?.push(releasedBytes - rel0 + t.memoryStats("cpu").currentBytes - live0);
     rep.fresh_bytes?.push(freshBytes - fresh0);
   }
-  const maxRss = process.resourceUsage().maxRSS * 1024;
+  const maxRss = highWater.runPeak();
   rep.peak_rss_growth_bytes = maxRss - rss0;
-  rep.steps_peak_rss_growth_bytes = maxRss - rep.rss_start_bytes;
+  rep.steps_peak_rss_growth_bytes = stepsPeak - rep.rss_start_bytes;
   rep.runtime_peak_bytes = t.memoryStats("cpu").peakBytes;
   console.log(JSON.stringify(rep));
 }
@@ -299,6 +335,7 @@ interface Summary {
   faults1: number;
   faults: number;
   rssGrowth: number;
+  stepRssPeak: number | null;
   peakRss: number;
   stepsPeakRss: number;
   runtimePeak?: number;
@@ -317,6 +354,9 @@ function summarise(r: StepReport, tokens: number): Summary {
     faults1: r.faults[0],
     faults: median(later(r.faults)),
     rssGrowth: median(growth),
+    stepRssPeak: r.step_rss_peak_growth_bytes.some((x) => x === null)
+      ? null
+      : median(later(r.step_rss_peak_growth_bytes as number[])),
     peakRss: r.peak_rss_growth_bytes,
     stepsPeakRss: r.steps_peak_rss_growth_bytes,
     runtimePeak: r.runtime_peak_bytes === undefined ? undefined : r.runtime_peak_bytes - (r.runtime_start_bytes ?? 0),
@@ -368,22 +408,22 @@ function parent(): void {
     `\n## decoder layer fwd+bwd, NF4+DQ frozen + r=${RANK} LoRA on all 7 linears (torch: dense f32 + LoRA): hidden ${size.hidden}, ${size.heads}/${size.kvHeads} heads, ffn ${size.ffn}, ${BATCH}×${tokens / BATCH} tokens; ${rounds} rounds × ${opt("steps", "6")} steps, interleaved; medians of per-process medians (steps 2..N)`,
   );
   console.log(
-    "| variant | tokens/s | × torch (same rounds) | step 1 ms | steps 2..N ms | minor faults step 1 / later | RSS growth/step MiB | peak RSS growth MiB (from before build / during steps) | runtime peak above resident tensors MiB | tensor bytes created/step MiB | fresh host bytes/step MiB |",
+    "| variant | tokens/s | × torch (same rounds) | step 1 ms | steps 2..N ms | minor faults step 1 / later | RSS peak growth within a step MiB | RSS after step − after previous MiB | peak RSS growth MiB (from before build / during steps) | runtime peak above resident tensors MiB | tensor bytes created/step MiB | fresh host bytes/step MiB |",
   );
-  console.log("|---|---:|---:|---:|---:|---|---:|---|---:|---:|---:|");
+  console.log("|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|---:|");
   const torchRatios = (v: string) =>
     (sums[v] ?? []).map((s, i) => (sums.torch?.[i] ? s.tokensPerS / sums.torch[i].tokensPerS : Number.NaN));
   for (const v of only) {
     const ratio = v === "torch" || !sums.torch ? "" : `${median(torchRatios(v)).toFixed(2)}×`;
     const fresh = v === "torch" ? "" : v === "before" ? "= created (no cache)" : MiB(med(v, (s) => s.fresh)).toFixed(1);
     console.log(
-      `| ${v} | ${med(v, (s) => s.tokensPerS).toFixed(1)} | ${ratio} | ${med(v, (s) => s.step1).toFixed(0)} | ${med(v, (s) => s.stepMs).toFixed(0)} | ${med(v, (s) => s.faults1)} / ${med(v, (s) => s.faults)} | ${MiB(med(v, (s) => s.rssGrowth)).toFixed(1)} | ${MiB(med(v, (s) => s.peakRss)).toFixed(0)} / ${MiB(med(v, (s) => s.stepsPeakRss)).toFixed(0)} | ${v === "torch" ? "" : MiB(med(v, (s) => s.runtimePeak)).toFixed(0)} | ${v === "torch" ? "" : MiB(med(v, (s) => s.alloc)).toFixed(0)} | ${fresh} |`,
+      `| ${v} | ${med(v, (s) => s.tokensPerS).toFixed(1)} | ${ratio} | ${med(v, (s) => s.step1).toFixed(0)} | ${med(v, (s) => s.stepMs).toFixed(0)} | ${med(v, (s) => s.faults1)} / ${med(v, (s) => s.faults)} | ${MiB(med(v, (s) => s.stepRssPeak)).toFixed(0)} | ${MiB(med(v, (s) => s.rssGrowth)).toFixed(1)} | ${MiB(med(v, (s) => s.peakRss)).toFixed(0)} / ${MiB(med(v, (s) => s.stepsPeakRss)).toFixed(0)} | ${v === "torch" ? "" : MiB(med(v, (s) => s.runtimePeak)).toFixed(0)} | ${v === "torch" ? "" : MiB(med(v, (s) => s.alloc)).toFixed(0)} | ${fresh} |`,
     );
   }
   if (sums.before && sums.after) {
     const ratio = (f: (s: Summary) => number | undefined) => (med("after", f) / med("before", f)).toFixed(2);
     console.log(
-      `after / before: tokens/s ${ratio((s) => s.tokensPerS)}, step time ${ratio((s) => s.stepMs)}, minor faults/step ${ratio((s) => s.faults)}, tensor bytes created/step ${ratio((s) => s.alloc)} (${MiB(med("before", (s) => s.alloc)).toFixed(0)} → ${MiB(med("after", (s) => s.alloc)).toFixed(0)} MiB), peak RSS growth ${ratio((s) => s.peakRss)}`,
+      `after / before: tokens/s ${ratio((s) => s.tokensPerS)}, step time ${ratio((s) => s.stepMs)}, minor faults/step ${ratio((s) => s.faults)}, tensor bytes created/step ${ratio((s) => s.alloc)} (${MiB(med("before", (s) => s.alloc)).toFixed(0)} → ${MiB(med("after", (s) => s.alloc)).toFixed(0)} MiB), RSS peak growth within a step ${ratio((s) => s.stepRssPeak ?? Number.NaN)}, peak RSS growth ${ratio((s) => s.peakRss)}`,
     );
   }
   console.log(`raw: ${JSON.stringify(runs)}`);
