@@ -6,6 +6,7 @@ import { describe, expect, it } from "vitest";
 import { runCli } from "../test/helpers";
 import { parseTrainConfig } from "./config";
 import { singleProcessParts } from "./estimate";
+import { launcherTerminal } from "./progress";
 import { chooseStrategy, fsdpOptions, wantsActivationCheckpointing } from "./parallel-config";
 import { rankRuntime, withoutNproc, worldFromEnv } from "./ranks";
 
@@ -98,6 +99,19 @@ describe("launcher helpers", () => {
       worldFromEnv({ OMPI_COMM_WORLD_RANK: "2", OMPI_COMM_WORLD_SIZE: "4", OMPI_COMM_WORLD_LOCAL_SIZE: "2" }),
     ).toEqual({ rank: 2, worldSize: 4, local: 2 });
     expect(worldFromEnv({ PMI_RANK: "1", PMI_SIZE: "3" })).toEqual({ rank: 1, worldSize: 3, local: 3 });
+  });
+
+  it("rank 0 draws the bar through mpirun's pipe when the launcher's stderr is a terminal", () => {
+    const written: string[] = [];
+    const pipe = { isTTY: false, write: (s: string) => written.push(s) > 0 } as unknown as NodeJS.WriteStream;
+    const t = launcherTerminal({ QLORA_TTY_COLUMNS: "120" }, pipe);
+    expect(t?.isTTY).toBe(true);
+    expect(t?.columns).toBe(120);
+    t?.write("\x1b[1Gstep");
+    expect(written).toEqual(["\x1b[1Gstep"]);
+    expect(launcherTerminal({}, pipe)).toBeUndefined(); // no terminal at the launcher: plain log lines
+    expect(launcherTerminal({ QLORA_TTY_COLUMNS: "0" }, pipe)).toBeUndefined();
+    expect(launcherTerminal({ QLORA_TTY_COLUMNS: "80" }, { isTTY: true } as NodeJS.WriteStream)).toBeUndefined();
   });
 
   it("drops --nproc from the ranks' command line", () => {

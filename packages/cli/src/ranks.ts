@@ -69,7 +69,7 @@ export async function launchRanks(nproc: number, argv: readonly string[]): Promi
     // (the job then fails at the first large message); the copy-in/copy-out path works everywhere.
     OMPI_MCA_btl_vader_single_copy_mechanism: process.env.OMPI_MCA_btl_vader_single_copy_mechanism ?? "none",
   };
-  if (process.stderr.isTTY) env.QLORA_TTY_COLUMNS = String(process.stderr.columns ?? 80);
+  if (process.stderr.isTTY) env.QLORA_TTY_COLUMNS = String(process.stderr.columns || 80);
   const ignore = () => {};
   process.on("SIGINT", ignore);
   try {
