@@ -266,6 +266,35 @@ uint8_t quantize8bit_literal(const float* c, float y) {
   return static_cast<uint8_t>(y < mid ? lo : pivot);
 }
 
+// Typed-array argument i of `type` with at least `need` elements, or null after reporting the error through
+// `x`. Read with napi_get_typedarray_info, which also serves arrays on a SharedArrayBuffer (the model loader's
+// read buffers are shared with its worker threads); Args::array goes through ArrayBuffer().Data(), which
+// fails on those.
+template <typename T>
+T* typed(Args& x, const Napi::CallbackInfo& info, size_t i, const char* name, napi_typedarray_type type,
+         int64_t need, const char* expected) {
+  if (!x.ok()) return nullptr;
+  napi_typedarray_type t;
+  size_t length = 0;
+  void* data = nullptr;
+  if (i >= info.Length() || !info[i].IsTypedArray() ||
+      napi_get_typedarray_info(info.Env(), info[i], &t, &length, &data, nullptr, nullptr) != napi_ok || t != type) {
+    x.fail_type(name, expected);
+    return nullptr;
+  }
+  if (static_cast<int64_t>(length) < need) {
+    x.fail_range(name, ("at least " + std::to_string(need) + " elements, got " + std::to_string(length)).c_str());
+    return nullptr;
+  }
+  return static_cast<T*>(data);
+}
+
+int64_t typed_length(const Napi::CallbackInfo& info, size_t i) {
+  return i < info.Length() && info[i].IsTypedArray()
+             ? static_cast<int64_t>(info[i].As<Napi::TypedArray>().ElementLength())
+             : 0;
+}
+
 int32_t isa_choice(Args& x, size_t i) {
   if (x.is_null(i)) return -1;
   return x.int32(i, "isa");
@@ -283,11 +312,11 @@ Napi::Value Quantize4bit(const Napi::CallbackInfo& info) {
   const int64_t bs = x.count(3, "blocksize");
   if (x.ok() && (bs < 32 || bs > kMaxBlock || (bs & (bs - 1)) != 0))
     x.fail_range("blocksize", "a power of two from 32 to 4096");
-  int64_t n = 0;
-  if (x.ok() && info[0].IsTypedArray()) n = static_cast<int64_t>(info[0].As<Napi::TypedArray>().ElementLength());
-  const void* in = kind == 0 ? static_cast<const void*>(x.f32(0, "input", 0)) : x.u16(0, "input", 0);
-  uint8_t* packed = x.u8(4, "packed", static_cast<double>((n + 1) / 2));
-  float* absmax = x.f32(5, "absmax", bs > 0 ? static_cast<double>((n + bs - 1) / bs) : 0);
+  const int64_t n = typed_length(info, 0);
+  const void* in = kind == 0 ? static_cast<const void*>(typed<float>(x, info, 0, "input", napi_float32_array, 0, "a Float32Array"))
+                             : typed<uint16_t>(x, info, 0, "input", napi_uint16_array, 0, "a Uint16Array");
+  auto* packed = typed<uint8_t>(x, info, 4, "packed", napi_uint8_array, (n + 1) / 2, "a Uint8Array");
+  auto* absmax = typed<float>(x, info, 5, "absmax", napi_float32_array, bs > 0 ? (n + bs - 1) / bs : 0, "a Float32Array");
   const int32_t want = isa_choice(x, 6);
   if (x.ok() && (want < -1 || want > 1)) x.fail_range("isa", "-1 (auto), 0 (scalar) or 1 (avx2)");
   if (x.ok() && want == 1 && !isa().avx2_fma) x.fail_range("isa", "runnable on this CPU (it lacks AVX2)");
@@ -309,12 +338,11 @@ Napi::Value Quantize4bit(const Napi::CallbackInfo& info) {
 // of 256, CUDA absmax semantics) of fl32(absmax - offset) with `code`.
 Napi::Value DoubleQuantize8bit(const Napi::CallbackInfo& info) {
   Args x(info, "doubleQuantize8bit");
-  int64_t nb = 0;
-  if (info.Length() > 0 && info[0].IsTypedArray()) nb = static_cast<int64_t>(info[0].As<Napi::TypedArray>().ElementLength());
-  const float* a = x.f32(0, "absmax", 0);
-  const float* code = x.f32(1, "code", 256);
-  uint8_t* q = x.u8(2, "qabsmax", static_cast<double>(nb));
-  float* nested = x.f32(3, "nestedAbsmax", static_cast<double>((nb + 255) / 256));
+  const int64_t nb = typed_length(info, 0);
+  const auto* a = typed<float>(x, info, 0, "absmax", napi_float32_array, 0, "a Float32Array");
+  const auto* code = typed<float>(x, info, 1, "code", napi_float32_array, 256, "a Float32Array");
+  auto* q = typed<uint8_t>(x, info, 2, "qabsmax", napi_uint8_array, nb, "a Uint8Array");
+  auto* nested = typed<float>(x, info, 3, "nestedAbsmax", napi_float32_array, (nb + 255) / 256, "a Float32Array");
   if (!x.ok()) return x.env().Undefined();
   double sum = 0;
   for (int64_t i = 0; i < nb; ++i) sum += a[i];

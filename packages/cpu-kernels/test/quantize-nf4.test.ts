@@ -245,6 +245,23 @@ describe("native quantize4bit = @qlora/nf4 quantize4bit, byte for byte", () => {
     }
   });
 
+  it("reads input that lives on a SharedArrayBuffer (the model loader's read buffers)", () => {
+    const values = f32ToBf16(random(64 * 33 + 3, 11, 0.2));
+    const shared = new Uint16Array(new SharedArrayBuffer(values.byteLength));
+    shared.set(values);
+    const options = {
+      quantType: "nf4",
+      blocksize: 64,
+      doubleQuant: true,
+      dtype: "bf16",
+      shape: [1, values.length],
+    } as const;
+    const want = quantize4bit(values, { ...options, shape: [1, values.length], dtype: "bfloat16" });
+    const got = paths.auto(shared, options);
+    expectSame(got, want, "shared input");
+    free(got);
+  });
+
   it("is the cpu backend's quantize4bit, with buffers counted by the shared allocator", () => {
     expect(typeof cpuBackend.quantize4bit).toBe("function");
     const before = cpuBackend.memoryStats().currentBytes;
