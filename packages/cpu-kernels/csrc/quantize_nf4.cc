@@ -160,11 +160,30 @@ __attribute__((target("avx2"))) float absmax_avx2(const float* x, int64_t len) {
   return from_bits(static_cast<uint32_t>(best));
 }
 
-// 8 codes as int32 lanes.
-__attribute__((target("avx2"))) inline __m256i nf4_codes8(__m256 y, const __m256* thr) {
-  __m256i c = _mm256_setzero_si256();
-  for (int t = 0; t < 15; ++t) c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(y, thr[t], _CMP_GT_OQ)));
-  return c;
+// 8 NF4 codes as int32 lanes: the binary search of @qlora/nf4's nf4Code (c = 8·[y > T7], then + 4·[y > T(c+3)],
+// + 2·[y > T(c+1)], + [y > T(c)]), each level's threshold picked per lane with vpermd from an 8-entry table.
+// Same comparisons as counting the thresholds below y (the thresholds ascend); NaN compares false: code 0.
+struct Nf4Search {
+  __m256 t7;
+  __m256i t3, t1, t0;  // [T3, T11], [T1, T5, T9, T13], [T0, T2, …, T14] as float bits
+};
+__attribute__((target("avx2"))) inline Nf4Search nf4_search() {
+  const float* t = reinterpret_cast<const float*>(kNf4ThresholdBits);
+  Nf4Search s;
+  s.t7 = _mm256_set1_ps(t[7]);
+  s.t3 = _mm256_castps_si256(_mm256_setr_ps(t[3], t[11], 0, 0, 0, 0, 0, 0));
+  s.t1 = _mm256_castps_si256(_mm256_setr_ps(t[1], t[5], t[9], t[13], 0, 0, 0, 0));
+  s.t0 = _mm256_castps_si256(_mm256_setr_ps(t[0], t[2], t[4], t[6], t[8], t[10], t[12], t[14]));
+  return s;
+}
+__attribute__((target("avx2"))) inline __m256i nf4_codes8(__m256 y, const Nf4Search& s) {
+  const auto gt = [&](__m256i table, __m256i idx) {
+    return _mm256_castps_si256(_mm256_cmp_ps(y, _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(table, idx)), _CMP_GT_OQ));
+  };
+  __m256i c = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(y, s.t7, _CMP_GT_OQ)), _mm256_set1_epi32(8));
+  c = _mm256_or_si256(c, _mm256_and_si256(gt(s.t3, _mm256_srli_epi32(c, 3)), _mm256_set1_epi32(4)));
+  c = _mm256_or_si256(c, _mm256_and_si256(gt(s.t1, _mm256_srli_epi32(c, 2)), _mm256_set1_epi32(2)));
+  return _mm256_or_si256(c, _mm256_and_si256(gt(s.t0, _mm256_srli_epi32(c, 1)), _mm256_set1_epi32(1)));
 }
 __attribute__((target("avx2"))) inline __m256i fp4_codes8(__m256 y, const __m256* thr, __m256i by_rank) {
   const __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), y);
@@ -187,16 +206,16 @@ __attribute__((target("avx2"))) inline void pack32(__m256i c0, __m256i c1, __m25
 }
 
 __attribute__((target("avx2"))) void codes_avx2(const float* x, int64_t len, float r, bool nf4, uint8_t* out) {
-  __m256 thr[15];
-  const int nt = nf4 ? 15 : 7;
-  for (int t = 0; t < nt; ++t) thr[t] = _mm256_set1_ps(from_bits(nf4 ? kNf4ThresholdBits[t] : kFp4ThresholdBits[t]));
+  __m256 thr[7];
+  for (int t = 0; t < 7; ++t) thr[t] = _mm256_set1_ps(from_bits(kFp4ThresholdBits[t]));
+  const Nf4Search search = nf4_search();
   const __m256i by_rank = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kFp4CodeByRank));
   const __m256 rv = _mm256_set1_ps(r);
   for (int64_t i = 0; i < len; i += 32) {
     __m256i c[4];
     for (int v = 0; v < 4; ++v) {
       const __m256 y = _mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * v), rv);
-      c[v] = nf4 ? nf4_codes8(y, thr) : fp4_codes8(y, thr, by_rank);
+      c[v] = nf4 ? nf4_codes8(y, search) : fp4_codes8(y, thr, by_rank);
     }
     pack32(c[0], c[1], c[2], c[3], out + i / 2);
   }

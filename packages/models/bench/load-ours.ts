@@ -24,9 +24,14 @@ const rss0 = process.resourceUsage().maxRSS * 1024;
 const rssNow0 = process.memoryUsage().rss;
 const alloc0 = memoryStats("cpu").currentBytes;
 const t0 = performance.now();
+const cpu0 = process.cpuUsage();
 const threads = process.env.QLORA_QUANTIZE_THREADS;
 const { model } = await loadModel(dir, threads ? { quantizeThreads: Number(threads) } : {});
 const seconds = (performance.now() - t0) / 1000;
+const cpu = process.cpuUsage(cpu0);
+// CPU time of all the process's threads (main, cpu-kernels pool, libuv reads): on a shared machine the wall
+// time depends on the other jobs; this does much less
+const cpuSeconds = (cpu.user + cpu.system) / 1e6;
 const peakGrowth = process.resourceUsage().maxRSS * 1024 - rss0;
 // resident growth that stays after the load: the allocator's tensors (Linear4bit's state tensors are its only
 // copy of the 4-bit state) plus the runtime's own heap
@@ -38,6 +43,7 @@ console.log(
     who: "ours",
     backend: cpu ? "cpu" : "reference",
     seconds,
+    cpu_seconds: cpuSeconds,
     source_bytes: bytes,
     gb_per_s: bytes / seconds / 1e9,
     peak_rss_growth_bytes: peakGrowth,

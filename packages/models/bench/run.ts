@@ -78,6 +78,7 @@ async function load() {
     `| GB/s of bf16 source (median of ${rounds}) | ${g.toFixed(3)} | ${c.toFixed(2)} | ${(g / c).toFixed(3)}× |`,
   );
   console.log(`| seconds | ${s.toFixed(2)} | | |`);
+  console.log(`| CPU seconds (all threads) | ${median(ours.map((x) => x.cpu_seconds)).toFixed(2)} | | |`);
   console.log(
     `peak RSS growth ${mib(peak)} MiB (median) ≤ final ${mib(ours[0].final_model_bytes)} + largest tensor ${mib(ours[0].largest_tensor_bytes)} + 256 = ${mib(bound1b)} MiB: ${peak <= bound1b} (every run: ${ours.map((x) => x.rss_within_bound).join(", ")})`,
   );
