@@ -19,6 +19,20 @@ interface LayerStore {
   v: Tensor | null;
 }
 
+/**
+ * Writes `src` [b, n, h, d] into `buf` [b, capacity, h, d] at positions from…from+n, in place: through the
+ * backend's strided copy when it has one (the cpu backend's is native; one call per layer and tensor in a
+ * decode step), else as += into the zero-filled slot.
+ */
+function writeSlot(buf: Tensor, src: Tensor, from: number): void {
+  const slot = buf.narrow(1, from, src.shape[1]);
+  const be = buf.backend;
+  if (be.copyInPlace && src.dtype === buf.dtype)
+    be.copyInPlace(buf.buffer, slot.stridedView, src.buffer, src.stridedView);
+  else slot.add_(src);
+  slot.dispose();
+}
+
 export class KVCache {
   private readonly store: LayerStore[];
   private len = 0;
@@ -42,12 +56,8 @@ export class KVCache {
     const total = this.len + n;
     s.k = this.reserve(s.k, k, total);
     s.v = this.reserve(s.v, v, total);
-    const slotK = s.k.narrow(1, this.len, n);
-    const slotV = s.v.narrow(1, this.len, n);
-    slotK.add_(k); // the slot holds zeros: += writes the new keys in place
-    slotV.add_(v);
-    slotK.dispose();
-    slotV.dispose();
+    writeSlot(s.k, k, this.len);
+    writeSlot(s.v, v, this.len);
     if (layer === this.store.length - 1) this.len = total;
     const view = (t: Tensor) => {
       const used = t.narrow(1, 0, total);
