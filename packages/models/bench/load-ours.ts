@@ -28,10 +28,10 @@ const cpu0 = process.cpuUsage();
 const threads = process.env.QLORA_QUANTIZE_THREADS;
 const { model } = await loadModel(dir, threads ? { quantizeThreads: Number(threads) } : {});
 const seconds = (performance.now() - t0) / 1000;
-const cpu = process.cpuUsage(cpu0);
+const cpuUsed = process.cpuUsage(cpu0);
 // CPU time of all the process's threads (main, cpu-kernels pool, libuv reads): on a shared machine the wall
 // time depends on the other jobs; this does much less
-const cpuSeconds = (cpu.user + cpu.system) / 1e6;
+const cpuSeconds = (cpuUsed.user + cpuUsed.system) / 1e6;
 const peakGrowth = process.resourceUsage().maxRSS * 1024 - rss0;
 // resident growth that stays after the load: the allocator's tensors (Linear4bit's state tensors are its only
 // copy of the 4-bit state) plus the runtime's own heap
