@@ -92,6 +92,49 @@ describe("rank runtime (a world of two stands in for MPI_COMM_WORLD)", () => {
   });
 });
 
+describe("qlora train --nproc: refusals before any rank starts", () => {
+  const config = () => {
+    const dir = mkdtempSync(join(tmpdir(), "qlora-nproc-"));
+    writeFileSync(join(dir, "c.yaml"), BASE);
+    return join(dir, "c.yaml");
+  };
+  const withEnv = async (env: Record<string, string>, run: () => Promise<void>) => {
+    const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
+    Object.assign(process.env, env);
+    try {
+      await run();
+    } finally {
+      for (const [k, v] of Object.entries(saved))
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+    }
+  };
+
+  it("without mpirun: an error naming --nproc and what to install", async () => {
+    await withEnv({ QLORA_MPIRUN: "/nonexistent/mpirun" }, async () => {
+      const r = await runCli(["train", config(), "--nproc", "2"]);
+      expect(r.code).toBe(2);
+      expect(r.err).toMatch(/^qlora: --nproc 2: \/nonexistent\/mpirun not found \(install openmpi-bin\)/);
+    });
+  });
+
+  it("a bad config is reported once, by the launcher, before mpirun runs", async () => {
+    const file = config();
+    writeFileSync(file, `${BASE}fsdp: [offload]\n`);
+    const r = await runCli(["train", file, "--nproc", "2"]);
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(/fsdp\[0\]: FSDP option "offload" is not supported/);
+  });
+
+  it("--nproc that contradicts the mpirun job this process belongs to is refused", async () => {
+    await withEnv({ OMPI_COMM_WORLD_SIZE: "2", OMPI_COMM_WORLD_RANK: "0" }, async () => {
+      const r = await runCli(["train", config(), "--nproc", "3"]);
+      expect(r.code).toBe(2);
+      expect(r.err).toMatch(/--nproc 3: this process is one of 2 ranks mpirun started/);
+    });
+  });
+});
+
 describe("launcher helpers", () => {
   it("reads the rank from Open MPI's or a PMI launcher's environment", () => {
     expect(worldFromEnv({})).toEqual({ rank: 0, worldSize: 1, local: 1 });
