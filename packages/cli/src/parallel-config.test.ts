@@ -14,9 +14,12 @@ const BASE = "base_model: m\ndatasets: [{path: d.jsonl}]\n";
 const parse = (extra: string) => parseTrainConfig(BASE + extra, "c.yaml");
 
 describe("strategy from the config (Axolotl keys)", () => {
-  it("one process trains alone; several use DDP by default", () => {
+  it("one process trains alone (FSDP over a world of one under full_shard); several use DDP by default", () => {
     expect(chooseStrategy(parse(""), 1).name).toBe("single");
-    expect(chooseStrategy(parse("fsdp: [full_shard]\n"), 1).name).toBe("single");
+    expect(chooseStrategy(parse("ddp: true\n"), 1).name).toBe("single");
+    expect(chooseStrategy(parse("fsdp: [shard_grad_op]\n"), 1).name).toBe("single");
+    // the same checkpoint format at every world size: an N-rank FSDP checkpoint resumes in one process
+    expect(chooseStrategy(parse("fsdp: [full_shard]\n"), 1).name).toBe("fsdp");
     expect(chooseStrategy(parse(""), 2).name).toBe("ddp");
     expect(chooseStrategy(parse("ddp: true\n"), 3).name).toBe("ddp");
   });

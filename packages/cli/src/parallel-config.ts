@@ -122,13 +122,17 @@ export function parallelConfigIssues(c: ParallelKeys): Issue[] {
 }
 
 /**
- * The trainer strategy for this world size: one process trains alone whatever the keys say; several ranks use
- * DDP by default, the FSDP keys select "fsdp" (full_shard) or "sharded-optimizer" (shard_grad_op). `key` is the
- * config key that chose it, for error messages.
+ * The trainer strategy for this world size: several ranks use DDP by default, the FSDP keys select "fsdp"
+ * (full_shard) or "sharded-optimizer" (shard_grad_op). One process trains alone, except under full_shard: it runs
+ * the fsdp strategy over a world of one, so its checkpoints have FSDP's format and resume at any world size.
+ * `key` is the config key that chose it, for error messages.
  */
 export function chooseStrategy(c: ParallelKeys, worldSize: number): { name: StrategyName; key: string } {
-  if (worldSize <= 1) return { name: "single", key: "" };
   const sharding = fsdpSharding(c);
+  if (worldSize <= 1)
+    return sharding === "full_shard"
+      ? { name: "fsdp", key: c.fsdp !== undefined ? "fsdp" : "fsdp_config" }
+      : { name: "single", key: "" };
   if (sharding === "full_shard") return { name: "fsdp", key: c.fsdp !== undefined ? "fsdp" : "fsdp_config" };
   if (sharding === "shard_grad_op")
     return { name: "sharded-optimizer", key: c.fsdp !== undefined ? "fsdp" : "fsdp_config" };

@@ -100,11 +100,7 @@ export interface RankRuntime {
  * "sharded-optimizer" when the config's FSDP keys ask for them. A strategy @qlora/distributed does not provide
  * is an error naming the key.
  */
-export function rankRuntime(
-  dist: DistributedModule,
-  config: TrainConfig,
-  comm: Distributed.MpiCommunicator,
-): RankRuntime {
+export function rankRuntime(dist: DistributedModule, config: TrainConfig, comm: Distributed.Communicator): RankRuntime {
   const choice = chooseStrategy(config, comm.worldSize);
   if (choice.name === "ddp" && config.ddp === false)
     throw new CliError(
@@ -154,9 +150,23 @@ export function rankRuntime(
 }
 
 /** The FSDP strategy registers itself under "fsdp" when @qlora/distributed has one (looked up, not assumed). */
-function registerFsdp(dist: DistributedModule, comm: Distributed.MpiCommunicator, accumulation: number): void {
+function registerFsdp(dist: DistributedModule, comm: Distributed.Communicator, accumulation: number): void {
   const register = (dist as unknown as Record<string, unknown>).registerFsdpStrategy;
   if (typeof register === "function") register({ communicator: comm, gradientAccumulationSteps: accumulation });
+}
+
+/**
+ * One process whose config asks for FSDP (full_shard): the fsdp strategy over a world of one, so a checkpoint
+ * written by N ranks resumes here and one written here resumes on N ranks. Undefined: train without a strategy.
+ */
+export async function singleProcessRuntime(config: TrainConfig): Promise<RankRuntime | undefined> {
+  if (chooseStrategy(config, 1).name !== "fsdp") return undefined;
+  const dist = await loadDistributed(fsdpKey(config));
+  return rankRuntime(dist, config, new dist.LocalCommunicator());
+}
+
+function fsdpKey(config: TrainConfig): string {
+  return config.fsdp !== undefined ? "fsdp" : "fsdp_config";
 }
 
 /** Threads per rank when --threads is not given: the cores shared out between the ranks on this machine. */

@@ -204,6 +204,21 @@ describe(`qlora train on several processes${skip}`, () => {
       expect(files).toContain("adapter_model.safetensors");
       // (DDP's checkpoint has one optimizer file: these shards show the fsdp strategy ran)
       expect(files.filter((f) => /^optimizer-shard-\d-of-2\.safetensors$/.test(f))).toHaveLength(2);
+      // one process with the same config resumes that 2-rank checkpoint (FSDP over a world of one)
+      const resumed = await runCli([
+        "--quiet",
+        "--json",
+        "train",
+        fsdp,
+        "--output-dir",
+        out,
+        "--max-steps",
+        String(STEPS + 2),
+        "--resume-from-checkpoint",
+        "true",
+      ]);
+      expect(resumed.err).toBe("");
+      expect(JSON.parse(resumed.out).globalStep).toBe(STEPS + 2);
     },
     120_000,
   );

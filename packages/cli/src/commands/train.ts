@@ -4,7 +4,14 @@ import type { Command } from "commander";
 import { loadTrainConfig } from "../config";
 import { CliError } from "../errors";
 import { type GlobalOptions, type Io, positiveInt } from "../main";
-import { launchRanks, loadDistributed, rankRuntime, threadsPerRank, worldFromEnv } from "../ranks";
+import {
+  launchRanks,
+  loadDistributed,
+  rankRuntime,
+  singleProcessRuntime,
+  threadsPerRank,
+  worldFromEnv,
+} from "../ranks";
 import { type TrainResult, runTrain } from "../train";
 
 /** `--lora-r 16 --sample-packing true` → { "lora-r": "16", "sample-packing": "true" }. */
@@ -57,7 +64,8 @@ export function registerTrain(program: Command, io: Io): void {
       };
       process.once("SIGINT", onSigint);
       try {
-        printResult(io, global, await runTrain(config, { quiet: global.quiet, signal: abort.signal }));
+        const parallel = await singleProcessRuntime(config);
+        printResult(io, global, await runTrain(config, { quiet: global.quiet, signal: abort.signal, parallel }));
       } finally {
         process.removeListener("SIGINT", onSigint);
       }
