@@ -7,6 +7,7 @@ import "../../src/cuda.test";
 import "../../src/attention-tc.test";
 import "../../src/lora-accumulate.test";
 import "../../src/nccl.test";
+import "../../src/nccl-logic.test";
 import "../../test/fixtures.test";
 import { cudaDeviceStatus } from "../../src/index";
 import { tryLoadNative } from "../../src/native";
