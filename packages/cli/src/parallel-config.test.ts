@@ -46,7 +46,7 @@ describe("strategy from the config (Axolotl keys)", () => {
     expect(bad("fsdp: [fully_shard]\n")).toThrow(/fsdp\[0\]: unknown FSDP option "fully_shard"/);
     expect(bad("fsdp: [full_shard, shard_grad_op]\n")).toThrow(/keep one/);
     expect(bad("fsdp_config:\n  fsdp_offload_params: true\n")).toThrow(
-      /c\.yaml:4: fsdp_config\.fsdp_offload_params: expected one of false \(CPU offload is not supported\), got true/,
+      /c\.yaml:4: fsdp_config\.fsdp_offload_params: expected one of false \(CPU offload is not supported\), got true$/m,
     );
     expect(bad("fsdp_config: {fsdp_sharding_strategy: HYBRID_SHARD}\n")).toThrow(
       /fsdp_config\.fsdp_sharding_strategy: expected one of "FULL_SHARD", "SHARD_GRAD_OP"/,

@@ -105,7 +105,8 @@ export function parallelConfigIssues(c: ParallelKeys): Issue[] {
     if (allowed && !allowed.includes(value))
       issues.push({
         path: ["fsdp_config", key],
-        message: `expected one of ${allowed.map((v) => JSON.stringify(v)).join(", ")}${name === "offload_params" ? " (CPU offload is not supported)" : ""}, got ${JSON.stringify(value)}`,
+        // the config's error printer adds ", got <value>"
+        message: `expected one of ${allowed.map((v) => JSON.stringify(v)).join(", ")}${name === "offload_params" ? " (CPU offload is not supported)" : ""}`,
       });
   }
   const fromList = options.find((o) => o === "full_shard" || o === "shard_grad_op");
