@@ -229,6 +229,14 @@ interface QuantizeJob {
 }
 
 /**
+ * Whether the backend quantizes natively. The reference backend's quantize4bit is @qlora/nf4 on the calling
+ * thread, so for it (and backends without the op) big weights go to the worker pool instead.
+ */
+function nativeQuantizer(be: Backend): boolean {
+  return be.quantize4bit !== undefined && be.name !== "reference";
+}
+
+/**
  * Turns read weights into Linear4bit layers: straight into backend buffers by the backend's own quantizer
  * when it has one (the cpu backend's native kernel: synchronous, on its thread pool, while the next tensor's
  * read runs in libuv's threads), else @qlora/nf4's quantize4bit on a worker pool for big weights (created
@@ -243,7 +251,7 @@ class Quantizer {
   build(job: QuantizeJob): Linear4bit | Promise<Linear4bit> {
     const { quantType, blocksize, doubleQuant } = job.quant;
     const options = { bias: job.bias, backend: this.backend };
-    if (this.backend.quantize4bit || this.threads <= 1 || job.data.length < 1 << 20)
+    if (nativeQuantizer(this.backend) || this.threads <= 1 || job.data.length < 1 << 20)
       return Linear4bit.quantize(job.data, {
         ...options,
         shape: job.shape,

@@ -4,6 +4,7 @@
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { cpuBackend, cpuBackendInfo } from "@qlora/cpu-kernels";
 import { openSafetensors } from "@qlora/formats";
 import { type Embedding, Linear, Linear4bit, noGrad, type RMSNorm, type Tensor } from "@qlora/tensor";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -127,6 +128,39 @@ describe("quantizing on worker threads", () => {
     one.model.dispose();
     two.model.dispose();
   });
+
+  const native = cpuBackendInfo(cpuBackend)?.native === true && cpuBackend.quantize4bit !== undefined;
+  it.skipIf(!native)(
+    `the cpu backend's native quantizer gives the reference backend's bytes (its 2-worker load)${native ? "" : " — skipped: the cpu-kernels addon (with quantize4bit) did not load"}`,
+    async () => {
+      const d = path("wide-native");
+      await writeTinyModel(d, spec("llama"), {
+        dtype: "bfloat16",
+        configOverrides: { hidden_size: 1024, intermediate_size: 1024, num_hidden_layers: 1, num_attention_heads: 8 },
+      });
+      const cpu = await loadModel(d, { backend: cpuBackend });
+      const ref = await loadModel(d, { backend: "reference", quantizeThreads: 2 });
+      let compared = 0;
+      for (const [name, m] of cpu.model.namedModules()) {
+        if (!(m instanceof Linear4bit)) continue;
+        compared++;
+        const a = cpu.model.stateDict();
+        const b = ref.model.stateDict();
+        const bytes = (t: Tensor) => {
+          const v = t.toTypedArray();
+          return Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+        };
+        for (const key of Object.keys(a).filter((k) => k.startsWith(`${name}.`)))
+          expect(bytes(a[key]).equals(bytes(b[key])), key).toBe(true);
+      }
+      expect(compared).toBe(7); // q, k, v, o, gate, up, down
+      expect(cpu.model.getSubmodule<Linear4bit>("model.layers.0.mlp.gate_proj").quantizedWeight.backend).toBe(
+        cpuBackend,
+      );
+      cpu.model.dispose();
+      ref.model.dispose();
+    },
+  );
 });
 
 describe("bitsandbytes checkpoints", () => {
