@@ -2,9 +2,11 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as distributed from "@qlora/distributed";
+import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { runCli } from "../test/helpers";
 import { parseTrainConfig } from "./config";
+import { CliError } from "./errors";
 import { singleProcessParts } from "./estimate";
 import { launcherTerminal } from "./progress";
 import { chooseStrategy, fsdpOptions, wantsActivationCheckpointing } from "./parallel-config";
@@ -57,6 +59,42 @@ describe("strategy from the config (Axolotl keys)", () => {
     );
     expect(bad("ddp: true\nfsdp: [full_shard]\n")).toThrow(/ddp: ddp: true and fsdp\/fsdp_config ask for two/);
     expect(bad("ddp_timeout: 0\n")).toThrow(/ddp_timeout/);
+  });
+});
+
+describe("fuzz: the multi-process keys", () => {
+  it("any fsdp / fsdp_config / ddp values either parse (and choose a strategy) or throw a CliError", () => {
+    const option = fc.oneof(
+      fc.constantFrom("full_shard", "shard_grad_op", "auto_wrap", "offload", "hybrid_shard", "FULL_SHARD", ""),
+      fc.string(),
+    );
+    const scalar = fc.oneof(fc.string(), fc.boolean(), fc.integer(), fc.constant(null));
+    const configKey = fc.oneof(
+      fc.constantFrom("fsdp_sharding_strategy", "sharding_strategy", "fsdp_offload_params", "activation_checkpointing"),
+      fc.string(),
+    );
+    const value = fc.oneof(fc.constantFrom("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", true, false), scalar);
+    const keys = fc.record(
+      {
+        fsdp: fc.oneof(fc.array(option, { maxLength: 4 }), option, scalar),
+        fsdp_config: fc.oneof(fc.dictionary(configKey, value, { maxKeys: 4 }), scalar),
+        ddp: scalar,
+        fsdp_version: scalar,
+      },
+      { requiredKeys: [] },
+    );
+    fc.assert(
+      fc.property(keys, fc.integer({ min: 1, max: 8 }), (extra, worldSize) => {
+        const text = JSON.stringify({ base_model: "m", datasets: [{ path: "d" }], adapter: "lora", ...extra });
+        try {
+          const config = parseTrainConfig(text, "c.yaml");
+          expect(["single", "ddp", "fsdp", "sharded-optimizer"]).toContain(chooseStrategy(config, worldSize).name);
+        } catch (e) {
+          expect(e).toBeInstanceOf(CliError);
+        }
+      }),
+      { numRuns: 300 },
+    );
   });
 });
 
