@@ -17,6 +17,17 @@ const MICRO = 2;
 const ACCUM = 2;
 const STEPS = 3;
 
+/** Each job's result by world size (the FSDP checkpoint test reads the save at N = 2 and the resume at N = 3). */
+// biome-ignore lint/suspicious/noExplicitAny: the jobs' JSON results
+const jobs = new Map<number, any>();
+const ckpt2 = join(work, "fsdp-ckpt-2");
+/** A copy of the N = 2 job's checkpoints without the last one, to resume from checkpoint-2. */
+function resumable(to: string): string {
+  cpSync(ckpt2, to, { recursive: true });
+  rmSync(join(to, "checkpoint-3"), { recursive: true });
+  return to;
+}
+
 function maxAbsDiff(a: number[], b: number[]): number {
   expect(a.length).toBe(b.length);
   let m = 0;
@@ -31,9 +42,15 @@ for (const n of [2, 3]) {
     beforeAll(async () => {
       if (!mpirun.ok) return;
       const out = join(work, `job-${n}.json`);
-      const r = await runRanks(n, "job.ts", [out, String(MICRO), String(ACCUM), String(STEPS)]);
+      // FSDP checkpoints: saved by the N = 2 job, resumed by the N = 3 job (this file's describes run in order)
+      const ckpt =
+        n === 2
+          ? { TEST_FSDP_CKPT_DIR: ckpt2, TEST_FSDP_CKPT_MODE: "save" }
+          : { TEST_FSDP_CKPT_DIR: resumable(join(work, "fsdp-ckpt-3")), TEST_FSDP_CKPT_MODE: "resume" };
+      const r = await runRanks(n, "job.ts", [out, String(MICRO), String(ACCUM), String(STEPS)], ckpt);
       if (r.exitCode !== 0) throw new Error(`mpirun -n ${n} exited ${r.exitCode}:\n${r.stderr}`);
       job = JSON.parse(readFileSync(out, "utf8"));
+      jobs.set(n, job);
     });
 
     it.skipIf(!mpirun.ok)("every collective, f32/f64/i32, odd sizes, overlapped: matches its definition", () => {
@@ -209,59 +226,40 @@ describe(`FSDP checkpoints${noMpi}`, () => {
   it.skipIf(!mpirun.ok)(
     "saved at N = 2 as one PEFT adapter + one optimizer shard per rank; resumed at N = 3 and at N = 1 to the uninterrupted adapter",
     async () => {
-      const GLOBAL = 6; // the same global batch at every world size: N · micro-batch
-      const dir2 = join(work, "fsdp-ckpt-2");
-      const saved = join(work, "fsdp-saved.json");
-      const r = await runRanks(2, "fsdp-resume.ts", [saved, dir2, String(GLOBAL / 2), String(ACCUM), "3", "save"]);
-      expect(r.exitCode, r.stderr).toBe(0);
-      const full = JSON.parse(readFileSync(saved, "utf8"));
-      const ckpt = join(dir2, "checkpoint-2");
-      expect(readdirSync(ckpt).sort()).toEqual(
-        [
-          "adapter_config.json",
-          "adapter_model.safetensors",
-          "optimizer-shard-0-of-2.json",
-          "optimizer-shard-0-of-2.safetensors",
-          "optimizer-shard-1-of-2.json",
-          "optimizer-shard-1-of-2.safetensors",
-          "optimizer.json",
-          "plugins.json",
-          "rng_state.json",
-          "scheduler.json",
-          "trainer_state.json",
-        ].filter((f) => f !== "plugins.json" || existsSync(join(ckpt, f))),
-      );
+      const full = jobs.get(2).fsdpCheckpoint; // N = 2, 3 steps, a checkpoint after each
+      const at3 = jobs.get(3).fsdpCheckpoint; // N = 3, resumed from checkpoint-2
+      const ckpt = join(ckpt2, "checkpoint-2");
+      const files = readdirSync(ckpt).filter((f) => f !== "plugins.json" && f !== "plugins.safetensors");
+      expect(files.sort()).toEqual([
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "optimizer-shard-0-of-2.json",
+        "optimizer-shard-0-of-2.safetensors",
+        "optimizer-shard-1-of-2.json",
+        "optimizer-shard-1-of-2.safetensors",
+        "optimizer.json",
+        "rng_state.json",
+        "scheduler.json",
+        "trainer_state.json",
+      ]);
       const manifest = JSON.parse(readFileSync(join(ckpt, "optimizer.json"), "utf8"));
       expect(manifest.world_size).toBe(2);
       // the two shards partition the parameters' optimizer state
       const names = manifest.shards.map((s: { names: string[] }) => s.names);
-      expect(names[0].length + names[1].length).toBe(new Set([...names[0], ...names[1]]).size);
       expect(names[0].length).toBeGreaterThan(0);
       expect(names[1].length).toBeGreaterThan(0);
+      expect(new Set([...names[0], ...names[1]]).size).toBe(names[0].length + names[1].length);
 
-      // resume from checkpoint-2 (copies: each resumed run writes its own checkpoint-3)
-      const fresh = (to: string) => {
-        cpSync(dir2, to, { recursive: true });
-        rmSync(join(to, "checkpoint-3"), { recursive: true });
-        return to;
-      };
-      const dir3 = fresh(join(work, "fsdp-ckpt-3"));
-      const out3 = join(work, "fsdp-resumed-3.json");
-      const r3 = await runRanks(3, "fsdp-resume.ts", [out3, dir3, String(GLOBAL / 3), String(ACCUM), "3", "resume"]);
-      expect(r3.exitCode, r3.stderr).toBe(0);
-      const at3 = JSON.parse(readFileSync(out3, "utf8"));
-
-      const dir1 = fresh(join(work, "fsdp-ckpt-1"));
       const strategy = new FsdpStrategy({ communicator: new LocalCommunicator() });
       let loaded1: number[] = [];
       const at1 = await trainAdapter({
         rank: 0,
         worldSize: 1,
-        microBatch: GLOBAL,
+        microBatch: 6,
         accumulation: ACCUM,
         steps: 3,
         strategy,
-        outputDir: dir1,
+        outputDir: resumable(join(work, "fsdp-ckpt-1")),
         resume: true,
         checkpointIO: (lora) => fsdpCheckpointIO({ strategy, lora }),
         onLoad: (v) => {
@@ -273,7 +271,7 @@ describe(`FSDP checkpoints${noMpi}`, () => {
       expect(loaded1).toEqual(full.afterStep2);
       expect(at3.losses.length).toBe(1);
       expect(at1.losses.length).toBe(1);
-      // and step 3 (optimizer state resharded from 2 to 3 ranks, and to 1) lands on the uninterrupted N = 2 adapter
+      // step 3 (optimizer state resharded from 2 ranks to 3, and to 1) lands on the uninterrupted N = 2 adapter
       const d3 = maxAbsDiff(at3.values, full.values);
       const d1 = maxAbsDiff(at1.values, full.values);
       console.log(

@@ -1,7 +1,15 @@
-// Run under mpirun: the collectives check, then DDP training of the tiny QLoRA setup; rank 0 writes both results
+// Run under mpirun: the collectives check, then DDP, sharded-optimizer and FSDP training of the tiny QLoRA setup,
+// and an FSDP checkpoint run ($TEST_FSDP_CKPT_DIR, $TEST_FSDP_CKPT_MODE save|resume); rank 0 writes the results
 // to argv[2] (one job per world size keeps the suite fast: rank start-up dominates).
 import { writeFileSync } from "node:fs";
-import { DdpStrategy, FsdpStrategy, ShardedOptimizerStrategy, mpiWorld, runRank } from "../../src/index";
+import {
+  DdpStrategy,
+  FsdpStrategy,
+  ShardedOptimizerStrategy,
+  fsdpCheckpointIO,
+  mpiWorld,
+  runRank,
+} from "../../src/index";
 import { trainAdapter } from "../qlora-run";
 import { checkCollectives } from "./collectives";
 
@@ -64,10 +72,21 @@ await runRank(
       };
     }
     const fsdp = process.env.TEST_OUTPUT_DIR ? undefined : await fsdpRuns();
+    const ckptDir = process.env.TEST_FSDP_CKPT_DIR;
+    const fsdpCheckpoint = ckptDir ? await fsdpCheckpointRun(ckptDir, process.env.TEST_FSDP_CKPT_MODE) : undefined;
     if (comm.rank === 0)
       writeFileSync(
         out,
-        JSON.stringify({ collectives, ...r, stats: strategy.stats, agree: [...agree], seconds, sharded, fsdp }),
+        JSON.stringify({
+          collectives,
+          ...r,
+          stats: strategy.stats,
+          agree: [...agree],
+          seconds,
+          sharded,
+          fsdp,
+          fsdpCheckpoint,
+        }),
       );
   },
   { abort: (c) => comm.abort(c), rank: comm.rank, worldSize: comm.worldSize },
@@ -108,4 +127,32 @@ async function fsdpRuns() {
     return { values: r.values, losses: r.losses, agree: [...agreeF], perRank, stats: { ...st.stats, ...g } };
   };
   return { tiny: await run(2, steps), deep: await run(8, 1) };
+}
+
+/**
+ * FSDP with a checkpoint every step (fsdpCheckpointIO), or resumed from the latest one in `dir`. The global batch
+ * is 6 rows at every world size (6/N per rank), so runs at different N train on the same batches.
+ */
+async function fsdpCheckpointRun(dir: string, mode: string | undefined) {
+  const strategy = new FsdpStrategy({ communicator: comm });
+  let afterLoad: number[] | undefined;
+  let afterStep2: number[] | undefined;
+  const r = await trainAdapter({
+    rank: comm.rank,
+    worldSize: comm.worldSize,
+    microBatch: 6 / comm.worldSize,
+    accumulation: accum,
+    steps: 3,
+    strategy,
+    outputDir: dir,
+    resume: mode === "resume",
+    checkpointIO: (lora) => fsdpCheckpointIO({ strategy, lora, baseModelNameOrPath: "tiny-llama" }),
+    onLoad: (v) => {
+      afterLoad = v;
+    },
+    onStep: (step, adapter) => {
+      if (step === 2) afterStep2 = adapter();
+    },
+  });
+  return { values: r.values, losses: r.losses, afterLoad, afterStep2 };
 }
