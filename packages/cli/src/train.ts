@@ -75,6 +75,7 @@ export const DATASET_FORMATS: Record<TrainConfig["datasets"][number]["type"], Da
 export async function loadBase(
   config: TrainConfig,
   quiet = false,
+  stream: NodeJS.WriteStream = process.stderr,
 ): Promise<{ model: CausalLM; tokenizer: HfTokenizer }> {
   const dir = config.base_model;
   if (!existsSync(join(dir, "config.json")))
@@ -82,7 +83,7 @@ export async function loadBase(
   const quantize = config.load_in_4bit
     ? { quantType: config.bnb_4bit_quant_type, doubleQuant: config.bnb_4bit_use_double_quant, blocksize: 64 }
     : false;
-  const bar = layerProgress(`loading ${dir}`, quiet);
+  const bar = layerProgress(`loading ${dir}`, quiet, stream);
   const { model } = await loadModel(dir, { quantize, onProgress: bar.onProgress }).finally(bar.stop);
   const tokenizer = await loadTokenizer(dir);
   return { model, tokenizer };
@@ -212,7 +213,7 @@ export async function runTrain(config: TrainConfig, options: TrainOptions = {}):
     stream.write(
       "qlora: bf16: true — the CPU backend computes in f32; training in f32 (bf16: auto says this silently)\n",
     );
-  const { model, tokenizer } = await loadBase(config, options.quiet || !isMain);
+  const { model, tokenizer } = await loadBase(config, options.quiet || !isMain, stream);
   const lora = !config.adapter
     ? undefined
     : config.lora_model_dir
