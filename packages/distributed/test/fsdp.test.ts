@@ -4,7 +4,7 @@
  * in recomputation and freed after, and the optimizer-state wire encoding round-trips. The multi-rank tests are in
  * mpi-job.test.ts.
  */
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { LoraModel } from "@qlora/lora";
@@ -61,11 +61,15 @@ describe("FsdpStrategy (one process)", () => {
     const outputDir = join(work, "ckpt");
     const run = { rank: 0, worldSize: 1, microBatch: 4, accumulation: 1, steps: 3 };
     const strategy = new FsdpStrategy({ communicator: new LocalCommunicator() });
+    let afterStep2: number[] = [];
     const full = await trainAdapter({
       ...run,
       strategy,
       outputDir,
       checkpointIO: (lora) => fsdpCheckpointIO({ strategy, lora }),
+      onStep: (step, adapter) => {
+        if (step === 2) afterStep2 = adapter();
+      },
     });
     rmSync(join(outputDir, "checkpoint-3"), { recursive: true });
     const resumedStrategy = new FsdpStrategy({ communicator: new LocalCommunicator() });
@@ -80,9 +84,23 @@ describe("FsdpStrategy (one process)", () => {
         afterLoad = v;
       },
     });
-    expect(afterLoad.length).toBe(full.values.length);
+    expect(afterLoad).toEqual(afterStep2); // bit for bit
     expect(resumed.losses.length).toBe(1);
     expect(maxAbsDiff(resumed.values, full.values)).toBeLessThan(1e-6);
+
+    // a checkpoint whose optimizer.json is not an FSDP manifest is refused, naming the file
+    const manifest = join(outputDir, "checkpoint-3", "optimizer.json"); // the latest, written by the resumed run
+    writeFileSync(manifest, JSON.stringify({ format: "paged-optim" }));
+    const other = new FsdpStrategy({ communicator: new LocalCommunicator() });
+    await expect(
+      trainAdapter({
+        ...run,
+        strategy: other,
+        outputDir,
+        resume: true,
+        checkpointIO: (lora) => fsdpCheckpointIO({ strategy: other, lora }),
+      }),
+    ).rejects.toThrow(/checkpoint-3\/optimizer\.json: not an FSDP optimizer manifest/);
   });
 
   it("a sharded layer used outside its unit's gather is a NOT_GATHERED error naming it", async () => {
@@ -147,6 +165,40 @@ describe("FsdpStrategy (one process)", () => {
     expect(m.units).toBe(2);
     expect(m.shardBytes).toBeGreaterThanOrEqual(m.unshardedBaseBytes);
     expect(m.shardBytes - m.unshardedBaseBytes).toBeLessThan(4 * m.units); // padding only (N = 1)
+  });
+});
+
+describe("ShardedLinear4bit with a bias (Qwen2's q/k/v projections)", () => {
+  it("the sharded model's logits equal the unsharded model's", async () => {
+    const config = parseConfig({
+      architectures: ["Qwen2ForCausalLM"],
+      vocab_size: 32,
+      hidden_size: 64,
+      intermediate_size: 128,
+      num_hidden_layers: 2,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      max_position_embeddings: 32,
+    });
+    const build = () =>
+      createModel(config, randomLayers({ seed: 5, quantize: { quantType: "nf4", doubleQuant: true } }));
+    const plain = build();
+    const sharded = build();
+    const q = sharded.getSubmodule<Linear4bit>("model.layers.0.self_attn.q_proj");
+    const bias = q.bias?.toArray();
+    expect(bias?.length).toBe(64);
+    const s = new FsdpStrategy({ communicator: new LocalCommunicator() });
+    await s.setup({ model: sharded, optimizer: {} as never, params: new Map() });
+    const sq = sharded.getSubmodule<Linear4bit>("model.layers.0.self_attn.q_proj");
+    expect(sq).toBeInstanceOf(ShardedLinear4bit);
+    expect(sq.bias?.toArray()).toEqual(bias);
+    const ids = tensor(Int32Array.from([1, 5, 9, 3, 7, 2]), { dtype: "i32", shape: [1, 6] });
+    const a = noGrad(() => plain.forward({ inputIds: ids }).logits?.toArray() ?? []);
+    const b = noGrad(() => sharded.forward({ inputIds: ids }).logits?.toArray() ?? []);
+    expect(b.length).toBe(a.length);
+    expect(b).toEqual(a);
+    expect(s.gatherStats.forwardGathers).toBe(2);
+    expect(s.memory().gatheredBytes).toBe(0);
   });
 });
 
