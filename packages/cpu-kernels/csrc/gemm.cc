@@ -12,6 +12,7 @@
 #include "gemm_driver.h"
 #include "gemm_kernels.h"
 #include "gemm_napi.h"
+#include "gemm_pack.h"
 #include "pool.h"
 #include "registry.h"
 
@@ -44,6 +45,12 @@ struct DenseA final : APacker {
   void pack(int64_t i0, int64_t mc, int64_t p0, int64_t kc, int mr, float* dst) const override {
     for (int64_t s = 0; s < mc; s += mr, dst += mr * kc) {
       const int64_t rows = std::min<int64_t>(mr, mc - s);
+      if constexpr (std::is_same_v<T, float>) {
+        if (!trans) {
+          pack_a_rows_f32(data + (i0 + s) * ld + p0, ld, rows, kc, mr, dst);
+          continue;
+        }
+      }
       if (rows < mr) std::memset(dst, 0, sizeof(float) * mr * kc);
       if (!trans) {
         for (int64_t ii = 0; ii < rows; ++ii) {

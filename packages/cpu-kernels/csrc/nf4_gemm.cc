@@ -11,6 +11,7 @@
 
 #include "gemm_driver.h"
 #include "gemm_napi.h"
+#include "gemm_pack.h"
 #include "nf4_format.h"
 #include "nf4_gemv.h"
 #include "registry.h"
@@ -28,14 +29,8 @@ struct RowMajorA final : APacker {
   int64_t ld;
   RowMajorA(const float* d, int64_t l) : data(d), ld(l) {}
   void pack(int64_t i0, int64_t mc, int64_t p0, int64_t kc, int mr, float* dst) const override {
-    for (int64_t s = 0; s < mc; s += mr, dst += mr * kc) {
-      const int64_t rows = std::min<int64_t>(mr, mc - s);
-      if (rows < mr) std::memset(dst, 0, sizeof(float) * mr * kc);
-      for (int64_t ii = 0; ii < rows; ++ii) {
-        const float* src = data + (i0 + s + ii) * ld + p0;
-        for (int64_t p = 0; p < kc; ++p) dst[p * mr + ii] = src[p];
-      }
-    }
+    for (int64_t s = 0; s < mc; s += mr, dst += mr * kc)
+      pack_a_rows_f32(data + (i0 + s) * ld + p0, ld, std::min<int64_t>(mr, mc - s), kc, mr, dst);
   }
 };
 
