@@ -10,6 +10,7 @@ describe("Communicator argument checks (LocalCommunicator: a world of one)", () 
       /allReduce: data must be a Float32Array, Float64Array or Int32Array, got \[object Uint8Array\]/,
     );
     expect(() => comm.allGather([1, 2] as unknown as CommArray)).toThrow(/allGather: data must be/);
+    expect(() => comm.allGatherBlocking([1, 2] as unknown as CommArray)).toThrow(/allGatherBlocking: data must be/);
   });
   it("reduce ops are checked, and avg needs floats", () => {
     expect(() => comm.allReduce(new Float32Array(2), "prod" as "sum")).toThrow(
@@ -24,6 +25,7 @@ describe("Communicator argument checks (LocalCommunicator: a world of one)", () 
     const x = Float32Array.of(1, 2, 3);
     await comm.allReduce(x, "avg").done;
     expect([...x]).toEqual([1, 2, 3]);
+    expect([...comm.allGatherBlocking(Int32Array.of(6, 7))]).toEqual([6, 7]);
     expect([...(await comm.allGather(Int32Array.of(4, 5)).done)]).toEqual([4, 5]);
     expect([...(await comm.reduceScatter(Float64Array.of(6), "max").done)]).toEqual([6]);
   });

@@ -64,6 +64,10 @@ export async function checkCollectives(comm: Communicator) {
       seed++;
       const g = await comm.allGather(input(dtype, n, rank, seed)).done;
       check(`allGather ${dtype} n=${n}`, g, referenceCollectives.allGather(parts(dtype, n, seed)), dtype);
+      seed++;
+      const gb = comm.allGatherBlocking?.(input(dtype, n, rank, seed)) ?? new Float64Array(0);
+      check(`allGatherBlocking ${dtype} n=${n}`, gb, referenceCollectives.allGather(parts(dtype, n, seed)), dtype);
+      cases++;
       for (let root = 0; root < worldSize; root++) {
         seed++;
         const b = input(dtype, n, rank, seed);
