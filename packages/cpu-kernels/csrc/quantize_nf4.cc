@@ -123,14 +123,13 @@ void codes_scalar(const float* x, int64_t len, float r, bool nf4, uint8_t* out) 
 // AVX2 path: whole blocks (every blocksize is a multiple of 32), 32 elements per step.
 
 #if defined(__x86_64__)
-__attribute__((target("avx2"))) void widen_avx2(const void* in, InKind kind, int64_t start, int64_t len,
-                                                float* out) {
+// bf16 -> f32: the 16 bits become the high half of the float (exact).
+__attribute__((target("avx2"))) void widen_bf16_avx2(const void* in, int64_t start, int64_t len, float* out) {
   const uint16_t* s = static_cast<const uint16_t*>(in) + start;
   for (int64_t i = 0; i < len; i += 8) {
     const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
     _mm256_storeu_ps(out + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
   }
-  (void)kind;
 }
 
 // f16 -> f32 with F16C (exact, subnormals included; NaN stays NaN, which only ever meets the NaN policy).
@@ -178,7 +177,8 @@ __attribute__((target("avx2"))) inline Nf4Search nf4_search() {
 }
 __attribute__((target("avx2"))) inline __m256i nf4_codes8(__m256 y, const Nf4Search& s) {
   const auto gt = [&](__m256i table, __m256i idx) {
-    return _mm256_castps_si256(_mm256_cmp_ps(y, _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(table, idx)), _CMP_GT_OQ));
+    const __m256 t = _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(table, idx));
+    return _mm256_castps_si256(_mm256_cmp_ps(y, t, _CMP_GT_OQ));
   };
   __m256i c = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(y, s.t7, _CMP_GT_OQ)), _mm256_set1_epi32(8));
   c = _mm256_or_si256(c, _mm256_and_si256(gt(s.t3, _mm256_srli_epi32(c, 3)), _mm256_set1_epi32(4)));
@@ -242,7 +242,7 @@ void quantize_blocks(const Job& j, int64_t b0, int64_t b1) {
     float m;
 #if defined(__x86_64__)
     if (j.avx2 && full) {
-      if (j.kind == InKind::BF16) widen_avx2(j.in, j.kind, start, len, buf), x = buf;
+      if (j.kind == InKind::BF16) widen_bf16_avx2(j.in, start, len, buf), x = buf;
       else if (j.kind == InKind::F16 && j.f16c) widen_f16c(j.in, start, len, buf), x = buf;
       else if (j.kind == InKind::F16) widen_scalar(j.in, j.kind, start, len, buf), x = buf;
       m = absmax_avx2(x, len);
@@ -332,10 +332,12 @@ Napi::Value Quantize4bit(const Napi::CallbackInfo& info) {
   if (x.ok() && (bs < 32 || bs > kMaxBlock || (bs & (bs - 1)) != 0))
     x.fail_range("blocksize", "a power of two from 32 to 4096");
   const int64_t n = typed_length(info, 0);
-  const void* in = kind == 0 ? static_cast<const void*>(typed<float>(x, info, 0, "input", napi_float32_array, 0, "a Float32Array"))
-                             : typed<uint16_t>(x, info, 0, "input", napi_uint16_array, 0, "a Uint16Array");
+  const void* in = nullptr;
+  if (kind == 0) in = typed<float>(x, info, 0, "input", napi_float32_array, 0, "a Float32Array");
+  else in = typed<uint16_t>(x, info, 0, "input", napi_uint16_array, 0, "a Uint16Array");
   auto* packed = typed<uint8_t>(x, info, 4, "packed", napi_uint8_array, (n + 1) / 2, "a Uint8Array");
-  auto* absmax = typed<float>(x, info, 5, "absmax", napi_float32_array, bs > 0 ? (n + bs - 1) / bs : 0, "a Float32Array");
+  const int64_t blocks_needed = bs > 0 ? (n + bs - 1) / bs : 0;
+  auto* absmax = typed<float>(x, info, 5, "absmax", napi_float32_array, blocks_needed, "a Float32Array");
   const int32_t want = isa_choice(x, 6);
   if (x.ok() && (want < -1 || want > 1)) x.fail_range("isa", "-1 (auto), 0 (scalar) or 1 (avx2)");
   if (x.ok() && want == 1 && !isa().avx2_fma) x.fail_range("isa", "runnable on this CPU (it lacks AVX2)");
