@@ -70,10 +70,19 @@ export async function launchRanks(nproc: number, argv: readonly string[]): Promi
     OMPI_MCA_btl_vader_single_copy_mechanism: process.env.OMPI_MCA_btl_vader_single_copy_mechanism ?? "none",
   };
   if (process.stderr.isTTY) env.QLORA_TTY_COLUMNS = String(process.stderr.columns || 80);
-  const ignore = () => {};
-  process.on("SIGINT", ignore);
+  let interrupted = false;
+  const onSigint = () => {
+    interrupted = true; // mpirun got it too (same process group) and stops the ranks; wait for it
+  };
+  process.on("SIGINT", onSigint);
   try {
     const r = await dist.launch({ nproc, argv: [...process.execArgv, script, ...withoutNproc(argv)], env });
+    if (r.exitCode !== 0 && interrupted)
+      throw new CliError(
+        "JOB_FAILED",
+        `train --nproc ${nproc}: interrupted (Ctrl-C): mpirun stopped the ranks; resume from the last save_steps checkpoint with resume_from_checkpoint: true`,
+        130,
+      );
     if (r.exitCode !== 0)
       throw new CliError(
         "JOB_FAILED",
@@ -81,7 +90,7 @@ export async function launchRanks(nproc: number, argv: readonly string[]): Promi
         1,
       );
   } finally {
-    process.off("SIGINT", ignore);
+    process.off("SIGINT", onSigint);
   }
 }
 
