@@ -54,9 +54,9 @@ export function withoutNproc(argv: readonly string[]): string[] {
 
 /**
  * `qlora train config.yaml --nproc N`: runs `mpirun -n N <node> <node flags> <this script> <the same arguments
- * without --nproc>` (process.argv: this process's own script and command line) and waits for it. Every rank's output reaches this terminal through mpirun; a TTY here is
- * passed on (QLORA_TTY_COLUMNS) so rank 0 can still draw its progress bar through mpirun's pipe. Ctrl-C reaches
- * mpirun, which ends the ranks; this process only waits for it.
+ * without --nproc>` (process.argv: this process's own script and command line) and waits for it. Every rank's
+ * output reaches this terminal through mpirun; a TTY here is passed on (QLORA_TTY_COLUMNS) so rank 0 can still draw
+ * its progress bar through mpirun's pipe. Ctrl-C reaches mpirun, which ends the ranks; this process waits for it.
  */
 export async function launchRanks(nproc: number, argv: readonly string[]): Promise<void> {
   const dist = await loadDistributed(`--nproc ${nproc}`);
@@ -126,15 +126,14 @@ export function rankRuntime(dist: DistributedModule, config: TrainConfig, comm: 
       "CONFIG_INVALID",
       `${choice.key}: shard_grad_op cannot checkpoint its sharded optimizer state yet; drop save_steps or use full_shard`,
     );
-  const accumulation = config.gradient_accumulation_steps;
   if (choice.name === "ddp")
     dist.registerDdpStrategy({
       communicator: comm,
-      gradientAccumulationSteps: accumulation,
+      gradientAccumulationSteps: config.gradient_accumulation_steps,
       bucketCapBytes: config.ddp_bucket_cap_mb === undefined ? undefined : config.ddp_bucket_cap_mb * 2 ** 20,
     });
   else if (choice.name === "sharded-optimizer") dist.registerShardedOptimizerStrategy({ communicator: comm });
-  else registerFsdp(dist, comm, accumulation);
+  else registerFsdp(dist, comm);
   let strategy: Strategy;
   try {
     strategy = strategyByName(choice.name);
@@ -147,7 +146,7 @@ export function rankRuntime(dist: DistributedModule, config: TrainConfig, comm: 
     );
   }
   const checkpointIO =
-    strategy instanceof dist.FsdpStrategy
+    typeof dist.FsdpStrategy === "function" && strategy instanceof dist.FsdpStrategy
       ? (lora: LoraModel, baseModel: string) =>
           dist.fsdpCheckpointIO({
             strategy: strategy as Distributed.FsdpStrategy,
@@ -158,10 +157,13 @@ export function rankRuntime(dist: DistributedModule, config: TrainConfig, comm: 
   return { rank: comm.rank, worldSize: comm.worldSize, strategy, checkpointIO, close: () => comm.close() };
 }
 
-/** The FSDP strategy registers itself under "fsdp" when @qlora/distributed has one (looked up, not assumed). */
-function registerFsdp(dist: DistributedModule, comm: Distributed.Communicator, accumulation: number): void {
+/**
+ * Registers "fsdp" when this @qlora/distributed has an FSDP strategy (an optional peer may be older than the CLI:
+ * looked up, not assumed; without it strategyByName reports the key).
+ */
+function registerFsdp(dist: DistributedModule, comm: Distributed.Communicator): void {
   const register = (dist as unknown as Record<string, unknown>).registerFsdpStrategy;
-  if (typeof register === "function") register({ communicator: comm, gradientAccumulationSteps: accumulation });
+  if (typeof register === "function") register({ communicator: comm });
 }
 
 /**
