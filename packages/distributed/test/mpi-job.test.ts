@@ -51,6 +51,9 @@ for (const n of [2, 3]) {
       if (r.exitCode !== 0) throw new Error(`mpirun -n ${n} exited ${r.exitCode}:\n${r.stderr}`);
       job = JSON.parse(readFileSync(out, "utf8"));
       jobs.set(n, job);
+      console.log(
+        `mpirun -n ${n}: ${r.seconds.toFixed(1)} s in all; rank 0's parts (s): ${JSON.stringify(job.phases)}`,
+      );
     });
 
     it.skipIf(!mpirun.ok)("every collective, f32/f64/i32, odd sizes, overlapped: matches its definition", () => {

@@ -17,7 +17,16 @@ const [out, micro, accum, steps] = [process.argv[2], ...process.argv.slice(3).ma
 const comm = mpiWorld();
 await runRank(
   async () => {
+    // wall seconds of each part on rank 0 (to see where the suite's time goes)
+    const phases: Record<string, number> = {};
+    let mark = performance.now();
+    const phase = (name: string) => {
+      const now = performance.now();
+      phases[name] = Math.round(now - mark) / 1000;
+      mark = now;
+    };
     const collectives = process.env.TEST_OUTPUT_DIR ? undefined : await checkCollectives(comm);
+    phase("collectives");
     const strategy = new DdpStrategy({
       communicator: comm,
       bucketCapBytes: 16 * 1024,
@@ -47,6 +56,7 @@ await runRank(
     const sameAsRank0 = mine.every((v, i) => v === root[i]);
     const agree = await comm.allGather(new Int32Array([sameAsRank0 ? 1 : 0])).done;
     // The sharded-optimizer strategy on the same data (not in the failure/resume runs: it cannot checkpoint yet).
+    phase("ddp");
     let sharded: unknown;
     if (!process.env.TEST_OUTPUT_DIR) {
       const st = new ShardedOptimizerStrategy({ communicator: comm });
@@ -71,9 +81,12 @@ await runRank(
         stats: st.stats,
       };
     }
+    phase("sharded");
     const fsdp = process.env.TEST_OUTPUT_DIR ? undefined : await fsdpRuns();
+    phase("fsdp");
     const ckptDir = process.env.TEST_FSDP_CKPT_DIR;
     const fsdpCheckpoint = ckptDir ? await fsdpCheckpointRun(ckptDir, process.env.TEST_FSDP_CKPT_MODE) : undefined;
+    phase("fsdpCheckpoint");
     if (comm.rank === 0)
       writeFileSync(
         out,
@@ -86,6 +99,7 @@ await runRank(
           sharded,
           fsdp,
           fsdpCheckpoint,
+          phases,
         }),
       );
   },
