@@ -104,6 +104,14 @@ export class FsdpStrategy extends ShardedOptimizerStrategy implements UnitOwner 
 
   /** Replace every decoder layer by an FsdpUnit holding this rank's slice of its Linear4bits' bytes. */
   private shardBase(model: Module): void {
+    const sharded = [...model.namedModules()].filter(([, m]) => m instanceof FsdpUnit).map(([, m]) => m);
+    if (sharded.length > 0) {
+      if (sharded.every((u) => this.units.includes(u as FsdpUnit))) return; // a second fit() with this strategy
+      throw new DistributedError(
+        "BAD_ARGUMENT",
+        "FsdpStrategy: the model's layers are already sharded by another FsdpStrategy; use that one (or a fresh model)",
+      );
+    }
     const layers = [...model.namedModules()].filter(([path, m]) => UNIT_PATH.test(path) && !(m instanceof FsdpUnit));
     if (layers.length === 0)
       throw new DistributedError(

@@ -160,6 +160,12 @@ describe("FsdpStrategy (one process)", () => {
     const s = new FsdpStrategy({ communicator: new LocalCommunicator() });
     await s.setup({ model, optimizer: {} as never, params });
     expect(model.getSubmodule("model.layers.1")).toBeInstanceOf(FsdpUnit);
+    await s.setup({ model, optimizer: {} as never, params }); // again (a second fit): nothing changes
+    expect(s.memory().units).toBe(2);
+    const other = new FsdpStrategy({ communicator: new LocalCommunicator() });
+    await expect(other.setup({ model, optimizer: {} as never, params })).rejects.toThrow(
+      /already sharded by another FsdpStrategy/,
+    );
     expect([...model.namedParameters()].map(([n]) => n)).toEqual(before);
     const m = s.memory();
     expect(m.units).toBe(2);
