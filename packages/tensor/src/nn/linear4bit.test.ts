@@ -88,6 +88,16 @@ describe("Linear4bit state", () => {
     m.dispose();
   });
 
+  it("without a backend quantizer: @qlora/nf4 on the host, the same bytes", () => {
+    const { quantize4bit: _, ...plain } = referenceBackend;
+    const v = values(8 * 64, 4);
+    const m = Linear4bit.quantize(v, { shape: [8, 64], doubleQuant: true, backend: plain as Backend });
+    const want = quantize4bit(v, { shape: [8, 64], doubleQuant: true });
+    expect(m.quantState.packed).toEqual(want.packed);
+    expect(m.quantState.absmax).toEqual(want.absmax);
+    m.dispose();
+  });
+
   it("bad input is a TensorError naming the argument", () => {
     expect(() => Linear4bit.quantize(new Uint16Array(64), { shape: [1, 64] })).toThrowError(/options\.dtype must say/);
     expect(() => Linear4bit.quantize(new Float32Array(64), { shape: [2, 64] })).toThrowError(TensorError);

@@ -11,6 +11,7 @@ import {
   FP4_CODE,
   type FloatDType,
   NF4_CODE,
+  quantize4bit,
   quantStateJson,
   type QuantState4bit,
   type QuantType,
@@ -18,7 +19,7 @@ import {
   type TensorRecords,
   unpackQuantState,
 } from "@qlora/nf4";
-import { quantizeWeightOnHost, uploadQuantState } from "../backend/quantize-weight";
+import { checkQuantizeWeightArgs, uploadQuantState } from "../backend/quantize-weight";
 import type { Backend, Buffer, HostBuffer, QuantizedWeightBuffers, QuantizeWeightOptions } from "../backend/types";
 import { TensorError } from "../errors";
 import { matmul4bit } from "../ops";
@@ -93,7 +94,12 @@ function stateOf(be: Backend, w: QuantizedWeightBuffers, dtype: FloatDType): Qua
  * order, dtypes and shapes), wrapping the very buffers the kernels read. They are the only copy of the 4-bit
  * state: stateDict() hands them out, `quantState` reads them.
  */
-function stateTensors(be: Backend, w: QuantizedWeightBuffers, dtype: FloatDType): Map<string, Tensor> {
+function stateTensors(
+  be: Backend,
+  w: QuantizedWeightBuffers,
+  dtype: FloatDType,
+  hostState?: QuantState4bit,
+): Map<string, Tensor> {
   const out = new Map<string, Tensor>();
   const wrap = (key: string, b: Buffer, shape: number[]) => out.set(key, keep(fromBuffer(b, be, shape, b.dtype)));
   const elements = w.shape[0] * w.shape[1];
@@ -107,7 +113,9 @@ function stateTensors(be: Backend, w: QuantizedWeightBuffers, dtype: FloatDType)
     wrap("weight.nested_absmax", a.nestedAbsmax, [Math.ceil(blocks / a.nestedBlocksize)]);
     wrap("weight.nested_quant_map", a.code, [256]);
   }
-  const json = new TextEncoder().encode(quantStateJson(stateOf(be, w, dtype)));
+  // the JSON needs the state's arrays only for validation: the caller's host copy when there is one (a device
+  // backend would otherwise download the weight for it)
+  const json = new TextEncoder().encode(quantStateJson(hostState ?? stateOf(be, w, dtype)));
   out.set(
     `weight.quant_state.bitsandbytes__${w.quantType}`,
     keep(tensor(json, { shape: [json.length], dtype: "u8", backend: be })),
@@ -146,7 +154,7 @@ export class Linear4bit extends Module {
     const be = resolveBackend(options);
     const buffers = "buffers" in state ? state.buffers : uploadQuantState(be, state);
     this._dtype = state.dtype;
-    this._stateTensors = stateTensors(be, buffers, this._dtype);
+    this._stateTensors = stateTensors(be, buffers, this._dtype, "buffers" in state ? undefined : state);
     this._weight = { backend: be, buffers };
     this.bias = bias ? this.registerParameter("bias", bias, false) : null;
   }
@@ -170,8 +178,13 @@ export class Linear4bit extends Module {
       dtype: options.dtype ?? "f32",
       shape: options.shape,
     };
-    const buffers = be.quantize4bit ? be.quantize4bit(input, o) : quantizeWeightOnHost(be, input, o);
-    return new Linear4bit({ buffers, dtype: FLOAT_DTYPE[o.dtype] }, { ...options, backend: be });
+    const layer = { ...options, backend: be };
+    if (be.quantize4bit)
+      return new Linear4bit({ buffers: be.quantize4bit(input, o), dtype: FLOAT_DTYPE[o.dtype] }, layer);
+    // no quantizer on the backend: @qlora/nf4 on the host, one upload
+    checkQuantizeWeightArgs(input, o, "Linear4bit.quantize");
+    const state = quantize4bit(input, { ...o, shape: [...o.shape], dtype: FLOAT_DTYPE[o.dtype] });
+    return new Linear4bit(state, layer);
   }
 
   /** Quantize a float weight [out, in] (f32 values, or a Tensor) into a Linear4bit. */
@@ -250,7 +263,7 @@ export class Linear4bit extends Module {
       );
     const be = this._weight.backend;
     const buffers = uploadQuantState(be, state);
-    const fresh = stateTensors(be, buffers, state.dtype);
+    const fresh = stateTensors(be, buffers, state.dtype, state);
     for (const t of this._stateTensors.values()) t.dispose();
     this._dtype = state.dtype;
     this._stateTensors = fresh;
