@@ -77,6 +77,30 @@ describe.each(isas)("4-bit kernels on the %s path", (isa) => {
   });
 });
 
+// A one-hot x makes every GEMV output one product fl32(LUT[code] * absmax) (all other terms are exact zeros),
+// so it must equal the reference's dequantized weight bit for bit. With double quantization this pins the
+// nested absmax's two roundings (spec §5.4): an FMA-contracted fl32(code * nested + offset) differs in the
+// last bit for many blocks, which the summation tolerance of the tests above cannot see.
+describe.each(isas)("4-bit GEMV on the %s path", (isa) => {
+  test.each([32, 64, 128])(
+    "a one-hot x returns the dequantized weight bit for bit, nested absmax, blocksize %i",
+    (bs) => {
+      native.gemmIsa(isa);
+      const c: Case = { quantType: "nf4", blocksize: bs, nested: true, n: 48, k: 4 * bs };
+      const { q, ref } = weight(c, bs + 7);
+      for (const col of [0, 1, bs - 1, bs, c.k - 1]) {
+        const x = new Float32Array(c.k);
+        x[col] = 1;
+        const y = new Float32Array(c.n).fill(NaN);
+        native.matmul4bit(x, 1, y, q);
+        const want = referenceMatmul4bit(x, ref, 1, false);
+        const differing = Array.from(y).filter((v, j) => v !== want[j]).length;
+        expect(differing, `column ${col}`).toBe(0);
+      }
+    },
+  );
+});
+
 test("a multi-threaded 4-bit GEMM and GEMV at a realistic width", () => {
   native.gemmIsa("");
   const c: Case = { quantType: "nf4", blocksize: 64, nested: true, n: 300, k: 512 };
