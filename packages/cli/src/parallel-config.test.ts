@@ -1,4 +1,4 @@
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as distributed from "@qlora/distributed";
@@ -134,9 +134,13 @@ describe("rank runtime (a world of two stands in for MPI_COMM_WORLD)", () => {
 });
 
 describe("qlora train --nproc: refusals before any rank starts", () => {
+  /** A config whose base model and data exist (their contents are not read before the ranks start). */
   const config = () => {
     const dir = mkdtempSync(join(tmpdir(), "qlora-nproc-"));
-    writeFileSync(join(dir, "c.yaml"), BASE);
+    mkdirSync(join(dir, "m"));
+    writeFileSync(join(dir, "m", "config.json"), "{}");
+    writeFileSync(join(dir, "d.jsonl"), "");
+    writeFileSync(join(dir, "c.yaml"), `base_model: ${join(dir, "m")}\ndatasets: [{path: ${join(dir, "d.jsonl")}}]\n`);
     return join(dir, "c.yaml");
   };
   const withEnv = async (env: Record<string, string>, run: () => Promise<void>) => {
@@ -165,6 +169,16 @@ describe("qlora train --nproc: refusals before any rank starts", () => {
     const r = await runCli(["train", file, "--nproc", "2"]);
     expect(r.code).toBe(2);
     expect(r.err).toMatch(/fsdp\[0\]: FSDP option "offload" is not supported/);
+  });
+
+  it("a missing dataset or base model is one launcher error before mpirun runs", async () => {
+    const file = config();
+    writeFileSync(file, BASE);
+    const r = await runCli(["train", file, "--nproc", "2"]);
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(/^qlora: datasets: d\.jsonl does not exist$/);
+    const noModel = await runCli(["train", config(), "--nproc", "2", "--base-model", "/nonexistent/m"]);
+    expect(noModel.err).toMatch(/^qlora: base_model: \/nonexistent\/m is not a model directory \(no config\.json\)$/);
   });
 
   it("--nproc that contradicts the mpirun job this process belongs to is refused", async () => {

@@ -197,7 +197,8 @@ export function dataTokenizer(tokenizer: HfTokenizer, config: TrainConfig): Data
   };
 }
 
-export async function runTrain(config: TrainConfig, options: TrainOptions = {}): Promise<TrainResult> {
+/** What can be checked before any work (and before `--nproc` starts its ranks, so it is said once). */
+export function checkTrainInputs(config: TrainConfig): void {
   if (config.load_in_4bit && !config.adapter)
     throw new CliError(
       "CONFIG_INVALID",
@@ -205,6 +206,12 @@ export async function runTrain(config: TrainConfig, options: TrainOptions = {}):
     );
   for (const d of config.datasets)
     if (!existsSync(d.path)) throw new CliError("BAD_PATH", `datasets: ${d.path} does not exist`);
+  if (!existsSync(join(config.base_model, "config.json")))
+    throw new CliError("BAD_PATH", `base_model: ${config.base_model} is not a model directory (no config.json)`);
+}
+
+export async function runTrain(config: TrainConfig, options: TrainOptions = {}): Promise<TrainResult> {
+  checkTrainInputs(config);
   const seed = seedEverything(config.seed);
   const { rank, worldSize } = options.parallel ?? { rank: 0, worldSize: 1 };
   const stream = options.stream ?? (worldSize > 1 ? launcherTerminal() : undefined) ?? process.stderr;

@@ -12,7 +12,7 @@ import {
   threadsPerRank,
   worldFromEnv,
 } from "../ranks";
-import { type TrainResult, runTrain } from "../train";
+import { type TrainResult, checkTrainInputs, runTrain } from "../train";
 
 /** `--lora-r 16 --sample-packing true` → { "lora-r": "16", "sample-packing": "true" }. */
 export function overridePairs(args: readonly string[]): Record<string, string> {
@@ -55,7 +55,10 @@ export function registerTrain(program: Command, io: Io): void {
       }
       // Validated here once, before any rank starts (a bad config is one error, not one per rank).
       const config = loadTrainConfig(file, overrides);
-      if (global.nproc !== undefined && global.nproc > 1) return launchRanks(global.nproc, process.argv.slice(2));
+      if (global.nproc !== undefined && global.nproc > 1) {
+        checkTrainInputs(config);
+        return launchRanks(global.nproc, process.argv.slice(2));
+      }
       const abort = new AbortController();
       const onSigint = () => {
         io.err("qlora: interrupted — writing a checkpoint at the end of this step (Ctrl-C again to quit at once)");
