@@ -42,7 +42,7 @@ constexpr size_t kGrain = 1 << 14;
 // midpoints, ties to the even index, NaN -> 0), the function @qlora/nf4's quantize8bitValue implements.
 // It is monotone in y, so it is a step function with 255 steps: Quantizer finds each step's first float
 // once per map (bisection over the order-preserving integer keys of floats) and then answers with a
-// table of 2^18 buckets of 2^14 consecutive floats (finer than the dynamic maps' codes, so a bucket holds
+// table of 2^16 buckets of 2^16 consecutive floats (finer than the dynamic maps' codes, so a bucket holds
 // at most one step) plus one key comparison: exactly the literal search's result.
 
 uint8_t literal(const float* c, float y) {
@@ -91,9 +91,10 @@ struct Quantizer {
   // a second step does too (bit 22; never for the dynamic maps at this width). One small load answers the
   // search: a chain of dependent loads (bucket, then firstKey) measured 2-3x slower, and a small table
   // stays in cache while the update streams parameters and states through it.
-  static constexpr int kShift = 14;
+  static constexpr int kShift = 16;
   static constexpr uint32_t kLow = (1u << kShift) - 1;
   std::vector<uint32_t> buckets;
+  bool anyMore = false;  // some bucket holds two steps (bit 22 set somewhere; none for the dynamic maps)
   // Codes [0, negatives) have the sign bit set and no other code has (true of the signed dynamic map,
   // 127; 0 for the unsigned one), so the sign fix compares indices; -1 when a map is not ordered so.
   int negatives = -1;
@@ -128,6 +129,7 @@ struct Quantizer {
       while (c < 255 && first >= firstKey[c]) ++c;
       const bool inside = c < 255 && firstKey[c] <= last;
       const bool more = inside && c < 254 && firstKey[c + 1] <= last;
+      anyMore = anyMore || more;
       buckets[bk] = (uint32_t(c) << 24) | (uint32_t(inside) << 23) | (uint32_t(more) << 22) |
                     (inside ? (firstKey[c] & kLow) : 0);
     }
@@ -197,6 +199,7 @@ QLORA_AVX2 inline __m256i quantize8(const Quantizer& q, __m256 yv) {
   const __m256i below = _mm256_cmpgt_epi32(_mm256_and_si256(e, lowMask), _mm256_and_si256(key, lowMask));
   __m256i c = _mm256_add_epi32(_mm256_srli_epi32(e, 24), _mm256_andnot_si256(below, inside));
   c = _mm256_andnot_si256(_mm256_castps_si256(_mm256_cmp_ps(yv, yv, _CMP_UNORD_Q)), c);  // NaN -> 0
+  if (!q.anyMore) return c;
   const int more = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(e, moreBit), moreBit)));
   if (more) {
     alignas(32) int32_t lanes[8];
