@@ -37,7 +37,7 @@ export async function loadDistributed(what: string): Promise<DistributedModule> 
     if (!(e instanceof TrainerError && /is not registered/.test(e.message))) throw e;
     throw new CliError(
       "UNSUPPORTED",
-      `${what}: several processes need @qlora/distributed, which is not installed or did not load (${(e as Error).message.split("\n")[0]}); install it next to @qlora/cli, with Open MPI (apt-get install openmpi-bin)`,
+      `${what}: needs @qlora/distributed (multi-process training), which is not installed or did not load (${(e as Error).message.split("\n")[0]}); install it next to @qlora/cli, with Open MPI (apt-get install openmpi-bin)`,
     );
   }
 }
