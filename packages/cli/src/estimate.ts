@@ -349,7 +349,7 @@ export function formatPerRank(
   const line = (item: string, bytes: number) => `${item.padEnd(width)}  ${formatBytes(bytes).padStart(10)}`;
   const titles: Record<string, string> = {
     ddp: "DDP: every rank holds the whole model, adapter, gradients and optimizer state",
-    fsdp: "FSDP: each rank holds 1/N of the base, adapter, gradients and optimizer state, plus one layer gathered",
+    fsdp: "FSDP: each rank holds 1/N of the base and of the optimizer state, one layer gathered, the adapter whole",
   };
   const lines: string[] = [];
   for (const p of perRank) {
