@@ -15,11 +15,12 @@
  * created (every Storage, counted as bytes released in the step + growth of live bytes: what memoryStats
  * tracks), and on the after tree the bytes the caching host allocator had to allocate afresh.
  *
- *   node --conditions=@qlora/source --import tsx packages/models/bench/runtime-before-after.ts \
- *     --before /tmp/qlora-before [--rounds 3] [--steps 6] [--size issue|models] [--only before,after,...]
- * Setup of the before tree (kept out of the repo):
- *   git worktree add /tmp/qlora-before 17d8d99 && cd /tmp/qlora-before && pnpm install --offline --ignore-scripts
- *   && cd packages/cpu-kernels && pnpm run build:native
+ *   node --conditions=@qlora/source --import tsx packages/models/bench/runtime-before-after.ts --setup-before \
+ *     [--before /tmp/qlora-before] [--rounds 3] [--steps 6] [--size issue|models] [--only before,after,...]
+ * --setup-before makes the before tree when it is missing (kept out of the repo; pnpm and npm_config_nodedir as
+ * for a normal build): git worktree add --detach <before> 17d8d99 (--before-commit), pnpm install --offline
+ * --ignore-scripts there, and the cpu addon only (pnpm run build:native in packages/cpu-kernels). Remove it
+ * afterwards with git worktree remove --force <before>.
  */
 import { spawnSync } from "node:child_process";
 import { copyFileSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
@@ -365,12 +366,25 @@ function summarise(r: StepReport, tokens: number): Summary {
   };
 }
 
+/** A checkout of `commit` at `root` with its cpu addon built (the tree before the runtime issue). */
+function setupBefore(root: string, commit: string): void {
+  const run = (cmd: string, args: string[], cwd: string) => {
+    const r = spawnSync(cmd, args, { cwd, stdio: "inherit" });
+    if (r.status !== 0) throw new Error(`setup of ${root}: ${cmd} ${args.join(" ")} failed in ${cwd}`);
+  };
+  run("git", ["worktree", "add", "--detach", root, commit], here);
+  run("pnpm", ["install", "--offline", "--ignore-scripts"], root);
+  run("pnpm", ["run", "build:native"], join(root, "packages/cpu-kernels"));
+}
+
 function parent(): void {
   const roots = {
     before: resolve(opt("before", "/tmp/qlora-before")),
     after: resolve(opt("after", join(here, "../../.."))),
   };
   const only = opt("only", VARIANTS.join(",")).split(",") as Variant[];
+  if (argv.includes("--setup-before") && only.includes("before") && !existsSync(roots.before))
+    setupBefore(roots.before, opt("before-commit", "17d8d99"));
   // The addons are copied aside: other work may rebuild build/Release in the middle of a run.
   const scratch = mkdtempSync(join(tmpdir(), "qlora-rtbench-"));
   const addons: Record<string, string> = {};
