@@ -104,13 +104,13 @@ nccl_dir() {
 nccl="$(nccl_dir)"
 if [ -n "$nccl" ]; then
   export LD_LIBRARY_PATH="$nccl${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  nccl_from="$nccl ($(basename "$(readlink -f "$nccl/libnccl.so.2")"))"
+  nccl_from="from $nccl ($(basename "$(readlink -f "$nccl/libnccl.so.2")"))"
 elif ldconfig -p 2>/dev/null | grep -q 'libnccl\.so\.2 '; then
-  nccl_from="the loader path ($(ldconfig -p | awk '/libnccl\.so\.2 /{print $NF; exit}'))"
+  nccl_from="from the loader path ($(ldconfig -p | awk '/libnccl\.so\.2 /{print $NF; exit}'))"
 else
-  nccl_from="not found (python3 nvidia.nccl, loader path, /opt, /usr/local, /usr/lib): the NCCL GPU tests skip"
+  nccl_from="no libnccl.so.2 found (python3 nvidia.nccl, loader path, /opt, /usr/local, /usr/lib): the NCCL GPU tests skip"
 fi
-echo "gpu-check: NCCL from $nccl_from"
+echo "gpu-check: NCCL: $nccl_from"
 
 bundled="$(sed -n 's/^commit: \([0-9a-f]\{7\}\).*/\1/p' "$bundle/MANIFEST.txt" 2>/dev/null)"
 if [ "$commit" = unknown ] && [ -n "$bundled" ]; then
