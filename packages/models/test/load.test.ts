@@ -2,17 +2,18 @@
  * Loading: NF4 on load equals dequantize-then-dense, checkpoint dtypes are kept, shards load like one file,
  * quantize → saveQuantized → load pre-quantized gives identical bytes and logits.
  */
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { cpuBackend, cpuBackendInfo } from "@qlora/cpu-kernels";
 import { openSafetensors } from "@qlora/formats";
-import { type Embedding, Linear, Linear4bit, noGrad, type RMSNorm, type Tensor } from "@qlora/tensor";
+import { type Embedding, Linear, Linear4bit, noGrad, type RMSNorm, referenceBackend, type Tensor } from "@qlora/tensor";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TINY_MODELS, writeTinyModel } from "../scripts/make-tiny-models";
 import { type CausalLM, loadModel, saveQuantized, TiedLmHead } from "../src";
 import { readFixture, relErr, tempDir } from "./helpers";
 
 const dir = tempDir();
+const native = cpuBackendInfo(cpuBackend)?.native === true && cpuBackend.quantize4bit !== undefined;
 const spec = (name: string) => TINY_MODELS.find((s) => s.name === name)!;
 const path = (...p: string[]) => join(dir.path, ...p);
 beforeAll(async () => {
@@ -129,7 +130,6 @@ describe("quantizing on worker threads", () => {
     two.model.dispose();
   });
 
-  const native = cpuBackendInfo(cpuBackend)?.native === true && cpuBackend.quantize4bit !== undefined;
   it.skipIf(!native)(
     `the cpu backend's native quantizer gives the reference backend's bytes (its 2-worker load)${native ? "" : " — skipped: the cpu-kernels addon (with quantize4bit) did not load"}`,
     async () => {
@@ -161,6 +161,22 @@ describe("quantizing on worker threads", () => {
       ref.model.dispose();
     },
   );
+});
+
+describe("a load that fails half-way", () => {
+  it("frees every layer already built and the read in flight: the backend's bytes are back where they were", async () => {
+    const d = path("half-way");
+    await writeTinyModel(d, spec("llama"), { dtype: "bfloat16" });
+    const cfg = JSON.parse(readFileSync(join(d, "config.json"), "utf8"));
+    writeFileSync(join(d, "config.json"), JSON.stringify({ ...cfg, intermediate_size: 96 })); // mlp shapes now wrong
+    for (const backend of ["reference", ...(native ? [cpuBackend] : [])]) {
+      const be = typeof backend === "string" ? referenceBackend : backend;
+      const before = be.memoryStats().currentBytes;
+      // the attention projections of layer 0 are quantized before the mlp's gate_proj is found wrong
+      await expect(loadModel(d, { backend })).rejects.toMatchObject({ code: "tensor_shape" });
+      expect(be.memoryStats().currentBytes).toBe(before);
+    }
+  });
 });
 
 describe("bitsandbytes checkpoints", () => {
