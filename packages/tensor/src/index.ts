@@ -4,7 +4,6 @@ export type { ReferenceBackendOptions } from "./backend/reference";
 export {
   checkQuantizeWeightArgs,
   quantizeWeightOnHost,
-  uploadQuantState,
   NESTED_QUANT_MAP,
 } from "./backend/quantize-weight";
 export {
