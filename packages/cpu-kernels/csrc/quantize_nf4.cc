@@ -124,7 +124,7 @@ void codes_scalar(const float* x, int64_t len, float r, bool nf4, uint8_t* out) 
 
 #if defined(__x86_64__)
 // bf16 -> f32: the 16 bits become the high half of the float (exact).
-__attribute__((target("avx2"))) void widen_bf16_avx2(const void* in, int64_t start, int64_t len, float* out) {
+__attribute__((target("avx2"))) inline void widen_bf16_avx2(const void* in, int64_t start, int64_t len, float* out) {
   const uint16_t* s = static_cast<const uint16_t*>(in) + start;
   for (int64_t i = 0; i < len; i += 8) {
     const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
@@ -133,13 +133,13 @@ __attribute__((target("avx2"))) void widen_bf16_avx2(const void* in, int64_t sta
 }
 
 // f16 -> f32 with F16C (exact, subnormals included; NaN stays NaN, which only ever meets the NaN policy).
-__attribute__((target("avx2,f16c"))) void widen_f16c(const void* in, int64_t start, int64_t len, float* out) {
+__attribute__((target("avx2,f16c"))) inline void widen_f16c(const void* in, int64_t start, int64_t len, float* out) {
   const uint16_t* s = static_cast<const uint16_t*>(in) + start;
   for (int64_t i = 0; i < len; i += 8)
     _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i))));
 }
 
-__attribute__((target("avx2"))) float absmax_avx2(const float* x, int64_t len) {
+__attribute__((target("avx2"))) inline float absmax_avx2(const float* x, int64_t len) {
   const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
   __m256i m0 = _mm256_set1_epi32(-1), m1 = m0;
   for (int64_t i = 0; i < len; i += 16) {
@@ -205,17 +205,28 @@ __attribute__((target("avx2"))) inline void pack32(__m256i c0, __m256i c1, __m25
   _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(bytes));
 }
 
-__attribute__((target("avx2"))) void codes_avx2(const float* x, int64_t len, float r, bool nf4, uint8_t* out) {
-  __m256 thr[7];
-  for (int t = 0; t < 7; ++t) thr[t] = _mm256_set1_ps(from_bits(kFp4ThresholdBits[t]));
-  const Nf4Search search = nf4_search();
-  const __m256i by_rank = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kFp4CodeByRank));
+// The per-call constants of the AVX2 code search (built once per thread's range of blocks, not per block).
+struct Avx2Tables {
+  __m256 fp4_thr[7];
+  Nf4Search nf4;
+  __m256i fp4_by_rank;
+};
+__attribute__((target("avx2"))) inline Avx2Tables avx2_tables() {
+  Avx2Tables t;
+  for (int i = 0; i < 7; ++i) t.fp4_thr[i] = _mm256_set1_ps(from_bits(kFp4ThresholdBits[i]));
+  t.nf4 = nf4_search();
+  t.fp4_by_rank = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kFp4CodeByRank));
+  return t;
+}
+
+__attribute__((target("avx2"))) inline void codes_avx2(const float* x, int64_t len, float r, bool nf4, uint8_t* out,
+                                                        const Avx2Tables& t) {
   const __m256 rv = _mm256_set1_ps(r);
   for (int64_t i = 0; i < len; i += 32) {
     __m256i c[4];
     for (int v = 0; v < 4; ++v) {
       const __m256 y = _mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * v), rv);
-      c[v] = nf4 ? nf4_codes8(y, search) : fp4_codes8(y, thr, by_rank);
+      c[v] = nf4 ? nf4_codes8(y, t.nf4) : fp4_codes8(y, t.fp4_thr, t.fp4_by_rank);
     }
     pack32(c[0], c[1], c[2], c[3], out + i / 2);
   }
@@ -233,29 +244,45 @@ struct Job {
   float* absmax;
 };
 
-void quantize_blocks(const Job& j, int64_t b0, int64_t b1) {
-  alignas(32) float buf[kMaxBlock];
-  for (int64_t b = b0; b < b1; ++b) {
-    const int64_t start = b * j.blocksize, len = std::min(j.blocksize, j.n - start);
-    const bool full = len == j.blocksize;
-    const float* x = static_cast<const float*>(j.in) + start;
-    float m;
+// One block on the scalar path (any CPU; the partial last block on every CPU).
+void block_scalar(const Job& j, int64_t b, float* buf) {
+  const int64_t start = b * j.blocksize, len = std::min(j.blocksize, j.n - start);
+  const float* x = static_cast<const float*>(j.in) + start;
+  if (j.kind != InKind::F32) widen_scalar(j.in, j.kind, start, len, buf), x = buf;
+  const float m = absmax_scalar(x, len, len == j.blocksize);
+  j.absmax[b] = m;
+  codes_scalar(x, len, 1.0f / m, j.nf4, j.packed + start / 2);
+}
+
 #if defined(__x86_64__)
-    if (j.avx2 && full) {
-      if (j.kind == InKind::BF16) widen_bf16_avx2(j.in, start, len, buf), x = buf;
-      else if (j.kind == InKind::F16 && j.f16c) widen_f16c(j.in, start, len, buf), x = buf;
-      else if (j.kind == InKind::F16) widen_scalar(j.in, j.kind, start, len, buf), x = buf;
-      m = absmax_avx2(x, len);
-      j.absmax[b] = m;
-      codes_avx2(x, len, 1.0f / m, j.nf4, j.packed + start / 2);
+// Blocks [b0, b1) with AVX2: widen (bf16 by a shift, f16 by F16C where the CPU has it), absmax, codes. The
+// search constants are set up once for the whole range.
+__attribute__((target("avx2,f16c"))) void blocks_avx2(const Job& j, int64_t b0, int64_t b1, float* buf) {
+  const Avx2Tables t = avx2_tables();
+  const int64_t bs = j.blocksize;
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t start = b * bs;
+    if (j.n - start < bs) {
+      block_scalar(j, b, buf);
       continue;
     }
-#endif
-    if (j.kind != InKind::F32) widen_scalar(j.in, j.kind, start, len, buf), x = buf;
-    m = absmax_scalar(x, len, full);
+    const float* x = static_cast<const float*>(j.in) + start;
+    if (j.kind == InKind::BF16) widen_bf16_avx2(j.in, start, bs, buf), x = buf;
+    else if (j.kind == InKind::F16 && j.f16c) widen_f16c(j.in, start, bs, buf), x = buf;
+    else if (j.kind == InKind::F16) widen_scalar(j.in, j.kind, start, bs, buf), x = buf;
+    const float m = absmax_avx2(x, bs);
     j.absmax[b] = m;
-    codes_scalar(x, len, 1.0f / m, j.nf4, j.packed + start / 2);
+    codes_avx2(x, bs, 1.0f / m, j.nf4, j.packed + start / 2, t);
   }
+}
+#endif
+
+void quantize_blocks(const Job& j, int64_t b0, int64_t b1) {
+  alignas(32) float buf[kMaxBlock];
+#if defined(__x86_64__)
+  if (j.avx2) return blocks_avx2(j, b0, b1, buf);
+#endif
+  for (int64_t b = b0; b < b1; ++b) block_scalar(j, b, buf);
 }
 
 // bitsandbytes dQuantize<0>: nearest entry of the ascending 256-entry map by float32 midpoints, ties to
