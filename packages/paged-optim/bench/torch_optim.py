@@ -5,7 +5,8 @@ Usage: /usr/bin/python3 torch_optim.py <adamw|lion> <threads> <foreach:0|1> <war
   adamw: torch.optim.AdamW(foreach=...).
   lion:  torch 1.13 has no Lion; lion-pytorch's update (its current lerp form, the fewest passes over memory)
          per tensor, or the same with torch._foreach_* ops over all tensors at once (foreach=1).
-Prints one JSON line: {"optimizer": ..., "foreach": bool, "threads": n, "params": count, "seconds": [per-step wall times]}.
+Prints one JSON line: {"optimizer": ..., "foreach": bool, "threads": n, "params": count, "seconds": [per-step wall
+times], "cpuSeconds": [per-step CPU time of the process, all threads]}.
 """
 import json
 import sys
@@ -62,11 +63,12 @@ elif name == "lion":
     opt = Lion(params, lr=1e-4, weight_decay=0.01, foreach=foreach)
 else:
     raise SystemExit(f"unknown optimizer {name!r} (adamw or lion)")
-times = []
+times, cpu = [], []
 for i in range(warmup + steps):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     opt.step()
     if i >= warmup:
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
 print(json.dumps({"optimizer": name, "foreach": foreach, "threads": threads,
-                  "params": sum(p.numel() for p in params), "seconds": times}))
+                  "params": sum(p.numel() for p in params), "seconds": times, "cpuSeconds": cpu}))
