@@ -1,6 +1,7 @@
 /**
  * One MPI job per world size (rank start-up dominates the time here): each job first checks every collective
- * against its definition, then trains the tiny QLoRA setup with DDP; the assertions are split by topic below.
+ * against its definition, then trains the tiny QLoRA setup with DDP, the sharded optimizer and FSDP; the -n 3 job
+ * also resumes the run the failure test killed. The assertions are split by topic below.
  */
 import { cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -8,7 +9,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FsdpStrategy, LocalCommunicator, fsdpCheckpointIO } from "../src/index";
 import { mpirun, noMpi, runRanks } from "./helpers";
-import { trainAdapter } from "./qlora-run";
+import { type RunOptions, trainAdapter } from "./qlora-run";
 
 const work = mkdtempSync(join(tmpdir(), "qlora-ddp-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -26,6 +27,23 @@ function resumable(to: string): string {
   cpSync(ckpt2, to, { recursive: true });
   rmSync(join(to, "checkpoint-3"), { recursive: true });
   return to;
+}
+
+/** The failure test's runs: the -n 3 DDP job a rank was killed in, and the silent-rank job (started beside the -n 3 job). */
+let killed: Awaited<ReturnType<typeof runRanks>> | undefined;
+let stalled: ReturnType<typeof runRanks> | undefined;
+/** The checkpoints the killed run left (read before the -n 3 job resumes it and writes checkpoint-3). */
+let killedCheckpoints: string[] = [];
+const killedDir = join(work, "resume");
+const killedArgs = [join(work, "killed.json"), String(MICRO), String(ACCUM), String(STEPS)];
+
+/** One process's run of the tiny setup (each configuration trained once, shared by the tests that compare). */
+const singles = new Map<string, ReturnType<typeof trainAdapter>>();
+function single(o: Partial<RunOptions> & { microBatch: number }) {
+  const run = { rank: 0, worldSize: 1, accumulation: ACCUM, steps: STEPS, ...o };
+  const key = JSON.stringify(run);
+  if (!singles.has(key)) singles.set(key, trainAdapter(run));
+  return singles.get(key) as ReturnType<typeof trainAdapter>;
 }
 
 function maxAbsDiff(a: number[], b: number[]): number {
@@ -47,7 +65,22 @@ for (const n of [2, 3]) {
         n === 2
           ? { TEST_FSDP_CKPT_DIR: ckpt2, TEST_FSDP_CKPT_MODE: "save" }
           : { TEST_FSDP_CKPT_DIR: resumable(join(work, "fsdp-ckpt-3")), TEST_FSDP_CKPT_MODE: "resume" };
-      const r = await runRanks(n, "job.ts", [out, String(MICRO), String(ACCUM), String(STEPS)], ckpt);
+      if (n === 3) {
+        // the failure test's runs: a rank killed mid-DDP-training (resumed by this job), and a silent rank
+        killed = await runRanks(3, "job.ts", killedArgs, {
+          TEST_OUTPUT_DIR: killedDir,
+          TEST_KILL_RANK: "1",
+          TEST_KILL_AT_STEP: "2",
+          QLORA_COLLECTIVE_TIMEOUT_MS: "10000",
+        });
+        killedCheckpoints = readdirSync(killedDir).filter((f) => f.startsWith("checkpoint-"));
+        stalled = runRanks(2, "failure.ts", ["stall"], { TEST_TIMEOUT_MS: "2000" });
+      }
+      const resume: Record<string, string> = n === 3 ? { TEST_DDP_RESUME_DIR: killedDir } : {};
+      const r = await runRanks(n, "job.ts", [out, String(MICRO), String(ACCUM), String(STEPS)], {
+        ...ckpt,
+        ...resume,
+      });
       if (r.exitCode !== 0) throw new Error(`mpirun -n ${n} exited ${r.exitCode}:\n${r.stderr}`);
       job = JSON.parse(readFileSync(out, "utf8"));
       jobs.set(n, job);
@@ -67,30 +100,18 @@ for (const n of [2, 3]) {
     it.skipIf(!mpirun.ok)(
       `DDP: ${n} ranks × micro-batch ${MICRO} give one process's batch-${n * MICRO} adapter (f32 tolerance)`,
       async () => {
-        const single = await trainAdapter({
-          rank: 0,
-          worldSize: 1,
-          microBatch: MICRO * n,
-          accumulation: ACCUM,
-          steps: STEPS,
-        });
-        expect(job.names).toEqual(single.names);
+        const one = await single({ microBatch: MICRO * n });
+        expect(job.names).toEqual(one.names);
         expect(job.agree).toEqual(Array(n).fill(1)); // every rank ends with rank 0's adapter, bit for bit
-        const start = await trainAdapter({
-          rank: 0,
-          worldSize: 1,
-          microBatch: MICRO * n,
-          accumulation: ACCUM,
-          steps: 0,
-        });
-        expect(maxAbsDiff(single.values, start.values)).toBeGreaterThan(1e-3); // the adapters moved
-        const diff = maxAbsDiff(job.values, single.values);
+        const start = await single({ microBatch: MICRO * n, steps: 0 });
+        expect(maxAbsDiff(one.values, start.values)).toBeGreaterThan(1e-3); // the adapters moved
+        const diff = maxAbsDiff(job.values, one.values);
         const { stats } = job;
         console.log(
           `DDP -n ${n}: max |adapter - single process| = ${diff.toExponential(2)}; ${stats.allReduceCalls} bucket all-reduces (${stats.startedDuringBackward} started during backward), ${stats.allReduceBytes} bytes`,
         );
         expect(diff).toBeLessThan(1e-5);
-        expect(maxAbsDiff(job.losses, single.losses)).toBeLessThan(1e-5);
+        expect(maxAbsDiff(job.losses, one.losses)).toBeLessThan(1e-5);
         // several buckets per step (16 KiB cap), each all-reduced once per optimizer step (not per micro-batch)
         expect(stats.allReduceCalls % STEPS).toBe(0);
         expect(stats.allReduceCalls / STEPS).toBeGreaterThan(1);
@@ -102,24 +123,18 @@ for (const n of [2, 3]) {
     it.skipIf(!mpirun.ok)(
       "sharded gradients + optimizer state: the same adapter as DDP and one process; each rank holds ~1/N of the optimizer state",
       async () => {
-        const single = await trainAdapter({
-          rank: 0,
-          worldSize: 1,
-          microBatch: MICRO * n,
-          accumulation: ACCUM,
-          steps: STEPS,
-        });
+        const one = await single({ microBatch: MICRO * n });
         const { sharded } = job;
         expect(sharded.agree).toEqual(Array(n).fill(1));
-        expect(maxAbsDiff(sharded.values, single.values)).toBeLessThan(1e-5);
+        expect(maxAbsDiff(sharded.values, one.values)).toBeLessThan(1e-5);
         expect(maxAbsDiff(sharded.values, job.values)).toBeLessThan(1e-5);
-        expect(maxAbsDiff(sharded.losses, single.losses)).toBeLessThan(1e-5);
+        expect(maxAbsDiff(sharded.losses, one.losses)).toBeLessThan(1e-5);
         const perRank: number[] = sharded.optimizerStateBytesPerRank;
         // the ranks' states partition the one-process state exactly, and the largest share is close to 1/N
-        expect(perRank.reduce((a, b) => a + b, 0)).toBe(single.optimizerStateBytes);
-        expect(Math.max(...perRank)).toBeLessThanOrEqual((single.optimizerStateBytes / n) * 1.2);
+        expect(perRank.reduce((a, b) => a + b, 0)).toBe(one.optimizerStateBytes);
+        expect(Math.max(...perRank)).toBeLessThanOrEqual((one.optimizerStateBytes / n) * 1.2);
         console.log(
-          `sharded -n ${n}: optimizer state per rank ${perRank.join(", ")} bytes vs one process ${single.optimizerStateBytes}; max adapter diff vs one process ${maxAbsDiff(sharded.values, single.values).toExponential(2)}`,
+          `sharded -n ${n}: optimizer state per rank ${perRank.join(", ")} bytes vs one process ${one.optimizerStateBytes}; max adapter diff vs one process ${maxAbsDiff(sharded.values, one.values).toExponential(2)}`,
         );
       },
     );
@@ -146,14 +161,8 @@ for (const n of [2, 3]) {
     it.skipIf(!mpirun.ok)(
       "FSDP memory (8-layer model, measured): base shards are 1/N plus padding, optimizer state ~1/N, peak adds one gathered layer",
       async () => {
-        const single = await trainAdapter({
-          rank: 0,
-          worldSize: 1,
-          microBatch: MICRO * n,
-          accumulation: ACCUM,
-          steps: 1,
-          layers: 8,
-        });
+        // one step of one micro-batch, as the job's 8-layer FSDP run (optimizer state does not depend on them)
+        const one = await single({ microBatch: MICRO * n, steps: 1, accumulation: 1, layers: 8 });
         const rows: number[][] = job.fsdp.deep.perRank;
         const base = rows[0][0]; // the 4-bit tensors one process holds (measured before sharding, same on every rank)
         const units = 8;
@@ -166,15 +175,15 @@ for (const n of [2, 3]) {
           expect(peakGathered).toBeLessThanOrEqual(2 * largest + 4 * n);
         }
         const opt = rows.map((r) => r[4]);
-        expect(opt.reduce((a, b) => a + b, 0)).toBe(single.optimizerStateBytes);
-        expect(Math.max(...opt)).toBeLessThanOrEqual((single.optimizerStateBytes / n) * 1.2);
-        const one = base + single.optimizerStateBytes;
+        expect(opt.reduce((a, b) => a + b, 0)).toBe(one.optimizerStateBytes);
+        expect(Math.max(...opt)).toBeLessThanOrEqual((one.optimizerStateBytes / n) * 1.2);
+        const whole = base + one.optimizerStateBytes;
         const steady = rows.map((r) => r[1] + r[4]);
         const peak = rows.map((r) => r[1] + r[2] + r[4]);
         console.log(
-          `FSDP -n ${n} memory (8 layers): one process base ${base} + optimizer ${single.optimizerStateBytes} = ${one} bytes; per rank shards+optimizer ${steady.join(", ")} (${steady.map((v) => (v / one).toFixed(3)).join(", ")} of one process), peak with a gathered layer ${peak.join(", ")} (${peak.map((v) => (v / one).toFixed(3)).join(", ")})`,
+          `FSDP -n ${n} memory (8 layers): one process base ${base} + optimizer ${one.optimizerStateBytes} = ${whole} bytes; per rank shards+optimizer ${steady.join(", ")} (${steady.map((v) => (v / whole).toFixed(3)).join(", ")} of one process), peak with a gathered layer ${peak.join(", ")} (${peak.map((v) => (v / whole).toFixed(3)).join(", ")})`,
         );
-        for (const v of steady) expect(v).toBeLessThanOrEqual((one / n) * 1.2);
+        for (const v of steady) expect(v).toBeLessThanOrEqual((whole / n) * 1.2);
       },
     );
   });
@@ -184,39 +193,25 @@ describe(`failures end the job on every rank${noMpi}`, () => {
   it.skipIf(!mpirun.ok)(
     "-n 3: a rank killed mid-training ends every other rank with a message (no hang); resuming from the last checkpoint gives the uninterrupted adapter",
     async () => {
-      const outputDir = join(work, "resume");
-      const args = [join(work, "resumed.json"), String(MICRO), String(ACCUM), String(STEPS)];
-      const r = await runRanks(3, "job.ts", args, {
-        TEST_OUTPUT_DIR: outputDir,
-        TEST_KILL_RANK: "1",
-        TEST_KILL_AT_STEP: "2",
-        QLORA_COLLECTIVE_TIMEOUT_MS: "10000",
-      });
+      const r = killed as NonNullable<typeof killed>; // run before the -n 3 job, which resumed it
       expect(r.exitCode).not.toBe(0);
       expect(r.seconds).toBeLessThan(60);
       // mpirun names the dead rank and stops the others; a surviving rank says why it stops
       expect(r.stderr).toMatch(/process rank 1 .*signal 9/);
       expect(r.stderr).toMatch(/\[rank [02]\/3\] error: stopped by the launcher: another rank failed/);
-      expect(existsSync(join(outputDir, "checkpoint-2", "trainer_state.json"))).toBe(true);
-      expect(existsSync(join(outputDir, "checkpoint-3"))).toBe(false);
-
-      const resumed = await runRanks(3, "job.ts", args, { TEST_OUTPUT_DIR: outputDir, TEST_RESUME: "1" });
-      expect(resumed.exitCode, resumed.stderr).toBe(0);
-      const job = JSON.parse(readFileSync(args[0], "utf8"));
-      expect(job.losses.length).toBe(1); // only step 3 ran after the resume
-      const single = await trainAdapter({
-        rank: 0,
-        worldSize: 1,
-        microBatch: MICRO * 3,
-        accumulation: ACCUM,
-        steps: STEPS,
-      });
-      expect(maxAbsDiff(job.values, single.values)).toBeLessThan(1e-5);
+      expect(killedCheckpoints.sort()).toEqual(["checkpoint-1", "checkpoint-2"]);
+      expect(existsSync(join(killedDir, "checkpoint-2", "trainer_state.json"))).toBe(true);
+      expect(existsSync(killedArgs[0])).toBe(false); // no rank finished
+      // the -n 3 job resumed from checkpoint-2 (the last one: checkpoint-3 was written by the resume)
+      const resumed = jobs.get(3).ddpResume;
+      expect(resumed.losses.length).toBe(1); // only step 3 ran after the resume
+      const one = await single({ microBatch: MICRO * 3 });
+      expect(maxAbsDiff(resumed.values, one.values)).toBeLessThan(1e-5);
     },
   );
 
   it.skipIf(!mpirun.ok)("-n 2: a silent rank makes its peer's collective time out and the job end", async () => {
-    const r = await runRanks(2, "failure.ts", ["stall"], { TEST_TIMEOUT_MS: "2000" });
+    const r = await (stalled as NonNullable<typeof stalled>);
     expect(r.exitCode).not.toBe(0);
     expect(r.seconds).toBeLessThan(40);
     expect(r.stderr).toMatch(

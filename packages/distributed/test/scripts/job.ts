@@ -1,6 +1,9 @@
 // Run under mpirun: the collectives check, then DDP, sharded-optimizer and FSDP training of the tiny QLoRA setup,
-// and an FSDP checkpoint run ($TEST_FSDP_CKPT_DIR, $TEST_FSDP_CKPT_MODE save|resume); rank 0 writes the results
-// to argv[2] (one job per world size keeps the suite fast: rank start-up dominates).
+// an FSDP checkpoint run ($TEST_FSDP_CKPT_DIR, $TEST_FSDP_CKPT_MODE save|resume) and the resume of a DDP run whose
+// rank was killed ($TEST_DDP_RESUME_DIR); rank 0 writes the results to argv[2] (one job per world size keeps the
+// suite fast: rank start-up dominates).
+// With $TEST_OUTPUT_DIR (the failure test) only DDP runs, checkpointing every step into it, and rank
+// $TEST_KILL_RANK kills itself (SIGKILL) at the start of step $TEST_KILL_AT_STEP.
 import { writeFileSync } from "node:fs";
 import {
   DdpStrategy,
@@ -10,11 +13,23 @@ import {
   mpiWorld,
   runRank,
 } from "../../src/index";
-import { trainAdapter } from "../qlora-run";
+import { type RunOptions, trainAdapter } from "../qlora-run";
 import { checkCollectives } from "./collectives";
 
 const [out, micro, accum, steps] = [process.argv[2], ...process.argv.slice(3).map(Number)];
 const comm = mpiWorld();
+const failureRun = process.env.TEST_OUTPUT_DIR !== undefined;
+/** This rank's run of the tiny setup with the job's micro-batch, accumulation and steps unless overridden. */
+const train = (o: Partial<RunOptions>) =>
+  trainAdapter({
+    rank: comm.rank,
+    worldSize: comm.worldSize,
+    microBatch: micro,
+    accumulation: accum,
+    steps,
+    ...o,
+  });
+
 await runRank(
   async () => {
     // wall seconds of each part on rank 0 (to see where the suite's time goes)
@@ -25,80 +40,45 @@ await runRank(
       phases[name] = Math.round(now - mark) / 1000;
       mark = now;
     };
-    const collectives = process.env.TEST_OUTPUT_DIR ? undefined : await checkCollectives(comm);
+    const collectives = failureRun ? undefined : await checkCollectives(comm);
     phase("collectives");
-    const strategy = new DdpStrategy({
-      communicator: comm,
-      bucketCapBytes: 16 * 1024,
-      gradientAccumulationSteps: accum,
-    });
-    // Failure test: this rank dies (SIGKILL) at the start of the given step.
+    const ddp = newDdp();
     const killAt = process.env.TEST_KILL_RANK === String(comm.rank) ? Number(process.env.TEST_KILL_AT_STEP) : -1;
     const t0 = performance.now();
-    const r = await trainAdapter({
-      rank: comm.rank,
-      worldSize: comm.worldSize,
-      microBatch: micro,
-      accumulation: accum,
-      steps,
-      strategy,
+    const r = await train({
+      strategy: ddp,
       outputDir: process.env.TEST_OUTPUT_DIR,
-      resume: process.env.TEST_RESUME === "1",
       onStep: (step) => {
         if (step === killAt) process.kill(process.pid, "SIGKILL");
       },
     });
     const seconds = (performance.now() - t0) / 1000;
-    // every rank must end with the same adapter
-    const mine = Float64Array.from(r.values);
-    const root = mine.slice();
-    await comm.broadcast(root, 0).done;
-    const sameAsRank0 = mine.every((v, i) => v === root[i]);
-    const agree = await comm.allGather(new Int32Array([sameAsRank0 ? 1 : 0])).done;
-    // The sharded-optimizer strategy on the same data (not in the failure/resume runs: it cannot checkpoint yet).
+    const agree = await agreeWithRank0(r.values);
     phase("ddp");
-    let sharded: unknown;
-    if (!process.env.TEST_OUTPUT_DIR) {
-      const st = new ShardedOptimizerStrategy({ communicator: comm });
-      const s = await trainAdapter({
-        rank: comm.rank,
-        worldSize: comm.worldSize,
-        microBatch: micro,
-        accumulation: accum,
-        steps,
-        strategy: st,
-      });
-      const bytes = await comm.allGather(Float64Array.of(s.optimizerStateBytes)).done;
-      const same = Float64Array.from(s.values);
-      const root = same.slice();
-      await comm.broadcast(root, 0).done;
-      const agreeS = await comm.allGather(Int32Array.of(same.every((v, i) => v === root[i]) ? 1 : 0)).done;
-      sharded = {
-        values: s.values,
-        losses: s.losses,
-        optimizerStateBytesPerRank: [...bytes],
-        agree: [...agreeS],
-        stats: st.stats,
-      };
-    }
+    // The sharded-optimizer strategy on the same data (not in the failure run: it cannot checkpoint yet).
+    const sharded = failureRun ? undefined : await shardedRun();
     phase("sharded");
-    const fsdp = process.env.TEST_OUTPUT_DIR ? undefined : await fsdpRuns();
+    const fsdp = failureRun ? undefined : await fsdpRuns();
     phase("fsdp");
     const ckptDir = process.env.TEST_FSDP_CKPT_DIR;
     const fsdpCheckpoint = ckptDir ? await fsdpCheckpointRun(ckptDir, process.env.TEST_FSDP_CKPT_MODE) : undefined;
     phase("fsdpCheckpoint");
+    const resumeDir = process.env.TEST_DDP_RESUME_DIR;
+    const ddpResume = resumeDir ? await train({ strategy: newDdp(), outputDir: resumeDir, resume: true }) : undefined;
+    phase("ddpResume");
     if (comm.rank === 0)
       writeFileSync(
         out,
         JSON.stringify({
           collectives,
           ...r,
-          stats: strategy.stats,
-          agree: [...agree],
+          stats: ddp.stats,
+          agree,
           seconds,
           sharded,
           fsdp,
           fsdpCheckpoint,
+          ddpResume: ddpResume && { values: ddpResume.values, losses: ddpResume.losses },
           phases,
         }),
       );
@@ -107,19 +87,40 @@ await runRank(
 );
 await comm.close();
 
-/** FSDP on the DDP setup (adapter, counters), then on an 8-layer variant for the per-rank memory figures. */
+function newDdp(): DdpStrategy {
+  return new DdpStrategy({ communicator: comm, bucketCapBytes: 16 * 1024, gradientAccumulationSteps: accum });
+}
+
+/** Per rank: 1 when this rank's adapter equals rank 0's bit for bit (rank 0's is broadcast), else 0. */
+async function agreeWithRank0(values: number[]): Promise<number[]> {
+  const mine = Float64Array.from(values);
+  const root = mine.slice();
+  await comm.broadcast(root, 0).done;
+  const same = mine.every((v, i) => v === root[i]);
+  return [...(await comm.allGather(Int32Array.of(same ? 1 : 0)).done)];
+}
+
+async function shardedRun() {
+  const strategy = new ShardedOptimizerStrategy({ communicator: comm });
+  const s = await train({ strategy });
+  const bytes = await comm.allGather(Float64Array.of(s.optimizerStateBytes)).done;
+  return {
+    values: s.values,
+    losses: s.losses,
+    optimizerStateBytesPerRank: [...bytes],
+    agree: await agreeWithRank0(s.values),
+    stats: strategy.stats,
+  };
+}
+
+/**
+ * FSDP on the DDP setup (adapter, counters), then on an 8-layer variant for the per-rank memory figures (one
+ * step of one micro-batch: the memory figures do not depend on the number of micro-batches).
+ */
 async function fsdpRuns() {
-  const run = async (layers: number, steps: number) => {
+  const run = async (o: Partial<RunOptions>) => {
     const st = new FsdpStrategy({ communicator: comm });
-    const r = await trainAdapter({
-      rank: comm.rank,
-      worldSize: comm.worldSize,
-      microBatch: micro,
-      accumulation: accum,
-      steps,
-      layers,
-      strategy: st,
-    });
+    const r = await train({ ...o, strategy: st });
     const m = st.memory();
     const g = st.gatherStats;
     // per rank: [unsharded base, shard, peak gathered, largest unit, optimizer state, forward gathers, recompute gathers]
@@ -134,13 +135,10 @@ async function fsdpRuns() {
     ];
     const all = await comm.allGather(Float64Array.from(row)).done;
     const perRank = Array.from({ length: comm.worldSize }, (_, k) => Array.from(all.slice(k * 7, (k + 1) * 7)));
-    const same = Float64Array.from(r.values);
-    const root = same.slice();
-    await comm.broadcast(root, 0).done;
-    const agreeF = await comm.allGather(Int32Array.of(same.every((v, i) => v === root[i]) ? 1 : 0)).done;
-    return { values: r.values, losses: r.losses, agree: [...agreeF], perRank, stats: { ...st.stats, ...g } };
+    const agree = await agreeWithRank0(r.values);
+    return { values: r.values, losses: r.losses, agree, perRank, stats: { ...st.stats, ...g } };
   };
-  return { tiny: await run(2, steps), deep: await run(8, 1) };
+  return { tiny: await run({}), deep: await run({ layers: 8, steps: 1, accumulation: 1 }) };
 }
 
 /**
@@ -151,11 +149,8 @@ async function fsdpCheckpointRun(dir: string, mode: string | undefined) {
   const strategy = new FsdpStrategy({ communicator: comm });
   let afterLoad: number[] | undefined;
   let afterStep2: number[] | undefined;
-  const r = await trainAdapter({
-    rank: comm.rank,
-    worldSize: comm.worldSize,
+  const r = await train({
     microBatch: 6 / comm.worldSize,
-    accumulation: accum,
     steps: 3,
     strategy,
     outputDir: dir,
