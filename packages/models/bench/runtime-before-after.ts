@@ -10,10 +10,10 @@
  * The tree is a path, not a package name: the child imports <root>/packages/<pkg>/src/index.ts directly, so one
  * file runs against either tree (the hand-composed layer only uses API both trees have). Rounds are interleaved
  * (before, after, after-models, torch, before, …); every row is a median over rounds of per-process medians.
- * Each child prints per step: time, minor page faults (process.resourceUsage), RSS after the step, the step's RSS
- * high-water mark above the RSS it started from (Linux: VmHWM reset through /proc/self/clear_refs), bytes of tensor storage
- * created (every Storage, counted as bytes released in the step + growth of live bytes: what memoryStats
- * tracks), and on the after tree the bytes the caching host allocator had to allocate afresh.
+ * Each child prints per step: time, minor page faults (process.resourceUsage), RSS after the step, the step's
+ * RSS high-water mark above the RSS it started from (Linux: VmHWM reset through /proc/self/clear_refs), bytes of
+ * tensor storage created (every Storage, counted as bytes released in the step + growth of live bytes: what
+ * memoryStats tracks), and on the after tree the bytes the caching host allocator had to allocate afresh.
  *
  *   node --conditions=@qlora/source --import tsx packages/models/bench/runtime-before-after.ts --setup-before \
  *     [--before /tmp/qlora-before] [--rounds 3] [--steps 6] [--size issue|models] [--only before,after,...]
