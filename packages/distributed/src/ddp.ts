@@ -7,7 +7,7 @@
  * parameter that got no gradient counts as zeros), waits, and writes the SUM over ranks back into .grad (the
  * trainer divides losses by the global token count, see @qlora/trainer's strategy.ts).
  */
-import { type Module, type Tensor, tensor } from "@qlora/tensor";
+import type { Module, Tensor } from "@qlora/tensor";
 import {
   type NumericArray,
   registerStrategy,
@@ -18,9 +18,10 @@ import {
   clipByNorm,
   gradSquaredSum,
 } from "@qlora/trainer";
-import type { CommArray, CommHandle, Communicator } from "./communicator";
+import type { CommHandle, Communicator } from "./communicator";
 import { DistributedError } from "./errors";
 import { mpiWorld } from "./mpi";
+import { CommunicatorStrategy, type FlatSlot, loadFlatIntoModel, requireF32Params, sliceLike } from "./strategy-base";
 
 export interface DdpOptions {
   readonly communicator: Communicator;
@@ -33,8 +34,7 @@ export interface DdpOptions {
 }
 
 interface Bucket {
-  readonly params: Tensor[];
-  readonly offsets: number[];
+  readonly slots: FlatSlot[];
   readonly data: Float32Array;
   ready: number;
   handle?: CommHandle;
@@ -50,9 +50,8 @@ export interface CommStats {
   waitMs: number;
 }
 
-export class DdpStrategy implements Strategy {
+export class DdpStrategy extends CommunicatorStrategy implements Strategy {
   readonly name = "ddp";
-  readonly comm: Communicator;
   readonly stats: CommStats = { allReduceBytes: 0, allReduceCalls: 0, startedDuringBackward: 0, waitMs: 0 };
   private readonly bucketCapBytes: number;
   private readonly accumulation: number;
@@ -66,7 +65,7 @@ export class DdpStrategy implements Strategy {
   private lateGradient: string | undefined;
 
   constructor(private readonly options: DdpOptions) {
-    this.comm = options.communicator;
+    super(options.communicator);
     this.bucketCapBytes = options.bucketCapBytes ?? 25 * 2 ** 20;
     this.accumulation = options.gradientAccumulationSteps ?? 1;
     if (!(this.bucketCapBytes > 0))
@@ -77,65 +76,40 @@ export class DdpStrategy implements Strategy {
         `DdpStrategy: gradientAccumulationSteps must be an integer >= 1, got ${this.accumulation}`,
       );
   }
-  get rank(): number {
-    return this.comm.rank;
-  }
-  get worldSize(): number {
-    return this.comm.worldSize;
-  }
-
   async setup(s: StrategySetup): Promise<void> {
     this.params = s.params;
-    for (const [name, p] of s.params)
-      if (p.dtype !== "f32")
-        throw new DistributedError(
-          "BAD_ARGUMENT",
-          `DdpStrategy: trainable parameter "${name}" is ${p.dtype}; f32 expected`,
-        );
-    this.buildBuckets([...s.params.values()].reverse());
+    requireF32Params("DdpStrategy", s.params);
+    this.buildBuckets([...s.params].reverse());
     for (const p of s.params.values()) this.hooks.push(p.registerPostAccumulateGradHook((q) => this.onFinal(q)));
     if (this.options.broadcastParameters ?? true) await this.broadcastParameters(s.model);
   }
 
-  private buildBuckets(order: Tensor[]): void {
+  private buildBuckets(order: [string, Tensor][]): void {
     const capElems = Math.max(1, Math.floor(this.bucketCapBytes / 4));
-    let cur: Tensor[] = [];
+    let slots: FlatSlot[] = [];
     let size = 0;
     const flush = () => {
-      if (cur.length === 0) return;
-      const offsets: number[] = [];
-      let o = 0;
-      for (const p of cur) {
-        offsets.push(o);
-        o += p.size;
-      }
-      const b: Bucket = { params: cur, offsets, data: new Float32Array(o), ready: 0 };
+      if (slots.length === 0) return;
+      const b: Bucket = { slots, data: new Float32Array(size), ready: 0 };
       this.buckets.push(b);
-      for (const p of cur) this.bucketOf.set(p, b);
-      cur = [];
+      for (const s of slots) this.bucketOf.set(s.param, b);
+      slots = [];
       size = 0;
     };
-    for (const p of order) {
-      if (size > 0 && size + p.size > capElems) flush();
-      cur.push(p);
-      size += p.size;
+    for (const [name, param] of order) {
+      if (size > 0 && size + param.size > capElems) flush();
+      slots.push({ name, param, offset: size });
+      size += param.size;
     }
     flush();
   }
 
   /** Every rank starts from rank 0's trainable weights (one broadcast per bucket). */
   private async broadcastParameters(model: Module): Promise<void> {
-    const names = new Map([...this.params].map(([n, p]) => [p, n]));
     for (const b of this.buckets) {
-      for (const [i, p] of b.params.entries()) b.data.set(p.toTypedArray() as Float32Array, b.offsets[i]);
+      for (const s of b.slots) b.data.set(s.param.toTypedArray() as Float32Array, s.offset);
       await this.comm.broadcast(b.data, 0).done;
-      const sd: Record<string, Tensor> = {};
-      b.params.forEach((p, i) => {
-        const slice = b.data.slice(b.offsets[i], b.offsets[i] + p.size);
-        sd[names.get(p) as string] = tensor(slice, { shape: [...p.shape], backend: p.backend });
-      });
-      model.loadStateDict(sd, { strict: false }); // copies in place
-      for (const t of Object.values(sd)) t.dispose();
+      loadFlatIntoModel(model, b.data, b.slots);
     }
   }
 
@@ -167,17 +141,17 @@ export class DdpStrategy implements Strategy {
   private startReadyBuckets(): void {
     while (this.nextBucket < this.buckets.length) {
       const b = this.buckets[this.nextBucket];
-      if (b.ready < b.params.length) return;
+      if (b.ready < b.slots.length) return;
       this.start(b);
       this.stats.startedDuringBackward++;
     }
   }
 
   private start(b: Bucket): void {
-    b.params.forEach((p, i) => {
-      if (p.grad) b.data.set(p.grad.toTypedArray() as Float32Array, b.offsets[i]);
-      else b.data.fill(0, b.offsets[i], b.offsets[i] + p.size);
-    });
+    for (const { param, offset } of b.slots) {
+      if (param.grad) b.data.set(param.grad.toTypedArray() as Float32Array, offset);
+      else b.data.fill(0, offset, offset + param.size);
+    }
     b.handle = this.comm.allReduce(b.data, "sum");
     this.stats.allReduceBytes += b.data.byteLength;
     this.stats.allReduceCalls++;
@@ -191,11 +165,11 @@ export class DdpStrategy implements Strategy {
       const t0 = performance.now();
       await b.handle?.done;
       this.stats.waitMs += performance.now() - t0;
-      b.params.forEach((p, i) => {
-        const old = p.grad;
-        p.grad = tensor(b.data.slice(b.offsets[i], b.offsets[i] + p.size), { shape: [...p.shape], backend: p.backend });
+      for (const { param, offset } of b.slots) {
+        const old = param.grad;
+        param.grad = sliceLike(b.data, offset, param);
         old?.dispose();
-      });
+      }
     }
     this.resetStep();
   }
@@ -231,21 +205,10 @@ export class DdpStrategy implements Strategy {
     this.resetStep();
   }
 
-  async allReduce(data: NumericArray, op: ReduceOp): Promise<void> {
+  /** Waits first for the buckets a skipped step left in flight. */
+  override async allReduce(data: NumericArray, op: ReduceOp): Promise<void> {
     await this.settleInFlight();
-    await this.comm.allReduce(data as CommArray, op).done;
-  }
-  async allGather(data: NumericArray): Promise<NumericArray> {
-    return this.comm.allGather(data as CommArray).done;
-  }
-  async reduceScatter(data: NumericArray, op: ReduceOp): Promise<NumericArray> {
-    return this.comm.reduceScatter(data as CommArray, op).done;
-  }
-  async broadcast(data: NumericArray, root: number): Promise<void> {
-    await this.comm.broadcast(data as CommArray, root).done;
-  }
-  async barrier(): Promise<void> {
-    await this.comm.barrier().done;
+    await super.allReduce(data, op);
   }
   private async settleInFlight(): Promise<void> {
     const pending = this.inFlight;

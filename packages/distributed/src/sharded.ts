@@ -6,36 +6,31 @@
  * 1/N of the optimizer state per rank); then the updated parameters are all-gathered. Every rank keeps full
  * parameters, and the frozen base is NOT sharded: this is not yet the FSDP of issue 16.
  */
-import { type Module, type Tensor, tensor } from "@qlora/tensor";
+import type { Module, Tensor } from "@qlora/tensor";
 import {
-  type NumericArray,
   registerStrategy,
-  type ReduceOp,
   type Strategy,
   type StrategySetup,
   type TrainerOptimizer,
   clipByNorm,
   gradSquaredSum,
 } from "@qlora/trainer";
-import type { CommArray, Communicator } from "./communicator";
+import type { Communicator } from "./communicator";
 import { DistributedError } from "./errors";
 import { mpiWorld } from "./mpi";
+import { CommunicatorStrategy, type FlatSlot, loadFlatIntoModel, requireF32Params, sliceLike } from "./strategy-base";
 
 export interface ShardedOptions {
   readonly communicator: Communicator;
 }
 
-export interface Slot {
-  readonly name: string;
-  readonly param: Tensor;
+/** A trainable parameter, its owner rank and its offset in the flat [worldSize × partition] buffer. */
+export interface Slot extends FlatSlot {
   readonly owner: number;
-  /** Offset in the flat [worldSize × partition] buffer. */
-  readonly offset: number;
 }
 
-export class ShardedOptimizerStrategy implements Strategy {
+export class ShardedOptimizerStrategy extends CommunicatorStrategy implements Strategy {
   readonly name: string = "sharded-optimizer";
-  readonly comm: Communicator;
   protected model: Module | undefined;
   protected slots: Slot[] = [];
   protected partition = 0;
@@ -43,13 +38,7 @@ export class ShardedOptimizerStrategy implements Strategy {
   readonly stats = { reduceScatterBytes: 0, allGatherBytes: 0, reduceScatterMs: 0, allGatherMs: 0 };
 
   constructor(options: ShardedOptions) {
-    this.comm = options.communicator;
-  }
-  get rank(): number {
-    return this.comm.rank;
-  }
-  get worldSize(): number {
-    return this.comm.worldSize;
+    super(options.communicator);
   }
   protected get owned(): Tensor[] {
     return this.slots.filter((s) => s.owner === this.rank).map((s) => s.param);
@@ -58,12 +47,7 @@ export class ShardedOptimizerStrategy implements Strategy {
   async setup(s: StrategySetup): Promise<void> {
     this.model = s.model;
     const entries = [...s.params];
-    for (const [name, p] of entries)
-      if (p.dtype !== "f32")
-        throw new DistributedError(
-          "BAD_ARGUMENT",
-          `ShardedOptimizerStrategy: trainable parameter "${name}" is ${p.dtype}; f32 expected`,
-        );
+    requireF32Params("ShardedOptimizerStrategy", entries);
     // Largest first onto the least-loaded rank (ties: lowest rank): deterministic, so every rank agrees.
     const load = new Array(this.worldSize).fill(0);
     const owner = new Map<string, number>();
@@ -93,15 +77,7 @@ export class ShardedOptimizerStrategy implements Strategy {
   }
 
   private loadFlat(flat: Float32Array, which: (s: Slot) => boolean): void {
-    const sd: Record<string, Tensor> = {};
-    for (const s of this.slots)
-      if (which(s))
-        sd[s.name] = tensor(flat.slice(s.offset, s.offset + s.param.size), {
-          shape: [...s.param.shape],
-          backend: s.param.backend,
-        });
-    (this.model as Module).loadStateDict(sd, { strict: false }); // copies in place
-    for (const t of Object.values(sd)) t.dispose();
+    loadFlatIntoModel(this.model as Module, flat, this.slots.filter(which));
   }
 
   wrapModel<M extends Module>(model: M): M {
@@ -122,13 +98,7 @@ export class ShardedOptimizerStrategy implements Strategy {
     const base = this.rank * this.partition;
     for (const s of this.slots) {
       const old = s.param.grad;
-      s.param.grad =
-        s.owner === this.rank
-          ? tensor(mine.slice(s.offset - base, s.offset - base + s.param.size), {
-              shape: [...s.param.shape],
-              backend: s.param.backend,
-            })
-          : null;
+      s.param.grad = s.owner === this.rank ? sliceLike(mine, s.offset - base, s.param) : null;
       old?.dispose();
     }
   }
@@ -156,21 +126,6 @@ export class ShardedOptimizerStrategy implements Strategy {
   }
   zeroGrad(optimizer: TrainerOptimizer): void {
     optimizer.zeroGrad();
-  }
-  async allReduce(data: NumericArray, op: ReduceOp): Promise<void> {
-    await this.comm.allReduce(data as CommArray, op).done;
-  }
-  async allGather(data: NumericArray): Promise<NumericArray> {
-    return this.comm.allGather(data as CommArray).done;
-  }
-  async reduceScatter(data: NumericArray, op: ReduceOp): Promise<NumericArray> {
-    return this.comm.reduceScatter(data as CommArray, op).done;
-  }
-  async broadcast(data: NumericArray, root: number): Promise<void> {
-    await this.comm.broadcast(data as CommArray, root).done;
-  }
-  async barrier(): Promise<void> {
-    await this.comm.barrier().done;
   }
   /** Every rank holds full parameters after each step. */
   modelStateDict(): Record<string, Tensor> {
