@@ -31,6 +31,19 @@ afterAll(() => rmSync(work, { recursive: true, force: true }));
 const maxAbsDiff = (a: number[], b: number[]) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i])), 0);
 const LAYERS = 2;
 
+/** A 2-layer model config for setup-only checks (no training). */
+const tinyConfig = (architecture: string) =>
+  parseConfig({
+    architectures: [architecture],
+    vocab_size: 32,
+    hidden_size: 64,
+    intermediate_size: 128,
+    num_hidden_layers: LAYERS,
+    num_attention_heads: 4,
+    num_key_value_heads: 2,
+    max_position_embeddings: 32,
+  });
+
 describe("FsdpStrategy (one process)", () => {
   it("trains to the one-process adapter; each unit is gathered once before forward and once in recomputation per micro-batch", async () => {
     const run = { rank: 0, worldSize: 1, microBatch: 4, accumulation: 2, steps: 2 };
@@ -143,16 +156,7 @@ describe("FsdpStrategy (one process)", () => {
   });
 
   it("units keep the layer's parameter names (state dicts unchanged)", async () => {
-    const config = parseConfig({
-      architectures: ["LlamaForCausalLM"],
-      vocab_size: 32,
-      hidden_size: 64,
-      intermediate_size: 128,
-      num_hidden_layers: 2,
-      num_attention_heads: 4,
-      num_key_value_heads: 2,
-      max_position_embeddings: 32,
-    });
+    const config = tinyConfig("LlamaForCausalLM");
     const model = createModel(config, randomLayers({ seed: 1, quantize: { quantType: "nf4", doubleQuant: true } }));
     LoraModel.inject(model, { r: 2, lora_alpha: 4, target_modules: "all-linear" });
     const before = [...model.namedParameters()].map(([n]) => n);
@@ -176,16 +180,7 @@ describe("FsdpStrategy (one process)", () => {
 
 describe("ShardedLinear4bit with a bias (Qwen2's q/k/v projections)", () => {
   it("the sharded model's logits equal the unsharded model's", async () => {
-    const config = parseConfig({
-      architectures: ["Qwen2ForCausalLM"],
-      vocab_size: 32,
-      hidden_size: 64,
-      intermediate_size: 128,
-      num_hidden_layers: 2,
-      num_attention_heads: 4,
-      num_key_value_heads: 2,
-      max_position_embeddings: 32,
-    });
+    const config = tinyConfig("Qwen2ForCausalLM");
     const build = () =>
       createModel(config, randomLayers({ seed: 5, quantize: { quantType: "nf4", doubleQuant: true } }));
     const plain = build();

@@ -37,13 +37,31 @@ let killedCheckpoints: string[] = [];
 const killedDir = join(work, "resume");
 const killedArgs = [join(work, "killed.json"), String(MICRO), String(ACCUM), String(STEPS)];
 
-/** One process's run of the tiny setup (each configuration trained once, shared by the tests that compare). */
+/**
+ * One process's run of the tiny setup: each configuration trained once and shared by the tests that compare.
+ * Runs are chained (never two at once: they share the global RNG); the jobs' setup starts them, so they train
+ * while the ranks run.
+ */
 const singles = new Map<string, ReturnType<typeof trainAdapter>>();
+let chain: Promise<unknown> = Promise.resolve();
 function single(o: Partial<RunOptions> & { microBatch: number }) {
   const run = { rank: 0, worldSize: 1, accumulation: ACCUM, steps: STEPS, ...o };
   const key = JSON.stringify(run);
-  if (!singles.has(key)) singles.set(key, trainAdapter(run));
-  return singles.get(key) as ReturnType<typeof trainAdapter>;
+  let p = singles.get(key);
+  if (!p) {
+    p = chain.then(() => trainAdapter(run));
+    chain = p.catch(() => undefined);
+    singles.set(key, p);
+  }
+  return p;
+}
+/** The one-process runs the -n N tests compare with. */
+function singlesFor(n: number) {
+  return [
+    single({ microBatch: MICRO * n }),
+    single({ microBatch: MICRO * n, steps: 0 }),
+    single({ microBatch: MICRO * n, steps: 1, accumulation: 1, layers: 8 }),
+  ];
 }
 
 function maxAbsDiff(a: number[], b: number[]): number {
@@ -59,6 +77,8 @@ for (const n of [2, 3]) {
     let job: any;
     beforeAll(async () => {
       if (!mpirun.ok) return;
+      // train the comparisons in this process while the ranks run (handled rejections: the tests await them)
+      for (const p of singlesFor(n)) p.catch(() => undefined);
       const out = join(work, `job-${n}.json`);
       // FSDP checkpoints: saved by the N = 2 job, resumed by the N = 3 job (this file's describes run in order)
       const ckpt =
@@ -87,7 +107,7 @@ for (const n of [2, 3]) {
       console.log(
         `mpirun -n ${n}: ${r.seconds.toFixed(1)} s in all; rank 0's parts (s): ${JSON.stringify(job.phases)}`,
       );
-    });
+    }, 300_000); // -n 3: the killed run and the job (the default 120 s is tight on a loaded 2-core machine)
 
     it.skipIf(!mpirun.ok)("every collective, f32/f64/i32, odd sizes, overlapped: matches its definition", () => {
       const res = job.collectives;
