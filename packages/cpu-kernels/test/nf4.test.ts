@@ -80,10 +80,11 @@ describe.each(isas)("4-bit kernels on the %s path", (isa) => {
 // A one-hot x makes every GEMV output one product fl32(LUT[code] * absmax) (all other terms are exact zeros),
 // so it must equal the reference's dequantized weight bit for bit. With double quantization this pins the
 // nested absmax's two roundings (spec §5.4): an FMA-contracted fl32(code * nested + offset) differs in the
-// last bit for many blocks, which the summation tolerance of the tests above cannot see.
+// last bit for many blocks, which the summation tolerance of the tests above cannot see. The tiled path's
+// micro-kernel adds exact zeros too, so it is held to the same bit-for-bit standard.
 describe.each(isas)("4-bit GEMV on the %s path", (isa) => {
   test.each([32, 64, 128])(
-    "a one-hot x returns the dequantized weight bit for bit, nested absmax, blocksize %i",
+    "a one-hot x returns the dequantized weight bit for bit (GEMV and tiled), nested absmax, blocksize %i",
     (bs) => {
       native.gemmIsa(isa);
       const c: Case = { quantType: "nf4", blocksize: bs, nested: true, n: 48, k: 4 * bs };
@@ -96,6 +97,10 @@ describe.each(isas)("4-bit GEMV on the %s path", (isa) => {
         const want = referenceMatmul4bit(x, ref, 1, false);
         const differing = Array.from(y).filter((v, j) => v !== want[j]).length;
         expect(differing, `column ${col}`).toBe(0);
+        // The tiled GEMM too: its B packer decodes the weight (AVX2: 64 weights per vpshufb chunk).
+        const yt = new Float32Array(c.n).fill(NaN);
+        native.matmul4bitTiled(x, 1, yt, q);
+        expect(Array.from(yt).filter((v, j) => v !== want[j]).length, `tiled, column ${col}`).toBe(0);
       }
     },
   );
