@@ -50,9 +50,10 @@ for (const threads of threadCounts) {
     const skinny = () => void native.gemvHalf(x, w, y, m, k, n, true, false, false);
     const gemm = () => native.matmul(x, w, y, 1, m, k, n, false, true, m * k, n * k);
     const memcpy = () => copy.set(w);
-    for (let i = 0; i < 3; i++) [skinny, gemm, memcpy].forEach((f) => void f()); // warm-up, pages touched
+    const kernels = [skinny, gemm, memcpy];
+    for (let i = 0; i < 3; i++) for (const f of kernels) f(); // warm-up, pages touched
     const t: number[][] = [[], [], []];
-    for (let r = 0; r < reps; r++) [skinny, gemm, memcpy].forEach((f, i) => t[i]!.push(time(f)));
+    for (let r = 0; r < reps; r++) for (const [i, f] of kernels.entries()) t[i]!.push(time(f));
     const [s, g, c] = t.map(median) as [number, number, number];
     const gb = (2 * n * k) / 1e9;
     console.log(
