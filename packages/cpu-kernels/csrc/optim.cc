@@ -347,7 +347,7 @@ QLORA_AVX2 inline void foldMax(__m256 lanes, float& acc) {
     if (l[k] > acc) acc = l[k];
 }
 
-// The same operations as adam8Element 8 lanes at a time (codes gathered from the maps); lanes with a
+// The same operations as adam8Element 8 lanes at a time (codes read from the maps by dequant8); lanes with a
 // non-finite gradient keep their parameter and get m = v = 0. Block maxima as the scalar loop: a NaN
 // never replaces a maximum (max_ps returns its second operand when either is NaN). Returns how many
 // elements it handled.
