@@ -29,7 +29,8 @@ export interface OptimNative {
   ): void;
   optimSumSquares(x: F32, n: number): number;
   optimScale(x: F32, n: number, factor: number): void;
-  optimQuantize8bit(qmap: F32, ys: F32, out: U8): void;
+  /** The exact code search alone; scalarOnly forces the plain C++ path (tests compare it with the AVX2 one). */
+  optimQuantize8bit(qmap: F32, ys: F32, out: U8, scalarOnly?: boolean): void;
 }
 
 interface AdamW32Scalars {
