@@ -110,9 +110,10 @@ void gemm(const GemmKernel& K, int64_t m, int64_t n, int64_t k, const APacker& a
   const int64_t mt = (m + K.mr - 1) / K.mr, nt = (n + K.nr - 1) / K.nr;
   const int64_t want = std::max<int64_t>(threads, std::min<int64_t>(4 * threads, flops >> 21));
   // Each extra N task repacks all of A (each extra M task all of B): packing moves ~1 element per
-  // cycle against 16-32 FMA lanes, so keep tasks >= 512 columns / 384 rows unless B is a
-  // dequantizing packer (then N tasks duplicate nothing and any width is fine).
-  const int64_t tn_only = std::min(nt, b_pack_weight > 1 ? want : std::max<int64_t>(threads, std::min(want, n / 512)));
+  // cycle against 16-32 FMA lanes, so keep tasks >= 512 columns / 384 rows. A dequantizing B packer
+  // gets exactly one N task per thread: with 4 per thread, A (x or dy, often larger than L3) was
+  // re-read and repacked 4x per thread, and the k/v projections (n = 512) ran 64-column tasks.
+  const int64_t tn_only = std::min(nt, b_pack_weight > 1 ? threads : std::max<int64_t>(threads, std::min(want, n / 512)));
   const int64_t tm_only = std::min(mt, std::max<int64_t>(threads, std::min(want, m / 384)));
   const double dup_a = double(m) * k * (tn_only - 1), dup_b = double(k) * n * (tm_only - 1) * b_pack_weight;
   const bool split_n = tn_only >= threads && (tm_only < threads || dup_a <= dup_b);

@@ -6,12 +6,17 @@
 // Reference: packages/tensor reference backend matmul4bit / matmul4bitInputGrad (tests: test/nf4.test.ts).
 #include <algorithm>
 #include <cstring>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <string>
 #include <vector>
 
 #include "gemm_driver.h"
 #include "gemm_napi.h"
 #include "gemm_pack.h"
+#include "isa.h"
 #include "nf4_format.h"
 #include "nf4_gemv.h"
 #include "registry.h"
@@ -22,6 +27,48 @@ namespace {
 // Decoding a 4-bit weight while packing costs several times a plain copy: tell the driver, so it
 // splits work over N and every weight tile is decoded by one task only.
 constexpr int kDequantWeight = 16;
+
+// dst[p * nr + j] = src[j * kc + p] for p < kc, j < nr: 8x8 register transposes with AVX2 when
+// nr is a multiple of 8, scalar otherwise and for the kc % 8 tail. Pure copies (bit-identical).
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) int64_t transpose_to_panel_avx2(const float* src, int64_t kc, int nr, float* dst) {
+  int64_t p = 0;
+  for (; p + 8 <= kc; p += 8) {
+    for (int j = 0; j < nr; j += 8) {
+      const float* s = src + j * kc + p;
+      const __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + kc), r2 = _mm256_loadu_ps(s + 2 * kc),
+                   r3 = _mm256_loadu_ps(s + 3 * kc), r4 = _mm256_loadu_ps(s + 4 * kc), r5 = _mm256_loadu_ps(s + 5 * kc),
+                   r6 = _mm256_loadu_ps(s + 6 * kc), r7 = _mm256_loadu_ps(s + 7 * kc);
+      const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
+                   t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+                   t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+      const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee),
+                   u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee),
+                   u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee),
+                   u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+      float* d = dst + p * nr + j;
+      _mm256_storeu_ps(d + 0 * nr, _mm256_permute2f128_ps(u0, u4, 0x20));
+      _mm256_storeu_ps(d + 1 * nr, _mm256_permute2f128_ps(u1, u5, 0x20));
+      _mm256_storeu_ps(d + 2 * nr, _mm256_permute2f128_ps(u2, u6, 0x20));
+      _mm256_storeu_ps(d + 3 * nr, _mm256_permute2f128_ps(u3, u7, 0x20));
+      _mm256_storeu_ps(d + 4 * nr, _mm256_permute2f128_ps(u0, u4, 0x31));
+      _mm256_storeu_ps(d + 5 * nr, _mm256_permute2f128_ps(u1, u5, 0x31));
+      _mm256_storeu_ps(d + 6 * nr, _mm256_permute2f128_ps(u2, u6, 0x31));
+      _mm256_storeu_ps(d + 7 * nr, _mm256_permute2f128_ps(u3, u7, 0x31));
+    }
+  }
+  return p;
+}
+#endif
+
+void transpose_to_panel(const float* src, int64_t kc, int nr, float* dst) {
+  int64_t p = 0;
+#if defined(__x86_64__)
+  if (nr % 8 == 0 && isa().avx2_fma) p = transpose_to_panel_avx2(src, kc, nr, dst);
+#endif
+  for (; p < kc; ++p)
+    for (int j = 0; j < nr; ++j) dst[p * nr + j] = src[j * kc + p];
+}
 
 // Row-major f32 [rows, ld] operand A (x or dy), no transpose.
 struct RowMajorA final : APacker {
@@ -34,34 +81,41 @@ struct RowMajorA final : APacker {
   }
 };
 
-// B(p, j) = W[j, p]: each panel column is a run of one W row, decoded then scattered with stride nr.
+// B(p, j) = W[j, p]: each panel column is a run of one W row. The nr runs of a panel are decoded
+// into a [nr][kc] scratch (whole runs: the AVX2 decoder's 64-weight chunks) and transposed into the
+// panel's [kc][nr] layout 8x8 at a time, instead of kc scalar stores at stride nr per column.
 struct QuantTransposedB final : BPacker {
   const Quant4& q;
   explicit QuantTransposedB(const Quant4& w) : q(w) {}
   void pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int nr, float* dst) const override {
-    static thread_local std::vector<float> run;
-    run.resize(static_cast<std::size_t>(kc));
+    static thread_local std::vector<float> runs;
+    runs.resize(static_cast<std::size_t>(kc) * nr);
     for (int64_t s = 0; s < nc; s += nr, dst += nr * kc) {
       const int64_t cols = std::min<int64_t>(nr, nc - s);
-      if (cols < nr) std::memset(dst, 0, sizeof(float) * nr * kc);
-      for (int64_t jj = 0; jj < cols; ++jj) {
-        nf4_decode_run(q, (j0 + s + jj) * q.k + p0, kc, run.data());
-        for (int64_t p = 0; p < kc; ++p) dst[p * nr + jj] = run[p];
-      }
+      for (int64_t jj = 0; jj < cols; ++jj) nf4_decode_run(q, (j0 + s + jj) * q.k + p0, kc, runs.data() + jj * kc);
+      if (cols < nr) std::fill(runs.begin() + cols * kc, runs.end(), 0.0f);
+      transpose_to_panel(runs.data(), kc, nr, dst);
     }
   }
 };
 
-// B(p, j) = W[p, j]: each panel row is a contiguous run of W row p, decoded in place.
+// B(p, j) = W[p, j]: each panel row is a contiguous run of W row p. The whole nc-wide run of a row
+// is decoded at once (the AVX2 decoder needs runs of >= 64 weights; one nr = 16 run per call went
+// to the scalar loop) and copied nr floats at a time into the panels.
 struct QuantB final : BPacker {
   const Quant4& q;
   explicit QuantB(const Quant4& w) : q(w) {}
   void pack(int64_t p0, int64_t kc, int64_t j0, int64_t nc, int nr, float* dst) const override {
-    for (int64_t s = 0; s < nc; s += nr, dst += nr * kc) {
-      const int64_t cols = std::min<int64_t>(nr, nc - s);
-      for (int64_t p = 0; p < kc; ++p) {
-        nf4_decode_run(q, (p0 + p) * q.k + j0 + s, cols, dst + p * nr);
-        std::fill(dst + p * nr + cols, dst + (p + 1) * nr, 0.0f);
+    static thread_local std::vector<float> run;
+    run.resize(static_cast<std::size_t>(nc));
+    const int64_t panel = nr * kc;
+    for (int64_t p = 0; p < kc; ++p) {
+      nf4_decode_run(q, (p0 + p) * q.k + j0, nc, run.data());
+      float* row = dst + p * nr;
+      for (int64_t s = 0; s < nc; s += nr, row += panel) {
+        const int64_t cols = std::min<int64_t>(nr, nc - s);
+        std::memcpy(row, run.data() + s, sizeof(float) * cols);
+        if (cols < nr) std::fill(row + cols, row + nr, 0.0f);
       }
     }
   }
