@@ -23,6 +23,7 @@
 #include "fused_args.h"
 #include "isa.h"
 #include "pool.h"
+#include "quantize8bit_literal.h"
 #include "registry.h"
 
 #if defined(__clang__)
@@ -38,39 +39,15 @@ constexpr int64_t kBlock8 = 256;  // elements per absmax block of the 8-bit stat
 constexpr size_t kGrain = 1 << 14;
 
 // ---------------------------------------------------------------------------------------------
-// Exact 8-bit code search. `literal` is bitsandbytes' dQuantize<0> binary search (nearest code by f32
-// midpoints, ties to the even index, NaN -> 0), the function @qlora/nf4's quantize8bitValue implements.
+// Exact 8-bit code search. `quantize8bit_literal` (quantize8bit_literal.h) is bitsandbytes' dQuantize<0>
+// binary search (nearest code by f32 midpoints, ties to the even index, NaN -> 0), the function @qlora/nf4's
+// quantize8bitValue implements.
 // It is monotone in y, so it is a step function with 255 steps: Quantizer finds each step's first float
 // once per map (bisection over the order-preserving integer keys of floats) and then answers with a
 // table of 2^16 buckets of 2^16 consecutive floats (7 mantissa bits: finer than the dynamic maps' code
 // spacing, so a bucket holds at most one step; a bucket with two is flagged and searched in full) plus one
 // key comparison: exactly the literal search's result. 2^16 rather than 2^18 buckets: the entries the
 // scaled moments touch then stay in L1 (measured ~10% faster per step on Zen 3).
-
-uint8_t literal(const float* c, float y) {
-  int pivot = 127, lo = 0, hi = 255;
-  float lower = -1.0f, upper = 1.0f, val = c[127];
-  for (int s = 64; s > 0; s >>= 1) {
-    if (y > val) {
-      lo = pivot;
-      lower = val;
-      pivot += s;
-    } else {
-      hi = pivot;
-      upper = val;
-      pivot -= s;
-    }
-    val = c[pivot];
-  }
-  if (hi == 255) upper = c[255];
-  if (lo == 0) lower = c[0];
-  if (y > val) {
-    const float mid = (upper + val) * 0.5f;
-    return static_cast<uint8_t>(y > mid ? hi : pivot);
-  }
-  const float mid = (lower + val) * 0.5f;
-  return static_cast<uint8_t>(y < mid ? lo : pivot);
-}
 
 // Order-preserving map of float bit patterns to uint32 (−NaN < −inf < … < −0 < +0 < … < +inf < +NaN).
 inline uint32_t orderKey(float y) {
@@ -106,15 +83,15 @@ struct Quantizer {
     std::memcpy(code, qmap, sizeof(code));
     const uint32_t minKey = orderKey(-INFINITY), maxKey = orderKey(INFINITY);
     for (int c = 0; c < 255; ++c) {
-      if (literal(code, INFINITY) <= c) {
+      if (quantize8bit_literal(code, INFINITY) <= c) {
         firstKey[c] = UINT32_MAX;
         continue;
       }
       uint32_t a = minKey, b = maxKey;  // literal(fromKey(b)) > c; find the smallest such key
-      if (literal(code, fromKey(a)) > c) b = a;
+      if (quantize8bit_literal(code, fromKey(a)) > c) b = a;
       while (b - a > 1) {
         const uint32_t mid = a + (b - a) / 2;
-        if (literal(code, fromKey(mid)) > c) b = mid;
+        if (quantize8bit_literal(code, fromKey(mid)) > c) b = mid;
         else a = mid;
       }
       firstKey[c] = b;

@@ -26,6 +26,7 @@
 #include "fused_args.h"
 #include "isa.h"
 #include "pool.h"
+#include "quantize8bit_literal.h"
 #include "registry.h"
 
 #if defined(__clang__)
@@ -283,33 +284,6 @@ void quantize_blocks(const Job& j, int64_t b0, int64_t b1) {
   if (j.avx2) return blocks_avx2(j, b0, b1, buf);
 #endif
   for (int64_t b = b0; b < b1; ++b) block_scalar(j, b, buf);
-}
-
-// bitsandbytes dQuantize<0>: nearest entry of the ascending 256-entry map by float32 midpoints, ties to
-// the even index, NaN -> 0 (@qlora/nf4 quantize8bitValue).
-uint8_t quantize8bit_literal(const float* c, float y) {
-  int pivot = 127, lo = 0, hi = 255;
-  float lower = -1.0f, upper = 1.0f, val = c[127];
-  for (int s = 64; s > 0; s >>= 1) {
-    if (y > val) {
-      lo = pivot;
-      lower = val;
-      pivot += s;
-    } else {
-      hi = pivot;
-      upper = val;
-      pivot -= s;
-    }
-    val = c[pivot];
-  }
-  if (hi == 255) upper = c[255];
-  if (lo == 0) lower = c[0];
-  if (y > val) {
-    const float mid = (upper + val) * 0.5f;
-    return static_cast<uint8_t>(y > mid ? hi : pivot);
-  }
-  const float mid = (lower + val) * 0.5f;
-  return static_cast<uint8_t>(y < mid ? lo : pivot);
 }
 
 // Typed-array argument i of `type` with at least `need` elements, or null after reporting the error through
