@@ -72,6 +72,20 @@ __attribute__((target("avx2,fma"))) inline float hsum_avx2(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// The four byte planes of the 16-entry LUT of floats, each repeated in both 128-bit lanes: vpshufb tables
+// that turn 4-bit codes into byte p of their float (p = 0..3), for the shuffle kernels below.
+struct LutPlanes {
+  __m256i t0, t1, t2, t3;
+};
+__attribute__((target("avx2"))) inline LutPlanes lut_byte_planes(const Quant4& q) {
+  alignas(32) uint8_t planes[4][32];
+  const auto* lut_bytes = reinterpret_cast<const uint8_t*>(q.lut);
+  for (int p = 0; p < 4; ++p)
+    for (int i = 0; i < 32; ++i) planes[p][i] = lut_bytes[(i & 15) * 4 + p];
+  const auto* v = reinterpret_cast<const __m256i*>(planes);
+  return {_mm256_load_si256(v), _mm256_load_si256(v + 1), _mm256_load_si256(v + 2), _mm256_load_si256(v + 3)};
+}
+
 // AVX2 with byte shuffles instead of vpermps: the former AVX2 path (two vpermps + blend per 8 weights, like
 // the AVX-512 one) was bound by vpermps on Zen 3 at ~8 cycles per 16 weights (0.17 ns/weight single-threaded,
 // the same with the weight in L2 or in DRAM); this one measured 0.12 ns/weight on the same machine.
@@ -84,14 +98,7 @@ __attribute__((target("avx2,fma"))) inline float hsum_avx2(__m256 v) {
 template <int M>
 __attribute__((target("avx2,fma"))) void rows_avx2_shuffle(const Quant4& q, const float* xq, const float*, int64_t j0,
                                                            int64_t j1, float* y) {
-  alignas(32) uint8_t planes[4][32];
-  const auto* lut_bytes = reinterpret_cast<const uint8_t*>(q.lut);
-  for (int p = 0; p < 4; ++p)
-    for (int i = 0; i < 32; ++i) planes[p][i] = lut_bytes[(i & 15) * 4 + p];
-  const __m256i t0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(planes[0])),
-                t1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(planes[1])),
-                t2 = _mm256_load_si256(reinterpret_cast<const __m256i*>(planes[2])),
-                t3 = _mm256_load_si256(reinterpret_cast<const __m256i*>(planes[3]));
+  const auto [t0, t1, t2, t3] = lut_byte_planes(q);
   const __m128i nib = _mm_set1_epi8(0x0f);
   constexpr int NA = M == 1 ? 4 : 2;  // accumulators per row: keeps the FMA chains off the critical path
   const int64_t half = q.k / 2, bytes_per_block = q.blocksize / 2, blocks_per_row = q.k / q.blocksize;
@@ -143,14 +150,7 @@ __attribute__((target("avx2,fma"))) void rows_avx2_shuffle(const Quant4& q, cons
 template <int M, int BPB>
 __attribute__((target("avx2,fma"))) void rows_avx2_wide(const Quant4& q, const float* xq, const float*, int64_t j0,
                                                         int64_t j1, float* y) {
-  alignas(32) uint8_t planes[4][32];
-  const auto* lut_bytes = reinterpret_cast<const uint8_t*>(q.lut);
-  for (int p = 0; p < 4; ++p)
-    for (int i = 0; i < 32; ++i) planes[p][i] = lut_bytes[(i & 15) * 4 + p];
-  const __m256i t0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(planes[0])),
-                t1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(planes[1])),
-                t2 = _mm256_load_si256(reinterpret_cast<const __m256i*>(planes[2])),
-                t3 = _mm256_load_si256(reinterpret_cast<const __m256i*>(planes[3]));
+  const auto [t0, t1, t2, t3] = lut_byte_planes(q);
   const __m256i nib = _mm256_set1_epi8(0x0f);
   constexpr int NA = M == 1 ? 4 : 1;  // accumulators per row: keeps the FMA chains off the critical path
   const int64_t half = q.k / 2, bytes_per_block = BPB > 0 ? BPB : q.blocksize / 2,
