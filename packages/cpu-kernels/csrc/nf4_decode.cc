@@ -73,10 +73,11 @@ struct Avx2Decoder {
 __attribute__((target("avx2,fma"))) void decode_run_avx2(const Quant4& q, int64_t start, int64_t count, float* out) {
   const Avx2Decoder dec(q.lut);
   const float* lut = q.lut;
-  while (count > 0) {
-    const int64_t block = start / q.blocksize;
+  int64_t block = start / q.blocksize;  // one division per run: absmax_at divided twice per block
+  AbsmaxCursor absmax(q, block);
+  for (; count > 0; ++block) {
     const int64_t seg = std::min(count, (block + 1) * q.blocksize - start);
-    const float scale = q.absmax_at(block);
+    const float scale = absmax.next();
     int64_t e = start, i = 0;
     if (e & 1) {
       out[i++] = lut[q.codes[e >> 1] & 15] * scale;
@@ -103,10 +104,11 @@ void nf4_decode_run(const Quant4& q, int64_t start, int64_t count, float* out) {
   if (count >= 64 && q.blocksize >= 64 && isa().avx2_fma) return decode_run_avx2(q, start, count, out);
 #endif
   const float* lut = q.lut;
-  while (count > 0) {
-    const int64_t block = start / q.blocksize;
+  int64_t block = start / q.blocksize;
+  AbsmaxCursor absmax(q, block);
+  for (; count > 0; ++block) {
     const int64_t seg = std::min(count, (block + 1) * q.blocksize - start);
-    const float scale = q.absmax_at(block);
+    const float scale = absmax.next();
     int64_t e = start, i = 0;
     if (e & 1) {  // starts on a low nibble
       out[i++] = lut[q.codes[e >> 1] & 15] * scale;

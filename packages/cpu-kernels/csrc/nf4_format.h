@@ -76,6 +76,39 @@ struct AbsmaxCursor {
   }
 };
 
+// AbsmaxCursor for kernels that revisit rows in order (the GEMV): the absmax of a block is one table
+// load. A double-quantized absmax takes one of 256 values per nested block, fl(fl(code[v] * nested) +
+// offset), so the table is built once per nested block (bit-identical to absmax_at) and kept across
+// seek() calls. The per-block multiply-add it replaces cost the AVX2 GEMV 2-4 % (bench/ab-builds.ts,
+// 4096-wide rows, one thread).
+class ScaleCursor {
+ public:
+  explicit ScaleCursor(const Quant4& w) : q(w) {}
+  void seek(int64_t first) {
+    block = first;
+    if (q.absmax) return;
+    rem = first % q.nested_blocksize;
+    const int64_t ni = first / q.nested_blocksize;
+    if (ni != loaded) load(ni);
+  }
+  float next() {
+    if (q.absmax) return q.absmax[block++];
+    if (rem == q.nested_blocksize) load(loaded + 1), rem = 0;
+    ++rem;
+    return table[q.qabsmax[block++]];
+  }
+
+ private:
+  void load(int64_t nested_index) {
+    const float s = q.nested[nested_index];
+    for (int v = 0; v < 256; ++v) table[v] = rounded(q.code[v] * s) + q.offset;  // two roundings, as absmax_at
+    loaded = nested_index;
+  }
+  const Quant4& q;
+  int64_t block = 0, rem = 0, loaded = -1;
+  float table[256];
+};
+
 // out[i] = dequant(W.flat[start + i]) for i < count (any start parity, any block straddling).
 void nf4_decode_run(const Quant4& q, int64_t start, int64_t count, float* out);
 

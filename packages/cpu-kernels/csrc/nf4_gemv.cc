@@ -145,8 +145,8 @@ __attribute__((target("avx2,fma"))) void rows_avx2_shuffle(const Quant4& q, cons
 // both go through the same four vpshufb + two rounds of unpacks as rows_avx2_shuffle (12 shuffles per
 // 32 weights, the bound on Zen 3's two shuffle pipes). f[h][n], lane l, element i holds the weight of
 // byte u = t + 16l + 4n + i, column 2u + h; x is reordered once per call to that order (xq, see
-// nf4_gemv). The row's block scales are computed before its loop and broadcast from memory (a load, not
-// a shuffle). BPB = bytes per block (a multiple of 32) when known at compile time, 0 = q.blocksize / 2.
+// nf4_gemv). Each block's scale is stored to `scales` and broadcast from memory (a load, not a shuffle).
+// BPB = bytes per block (a multiple of 32) when known at compile time, 0 = q.blocksize / 2.
 template <int M, int BPB>
 __attribute__((target("avx2,fma"))) void rows_avx2_wide(const Quant4& q, const float* xq, const float*, int64_t j0,
                                                         int64_t j1, float* y) {
@@ -156,18 +156,22 @@ __attribute__((target("avx2,fma"))) void rows_avx2_wide(const Quant4& q, const f
   const int64_t half = q.k / 2, bytes_per_block = BPB > 0 ? BPB : q.blocksize / 2,
                 blocks_per_row = q.k / q.blocksize;
   std::vector<float> scales(static_cast<std::size_t>(blocks_per_row));
+  ScaleCursor absmax(q);
   for (int64_t j = j0; j < j1; ++j) {
     const uint8_t* row = q.codes + j * half;
-    AbsmaxCursor absmax(q, j * blocks_per_row);
-    for (int64_t b = 0; b < blocks_per_row; ++b) scales[b] = absmax.next();
+    absmax.seek(j * blocks_per_row);
     __m256 tot[M];
     for (int i = 0; i < M; ++i) tot[i] = _mm256_setzero_ps();
     for (int64_t b = 0; b < blocks_per_row; ++b) {
       __m256 acc[M][NA];
       for (int i = 0; i < M; ++i)
         for (int a = 0; a < NA; ++a) acc[i][a] = _mm256_setzero_ps();
+      scales[b] = absmax.next();  // between decodes, where it overlaps them (not in a loop of its own)
       const int64_t tb = b * bytes_per_block;
       for (int64_t t = tb; t < tb + bytes_per_block; t += 32) {
+        // 2 KiB ahead (one 4096-wide row): with the hardware prefetcher alone the loop waited on L3/DRAM
+        // (ab-builds.ts, quiet: 3-6 % at 2 threads, 7-9 % at 1; 4 KiB ahead: no different).
+        if ((t & 63) == 0) _mm_prefetch(reinterpret_cast<const char*>(row + t + 2048), _MM_HINT_T0);
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + t));
         const __m256i idx[2] = {_mm256_and_si256(_mm256_srli_epi16(v, 4), nib), _mm256_and_si256(v, nib)};
         const float* xp = xq + 2 * t;
