@@ -16,7 +16,8 @@ namespace qlora {
 namespace {
 
 // Reads batch, heads, kvHeads, seq, headDim, scale starting at argument `at`, then the optional kvSeq
-// (default seq) and layout (0 = [batch, heads, seq, d], 1 = [batch, seq, heads, d]; default 0).
+// (default seq), layout (0 = [batch, heads, seq, d], 1 = [batch, seq, heads, d]; default 0) and sliding
+// window (0 = none, the default).
 AttnProblem read_problem(Args& a, size_t at) {
   AttnProblem p{};
   p.batch = a.count(at, "batch");
@@ -27,6 +28,7 @@ AttnProblem read_problem(Args& a, size_t at) {
   p.scale = static_cast<float>(a.number(at + 5, "scale"));
   p.kv_seq = a.is_null(at + 6) ? p.seq : a.count(at + 6, "kvSeq");
   const int64_t layout = a.is_null(at + 7) ? 0 : a.count(at + 7, "layout");
+  p.window = a.is_null(at + 8) ? 0 : a.count(at + 8, "window");
   if (a.ok() && (p.kv_heads == 0 || p.heads % p.kv_heads != 0)) a.fail_range("kvHeads", "a positive divisor of heads");
   if (a.ok() && p.d == 0) a.fail_range("headDim", "positive");
   if (a.ok() && !(p.scale > 0)) a.fail_range("scale", "a positive number");
@@ -80,7 +82,8 @@ void transpose_keys(const AttnProblem& p, float* kt) {
   });
 }
 
-// attentionForward(q, k, v, segmentIds|null, out, lse, batch, heads, kvHeads, seq, headDim, scale[, kvSeq, layout])
+// attentionForward(q, k, v, segmentIds|null, out, lse, batch, heads, kvHeads, seq, headDim, scale[, kvSeq, layout,
+//                  window])
 Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
   Args a(info, "attentionForward");
   AttnProblem p = read_problem(a, 6);
@@ -137,7 +140,7 @@ void backward_split_keys(const AttnProblem& p, int level, const float* dout, con
 }
 
 // attentionBackward(dout, q, k, v, out, lse, segmentIds|null, dq, dk, dv, batch, heads, kvHeads, seq, headDim, scale
-//                   [, kvSeq, layout])
+//                   [, kvSeq, layout, window])
 Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   Args a(info, "attentionBackward");
   AttnProblem p = read_problem(a, 10);

@@ -11,6 +11,8 @@ struct AttnProblem {
   // Keys per sequence (≥ seq) and the causal offset kv_seq − seq: query i sits at position offset + i
   // and sees keys j ≤ offset + i (a KV cache: keys = cached + new).
   int64_t kv_seq, offset;
+  // Sliding window (Mistral): the query at position P sees keys P − window < j ≤ P only; 0 = plain causal.
+  int64_t window;
   // Element strides of one position (row), one head and one batch: q_* for q, out, dout and dq;
   // kv_* for k, v, dk and dv. Layout "bhsd": row d, head seq·d; layout "bshd": row heads·d, head d.
   int64_t q_rs, q_hs, q_bs, kv_rs, kv_hs, kv_bs;
@@ -21,6 +23,11 @@ struct AttnProblem {
   // per call (attention.cc) instead of once per (query tile, key tile) pair.
   const float* kt;
 };
+
+// First key visible to the query at position pos: 0, or the start of its sliding window.
+inline int64_t attn_first_key(const AttnProblem& p, int64_t pos) {
+  return p.window > 0 && pos - p.window + 1 > 0 ? pos - p.window + 1 : 0;
+}
 
 constexpr int64_t kAttnBr = 64;  // query rows per tile
 constexpr int64_t kAttnBc = 64;  // keys per tile

@@ -3,13 +3,14 @@
 // inline/template instantiation could otherwise leak AVX-512 code into baseline callers.
 //
 // Forward (per batch, head, query tile of kAttnBr rows), FlashAttention-2 style:
-//   for each key tile j ≤ the causal limit: S = scale·Q Kᵀ (masked), online softmax
+//   for each key tile j ≤ the causal limit (and ≥ the sliding window's start, when one is set):
+//   S = scale·Q Kᵀ (masked), online softmax
 //   (running max m, running sum l, O rescaled by exp(m_old − m_new)), O += P V;
 //   finally O /= l, lse = m + log l. Only O and lse leave the tile.
 // Backward (per batch, kv head; the thread owns dq of the query heads sharing it, so no races; when
 // there are few (batch, kv head) pairs, attention.cc splits each pair's key tiles into a shape-determined
 // number of parts instead, each accumulating dq into a private buffer that is summed after in part order):
-//   for each key tile j: for each query head of the group and query tile i ≥ j:
+//   for each key tile j: for each query head of the group and query tile i ≥ j (and within the window):
 //   P = exp(scale·Q Kᵀ − lse) recomputed, dV_j += Pᵀ dO, dP = dO Vᵀ, dS = P∘(dP − D)·scale,
 //   dQ_i += dS K_j, dK_j += dSᵀ Q_i, with D = rowsum(dO∘O) computed once per row.
 // All products go through one register-blocked micro-kernel: C[r][:] += Σ_k A(r,k)·B[k][:] with
@@ -135,6 +136,11 @@ inline int64_t visible(int64_t i, int64_t j0, int64_t bc) {
   int64_t n = i - j0 + 1;
   return n < 0 ? 0 : n > bc ? bc : n;
 }
+// Keys of the tile starting at j0 before the sliding window of the query at position pos (≤ nv).
+inline int64_t window_start(const AttnProblem& p, int64_t pos, int64_t j0, int64_t nv) {
+  const int64_t lo = attn_first_key(p, pos) - j0;
+  return lo < 0 ? 0 : lo > nv ? nv : lo;
+}
 void mask_segments(float* row, int64_t n, const int32_t* seg_keys, int32_t seg_query, float masked) {
   for (int64_t j = 0; j < n; ++j)
     if (seg_keys[j] != seg_query) row[j] = masked;
@@ -159,15 +165,18 @@ void forward_tile(const AttnProblem& p, float* out, float* lse, int64_t task, fl
   for (int64_t r = 0; r < br; ++r) m[r] = ninf, l[r] = 0.0f;
   zero(O, br * d);
   const int64_t jend = p.offset + i0 + br;  // causal: keys < offset + i0 + br (≤ kv_seq)
-  for (int64_t j0 = 0; j0 < jend; j0 += kAttnBc) {
+  // sliding window: no query of the tile sees keys before its first query's window (whole key tiles skipped)
+  const int64_t jstart = attn_first_key(p, p.offset + i0) / kAttnBc * kAttnBc;
+  for (int64_t j0 = jstart; j0 < jend; j0 += kAttnBc) {
     const int64_t bc = jend - j0 < kAttnBc ? jend - j0 : kAttnBc;
     const float* KT = KTall + (j0 / kAttnBc) * d * kAttnBc;
     zero(St, br * kAttnBc);
     gemm_acc(St, kAttnBc, Qt, d, 1, KT, kAttnBc, br, d, bc);
     for (int64_t r = 0; r < br; ++r) {
       float* row = St + r * kAttnBc;
-      const int64_t nv = visible(p.offset + i0 + r, j0, bc);
+      const int64_t nv = visible(p.offset + i0 + r, j0, bc), lo = window_start(p, p.offset + i0 + r, j0, nv);
       for (int64_t j = nv; j < bc; ++j) row[j] = ninf;
+      for (int64_t j = 0; j < lo; ++j) row[j] = ninf;
       if (seg) mask_segments(row, nv, seg + j0, seg[i0 + r], ninf);
       const float mx = max_row(row, bc) * p.scale;  // scale > 0 keeps the argmax
       if (mx == ninf) {  // nothing visible in this tile for this row
@@ -241,7 +250,10 @@ void backward_task(const AttnProblem& p, const float* dout, const float* out, co
       const float* Dh = D + g * S;
       // the first query that sees key j0 is j0 − offset (rounded down to its tile)
       const int64_t first = j0 - p.offset > 0 ? j0 - p.offset : 0;
-      for (int64_t i0 = (first / kAttnBr) * kAttnBr; i0 < S; i0 += kAttnBr) {
+      // and with a sliding window, the last is the one whose window still reaches key j0 + bc − 1
+      const int64_t last_end = p.window > 0 ? j0 + bc - 1 + p.window - p.offset : S;
+      const int64_t iend = last_end < S ? last_end : S;
+      for (int64_t i0 = (first / kAttnBr) * kAttnBr; i0 < iend; i0 += kAttnBr) {
         const int64_t br = S - i0 < kAttnBr ? S - i0 : kAttnBr;
         const float* Qi = pack_rows(Qpack, Qh + i0 * qrs, br, qrs, d);
         const float* dOi = pack_rows(dOpack, dOh + i0 * qrs, br, qrs, d);
@@ -250,9 +262,10 @@ void backward_task(const AttnProblem& p, const float* dout, const float* out, co
         gemm_acc(P, kAttnBc, Qi, ld, 1, KT, kAttnBc, br, d, bc);
         for (int64_t r = 0; r < br; ++r) {
           float* row = P + r * kAttnBc;
-          const int64_t nv = visible(p.offset + i0 + r, j0, bc);
+          const int64_t nv = visible(p.offset + i0 + r, j0, bc), lo = window_start(p, p.offset + i0 + r, j0, nv);
           exp_row(row, nv, p.scale, Lh[i0 + r]);
           for (int64_t j = nv; j < bc; ++j) row[j] = 0.0f;
+          for (int64_t j = 0; j < lo; ++j) row[j] = 0.0f;
           if (seg) mask_segments(row, nv, seg + j0, seg[i0 + r], 0.0f);
         }
         gemm_acc(dV, d, P, 1, kAttnBc, dOi, ld, bc, br, d);  // dV += Pᵀ dO

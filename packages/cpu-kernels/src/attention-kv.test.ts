@@ -2,7 +2,9 @@
 // and in the "bshd" layout ([batch, seq, heads, d], rope's layout: no transposed copies), against the
 // reference backend, for every ISA level this machine can run. Shapes are odd and up to a few hundred
 // keys; both backward schedules are covered (few (batch, kv head) pairs: key tiles split into parts with
-// private dq; many pairs: one task per pair). Tolerance as in attention.test.ts: 1e-5 + 1e-4·|want|.
+// private dq; many pairs: one task per pair), and so is the sliding window (Mistral: the query at
+// position P sees keys P − window < j ≤ P) with and without a cache, windows narrower than, equal to and
+// wider than a 64-key tile. Tolerance as in attention.test.ts: 1e-5 + 1e-4·|want|.
 import { type AttentionOptions, type Backend, type Buffer, type HostBuffer, referenceBackend } from "@qlora/tensor";
 import { afterAll, describe, expect, it } from "vitest";
 import { createFusedOps, type FusedNative } from "./fused";
@@ -28,20 +30,26 @@ function expectClose(name: string, got: Float32Array, want: Float32Array): void 
   }
 }
 
-// [batch, heads, kvHeads, seq, kvSeq, headDim, layout]
-const SHAPES: [number, number, number, number, number, number, "bhsd" | "bshd"][] = [
+// [batch, heads, kvHeads, seq, kvSeq, headDim, layout, window (0 = none)]
+const SHAPES: [number, number, number, number, number, number, "bhsd" | "bshd", number?][] = [
   [1, 4, 2, 37, 150, 24, "bhsd"], // prefill of 37 after 113 cached, GQA 2, split-keys backward
   [2, 3, 1, 1, 129, 8, "bhsd"], // one decode step over 2 key tiles + 1
   [1, 2, 2, 70, 70, 16, "bshd"], // no cache, rope's layout
   [1, 4, 2, 65, 200, 64, "bshd"], // cache and layout together, a tile plus one query row
   [2, 8, 4, 9, 33, 5, "bshd"], // 8 (batch, kv head) pairs: one backward task per pair; head dim 5 (tails)
+  [1, 4, 2, 129, 129, 16, "bhsd", 37], // window inside a tile, split-keys backward
+  [2, 4, 2, 300, 300, 8, "bshd", 64], // window of exactly one tile, key tiles skipped
+  [1, 2, 1, 65, 200, 24, "bshd", 65], // cache and window: a tile plus one
+  [1, 2, 2, 130, 130, 5, "bhsd", 1], // each query sees only itself
+  [2, 3, 1, 1, 129, 8, "bhsd", 100], // one decode step with a window
+  [2, 8, 4, 9, 33, 5, "bshd", 300], // window wider than every sequence: plain causal
 ];
 
 describe("native attention with a KV cache and the bshd layout vs the reference", () => {
   for (const level of LEVELS) {
     const skip = !runnable.includes(level);
-    for (const [batch, heads, kvHeads, seq, kvSeq, headDim, layout] of SHAPES) {
-      const name = `ISA level ${level}: b${batch} h${heads}/${kvHeads} seq ${seq} kvSeq ${kvSeq} d${headDim} ${layout}`;
+    for (const [batch, heads, kvHeads, seq, kvSeq, headDim, layout, window = 0] of SHAPES) {
+      const name = `ISA level ${level}: b${batch} h${heads}/${kvHeads} seq ${seq} kvSeq ${kvSeq} d${headDim} ${layout}${window ? ` window ${window}` : ""}`;
       it.skipIf(skip)(skip ? `${name} (skipped: this CPU cannot run ISA level ${level})` : name, () => {
         native.setFusedIsaLevel(level);
         const o: AttentionOptions = {
@@ -53,6 +61,7 @@ describe("native attention with a KV cache and the bshd layout vs the reference"
           headDim,
           scale: 1 / Math.sqrt(headDim),
           layout,
+          ...(window ? { window } : {}),
         };
         const nq = batch * heads * seq * headDim;
         const nkv = batch * kvHeads * kvSeq * headDim;

@@ -44,11 +44,14 @@ interface Case {
   headDim: number;
   ratio: number;
   segments: boolean;
+  window?: number; // sliding window (Mistral); with segment ids both masks apply
 }
 const cases: Case[] = [];
 for (const seq of [1, 5, 64, 129])
   for (const headDim of [8, 64])
     for (const ratio of [1, 2, 4]) for (const segments of [false, true]) cases.push({ seq, headDim, ratio, segments });
+cases.push({ seq: 129, headDim: 8, ratio: 2, segments: true, window: 37 });
+cases.push({ seq: 200, headDim: 64, ratio: 4, segments: false, window: 64 });
 
 const run = (be: Backend, c: Case, seed: number) => runWith(be, c, seed, 2, c.ratio === 4 ? 1 : 2);
 const runOne = (be: Backend, c: Case, seed: number) => runWith(be, c, seed, 1, 1);
@@ -71,6 +74,7 @@ function runWith(be: Backend, c: Case, seed: number, batch: number, kvHeads: num
     headDim: c.headDim,
     scale: 1 / Math.sqrt(c.headDim),
     segmentIds: c.segments ? ref.fromHost(seg, "i32") : undefined,
+    ...(c.window ? { window: c.window } : {}),
   };
   const { out, lse } = be.attention(q, k, v, o);
   const { dq, dk, dv } = be.attentionBackward(dout, q, k, v, out, lse, o);
@@ -79,7 +83,7 @@ function runWith(be: Backend, c: Case, seed: number, batch: number, kvHeads: num
 
 describe("attention forward + backward vs the reference", () => {
   cases.forEach((c, n) => {
-    const label = `seq ${c.seq}, headDim ${c.headDim}, GQA ${c.ratio}:1, segmentIds ${c.segments}`;
+    const label = `seq ${c.seq}, headDim ${c.headDim}, GQA ${c.ratio}:1, segmentIds ${c.segments}${c.window ? `, window ${c.window}` : ""}`;
     it(label, () => {
       const want = run(ref, c, 100 + n);
       for (const level of levels) {

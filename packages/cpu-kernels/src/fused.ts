@@ -170,6 +170,7 @@ export interface FusedNative {
     scale: number,
     kvSeq?: number,
     layout?: number,
+    window?: number,
   ): void;
   attentionBackward(
     dout: Float32Array,
@@ -190,6 +191,7 @@ export interface FusedNative {
     scale: number,
     kvSeq?: number,
     layout?: number,
+    window?: number,
   ): void;
   /** Caps the fused kernels' ISA (2 AVX-512, 1 AVX2, 0 SSE4.2); returns the level in use. */
   setFusedIsaLevel(level: number): number;
@@ -425,6 +427,7 @@ export function createFusedOps(
         o.scale,
         o.kvSeq ?? o.seq,
         o.layout === "bshd" ? 1 : 0,
+        o.window ?? 0,
       );
       return { out: out.buf, lse: lse.buf };
     },
@@ -456,6 +459,7 @@ export function createFusedOps(
         o.scale,
         o.kvSeq ?? o.seq,
         o.layout === "bshd" ? 1 : 0,
+        o.window ?? 0,
       );
       return { dq: dq.buf, dk: dk.buf, dv: dv.buf };
     },

@@ -64,6 +64,7 @@ describe("arm64 NEON kernels under qemu-aarch64", () => {
       expect(out).toMatch(/^kernel neon \(8x12\)$/m);
       expect(out).toMatch(/^ok {3}nf4 neon n299 k320 bs64 m1 gemv/m); // the NEON GEMV took the call
       expect(out).toMatch(/^ok {3}attention fwd/m);
+      expect(out).toMatch(/^ok {3}attention fwd .* window37/m); // the sliding-window mask ran
       expect(out).not.toMatch(/^FAIL/m);
       expect(out.trim().split("\n").at(-1)).toBe("ALL PASS");
     },

@@ -120,6 +120,7 @@ describe("thread sweep: attention", () => {
   it.each([
     { batch: 1, heads: 4, kvHeads: 1, seq: 203, headDim: 64 }, // fewer (batch, kv head) pairs than threads
     { batch: 2, heads: 6, kvHeads: 3, seq: 129, headDim: 24 }, // more pairs than threads; head-dim tails
+    { batch: 1, heads: 2, kvHeads: 1, seq: 203, headDim: 16, window: 70 }, // sliding window, split-keys backward
   ])("forward and backward bit-identical across 1/2/3/5 threads: %o", (shape) => {
     const nq = shape.batch * shape.heads * shape.seq * shape.headDim;
     const nkv = shape.batch * shape.kvHeads * shape.seq * shape.headDim;

@@ -57,4 +57,13 @@ describe("withAttentionLayouts (the CUDA backend's attention options)", () => {
     expect(() => wrapped.attention(f32(4, 1), f32(8, 2), f32(8, 3), o)).toThrow(BackendOpError);
     expect(() => wrapped.attention(f32(4, 1), f32(8, 2), f32(8, 3), o)).toThrow(/kvSeq ≠ seq/);
   });
+
+  it("a sliding window is refused with BackendOpError naming the op (no CUDA kernel applies it)", () => {
+    const o: AttentionOptions = { batch: 1, heads: 1, kvHeads: 1, seq: 2, headDim: 2, scale: 1, window: 1 };
+    const [q, k, v] = [f32(4, 1), f32(4, 2), f32(4, 3)];
+    expect(() => wrapped.attention(q, k, v, o)).toThrow(BackendOpError);
+    expect(() => wrapped.attentionBackward(q, q, k, v, q, f32(2, 4), o)).toThrow(
+      /attentionBackward with a sliding window/,
+    );
+  });
 });

@@ -1,7 +1,7 @@
 // The CUDA attention kernels read [batch, heads, seq, d] only and have no KV-cache offset. This adapter
 // gives the Backend's attention options their meaning on top of them: the "bshd" layout is served by
 // transposing copies on the device (correct, not copy-free), and kvSeq ≠ seq (attention over a KV cache)
-// is refused with BackendOpError, so a caller can tell a missing kernel from a wrong result. The kernels
+// and a sliding window (Mistral) are refused with BackendOpError, so a caller can tell a missing kernel from a wrong result. The kernels
 // are unverified on a GPU; this adapter's index math is tested on the reference backend
 // (src/attention-layout.test.ts).
 import { type AttentionOptions, type Backend, BackendOpError, type Buffer } from "@qlora/tensor";
@@ -18,6 +18,7 @@ function swapMiddle(be: Host, x: Buffer, b: number, s1: number, s2: number, d: n
 export function withAttentionLayouts(be: Host, inner: AttentionOps): AttentionOps {
   const check = (o: AttentionOptions, op: string): void => {
     if ((o.kvSeq ?? o.seq) !== o.seq) throw new BackendOpError(`${op} with kvSeq ≠ seq (KV cache)`, be.name);
+    if ((o.window ?? 0) > 0) throw new BackendOpError(`${op} with a sliding window`, be.name);
   };
   return {
     attention(q, k, v, o) {

@@ -1,7 +1,8 @@
 /**
  * Tiny random-weight models in exact Hugging Face layout (config.json, model.safetensors or shards +
  * model.safetensors.index.json, generation_config.json), one per supported architecture and feature
- * (llama3 rope scaling, linear scaling + biases, tied embeddings, Qwen2 q/k/v bias, Qwen3 q/k norm, GQA/MQA).
+ * (llama3 rope scaling, linear scaling + biases, tied embeddings, Qwen2 q/k/v bias, Qwen3 q/k norm, GQA/MQA,
+ * sliding-window attention).
  * Deterministic: the same spec always gives the same bytes (the parity fixtures record a hash of them).
  *
  *   pnpm exec tsx packages/models/scripts/make-tiny-models.ts <outDir> [--dtype bf16] [--shards]
@@ -121,6 +122,43 @@ export const TINY_MODELS: readonly TinySpec[] = [
   },
 ];
 
+/**
+ * Sliding-window attention at windows shorter than the parity sequence (128) and than a packed sequence
+ * (50): Mistral on every layer; Qwen2 with use_sliding_window on layers ≥ max_window_layers only. Kept
+ * out of TINY_MODELS because the GGUF tests compare against llama.cpp, whose llama architecture has no
+ * sliding window.
+ */
+export const SLIDING_WINDOW_MODELS: readonly TinySpec[] = [
+  {
+    name: "mistral-swa",
+    seed: 7,
+    config: {
+      ...BASE,
+      architectures: ["MistralForCausalLM"],
+      model_type: "mistral",
+      rope_theta: 10000,
+      sliding_window: 48,
+    },
+  },
+  {
+    name: "qwen2-swa",
+    seed: 8,
+    config: {
+      ...BASE,
+      architectures: ["Qwen2ForCausalLM"],
+      model_type: "qwen2",
+      rope_theta: 1000000,
+      use_sliding_window: true,
+      sliding_window: 37,
+      max_window_layers: 1,
+      rms_norm_eps: 1e-6,
+    },
+  },
+];
+
+/** Every model the PyTorch parity fixtures cover. */
+export const PARITY_MODELS: readonly TinySpec[] = [...TINY_MODELS, ...SLIDING_WINDOW_MODELS];
+
 /** Deterministic normals: mulberry32 + Box-Muller (no dependency on the tensor runtime's generator). */
 function normals(seed: number) {
   let s = seed >>> 0;
@@ -236,7 +274,7 @@ async function main(argv: string[]) {
   const dtIdx = argv.indexOf("--dtype");
   const dtype = (dtIdx >= 0 ? argv[dtIdx + 1] : "float32") as WriteTinyOptions["dtype"];
   const shards = argv.includes("--shards");
-  for (const spec of TINY_MODELS) {
+  for (const spec of PARITY_MODELS) {
     await writeTinyModel(join(out, spec.name), spec, { dtype, maxShardSize: shards ? 200_000 : undefined });
     console.log(`${join(out, spec.name)}`);
   }

@@ -4,7 +4,9 @@
 Implements the Hugging Face forward of LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM /
 Qwen3ForCausalLM in plain torch (no transformers library): RMSNorm, rope with rope_scaling 'linear' and
 'llama3' (transformers' _compute_llama3_parameters), GQA, Qwen2 q/k/v bias, Qwen3 q/k RMSNorm, tied
-embeddings, SwiGLU MLP, shifted cross-entropy with ignore_index -100.
+embeddings, sliding-window attention (Mistral: every layer; Qwen2/Qwen3 with use_sliding_window: the layers
+current transformers marks "sliding_attention", i.e. layer_types or i >= max_window_layers; a query at i sees
+keys i - window < j <= i), SwiGLU MLP, shifted cross-entropy with ignore_index -100.
 
 Run (Debian's python3-torch, float32):
   pnpm exec tsx --conditions=@qlora/source packages/models/scripts/make-tiny-models.ts /tmp/tiny
@@ -76,6 +78,21 @@ def rotate_half(x):
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
+def layer_windows(cfg):
+    """Sliding window per layer (0 = full causal attention), as transformers derives it."""
+    arch = cfg["architectures"][0]
+    L = cfg["num_hidden_layers"]
+    W = cfg.get("sliding_window")
+    if arch == "MistralForCausalLM":
+        return [W or 0] * L
+    if arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM") and cfg.get("use_sliding_window") and W:
+        types = cfg.get("layer_types") or [
+            "sliding_attention" if i >= cfg.get("max_window_layers", 28) else "full_attention" for i in range(L)
+        ]
+        return [W if t == "sliding_attention" else 0 for t in types]
+    return [0] * L
+
+
 def forward(cfg, w, ids, pos, seg=None):
     arch = cfg["architectures"][0]
     hid = cfg["hidden_size"]
@@ -102,6 +119,11 @@ def forward(cfg, w, ids, pos, seg=None):
     if seg is not None:
         allowed = allowed & (seg[:, :, None] == seg[:, None, :])
     mask = torch.zeros(B, 1, S, S).masked_fill(~allowed[:, None], float("-inf"))
+    windows = layer_windows(cfg)
+    if any(windows):
+        W = max(windows)
+        near = torch.ones(S, S, dtype=torch.bool).triu(-(W - 1))  # j > i - W
+        swa_mask = torch.zeros(B, 1, S, S).masked_fill(~(allowed & near[None])[:, None], float("-inf"))
 
     h = w["model.embed_tokens.weight"][ids]
     for l in range(cfg["num_hidden_layers"]):
@@ -118,7 +140,7 @@ def forward(cfg, w, ids, pos, seg=None):
         k = k * cos + rotate_half(k) * sin
         k = k.repeat_interleave(H // KV, dim=1)
         v = v.repeat_interleave(H // KV, dim=1)
-        scores = (q @ k.transpose(2, 3)) * (D ** -0.5) + mask
+        scores = (q @ k.transpose(2, 3)) * (D ** -0.5) + (swa_mask if windows[l] else mask)
         a = torch.softmax(scores.float(), dim=-1) @ v
         a = a.transpose(1, 2).reshape(B, S, H * D)
         h = h + lin(a, p + ".self_attn.o_proj", o_bias)

@@ -45,6 +45,8 @@ export class Attention extends Module {
     readonly rotary: RotaryEmbedding,
     path: string,
     src: LayerSource,
+    /** Sliding window of this layer (Mistral, Qwen2/3 `use_sliding_window`); 0 = full causal attention. */
+    readonly window = 0,
   ) {
     super();
     const { hiddenSize: hid, numHeads: h, numKvHeads: kvh, headDim: d, qkvBias, oBias } = config;
@@ -71,9 +73,10 @@ export class Attention extends Module {
       }
       const qr = this.rotary.apply(q, ctx.positions).transpose(1, 2);
       const kr = this.rotary.apply(k, ctx.positions);
+      const window = this.window > 0 ? { window: this.window } : {};
       const out = ctx.cache
-        ? cachedAttention(qr, kr, v, ctx.cache)
-        : attention(qr, kr.transpose(1, 2), v.transpose(1, 2), ctx.segmentIds ? { segmentIds: ctx.segmentIds } : {});
+        ? cachedAttention(qr, kr, v, ctx.cache, window)
+        : attention(qr, kr.transpose(1, 2), v.transpose(1, 2), { ...window, segmentIds: ctx.segmentIds });
       return this.child<LinearLike>("o_proj").forward(out.transpose(1, 2).reshape([b, s, h * d]));
     });
   }
@@ -81,11 +84,12 @@ export class Attention extends Module {
 
 /**
  * Attention of n new queries over the cached keys plus the n new ones (the fused op's causal offset:
- * query i attends keys j ≤ cached + i). kNew/vNew are [b, n, kvh, d]; the cache appends them in place.
+ * query i attends keys j ≤ cached + i, and > cached + i − window with a sliding window). kNew/vNew are
+ * [b, n, kvh, d]; the cache appends them in place (and keeps every key: the window only masks).
  */
-function cachedAttention(q: Tensor, kNew: Tensor, vNew: Tensor, cache: LayerCache): Tensor {
+function cachedAttention(q: Tensor, kNew: Tensor, vNew: Tensor, cache: LayerCache, o: { window?: number }): Tensor {
   const { k, v } = cache.cache.append(cache.layer, kNew, vNew);
-  const out = attention(q, k, v);
+  const out = attention(q, k, v, o);
   k.dispose();
   v.dispose();
   return out;
@@ -109,9 +113,9 @@ export class MLP extends Module {
 }
 
 export class DecoderLayer extends Module {
-  constructor(config: ModelConfig, rotary: RotaryEmbedding, path: string, src: LayerSource) {
+  constructor(config: ModelConfig, rotary: RotaryEmbedding, path: string, src: LayerSource, window = 0) {
     super();
-    this.registerModule("self_attn", new Attention(config, rotary, `${path}.self_attn`, src));
+    this.registerModule("self_attn", new Attention(config, rotary, `${path}.self_attn`, src, window));
     this.registerModule("mlp", new MLP(config, `${path}.mlp`, src));
     this.registerModule("input_layernorm", src.norm(`${path}.input_layernorm`, config.hiddenSize, config.rmsNormEps));
     this.registerModule(
@@ -136,7 +140,7 @@ export class DecoderModel extends Module {
     this.registerModule("embed_tokens", src.embedding("model.embed_tokens", config.vocabSize, config.hiddenSize));
     const layers = new ModuleList<DecoderLayer>();
     for (let i = 0; i < config.numLayers; i++)
-      layers.append(new DecoderLayer(config, rotary, `model.layers.${i}`, src));
+      layers.append(new DecoderLayer(config, rotary, `model.layers.${i}`, src, config.layerWindows[i]));
     this.registerModule("layers", layers);
     this.registerModule("norm", src.norm("model.norm", config.hiddenSize, config.rmsNormEps));
   }
@@ -245,7 +249,6 @@ export class CausalLM extends Module {
     const ids = checkIds("inputIds", args.inputIds);
     const [b, s] = ids.shape;
     const start = cache?.length ?? 0;
-    this.checkLength(start + s);
     const positions = args.positionIds
       ? checkIds("positionIds", args.positionIds, ids.shape)
       : defaultPositions(b, s, start, ids);
@@ -300,16 +303,6 @@ export class CausalLM extends Module {
       ? linearCrossEntropy(flat, weight, target, { chunkSize: chunk }).loss
       : chunkedLoss(head, flat, target, chunk);
     return { loss: lossSum.div(Math.max(tokenCount, 1)), lossSum, tokenCount };
-  }
-
-  private checkLength(n: number): void {
-    const w = this.config.slidingWindow;
-    if (w !== null && n > w)
-      throw new ModelError(
-        "sequence_too_long",
-        `forward: ${n} positions exceed sliding_window ${w}; sliding-window attention is not implemented`,
-        { key: "sliding_window" },
-      );
   }
 }
 

@@ -47,8 +47,15 @@ export interface ModelConfig {
   mlpBias: boolean;
   /** RMSNorm over head_dim on q and k before rope (Qwen3). */
   qkNorm: boolean;
-  /** Attention window (Mistral `sliding_window`; Qwen2 only with `use_sliding_window`); null = full. */
+  /** Attention window (Mistral `sliding_window`; Qwen2/Qwen3 only with `use_sliding_window`); null = full. */
   slidingWindow: number | null;
+  /**
+   * Per decoder layer, the sliding window its attention applies (the query at position p sees keys
+   * p − window < j ≤ p), 0 = full causal attention. Mistral: every layer. Qwen2/Qwen3 with
+   * `use_sliding_window`: `layer_types` when given, else layers i ≥ `max_window_layers` (default 28), as
+   * current transformers derives them.
+   */
+  layerWindows: readonly number[];
   bosTokenId: number | number[] | null;
   eosTokenId: number | number[] | null;
   padTokenId: number | null;
@@ -162,6 +169,28 @@ function parseRopeScaling(r: Reader): RopeScaling | null {
   );
 }
 
+const MAX_LAYERS = 65536;
+
+/** The sliding window and which layers apply it (see ModelConfig.layerWindows). */
+function parseWindows(r: Reader, architecture: Architecture, numLayers: number) {
+  const isQwen = architecture === "Qwen2ForCausalLM" || architecture === "Qwen3ForCausalLM";
+  const applies = architecture === "MistralForCausalLM" || (isQwen && r.bool("use_sliding_window", false));
+  const slidingWindow = applies && r.has("sliding_window") ? r.int("sliding_window") : null;
+  if (slidingWindow === null) return { slidingWindow, layerWindows: new Array<number>(numLayers).fill(0) };
+  if (!isQwen) return { slidingWindow, layerWindows: new Array<number>(numLayers).fill(slidingWindow) };
+  const types = r.raw.layer_types;
+  if (types !== undefined && types !== null) {
+    const kinds = ["full_attention", "sliding_attention"];
+    if (!Array.isArray(types) || types.length !== numLayers || !types.every((t) => kinds.includes(t as string)))
+      r.fail("layer_types", `a list of ${numLayers} "full_attention" / "sliding_attention" entries`);
+    return { slidingWindow, layerWindows: types.map((t) => (t === "sliding_attention" ? slidingWindow : 0)) };
+  }
+  const from = r.has("max_window_layers") ? r.raw.max_window_layers : 28;
+  if (typeof from !== "number" || !Number.isSafeInteger(from) || from < 0)
+    r.fail("max_window_layers", "a non-negative integer");
+  return { slidingWindow, layerWindows: Array.from({ length: numLayers }, (_, i) => (i >= from ? slidingWindow : 0)) };
+}
+
 /** Parse and validate a config.json object. `file` names the file in error messages. */
 export function parseConfig(raw: unknown, file = "config.json"): ModelConfig {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw))
@@ -180,19 +209,17 @@ export function parseConfig(raw: unknown, file = "config.json"): ModelConfig {
   if (act !== "silu") r.fail("hidden_act", '"silu"');
   const attentionBias = r.bool("attention_bias", false);
   const isQwen2 = architecture === "Qwen2ForCausalLM";
-  const slidingWindow =
-    architecture === "MistralForCausalLM" || (isQwen2 && r.bool("use_sliding_window", false))
-      ? r.has("sliding_window")
-        ? r.int("sliding_window")
-        : null
-      : null;
+  const numLayers = r.int("num_hidden_layers");
+  // Per-layer fields (layerWindows) are arrays of this length; real models have ≤ a few hundred layers.
+  if (numLayers > MAX_LAYERS) r.fail("num_hidden_layers", `a positive integer ≤ ${MAX_LAYERS}`);
+  const { slidingWindow, layerWindows } = parseWindows(r, architecture, numLayers);
   return {
     architecture,
     modelType: typeof r.raw.model_type === "string" ? r.raw.model_type : architecture,
     vocabSize: r.int("vocab_size"),
     hiddenSize,
     intermediateSize: r.int("intermediate_size"),
-    numLayers: r.int("num_hidden_layers"),
+    numLayers,
     numHeads,
     numKvHeads,
     headDim,
@@ -206,6 +233,7 @@ export function parseConfig(raw: unknown, file = "config.json"): ModelConfig {
     mlpBias: architecture === "LlamaForCausalLM" && r.bool("mlp_bias", false),
     qkNorm: architecture === "Qwen3ForCausalLM",
     slidingWindow,
+    layerWindows,
     bosTokenId: r.tokenIds("bos_token_id"),
     eosTokenId: r.tokenIds("eos_token_id"),
     padTokenId: r.has("pad_token_id") ? (r.tokenIds("pad_token_id") as number) : null,

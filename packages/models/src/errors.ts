@@ -9,7 +9,6 @@ export type ModelErrorCode =
   | "tensor_shape"
   | "tensor_dtype"
   | "bad_argument"
-  | "sequence_too_long"
   // tokenizer.ts, chat-template.ts
   | "tokenizer_missing"
   | "tokenizer_json"

@@ -135,6 +135,27 @@ describe("bad input gives typed errors naming file and key", () => {
     );
     expect(() => parseConfig({ ...base(), vocab_size: -1 })).toThrow(/"vocab_size" is -1; expected a positive integer/);
     expect(() => parseConfig({ ...base(), hidden_act: "gelu" })).toThrow(/hidden_act/);
+    expect(() => parseConfig({ ...base(), num_hidden_layers: 2 ** 31 - 1 })).toThrow(/num_hidden_layers.*≤ 65536/);
+    const qwenSwa = { ...base(), architectures: ["Qwen2ForCausalLM"], use_sliding_window: true, sliding_window: 8 };
+    expect(() => parseConfig({ ...qwenSwa, layer_types: ["full_attention"] })).toThrow(
+      /"layer_types" is \["full_attention"\]; expected a list of 2 "full_attention" \/ "sliding_attention" entries/,
+    );
+    expect(() => parseConfig({ ...qwenSwa, max_window_layers: -1 })).toThrow(/"max_window_layers" is -1/);
+    expect(() => parseConfig({ ...base(), architectures: ["MistralForCausalLM"], sliding_window: 0 })).toThrow(
+      /"sliding_window" is 0; expected a positive integer/,
+    );
+  });
+
+  it("sliding windows per layer follow transformers: Mistral every layer, Qwen2 by max_window_layers or layer_types", () => {
+    const mistral = parseConfig({ ...base(), architectures: ["MistralForCausalLM"], sliding_window: 16 });
+    expect(mistral.layerWindows).toEqual([16, 16]);
+    const qwen = { ...base(), architectures: ["Qwen2ForCausalLM"], sliding_window: 16 };
+    expect(parseConfig(qwen).layerWindows).toEqual([0, 0]); // use_sliding_window defaults to false
+    expect(parseConfig({ ...qwen, use_sliding_window: true }).layerWindows).toEqual([0, 0]); // default 28 full layers
+    expect(parseConfig({ ...qwen, use_sliding_window: true, max_window_layers: 1 }).layerWindows).toEqual([0, 16]);
+    const types = { layer_types: ["sliding_attention", "full_attention"] };
+    expect(parseConfig({ ...qwen, use_sliding_window: true, ...types }).layerWindows).toEqual([16, 0]);
+    expect(parseConfig({ ...base(), sliding_window: 16 }).layerWindows).toEqual([0, 0]); // Llama has none
   });
 
   it("parseConfig on arbitrary values: a ModelConfig or a ModelError, nothing else", () => {
@@ -151,7 +172,10 @@ describe("bad input gives typed errors naming file and key", () => {
     fc.assert(
       fc.property(
         fc.subarray(keys),
-        fc.dictionary(fc.constantFrom(...keys, "rope_scaling", "head_dim"), value),
+        fc.dictionary(
+          fc.constantFrom(...keys, "rope_scaling", "head_dim", "sliding_window", "use_sliding_window", "layer_types"),
+          value,
+        ),
         (drop, set) => {
           const raw: Record<string, unknown> = { ...base(), ...set };
           for (const k of drop) delete raw[k];

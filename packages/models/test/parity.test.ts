@@ -1,13 +1,14 @@
 /**
  * Parity with PyTorch: logits and loss of a tiny model of each architecture (llama3 rope scaling, linear
- * scaling + biases, tied embeddings, Qwen2 bias, Qwen3 q/k norm, GQA/MQA) at sequence length 128 against
+ * scaling + biases, tied embeddings, Qwen2 bias, Qwen3 q/k norm, GQA/MQA, sliding windows of 48 and 37 keys on
+ * Mistral and on Qwen2's layers ≥ max_window_layers) at sequence length 128 against
  * fixtures from scripts/make_parity_fixtures.py (plain-torch Hugging Face forward), 1e-4 relative, f32.
  */
 import { join } from "node:path";
 import { registerCpuBackend } from "@qlora/cpu-kernels";
 import { getBackend, noGrad, setDefaultBackend } from "@qlora/tensor";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { TINY_MODELS, writeTinyModel } from "../scripts/make-tiny-models";
+import { PARITY_MODELS, writeTinyModel } from "../scripts/make-tiny-models";
 import { loadModel } from "../src";
 import { readFixture, relErr, sha256, tempDir } from "./helpers";
 
@@ -17,12 +18,12 @@ const unavailable = (b: string) => b === "cpu" && !cpuLoaded;
 const skipNote = (b: string) => (unavailable(b) ? " (skipped: the native @qlora/cpu-kernels binary is not built)" : "");
 const dir = tempDir();
 beforeAll(async () => {
-  for (const spec of TINY_MODELS) await writeTinyModel(join(dir.path, spec.name), spec);
+  for (const spec of PARITY_MODELS) await writeTinyModel(join(dir.path, spec.name), spec);
 });
 afterAll(() => dir.remove());
 
 describe.each(backends)("PyTorch parity on %s", (backendName) => {
-  describe.each(TINY_MODELS.map((s) => s.name))("%s", (name) => {
+  describe.each(PARITY_MODELS.map((s) => s.name))("%s", (name) => {
     it("generated model is the one the fixture was made from", () => {
       expect(sha256(join(dir.path, name, "model.safetensors"))).toBe(readFixture(name).header.model_sha256);
     });

@@ -541,6 +541,8 @@ export interface AttentionArgs {
   readonly scale?: number;
   /** i32 [batch, seq]: attend only within equal ids (packed sequences; needs kv length = seq). */
   readonly segmentIds?: Tensor;
+  /** Sliding window: a query at position p attends keys p − window < j ≤ p only (Mistral). Default: none. */
+  readonly window?: number;
 }
 
 /** True when t [b, h, s, d] is the transpose(1, 2) view of a whole dense f32 [b, s, h, d] tensor. */
@@ -553,9 +555,9 @@ function isBshdView(t: Tensor): boolean {
 /**
  * Causal attention with grouped-query heads: q [b, h, s, d], k/v [b, kvh, skv, d] → [b, h, s, d], skv ≥ s.
  * The queries are the last s of skv positions (a KV cache: keys = cached + new): query i attends keys
- * j ≤ skv − s + i. q, k, v may be dense, or all three transpose(1, 2) views of dense [b, s, heads, d]
- * tensors (rope's layout, the projections' output): those are read in place, and the result is then a
- * [b, h, s, d] view of a [b, s, h, d] buffer, so `out.transpose(1, 2).reshape([b, s, h·d])` copies nothing.
+ * j ≤ skv − s + i (and, with `window`, only j > skv − s + i − window). q, k, v may be dense, or all three
+ * transpose(1, 2) views of dense [b, s, heads, d] tensors (rope's layout, the projections' output): those are
+ * read in place, and the result is then a [b, h, s, d] view of a [b, s, h, d] buffer, so `out.transpose(1, 2).reshape([b, s, h·d])` copies nothing.
  */
 export function attention(q: Tensor, k: Tensor, v: Tensor, args: AttentionArgs = {}): Tensor {
   if (q.ndim !== 4 || k.ndim !== 4 || v.ndim !== 4)
@@ -574,6 +576,12 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, args: AttentionArgs =
       `attention: q ${JSON.stringify(q.shape)}, k ${JSON.stringify(k.shape)}, v ${JSON.stringify(v.shape)} do not fit (k and v equal, heads a multiple of kvHeads, kv length ≥ query length)`,
     );
   }
+  const window = args.window ?? 0;
+  if (!Number.isInteger(window) || window < 0)
+    throw new TensorError(
+      "BAD_ARGUMENT",
+      `attention: window must be a positive integer (or 0 for none), got ${window}`,
+    );
   const be = sameDevice("attention", q, k, v);
   const seg = args.segmentIds ? dense(args.segmentIds, "i32") : undefined;
   if (seg && (seg.size !== batch * seq || kvSeq !== seq)) {
@@ -585,7 +593,17 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, args: AttentionArgs =
   }
   const layout: AttentionLayout = [q, k, v].every(isBshdView) ? "bshd" : "bhsd";
   const [qf, kf, vf] = [q, k, v].map((t) => (layout === "bshd" ? t._alias() : dense(t)));
-  const opts = { batch, heads, kvHeads, seq, kvSeq, headDim, scale: args.scale ?? 1 / Math.sqrt(headDim), layout };
+  const opts = {
+    batch,
+    heads,
+    kvHeads,
+    seq,
+    kvSeq,
+    headDim,
+    scale: args.scale ?? 1 / Math.sqrt(headDim),
+    layout,
+    ...(window > 0 ? { window } : {}),
+  };
   const r = be.attention(qf.buffer, kf.buffer, vf.buffer, { ...opts, segmentIds: seg?.buffer });
   const outF = fromBuffer(r.out, be, layout === "bshd" ? [batch, seq, heads, headDim] : q.shape, "f32");
   const lse = fromBuffer(r.lse, be, [batch, heads, seq], "f32");

@@ -54,6 +54,68 @@ describe("attention over a KV cache (query length < key length)", () => {
   });
 });
 
+/** Windowed causal attention written out: softmax over keys p − window < j ≤ p of each query (f64). */
+function bruteWindowed(q: Tensor, k: Tensor, v: Tensor, window: number): Float64Array {
+  const [B, H, S, D] = q.shape;
+  const [, KVH, KS] = k.shape;
+  const [Q, K, V] = [q, k, v].map((t) => t.toTypedArray());
+  const out = new Float64Array(B * H * S * D);
+  for (let b = 0; b < B; b++)
+    for (let h = 0; h < H; h++)
+      for (let i = 0; i < S; i++) {
+        const p = KS - S + i;
+        const kh = Math.floor(h / (H / KVH));
+        const first = Math.max(0, p - window + 1);
+        const row = (b * H + h) * S + i;
+        const key = (j: number) => ((b * KVH + kh) * KS + j) * D;
+        const scores: number[] = [];
+        for (let j = first; j <= p; j++) {
+          let s = 0;
+          for (let d = 0; d < D; d++) s += Q[row * D + d] * K[key(j) + d];
+          scores.push(s / Math.sqrt(D));
+        }
+        const mx = Math.max(...scores);
+        const e = scores.map((s) => Math.exp(s - mx));
+        const sum = e.reduce((a, c) => a + c, 0);
+        for (let j = first; j <= p; j++)
+          for (let d = 0; d < D; d++) out[row * D + d] += (e[j - first] / sum) * V[key(j) + d];
+      }
+  return out;
+}
+
+describe("sliding-window attention", () => {
+  const [B, H, KVH, S, D] = [2, 4, 2, 9, 3];
+  for (const window of [1, 3, 8, 9, 20])
+    it(`window ${window}: each query sees its last ${window} positions (full sequence and over a KV cache)`, () => {
+      const q = randn([B, H, S, D], gen(11));
+      const k = randn([B, KVH, S, D], gen(12));
+      const v = randn([B, KVH, S, D], gen(13));
+      const out = attention(q, k, v, { window });
+      const want = bruteWindowed(q, k, v, window);
+      const got = out.toTypedArray();
+      let worst = 0;
+      for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(got[i] - want[i]));
+      expect(worst).toBeLessThan(1e-6);
+      // the last 2 queries over all keys (a KV cache) equal the last rows
+      const qLast = q.narrow(2, S - 2, 2);
+      const cached = attention(qLast, k, v, { window });
+      const rows = out.narrow(2, S - 2, 2);
+      close(cached, rows);
+      for (const t of [q, k, v, out, qLast, cached, rows]) t.dispose();
+    });
+
+  it("a window as long as the keys is plain causal attention; a bad window is refused by name", () => {
+    const q = randn([1, 2, 5, 3], gen(14));
+    const k = randn([1, 2, 5, 3], gen(15));
+    const a = attention(q, k, k, { window: 5 });
+    const b = attention(q, k, k);
+    expect(a.toTypedArray()).toEqual(b.toTypedArray());
+    expect(() => attention(q, k, k, { window: 1.5 })).toThrow(/window must be a positive integer/);
+    expect(() => attention(q, k, k, { window: -2 })).toThrow(/window/);
+    for (const t of [q, k, a, b]) t.dispose();
+  });
+});
+
 describe("attention in rope's layout ([b, s, h, d] storage, transposed views)", () => {
   it("gives the same output and gradients as dense [b, h, s, d] inputs, with and without a cache", () => {
     const [B, S, H, KVH, D] = [2, 6, 4, 2, 5];

@@ -112,6 +112,15 @@ describe("gradients vs central finite differences (float64)", () => {
       TOL,
     );
   });
+  it("attention with a sliding window (1 and 2 keys), also over a KV cache", () => {
+    const q = inp([2, 4, 5, 3], 53, -1.5, 1.5);
+    const k = inp([2, 2, 5, 3], 54, -1.5, 1.5);
+    const v = inp([2, 2, 5, 3], 55);
+    for (const window of [1, 2])
+      expect(gradCheck((a, b, c) => ops.attention(a, b, c, { window }), [q, k, v])).toBeLessThan(TOL);
+    const qLast = inp([2, 4, 2, 3], 56, -1.5, 1.5);
+    expect(gradCheck((a, b, c) => ops.attention(a, b, c, { window: 3 }), [qLast, k, v])).toBeLessThan(TOL);
+  });
   it("crossEntropy mean (with ignored rows), sum and none", () => {
     const labels = t64([3, -100, 0, 4, -100, 1], [2, 3]).cast("i32");
     const logits = inp([2, 3, 5], 60, -3, 3);

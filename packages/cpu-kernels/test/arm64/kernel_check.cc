@@ -207,14 +207,17 @@ void check_gemv_taken() {
 
 // Causal attention forward (no segments, layout [b, h, s, d]): out and lse from sse::attn_forward (the
 // 128-bit level: SSE on x86-64, NEON on arm64) against an f64 softmax reference, including a KV-cache
-// case (kv_seq > seq: query i at position offset + i sees keys j <= offset + i).
+// case (kv_seq > seq: query i at position offset + i sees keys j <= offset + i) and sliding windows
+// (keys offset + i - window < j only).
 void check_attention() {
-  const int64_t shapes[][5] = {{1, 4, 1, 5, 0}, {1, 4, 2, 129, 0}, {2, 2, 1, 70, 0}, {1, 4, 2, 67, 61}};
+  // batch, heads, kv heads, seq, cached keys, window (0 = none)
+  const int64_t shapes[][6] = {{1, 4, 1, 5, 0, 0},   {1, 4, 2, 129, 0, 0}, {2, 2, 1, 70, 0, 0},
+                               {1, 4, 2, 67, 61, 0}, {1, 2, 1, 200, 0, 37}, {1, 2, 2, 67, 61, 64}};
   for (const auto& s : shapes)
     for (int64_t d : {8, 24, 64}) {
       AttnProblem p{};
       p.batch = s[0], p.heads = s[1], p.kv_heads = s[2], p.seq = s[3], p.d = d;
-      p.kv_seq = s[3] + s[4], p.offset = s[4];
+      p.kv_seq = s[3] + s[4], p.offset = s[4], p.window = s[5];
       const int64_t S = p.seq, KS = p.kv_seq, G = p.heads / p.kv_heads;
       p.q_rs = d, p.q_hs = S * d, p.q_bs = p.heads * S * d;
       p.kv_rs = d, p.kv_hs = KS * d, p.kv_bs = p.kv_heads * KS * d;
@@ -238,25 +241,26 @@ void check_attention() {
         for (int64_t h = 0; h < p.heads; ++h)
           for (int64_t i = 0; i < S; ++i) {
             const int64_t qo = ((b * p.heads + h) * S + i) * d, kvo = (b * p.kv_heads + h / G) * KS * d;
-            const int64_t last = p.offset + i;  // causal: keys 0..offset+i
-            std::vector<double> sc(last + 1);
+            const int64_t last = p.offset + i;  // causal: keys first..offset+i
+            const int64_t first = p.window > 0 ? std::max<int64_t>(0, last - p.window + 1) : 0;
+            std::vector<double> sc(last + 1 - first);
             double mx = -INFINITY, sum = 0;
-            for (int64_t j = 0; j <= last; ++j) {
+            for (int64_t j = first; j <= last; ++j) {
               double dot = 0;
               for (int64_t c = 0; c < d; ++c) dot += double(q[qo + c]) * k[kvo + j * d + c];
-              mx = std::max(mx, sc[j] = dot * p.scale);
+              mx = std::max(mx, sc[j - first] = dot * p.scale);
             }
             for (auto& x : sc) sum += (x = std::exp(x - mx));
             for (int64_t c = 0; c < d; ++c) {
               double o = 0;
-              for (int64_t j = 0; j <= last; ++j) o += sc[j] * v[kvo + j * d + c];
+              for (int64_t j = first; j <= last; ++j) o += sc[j - first] * v[kvo + j * d + c];
               want[qo + c] = o / sum;
             }
             want_lse[(b * p.heads + h) * S + i] = mx + std::log(sum);
           }
       const std::string what = "attention fwd b" + std::to_string(p.batch) + " h" + std::to_string(p.heads) + "/" +
                                std::to_string(p.kv_heads) + " seq" + std::to_string(S) + " kv" + std::to_string(KS) +
-                               " d" + std::to_string(d);
+                               " d" + std::to_string(d) + (p.window ? " window" + std::to_string(p.window) : "");
       // attention.test.ts's bound: 1e-5 + 1e-4 |want|
       double worst = 0;
       for (size_t i = 0; i < out.size(); ++i)

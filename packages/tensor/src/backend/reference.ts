@@ -143,7 +143,7 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
     return { buf: h, data: h.data as unknown as F };
   }
   /** Element offsets of query row (b, h, i) and of key/value row (b, query head h's kv head, j) in the
-   * options' layout, and the causal offset kvSeq − seq; checks the options. */
+   * options' layout, the causal offset kvSeq − seq and each query's first visible key; checks the options. */
   function attentionIndex(o: AttentionOptions, op: string) {
     const { heads, kvHeads, seq, headDim: D } = o;
     const kvSeq = o.kvSeq ?? seq;
@@ -157,9 +157,15 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
     const bshd = o.layout === "bshd";
     const index = (b: number, h: number, i: number, H: number, S: number) =>
       (bshd ? (b * S + i) * H + h : (b * H + h) * S + i) * D;
+    const window = o.window ?? 0;
+    if (!Number.isInteger(window) || window < 0)
+      throw new TensorError("BAD_ARGUMENT", `${name}.${op}: window must be a non-negative integer, got ${window}`);
+    const offset = kvSeq - seq;
     return {
       kvSeq,
-      offset: kvSeq - seq,
+      offset,
+      /** First key query i sees: 0, or the start of its sliding window. */
+      firstKey: (i: number) => (window > 0 ? Math.max(0, i + offset - window + 1) : 0),
       q: (b: number, h: number, i: number) => index(b, h, i, heads, seq),
       k: (b: number, h: number, j: number) => index(b, Math.floor(h / group), j, kvHeads, kvSeq),
     };
@@ -603,7 +609,7 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
             let mx = -Infinity;
             let l = 0;
             acc.fill(0);
-            for (let j = 0; j <= i + at.offset; j++) {
+            for (let j = at.firstKey(i); j <= i + at.offset; j++) {
               if (seg && seg[b * seq + j] !== seg[b * seq + i]) continue;
               const kj = at.k(b, h, j);
               let s = 0;
@@ -646,7 +652,7 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
             let Di = 0;
             for (let d = 0; d < D; d++) Di += dO[qi + d] * O[qi + d];
             dqRow.fill(0);
-            for (let j = 0; j <= i + at.offset; j++) {
+            for (let j = at.firstKey(i); j <= i + at.offset; j++) {
               if (seg && seg[b * seq + j] !== seg[b * seq + i]) continue;
               const kj = at.k(b, h, j);
               let s = 0;

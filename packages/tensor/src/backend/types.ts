@@ -148,6 +148,10 @@ export interface AttentionOptions {
    * [batch, heads, seq, d]; "bshd" is [batch, seq, heads, d], rope's layout and what the q/k/v projections
    * produce, so a decoder layer needs no transposed copies. lse is [batch, heads, seq] in both. */
   readonly layout?: AttentionLayout;
+  /** [runtime refinement] Sliding-window attention (Mistral's `sliding_window`): a query at position p
+   * attends only keys p − window < j ≤ p (the last `window` positions, itself included), as Hugging
+   * Face's causal mask with a sliding window. 0 or absent: plain causal. */
+  readonly window?: number;
 }
 
 export type AttentionLayout = "bhsd" | "bshd";
