@@ -73,7 +73,10 @@ export class Attention extends Module {
       }
       const qr = this.rotary.apply(q, ctx.positions).transpose(1, 2);
       const kr = this.rotary.apply(k, ctx.positions);
-      const window = this.window > 0 ? { window: this.window } : {};
+      // The window only masks when there are more keys than it spans; otherwise plain causal attention is the
+      // same thing, and backends without a windowed kernel (cuda) still run it.
+      const keys = (ctx.cache?.cache.length ?? 0) + s;
+      const window = this.window > 0 && keys > this.window ? { window: this.window } : {};
       const out = ctx.cache
         ? cachedAttention(qr, kr, v, ctx.cache, window)
         : attention(qr, kr.transpose(1, 2), v.transpose(1, 2), { ...window, segmentIds: ctx.segmentIds });

@@ -8,7 +8,7 @@
 import { join } from "node:path";
 import { openShardedSafetensors } from "@qlora/formats";
 import { getBackend, Linear, Module, noGrad, type Tensor, tensor } from "@qlora/tensor";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { PARITY_MODELS, writeTinyModel } from "../scripts/make-tiny-models";
 import { type CausalLM, loadModel } from "../src";
 import { readFixture, relErr, tempDir } from "./helpers";
@@ -105,6 +105,41 @@ describe("KV cache", () => {
       model.dispose();
     },
   );
+});
+
+describe("sliding window", () => {
+  it("reaches the attention op only when there are more keys than it spans (so short runs need no windowed kernel)", async () => {
+    const { model } = await loadModel(join(dir.path, "mistral-swa"), { quantize: false }); // window 48
+    const ids = Array.from(readFixture("mistral-swa").get("input_ids").data.slice(0, 100));
+    const be = getBackend();
+    const calls: (number | undefined)[] = [];
+    const realAttention = be.attention.bind(be);
+    const watch = vi.spyOn(be, "attention").mockImplementation((q, k, v, o) => {
+      calls.push(o.window);
+      return realAttention(q, k, v, o);
+    });
+    try {
+      const run = (n: number, cache?: ReturnType<CausalLM["createCache"]>, from = 0) =>
+        noGrad(() =>
+          model.forward({ inputIds: tensor(ids.slice(from, from + n), { shape: [1, n], dtype: "i32" }), cache }),
+        );
+      run(48);
+      expect(calls).toEqual([undefined, undefined]); // two layers, 48 keys: plain causal
+      calls.length = 0;
+      run(49);
+      expect(calls).toEqual([48, 48]);
+      calls.length = 0;
+      const cache = model.createCache();
+      run(40, cache);
+      run(8, cache, 40); // 48 keys
+      run(1, cache, 48); // 49 keys
+      expect(calls).toEqual([undefined, undefined, undefined, undefined, 48, 48]);
+      cache.dispose();
+    } finally {
+      watch.mockRestore();
+      model.dispose();
+    }
+  });
 });
 
 /** Dense model with its norms and q_proj weights trainable, to compare gradients. */
