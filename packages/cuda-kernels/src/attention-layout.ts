@@ -1,9 +1,9 @@
 // The CUDA attention kernels read [batch, heads, seq, d] only and have no KV-cache offset. This adapter
 // gives the Backend's attention options their meaning on top of them: the "bshd" layout is served by
 // transposing copies on the device (correct, not copy-free), and kvSeq ≠ seq (attention over a KV cache)
-// and a sliding window (Mistral) are refused with BackendOpError, so a caller can tell a missing kernel from a wrong result. The kernels
-// are unverified on a GPU; this adapter's index math is tested on the reference backend
-// (src/attention-layout.test.ts).
+// and a sliding window (Mistral) are refused with BackendOpError, so a caller can tell a missing kernel
+// from a wrong result. The kernels are unverified on a GPU; this adapter's index math is tested on the
+// reference backend (src/attention-layout.test.ts).
 import { type AttentionOptions, type Backend, BackendOpError, type Buffer } from "@qlora/tensor";
 
 type AttentionOps = Pick<Backend, "attention" | "attentionBackward">;

@@ -557,7 +557,8 @@ function isBshdView(t: Tensor): boolean {
  * The queries are the last s of skv positions (a KV cache: keys = cached + new): query i attends keys
  * j ≤ skv − s + i (and, with `window`, only j > skv − s + i − window). q, k, v may be dense, or all three
  * transpose(1, 2) views of dense [b, s, heads, d] tensors (rope's layout, the projections' output): those are
- * read in place, and the result is then a [b, h, s, d] view of a [b, s, h, d] buffer, so `out.transpose(1, 2).reshape([b, s, h·d])` copies nothing.
+ * read in place, and the result is then a [b, h, s, d] view of a [b, s, h, d] buffer, so
+ * `out.transpose(1, 2).reshape([b, s, h·d])` copies nothing.
  */
 export function attention(q: Tensor, k: Tensor, v: Tensor, args: AttentionArgs = {}): Tensor {
   if (q.ndim !== 4 || k.ndim !== 4 || v.ndim !== 4)
