@@ -10,6 +10,7 @@ import { createRequire } from "node:module";
 import { resolve } from "node:path";
 import { quantize4bit } from "@qlora/nf4";
 import type { GemmNative, NativeQuantWeight } from "../src/gemm";
+import { nativeQuant } from "../test/quant";
 
 type Build = GemmNative & { setThreads(n: number): void };
 
@@ -28,20 +29,9 @@ function random(length: number): Float32Array {
 }
 
 function quantWeight(): NativeQuantWeight {
-  const s = quantize4bit(random(n * k), { quantType: "nf4", blocksize: 64, doubleQuant: true, shape: [n, k] });
-  const a = s.absmax as Exclude<typeof s.absmax, Float32Array>;
-  return {
-    quantType: "nf4",
-    blocksize: 64,
-    n,
-    k,
-    codes: s.packed,
-    qabsmax: a.qabsmax,
-    code: a.code,
-    nestedAbsmax: a.nestedAbsmax,
-    nestedBlocksize: a.nestedBlocksize,
-    offset: a.offset,
-  };
+  return nativeQuant(
+    quantize4bit(random(n * k), { quantType: "nf4", blocksize: 64, doubleQuant: true, shape: [n, k] }),
+  );
 }
 
 function makeCall(): (b: Build) => void {

@@ -11,6 +11,7 @@ import { quantize4bit } from "@qlora/nf4";
 import type { GemmNative, NativeQuantWeight } from "../src/gemm";
 import { loadNative } from "../src/load";
 import { getThreads, setThreads } from "../src/threads";
+import { nativeQuant } from "../test/quant";
 
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -61,20 +62,7 @@ function quantWeight(n: number, k: number): NativeQuantWeight {
   const key = `${n}x${k}`;
   let w = quantCache.get(key);
   if (!w) {
-    const s = quantize4bit(random(n * k), { quantType: "nf4", blocksize: 64, doubleQuant: true, shape: [n, k] });
-    const a = s.absmax as Exclude<typeof s.absmax, Float32Array>;
-    w = {
-      quantType: "nf4",
-      blocksize: 64,
-      n,
-      k,
-      codes: s.packed,
-      qabsmax: a.qabsmax,
-      code: a.code,
-      nestedAbsmax: a.nestedAbsmax,
-      nestedBlocksize: a.nestedBlocksize,
-      offset: a.offset,
-    };
+    w = nativeQuant(quantize4bit(random(n * k), { quantType: "nf4", blocksize: 64, doubleQuant: true, shape: [n, k] }));
     quantCache.set(key, w);
   }
   return w;
