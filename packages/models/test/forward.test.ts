@@ -1,9 +1,9 @@
 /**
  * Forward variants: KV-cache generation equals full recomputation (64 greedy tokens, also past a sliding
- * window), gradient checkpointing
- * and the chunked lm_head + cross-entropy give the same loss and gradients as the plain path, the loss path's
- * memory does not grow with the vocabulary beyond one chunk, state-dict keys are checkpoint keys, and a
- * setSubmodule replacement (LoRA injection) changes the forward.
+ * window, which reaches the attention op only when the keys outnumber it), gradient checkpointing and the
+ * chunked lm_head + cross-entropy give the same loss and gradients as the plain path, the loss path's memory
+ * does not grow with the vocabulary beyond one chunk, state-dict keys are checkpoint keys, and a setSubmodule
+ * replacement (LoRA injection) changes the forward.
  */
 import { join } from "node:path";
 import { openShardedSafetensors } from "@qlora/formats";

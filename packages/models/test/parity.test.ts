@@ -1,8 +1,8 @@
 /**
  * Parity with PyTorch: logits and loss of a tiny model of each architecture (llama3 rope scaling, linear
  * scaling + biases, tied embeddings, Qwen2 bias, Qwen3 q/k norm, GQA/MQA, sliding windows of 48 and 37 keys on
- * Mistral and on Qwen2's layers ≥ max_window_layers) at sequence length 128 against
- * fixtures from scripts/make_parity_fixtures.py (plain-torch Hugging Face forward), 1e-4 relative, f32.
+ * Mistral and on Qwen2's layers ≥ max_window_layers) at sequence length 128 against fixtures from
+ * scripts/make_parity_fixtures.py (plain-torch Hugging Face forward), 1e-4 relative, f32.
  */
 import { join } from "node:path";
 import { registerCpuBackend } from "@qlora/cpu-kernels";

@@ -594,17 +594,8 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, args: AttentionArgs =
   }
   const layout: AttentionLayout = [q, k, v].every(isBshdView) ? "bshd" : "bhsd";
   const [qf, kf, vf] = [q, k, v].map((t) => (layout === "bshd" ? t._alias() : dense(t)));
-  const opts = {
-    batch,
-    heads,
-    kvHeads,
-    seq,
-    kvSeq,
-    headDim,
-    scale: args.scale ?? 1 / Math.sqrt(headDim),
-    layout,
-    ...(window > 0 ? { window } : {}),
-  };
+  const scale = args.scale ?? 1 / Math.sqrt(headDim);
+  const opts = { batch, heads, kvHeads, seq, kvSeq, headDim, scale, layout, ...(window > 0 ? { window } : {}) };
   const r = be.attention(qf.buffer, kf.buffer, vf.buffer, { ...opts, segmentIds: seg?.buffer });
   const outF = fromBuffer(r.out, be, layout === "bshd" ? [batch, seq, heads, headDim] : q.shape, "f32");
   const lse = fromBuffer(r.lse, be, [batch, heads, seq], "f32");
