@@ -360,6 +360,28 @@ Napi::Value Copy(const Napi::CallbackInfo& info) {
   return a.env().Undefined();
 }
 
+// axpyF32(dst, dstOffset, src, srcOffset, n, alpha): dst[dstOffset + i] += alpha · src[srcOffset + i], i < n.
+// The dense f32 case of addInPlace (gradient accumulation), bit-identical to the reference's
+// `o[i] += alpha * x[i]`: that evaluates in double and rounds once to f32, which for alpha = 1 equals one
+// f32 addition (double has ≥ 2·24 + 2 bits, so rounding twice is harmless); other alphas run in double.
+Napi::Value AxpyF32(const Napi::CallbackInfo& info) {
+  Args a(info, "axpyF32");
+  int64_t d0 = a.count(1, "dstOffset"), s0 = a.count(3, "srcOffset"), n = a.count(4, "n");
+  float* dst = a.f32(0, "dst", static_cast<double>(d0) + n);
+  const float* src = a.f32(2, "src", static_cast<double>(s0) + n);
+  double alpha = a.number(5, "alpha");
+  if (!a.ok()) return a.env().Undefined();
+  float* d = dst + d0;
+  const float* x = src + s0;
+  parallel_for(n, [&](size_t b, size_t e) {
+    if (alpha == 1.0)
+      for (size_t i = b; i < e; ++i) d[i] += x[i];
+    else
+      for (size_t i = b; i < e; ++i) d[i] = static_cast<float>(static_cast<double>(d[i]) + alpha * x[i]);
+  }, kGrain);
+  return a.env().Undefined();
+}
+
 // fill(dst, dtype, length, value)
 Napi::Value Fill(const Napi::CallbackInfo& info) {
   Args a(info, "fill");
@@ -383,6 +405,7 @@ Register reg_binary("binaryF32", BinaryF32);
 Register reg_reduce("reduceF32", ReduceF32);
 Register reg_copy("copy", Copy);
 Register reg_fill("fill", Fill);
+Register reg_axpy("axpyF32", AxpyF32);
 
 }  // namespace
 }  // namespace qlora

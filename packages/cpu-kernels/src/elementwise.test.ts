@@ -10,6 +10,7 @@ import {
   type HostArray,
   type HostBuffer,
   referenceBackend,
+  type StridedView,
 } from "@qlora/tensor";
 import { afterAll, describe, expect, it } from "vitest";
 import { isaAccountingTest, isaSuite } from "../test/isa-paths";
@@ -241,6 +242,59 @@ describe("copy / cast / fill", () => {
     exact(fused.unary("exp", xb, 20), ref.unary("exp", xb, 20));
   });
 
+  it("addInPlace: dense f32 runs natively across threads and matches the reference bit for bit (alpha 1, -0.37, 1e-3)", () => {
+    const n = 300007;
+    const src = f(rand(n, 26, -1e3, 1e3));
+    for (const alpha of [1, -0.37, 1e-3]) {
+      const d1 = f(rand(n + 5, 27, -1e3, 1e3));
+      const d2 = f(host(d1));
+      const dv = { shape: [n], strides: [1], offset: 5 };
+      const sv = { shape: [n], strides: [1], offset: 0 };
+      fused.addInPlace!(d1, dv, src, sv, alpha);
+      ref.addInPlace!(d2, dv, src, sv, alpha);
+      exact(d1, d2);
+    }
+    let calls = 0;
+    const counting = createFusedOps(() => ({
+      ...native,
+      axpyF32: (...a) => (calls++, native.axpyF32(...a)),
+    })) as Backend;
+    const d = f(rand(24, 28));
+    counting.addInPlace!(
+      d,
+      { shape: [4, 6], strides: [6, 1], offset: 0 },
+      f(rand(24, 29)),
+      { shape: [4, 6], strides: [6, 1], offset: 0 },
+      1,
+    );
+    expect(calls).toBe(1);
+  });
+
+  it("addInPlace: broadcast, strided, bf16 and aliased views are delegated, with the reference's result", () => {
+    const vals = rand(40, 30, -3, 3);
+    const cases: [Buffer, StridedView, Buffer, StridedView][] = [];
+    const row = f(rand(6, 31));
+    const bcast = { shape: [4, 6], strides: [0, 1], offset: 0 };
+    const dense = { shape: [4, 6], strides: [6, 1], offset: 0 };
+    cases.push([f(vals), dense, row, bcast]);
+    cases.push([f(vals), { shape: [4, 6], strides: [1, 4], offset: 0 }, f(rand(24, 32)), dense]);
+    const asBf16 = (b: Buffer) => ref.copy(b, { shape: [40], strides: [1], offset: 0 }, "bf16");
+    cases.push([asBf16(f(vals)), dense, f(rand(24, 33)), dense]);
+    for (const [dst, dv, src, sv] of cases) {
+      const copy = ref.copy(dst, { shape: [40], strides: [1], offset: 0 }, dst.dtype);
+      fused.addInPlace!(dst, dv, src, sv, 0.5);
+      ref.addInPlace!(copy, dv, src, sv, 0.5);
+      exact(dst, copy);
+    }
+    const a1 = f(vals);
+    const a2 = f(vals);
+    const shifted = { shape: [20], strides: [1], offset: 3 };
+    const base = { shape: [20], strides: [1], offset: 0 };
+    fused.addInPlace!(a1, shifted, a1, base, 1);
+    ref.addInPlace!(a2, shifted, a2, base, 1);
+    exact(a1, a2);
+  });
+
   it("fill every dtype", () => {
     for (const dt of dtypes)
       for (const v of [0, -2.7, 1.5, 300, NaN]) exact(fused.fill(dt, 37, v), ref.fill(dt, 37, v));
@@ -305,6 +359,8 @@ describe("argument checks in the native layer", () => {
     const y = new Float32Array(20);
     expect(() => native.copy(x, 0, 5, [1], [20], y, 0, 0, [1])).toThrow(/srcView/);
     expect(() => native.binaryF32(0, x, 0, [1], x, 0, [2], [10], y)).toThrow(/bView/);
+    expect(() => native.axpyF32(y, 15, x, 0, 10, 1)).toThrow(/argument dst must be at least 25/);
+    expect(() => native.axpyF32(y, 0, x, 2, 10, 1)).toThrow(/argument src must be at least 12/);
   });
   it("wrong types and short outputs name the argument", () => {
     expect(() => native.softmax(new Float32Array(6), new Float32Array(5), 2, 3)).toThrow(

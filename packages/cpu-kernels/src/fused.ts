@@ -53,6 +53,7 @@ export interface FusedNative {
     dstStrides: readonly number[],
   ): void;
   fill(dst: Typed, dtype: number, length: number, value: number): void;
+  axpyF32(dst: Float32Array, dstOffset: number, src: Float32Array, srcOffset: number, n: number, alpha: number): void;
   rmsNorm(
     x: Float32Array,
     w: Float32Array,
@@ -271,6 +272,12 @@ const contiguousStrides = (shape: readonly number[]): number[] => {
 
 const numel = (shape: readonly number[]): number => shape.reduce((a, b) => a * b, 1);
 
+/** Whether a view is one contiguous row-major run (strides of size-1 dimensions do not matter). */
+const isDense = (view: StridedView): boolean => {
+  const want = contiguousStrides(view.shape);
+  return view.shape.every((n, d) => n === 1 || view.strides[d] === want[d]);
+};
+
 /**
  * Builds the fused ops over a native module (resolved lazily, on first use) and a host backend whose
  * allocator they use and to which they delegate inputs the native kernels do not take.
@@ -331,6 +338,19 @@ export function createFusedOps(
         dstView.offset,
         dstView.strides,
       );
+    },
+    addInPlace(dst: Buffer, dstView: StridedView, src: Buffer, srcView: StridedView, alpha: number) {
+      const d = f32Of(dst, "addInPlace", "dst");
+      const s = f32Of(src, "addInPlace", "src");
+      // The hot case (gradient accumulation) natively: dense f32 views of equal shape in distinct buffers.
+      // Broadcasts, strided views, half-precision dst and aliased buffers keep the reference's semantics.
+      const sameShape =
+        dstView.shape.length === srcView.shape.length && dstView.shape.every((n, i) => n === srcView.shape[i]);
+      if (!d || !s || d.buffer === s.buffer || !sameShape || !isDense(dstView) || !isDense(srcView)) {
+        host.addInPlace!(dst, dstView, src, srcView, alpha);
+        return;
+      }
+      nat().axpyF32(d, dstView.offset, s, srcView.offset, numel(srcView.shape), alpha);
     },
     fill(dtype, length, value) {
       const out = alloc(dtype, length);
