@@ -293,6 +293,19 @@ describe("copy / cast / fill", () => {
     fused.addInPlace!(a1, shifted, a1, base, 1);
     ref.addInPlace!(a2, shifted, a2, base, 1);
     exact(a1, a2);
+    // Two views of one buffer that do not overlap: native, with the reference's result.
+    let calls = 0;
+    const counting = createFusedOps(() => ({
+      ...native,
+      axpyF32: (...a) => (calls++, native.axpyF32(...a)),
+    })) as Backend;
+    const b1 = f(vals);
+    const b2 = f(vals);
+    const upper = { shape: [20], strides: [1], offset: 20 };
+    counting.addInPlace!(b1, base, b1, upper, -0.37);
+    ref.addInPlace!(b2, base, b2, upper, -0.37);
+    exact(b1, b2);
+    expect(calls).toBe(1);
   });
 
   it("fill every dtype", () => {

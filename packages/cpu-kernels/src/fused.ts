@@ -278,6 +278,14 @@ const isDense = (view: StridedView): boolean => {
   return view.shape.every((n, d) => n === 1 || view.strides[d] === want[d]);
 };
 
+/** Whether elements [aOff, aOff + n) of a and [bOff, bOff + n) of b share memory. */
+const overlaps = (a: Float32Array, aOff: number, b: Float32Array, bOff: number, n: number): boolean => {
+  if (a.buffer !== b.buffer || n === 0) return false;
+  const a0 = a.byteOffset + 4 * aOff;
+  const b0 = b.byteOffset + 4 * bOff;
+  return a0 < b0 + 4 * n && b0 < a0 + 4 * n;
+};
+
 /**
  * Builds the fused ops over a native module (resolved lazily, on first use) and a host backend whose
  * allocator they use and to which they delegate inputs the native kernels do not take.
@@ -342,15 +350,23 @@ export function createFusedOps(
     addInPlace(dst: Buffer, dstView: StridedView, src: Buffer, srcView: StridedView, alpha: number) {
       const d = f32Of(dst, "addInPlace", "dst");
       const s = f32Of(src, "addInPlace", "src");
-      // The hot case (gradient accumulation) natively: dense f32 views of equal shape in distinct buffers.
-      // Broadcasts, strided views, half-precision dst and aliased buffers keep the reference's semantics.
+      // The hot case (gradient accumulation) natively: dense f32 views of equal shape that do not overlap.
+      // Broadcasts, strided views, half-precision dst and overlapping views keep the reference's semantics.
       const sameShape =
         dstView.shape.length === srcView.shape.length && dstView.shape.every((n, i) => n === srcView.shape[i]);
-      if (!d || !s || d.buffer === s.buffer || !sameShape || !isDense(dstView) || !isDense(srcView)) {
+      const n = numel(srcView.shape);
+      if (
+        !d ||
+        !s ||
+        !sameShape ||
+        !isDense(dstView) ||
+        !isDense(srcView) ||
+        overlaps(d, dstView.offset, s, srcView.offset, n)
+      ) {
         host.addInPlace!(dst, dstView, src, srcView, alpha);
         return;
       }
-      nat().axpyF32(d, dstView.offset, s, srcView.offset, numel(srcView.shape), alpha);
+      nat().axpyF32(d, dstView.offset, s, srcView.offset, n, alpha);
     },
     fill(dtype, length, value) {
       const out = alloc(dtype, length);
