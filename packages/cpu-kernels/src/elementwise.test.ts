@@ -242,70 +242,62 @@ describe("copy / cast / fill", () => {
     exact(fused.unary("exp", xb, 20), ref.unary("exp", xb, 20));
   });
 
+  // The fused ops over the addon with axpyF32 counted: shows which addInPlace calls ran natively.
+  function countingAxpy(): { ops: Backend; calls: () => number } {
+    let calls = 0;
+    const ops = createFusedOps(() => ({
+      ...native,
+      axpyF32: (...a) => (calls++, native.axpyF32(...a)),
+    })) as Backend;
+    return { ops, calls: () => calls };
+  }
+
   it("addInPlace: dense f32 runs natively across threads and matches the reference bit for bit (alpha 1, -0.37, 1e-3)", () => {
     const n = 300007;
     const src = f(rand(n, 26, -1e3, 1e3));
+    const { ops, calls } = countingAxpy();
     for (const alpha of [1, -0.37, 1e-3]) {
       const d1 = f(rand(n + 5, 27, -1e3, 1e3));
       const d2 = f(host(d1));
       const dv = { shape: [n], strides: [1], offset: 5 };
       const sv = { shape: [n], strides: [1], offset: 0 };
-      fused.addInPlace!(d1, dv, src, sv, alpha);
+      ops.addInPlace!(d1, dv, src, sv, alpha);
       ref.addInPlace!(d2, dv, src, sv, alpha);
       exact(d1, d2);
     }
-    let calls = 0;
-    const counting = createFusedOps(() => ({
-      ...native,
-      axpyF32: (...a) => (calls++, native.axpyF32(...a)),
-    })) as Backend;
-    const d = f(rand(24, 28));
-    counting.addInPlace!(
-      d,
-      { shape: [4, 6], strides: [6, 1], offset: 0 },
-      f(rand(24, 29)),
-      { shape: [4, 6], strides: [6, 1], offset: 0 },
-      1,
-    );
-    expect(calls).toBe(1);
+    const matrix = { shape: [4, 6], strides: [6, 1], offset: 0 };
+    ops.addInPlace!(f(rand(24, 28)), matrix, f(rand(24, 29)), matrix, 1);
+    expect(calls()).toBe(4);
   });
 
-  it("addInPlace: broadcast, strided, bf16 and aliased views are delegated, with the reference's result", () => {
+  it("addInPlace: broadcast, strided, bf16 and overlapping views are delegated, with the reference's result", () => {
     const vals = rand(40, 30, -3, 3);
-    const cases: [Buffer, StridedView, Buffer, StridedView][] = [];
-    const row = f(rand(6, 31));
-    const bcast = { shape: [4, 6], strides: [0, 1], offset: 0 };
+    const { ops, calls } = countingAxpy();
     const dense = { shape: [4, 6], strides: [6, 1], offset: 0 };
-    cases.push([f(vals), dense, row, bcast]);
-    cases.push([f(vals), { shape: [4, 6], strides: [1, 4], offset: 0 }, f(rand(24, 32)), dense]);
-    const asBf16 = (b: Buffer) => ref.copy(b, { shape: [40], strides: [1], offset: 0 }, "bf16");
-    cases.push([asBf16(f(vals)), dense, f(rand(24, 33)), dense]);
+    const all = { shape: [40], strides: [1], offset: 0 };
+    const cases: [Buffer, StridedView, Buffer, StridedView][] = [
+      [f(vals), dense, f(rand(6, 31)), { shape: [4, 6], strides: [0, 1], offset: 0 }], // broadcast row
+      [f(vals), { shape: [4, 6], strides: [1, 4], offset: 0 }, f(rand(24, 32)), dense], // transposed dst
+      [ref.copy(f(vals), all, "bf16"), dense, f(rand(24, 33)), dense], // bf16 dst
+    ];
+    const shared = f(vals); // src and dst overlap: elements 3..22 += elements 0..19
+    cases.push([shared, { shape: [20], strides: [1], offset: 3 }, shared, { shape: [20], strides: [1], offset: 0 }]);
     for (const [dst, dv, src, sv] of cases) {
-      const copy = ref.copy(dst, { shape: [40], strides: [1], offset: 0 }, dst.dtype);
-      fused.addInPlace!(dst, dv, src, sv, 0.5);
-      ref.addInPlace!(copy, dv, src, sv, 0.5);
-      exact(dst, copy);
+      const want = ref.copy(dst, all, dst.dtype);
+      ref.addInPlace!(want, dv, dst === src ? want : src, sv, 0.5);
+      ops.addInPlace!(dst, dv, src, sv, 0.5);
+      exact(dst, want);
     }
-    const a1 = f(vals);
-    const a2 = f(vals);
-    const shifted = { shape: [20], strides: [1], offset: 3 };
-    const base = { shape: [20], strides: [1], offset: 0 };
-    fused.addInPlace!(a1, shifted, a1, base, 1);
-    ref.addInPlace!(a2, shifted, a2, base, 1);
-    exact(a1, a2);
-    // Two views of one buffer that do not overlap: native, with the reference's result.
-    let calls = 0;
-    const counting = createFusedOps(() => ({
-      ...native,
-      axpyF32: (...a) => (calls++, native.axpyF32(...a)),
-    })) as Backend;
+    expect(calls()).toBe(0);
+    // Two views of one buffer that do not overlap run natively, with the reference's result.
     const b1 = f(vals);
     const b2 = f(vals);
+    const lower = { shape: [20], strides: [1], offset: 0 };
     const upper = { shape: [20], strides: [1], offset: 20 };
-    counting.addInPlace!(b1, base, b1, upper, -0.37);
-    ref.addInPlace!(b2, base, b2, upper, -0.37);
+    ops.addInPlace!(b1, lower, b1, upper, -0.37);
+    ref.addInPlace!(b2, lower, b2, upper, -0.37);
     exact(b1, b2);
-    expect(calls).toBe(1);
+    expect(calls()).toBe(1);
   });
 
   it("fill every dtype", () => {
