@@ -73,26 +73,34 @@ export class Attention extends Module {
       }
       const qr = this.rotary.apply(q, ctx.positions).transpose(1, 2);
       const kr = this.rotary.apply(k, ctx.positions);
-      // The window only masks when there are more keys than it spans; otherwise plain causal attention is the
-      // same thing, and backends without a windowed kernel (cuda) still run it.
-      const keys = (ctx.cache?.cache.length ?? 0) + s;
-      const window = this.window > 0 && keys > this.window ? { window: this.window } : {};
       const out = ctx.cache
-        ? cachedAttention(qr, kr, v, ctx.cache, window)
-        : attention(qr, kr.transpose(1, 2), v.transpose(1, 2), { ...window, segmentIds: ctx.segmentIds });
+        ? cachedAttention(qr, kr, v, ctx.cache, this.window)
+        : attention(qr, kr.transpose(1, 2), v.transpose(1, 2), {
+            ...windowOption(this.window, s),
+            segmentIds: ctx.segmentIds,
+          });
       return this.child<LinearLike>("o_proj").forward(out.transpose(1, 2).reshape([b, s, h * d]));
     });
   }
 }
 
 /**
- * Attention of n new queries over the cached keys plus the n new ones (the fused op's causal offset:
- * query i attends keys j ≤ cached + i, and > cached + i − window with a sliding window). kNew/vNew are
- * [b, n, kvh, d]; the cache appends them in place (and keeps every key: the window only masks).
+ * The window only masks when there are more keys than it spans; otherwise plain causal attention is the same
+ * thing, and backends without a windowed kernel (cuda) still run it.
  */
-function cachedAttention(q: Tensor, kNew: Tensor, vNew: Tensor, cache: LayerCache, o: { window?: number }): Tensor {
+function windowOption(window: number, keys: number): { window?: number } {
+  return window > 0 && keys > window ? { window } : {};
+}
+
+/**
+ * Attention of n new queries over the cached keys plus the n new ones (the fused op's causal offset:
+ * query i attends keys j ≤ keys − n + i, and > keys − n + i − window with a sliding window). kNew/vNew are
+ * [b, n, kvh, d]; the cache appends them in place and returns the keys the queries can see (a sliding-window
+ * layer's cache holds about the last window of them, so a one-token decode step needs no mask at all).
+ */
+function cachedAttention(q: Tensor, kNew: Tensor, vNew: Tensor, cache: LayerCache, window: number): Tensor {
   const { k, v } = cache.cache.append(cache.layer, kNew, vNew);
-  const out = attention(q, k, v, o);
+  const out = attention(q, k, v, windowOption(window, k.shape[2]));
   k.dispose();
   v.dispose();
   return out;
@@ -232,7 +240,7 @@ export class CausalLM extends Module {
   }
 
   createCache(): KVCache {
-    return new KVCache(this.config.numLayers);
+    return new KVCache(this.config.numLayers, this.config.layerWindows);
   }
 
   forward(args: ForwardArgs): ForwardOutput {

@@ -10,13 +10,18 @@
  * - `cache.dispose()` frees its tensors; a cache belongs to one model and one batch size.
  * Storage: per layer one preallocated [batch, capacity, kvHeads, headDim] f32 buffer for keys and one for values
  * (rope's layout, so new keys are written in place and, for batch 1, attention reads the cache without a
- * copy); the capacity doubles when full.
+ * copy); the capacity doubles when full. A sliding-window layer (window W) keeps only the keys its queries can
+ * still see: the new queries at positions length … length+n−1 see keys after length − W, so older ones are
+ * dropped when the buffer is next reallocated (capacity ≈ 2·(W − 1 + n): memory stays bounded however long the
+ * generation runs, like transformers' sliding-window cache).
  */
 import { keep, type Tensor, zeros } from "@qlora/tensor";
 
 interface LayerStore {
   k: Tensor | null;
   v: Tensor | null;
+  /** Positions dropped from the front of the buffers (sliding-window layers): slot i holds position dropped + i. */
+  dropped: number;
 }
 
 /**
@@ -35,10 +40,13 @@ function writeSlot(buf: Tensor, src: Tensor, from: number): void {
 
 export class KVCache {
   private readonly store: LayerStore[];
+  private readonly windows: readonly number[];
   private len = 0;
 
-  constructor(numLayers: number) {
-    this.store = Array.from({ length: numLayers }, () => ({ k: null, v: null }));
+  /** `windows[i]`: layer i's sliding window (0 or absent = full attention; see ModelConfig.layerWindows). */
+  constructor(numLayers: number, windows: readonly number[] = []) {
+    this.store = Array.from({ length: numLayers }, () => ({ k: null, v: null, dropped: 0 }));
+    this.windows = windows;
   }
 
   /** Cached positions (0 when empty). */
@@ -46,40 +54,60 @@ export class KVCache {
     return this.len;
   }
 
+  /** @internal Positions layer `layer`'s buffers have room for (tests: a sliding-window layer's stays bounded). */
+  capacity(layer: number): number {
+    return this.store[layer].k?.shape[1] ?? 0;
+  }
+
   /**
-   * @internal Append layer `layer`'s new keys/values k, v [batch, n, kvHeads, headDim] and return views of all
-   * cached ones as [batch, kvHeads, length + n, headDim]. The last layer's call advances `length`.
+   * @internal Append layer `layer`'s new keys/values k, v [batch, n, kvHeads, headDim] and return views of the
+   * cached ones the new queries can see, as [batch, kvHeads, keys, headDim]: every position for a full-attention
+   * layer (keys = length + n); for a sliding-window layer at least the last W − 1 cached ones and the new ones
+   * (its earlier positions are gone; the query at cache position length + i sits at keys − n + i either way).
+   * The last layer's call advances `length`.
    */
   append(layer: number, k: Tensor, v: Tensor): { k: Tensor; v: Tensor } {
     const s = this.store[layer];
     const [, n] = k.shape;
     const total = this.len + n;
-    s.k = this.reserve(s.k, k, total);
-    s.v = this.reserve(s.v, v, total);
-    writeSlot(s.k, k, this.len);
-    writeSlot(s.v, v, this.len);
+    const window = this.windows[layer] ?? 0;
+    const keepFrom = window > 0 ? Math.max(s.dropped, this.len - window + 1) : 0;
+    let { k: kBuf, v: vBuf } = s;
+    if (!kBuf || !vBuf || kBuf.shape[1] < total - s.dropped) {
+      kBuf = s.k = this.realloc(kBuf, k, s.dropped, keepFrom, total);
+      vBuf = s.v = this.realloc(vBuf, v, s.dropped, keepFrom, total);
+      s.dropped = keepFrom;
+    }
+    writeSlot(kBuf, k, this.len - s.dropped);
+    writeSlot(vBuf, v, this.len - s.dropped);
     if (layer === this.store.length - 1) this.len = total;
     const view = (t: Tensor) => {
-      const used = t.narrow(1, 0, total);
+      const used = t.narrow(1, keepFrom - s.dropped, total - keepFrom);
       const out = used.transpose(1, 2);
       used.dispose();
       return out;
     };
-    return { k: view(s.k), v: view(s.v) };
+    return { k: view(kBuf), v: view(vBuf) };
   }
 
-  /** A zero-filled buffer with room for `total` positions, keeping the cached ones (doubling capacity). */
-  private reserve(buf: Tensor | null, like: Tensor, total: number): Tensor {
-    if (buf && buf.shape[1] >= total) return buf;
+  /**
+   * A zero-filled buffer for positions keepFrom … total−1 holding the cached ones from keepFrom on (the old
+   * buffer's slot 0 is position `dropped`). Capacity: twice what it keeps (so copies amortise to O(1) a step),
+   * at least 64 positions.
+   */
+  private realloc(buf: Tensor | null, like: Tensor, dropped: number, keepFrom: number, total: number): Tensor {
     const [b, , h, d] = like.shape;
-    const capacity = Math.max(total, 2 * (buf?.shape[1] ?? 0), 64);
+    const kept = this.len - keepFrom;
+    const capacity = Math.max(total - keepFrom, 2 * kept, 64);
     const grown = keep(zeros([b, capacity, h, d], { backend: like.backend }));
     if (buf) {
-      const head = grown.narrow(1, 0, this.len);
-      const old = buf.narrow(1, 0, this.len);
-      head.add_(old);
-      head.dispose();
-      old.dispose();
+      if (kept > 0) {
+        const head = grown.narrow(1, 0, kept);
+        const old = buf.narrow(1, keepFrom - dropped, kept);
+        head.add_(old);
+        head.dispose();
+        old.dispose();
+      }
       buf.dispose();
     }
     return grown;
@@ -91,6 +119,7 @@ export class KVCache {
       s.v?.dispose();
       s.k = null;
       s.v = null;
+      s.dropped = 0;
     }
     this.len = 0;
   }

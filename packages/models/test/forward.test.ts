@@ -54,8 +54,8 @@ describe("KV cache", () => {
     model.dispose();
   });
 
-  // mistral-swa / qwen2-swa: 76 tokens exceed their sliding windows (48 / 37): the cache keeps every key,
-  // attention masks those before the window.
+  // mistral-swa / qwen2-swa: 76 tokens exceed their sliding windows (48 / 37): their windowed layers' caches drop
+  // the keys before the window (reallocating past 64 positions) and multi-token steps mask inside it.
   it.each(["llama-linear-bias", "qwen3", "mistral-swa", "qwen2-swa"])(
     "%s (NF4): 64 greedy tokens with the cache equal full recomputation",
     async (name) => {
@@ -132,14 +132,48 @@ describe("sliding window", () => {
       const cache = model.createCache();
       run(40, cache);
       run(8, cache, 40); // 48 keys
-      run(1, cache, 48); // 49 keys
-      expect(calls).toEqual([undefined, undefined, undefined, undefined, 48, 48]);
+      run(1, cache, 48); // 49 positions, but the cache hands over the 48 the query sees: no mask needed
+      run(1, cache, 49);
+      expect(calls).toEqual(Array(8).fill(undefined));
+      calls.length = 0;
+      run(20, cache, 50); // 70 positions; the 20 queries see 47 cached + 20 new keys, 67 > 48: masked
+      expect(calls).toEqual([48, 48]);
       cache.dispose();
     } finally {
       watch.mockRestore();
       model.dispose();
     }
   });
+});
+
+describe("sliding-window KV cache", () => {
+  it.each([
+    ["mistral-swa", [48, 48]],
+    ["qwen2-swa", [0, 37]],
+  ] as const)(
+    "%s: 200 greedy steps keep windowed layers' buffers bounded and equal full recomputation",
+    async (name, windows) => {
+      const { model } = await loadModel(join(dir.path, name), { quantize: false });
+      const seq = Array.from(readFixture(name).get("input_ids").data.slice(0, 12));
+      const cache = model.createCache();
+      let logits = model.forward({ inputIds: tensor(seq, { shape: [1, seq.length], dtype: "i32" }), cache }).logits!;
+      for (let step = 0; step < 200; step++) {
+        seq.push(argmaxRows(logits)[0]);
+        logits = model.forward({ inputIds: tensor(seq.slice(-1), { shape: [1, 1], dtype: "i32" }), cache }).logits!;
+      }
+      expect(cache.length).toBe(212);
+      // A windowed layer reallocates to twice the W − 1 keys it keeps (at least 64); a full layer holds all 212.
+      windows.forEach((w, layer) => expect(cache.capacity(layer)).toBe(w > 0 ? Math.max(2 * (w - 1), 64) : 256));
+      const full = noGrad(
+        () => model.forward({ inputIds: tensor(seq, { shape: [1, seq.length], dtype: "i32" }) }).logits!,
+      );
+      const last = full.narrow(1, seq.length - 1, 1).reshape([1, -1]);
+      expect(relErr(logits.toTypedArray(), last.toTypedArray())).toBeLessThan(1e-5);
+      expect(new Set(seq.slice(12)).size).toBeGreaterThan(1);
+      cache.dispose();
+      model.dispose();
+    },
+  );
 });
 
 /** Dense model with its norms and q_proj weights trainable, to compare gradients. */
