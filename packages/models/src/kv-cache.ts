@@ -12,8 +12,8 @@
  * (rope's layout, so new keys are written in place and, for batch 1, attention reads the cache without a
  * copy); the capacity doubles when full. A sliding-window layer (window W) keeps only the keys its queries can
  * still see: the new queries at positions length … length+n−1 see keys after length − W, so older ones are
- * dropped when the buffer is next reallocated (capacity ≈ 2·(W − 1 + n): memory stays bounded however long the
- * generation runs, like transformers' sliding-window cache).
+ * dropped when the buffer is next reallocated (to twice the W − 1 kept, at least 64 and at least W − 1 + n): memory
+ * stays bounded however long the generation runs, like transformers' sliding-window cache.
  */
 import { keep, type Tensor, zeros } from "@qlora/tensor";
 
