@@ -13,6 +13,7 @@
 #include "isa.h"
 #include "pool.h"
 #include "registry.h"
+#include "rounded.h"
 
 namespace qlora {
 
@@ -363,19 +364,8 @@ Napi::Value Copy(const Napi::CallbackInfo& info) {
 // axpyF32(dst, dstOffset, src, srcOffset, n, alpha): dst[dstOffset + i] += alpha · src[srcOffset + i], i < n.
 // The dense f32 case of addInPlace (gradient accumulation), bit-identical to the reference's
 // `o[i] += alpha * x[i]`: that evaluates in double and rounds once to f32, which for alpha = 1 equals one
-// f32 addition (double has ≥ 2·24 + 2 bits, so rounding twice is harmless); other alphas run in double.
-// a · b rounded to double before it is added (as the reference does): without the barrier GCC contracts the
-// add into an FMA wherever FMA is baseline (arm64), one rounding fewer.
-inline double rounded_product(double a, double b) {
-  double p = a * b;
-#if defined(__x86_64__)
-  __asm__("" : "+x"(p));
-#elif defined(__aarch64__)
-  __asm__("" : "+w"(p));
-#endif
-  return p;
-}
-
+// f32 addition (double has ≥ 2·24 + 2 bits, so rounding twice is harmless); other alphas run in double, the
+// product rounded before the add (rounded(): no FMA contraction on arm64).
 Napi::Value AxpyF32(const Napi::CallbackInfo& info) {
   Args a(info, "axpyF32");
   int64_t d0 = a.count(1, "dstOffset"), s0 = a.count(3, "srcOffset"), n = a.count(4, "n");
@@ -389,7 +379,7 @@ Napi::Value AxpyF32(const Napi::CallbackInfo& info) {
     if (alpha == 1.0)
       for (size_t i = b; i < e; ++i) d[i] += x[i];
     else
-      for (size_t i = b; i < e; ++i) d[i] = static_cast<float>(static_cast<double>(d[i]) + rounded_product(alpha, x[i]));
+      for (size_t i = b; i < e; ++i) d[i] = static_cast<float>(static_cast<double>(d[i]) + rounded(alpha * x[i]));
   }, kGrain);
   return a.env().Undefined();
 }

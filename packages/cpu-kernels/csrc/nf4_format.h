@@ -4,6 +4,8 @@
 #pragma once
 #include <cstdint>
 
+#include "rounded.h"
+
 namespace qlora {
 
 // NF4 (§1.1) and FP4 (§1.2) code tables, as float32 bit patterns so they are exact.
@@ -20,20 +22,6 @@ inline const float* fp4_lut() {
   return reinterpret_cast<const float*>(bits);
 }
 
-// Returns v unchanged, but the compiler can no longer fuse the multiply that produced it with a
-// following add. Needed because GCC contracts a*b + c into an FMA under -ffp-contract=fast, its
-// default for C++ even with -std=c++17, wherever FMA is available: in every target("avx2,fma") or
-// AVX-512 kernel that inlines this header, and everywhere on arm64. The spec's nested absmax has
-// two roundings (§5.4), so the product must be rounded to f32 before the offset is added.
-inline float rounded(float v) {
-#if defined(__x86_64__)
-  __asm__("" : "+x"(v));
-#elif defined(__aarch64__)
-  __asm__("" : "+w"(v));
-#endif
-  return v;
-}
-
 struct Quant4 {
   const uint8_t* codes = nullptr;  // ceil(n*k/2) bytes
   int64_t n = 0, k = 0, blocksize = 64;
@@ -47,7 +35,8 @@ struct Quant4 {
 
   int64_t blocks() const { return (n * k + blocksize - 1) / blocksize; }
 
-  // §5.4 two-rounding form: fl32(fl32(code[q] * nested[j / 256]) + offset) (rounded(): no FMA).
+  // §5.4 two-rounding form: fl32(fl32(code[q] * nested[j / 256]) + offset) (rounded(): no FMA, which every
+  // AVX2/AVX-512 kernel inlining this header and every arm64 build would otherwise contract it into).
   float absmax_at(int64_t block) const {
     if (absmax) return absmax[block];
     const float scaled = rounded(code[qabsmax[block]] * nested[block / nested_blocksize]);
