@@ -12,6 +12,7 @@ import type { GemmNative, NativeQuantWeight } from "../src/gemm";
 import { loadNative } from "../src/load";
 import { getThreads, setThreads } from "../src/threads";
 import { nativeQuant } from "../test/quant";
+import { type DecodeFloor, measureDecodeFloor } from "./decode-floor";
 
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -190,6 +191,30 @@ function gemvBandwidth(it: Item, threads: number, oursMs: number): string {
   return `${it.what} at ${threads} thread(s): ${(bytes / 2 ** 20).toFixed(1)} MiB packed, ours ${gbs(oursMs)} GB/s read vs memcpy ${gbs(median(times))} GB/s (1 thread, bytes copied per second)`;
 }
 
+let decodeFloor: DecodeFloor | string | undefined;
+/**
+ * On AVX2 the GEMV is bound by decoding the 4-bit weights, not by memory. Decoding n·k weights at
+ * gemv_decode_floor.cc's rate (exact byte-plane decode, no FMAs, codes in L1) on every thread is the fastest any
+ * exact GEMV could run here, and torch's time in this run divided by that is the best ratio reachable.
+ */
+function gemvDecodeFloor(it: Item, threads: number, torchMs: number): string {
+  const [n, k] = it.name === "gemv_nf4_4096x4096" ? [4096, 4096] : [14336, 4096];
+  decodeFloor ??=
+    native.gemmIsa() === "avx2"
+      ? measureDecodeFloor()
+      : `the GEMV here runs the ${native.gemmIsa()} kernel, not the AVX2 byte-plane decode`;
+  const head = `${it.what} at ${threads} thread(s), decode floor`;
+  if (typeof decodeFloor === "string") return `${head}: not measured (${decodeFloor})`;
+  const { clock_ghz: ghz, ns_per_64_weights: ns } = decodeFloor;
+  const floorMs = (((n * k) / 64) * ns.byte_planes) / threads / 1e6;
+  const cycles = (t: number) => (t * ghz).toFixed(1);
+  return (
+    `${head}: the exact byte-plane decode alone takes ${cycles(ns.byte_planes)} cycles per 64 weights at ${ghz.toFixed(2)} GHz ` +
+    `(its 8 vpshufb lookups alone ${cycles(ns.lookups_only)}, a vpgatherdq pair table ${cycles(ns.gather)}), ` +
+    `so ≥ ${floorMs.toFixed(2)} ms on ${threads} thread(s) whatever the memory: torch/ours ≤ ${(torchMs / floorMs).toFixed(2)} in this run`
+  );
+}
+
 const rows: string[][] = [];
 const oursMedian = new Map<string, number>(); // `${name}@${threads}` -> ms
 const notes: string[] = [];
@@ -225,6 +250,7 @@ for (const threads of threadCounts) {
       t = median(theirs),
       ratio = t / o;
     oursMedian.set(`${it.name}@${threads}`, o);
+    if (it.name.startsWith("gemv")) notes.push(gemvDecodeFloor(it, threads, t));
     const base = it.vsOurs && oursMedian.get(`${it.vsOurs}@${threads}`);
     if (base)
       notes.push(

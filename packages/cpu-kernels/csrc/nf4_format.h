@@ -3,6 +3,7 @@
 // (blocks ignore row boundaries), and value = fl32(LUT[code] * absmax[block]).
 #pragma once
 #include <cstdint>
+#include <cstring>
 
 #include "rounded.h"
 
@@ -88,9 +89,19 @@ class ScaleCursor {
   }
 
  private:
+  // Four lanes at a time (SSE / NEON through vector extensions): this runs once per nested block, i.e. every
+  // 4 rows of a 4096-wide weight. One float at a time it held ~6 % of the AVX2 GEMV's perf samples; 4-wide the
+  // GEMV is 1.3-1.6 % faster on one thread (ab-builds.ts, 4096^2 and 14336x4096), within noise on two.
   void load(int64_t nested_index) {
+    using f4 = float __attribute__((vector_size(16)));
     const float s = q.nested[nested_index];
-    for (int v = 0; v < 256; ++v) table[v] = rounded(q.code[v] * s) + q.offset;  // two roundings, as absmax_at
+    const f4 scale = {s, s, s, s}, offset = {q.offset, q.offset, q.offset, q.offset};
+    for (int v = 0; v < 256; v += 4) {
+      f4 code;
+      std::memcpy(&code, q.code + v, sizeof code);
+      const f4 value = rounded(code * scale) + offset;  // two roundings per lane, as absmax_at
+      std::memcpy(table + v, &value, sizeof value);
+    }
     loaded = nested_index;
   }
   const Quant4& q;

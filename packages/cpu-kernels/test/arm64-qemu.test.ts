@@ -6,7 +6,7 @@
 // run the NEON paths directly and this one is skipped.
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, renameSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync } from "node:fs";
 import { arch } from "node:os";
 import { delimiter, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -14,7 +14,6 @@ import { describe, expect, it } from "vitest";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const kernelSources = ["gemm_kernels", "gemm_bf16", "gemm_driver", "nf4_decode", "nf4_gemv", "pool", "attention_sse"];
-const headers = ["attention.h", "attention_tile.h", "gemm_driver.h", "gemm_kernels.h", "isa.h", "nf4_format.h"];
 const driver = join(root, "test", "arm64", "kernel_check.cc");
 
 function onPath(names: string[]): string | undefined {
@@ -38,8 +37,11 @@ const skipReason =
 function buildDriver(): string {
   const sources = [driver, ...kernelSources.map((f) => join(root, "csrc", `${f}.cc`))];
   const hash = createHash("sha1");
-  for (const f of [...sources, ...headers.map((h) => join(root, "csrc", h)), join(root, "csrc", "vec_math.h")])
-    hash.update(readFileSync(f));
+  // Every header in csrc/, not a list of them: a list missed rounded.h, and a stale binary would pass.
+  const headers = readdirSync(join(root, "csrc"))
+    .filter((f) => f.endsWith(".h"))
+    .sort();
+  for (const f of [...sources, ...headers.map((h) => join(root, "csrc", h))]) hash.update(readFileSync(f));
   const dir = join(root, "node_modules", ".cache", "arm64-check"); // outside build/, which node-gyp rebuild wipes
   const exe = join(dir, `kernel_check-${hash.digest("hex").slice(0, 12)}`);
   if (existsSync(exe)) return exe;
