@@ -247,7 +247,10 @@ describe("copy / cast / fill", () => {
     let calls = 0;
     const ops = createFusedOps(() => ({
       ...native,
-      axpyF32: (...a) => (calls++, native.axpyF32(...a)),
+      axpyF32: (...a) => {
+        calls++;
+        return native.axpyF32(...a);
+      },
     })) as Backend;
     return { ops, calls: () => calls };
   }

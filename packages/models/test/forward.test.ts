@@ -163,7 +163,8 @@ describe("sliding-window KV cache", () => {
       }
       expect(cache.length).toBe(212);
       // A windowed layer reallocates to twice the W − 1 keys it keeps (at least 64); a full layer holds all 212.
-      windows.forEach((w, layer) => expect(cache.capacity(layer)).toBe(w > 0 ? Math.max(2 * (w - 1), 64) : 256));
+      for (const [layer, w] of windows.entries())
+        expect(cache.capacity(layer)).toBe(w > 0 ? Math.max(2 * (w - 1), 64) : 256);
       const full = noGrad(
         () => model.forward({ inputIds: tensor(seq, { shape: [1, seq.length], dtype: "i32" }) }).logits!,
       );

@@ -25,7 +25,7 @@ function model(be: Backend, values?: Record<string, Float32Array>): Record<strin
 
 function train(params: Record<string, Tensor>, opt: Optimizer<never>, from: number, to: number): void {
   for (let step = from; step <= to; step++) {
-    Object.entries(params).forEach(([name, p], i) => {
+    Object.values(params).forEach((p, i) => {
       p.grad?.dispose();
       p.grad = tensor(normals(p.size, 7000 + 10 * step + i, 0.01), { shape: p.shape, backend: p.backend });
     });
