@@ -9,6 +9,8 @@ import { fileURLToPath } from "node:url";
 
 export interface DecodeFloor {
   clock_ghz: number;
+  /** Independent vpshufb and vfmadd231ps, alternating: instructions retired per cycle. */
+  shuffle_fma_per_cycle: number;
   /** Best of 41 timings, nanoseconds per 64 weights (32 packed bytes), one thread, codes in L1. */
   ns_per_64_weights: { byte_planes: number; lookups_only: number; gather: number };
 }
