@@ -194,8 +194,10 @@ function gemvBandwidth(it: Item, threads: number, oursMs: number): string {
 let decodeFloor: DecodeFloor | string | undefined;
 /**
  * On AVX2 the GEMV is bound by decoding the 4-bit weights, not by memory. Decoding n·k weights at
- * gemv_decode_floor.cc's rate (exact byte-plane decode, no FMAs, codes in L1) on every thread is the fastest any
- * exact GEMV could run here, and torch's time in this run divided by that is the best ratio reachable.
+ * gemv_decode_floor.cc's rate (exact byte-plane decode, no FMAs, codes in L1) on every thread is the fastest a GEMV
+ * built on that decode could run here, and torch's time in this run divided by that is the best ratio it could
+ * reach. (The program also times the cheaper-looking alternatives: the lookups without rebuilding floats, which no
+ * exact kernel can skip, and a gather from a table of weight pairs.)
  */
 function gemvDecodeFloor(it: Item, threads: number, torchMs: number): string {
   const [n, k] = it.name === "gemv_nf4_4096x4096" ? [4096, 4096] : [14336, 4096];
