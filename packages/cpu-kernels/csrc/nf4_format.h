@@ -73,7 +73,9 @@ struct AbsmaxCursor {
 // 4096-wide rows, one thread).
 class ScaleCursor {
  public:
-  explicit ScaleCursor(const Quant4& w) : q(w) {}
+  // table: 256 floats the caller owns, so that the cursor itself holds only scalars the compiler keeps in registers
+  // (with the table inside it, its counters went through the stack on every block).
+  ScaleCursor(const Quant4& w, float* table256) : q(w), table(table256) {}
   void seek(int64_t first) {
     block = first;
     if (q.absmax) return;
@@ -105,8 +107,8 @@ class ScaleCursor {
     loaded = nested_index;
   }
   const Quant4& q;
+  float* table;
   int64_t block = 0, rem = 0, loaded = -1;
-  float table[256];
 };
 
 // out[i] = dequant(W.flat[start + i]) for i < count (any start parity, any block straddling).

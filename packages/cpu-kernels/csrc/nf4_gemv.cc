@@ -156,7 +156,8 @@ __attribute__((target("avx2,fma"))) void rows_avx2_wide(const Quant4& q, const f
   const int64_t half = q.k / 2, bytes_per_block = BPB > 0 ? BPB : q.blocksize / 2,
                 blocks_per_row = q.k / q.blocksize;
   std::vector<float> scales(static_cast<std::size_t>(blocks_per_row));
-  ScaleCursor absmax(q);
+  float scale_table[256];
+  ScaleCursor absmax(q, scale_table);
   for (int64_t j = j0; j < j1; ++j) {
     const uint8_t* row = q.codes + j * half;
     absmax.seek(j * blocks_per_row);
