@@ -21,9 +21,11 @@ export function measureDecodeFloor(): DecodeFloor | string {
   const dir = mkdtempSync(join(tmpdir(), "qlora-decode-floor-"));
   try {
     const exe = join(dir, "floor");
-    const src = join(dirname(fileURLToPath(import.meta.url)), "gemv_decode_floor.cc");
+    const here = dirname(fileURLToPath(import.meta.url));
+    const src = join(here, "gemv_decode_floor.cc");
     try {
-      execFileSync("g++", ["-O3", "-std=c++17", "-mavx2", "-mfma", src, "-o", exe], { stdio: "pipe" });
+      const flags = ["-O3", "-std=c++17", "-mavx2", "-mfma", `-I${join(here, "..", "csrc")}`];
+      execFileSync("g++", [...flags, src, "-o", exe], { stdio: "pipe" });
     } catch (e) {
       return `g++ could not build ${src}: ${(e as Error).message.split("\n")[0]}`;
     }

@@ -171,12 +171,17 @@ function packedBytes(w: NativeQuantWeight): number {
   );
 }
 
+/** [n, k] of a GEMV item's weight. */
+function gemvShape(it: Item): [number, number] {
+  return it.name === "gemv_nf4_4096x4096" ? [4096, 4096] : [14336, 4096];
+}
+
 /**
  * Our GEMV's read bandwidth over the packed weight vs a memcpy of the same number of bytes (one thread,
  * TypedArray.set = memmove, out of cache like the weight), measured now: the GEMV is meant to be memory bound.
  */
 function gemvBandwidth(it: Item, threads: number, oursMs: number): string {
-  const [n, k] = it.name === "gemv_nf4_4096x4096" ? [4096, 4096] : [14336, 4096];
+  const [n, k] = gemvShape(it);
   const bytes = packedBytes(quantWeight(n, k));
   const src = new Uint8Array(bytes).fill(1),
     dst = new Uint8Array(bytes);
@@ -200,7 +205,7 @@ let decodeFloor: DecodeFloor | string | undefined;
  * exact kernel can skip, and a gather from a table of weight pairs.)
  */
 function gemvDecodeFloor(it: Item, threads: number, torchMs: number): string {
-  const [n, k] = it.name === "gemv_nf4_4096x4096" ? [4096, 4096] : [14336, 4096];
+  const [n, k] = gemvShape(it);
   decodeFloor ??=
     native.gemmIsa() === "avx2"
       ? measureDecodeFloor()

@@ -1,6 +1,6 @@
 // How fast can AVX2 turn packed NF4 codes into exact f32 weights on this CPU, with no memory traffic and no
 // arithmetic? A floor for any exact 4-bit GEMV: the dot product's FMAs and the weight's bytes come on top.
-// Built and run by bench/decode-floor.bench.ts (g++ -O3 -mavx2 -mfma); prints one JSON line.
+// Built and run by bench/decode-floor.ts (g++ -O3 -mavx2 -mfma -I../csrc); prints one JSON line.
 //   byte_planes: the decode of nf4_gemv.cc's rows_avx2_wide without its FMAs: per 32 packed bytes (64 weights)
 //                a nibble split, 8 vpshufb lookups of the LUT's byte planes and 16 unpacks to rebuild floats.
 //   lookups_only: the 8 vpshufb lookups alone (bytes, not floats): what any byte-plane scheme must pay.
@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <vector>
+
+#include "nf4_format.h"  // the NF4 table the kernels use (header-only part)
 
 namespace {
 
@@ -37,11 +39,8 @@ struct Planes {
 };
 
 Planes lut_planes() {
-  static const uint32_t nf4[16] = {0xbf800000, 0xbf3239b1, 0xbf066b30, 0xbeca32a0, 0xbe91a24d, 0xbe3d353f,
-                                   0xbdba7871, 0x00000000, 0x3da2faff, 0x3e24cae3, 0x3e7c04dd, 0x3ead033a,
-                                   0x3ee1a4b8, 0x3f1007ab, 0x3f3913b3, 0x3f800000};
   alignas(32) uint8_t p[4][32];
-  const auto* bytes = reinterpret_cast<const uint8_t*>(nf4);
+  const auto* bytes = reinterpret_cast<const uint8_t*>(qlora::nf4_lut());
   for (int q = 0; q < 4; ++q)
     for (int i = 0; i < 32; ++i) p[q][i] = bytes[(i & 15) * 4 + q];
   const auto* v = reinterpret_cast<const __m256i*>(p);
