@@ -214,7 +214,12 @@ Napi::Value GemmBf16Kernel(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), k16 ? k16->name : gemm_kernel().name);
 }
 
+// gemvIsa(): the vector ISA the 4-bit GEMV (m <= 4) runs on: the widest the gemmIsa request allows on
+// this CPU, which can be wider than gemmIsa() (Zen 4 runs the AVX2 GEMM tile and the AVX-512 GEMV).
+Napi::Value GemvIsa(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), gemm_isa_cap()); }
+
 Register reg_matmul("matmul", Matmul);
+Register reg_gemv_isa("gemvIsa", GemvIsa);
 Register reg_gemm_bf16_kernel("gemmBf16Kernel", GemmBf16Kernel);
 Register reg_gemm_isa("gemmIsa", GemmIsa);
 

@@ -169,28 +169,46 @@ const char* const* gemm_kernel_names() {
   return names;
 }
 
-const GemmKernel& gemm_kernel_for(const char* want) {
-  const bool any = want == nullptr || *want == '\0' || std::strcmp(want, "avx512bf16") == 0;
+namespace {
+bool asks_for(const char* want, const char* isa) { return want != nullptr && std::strcmp(want, isa) == 0; }
+bool asks_for_best(const char* want) { return want == nullptr || *want == '\0' || asks_for(want, "avx512bf16"); }
+
+// The widest f32 kernel the request allows on this CPU.
+const GemmKernel& widest_kernel(const char* want) {
 #if defined(__x86_64__)
   const auto& i = isa();
-  if (i.avx512f && (any || std::strcmp(want, "avx512") == 0)) return kAvx512;
-  if (i.avx2_fma && (any || std::strcmp(want, "avx512") == 0 || std::strcmp(want, "avx2") == 0)) return kAvx2;
+  if (i.avx512f && (asks_for_best(want) || asks_for(want, "avx512"))) return kAvx512;
+  if (i.avx2_fma && (asks_for_best(want) || asks_for(want, "avx512") || asks_for(want, "avx2"))) return kAvx2;
 #elif defined(__aarch64__)
   // NEON is baseline on arm64: every request but "scalar" gets it (x86 names included, as their best fallback).
-  if (any || std::strcmp(want, "scalar") != 0) return kNeon;
+  if (!asks_for(want, "scalar")) return kNeon;
 #endif
   return kPortable;
 }
+}  // namespace
+
+const GemmKernel& gemm_kernel_for(const char* want) {
+  const GemmKernel& widest = widest_kernel(want);
+#if defined(__x86_64__)
+  // Unless AVX-512 is asked for by name, Zen 4 runs the 6 x 16 AVX2 tile: its 512-bit FMAs run at half
+  // rate, so the 12 x 32 tile computes no faster, while its 12-row A sliver and 32-column B panel
+  // crowd the 32 KiB L1. Zen 4, one and two threads, AVX2 tile vs AVX-512 tile: f32 2048^3 1.08x,
+  // 4096x1024x4096 1.11x, NF4 2048x4096x4096 1.11x and its input grad 1.08-1.10x, 512^3 1.01-1.02x.
+  if (&widest == &kAvx512 && !asks_for(want, "avx512") && isa().avx512_half_rate) return kAvx2;
+#endif
+  return widest;
+}
 
 namespace {
-// The forced ISA cap: the f32 kernel, and whether the bf16 k-pair kernel may be used.
+// The request in force: the f32 micro-kernel, the widest kernel it allows, and whether the bf16
+// k-pair kernel may be used.
 struct Choice {
   const GemmKernel* f32;
+  const GemmKernel* widest;
   bool bf16;
 };
 Choice choose(const char* want) {
-  const bool any = want == nullptr || *want == '\0' || std::strcmp(want, "avx512bf16") == 0;
-  return {&gemm_kernel_for(want), any && isa().avx512bf16};
+  return {&gemm_kernel_for(want), &widest_kernel(want), asks_for_best(want) && isa().avx512bf16};
 }
 Choice& current() {
   static Choice chosen = choose(std::getenv("QLORA_GEMM_ISA"));
@@ -199,6 +217,7 @@ Choice& current() {
 }  // namespace
 
 const GemmKernel& gemm_kernel() { return *current().f32; }
+const char* gemm_isa_cap() { return current().widest->name; }
 const GemmKernel* gemm_bf16_kernel() { return current().bf16 ? &avx512bf16_kernel() : nullptr; }
 void set_gemm_kernel(const char* isa) { current() = choose(isa); }
 

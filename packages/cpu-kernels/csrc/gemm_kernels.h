@@ -22,11 +22,16 @@ struct GemmKernel {
 // Words per row/column of a packed kc block.
 inline int64_t packed_k(const GemmKernel& K, int64_t kc) { return (kc + K.kpair - 1) / K.kpair; }
 
-// The best kernel for this CPU (AVX-512 > AVX2/FMA > portable), chosen once at run time.
+// The best kernel for this CPU (AVX-512 > AVX2/FMA > portable, except that Zen 4 runs the AVX2 tile
+// unless "avx512" is asked for by name), chosen once at run time.
 // $QLORA_GEMM_ISA = "avx512bf16" | "avx512" | "avx2" | "scalar" caps the choice (used by tests to cover every path).
 const GemmKernel& gemm_kernel();
 const GemmKernel& gemm_kernel_for(const char* isa);  // nullptr/"" = best; falls back to what the CPU has
 void set_gemm_kernel(const char* isa);                // tests: force a path (not thread-safe vs running GEMMs)
+// The name of the widest f32 kernel the request in force allows on this CPU ("avx512", "avx2", "neon",
+// "scalar"). The 4-bit GEMV follows it rather than gemm_kernel(): its AVX-512 decode (one vpermps per
+// 16 weights) is faster than the AVX2 one on every AVX-512 CPU, Zen 4 included.
+const char* gemm_isa_cap();
 
 // The AVX512-BF16 k-pair kernel for bf16 x bf16 products, or nullptr when the CPU lacks
 // AVX512_BF16 or a forced ISA ("avx512", "avx2", "scalar") rules it out; the caller then widens

@@ -11,6 +11,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   out.Set("avx2", i.avx2_fma);
   out.Set("avx512f", i.avx512f);
   out.Set("avx512bf16", i.avx512bf16);
+  out.Set("avx512HalfRate", i.avx512_half_rate);
   return out;
 }
 

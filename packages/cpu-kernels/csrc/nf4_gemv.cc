@@ -292,8 +292,8 @@ struct NeonRows {
 }  // namespace
 
 bool nf4_gemv(const Quant4& q, const float* x, int64_t m, float* y) {
-  // Follow the GEMM kernel choice (so forcing "avx2"/"scalar" in tests covers these paths too).
-  const std::string_view level = gemm_kernel().name;
+  // Follow the GEMM's ISA cap (so forcing "avx2"/"scalar" in tests covers these paths too).
+  const std::string_view level = gemm_isa_cap();
   if (m < 1 || m > kNf4GemvMaxM || q.k % q.blocksize != 0) return false;
   RowsFn rows = nullptr;
   enum { kSplit, kShuffle, kWide } order = kSplit;  // how x is rearranged for the row kernel

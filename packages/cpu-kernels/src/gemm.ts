@@ -28,6 +28,8 @@ export interface GemmNative {
   matmul4bit(x: Float32Array, m: number, out: Float32Array, w: NativeQuantWeight): void;
   matmul4bitInputGrad(dy: Float32Array, m: number, out: Float32Array, w: NativeQuantWeight): void;
   gemmIsa(isa?: string): string;
+  /** The vector ISA the 4-bit GEMV (m ≤ 4) runs on: the widest gemmIsa's request allows (Zen 4: wider than gemmIsa()). */
+  gemvIsa(): string;
   /** The micro-kernel bf16 x bf16 matmul runs on: "avx512bf16" (vdpbf16ps) or the widening gemmIsa() one. */
   gemmBf16Kernel(): string;
 }
@@ -231,7 +233,7 @@ export function createGemmOps(
 
 /** Narrow the raw module to the GEMM functions, naming any that are missing (a stale binary). */
 export function gemmNative(native: NativeModule): GemmNative {
-  for (const fn of ["matmul", "matmul4bit", "matmul4bitInputGrad", "gemmIsa", "gemmBf16Kernel"])
+  for (const fn of ["matmul", "matmul4bit", "matmul4bitInputGrad", "gemmIsa", "gemvIsa", "gemmBf16Kernel"])
     if (typeof native[fn] !== "function")
       throw new CpuKernelsError(
         "STALE_BINARY",

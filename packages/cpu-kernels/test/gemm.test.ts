@@ -24,7 +24,9 @@ interface GemmNative {
     bBatchStride: number,
   ): void;
   gemmIsa(isa?: string): string;
-  isaInfo(): { avx2: boolean; avx512f: boolean };
+  gemvIsa(): string;
+  isaInfo(): { avx2: boolean; avx512f: boolean; avx512HalfRate: boolean };
+  isaPaths(): { arch: string };
 }
 const native = loadNative() as unknown as GemmNative;
 const isas = isaSuite("gemm", "matmul micro-kernel tests").map((c) => c.name);
@@ -130,6 +132,26 @@ test("k = 0 gives zeros; validation names the bad argument", () => {
   expect(() => native.matmul(a, b, new Float32Array(4), 2 ** 40, 2 ** 20, 3, 2 ** 20, false, false, 6, 6)).toThrow(
     /overflows/,
   );
+});
+
+test("default kernel choice: the widest tile, but the AVX2 tile where AVX-512 runs at half rate (Zen 4)", () => {
+  const info = native.isaInfo();
+  const arm = native.isaPaths().arch === "arm64";
+  const widest = arm ? "neon" : info.avx512f ? "avx512" : info.avx2 ? "avx2" : "scalar";
+  native.gemmIsa("");
+  expect(native.gemmIsa()).toBe(info.avx512HalfRate ? "avx2" : widest);
+  expect(native.gemvIsa()).toBe(widest); // the 4-bit GEMV keeps the widest decode
+  if (info.avx512f) {
+    native.gemmIsa("avx512"); // by name, AVX-512 runs even at half rate
+    expect([native.gemmIsa(), native.gemvIsa()]).toEqual(["avx512", "avx512"]);
+  }
+  if (info.avx2) {
+    native.gemmIsa("avx2");
+    expect([native.gemmIsa(), native.gemvIsa()]).toEqual(["avx2", "avx2"]);
+  }
+  native.gemmIsa("scalar");
+  expect([native.gemmIsa(), native.gemvIsa()]).toEqual(["scalar", "scalar"]);
+  native.gemmIsa("");
 });
 
 test("property: random shapes, transposes, batch broadcast and dtypes agree with the reference", () => {
