@@ -117,7 +117,10 @@ void gemm(const GemmKernel& K, int64_t m, int64_t n, int64_t k, const APacker& a
   const int64_t tm_only = std::min(mt, std::max<int64_t>(threads, std::min(want, m / 384)));
   const double dup_a = double(m) * k * (tn_only - 1), dup_b = double(k) * n * (tm_only - 1) * b_pack_weight;
   const bool split_n = tn_only >= threads && (tm_only < threads || dup_a <= dup_b);
-  const int64_t tasks = split_n ? tn_only : tm_only;
+  // Whole rounds of tasks: with 3 equal tasks on 2 threads one thread idles through the last (2048 x
+  // 2048 x 2032 ran 1.45x faster on 2 threads than on 1; 2048^3, 4 tasks, 1.96x).
+  const int64_t raw = split_n ? tn_only : tm_only;
+  const int64_t tasks = raw >= threads ? raw / threads * threads : raw;
   if (tasks < 2) {
     gemm_region(K, 0, m, 0, n, k, a, b, c, ldc, accumulate_c);
     return;
