@@ -207,9 +207,9 @@ let decodeFloor: DecodeFloor | string | undefined;
 function gemvDecodeFloor(it: Item, threads: number, torchMs: number): string {
   const [n, k] = gemvShape(it);
   decodeFloor ??=
-    native.gemmIsa() === "avx2"
+    native.gemvIsa() === "avx2"
       ? measureDecodeFloor()
-      : `the GEMV here runs the ${native.gemmIsa()} kernel, not the AVX2 byte-plane decode`;
+      : `the GEMV here runs the ${native.gemvIsa()} kernel, not the AVX2 byte-plane decode`;
   const head = `${it.what} at ${threads} thread(s), decode floor`;
   if (typeof decodeFloor === "string") return `${head}: not measured (${decodeFloor})`;
   const { clock_ghz: ghz, shuffle_fma_per_cycle: mixed, ns_per_64_weights: ns } = decodeFloor;
@@ -248,6 +248,9 @@ for (const threads of threadCounts) {
       const t0 = process.hrtime.bigint();
       for (let c = 0; c < calls; c++) fn();
       ours.push(Number(process.hrtime.bigint() - t0) / 1e6 / calls);
+      // The same idle pause before torch's sample as before ours, so neither side starts on vCPUs the
+      // other just warmed up (with torch straight after ours, only our samples followed an idle pause).
+      await sleep(300);
       theirs.push(await peer.time(it.name, calls, warmup));
       // OpenBLAS worker threads busy-wait for a while after each call; let them go back to sleep
       // before our next sample so they do not steal our cores (ours block immediately).
@@ -289,5 +292,5 @@ if (markdown) {
 }
 for (const n of notes) console.log(n);
 console.log(
-  `(ours: isa ${native.gemmIsa()}, bf16 ${native.gemmBf16Kernel()}; peer: torch ${peerVersion.split(" ")[1]}, fastest form: ${peerVersion.split(" ")[3] ?? "?"}; ${reps} interleaved samples per item, each after warm-up calls (GEMV and 512³: 100 warm-up and 20 timed calls per sample), medians; ratio = torch time / our time)`,
+  `(ours: GEMM tile ${native.gemmIsa()}, GEMV ${native.gemvIsa()}, bf16 ${native.gemmBf16Kernel()}; peer: torch ${peerVersion.split(" ")[1]}, fastest form: ${peerVersion.split(" ")[3] ?? "?"}; ${reps} interleaved samples per item, each after warm-up calls (GEMV and 512³: 100 warm-up and 20 timed calls per sample), medians; ratio = torch time / our time)`,
 );
