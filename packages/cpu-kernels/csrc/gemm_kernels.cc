@@ -191,9 +191,10 @@ const GemmKernel& gemm_kernel_for(const char* want) {
   const GemmKernel& widest = widest_kernel(want);
 #if defined(__x86_64__)
   // Unless AVX-512 is asked for by name, Zen 4 runs the 6 x 16 AVX2 tile: its 512-bit FMAs run at half
-  // rate, so the 12 x 32 tile computes no faster, while its 12-row A sliver and 32-column B panel
-  // crowd the 32 KiB L1. Zen 4, one and two threads, AVX2 tile vs AVX-512 tile: f32 2048^3 1.08x,
-  // 4096x1024x4096 1.11x, NF4 2048x4096x4096 1.11x and its input grad 1.08-1.10x, 512^3 1.01-1.02x.
+  // rate, so the 12 x 32 tile has no more FMA throughput, and inside the GEMM it measured slower (other
+  // kc/mc/prefetch settings did not change that). Zen 4, one and two threads, AVX2 tile vs AVX-512 tile:
+  // f32 2048^3 1.08x, 4096x1024x4096 1.11x, NF4 2048x4096x4096 1.11x and its input grad 1.08-1.10x,
+  // 512^3 1.01-1.02x; small products within +-8 % either way (BENCHMARKS.md).
   if (&widest == &kAvx512 && !asks_for(want, "avx512") && isa().avx512_half_rate) return kAvx2;
 #endif
   return widest;
