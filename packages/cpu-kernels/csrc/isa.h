@@ -15,7 +15,7 @@ struct Isa {
   bool avx512f;
   bool avx512bf16;
   // AMD family 19h (Zen 4) with AVX-512: each 512-bit op runs as two 256-bit halves, so a 512-bit FMA
-  // tile has no throughput over a 256-bit one and costs L1 room (see gemm_kernel_for).
+  // tile has no FMA throughput over a 256-bit one (see gemm_kernel_for).
   bool avx512_half_rate;
 };
 
