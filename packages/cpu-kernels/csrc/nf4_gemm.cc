@@ -35,26 +35,11 @@ __attribute__((target("avx2,fma"))) int64_t transpose_to_panel_avx2(const float*
   int64_t p = 0;
   for (; p + 8 <= kc; p += 8) {
     for (int j = 0; j < nr; j += 8) {
-      const float* s = src + j * kc + p;
-      const __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + kc), r2 = _mm256_loadu_ps(s + 2 * kc),
-                   r3 = _mm256_loadu_ps(s + 3 * kc), r4 = _mm256_loadu_ps(s + 4 * kc), r5 = _mm256_loadu_ps(s + 5 * kc),
-                   r6 = _mm256_loadu_ps(s + 6 * kc), r7 = _mm256_loadu_ps(s + 7 * kc);
-      const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
-                   t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
-                   t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-      const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee),
-                   u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee),
-                   u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee),
-                   u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+      __m256 col[8];
+      transpose_8x8(src + j * kc, kc, 8, p, col);
       float* d = dst + p * nr + j;
-      _mm256_storeu_ps(d + 0 * nr, _mm256_permute2f128_ps(u0, u4, 0x20));
-      _mm256_storeu_ps(d + 1 * nr, _mm256_permute2f128_ps(u1, u5, 0x20));
-      _mm256_storeu_ps(d + 2 * nr, _mm256_permute2f128_ps(u2, u6, 0x20));
-      _mm256_storeu_ps(d + 3 * nr, _mm256_permute2f128_ps(u3, u7, 0x20));
-      _mm256_storeu_ps(d + 4 * nr, _mm256_permute2f128_ps(u0, u4, 0x31));
-      _mm256_storeu_ps(d + 5 * nr, _mm256_permute2f128_ps(u1, u5, 0x31));
-      _mm256_storeu_ps(d + 6 * nr, _mm256_permute2f128_ps(u2, u6, 0x31));
-      _mm256_storeu_ps(d + 7 * nr, _mm256_permute2f128_ps(u3, u7, 0x31));
+#pragma GCC unroll 8
+      for (int c = 0; c < 8; ++c) _mm256_storeu_ps(d + c * nr, col[c]);
     }
   }
   return p;
