@@ -319,7 +319,7 @@ function main() {
     return loaded.slice(app.length + 1);
   });
   check(
-    'import { quantize4bit } from "@qlora/nf4" round-trips in a project that installs only @qlora/nf4 (and @qlora/nf4/node workers agree)',
+    'import { quantize4bit } from "@qlora/nf4" round-trips in a project that installs only @qlora/nf4 (and @qlora/nf4/node workers agree, also under node --input-type=module -e)',
     () => {
       const nf4App = join(work, "nf4-app");
       mkdirSync(nf4App);
@@ -347,6 +347,10 @@ function main() {
       console.log(JSON.stringify({ err, bound: gap / 2 + 1e-6 }));`;
       const r = runModule(nf4App, code, env);
       expect(r.status === 0, r.stderr || r.stdout);
+      // workers inherit the parent's Node flags, and Node refuses a worker file under --input-type
+      const node = env.PATH ? join(env.PATH, "node") : process.execPath;
+      const evaluated = run(node, ["--input-type=module", "-e", code], { cwd: nf4App, env });
+      expect(evaluated.status === 0, `node --input-type=module -e: ${evaluated.stderr || evaluated.stdout}`);
       const { err, bound } = JSON.parse(r.stdout);
       expect(err > 0 && err <= bound, `max |x - dequant(quant(x))| = ${err}, bound ${bound}`);
       return `max abs error ${err.toFixed(4)} <= ${bound.toFixed(4)}`;

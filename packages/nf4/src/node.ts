@@ -17,14 +17,30 @@ export interface ParallelQuantizeOptions extends Quantize4bitOptions {
   minParallelElements?: number;
 }
 
+/**
+ * The parent's Node flags minus `--input-type`: a worker inherits `process.execArgv`, and Node refuses to start
+ * a worker from a file under `--input-type` (ERR_INPUT_TYPE_NOT_ALLOWED), as when the parent ran
+ * `node --input-type=module -e '…'`.
+ */
+function workerExecArgv(execArgv: readonly string[] = process.execArgv): string[] {
+  const kept: string[] = [];
+  for (let i = 0; i < execArgv.length; i++) {
+    if (execArgv[i] === "--input-type")
+      i++; // and its value
+    else if (!execArgv[i]!.startsWith("--input-type=")) kept.push(execArgv[i]!);
+  }
+  return kept;
+}
+
 function spawnWorker(): Worker {
   const url = new URL(import.meta.url.endsWith(".ts") ? "./node-worker.ts" : "./node-worker.js", import.meta.url);
+  const execArgv = workerExecArgv();
   if (url.pathname.endsWith(".ts")) {
     // running from sources (monorepo tests): load the TypeScript worker through tsx
     const code = `import("tsx/esm/api").then((api) => { api.register(); return import(${JSON.stringify(url.href)}); });`;
-    return new Worker(code, { eval: true });
+    return new Worker(code, { eval: true, execArgv });
   }
-  return new Worker(url);
+  return new Worker(url, { execArgv });
 }
 
 /**

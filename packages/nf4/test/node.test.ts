@@ -1,3 +1,4 @@
+import { execFileSync } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
@@ -86,4 +87,23 @@ describe("Nf4WorkerPool", () => {
     }
     await expect(pool.quantize(new Float32Array(4))).rejects.toThrow(/closed/);
   });
+});
+
+describe("workers under the parent's Node flags", () => {
+  it("quantizes in workers when the parent ran `node --input-type=module -e`", () => {
+    // Workers inherit the parent's flags; Node refuses a worker file under --input-type unless it is dropped.
+    const script = `
+      import { quantize4bit } from "@qlora/nf4";
+      import { quantize4bitParallel } from "@qlora/nf4/node";
+      const x = new Float32Array(64 * 1000).map((_, i) => Math.sin(i));
+      const q = await quantize4bitParallel(x, { threads: 2, minParallelElements: 0 });
+      const same = q.packed.every((b, i) => b === quantize4bit(x).packed[i]);
+      console.log(JSON.stringify({ same, bytes: q.packed.length }));`;
+    const out = execFileSync(
+      process.execPath,
+      ["--import", "tsx", "--conditions=@qlora/source", "--input-type=module", "-e", script],
+      { cwd: fileURLToPath(new URL("..", import.meta.url)), encoding: "utf8" },
+    );
+    expect(JSON.parse(out.trim().split("\n").pop()!)).toEqual({ same: true, bytes: 32000 });
+  }, 60_000);
 });
