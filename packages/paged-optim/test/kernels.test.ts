@@ -133,6 +133,26 @@ describe.skipIf(!CPU_NATIVE)("cpu optimizer kernels equal the TypeScript referen
       }
     }
   });
+  it.each(OPS.filter(([name]) => name.includes("8bit")))(
+    "%s after a finite gradient near float32's maximum (v overflows to inf, then NaN blocks)",
+    (_name, init, run) => {
+      // g² overflows v to inf, so the block's absmax becomes inf and the next dequantization 0·inf = NaN:
+      // a NaN must never become a block maximum (bitsandbytes' fmaxf; the native max_ps / `x > acc` rule).
+      const n = 600;
+      const start = init(n);
+      const nat = bufs(cpuBackend, start);
+      const ref = bufs(referenceBackend, start);
+      for (let step = 1; step <= 4; step++) {
+        const g = normals(n, 200 + step, 0.01);
+        if (step === 1) g[5] = 3e38;
+        nat.g = cpuBackend.fromHost(g, "f32");
+        ref.g = referenceBackend.fromHost(g, "f32");
+        run(kernelsFor(cpuBackend), nat, n, step);
+        run(referenceKernels, ref, n, step);
+        expectSame(cpuBackend, nat, ref, `step ${step}`);
+      }
+    },
+  );
   it("sum of squares (f64) and in-place scale", () => {
     const k = kernelsFor(cpuBackend);
     for (const n of SIZES) {

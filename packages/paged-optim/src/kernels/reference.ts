@@ -80,6 +80,15 @@ function quantizeSigned(qmap: Float32Array, y: number, value: number): number {
   return c;
 }
 
+/**
+ * A block maximum that a NaN never replaces (bitsandbytes' fmaxf, the native `x > acc`): after a near-overflow
+ * gradient an inf absmax dequantizes code 0 to 0·inf = NaN, where Math.max would make the whole block NaN.
+ */
+function maxSkippingNaN(acc: number, x: number): number {
+  // biome-ignore lint/complexity/useMathMinMax: Math.max returns NaN when x is NaN; this must return acc
+  return x > acc ? x : acc;
+}
+
 /** y = value / absmax; a block whose absmax is 0 (all zero) stores code(0). */
 function scaled(value: number, absmax: number): number {
   return absmax > 0 ? f(value / absmax) : 0;
@@ -124,8 +133,8 @@ export function adamw8bitReference(
         m[j] = 0;
         v[j] = 0;
       }
-      max1 = Math.max(max1, Math.abs(m[j]));
-      max2 = Math.max(max2, Math.abs(v[j]));
+      max1 = maxSkippingNaN(max1, Math.abs(m[j]));
+      max2 = maxSkippingNaN(max2, Math.abs(v[j]));
     }
     absmax1[b] = max1;
     absmax2[b] = max2;
@@ -179,7 +188,7 @@ export function lion8bitReference(
       } else {
         m[j] = 0;
       }
-      max1 = Math.max(max1, Math.abs(m[j]));
+      max1 = maxSkippingNaN(max1, Math.abs(m[j]));
     }
     absmax1[b] = max1;
     for (let j = 0; j < len; j++) state1[start + j] = quantizeSigned(qmap1, scaled(m[j], max1), m[j]);
