@@ -1,8 +1,10 @@
 // GEMM / 4-bit benchmarks against torch (OpenBLAS) measured in the same run at the same thread
 // count (bench/peer_torch.py). Ratio = torch time / our time (> 1: we are faster).
-//   args: --threads 2,1   --reps 7   --markdown   --items gemm_f32_512,...
+//   args: --threads 2,1   --reps 7   --markdown   --items gemm_f32_512,...   --json FILE (one record per row)
+//   Several whole runs with per-item medians: bench/gemm-runs.ts.
 // Our runs and torch's alternate sample by sample, so both see the same machine load.
 import { spawn } from "node:child_process";
+import { writeFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { setTimeout as sleep } from "node:timers/promises";
 import { dirname, join } from "node:path";
@@ -24,6 +26,7 @@ const threadCounts = arg("threads", String(getThreads())).split(",").map(Number)
 const reps = Number(arg("reps", "7"));
 const markdown = process.argv.includes("--markdown");
 const wanted = new Set(arg("items", "").split(",").filter(Boolean));
+const jsonFile = arg("json", "");
 const native = loadNative() as unknown as GemmNative;
 
 interface Item {
@@ -224,6 +227,17 @@ function gemvDecodeFloor(it: Item, threads: number, torchMs: number): string {
 }
 
 const rows: string[][] = [];
+/** The same rows as data, for --json (bench/gemm-runs.ts reads them). */
+export interface GemmBenchRecord {
+  item: string;
+  what: string;
+  threads: number;
+  oursMs: number;
+  torchMs: number;
+  ratio: number;
+  target: number;
+}
+const records: GemmBenchRecord[] = [];
 const oursMedian = new Map<string, number>(); // `${name}@${threads}` -> ms
 const notes: string[] = [];
 let peerVersion = "";
@@ -267,6 +281,7 @@ for (const threads of threadCounts) {
       notes.push(
         `${it.what} at ${threads} thread(s): ours ${o.toFixed(2)} ms vs our ${it.vsOurs} ${base.toFixed(2)} ms (${(base / o).toFixed(2)}× faster)`,
       );
+    records.push({ item: it.name, what: it.what, threads, oursMs: o, torchMs: t, ratio, target: it.target });
     rows.push([
       it.what,
       String(threads),
@@ -294,3 +309,7 @@ for (const n of notes) console.log(n);
 console.log(
   `(ours: GEMM tile ${native.gemmIsa()}, GEMV ${native.gemvIsa()}, bf16 ${native.gemmBf16Kernel()}; peer: torch ${peerVersion.split(" ")[1]}, fastest form: ${peerVersion.split(" ")[3] ?? "?"}; ${reps} interleaved samples per item, each after warm-up calls (GEMV and 512³: 100 warm-up and 20 timed calls per sample), medians; ratio = torch time / our time)`,
 );
+if (jsonFile) {
+  const isa = { gemm: native.gemmIsa(), gemv: native.gemvIsa(), peer: peerVersion };
+  writeFileSync(jsonFile, JSON.stringify({ isa, records }));
+}
