@@ -14,8 +14,14 @@ Peak memory: the process's VmHWM (peak resident set) is reset to the current RSS
 i.e. what the step itself added on top of the inputs."""
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
+
+# torch.set_num_threads does not bound OpenBLAS's own threads (Debian's pthread build uses every core), so the
+# peer's thread count is also given to OpenBLAS, which reads it once, when `import torch` loads it.
+os.environ["OPENBLAS_NUM_THREADS"] = sys.argv[sys.argv.index("--threads") + 1]
 
 import torch
 

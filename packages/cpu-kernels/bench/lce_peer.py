@@ -6,8 +6,14 @@ Prints one JSON object: {"torch": version, "ms": median ms, "peak_bytes": peak R
 Peak memory as in attention_peer.py: VmHWM reset through /proc/self/clear_refs, then VmHWM − RSS before."""
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
+
+# torch.set_num_threads does not bound OpenBLAS's own threads (Debian's pthread build uses every core), so the
+# peer's thread count is also given to OpenBLAS, which reads it once, when `import torch` loads it.
+os.environ["OPENBLAS_NUM_THREADS"] = sys.argv[sys.argv.index("--threads") + 1]
 
 import torch
 import torch.nn.functional as F

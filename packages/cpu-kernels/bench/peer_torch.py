@@ -11,8 +11,13 @@ is timed at setup and the fastest is the peer (its name is in the "ready" line):
 (F.linear's layout) vs torch.mm(x, Wt) with the weight stored transposed; torch.mv vs torch.matmul(W, x)
 vs torch.addmv."""
 import argparse
+import os
 import sys
 import time
+
+# torch.set_num_threads does not bound OpenBLAS's own threads (Debian's pthread build uses every core), so the
+# peer's thread count is also given to OpenBLAS, which reads it once, when `import torch` loads it.
+os.environ["OPENBLAS_NUM_THREADS"] = sys.argv[sys.argv.index("--threads") + 1]
 
 import torch
 

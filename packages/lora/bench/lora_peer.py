@@ -3,8 +3,13 @@
 gradient (A) vs the same + a PEFT-style LoRA r=16 (y = x W^T + s B(A x)), forward + backward (B); interleaved,
 medians. PyTorch has no CPU NF4, so this is the same overhead ratio on a dense base, for context.
 Usage: lora_peer.py REPS THREADS"""
+import os
 import sys
 import time
+
+# torch.set_num_threads does not bound OpenBLAS's own threads (Debian's pthread build uses every core), so the
+# peer's thread count is also given to OpenBLAS, which reads it once, when `import torch` loads it.
+os.environ["OPENBLAS_NUM_THREADS"] = sys.argv[2]
 
 import torch
 

@@ -12,6 +12,10 @@ import re
 import resource
 import time
 
+# torch.set_num_threads does not bound OpenBLAS's own threads (Debian's pthread build uses every core), so the
+# peer's thread count is also given to OpenBLAS, which reads it once, when `import torch` loads it.
+os.environ["OPENBLAS_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "2")
+
 import torch
 
 p = argparse.ArgumentParser()

@@ -4,9 +4,14 @@ forward + backward (dX only), its fastest plain formulation in torch 1.13 (no SD
 with a causal mask, GQA by expand, rope by precomputed cos/sin). Run with OMP_NUM_THREADS=2.
 Prints one JSON line like the TypeScript side."""
 import json
+import os
 import resource
 import sys
 import time
+
+# torch.set_num_threads does not bound OpenBLAS's own threads (Debian's pthread build uses every core), so the
+# peer's thread count is also given to OpenBLAS, which reads it once, when `import torch` loads it.
+os.environ["OPENBLAS_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "2")
 
 import torch
 

@@ -9,8 +9,13 @@ Prints one JSON line: {"optimizer": ..., "foreach": bool, "threads": n, "params"
 times], "cpuSeconds": [per-step CPU time of the process, all threads]}.
 """
 import json
+import os
 import sys
 import time
+
+# torch.set_num_threads does not bound OpenBLAS's own threads (Debian's pthread build uses every core), so the
+# peer's thread count is also given to OpenBLAS, which reads it once, when `import torch` loads it.
+os.environ["OPENBLAS_NUM_THREADS"] = sys.argv[2]
 
 import torch
 

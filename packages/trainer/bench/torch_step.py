@@ -3,6 +3,10 @@ Llama (~125M: hidden 768, 12 layers, 12/4 heads, ffn 2048, vocab 32000) with DEN
 LoRA r=16 on every linear layer, torch.utils.checkpoint per decoder layer, torch.optim.AdamW, micro-batch 4 x seq 256.
 Prints one JSON line (tokens/s, peak RSS, breakdown).   /usr/bin/python3 torch_step.py [steps]"""
 import json, math, resource, sys, time, os
+# torch.set_num_threads does not bound OpenBLAS's own threads (Debian's pthread build uses every core), so the
+# peer's thread count is also given to OpenBLAS, which reads it once, when `import torch` loads it.
+os.environ["OPENBLAS_NUM_THREADS"] = os.environ.get("QLORA_THREADS", "2")
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
