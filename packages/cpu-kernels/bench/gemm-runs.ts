@@ -53,7 +53,7 @@ try {
     const theirs = same.map((r) => r.torchMs);
     const range = (xs: number[]) => `${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)}`;
     console.log(
-      `| ${first.what} | ${first.threads} | ${ratios.map((x) => x.toFixed(2)).join(" / ")} (ours ${range(ours)} ms, torch ${range(theirs)}) | ${m.toFixed(2)} | ≥ ${first.target} ${m >= first.target ? "met" : "**missed**"} |`,
+      `| ${first.what} | ${first.threads} | ${ratios.map((x) => x.toFixed(2)).join(" / ")} (ours ${range(ours)} ms, torch ${range(theirs)}) | ${m.toFixed(3)} | ≥ ${first.target} ${m >= first.target ? "met" : "**missed**"} |`,
     );
   }
   const torch = isa.peer.split(" ")[1] ?? "?"; // the peer's banner: "ready <version> <threads> <fastest forms>"
