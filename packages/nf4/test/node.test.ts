@@ -91,7 +91,9 @@ describe("Nf4WorkerPool", () => {
 
 describe("workers under the parent's Node flags", () => {
   it("quantizes in workers when the parent ran `node --input-type=module -e`", () => {
-    // Workers inherit the parent's flags; Node refuses a worker file under --input-type unless it is dropped.
+    // Workers inherit the parent's flags. From sources the worker is tsx's eval code, which Node allows under
+    // --input-type, so this checks the flag filter keeps the source path working; the built package's worker
+    // file, which Node refuses under --input-type, is checked by scripts/pack-check.mjs.
     const script = `
       import { quantize4bit } from "@qlora/nf4";
       import { quantize4bitParallel } from "@qlora/nf4/node";

@@ -110,28 +110,39 @@ const OPS: [string, (n: number) => Record<string, Float32Array | Uint8Array>, Ru
 
 describe.skipIf(!CPU_NATIVE)("cpu optimizer kernels equal the TypeScript references bit for bit", async () => {
   const { cpuBackend } = await import("@qlora/cpu-kernels");
+  /** The same start state on both backends, four steps of `run` with gradient(step) each, compared bit for bit. */
+  function stepBothFourTimes(
+    init: (n: number) => Record<string, Float32Array | Uint8Array>,
+    run: Run,
+    n: number,
+    gradient: (step: number) => Float32Array,
+  ): void {
+    const start = init(n);
+    const nat = bufs(cpuBackend, start);
+    const ref = bufs(referenceBackend, start);
+    for (let step = 1; step <= 4; step++) {
+      const g = gradient(step);
+      nat.g = cpuBackend.fromHost(g, "f32");
+      ref.g = referenceBackend.fromHost(g, "f32");
+      run(kernelsFor(cpuBackend), nat, n, step);
+      run(referenceKernels, ref, n, step);
+      expectSame(cpuBackend, nat, ref, `n=${n} step ${step}`);
+    }
+  }
   it("the cpu backend serves every update op natively", () => {
     expect(kernelsFor(cpuBackend).source).toBe("native");
     expect(kernelsFor(referenceBackend).source).toBe("reference");
   });
   it.each(OPS)("%s on sizes 1 … 70001 over 4 steps", (_name, init, run) => {
-    for (const n of SIZES) {
-      const start = init(n);
-      const nat = bufs(cpuBackend, start);
-      const ref = bufs(referenceBackend, start);
-      for (let step = 1; step <= 4; step++) {
+    for (const n of SIZES)
+      stepBothFourTimes(init, run, n, (step) => {
         const g = normals(n, 100 + step, 0.01 * step);
         if (n > 300) {
           g[3] = Number.NaN; // non-finite gradients: 8-bit kernels reset the state, 32-bit ones propagate
           g[299] = Number.POSITIVE_INFINITY;
         }
-        nat.g = cpuBackend.fromHost(g, "f32");
-        ref.g = referenceBackend.fromHost(g, "f32");
-        run(kernelsFor(cpuBackend), nat, n, step);
-        run(referenceKernels, ref, n, step);
-        expectSame(cpuBackend, nat, ref, `n=${n} step ${step}`);
-      }
-    }
+        return g;
+      });
   });
   it.each(OPS.filter(([name]) => name.includes("8bit")))(
     "%s after a finite gradient near float32's maximum (v overflows to inf, then NaN blocks)",
@@ -139,18 +150,11 @@ describe.skipIf(!CPU_NATIVE)("cpu optimizer kernels equal the TypeScript referen
       // g² overflows v to inf, so the block's absmax becomes inf and the next dequantization 0·inf = NaN:
       // a NaN must never become a block maximum (bitsandbytes' fmaxf; the native max_ps / `x > acc` rule).
       const n = 600;
-      const start = init(n);
-      const nat = bufs(cpuBackend, start);
-      const ref = bufs(referenceBackend, start);
-      for (let step = 1; step <= 4; step++) {
+      stepBothFourTimes(init, run, n, (step) => {
         const g = normals(n, 200 + step, 0.01);
         if (step === 1) g[5] = 3e38;
-        nat.g = cpuBackend.fromHost(g, "f32");
-        ref.g = referenceBackend.fromHost(g, "f32");
-        run(kernelsFor(cpuBackend), nat, n, step);
-        run(referenceKernels, ref, n, step);
-        expectSame(cpuBackend, nat, ref, `step ${step}`);
-      }
+        return g;
+      });
     },
   );
   it("sum of squares (f64) and in-place scale", () => {
