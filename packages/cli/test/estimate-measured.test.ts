@@ -147,6 +147,7 @@ async function measure(c: Case): Promise<Measured> {
     positionIds: new Int32Array(tokens).map((_, i) => i % c.seqLen),
     segmentIds: new Int32Array(tokens),
     numLossTokens: tokens - c.microBatchSize,
+    numInputTokens: tokens,
   };
   const m: Measured = { peak: 0, forward: 0, backward: 0, optimizerState: 0 };
   for (let step = 0; step < 2; step++) {

@@ -6,6 +6,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { FakeRankStrategy, FakeWorld, guardGrads } from "../test/helpers/fake-world";
 import { type Batch, StatefulAdamW, TinyLM, memorySource, randomBatches, tinyLoss } from "../test/helpers/tiny";
 import {
+  type BatchSource,
   EVENT_KINDS,
   type EventName,
   Trainer,
@@ -28,7 +29,7 @@ afterEach(() => {
 function makeTrainer(
   batches: Batch[],
   args: Partial<TrainingArgs> = {},
-  extra: { plugins?: TrainerPlugin[]; eval?: Batch[]; seed?: number } = {},
+  extra: { plugins?: TrainerPlugin[]; eval?: Batch[]; seed?: number; train?: BatchSource<Batch> } = {},
 ) {
   manualSeed(extra.seed ?? 7);
   const model = new TinyLM();
@@ -40,7 +41,7 @@ function makeTrainer(
     model,
     optimizer,
     loss: (m, b) => tinyLoss(m, b),
-    train: memorySource(batches),
+    train: extra.train ?? memorySource(batches),
     eval: extra.eval ? memorySource(extra.eval) : undefined,
     args: { learningRate: 0.01, loggingSteps: 1, ...args },
     plugins: extra.plugins,
@@ -347,6 +348,27 @@ describe("evaluation and arguments", () => {
     expect(s.globalStep).toBe(5);
     expect(s.epoch).toBe(2);
     expect(s.batchInEpoch).toBe(1);
+  });
+
+  it("tokens_per_second counts the tokens read, loss_tokens_per_second those with a label; loss tokens without inputTokens", async () => {
+    const data = randomBatches(4, 2, 6, 11, 3);
+    const read = (b: Batch) => b.ids.flat().length;
+    const labelled = (b: Batch) => b.labels.flat().filter((l) => l !== -100).length;
+    const train = { ...memorySource(data), inputTokens: read };
+    const { trainer } = makeTrainer(data, { loggingSteps: 2, numEpochs: 1 }, { train });
+    await trainer.fit();
+    const logs = trainer.state.logHistory.filter((m) => "tokens_per_second" in m);
+    expect(logs.map((m) => m.step)).toEqual([1, 2, 4]); // the first step, then every loggingSteps
+    for (const [i, m] of logs.entries()) {
+      const window = data.slice(i ? logs[i - 1].step : 0, m.step);
+      const ratio = window.reduce((s, b) => s + read(b), 0) / window.reduce((s, b) => s + labelled(b), 0);
+      expect(m.tokens_per_second / m.loss_tokens_per_second).toBeCloseTo(ratio, 12);
+      expect(ratio).toBeGreaterThan(1);
+    }
+    const plain = makeTrainer(data, { loggingSteps: 2, numEpochs: 1 }).trainer;
+    await plain.fit();
+    for (const m of plain.state.logHistory.filter((h) => "tokens_per_second" in h))
+      expect(m.tokens_per_second).toBe(m.loss_tokens_per_second);
   });
 });
 

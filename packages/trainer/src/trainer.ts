@@ -34,6 +34,11 @@ export interface BatchSource<B> {
   batches(epoch: number, skip: number): Iterable<B> | AsyncIterable<B>;
   /** Loss tokens of a batch (labels ≠ -100): the normaliser of gradient accumulation. */
   lossTokens(batch: B): number;
+  /**
+   * Tokens the model reads in a batch, padding excluded: `tokens_per_second` counts these (as transformers'
+   * train_tokens_per_second does). Without it, tokens_per_second counts loss tokens.
+   */
+  inputTokens?(batch: B): number;
 }
 
 export interface LossOutput {
@@ -218,9 +223,13 @@ export class Trainer<B = unknown> {
     const micro: B[] = [];
     for (const [i, b] of rawMicro.entries())
       micro.push((await this.hooks.waterfall("batch:transform", b, this.microContext(b, i))) as B);
-    const counts = new Float64Array([micro.reduce((s, b) => s + this.options.train.lossTokens(b), 0)]);
+    const { train } = this.options;
+    const counts = new Float64Array([
+      micro.reduce((s, b) => s + train.lossTokens(b), 0),
+      micro.reduce((s, b) => s + (train.inputTokens ?? train.lossTokens)(b), 0),
+    ]);
     await strategy.allReduce(counts, "sum");
-    const stepTokens = counts[0];
+    const [stepTokens, stepInputTokens] = counts;
     let lossSum = 0;
     // stepTokens is global, so every rank takes the same branch here. A non-finite loss still runs its backward:
     // every rank makes the same backward calls, so a strategy that communicates during backward cannot hang.
@@ -263,13 +272,13 @@ export class Trainer<B = unknown> {
     this.state.tokensSeen += stepTokens;
     this.trackNonFinite(finite, stepTokens);
     const meanLoss = finite ? await this.globalMean(lossSum, stepTokens) : Number.NaN;
-    this.lastStep = { loss: meanLoss, tokens: stepTokens, lr, gradNorm };
+    this.lastStep = { loss: meanLoss, tokens: stepTokens, inputTokens: stepInputTokens, lr, gradNorm };
     await this.hooks.emit("step:end", this.context({ loss: meanLoss, skipped: !finite, tokens: stepTokens }));
   }
 
   /** Last finished step's figures, read by the log step. */
-  lastStep: { loss: number; tokens: number; lr: number; gradNorm: number | undefined } | undefined;
-  private logAccum = { loss: 0, tokens: 0, steps: 0, since: performance.now() };
+  lastStep: { loss: number; tokens: number; inputTokens: number; lr: number; gradNorm: number | undefined } | undefined;
+  private logAccum = { loss: 0, tokens: 0, inputTokens: 0, steps: 0, since: performance.now() };
 
   private trackNonFinite(finite: boolean, stepTokens: number): void {
     if (finite) {
@@ -304,6 +313,7 @@ export class Trainer<B = unknown> {
       this.logAccum.loss += s.loss * s.tokens;
       this.logAccum.tokens += s.tokens;
     }
+    if (s) this.logAccum.inputTokens += s.inputTokens;
     this.logAccum.steps++;
     if (this.control.shouldEvaluate && this.options.eval) await this.evaluate();
     if (this.control.shouldLog) await this.logStep();
@@ -316,11 +326,12 @@ export class Trainer<B = unknown> {
     const metrics: Record<string, number> = {
       loss: a.tokens ? a.loss / a.tokens : Number.NaN,
       lr: this.lastStep?.lr ?? this.lr,
-      tokens_per_second: a.tokens / Math.max(seconds, 1e-9),
+      tokens_per_second: a.inputTokens / Math.max(seconds, 1e-9),
+      loss_tokens_per_second: a.tokens / Math.max(seconds, 1e-9),
       epoch: this.state.epoch + this.state.batchInEpoch / this.options.train.length,
     };
     if (this.lastStep?.gradNorm !== undefined) metrics.grad_norm = this.lastStep.gradNorm;
-    this.logAccum = { loss: 0, tokens: 0, steps: 0, since: performance.now() };
+    this.logAccum = { loss: 0, tokens: 0, inputTokens: 0, steps: 0, since: performance.now() };
     await this.log(metrics);
   }
 

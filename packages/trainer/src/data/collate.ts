@@ -12,6 +12,8 @@ export interface TokenBatch {
   readonly segmentIds: Int32Array;
   /** Labels that carry loss after the model's shift (position t predicts labels[t+1]). */
   readonly numLossTokens: number;
+  /** Tokens that are not padding (segment id ≠ 0): what the model reads, the count tokens/s is made of. */
+  readonly numInputTokens: number;
 }
 
 export interface ExampleView {
@@ -26,7 +28,8 @@ export function collate(rows: readonly (readonly ExampleView[])[], seqLen: numbe
   const labels = new Int32Array(n * seqLen).fill(-100);
   const positionIds = new Int32Array(n * seqLen);
   const segmentIds = new Int32Array(n * seqLen);
-  let numLossTokens = 0;
+  let numLossTokens = 0,
+    numInputTokens = 0;
   rows.forEach((examples, r) => {
     let at = r * seqLen;
     examples.forEach((ex, k) => {
@@ -39,8 +42,9 @@ export function collate(rows: readonly (readonly ExampleView[])[], seqLen: numbe
         if (t > 0 && ex.labels[t] !== -100) numLossTokens++;
       }
       at += ex.inputIds.length;
+      numInputTokens += ex.inputIds.length;
     });
     for (let p = 0; at < (r + 1) * seqLen; at++, p++) positionIds[at] = p;
   });
-  return { rows: n, seqLen, inputIds, labels, positionIds, segmentIds, numLossTokens };
+  return { rows: n, seqLen, inputIds, labels, positionIds, segmentIds, numLossTokens, numInputTokens };
 }

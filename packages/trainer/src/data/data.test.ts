@@ -186,6 +186,7 @@ describe("packing", () => {
     expect([...t.segmentIds]).toEqual([1, 1, 1, 2, 2, 0, 1, 1, 0, 0, 0, 0]);
     expect([...t.labels]).toEqual([-100, 11, 12, -100, 21, -100, -100, 21, -100, -100, -100, -100]);
     expect(t.numLossTokens).toBe(4);
+    expect(t.numInputTokens).toBe(7);
   });
 });
 

@@ -209,6 +209,7 @@ function batchSource(
       }
     },
     lossTokens: (b) => b.numLossTokens,
+    inputTokens: (b) => b.numInputTokens,
   };
 }
 

@@ -46,7 +46,7 @@ export function progress(o: ProgressOptions = {}): TrainerPlugin {
           });
         } else {
           stream.write(
-            `step ${ctx.state.globalStep}/${ctx.state.maxSteps} loss ${fmt(m.loss)} lr ${fmt(m.lr, 3)} grad_norm ${fmt(m.grad_norm, 3)} tokens/s ${fmt(m.tokens_per_second, 3)} mem ${mem()}\n`,
+            `step ${ctx.state.globalStep}/${ctx.state.maxSteps} loss ${fmt(m.loss)} lr ${fmt(m.lr, 3)} grad_norm ${fmt(m.grad_norm, 3)} tokens/s ${fmt(m.tokens_per_second, 3)} (${fmt(m.loss_tokens_per_second, 3)} with loss) mem ${mem()}\n`,
           );
         }
       },
