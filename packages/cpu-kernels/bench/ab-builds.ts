@@ -3,8 +3,9 @@
  * (so both builds see the same machine load); prints both medians and the median of the per-pair ratios.
  *   cp build/Release/qlora_cpu.node /tmp/before.node   # then change csrc/ and rebuild
  *   A=/tmp/before.node B=build/Release/qlora_cpu.node \
- *     node --import tsx --conditions=@qlora/source bench/ab-builds.ts nf4|grad|f32 m k n [rounds] [threads]
- * nf4: x[m,k]·dequant(W[n,k])ᵀ (m ≤ 4 takes the GEMV); grad: dy[m,n]·dequant(W[n,k]); f32: a[m,k]·b[k,n].
+ *     node --import tsx --conditions=@qlora/source bench/ab-builds.ts nf4|grad|f32|acc m k n [rounds] [threads]
+ * nf4: x[m,k]·dequant(W[n,k])ᵀ (m ≤ 4 takes the GEMV); grad: dy[m,n]·dequant(W[n,k]); f32: a[m,k]·b[k,n];
+ * acc: c[m,n] += a[m,k]·b[n,k]ᵀ (LoRA's up-projection into the base output: k is the rank).
  */
 import { createRequire } from "node:module";
 import { resolve } from "node:path";
@@ -40,6 +41,12 @@ function makeCall(): (b: Build) => void {
       bm = random(k * n),
       c = new Float32Array(m * n);
     return (b) => b.matmul(a, bm, c, 1, m, k, n, false, false, m * k, k * n);
+  }
+  if (kind === "acc") {
+    const a = random(m * k),
+      bm = random(n * k),
+      c = random(m * n);
+    return (b) => b.matmul(a, bm, c, 1, m, k, n, false, true, m * k, k * n, false, false, true);
   }
   const w = quantWeight();
   if (kind === "grad") {

@@ -1,5 +1,6 @@
 // Loop nest (per thread region):  jc (NC) -> pc (KC, pack B) -> ic (MC, pack A) -> jr (NR) -> ir (MR).
 // The kc x NR B micro-panel stays in L1 while every MR sliver of the A block (L2) streams past it.
+// Short k panels swap the two inner loops (kShortPanel).
 #include "gemm_driver.h"
 
 #include <algorithm>
@@ -40,6 +41,14 @@ PackBuffers& buffers() {
 
 int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 
+// A k panel this short (LoRA's rank-r products y += s·t·Bᵀ and dx += gt·A, or the tail of a long k) gives each tile
+// too little arithmetic to hide the misses on its C rows, and down the A block (ir inner) every tile lands on MR new
+// rows: more streams than the hardware prefetcher follows. Such panels walk each A sliver across the whole
+// B block instead (jr inner: C rows left to right). The tiles and their sums are the same either way, so results
+// are bit-identical. Zen 4, m 1024, n 4096, C += A·Bᵀ, median of 7 interleaved pairs: AVX2 tile 2.3-3.6x faster
+// at k 8-24, 1.8x at 48-64, 1.5x at 96, 1.08x at 128, 0.99-1.01x at 192-256; AVX-512 tile 1.1-1.3x at k <= 128.
+constexpr int64_t kShortPanel = 128;
+
 // One output tile at (cp, ldc) of which only rows x cols are real: compute into a padded scratch tile.
 void edge_tile(const GemmKernel& K, int64_t kc, const float* a, const float* b, float* cp, int64_t ldc, int64_t rows,
                int64_t cols, bool accumulate) {
@@ -71,16 +80,20 @@ void gemm_region(const GemmKernel& K, int64_t i_begin, int64_t i_end, int64_t j_
       for (int64_t ic = i_begin; ic < i_end; ic += K.mc) {
         const int64_t mc = std::min(K.mc, i_end - ic);
         A.pack(ic, mc, pc, kc, K.mr, abuf);
-        for (int64_t jr = 0; jr < nc; jr += K.nr) {
-          const int64_t cols = std::min<int64_t>(K.nr, nc - jr);
-          for (int64_t ir = 0; ir < mc; ir += K.mr) {
-            const int64_t rows = std::min<int64_t>(K.mr, mc - ir);
-            float* cp = c + (ic + ir) * ldc + jc + jr;
-            if (rows == K.mr && cols == K.nr)
-              K.fn(kc, abuf + ir * kw, bbuf + jr * kw, cp, ldc, accumulate);
-            else
-              edge_tile(K, kc, abuf + ir * kw, bbuf + jr * kw, cp, ldc, rows, cols, accumulate);
-          }
+        const auto tile = [&](int64_t ir, int64_t jr) {
+          const int64_t rows = std::min<int64_t>(K.mr, mc - ir), cols = std::min<int64_t>(K.nr, nc - jr);
+          float* cp = c + (ic + ir) * ldc + jc + jr;
+          if (rows == K.mr && cols == K.nr)
+            K.fn(kc, abuf + ir * kw, bbuf + jr * kw, cp, ldc, accumulate);
+          else
+            edge_tile(K, kc, abuf + ir * kw, bbuf + jr * kw, cp, ldc, rows, cols, accumulate);
+        };
+        if (kc <= kShortPanel) {
+          for (int64_t ir = 0; ir < mc; ir += K.mr)
+            for (int64_t jr = 0; jr < nc; jr += K.nr) tile(ir, jr);
+        } else {
+          for (int64_t jr = 0; jr < nc; jr += K.nr)
+            for (int64_t ir = 0; ir < mc; ir += K.mr) tile(ir, jr);
         }
       }
     }

@@ -54,7 +54,8 @@ __attribute__((target("avx2,fma"))) void kernel_avx2(int64_t kc, const float* a,
   // 32 k steps, instead of this tile's rows at entry: the C block misses to DRAM when m x n is large,
   // and a whole kernel call of lead hides that where the entry prefetch did not (quiet 2048³ single
   // thread: median 84.9 -> 89.3 GFLOPS over 25 interleaved runs; OpenBLAS 93.8). A wrong guess at the
-  // end of an ir loop costs one useless prefetch (prefetches never fault).
+  // end of an ir loop costs one useless prefetch (prefetches never fault). Short k panels, which the driver walks
+  // along C rows instead (kShortPanel), issue one such prefetch per 32 k steps: the next strip's rows, early.
   const float* c_next = c + kMr256 * ldc;
   __m256 acc[kMr256][2];
 #pragma GCC unroll 6
