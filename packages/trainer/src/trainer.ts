@@ -278,7 +278,10 @@ export class Trainer<B = unknown> {
 
   /** Last finished step's figures, read by the log step. */
   lastStep: { loss: number; tokens: number; inputTokens: number; lr: number; gradNorm: number | undefined } | undefined;
-  private logAccum = { loss: 0, tokens: 0, inputTokens: 0, steps: 0, since: performance.now() };
+  private logAccum = this.freshLogWindow();
+  private freshLogWindow() {
+    return { loss: 0, tokens: 0, inputTokens: 0, lossTokensRead: 0, steps: 0, since: performance.now() };
+  }
 
   private trackNonFinite(finite: boolean, stepTokens: number): void {
     if (finite) {
@@ -309,11 +312,15 @@ export class Trainer<B = unknown> {
 
   private async afterStep(): Promise<void> {
     const s = this.lastStep;
-    if (s && Number.isFinite(s.loss)) {
-      this.logAccum.loss += s.loss * s.tokens;
-      this.logAccum.tokens += s.tokens;
+    if (s) {
+      // Throughput counts every step (a skipped one read its tokens too); the mean loss only the finite ones.
+      this.logAccum.inputTokens += s.inputTokens;
+      this.logAccum.lossTokensRead += s.tokens;
+      if (Number.isFinite(s.loss)) {
+        this.logAccum.loss += s.loss * s.tokens;
+        this.logAccum.tokens += s.tokens;
+      }
     }
-    if (s) this.logAccum.inputTokens += s.inputTokens;
     this.logAccum.steps++;
     if (this.control.shouldEvaluate && this.options.eval) await this.evaluate();
     if (this.control.shouldLog) await this.logStep();
@@ -327,11 +334,11 @@ export class Trainer<B = unknown> {
       loss: a.tokens ? a.loss / a.tokens : Number.NaN,
       lr: this.lastStep?.lr ?? this.lr,
       tokens_per_second: a.inputTokens / Math.max(seconds, 1e-9),
-      loss_tokens_per_second: a.tokens / Math.max(seconds, 1e-9),
+      loss_tokens_per_second: a.lossTokensRead / Math.max(seconds, 1e-9),
       epoch: this.state.epoch + this.state.batchInEpoch / this.options.train.length,
     };
     if (this.lastStep?.gradNorm !== undefined) metrics.grad_norm = this.lastStep.gradNorm;
-    this.logAccum = { loss: 0, tokens: 0, inputTokens: 0, steps: 0, since: performance.now() };
+    this.logAccum = this.freshLogWindow();
     await this.log(metrics);
   }
 
