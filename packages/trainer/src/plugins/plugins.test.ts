@@ -59,7 +59,7 @@ describe("built-in plugins", () => {
     expect(records.filter((r) => "eval_loss" in r).map((r) => r.step)).toEqual([3, 6]);
     expect(lines.filter((l) => l.startsWith("step ")).length).toBe(6);
     expect(lines[0]).toMatch(
-      /^step 1\/6 loss [\d.]+ lr [\d.e-]+ grad_norm [\d.]+ tokens\/s [\d.e+]+ \([\d.e+]+ with loss\) mem \d+MiB\n$/,
+      /^step 1\/6 loss [\d.]+ lr [\d.e-]+ grad_norm [\d.]+ tokens\/s [\d.e+]+ \([\d.e+]+ with loss\) mem \d+MiB \(peak \d+MiB\)\n$/,
     );
   });
 

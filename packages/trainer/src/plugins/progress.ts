@@ -20,7 +20,12 @@ export function progress(o: ProgressOptions = {}): TrainerPlugin {
   const stream = o.stream ?? process.stderr;
   const useBar = o.bar ?? Boolean(stream.isTTY);
   let bar: SingleBar | undefined;
-  const mem = () => `${(memoryStats("cpu").currentBytes / 2 ** 20).toFixed(0)}MiB`;
+  // Tensor bytes live now (between steps: weights, adapters, optimizer state) and the most held at once so far
+  // (a step's activations on top): the runtime's accounting, not the process's RSS.
+  const mem = () => {
+    const { currentBytes, peakBytes } = memoryStats("cpu");
+    return `${(currentBytes / 2 ** 20).toFixed(0)}MiB (peak ${(peakBytes / 2 ** 20).toFixed(0)}MiB)`;
+  };
   return {
     name: "progress",
     order: "post",
