@@ -9,34 +9,21 @@ import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync } from "node:fs";
 import { createRequire } from "node:module";
-import { arch } from "node:os";
-import { delimiter, dirname, join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
+import { crossSkipReason, qemuAarch64 } from "./arm64/cross-tools";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const require = createRequire(import.meta.url);
 const arm64Root = process.env.QLORA_ARM64_ROOT ?? join(root, "..", "..", ".tools", "arm64-root");
 const arm64Node = join(arm64Root, "usr", "bin", "node");
 
-function onPath(name: string): string | undefined {
-  for (const dir of (process.env.PATH ?? "").split(delimiter))
-    if (dir && existsSync(join(dir, name))) return join(dir, name);
-  return undefined;
-}
-
-const cxx = onPath("aarch64-linux-gnu-g++");
-const qemu = onPath("qemu-aarch64-static") ?? onPath("qemu-aarch64");
 const skipReason =
-  arch() === "arm64"
-    ? "this host is arm64: the other test files load the native arm64 addon"
-    : !cxx
-      ? "g++-aarch64-linux-gnu is not installed (apt-get install g++-aarch64-linux-gnu)"
-      : !qemu
-        ? "qemu-user-static is not installed (apt-get install qemu-user-static)"
-        : !existsSync(arm64Node)
-          ? `no arm64 Node at ${arm64Node} (bash scripts/arm64-node.sh unpacks Debian's nodejs:arm64 there)`
-          : "";
+  crossSkipReason("this host is arm64: the other test files load the native arm64 addon") ||
+  (existsSync(arm64Node)
+    ? ""
+    : `no arm64 Node at ${arm64Node} (bash scripts/arm64-node.sh unpacks Debian's nodejs:arm64 there)`);
 
 /** Cross-builds the addon once per source version into node_modules/.cache/arm64-addon/<hash>/prebuilds/. */
 function buildArm64Addon(): string {
@@ -84,7 +71,7 @@ describe("the linux-arm64 addon in Debian's arm64 Node under qemu-aarch64", () =
     () => {
       const dir = buildArm64Addon();
       const smoke = join(root, "test", "arm64", "addon_smoke.cjs");
-      const r = spawnSync(qemu!, ["-L", arm64Root, arm64Node, smoke, dir, require.resolve("node-gyp-build")], {
+      const r = spawnSync(qemuAarch64!, ["-L", arm64Root, arm64Node, smoke, dir, require.resolve("node-gyp-build")], {
         encoding: "utf8",
         timeout: 120_000,
       });

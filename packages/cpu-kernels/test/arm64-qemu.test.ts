@@ -7,31 +7,16 @@
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync } from "node:fs";
-import { arch } from "node:os";
-import { delimiter, dirname, join } from "node:path";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
+import { aarch64Cxx, crossSkipReason, qemuAarch64 } from "./arm64/cross-tools";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const kernelSources = ["gemm_kernels", "gemm_bf16", "gemm_driver", "nf4_decode", "nf4_gemv", "pool", "attention_sse"];
 const driver = join(root, "test", "arm64", "kernel_check.cc");
 
-function onPath(names: string[]): string | undefined {
-  for (const dir of (process.env.PATH ?? "").split(delimiter))
-    for (const name of names) if (dir && existsSync(join(dir, name))) return join(dir, name);
-  return undefined;
-}
-
-const cxx = onPath(["aarch64-linux-gnu-g++"]);
-const qemu = onPath(["qemu-aarch64-static", "qemu-aarch64"]);
-const skipReason =
-  arch() === "arm64"
-    ? "this host is arm64: the NEON paths run natively in the other test files"
-    : !cxx
-      ? "g++-aarch64-linux-gnu is not installed (apt-get install g++-aarch64-linux-gnu)"
-      : !qemu
-        ? "qemu-user-static is not installed (apt-get install qemu-user-static)"
-        : "";
+const skipReason = crossSkipReason("this host is arm64: the NEON paths run natively in the other test files");
 
 /** Cross-compiles the driver once per source version (cached under node_modules/.cache/arm64-check/). */
 function buildDriver(): string {
@@ -48,7 +33,7 @@ function buildDriver(): string {
   mkdirSync(dir, { recursive: true });
   const tmp = `${exe}.${process.pid}.tmp`;
   const flags = ["-std=c++17", "-O2", "-march=armv8-a", "-static", "-pthread", `-I${join(root, "csrc")}`];
-  const r = spawnSync(cxx!, [...flags, ...sources, "-o", tmp], { encoding: "utf8" });
+  const r = spawnSync(aarch64Cxx!, [...flags, ...sources, "-o", tmp], { encoding: "utf8" });
   if (r.status !== 0) throw new Error(`aarch64 cross-compile failed:\n${r.stderr}`);
   renameSync(tmp, exe); // atomic: a concurrent run never sees a half-written binary
   return exe;
@@ -59,7 +44,7 @@ describe("arm64 NEON kernels under qemu-aarch64", () => {
     `GEMM (neon 8x12 + scalar), NF4 GEMM/GEMV and the attention tile match the f64 reference${skipReason ? `: skipped, ${skipReason}` : ""}`,
     () => {
       const exe = buildDriver();
-      const r = spawnSync(qemu!, [exe], { encoding: "utf8", timeout: 240_000 });
+      const r = spawnSync(qemuAarch64!, [exe], { encoding: "utf8", timeout: 240_000 });
       const out = `${r.stdout}${r.stderr}`;
       expect(r.status, out).toBe(0);
       expect(out).toMatch(/^arch arm64$/m);

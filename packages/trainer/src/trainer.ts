@@ -226,7 +226,7 @@ export class Trainer<B = unknown> {
     const { train } = this.options;
     const counts = new Float64Array([
       micro.reduce((s, b) => s + train.lossTokens(b), 0),
-      micro.reduce((s, b) => s + (train.inputTokens ?? train.lossTokens)(b), 0),
+      micro.reduce((s, b) => s + (train.inputTokens ? train.inputTokens(b) : train.lossTokens(b)), 0),
     ]);
     await strategy.allReduce(counts, "sum");
     const [stepTokens, stepInputTokens] = counts;

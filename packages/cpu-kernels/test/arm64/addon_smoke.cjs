@@ -18,13 +18,20 @@ function random(n) {
   return a;
 }
 
-// The error of each output against f64, in units of its bound k·2⁻²³·Σ|aᵢbᵢ| (≤ 1 passes), the bound the
-// x64 GEMM tests use.
-function worstRatio(out, rowDot) {
+// out [m, n] = a [m, k] · b [n, k]ᵀ: the worst error of an output against f64, in units of its bound
+// k·2⁻²³·Σ|aᵢbᵢ| (≤ 1 passes), the bound the x64 GEMM tests use.
+function worstRatio(out, a, b, n, k) {
   let worst = 0;
-  for (let i = 0; i < out.length; i++) {
-    const [exact, absSum, k] = rowDot(i);
-    worst = Math.max(worst, Math.abs(out[i] - exact) / (k * 2 ** -23 * absSum + 1e-30));
+  for (let idx = 0; idx < out.length; idx++) {
+    const i = Math.floor(idx / n),
+      j = idx % n;
+    let exact = 0,
+      absSum = 0;
+    for (let p = 0; p < k; p++) {
+      exact += a[i * k + p] * b[j * k + p];
+      absSum += Math.abs(a[i * k + p] * b[j * k + p]);
+    }
+    worst = Math.max(worst, Math.abs(out[idx] - exact) / (k * 2 ** -23 * absSum + 1e-30));
   }
   return worst;
 }
@@ -34,18 +41,7 @@ function gemmCheck(m, k, n) {
     b = random(n * k); // b is [n, k]: C = A·Bᵀ (transB)
   const c = new Float32Array(m * n);
   native.matmul(a, b, c, 1, m, k, n, false, true, m * k, k * n);
-  const worst = worstRatio(c, (idx) => {
-    const i = Math.floor(idx / n),
-      j = idx % n;
-    let s = 0,
-      abs = 0;
-    for (let p = 0; p < k; p++) {
-      s += a[i * k + p] * b[j * k + p];
-      abs += Math.abs(a[i * k + p] * b[j * k + p]);
-    }
-    return [s, abs, k];
-  });
-  return { c, worst, a, b };
+  return { c, worst: worstRatio(c, a, b, n, k) };
 }
 
 const NF4 = new Float32Array(
@@ -66,17 +62,7 @@ function nf4Check(m, n, k) {
   const x = random(m * k),
     y = new Float32Array(m * n);
   native.matmul4bit(x, m, y, { quantType: "nf4", blocksize: 64, n, k, codes, absmax });
-  return worstRatio(y, (idx) => {
-    const i = Math.floor(idx / n),
-      j = idx % n;
-    let s = 0,
-      abs = 0;
-    for (let p = 0; p < k; p++) {
-      s += x[i * k + p] * w[j * k + p];
-      abs += Math.abs(x[i * k + p] * w[j * k + p]);
-    }
-    return [s, abs, k];
-  });
+  return worstRatio(y, x, w, n, k);
 }
 
 // torch.optim.AdamW's update in f64, one step from zero moments (bias corrections 1 - β).
