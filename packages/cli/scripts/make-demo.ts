@@ -21,12 +21,12 @@ import {
   parseConfig,
   randomLayers,
   writeTinyTokenizer,
+  batchLoss,
 } from "@qlora/models";
 import { Embedding, Generator, RMSNorm, ones, randn } from "@qlora/tensor";
 import { AdamW } from "@qlora/paged-optim";
 import { Trainer, loadTokenDataset, progress, seedEverything } from "@qlora/trainer";
 import { selectDevice } from "../src/device";
-import { batchLoss } from "../src/loss";
 import { accuracy, probeKnowledge } from "../src/demo/evaluate";
 import { makeCreatures, pretrainingCorpus, questions, vocabularyWords } from "../src/demo/world";
 

@@ -11,6 +11,6 @@ export type { Inspection } from "./inspect";
 export { writeReport, reportHtml, readMetrics, metricSeries } from "./report";
 export { runTrain, loadBase, loraSettings, buildOptimizer } from "./train";
 export type { TrainOptions, TrainResult } from "./train";
-export { batchLoss } from "./loss";
+export { batchLoss } from "@qlora/models";
 export { runDemo, demoAssets } from "./demo/run";
 export type { DemoOptions, DemoResult, DemoScore } from "./demo/run";

@@ -10,6 +10,7 @@ import {
   type CausalLM,
   type HfTokenizer,
   type ModelConfig,
+  batchLoss,
   ggufArchitecture,
   ggufTensorName,
   loadModel,
@@ -22,7 +23,6 @@ import { noGrad, type Tensor } from "@qlora/tensor";
 import type { TokenBatchSource } from "@qlora/trainer";
 import { CliError } from "./errors";
 import { layerProgress } from "./progress";
-import { batchLoss } from "./loss";
 
 export interface LoadedForInference {
   model: CausalLM;

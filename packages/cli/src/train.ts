@@ -5,7 +5,14 @@
  */
 import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { type CausalLM, type HfTokenizer, compileChatTemplate, loadModel, loadTokenizer } from "@qlora/models";
+import {
+  batchLoss,
+  type CausalLM,
+  type HfTokenizer,
+  compileChatTemplate,
+  loadModel,
+  loadTokenizer,
+} from "@qlora/models";
 import { LoraModel, type LoraConfigInput, loadAdapter, saveAdapter } from "@qlora/lora";
 import { AdamW, Lion, type NamedParameters, SGD, loraPlusGroups } from "@qlora/paged-optim";
 import type { Tensor } from "@qlora/tensor";
@@ -30,7 +37,6 @@ import {
 } from "@qlora/trainer";
 import type { TrainConfig } from "./config";
 import { CliError } from "./errors";
-import { batchLoss } from "./loss";
 import { saveDense } from "./infer";
 import { wantsActivationCheckpointing } from "./parallel-config";
 import { launcherTerminal, layerProgress } from "./progress";

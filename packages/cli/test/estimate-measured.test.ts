@@ -9,7 +9,7 @@
  * peak candidates, so a right total cannot come from two wrong halves.
  */
 import { LoraModel } from "@qlora/lora";
-import { createModel, parseConfig, randomLayers } from "@qlora/models";
+import { batchLoss, createModel, parseConfig, randomLayers } from "@qlora/models";
 import { AdamW } from "@qlora/paged-optim";
 import { memoryStats, resetPeakMemory } from "@qlora/tensor";
 import { describe, expect, it } from "vitest";
@@ -21,7 +21,6 @@ import {
   modelShapeFromConfig,
   type PlanPhase,
 } from "../src/estimate";
-import { batchLoss } from "../src/loss";
 
 interface Case {
   name: string;

@@ -1,4 +1,4 @@
-import { registerBackend } from "@qlora/tensor";
+import { availableBackends, registerBackend } from "@qlora/tensor";
 import { type CudaBackend, type CudaBackendOptions, createCudaBackend } from "./backend";
 import { cudaDeviceStatus } from "./device";
 
@@ -13,6 +13,14 @@ let warned = false;
  * Otherwise registers nothing, returns the runtime's reason and emits ONE process warning (per process;
  * `quiet: true` suppresses it), so the tensor runtime keeps using the CPU/reference backend.
  */
+/** What tensors fall back to: the highest-priority registered backend (the TypeScript reference if cpu is not). */
+function fallbackName(): string {
+  const name = availableBackends()[0]?.name ?? "reference";
+  return name === "reference"
+    ? "TypeScript reference (call registerCpuBackend() from @qlora/cpu-kernels for native kernels)"
+    : name;
+}
+
 export function registerCudaBackend(
   options: CudaBackendOptions & { readonly quiet?: boolean } = {},
 ): RegisterCudaResult {
@@ -20,7 +28,7 @@ export function registerCudaBackend(
   if (!status.available) {
     if (!options.quiet && !warned) {
       warned = true;
-      process.emitWarning(`CUDA backend unavailable, using the CPU backend: ${status.reason}`, {
+      process.emitWarning(`CUDA backend unavailable, using the ${fallbackName()} backend: ${status.reason}`, {
         code: "QLORA_CUDA_UNAVAILABLE",
       });
     }

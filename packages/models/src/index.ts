@@ -21,6 +21,8 @@ export {
   createModel,
 } from "./causal-lm";
 export type { ForwardArgs, ForwardOutput, CausalLMOptions } from "./causal-lm";
+export { batchLoss } from "./batch-loss";
+export type { TokenRows } from "./batch-loss";
 export { loadModel } from "./load";
 export type { LoadOptions, LoadedModel } from "./load";
 export { saveQuantized, quantizedRecords, quantizationConfig } from "./save";

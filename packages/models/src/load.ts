@@ -12,6 +12,7 @@ import { Nf4Error, type QuantState4bit, type TensorRecords, unpackQuantState } f
 import { Nf4WorkerPool } from "@qlora/nf4/node";
 import {
   type Backend,
+  availableBackends,
   type DType,
   Embedding,
   empty,
@@ -43,6 +44,11 @@ export interface LoadOptions extends CausalLMOptions {
   quantizeThreads?: number;
   /** Called after each layer (embedding, linear, norm) is built: layers done, layers in all, and the layer's path. */
   onProgress?: (done: number, total: number, path: string) => void;
+  /**
+   * Receives the warning given when no native backend is registered and `backend` was not named, so the model
+   * would run on the TypeScript reference backend (default: one process warning, `QLORA_REFERENCE_BACKEND`).
+   */
+  onWarning?: (message: string) => void;
 }
 
 export interface LoadedModel {
@@ -428,6 +434,21 @@ async function buildLeaves(ctx: BuildContext, specs: LeafSpec[]): Promise<Map<st
   return leaves;
 }
 
+let warnedReferenceOnly = false;
+
+/** A model that lands on the reference backend only because nothing else was registered runs ~30x slower. */
+function warnIfReferenceOnly(backend: Backend, onWarning: LoadOptions["onWarning"]): void {
+  if (backend.name !== "reference" || availableBackends().length > 1) return;
+  const message =
+    "loadModel: no native backend is registered, so the model runs on the TypeScript reference backend (tens of " +
+    'times slower). Call registerCpuBackend() from "@qlora/cpu-kernels" first, or pass backend: "reference" to ' +
+    "choose it knowingly.";
+  if (onWarning) return onWarning(message);
+  if (warnedReferenceOnly) return;
+  warnedReferenceOnly = true;
+  process.emitWarning(message, { code: "QLORA_REFERENCE_BACKEND" });
+}
+
 /**
  * Load a model directory. Base weights are frozen (requiresGrad false); unfreeze what you train.
  */
@@ -440,6 +461,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   const pre = preQuantizedSettings(config);
   const quant = pre ?? (options.quantize === false ? null : { ...DEFAULT_QUANT, ...options.quantize });
   const reader = new CheckpointReader(st, dir, options.backend);
+  if (options.backend === undefined) warnIfReferenceOnly(reader.backend, options.onWarning);
   const quantizer = new Quantizer(options.quantizeThreads ?? availableParallelism(), reader.backend);
   const ctx: BuildContext = {
     reader,

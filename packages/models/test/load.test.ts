@@ -6,7 +6,18 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { cpuBackend, cpuBackendInfo } from "@qlora/cpu-kernels";
 import { openSafetensors } from "@qlora/formats";
-import { type Embedding, Linear, Linear4bit, noGrad, type RMSNorm, referenceBackend, type Tensor } from "@qlora/tensor";
+import {
+  availableBackends,
+  type Embedding,
+  Linear,
+  Linear4bit,
+  noGrad,
+  type RMSNorm,
+  referenceBackend,
+  registerBackend,
+  type Tensor,
+  unregisterBackend,
+} from "@qlora/tensor";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TINY_MODELS, writeTinyModel } from "../scripts/make-tiny-models";
 import { type CausalLM, loadModel, saveQuantized, TiedLmHead } from "../src";
@@ -225,5 +236,26 @@ describe("bitsandbytes checkpoints", () => {
       llm_int8_skip_modules: ["lm_head"],
     });
     expect(cfg.architectures).toEqual(["Qwen2ForCausalLM"]);
+  });
+});
+
+describe("the backend a load lands on", () => {
+  it("warns once when only the TypeScript reference backend is registered, not when it is asked for by name", async () => {
+    const seen: string[] = [];
+    const first = await loadModel(path("llama"), { onWarning: (m) => seen.push(m) });
+    expect(seen).toHaveLength(availableBackends().length === 1 ? 1 : 0);
+    if (seen.length)
+      expect(seen[0]).toMatch(/no native backend is registered.*registerCpuBackend\(\) from "@qlora\/cpu-kernels"/);
+    const named = await loadModel(path("llama"), { backend: "reference", onWarning: (m) => seen.push(m) });
+    expect(seen.length).toBeLessThanOrEqual(1);
+    registerBackend(cpuBackend, 10);
+    try {
+      const onCpu = await loadModel(path("llama"), { onWarning: (m) => seen.push(`cpu: ${m}`) });
+      expect(seen.filter((m) => m.startsWith("cpu: "))).toEqual([]);
+      onCpu.model.dispose();
+    } finally {
+      unregisterBackend(cpuBackend.name);
+    }
+    for (const m of [first.model, named.model]) m.dispose();
   });
 });

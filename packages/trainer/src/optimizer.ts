@@ -1,7 +1,8 @@
 /**
  * The optimizer the trainer drives: anything with this shape (@qlora/paged-optim's optimizers, tensor's AdamW).
- * Before each step the scheduler writes either every parameter group's lr (base: the group's lr when the Trainer
- * was built, as torch's LambdaLR) or, for an optimizer without groups, `lr` (base: args.learningRate).
+ * Before each step the scheduler writes either every parameter group's lr or, for an optimizer without groups,
+ * `lr`; the base is that value when the Trainer was built (as torch's LambdaLR), or args.learningRate for an
+ * optimizer with neither.
  */
 export interface TrainerOptimizer {
   lr?: number;

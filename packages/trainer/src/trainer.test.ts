@@ -1,7 +1,7 @@
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type Tensor, manualSeed, memoryStats } from "@qlora/tensor";
+import { type Module, type Tensor, manualSeed, memoryStats, tensor } from "@qlora/tensor";
 import { afterEach, describe, expect, it } from "vitest";
 import { FakeRankStrategy, FakeWorld, guardGrads } from "../test/helpers/fake-world";
 import { type Batch, StatefulAdamW, TinyLM, memorySource, randomBatches, tinyLoss } from "../test/helpers/tiny";
@@ -479,10 +479,67 @@ describe("clipping, precision, gradient checkpointing flag", () => {
       optimizer: new StatefulAdamW(flagged.parameters().filter((p) => p.requiresGrad)),
       loss: (m, b) => tinyLoss(m, b),
       train: memorySource(randomBatches(1, 1, 4, 11)),
-      args: { learningRate: 0.01, gradientCheckpointing: true },
+      args: { gradientCheckpointing: true },
     });
     await t.fit();
     expect(flagged.gradientCheckpointing).toBe(true);
+  });
+});
+
+describe("the loss function's contract", () => {
+  function withLoss(loss: (m: Module, b: Batch) => unknown, args: Partial<TrainingArgs> = {}) {
+    manualSeed(7);
+    const model = new TinyLM();
+    const optimizer = new StatefulAdamW(
+      model.parameters().filter((p) => p.requiresGrad),
+      { lr: 0.01 },
+    );
+    return new Trainer<Batch>({
+      model,
+      optimizer,
+      loss: loss as never,
+      train: memorySource(randomBatches(4, 2, 5, 11)),
+      args: { loggingSteps: 1, ...args },
+    });
+  }
+
+  it("takes { lossSum } like a bare tensor, and frees what it built and did not return", async () => {
+    const bare = withLoss((m, b) => tinyLoss(m, b));
+    await bare.fit();
+    const leaked: Tensor[] = [];
+    const objectForm = withLoss((m, b) => {
+      // Tensors a user's loss function makes and forgets, plus an extra field in the returned object.
+      leaked.push(tensor([1, 2, 3]), tensor([4]));
+      return { lossSum: tinyLoss(m, b), extra: tensor([5, 6]) };
+    });
+    const live: number[] = [];
+    objectForm.hooks.on("step:end", () => void live.push(memoryStats("cpu").currentBytes));
+    await objectForm.fit();
+    const losses = (t: Trainer<Batch>) => t.state.logHistory.map((r) => r.loss);
+    expect(losses(objectForm)).toEqual(losses(bare));
+    expect(leaked.length).toBe(8);
+    expect(leaked.every((t) => t.disposed)).toBe(true);
+    expect(live.at(-1)).toBe(live[0]);
+  });
+
+  it("a return that is not one summed loss is a TrainerError naming what came back", async () => {
+    const meanOnly = withLoss((m, b) => ({ loss: tinyLoss(m, b), tokenCount: 3 }));
+    await expect(meanOnly.fit()).rejects.toThrow(
+      /must return the micro-batch's summed token loss as a scalar Tensor or \{ lossSum \}, got an object with keys \[loss, tokenCount\]/,
+    );
+    const vector = withLoss(() => tensor([1, 2]));
+    await expect(vector.fit()).rejects.toMatchObject({ code: "BAD_LOSS", message: /a tensor of shape \[2\]/ });
+    await expect(withLoss(() => undefined).fit()).rejects.toThrow(/got undefined/);
+  });
+
+  it("the peak lr is the optimizer's group lr; a learningRate that matches no group is refused", async () => {
+    const t = withLoss((m, b) => tinyLoss(m, b), { scheduler: { name: "constant" } });
+    await t.fit();
+    expect(t.state.logHistory.every((r) => r.lr === 0.01)).toBe(true);
+    expect(() => withLoss((m, b) => tinyLoss(m, b), { learningRate: 1e-9 })).toThrow(
+      /TrainingArgs.learningRate 1e-9 equals no lr of the optimizer \(0.01\)/,
+    );
+    expect(() => withLoss((m, b) => tinyLoss(m, b), { learningRate: 0.01 })).not.toThrow();
   });
 });
 

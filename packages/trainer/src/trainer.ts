@@ -6,7 +6,7 @@
  */
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { type Module, type Tensor, getGenerator, manualSeed, noGrad } from "@qlora/tensor";
+import { type Module, Tensor, dispose, getGenerator, manualSeed, noGrad, tidy } from "@qlora/tensor";
 import { safetensorsCheckpointIO, type CheckpointIO } from "./checkpoint/checkpoint-io";
 import {
   latestCheckpoint,
@@ -42,16 +42,28 @@ export interface BatchSource<B> {
 }
 
 export interface LossOutput {
-  /** Sum of the per-token losses of the micro-batch (a scalar). */
-  readonly loss: Tensor;
+  /**
+   * Sum of the per-token losses of the micro-batch (a scalar): the field @qlora/models' forward returns as
+   * `lossSum` (its `loss` is the mean, which the trainer does not take).
+   */
+  readonly lossSum: Tensor;
 }
+/**
+ * The summed token loss of one micro-batch. It runs inside `tidy`: tensors it creates and does not return are
+ * disposed when it returns (the graph backward needs keeps its own references).
+ */
 export type LossFn<B> = (model: Module, batch: B, info: { readonly training: boolean }) => LossOutput | Tensor;
 
 export interface TrainingArgs {
   readonly outputDir?: string;
   /** One seed for everything: parameters drawn after seedEverything, dropout, shuffling, NEFTune. */
   readonly seed?: number;
-  readonly learningRate: number;
+  /**
+   * The peak learning rate, for an optimizer that has neither parameter groups nor an `lr`. Otherwise the
+   * optimizer's own lr (each group's, with groups) is the schedule's base, as torch's LambdaLR takes it, and a
+   * learningRate given here must equal one of them (a mismatch is refused, not silently ignored).
+   */
+  readonly learningRate?: number;
   readonly numEpochs?: number;
   /** Wins over numEpochs. */
   readonly maxSteps?: number;
@@ -108,8 +120,8 @@ export class Trainer<B = unknown> {
   private model: Module;
   private readonly trainable: Map<string, Tensor>;
   private schedule: (step: number) => number = () => 1;
-  /** Each parameter group's lr at construction (the scheduler's base), or null for an optimizer without groups. */
-  private readonly baseLrs: number[] | null;
+  /** The scheduler's base: each parameter group's lr at construction, or the one lr of an optimizer without groups. */
+  private readonly baseLrs: number[];
   private stepsPerEpoch = 0;
 
   constructor(readonly options: TrainerOptions<B>) {
@@ -120,7 +132,7 @@ export class Trainer<B = unknown> {
     this.strategy = options.strategy ?? new SingleProcessStrategy();
     this.precision = options.precision ?? f32Precision;
     this.checkpointIO = options.checkpointIO ?? safetensorsCheckpointIO;
-    this.baseLrs = options.optimizer.paramGroups?.map((g) => g.lr) ?? null;
+    this.baseLrs = baseLearningRates(options.optimizer, a.learningRate);
     this.trainable = new Map([...options.model.namedParameters()].filter(([, p]) => p.requiresGrad));
     if (this.trainable.size === 0)
       throw new TrainerError("NO_TRAINABLE", "Trainer: the model has no parameter that requires gradients");
@@ -140,15 +152,15 @@ export class Trainer<B = unknown> {
 
   /** The current learning rate (of the first parameter group): base × schedule(global step). */
   get lr(): number {
-    return (this.baseLrs?.[0] ?? this.args.learningRate) * this.schedule(this.state.globalStep);
+    return this.baseLrs[0] * this.schedule(this.state.globalStep);
   }
 
   private applyLr(): void {
     const f = this.schedule(this.state.globalStep);
     const opt = this.options.optimizer;
-    if (this.baseLrs && opt.paramGroups) {
+    if (opt.paramGroups) {
       for (const [i, g] of opt.paramGroups.entries()) g.lr = (this.baseLrs[i] ?? 0) * f;
-    } else opt.lr = this.args.learningRate * f;
+    } else opt.lr = this.baseLrs[0] * f;
   }
 
   async fit(fit: FitOptions = {}): Promise<TrainerState> {
@@ -235,8 +247,7 @@ export class Trainer<B = unknown> {
     // every rank makes the same backward calls, so a strategy that communicates during backward cannot hang.
     let finite = stepTokens > 0;
     for (const [i, batch] of (finite ? micro : []).entries()) {
-      const out = this.options.loss(this.model, batch, { training: true });
-      let loss = out instanceof Object && "loss" in out ? out.loss : (out as Tensor);
+      let loss = this.callLoss(batch, true);
       loss = await this.hooks.waterfall("loss:transform", loss, this.microContext(batch, i));
       const scaled = loss.div(stepTokens);
       const value = loss.item();
@@ -342,6 +353,23 @@ export class Trainer<B = unknown> {
     await this.log(metrics);
   }
 
+  /** The loss function's summed loss of one micro-batch, in a tidy scope, checked to be one scalar tensor. */
+  private callLoss(batch: B, training: boolean): Tensor {
+    const out = tidy(() => this.options.loss(this.model, batch, { training }));
+    const loss = out instanceof Tensor ? out : out instanceof Object && "lossSum" in out ? out.lossSum : undefined;
+    if (!(loss instanceof Tensor) || loss.size !== 1) {
+      dispose(out);
+      const got = loss instanceof Tensor ? `a tensor of shape [${loss.shape.join(", ")}]` : describeLossOutput(out);
+      throw new TrainerError(
+        "BAD_LOSS",
+        `the loss function must return the micro-batch's summed token loss as a scalar Tensor or { lossSum }, got ${got}`,
+      );
+    }
+    // The rest of a returned object (a forward output's logits or mean loss) is not used.
+    if (out !== loss) dispose(Object.values(out).filter((v) => v !== loss));
+    return loss;
+  }
+
   /** Record metrics in the log history and emit `log`. */
   async log(metrics: Record<string, number>): Promise<void> {
     this.state.logHistory.push({ ...metrics, step: this.state.globalStep });
@@ -358,8 +386,7 @@ export class Trainer<B = unknown> {
     try {
       for await (const batch of iterable(data.batches(0, 0))) {
         const value = noGrad(() => {
-          const out = this.options.loss(this.model, batch, { training: false });
-          const loss = out instanceof Object && "loss" in out ? out.loss : (out as Tensor);
+          const loss = this.callLoss(batch, false);
           const v = loss.item();
           loss.dispose();
           return v;
@@ -461,6 +488,36 @@ export class Trainer<B = unknown> {
   }
 }
 
+function describeLossOutput(out: unknown): string {
+  if (out instanceof Object) return `an object with keys [${Object.keys(out).slice(0, 8).join(", ")}]`;
+  return out === undefined ? "undefined" : `a ${typeof out}`;
+}
+
+/**
+ * The schedule's base, as torch's LambdaLR takes it: the optimizer's group lrs, or its lr when it has no groups;
+ * args.learningRate only for an optimizer with neither. A learningRate that disagrees is refused, not ignored.
+ */
+function baseLearningRates(optimizer: TrainerOptimizer, learningRate: number | undefined): number[] {
+  const own = optimizer.paramGroups?.map((g) => g.lr) ?? (typeof optimizer.lr === "number" ? [optimizer.lr] : null);
+  if (own === null) {
+    if (learningRate === undefined)
+      throw new TrainerError(
+        "BAD_ARGUMENT",
+        "TrainingArgs.learningRate is required: the optimizer has neither parameter groups nor an lr to take it from",
+        { key: "learningRate" },
+      );
+    return [learningRate];
+  }
+  if (learningRate !== undefined && !own.includes(learningRate))
+    throw new TrainerError(
+      "BAD_ARGUMENT",
+      `TrainingArgs.learningRate ${learningRate} equals no lr of the optimizer (${own.join(", ")}): the schedule ` +
+        "scales the optimizer's own lr, so set lr on the optimizer and leave learningRate out (or make them agree)",
+      { key: "learningRate" },
+    );
+  return own;
+}
+
 function checkArgs(a: TrainingArgs & { gradientAccumulationSteps: number }): void {
   const positiveInt = (v: number | undefined, name: string) => {
     if (v !== undefined && !(Number.isInteger(v) && v > 0))
@@ -468,8 +525,10 @@ function checkArgs(a: TrainingArgs & { gradientAccumulationSteps: number }): voi
         key: name,
       });
   };
-  if (!(a.learningRate >= 0))
-    throw new TrainerError("BAD_ARGUMENT", `TrainingArgs.learningRate must be ≥ 0, got ${a.learningRate}`);
+  if (a.learningRate !== undefined && !(a.learningRate >= 0))
+    throw new TrainerError("BAD_ARGUMENT", `TrainingArgs.learningRate must be ≥ 0, got ${a.learningRate}`, {
+      key: "learningRate",
+    });
   positiveInt(a.gradientAccumulationSteps, "gradientAccumulationSteps");
   positiveInt(a.maxSteps, "maxSteps");
   positiveInt(a.numEpochs, "numEpochs");

@@ -36,7 +36,7 @@ manualSeed(3);
 const model = new TinyLM(256, 16, 0.1);
 const optimizer = new StatefulAdamW(
   model.parameters().filter((p) => p.requiresGrad),
-  { lr: 0.01 },
+  { lr: 0.02 },
 );
 const trainer = new Trainer({
   model,
@@ -46,7 +46,6 @@ const trainer = new Trainer({
   args: {
     outputDir,
     seed: 3,
-    learningRate: 0.02,
     numEpochs: 3,
     gradientAccumulationSteps: 2,
     maxGradNorm: 1,

@@ -20,11 +20,14 @@ function run(plugins: TrainerPlugin[], args: Partial<TrainingArgs> = {}, evalDat
   const model = new TinyLM();
   const trainer = new Trainer<Batch>({
     model,
-    optimizer: new StatefulAdamW(model.parameters().filter((p) => p.requiresGrad)),
+    optimizer: new StatefulAdamW(
+      model.parameters().filter((p) => p.requiresGrad),
+      { lr: 0.05 },
+    ),
     loss: (m, b) => tinyLoss(m, b),
     train: memorySource(randomBatches(6, 2, 5, 11)),
     eval: evalData ? memorySource(evalData) : undefined,
-    args: { learningRate: 0.05, loggingSteps: 2, ...args },
+    args: { loggingSteps: 2, ...args },
     plugins,
   });
   return { model, trainer };
