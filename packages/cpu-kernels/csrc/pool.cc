@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 #if defined(__x86_64__)
@@ -44,6 +45,9 @@ bool spin_until(Ready ready) {
   }
 }
 
+// More threads than this only add scheduling overhead (and far more makes the OS refuse them).
+constexpr int kMaxThreads = 1024;
+
 class Pool {
  public:
   explicit Pool(int threads) { resize(threads); }
@@ -57,8 +61,13 @@ class Pool {
     // A new worker must only react to runs started after it was created: hand it the current
     // generation (a stale one made fresh workers run the previous, already-destroyed task).
     const std::size_t generation = generation_;
-    for (int i = 1; i < std::max(1, threads); ++i)
-      workers_.emplace_back([this, i, generation] { loop(i, generation); });
+    for (int i = 1; i < std::clamp(threads, 1, kMaxThreads); ++i) {
+      try {
+        workers_.emplace_back([this, i, generation] { loop(i, generation); });
+      } catch (const std::system_error&) {
+        break;  // the OS refused another thread: run with the ones it gave (size() says how many)
+      }
+    }
   }
 
   void run(std::size_t n, const std::function<void(std::size_t, std::size_t)>& fn, std::size_t min_chunk) {

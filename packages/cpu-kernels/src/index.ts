@@ -11,6 +11,6 @@ export {
   type CreateCpuBackendOptions,
 } from "./backend";
 export { createGemmOps, nativeQuantWeight, type GemmNative, type NativeQuantWeight } from "./gemm";
-export { setThreads, getThreads } from "./threads";
+export { MAX_THREADS, setThreads, getThreads } from "./threads";
 export { createOptimizerOps, optimizerOpsOf, type OptimizerOps, type OptimNative } from "./optim";
 export { createQuantizeOp, quantizeNative, quantizeOpsOf, type QuantizeNative } from "./quantize";

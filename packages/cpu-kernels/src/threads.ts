@@ -7,10 +7,13 @@ interface PoolNative {
   setThreads(n: number): void;
 }
 
-/** Sets the number of threads the native kernels use (a positive integer). */
+/** The most threads the native pool runs (csrc/pool.cc kMaxThreads). */
+export const MAX_THREADS = 1024;
+
+/** Sets the number of threads the native kernels use (an integer in [1, MAX_THREADS]). */
 export function setThreads(n: number): void {
-  if (!Number.isInteger(n) || n < 1)
-    throw new CpuKernelsError("BAD_ARGUMENT", `setThreads: n must be a positive integer, got ${n}`);
+  if (!Number.isInteger(n) || n < 1 || n > MAX_THREADS)
+    throw new CpuKernelsError("BAD_ARGUMENT", `setThreads: n must be an integer in [1, ${MAX_THREADS}], got ${n}`);
   (loadNative() as unknown as PoolNative).setThreads(n);
 }
 

@@ -4,6 +4,7 @@ export type { FormatsErrorCode, FormatsErrorDetails } from "./errors";
 export { FileSource, MemorySource } from "./source";
 export type { ByteSource } from "./source";
 export { AtomicFile } from "./atomic";
+export { ensureDirectory, ensureDirectorySync } from "./directory";
 export type { AtomicWriteOptions } from "./atomic";
 
 export {

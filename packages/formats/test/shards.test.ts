@@ -95,9 +95,9 @@ describe("sharded write + lazy open", () => {
   it("a single shard is model.safetensors without an index, and opens from the directory", async () => {
     const { dir, cleanup } = await tempDir();
     const ts = tensors();
-    const res = await writeShardedSafetensors(dir, ts);
+    const res = await writeShardedSafetensors(join(dir, "new", "model"), ts);
     expect(res).toEqual({ files: ["model.safetensors"], indexFile: undefined });
-    const s = await ShardedSafetensors.open(dir);
+    const s = await ShardedSafetensors.open(join(dir, "new", "model"));
     expect(s.indexPath).toBeUndefined();
     expect(s.names).toEqual(ts.map((t) => t.name));
     await s.close();

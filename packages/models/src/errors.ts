@@ -22,6 +22,7 @@ export type ModelErrorCode =
   | "bad_messages"
   // sampling.ts, generate.ts
   | "bad_generation_option"
+  | "non_finite_logits"
   // gguf-names.ts, gguf-export.ts
   | "gguf_unmapped_tensor"
   | "gguf_unsupported";

@@ -195,6 +195,23 @@ describe("generate over a toy cached model", () => {
     expect(m.live.size).toBe(0);
   });
 
+  it("NaN logits (a model with NaN weights) end generation with a typed error, not NUL tokens", async () => {
+    class NanAfter extends ToyLM {
+      override logitsFor(history: readonly number[]): Float32Array {
+        const out = super.logitsFor(history);
+        if (history.length > 3) out[7] = Number.NaN;
+        return out;
+      }
+    }
+    const m = new NanAfter();
+    await expect(generate(m, [[1, 2, 3]], { maxNewTokens: 5 })).rejects.toMatchObject({
+      name: "ModelError",
+      code: "non_finite_logits",
+      message: /NaN logits for prompt 0 at generated token 1; its weights \(or the inputs\) hold NaN\/Inf/,
+    });
+    expect(m.live.size).toBe(0);
+  });
+
   it("bad options are typed errors naming the option", async () => {
     const m = new ToyLM();
     const cases: [unknown[], object, string][] = [

@@ -223,6 +223,11 @@ class Run<C extends GenerationCache> {
     g.members.forEach((s, r) => {
       if (s.finish !== undefined) return;
       const row = logits.subarray(r * vocab, (r + 1) * vocab);
+      if (row.some(Number.isNaN))
+        throw new ModelError(
+          "non_finite_logits",
+          `generate: the model produced NaN logits for prompt ${s.index} at generated token ${s.generated.length}; its weights (or the inputs) hold NaN/Inf, so no token can be chosen`,
+        );
       const u = this.sampling ? s.random.uniform(1)[0] : 0;
       this.accept(s, selectToken(row, s.seen, this.o, u));
     });

@@ -8,7 +8,7 @@ import { readFile } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { type ShardedSafetensors, openShardedSafetensors } from "@qlora/formats";
-import { Nf4Error, type QuantState4bit, type TensorRecords, unpackQuantState } from "@qlora/nf4";
+import { BLOCKSIZES_4BIT, Nf4Error, type QuantState4bit, type TensorRecords, unpackQuantState } from "@qlora/nf4";
 import { Nf4WorkerPool } from "@qlora/nf4/node";
 import {
   type Backend,
@@ -45,8 +45,9 @@ export interface LoadOptions extends CausalLMOptions {
   /** Called after each layer (embedding, linear, norm) is built: layers done, layers in all, and the layer's path. */
   onProgress?: (done: number, total: number, path: string) => void;
   /**
-   * Receives the warning given when no native backend is registered and `backend` was not named, so the model
-   * would run on the TypeScript reference backend (default: one process warning, `QLORA_REFERENCE_BACKEND`).
+   * Receives the load's warnings (default: process warnings): checkpoint tensors the model did not use
+   * (`QLORA_UNUSED_WEIGHTS`), and, once per process, no native backend registered while `backend` was not named,
+   * so the model would run on the TypeScript reference backend (`QLORA_REFERENCE_BACKEND`).
    */
   onWarning?: (message: string) => void;
 }
@@ -434,6 +435,46 @@ async function buildLeaves(ctx: BuildContext, specs: LeafSpec[]): Promise<Map<st
   return leaves;
 }
 
+/** The `quantize` option checked before any weight is read, so an error names the option, not a kernel. */
+function checkQuantize(q: Required<QuantizeOptions>): Required<QuantizeOptions> {
+  const bad = (key: string, expected: string, got: unknown) =>
+    new ModelError(
+      "bad_argument",
+      `loadModel: options.quantize.${key} must be ${expected}, got ${JSON.stringify(got)}`,
+      {
+        key: `quantize.${key}`,
+      },
+    );
+  if (q.quantType !== "nf4" && q.quantType !== "fp4") throw bad("quantType", '"nf4" or "fp4"', q.quantType);
+  if (!BLOCKSIZES_4BIT.includes(q.blocksize))
+    throw bad("blocksize", `one of ${BLOCKSIZES_4BIT.join(", ")}`, q.blocksize);
+  if (typeof q.doubleQuant !== "boolean") throw bad("doubleQuant", "a boolean", q.doubleQuant);
+  if (!Array.isArray(q.skipModules) || q.skipModules.some((m) => typeof m !== "string"))
+    throw bad("skipModules", "an array of module names", q.skipModules);
+  return q;
+}
+
+/** Checkpoint tensors that are expected to go unused: rotary frequency buffers and a tied lm_head's copy. */
+const BENIGN_UNUSED = /(^|\.)rotary_emb\.inv_freq$|^lm_head\.weight$/;
+
+/**
+ * Weights no module took mean config.json and the checkpoint disagree (fewer layers, another architecture): as
+ * transformers does, say so rather than run a silently truncated model.
+ */
+function warnUnused(dir: string, unusedKeys: string[], onWarning: LoadOptions["onWarning"]): void {
+  const unexpected = unusedKeys.filter((k) => !BENIGN_UNUSED.test(k));
+  if (unexpected.length === 0) return;
+  const shown = unexpected
+    .slice(0, 3)
+    .map((k) => `"${k}"`)
+    .join(", ");
+  const message =
+    `loadModel: ${unexpected.length} tensor(s) of ${dir} were not used by the model its config.json describes ` +
+    `(${shown}${unexpected.length > 3 ? ", …" : ""}); check num_hidden_layers and the architecture against the weights.`;
+  if (onWarning) onWarning(message);
+  else process.emitWarning(message, { code: "QLORA_UNUSED_WEIGHTS" });
+}
+
 let warnedReferenceOnly = false;
 
 /** A model that lands on the reference backend only because nothing else was registered runs ~30x slower. */
@@ -459,7 +500,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   // Missing/unreadable shards raise @qlora/formats' SafetensorsError, which names the file and tensor.
   const st = await openShardedSafetensors(dir);
   const pre = preQuantizedSettings(config);
-  const quant = pre ?? (options.quantize === false ? null : { ...DEFAULT_QUANT, ...options.quantize });
+  const quant = pre ?? (options.quantize === false ? null : checkQuantize({ ...DEFAULT_QUANT, ...options.quantize }));
   const reader = new CheckpointReader(st, dir, options.backend);
   if (options.backend === undefined) warnIfReferenceOnly(reader.backend, options.onWarning);
   const quantizer = new Quantizer(options.quantizeThreads ?? availableParallelism(), reader.backend);
@@ -486,5 +527,6 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   };
   const model = createModel(config, src, options);
   const unusedKeys = st.names.filter((k) => !reader.used.has(k));
+  warnUnused(dir, unusedKeys, options.onWarning);
   return { model, config, generationConfig, quantization: quant, preQuantized: pre !== null, unusedKeys };
 }

@@ -5,9 +5,8 @@
  * `weight.quant_state.bitsandbytes__<type>`; everything else in its own dtype; config.json with
  * `quantization_config`. Every file is written under a temporary name and renamed.
  */
-import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
-import { AtomicFile, type SafetensorsDtype, writeSafetensors } from "@qlora/formats";
+import { AtomicFile, ensureDirectory, type SafetensorsDtype, writeSafetensors } from "@qlora/formats";
 import { packQuantState, type TensorRecord } from "@qlora/nf4";
 import { Linear4bit, type Module, type Tensor } from "@qlora/tensor";
 import type { CausalLM } from "./causal-lm";
@@ -94,7 +93,7 @@ export async function saveQuantized(model: CausalLM, dir: string, options: SaveQ
       "bad_argument",
       `saveQuantized(${dir}): the model has no Linear4bit layer; a quantization_config would misdescribe it`,
     );
-  await mkdir(dir, { recursive: true });
+  await ensureDirectory(dir);
   const recs = quantizedRecords(model);
   await writeSafetensors(
     join(dir, "model.safetensors"),

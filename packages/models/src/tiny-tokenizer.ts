@@ -8,9 +8,8 @@
  * Merges are learned from a fixed word list (plain byte-pair training), so every merge result is in the
  * vocabulary and the file is what a trained tokenizer of that kind looks like, only smaller.
  */
-import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
-import { AtomicFile } from "@qlora/formats";
+import { AtomicFile, ensureDirectory } from "@qlora/formats";
 
 export type TinyTokenizerFamily = "llama3" | "qwen2" | "llama2" | "mistral";
 
@@ -384,7 +383,7 @@ export async function writeTinyTokenizer(
   words?: readonly string[],
 ): Promise<TinyTokenizerInfo> {
   const { tokenizer, config, info } = tinyTokenizerFiles(family, words);
-  await mkdir(dir, { recursive: true });
+  await ensureDirectory(dir);
   await writeJsonAtomic(join(dir, "tokenizer.json"), tokenizer);
   await writeJsonAtomic(join(dir, "tokenizer_config.json"), config);
   return info;

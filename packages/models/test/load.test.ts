@@ -259,3 +259,43 @@ describe("the backend a load lands on", () => {
     for (const m of [first.model, named.model]) m.dispose();
   });
 });
+
+describe("a config.json that disagrees with the weights", () => {
+  it("fewer layers than the checkpoint holds: a warning naming the unused tensors", async () => {
+    await writeTinyModel(path("llama-short"), spec("llama"));
+    const file = path("llama-short", "config.json");
+    const config = JSON.parse(readFileSync(file, "utf8"));
+    const last = config.num_hidden_layers - 1;
+    writeFileSync(file, JSON.stringify({ ...config, num_hidden_layers: last }));
+    const seen: string[] = [];
+    const { model, unusedKeys } = await loadModel(path("llama-short"), {
+      backend: "reference",
+      onWarning: (m) => seen.push(m),
+    });
+    expect(unusedKeys.some((k) => k.startsWith(`model.layers.${last}.`))).toBe(true);
+    expect(seen).toHaveLength(1);
+    expect(seen[0]).toMatch(
+      new RegExp(`loadModel: \\d+ tensor\\(s\\) of .*llama-short were not used .*"model\\.layers\\.${last}\\.`),
+    );
+    expect(seen[0]).toMatch(/check num_hidden_layers and the architecture/);
+    model.dispose();
+    const clean: string[] = [];
+    (await loadModel(path("llama"), { backend: "reference", onWarning: (m) => clean.push(m) })).model.dispose();
+    expect(clean).toEqual([]);
+  });
+});
+
+describe("bad quantize options", () => {
+  it("are ModelErrors naming the option, raised before any weight is read", async () => {
+    await expect(loadModel(path("llama"), { backend: "reference", quantize: { blocksize: 48 } })).rejects.toMatchObject(
+      {
+        name: "ModelError",
+        code: "bad_argument",
+        message: "loadModel: options.quantize.blocksize must be one of 32, 64, 128, 256, 512, 1024, 2048, 4096, got 48",
+      },
+    );
+    await expect(
+      loadModel(path("llama"), { backend: "reference", quantize: { quantType: "int4" as never } }),
+    ).rejects.toThrow(/options.quantize.quantType must be "nf4" or "fp4", got "int4"/);
+  });
+});

@@ -109,6 +109,9 @@ export function recoverAbsmax(state: QuantState4bit): Float32Array {
  * Float32Array, "bfloat16"/"float16" give RNE bit patterns in a Uint16Array.
  * The LUT is the compiled NF4/FP4 table (like CUDA, a stored quant_map is not consulted).
  */
+export function dequantize4bit(state: QuantState4bit, outDtype: "float32"): Float32Array;
+export function dequantize4bit(state: QuantState4bit, outDtype: "bfloat16" | "float16"): Uint16Array;
+export function dequantize4bit(state: QuantState4bit, outDtype?: FloatDType): Float32Array | Uint16Array;
 export function dequantize4bit(state: QuantState4bit, outDtype?: FloatDType): Float32Array | Uint16Array {
   const n = checkState(state);
   const dt = checkDType(outDtype ?? state.dtype, "outDtype");
@@ -146,6 +149,11 @@ export interface DequantizeIntoOptions {
  * (Float32Array for "float32", Uint16Array for "bfloat16"/"float16" bit patterns). Dequantizing a
  * large tensor in chunks: call with consecutive even `start`s and reused `out` buffers.
  */
+export function dequantize4bitInto<Out extends Float32Array | Uint16Array>(
+  state: QuantState4bit,
+  out: Out,
+  options?: DequantizeIntoOptions,
+): Out;
 export function dequantize4bitInto(
   state: QuantState4bit,
   out: Float32Array | Uint16Array,

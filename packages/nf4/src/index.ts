@@ -8,6 +8,7 @@ export type {
   Blockwise8bitOptions,
 } from "./types";
 export { Nf4Error, type Nf4ErrorCode } from "./errors";
+export { BLOCKSIZES_4BIT } from "./internal/validate";
 export {
   NF4_CODE,
   FP4_CODE,

@@ -6,7 +6,7 @@
 import { randomBytes } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { AtomicFile, openSafetensors, type SafetensorsDtype, writeSafetensors } from "@qlora/formats";
+import { AtomicFile, ensureDirectory, openSafetensors, type SafetensorsDtype, writeSafetensors } from "@qlora/formats";
 import type { DType, HostArray } from "@qlora/tensor";
 import { OptimError } from "./errors";
 import { type OptimizerStateDict, STATE_FORMAT } from "./optimizer";
@@ -38,6 +38,7 @@ export interface OptimizerStateJson {
 
 /** Writes `sd` into directory `dir` (which must exist): optimizer.safetensors, then optimizer.json. */
 export async function saveStateDict(sd: OptimizerStateDict, dir: string): Promise<void> {
+  await ensureDirectory(dir);
   const saveId = randomBytes(8).toString("hex");
   const tensors: { name: string; dtype: SafetensorsDtype; shape: number[]; data: HostArray }[] = [];
   const state: Record<string, { step: number; bits: 8 | 32; tensors: Record<string, TensorRef> }> = {};

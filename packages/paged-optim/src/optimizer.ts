@@ -79,10 +79,19 @@ function toPairs(params: NamedParameters, where: string): (readonly [string, Ten
     if (!Array.isArray(pair) || typeof pair[0] !== "string" || typeof pair[1] !== "object" || pair[1] === null)
       throw new OptimError(
         "BAD_ARGUMENT",
-        `${where}: expected [name, tensor] pairs (e.g. model.namedParameters()), got ${JSON.stringify(pair)}`,
+        `${where}: expected [name, tensor] pairs (e.g. model.namedParameters()), got ${describe(pair)}`,
       );
   }
   return pairs;
+}
+
+/** A short description of a bad argument (a tensor's JSON is its whole buffer: megabytes in an error message). */
+function describe(x: unknown): string {
+  if (x === null || typeof x !== "object") return String(x);
+  const name = x.constructor?.name ?? "object";
+  if (Array.isArray(x)) return `an array of ${x.length}`;
+  const shape = (x as { shape?: unknown }).shape;
+  return Array.isArray(shape) ? `a ${name} of shape [${shape.join(", ")}]` : `a ${name}`;
 }
 
 function isGroupSpec(x: unknown): x is ParamGroupSpec<unknown> {
@@ -156,7 +165,7 @@ export abstract class Optimizer<H extends BaseHyper> {
     if (p.dtype !== "f32" || !p.isDense())
       throw new OptimError(
         "BAD_PARAM",
-        `${where}: parameter "${name}" must be a dense f32 tensor, got ${p.dtype} ${JSON.stringify(p.shape)}${p.isDense() ? "" : " (a view)"}`,
+        `${where}: parameter "${name}" must be a dense f32 tensor, got ${p.dtype} ${JSON.stringify(p.shape)}${p.isDense() ? "" : " (a view)"}${p.requiresGrad ? "" : "; it does not require gradients: pass only the trainable parameters (filter namedParameters() by requiresGrad)"}`,
       );
   }
 
@@ -376,7 +385,7 @@ export abstract class Optimizer<H extends BaseHyper> {
     });
   }
 
-  /** Writes optimizer.safetensors and optimizer.json into the existing directory `dir` (each atomically). */
+  /** Writes optimizer.safetensors and optimizer.json into `dir` (created if missing; each file atomically). */
   save(dir: string): Promise<void> {
     return saveStateDict(this.stateDict(), dir);
   }

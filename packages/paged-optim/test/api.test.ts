@@ -3,7 +3,7 @@
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type Backend, type DType, referenceBackend, type Tensor, tensor } from "@qlora/tensor";
+import { type Backend, type DType, referenceBackend, type Tensor, tensor, zeros } from "@qlora/tensor";
 import fc from "fast-check";
 import { afterAll, describe, expect, it } from "vitest";
 import {
@@ -226,6 +226,15 @@ describe("typed errors name the argument", () => {
     expect(code(() => new SGD([["p", p]], { nesterov: true }))).toMatch(/nesterov.*momentum > 0/);
     expect(code(() => new Lion([["p", p]], { bits: 4 as never }))).toMatch(/options\.bits: expected 8 or 32/);
     expect(code(() => clipGradNorm([p], 0))).toMatch(/maxNorm/);
+    // Tensors instead of pairs: a short description, not the tensor's whole buffer as JSON.
+    const big = zeros([512, 512]);
+    const message = code(() => new AdamW([big] as never));
+    expect(message).toMatch(/expected \[name, tensor\] pairs .*, got a Tensor of shape \[512, 512\]/);
+    expect(message.length).toBeLessThan(300);
+    const frozen = zeros([4, 4], { dtype: "bf16" });
+    expect(code(() => new AdamW([["embed", frozen]]))).toMatch(
+      /"embed" must be a dense f32 tensor, got bf16 \[4,4\]; it does not require gradients: pass only the trainable parameters/,
+    );
   });
 
   it("loading state of another optimizer or for unknown names is refused before anything changes", () => {
@@ -258,6 +267,15 @@ describe("state files", () => {
     await opt.save(dir);
     return { dir, opt };
   }
+
+  it("save creates a missing directory, as save_pretrained does", async () => {
+    const { dir, opt } = await saved();
+    const nested = join(dir, "checkpoint-100", "optim");
+    await opt.save(nested);
+    const again = new AdamW([["w", param(5000, 1)]], { bits: 8 });
+    await again.load(nested);
+    expect(again.stateDict().state.w?.step).toBe(1);
+  });
 
   it("a JSON from one save and tensors from another are refused (save id)", async () => {
     const a = await saved();

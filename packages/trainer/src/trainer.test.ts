@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Module, type Tensor, manualSeed, memoryStats, tensor } from "@qlora/tensor";
@@ -307,6 +307,63 @@ describe("non-finite guard", () => {
     expect(state.nonFiniteTotal).toBe(1);
     expect(afterStep[1]).toEqual(afterStep[0]);
     expect(afterStep[2]).not.toEqual(afterStep[1]);
+  });
+});
+
+describe("a run that trains nothing", () => {
+  it("every step non-finite: an error, not a finished run", async () => {
+    const { trainer } = makeTrainer(randomBatches(3, 1, 4, 11));
+    trainer.hooks.on("loss:transform", (loss) => {
+      const nan = loss.mul(Number.NaN);
+      loss.dispose();
+      return nan;
+    });
+    await expect(trainer.fit()).rejects.toMatchObject({
+      code: "NON_FINITE_LOSS",
+      message: /every step of this run \(3\) had a NaN\/Inf loss or gradient norm and was skipped: nothing was trained/,
+    });
+  });
+
+  it("no label in any batch: an error naming the cause", async () => {
+    const unlabeled = randomBatches(2, 1, 4, 11).map((b) => ({ ...b, labels: b.labels.map((r) => r.map(() => -100)) }));
+    await expect(makeTrainer(unlabeled).trainer.fit()).rejects.toMatchObject({
+      code: "NO_LOSS_TOKENS",
+      message: /no step of this run \(2\) had a token with a label/,
+    });
+  });
+});
+
+describe("resuming from a damaged checkpoint", () => {
+  async function checkpoint(): Promise<string> {
+    const outputDir = tempDir();
+    await makeTrainer(randomBatches(2, 1, 4, 11), { outputDir, saveSteps: 1 }).trainer.fit();
+    return join(outputDir, "checkpoint-1");
+  }
+  function edit(file: string, change: (v: Record<string, unknown>) => unknown): void {
+    writeFileSync(file, JSON.stringify(change(JSON.parse(readFileSync(file, "utf8")))));
+  }
+
+  it("a trainer_state.json with a negative or non-numeric step is refused, naming the file and key", async () => {
+    for (const [value, shown] of [
+      [-5, "-5"],
+      ["abc", '"abc"'],
+    ] as const) {
+      const dir = await checkpoint();
+      edit(join(dir, "trainer_state.json"), (s) => ({ ...s, globalStep: value }));
+      const { trainer } = makeTrainer(randomBatches(4, 1, 4, 11), { maxSteps: 3 });
+      const err = await trainer.fit({ resumeFrom: dir }).catch((e) => e);
+      expect(err).toMatchObject({ code: "CHECKPOINT_INVALID", detail: { key: "globalStep" } });
+      expect(err.message).toContain(`trainer_state.json: "globalStep" must be a non-negative integer, got ${shown}`);
+    }
+  });
+
+  it("an rng_state.json without a seed is refused the same way", async () => {
+    const dir = await checkpoint();
+    edit(join(dir, "rng_state.json"), () => []);
+    const { trainer } = makeTrainer(randomBatches(4, 1, 4, 11), { maxSteps: 3 });
+    await expect(trainer.fit({ resumeFrom: dir })).rejects.toThrow(
+      /rng_state.json: "seed" must be a non-negative integer, got nothing/,
+    );
   });
 });
 

@@ -24,7 +24,7 @@ import { orderPlugins, type TrainerPlugin } from "./plugin";
 import { defaultFlow } from "./plugins/default-flow";
 import { f32Precision, type Precision } from "./precision";
 import { createSchedule, type SchedulerOptions } from "./schedulers";
-import { initialState, type TrainerState } from "./state";
+import { checkSavedState, initialState, type TrainerState } from "./state";
 import { SingleProcessStrategy, type Strategy } from "./strategy";
 
 /** Where batches come from: a deterministic sequence per epoch that can start after `skip` batches (resume). */
@@ -183,7 +183,9 @@ export class Trainer<B = unknown> {
     if (resumeDir) await this.loadCheckpoint(resumeDir);
     try {
       await this.hooks.emit("fit:start", this.context());
+      this.fitSteps = { run: 0, trained: 0, nonFinite: 0 };
       await this.loop(maxSteps);
+      this.checkSomethingTrained();
       await this.hooks.emit("fit:end", this.context());
     } catch (error) {
       await this.hooks.emit("error", this.context({ error }));
@@ -282,6 +284,9 @@ export class Trainer<B = unknown> {
     this.state.batchInEpoch += rawMicro.length;
     this.state.tokensSeen += stepTokens;
     this.trackNonFinite(finite, stepTokens);
+    this.fitSteps.run++;
+    if (finite && stepTokens > 0) this.fitSteps.trained++;
+    else if (stepTokens > 0) this.fitSteps.nonFinite++;
     const meanLoss = finite ? await this.globalMean(lossSum, stepTokens) : Number.NaN;
     this.lastStep = { loss: meanLoss, tokens: stepTokens, inputTokens: stepInputTokens, lr, gradNorm };
     await this.hooks.emit("step:end", this.context({ loss: meanLoss, skipped: !finite, tokens: stepTokens }));
@@ -292,6 +297,24 @@ export class Trainer<B = unknown> {
   private logAccum = this.freshLogWindow();
   private freshLogWindow() {
     return { loss: 0, tokens: 0, inputTokens: 0, lossTokensRead: 0, steps: 0, since: performance.now() };
+  }
+
+  /** Steps this fit() ran, how many updated the weights, and how many were skipped as non-finite. */
+  private fitSteps = { run: 0, trained: 0, nonFinite: 0 };
+
+  /** A fit whose every step was skipped changed nothing: an error, not a "trained N steps" that wrote an untouched adapter. */
+  private checkSomethingTrained(): void {
+    const { run, trained, nonFinite } = this.fitSteps;
+    if (run === 0 || trained > 0) return;
+    if (nonFinite > 0)
+      throw new TrainerError(
+        "NON_FINITE_LOSS",
+        `every step of this run (${run}) had a NaN/Inf loss or gradient norm and was skipped: nothing was trained; check the model weights, the data and the learning rate`,
+      );
+    throw new TrainerError(
+      "NO_LOSS_TOKENS",
+      `no step of this run (${run}) had a token with a label (every label was -100, e.g. each answer truncated away): nothing was trained`,
+    );
   }
 
   private trackNonFinite(finite: boolean, stepTokens: number): void {
@@ -459,16 +482,27 @@ export class Trainer<B = unknown> {
 
   /** Restore model, optimizer, RNG, data position, trainer state and plugin states from a checkpoint. */
   async loadCheckpoint(dir: string): Promise<void> {
-    const saved = (await readJson(join(dir, "trainer_state.json"))) as TrainerState & { bestStep: number };
+    const stateFile = join(dir, "trainer_state.json");
+    const saved = checkSavedState(await readJson(stateFile), (key, message) => {
+      throw new TrainerError("CHECKPOINT_INVALID", `${stateFile}: ${message}`, { file: stateFile, key });
+    });
     await this.checkpointIO.loadModel(dir, this.model);
     this.strategy.loadOptimizerStateDict(this.options.optimizer, await loadStateTree(dir, "optimizer"));
     const plugins = (await loadStateTree(dir, PLUGIN_STATE)) as Record<string, unknown>;
     for (const p of this.plugins) if (p.loadStateDict && p.name in plugins) p.loadStateDict(plugins[p.name]);
-    const rng = (await readJson(join(dir, "rng_state.json"))) as { seed: number; offset: number };
-    manualSeed(rng.seed).offset = rng.offset;
+    const rngFile = join(dir, "rng_state.json");
+    const rng = (await readJson(rngFile)) as { seed?: unknown; offset?: unknown } | null;
+    for (const key of ["seed", "offset"] as const)
+      if (!Number.isSafeInteger(rng?.[key]) || (rng?.[key] as number) < 0)
+        throw new TrainerError(
+          "CHECKPOINT_INVALID",
+          `${rngFile}: "${key}" must be a non-negative integer, got ${JSON.stringify(rng?.[key]) ?? "nothing"}`,
+          { file: rngFile, key },
+        );
+    manualSeed(rng!.seed as number).offset = rng!.offset as number;
     const { bestStep, ...state } = saved;
     Object.assign(this.state, state, { maxSteps: this.state.maxSteps });
-    this.bestStep = bestStep;
+    this.bestStep = bestStep ?? -1;
     await this.hooks.emit("checkpoint:load", this.context({ dir }));
   }
 

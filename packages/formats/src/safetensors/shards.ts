@@ -3,6 +3,7 @@ import { readFile, stat, readdir } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { SafetensorsError } from "../errors";
 import { AtomicFile, type AtomicWriteOptions } from "../atomic";
+import { ensureDirectory } from "../directory";
 import { parseStrictJson, JsonSyntaxError, type JsonValue } from "../internal/json";
 import { dtypeSize, elementCount, type SafetensorsDtype } from "./dtype";
 import {
@@ -384,7 +385,9 @@ export class ShardedSafetensorsWriter {
       if (names.has(d.name)) throw new SafetensorsError("duplicate_name", "declared twice", { tensor: d.name });
       names.add(d.name);
     }
-    const w = new ShardedSafetensorsWriter(dir, planShards(decls, options.maxShardSize ?? "5GB"), options);
+    const plan = planShards(decls, options.maxShardSize ?? "5GB");
+    await ensureDirectory(dir); // a directory of shards, like save_pretrained: created if missing
+    const w = new ShardedSafetensorsWriter(dir, plan, options);
     await w.#advance();
     return w;
   }

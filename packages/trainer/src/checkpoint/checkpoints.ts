@@ -6,6 +6,7 @@
 import { mkdir, readdir, rm, stat } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import { TrainerError } from "../errors";
+import { ensureDirectory } from "@qlora/formats";
 import { fsyncFile, fsyncTree, renameDir } from "./fsutil";
 
 const NAME = /^checkpoint-(\d+)$/;
@@ -21,7 +22,7 @@ export async function writeCheckpointAtomic(
   step: number,
   fill: (dir: string) => Promise<void>,
 ): Promise<string> {
-  await mkdir(outputDir, { recursive: true });
+  await ensureDirectory(outputDir);
   const tmp = join(outputDir, `${TEMP_PREFIX}${step}-${process.pid}`);
   await rm(tmp, { recursive: true, force: true });
   await mkdir(tmp);
