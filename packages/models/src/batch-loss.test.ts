@@ -54,6 +54,11 @@ describe("batchLoss", () => {
       /batch.labels has 11 entries, expected rows × seqLen = 2 × 6 = 12/,
     );
     expect(() => batchLoss({} as never, rows)).toThrow(/expected a causal LM/);
+    const past = Int32Array.from(rows.inputIds);
+    past[8] = 96; // vocab_size is 96
+    expect(() => batchLoss(model, { ...rows, inputIds: past })).toThrow(
+      /input id 96 \(row 1, position 2\) is outside the model's vocabulary \[0, 96\): the tokenizer \(or a pretokenized dataset\) has ids/,
+    );
     model.dispose();
   });
 });

@@ -243,6 +243,13 @@ export class CausalLM extends Module {
     return new KVCache(this.config.numLayers, this.config.layerWindows);
   }
 
+  /** With a cache: the last position's logits. With labels: the loss (mean, sum, token count). Otherwise: logits. */
+  forward(args: ForwardArgs & { cache: KVCache }): ForwardOutput & { logits: Tensor };
+  forward(
+    args: ForwardArgs & { labels: Tensor; cache?: undefined },
+  ): ForwardOutput & Required<Omit<ForwardOutput, "logits">>;
+  forward(args: ForwardArgs & { labels?: undefined }): ForwardOutput & { logits: Tensor };
+  forward(args: ForwardArgs): ForwardOutput;
   forward(args: ForwardArgs): ForwardOutput {
     if (args.cache) {
       const cache = args.cache;
@@ -257,7 +264,7 @@ export class CausalLM extends Module {
 
   /** Final-norm hidden states [batch, seq, hidden] f32. */
   private hiddenStates(args: ForwardArgs, cache?: KVCache): Tensor {
-    const ids = checkIds("inputIds", args.inputIds);
+    const ids = checkVocabulary(checkIds("inputIds", args.inputIds), this.config.vocabSize);
     const [b, s] = ids.shape;
     const start = cache?.length ?? 0;
     const positions = args.positionIds
@@ -361,6 +368,21 @@ function checkIds(name: string, t: Tensor, shape?: readonly number[]): Tensor {
       },
     );
   return t;
+}
+
+/** An id past the embedding table means the tokenizer and config.json disagree: say so, not the embedding op. */
+function checkVocabulary(ids: Tensor, vocabSize: number): Tensor {
+  const values = ids.toTypedArray() as Int32Array;
+  const at = values.findIndex((id) => id < 0 || id >= vocabSize);
+  if (at >= 0) {
+    const seq = ids.shape[1];
+    throw new ModelError(
+      "bad_token_id",
+      `forward: input id ${values[at]} (row ${Math.floor(at / seq)}, position ${at % seq}) is outside the model's vocabulary [0, ${vocabSize}): the tokenizer (or a pretokenized dataset) has ids that config.json's vocab_size does not`,
+      { key: "inputIds" },
+    );
+  }
+  return ids;
 }
 
 function defaultPositions(b: number, s: number, start: number, like: Tensor): Tensor {
