@@ -40,11 +40,11 @@ export { listCheckpoints, latestCheckpoint, rotateCheckpoints, checkpointDir } f
 export { saveStateTree, loadStateTree } from "./checkpoint/state-tree";
 export { defaultFlow } from "./plugins/default-flow";
 export { loadTokenDataset, ExampleStore, seededPermutation } from "./data/dataset";
-export type { DatasetOptions, DatasetStats, TokenDataset, TokenBatchSource } from "./data/dataset";
+export type { DataFile, DatasetOptions, DatasetStats, TokenDataset, TokenBatchSource } from "./data/dataset";
 export { collate } from "./data/collate";
 export type { TokenBatch, ExampleView } from "./data/collate";
 export { toExample, detectFormat } from "./data/formats";
-export type { DataFormat, Example, FormatOptions } from "./data/formats";
+export type { ChatFields, DataFormat, Example, ExampleCounts, FormatOptions } from "./data/formats";
 export { packBestFitDecreasing } from "./data/pack";
 export { readRecords, fileFormatOf } from "./data/read";
 export type { FileFormat, SourceRecord } from "./data/read";

@@ -30,6 +30,21 @@ describe("schedulers against transformers' curves", () => {
     expect(abs(10)).toBeCloseTo(0.1, 15);
   });
 
+  it("cosine with a min lr rate (Axolotl's cosine_min_lr_ratio) decays to the floor, as cosine_with_min_lr", () => {
+    const c = createSchedule({ name: "cosine", totalSteps: 10, warmupSteps: 2, minLrRate: 0.1 });
+    const m = createSchedule({ name: "cosine_with_min_lr", totalSteps: 10, warmupSteps: 2, minLrRate: 0.1 });
+    expect(c(1)).toBe(0.5);
+    expect(c(6)).toBeCloseTo(0.55, 15);
+    expect(c(10)).toBeCloseTo(0.1, 15);
+    for (let s = 0; s <= 10; s++) expect(c(s)).toBe(m(s));
+    expect(() => createSchedule({ name: "linear", totalSteps: 10, minLrRate: 0.1 })).toThrow(
+      /minLrRate \/ minLr apply to cosine and cosine_with_min_lr, not to linear/,
+    );
+    expect(() => createSchedule({ name: "cosine", totalSteps: 10, minLrRate: 1.5 })).toThrow(
+      /must be in \[0, 1\], got 1.5/,
+    );
+  });
+
   it("warmup_stable_decay: linear warmup, flat, cosine decay to the min ratio", () => {
     const f = createSchedule({ name: "warmup_stable_decay", totalSteps: 10, warmupSteps: 2, decayRatio: 0.2 });
     expect(at(f, [0, 1, 2, 5, 7, 8])).toEqual([0, 0.5, 1, 1, 1, 1]);

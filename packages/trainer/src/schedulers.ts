@@ -22,7 +22,10 @@ export interface SchedulerOptions {
   readonly warmupRatio?: number;
   /** cosine: number of cosine waves (default 0.5: one half wave down to 0). */
   readonly numCycles?: number;
-  /** cosine_with_min_lr: floor as a rate of the base lr (minLrRate) or as an absolute lr (minLr, needs baseLr). */
+  /**
+   * cosine_with_min_lr (required) and cosine (optional; Axolotl's cosine_min_lr_ratio): floor as a rate of the base
+   * lr (minLrRate) or as an absolute lr (minLr, needs baseLr). Other schedules refuse them.
+   */
   readonly minLrRate?: number;
   readonly minLr?: number;
   readonly baseLr?: number;
@@ -48,6 +51,11 @@ export function warmupSteps(o: Pick<SchedulerOptions, "warmupSteps" | "warmupRat
 export function createSchedule(o: SchedulerOptions): (step: number) => number {
   if (!(Number.isInteger(o.totalSteps) && o.totalSteps > 0))
     throw new TrainerError("BAD_ARGUMENT", `scheduler: totalSteps must be a positive integer, got ${o.totalSteps}`);
+  if ((o.minLrRate !== undefined || o.minLr !== undefined) && o.name !== "cosine" && o.name !== "cosine_with_min_lr")
+    throw new TrainerError(
+      "BAD_ARGUMENT",
+      `scheduler: minLrRate / minLr apply to cosine and cosine_with_min_lr, not to ${o.name} (warmup_stable_decay takes minLrRatio)`,
+    );
   const warm = warmupSteps(o);
   const total = o.totalSteps;
   const ramp = (s: number) => s / Math.max(1, warm);
@@ -59,7 +67,13 @@ export function createSchedule(o: SchedulerOptions): (step: number) => number {
     case "linear":
       return (s) => (s < warm ? ramp(s) : Math.max(0, (total - s) / Math.max(1, total - warm)));
     case "cosine":
-      return cosine(warm, total, o.numCycles ?? 0.5, 0);
+      // Axolotl's cosine_min_lr_ratio: the same curve, decaying to the floor instead of 0.
+      return cosine(
+        warm,
+        total,
+        o.numCycles ?? 0.5,
+        o.minLrRate === undefined && o.minLr === undefined ? 0 : minRate(o),
+      );
     case "cosine_with_min_lr":
       return cosine(warm, total, o.numCycles ?? 0.5, minRate(o));
     case "warmup_stable_decay":
@@ -73,9 +87,12 @@ export function createSchedule(o: SchedulerOptions): (step: number) => number {
 }
 
 function minRate(o: SchedulerOptions): number {
-  if (o.minLrRate !== undefined) return o.minLrRate;
-  if (o.minLr !== undefined && o.baseLr) return o.minLr / o.baseLr;
-  throw new TrainerError("BAD_ARGUMENT", "cosine_with_min_lr needs minLrRate, or minLr together with baseLr");
+  const rate = o.minLrRate ?? (o.minLr !== undefined && o.baseLr ? o.minLr / o.baseLr : undefined);
+  if (rate === undefined)
+    throw new TrainerError("BAD_ARGUMENT", `${o.name} needs minLrRate, or minLr together with baseLr`);
+  if (!(rate >= 0 && rate <= 1))
+    throw new TrainerError("BAD_ARGUMENT", `${o.name}: the min lr rate must be in [0, 1], got ${rate}`);
+  return rate;
 }
 
 function cosine(warm: number, total: number, cycles: number, floor: number): (s: number) => number {

@@ -12,6 +12,7 @@ import { collate } from "./collate";
 import { type DatasetOptions, loadTokenDataset, seededPermutation } from "./dataset";
 import { toExample } from "./formats";
 import { packBestFitDecreasing } from "./pack";
+import { readRecords } from "./read";
 
 const REPO = new URL("../../../../", import.meta.url).pathname;
 const STREAM_SCRIPT = new URL("../../test/stream-script.ts", import.meta.url).pathname;
@@ -26,7 +27,7 @@ function jsonl(rows: unknown[], ext = "jsonl"): string {
   );
   return p;
 }
-const base = (files: string, extra: Partial<DatasetOptions> = {}): DatasetOptions => ({
+const base = (files: DatasetOptions["files"], extra: Partial<DatasetOptions> = {}): DatasetOptions => ({
   files,
   tokenizer: charTokenizer,
   maxLength: 64,
@@ -34,7 +35,7 @@ const base = (files: string, extra: Partial<DatasetOptions> = {}): DatasetOption
   ...extra,
 });
 const rec = (value: unknown, line = 1) => ({ value, file: "f.jsonl", line });
-const stats = () => ({ truncated: 0, dropped: 0 });
+const stats = () => ({ truncated: 0, dropped: 0, noLossTokens: 0 });
 const enc = (s: string) => charTokenizer.encode(s, { addSpecialTokens: false });
 
 describe("formats", () => {
@@ -108,6 +109,88 @@ describe("formats", () => {
     expect(t.example(0).inputIds.length).toBe(16);
     const d = await loadTokenDataset(base(f, { maxLength: 16, microBatchSize: 1, overflow: "drop" }));
     expect(d.stats).toMatchObject({ examples: 1, dropped: 1 });
+  });
+
+  it("overflow raise is an error naming the file, line and both lengths", async () => {
+    const f = jsonl([{ text: "short" }, { text: "a".repeat(40) }]);
+    await expect(loadTokenDataset(base(f, { maxLength: 16, overflow: "raise" }))).rejects.toMatchObject({
+      code: "DATA_TOO_LONG",
+      message: expect.stringMatching(/d\d+\.jsonl:2: the example is 42 tokens, longer than the maximum length 16/),
+    });
+    expect((await loadTokenDataset(base(f, { maxLength: 64, overflow: "raise" }))).stats.examples).toBe(2);
+  });
+
+  it("examples whose loss tokens are all truncated away are dropped and counted; none left is an error", async () => {
+    const long = { prompt: "p".repeat(30), completion: "c" };
+    const f = jsonl([long, { prompt: "q", completion: "answer" }, long]);
+    const d = await loadTokenDataset(base(f, { maxLength: 16, microBatchSize: 1 }));
+    expect(d.stats).toMatchObject({ rows: 3, examples: 1, truncated: 2, dropped: 2, noLossTokens: 2 });
+    expect(d.example(0).labels.filter((l) => l !== -100).length).toBe(7); // "answer" + EOS
+    const all = jsonl([long, long]);
+    await expect(loadTokenDataset(base(all, { maxLength: 16 }))).rejects.toMatchObject({
+      code: "EMPTY_DATASET",
+      message: expect.stringMatching(
+        /no examples \(2 rows, 2 dropped with no token that carries loss \(2 truncated to 16/,
+      ),
+    });
+  });
+
+  it("each file is parsed with its own format, not guessed from the keys of its rows", async () => {
+    const both = jsonl([{ prompt: "ab", completion: "cd", text: "ab cd" }]);
+    const share = jsonl([
+      {
+        conversations: [
+          { from: "human", value: "q" },
+          { from: "gpt", value: "a" },
+        ],
+      },
+    ]);
+    const chat = { field: "conversations", role: "from", content: "value", roles: { human: "user", gpt: "assistant" } };
+    const d = await loadTokenDataset(
+      base([both, { path: share, format: "messages", chat }], { format: "text", shuffle: false, microBatchSize: 1 }),
+    );
+    expect(d.stats.examples).toBe(2);
+    // as text: every token after the first carries loss (auto would pick prompt_completion and mask the prompt)
+    expect([...d.example(0).labels]).toEqual([-100, ...enc("ab cd"), 2]);
+    const trained = String.fromCharCode(...[...d.example(1).labels].filter((l) => l !== -100).map((i) => i - 3));
+    expect(trained).toBe("a</>");
+    // a text row declared alpaca is an error naming the file, not a silent fallback
+    const text = jsonl([{ text: "plain" }]);
+    await expect(loadTokenDataset(base([{ path: text, format: "alpaca" }, both]))).rejects.toThrow(
+      /d\d+\.jsonl:1: field "instruction" is missing; format "alpaca" expects/,
+    );
+  });
+
+  it("chat fields: ShareGPT rows without a roles map have no assistant turn; errors name the mapped fields", () => {
+    const row = {
+      conversations: [
+        { from: "human", value: "q" },
+        { from: "gpt", value: "a" },
+      ],
+    };
+    const o = { format: "messages" as const, tokenizer: charTokenizer };
+    expect(() =>
+      toExample(rec(row), { ...o, chat: { field: "conversations", role: "from", content: "value" } }, stats()),
+    ).toThrow(
+      /there is no assistant turn; format "messages" expects \{"conversations": \[\{"from": string, "value": string\}/,
+    );
+    expect(() =>
+      toExample(
+        rec({ conversations: [{ from: "gpt" }] }, 3),
+        { ...o, chat: { field: "conversations", role: "from", content: "value" } },
+        stats(),
+      ),
+    ).toThrow(/f\.jsonl:3: conversations\[0\] lacks a string "from" and "value"/);
+  });
+
+  it("padToMaxLength pads every batch to maxLength; without it a batch is as long as its longest row", async () => {
+    const f = jsonl([{ text: "ab" }, { text: "abcd" }]);
+    const lens = async (pad: boolean) =>
+      [...(await loadTokenDataset(base(f, { maxLength: 32, padToMaxLength: pad }))).train.batches(0, 0)].map(
+        (b) => b.seqLen,
+      );
+    expect(await lens(true)).toEqual([32]);
+    expect(await lens(false)).toEqual([6]);
   });
 
   it("JSON arrays and plain text files are read too; invalid JSON names the line", async () => {
@@ -214,6 +297,12 @@ describe("batches", () => {
     let evalRows = 0;
     for (const b of d.eval!.batches(0, 0)) evalRows += b.rows;
     expect(evalRows).toBe(10);
+    // a count of examples (HF's integer test_size); a fraction rounds up, so it holds out at least one
+    expect((await loadTokenDataset(base(f, { validationSplit: 3 }))).stats.evalExamples).toBe(3);
+    expect((await loadTokenDataset(base(f, { validationSplit: 0.01 }))).stats.evalExamples).toBe(1);
+    await expect(loadTokenDataset(base(f, { validationSplit: 40 }))).rejects.toThrow(
+      /validationSplit 40 holds out 40 of 40 examples; expected a fraction in \(0, 1\) or an integer count/,
+    );
     const packed = await loadTokenDataset(base(f, { packing: true, maxLength: 32 }));
     const plain = await loadTokenDataset(base(f, { maxLength: 32 }));
     const count = (d: typeof plain) => [...d.train.batches(0, 0)].reduce((s, b) => s + b.rows, 0);
@@ -261,5 +350,49 @@ describe("streaming", () => {
     const whole = run("whole");
     expect(whole.status).not.toBe(0);
     expect(whole.stderr).toMatch(/heap out of memory|Invalid string length|Cannot create a string/);
+  });
+});
+
+describe("reading files", () => {
+  const raw = (bytes: Uint8Array | string, ext = "jsonl") => {
+    const p = join(root, `raw${fileNo++}.${ext}`);
+    writeFileSync(p, bytes);
+    return p;
+  };
+  const collect = async (file: string) => {
+    const out: unknown[] = [];
+    for await (const r of readRecords(file)) out.push([r.value, r.line]);
+    return out;
+  };
+
+  it("a UTF-8 byte-order mark is dropped; CRLF and a last line without newline are read", async () => {
+    const file = raw('\uFEFF{"text":"a"}\r\n{"text":"é"}\r\n\r\n{"text":"c"}');
+    expect(await collect(file)).toEqual([
+      [{ text: "a" }, 1],
+      [{ text: "é" }, 2],
+      [{ text: "c" }, 4],
+    ]);
+    expect(await collect(raw('\uFEFF[{"text":"a"}]', "json"))).toEqual([[{ text: "a" }, 1]]);
+  });
+
+  it("bytes that are not UTF-8 (Latin-1) are an error naming the line, not U+FFFD in the text", async () => {
+    const latin1 = Buffer.concat([
+      Buffer.from('{"text":"ok"}\n{"text":"caf'),
+      Buffer.from([0xe9]),
+      Buffer.from('"}\n'),
+    ]);
+    await expect(collect(raw(latin1))).rejects.toMatchObject({
+      code: "DATA_ENCODING",
+      message: expect.stringMatching(/raw\d+\.jsonl:2: not valid UTF-8/),
+    });
+    await expect(collect(raw(latin1, "txt"))).rejects.toThrow(/:2: not valid UTF-8/);
+  });
+
+  it("a line split across read chunks (over 64 KiB) decodes whole, multi-byte characters included", async () => {
+    const long = "ü".repeat(70_000);
+    expect(await collect(raw(`{"text":"${long}"}\n{"text":"b"}`))).toEqual([
+      [{ text: long }, 1],
+      [{ text: "b" }, 2],
+    ]);
   });
 });

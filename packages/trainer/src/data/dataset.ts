@@ -7,29 +7,48 @@ import { Generator } from "@qlora/tensor";
 import { TrainerError } from "../errors";
 import type { BatchSource } from "../trainer";
 import { type ExampleView, type TokenBatch, collate } from "./collate";
-import { type DataFormat, toExample } from "./formats";
+import { type ChatFields, type DataFormat, toExample } from "./formats";
 import { packBestFitDecreasing } from "./pack";
 import { type FileFormat, readRecords } from "./read";
 import type { DataTokenizer } from "./tokenizer";
 
+/** One file with its own row format (and chat fields): datasets of several types load side by side. */
+export interface DataFile {
+  readonly path: string;
+  /** Default: DatasetOptions.format. */
+  readonly format?: DataFormat;
+  /** Default: DatasetOptions.chat. */
+  readonly chat?: ChatFields;
+}
+
 export interface DatasetOptions {
-  readonly files: string | readonly string[];
+  readonly files: string | DataFile | readonly (string | DataFile)[];
   /** File format; default by extension (.jsonl, .json, .txt, .parquet). */
   readonly fileFormat?: FileFormat;
-  /** Row format; default "auto" (by the keys of each row). */
+  /** Row format of files that name none; default "auto" (by the keys of each row). */
   readonly format?: DataFormat;
+  /** format "messages": where the turns are, for files that name none (default `messages: [{role, content}]`). */
+  readonly chat?: ChatFields;
   readonly tokenizer?: DataTokenizer;
   readonly trainOnInputs?: boolean;
-  /** Sequence length: rows longer are truncated (default) or dropped (overflow "drop"); packed rows are this long. */
+  /**
+   * Sequence length: rows longer are truncated (default), dropped (overflow "drop") or an error naming the row
+   * (overflow "raise"); packed rows are this long. Rows with no loss token left are dropped and counted.
+   */
   readonly maxLength: number;
-  readonly overflow?: "truncate" | "drop";
+  readonly overflow?: "truncate" | "drop" | "raise";
   readonly packing?: boolean;
+  /** Pad every batch to maxLength (Axolotl's pad_to_sequence_len), not to its longest row: one shape throughout. */
+  readonly padToMaxLength?: boolean;
   readonly microBatchSize: number;
   /** Unpacked only: batches of similar lengths (less padding), as transformers' group_by_length. */
   readonly groupByLength?: boolean;
   readonly shuffle?: boolean;
   readonly seed?: number;
-  /** Fraction (0 < x < 1) or count of examples held out for evaluation. */
+  /**
+   * Fraction (0 < x < 1: ceil(x · examples), as datasets' train_test_split) or count (an integer ≥ 1) of examples
+   * held out for evaluation.
+   */
   readonly validationSplit?: number;
   readonly padId?: number;
   /** Data parallelism: this rank gets every worldSize-th batch. */
@@ -41,7 +60,10 @@ export interface DatasetStats {
   rows: number;
   examples: number;
   truncated: number;
+  /** Rows left out: too long (overflow "drop") or with no loss token (counted again in noLossTokens). */
   dropped: number;
+  /** Rows dropped because no token carries loss (e.g. the completion was truncated away). */
+  noLossTokens: number;
   tokens: number;
   evalExamples: number;
 }
@@ -117,18 +139,29 @@ export async function loadTokenDataset(o: DatasetOptions): Promise<TokenDataset>
       "BAD_ARGUMENT",
       `dataset: microBatchSize must be a positive integer, got ${o.microBatchSize}`,
     );
-  const files = typeof o.files === "string" ? [o.files] : o.files;
+  const files = (Array.isArray(o.files) ? o.files : [o.files]) as readonly (string | DataFile)[];
   const store = new ExampleStore();
-  const stats: DatasetStats = { rows: 0, examples: 0, truncated: 0, dropped: 0, tokens: 0, evalExamples: 0 };
-  const fo = {
-    format: o.format ?? "auto",
-    tokenizer: o.tokenizer,
-    trainOnInputs: o.trainOnInputs,
-    maxLength: o.maxLength,
-    overflow: o.overflow,
-  } as const;
-  for (const file of files) {
-    for await (const rec of readRecords(file, o.fileFormat)) {
+  const stats: DatasetStats = {
+    rows: 0,
+    examples: 0,
+    truncated: 0,
+    dropped: 0,
+    noLossTokens: 0,
+    tokens: 0,
+    evalExamples: 0,
+  };
+  for (const entry of files) {
+    const file: DataFile = typeof entry === "string" ? { path: entry } : entry;
+    // Each file is parsed with its own format: a mixed list must not fall back to guessing by keys.
+    const fo = {
+      format: file.format ?? o.format ?? "auto",
+      chat: file.chat ?? o.chat,
+      tokenizer: o.tokenizer,
+      trainOnInputs: o.trainOnInputs,
+      maxLength: o.maxLength,
+      overflow: o.overflow,
+    } as const;
+    for await (const rec of readRecords(file.path, o.fileFormat)) {
       stats.rows++;
       const ex = toExample(rec, fo, stats);
       if (ex) store.push(ex);
@@ -136,11 +169,9 @@ export async function loadTokenDataset(o: DatasetOptions): Promise<TokenDataset>
   }
   stats.examples = store.size;
   stats.tokens = store.tokens;
+  const paths = files.map((f) => (typeof f === "string" ? f : f.path)).join(", ");
   if (store.size === 0)
-    throw new TrainerError(
-      "EMPTY_DATASET",
-      `dataset ${files.join(", ")}: no examples (${stats.rows} rows, ${stats.dropped} dropped for length)`,
-    );
+    throw new TrainerError("EMPTY_DATASET", `dataset ${paths}: no examples (${whyEmpty(o, stats)})`);
   const seed = o.seed ?? 42;
   const { train, evalIdx } = split(store.size, o.validationSplit, seed);
   stats.evalExamples = evalIdx.length;
@@ -157,13 +188,26 @@ export async function loadTokenDataset(o: DatasetOptions): Promise<TokenDataset>
   };
 }
 
+/** Why no example is left, for the EMPTY_DATASET error. */
+function whyEmpty(o: DatasetOptions, s: DatasetStats): string {
+  const tooLong = s.dropped - s.noLossTokens;
+  const parts = [`${s.rows} rows`];
+  if (tooLong > 0) parts.push(`${tooLong} dropped as longer than ${o.maxLength} tokens`);
+  if (s.noLossTokens > 0)
+    parts.push(
+      `${s.noLossTokens} dropped with no token that carries loss${s.truncated > 0 ? ` (${s.truncated} truncated to ${o.maxLength} tokens: is the maximum length too short for the prompts?)` : ""}`,
+    );
+  return parts.join(", ");
+}
+
 function split(n: number, validation: number | undefined, seed: number): { train: number[]; evalIdx: number[] } {
   if (!validation) return { train: Array.from({ length: n }, (_, i) => i), evalIdx: [] };
-  const k = validation < 1 ? Math.round(validation * n) : validation;
-  if (!(Number.isInteger(k) && k >= 0 && k < n))
+  // ceil, as datasets' train_test_split: a fraction > 0 always holds out at least one example.
+  const k = validation < 1 ? Math.ceil(validation * n) : validation;
+  if (!(validation > 0 && Number.isInteger(k) && k < n))
     throw new TrainerError(
       "BAD_ARGUMENT",
-      `validationSplit ${validation} is not a fraction in (0, 1) or a count < ${n}`,
+      `validationSplit ${validation} holds out ${Number.isInteger(k) ? k : validation} of ${n} examples; expected a fraction in (0, 1) or an integer count that leaves at least one example to train on`,
     );
   const perm = seededPermutation(n, seed, 0x5eed);
   return { train: perm.slice(k).sort((a, b) => a - b), evalIdx: perm.slice(0, k).sort((a, b) => a - b) };
@@ -204,7 +248,7 @@ function batchSource(
       const all = epochBatches(epoch);
       for (let b = skip; b < all.length; b++) {
         const exRows = all[b].map((r) => r.map((i) => store.get(i)));
-        const seqLen = o.packing ? o.maxLength : Math.max(...all[b].map(rowLen));
+        const seqLen = o.packing || o.padToMaxLength ? o.maxLength : Math.max(...all[b].map(rowLen));
         yield collate(exRows, seqLen, o.padId);
       }
     },

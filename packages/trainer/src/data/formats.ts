@@ -14,13 +14,42 @@ export interface Example {
   readonly labels: Int32Array;
 }
 
+/**
+ * Where a "messages" row keeps its turns (Axolotl's chat_template options): the list's field, each turn's role and
+ * content keys, and a map from the data's role names to the template's. ShareGPT data is
+ * `{ field: "conversations", role: "from", content: "value" }` with human → user, gpt → assistant.
+ */
+export interface ChatFields {
+  /** Default "messages". */
+  readonly field?: string;
+  /** Default "role". */
+  readonly role?: string;
+  /** Default "content". */
+  readonly content?: string;
+  /** Data role → template role; roles not listed pass through unchanged. */
+  readonly roles?: Readonly<Record<string, string>>;
+}
+
 export interface FormatOptions {
   readonly format: DataFormat;
   readonly tokenizer?: DataTokenizer;
   readonly trainOnInputs?: boolean;
   readonly maxLength?: number;
-  /** "truncate" (default) keeps the first maxLength tokens; "drop" skips the row. Both are counted. */
-  readonly overflow?: "truncate" | "drop";
+  /**
+   * Longer than maxLength: "truncate" (default) keeps the first maxLength tokens, "drop" skips the row (both are
+   * counted), "raise" is an error naming the row.
+   */
+  readonly overflow?: "truncate" | "drop" | "raise";
+  /** format "messages": where the turns are (default `messages: [{role, content}]`). */
+  readonly chat?: ChatFields;
+}
+
+/** Counters toExample updates: rows truncated, and rows left out (too long, or no token carries loss). */
+export interface ExampleCounts {
+  truncated: number;
+  dropped: number;
+  /** Of `dropped`: rows with no loss token (e.g. the completion was truncated away); they would train nothing. */
+  noLossTokens: number;
 }
 
 const EXPECTED: Record<Exclude<DataFormat, "auto">, string> = {
@@ -73,12 +102,11 @@ function needTokenizer(o: FormatOptions, rec: SourceRecord): DataTokenizer {
   return o.tokenizer;
 }
 
-/** The example of one record, or null when it is dropped for its length. `stats` counts truncations/drops. */
-export function toExample(
-  rec: SourceRecord,
-  o: FormatOptions,
-  stats: { truncated: number; dropped: number },
-): Example | null {
+/**
+ * The example of one record, or null when it is dropped: too long under overflow "drop", or no token left that
+ * carries loss (Axolotl drops these too: they add nothing but compute). `stats` counts truncations and drops.
+ */
+export function toExample(rec: SourceRecord, o: FormatOptions, stats: ExampleCounts): Example | null {
   const format = o.format === "auto" ? detectFormat(rec.value) : o.format;
   if (!format)
     throw new TrainerError(
@@ -92,6 +120,12 @@ export function toExample(
   if (ids.length === 0) throw bad(rec, format, "it has no tokens");
   let n = ids.length;
   if (o.maxLength !== undefined && n > o.maxLength) {
+    if (o.overflow === "raise")
+      throw new TrainerError(
+        "DATA_TOO_LONG",
+        `${rec.file}:${rec.line}: the example is ${n} tokens, longer than the maximum length ${o.maxLength}; raise the maximum length, or truncate or drop such examples`,
+        { file: rec.file, line: rec.line },
+      );
     if (o.overflow === "drop") {
       stats.dropped++;
       return null;
@@ -105,6 +139,11 @@ export function toExample(
   if (format === "pretokenized" && (rec.value as { labels?: unknown }).labels)
     for (let i = 0; i < n; i++) labels[i] = (rec.value as { labels: number[] }).labels[i];
   labels[0] = -100; // position 0 is never a target of the shifted loss; this keeps token counts exact
+  if (!labels.some((l) => l !== -100)) {
+    stats.dropped++;
+    stats.noLossTokens++;
+    return null;
+  }
   return { inputIds, labels };
 }
 
@@ -163,15 +202,9 @@ function chat(rec: SourceRecord, o: FormatOptions) {
       file: rec.file,
       line: rec.line,
     });
-  const msgs = (rec.value as { messages?: unknown }).messages;
-  if (!Array.isArray(msgs) || msgs.length === 0) throw bad(rec, "messages", `"messages" is not a non-empty array`);
-  msgs.forEach((m, i) => {
-    const t = m as Partial<ChatTurn>;
-    if (typeof t?.role !== "string" || typeof t.content !== "string")
-      throw bad(rec, "messages", `messages[${i}] lacks a string "role" and "content"`);
-  });
-  const turns = msgs as ChatTurn[];
-  if (!turns.some((t) => t.role === "assistant")) throw bad(rec, "messages", "there is no assistant turn");
+  const turns = chatTurns(rec, o.chat ?? {});
+  if (!turns.some((t) => t.role === "assistant"))
+    throw badChat(rec, o.chat ?? {}, `there is no assistant turn${o.chat?.roles ? " (after the roles mapping)" : ""}`);
   const enc = (m: readonly ChatTurn[], gen: boolean) =>
     tok.encode(tok.applyChatTemplate?.(m, { addGenerationPrompt: gen }) ?? "", { addSpecialTokens: false });
   const ids = [...enc(turns, false)];
@@ -186,6 +219,33 @@ function chat(rec: SourceRecord, o: FormatOptions) {
     for (let j = start; j < end.length; j++) mask[j] = true;
   });
   return { ids, mask };
+}
+
+/** The turns of a chat row, read through the ChatFields mapping and renamed to the template's roles. */
+function chatTurns(rec: SourceRecord, f: ChatFields): ChatTurn[] {
+  const field = f.field ?? "messages";
+  const [roleKey, contentKey] = [f.role ?? "role", f.content ?? "content"];
+  const msgs = (rec.value as Record<string, unknown>)[field];
+  if (!Array.isArray(msgs) || msgs.length === 0) throw badChat(rec, f, `"${field}" is not a non-empty array`);
+  return msgs.map((m, i) => {
+    const t = (m ?? {}) as Record<string, unknown>;
+    const role = t[roleKey];
+    const content = t[contentKey];
+    if (typeof role !== "string" || typeof content !== "string")
+      throw badChat(rec, f, `${field}[${i}] lacks a string "${roleKey}" and "${contentKey}"`);
+    return { role: f.roles?.[role] ?? role, content };
+  });
+}
+
+/** A chat row error that states the fields this dataset maps, not only the default ones. */
+function badChat(rec: SourceRecord, f: ChatFields, what: string): TrainerError {
+  const field = f.field ?? "messages";
+  const [role, content] = [f.role ?? "role", f.content ?? "content"];
+  return new TrainerError(
+    "DATA_ROW",
+    `${rec.file}:${rec.line}: ${what}; format "messages" expects {"${field}": [{"${role}": string, "${content}": string}, ...]} with at least one "assistant" turn`,
+    { file: rec.file, line: rec.line },
+  );
 }
 
 function pretokenized(rec: SourceRecord) {

@@ -5,7 +5,6 @@
  */
 import { createReadStream } from "node:fs";
 import { readFile } from "node:fs/promises";
-import { createInterface } from "node:readline";
 import { TrainerError } from "../errors";
 
 export type FileFormat = "jsonl" | "json" | "text" | "parquet";
@@ -42,13 +41,9 @@ export async function* readRecords(
     yield* readParquet(file);
     return;
   }
-  const lines = createInterface({
-    input: createReadStream(file, { encoding: "utf8" }),
-    crlfDelay: Number.POSITIVE_INFINITY,
-  });
   let line = 0;
   try {
-    for await (const text of lines) {
+    for await (const text of utf8Lines(file)) {
       line++;
       if (text.trim() === "") continue;
       if (format === "text") {
@@ -69,15 +64,48 @@ export async function* readRecords(
   } catch (e) {
     if (e instanceof TrainerError) throw e;
     throw new TrainerError("DATA_READ", `${file}: ${(e as Error).message}`, { file });
-  } finally {
-    lines.close();
   }
+}
+
+/**
+ * The file's lines (LF or CRLF), decoded as strict UTF-8: a byte sequence that is not UTF-8 (a Latin-1 "é") is an
+ * error naming the line, not a silent U+FFFD in the training text. A leading byte-order mark is dropped.
+ */
+async function* utf8Lines(file: string): AsyncGenerator<string> {
+  const decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+  let line = 0;
+  const decode = (bytes: Uint8Array) => {
+    line++;
+    const end = bytes.length > 0 && bytes[bytes.length - 1] === 0x0d ? bytes.length - 1 : bytes.length;
+    let text: string;
+    try {
+      text = decoder.decode(bytes.subarray(0, end));
+    } catch {
+      throw new TrainerError("DATA_ENCODING", `${file}:${line}: not valid UTF-8 (save the file as UTF-8)`, {
+        file,
+        line,
+      });
+    }
+    return line === 1 && text.startsWith("\uFEFF") ? text.slice(1) : text;
+  };
+  let parts: Buffer[] = []; // the current line's bytes so far, when it spans chunks
+  for await (const chunk of createReadStream(file) as AsyncIterable<Buffer>) {
+    let from = 0;
+    for (let nl = chunk.indexOf(0x0a); nl >= 0; nl = chunk.indexOf(0x0a, from)) {
+      const piece = chunk.subarray(from, nl);
+      yield decode(parts.length > 0 ? Buffer.concat([...parts, piece]) : piece);
+      parts = [];
+      from = nl + 1;
+    }
+    if (from < chunk.length) parts.push(chunk.subarray(from));
+  }
+  if (parts.length > 0) yield decode(Buffer.concat(parts));
 }
 
 async function* readJsonArray(file: string): AsyncGenerator<SourceRecord> {
   let parsed: unknown;
   try {
-    parsed = JSON.parse(await readFile(file, "utf8"));
+    parsed = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(await readFile(file))); // drops a BOM
   } catch (e) {
     throw new TrainerError("DATA_PARSE", `${file}: not a readable JSON file (${(e as Error).message})`, { file });
   }
