@@ -159,6 +159,14 @@ describe("adapter_config.json", () => {
     const back = configFromJson(JSON.parse(JSON.stringify(json)));
     expect({ ...back, inference_mode: false }).toEqual({ ...c, target_modules: ["q_proj", "v_proj"] });
   });
+  it('task_type: PEFT\'s TaskType values ("CAUSAL_LM" round-trips); anything else names the field', () => {
+    const json = configToJson(loraConfig({ task_type: "CAUSAL_LM", target_modules: ["q_proj"] }));
+    expect(json.task_type).toBe("CAUSAL_LM");
+    expect(configFromJson(JSON.parse(JSON.stringify(json))).task_type).toBe("CAUSAL_LM");
+    expect(() => loraConfig({ task_type: "causal_lm" })).toThrow(
+      /LoraConfig.task_type: expected one of SEQ_CLS, SEQ_2_SEQ_LM, CAUSAL_LM, TOKEN_CLS, QUESTION_ANS, FEATURE_EXTRACTION or null, got "causal_lm"/,
+    );
+  });
   it("a minimal PEFT config loads with defaults", () => {
     expect(configFromJson({ peft_type: "LORA", target_modules: ["q_proj"] })).toEqual({
       ...LORA_DEFAULTS,

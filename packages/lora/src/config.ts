@@ -39,6 +39,16 @@ export interface LoraConfig {
   readonly lora_bias: boolean;
 }
 
+/** PEFT's TaskType values (a causal LM adapter is "CAUSAL_LM": what AutoPeftModelForCausalLM needs). */
+export const PEFT_TASK_TYPES = [
+  "SEQ_CLS",
+  "SEQ_2_SEQ_LM",
+  "CAUSAL_LM",
+  "TOKEN_CLS",
+  "QUESTION_ANS",
+  "FEATURE_EXTRACTION",
+] as const;
+
 export type LoraConfigInput = Partial<Omit<LoraConfig, "peft_type">> & { peft_type?: "LORA" };
 
 export const LORA_DEFAULTS: LoraConfig = {
@@ -208,6 +218,8 @@ export function loraConfig(input: LoraConfigInput = {}): LoraConfig {
     bad("modules_to_save", `expected a list of module names or null, got ${JSON.stringify(c.modules_to_save)}`);
   for (const f of ["use_rslora", "use_dora", "fan_in_fan_out", "inference_mode"] as const)
     if (typeof c[f] !== "boolean") bad(f, `expected a boolean, got ${JSON.stringify(c[f])}`);
+  if (c.task_type != null && !PEFT_TASK_TYPES.includes(c.task_type as (typeof PEFT_TASK_TYPES)[number]))
+    bad("task_type", `expected one of ${PEFT_TASK_TYPES.join(", ")} or null, got ${JSON.stringify(c.task_type)}`);
   const out: LoraConfig = {
     peft_type: "LORA",
     task_type: c.task_type ?? null,

@@ -192,7 +192,7 @@ export class LoraLinear extends Module {
   }
 
   /** Replace the base weight values (dense: in place; 4-bit: re-quantized into a new Linear4bit). */
-  setBaseWeight(values: Float32Array, why: string): MergeReport | null {
+  setBaseWeight(values: Float32Array, why: string, options: { warn?: boolean } = {}): MergeReport | null {
     const b = this.baseLayer;
     if (b instanceof Linear) {
       const t = tensor(values, { shape: [this.outFeatures, this.inFeatures], backend: b.weight.backend });
@@ -222,9 +222,10 @@ export class LoraLinear extends Module {
     this.setSubmodule("base_layer", nb);
     b.dispose();
     const report = { adapter: why, requantized: true, maxAbsError: maxErr, meanAbsError: sumErr / back.length };
-    this.onWarning(
-      `LoraLinear: ${why} re-quantized the 4-bit base weight; generations may differ from the unquantized result (max |error| ${maxErr.toExponential(3)}, mean ${report.meanAbsError.toExponential(3)})`,
-    );
+    if (options.warn ?? true)
+      this.onWarning(
+        `LoraLinear: ${why} re-quantized the 4-bit base weight; generations may differ from the unquantized result (max |error| ${maxErr.toExponential(3)}, mean ${report.meanAbsError.toExponential(3)})`,
+      );
     return report;
   }
 
@@ -324,8 +325,11 @@ export class LoraLinear extends Module {
     return y!;
   }
 
-  /** Add the active (or named) adapters' ΔW into the base weight. 4-bit: dequantize, add, re-quantize, warn. */
-  merge(options: { adapterNames?: readonly string[]; safeMerge?: boolean } = {}): MergeReport[] {
+  /**
+   * Add the active (or named) adapters' ΔW into the base weight. 4-bit: dequantize, add, re-quantize, warn
+   * (warn false: the report carries the error and the caller says it once, as LoraModel.merge does).
+   */
+  merge(options: { adapterNames?: readonly string[]; safeMerge?: boolean; warn?: boolean } = {}): MergeReport[] {
     const names = options.adapterNames ?? this.activeAdapters;
     const reports: MergeReport[] = [];
     for (const name of names) {
@@ -338,7 +342,7 @@ export class LoraLinear extends Module {
           "NOT_MERGEABLE",
           `merge: adapter "${name}" produces non-finite weights; the base was left unchanged`,
         );
-      const r = this.setBaseWeight(merged, `merging adapter "${name}"`);
+      const r = this.setBaseWeight(merged, `merging adapter "${name}"`, { warn: options.warn });
       reports.push(
         r ? { ...r, adapter: name } : { adapter: name, requantized: false, maxAbsError: 0, meanAbsError: 0 },
       );
@@ -347,8 +351,8 @@ export class LoraLinear extends Module {
     return reports;
   }
 
-  /** Subtract merged adapters in reverse order (lossy again for a 4-bit base). */
-  unmerge(): MergeReport[] {
+  /** Subtract merged adapters in reverse order (lossy again for a 4-bit base). warn false: the caller reports. */
+  unmerge(options: { warn?: boolean } = {}): MergeReport[] {
     const reports: MergeReport[] = [];
     while (this.mergedAdapters.length) {
       const name = this.mergedAdapters.pop()!;
@@ -372,7 +376,7 @@ export class LoraLinear extends Module {
         values = new Float32Array(w.length);
         for (let i = 0; i < w.length; i++) values[i] = w[i] - d[i];
       }
-      const r = this.setBaseWeight(values, `unmerging adapter "${name}"`);
+      const r = this.setBaseWeight(values, `unmerging adapter "${name}"`, { warn: options.warn });
       reports.push(
         r ? { ...r, adapter: name } : { adapter: name, requantized: false, maxAbsError: 0, meanAbsError: 0 },
       );

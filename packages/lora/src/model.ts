@@ -122,6 +122,11 @@ export class LoraModel {
         targets.push([key, m, ra]);
       }
     }
+    for (const n of resolved.modules_to_save ?? [])
+      if (!toSave.some(([key]) => key === n || key.endsWith(`.${n}`)))
+        this.onWarning(
+          `LoraConfig.modules_to_save: "${n}" matches no module of the model; nothing is trained or saved for it (adapter "${name}")`,
+        );
     if (targets.length === 0)
       throw new LoraError(
         "NO_TARGET",
@@ -135,8 +140,12 @@ export class LoraModel {
           this.model.setSubmodule(key, w);
           undo.push(() => this.model.setSubmodule(key, m));
         }
-        w.addAdapter(name, key);
+        const how = w.addAdapter(name, key);
         undo.push(() => w.deleteAdapter(name));
+        if (how === "untied")
+          this.onWarning(
+            `LoraConfig.modules_to_save: "${key}" is tied to the input embedding (tie_word_embeddings); adapter "${name}" trains an untied f32 copy of it, saved as "${PEFT_PREFIX}${key}.weight" (what PEFT does without ensure_weight_tying), and the base embedding stays as it is. A merged model gets its own ${key}.weight and tie_word_embeddings false. To train the shared matrix for both, list "embed_tokens" instead.`,
+          );
       }
       for (const [key, m, { r, alpha }] of targets) {
         let layer: LoraLinearT;
@@ -251,21 +260,36 @@ export class LoraModel {
     }
   }
 
-  /** merge_adapter: add the active (or named) adapters into the base weights. */
+  /**
+   * merge_adapter: add the active (or named) adapters into the base weights. A 4-bit base is dequantized,
+   * merged and re-quantized layer by layer; that loss is said once per call (one warning with the count and
+   * the worst error), and every layer's figures are in the returned reports.
+   */
   merge(options: { adapterNames?: readonly string[]; safeMerge?: boolean } = {}): MergeReport[] {
     const out: MergeReport[] = [];
     for (const [name, layer] of this.loraLayers()) {
       const names = (options.adapterNames ?? this.active).filter((n) => layer.settings.has(n));
-      for (const r of layer.merge({ adapterNames: names, safeMerge: options.safeMerge }))
+      for (const r of layer.merge({ adapterNames: names, safeMerge: options.safeMerge, warn: false }))
         out.push({ ...r, adapter: `${name}:${r.adapter}` });
     }
+    this.warnRequantized("merging", out);
     return out;
   }
   unmerge(): MergeReport[] {
     const out: MergeReport[] = [];
     for (const [name, layer] of this.loraLayers())
-      for (const r of layer.unmerge()) out.push({ ...r, adapter: `${name}:${r.adapter}` });
+      for (const r of layer.unmerge({ warn: false })) out.push({ ...r, adapter: `${name}:${r.adapter}` });
+    this.warnRequantized("unmerging", out);
     return out;
+  }
+  private warnRequantized(what: string, reports: readonly MergeReport[]): void {
+    const rq = reports.filter((r) => r.requantized);
+    if (rq.length === 0) return;
+    const max = Math.max(...rq.map((r) => r.maxAbsError));
+    const mean = rq.reduce((s, r) => s + r.meanAbsError, 0) / rq.length;
+    this.onWarning(
+      `LoraModel: ${what} re-quantized ${rq.length} 4-bit weight${rq.length === 1 ? "" : "s"}; generations may differ from the unquantized result (max |error| ${max.toExponential(3)}, mean ${mean.toExponential(3)}). To merge without re-quantizing, load the base dense (dequantize it) first.`,
+    );
   }
 
   /** merge_and_unload: merge, then put each base layer (and each active modules_to_save copy) back in place. */

@@ -1,22 +1,37 @@
 /**
  * modules_to_save: PEFT's ModulesToSaveWrapper keeps the original module and one fully trainable copy per
  * adapter (in-memory names `<path>.original_module.*` and `<path>.modules_to_save.<adapter>.*`); forward
- * runs the active adapter's copy.
+ * runs the active adapter's copy. The copy's floating-point tensors are f32 (master weights: the optimizers
+ * update f32 only, as transformers trains a bf16 checkpoint's trainable weights in f32 without mixed
+ * precision). A tied output head (a module with a `weight` but no parameter of its own: lm_head with
+ * tie_word_embeddings) gets an untied Linear copy initialised from the shared matrix, which is what PEFT's
+ * deepcopy of a tied nn.Linear gives (ensure_weight_tying false).
  */
-import { Linear4bit, Module, Tensor, keep, noGrad } from "@qlora/tensor";
+import { Linear, Linear4bit, Module, Tensor, keep, noGrad } from "@qlora/tensor";
 import { LoraError } from "./errors";
 import { ModuleDict } from "./layer";
 
 type Forwardable = Module & { forward(...args: unknown[]): unknown };
 
-/** A deep copy of a module tree with fresh parameter/buffer storage (copy.deepcopy for Modules). */
-export function cloneModule<M extends Module>(m: M, path = "module"): M {
+/** f32 copy of a bf16/f16 tensor, a plain clone otherwise (grad-free, owned by the caller). */
+function copyTensor(v: Tensor, upcast: boolean): Tensor {
+  return noGrad(() => {
+    const d = v.detach();
+    return upcast && (v.dtype === "bf16" || v.dtype === "f16") ? d.cast("f32") : d.clone();
+  });
+}
+
+/**
+ * A deep copy of a module tree with fresh parameter/buffer storage (copy.deepcopy for Modules). With
+ * `upcast`, bf16/f16 tensors become f32 (trainable master weights).
+ */
+export function cloneModule<M extends Module>(m: M, path = "module", options: { upcast?: boolean } = {}): M {
   const memo = new Map<unknown, unknown>();
   const walk = (v: unknown): unknown => {
     if (v === null || typeof v !== "object") return v;
     if (memo.has(v)) return memo.get(v);
     if (v instanceof Tensor) {
-      const c = keep(noGrad(() => v.detach().clone()));
+      const c = keep(copyTensor(v, options.upcast ?? false));
       if (v.requiresGrad) c.requiresGrad = true;
       memo.set(v, c);
       return c;
@@ -43,6 +58,18 @@ export function cloneModule<M extends Module>(m: M, path = "module"): M {
   return walk(m) as M;
 }
 
+/** The shared 2-D weight of a module that has a `weight` but no parameter of its own (a tied lm_head), or null. */
+export function tiedWeight(m: Module): Tensor | null {
+  if ([...m.namedParameters()].length > 0) return null;
+  let w: unknown;
+  try {
+    w = (m as { weight?: unknown }).weight;
+  } catch {
+    return null;
+  }
+  return w instanceof Tensor && w.shape.length === 2 ? w : null;
+}
+
 export class ModulesToSaveWrapper extends Module {
   activeAdapter: string | null = null;
   adaptersDisabled = false;
@@ -60,11 +87,29 @@ export class ModulesToSaveWrapper extends Module {
   get copies(): ModuleDict {
     return this.child("modules_to_save");
   }
-  addAdapter(name: string, path: string): void {
+  /**
+   * Add adapter `name`'s trainable copy (f32). Returns "untied" when the original is a tied head whose copy
+   * is a separate Linear (the caller says so: the tie no longer holds for this adapter).
+   */
+  addAdapter(name: string, path: string): "copied" | "untied" {
     if (this.copies.has(name))
       throw new LoraError("BAD_ADAPTER", `modules_to_save "${path}" already has adapter "${name}"`);
-    this.copies.set(name, cloneModule(this.originalModule, path));
+    const tied = tiedWeight(this.originalModule);
+    if (tied) {
+      const [out, inF] = tied.shape;
+      const w = keep(copyTensor(tied, true));
+      this.copies.set(name, new Linear(inF, out, { bias: false, init: { weight: w } }));
+    } else this.copies.set(name, cloneModule(this.originalModule, path, { upcast: true }));
     if (this.activeAdapter === null) this.activeAdapter = name;
+    return tied ? "untied" : "copied";
+  }
+  /**
+   * The weight of the module forward runs (PEFT's ModulesToSaveWrapper.weight): what a tied output head reads
+   * when the embedding it is tied to is wrapped, so the tie follows the active copy.
+   */
+  get weight(): Tensor | undefined {
+    const w = (this.current() as { weight?: unknown }).weight;
+    return w instanceof Tensor ? w : undefined;
   }
   deleteAdapter(name: string): void {
     if (!this.copies.has(name)) return;

@@ -16,7 +16,7 @@ import {
 } from "@qlora/formats";
 import type { SafetensorsTensorData } from "@qlora/formats";
 import { type Module, type Tensor, tensor } from "@qlora/tensor";
-import { type LoraConfig, configFromJson, configToJson } from "./config";
+import { type LoraConfig, configFromJson, configToJson, loraConfig } from "./config";
 import { LoraError } from "./errors";
 import { LoraModel, PEFT_PREFIX, type InjectOptions } from "./model";
 import { ModulesToSaveWrapper } from "./modules-to-save";
@@ -107,6 +107,8 @@ export interface SaveOptions {
   readonly adapters?: readonly string[];
   /** Written into adapter_config.json's base_model_name_or_path when the config has none. */
   readonly baseModelNameOrPath?: string;
+  /** Written into adapter_config.json's task_type when the config has none ("CAUSAL_LM" for a causal LM). */
+  readonly taskType?: string;
 }
 
 /** save_pretrained: one directory per adapter (default at the top), config + safetensors, atomic writes. */
@@ -121,11 +123,13 @@ export async function saveAdapter(lm: LoraModel, dir: string, options: SaveOptio
     const records = Object.keys(sd)
       .sort()
       .map((k) => toRecord(k, sd[k]));
-    await writeSafetensors(join(out, ADAPTER_WEIGHTS_NAME), records, { format: "pt" });
-    const cfg: LoraConfig = {
+    // re-validated: a bad taskType option is an error naming LoraConfig.task_type, not a written file
+    const cfg: LoraConfig = loraConfig({
       ...config,
       base_model_name_or_path: config.base_model_name_or_path ?? options.baseModelNameOrPath ?? null,
-    };
+      task_type: config.task_type ?? options.taskType ?? null,
+    });
+    await writeSafetensors(join(out, ADAPTER_WEIGHTS_NAME), records, { format: "pt" });
     await writeJsonAtomic(join(out, ADAPTER_CONFIG_NAME), configToJson(cfg));
     written.push(out);
   }

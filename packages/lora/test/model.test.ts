@@ -2,7 +2,7 @@ import {
   Generator,
   Linear,
   Linear4bit,
-  type Module,
+  Module,
   type Tensor,
   checkpoint,
   manualSeed,
@@ -264,7 +264,7 @@ describe("merge / unmerge / mergeAndUnload", () => {
     const y = run(model, x);
     const [rep] = lm.merge();
     expect(rep.requantized).toBe(true);
-    expect(warnings.some((w) => /re-quantized the 4-bit base weight/.test(w))).toBe(true);
+    expect(warnings).toEqual([expect.stringMatching(/^LoraModel: merging re-quantized 1 4-bit weight; /)]);
     const after = (layer.baseLayer as Linear4bit).dequantizedWeight().toTypedArray();
     let max = 0;
     let sum = 0;
@@ -280,6 +280,32 @@ describe("merge / unmerge / mergeAndUnload", () => {
     const yMerged = run(model, x);
     expect(maxDiff(yMerged, y)).toBeLessThan(0.5);
     expect(maxDiff(yMerged, y)).toBeGreaterThan(0);
+  });
+
+  it("4-bit: one warning per merge / unmerge call, however many layers were re-quantized", () => {
+    const model = new TinyModel(3, 3, true);
+    const warnings: string[] = [];
+    const lm = LoraModel.inject(
+      model,
+      { r: 4, lora_alpha: 8, target_modules: ["q_proj", "v_proj", "k_proj"] },
+      { onWarning: (m) => warnings.push(m) },
+    );
+    perturbB(lm);
+    const reports = lm.merge();
+    // q/v are 4-bit (re-quantized), k is dense (exact): 3 layers × 2 quantized targets
+    expect(reports.filter((r) => r.requantized)).toHaveLength(6);
+    expect(reports.filter((r) => !r.requantized)).toHaveLength(3);
+    const max = Math.max(...reports.map((r) => r.maxAbsError));
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatch(/^LoraModel: merging re-quantized 6 4-bit weights; generations may differ/);
+    expect(warnings[0]).toContain(`max |error| ${max.toExponential(3)}`);
+    lm.unmerge();
+    expect(warnings).toHaveLength(2);
+    expect(warnings[1]).toMatch(/^LoraModel: unmerging re-quantized 6 4-bit weights/);
+    // mergeAndUnload is one call too
+    const { reports: r2 } = lm.mergeAndUnload();
+    expect(r2).toHaveLength(9);
+    expect(warnings).toHaveLength(3);
   });
 
   it("safe merge refuses non-finite results and leaves the base unchanged", () => {
@@ -324,6 +350,75 @@ describe("modules_to_save and bias", () => {
     const { model: plain } = lm.mergeAndUnload();
     expect(plain.getSubmodule("lm_head")).toBe(copy);
   });
+  it("modules_to_save copies of a bf16 module are f32, trainable master weights (the original stays bf16)", () => {
+    const model = new TinyModel();
+    const head = model.getSubmodule<Linear>("lm_head");
+    const bf16 = new Linear(HIDDEN, 10, {
+      bias: false,
+      init: { weight: noGrad(() => head.weight.detach().to("bf16")) },
+    });
+    model.setSubmodule("lm_head", bf16);
+    const lm = LoraModel.inject(model, { r: 2, target_modules: ["q_proj"], modules_to_save: ["lm_head"] });
+    const w = model.getSubmodule<ModulesToSaveWrapper>("lm_head");
+    const copy = w.copies.get("default") as Linear;
+    expect(copy.weight.dtype).toBe("f32");
+    expect(copy.weight.requiresGrad).toBe(true);
+    expect((w.originalModule as Linear).weight.dtype).toBe("bf16");
+    expect(maxDiff(copy.weight.toTypedArray(), bf16.weight.to("f32").toTypedArray())).toBe(0);
+    expect(lm.trainableParameters().every(([, p]) => p.dtype === "f32")).toBe(true);
+  });
+
+  it("a tied output head in modules_to_save gets an untied trainable Linear copy, with a warning naming the tie", () => {
+    const model = new TinyModel();
+    // lm_head tied to a [10, HIDDEN] matrix owned elsewhere (CausalLM's TiedLmHead: a weight, no parameter)
+    const shared = model.getSubmodule<Linear>("lm_head");
+    model.registerModule("embed", shared);
+    const tied = new (class TiedHead extends Module {
+      get weight() {
+        return model.getSubmodule<Linear>("embed").weight;
+      }
+      forward(x: Tensor) {
+        return model.getSubmodule<Linear>("embed").forward(x);
+      }
+    })();
+    model.setSubmodule("lm_head", tied);
+    const x = input();
+    const y0 = run(model, x);
+    const warnings: string[] = [];
+    const lm = LoraModel.inject(
+      model,
+      { r: 2, target_modules: ["q_proj"], modules_to_save: ["lm_head"] },
+      { onWarning: (m) => warnings.push(m) },
+    );
+    expect(warnings).toEqual([expect.stringContaining('modules_to_save: "lm_head" is tied to the input embedding')]);
+    const copy = model.getSubmodule<ModulesToSaveWrapper>("lm_head").copies.get("default") as Linear;
+    expect(copy).toBeInstanceOf(Linear);
+    expect(copy.weight).not.toBe(shared.weight);
+    expect(lm.trainableParameters().map(([n]) => n)).toContain("lm_head.modules_to_save.default.weight");
+    expect(maxDiff(run(model, x), y0)).toBeLessThan(1e-6);
+    // training the copy leaves the shared matrix alone
+    copy.loadStateDict({ weight: copy.weight.mul(2) });
+    expect(maxDiff(shared.weight.toTypedArray(), copy.weight.mul(0.5).toTypedArray())).toBeLessThan(1e-6);
+    expect(maxDiff(run(model, x), y0)).toBeGreaterThan(1e-3);
+  });
+
+  it("a wrapped module exposes its active copy's weight (a tied head follows it); unmatched names warn", () => {
+    const model = new TinyModel();
+    const warnings: string[] = [];
+    LoraModel.inject(
+      model,
+      { r: 2, target_modules: ["q_proj"], modules_to_save: ["lm_head", "score"] },
+      { onWarning: (m) => warnings.push(m) },
+    );
+    const w = model.getSubmodule<ModulesToSaveWrapper>("lm_head");
+    expect(w.weight).toBe((w.copies.get("default") as Linear).weight);
+    w.adaptersDisabled = true;
+    expect(w.weight).toBe((w.originalModule as Linear).weight);
+    expect(warnings).toEqual([
+      'LoraConfig.modules_to_save: "score" matches no module of the model; nothing is trained or saved for it (adapter "default")',
+    ]);
+  });
+
   it('bias "all" / "lora_only" make those biases trainable', () => {
     const all = LoraModel.inject(new TinyModel(), { r: 2, target_modules: ["q_proj"], bias: "all" });
     expect(all.trainableParameters().map(([n]) => n)).toContain("model.layers.0.self_attn.k_proj.bias");

@@ -89,6 +89,7 @@ describe("PEFT adapter directory: save", () => {
       inference_mode: true,
       base_model_name_or_path: "tiny",
       modules_to_save: ["lm_head"],
+      task_type: null,
     });
     expect(cfg.target_modules).toEqual(["q_proj", "v_proj"]);
     expect((await readAdapterConfig(join(dir, "dora"))).use_dora).toBe(true);
@@ -108,6 +109,21 @@ describe("PEFT adapter directory: save", () => {
     expect(lm2.trainableParameters().map(([n]) => n)).toContain(
       "model.layers.0.self_attn.q_proj.lora_A.default.weight",
     );
+  });
+});
+
+describe("PEFT adapter directory: task_type", () => {
+  it("taskType fills a missing task_type (CAUSAL_LM for AutoPeftModelForCausalLM); the config's own wins; bad values write nothing", async () => {
+    const lm = LoraModel.inject(new TinyModel(), { r: 2, target_modules: ["q_proj"] });
+    const dir = join(tmp, "task");
+    await saveAdapter(lm, dir, { taskType: "CAUSAL_LM" });
+    expect(JSON.parse(readFileSync(join(dir, "adapter_config.json"), "utf8")).task_type).toBe("CAUSAL_LM");
+    expect((await readAdapterConfig(dir)).task_type).toBe("CAUSAL_LM");
+    const own = LoraModel.inject(new TinyModel(), { r: 2, target_modules: ["q_proj"], task_type: "SEQ_CLS" });
+    await saveAdapter(own, join(tmp, "task2"), { taskType: "CAUSAL_LM" });
+    expect(JSON.parse(readFileSync(join(tmp, "task2", "adapter_config.json"), "utf8")).task_type).toBe("SEQ_CLS");
+    await expect(saveAdapter(lm, join(tmp, "task3"), { taskType: "LM" })).rejects.toThrow(/LoraConfig.task_type/);
+    expect(readdirSync(join(tmp, "task3"))).toEqual([]);
   });
 });
 
