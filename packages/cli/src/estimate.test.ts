@@ -8,6 +8,8 @@ import {
   formatPlan,
   type MemoryPlan,
   modelShapeFromConfig,
+  optimizerSpec,
+  optimizerStateBytes,
   quantizedBytes,
 } from "./estimate";
 
@@ -42,13 +44,43 @@ describe("estimateMemory", () => {
 
   it("8-bit optimizer state is about a quarter of 32-bit; checkpointing shrinks activations", () => {
     const shape = modelShapeFromConfig(llama65b);
-    const a = estimateMemory(shape, DEFAULT_ESTIMATE);
-    const b = estimateMemory(shape, { ...DEFAULT_ESTIMATE, optimizerBits: 8 });
+    const a = estimateMemory(shape, { ...DEFAULT_ESTIMATE, gradientCheckpointing: true });
+    const b = estimateMemory(shape, { ...DEFAULT_ESTIMATE, gradientCheckpointing: true, optimizerBits: 8 });
     const row = (plan: MemoryPlan, prefix: string) => plan.rows.find((r) => r.item.startsWith(prefix))!.bytes;
     expect(row(b, "optimizer state") / row(a, "optimizer state")).toBeLessThan(0.27);
-    const c = estimateMemory(shape, { ...DEFAULT_ESTIMATE, gradientCheckpointing: false });
+    const c = estimateMemory(shape, DEFAULT_ESTIMATE); // off by default, as train's gradient_checkpointing
     expect(row(c, "saved activations (all")).toBeGreaterThan(5 * row(a, "checkpointed layer inputs ("));
     expect(c.totalBytes).toBeGreaterThan(a.totalBytes + row(c, "saved activations (all") / 2);
+  });
+
+  it("Lion keeps one state (its momentum), SGD one f32 momentum buffer, AdamW two", () => {
+    const n = 8192;
+    expect(optimizerStateBytes(n, "adamw", 32)).toBe(8 * n);
+    expect(optimizerStateBytes(n, "lion", 32)).toBe(4 * n);
+    expect(optimizerStateBytes(n, "lion", 8)).toBe(n + 4 * (n / 256));
+    expect(optimizerStateBytes(n, "adamw", 8)).toBe(2 * (n + 4 * (n / 256)));
+    expect(optimizerStateBytes(n, "sgd", 32)).toBe(4 * n);
+    expect(optimizerStateBytes(n, "sgd", 8)).toBe(4 * n); // SGD has no 8-bit form
+    expect(optimizerStateBytes(100, "lion", 8)).toBe(400); // below min_8bit_size: 32-bit
+    // the config's names, as train builds the optimizer
+    expect(optimizerSpec("paged_adamw_8bit")).toEqual({ optimizer: "adamw", optimizerBits: 8 });
+    expect(optimizerSpec("adamw_torch")).toEqual({ optimizer: "adamw", optimizerBits: 32 });
+    expect(optimizerSpec("lion_32bit")).toEqual({ optimizer: "lion", optimizerBits: 32 });
+    expect(optimizerSpec("paged_lion_8bit")).toEqual({ optimizer: "lion", optimizerBits: 8 });
+    expect(optimizerSpec("sgd")).toEqual({ optimizer: "sgd", optimizerBits: 32 });
+    const shape = modelShapeFromConfig(llama65b);
+    const state = (o: Partial<typeof DEFAULT_ESTIMATE>) => {
+      const row = estimateMemory(shape, { ...DEFAULT_ESTIMATE, ...o }).rows.find((r) => r.part === "optimizer")!;
+      return [row.item, row.bytes] as const;
+    };
+    const [adamItem, adam] = state({});
+    const [lionItem, lion] = state({ optimizer: "lion" });
+    const [sgdItem, sgd] = state({ optimizer: "sgd", optimizerBits: 8 });
+    expect(adamItem).toBe("optimizer state (32-bit AdamW)");
+    expect(lionItem).toBe("optimizer state (32-bit Lion)");
+    expect(sgdItem).toBe("optimizer state (32-bit SGD momentum)");
+    expect(lion).toBe(adam / 2);
+    expect(sgd).toBe(adam / 2);
   });
 
   it("8-bit optimizer state follows bitsandbytes' min_8bit_size; the loss chunk follows the model's default", () => {

@@ -33,12 +33,20 @@ export interface ModelShape {
 
 export type BaseQuant = "nf4-dq" | "nf4" | "none";
 
+export type OptimizerKind = "adamw" | "lion" | "sgd";
+
 export interface EstimateOptions {
   seqLen: number;
   microBatchSize: number;
   loraR: number;
-  /** "32bit" AdamW keeps two f32 moments per parameter; "8bit" two u8 moments + one f32 absmax per 256. */
+  /**
+   * The optimizer's update rule (default AdamW): AdamW keeps two moments per parameter, Lion one (its momentum),
+   * SGD one f32 momentum buffer (@qlora/paged-optim allocates it whatever the momentum).
+   */
+  optimizer?: OptimizerKind;
+  /** 32-bit state in f32; 8-bit: u8 states + one f32 absmax per 256 (not SGD, which has no 8-bit form). */
   optimizerBits: 32 | 8;
+  /** Off by default, as in `qlora train` (`gradient_checkpointing: false`). */
   gradientCheckpointing: boolean;
   baseQuant: BaseQuant;
   /** Rows of logits computed at once by the chunked lm_head + cross-entropy; default: the model's (8 Mi logits). */
@@ -77,8 +85,9 @@ export const DEFAULT_ESTIMATE: EstimateOptions = {
   seqLen: 512,
   microBatchSize: 1,
   loraR: 8,
+  optimizer: "adamw",
   optimizerBits: 32,
-  gradientCheckpointing: true,
+  gradientCheckpointing: false,
   baseQuant: "nf4-dq",
   allLinear: true,
 };
@@ -141,8 +150,28 @@ const MIN_8BIT_SIZE = 4096;
 
 /** AdamW state bytes of one parameter tensor of n elements, as @qlora/paged-optim allocates it. */
 export function adamStateBytes(n: number, bits: 32 | 8): number {
-  if (bits === 32 || n < MIN_8BIT_SIZE) return 2 * 4 * n; // exp_avg, exp_avg_sq in f32
-  return 2 * (n + 4 * Math.ceil(n / 256)); // two u8 states, each with an f32 absmax per block of 256
+  return optimizerStateBytes(n, "adamw", bits);
+}
+
+/** States per parameter element: AdamW two moments, Lion and SGD one (momentum). */
+const OPTIMIZER_STATES: Record<OptimizerKind, 1 | 2> = { adamw: 2, lion: 1, sgd: 1 };
+const OPTIMIZER_TITLES: Record<OptimizerKind, string> = { adamw: "AdamW", lion: "Lion", sgd: "SGD momentum" };
+
+/** Optimizer state bytes of one parameter tensor of n elements, as @qlora/paged-optim allocates it. */
+export function optimizerStateBytes(n: number, kind: OptimizerKind, bits: 32 | 8): number {
+  const states = OPTIMIZER_STATES[kind];
+  // f32 states; SGD has no 8-bit form, and bitsandbytes keeps small tensors in 32-bit
+  if (bits === 32 || kind === "sgd" || n < MIN_8BIT_SIZE) return states * 4 * n;
+  return states * (n + 4 * Math.ceil(n / 256)); // u8 states, each with an f32 absmax per block of 256
+}
+
+/**
+ * The update rule and state width of a config's `optimizer` name, as `qlora train` builds it: "lion" in the name
+ * is Lion, "sgd" SGD, anything else AdamW; "8bit" in the name is 8-bit state.
+ */
+export function optimizerSpec(name: string): { optimizer: OptimizerKind; optimizerBits: 32 | 8 } {
+  const optimizer: OptimizerKind = name.includes("lion") ? "lion" : name === "sgd" ? "sgd" : "adamw";
+  return { optimizer, optimizerBits: optimizer !== "sgd" && name.includes("8bit") ? 8 : 32 };
 }
 
 const F32 = 4;
@@ -172,10 +201,12 @@ export function estimateMemory(m: ModelShape, o: EstimateOptions): MemoryPlan {
   const targets = o.allLinear ? linears : linears.filter(([n]) => n === "q_proj" || n === "v_proj");
   const loraPerLayer = targets.reduce((s, [, [i, out]]) => s + o.loraR * (i + out), 0);
   const loraParams = loraPerLayer * m.numLayers;
+  const kind = o.optimizer ?? "adamw";
+  const bits = kind === "sgd" ? 32 : o.optimizerBits;
   const optimizerBytes =
     targets.reduce(
       (s, [, [i, out]]) =>
-        s + adamStateBytes(o.loraR * i, o.optimizerBits) + adamStateBytes(out * o.loraR, o.optimizerBits),
+        s + optimizerStateBytes(o.loraR * i, kind, bits) + optimizerStateBytes(out * o.loraR, kind, bits),
       0,
     ) * m.numLayers;
 
@@ -203,7 +234,7 @@ export function estimateMemory(m: ModelShape, o: EstimateOptions): MemoryPlan {
     },
     { item: "LoRA parameters (f32)", bytes: loraParams * F32, phase: "persistent", tracked: true, part: "adapter" },
     {
-      item: `optimizer state (${o.optimizerBits}-bit AdamW)`,
+      item: `optimizer state (${bits}-bit ${OPTIMIZER_TITLES[kind]})`,
       bytes: optimizerBytes,
       phase: "persistent",
       tracked: false, // @qlora/paged-optim allocates it as raw backend buffers

@@ -10,7 +10,7 @@ import { formatBytes } from "./estimate";
 import { readMetrics } from "./report";
 
 export interface Inspection {
-  kind: "safetensors" | "checkpoint" | "gguf" | "adapter" | "run";
+  kind: "safetensors" | "checkpoint" | "trainer checkpoint" | "gguf" | "adapter" | "run";
   path: string;
   /** Ordered (label, value) pairs for the human-readable summary; the same facts as `details`. */
   summary: [string, string][];
@@ -104,7 +104,21 @@ export function readJson(file: string): Record<string, unknown> {
   }
 }
 
+/** A metric as the progress lines print it: 4 significant digits. */
+export function formatMetric(v: unknown): string {
+  return typeof v === "number" && Number.isFinite(v) ? Number(v.toPrecision(4)).toString() : String(v ?? "?");
+}
+
+/** A trainer checkpoint (`checkpoint-<step>/` of a run): trainer_state.json beside the optimizer or scheduler state. */
+function isTrainerCheckpoint(dir: string): boolean {
+  return (
+    existsSync(join(dir, "trainer_state.json")) &&
+    ["optimizer.json", "scheduler.json", "rng_state.json"].some((f) => existsSync(join(dir, f)))
+  );
+}
+
 async function inspectDirectory(dir: string): Promise<Inspection> {
+  if (isTrainerCheckpoint(dir)) return inspectTrainerCheckpoint(dir);
   if (existsSync(join(dir, "adapter_config.json"))) return inspectAdapter(dir);
   if (existsSync(join(dir, "config.json"))) return inspectCheckpoint(dir);
   const runMarkers = ["trainer_state.json", "metrics.jsonl"];
@@ -158,6 +172,103 @@ async function inspectAdapter(dir: string): Promise<Inspection> {
   };
 }
 
+/** The step, epoch, optimizer, scheduler and contents of a trainer checkpoint (JSON files only, no tensor data). */
+async function inspectTrainerCheckpoint(dir: string): Promise<Inspection> {
+  const state = readJson(join(dir, "trainer_state.json"));
+  const optional = (name: string) => (existsSync(join(dir, name)) ? readJson(join(dir, name)) : undefined);
+  const optimizer = optional("optimizer.json");
+  const scheduler = optional("scheduler.json");
+  const plugins = optional("plugins.json");
+  const adapter = existsSync(join(dir, "adapter_config.json")) ? await inspectAdapter(dir) : undefined;
+  const step = state.globalStep ?? state.global_step;
+  const history = Array.isArray(state.logHistory) ? (state.logHistory as Record<string, unknown>[]) : [];
+  const lastLog = [...history].reverse().find((m) => typeof m.epoch === "number");
+  const lastLoss = [...history].reverse().find((m) => typeof m.loss === "number");
+  const epoch =
+    typeof lastLog?.epoch === "number" && lastLog.step === step
+      ? formatMetric(lastLog.epoch)
+      : typeof state.epoch === "number"
+        ? `${state.epoch} (+${state.batchInEpoch ?? 0} batches)`
+        : "?";
+
+  const summary: [string, string][] = [
+    ["step", `${step ?? "?"}${typeof state.maxSteps === "number" ? ` of max_steps ${state.maxSteps}` : ""}`],
+    ["epoch", epoch],
+  ];
+  if (typeof state.tokensSeen === "number") summary.push(["tokens seen", state.tokensSeen.toLocaleString("en-US")]);
+  if (lastLoss) summary.push(["last train loss", `${formatMetric(lastLoss.loss)} (step ${lastLoss.step})`]);
+  const best = state.bestMetric ?? state.best_metric;
+  if (best !== null && best !== undefined) summary.push(["best metric", formatMetric(best)]);
+  if (optimizer) summary.push(["optimizer", describeOptimizer(optimizer)]);
+  if (scheduler) {
+    const lr = typeof scheduler.lr === "number" ? `, lr ${formatMetric(scheduler.lr)}` : "";
+    summary.push(["scheduler", `${scheduler.name ?? "linear"} at step ${scheduler.step ?? step ?? "?"}${lr}`]);
+  }
+  if (adapter) summary.push(...adapter.summary.filter(([k]) => k !== "target_modules"));
+  summary.push(["contains", describeContents(dir, plugins)]);
+  return {
+    kind: "trainer checkpoint",
+    path: dir,
+    summary,
+    details: {
+      step,
+      epoch: state.epoch,
+      batchInEpoch: state.batchInEpoch,
+      maxSteps: state.maxSteps,
+      tokensSeen: state.tokensSeen,
+      bestMetric: best ?? null,
+      optimizer: optimizer && { ...optimizer, state: undefined, paramGroups: undefined, ...optimizerFacts(optimizer) },
+      scheduler,
+      adapter: adapter?.details,
+      plugins: plugins ? Object.keys(plugins) : [],
+      files: readdirSync(dir).sort(),
+    },
+  };
+}
+
+/** Name, state width, groups and hyperparameters of a saved optimizer (@qlora/paged-optim's optimizer.json). */
+function optimizerFacts(o: Record<string, unknown>) {
+  const options = (o.options ?? {}) as Record<string, unknown>;
+  const groups = Array.isArray(o.paramGroups) ? (o.paramGroups as Record<string, unknown>[]) : [];
+  const hyper = groups.map((g) => (g.hyper ?? {}) as Record<string, unknown>);
+  const params = groups.reduce((n, g) => n + (Array.isArray(g.names) ? g.names.length : 0), 0);
+  const withState = o.state && typeof o.state === "object" ? Object.keys(o.state).length : 0;
+  return {
+    name: o.optimizer,
+    bits: options.bits,
+    paged: options.paged,
+    groups: groups.length,
+    hyper,
+    params,
+    withState,
+  };
+}
+
+function describeOptimizer(o: Record<string, unknown>): string {
+  const f = optimizerFacts(o);
+  if (typeof f.name !== "string") return "saved (unknown format)";
+  const width = [f.bits !== undefined ? `${f.bits}-bit` : "", f.paged ? "paged" : ""].filter(Boolean).join(", ");
+  const lrs = f.hyper.map((h) => h.lr).filter((v): v is number => typeof v === "number");
+  const lr = lrs.length > 0 ? `, lr ${lrs.map(formatMetric).join(" / ")}` : "";
+  const groups = f.groups === 1 ? "1 group" : `${f.groups} groups`;
+  return `${f.name}${width ? ` (${width})` : ""}, ${groups}, state for ${f.withState} of ${f.params} parameters${lr}`;
+}
+
+/** What a checkpoint directory holds, file group by file group. */
+function describeContents(dir: string, plugins: Record<string, unknown> | undefined): string {
+  const has = (f: string) => existsSync(join(dir, f));
+  const parts: string[] = [];
+  if (has("adapter_model.safetensors")) parts.push("PEFT adapter");
+  if (has("model.safetensors") || has("model.json")) parts.push("trainable weights");
+  if (readdirSync(dir).some((f) => f.startsWith("optimizer"))) parts.push("optimizer state");
+  if (has("scheduler.json")) parts.push("scheduler");
+  if (has("rng_state.json")) parts.push("RNG state");
+  const names = plugins ? Object.keys(plugins) : [];
+  if (names.length > 0) parts.push(`plugin state (${names.join(", ")})`);
+  parts.push("trainer state");
+  return parts.join(", ");
+}
+
 async function inspectRun(dir: string): Promise<Inspection> {
   const checkpoints = readdirSync(dir)
     .filter((n) => /^checkpoint-\d+$/.test(n))
@@ -178,10 +289,11 @@ async function inspectRun(dir: string): Promise<Inspection> {
     path: dir,
     summary: [
       ["checkpoints", checkpoints.join(", ") || "none"],
-      ["global_step", String(state.global_step ?? lastLoss?.step ?? "?")],
-      ["best_metric", String(state.best_metric ?? "?")],
-      ["last train loss", lastLoss ? `${lastLoss.loss} (step ${lastLoss.step})` : "?"],
-      ["last eval loss", lastEval ? `${lastEval.eval_loss} (step ${lastEval.step})` : "?"],
+      // HF's trainer_state.json spells them global_step / best_metric, @qlora/trainer's globalStep / bestMetric
+      ["global_step", String(state.globalStep ?? state.global_step ?? lastLoss?.step ?? "?")],
+      ["best_metric", formatMetric(state.bestMetric ?? state.best_metric)],
+      ["last train loss", lastLoss ? `${formatMetric(lastLoss.loss)} (step ${lastLoss.step})` : "?"],
+      ["last eval loss", lastEval ? `${formatMetric(lastEval.eval_loss)} (step ${lastEval.step})` : "?"],
       ["adapter", existsSync(join(dir, "adapter", "adapter_config.json")) ? join(dir, "adapter") : "none"],
     ],
     details: { checkpoints, state, lastMetrics: metrics.at(-1) ?? null },

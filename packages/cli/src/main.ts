@@ -61,6 +61,17 @@ export function buildProgram(io: Io = defaultIo): Command {
   return program;
 }
 
+/**
+ * Thrown by a command that has printed its result but must not exit 0 (an interrupted run exits 128 + the
+ * signal's number, as shells report a process a signal ended): `main` resolves to `exitCode` and prints nothing.
+ */
+export class CommandExit extends Error {
+  override readonly name = "CommandExit";
+  constructor(readonly exitCode: number) {
+    super(`exit ${exitCode}`);
+  }
+}
+
 export function positiveInt(value: string, flag: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n <= 0)
@@ -76,6 +87,7 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     return 0;
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
+    if (e instanceof CommandExit) return e.exitCode;
     const verbose = argv.includes("--verbose");
     if (e instanceof CliError) {
       io.err(`qlora: ${e.message}`);

@@ -54,6 +54,8 @@ describe("strategy from the config (Axolotl keys)", () => {
       /fsdp_config\.fsdp_sharding_strategy: expected one of "FULL_SHARD", "SHARD_GRAD_OP"/,
     );
     expect(bad("fsdp_config: {fsdp_bogus: 1}\n")).toThrow(/fsdp_config\.fsdp_bogus: unknown fsdp_config key/);
+    // a key named like an Object.prototype member (found by the fuzz test: a TypeError, not a CliError)
+    expect(bad("fsdp_config: {toString: FULL_SHARD}\n")).toThrow(/fsdp_config\.toString: unknown fsdp_config key/);
     expect(bad("fsdp: [full_shard]\nfsdp_config: {sharding_strategy: SHARD_GRAD_OP}\n")).toThrow(
       /fsdp_config\.sharding_strategy: says SHARD_GRAD_OP but fsdp says full_shard/,
     );

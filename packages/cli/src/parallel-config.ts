@@ -94,7 +94,8 @@ export function parallelConfigIssues(c: ParallelKeys): Issue[] {
     issues.push({ path: ["fsdp"], message: "full_shard and shard_grad_op are two shardings; keep one" });
   for (const [key, value] of Object.entries(c.fsdp_config ?? {})) {
     const name = configKey(key);
-    if (!(name in FSDP_CONFIG_KEYS)) {
+    if (!Object.hasOwn(FSDP_CONFIG_KEYS, name)) {
+      // own keys only: "toString" and the like are on every object's prototype
       issues.push({
         path: ["fsdp_config", key],
         message: `unknown fsdp_config key (known: ${Object.keys(FSDP_CONFIG_KEYS).join(", ")}, with or without the fsdp_ prefix)`,

@@ -59,19 +59,27 @@ export function readMetrics(file: string): Record<string, unknown>[] {
   return records;
 }
 
+/**
+ * The charts' points, one per step and line, in step order. A file an older version wrote after a resume holds
+ * the resumed steps twice; the last record of a step wins (the run that went on from there).
+ */
 export function metricSeries(records: Record<string, unknown>[]): MetricSeries[] {
   return CHARTS.map((chart) => ({
     title: chart.title,
     unit: chart.unit,
-    lines: chart.lines.map((line) => ({
-      label: line.label,
-      color: line.color,
-      points: records.flatMap((r): [number, number][] => {
+    lines: chart.lines.map((line) => {
+      const byStep = new Map<number, number>();
+      for (const r of records) {
         const step = r.step ?? r.global_step;
         const key = line.keys.find((k) => typeof r[k] === "number" && Number.isFinite(r[k]));
-        return typeof step === "number" && key ? [[step, (r[key] as number) * (line.scale?.[key] ?? 1)]] : [];
-      }),
-    })),
+        if (typeof step === "number" && key) byStep.set(step, (r[key] as number) * (line.scale?.[key] ?? 1));
+      }
+      return {
+        label: line.label,
+        color: line.color,
+        points: [...byStep].sort((a, b) => a[0] - b[0]),
+      };
+    }),
   }));
 }
 

@@ -5,19 +5,14 @@
  */
 import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
-import {
-  batchLoss,
-  type CausalLM,
-  type HfTokenizer,
-  compileChatTemplate,
-  loadModel,
-  loadTokenizer,
-} from "@qlora/models";
+import { batchLoss, type CausalLM, HfTokenizer, compileChatTemplate, loadModel, loadTokenizer } from "@qlora/models";
 import { LoraModel, type LoraConfigInput, loadAdapter, saveAdapter } from "@qlora/lora";
 import { AdamW, Lion, type NamedParameters, SGD, loraPlusGroups } from "@qlora/paged-optim";
-import type { Tensor } from "@qlora/tensor";
+import { type Module, type Tensor, keep, noGrad } from "@qlora/tensor";
 import {
+  type ChatFields,
   type CheckpointIO,
+  type DataFile,
   type DataFormat,
   type DataTokenizer,
   type DatasetOptions,
@@ -26,7 +21,10 @@ import {
   type TrainerOptimizer,
   type TrainerPlugin,
   type Strategy,
+  type DatasetStats,
+  type SchedulerOptions,
   earlyStopping,
+  latestCheckpoint,
   loadTokenDataset,
   memoryReport,
   metricsFile,
@@ -35,9 +33,10 @@ import {
   safetensorsCheckpointIO,
   seedEverything,
 } from "@qlora/trainer";
-import type { TrainConfig } from "./config";
+import { closest } from "fastest-levenshtein";
+import { DEFAULT_CHAT_ROLES, type TrainConfig } from "./config";
 import { CliError } from "./errors";
-import { saveDense } from "./infer";
+import { baseModelReference, bnb4bitConfig, saveChatTemplate, saveDense } from "./infer";
 import { wantsActivationCheckpointing } from "./parallel-config";
 import { launcherTerminal, layerProgress } from "./progress";
 import { writeReport } from "./report";
@@ -75,6 +74,7 @@ export const DATASET_FORMATS: Record<TrainConfig["datasets"][number]["type"], Da
   text: "text",
   prompt_completion: "prompt_completion",
   chat_template: "messages",
+  sharegpt: "messages",
   pretokenized: "pretokenized",
 };
 
@@ -108,7 +108,9 @@ export function loraSettings(config: TrainConfig): LoraConfigInput {
     use_rslora: config.peft_use_rslora,
     use_dora: config.peft_use_dora,
     init_lora_weights: config.peft_init_lora_weights as LoraConfigInput["init_lora_weights"],
-    base_model_name_or_path: config.base_model,
+    // PEFT's AutoPeftModelForCausalLM reads task_type; a local base is written as its absolute path
+    task_type: "CAUSAL_LM",
+    base_model_name_or_path: baseModelReference(config.base_model),
   };
 }
 
@@ -127,16 +129,17 @@ export function buildOptimizer(config: TrainConfig, params: [string, Tensor][]):
 
 /** The data pipeline's options for a config (train and preprocess tokenize the same way). */
 export function datasetOptions(config: TrainConfig, tokenizer: DataTokenizer): DatasetOptions {
-  const types = new Set(config.datasets.map((d) => d.type));
-  const format: DataFormat = types.size === 1 ? DATASET_FORMATS[config.datasets[0].type] : "auto";
   return {
-    files: config.datasets.map((d) => d.path),
-    format,
+    // Each dataset keeps its own type: a mixed list must not fall back to guessing formats by keys.
+    files: config.datasets.map(
+      (d): DataFile => ({ path: d.path, format: DATASET_FORMATS[d.type], chat: chatFields(d) }),
+    ),
     tokenizer,
     trainOnInputs: config.train_on_inputs,
     maxLength: config.sequence_len,
-    overflow: config.excess_length_strategy === "drop" ? "drop" : "truncate",
+    overflow: config.excess_length_strategy,
     packing: config.sample_packing,
+    padToMaxLength: config.pad_to_sequence_len,
     microBatchSize: config.micro_batch_size,
     groupByLength: config.group_by_length,
     seed: config.seed,
@@ -144,12 +147,99 @@ export function datasetOptions(config: TrainConfig, tokenizer: DataTokenizer): D
   };
 }
 
-/** Checkpoints keep the trainable tensors for exact resume and, beside them, the adapter in PEFT format. */
-function peftCheckpointIO(lora: LoraModel, baseModel: string): CheckpointIO {
+type DatasetConfig = TrainConfig["datasets"][number];
+
+/**
+ * Axolotl's chat_template fields: `field_messages`, `message_property_mappings` and `roles` (template role → the
+ * data's names for it; Axolotl's defaults map human → user and gpt → assistant). `type: sharegpt` is the legacy
+ * name for `conversations: [{from, value}]`.
+ */
+export function chatFields(d: DatasetConfig): ChatFields | undefined {
+  if (d.type !== "chat_template" && d.type !== "sharegpt") return undefined;
+  const share = d.type === "sharegpt";
+  const roles: Record<string, string> = {};
+  for (const [role, names] of Object.entries(d.roles ?? DEFAULT_CHAT_ROLES))
+    for (const name of typeof names === "string" ? [names] : names) roles[name] = role;
+  return {
+    field: d.field_messages ?? (share ? "conversations" : "messages"),
+    role: d.message_property_mappings?.role ?? (share ? "from" : "role"),
+    content: d.message_property_mappings?.content ?? (share ? "value" : "content"),
+    roles,
+  };
+}
+
+/** lr_scheduler and its keys; Axolotl's cosine_min_lr_ratio makes cosine decay to learning_rate · ratio. */
+export function schedulerOptions(config: TrainConfig): Omit<SchedulerOptions, "totalSteps" | "baseLr"> {
+  return {
+    name: config.lr_scheduler,
+    warmupSteps: config.warmup_steps,
+    warmupRatio: config.warmup_ratio,
+    minLrRate: config.cosine_min_lr_ratio,
+  };
+}
+
+/**
+ * eval_steps / save_steps, or their per-epoch forms as Axolotl computes them:
+ * max(1, floor(steps per epoch / N)), where an epoch is ceil(micro-batches / gradient_accumulation_steps) steps.
+ */
+export function stepIntervals(
+  config: TrainConfig,
+  trainBatches: number,
+): { evalSteps: number | undefined; saveSteps: number | undefined } {
+  const stepsPerEpoch = Math.ceil(trainBatches / config.gradient_accumulation_steps);
+  const every = (n: number | undefined) => (n === undefined ? undefined : Math.max(1, Math.floor(stepsPerEpoch / n)));
+  return {
+    evalSteps: config.eval_steps ?? every(config.evals_per_epoch),
+    saveSteps: config.save_steps ?? every(config.saves_per_epoch),
+  };
+}
+
+/**
+ * Axolotl's special_tokens: the tokenizer with these pad/bos/eos/unk tokens (its chat template, EOS appended to
+ * completions and batch padding all follow). A token must already be in the vocabulary: adding one would resize
+ * the embeddings, which qlora does not do.
+ */
+export function withSpecialTokens(tokenizer: HfTokenizer, config: TrainConfig): HfTokenizer {
+  const tokens = Object.entries(config.special_tokens ?? {}).filter((e): e is [string, string] => e[1] !== undefined);
+  if (tokens.length === 0) return tokenizer;
+  const known = tokenizer.addedTokens().map((t) => t.content);
+  for (const [key, token] of tokens)
+    if (tokenizer.tokenToId(token) === undefined)
+      throw new CliError(
+        "CONFIG_INVALID",
+        `special_tokens.${key}: ${JSON.stringify(token)} is not a token of ${tokenizer.tokenizerFile}; qlora does not add tokens (that would resize the embeddings): name one the vocabulary has${known.length ? ` (closest: ${JSON.stringify(closest(token, known))})` : ""}`,
+      );
+  return new HfTokenizer(
+    tokenizer.tokenizerJson,
+    { ...tokenizer.config, ...Object.fromEntries(tokens) },
+    { tokenizerFile: tokenizer.tokenizerFile, configFile: tokenizer.configFile },
+  );
+}
+
+/** What the data pipeline left out, for the one line runTrain prints (nothing when nothing was dropped). */
+export function dataSummary(stats: DatasetStats, config: TrainConfig): string | undefined {
+  if (stats.dropped === 0) return undefined;
+  const tooLong = stats.dropped - stats.noLossTokens;
+  const parts = [];
+  if (tooLong > 0)
+    parts.push(`${tooLong} longer than sequence_len ${config.sequence_len} (excess_length_strategy: drop)`);
+  if (stats.noLossTokens > 0)
+    parts.push(
+      `${stats.noLossTokens} with no trainable token${stats.truncated > 0 ? ` left after truncation to sequence_len ${config.sequence_len}` : ""}`,
+    );
+  return `datasets: ${stats.rows} rows → ${stats.examples} examples; dropped ${parts.join(", ")}`;
+}
+
+/**
+ * Checkpoints keep the trainable tensors for exact resume and, beside them, the adapter in PEFT format (with the
+ * chat template the run trains with, when it has one).
+ */
+function peftCheckpointIO(lora: LoraModel, baseModel: string, chatTemplate: string | null = null): CheckpointIO {
   return {
     async saveModel(dir, state, model) {
       await safetensorsCheckpointIO.saveModel(dir, state, model);
-      await saveAdapter(lora, dir, { baseModelNameOrPath: baseModel });
+      await saveAdapter(lora, dir, { baseModelNameOrPath: baseModel, taskType: "CAUSAL_LM" });
+      if (chatTemplate !== null) await saveChatTemplate(dir, chatTemplate);
     },
     loadModel: safetensorsCheckpointIO.loadModel,
   };
@@ -203,12 +293,54 @@ export function dataTokenizer(tokenizer: HfTokenizer, config: TrainConfig): Data
   };
 }
 
+/**
+ * The chat template the run trains with, saved beside the adapter as chat_template.jinja: the one the config names
+ * (chatml, or jinja's chat_template_jinja), else the base tokenizer's when a dataset is rendered with it; null
+ * when the run uses no chat template.
+ */
+export function trainedChatTemplate(config: TrainConfig, tokenizer: HfTokenizer): string | null {
+  if (config.chat_template === "chatml") return CHATML_TEMPLATE;
+  if (config.chat_template === "jinja") return config.chat_template_jinja ?? null;
+  return config.datasets.some((d) => d.type === "chat_template") ? tokenizer.chatTemplate : null;
+}
+
+/**
+ * Full fine-tune setup: every bf16/f16 parameter becomes an f32 master weight (the optimizers update f32 only; as
+ * transformers trains a bf16 checkpoint in f32 without mixed precision) and trains. Returns how many were upcast.
+ */
+export function upcastForFullFineTune(model: Module): number {
+  const done = new Map<Tensor, Tensor>();
+  for (const [, m] of [...model.namedModules()]) {
+    for (const [name, p] of [...m.namedParameters()]) {
+      if (name.includes(".")) continue; // a child's: handled at that module
+      let f = done.get(p) ?? p;
+      if (f === p && (p.dtype === "bf16" || p.dtype === "f16")) {
+        f = keep(noGrad(() => p.detach().cast("f32")));
+        done.set(p, f);
+      }
+      if (f !== p) {
+        // fields that hold the parameter (Linear.weight, Embedding.weight, …) follow it
+        const fields = m as unknown as Record<string, unknown>;
+        for (const k of Object.keys(fields)) if (fields[k] === p) fields[k] = f;
+        m.registerParameter(name, f);
+      }
+      f.requiresGrad = true;
+    }
+  }
+  return done.size;
+}
+
 /** What can be checked before any work (and before `--nproc` starts its ranks, so it is said once). */
 export function checkTrainInputs(config: TrainConfig): void {
   if (config.load_in_4bit && !config.adapter)
     throw new CliError(
       "CONFIG_INVALID",
       "load_in_4bit: a 4-bit base cannot be fully fine-tuned; set adapter: qlora (or drop load_in_4bit)",
+    );
+  if (!config.adapter && bnb4bitConfig(config.base_model))
+    throw new CliError(
+      "CONFIG_INVALID",
+      `base_model: ${config.base_model} is a bitsandbytes 4-bit checkpoint (quantization_config in config.json); cannot full-fine-tune a 4-bit checkpoint; use adapter: qlora (or a dense base_model)`,
     );
   for (const d of config.datasets)
     if (!existsSync(d.path)) throw new CliError("BAD_PATH", `datasets: ${d.path} does not exist`);
@@ -222,18 +354,23 @@ export async function runTrain(config: TrainConfig, options: TrainOptions = {}):
   const { rank, worldSize } = options.parallel ?? { rank: 0, worldSize: 1 };
   const stream = options.stream ?? (worldSize > 1 ? launcherTerminal() : undefined) ?? process.stderr;
   const isMain = rank === 0;
-  if (config.bf16 === true && isMain)
-    stream.write(
-      "qlora: bf16: true — the CPU backend computes in f32; training in f32 (bf16: auto says this silently)\n",
-    );
-  const { model, tokenizer } = await loadBase(config, options.quiet || !isMain, stream);
+  const say = (line: string) => isMain && stream.write(`qlora: ${line}\n`);
+  for (const warning of config.warnings ?? []) say(warning);
+  if (config.bf16 === true)
+    say("bf16: true — the CPU backend computes in f32; training in f32 (bf16: auto says this silently)");
+  const base = await loadBase(config, options.quiet || !isMain, stream);
+  const model = base.model;
+  const tokenizer = withSpecialTokens(base.tokenizer, config);
   const lora = !config.adapter
     ? undefined
     : config.lora_model_dir
       ? await loadAdapter(model, config.lora_model_dir, { isTrainable: true })
       : LoraModel.inject(model, loraSettings(config));
-  // Full fine-tune: the loader hands out frozen weights; every parameter trains.
-  if (!lora) for (const p of model.parameters()) p.requiresGrad = true;
+  // Full fine-tune: the loader hands out frozen weights in the checkpoint's dtype; every parameter trains, as an
+  // f32 master weight.
+  if (!lora) upcastForFullFineTune(model);
+  const baseReference = baseModelReference(config.base_model);
+  const chatTemplate = trainedChatTemplate(config, tokenizer);
   const trainable = [...model.namedParameters()].filter(([, p]) => p.requiresGrad);
   if (trainable.length === 0) throw new CliError("CONFIG_INVALID", "no parameter is trainable with this config");
   const data = await loadTokenDataset({
@@ -241,6 +378,8 @@ export async function runTrain(config: TrainConfig, options: TrainOptions = {}):
     rank,
     worldSize,
   });
+  const summary = dataSummary(data.stats, config);
+  if (summary) say(summary);
   const outputDir = resolve(config.output_dir);
   const flag = { interrupted: false };
   const plugins: TrainerPlugin[] = [interruptPlugin(options.signal, flag)];
@@ -262,7 +401,7 @@ export async function runTrain(config: TrainConfig, options: TrainOptions = {}):
     plugins,
     strategy: options.parallel?.strategy,
     checkpointIO: lora
-      ? (options.parallel?.checkpointIO?.(lora, config.base_model) ?? peftCheckpointIO(lora, config.base_model))
+      ? (options.parallel?.checkpointIO?.(lora, baseReference) ?? peftCheckpointIO(lora, baseReference, chatTemplate))
       : safetensorsCheckpointIO,
     args: {
       outputDir,
@@ -272,27 +411,27 @@ export async function runTrain(config: TrainConfig, options: TrainOptions = {}):
       maxSteps: config.max_steps,
       gradientAccumulationSteps: config.gradient_accumulation_steps,
       maxGradNorm: config.max_grad_norm > 0 ? config.max_grad_norm : undefined,
-      scheduler: {
-        name: config.lr_scheduler,
-        warmupSteps: config.warmup_steps,
-        warmupRatio: config.warmup_ratio,
-        minLrRate: config.cosine_min_lr_ratio,
-      },
+      scheduler: schedulerOptions(config),
       loggingSteps: config.logging_steps,
-      evalSteps: config.eval_steps,
-      saveSteps: config.save_steps,
+      ...stepIntervals(config, data.train.length),
       saveTotalLimit: config.save_total_limit,
       gradientCheckpointing: config.gradient_checkpointing || wantsActivationCheckpointing(config),
     },
   });
-  const evalLossBefore = data.eval ? (await trainer.evaluate()).eval_loss : undefined;
   const resumeFrom = config.resume_from_checkpoint;
+  // As Axolotl's auto-resume, true with no checkpoint starts fresh; say so, or it looks like a resume.
+  if (resumeFrom === true && (await latestCheckpoint(outputDir)) === undefined)
+    say(`resume_from_checkpoint: no checkpoint in ${outputDir}; starting fresh`);
+  const evalLossBefore = data.eval ? (await trainer.evaluate()).eval_loss : undefined;
   const state = await trainer.fit({ resumeFrom: resumeFrom === undefined ? undefined : resumeFrom });
   const evalLossAfter = data.eval && !flag.interrupted ? (await trainer.evaluate()).eval_loss : undefined;
   const modelDir = join(outputDir, lora ? "adapter" : "model");
   const reportPath = join(outputDir, "report.html");
   if (isMain) {
-    if (lora) await saveAdapter(lora, modelDir, { baseModelNameOrPath: config.base_model });
+    if (lora) {
+      await saveAdapter(lora, modelDir, { baseModelNameOrPath: baseReference, taskType: "CAUSAL_LM" });
+      if (chatTemplate !== null) await saveChatTemplate(modelDir, chatTemplate);
+    }
     // A full fine-tune ends as a Hugging Face checkpoint (f32, the precision it trained in) that every tool loads.
     else await saveDense(model, config.base_model, modelDir, "f32");
     writeReport(outputDir);

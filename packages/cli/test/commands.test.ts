@@ -1,8 +1,9 @@
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { GgmlType, gv, writeGguf, writeSafetensors } from "@qlora/formats";
 import { describe, expect, it } from "vitest";
+import { OPTIMIZERS } from "../src/config";
 import { runBin, runCli } from "./helpers";
 
 const dir = mkdtempSync(join(tmpdir(), "qlora-cli-"));
@@ -37,6 +38,60 @@ describe("qlora estimate", () => {
     expect(bad.err).toBe('qlora: --seq-len: expected a positive integer, got "-3"');
     const quant = await runCli(["estimate", "--model", dir, "--quant", "int3"]);
     expect(quant.err).toBe('qlora: --quant: expected nf4-dq, nf4 or none, got "int3"');
+    const optimizer = await runCli(["estimate", "--model", dir, "--optimizer", "bogus"]);
+    expect(optimizer.code).toBe(2);
+    expect(optimizer.out).toBe("");
+    expect(optimizer.err).toBe(`qlora: --optimizer: expected one of ${OPTIMIZERS.join(", ")}, got "bogus"`);
+  });
+
+  it("--optimizer takes every name train takes and sizes Lion and SGD state as they keep it", async () => {
+    const bytes = async (name: string) => {
+      const r = await runCli(["--json", "estimate", "--model", dir, "--optimizer", name]);
+      expect(r.code).toBe(0);
+      const row = JSON.parse(r.out).rows.find((x: { part?: string }) => x.part === "optimizer");
+      return [row.item, row.bytes];
+    };
+    const results = new Map<string, [string, number]>();
+    for (const name of OPTIMIZERS) results.set(name, (await bytes(name)) as [string, number]);
+    const [, adam] = results.get("adamw_torch")!;
+    expect(results.get("lion_32bit")).toEqual(["optimizer state (32-bit Lion)", adam / 2]);
+    expect(results.get("sgd")).toEqual(["optimizer state (32-bit SGD momentum)", adam / 2]);
+    expect(results.get("paged_lion_8bit")![0]).toBe("optimizer state (8-bit Lion)");
+    expect(results.get("paged_adamw_8bit")![0]).toBe("optimizer state (8-bit AdamW)");
+  });
+
+  it("plans without gradient checkpointing by default, as train; --gradient-checkpointing turns it on", async () => {
+    const items = async (...flags: string[]) => {
+      const r = await runCli(["--json", "estimate", "--model", dir, ...flags]);
+      expect(r.code).toBe(0);
+      return JSON.parse(r.out).rows.map((x: { item: string }) => x.item) as string[];
+    };
+    const plain = await items();
+    expect(plain).toContain("saved activations (all 2 layers)");
+    expect(plain.some((i) => i.startsWith("checkpointed"))).toBe(false);
+    expect(await items("--no-gradient-checkpointing")).toEqual(plain);
+    const ckpt = await items("--gradient-checkpointing");
+    expect(ckpt).toContain("checkpointed layer inputs (3 × tokens × hidden)");
+    expect(ckpt).toContain("one layer's recomputed activations");
+  });
+});
+
+describe("qlora eval", () => {
+  it("an unknown --quantize is refused before anything is loaded, as generate refuses it", async () => {
+    for (const command of ["eval", "generate"]) {
+      const extra = command === "eval" ? ["--data", join(dir, "d.jsonl")] : ["--prompt", "hi"];
+      const r = await runCli([command, "--model", dir, ...extra, "--quantize", "bogus"]);
+      expect(r.code).toBe(2);
+      expect(r.err).toBe('qlora: --quantize: expected nf4 or none, got "bogus"');
+    }
+  });
+
+  it("a --data file whose format cannot be told is refused naming --data, not an internal option", async () => {
+    const r = await runCli(["eval", "--model", dir, "--data", "/dev/null"]);
+    expect(r.code).toBe(2);
+    expect(r.err).toBe(
+      "qlora: --data: /dev/null: cannot tell the file format from its extension; expected .jsonl, .json, .txt or .parquet",
+    );
   });
 });
 
@@ -59,6 +114,31 @@ describe("qlora inspect", () => {
     const gguf = await runCli(["inspect", join(dir, "m.gguf")]);
     expect(gguf.code).toBe(0);
     expect(gguf.out).toMatch(/architecture\s+llama/);
+  });
+
+  it("a run directory: losses to 4 significant digits, step and best metric from @qlora/trainer's state", async () => {
+    const run = join(dir, "run");
+    mkdirSync(join(run, "checkpoint-2"), { recursive: true });
+    writeFileSync(
+      join(run, "metrics.jsonl"),
+      [
+        { step: 1, loss: 1.2345678 },
+        { step: 2, loss: 0.784126341342926 },
+        { step: 2, eval_loss: 0.91234567, eval_perplexity: 2.49 },
+      ]
+        .map((r) => JSON.stringify(r))
+        .join("\n"),
+    );
+    writeFileSync(
+      join(run, "checkpoint-2", "trainer_state.json"),
+      JSON.stringify({ globalStep: 2, bestMetric: 0.91234567, logHistory: [] }),
+    );
+    const r = await runCli(["inspect", run]);
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/^ {2}last train loss\s+0\.7841 \(step 2\)$/m);
+    expect(r.out).toMatch(/^ {2}last eval loss\s+0\.9123 \(step 2\)$/m);
+    expect(r.out).toMatch(/^ {2}global_step\s+2$/m);
+    expect(r.out).toMatch(/^ {2}best_metric\s+0\.9123$/m);
   });
 
   it("a corrupt file or an unknown path is a clear error", async () => {

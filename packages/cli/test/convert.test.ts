@@ -3,6 +3,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { openGguf } from "@qlora/formats";
 import { beforeAll, describe, expect, it } from "vitest";
+import { normalizeOut } from "../src/commands/convert";
+import { chatLoop } from "../src/commands/generate";
 import { runCli } from "./helpers";
 import { writeRandomAdapter, writeTinyBase } from "./tiny";
 
@@ -105,6 +107,44 @@ describe("qlora eval / merge / quantize / export / generate", () => {
     expect(existsSync(join(root, "peft", "adapter_model.safetensors"))).toBe(true);
   });
 
+  it("--out with a trailing slash is normalised; a GGUF --out that is a directory is refused by name", async () => {
+    const exportTo = (out: string) =>
+      runCli(["--json", "export", "--model", base, "--format", "gguf", "--gguf-type", "f32", "--out", out]);
+    const slashed = await exportTo(`${join(root, "slashed.gguf")}/`);
+    expect(slashed.err).toBe("");
+    expect(slashed.code).toBe(0);
+    expect(JSON.parse(slashed.out).out).toBe(join(root, "slashed.gguf"));
+    expect((await openGguf(join(root, "slashed.gguf"))).get("general.architecture")).toBe("llama");
+    const intoDir = await exportTo(`${root}/`);
+    expect(intoDir.code).toBe(2);
+    expect(intoDir.err).toBe(
+      `qlora: --out: ${root} is a directory; --format gguf writes one file (e.g. ${join(root, "model.gguf")})`,
+    );
+    const peft = await runCli([
+      "export",
+      "--model",
+      base,
+      "--adapter",
+      adapter,
+      "--format",
+      "peft",
+      "--out",
+      `${join(root, "peft2")}//`,
+    ]);
+    expect(peft.code).toBe(0);
+    expect(peft.out).toBe(`wrote PEFT adapter to ${join(root, "peft2")}`);
+    expect(normalizeOut("out/")).toBe("out");
+    expect(normalizeOut("./a//b/")).toBe("a/b");
+    expect(normalizeOut("/")).toBe("/");
+  });
+
+  it("quantize --help names the block size default once", async () => {
+    const r = await runCli(["quantize", "--help"]);
+    expect(r.code).toBe(0);
+    expect(r.out.match(/default/g)).toHaveLength(2); // --quant-type and --blocksize, once each
+    expect(r.out).toMatch(/--blocksize <n>\s+block size: 64, 128, 256 …\s+\(default:\s+64\)/);
+  });
+
   it("generate is greedy-deterministic, with or without the chat template", async () => {
     const args = [
       "--json",
@@ -188,7 +228,75 @@ describe("qlora chat", () => {
     child.stdin.write("hello there\nand again\n\n");
     const code = await new Promise<number | null>((r) => child.on("exit", (c) => r(c)));
     expect(code).toBe(0);
-    // one prompt per turn plus the closing one
-    expect(out.split("> ").length - 1).toBe(3);
+    // piped stdin: no "> " prompts, one reply line per turn
+    expect(out).not.toContain("> ");
+    expect(out.split("\n").filter((l) => l !== "")).toHaveLength(2);
   }, 60_000);
+
+  it("--json prints one JSON object per reply (JSON Lines); --quiet and --json print nothing else", async () => {
+    const { spawn } = await import("node:child_process");
+    const { BIN } = await import("./helpers");
+    const child = spawn(
+      process.execPath,
+      ["--conditions=@qlora/source", "--import", "tsx", BIN, "--json", "--quiet", "chat", "--model", base].concat([
+        "--max-new-tokens",
+        "4",
+        "--quantize",
+        "none",
+      ]),
+      { stdio: ["pipe", "pipe", "pipe"] },
+    );
+    let out = "";
+    let err = "";
+    child.stdout.on("data", (d) => (out += d));
+    child.stderr.on("data", (d) => (err += d));
+    child.stdin.end("hello there\nand again\n");
+    const code = await new Promise<number | null>((r) => child.on("exit", (c) => r(c)));
+    expect(err).toBe("");
+    expect(code).toBe(0);
+    const lines = out.split("\n").filter((l) => l !== "");
+    expect(lines).toHaveLength(2);
+    const replies = lines.map((l) => JSON.parse(l));
+    expect(replies.map((r) => [r.turn, r.user])).toEqual([
+      [1, "hello there"],
+      [2, "and again"],
+    ]);
+    for (const r of replies) expect(typeof r.assistant).toBe("string");
+  }, 60_000);
+
+  it("the loop prompts only a person at a terminal, streams replies and keeps the conversation", async () => {
+    const session = async (prompt: boolean, json: boolean) => {
+      const written: string[] = [];
+      const lines: string[] = [];
+      const seen: number[] = [];
+      const input = ["hi", "more", ""][Symbol.iterator]();
+      const messages = await chatLoop({
+        lines: { next: async () => input.next() },
+        system: "be brief",
+        json,
+        prompt,
+        write: (t) => written.push(t),
+        out: (l) => lines.push(l),
+        reply: async (m, write) => {
+          seen.push(m.length);
+          write("ok");
+          return "ok";
+        },
+      });
+      return { text: written.join(""), lines, seen, messages };
+    };
+    const tty = await session(true, false);
+    expect(tty.text).toBe("> ok\n> ok\n> ");
+    expect(tty.seen).toEqual([2, 4]); // system + user, then the whole conversation so far
+    expect(tty.messages.map((m) => m.role)).toEqual(["system", "user", "assistant", "user", "assistant"]);
+    const piped = await session(false, false);
+    expect(piped.text).toBe("ok\nok\n");
+    expect(piped.lines).toEqual([]);
+    const json = await session(false, true);
+    expect(json.text).toBe("");
+    expect(json.lines.map((l) => JSON.parse(l))).toEqual([
+      { turn: 1, user: "hi", assistant: "ok" },
+      { turn: 2, user: "more", assistant: "ok" },
+    ]);
+  });
 });

@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PNG } from "pngjs";
 import { describe, expect, it } from "vitest";
+import { metricSeries } from "../src/report";
 import { runCli } from "./helpers";
 
 function makeRun(): string {
@@ -37,6 +38,17 @@ describe("qlora report", () => {
     expect(html).not.toMatch(/no data/);
     // the loss chart has a train and an eval line
     expect(html.match(/<path d="M/g)?.length).toBe(5);
+  });
+
+  it("a step recorded twice (a resumed run's file from an older version) is plotted once, its last record", () => {
+    const records = [1, 2, 3, 2, 3, 4].map((step, i) => ({ step, loss: i < 3 ? 10 + step : step }));
+    const [loss] = metricSeries(records);
+    expect(loss.lines[0].points).toEqual([
+      [1, 11],
+      [2, 2],
+      [3, 3],
+      [4, 4],
+    ]);
   });
 
   it("names the file and line of a corrupt metrics record", async () => {

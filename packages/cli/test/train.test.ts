@@ -69,6 +69,48 @@ output_dir: ${out}
     const metrics = readFileSync(join(out, "metrics.jsonl"), "utf8").trim().split("\n");
     expect(metrics.length).toBeGreaterThan(5);
     expect(readFileSync(join(out, "report.html"), "utf8")).toMatch(/<svg /);
+    // the eval before training is recorded, the one after it once
+    const evals = metrics.map((l) => JSON.parse(l)).filter((m) => "eval_loss" in m);
+    expect(evals.map((m) => [m.step, m.eval_loss])).toEqual([
+      [0, result.evalLossBefore],
+      [30, result.evalLossAfter],
+    ]);
+
+    // inspect tells a trainer checkpoint from a bare adapter: step, epoch, optimizer, scheduler, contents
+    const inspected = await runCli(["inspect", join(out, "checkpoint-15")]);
+    expect(inspected.code).toBe(0);
+    expect(inspected.out).toMatch(/\(trainer checkpoint\)/);
+    expect(inspected.out).toMatch(/^ {2}step\s+15 of max_steps 30$/m);
+    expect(inspected.out).toMatch(/^ {2}epoch\s+\d/m);
+    expect(inspected.out).toMatch(/^ {2}optimizer\s+AdamW \(8-bit, paged\), 1 group/m);
+    expect(inspected.out).toMatch(/^ {2}scheduler\s+constant at step 15, lr 0\.01$/m);
+    expect(inspected.out).toMatch(
+      /^ {2}contains\s+PEFT adapter, trainable weights, optimizer state, scheduler, RNG state/m,
+    );
+    const inspectedJson = JSON.parse((await runCli(["--json", "inspect", join(out, "checkpoint-15")])).out);
+    expect(inspectedJson).toMatchObject({ kind: "trainer checkpoint", details: { step: 15, maxSteps: 30 } });
+    expect(inspectedJson.details.optimizer).toMatchObject({ name: "AdamW", bits: 8, paged: true });
+
+    // resumed from a checkpoint at or past max_steps: nothing to train, says so, writes the adapter, exits 0
+    const past = join(root, "run-past");
+    const resumed = await runCli([
+      "--quiet",
+      "train",
+      join(root, "qlora.yaml"),
+      "--resume_from_checkpoint",
+      join(out, "checkpoint-15"),
+      "--max_steps",
+      "10",
+      "--output_dir",
+      past,
+    ]);
+    expect(resumed.code).toBe(0);
+    expect(resumed.err).toBe(
+      `qlora: resume_from_checkpoint: ${join(out, "checkpoint-15")} is at step 15, at or past max_steps 10: nothing to train; saving its weights`,
+    );
+    expect(resumed.out).toMatch(/^trained 0 steps \(resumed at step 15, now at 15\)/);
+    expect(existsSync(join(past, "adapter", "adapter_model.safetensors"))).toBe(true);
+    expect(existsSync(join(past, "report.html"))).toBe(true);
   });
 
   it("preprocess --debug shows the label mask: prompt tokens masked, completion and EOS trained", async () => {
@@ -152,6 +194,80 @@ output_dir: ${out}
     const f = await openSafetensors(join(root, "second", "adapter", "adapter_model.safetensors"));
     expect(f.names.length).toBeGreaterThan(0);
     await f.close();
+  });
+
+  it("an Axolotl-style config: empty keys, inert keys warned once, ShareGPT data, per-epoch eval/save, special_tokens", async () => {
+    const base = await tinyModel();
+    const data = join(root, "sharegpt.jsonl");
+    const rows = Array.from({ length: 48 }, (_, i) =>
+      JSON.stringify({
+        conversations: [
+          { from: "human", value: `colour ${i % 7}?` },
+          { from: "gpt", value: ["red", "green", "blue", "gold"][i % 4] },
+        ],
+      }),
+    );
+    writeFileSync(data, rows.join("\n"));
+    const out = join(root, "axolotl");
+    const file = join(root, "axolotl.yaml");
+    writeFileSync(
+      file,
+      `base_model: ${base}
+strict: false
+load_in_4bit: true
+adapter: qlora
+lora_model_dir:
+lora_target_linear: true
+datasets:
+  - path: ${data}
+    type: chat_template
+    field_messages: conversations
+    message_property_mappings: {role: from, content: value}
+dataset_prepared_path:
+val_set_size: 8
+sequence_len: 64
+pad_to_sequence_len: true
+micro_batch_size: 4
+max_steps: 10
+learning_rate: 0.01
+wandb_project:
+flash_attention: true
+evals_per_epoch: 2
+saves_per_epoch: 1
+early_stopping_patience:
+resume_from_checkpoint: true
+fsdp:
+fsdp_config:
+special_tokens:
+  pad_token: "<|end_of_text|>"
+output_dir: ${out}
+`,
+    );
+    const stderr: string[] = [];
+    const write = process.stderr.write.bind(process.stderr);
+    process.stderr.write = ((chunk: string) => {
+      stderr.push(String(chunk));
+      return true;
+    }) as typeof process.stderr.write;
+    try {
+      const r = await runCli(["--quiet", "--json", "train", file]);
+      expect(r.err).toBe("");
+      expect(r.code).toBe(0);
+    } finally {
+      process.stderr.write = write;
+    }
+    expect(stderr).toEqual([
+      expect.stringMatching(new RegExp(`^qlora: ${file}:20: flash_attention: true has no effect here: .*\n$`)),
+      `qlora: resume_from_checkpoint: no checkpoint in ${out}; starting fresh\n`,
+    ]);
+    // 40 training examples / micro-batch 4 = 10 steps an epoch: eval every 5 steps, a save every 10
+    const metrics = readFileSync(join(out, "metrics.jsonl"), "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
+    expect(metrics.filter((m) => m.eval_loss !== undefined).map((m) => m.step)).toEqual([0, 5, 10]);
+    expect(existsSync(join(out, "checkpoint-10", "trainer_state.json"))).toBe(true);
+    expect(existsSync(join(out, "checkpoint-5"))).toBe(false);
   });
 
   it("a full fine-tune (no adapter, dense base) trains every parameter and saves them", async () => {

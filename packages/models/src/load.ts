@@ -484,7 +484,10 @@ function warnIfReferenceOnly(backend: Backend, onWarning: LoadOptions["onWarning
     "loadModel: no native backend is registered, so the model runs on the TypeScript reference backend (tens of " +
     'times slower). Call registerCpuBackend() from "@qlora/cpu-kernels" first, or pass backend: "reference" to ' +
     "choose it knowingly.";
-  if (onWarning) return onWarning(message);
+  if (onWarning) {
+    onWarning(message);
+    return;
+  }
   if (warnedReferenceOnly) return;
   warnedReferenceOnly = true;
   process.emitWarning(message, { code: "QLORA_REFERENCE_BACKEND" });

@@ -1,17 +1,17 @@
 /** Commands that write model files: quantize, merge, export. */
-import { rm } from "node:fs/promises";
-import { join } from "node:path";
+import { existsSync, statSync } from "node:fs";
+import { join, normalize, sep } from "node:path";
 import type { Command } from "commander";
 import { exportGguf, loadModel, saveQuantized } from "@qlora/models";
-import { exportAdapterGguf, loadAdapter, saveAdapter } from "@qlora/lora";
+import { exportAdapterGguf, saveAdapter } from "@qlora/lora";
 import { CliError } from "../errors";
 import {
+  baseModelReference,
   copyTokenizerFiles,
   ggufMapping,
   loadForInference,
-  requireAdapterDir,
+  mergeAdapterInto,
   requireModelDir,
-  saveDense,
 } from "../infer";
 import type { GlobalOptions, Io } from "../main";
 import { positiveInt } from "../main";
@@ -26,6 +26,23 @@ function oneOf<T extends string>(v: string, allowed: readonly T[], flag: string)
   return v as T;
 }
 
+/** `--out` without trailing separators (`out/` → `out`), normalised; `/` stays `/`. */
+export function normalizeOut(path: string): string {
+  const n = normalize(path);
+  return n.length > 1 ? n.replace(/[\\/]+$/, "") || sep : n;
+}
+
+/** `--out` of a file output (GGUF): normalised, and not an existing directory. */
+function fileOut(path: string): string {
+  const out = normalizeOut(path);
+  if (existsSync(out) && statSync(out).isDirectory())
+    throw new CliError(
+      "BAD_PATH",
+      `--out: ${out} is a directory; --format gguf writes one file (e.g. ${join(out, "model.gguf")})`,
+    );
+  return out;
+}
+
 export function registerConvert(program: Command, io: Io): void {
   program
     .command("quantize")
@@ -34,9 +51,10 @@ export function registerConvert(program: Command, io: Io): void {
     .requiredOption("--out <dir>", "output directory")
     .option("--quant-type <t>", "nf4 | fp4", "nf4")
     .option("--no-double-quant", "plain f32 absmax per block")
-    .option("--blocksize <n>", "64 (default), 128, 256 …", (v) => positiveInt(v, "--blocksize"), 64)
+    .option("--blocksize <n>", "block size: 64, 128, 256 …", (v) => positiveInt(v, "--blocksize"), 64)
     .action(async function (this: Command, dir: string, o) {
       const global = this.optsWithGlobals() as GlobalOptions;
+      o.out = normalizeOut(o.out);
       requireModelDir(dir, "model_dir");
       const quantization = {
         quantType: oneOf(o.quantType, ["nf4", "fp4"] as const, "--quant-type"),
@@ -69,29 +87,9 @@ export function registerConvert(program: Command, io: Io): void {
     .action(async function (this: Command, o) {
       const global = this.optsWithGlobals() as GlobalOptions;
       const dtype = oneOf(o.dtype, ["f32", "bf16", "f16", "nf4"] as const, "--dtype");
-      requireModelDir(o.model);
-      requireAdapterDir(o.adapter);
-      // Merging happens in dense f32 (the exact sum); nf4 output re-quantizes the merged weights.
-      const bar = layerProgress(`loading ${o.model}`, global.quiet);
-      const { model, generationConfig } = await loadModel(o.model, {
-        quantize: false,
-        onProgress: bar.onProgress,
-      }).finally(bar.stop);
-      const lora = await loadAdapter(model, o.adapter);
-      const { model: merged } = lora.mergeAndUnload();
-      const out = merged as typeof model;
-      if (dtype === "nf4") {
-        const quantization = { quantType: "nf4" as const, doubleQuant: true, blocksize: 64, skipModules: ["lm_head"] };
-        const dense = join(o.out, ".merged-f32");
-        try {
-          await saveDense(out, o.model, dense, "f32");
-          const { model: q } = await loadModel(dense, { quantize: quantization });
-          await saveQuantized(q, o.out, { quantization, generationConfig });
-        } finally {
-          await rm(dense, { recursive: true, force: true });
-        }
-        await copyTokenizerFiles(o.model, o.out);
-      } else await saveDense(out, o.model, o.out, dtype);
+      o.out = normalizeOut(o.out);
+      // Merged in f32 (a bitsandbytes 4-bit base is dequantized first); nf4 quantizes the merged weights once.
+      await mergeAdapterInto(o.model, o.adapter, o.out, dtype, { quiet: global.quiet });
       report(io, global.json, { out: o.out, dtype }, `merged ${o.adapter} into ${o.model}: ${o.out} (${dtype})`);
     });
 
@@ -106,11 +104,12 @@ export function registerConvert(program: Command, io: Io): void {
     .action(async function (this: Command, o) {
       const global = this.optsWithGlobals() as GlobalOptions;
       const format = oneOf(o.format, ["peft", "gguf"] as const, "--format");
+      o.out = format === "gguf" ? fileOut(o.out) : normalizeOut(o.out);
       requireModelDir(o.model);
       if (format === "peft") {
         if (!o.adapter) throw new CliError("BAD_ARGUMENT", "--format peft: needs --adapter <dir>");
         const { lora } = await loadForInference(o.model, { adapter: o.adapter, quantize: "none" });
-        await saveAdapter(lora!, o.out, { baseModelNameOrPath: o.model });
+        await saveAdapter(lora!, o.out, { baseModelNameOrPath: baseModelReference(o.model), taskType: "CAUSAL_LM" });
         return report(io, global.json, { out: o.out }, `wrote PEFT adapter to ${o.out}`);
       }
       if (o.adapter) {

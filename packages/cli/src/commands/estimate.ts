@@ -9,8 +9,10 @@ import {
   formatPerRank,
   formatPlan,
   modelShapeFromConfig,
+  optimizerSpec,
   singleProcessParts,
 } from "../estimate";
+import { OPTIMIZERS } from "../config";
 import { readJson } from "../inspect";
 import { type GlobalOptions, type Io, positiveInt } from "../main";
 import { loadDistributed } from "../ranks";
@@ -23,13 +25,13 @@ export function registerEstimate(program: Command, io: Io): void {
     .option("--seq-len <n>", "tokens per sequence", (v) => positiveInt(v, "--seq-len"), DEFAULT_ESTIMATE.seqLen)
     .option("--micro-batch-size <n>", "sequences per micro-batch", (v) => positiveInt(v, "--micro-batch-size"), 1)
     .option("--lora-r <n>", "LoRA rank", (v) => positiveInt(v, "--lora-r"), DEFAULT_ESTIMATE.loraR)
-    .option(
-      "--optimizer <name>",
-      "adamw_torch | paged_adamw_32bit | paged_adamw_8bit | adamw_8bit",
-      "paged_adamw_32bit",
-    )
+    .option("--optimizer <name>", `as the config's optimizer key: ${OPTIMIZERS.join(" | ")}`, "paged_adamw_32bit")
     .option("--quant <q>", "base weights: nf4-dq | nf4 | none", "nf4-dq")
-    .option("--no-gradient-checkpointing", "keep every layer's activations")
+    .option(
+      "--gradient-checkpointing",
+      "recompute each layer's activations in backward (as gradient_checkpointing: true; off by default, as in train)",
+    )
+    .option("--no-gradient-checkpointing", "keep every layer's activations (the default)")
     .option(
       "--world-size <n>",
       "also the per-rank memory of n ranks under DDP and FSDP (--micro-batch-size is per rank)",
@@ -40,6 +42,11 @@ export function registerEstimate(program: Command, io: Io): void {
     )
     .action(async function (this: Command, o) {
       const global = this.optsWithGlobals() as GlobalOptions;
+      if (!(OPTIMIZERS as readonly string[]).includes(o.optimizer))
+        throw new CliError(
+          "BAD_ARGUMENT",
+          `--optimizer: expected one of ${OPTIMIZERS.join(", ")}, got "${o.optimizer}"`,
+        );
       if (!["nf4-dq", "nf4", "none"].includes(o.quant))
         throw new CliError("BAD_ARGUMENT", `--quant: expected nf4-dq, nf4 or none, got "${o.quant}"`);
       const file = existsSync(o.model) && statSync(o.model).isDirectory() ? join(o.model, "config.json") : o.model;
@@ -51,8 +58,9 @@ export function registerEstimate(program: Command, io: Io): void {
         seqLen: o.seqLen,
         microBatchSize: o.microBatchSize,
         loraR: o.loraR,
-        optimizerBits: /8bit/.test(o.optimizer) ? 8 : 32,
-        gradientCheckpointing: o.gradientCheckpointing,
+        ...optimizerSpec(o.optimizer),
+        // commander sets no default when both --x and --no-x are declared: off, as train's gradient_checkpointing
+        gradientCheckpointing: o.gradientCheckpointing ?? DEFAULT_ESTIMATE.gradientCheckpointing,
         baseQuant: o.quant as BaseQuant,
         logitsChunk: o.logitsChunk,
       });

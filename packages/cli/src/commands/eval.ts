@@ -6,6 +6,7 @@ import { DATASET_TYPES } from "../config";
 import { datasetLoss, loadForInference } from "../infer";
 import type { GlobalOptions, Io } from "../main";
 import { positiveInt } from "../main";
+import { checkQuantize } from "./generate";
 import { DATASET_FORMATS } from "../train";
 
 export function registerEval(program: Command, io: Io): void {
@@ -14,18 +15,24 @@ export function registerEval(program: Command, io: Io): void {
     .description("loss and perplexity of a model (and adapter) on a dataset")
     .requiredOption("--model <dir>", "base model directory")
     .option("--adapter <dir>", "PEFT adapter directory")
-    .requiredOption("--data <file>", "JSONL, JSON or text file")
+    .requiredOption("--data <file>", "a .jsonl, .json, .txt or .parquet file")
     .option("--type <format>", `row format: ${DATASET_TYPES.join(", ")} (default: by the keys of each row)`)
     .option("--sequence-len <n>", "tokens per example", (v) => positiveInt(v, "--sequence-len"), 512)
-    .option("--quantize <q>", "nf4 (default) or none", "nf4")
+    .option("--quantize <q>", "how the base weights are held: nf4 or none", "nf4")
     .action(async function (this: Command, o) {
       const global = this.optsWithGlobals() as GlobalOptions;
+      const quantize = checkQuantize(o.quantize);
       if (!existsSync(o.data)) throw new CliError("BAD_PATH", `--data: ${o.data} does not exist`);
+      if (!/\.(jsonl|json|txt|parquet)$/i.test(o.data))
+        throw new CliError(
+          "BAD_ARGUMENT",
+          `--data: ${o.data}: cannot tell the file format from its extension; expected .jsonl, .json, .txt or .parquet`,
+        );
       if (o.type !== undefined && !(DATASET_TYPES as readonly string[]).includes(o.type))
         throw new CliError("BAD_ARGUMENT", `--type: expected one of ${DATASET_TYPES.join(", ")}, got "${o.type}"`);
       const loaded = await loadForInference(o.model, {
         adapter: o.adapter,
-        quantize: o.quantize,
+        quantize,
         quiet: global.quiet || global.json,
       });
       const data = await loadTokenDataset({

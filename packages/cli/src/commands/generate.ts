@@ -28,7 +28,11 @@ function sampleOptions(program: Command): Command {
     .option("--top-p <p>", "nucleus sampling", (v) => number(v, "--top-p"))
     .option("--top-k <k>", "top-k sampling", (v) => positiveInt(v, "--top-k"))
     .option("--seed <s>", "sampling seed", (v) => number(v, "--seed"))
-    .option("--quantize <q>", "nf4 (default) or none: how the base weights are held", "nf4");
+    .option("--quantize <q>", "how the base weights are held: nf4 or none", "nf4")
+    .option(
+      "--chat-template <name|file>",
+      "chat template for --chat / chat: chatml, tokenizer_default (the base's) or a Jinja file; default: the adapter's saved chat_template.jinja, else the base's",
+    );
 }
 
 /** Generate one continuation, streaming text through `write`; returns the full text. */
@@ -52,9 +56,14 @@ export async function streamCompletion(
   return result.text ?? "";
 }
 
-function checkQuantize(q: string): "nf4" | "none" {
-  if (q !== "nf4" && q !== "none") throw new CliError("BAD_ARGUMENT", `--quantize: expected nf4 or none, got "${q}"`);
-  return q;
+/** How inference commands (generate, chat, eval) may hold the base weights. */
+export const INFERENCE_QUANTIZE = ["nf4", "none"] as const;
+
+/** `--quantize`: one of INFERENCE_QUANTIZE, else a BAD_ARGUMENT error naming the flag. */
+export function checkQuantize(q: string): (typeof INFERENCE_QUANTIZE)[number] {
+  if (!(INFERENCE_QUANTIZE as readonly string[]).includes(q))
+    throw new CliError("BAD_ARGUMENT", `--quantize: expected ${INFERENCE_QUANTIZE.join(" or ")}, got "${q}"`);
+  return q as (typeof INFERENCE_QUANTIZE)[number];
 }
 
 export function registerGenerate(program: Command, io: Io): void {
@@ -72,6 +81,7 @@ export function registerGenerate(program: Command, io: Io): void {
       adapter: o.adapter,
       quantize: checkQuantize(o.quantize),
       quiet: global.quiet || global.json,
+      chatTemplate: o.chatTemplate,
     });
     const ids = o.chat
       ? loaded.tokenizer.encodeChat([{ role: "user", content: o.prompt }], { addGenerationPrompt: true })
@@ -92,30 +102,68 @@ export function registerGenerate(program: Command, io: Io): void {
       .requiredOption("--model <dir>", "base model directory")
       .option("--adapter <dir>", "PEFT adapter directory")
       .option("--system <text>", "system prompt"),
-  ).action(async (o) => {
-    const loaded = await loadForInference(o.model, { adapter: o.adapter, quantize: checkQuantize(o.quantize) });
+  ).action(async function (this: Command, o) {
+    const global = this.optsWithGlobals() as GlobalOptions;
+    const quantize = checkQuantize(o.quantize);
+    const loaded = await loadForInference(o.model, {
+      adapter: o.adapter,
+      quantize,
+      quiet: global.quiet || global.json,
+      chatTemplate: o.chatTemplate,
+    });
     if (!loaded.tokenizer.chatTemplate)
       throw new CliError("UNSUPPORTED", `${o.model}: the tokenizer has no chat_template; use qlora generate`);
-    const messages: ChatMessage[] = o.system ? [{ role: "system", content: o.system }] : [];
     // Lines are read through the async iterator, which buffers them: a piped stdin delivers every line at once, and
     // rl.question() would drop the ones that arrive while a reply is being generated.
     const rl = createInterface({ input: process.stdin, terminal: false });
-    const lines = rl[Symbol.asyncIterator]();
     try {
-      for (;;) {
-        process.stdout.write("> ");
-        const next = await lines.next();
-        const line = next.done ? "" : next.value;
-        if (line.trim() === "") break;
-        messages.push({ role: "user", content: line });
-        const ids = loaded.tokenizer.encodeChat(messages, { addGenerationPrompt: true });
-        const reply = await streamCompletion(loaded, ids, o, (t) => process.stdout.write(t));
-        process.stdout.write("\n");
-        messages.push({ role: "assistant", content: reply });
-      }
+      await chatLoop({
+        lines: rl[Symbol.asyncIterator](),
+        system: o.system,
+        json: global.json,
+        prompt: Boolean(process.stdin.isTTY) && !global.json,
+        write: (t) => process.stdout.write(t),
+        out: io.out,
+        reply: (messages, write) =>
+          streamCompletion(loaded, loaded.tokenizer.encodeChat(messages, { addGenerationPrompt: true }), o, write),
+      });
     } finally {
       rl.close();
     }
-    io.out("");
   });
+}
+
+export interface ChatLoopOptions {
+  /** The user's lines (an empty line or the end of input quits). */
+  lines: AsyncIterator<string>;
+  system?: string;
+  /** One JSON object per reply (JSON Lines) through `out`, nothing streamed. */
+  json?: boolean;
+  /** Print "> " before each line is read: only for a person at a terminal. */
+  prompt: boolean;
+  /** Raw text (prompts, streamed tokens). */
+  write: (text: string) => void;
+  /** A whole line. */
+  out: (line: string) => void;
+  /** Generate the assistant's reply to the conversation so far, streaming its text through `write`. */
+  reply: (messages: ChatMessage[], write: (text: string) => void) => Promise<string>;
+}
+
+/** The read–reply loop of `qlora chat`; resolves to the conversation. */
+export async function chatLoop(o: ChatLoopOptions): Promise<ChatMessage[]> {
+  const messages: ChatMessage[] = o.system ? [{ role: "system", content: o.system }] : [];
+  for (let turn = 1; ; turn++) {
+    if (o.prompt) o.write("> ");
+    const next = await o.lines.next();
+    const line = next.done ? "" : next.value;
+    if (line.trim() === "") break;
+    messages.push({ role: "user", content: line });
+    const reply = await o.reply(messages, o.json ? () => {} : o.write);
+    if (o.json) o.out(JSON.stringify({ turn, user: line, assistant: reply }));
+    else o.write("\n");
+    messages.push({ role: "assistant", content: reply });
+  }
+  // End the prompt line a person left open (Ctrl-D or an empty line).
+  if (o.prompt) o.out("");
+  return messages;
 }

@@ -1,9 +1,12 @@
 import { setThreads } from "@qlora/cpu-kernels";
 import type { MpiCommunicator } from "@qlora/distributed";
 import type { Command } from "commander";
-import { loadTrainConfig } from "../config";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { latestCheckpoint } from "@qlora/trainer";
+import { type TrainConfig, loadTrainConfig } from "../config";
 import { CliError } from "../errors";
-import { type GlobalOptions, type Io, positiveInt } from "../main";
+import { CommandExit, type GlobalOptions, type Io, positiveInt } from "../main";
 import {
   launchRanks,
   loadDistributed,
@@ -13,6 +16,7 @@ import {
   worldFromEnv,
 } from "../ranks";
 import { type TrainResult, checkTrainInputs, runTrain } from "../train";
+import { onInterrupt, signalExitCode } from "./signals";
 
 /** `--lora-r 16 --sample-packing true` → { "lora-r": "16", "sample-packing": "true" }. */
 export function overridePairs(args: readonly string[]): Record<string, string> {
@@ -59,23 +63,44 @@ export function registerTrain(program: Command, io: Io): void {
         checkTrainInputs(config);
         return launchRanks(global.nproc, process.argv.slice(2));
       }
-      const abort = new AbortController();
-      const onSigint = () => {
-        io.err("qlora: interrupted — writing a checkpoint at the end of this step (Ctrl-C again to quit at once)");
-        process.once("SIGINT", () => process.exit(130));
-        abort.abort();
-      };
-      process.once("SIGINT", onSigint);
+      const interruption = onInterrupt((signal) =>
+        io.err(
+          signal === "SIGINT"
+            ? "qlora: interrupted — writing a checkpoint at the end of this step (Ctrl-C again to quit at once)"
+            : "qlora: interrupted (SIGTERM) — writing a checkpoint at the end of this step (a second signal quits at once)",
+        ),
+      );
       try {
+        const resumed = await resumeStep(config);
+        if (resumed && config.max_steps !== undefined && resumed.step >= config.max_steps)
+          io.err(
+            `qlora: resume_from_checkpoint: ${resumed.dir} is at step ${resumed.step}, at or past max_steps ${config.max_steps}: nothing to train; saving its weights`,
+          );
         const parallel = await singleProcessRuntime(config);
-        printResult(io, global, await runTrain(config, { quiet: global.quiet, signal: abort.signal, parallel }));
+        const result = await runTrain(config, { quiet: global.quiet, signal: interruption.signal, parallel });
+        printResult(io, global, result, resumed?.step);
+        const signal = interruption.received();
+        if (result.interrupted && signal) throw new CommandExit(signalExitCode(signal));
       } finally {
-        process.removeListener("SIGINT", onSigint);
+        interruption.dispose();
       }
     });
 }
 
-function printResult(io: Io, global: GlobalOptions, result: TrainResult): void {
+/** The step of the checkpoint a run resumes from (an explicit directory, or `true`: the latest in output_dir). */
+async function resumeStep(config: TrainConfig): Promise<{ dir: string; step: number } | undefined> {
+  const from = config.resume_from_checkpoint;
+  const dir = typeof from === "string" ? from : from === true ? await latestCheckpoint(config.output_dir) : undefined;
+  if (dir === undefined) return undefined;
+  try {
+    const state = JSON.parse(readFileSync(join(dir, "trainer_state.json"), "utf8")) as { globalStep?: unknown };
+    return typeof state.globalStep === "number" ? { dir, step: state.globalStep } : undefined;
+  } catch {
+    return undefined; // the trainer names a missing or broken checkpoint itself
+  }
+}
+
+function printResult(io: Io, global: GlobalOptions, result: TrainResult, resumedAt?: number): void {
   if (global.json) {
     io.out(JSON.stringify(result));
     return;
@@ -84,7 +109,11 @@ function printResult(io: Io, global: GlobalOptions, result: TrainResult): void {
     result.evalLossBefore !== undefined && result.evalLossAfter !== undefined
       ? `; eval loss ${result.evalLossBefore.toFixed(4)} → ${result.evalLossAfter.toFixed(4)}`
       : "";
-  io.out(`trained ${result.globalStep} steps${loss}`);
+  const steps =
+    resumedAt === undefined
+      ? `trained ${result.globalStep} steps`
+      : `trained ${Math.max(0, result.globalStep - resumedAt)} steps (resumed at step ${resumedAt}, now at ${result.globalStep})`;
+  io.out(`${steps}${loss}`);
   io.out(`${result.interrupted ? "interrupted; " : ""}weights: ${result.modelDir}`);
   io.out(`report: ${result.reportPath}`);
 }

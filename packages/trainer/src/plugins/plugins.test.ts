@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { appendFileSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { manualSeed } from "@qlora/tensor";
@@ -14,6 +14,13 @@ import { progress } from "./progress";
 
 const root = mkdtempSync(join(tmpdir(), "qlora-plugins-"));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+function readJsonl(file: string): Record<string, number>[] {
+  return readFileSync(file, "utf8")
+    .split("\n")
+    .filter((l) => l.trim() !== "")
+    .map((l) => JSON.parse(l));
+}
 
 function run(plugins: TrainerPlugin[], args: Partial<TrainingArgs> = {}, evalData?: Batch[]) {
   manualSeed(11);
@@ -64,6 +71,55 @@ describe("built-in plugins", () => {
     expect(lines[0]).toMatch(
       /^step 1\/6 loss [\d.]+ lr [\d.e-]+ grad_norm [\d.]+ tokens\/s [\d.e+]+ \([\d.e+]+ with loss\) mem \d+MiB \(peak \d+MiB\)\n$/,
     );
+  });
+
+  it("metrics.jsonl records the eval before fit() and an eval at the same step once (file and progress lines)", async () => {
+    const out = join(root, "metrics-eval");
+    const lines: string[] = [];
+    const { trainer } = run(
+      [metricsFile(), progress({ stream: { isTTY: false, write: (s: string) => lines.push(s) } })],
+      { outputDir: out, evalSteps: 3 },
+      randomBatches(1, 2, 5, 11, 3),
+    );
+    const before = await trainer.evaluate(); // the CLI's "eval loss before"
+    await trainer.fit(); // evaluates at steps 3 and 6 (the last)
+    const after = await trainer.evaluate(); // the CLI's "eval loss after", at step 6 again
+    const records = readJsonl(join(out, "metrics.jsonl"));
+    const evals = records.filter((r) => "eval_loss" in r);
+    expect(evals.map((r) => r.step)).toEqual([0, 3, 6]);
+    expect(evals[0].eval_loss).toBe(before.eval_loss);
+    expect(evals[2].eval_loss).toBe(after.eval_loss);
+    expect(lines.filter((l) => / eval_loss /.test(l)).map((l) => l.split(" ")[1])).toEqual(["0", "3", "6"]);
+  });
+
+  it("metrics.jsonl: a resumed run drops the records after its checkpoint; a new run replaces the file", async () => {
+    const out = join(root, "metrics-resume");
+    const first = run([metricsFile()], { outputDir: out, saveSteps: 4, loggingSteps: 1 });
+    await first.trainer.fit(); // steps 1–6 logged, checkpoint-4 saved
+    const file = join(out, "metrics.jsonl");
+    // as after kill -9 in the middle of a write
+    appendFileSync(file, '{"step": 7, "loss": 1.');
+    const resumed = run([metricsFile()], { outputDir: out, saveSteps: 4, loggingSteps: 1 });
+    await resumed.trainer.fit({ resumeFrom: join(out, "checkpoint-4") });
+    const records = readJsonl(file);
+    const losses = records.filter((r) => "loss" in r);
+    expect(losses.map((r) => r.step)).toEqual([1, 2, 3, 4, 5, 6]);
+    // steps 5 and 6 are the resumed run's, and their losses are the first run's (exact resume)
+    const firstLosses = first.trainer.state.logHistory.filter((h) => "loss" in h);
+    expect(losses.map((r) => r.loss)).toEqual(firstLosses.map((h) => h.loss));
+    expect(records.filter((r) => "checkpoint" in r).map((r) => r.step)).toEqual([4, 6]); // saves at the last step too
+
+    // resumed at or past max_steps: nothing to train, the file is there with the history up to the checkpoint
+    const past = join(root, "metrics-past");
+    const done = run([metricsFile()], { outputDir: past, maxSteps: 3 });
+    await done.trainer.fit({ resumeFrom: join(out, "checkpoint-4") });
+    expect(done.trainer.state.globalStep).toBe(4);
+    expect(readJsonl(join(past, "metrics.jsonl"))).toEqual([]);
+
+    // a new run (from step 0) into the same output_dir starts the file over
+    const again = run([metricsFile()], { outputDir: out, maxSteps: 2, loggingSteps: 1 });
+    await again.trainer.fit();
+    expect(readJsonl(file).map((r) => r.step)).toEqual([1, 2]);
   });
 
   it("the progress bar draws on a TTY stream", async () => {

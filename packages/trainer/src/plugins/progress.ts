@@ -20,6 +20,7 @@ export function progress(o: ProgressOptions = {}): TrainerPlugin {
   const stream = o.stream ?? process.stderr;
   const useBar = o.bar ?? Boolean(stream.isTTY);
   let bar: SingleBar | undefined;
+  let lastEvalStep: number | undefined;
   // Tensor bytes live now (between steps: weights, adapters, optimizer state) and the most held at once so far
   // (a step's activations on top): the runtime's accounting, not the process's RSS.
   const mem = () => {
@@ -31,7 +32,8 @@ export function progress(o: ProgressOptions = {}): TrainerPlugin {
     order: "post",
     hooks: {
       "fit:start"(ctx) {
-        if (!useBar) return;
+        // A run resumed at or past its max_steps has no step to show.
+        if (!useBar || ctx.state.globalStep >= ctx.state.maxSteps) return;
         bar = new SingleBar({
           stream: stream as NodeJS.WriteStream,
           format: "{bar} {value}/{total} | loss {loss} | lr {lr} | {tps} tok/s | mem {mem} | ETA {eta_formatted}",
@@ -56,6 +58,9 @@ export function progress(o: ProgressOptions = {}): TrainerPlugin {
         }
       },
       "eval:end"(ctx) {
+        // A second evaluation at the same step (the model has not changed since) is not printed twice.
+        if (ctx.state.globalStep === lastEvalStep) return;
+        lastEvalStep = ctx.state.globalStep;
         if (!bar)
           stream.write(
             `step ${ctx.state.globalStep} eval_loss ${fmt(ctx.metrics?.eval_loss)} perplexity ${fmt(ctx.metrics?.eval_perplexity)}\n`,
