@@ -61,6 +61,16 @@ describe("LoraConfig: PEFT's defaults and rules", () => {
     rejects({ layer_replication: [[0, 2]] } as object, /layer_replication.*not supported/);
     rejects({ use_dora: "yes" } as object, /use_dora: expected a boolean/);
   });
+  it("refuses a field PEFT's LoraConfig does not have, with the nearest real name (PEFT raises TypeError)", () => {
+    expect(() => loraConfig({ r: 8, lora_alpa: 32 } as never)).toThrow(
+      'LoraConfig.lora_alpa: not a field of PEFT\'s LoraConfig (did you mean "lora_alpha"?)',
+    );
+    expect(() => loraConfig({ loraAlpha: 8 } as never)).toThrow(/LoraConfig.loraAlpha: .*did you mean "lora_alpha"/);
+    expect(() => loraConfig({ zzzzzzzzzzzz: 1 } as never)).toThrow(
+      /LoraConfig.zzzzzzzzzzzz: not a field of PEFT's LoraConfig$/,
+    );
+  });
+
   it("accepts the valid special inits", () => {
     for (const v of [true, false, "gaussian", "pissa", "pissa_niter_16", "olora"] as const)
       expect(loraConfig({ init_lora_weights: v }).init_lora_weights).toBe(v);

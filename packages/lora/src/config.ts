@@ -141,9 +141,36 @@ function checkInit(v: unknown): InitLoraWeights {
   );
 }
 
+/** The edit distance of two short strings (for "did you mean" on a misspelt field). */
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++)
+      row[j] = Math.min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = row;
+  }
+  return prev[b.length];
+}
+
+/** A field PEFT's LoraConfig does not have is refused (PEFT raises TypeError), with the nearest real name. */
+function checkKnownFields(raw: Record<string, unknown>): void {
+  const known = [...Object.keys(LORA_DEFAULTS), ...Object.keys(UNSUPPORTED_NON_DEFAULT)];
+  for (const key of Object.keys(raw)) {
+    if (known.includes(key)) continue;
+    const snake = key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+    const nearest = known.includes(snake)
+      ? snake
+      : known.reduce((best, k) => (editDistance(key, k) < editDistance(key, best) ? k : best), known[0]);
+    const hint = nearest === snake || editDistance(key, nearest) <= 3 ? ` (did you mean "${nearest}"?)` : "";
+    bad(key, `not a field of PEFT's LoraConfig${hint}`);
+  }
+}
+
 /** Fill PEFT's defaults and validate: the result is a complete, frozen LoraConfig. */
 export function loraConfig(input: LoraConfigInput = {}): LoraConfig {
   const raw = input as Record<string, unknown>;
+  checkKnownFields(raw);
   for (const [k, def] of Object.entries(UNSUPPORTED_NON_DEFAULT)) {
     const v = raw[k];
     if (

@@ -4,7 +4,7 @@
  * `.lora_magnitude_vector` [out], modules_to_save under the original module path. The adapter "default"
  * lives at the top of the directory, any other in `<dir>/<name>/`. Files are written atomically.
  */
-import { readFile, mkdir, access } from "node:fs/promises";
+import { readFile, access } from "node:fs/promises";
 import { join } from "node:path";
 import {
   AtomicFile,
@@ -14,7 +14,7 @@ import {
   writeSafetensors,
   type SafetensorsDtype,
 } from "@qlora/formats";
-import type { SafetensorsTensorData } from "@qlora/formats";
+import { ensureDirectory, type SafetensorsTensorData } from "@qlora/formats";
 import { type Module, type Tensor, tensor } from "@qlora/tensor";
 import { type LoraConfig, configFromJson, configToJson, loraConfig } from "./config";
 import { LoraError } from "./errors";
@@ -118,7 +118,7 @@ export async function saveAdapter(lm: LoraModel, dir: string, options: SaveOptio
     const config = lm.configs.get(name);
     if (!config) throw new LoraError("BAD_ADAPTER", `saveAdapter: adapter "${name}" does not exist`);
     const out = adapterDir(dir, name);
-    await mkdir(out, { recursive: true });
+    await ensureDirectory(out);
     const sd = adapterStateDict(lm, name);
     const records = Object.keys(sd)
       .sort()

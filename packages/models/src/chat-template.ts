@@ -48,7 +48,8 @@ export function compileChatTemplate(source: string, file = "tokenizer_config.jso
         return template.render({
           ...rest,
           messages: messages.map((m) => ({ ...m })),
-          add_generation_prompt: addGenerationPrompt ?? false,
+          // either spelling: the template's own variable name is add_generation_prompt
+          add_generation_prompt: addGenerationPrompt ?? rest.add_generation_prompt ?? false,
         });
       } catch (e) {
         throw new ModelError(

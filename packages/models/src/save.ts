@@ -8,7 +8,7 @@
 import { join } from "node:path";
 import { AtomicFile, ensureDirectory, type SafetensorsDtype, writeSafetensors } from "@qlora/formats";
 import { packQuantState, type TensorRecord } from "@qlora/nf4";
-import { Linear4bit, type Module, type Tensor } from "@qlora/tensor";
+import { Linear, Linear4bit, type Module, type Tensor } from "@qlora/tensor";
 import type { CausalLM } from "./causal-lm";
 import { ModelError } from "./errors";
 import type { QuantizeOptions } from "./layers";
@@ -81,13 +81,31 @@ async function writeTextAtomic(path: string, text: string): Promise<void> {
 }
 
 export interface SaveQuantizedOptions {
-  /** The 4-bit settings to record in quantization_config (loadModel's `quantization`). */
-  quantization: Required<QuantizeOptions>;
+  /**
+   * The 4-bit settings to record in quantization_config (loadModel's `quantization`). Default: read from the
+   * model's Linear4bit layers (type, blocksize, double quant) and its dense linears (skip list).
+   */
+  quantization?: Required<QuantizeOptions>;
   generationConfig?: Record<string, unknown> | null;
 }
 
+/** The settings a model's 4-bit layers were made with, as loadModel's `quantization` reports them. */
+function quantizationOf(model: Module): Required<QuantizeOptions> {
+  const layers = [...model.namedModules()];
+  const first = layers.find(([, m]) => m instanceof Linear4bit)?.[1] as Linear4bit;
+  const state = first.quantState;
+  const skipModules = layers.filter(([, m]) => m instanceof Linear).map(([name]) => name.split(".").at(-1) as string);
+  return {
+    quantType: state.quantType,
+    blocksize: state.blocksize,
+    doubleQuant: !(state.absmax instanceof Float32Array),
+    // loadModel's default skip list always names lm_head (tied heads are no Linear); dense linears join it
+    skipModules: [...new Set(["lm_head", ...skipModules])],
+  };
+}
+
 /** Write `model` to `dir` as a bitsandbytes 4-bit Hugging Face checkpoint (model.safetensors + config.json). */
-export async function saveQuantized(model: CausalLM, dir: string, options: SaveQuantizedOptions): Promise<void> {
+export async function saveQuantized(model: CausalLM, dir: string, options: SaveQuantizedOptions = {}): Promise<void> {
   if (![...model.namedModules()].some(([, m]) => m instanceof Linear4bit))
     throw new ModelError(
       "bad_argument",
@@ -100,7 +118,59 @@ export async function saveQuantized(model: CausalLM, dir: string, options: SaveQ
     [...recs].map(([name, r]) => ({ name, dtype: r.dtype, shape: r.shape, data: r.bytes })),
     { format: "pt" },
   );
-  const config = { ...model.config.raw, quantization_config: quantizationConfig(options.quantization) };
+  const quantization = options.quantization ?? quantizationOf(model);
+  const config = { ...model.config.raw, quantization_config: quantizationConfig(quantization) };
+  await writeTextAtomic(join(dir, "config.json"), sortedJson(config));
+  if (options.generationConfig)
+    await writeTextAtomic(join(dir, "generation_config.json"), sortedJson(options.generationConfig));
+}
+
+export interface SaveDenseOptions {
+  /** Storage dtype of every tensor (default "bf16", as most Hugging Face checkpoints). */
+  dtype?: "f32" | "bf16" | "f16";
+  generationConfig?: Record<string, unknown> | null;
+}
+
+const TORCH_DTYPE = { f32: "float32", bf16: "bfloat16", f16: "float16" } as const;
+
+/**
+ * Write a dense `model` to `dir` as a Hugging Face checkpoint (model.safetensors + config.json without
+ * quantization_config): save_pretrained for a merged or fully fine-tuned model. A model with 4-bit layers is
+ * refused: dequantize it first, or use saveQuantized. Tokenizer files are not written (copy them from the base).
+ */
+export async function saveDense(model: CausalLM, dir: string, options: SaveDenseOptions = {}): Promise<void> {
+  const dtype = options.dtype ?? "bf16";
+  if (!(dtype in TORCH_DTYPE))
+    throw new ModelError(
+      "bad_argument",
+      `saveDense: options.dtype must be "f32", "bf16" or "f16", got ${JSON.stringify(dtype)}`,
+      {
+        key: "dtype",
+      },
+    );
+  const quantized = [...model.namedModules()].find(([, m]) => m instanceof Linear4bit);
+  if (quantized)
+    throw new ModelError(
+      "bad_argument",
+      `saveDense(${dir}): "${quantized[0]}" is a 4-bit layer; merge into a dense model (or use saveQuantized)`,
+    );
+  await ensureDirectory(dir);
+  const state = model.stateDict();
+  const casts: Tensor[] = [];
+  try {
+    const records = Object.entries(state).map(([name, t]) => {
+      const c = t.to(dtype).contiguous();
+      casts.push(c);
+      return { name, dtype: ST_DTYPE[dtype], shape: [...t.shape], data: c.toHost() as ArrayBufferView };
+    });
+    await writeSafetensors(join(dir, "model.safetensors"), records, { format: "pt" });
+  } finally {
+    for (const c of casts) c.dispose();
+  }
+  const { quantization_config: _dropped, ...raw } = model.config.raw;
+  const config: Record<string, unknown> = { ...raw, torch_dtype: TORCH_DTYPE[dtype] };
+  // an output head with its own weight (an untied copy trained as modules_to_save, merged) is no longer tied
+  if (config.tie_word_embeddings === true && "lm_head.weight" in state) config.tie_word_embeddings = false;
   await writeTextAtomic(join(dir, "config.json"), sortedJson(config));
   if (options.generationConfig)
     await writeTextAtomic(join(dir, "generation_config.json"), sortedJson(options.generationConfig));

@@ -20,7 +20,7 @@ import {
 } from "@qlora/tensor";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TINY_MODELS, writeTinyModel } from "../scripts/make-tiny-models";
-import { type CausalLM, loadModel, saveQuantized, TiedLmHead } from "../src";
+import { type CausalLM, loadModel, saveDense, saveQuantized, TiedLmHead } from "../src";
 import { readFixture, relErr, tempDir } from "./helpers";
 
 const dir = tempDir();
@@ -200,15 +200,29 @@ describe("bitsandbytes checkpoints", () => {
     const second = await loadModel(path("bnb-1"));
     expect(second.preQuantized).toBe(true);
     expect(second.unusedKeys).toEqual([]);
-    await saveQuantized(second.model, path("bnb-2"), {
-      quantization: second.quantization!,
-      generationConfig: second.generationConfig,
-    });
+    // without `quantization`: the settings are read from the model's own 4-bit layers
+    await saveQuantized(second.model, path("bnb-2"), { generationConfig: second.generationConfig });
     for (const f of ["model.safetensors", "config.json", "generation_config.json"])
       expect(readFileSync(path("bnb-2", f)).equals(readFileSync(path("bnb-1", f)))).toBe(true);
     expect(Array.from(logitsOf(second.model))).toEqual(Array.from(logitsOf(first.model)));
     first.model.dispose();
     second.model.dispose();
+  });
+
+  it("saveDense writes a dense checkpoint that loads to the same logits (bf16 storage); a 4-bit model is refused", async () => {
+    const dense = await loadModel(path("qwen2-bf16"), { quantize: false });
+    await saveDense(dense.model, path("dense-1"));
+    const config = JSON.parse(readFileSync(path("dense-1", "config.json"), "utf8"));
+    expect(config.torch_dtype).toBe("bfloat16");
+    expect(config.quantization_config).toBeUndefined();
+    const back = await loadModel(path("dense-1"), { quantize: false });
+    expect(back.unusedKeys).toEqual([]);
+    expect(Array.from(logitsOf(back.model))).toEqual(Array.from(logitsOf(dense.model)));
+    const nf4 = await loadModel(path("qwen2-bf16"));
+    await expect(saveDense(nf4.model, path("dense-2"))).rejects.toThrow(
+      /saveDense\(.*dense-2\): "model\.layers\.0\.self_attn\.q_proj" is a 4-bit layer; merge into a dense model/,
+    );
+    for (const m of [dense.model, back.model, nf4.model]) m.dispose();
   });
 
   it("writes the bitsandbytes key set and quantization_config", async () => {
