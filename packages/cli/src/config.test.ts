@@ -107,6 +107,19 @@ warmup_ratio: 0.1
     expect(errorOf(minimal, { "lora-rr": "3" }).message).toMatch(/unknown key "lora_rr" \(did you mean "lora_r"\?\)/);
   });
 
+  it("an error in a command-line value names its flag, not the file line it replaced", () => {
+    const file = `${minimal}learning_rate: 0.001\n`;
+    expect(errorOf(file, { "learning-rate": "-1" }).message).toBe(
+      "--learning-rate (command line): learning_rate: expected a number > 0, got -1",
+    );
+    expect(errorOf(file, { "no-such-key": "3" }).message).toBe(
+      '--no-such-key (command line): unknown key "no_such_key"',
+    );
+    expect(errorOf(`${minimal}learning_rate: -2\n`).message).toMatch(
+      /^run\.yaml:\d+: learning_rate: expected a number > 0/,
+    );
+  });
+
   it("an empty key (YAML null) is unset, as Axolotl's example configs use it", () => {
     const c = parseTrainConfig(`${minimal}adapter: lora
 lora_model_dir:

@@ -309,15 +309,19 @@ export function parseTrainConfig(
   }
   if (typeof raw !== "object" || raw === null || Array.isArray(raw))
     throw new CliError("CONFIG_INVALID", `${file}: expected a mapping of config keys at the top level`);
-  const merged = withoutNulls({ ...(raw as Record<string, unknown>), ...parseOverrides(overrides) });
-  const lineOf = (path: PropertyKey[]): string => {
+  const fromCommandLine = parseOverrides(overrides);
+  const merged = withoutNulls({ ...(raw as Record<string, unknown>), ...fromCommandLine });
+  const where = (path: PropertyKey[]): string => {
+    // A value given on the command line is blamed on its flag, not on the file's line it replaced.
+    const top = String(path[0] ?? "");
+    if (Object.hasOwn(fromCommandLine, top)) return `--${top.replaceAll("_", "-")} (command line)`;
     // A key that is absent from the file has no line: only the node's own range is used.
     const node = doc.getIn(path as (string | number)[], true) as { range?: [number, number] } | undefined;
-    return node?.range ? `:${lines.linePos(node.range[0]).line}` : "";
+    return node?.range ? `${file}:${lines.linePos(node.range[0]).line}` : file;
   };
   const result = trainConfigSchema.safeParse(merged);
-  if (result.success) return { ...result.data, warnings: inertWarnings(merged, file, lineOf) };
-  const messages = result.error.issues.map((issue) => describeIssue(issue, merged, file, lineOf));
+  if (result.success) return { ...result.data, warnings: inertWarnings(merged, where) };
+  const messages = result.error.issues.map((issue) => describeIssue(issue, merged, where));
   throw new CliError("CONFIG_INVALID", messages.join("\n"));
 }
 
@@ -344,14 +348,10 @@ function isMapping(v: unknown): v is Record<string, unknown> {
 }
 
 /** One line per inert key whose value asks for something (false, "" and unset ask for nothing). */
-function inertWarnings(
-  config: Record<string, unknown>,
-  file: string,
-  lineOf: (path: PropertyKey[]) => string,
-): string[] {
+function inertWarnings(config: Record<string, unknown>, where: (path: PropertyKey[]) => string): string[] {
   return Object.entries(INERT_KEYS)
     .filter(([key]) => config[key] !== undefined && config[key] !== false && config[key] !== "")
-    .map(([key, why]) => `${file}${lineOf([key])}: ${key}: ${JSON.stringify(config[key])} has no effect here: ${why}`);
+    .map(([key, why]) => `${where([key])}: ${key}: ${JSON.stringify(config[key])} has no effect here: ${why}`);
 }
 
 /** `--lora-r 16` → { lora_r: 16 }: kebab or snake keys, values parsed as YAML scalars. */
@@ -366,8 +366,7 @@ type ZodIssue = z.core.$ZodIssue;
 function describeIssue(
   issue: ZodIssue,
   config: Record<string, unknown>,
-  file: string,
-  lineOf: (path: PropertyKey[]) => string,
+  where: (path: PropertyKey[]) => string,
 ): string {
   if (issue.code === "unrecognized_keys") {
     const known = knownKeysAt(issue.path);
@@ -375,14 +374,14 @@ function describeIssue(
       .map((key) => {
         const path = [...issue.path, key];
         const hint = suggest(key, known);
-        return `${file}${lineOf(path)}: unknown key "${formatPath(path)}"${hint ? ` (did you mean "${hint}"?)` : ""}`;
+        return `${where(path)}: unknown key "${formatPath(path)}"${hint ? ` (did you mean "${hint}"?)` : ""}`;
       })
       .join("\n");
   }
   const value = valueAt(config, issue.path);
   // Cross-field rules (custom) may point at a key the file leaves to its default: say nothing of its value then.
   const got = value !== undefined ? `, got ${JSON.stringify(value)}` : issue.code === "custom" ? "" : ", got nothing";
-  return `${file}${lineOf(issue.path)}: ${formatPath(issue.path) || "(top level)"}: ${expectation(issue)}${got}`;
+  return `${where(issue.path)}: ${formatPath(issue.path) || "(top level)"}: ${expectation(issue)}${got}`;
 }
 
 function expectation(issue: ZodIssue): string {

@@ -11,7 +11,16 @@ import { loadTokenDataset } from "@qlora/trainer";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseTrainConfig } from "./config";
 import { CliError } from "./errors";
-import { chatFields, dataSummary, datasetOptions, schedulerOptions, stepIntervals, withSpecialTokens } from "./train";
+import {
+  chatFields,
+  dataSummary,
+  dataTokenizer,
+  datasetOptions,
+  positionsWarning,
+  schedulerOptions,
+  stepIntervals,
+  withSpecialTokens,
+} from "./train";
 
 const root = mkdtempSync(join(tmpdir(), "qlora-dataset-options-"));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -143,6 +152,43 @@ describe("special_tokens", () => {
       /^special_tokens\.pad_token: "<\|pad\|>" is not a token of .*tokenizer\.json; qlora does not add tokens .*\(closest: "<\|/,
     );
     expect(withSpecialTokens(tok, config("datasets: [{path: x.jsonl}]\n"))).toBe(tok);
+  });
+});
+
+describe("chat_template: chatml / jinja", () => {
+  it("the assistant header is prompt, not target: the generation prompt is rendered as for tokenizer_default", async () => {
+    const tok = await loadTokenizer(tokenizerDir);
+    const path = file("chat.jsonl", [
+      {
+        messages: share.conversations.map((m) => ({
+          role: m.from === "human" ? "user" : "assistant",
+          content: m.value,
+        })),
+      },
+    ]);
+    const chatml = config(`datasets: [{path: ${path}, type: chat_template}]\nchat_template: chatml\n`);
+    const rendered = dataTokenizer(tok, chatml).applyChatTemplate!([{ role: "user", content: "hi" }], {
+      addGenerationPrompt: true,
+    });
+    expect(rendered).toBe("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+    const data = await loadTokenDataset({ ...datasetOptions(chatml, dataTokenizer(tok, chatml)), microBatchSize: 1 });
+    const ex = data.example(0);
+    const target = [...ex.inputIds].filter((_, i) => ex.labels[i] !== -100);
+    expect(tok.decode(target)).toBe("blue<|im_end|>\n");
+  });
+});
+
+describe("positionsWarning", () => {
+  it("warns when the longest example passes max_position_embeddings, not before", async () => {
+    const path = file("long.jsonl", [{ text: "a b c d e f g h i j k l m n o p" }, { text: "short" }]);
+    const c = config(`datasets: [{path: ${path}, type: completion}]\nsequence_len: 64\n`);
+    const tok = await loadTokenizer(tokenizerDir);
+    const { stats } = await loadTokenDataset(datasetOptions(c, tok));
+    expect(stats.longest).toBeGreaterThan(8);
+    expect(positionsWarning(stats, 8)).toBe(
+      `the longest example has ${stats.longest} tokens, more than the model's max_position_embeddings 8: positions past it were never trained; sequence_len: 8 truncates there`,
+    );
+    expect(positionsWarning(stats, stats.longest)).toBeNull();
   });
 });
 

@@ -3,15 +3,16 @@
  * the llama.cpp name mapping for adapter export, loss over a dataset, a dense Hugging Face checkpoint writer, the
  * merge of an adapter into a (dense or bitsandbytes 4-bit) base, and the chat template saved beside an adapter.
  */
-import { copyFile, mkdir, readFile, readdir, rename, rm, writeFile } from "node:fs/promises";
+import { copyFile, readdir, rename, rm, writeFile } from "node:fs/promises";
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
-import { writeSafetensors, type SafetensorsDtype } from "@qlora/formats";
+import { ensureDirectory } from "@qlora/formats";
 import {
   type CausalLM,
   HfTokenizer,
   type ModelConfig,
   batchLoss,
+  saveDense as saveDenseModel,
   compileChatTemplate,
   ggufArchitecture,
   ggufTensorName,
@@ -22,11 +23,11 @@ import {
   saveQuantized,
 } from "@qlora/models";
 import { type GgufLoraMapping, type LoraModel, loadAdapter } from "@qlora/lora";
-import { Linear, Linear4bit, type Module, keep, noGrad, type Tensor } from "@qlora/tensor";
+import { Linear, Linear4bit, type Module, keep, noGrad } from "@qlora/tensor";
 import type { TokenBatchSource } from "@qlora/trainer";
 import { CliError } from "./errors";
 import { layerProgress } from "./progress";
-import { CHATML_TEMPLATE } from "./train";
+import { CHATML_TEMPLATE } from "./chat-templates";
 
 export interface LoadedForInference {
   model: CausalLM;
@@ -136,7 +137,7 @@ export function withChatTemplate(tokenizer: HfTokenizer, choice: ChatTemplateCho
 
 /** Write the chat template a run trained with beside its adapter (temp name, then rename). */
 export async function saveChatTemplate(dir: string, source: string): Promise<void> {
-  await mkdir(dir, { recursive: true });
+  await ensureDirectory(dir);
   const path = join(dir, CHAT_TEMPLATE_FILE);
   const tmp = `${path}.tmp-${process.pid}`;
   await writeFile(tmp, source);
@@ -241,7 +242,7 @@ export async function mergeAdapterInto(
 /** Move every file of `from` into `to` (created if needed), each by rename; `to`'s other files stay. */
 async function moveInto(from: string, to: string): Promise<void> {
   if (!existsSync(to)) {
-    await mkdir(dirname(resolve(to)), { recursive: true });
+    await ensureDirectory(dirname(resolve(to)));
     await rename(from, to);
     return;
   }
@@ -275,38 +276,14 @@ export function datasetLoss(model: CausalLM, data: TokenBatchSource): { loss: nu
   return { loss: sum / tokens, tokens };
 }
 
-const SAFETENSORS_DTYPE: Record<"f32" | "bf16" | "f16", { st: SafetensorsDtype; torch: string }> = {
-  f32: { st: "F32", torch: "float32" },
-  bf16: { st: "BF16", torch: "bfloat16" },
-  f16: { st: "F16", torch: "float16" },
-};
-
-/** Write a dense model as a Hugging Face checkpoint in `dtype`, with config.json and the tokenizer files of `from`. */
+/** Write a dense model as a Hugging Face checkpoint in `dtype` (@qlora/models' saveDense), with the tokenizer files of `from`. */
 export async function saveDense(
   model: CausalLM,
   from: string,
   out: string,
   dtype: "f32" | "bf16" | "f16",
 ): Promise<void> {
-  await mkdir(out, { recursive: true });
-  const target = SAFETENSORS_DTYPE[dtype];
-  const casts: Tensor[] = [];
-  try {
-    const records = Object.entries(model.stateDict()).map(([name, t]) => {
-      const c = t.to(dtype).contiguous();
-      casts.push(c);
-      return { name, dtype: target.st, shape: [...t.shape], data: c.toHost() as ArrayBufferView };
-    });
-    await writeSafetensors(join(out, "model.safetensors"), records, { format: "pt" });
-  } finally {
-    for (const c of casts) c.dispose();
-  }
-  const config = JSON.parse(await readFile(join(from, "config.json"), "utf8"));
-  config.torch_dtype = target.torch;
-  delete config.quantization_config;
-  // an untied output head (modules_to_save lm_head of a tied model, merged) has its own weight now
-  if (config.tie_word_embeddings === true && "lm_head.weight" in model.stateDict()) config.tie_word_embeddings = false;
-  await writeJsonAtomic(join(out, "config.json"), config);
+  await saveDenseModel(model, out, { dtype });
   await copyTokenizerFiles(from, out);
 }
 

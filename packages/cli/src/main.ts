@@ -38,7 +38,7 @@ export function buildProgram(io: Io = defaultIo): Command {
     .description("QLoRA fine-tuning for Node.js: train, generate, merge, export and inspect")
     .option("--json", "machine-readable output")
     .option("--device <device>", "cpu | cuda | auto", "auto")
-    .option("--threads <n>", "CPU threads", (v) => positiveInt(v, "--threads"))
+    .option("--threads <n>", "CPU threads (at most 1024)", (v) => threadCount(v))
     .option("--quiet", "print only results")
     .option("--verbose", "print stacks with errors")
     .hook("preAction", async (cmd) => {
@@ -76,6 +76,13 @@ export function positiveInt(value: string, flag: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n <= 0)
     throw new CliError("BAD_ARGUMENT", `${flag}: expected a positive integer, got "${value}"`);
+  return n;
+}
+
+/** --threads: a positive integer the native pool accepts (far more threads than the OS grants aborted the process). */
+function threadCount(value: string): number {
+  const n = positiveInt(value, "--threads");
+  if (n > 1024) throw new CliError("BAD_ARGUMENT", `--threads: expected at most 1024, got "${value}"`);
   return n;
 }
 

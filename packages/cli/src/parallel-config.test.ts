@@ -178,7 +178,7 @@ describe("qlora train --nproc: refusals before any rank starts", () => {
     writeFileSync(file, BASE);
     const r = await runCli(["train", file, "--nproc", "2"]);
     expect(r.code).toBe(2);
-    expect(r.err).toMatch(/^qlora: datasets: d\.jsonl does not exist$/);
+    expect(r.err).toMatch(/^qlora: datasets\[0\]\.path: d\.jsonl does not exist$/);
     const noModel = await runCli(["train", config(), "--nproc", "2", "--base-model", "/nonexistent/m"]);
     expect(noModel.err).toMatch(/^qlora: base_model: \/nonexistent\/m is not a model directory \(no config\.json\)$/);
   });

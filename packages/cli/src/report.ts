@@ -2,7 +2,7 @@
  * `qlora report <run_dir>`: one self-contained HTML page (inline SVG, no scripts, no network) plotting train and
  * eval loss, learning rate, tokens/s and memory over steps, from the run's JSONL metrics file.
  */
-import { existsSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { CliError } from "./errors";
 
@@ -50,11 +50,18 @@ export function readMetrics(file: string): Record<string, unknown>[] {
     .split("\n")
     .forEach((line, i) => {
       if (line.trim() === "") return;
+      let value: unknown;
       try {
-        records.push(JSON.parse(line));
+        value = JSON.parse(line);
       } catch {
-        throw new CliError("BAD_PATH", `${file}:${i + 1}: not a JSON object`);
+        value = undefined;
       }
+      if (value === null || typeof value !== "object" || Array.isArray(value))
+        throw new CliError("BAD_PATH", `${file}:${i + 1}: not a JSON object (a metrics record)`);
+      const step = (value as Record<string, unknown>).step ?? (value as Record<string, unknown>).global_step;
+      if (step !== undefined && typeof step !== "number")
+        throw new CliError("BAD_PATH", `${file}:${i + 1}: "step" must be a number, got ${JSON.stringify(step)}`);
+      records.push(value as Record<string, unknown>);
     });
   return records;
 }
@@ -154,8 +161,15 @@ ${charts}
 export function writeReport(runDir: string): string {
   const records = readMetrics(join(runDir, "metrics.jsonl"));
   const out = join(runDir, "report.html");
+  if (existsSync(out) && statSync(out).isDirectory())
+    throw new CliError("BAD_PATH", `${out} is a directory; the report is written to that path as a file`);
   const tmp = `${out}.tmp-${process.pid}`;
   writeFileSync(tmp, reportHtml(`qlora run: ${runDir}`, records));
-  renameSync(tmp, out);
+  try {
+    renameSync(tmp, out);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw e;
+  }
   return out;
 }

@@ -37,9 +37,11 @@ import { closest } from "fastest-levenshtein";
 import { DEFAULT_CHAT_ROLES, type TrainConfig } from "./config";
 import { CliError } from "./errors";
 import { baseModelReference, bnb4bitConfig, saveChatTemplate, saveDense } from "./infer";
+import { CHATML_TEMPLATE } from "./chat-templates";
 import { wantsActivationCheckpointing } from "./parallel-config";
 import { launcherTerminal, layerProgress } from "./progress";
 import { writeReport } from "./report";
+import { checkNotInput, checkOutputDir } from "./output-path";
 
 export interface TrainOptions {
   /** Where progress and plain log lines go (a TTY gets a progress bar). */
@@ -264,10 +266,6 @@ function interruptPlugin(signal: AbortSignal | undefined, flag: { interrupted: b
   };
 }
 
-/** ChatML, as Axolotl's `chat_template: chatml` renders it. */
-export const CHATML_TEMPLATE =
-  "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
-
 /**
  * The tokenizer the data pipeline sees: the model's own, with its chat template replaced when the config names
  * another one (`chat_template: chatml`, or `jinja` with `chat_template_jinja`).
@@ -287,7 +285,7 @@ export function dataTokenizer(tokenizer: HfTokenizer, config: TrainConfig): Data
         {
           bos_token: tokenizer.bosToken ?? "",
           eos_token: tokenizer.eosToken ?? "",
-          add_generation_prompt: o?.addGenerationPrompt ?? false,
+          addGenerationPrompt: o?.addGenerationPrompt ?? false,
         },
       ),
   };
@@ -301,7 +299,8 @@ export function dataTokenizer(tokenizer: HfTokenizer, config: TrainConfig): Data
 export function trainedChatTemplate(config: TrainConfig, tokenizer: HfTokenizer): string | null {
   if (config.chat_template === "chatml") return CHATML_TEMPLATE;
   if (config.chat_template === "jinja") return config.chat_template_jinja ?? null;
-  return config.datasets.some((d) => d.type === "chat_template") ? tokenizer.chatTemplate : null;
+  const chat = config.datasets.some((d) => d.type === "chat_template" || d.type === "sharegpt");
+  return chat ? tokenizer.chatTemplate : null;
 }
 
 /**
@@ -342,10 +341,24 @@ export function checkTrainInputs(config: TrainConfig): void {
       "CONFIG_INVALID",
       `base_model: ${config.base_model} is a bitsandbytes 4-bit checkpoint (quantization_config in config.json); cannot full-fine-tune a 4-bit checkpoint; use adapter: qlora (or a dense base_model)`,
     );
-  for (const d of config.datasets)
-    if (!existsSync(d.path)) throw new CliError("BAD_PATH", `datasets: ${d.path} does not exist`);
+  for (const [i, d] of config.datasets.entries()) {
+    if (!existsSync(d.path)) throw new CliError("BAD_PATH", `datasets[${i}].path: ${d.path} does not exist`);
+    if (!/\.(jsonl|json|txt|parquet)$/i.test(d.path))
+      throw new CliError(
+        "BAD_PATH",
+        `datasets[${i}].path: ${d.path}: cannot tell the file format from its extension; expected .jsonl, .json, .txt or .parquet`,
+      );
+  }
   if (!existsSync(join(config.base_model, "config.json")))
     throw new CliError("BAD_PATH", `base_model: ${config.base_model} is not a model directory (no config.json)`);
+  checkNotInput(config.output_dir, config.base_model, "output_dir", "base_model");
+  checkOutputDir(config.output_dir, "output_dir");
+}
+
+/** Examples longer than the model's positions train on positions it never saw (transformers warns the same). */
+export function positionsWarning(stats: DatasetStats, maxPositions: number): string | null {
+  if (stats.longest <= maxPositions) return null;
+  return `the longest example has ${stats.longest} tokens, more than the model's max_position_embeddings ${maxPositions}: positions past it were never trained; sequence_len: ${maxPositions} truncates there`;
 }
 
 export async function runTrain(config: TrainConfig, options: TrainOptions = {}): Promise<TrainResult> {
@@ -365,7 +378,7 @@ export async function runTrain(config: TrainConfig, options: TrainOptions = {}):
     ? undefined
     : config.lora_model_dir
       ? await loadAdapter(model, config.lora_model_dir, { isTrainable: true })
-      : LoraModel.inject(model, loraSettings(config));
+      : LoraModel.inject(model, loraSettings(config), { modelType: model.config.modelType });
   // Full fine-tune: the loader hands out frozen weights in the checkpoint's dtype; every parameter trains, as an
   // f32 master weight.
   if (!lora) upcastForFullFineTune(model);
@@ -380,6 +393,8 @@ export async function runTrain(config: TrainConfig, options: TrainOptions = {}):
   });
   const summary = dataSummary(data.stats, config);
   if (summary) say(summary);
+  const positionsNote = positionsWarning(data.stats, model.config.maxPositionEmbeddings);
+  if (positionsNote) say(positionsNote);
   const outputDir = resolve(config.output_dir);
   const flag = { interrupted: false };
   const plugins: TrainerPlugin[] = [interruptPlugin(options.signal, flag)];
@@ -424,7 +439,14 @@ export async function runTrain(config: TrainConfig, options: TrainOptions = {}):
     say(`resume_from_checkpoint: no checkpoint in ${outputDir}; starting fresh`);
   const evalLossBefore = data.eval ? (await trainer.evaluate()).eval_loss : undefined;
   const state = await trainer.fit({ resumeFrom: resumeFrom === undefined ? undefined : resumeFrom });
-  const evalLossAfter = data.eval && !flag.interrupted ? (await trainer.evaluate()).eval_loss : undefined;
+  // The trainer may have just evaluated at the last step (eval_steps): that is the final eval loss, not a reason for a second pass.
+  const lastEval = [...state.logHistory].reverse().find((r) => typeof r.eval_loss === "number");
+  const evalLossAfter =
+    !data.eval || flag.interrupted
+      ? undefined
+      : lastEval?.step === state.globalStep
+        ? lastEval.eval_loss
+        : (await trainer.evaluate()).eval_loss;
   const modelDir = join(outputDir, lora ? "adapter" : "model");
   const reportPath = join(outputDir, "report.html");
   if (isMain) {

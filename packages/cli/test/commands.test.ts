@@ -161,6 +161,12 @@ describe("--device", () => {
     const bad = await runCli(["--device", "tpu", "estimate", "--model", dir]);
     expect(bad.err).toBe('qlora: --device: expected cpu, cuda or auto, got "tpu"');
   });
+
+  it("--threads beyond what the pool runs is refused by name (it used to abort inside std::thread)", async () => {
+    const r = await runCli(["--threads", "100000", "estimate", "--model", dir]);
+    expect(r.code).toBe(2);
+    expect(r.err).toBe('qlora: --threads: expected at most 1024, got "100000"');
+  });
 });
 
 describe("the qlora binary", () => {

@@ -10,7 +10,7 @@ import { writeTinyTokenizer } from "@qlora/models";
 import { afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { TINY_MODELS, writeTinyModel } from "../../models/scripts/make-tiny-models";
 import { CHAT_TEMPLATE_FILE, baseModelReference, loadForInference, resolveChatTemplate } from "../src/infer";
-import { CHATML_TEMPLATE } from "../src/train";
+import { CHATML_TEMPLATE } from "../src/chat-templates";
 import { runCli } from "./helpers";
 import { writeRandomAdapter, writeTinyBase } from "./tiny";
 

@@ -4,7 +4,7 @@
  * progress, and a killed rank ends the job with an error. Skipped, with the reason, without mpirun or libmpi.
  */
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { findMpirun, mpiAvailability } from "@qlora/distributed";
@@ -240,13 +240,16 @@ describe(`qlora train on several processes${skip}`, () => {
   it.skipIf(!!skip)(
     "an error on one rank is printed with its rank and ends every rank (no hang)",
     async () => {
-      // rank 0 alone writes into output_dir: a file there fails rank 0 while rank 1 waits in a collective
+      // rank 0 alone writes into output_dir: a directory where its metrics file goes fails rank 0 while rank 1
+      // waits in a collective (an output_dir that is a file is refused before any rank starts)
       const blocked = join(root, "blocked");
-      writeFileSync(blocked, "not a directory");
+      mkdirSync(join(blocked, "metrics.jsonl"), { recursive: true });
       const t0 = performance.now();
       const r = await qlora(["train", config, "--nproc", "2", "--output-dir", blocked]);
       expect(r.code).not.toBe(0);
-      expect(r.err).toMatch(/\[rank 0\/2\] error: .*blocked.*; ending the job on every rank/);
+      expect(r.err).toMatch(
+        /\[rank 0\/2\] error: .*blocked\/metrics.jsonl: cannot read the metrics file \(EISDIR\); ending the job on every rank/,
+      );
       expect(r.err).not.toMatch(/\[rank 1\/2\] error: (?!stopped by the launcher)/);
       expect(r.err).toMatch(/qlora: train --nproc 2: the job failed/);
       expect((performance.now() - t0) / 1000).toBeLessThan(60);

@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PNG } from "pngjs";
@@ -56,7 +56,28 @@ describe("qlora report", () => {
     writeFileSync(join(dir, "metrics.jsonl"), '{"step":1,"loss":2}\n{oops\n');
     const r = await runCli(["report", dir]);
     expect(r.code).toBe(2);
-    expect(r.err).toBe(`qlora: ${join(dir, "metrics.jsonl")}:2: not a JSON object`);
+    expect(r.err).toBe(`qlora: ${join(dir, "metrics.jsonl")}:2: not a JSON object (a metrics record)`);
+    // JSON that is not a record (null, a number) and a non-numeric step: also named, not a TypeError
+    writeFileSync(join(dir, "metrics.jsonl"), '{"step":1,"loss":1}\nnull\n');
+    expect((await runCli(["report", dir])).err).toBe(
+      `qlora: ${join(dir, "metrics.jsonl")}:2: not a JSON object (a metrics record)`,
+    );
+    writeFileSync(join(dir, "metrics.jsonl"), '{"step":"x","loss":"y"}\n');
+    expect((await runCli(["report", dir])).err).toBe(
+      `qlora: ${join(dir, "metrics.jsonl")}:1: "step" must be a number, got "x"`,
+    );
+    expect((await runCli(["inspect", dir])).err).toBe(
+      `qlora: ${join(dir, "metrics.jsonl")}:1: "step" must be a number, got "x"`,
+    );
+  });
+
+  it("a report.html that is a directory is named, and no temporary file is left", async () => {
+    const dir = makeRun();
+    mkdirSync(join(dir, "report.html"));
+    const r = await runCli(["report", dir]);
+    expect(r.code).not.toBe(0);
+    expect(r.err).toContain("report.html is a directory");
+    expect(readdirSync(dir).filter((f) => f.includes(".tmp-"))).toEqual([]);
   });
 
   it.skipIf(!chromium)(

@@ -130,7 +130,9 @@ output_dir: ${out}
       "32",
     ]);
     expect(r.err).toBe("");
-    expect(r.out).toMatch(/^48 rows → 48 examples \(0 held out\), \d+ tokens; 0 truncated, 0 dropped$/m);
+    expect(r.out).toMatch(
+      /^48 rows → 48 examples \(0 held out\), \d+ tokens; 0 truncated, 0 dropped \(0 with no label left\)$/m,
+    );
     const examples = r.out.split(/--- example \d ---\n/).slice(1);
     expect(examples).toHaveLength(2);
     expect(examples[0]).toMatch(/^⟦<\|begin_of_text\|>colour 0:⟧ red red<\|eot_id\|>\n?$/);
@@ -152,7 +154,8 @@ output_dir: ${out}
     writeFileSync(join(root, "chatml.yaml"), `${yaml}chat_template: chatml\n`);
     const chatml = await runCli(["preprocess", join(root, "chatml.yaml"), "--debug"]);
     expect(chatml.err).toBe("");
-    expect(chatml.out).toMatch(/⟦<\|im_start\|>user\nhi<\|im_end\|>\n⟧<\|im_start\|>assistant\nhello<\|im_end\|>/);
+    // the assistant header is prompt (inside ⟦⟧, no loss), as with the tokenizer's own template: only the reply trains
+    expect(chatml.out).toMatch(/⟦<\|im_start\|>user\nhi<\|im_end\|>\n<\|im_start\|>assistant\n⟧hello<\|im_end\|>/);
     writeFileSync(join(root, "default.yaml"), yaml);
     const own = await runCli(["preprocess", join(root, "default.yaml"), "--debug"]);
     expect(own.out).toMatch(/<\|start_header_id\|>user<\|end_header_id\|>/);
@@ -325,8 +328,21 @@ output_dir: ${out}
     const base = await tinyModel();
     writeFileSync(join(root, "nodata.yaml"), `base_model: ${base}\ndatasets: [{path: ${join(root, "none.jsonl")}}]\n`);
     const nodata = await runCli(["train", join(root, "nodata.yaml")]);
-    expect(nodata.err).toBe(`qlora: datasets: ${join(root, "none.jsonl")} does not exist`);
+    expect(nodata.err).toBe(`qlora: datasets[0].path: ${join(root, "none.jsonl")} does not exist`);
     const fourBitFull = await runCli(["train", join(root, "nodata.yaml"), "--load-in-4bit", "true"]);
     expect(fourBitFull.err).toMatch(/^qlora: load_in_4bit: a 4-bit base cannot be fully fine-tuned/);
+    const good = join(root, "good.yaml");
+    writeFileSync(good, `base_model: ${base}\nadapter: qlora\nload_in_4bit: true\ndatasets: [{path: ${data}}]\n`);
+    const noExt = await runCli(["train", good, "--datasets", "[{path: /dev/null}]"]);
+    expect(noExt.err).toBe(
+      "qlora: datasets[0].path: /dev/null: cannot tell the file format from its extension; expected .jsonl, .json, .txt or .parquet",
+    );
+    // an output_dir that cannot be a directory is refused before the model loads, by its key
+    const file = join(root, "afile");
+    writeFileSync(file, "x");
+    const outFile = await runCli(["train", good, "--output-dir", file]);
+    expect(outFile.err).toBe(`qlora: output_dir: ${file} exists and is not a directory (expected an output directory)`);
+    const outInput = await runCli(["train", good, "--output-dir", base]);
+    expect(outInput.err).toBe(`qlora: output_dir: ${base} is base_model itself; write the output to another directory`);
   });
 });

@@ -16,9 +16,7 @@ let warned = false;
 /** What tensors fall back to: the highest-priority registered backend (the TypeScript reference if cpu is not). */
 function fallbackName(): string {
   const name = availableBackends()[0]?.name ?? "reference";
-  return name === "reference"
-    ? "TypeScript reference (call registerCpuBackend() from @qlora/cpu-kernels for native kernels)"
-    : name;
+  return name === "reference" ? "TypeScript reference (register the native cpu backend for speed)" : name;
 }
 
 export function registerCudaBackend(

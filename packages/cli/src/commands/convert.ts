@@ -16,6 +16,7 @@ import {
 import type { GlobalOptions, Io } from "../main";
 import { positiveInt } from "../main";
 import { layerProgress } from "../progress";
+import { checkNotInput, checkOutputDir, checkOutputFile } from "../output-path";
 
 const report = (io: Io, json: boolean | undefined, value: Record<string, unknown>, text: string) =>
   io.out(json ? JSON.stringify(value) : text);
@@ -56,6 +57,8 @@ export function registerConvert(program: Command, io: Io): void {
       const global = this.optsWithGlobals() as GlobalOptions;
       o.out = normalizeOut(o.out);
       requireModelDir(dir, "model_dir");
+      checkNotInput(o.out, dir, "--out", "model_dir");
+      checkOutputDir(o.out, "--out");
       const quantization = {
         quantType: oneOf(o.quantType, ["nf4", "fp4"] as const, "--quant-type"),
         doubleQuant: o.doubleQuant as boolean,
@@ -88,6 +91,9 @@ export function registerConvert(program: Command, io: Io): void {
       const global = this.optsWithGlobals() as GlobalOptions;
       const dtype = oneOf(o.dtype, ["f32", "bf16", "f16", "nf4"] as const, "--dtype");
       o.out = normalizeOut(o.out);
+      checkNotInput(o.out, o.model, "--out", "--model");
+      checkNotInput(o.out, o.adapter, "--out", "--adapter");
+      checkOutputDir(o.out, "--out");
       // Merged in f32 (a bitsandbytes 4-bit base is dequantized first); nf4 quantizes the merged weights once.
       await mergeAdapterInto(o.model, o.adapter, o.out, dtype, { quiet: global.quiet });
       report(io, global.json, { out: o.out, dtype }, `merged ${o.adapter} into ${o.model}: ${o.out} (${dtype})`);
@@ -106,6 +112,10 @@ export function registerConvert(program: Command, io: Io): void {
       const format = oneOf(o.format, ["peft", "gguf"] as const, "--format");
       o.out = format === "gguf" ? fileOut(o.out) : normalizeOut(o.out);
       requireModelDir(o.model);
+      checkNotInput(o.out, o.model, "--out", "--model");
+      if (o.adapter) checkNotInput(o.out, o.adapter, "--out", "--adapter");
+      if (format === "gguf") checkOutputFile(o.out, "--out");
+      else checkOutputDir(o.out, "--out");
       if (format === "peft") {
         if (!o.adapter) throw new CliError("BAD_ARGUMENT", "--format peft: needs --adapter <dir>");
         const { lora } = await loadForInference(o.model, { adapter: o.adapter, quantize: "none" });

@@ -7,7 +7,7 @@ import { datasetLoss, loadForInference } from "../infer";
 import type { GlobalOptions, Io } from "../main";
 import { positiveInt } from "../main";
 import { checkQuantize } from "./generate";
-import { DATASET_FORMATS } from "../train";
+import { chatFields, DATASET_FORMATS } from "../train";
 
 export function registerEval(program: Command, io: Io): void {
   program
@@ -38,6 +38,7 @@ export function registerEval(program: Command, io: Io): void {
       const data = await loadTokenDataset({
         files: o.data,
         format: o.type ? DATASET_FORMATS[o.type as keyof typeof DATASET_FORMATS] : "auto",
+        chat: o.type ? chatFields({ path: o.data, type: o.type } as Parameters<typeof chatFields>[0]) : undefined,
         tokenizer: loaded.tokenizer,
         maxLength: o.sequenceLen,
         microBatchSize: 1,

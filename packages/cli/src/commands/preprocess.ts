@@ -4,7 +4,7 @@ import { loadTokenDataset } from "@qlora/trainer";
 import { loadTrainConfig } from "../config";
 import type { GlobalOptions, Io } from "../main";
 import { positiveInt } from "../main";
-import { dataTokenizer, datasetOptions } from "../train";
+import { dataTokenizer, datasetOptions, withSpecialTokens } from "../train";
 import { overridePairs } from "./train";
 import { requireModelDir } from "../infer";
 
@@ -45,7 +45,8 @@ export function registerPreprocess(program: Command, io: Io): void {
       // commander consumed --debug and --debug-num-examples; what is left are config overrides.
       const config = loadTrainConfig(file, overridePairs(this.args.slice(1)));
       requireModelDir(config.base_model, "base_model");
-      const tokenizer = await loadTokenizer(config.base_model);
+      if (!global.quiet) for (const warning of config.warnings ?? []) io.err(`qlora: ${warning}`);
+      const tokenizer = withSpecialTokens(await loadTokenizer(config.base_model), config);
       const data = await loadTokenDataset(datasetOptions(config, dataTokenizer(tokenizer, config)));
       const shown: string[] = [];
       if (o.debug)
@@ -56,7 +57,7 @@ export function registerPreprocess(program: Command, io: Io): void {
       if (global.json) return io.out(JSON.stringify({ stats: data.stats, examples: shown }));
       const s = data.stats;
       io.out(
-        `${s.rows} rows → ${s.examples} examples (${s.evalExamples} held out), ${s.tokens} tokens; ${s.truncated} truncated, ${s.dropped} dropped`,
+        `${s.rows} rows → ${s.examples} examples (${s.evalExamples} held out), ${s.tokens} tokens; ${s.truncated} truncated, ${s.dropped} dropped (${s.noLossTokens} with no label left)`,
       );
       for (const [i, text] of shown.entries()) io.out(`--- example ${i} ---\n${text}`);
     });

@@ -14,7 +14,7 @@ import { runTrain } from "../train";
 import { type AccuracyResult, accuracy } from "./evaluate";
 
 export interface DemoOptions {
-  /** Optimizer steps (default 120: about two minutes on 2 cores). */
+  /** Optimizer steps (default 120: about 10 seconds on 2 cores with the native backend). */
   steps?: number;
   outputDir?: string;
   quiet?: boolean;

@@ -65,6 +65,8 @@ export interface DatasetStats {
   /** Rows dropped because no token carries loss (e.g. the completion was truncated away). */
   noLossTokens: number;
   tokens: number;
+  /** Tokens of the longest example (after truncation): what the model's positions must cover. */
+  longest: number;
   evalExamples: number;
 }
 
@@ -148,6 +150,7 @@ export async function loadTokenDataset(o: DatasetOptions): Promise<TokenDataset>
     dropped: 0,
     noLossTokens: 0,
     tokens: 0,
+    longest: 0,
     evalExamples: 0,
   };
   for (const entry of files) {
@@ -164,7 +167,10 @@ export async function loadTokenDataset(o: DatasetOptions): Promise<TokenDataset>
     for await (const rec of readRecords(file.path, o.fileFormat)) {
       stats.rows++;
       const ex = toExample(rec, fo, stats);
-      if (ex) store.push(ex);
+      if (ex) {
+        store.push(ex);
+        stats.longest = Math.max(stats.longest, ex.inputIds.length);
+      }
     }
   }
   stats.examples = store.size;

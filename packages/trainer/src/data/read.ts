@@ -23,7 +23,7 @@ export function fileFormatOf(path: string): FileFormat {
   if (/\.parquet$/i.test(path)) return "parquet";
   throw new TrainerError(
     "DATA_FORMAT",
-    `${path}: cannot tell the file format from its extension; expected .jsonl, .json, .txt or .parquet (or pass fileFormat)`,
+    `${path}: cannot tell the file format from its extension; expected .jsonl, .json, .txt or .parquet (or set DatasetOptions.fileFormat)`,
     { file: path },
   );
 }

@@ -10,9 +10,23 @@
  * - a second evaluation at the step of the previous one (the model has not changed) is not recorded twice.
  * The file exists once fit() starts, even when the run has no step left to train.
  */
-import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { ensureDirectorySync } from "@qlora/formats";
 import { join } from "node:path";
+import { TrainerError } from "../errors";
 import type { TrainerPlugin } from "../plugin";
+
+/** A file operation on the metrics file; its failure (a directory in the way, a full disk) names the file. */
+function onFile<T>(file: string, what: string, op: () => T): T {
+  try {
+    return op();
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    throw new TrainerError("METRICS_FILE", `${file}: cannot ${what} the metrics file (${err.code ?? err.message})`, {
+      file,
+    });
+  }
+}
 
 type Record_ = Record<string, unknown>;
 
@@ -20,7 +34,7 @@ type Record_ = Record<string, unknown>;
 function readRecords(file: string): Record_[] {
   if (!existsSync(file)) return [];
   const out: Record_[] = [];
-  for (const line of readFileSync(file, "utf8").split("\n")) {
+  for (const line of onFile(file, "read", () => readFileSync(file, "utf8")).split("\n")) {
     if (line.trim() === "") continue;
     try {
       const r = JSON.parse(line) as unknown;
@@ -45,7 +59,7 @@ export function metricsFile(path?: string): TrainerPlugin {
     if (file === undefined) {
       const out = (trainer as { args?: { outputDir?: string } }).args?.outputDir;
       file = path ?? (out ? join(out, "metrics.jsonl") : undefined);
-      if (file) mkdirSync(join(file, ".."), { recursive: true });
+      if (file) ensureDirectorySync(join(file, ".."));
     }
     return file;
   };
@@ -55,7 +69,7 @@ export function metricsFile(path?: string): TrainerPlugin {
     if (!f) return;
     const r = { time: new Date().toISOString(), ...record };
     if (!fitStarted) early.push(r);
-    appendFileSync(f, line(r));
+    onFile(f, "append to", () => appendFileSync(f, line(r)));
   };
   return {
     name: "metrics-file",
@@ -75,8 +89,10 @@ export function metricsFile(path?: string): TrainerPlugin {
         const evalSteps = new Set(kept.filter(isEval).map((r) => r.step));
         for (const r of early) if (!(isEval(r) && evalSteps.has(r.step))) kept.push(r);
         const tmp = `${f}.tmp-${process.pid}`;
-        writeFileSync(tmp, kept.map(line).join(""));
-        renameSync(tmp, f);
+        onFile(f, "rewrite", () => {
+          writeFileSync(tmp, kept.map(line).join(""));
+          renameSync(tmp, f);
+        });
         early.length = 0;
       },
       log: (ctx) => write(ctx.trainer, { step: ctx.state.globalStep, ...ctx.metrics }),
