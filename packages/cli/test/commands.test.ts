@@ -42,6 +42,12 @@ describe("qlora estimate", () => {
     expect(optimizer.code).toBe(2);
     expect(optimizer.out).toBe("");
     expect(optimizer.err).toBe(`qlora: --optimizer: expected one of ${OPTIMIZERS.join(", ")}, got "bogus"`);
+    // a config.json a load would refuse is refused here too, not planned for
+    const gpt9 = join(dir, "gpt9.json");
+    writeFileSync(gpt9, JSON.stringify({ ...config, architectures: ["Gpt9ForCausalLM"] }));
+    const arch = await runCli(["estimate", "--model", gpt9]);
+    expect(arch.code).not.toBe(0);
+    expect(arch.err).toMatch(/gpt9\.json.*Gpt9ForCausalLM/);
   });
 
   it("--optimizer takes every name train takes and sizes Lion and SGD state as they keep it", async () => {

@@ -145,6 +145,15 @@ describe("qlora eval / merge / quantize / export / generate", () => {
     expect(r.out).toMatch(/--blocksize <n>\s+block size: 64, 128, 256 …\s+\(default:\s+64\)/);
   });
 
+  it("quantize refuses a block size bitsandbytes has no kernel for, and an --out that is its own input", async () => {
+    const bs = await runCli(["quantize", base, "--out", join(root, "q7"), "--blocksize", "7"]);
+    expect(bs.code).toBe(2);
+    expect(bs.err).toBe('qlora: --blocksize: expected one of 32, 64, 128, 256, 512, 1024, 2048, 4096, got "7"');
+    const self = await runCli(["quantize", base, "--out", base]);
+    expect(self.code).toBe(2);
+    expect(self.err).toBe(`qlora: --out: ${base} is model_dir itself; write the output to another directory`);
+  });
+
   it("generate is greedy-deterministic, with or without the chat template", async () => {
     const args = [
       "--json",

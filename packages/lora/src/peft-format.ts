@@ -195,6 +195,16 @@ export interface LoadOptions extends InjectOptions {
   readonly isTrainable?: boolean;
 }
 
+/** A config that does not fit the model (targets that match nothing, a bad pattern) is named by its file. */
+function onConfig<T>(file: string, op: () => T): T {
+  try {
+    return op();
+  } catch (e) {
+    if (e instanceof LoraError) throw new LoraError(e.code, `${file}: ${e.message}`);
+    throw e;
+  }
+}
+
 /**
  * PeftModel.from_pretrained / load_adapter: inject the adapter described by `dir`'s adapter_config.json into
  * `target` (a plain model, or a LoraModel that gets one more adapter) and load its weights. Every expected key
@@ -207,6 +217,7 @@ export async function loadAdapter(
 ): Promise<LoraModel> {
   const name = options.adapterName ?? "default";
   const config = await readAdapterConfig(dir);
+  const configPath = join(dir, ADAPTER_CONFIG_NAME);
   const weightsPath = join(dir, ADAPTER_WEIGHTS_NAME);
   if (!(await exists(weightsPath))) {
     const bin = await exists(join(dir, "adapter_model.bin"));
@@ -226,8 +237,11 @@ export async function loadAdapter(
   const injectConfig = { ...config, init_lora_weights: true as const, inference_mode: !options.isTrainable };
   const lm = target instanceof LoraModel ? target : null;
   const model = lm ? lm.model : (target as Module);
-  const result = lm ?? LoraModel.inject(model, injectConfig, { ...options, adapterName: name });
-  if (lm) lm.addAdapter(name, injectConfig, options);
+  const result = onConfig(
+    configPath,
+    () => lm ?? LoraModel.inject(model, injectConfig, { ...options, adapterName: name }),
+  );
+  if (lm) onConfig(configPath, () => lm.addAdapter(name, injectConfig, options));
   try {
     copyAdapterWeights(result, name, tensors, weightsPath);
   } catch (e) {

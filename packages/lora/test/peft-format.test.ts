@@ -167,6 +167,10 @@ describe("PEFT adapter directory: load one written by Python PEFT (fixture built
     await expect(loadAdapter(new TinyModel(), bad)).rejects.toThrow(
       /unexpected \[base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight/,
     );
+    writeFileSync(join(bad, "adapter_config.json"), JSON.stringify({ ...cfg, target_modules: ["nonexistent_proj"] }));
+    await expect(loadAdapter(new TinyModel(), bad)).rejects.toThrow(
+      /bad\/adapter_config.json: LoraConfig.target_modules: .*matched no/,
+    );
     writeFileSync(join(bad, "adapter_config.json"), "{ not json");
     await expect(loadAdapter(new TinyModel(), bad)).rejects.toThrow(/bad\/adapter_config.json: not valid JSON/);
     rmSync(join(bad, "adapter_model.safetensors"));

@@ -357,6 +357,27 @@ describe("resuming from a damaged checkpoint", () => {
     }
   });
 
+  it("a checkpoint of another model shape names the checkpoint directory", async () => {
+    const dir = await checkpoint();
+    manualSeed(7);
+    const wider = new TinyLM(11, 16);
+    const trainer = new Trainer<Batch>({
+      model: wider,
+      optimizer: new StatefulAdamW(
+        wider.parameters().filter((p) => p.requiresGrad),
+        { lr: 0.01 },
+      ),
+      loss: (m, b) => tinyLoss(m, b),
+      train: memorySource(randomBatches(4, 1, 4, 11)),
+      args: { maxSteps: 3 },
+    });
+    const err = await trainer.fit({ resumeFrom: dir }).catch((e) => e);
+    expect(err).toMatchObject({ code: "CHECKPOINT_MISMATCH" });
+    expect(err.message).toMatch(
+      new RegExp(`^${dir.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}: the checkpoint does not fit this run: `),
+    );
+  });
+
   it("an rng_state.json without a seed is refused the same way", async () => {
     const dir = await checkpoint();
     edit(join(dir, "rng_state.json"), () => []);

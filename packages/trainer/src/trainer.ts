@@ -486,8 +486,9 @@ export class Trainer<B = unknown> {
     const saved = checkSavedState(await readJson(stateFile), (key, message) => {
       throw new TrainerError("CHECKPOINT_INVALID", `${stateFile}: ${message}`, { file: stateFile, key });
     });
-    await this.checkpointIO.loadModel(dir, this.model);
-    this.strategy.loadOptimizerStateDict(this.options.optimizer, await loadStateTree(dir, "optimizer"));
+    await namingCheckpoint(dir, () => this.checkpointIO.loadModel(dir, this.model));
+    const optimizerState = await loadStateTree(dir, "optimizer");
+    await namingCheckpoint(dir, () => this.strategy.loadOptimizerStateDict(this.options.optimizer, optimizerState));
     const plugins = (await loadStateTree(dir, PLUGIN_STATE)) as Record<string, unknown>;
     for (const p of this.plugins) if (p.loadStateDict && p.name in plugins) p.loadStateDict(plugins[p.name]);
     const rngFile = join(dir, "rng_state.json");
@@ -519,6 +520,19 @@ export class Trainer<B = unknown> {
         "UNSUPPORTED",
         "gradientCheckpointing: the model has neither setGradientCheckpointing(on) nor a gradientCheckpointing flag; turn the option off or use a model that supports it",
       );
+  }
+}
+
+/** A checkpoint that does not fit this run (another lora_r, another optimizer) is named in the error. */
+async function namingCheckpoint(dir: string, op: () => unknown): Promise<void> {
+  try {
+    await op();
+  } catch (e) {
+    const message = (e as Error).message;
+    if (message.includes(dir)) throw e;
+    throw new TrainerError("CHECKPOINT_MISMATCH", `${dir}: the checkpoint does not fit this run: ${message}`, {
+      file: dir,
+    });
   }
 }
 

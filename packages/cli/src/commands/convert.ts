@@ -17,6 +17,7 @@ import type { GlobalOptions, Io } from "../main";
 import { positiveInt } from "../main";
 import { layerProgress } from "../progress";
 import { checkNotInput, checkOutputDir, checkOutputFile } from "../output-path";
+import { BLOCKSIZES_4BIT } from "@qlora/nf4";
 
 const report = (io: Io, json: boolean | undefined, value: Record<string, unknown>, text: string) =>
   io.out(json ? JSON.stringify(value) : text);
@@ -62,7 +63,7 @@ export function registerConvert(program: Command, io: Io): void {
       const quantization = {
         quantType: oneOf(o.quantType, ["nf4", "fp4"] as const, "--quant-type"),
         doubleQuant: o.doubleQuant as boolean,
-        blocksize: o.blocksize as number,
+        blocksize: Number(oneOf(String(o.blocksize), BLOCKSIZES_4BIT.map(String), "--blocksize")),
         skipModules: ["lm_head"],
       };
       const bar = layerProgress(`quantizing ${dir}`, global.quiet);

@@ -16,6 +16,7 @@ import { OPTIMIZERS } from "../config";
 import { readJson } from "../inspect";
 import { type GlobalOptions, type Io, positiveInt } from "../main";
 import { loadDistributed } from "../ranks";
+import { parseConfig } from "@qlora/models";
 
 export function registerEstimate(program: Command, io: Io): void {
   program
@@ -52,6 +53,7 @@ export function registerEstimate(program: Command, io: Io): void {
       const file = existsSync(o.model) && statSync(o.model).isDirectory() ? join(o.model, "config.json") : o.model;
       if (!existsSync(file)) throw new CliError("BAD_PATH", `--model: ${file} does not exist`);
       const config = readJson(file);
+      parseConfig(config, file); // the architecture and shapes a load would check (ModelError naming file and key)
       const shape = modelShapeFromConfig(config, file);
       const plan = estimateMemory(shape, {
         ...DEFAULT_ESTIMATE,
