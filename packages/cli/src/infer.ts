@@ -12,6 +12,7 @@ import {
   HfTokenizer,
   type ModelConfig,
   batchLoss,
+  dequantizeModel,
   saveDense as saveDenseModel,
   compileChatTemplate,
   ggufArchitecture,
@@ -23,7 +24,7 @@ import {
   saveQuantized,
 } from "@qlora/models";
 import { type GgufLoraMapping, type LoraModel, loadAdapter } from "@qlora/lora";
-import { Linear, Linear4bit, type Module, keep, noGrad } from "@qlora/tensor";
+import { noGrad } from "@qlora/tensor";
 import type { TokenBatchSource } from "@qlora/trainer";
 import { CliError } from "./errors";
 import { layerProgress } from "./progress";
@@ -150,25 +151,6 @@ export async function saveChatTemplate(dir: string, source: string): Promise<voi
  */
 export function baseModelReference(base: string): string {
   return existsSync(base) ? resolve(base) : base;
-}
-
-/**
- * Replace every Linear4bit of `model` by a dense f32 Linear holding its dequantized weight (transformers'
- * model.dequantize()). Returns how many layers were dequantized.
- */
-export function dequantizeModel(model: Module): number {
-  let n = 0;
-  for (const [name, m] of [...model.namedModules()]) {
-    if (!(m instanceof Linear4bit)) continue;
-    const weight = keep(m.dequantizedWeight());
-    const bias = m.bias ? keep(noGrad(() => m.bias!.detach().cast("f32"))) : null;
-    const dense = new Linear(m.inFeatures, m.outFeatures, { init: { weight, bias } });
-    for (const p of dense.parameters()) p.requiresGrad = false;
-    model.setSubmodule(name, dense);
-    m.dispose();
-    n++;
-  }
-  return n;
 }
 
 /** Read config.json's bitsandbytes 4-bit quantization_config, or null (a dense checkpoint). */

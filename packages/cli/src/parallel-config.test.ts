@@ -227,6 +227,7 @@ describe("launcher helpers", () => {
 
 describe("qlora estimate --world-size N", () => {
   const llama7b = {
+    architectures: ["LlamaForCausalLM"],
     hidden_size: 4096,
     intermediate_size: 11008,
     num_hidden_layers: 32,

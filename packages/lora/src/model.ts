@@ -38,21 +38,26 @@ function matchesModuleToSave(list: readonly string[] | null, key: string): boole
   return !!list && list.some((n) => key === n || key.endsWith(`.${n}`));
 }
 
-export class LoraModel {
+/** `M` is the wrapped model's type (a CausalLM from @qlora/models, say): `model`, mergeAndUnload and unload keep it. */
+export class LoraModel<M extends Module = Module> {
   readonly configs = new Map<string, LoraConfig>();
   private active: string[] = [];
   private disabled = false;
   private readonly onWarning: (message: string) => void;
 
   private constructor(
-    readonly model: Module,
+    readonly model: M,
     options: InjectOptions,
   ) {
     this.onWarning = options.onWarning ?? ((m) => console.warn(m));
   }
 
   /** get_peft_model: inject the first adapter into `model` (modified in place) and freeze all but it. */
-  static inject(model: Module, config: LoraConfig | LoraConfigInput, options: InjectOptions = {}): LoraModel {
+  static inject<M extends Module>(
+    model: M,
+    config: LoraConfig | LoraConfigInput,
+    options: InjectOptions = {},
+  ): LoraModel<M> {
     const lm = new LoraModel(model, options);
     lm.addAdapter(options.adapterName ?? "default", config, options);
     return lm;
@@ -288,13 +293,13 @@ export class LoraModel {
     const max = Math.max(...rq.map((r) => r.maxAbsError));
     const mean = rq.reduce((s, r) => s + r.meanAbsError, 0) / rq.length;
     this.onWarning(
-      `LoraModel: ${what} re-quantized ${rq.length} 4-bit weight${rq.length === 1 ? "" : "s"}; generations may differ from the unquantized result (max |error| ${max.toExponential(3)}, mean ${mean.toExponential(3)}). To merge without re-quantizing, load the base dense (dequantize it) first.`,
+      `LoraModel: ${what} re-quantized ${rq.length} 4-bit weight${rq.length === 1 ? "" : "s"}; generations may differ from the unquantized result (max |error| ${max.toExponential(3)}, mean ${mean.toExponential(3)}). To merge without re-quantizing, dequantize the base first (@qlora/models' dequantizeModel, or load it with quantize: false).`,
     );
   }
 
   /** merge_and_unload: merge, then put each base layer (and each active modules_to_save copy) back in place. */
   mergeAndUnload(options: { adapterNames?: readonly string[]; safeMerge?: boolean } = {}): {
-    model: Module;
+    model: M;
     reports: MergeReport[];
   } {
     const reports = this.merge(options);
@@ -302,7 +307,7 @@ export class LoraModel {
     return { model: this.model, reports };
   }
   /** unload: remove every adapter without merging; the base model comes back. */
-  unload(): Module {
+  unload(): M {
     this.unloadLayers();
     return this.model;
   }

@@ -210,11 +210,11 @@ function onConfig<T>(file: string, op: () => T): T {
  * `target` (a plain model, or a LoraModel that gets one more adapter) and load its weights. Every expected key
  * must be present with its shape, and no other key may be in the file.
  */
-export async function loadAdapter(
-  target: Module | LoraModel,
+export async function loadAdapter<M extends Module>(
+  target: M | LoraModel<M>,
   dir: string,
   options: LoadOptions = {},
-): Promise<LoraModel> {
+): Promise<LoraModel<M>> {
   const name = options.adapterName ?? "default";
   const config = await readAdapterConfig(dir);
   const configPath = join(dir, ADAPTER_CONFIG_NAME);
@@ -235,8 +235,8 @@ export async function loadAdapter(
       `${dir}: adapter was initialised with init_lora_weights=${JSON.stringify(config.init_lora_weights)}; loading it assumes the base model already holds the residual weights`,
     );
   const injectConfig = { ...config, init_lora_weights: true as const, inference_mode: !options.isTrainable };
-  const lm = target instanceof LoraModel ? target : null;
-  const model = lm ? lm.model : (target as Module);
+  const lm = target instanceof LoraModel ? (target as LoraModel<M>) : null;
+  const model = lm ? lm.model : (target as M);
   const result = onConfig(
     configPath,
     () => lm ?? LoraModel.inject(model, injectConfig, { ...options, adapterName: name }),

@@ -38,7 +38,13 @@ describe("batchLoss", () => {
       positionIds: tensor(rows.positionIds, { dtype: "i32", shape }),
       segmentIds: tensor(rows.segmentIds, { dtype: "i32", shape }),
     };
-    const expected = noGrad(() => model.forward(args).lossSum!.item());
+    const out = noGrad(() => model.forward(args));
+    const expected = out.lossSum.item();
+    // the mean is tagged so the trainer can refuse it as a loss function's result (it wants the sum)
+    expect((out.loss as unknown as Record<symbol, unknown>)[Symbol.for("qlora.meanLoss")]).toBe(true);
+    expect((out.lossSum as unknown as Record<symbol, unknown>)[Symbol.for("qlora.meanLoss")]).toBeUndefined();
+    out.loss.dispose();
+    out.lossSum.dispose();
     const before = memoryStats("cpu").currentBytes;
     const got = noGrad(() => batchLoss(model, rows));
     expect(got.shape).toEqual([]);

@@ -320,7 +320,7 @@ export class CausalLM extends Module {
     const lossSum = weight
       ? linearCrossEntropy(flat, weight, target, { chunkSize: chunk }).loss
       : chunkedLoss(head, flat, target, chunk);
-    return { loss: lossSum.div(Math.max(tokenCount, 1)), lossSum, tokenCount };
+    return { loss: markMean(lossSum.div(Math.max(tokenCount, 1))), lossSum, tokenCount };
   }
 }
 
@@ -367,6 +367,15 @@ function checkIds(name: string, t: Tensor, shape?: readonly number[]): Tensor {
         key: name,
       },
     );
+  return t;
+}
+
+/**
+ * Tags the mean loss so @qlora/trainer can refuse it (a trainer loss function must return the sum; the mean would
+ * train with the gradient divided by the token count once more). A registered symbol: no import either way.
+ */
+function markMean(t: Tensor): Tensor {
+  Object.defineProperty(t, Symbol.for("qlora.meanLoss"), { value: true });
   return t;
 }
 

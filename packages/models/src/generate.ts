@@ -77,7 +77,17 @@ export interface GenerationResult {
   finishReason: FinishReason;
 }
 
-/** Generates a continuation of each prompt (token ids) and returns them in prompt order. */
+/** Generates a continuation of each prompt (token ids) and returns them in prompt order; `text` with a tokenizer. */
+export async function generate<C extends GenerationCache>(
+  model: GenerationModel<C>,
+  prompts: readonly (readonly number[])[],
+  options: GenerateOptions & { tokenizer: GenerationTokenizer },
+): Promise<(GenerationResult & { text: string })[]>;
+export async function generate<C extends GenerationCache>(
+  model: GenerationModel<C>,
+  prompts: readonly (readonly number[])[],
+  options?: GenerateOptions,
+): Promise<GenerationResult[]>;
 export async function generate<C extends GenerationCache>(
   model: GenerationModel<C>,
   prompts: readonly (readonly number[])[],

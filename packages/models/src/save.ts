@@ -8,7 +8,7 @@
 import { join } from "node:path";
 import { AtomicFile, ensureDirectory, type SafetensorsDtype, writeSafetensors } from "@qlora/formats";
 import { packQuantState, type TensorRecord } from "@qlora/nf4";
-import { Linear, Linear4bit, type Module, type Tensor } from "@qlora/tensor";
+import { Linear, Linear4bit, type Module, type Tensor, keep, noGrad } from "@qlora/tensor";
 import type { CausalLM } from "./causal-lm";
 import { ModelError } from "./errors";
 import type { QuantizeOptions } from "./layers";
@@ -125,6 +125,25 @@ export async function saveQuantized(model: CausalLM, dir: string, options: SaveQ
     await writeTextAtomic(join(dir, "generation_config.json"), sortedJson(options.generationConfig));
 }
 
+/**
+ * Replace every Linear4bit of `model` by a dense f32 Linear holding its dequantized weight (transformers'
+ * model.dequantize()). Returns how many layers were dequantized.
+ */
+export function dequantizeModel(model: Module): number {
+  let n = 0;
+  for (const [name, m] of [...model.namedModules()]) {
+    if (!(m instanceof Linear4bit)) continue;
+    const weight = keep(m.dequantizedWeight());
+    const bias = m.bias ? keep(noGrad(() => m.bias!.detach().cast("f32"))) : null;
+    const dense = new Linear(m.inFeatures, m.outFeatures, { init: { weight, bias } });
+    for (const p of dense.parameters()) p.requiresGrad = false;
+    model.setSubmodule(name, dense);
+    m.dispose();
+    n++;
+  }
+  return n;
+}
+
 export interface SaveDenseOptions {
   /** Storage dtype of every tensor (default "bf16", as most Hugging Face checkpoints). */
   dtype?: "f32" | "bf16" | "f16";
@@ -152,7 +171,7 @@ export async function saveDense(model: CausalLM, dir: string, options: SaveDense
   if (quantized)
     throw new ModelError(
       "bad_argument",
-      `saveDense(${dir}): "${quantized[0]}" is a 4-bit layer; merge into a dense model (or use saveQuantized)`,
+      `saveDense(${dir}): "${quantized[0]}" is a 4-bit layer; call dequantizeModel(model) before merging an adapter (merging into 4-bit weights re-quantizes them), load the base with quantize: false, or write a 4-bit checkpoint with saveQuantized`,
     );
   await ensureDirectory(dir);
   const state = model.stateDict();

@@ -20,7 +20,7 @@ import {
 } from "@qlora/tensor";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TINY_MODELS, writeTinyModel } from "../scripts/make-tiny-models";
-import { type CausalLM, loadModel, saveDense, saveQuantized, TiedLmHead } from "../src";
+import { type CausalLM, dequantizeModel, loadModel, saveDense, saveQuantized, TiedLmHead } from "../src";
 import { readFixture, relErr, tempDir } from "./helpers";
 
 const dir = tempDir();
@@ -220,8 +220,15 @@ describe("bitsandbytes checkpoints", () => {
     expect(Array.from(logitsOf(back.model))).toEqual(Array.from(logitsOf(dense.model)));
     const nf4 = await loadModel(path("qwen2-bf16"));
     await expect(saveDense(nf4.model, path("dense-2"))).rejects.toThrow(
-      /saveDense\(.*dense-2\): "model\.layers\.0\.self_attn\.q_proj" is a 4-bit layer; merge into a dense model/,
+      /saveDense\(.*dense-2\): "model\.layers\.0\.self_attn\.q_proj" is a 4-bit layer; call dequantizeModel\(model\)/,
     );
+    // dequantizeModel: every 4-bit layer becomes a dense f32 Linear of its dequantized weight; then it saves
+    expect(dequantizeModel(nf4.model)).toBeGreaterThan(0);
+    const before = Array.from(logitsOf(nf4.model));
+    await saveDense(nf4.model, path("dense-2"), { dtype: "f32" });
+    const reloaded = await loadModel(path("dense-2"), { quantize: false });
+    expect(relErr(logitsOf(reloaded.model), before)).toBeLessThan(1e-6);
+    reloaded.model.dispose();
     for (const m of [dense.model, back.model, nf4.model]) m.dispose();
   });
 

@@ -135,7 +135,7 @@ export abstract class Optimizer<H extends BaseHyper> {
     specs.forEach((spec, gi) => {
       const where = specs.length > 1 ? `paramGroups[${gi}]` : "params";
       const names: string[] = [];
-      for (const [name, p] of toPairs(spec.params, `${where}.params`)) {
+      for (const [name, p] of toPairs(spec.params, specs.length > 1 ? `${where}.params` : "params")) {
         this.checkParam(name, p, where, owner);
         names.push(name);
         this.params.set(name, p);

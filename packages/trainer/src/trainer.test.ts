@@ -608,6 +608,17 @@ describe("the loss function's contract", () => {
     const vector = withLoss(() => tensor([1, 2]));
     await expect(vector.fit()).rejects.toMatchObject({ code: "BAD_LOSS", message: /a tensor of shape \[2\]/ });
     await expect(withLoss(() => undefined).fit()).rejects.toThrow(/got undefined/);
+    // a model's mean loss (tagged by @qlora/models' forward with this registered symbol) is refused by name
+    const mean = withLoss((m, b) => {
+      const sum = tinyLoss(m, b);
+      const t = sum.div(3);
+      sum.dispose();
+      Object.defineProperty(t, Symbol.for("qlora.meanLoss"), { value: true });
+      return t;
+    });
+    await expect(mean.fit()).rejects.toThrow(
+      /returned a model's mean loss \(forward\(\)\.loss\); return the summed loss/,
+    );
   });
 
   it("the peak lr is the optimizer's group lr; a learningRate that matches no group is refused", async () => {

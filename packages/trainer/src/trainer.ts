@@ -388,6 +388,13 @@ export class Trainer<B = unknown> {
         `the loss function must return the micro-batch's summed token loss as a scalar Tensor or { lossSum }, got ${got}`,
       );
     }
+    if ((loss as unknown as Record<symbol, unknown>)[Symbol.for("qlora.meanLoss")] === true) {
+      dispose(out);
+      throw new TrainerError(
+        "BAD_LOSS",
+        "the loss function returned a model's mean loss (forward().loss); return the summed loss (forward().lossSum, or batchLoss from @qlora/models): the trainer divides by the step's loss tokens itself",
+      );
+    }
     // The rest of a returned object (a forward output's logits or mean loss) is not used.
     if (out !== loss) dispose(Object.values(out).filter((v) => v !== loss));
     return loss;
