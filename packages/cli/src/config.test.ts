@@ -107,6 +107,18 @@ warmup_ratio: 0.1
     expect(errorOf(minimal, { "lora-rr": "3" }).message).toMatch(/unknown key "lora_rr" \(did you mean "lora_r"\?\)/);
   });
 
+  it("a command-line value for a text key is taken as written (a Jinja template, braces in a path)", () => {
+    const jinja = "{% for m in messages %}{{ m.content }}{% endfor %}";
+    const c = parseTrainConfig(`${minimal}chat_template: jinja\n`, "run.yaml", {
+      chat_template_jinja: jinja,
+      "output-dir": "{x}",
+      "lora-r": "16",
+    });
+    expect(c.chat_template_jinja).toBe(jinja);
+    expect(c.output_dir).toBe("{x}");
+    expect(c.lora_r).toBe(16);
+  });
+
   it("an error in a command-line value names its flag, not the file line it replaced", () => {
     const file = `${minimal}learning_rate: 0.001\n`;
     expect(errorOf(file, { "learning-rate": "-1" }).message).toBe(

@@ -185,6 +185,7 @@ const trainShape = {
   gradient_checkpointing: z.boolean().default(false),
   seed: nonNegativeInt.default(42),
   resume_from_checkpoint: z.union([z.string().min(1), z.boolean()]).optional(),
+  overwrite_output_dir: z.boolean().default(false),
   early_stopping_patience: positiveInt.optional(),
   neftune_noise_alpha: z.number().positive().optional(),
   bf16: z.union([z.boolean(), z.literal("auto")]).default(false),
@@ -354,10 +355,34 @@ function inertWarnings(config: Record<string, unknown>, where: (path: PropertyKe
     .map(([key, why]) => `${where([key])}: ${key}: ${JSON.stringify(config[key])} has no effect here: ${why}`);
 }
 
+/** Keys whose value is a string: a command-line value is taken as written (a Jinja template, a path with braces). */
+function takesText(key: string): boolean {
+  let schema = (trainShape as Record<string, z.ZodType | undefined>)[key];
+  for (let depth = 0; schema && depth < 4; depth++) {
+    const def = schema._zod.def as { type: string; innerType?: z.ZodType };
+    if (def.type === "string") return true;
+    if (def.innerType === undefined) return false;
+    schema = def.innerType; // optional / default / nullable wrap the real type
+  }
+  return false;
+}
+
+/** A YAML scalar or flow collection (`16`, `true`, `[q_proj, v_proj]`); text that is not valid YAML stays text. */
+function yamlOrText(value: string): unknown {
+  try {
+    return parseYamlValue(value);
+  } catch {
+    return value;
+  }
+}
+
 /** `--lora-r 16` → { lora_r: 16 }: kebab or snake keys, values parsed as YAML scalars. */
 export function parseOverrides(overrides: Record<string, string>): Record<string, unknown> {
   const out: Record<string, unknown> = {};
-  for (const [key, value] of Object.entries(overrides)) out[key.replaceAll("-", "_")] = parseYamlValue(value);
+  for (const [raw, value] of Object.entries(overrides)) {
+    const key = raw.replaceAll("-", "_");
+    out[key] = takesText(key) ? value : yamlOrText(value);
+  }
   return out;
 }
 

@@ -13,6 +13,7 @@ import { parseTrainConfig } from "./config";
 import { CliError } from "./errors";
 import {
   chatFields,
+  chatmlMarkersWarning,
   dataSummary,
   dataTokenizer,
   datasetOptions,
@@ -82,12 +83,14 @@ describe("datasetOptions", () => {
     message_property_mappings: {role: from, content: value}
 `),
     ).toBe(expected);
-    // without Axolotl's default roles map "gpt" would be no assistant: a roles map that leaves gpt out says so
+    // a roles map that leaves gpt out: the unlisted role is named (it used to pass through as no assistant turn)
     await expect(
       loadTokenDataset(
         datasetOptions(config(`datasets: [{path: ${path}, type: sharegpt, roles: {user: [human]}}]\n`), tok),
       ),
-    ).rejects.toThrow(/sharegpt\.jsonl:1: there is no assistant turn \(after the roles mapping\)/);
+    ).rejects.toThrow(
+      /sharegpt\.jsonl:1: conversations\[1\] has role "gpt", which the roles mapping does not list \(human\)/,
+    );
     expect(chatFields(config(`datasets: [{path: ${path}, type: alpaca}]\n`).datasets[0])).toBeUndefined();
   });
 
@@ -175,6 +178,11 @@ describe("chat_template: chatml / jinja", () => {
     const ex = data.example(0);
     const target = [...ex.inputIds].filter((_, i) => ex.labels[i] !== -100);
     expect(tok.decode(target)).toBe("blue<|im_end|>\n");
+    // the tiny Llama-3 vocabulary has no ChatML markers: said once, before training
+    expect(chatmlMarkersWarning(chatml, tok)).toMatch(
+      /^chat_template: chatml: <\|im_start\|> and <\|im_end\|> are not tokens of this tokenizer/,
+    );
+    expect(chatmlMarkersWarning(config(`datasets: [{path: ${path}, type: chat_template}]\n`), tok)).toBeNull();
   });
 });
 

@@ -24,7 +24,7 @@ import {
   saveQuantized,
 } from "@qlora/models";
 import { type GgufLoraMapping, type LoraModel, loadAdapter } from "@qlora/lora";
-import { noGrad } from "@qlora/tensor";
+import { Linear, type Module, keep, noGrad } from "@qlora/tensor";
 import type { TokenBatchSource } from "@qlora/trainer";
 import { CliError } from "./errors";
 import { layerProgress } from "./progress";
@@ -189,6 +189,7 @@ export async function mergeAdapterInto(
     onProgress: bar.onProgress,
   }).finally(bar.stop);
   const dequantized = preQuantized ? dequantizeModel(model) : 0;
+  upcastLinears(model); // merged in f32: a bf16 weight plus the adapter's delta would round back to bf16
   const lora = await loadAdapter(model, adapterDir);
   const merged = lora.mergeAndUnload().model as CausalLM;
   const tmp = join(dirname(resolve(out)), `.${basename(resolve(out))}.tmp-${process.pid}`);
@@ -213,12 +214,28 @@ export async function mergeAdapterInto(
       }
       await copyTokenizerFiles(modelDir, tmp);
     } else await saveDense(merged, modelDir, tmp, dtype);
+    // the chat template the adapter was trained with goes with the merged model (transformers' file name)
+    const template = resolveChatTemplate(undefined, adapterDir);
+    if (template) await saveChatTemplate(tmp, template.source);
     await moveInto(tmp, out);
   } finally {
     await rm(tmp, { recursive: true, force: true });
     merged.dispose();
   }
   return { dequantized };
+}
+
+/** Every dense Linear of a bf16/f16 checkpoint becomes f32 (frozen), so a merge adds its delta at full precision. */
+function upcastLinears(model: Module): void {
+  for (const [name, m] of [...model.namedModules()]) {
+    if (!(m instanceof Linear) || m.weight.dtype === "f32") continue;
+    const weight = keep(noGrad(() => m.weight.detach().cast("f32")));
+    const bias = m.bias ? keep(noGrad(() => m.bias!.detach().cast("f32"))) : null;
+    const f32 = new Linear(m.inFeatures, m.outFeatures, { init: { weight, bias } });
+    for (const p of f32.parameters()) p.requiresGrad = false;
+    model.setSubmodule(name, f32);
+    m.dispose();
+  }
 }
 
 /** Move every file of `from` into `to` (created if needed), each by rename; `to`'s other files stay. */

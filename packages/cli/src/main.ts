@@ -86,6 +86,26 @@ function threadCount(value: string): number {
   return n;
 }
 
+/** The packages' errors about what they were given (files, configs, data, arguments), not about a run that failed. */
+const INPUT_ERRORS = new Set([
+  "ModelError",
+  "LoraError",
+  "FormatsError",
+  "SafetensorsError",
+  "GgufError",
+  "Nf4Error",
+  "OptimError",
+]);
+const RUNTIME_CODES = new Set(["non_finite_logits", "io"]);
+
+/** Exit 2 for bad input, as for a bad flag; 1 for a run that failed (NaN losses, I/O while training). */
+function isInputError(e: Error | undefined): boolean {
+  if (!e) return false;
+  const code = String((e as { code?: unknown }).code ?? "");
+  if (e.name === "TrainerError") return /^(DATA_|EMPTY_DATASET|CHECKPOINT_|BAD_ARGUMENT)/.test(code);
+  return INPUT_ERRORS.has(e.name) && !RUNTIME_CODES.has(code);
+}
+
 /** Run the program on argv (without node and script); resolves to the exit code. */
 export async function main(argv: string[], io: Io = defaultIo): Promise<number> {
   const program = buildProgram(io);
@@ -104,6 +124,6 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
     const err = e as Error;
     io.err(`qlora: ${err?.message ?? String(e)}`);
     if (verbose && err?.stack) io.err(err.stack);
-    return 1;
+    return isInputError(err) ? 2 : 1;
   }
 }

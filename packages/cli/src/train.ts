@@ -4,7 +4,8 @@
  * logic lives here; every piece is owned by its package.
  */
 import { existsSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { rm } from "node:fs/promises";
+import { basename, join, resolve } from "node:path";
 import { batchLoss, type CausalLM, HfTokenizer, compileChatTemplate, loadModel, loadTokenizer } from "@qlora/models";
 import { LoraModel, type LoraConfigInput, loadAdapter, saveAdapter } from "@qlora/lora";
 import { AdamW, Lion, type NamedParameters, SGD, loraPlusGroups } from "@qlora/paged-optim";
@@ -25,6 +26,7 @@ import {
   type SchedulerOptions,
   earlyStopping,
   latestCheckpoint,
+  listCheckpoints,
   loadTokenDataset,
   memoryReport,
   metricsFile,
@@ -167,6 +169,8 @@ export function chatFields(d: DatasetConfig): ChatFields | undefined {
     role: d.message_property_mappings?.role ?? (share ? "from" : "role"),
     content: d.message_property_mappings?.content ?? (share ? "value" : "content"),
     roles,
+    // roles the config spells out are the whole list: any other name in the data is a mistake, not a role
+    strictRoles: d.roles !== undefined,
   };
 }
 
@@ -355,10 +359,58 @@ export function checkTrainInputs(config: TrainConfig): void {
   checkOutputDir(config.output_dir, "output_dir");
 }
 
+/**
+ * ChatML's markers are special tokens in the models made for it; in another vocabulary they split into several
+ * pieces, which a small fine-tune learns poorly (Axolotl adds them as tokens, resizing the embeddings; qlora does not).
+ */
+export function chatmlMarkersWarning(config: TrainConfig, tokenizer: HfTokenizer): string | null {
+  if (config.chat_template !== "chatml") return null;
+  const split = ["<|im_start|>", "<|im_end|>"].filter(
+    (m) => tokenizer.encode(m, { addSpecialTokens: false }).length > 1,
+  );
+  if (split.length === 0) return null;
+  return `chat_template: chatml: ${split.join(" and ")} ${split.length > 1 ? "are not tokens" : "is not a token"} of this tokenizer (each splits into several pieces); replies may not learn where to stop. The model's own template (chat_template: tokenizer_default) uses its special tokens`;
+}
+
 /** Examples longer than the model's positions train on positions it never saw (transformers warns the same). */
 export function positionsWarning(stats: DatasetStats, maxPositions: number): string | null {
   if (stats.longest <= maxPositions) return null;
   return `the longest example has ${stats.longest} tokens, more than the model's max_position_embeddings ${maxPositions}: positions past it were never trained; sequence_len: ${maxPositions} truncates there`;
+}
+
+/**
+ * An output_dir that already holds checkpoints: a fresh run there would interleave two runs (its metrics restart, the
+ * old checkpoints stay and a later `resume_from_checkpoint: true` resumes the old run), so it is refused unless
+ * `overwrite_output_dir: true` (transformers' key) clears them. A resume from an older checkpoint says which later
+ * ones are left behind.
+ */
+export async function checkOutputDirRuns(
+  config: TrainConfig,
+  isMain: boolean,
+  say: (line: string) => void,
+): Promise<void> {
+  const found = await listCheckpoints(config.output_dir);
+  if (found.length === 0) return;
+  const resume = config.resume_from_checkpoint;
+  if (typeof resume === "string") {
+    const from = found.find((c) => resolve(c.dir) === resolve(resume));
+    const later = from ? found.filter((c) => c.step > from.step) : [];
+    if (later.length > 0)
+      say(
+        `resume_from_checkpoint: ${resume} rewinds the run; ${later.map((c) => basename(c.dir)).join(", ")} in output_dir are from after it and stay until save_total_limit rotates them (resume_from_checkpoint: true would pick the newest)`,
+      );
+    return;
+  }
+  if (resume === true) return;
+  if (config.overwrite_output_dir) {
+    if (isMain) for (const c of found) await rm(c.dir, { recursive: true, force: true });
+    return;
+  }
+  const newest = found.reduce((a, b) => (b.step > a.step ? b : a));
+  throw new CliError(
+    "CONFIG_INVALID",
+    `output_dir: ${config.output_dir} already holds ${basename(newest.dir)} from an earlier run: resume it (resume_from_checkpoint: true), write to another output_dir, or set overwrite_output_dir: true to start over (its checkpoints are deleted)`,
+  );
 }
 
 export async function runTrain(config: TrainConfig, options: TrainOptions = {}): Promise<TrainResult> {
@@ -369,11 +421,14 @@ export async function runTrain(config: TrainConfig, options: TrainOptions = {}):
   const isMain = rank === 0;
   const say = (line: string) => isMain && stream.write(`qlora: ${line}\n`);
   for (const warning of config.warnings ?? []) say(warning);
+  await checkOutputDirRuns(config, isMain, say);
   if (config.bf16 === true)
     say("bf16: true — the CPU backend computes in f32; training in f32 (bf16: auto says this silently)");
   const base = await loadBase(config, options.quiet || !isMain, stream);
   const model = base.model;
   const tokenizer = withSpecialTokens(base.tokenizer, config);
+  const markersNote = chatmlMarkersWarning(config, tokenizer);
+  if (markersNote) say(markersNote);
   const lora = !config.adapter
     ? undefined
     : config.lora_model_dir

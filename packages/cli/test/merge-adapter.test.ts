@@ -6,10 +6,16 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } fro
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { openSafetensors } from "@qlora/formats";
-import { writeTinyTokenizer } from "@qlora/models";
+import { loadTokenizer, writeTinyTokenizer } from "@qlora/models";
 import { afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { TINY_MODELS, writeTinyModel } from "../../models/scripts/make-tiny-models";
-import { CHAT_TEMPLATE_FILE, baseModelReference, loadForInference, resolveChatTemplate } from "../src/infer";
+import {
+  CHAT_TEMPLATE_FILE,
+  baseModelReference,
+  loadForInference,
+  resolveChatTemplate,
+  saveChatTemplate,
+} from "../src/infer";
 import { CHATML_TEMPLATE } from "../src/chat-templates";
 import { runCli } from "./helpers";
 import { writeRandomAdapter, writeTinyBase } from "./tiny";
@@ -114,6 +120,34 @@ async function train(name: string, yaml: string): Promise<{ code: number; out: s
   return { ...r, dir };
 }
 
+describe("qlora merge into a bf16 base", () => {
+  it("--dtype f32 keeps the f32 merge (not rounded back to bf16) and carries the adapter's chat template", async () => {
+    const ad = await writeRandomAdapter(tied, join(root, "tied-adapter"));
+    await saveChatTemplate(ad, CHATML_TEMPLATE);
+    const out = join(root, "tied-merged-f32");
+    const r = await runCli(["--quiet", "merge", "--model", tied, "--adapter", ad, "--out", out, "--dtype", "f32"]);
+    expect(r.err).toBe("");
+    // merged weights are not all bf16-representable (low 16 bits zero) as a bf16 merge would leave them
+    const f = await openSafetensors(join(out, "model.safetensors"));
+    const q = f.info("model.layers.0.self_attn.q_proj.weight");
+    expect(q.dtype).toBe("F32");
+    const bits = new Uint32Array((await f.read("model.layers.0.self_attn.q_proj.weight")).slice().buffer);
+    await f.close();
+    expect(bits.some((b) => (b & 0xffff) !== 0)).toBe(true);
+    const merged = await evalLoss(["--model", out, "--quantize", "none"]);
+    const onBase = await evalLoss(["--model", tied, "--adapter", ad, "--quantize", "none"]);
+    expect(Math.abs(merged - onBase) / onBase).toBeLessThan(1e-5);
+    // the chat template travels: chat_template.jinja in the merged model, read back by loadTokenizer
+    expect(readFileSync(join(out, CHAT_TEMPLATE_FILE), "utf8")).toBe(CHATML_TEMPLATE);
+    expect((await loadTokenizer(out)).chatTemplate).toBe(CHATML_TEMPLATE);
+    const peft = join(root, "tied-peft");
+    expect(
+      (await runCli(["--quiet", "export", "--model", tied, "--adapter", ad, "--format", "peft", "--out", peft])).err,
+    ).toBe("");
+    expect(readFileSync(join(peft, CHAT_TEMPLATE_FILE), "utf8")).toBe(CHATML_TEMPLATE);
+  });
+});
+
 describe("train: model and adapter setup", () => {
   it("a full fine-tune of a bf16 checkpoint trains f32 master weights and saves an F32 checkpoint", async () => {
     const r = await train("full-bf16", `base_model: ${tied}\n`);
@@ -178,7 +212,10 @@ describe("train: model and adapter setup", () => {
     const dir = join(r.dir, "adapter");
     const d = await dtypes(dir, "adapter_model.safetensors");
     expect(d["base_model.model.lm_head.weight"]).toBe("F32");
+    warn.mockClear();
     const withAdapter = await evalLoss(["--model", tied, "--adapter", dir, "--quantize", "none"]);
+    // loading the adapter to use it is not the moment to explain what training it did
+    expect(warn.mock.calls.map((c) => String(c[0])).filter((m) => m.includes("is tied to"))).toEqual([]);
     const merged = join(root, "merged-head");
     expect(
       (await runCli(["--quiet", "merge", "--model", tied, "--adapter", dir, "--out", merged, "--dtype", "f32"])).code,

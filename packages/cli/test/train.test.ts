@@ -311,8 +311,42 @@ output_dir: ${out}
       `base_model: ${base}\ndatasets: [{path: ${data}, type: prompt_completion}]\n`,
     );
     const r = await runCli(["train", join(root, "badrows.yaml")]);
-    expect(r.code).not.toBe(0);
+    expect(r.code).toBe(2); // bad input, as a bad flag; 1 is kept for a run that fails
     expect(r.err).toMatch(new RegExp(`^qlora: .*${data.replaceAll("/", "\\/")}:2.*completion`));
+  });
+
+  it("a fresh run into an output_dir with an earlier run's checkpoints is refused unless overwrite_output_dir", async () => {
+    const base = await tinyModel();
+    const data = writeData();
+    const out = join(root, "reused");
+    const file = join(root, "reused.yaml");
+    writeFileSync(
+      file,
+      `base_model: ${base}\nload_in_4bit: true\nadapter: qlora\nlora_target_modules: [q_proj]\ndatasets: [{path: ${data}, type: prompt_completion}]\nmicro_batch_size: 4\nmax_steps: 2\nsave_steps: 1\noutput_dir: ${out}\n`,
+    );
+    expect((await runCli(["--quiet", "train", file])).code).toBe(0);
+    const again = await runCli(["--quiet", "train", file]);
+    expect(again.code).toBe(2);
+    expect(again.err).toBe(
+      `qlora: output_dir: ${out} already holds checkpoint-2 from an earlier run: resume it (resume_from_checkpoint: true), write to another output_dir, or set overwrite_output_dir: true to start over (its checkpoints are deleted)`,
+    );
+    const stderr: string[] = [];
+    const write = process.stderr.write.bind(process.stderr);
+    process.stderr.write = ((chunk: string) => {
+      stderr.push(String(chunk));
+      return true;
+    }) as typeof process.stderr.write;
+    try {
+      const rewind = await runCli(["--quiet", "train", file, "--resume-from-checkpoint", join(out, "checkpoint-1")]);
+      expect(rewind.code).toBe(0);
+    } finally {
+      process.stderr.write = write;
+    }
+    expect(stderr.join("")).toContain("checkpoint-1 rewinds the run; checkpoint-2 in output_dir are from after it");
+    const over = await runCli(["--quiet", "train", file, "--overwrite-output-dir", "true", "--save-steps", "2"]);
+    expect(over.code).toBe(0);
+    expect(existsSync(join(out, "checkpoint-1"))).toBe(false);
+    expect(existsSync(join(out, "checkpoint-2"))).toBe(true);
   });
 
   it("a bad config key, a missing base model and a missing dataset are one-line errors with exit code 2", async () => {

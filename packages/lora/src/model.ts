@@ -147,7 +147,8 @@ export class LoraModel<M extends Module = Module> {
         }
         const how = w.addAdapter(name, key);
         undo.push(() => w.deleteAdapter(name));
-        if (how === "untied")
+        // said when the copy is made to be trained; an adapter loaded for inference just carries its own head
+        if (how === "untied" && !config.inference_mode)
           this.onWarning(
             `LoraConfig.modules_to_save: "${key}" is tied to the input embedding (tie_word_embeddings); adapter "${name}" trains an untied f32 copy of it, saved as "${PEFT_PREFIX}${key}.weight" (what PEFT does without ensure_weight_tying), and the base embedding stays as it is. A merged model gets its own ${key}.weight and tie_word_embeddings false. To train the shared matrix for both, list "embed_tokens" instead.`,
           );

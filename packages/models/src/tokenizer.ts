@@ -97,6 +97,21 @@ export class HfTokenizer {
     const configFile = join(dir, "tokenizer_config.json");
     const tokenizerJson = await readJsonObject(tokenizerFile, "tokenizer_json", true);
     const config = (await readJsonObject(configFile, "tokenizer_config_json", false)) ?? {};
+    // transformers (≥ 4.43) saves the chat template as chat_template.jinja, which wins over tokenizer_config.json's
+    const templateFile = join(dir, "chat_template.jinja");
+    const template = await readFile(templateFile, "utf8").catch((e: NodeJS.ErrnoException) => {
+      if (e.code === "ENOENT") return null;
+      throw new ModelError("tokenizer_missing", `${templateFile}: cannot read (${e.message})`, { file: templateFile });
+    });
+    if (template !== null)
+      return new HfTokenizer(
+        tokenizerJson as JsonObject,
+        { ...config, chat_template: template },
+        {
+          tokenizerFile,
+          configFile: templateFile,
+        },
+      );
     return new HfTokenizer(tokenizerJson as JsonObject, config, { tokenizerFile, configFile });
   }
 

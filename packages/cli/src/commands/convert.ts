@@ -12,6 +12,8 @@ import {
   loadForInference,
   mergeAdapterInto,
   requireModelDir,
+  resolveChatTemplate,
+  saveChatTemplate,
 } from "../infer";
 import type { GlobalOptions, Io } from "../main";
 import { positiveInt } from "../main";
@@ -121,6 +123,8 @@ export function registerConvert(program: Command, io: Io): void {
         if (!o.adapter) throw new CliError("BAD_ARGUMENT", "--format peft: needs --adapter <dir>");
         const { lora } = await loadForInference(o.model, { adapter: o.adapter, quantize: "none" });
         await saveAdapter(lora!, o.out, { baseModelNameOrPath: baseModelReference(o.model), taskType: "CAUSAL_LM" });
+        const template = resolveChatTemplate(undefined, o.adapter); // the one it trained with travels with it
+        if (template) await saveChatTemplate(o.out, template.source);
         return report(io, global.json, { out: o.out }, `wrote PEFT adapter to ${o.out}`);
       }
       if (o.adapter) {

@@ -181,6 +181,23 @@ describe("formats", () => {
         stats(),
       ),
     ).toThrow(/f\.jsonl:3: conversations\[0\] lacks a string "from" and "value"/);
+    // a roles map the config spells out is the whole list: another name is named, not passed through
+    const strict = {
+      field: "conversations",
+      role: "from",
+      content: "value",
+      roles: { human: "user", gpt: "assistant" },
+      strictRoles: true,
+    };
+    const robot = {
+      conversations: [
+        { from: "human", value: "q" },
+        { from: "robot", value: "beep" },
+      ],
+    };
+    expect(() => toExample(rec(robot), { ...o, chat: strict }, stats())).toThrow(
+      /conversations\[1\] has role "robot", which the roles mapping does not list \(human, gpt\)/,
+    );
   });
 
   it("padToMaxLength pads every batch to maxLength; without it a batch is as long as its longest row", async () => {

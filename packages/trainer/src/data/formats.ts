@@ -26,8 +26,10 @@ export interface ChatFields {
   readonly role?: string;
   /** Default "content". */
   readonly content?: string;
-  /** Data role → template role; roles not listed pass through unchanged. */
+  /** Data role → template role; roles not listed pass through unchanged (unless strictRoles). */
   readonly roles?: Readonly<Record<string, string>>;
+  /** A role the `roles` map does not list is an error naming it (a config that spells out its roles). */
+  readonly strictRoles?: boolean;
 }
 
 export interface FormatOptions {
@@ -233,7 +235,14 @@ function chatTurns(rec: SourceRecord, f: ChatFields): ChatTurn[] {
     const content = t[contentKey];
     if (typeof role !== "string" || typeof content !== "string")
       throw badChat(rec, f, `${field}[${i}] lacks a string "${roleKey}" and "${contentKey}"`);
-    return { role: f.roles?.[role] ?? role, content };
+    const mapped = f.roles?.[role];
+    if (mapped === undefined && f.strictRoles)
+      throw badChat(
+        rec,
+        f,
+        `${field}[${i}] has role "${role}", which the roles mapping does not list (${Object.keys(f.roles ?? {}).join(", ")})`,
+      );
+    return { role: mapped ?? role, content };
   });
 }
 
