@@ -372,6 +372,21 @@ export function chatmlMarkersWarning(config: TrainConfig, tokenizer: HfTokenizer
   return `chat_template: chatml: ${split.join(" and ")} ${split.length > 1 ? "are not tokens" : "is not a token"} of this tokenizer (each splits into several pieces); replies may not learn where to stop. The model's own template (chat_template: tokenizer_default) uses its special tokens`;
 }
 
+/** The data pipeline's option names, as the config spells them. */
+const CONFIG_KEY_OF: Record<string, keyof TrainConfig> = { validationSplit: "val_set_size" };
+
+/** A data error about an option is reported under the config key the user wrote, not the library's option name. */
+async function inConfigTerms<T>(load: () => Promise<T>): Promise<T> {
+  try {
+    return await load();
+  } catch (e) {
+    const key = (e as { detail?: { key?: string } }).detail?.key;
+    const configKey = key ? CONFIG_KEY_OF[key] : undefined;
+    if (!configKey) throw e;
+    throw new CliError("CONFIG_INVALID", (e as Error).message.replace(`${key} `, `${configKey}: `));
+  }
+}
+
 /** Examples longer than the model's positions train on positions it never saw (transformers warns the same). */
 export function positionsWarning(stats: DatasetStats, maxPositions: number): string | null {
   if (stats.longest <= maxPositions) return null;
@@ -441,11 +456,13 @@ export async function runTrain(config: TrainConfig, options: TrainOptions = {}):
   const chatTemplate = trainedChatTemplate(config, tokenizer);
   const trainable = [...model.namedParameters()].filter(([, p]) => p.requiresGrad);
   if (trainable.length === 0) throw new CliError("CONFIG_INVALID", "no parameter is trainable with this config");
-  const data = await loadTokenDataset({
-    ...datasetOptions(config, dataTokenizer(tokenizer, config)),
-    rank,
-    worldSize,
-  });
+  const data = await inConfigTerms(() =>
+    loadTokenDataset({
+      ...datasetOptions(config, dataTokenizer(tokenizer, config)),
+      rank,
+      worldSize,
+    }),
+  );
   const summary = dataSummary(data.stats, config);
   if (summary) say(summary);
   const positionsNote = positionsWarning(data.stats, model.config.maxPositionEmbeddings);

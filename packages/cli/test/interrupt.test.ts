@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -92,4 +92,29 @@ describe("onInterrupt", () => {
     expect(process.listenerCount("SIGINT")).toBe(before.int);
     expect(process.listenerCount("SIGTERM")).toBe(before.term);
   });
+});
+
+describe("Ctrl-C during qlora demo", () => {
+  it("stops after the current step and exits 130 (it used to exit 0, as if it had finished)", async () => {
+    const out = mkdtempSync(join(tmpdir(), "qlora-demo-int-"));
+    const child = spawn(
+      process.execPath,
+      ["--conditions=@qlora/source", "--import", "tsx", BIN, "demo", "--steps", "100000", "--out", out],
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
+    let stdout = "";
+    child.stdout.on("data", (d) => (stdout += d));
+    child.stderr.on("data", () => {});
+    const exited = new Promise<number | null>((r) => child.on("exit", (c) => r(c)));
+    const started = Date.now();
+    while (!existsSync(join(out, "metrics.jsonl")) && Date.now() - started < 60_000)
+      await new Promise((r) => setTimeout(r, 200));
+    child.kill("SIGINT");
+    const timer = setTimeout(() => child.kill("SIGKILL"), 90_000);
+    const code = await exited;
+    clearTimeout(timer);
+    rmSync(out, { recursive: true, force: true });
+    expect(code).toBe(130);
+    expect(stdout).toMatch(/before fine-tuning: held-out accuracy/);
+  }, 120_000);
 });

@@ -347,6 +347,12 @@ output_dir: ${out}
     expect(over.code).toBe(0);
     expect(existsSync(join(out, "checkpoint-1"))).toBe(false);
     expect(existsSync(join(out, "checkpoint-2"))).toBe(true);
+    // a data option too large for the data is reported under its config key, not the library's option name
+    const split = await runCli(["train", file, "--val-set-size", "200", "--output-dir", join(root, "split")]);
+    expect(split.code).toBe(2);
+    expect(split.err).toMatch(
+      /^qlora: val_set_size: 200 holds out 200 of 48 examples; expected a fraction in \(0, 1\)/,
+    );
   });
 
   it("a bad config key, a missing base model and a missing dataset are one-line errors with exit code 2", async () => {

@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import { runDemo } from "../demo/run";
 import type { GlobalOptions, Io } from "../main";
-import { positiveInt } from "../main";
+import { CommandExit, positiveInt } from "../main";
 
 export function registerDemo(program: Command, io: Io): void {
   program
@@ -26,5 +26,7 @@ export function registerDemo(program: Command, io: Io): void {
       } finally {
         process.removeListener("SIGINT", onSigint);
       }
+      // interrupted: what it got to is printed; the exit code says it did not finish, as train's does
+      if (abort.signal.aborted) throw new CommandExit(130);
     });
 }

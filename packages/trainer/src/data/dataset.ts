@@ -214,6 +214,7 @@ function split(n: number, validation: number | undefined, seed: number): { train
     throw new TrainerError(
       "BAD_ARGUMENT",
       `validationSplit ${validation} holds out ${Number.isInteger(k) ? k : validation} of ${n} examples; expected a fraction in (0, 1) or an integer count that leaves at least one example to train on`,
+      { key: "validationSplit" },
     );
   const perm = seededPermutation(n, seed, 0x5eed);
   return { train: perm.slice(k).sort((a, b) => a - b), evalIdx: perm.slice(0, k).sort((a, b) => a - b) };
