@@ -50,7 +50,7 @@ export interface LossOutput {
 }
 /**
  * The summed token loss of one micro-batch. It runs inside `tidy`: tensors it creates and does not return are
- * disposed when it returns (the graph backward needs keeps its own references).
+ * disposed when it returns (what backward needs, the autograd graph holds on to).
  */
 export type LossFn<B> = (model: Module, batch: B, info: { readonly training: boolean }) => LossOutput | Tensor;
 
