@@ -107,6 +107,13 @@ warmup_ratio: 0.1
     expect(errorOf(minimal, { "lora-rr": "3" }).message).toMatch(/unknown key "lora_rr" \(did you mean "lora_r"\?\)/);
   });
 
+  it("a chat_template_jinja that does not parse is a config error at its line", () => {
+    const err = errorOf(
+      `${minimal}chat_template: jinja\nchat_template_jinja: "{% for m in messages %}{{ m['content'] }}"\n`,
+    );
+    expect(err.message).toMatch(/^run\.yaml:\d+: chat_template_jinja: not a Jinja template this CLI can render \(/);
+  });
+
   it("a command-line value for a text key is taken as written (a Jinja template, braces in a path)", () => {
     const jinja = "{% for m in messages %}{{ m.content }}{% endfor %}";
     const c = parseTrainConfig(`${minimal}chat_template: jinja\n`, "run.yaml", {

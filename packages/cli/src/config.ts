@@ -11,6 +11,7 @@ import { LineCounter, parseDocument, parse as parseYamlValue } from "yaml";
 import { z } from "zod";
 import { CliError } from "./errors";
 import { parallelConfigIssues } from "./parallel-config";
+import { compileChatTemplate } from "@qlora/models";
 
 const positiveInt = z.number().int().positive();
 const nonNegativeInt = z.number().int().nonnegative();
@@ -200,6 +201,16 @@ const trainShape = {
   ...inertShape,
 };
 
+/** Why a chat template does not parse, checked with the config (so the error has the file and line), or null. */
+function jinjaProblem(source: string): string | null {
+  try {
+    compileChatTemplate(source, "chat_template_jinja");
+    return null;
+  } catch (e) {
+    return `not a Jinja template this CLI can render (${(e as Error).message.replace(/^chat_template_jinja: /, "")})`;
+  }
+}
+
 export const trainConfigSchema = z
   .object(trainShape)
   .strict()
@@ -214,6 +225,10 @@ export const trainConfigSchema = z
         path: ["chat_template_jinja"],
         message: "chat_template: jinja needs chat_template_jinja",
       });
+    if (c.chat_template_jinja !== undefined) {
+      const problem = jinjaProblem(c.chat_template_jinja);
+      if (problem) ctx.addIssue({ code: "custom", path: ["chat_template_jinja"], message: problem });
+    }
     if (c.lora_model_dir && c.adapter === undefined)
       ctx.addIssue({
         code: "custom",
