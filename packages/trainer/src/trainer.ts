@@ -6,7 +6,7 @@
  */
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { type Module, Tensor, dispose, getGenerator, manualSeed, noGrad, tidy } from "@qlora/tensor";
+import { type Module, type Tensor, dispose, getGenerator, manualSeed, noGrad, tidy } from "@qlora/tensor";
 import { safetensorsCheckpointIO, type CheckpointIO } from "./checkpoint/checkpoint-io";
 import {
   latestCheckpoint,
@@ -379,10 +379,10 @@ export class Trainer<B = unknown> {
   /** The loss function's summed loss of one micro-batch, in a tidy scope, checked to be one scalar tensor. */
   private callLoss(batch: B, training: boolean): Tensor {
     const out = tidy(() => this.options.loss(this.model, batch, { training }));
-    const loss = out instanceof Tensor ? out : out instanceof Object && "lossSum" in out ? out.lossSum : undefined;
-    if (!(loss instanceof Tensor) || loss.size !== 1) {
+    const loss = isTensor(out) ? out : out instanceof Object && "lossSum" in out ? out.lossSum : undefined;
+    if (!isTensor(loss) || loss.size !== 1) {
       dispose(out);
-      const got = loss instanceof Tensor ? `a tensor of shape [${loss.shape.join(", ")}]` : describeLossOutput(out);
+      const got = isTensor(loss) ? `a tensor of shape [${loss.shape.join(", ")}]` : describeLossOutput(out);
       throw new TrainerError(
         "BAD_LOSS",
         `the loss function must return the micro-batch's summed token loss as a scalar Tensor or { lossSum }, got ${got}`,
@@ -541,6 +541,14 @@ async function namingCheckpoint(dir: string, op: () => unknown): Promise<void> {
       file: dir,
     });
   }
+}
+
+/** A tensor by its shape, not `instanceof`: a second copy of @qlora/tensor in node_modules makes another class. */
+function isTensor(x: unknown): x is Tensor {
+  const t = x as Partial<Tensor> | null | undefined;
+  return (
+    t instanceof Object && Array.isArray(t.shape) && typeof t.item === "function" && typeof t.dispose === "function"
+  );
 }
 
 function describeLossOutput(out: unknown): string {
