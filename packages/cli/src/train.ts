@@ -240,14 +240,25 @@ export function dataSummary(stats: DatasetStats, config: TrainConfig): string | 
  * Checkpoints keep the trainable tensors for exact resume and, beside them, the adapter in PEFT format (with the
  * chat template the run trains with, when it has one).
  */
-function peftCheckpointIO(lora: LoraModel, baseModel: string, chatTemplate: string | null = null): CheckpointIO {
+function peftCheckpointIO(lora: LoraModel, baseModel: string): CheckpointIO {
   return {
     async saveModel(dir, state, model) {
       await safetensorsCheckpointIO.saveModel(dir, state, model);
       await saveAdapter(lora, dir, { baseModelNameOrPath: baseModel, taskType: "CAUSAL_LM" });
-      if (chatTemplate !== null) await saveChatTemplate(dir, chatTemplate);
     },
     loadModel: safetensorsCheckpointIO.loadModel,
+  };
+}
+
+/** Every checkpoint (one process or a multi-process strategy's) also holds the chat template the run trains with. */
+function withChatTemplateFile(io: CheckpointIO, chatTemplate: string | null): CheckpointIO {
+  if (chatTemplate === null) return io;
+  return {
+    ...io,
+    async saveModel(dir, state, model) {
+      await io.saveModel(dir, state, model);
+      await saveChatTemplate(dir, chatTemplate);
+    },
   };
 }
 
@@ -488,7 +499,10 @@ export async function runTrain(config: TrainConfig, options: TrainOptions = {}):
     plugins,
     strategy: options.parallel?.strategy,
     checkpointIO: lora
-      ? (options.parallel?.checkpointIO?.(lora, baseReference) ?? peftCheckpointIO(lora, baseReference, chatTemplate))
+      ? withChatTemplateFile(
+          options.parallel?.checkpointIO?.(lora, baseReference) ?? peftCheckpointIO(lora, baseReference),
+          chatTemplate,
+        )
       : safetensorsCheckpointIO,
     args: {
       outputDir,
