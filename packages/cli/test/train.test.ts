@@ -18,6 +18,22 @@ async function tinyModel(): Promise<string> {
   return dir;
 }
 
+/** What `run` writes to process.stderr (runTrain's own lines go there, not through the CLI's io), restored after. */
+async function capturingStderr(run: () => Promise<void>): Promise<string[]> {
+  const lines: string[] = [];
+  const write = process.stderr.write.bind(process.stderr);
+  process.stderr.write = ((chunk: string) => {
+    lines.push(String(chunk));
+    return true;
+  }) as typeof process.stderr.write;
+  try {
+    await run();
+  } finally {
+    process.stderr.write = write;
+  }
+  return lines;
+}
+
 function writeData(): string {
   const rows = [];
   for (let i = 0; i < 48; i++) {
@@ -176,18 +192,10 @@ output_dir: ${out}
       join(root, "second.yaml"),
       `${common}output_dir: ${join(root, "second")}\nlora_model_dir: ${join(first, "adapter")}\nbf16: true\n`,
     );
-    const stderr: string[] = [];
-    const write = process.stderr.write.bind(process.stderr);
-    process.stderr.write = ((chunk: string) => {
-      stderr.push(String(chunk));
-      return true;
-    }) as typeof process.stderr.write;
-    try {
+    const stderr = await capturingStderr(async () => {
       const r = await runCli(["--quiet", "--json", "train", join(root, "second.yaml")]);
       expect(r.code).toBe(0);
-    } finally {
-      process.stderr.write = write;
-    }
+    });
     expect(stderr.join("")).toMatch(/bf16: true — the CPU backend computes in f32/);
     const a = JSON.parse(readFileSync(join(first, "adapter", "adapter_config.json"), "utf8"));
     const b = JSON.parse(readFileSync(join(root, "second", "adapter", "adapter_config.json"), "utf8"));
@@ -246,19 +254,11 @@ special_tokens:
 output_dir: ${out}
 `,
     );
-    const stderr: string[] = [];
-    const write = process.stderr.write.bind(process.stderr);
-    process.stderr.write = ((chunk: string) => {
-      stderr.push(String(chunk));
-      return true;
-    }) as typeof process.stderr.write;
-    try {
+    const stderr = await capturingStderr(async () => {
       const r = await runCli(["--quiet", "--json", "train", file]);
       expect(r.err).toBe("");
       expect(r.code).toBe(0);
-    } finally {
-      process.stderr.write = write;
-    }
+    });
     expect(stderr).toEqual([
       expect.stringMatching(new RegExp(`^qlora: ${file}:20: flash_attention: true has no effect here: .*\n$`)),
       `qlora: resume_from_checkpoint: no checkpoint in ${out}; starting fresh\n`,
@@ -330,18 +330,10 @@ output_dir: ${out}
     expect(again.err).toBe(
       `qlora: output_dir: ${out} already holds checkpoint-2 from an earlier run: resume it (resume_from_checkpoint: true), write to another output_dir, or set overwrite_output_dir: true to start over (its checkpoints are deleted)`,
     );
-    const stderr: string[] = [];
-    const write = process.stderr.write.bind(process.stderr);
-    process.stderr.write = ((chunk: string) => {
-      stderr.push(String(chunk));
-      return true;
-    }) as typeof process.stderr.write;
-    try {
+    const stderr = await capturingStderr(async () => {
       const rewind = await runCli(["--quiet", "train", file, "--resume-from-checkpoint", join(out, "checkpoint-1")]);
       expect(rewind.code).toBe(0);
-    } finally {
-      process.stderr.write = write;
-    }
+    });
     expect(stderr.join("")).toContain("checkpoint-1 rewinds the run; checkpoint-2 in output_dir are from after it");
     const over = await runCli(["--quiet", "train", file, "--overwrite-output-dir", "true", "--save-steps", "2"]);
     expect(over.code).toBe(0);
