@@ -6,7 +6,7 @@
 import { copyFile, readdir, rename, rm, writeFile } from "node:fs/promises";
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
-import { ensureDirectory } from "@qlora/formats";
+import { ensureDirectory, removeStaleShards } from "@qlora/formats";
 import {
   type CausalLM,
   HfTokenizer,
@@ -207,7 +207,8 @@ export async function mergeAdapterInto(
       try {
         await saveDense(merged, modelDir, dense, "f32");
         const { model: qm } = await loadModel(dense, { quantize: q });
-        await saveQuantized(qm, tmp, { quantization: q, generationConfig });
+        // embeddings and norms in the base's own dtype, not the f32 of the merge
+        await saveQuantized(qm, tmp, { quantization: q, generationConfig, dtype: storageDtype(model.config.raw) });
         qm.dispose();
       } finally {
         await rm(dense, { recursive: true, force: true });
@@ -223,6 +224,12 @@ export async function mergeAdapterInto(
     merged.dispose();
   }
   return { dequantized };
+}
+
+/** The float dtype a checkpoint's config names (torch_dtype), f32 where it names none, as transformers' default. */
+function storageDtype(config: Record<string, unknown>): "f32" | "bf16" | "f16" {
+  const named = { float32: "f32", bfloat16: "bf16", float16: "f16" } as const;
+  return named[config.torch_dtype as keyof typeof named] ?? "f32";
 }
 
 /** Every dense Linear of a bf16/f16 checkpoint becomes f32 (frozen), so a merge adds its delta at full precision. */
@@ -245,7 +252,9 @@ async function moveInto(from: string, to: string): Promise<void> {
     await rename(from, to);
     return;
   }
-  for (const f of await readdir(from)) await rename(join(from, f), join(to, f));
+  const moved = await readdir(from);
+  for (const f of moved) await rename(join(from, f), join(to, f));
+  await removeStaleShards(to, moved); // an earlier model's index would shadow the new model.safetensors
 }
 
 /** llama.cpp names and q/k permutation of this model, for the adapter GGUF. */

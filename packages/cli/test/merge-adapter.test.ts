@@ -146,6 +146,25 @@ describe("qlora merge into a bf16 base", () => {
     ).toBe("");
     expect(readFileSync(join(peft, CHAT_TEMPLATE_FILE), "utf8")).toBe(CHATML_TEMPLATE);
   });
+
+  it("--dtype nf4 keeps embeddings and norms in the base's bf16; a merge over an earlier sharded model removes its shards", async () => {
+    const ad = await writeRandomAdapter(tied, join(root, "tied-adapter-nf4"));
+    const out = join(root, "tied-merged-nf4");
+    // an earlier sharded save in the output directory: its index would shadow the new model.safetensors
+    await writeTinyModel(out, TINY_MODELS.find((s) => s.name === "llama3")!, { maxShardSize: 20_000 });
+    expect(readdirSync(out)).toContain("model.safetensors.index.json");
+    const r = await runCli(["--quiet", "merge", "--model", tied, "--adapter", ad, "--out", out, "--dtype", "nf4"]);
+    expect(r.err).toBe("");
+    expect(readdirSync(out).filter((f) => f.includes("safetensors"))).toEqual(["model.safetensors"]);
+    expect(config(out).torch_dtype).toBe("bfloat16");
+    const d = await dtypes(out);
+    expect(d["model.layers.0.self_attn.q_proj.weight"]).toBe("U8");
+    for (const name of ["model.embed_tokens.weight", "model.norm.weight", "model.layers.0.input_layernorm.weight"])
+      expect(d[name], name).toBe("BF16");
+    const reloaded = await evalLoss(["--model", out]);
+    const onBase = await evalLoss(["--model", tied, "--adapter", ad]);
+    expect(Math.abs(reloaded - onBase) / onBase).toBeLessThan(5e-2);
+  });
 });
 
 describe("train: model and adapter setup", () => {

@@ -44,6 +44,7 @@ export {
   openShardedSafetensors,
   ShardedSafetensorsWriter,
   writeShardedSafetensors,
+  removeStaleShards,
   parseSafetensorsIndex,
   planShards,
   parseShardSize,

@@ -104,6 +104,28 @@ describe("sharded write + lazy open", () => {
     await cleanup();
   });
 
+  it("a save over an earlier one removes that save's weight files, as save_pretrained does", async () => {
+    const { dir, cleanup } = await tempDir();
+    const ts = tensors();
+    await writeShardedSafetensors(dir, ts, { maxShardSize: 850 });
+    await writeFile(join(dir, "config.json"), "{}");
+    await writeFile(join(dir, "other.safetensors"), "kept: another prefix");
+    // one file over three shards: the old index would otherwise shadow the new model.safetensors
+    ts[0] = { ...ts[0], data: new Float32Array(100).fill(7) };
+    await writeShardedSafetensors(dir, ts);
+    expect((await readdir(dir)).sort()).toEqual(["config.json", "model.safetensors", "other.safetensors"]);
+    const s = await openShardedSafetensors(dir);
+    expect(Array.from(await s.readTyped("model.embed.weight", "F32")).slice(0, 2)).toEqual([7, 7]);
+    await s.close();
+    // and back to shards, then to fewer shards: only the newest save's files remain
+    for (const maxShardSize of [850, 1300]) {
+      const res = await writeShardedSafetensors(dir, ts, { maxShardSize });
+      const files = (await readdir(dir)).filter((f) => f.startsWith("model")).sort();
+      expect(files).toEqual([...res.files, res.indexFile].sort());
+    }
+    await cleanup();
+  });
+
   it("the streaming sharded writer takes chunks across shard boundaries", async () => {
     const { dir, cleanup } = await tempDir();
     const ts = tensors();

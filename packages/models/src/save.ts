@@ -6,7 +6,13 @@
  * `quantization_config`. Every file is written under a temporary name and renamed.
  */
 import { join } from "node:path";
-import { AtomicFile, ensureDirectory, type SafetensorsDtype, writeSafetensors } from "@qlora/formats";
+import {
+  AtomicFile,
+  ensureDirectory,
+  removeStaleShards,
+  type SafetensorsDtype,
+  writeSafetensors,
+} from "@qlora/formats";
 import { packQuantState, type TensorRecord } from "@qlora/nf4";
 import { Linear, Linear4bit, type Module, type Tensor, keep, noGrad } from "@qlora/tensor";
 import type { CausalLM } from "./causal-lm";
@@ -15,25 +21,37 @@ import type { QuantizeOptions } from "./layers";
 
 const ST_DTYPE: Record<string, SafetensorsDtype> = { f32: "F32", bf16: "BF16", f16: "F16", u8: "U8", i32: "I32" };
 
-function tensorRecord(key: string, t: Tensor): TensorRecord & { dtype: SafetensorsDtype } {
-  const dtype = ST_DTYPE[t.dtype];
+type FloatDtype = "f32" | "bf16" | "f16";
+const TORCH_DTYPE = { f32: "float32", bf16: "bfloat16", f16: "float16" } as const;
+const isFloat = (d: string): d is FloatDtype => d === "f32" || d === "bf16" || d === "f16";
+
+function tensorRecord(key: string, t: Tensor, storage?: FloatDtype): TensorRecord & { dtype: SafetensorsDtype } {
+  const dtype = ST_DTYPE[storage && isFloat(t.dtype) ? storage : t.dtype];
   if (!dtype)
     throw new ModelError("tensor_dtype", `saveQuantized: "${key}" has dtype ${t.dtype}, which cannot be saved`, {
       key,
     });
-  const raw = t.toHost() as ArrayBufferView;
-  const bytes = new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength).slice();
-  return { dtype: dtype as "U8", shape: [...t.shape], bytes };
+  const cast = storage && isFloat(t.dtype) && t.dtype !== storage ? noGrad(() => t.to(storage)) : undefined;
+  try {
+    const raw = (cast ?? t).toHost() as ArrayBufferView;
+    const bytes = new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength).slice();
+    return { dtype: dtype as "U8", shape: [...t.shape], bytes };
+  } finally {
+    cast?.dispose();
+  }
 }
 
-/** name → record in module order: each module's own parameters, a Linear4bit's packed weight key set. */
-export function quantizedRecords(model: Module): Map<string, TensorRecord> {
+/**
+ * name → record in module order: each module's own parameters, a Linear4bit's packed weight key set. `storage`
+ * casts the floating-point tensors that are not 4-bit (norms, embeddings, skipped linears); default: their own dtype.
+ */
+export function quantizedRecords(model: Module, storage?: FloatDtype): Map<string, TensorRecord> {
   const out = new Map<string, TensorRecord>();
   for (const [name, m] of model.namedModules()) {
     const pre = name ? `${name}.` : "";
     if (m instanceof Linear4bit)
       for (const [k, rec] of Object.entries(packQuantState(m.quantState, { prefix: pre }))) out.set(k, rec);
-    for (const [n, p] of m.namedParameters()) if (!n.includes(".")) out.set(pre + n, tensorRecord(pre + n, p));
+    for (const [n, p] of m.namedParameters()) if (!n.includes(".")) out.set(pre + n, tensorRecord(pre + n, p, storage));
   }
   return out;
 }
@@ -86,6 +104,11 @@ export interface SaveQuantizedOptions {
    * model's Linear4bit layers (type, blocksize, double quant) and its dense linears (skip list).
    */
   quantization?: Required<QuantizeOptions>;
+  /**
+   * Storage dtype of the tensors that stay dense (embeddings, norms, skipped linears), recorded as the config's
+   * torch_dtype. Default: each tensor's own dtype (a bf16 checkpoint quantized on load keeps them bf16).
+   */
+  dtype?: FloatDtype;
   generationConfig?: Record<string, unknown> | null;
 }
 
@@ -111,15 +134,26 @@ export async function saveQuantized(model: CausalLM, dir: string, options: SaveQ
       "bad_argument",
       `saveQuantized(${dir}): the model has no Linear4bit layer; a quantization_config would misdescribe it`,
     );
+  if (options.dtype !== undefined && !(options.dtype in TORCH_DTYPE))
+    throw new ModelError(
+      "bad_argument",
+      `saveQuantized: options.dtype must be "f32", "bf16" or "f16", got ${JSON.stringify(options.dtype)}`,
+      { key: "dtype" },
+    );
   await ensureDirectory(dir);
-  const recs = quantizedRecords(model);
+  const recs = quantizedRecords(model, options.dtype);
   await writeSafetensors(
     join(dir, "model.safetensors"),
     [...recs].map(([name, r]) => ({ name, dtype: r.dtype, shape: r.shape, data: r.bytes })),
     { format: "pt" },
   );
+  await removeStaleShards(dir, ["model.safetensors"]);
   const quantization = options.quantization ?? quantizationOf(model);
-  const config = { ...model.config.raw, quantization_config: quantizationConfig(quantization) };
+  const config: Record<string, unknown> = {
+    ...model.config.raw,
+    quantization_config: quantizationConfig(quantization),
+  };
+  if (options.dtype) config.torch_dtype = TORCH_DTYPE[options.dtype];
   await writeTextAtomic(join(dir, "config.json"), sortedJson(config));
   if (options.generationConfig)
     await writeTextAtomic(join(dir, "generation_config.json"), sortedJson(options.generationConfig));
@@ -149,8 +183,6 @@ export interface SaveDenseOptions {
   dtype?: "f32" | "bf16" | "f16";
   generationConfig?: Record<string, unknown> | null;
 }
-
-const TORCH_DTYPE = { f32: "float32", bf16: "bfloat16", f16: "float16" } as const;
 
 /**
  * Write a dense `model` to `dir` as a Hugging Face checkpoint (model.safetensors + config.json without
@@ -183,6 +215,7 @@ export async function saveDense(model: CausalLM, dir: string, options: SaveDense
       return { name, dtype: ST_DTYPE[dtype], shape: [...t.shape], data: c.toHost() as ArrayBufferView };
     });
     await writeSafetensors(join(dir, "model.safetensors"), records, { format: "pt" });
+    await removeStaleShards(dir, ["model.safetensors"]);
   } finally {
     for (const c of casts) c.dispose();
   }

@@ -209,6 +209,25 @@ describe("bitsandbytes checkpoints", () => {
     second.model.dispose();
   });
 
+  it("saveQuantized's dtype sets the storage of the tensors that stay dense (and torch_dtype); 4-bit keys unchanged", async () => {
+    const m = await loadModel(path("qwen2-bf16"));
+    await saveQuantized(m.model, path("bnb-f16"), { dtype: "f16" });
+    const st = await openSafetensors(path("bnb-f16", "model.safetensors"));
+    const ref = await openSafetensors(path("bnb-1", "model.safetensors"));
+    expect(st.info("model.embed_tokens.weight").dtype).toBe("F16");
+    expect(st.info("model.norm.weight").dtype).toBe("F16");
+    expect(st.info("model.layers.0.self_attn.q_proj.bias").dtype).toBe("F16");
+    for (const k of ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj.weight.absmax"])
+      expect(Buffer.from(await st.read(k)).equals(Buffer.from(await ref.read(k)))).toBe(true);
+    await st.close();
+    await ref.close();
+    expect(JSON.parse(readFileSync(path("bnb-f16", "config.json"), "utf8")).torch_dtype).toBe("float16");
+    await expect(saveQuantized(m.model, path("never"), { dtype: "int8" as "f16" })).rejects.toThrow(
+      'saveQuantized: options.dtype must be "f32", "bf16" or "f16", got "int8"',
+    );
+    m.model.dispose();
+  });
+
   it("saveDense writes a dense checkpoint that loads to the same logits (bf16 storage); a 4-bit model is refused", async () => {
     const dense = await loadModel(path("qwen2-bf16"), { quantize: false });
     await saveDense(dense.model, path("dense-1"));

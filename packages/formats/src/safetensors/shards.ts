@@ -1,5 +1,5 @@
 import type { Stats } from "node:fs";
-import { readFile, stat, readdir } from "node:fs/promises";
+import { readFile, stat, readdir, unlink } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { SafetensorsError } from "../errors";
 import { AtomicFile, type AtomicWriteOptions } from "../atomic";
@@ -455,7 +455,15 @@ export class ShardedSafetensorsWriter {
       });
     }
     this.#done = true;
-    if (this.indexFile === undefined) return;
+    if (this.indexFile !== undefined) await this.#writeIndex();
+    await removeStaleShards(
+      this.dir,
+      [...this.files, ...(this.indexFile ? [this.indexFile] : [])],
+      this.#options.prefix,
+    );
+  }
+
+  async #writeIndex(): Promise<void> {
     let total = 0;
     const entries: [string, string][] = [];
     for (const [name, { shard, bytes }] of this.#shardOf) {
@@ -466,7 +474,7 @@ export class ShardedSafetensorsWriter {
     const weightMap: Record<string, string> = {};
     for (const [k, v] of entries) Object.defineProperty(weightMap, k, { value: v, enumerable: true });
     const text = `${JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2)}\n`;
-    const f = await AtomicFile.create(join(this.dir, this.indexFile), this.#options);
+    const f = await AtomicFile.create(join(this.dir, this.indexFile!), this.#options);
     try {
       await f.write(new TextEncoder().encode(text));
       await f.commit();
@@ -482,6 +490,26 @@ export class ShardedSafetensorsWriter {
     this.#writer = undefined;
     if (w !== undefined) await w.abort();
   }
+}
+
+/**
+ * Deletes the weight files of an earlier save in `dir` that `written` does not name: `<prefix>.safetensors`,
+ * `<prefix>-NNNNN-of-NNNNN.safetensors` and `<prefix>.safetensors.index.json`, as transformers' save_pretrained
+ * cleans its folder. Without this, a single-file save over a sharded one leaves the old index (which loaders read
+ * first) pointing at the old weights, and a sharded save over a single file leaves a model.safetensors that
+ * transformers prefers to the new index. Returns the names removed.
+ */
+export async function removeStaleShards(dir: string, written: readonly string[], prefix = "model"): Promise<string[]> {
+  const esc = prefix.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  const weightFile = new RegExp(`^${esc}(-\\d{5}-of-\\d{5})?\\.safetensors(\\.index\\.json)?$`);
+  const keep = new Set(written);
+  const removed: string[] = [];
+  for (const f of await readdir(dir)) {
+    if (keep.has(f) || !weightFile.test(f)) continue;
+    await unlink(join(dir, f));
+    removed.push(f);
+  }
+  return removed;
 }
 
 /** Writes tensors as Hugging Face-style shards plus index; returns the file names written. */
