@@ -94,6 +94,21 @@ describe("datasetOptions", () => {
     expect(chatFields(config(`datasets: [{path: ${path}, type: alpaca}]\n`).datasets[0])).toBeUndefined();
   });
 
+  it("a ShareGPT row with only a human turn is dropped and summarised, or trained on with train_on_inputs", async () => {
+    const tok = await loadTokenizer(tokenizerDir);
+    const path = file("question-only.jsonl", [share, { conversations: [{ from: "human", value: "only a question" }] }]);
+    const c = config(`datasets: [{path: ${path}, type: sharegpt}]\n`);
+    const d = await loadTokenDataset(datasetOptions(c, tok));
+    expect(d.stats).toMatchObject({ rows: 2, examples: 1, noLossTokens: 1, noAssistantTurn: 1 });
+    expect(dataSummary(d.stats, c)).toBe(
+      "datasets: 2 rows → 1 examples; dropped 1 with no trainable token (1 chat with no assistant turn)",
+    );
+    const all = await loadTokenDataset(
+      datasetOptions(config(`datasets: [{path: ${path}, type: sharegpt}]\ntrain_on_inputs: true\n`), tok),
+    );
+    expect(all.stats).toMatchObject({ rows: 2, examples: 2, dropped: 0, noAssistantTurn: 1 });
+  });
+
   it("excess_length_strategy raise names the dataset file and line; pad_to_sequence_len pads every batch", async () => {
     const tok = await loadTokenizer(tokenizerDir);
     const path = file("long.jsonl", [

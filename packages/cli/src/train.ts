@@ -231,7 +231,7 @@ export function dataSummary(stats: DatasetStats, config: TrainConfig): string | 
     parts.push(`${tooLong} longer than sequence_len ${config.sequence_len} (excess_length_strategy: drop)`);
   if (stats.noLossTokens > 0)
     parts.push(
-      `${stats.noLossTokens} with no trainable token${stats.truncated > 0 ? ` left after truncation to sequence_len ${config.sequence_len}` : ""}`,
+      `${stats.noLossTokens} with no trainable token${stats.truncated > 0 ? ` left after truncation to sequence_len ${config.sequence_len}` : ""}${stats.noAssistantTurn > 0 ? ` (${stats.noAssistantTurn} chat${stats.noAssistantTurn === 1 ? "" : "s"} with no assistant turn)` : ""}`,
     );
   return `datasets: ${stats.rows} rows → ${stats.examples} examples; dropped ${parts.join(", ")}`;
 }

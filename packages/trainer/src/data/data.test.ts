@@ -35,7 +35,7 @@ const base = (files: DatasetOptions["files"], extra: Partial<DatasetOptions> = {
   ...extra,
 });
 const rec = (value: unknown, line = 1) => ({ value, file: "f.jsonl", line });
-const stats = () => ({ truncated: 0, dropped: 0, noLossTokens: 0 });
+const stats = () => ({ truncated: 0, dropped: 0, noLossTokens: 0, noAssistantTurn: 0 });
 const enc = (s: string) => charTokenizer.encode(s, { addSpecialTokens: false });
 
 describe("formats", () => {
@@ -97,9 +97,6 @@ describe("formats", () => {
     expect(() => toExample(rec({ text: 3 }, 2), o, stats())).toThrow(/f\.jsonl:2: field "text" is number/);
     expect(() => toExample(rec({ text: "  " }, 2), o, stats())).toThrow(/field "text" is empty/);
     expect(() => toExample(rec({ foo: 1 }, 4), o, stats())).toThrow(/f\.jsonl:4: cannot tell the format/);
-    expect(() => toExample(rec({ messages: [{ role: "user", content: "x" }] }, 5), o, stats())).toThrow(
-      /no assistant turn/,
-    );
   });
 
   it("truncation counts rows; overflow drop skips them", async () => {
@@ -161,19 +158,30 @@ describe("formats", () => {
     );
   });
 
-  it("chat fields: ShareGPT rows without a roles map have no assistant turn; errors name the mapped fields", () => {
-    const row = {
-      conversations: [
-        { from: "human", value: "q" },
-        { from: "gpt", value: "a" },
-      ],
-    };
+  it("chat rows with no assistant turn are dropped and counted (trained on every token under trainOnInputs)", async () => {
     const o = { format: "messages" as const, tokenizer: charTokenizer };
-    expect(() =>
-      toExample(rec(row), { ...o, chat: { field: "conversations", role: "from", content: "value" } }, stats()),
-    ).toThrow(
-      /there is no assistant turn; format "messages" expects \{"conversations": \[\{"from": string, "value": string\}/,
+    const s = stats();
+    expect(toExample(rec({ messages: [{ role: "user", content: "x" }] }, 5), o, s)).toBeNull();
+    expect(s).toEqual({ truncated: 0, dropped: 1, noLossTokens: 1, noAssistantTurn: 1 });
+    const all = toExample(rec({ messages: [{ role: "user", content: "x" }] }), { ...o, trainOnInputs: true }, stats());
+    expect(all!.labels.slice(1).every((l) => l !== -100)).toBe(true);
+    // ShareGPT rows read without a roles map have no "assistant": the empty-dataset error says what to check
+    const f = jsonl([
+      {
+        conversations: [
+          { from: "human", value: "q" },
+          { from: "gpt", value: "a" },
+        ],
+      },
+    ]);
+    const chat = { field: "conversations", role: "from", content: "value" };
+    await expect(loadTokenDataset(base(f, { format: "messages", chat, microBatchSize: 1 }))).rejects.toThrow(
+      /no examples \(1 rows, 1 dropped with no token that carries loss, 1 chat with no "assistant" turn: does the roles mapping name the reply role \(ShareGPT's "gpt"\)\?\)/,
     );
+  });
+
+  it("chat fields: errors name the mapped fields", () => {
+    const o = { format: "messages" as const, tokenizer: charTokenizer };
     expect(() =>
       toExample(
         rec({ conversations: [{ from: "gpt" }] }, 3),

@@ -64,6 +64,8 @@ export interface DatasetStats {
   dropped: number;
   /** Rows dropped because no token carries loss (e.g. the completion was truncated away). */
   noLossTokens: number;
+  /** Chat rows with no assistant turn: dropped, or trained on every token under trainOnInputs. */
+  noAssistantTurn: number;
   tokens: number;
   /** Tokens of the longest example (after truncation): what the model's positions must cover. */
   longest: number;
@@ -149,6 +151,7 @@ export async function loadTokenDataset(o: DatasetOptions): Promise<TokenDataset>
     truncated: 0,
     dropped: 0,
     noLossTokens: 0,
+    noAssistantTurn: 0,
     tokens: 0,
     longest: 0,
     evalExamples: 0,
@@ -202,6 +205,10 @@ function whyEmpty(o: DatasetOptions, s: DatasetStats): string {
   if (s.noLossTokens > 0)
     parts.push(
       `${s.noLossTokens} dropped with no token that carries loss${s.truncated > 0 ? ` (${s.truncated} truncated to ${o.maxLength} tokens: is the maximum length too short for the prompts?)` : ""}`,
+    );
+  if (s.noAssistantTurn > 0)
+    parts.push(
+      `${s.noAssistantTurn} chat${s.noAssistantTurn === 1 ? "" : "s"} with no "assistant" turn: does the roles mapping name the reply role (ShareGPT's "gpt")?`,
     );
   return parts.join(", ");
 }

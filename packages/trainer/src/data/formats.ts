@@ -52,6 +52,11 @@ export interface ExampleCounts {
   dropped: number;
   /** Of `dropped`: rows with no loss token (e.g. the completion was truncated away); they would train nothing. */
   noLossTokens: number;
+  /**
+   * Chat rows with no assistant turn (after the roles mapping). They carry no loss, so they are dropped (and counted in
+   * noLossTokens too), unless trainOnInputs trains on every token, as Axolotl does with such rows.
+   */
+  noAssistantTurn: number;
 }
 
 const EXPECTED: Record<Exclude<DataFormat, "auto">, string> = {
@@ -118,7 +123,8 @@ export function toExample(rec: SourceRecord, o: FormatOptions, stats: ExampleCou
     );
   if (rec.value === null || typeof rec.value !== "object" || Array.isArray(rec.value))
     throw bad(rec, format, "the row is not a JSON object");
-  const { ids, mask } = tokenize(rec, format, o);
+  const { ids, mask, noAssistantTurn } = tokenize(rec, format, o);
+  if (noAssistantTurn) stats.noAssistantTurn++;
   if (ids.length === 0) throw bad(rec, format, "it has no tokens");
   let n = ids.length;
   if (o.maxLength !== undefined && n > o.maxLength) {
@@ -154,7 +160,7 @@ function tokenize(
   rec: SourceRecord,
   format: Exclude<DataFormat, "auto">,
   o: FormatOptions,
-): { ids: number[]; mask: boolean[] } {
+): { ids: number[]; mask: boolean[]; noAssistantTurn?: boolean } {
   switch (format) {
     case "text": {
       const tok = needTokenizer(o, rec);
@@ -205,8 +211,6 @@ function chat(rec: SourceRecord, o: FormatOptions) {
       line: rec.line,
     });
   const turns = chatTurns(rec, o.chat ?? {});
-  if (!turns.some((t) => t.role === "assistant"))
-    throw badChat(rec, o.chat ?? {}, `there is no assistant turn${o.chat?.roles ? " (after the roles mapping)" : ""}`);
   const enc = (m: readonly ChatTurn[], gen: boolean) =>
     tok.encode(tok.applyChatTemplate?.(m, { addGenerationPrompt: gen }) ?? "", { addSpecialTokens: false });
   const ids = [...enc(turns, false)];
@@ -220,7 +224,7 @@ function chat(rec: SourceRecord, o: FormatOptions) {
         throw bad(rec, "messages", `the chat template does not render turn ${i} as a prefix of the whole chat`);
     for (let j = start; j < end.length; j++) mask[j] = true;
   });
-  return { ids, mask };
+  return { ids, mask, noAssistantTurn: !turns.some((t) => t.role === "assistant") };
 }
 
 /** The turns of a chat row, read through the ChatFields mapping and renamed to the template's roles. */
@@ -252,7 +256,7 @@ function badChat(rec: SourceRecord, f: ChatFields, what: string): TrainerError {
   const [role, content] = [f.role ?? "role", f.content ?? "content"];
   return new TrainerError(
     "DATA_ROW",
-    `${rec.file}:${rec.line}: ${what}; format "messages" expects {"${field}": [{"${role}": string, "${content}": string}, ...]} with at least one "assistant" turn`,
+    `${rec.file}:${rec.line}: ${what}; format "messages" expects {"${field}": [{"${role}": string, "${content}": string}, ...]}`,
     { file: rec.file, line: rec.line },
   );
 }
