@@ -136,6 +136,7 @@ const trainShape = {
   lora_alpha_pattern: z.record(z.string(), z.number().positive()).optional(),
   peft_use_rslora: z.boolean().default(false),
   peft_use_dora: z.boolean().default(false),
+  peft_ensure_weight_tying: z.boolean().default(false),
   peft_init_lora_weights: z.union([z.boolean(), z.string()]).default(true),
   loraplus_lr_ratio: z.number().positive().optional(),
   datasets: z.array(datasetSchema).min(1),

@@ -187,10 +187,16 @@ describe("train: model and adapter setup", () => {
     );
   });
 
-  it("lora_modules_to_save: [embed_tokens] on a bf16 base trains an f32 copy; adapter_config has CAUSAL_LM and the absolute base path", async () => {
+  it("lora_modules_to_save: [embed_tokens] on a tied bf16 base trains an f32 copy for the input side (PEFT's default); adapter_config has CAUSAL_LM and the absolute base path", async () => {
+    const warn = vi.spyOn(console, "warn").mockImplementation(() => {});
     const r = await train(
       "mts-embed",
       `base_model: ${tied}\nload_in_4bit: true\nadapter: qlora\nlora_target_modules: [q_proj]\nlora_modules_to_save: [embed_tokens]\n`,
+    );
+    expect(warn.mock.calls.map((c) => String(c[0]))).toContainEqual(
+      expect.stringContaining(
+        'LoraConfig.modules_to_save: "model.embed_tokens" is tied to "lm_head" (tie_word_embeddings); adapter "default" trains an f32 copy for the input side only and the output head keeps the base matrix (PEFT without ensure_weight_tying)',
+      ),
     );
     expect(r.err).toBe("");
     expect(r.code).toBe(0);
@@ -199,21 +205,45 @@ describe("train: model and adapter setup", () => {
       "base_model.model.model.embed_tokens.weight": "F32",
     });
     const cfg = JSON.parse(readFileSync(join(dir, "adapter_config.json"), "utf8"));
-    expect(cfg.task_type).toBe("CAUSAL_LM");
+    expect(cfg).toMatchObject({ task_type: "CAUSAL_LM", ensure_weight_tying: false, peft_version: "0.18.0" });
     expect(cfg.base_model_name_or_path).toBe(resolve(tied));
     // prompt_completion data: no chat template was trained with, none is saved
     expect(existsSync(join(dir, CHAT_TEMPLATE_FILE))).toBe(false);
-    // the trained embedding (and the head tied to it) is what the adapter and the merged model compute with
+    // the trained embedding is what the adapter and the merged model compute with; the head keeps the base matrix
     const withAdapter = await evalLoss(["--model", tied, "--adapter", dir, "--quantize", "none"]);
     expect(Math.abs(withAdapter - (await evalLoss(["--model", tied, "--quantize", "none"])))).toBeGreaterThan(1e-4);
     const merged = join(root, "merged-embed");
     expect(
       (await runCli(["--quiet", "merge", "--model", tied, "--adapter", dir, "--out", merged, "--dtype", "f32"])).code,
     ).toBe(0);
-    expect(config(merged).tie_word_embeddings).toBe(true);
+    expect(config(merged).tie_word_embeddings).toBe(false);
+    expect((await dtypes(merged))["lm_head.weight"]).toBe("F32");
     expect(
       Math.abs((await evalLoss(["--model", merged, "--quantize", "none"])) - withAdapter) / withAdapter,
-    ).toBeLessThan(1e-2);
+    ).toBeLessThan(1e-5);
+  });
+
+  it("peft_ensure_weight_tying: one trained embedding the tied head reads too; the merged model stays tied", async () => {
+    const warn = vi.spyOn(console, "warn").mockImplementation(() => {});
+    const r = await train(
+      "mts-embed-tied",
+      `base_model: ${tied}\nadapter: lora\nlora_target_modules: [q_proj]\nlora_modules_to_save: [embed_tokens]\npeft_ensure_weight_tying: true\n`,
+    );
+    expect(r.err).toBe("");
+    expect(r.code).toBe(0);
+    expect(warn.mock.calls.map((c) => String(c[0])).filter((m) => m.includes("tied"))).toEqual([]);
+    const dir = join(r.dir, "adapter");
+    expect(JSON.parse(readFileSync(join(dir, "adapter_config.json"), "utf8")).ensure_weight_tying).toBe(true);
+    const withAdapter = await evalLoss(["--model", tied, "--adapter", dir, "--quantize", "none"]);
+    const merged = join(root, "merged-embed-tied");
+    expect(
+      (await runCli(["--quiet", "merge", "--model", tied, "--adapter", dir, "--out", merged, "--dtype", "f32"])).code,
+    ).toBe(0);
+    expect(config(merged).tie_word_embeddings).toBe(true);
+    expect((await dtypes(merged))["lm_head.weight"]).toBeUndefined();
+    expect(
+      Math.abs((await evalLoss(["--model", merged, "--quantize", "none"])) - withAdapter) / withAdapter,
+    ).toBeLessThan(1e-5);
   });
 
   it("lora_modules_to_save: [lm_head] on a tied model trains an untied head (as PEFT), saying so; merge unties it", async () => {

@@ -37,6 +37,12 @@ export interface LoraConfig {
   readonly loftq_config: Partial<LoftQConfig>;
   readonly use_dora: boolean;
   readonly lora_bias: boolean;
+  /**
+   * PEFT ≥ 0.18, for a model whose output head is tied to its input embedding: false (default) trains a
+   * `modules_to_save` copy of whichever of the two is listed and leaves the other on the base matrix; true trains one
+   * copy of the embedding that the head reads too (listing lm_head then means embed_tokens).
+   */
+  readonly ensure_weight_tying: boolean;
 }
 
 /** PEFT's TaskType values (a causal LM adapter is "CAUSAL_LM": what AutoPeftModelForCausalLM needs). */
@@ -74,6 +80,7 @@ export const LORA_DEFAULTS: LoraConfig = {
   loftq_config: {},
   use_dora: false,
   lora_bias: false,
+  ensure_weight_tying: false,
 };
 
 /** PEFT fields this package reads but whose non-default values it cannot honour (rejected, not ignored). */
@@ -87,7 +94,6 @@ const UNSUPPORTED_NON_DEFAULT: Record<string, unknown> = {
   eva_config: null,
   corda_config: null,
   lora_ga_config: null,
-  ensure_weight_tying: false,
 };
 
 function bad(field: string, msg: string): never {
@@ -243,7 +249,7 @@ export function loraConfig(input: LoraConfigInput = {}): LoraConfig {
     !(Array.isArray(c.modules_to_save) && c.modules_to_save.every((s) => typeof s === "string" && s))
   )
     bad("modules_to_save", `expected a list of module names or null, got ${JSON.stringify(c.modules_to_save)}`);
-  for (const f of ["use_rslora", "use_dora", "fan_in_fan_out", "inference_mode"] as const)
+  for (const f of ["use_rslora", "use_dora", "fan_in_fan_out", "inference_mode", "ensure_weight_tying"] as const)
     if (typeof c[f] !== "boolean") bad(f, `expected a boolean, got ${JSON.stringify(c[f])}`);
   if (c.task_type != null && !PEFT_TASK_TYPES.includes(c.task_type as (typeof PEFT_TASK_TYPES)[number]))
     bad("task_type", `expected one of ${PEFT_TASK_TYPES.join(", ")} or null, got ${JSON.stringify(c.task_type)}`);
@@ -270,6 +276,7 @@ export function loraConfig(input: LoraConfigInput = {}): LoraConfig {
     loftq_config: { ...loftq },
     use_dora: c.use_dora,
     lora_bias: false,
+    ensure_weight_tying: c.ensure_weight_tying,
   };
   return Object.freeze(out);
 }
@@ -279,7 +286,7 @@ function stripUndefined<T extends object>(o: T): Partial<T> {
 }
 
 /** The adapter_config.json object PEFT writes (LoraConfig.to_dict(), inference_mode forced true). */
-export function configToJson(config: LoraConfig, peftVersion = "0.17.0"): Record<string, unknown> {
+export function configToJson(config: LoraConfig, peftVersion = "0.18.0"): Record<string, unknown> {
   const tm = config.target_modules;
   return {
     ...config,
@@ -300,7 +307,6 @@ export function configToJson(config: LoraConfig, peftVersion = "0.17.0"): Record
     use_qalora: false,
     qalora_group_size: 16,
     alora_invocation_tokens: null,
-    ensure_weight_tying: false,
   };
 }
 

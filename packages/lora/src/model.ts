@@ -8,7 +8,7 @@ import { type LoraConfig, type LoraConfigInput, loraConfig } from "./config";
 import { LoraError } from "./errors";
 import { type LoraLinear as LoraLinearT, LoraLinear, type MergeReport } from "./layer";
 import { isTargeted, loraScaling, rankAndAlpha, resolveTargetModules } from "./match";
-import { ModulesToSaveWrapper } from "./modules-to-save";
+import { ModulesToSaveWrapper, tiedWeight } from "./modules-to-save";
 
 export const PEFT_PREFIX = "base_model.model.";
 
@@ -36,6 +36,31 @@ function insideWrapper(name: string, wrappers: readonly string[]): boolean {
 
 function matchesModuleToSave(list: readonly string[] | null, key: string): boolean {
   return !!list && list.some((n) => key === n || key.endsWith(`.${n}`));
+}
+
+/** The module's own `weight` parameter (a wrapped module's original one), or null. */
+function ownWeight(m: Module): Tensor | null {
+  const base = m instanceof ModulesToSaveWrapper ? m.originalModule : m;
+  return [...base.namedParameters()].find(([n]) => n === "weight")?.[1] ?? null;
+}
+
+/** Names of the heads tied to `m`'s weight (modules with a `weight` of `m`'s and no parameter of their own). */
+function headsTiedTo(modules: readonly [string, Module][], m: Module): string[] {
+  const own = ownWeight(m);
+  if (own === null) return [];
+  const seen = [own, ...(m instanceof ModulesToSaveWrapper && m.weight ? [m.weight] : [])];
+  return modules.filter(([, h]) => h !== m && seen.includes(tiedWeight(h) as Tensor)).map(([n]) => n);
+}
+
+/** The module whose own weight a tied head reads (the input embedding of an lm_head), or null. */
+function tieSource(modules: readonly [string, Module][], head: Module): [string, Module] | null {
+  const w = tiedWeight(head);
+  if (w === null) return null;
+  return (
+    modules.find(
+      ([, m]) => m !== head && (ownWeight(m) === w || (m instanceof ModulesToSaveWrapper && m.weight === w)),
+    ) ?? null
+  );
 }
 
 /** `M` is the wrapped model's type (a CausalLM from @qlora/models, say): `model`, mergeAndUnload and unload keep it. */
@@ -132,6 +157,7 @@ export class LoraModel<M extends Module = Module> {
         this.onWarning(
           `LoraConfig.modules_to_save: "${n}" matches no module of the model; nothing is trained or saved for it (adapter "${name}")`,
         );
+    const readBase = this.resolveTies(toSave, candidates, resolved, name);
     if (targets.length === 0)
       throw new LoraError(
         "NO_TARGET",
@@ -145,13 +171,9 @@ export class LoraModel<M extends Module = Module> {
           this.model.setSubmodule(key, w);
           undo.push(() => this.model.setSubmodule(key, m));
         }
-        const how = w.addAdapter(name, key);
+        if (readBase.has(key)) w.tiedHeadsReadBase = true;
+        w.addAdapter(name, key);
         undo.push(() => w.deleteAdapter(name));
-        // said when the copy is made to be trained; an adapter loaded for inference just carries its own head
-        if (how === "untied" && !config.inference_mode)
-          this.onWarning(
-            `LoraConfig.modules_to_save: "${key}" is tied to the input embedding (tie_word_embeddings); adapter "${name}" trains an untied f32 copy of it, saved as "${PEFT_PREFIX}${key}.weight" (what PEFT does without ensure_weight_tying), and the base embedding stays as it is. A merged model gets its own ${key}.weight and tie_word_embeddings false. To train the shared matrix for both, list "embed_tokens" instead.`,
-          );
       }
       for (const [key, m, { r, alpha }] of targets) {
         let layer: LoraLinearT;
@@ -182,6 +204,64 @@ export class LoraModel<M extends Module = Module> {
     this.configs.set(name, resolved);
     if (this.active.length === 0) this.active = [name];
     this.setAdapter(this.active);
+  }
+
+  /**
+   * PEFT's weight-tying rules for modules_to_save on a model whose output head is tied to its input embedding
+   * (PEFT's developer guide, "weight tying"): without ensure_weight_tying the listed module gets its own copy and the
+   * other keeps the base matrix; with it, the embedding's copy is the one trained and the head reads it (a listed
+   * head is replaced by its embedding in `toSave`). Returns the embeddings whose tied heads keep the base matrix.
+   */
+  private resolveTies(
+    toSave: [string, Module][],
+    modules: readonly [string, Module][],
+    config: LoraConfig,
+    name: string,
+  ): Set<string> {
+    const readBase = new Set<string>();
+    let tiesKept = 0;
+    const ensure = config.ensure_weight_tying;
+    const train = !config.inference_mode; // said when a copy is made to be trained, not when an adapter is loaded
+    for (let i = 0; i < toSave.length; i++) {
+      const [key, m] = toSave[i];
+      const source = tieSource(modules, m instanceof ModulesToSaveWrapper ? m.originalModule : m);
+      // heads listed themselves get their own copy: only the others keep reading the base matrix
+      const heads = source ? [] : headsTiedTo(modules, m).filter((h) => !toSave.some(([k]) => k === h));
+      const tied = source !== null || headsTiedTo(modules, m).length > 0;
+      if (!tied) continue;
+      if (m instanceof ModulesToSaveWrapper && m.copies.keys().length > 0 && !source && m.tiedHeadsReadBase === ensure)
+        throw new LoraError(
+          "BAD_CONFIG",
+          `LoraConfig.ensure_weight_tying: adapter "${name}" says ${ensure} but "${key}" already carries an adapter trained with ${!ensure}; adapters sharing a tied module must agree`,
+        );
+      if (ensure && source) {
+        // the head's tie is kept by training its embedding (PEFT's modules_to_tie)
+        toSave.splice(i--, 1);
+        if (!toSave.some(([k]) => k === source[0])) toSave.push(source);
+        tiesKept++;
+        if (train)
+          this.onWarning(
+            `LoraConfig.modules_to_save: "${key}" is tied to "${source[0]}" and ensure_weight_tying is true: adapter "${name}" trains one f32 copy of "${source[0]}" that "${key}" reads too, saved as "${PEFT_PREFIX}${source[0]}.weight"`,
+          );
+      } else if (ensure) tiesKept++;
+      else if (source) {
+        if (train)
+          this.onWarning(
+            `LoraConfig.modules_to_save: "${key}" is tied to the input embedding (tie_word_embeddings); adapter "${name}" trains an untied f32 copy of it, saved as "${PEFT_PREFIX}${key}.weight" (PEFT without ensure_weight_tying), and the base embedding stays as it is. A merged model gets its own ${key}.weight and tie_word_embeddings false. To train one matrix for both, set ensure_weight_tying: true (Axolotl: peft_ensure_weight_tying).`,
+          );
+      } else {
+        readBase.add(key);
+        if (train && heads.length > 0)
+          this.onWarning(
+            `LoraConfig.modules_to_save: "${key}" is tied to ${heads.map((h) => `"${h}"`).join(", ")} (tie_word_embeddings); adapter "${name}" trains an f32 copy for the input side only and the output head keeps the base matrix (PEFT without ensure_weight_tying). A merged model gets its own ${heads[0]}.weight and tie_word_embeddings false. To train one matrix for both, set ensure_weight_tying: true (Axolotl: peft_ensure_weight_tying).`,
+          );
+      }
+    }
+    if (ensure && tiesKept === 0 && train)
+      this.onWarning(
+        `LoraConfig.ensure_weight_tying: no module in modules_to_save is tied to another (is tie_word_embeddings false?); it has no effect (adapter "${name}")`,
+      );
+    return readBase;
   }
 
   /** Make `names` the active adapters (only they are trainable). */
@@ -319,7 +399,19 @@ export class LoraModel<M extends Module = Module> {
       for (const a of [...layer.settings.keys()]) layer.deleteAdapter(a);
       this.model.setSubmodule(name, base);
     }
-    for (const [name, w] of this.wrappers()) this.model.setSubmodule(name, w.current());
+    const all = [...this.model.namedModules()];
+    for (const [name, w] of this.wrappers()) {
+      // a head that read the base matrix while the embedding trained its own copy keeps that matrix, untied
+      const heads = w.tiedHeadsReadBase && w.current() !== w.originalModule ? headsTiedTo(all, w) : [];
+      const base = ownWeight(w);
+      this.model.setSubmodule(name, w.current());
+      for (const h of heads) {
+        const [out, inF] = base!.shape;
+        const head = new Linear(inF, out, { bias: false, init: { weight: base! } });
+        head.weight.requiresGrad = false;
+        this.model.setSubmodule(h, head);
+      }
+    }
     this.configs.clear();
     this.active = [];
   }

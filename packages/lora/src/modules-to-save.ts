@@ -5,7 +5,9 @@
  * update f32 only, as transformers trains a bf16 checkpoint's trainable weights in f32 without mixed
  * precision). A tied output head (a module with a `weight` but no parameter of its own: lm_head with
  * tie_word_embeddings) gets an untied Linear copy initialised from the shared matrix, which is what PEFT's
- * deepcopy of a tied nn.Linear gives (ensure_weight_tying false).
+ * deepcopy of a tied nn.Linear gives (ensure_weight_tying false). A wrapped embedding hands a head tied to it the
+ * active copy (the tie kept: ensure_weight_tying true), or with `tiedHeadsReadBase` the base matrix, as a
+ * transformers head holding the original Parameter keeps it under PEFT without ensure_weight_tying.
  */
 import { Linear, Linear4bit, Module, Tensor, keep, noGrad } from "@qlora/tensor";
 import { LoraError } from "./errors";
@@ -73,6 +75,8 @@ export function tiedWeight(m: Module): Tensor | null {
 export class ModulesToSaveWrapper extends Module {
   activeAdapter: string | null = null;
   adaptersDisabled = false;
+  /** A head tied to this module reads the original's weight, not the active copy's (ensure_weight_tying false). */
+  tiedHeadsReadBase = false;
 
   constructor(original: Module) {
     super();
@@ -104,11 +108,11 @@ export class ModulesToSaveWrapper extends Module {
     return tied ? "untied" : "copied";
   }
   /**
-   * The weight of the module forward runs (PEFT's ModulesToSaveWrapper.weight): what a tied output head reads
-   * when the embedding it is tied to is wrapped, so the tie follows the active copy.
+   * The weight of the module forward runs (PEFT's ModulesToSaveWrapper.weight), which a tied output head reads when
+   * the embedding it is tied to is wrapped; the original's with `tiedHeadsReadBase`.
    */
   get weight(): Tensor | undefined {
-    const w = (this.current() as { weight?: unknown }).weight;
+    const w = ((this.tiedHeadsReadBase ? this.originalModule : this.current()) as { weight?: unknown }).weight;
     return w instanceof Tensor ? w : undefined;
   }
   deleteAdapter(name: string): void {

@@ -6,6 +6,7 @@ import {
   type Tensor,
   checkpoint,
   manualSeed,
+  matmul,
   noGrad,
   randn,
   tensor,
@@ -400,6 +401,107 @@ describe("modules_to_save and bias", () => {
     copy.loadStateDict({ weight: copy.weight.mul(2) });
     expect(maxDiff(shared.weight.toTypedArray(), copy.weight.mul(0.5).toTypedArray())).toBeLessThan(1e-6);
     expect(maxDiff(run(model, x), y0)).toBeGreaterThan(1e-3);
+  });
+
+  /** TinyModel whose lm_head reads the weight of a Linear "embed" (as CausalLM's TiedLmHead reads embed_tokens). */
+  function tiedModel(): { model: TinyModel; embed: Linear } {
+    const model = new TinyModel();
+    const embed = model.getSubmodule<Linear>("lm_head");
+    model.registerModule("embed", embed);
+    const head = new (class TiedHead extends Module {
+      get weight(): Tensor {
+        return (model.getSubmodule("embed") as unknown as { weight: Tensor }).weight;
+      }
+      forward(x: Tensor) {
+        return matmul(x, this.weight.transpose(0, 1));
+      }
+    })();
+    model.setSubmodule("lm_head", head);
+    return { model, embed };
+  }
+
+  it("a tied embedding in modules_to_save: the head keeps the base matrix (PEFT without ensure_weight_tying), untied on unload", () => {
+    const { model, embed } = tiedModel();
+    const x = input();
+    const y0 = run(model, x);
+    const warnings: string[] = [];
+    const lm = LoraModel.inject(
+      model,
+      { r: 2, target_modules: ["q_proj"], modules_to_save: ["embed"] },
+      { onWarning: (m) => warnings.push(m) },
+    );
+    expect(warnings).toEqual([
+      expect.stringContaining(
+        '"embed" is tied to "lm_head" (tie_word_embeddings); adapter "default" trains an f32 copy for the input side only',
+      ),
+    ]);
+    const copy = model.getSubmodule<ModulesToSaveWrapper>("embed").copies.get("default") as Linear;
+    copy.loadStateDict({ weight: copy.weight.mul(2) });
+    expect(maxDiff(run(model, x), y0)).toBe(0);
+    // unload: the embedding is the trained copy, the head an untied frozen Linear over the base matrix
+    lm.unload();
+    expect(model.getSubmodule("embed")).toBe(copy);
+    const head = model.getSubmodule<Linear>("lm_head");
+    expect(head).toBeInstanceOf(Linear);
+    expect(head.weight).toBe(embed.weight);
+    expect(head.weight.requiresGrad).toBe(false);
+    expect(maxDiff(run(model, x), y0)).toBe(0);
+  });
+
+  it("ensure_weight_tying: the head reads the embedding's trained copy; listing the head means its embedding", () => {
+    for (const listed of ["embed", "lm_head"]) {
+      const { model, embed } = tiedModel();
+      const x = input();
+      const y0 = run(model, x);
+      const warnings: string[] = [];
+      const lm = LoraModel.inject(
+        model,
+        { r: 2, target_modules: ["q_proj"], modules_to_save: [listed], ensure_weight_tying: true },
+        { onWarning: (m) => warnings.push(m) },
+      );
+      expect(model.getSubmodule("lm_head")).not.toBeInstanceOf(ModulesToSaveWrapper);
+      const wrapper = model.getSubmodule<ModulesToSaveWrapper>("embed");
+      expect(wrapper).toBeInstanceOf(ModulesToSaveWrapper);
+      expect(lm.trainableParameters().map(([n]) => n)).toContain("embed.modules_to_save.default.weight");
+      expect(warnings.length, listed).toBe(listed === "lm_head" ? 1 : 0);
+      const copy = wrapper.copies.get("default") as Linear;
+      copy.loadStateDict({ weight: copy.weight.mul(2) });
+      const y1 = run(model, x);
+      expect(maxDiff(y1, y0)).toBeGreaterThan(1e-3);
+      expect(maxDiff(embed.weight.toTypedArray(), copy.weight.mul(0.5).toTypedArray())).toBeLessThan(1e-6);
+      // unload keeps the tie: the head reads the embedding module, now the copy
+      lm.unload();
+      expect(maxDiff(run(model, x), y1)).toBe(0);
+    }
+    // no tie to keep: said, and nothing else changes
+    const warnings: string[] = [];
+    LoraModel.inject(
+      new TinyModel(),
+      { r: 2, target_modules: ["q_proj"], modules_to_save: ["lm_head"], ensure_weight_tying: true },
+      { onWarning: (m) => warnings.push(m) },
+    );
+    expect(warnings).toEqual([
+      expect.stringContaining("LoraConfig.ensure_weight_tying: no module in modules_to_save is tied"),
+    ]);
+  });
+
+  it("adapters that disagree on ensure_weight_tying over one tied embedding are refused", () => {
+    const { model } = tiedModel();
+    const lm = LoraModel.inject(
+      model,
+      { r: 2, target_modules: ["q_proj"], modules_to_save: ["embed"] },
+      { onWarning: () => {} },
+    );
+    expect(() =>
+      lm.addAdapter("other", {
+        r: 2,
+        target_modules: ["q_proj"],
+        modules_to_save: ["embed"],
+        ensure_weight_tying: true,
+      }),
+    ).toThrow(
+      'LoraConfig.ensure_weight_tying: adapter "other" says true but "embed" already carries an adapter trained with false',
+    );
   });
 
   it("a wrapped module exposes its active copy's weight (a tied head follows it); unmatched names warn", () => {
