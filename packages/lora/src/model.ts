@@ -3,7 +3,7 @@
  * several named adapters (add / set / disable / delete), merge / unmerge, mergeAndUnload and unload, and the
  * adapter's state dict under PEFT's keys (`base_model.model.<module>.lora_A.weight`, ...).
  */
-import { type Generator, Linear, Linear4bit, type Module, type Tensor, getGenerator } from "@qlora/tensor";
+import { Embedding, type Generator, Linear, Linear4bit, type Module, type Tensor, getGenerator } from "@qlora/tensor";
 import { type LoraConfig, type LoraConfigInput, loraConfig } from "./config";
 import { LoraError } from "./errors";
 import { type LoraLinear as LoraLinearT, LoraLinear, type MergeReport } from "./layer";
@@ -36,6 +36,20 @@ function insideWrapper(name: string, wrappers: readonly string[]): boolean {
 
 function matchesModuleToSave(list: readonly string[] | null, key: string): boolean {
   return !!list && list.some((n) => key === n || key.endsWith(`.${n}`));
+}
+
+/** Why `m` cannot take a LoRA adapter, in the user's terms (a tied head, an embedding, another module). */
+function unsupportedTarget(key: string, m: Module): LoraError {
+  const what =
+    tiedWeight(m) !== null
+      ? "is tied to the input embedding (tie_word_embeddings), and LoRA on a tied head is not supported"
+      : m instanceof Embedding
+        ? "is an embedding, and LoRA on embeddings (PEFT's lora_embedding_A/B) is not supported"
+        : `(${m.constructor.name}) is not supported`;
+  return new LoraError(
+    "BAD_MODULE",
+    `target module "${key}" ${what}; only Linear and Linear4bit layers can get LoRA adapters (list "${key.split(".").at(-1)}" in modules_to_save to train it in full)`,
+  );
 }
 
 /** The module's own `weight` parameter (a wrapped module's original one), or null. */
@@ -136,11 +150,7 @@ export class LoraModel<M extends Module = Module> {
     for (const [key, m] of candidates) {
       if (matchesModuleToSave(resolved.modules_to_save, key)) toSave.push([key, m]);
       else if (isTargeted(resolved, key)) {
-        if (!(m instanceof LoraLinear) && !isLinear(m))
-          throw new LoraError(
-            "BAD_MODULE",
-            `target module "${key}" (${m.constructor.name}) is not supported; only Linear and Linear4bit layers can get LoRA adapters`,
-          );
+        if (!(m instanceof LoraLinear) && !isLinear(m)) throw unsupportedTarget(key, m);
         const ra = rankAndAlpha(resolved, key);
         const l = m as LoraLinearT | Linear | Linear4bit;
         const dataInit = typeof resolved.init_lora_weights === "string" && resolved.init_lora_weights !== "gaussian";

@@ -1,4 +1,5 @@
 import {
+  Embedding,
   Generator,
   Linear,
   Linear4bit,
@@ -483,6 +484,18 @@ describe("modules_to_save and bias", () => {
     expect(warnings).toEqual([
       expect.stringContaining("LoraConfig.ensure_weight_tying: no module in modules_to_save is tied"),
     ]);
+  });
+
+  it("a tied head or an embedding as a LoRA target is refused in the user's terms", () => {
+    const { model } = tiedModel();
+    expect(() => LoraModel.inject(model, { r: 2, target_modules: ["lm_head"] })).toThrow(
+      'target module "lm_head" is tied to the input embedding (tie_word_embeddings), and LoRA on a tied head is not supported; only Linear and Linear4bit layers can get LoRA adapters (list "lm_head" in modules_to_save to train it in full)',
+    );
+    const withEmbedding = new TinyModel();
+    withEmbedding.registerModule("tok", new Embedding(10, HIDDEN));
+    expect(() => LoraModel.inject(withEmbedding, { r: 2, target_modules: ["q_proj", "tok"] })).toThrow(
+      'target module "tok" is an embedding, and LoRA on embeddings (PEFT\'s lora_embedding_A/B) is not supported',
+    );
   });
 
   it("adapters that disagree on ensure_weight_tying over one tied embedding are refused", () => {
