@@ -29,6 +29,31 @@ describe("qlora estimate", () => {
     expect(plan.loraParams).toBe(2 * 4 * (64 + 64 + 64 + 32 + 64 + 32 + 64 + 64 + 64 + 128 + 64 + 128 + 128 + 64));
   });
 
+  it("a bitsandbytes 4-bit checkpoint is planned as it loads; another quantization method is refused", async () => {
+    const bnb = (extra: Record<string, unknown>) => {
+      const file = join(dir, `bnb-${Object.keys(extra).length}-${JSON.stringify(extra).length}.json`);
+      const q = { quant_method: "bitsandbytes", load_in_4bit: true, bnb_4bit_quant_type: "nf4", ...extra };
+      writeFileSync(file, JSON.stringify({ ...config, quantization_config: q }));
+      return file;
+    };
+    const plain = await runCli(["estimate", "--model", bnb({ bnb_4bit_use_double_quant: false })]);
+    expect(plain.out).toMatch(/base weights \(NF4\)/);
+    const dq = await runCli(["estimate", "--model", bnb({ bnb_4bit_use_double_quant: true })]);
+    expect(dq.out).toMatch(/base weights \(NF4-DQ\)/);
+    const none = await runCli(["estimate", "--model", bnb({ bnb_4bit_use_double_quant: true }), "--quant", "none"]);
+    expect(none.code).toBe(2);
+    expect(none.err).toMatch(
+      /--quant none: .* is a bitsandbytes 4-bit checkpoint; its base weights load as 4-bit \(nf4-dq\)/,
+    );
+    const gptq = join(dir, "gptq.json");
+    writeFileSync(gptq, JSON.stringify({ ...config, quantization_config: { quant_method: "gptq", bits: 4 } }));
+    const refused = await runCli(["estimate", "--model", gptq]);
+    expect(refused.code).toBe(2);
+    expect(refused.err).toBe(
+      `qlora: --model: ${gptq} is quantized with "gptq", which qlora does not load; estimate its unquantized release`,
+    );
+  });
+
   it("bad arguments and paths exit 2 with one readable line", async () => {
     const missing = await runCli(["estimate", "--model", join(dir, "nope")]);
     expect(missing.code).toBe(2);

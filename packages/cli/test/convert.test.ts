@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { openGguf } from "@qlora/formats";
@@ -174,6 +174,13 @@ describe("qlora eval / merge / quantize / export / generate", () => {
     const chat = await runCli([...args, "--chat", "--adapter", adapter]);
     expect(chat.code).toBe(0);
     expect(typeof JSON.parse(chat.out).completion).toBe("string");
+    // generation_config.json's eos_token_id list stops generation (Llama 3.1's <|eom_id|>): here every id is in it
+    const stops = join(root, "base-stops");
+    cpSync(base, stops, { recursive: true });
+    const vocab = JSON.parse(readFileSync(join(base, "config.json"), "utf8")).vocab_size as number;
+    writeFileSync(join(stops, "generation_config.json"), JSON.stringify({ eos_token_id: [...Array(vocab).keys()] }));
+    const stopped = await runCli(args.map((a) => (a === base ? stops : a)));
+    expect(JSON.parse(stopped.out).completion).toBe("");
   });
 
   it("bad paths and values are one-line errors with exit code 2", async () => {

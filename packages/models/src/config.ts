@@ -136,24 +136,44 @@ function parseArchitecture(r: Reader): Architecture {
   return a as Architecture;
 }
 
-function parseRopeScaling(r: Reader): RopeScaling | null {
-  const v = r.raw.rope_scaling;
+/**
+ * rope_theta and the frequency scaling: transformers v4 keeps them as `rope_theta` and `rope_scaling`, v5 in one
+ * `rope_parameters` object ({rope_type, rope_theta, factor, …}), which wins when present.
+ */
+function parseRope(r: Reader): { ropeTheta: number; ropeScaling: RopeScaling | null } {
+  const params = r.raw.rope_parameters;
+  if (params === undefined || params === null)
+    return {
+      ropeTheta: r.num("rope_theta", 10000),
+      ropeScaling: parseRopeScaling(r, r.raw.rope_scaling, "rope_scaling"),
+    };
+  if (typeof params !== "object" || Array.isArray(params)) r.fail("rope_parameters", "an object or null");
+  const p = new Reader(params as Raw, `${r.file} rope_parameters`);
+  return {
+    ropeTheta: p.num("rope_theta", r.num("rope_theta", 10000)),
+    ropeScaling: parseRopeScaling(r, params, "rope_parameters"),
+  };
+}
+
+function parseRopeScaling(r: Reader, v: unknown, key: "rope_scaling" | "rope_parameters"): RopeScaling | null {
   if (v === undefined || v === null) return null;
-  if (typeof v !== "object" || Array.isArray(v)) r.fail("rope_scaling", "an object or null");
-  const s = new Reader(v as Raw, `${r.file} rope_scaling`);
-  const type = (v as Raw).rope_type ?? (v as Raw).type;
+  if (typeof v !== "object" || Array.isArray(v)) r.fail(key, "an object or null");
+  const s = new Reader(v as Raw, `${r.file} ${key}`);
+  const onlyTheta = Object.keys(v as Raw).every((k) => k === "rope_theta");
+  const type =
+    (v as Raw).rope_type ?? (v as Raw).type ?? (key === "rope_parameters" && onlyTheta ? "default" : undefined);
+  const need = (k: string) => {
+    if (!s.has(k))
+      throw new ModelError("config_missing_key", `${r.file}: ${key} (${type}) lacks "${k}"`, {
+        file: r.file,
+        key: `${key}.${k}`,
+      });
+    return s.num(k, Number.NaN);
+  };
   // transformers maps "default" to plain rope.
   if (type === "default") return null;
-  if (type === "linear") return { type, factor: s.num("factor", Number.NaN) };
-  if (type === "llama3") {
-    const need = (k: string) => {
-      if (!s.has(k))
-        throw new ModelError("config_missing_key", `${r.file}: rope_scaling (llama3) lacks "${k}"`, {
-          file: r.file,
-          key: `rope_scaling.${k}`,
-        });
-      return s.num(k, Number.NaN);
-    };
+  if (type === "linear") return { type, factor: need("factor") };
+  if (type === "llama3")
     return {
       type,
       factor: need("factor"),
@@ -161,11 +181,10 @@ function parseRopeScaling(r: Reader): RopeScaling | null {
       highFreqFactor: need("high_freq_factor"),
       originalMaxPositionEmbeddings: need("original_max_position_embeddings"),
     };
-  }
   throw new ModelError(
     "unsupported_rope_scaling",
-    `${r.file}: rope_scaling type ${JSON.stringify(type)} is not supported; supported: "linear", "llama3" (or null)`,
-    { file: r.file, key: "rope_scaling" },
+    `${r.file}: ${key} type ${JSON.stringify(type)} is not supported; supported: "default", "linear", "llama3" (or null)`,
+    { file: r.file, key },
   );
 }
 
@@ -224,8 +243,7 @@ export function parseConfig(raw: unknown, file = "config.json"): ModelConfig {
     numKvHeads,
     headDim,
     rmsNormEps: r.num("rms_norm_eps", 1e-6),
-    ropeTheta: r.num("rope_theta", 10000),
-    ropeScaling: parseRopeScaling(r),
+    ...parseRope(r),
     tieWordEmbeddings: r.bool("tie_word_embeddings", false),
     maxPositionEmbeddings: r.int("max_position_embeddings", 2048),
     qkvBias: isQwen2 || attentionBias,

@@ -5,6 +5,7 @@ export type ModelErrorCode =
   | "config_unreadable"
   | "unsupported_architecture"
   | "unsupported_rope_scaling"
+  | "unsupported_quantization"
   | "tensor_missing"
   | "tensor_shape"
   | "tensor_dtype"

@@ -5,7 +5,14 @@ import { describe, expect, it } from "vitest";
 import { createModel } from "./causal-lm";
 import { parseConfig } from "./config";
 import { ModelError } from "./errors";
-import { type GenerationCache, type GenerationModel, generate, generateStream, type TokenEvent } from "./generate";
+import {
+  eosTokenIds,
+  type GenerationCache,
+  type GenerationModel,
+  generate,
+  generateStream,
+  type TokenEvent,
+} from "./generate";
 import { randomLayers } from "./layers";
 import { tinyTokenizerFiles } from "./tiny-tokenizer";
 import { HfTokenizer } from "./tokenizer";
@@ -279,6 +286,24 @@ describe("text, stop strings and streaming with a tokenizer", () => {
     expect(r.finishReason).toBe("stop_token");
     expect(r.text).toBe(" hello world");
     expect(r.tokens.at(-1)).toBe(tok.eosTokenId);
+  });
+
+  it("eosTokenIds: generation_config's list (else config.json's) plus the tokenizer's EOS, as transformers stops", async () => {
+    const eos = tok.eosTokenId!;
+    const [eom, other] = ids(" x").concat(ids(" y"));
+    expect(
+      eosTokenIds({ generationConfig: { eos_token_id: [eos, eom] }, config: { eosTokenId: other }, tokenizer: tok }),
+    ).toEqual([eos, eom]);
+    expect(
+      eosTokenIds({ generationConfig: { do_sample: false }, config: { eosTokenId: [other] }, tokenizer: tok }),
+    ).toEqual([other, eos]);
+    expect(eosTokenIds({ generationConfig: null, config: { eosTokenId: null } })).toEqual([]);
+    // a Llama 3.1-style <|eom_id|> in the list ends generation as the tokenizer's eos would
+    const model = scripted([...ids(" hello"), eom, ...ids(" more")]);
+    const stopTokenIds = eosTokenIds({ generationConfig: { eos_token_id: [eos, eom] }, tokenizer: tok });
+    const [r] = await generate(model, [[0]], { tokenizer: tok, maxNewTokens: 40, stopTokenIds });
+    expect(r.finishReason).toBe("stop_token");
+    expect(r.text).toBe(" hello");
   });
 
   it("a multi-byte character split over byte tokens is streamed only once complete", async () => {

@@ -36,6 +36,23 @@ export interface GenerationTokenizer {
   readonly eosTokenId?: number | null;
 }
 
+/**
+ * The token ids generation stops at, as transformers picks them: generation_config.json's eos_token_id (a list in
+ * Llama 3.1 and Qwen2.5 Instruct: <|eot_id|>, <|eom_id|>, <|end_of_text|>), else config.json's, plus the tokenizer's
+ * EOS. loadModel returns the first two (`generationConfig`, `config.eosTokenId`).
+ */
+export function eosTokenIds(from: {
+  generationConfig?: Record<string, unknown> | null;
+  config?: { readonly eosTokenId: number | readonly number[] | null };
+  tokenizer?: GenerationTokenizer;
+}): number[] {
+  const list = (v: unknown): number[] =>
+    (Array.isArray(v) ? v : [v]).filter((t): t is number => Number.isInteger(t) && (t as number) >= 0);
+  const generation = list(from.generationConfig?.eos_token_id);
+  const ids = generation.length > 0 ? generation : list(from.config?.eosTokenId);
+  return [...new Set([...ids, ...list(from.tokenizer?.eosTokenId)])];
+}
+
 export type FinishReason = "stop_token" | "stop_string" | "max_new_tokens" | "aborted";
 
 export interface GenerateOptions extends SamplingOptions {

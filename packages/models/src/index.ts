@@ -47,7 +47,7 @@ export {
   isSampling,
 } from "./sampling";
 export type { SamplingOptions } from "./sampling";
-export { generate, generateStream } from "./generate";
+export { eosTokenIds, generate, generateStream } from "./generate";
 export type {
   GenerateOptions,
   GenerationResult,

@@ -89,19 +89,29 @@ async function readJson(file: string, optional: boolean): Promise<Record<string,
   }
 }
 
-/** bitsandbytes 4-bit settings from config.json's quantization_config, or null when absent. */
-function preQuantizedSettings(config: ModelConfig): Required<QuantizeOptions> | null {
-  const q = config.raw.quantization_config as Record<string, unknown> | undefined;
-  if (q?.quant_method === "bitsandbytes" && (q.load_in_4bit ?? q._load_in_4bit)) {
-    const skip = q.llm_int8_skip_modules;
-    return {
-      quantType: q.bnb_4bit_quant_type === "nf4" ? "nf4" : "fp4",
-      blocksize: 64,
-      doubleQuant: q.bnb_4bit_use_double_quant === true,
-      skipModules: Array.isArray(skip) ? (skip as string[]) : ["lm_head"],
-    };
+/**
+ * bitsandbytes 4-bit settings from config.json's quantization_config, or null when absent. Any other method (GPTQ,
+ * AWQ, bitsandbytes 8-bit …) is refused by name: its tensors would otherwise fail one by one as missing or mistyped.
+ */
+function preQuantizedSettings(config: ModelConfig, file: string): Required<QuantizeOptions> | null {
+  const q = config.raw.quantization_config as Record<string, unknown> | undefined | null;
+  if (q === undefined || q === null) return null;
+  const bnb4 = q.quant_method === "bitsandbytes" && (q.load_in_4bit ?? q._load_in_4bit);
+  if (!bnb4) {
+    const method = q.quant_method === "bitsandbytes" ? "bitsandbytes 8-bit" : JSON.stringify(q.quant_method ?? null);
+    throw new ModelError(
+      "unsupported_quantization",
+      `${file}: quantization_config.quant_method ${method} is not supported; qlora loads dense checkpoints (F32/BF16/F16, quantized to NF4 on load) and bitsandbytes 4-bit ones: use the model's unquantized release`,
+      { file, key: "quantization_config" },
+    );
   }
-  return null;
+  const skip = q.llm_int8_skip_modules;
+  return {
+    quantType: q.bnb_4bit_quant_type === "nf4" ? "nf4" : "fp4",
+    blocksize: 64,
+    doubleQuant: q.bnb_4bit_use_double_quant === true,
+    skipModules: Array.isArray(skip) ? (skip as string[]) : ["lm_head"],
+  };
 }
 
 const FLOAT_DTYPES: Record<string, DType> = { F32: "f32", BF16: "bf16", F16: "f16" };
@@ -502,7 +512,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   const generationConfig = await readJson(join(dir, "generation_config.json"), true);
   // Missing/unreadable shards raise @qlora/formats' SafetensorsError, which names the file and tensor.
   const st = await openShardedSafetensors(dir);
-  const pre = preQuantizedSettings(config);
+  const pre = preQuantizedSettings(config, configFile);
   const quant = pre ?? (options.quantize === false ? null : checkQuantize({ ...DEFAULT_QUANT, ...options.quantize }));
   const reader = new CheckpointReader(st, dir, options.backend);
   if (options.backend === undefined) warnIfReferenceOnly(reader.backend, options.onWarning);

@@ -66,6 +66,36 @@ describe("bad input gives typed errors naming file and key", () => {
     expect(() => parseConfig({ ...base(), rope_scaling: { rope_type: "llama3", factor: 8 } })).toThrow(
       /low_freq_factor/,
     );
+    // a factor-less linear scaling is named, not run with NaN frequencies
+    expect(() => parseConfig({ ...base(), rope_scaling: { type: "linear" } })).toThrow(
+      'rope_scaling (linear) lacks "factor"',
+    );
+  });
+
+  it("a checkpoint quantized by another method (GPTQ, bitsandbytes 8-bit) is refused by name", async () => {
+    const gptq = await modelWithConfig("gptq", { quantization_config: { quant_method: "gptq", bits: 4 } });
+    const e = await expectModelError(loadModel(gptq), "unsupported_quantization", 'quant_method "gptq"', "config.json");
+    expect(e.key).toBe("quantization_config");
+    const bnb8 = await modelWithConfig("bnb8", {
+      quantization_config: { quant_method: "bitsandbytes", load_in_8bit: true },
+    });
+    await expectModelError(loadModel(bnb8), "unsupported_quantization", "bitsandbytes 8-bit", "unquantized release");
+  });
+
+  it("transformers v5's rope_parameters is read as rope_theta + rope_scaling", () => {
+    const llama3 = { factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 };
+    const v4 = parseConfig({ ...base(), rope_theta: 500000, rope_scaling: { rope_type: "llama3", ...llama3 } });
+    const v5 = parseConfig({ ...base(), rope_parameters: { rope_type: "llama3", rope_theta: 500000, ...llama3 } });
+    expect(v5.ropeTheta).toBe(500000);
+    expect(v5.ropeScaling).toEqual(v4.ropeScaling);
+    expect(v5.ropeScaling).not.toBeNull();
+    const plain = parseConfig({ ...base(), rope_parameters: { rope_theta: 1e6, rope_type: "default" } });
+    expect([plain.ropeTheta, plain.ropeScaling]).toEqual([1e6, null]);
+    expect(parseConfig({ ...base(), rope_parameters: { rope_theta: 1e6 } }).ropeScaling).toBeNull();
+    expect(() => parseConfig({ ...base(), rope_parameters: { rope_type: "yarn", factor: 4 } })).toThrow(
+      'rope_parameters type "yarn" is not supported',
+    );
+    expect(() => parseConfig({ ...base(), rope_parameters: [1] })).toThrow(/rope_parameters/);
   });
 
   it("config.json that is not JSON", async () => {

@@ -27,7 +27,10 @@ export function registerEstimate(program: Command, io: Io): void {
     .option("--micro-batch-size <n>", "sequences per micro-batch", (v) => positiveInt(v, "--micro-batch-size"), 1)
     .option("--lora-r <n>", "LoRA rank", (v) => positiveInt(v, "--lora-r"), DEFAULT_ESTIMATE.loraR)
     .option("--optimizer <name>", `as the config's optimizer key: ${OPTIMIZERS.join(" | ")}`, "paged_adamw_32bit")
-    .option("--quant <q>", "base weights: nf4-dq | nf4 | none", "nf4-dq")
+    .option(
+      "--quant <q>",
+      "base weights: nf4-dq | nf4 | none (default: a bitsandbytes 4-bit checkpoint's own, else nf4-dq)",
+    )
     .option(
       "--gradient-checkpointing",
       "recompute each layer's activations in backward (as gradient_checkpointing: true; off by default, as in train)",
@@ -48,12 +51,13 @@ export function registerEstimate(program: Command, io: Io): void {
           "BAD_ARGUMENT",
           `--optimizer: expected one of ${OPTIMIZERS.join(", ")}, got "${o.optimizer}"`,
         );
-      if (!["nf4-dq", "nf4", "none"].includes(o.quant))
+      if (o.quant !== undefined && !["nf4-dq", "nf4", "none"].includes(o.quant))
         throw new CliError("BAD_ARGUMENT", `--quant: expected nf4-dq, nf4 or none, got "${o.quant}"`);
       const file = existsSync(o.model) && statSync(o.model).isDirectory() ? join(o.model, "config.json") : o.model;
       if (!existsSync(file)) throw new CliError("BAD_PATH", `--model: ${file} does not exist`);
       const config = readJson(file);
       parseConfig(config, file); // the architecture and shapes a load would check (ModelError naming file and key)
+      o.quant = baseQuantOf(config, file, o.quant);
       const shape = modelShapeFromConfig(config, file);
       const plan = estimateMemory(shape, {
         ...DEFAULT_ESTIMATE,
@@ -76,4 +80,25 @@ export function registerEstimate(program: Command, io: Io): void {
       if (global.json) return io.out(JSON.stringify({ ...plan, worldSize: o.worldSize, perRank }));
       io.out(`${formatPlan(plan)}\n\n${formatPerRank([perRank.ddp, perRank.fsdp])}`);
     });
+}
+
+/**
+ * How the base weights will be held: a bitsandbytes 4-bit checkpoint loads as it was saved (nf4-dq or nf4; FP4 takes
+ * the same bytes), so --quant none is refused for it; a dense checkpoint is quantized as --quant says (default nf4-dq).
+ */
+function baseQuantOf(config: Record<string, unknown>, file: string, flag: BaseQuant | undefined): BaseQuant {
+  const q = config.quantization_config as Record<string, unknown> | undefined | null;
+  if (q === undefined || q === null) return flag ?? "nf4-dq";
+  if (q.quant_method !== "bitsandbytes" || !(q.load_in_4bit ?? q._load_in_4bit))
+    throw new CliError(
+      "UNSUPPORTED",
+      `--model: ${file} is quantized with ${JSON.stringify(q.quant_method ?? null)}${q.load_in_8bit ? " (8-bit)" : ""}, which qlora does not load; estimate its unquantized release`,
+    );
+  const own: BaseQuant = q.bnb_4bit_use_double_quant === true ? "nf4-dq" : "nf4";
+  if (flag === "none")
+    throw new CliError(
+      "BAD_ARGUMENT",
+      `--quant none: ${file} is a bitsandbytes 4-bit checkpoint; its base weights load as 4-bit (${own})`,
+    );
+  return flag ?? own;
 }

@@ -1,6 +1,6 @@
 import { createInterface } from "node:readline/promises";
 import type { Command } from "commander";
-import { type ChatMessage, generate } from "@qlora/models";
+import { type ChatMessage, eosTokenIds, generate } from "@qlora/models";
 import type { GlobalOptions, Io } from "../main";
 import { positiveInt } from "../main";
 import { loadForInference, type LoadedForInference } from "../infer";
@@ -44,6 +44,7 @@ export async function streamCompletion(
 ): Promise<string> {
   const [result] = await generate(loaded.model, [ids], {
     tokenizer: loaded.tokenizer,
+    stopTokenIds: eosTokenIds(loaded),
     maxNewTokens: flags.maxNewTokens,
     temperature: flags.temperature,
     topP: flags.topP,
