@@ -43,6 +43,7 @@ import { CHATML_TEMPLATE } from "./chat-templates";
 import { wantsActivationCheckpointing } from "./parallel-config";
 import { launcherTerminal, layerProgress } from "./progress";
 import { writeReport } from "./report";
+import { lockOutputDir } from "./output-lock";
 import { checkNotInput, checkOutputDir } from "./output-path";
 
 export interface TrainOptions {
@@ -442,6 +443,16 @@ export async function checkOutputDirRuns(
 
 export async function runTrain(config: TrainConfig, options: TrainOptions = {}): Promise<TrainResult> {
   checkTrainInputs(config);
+  // rank 0 holds it for the whole job: an error on any rank ends every rank
+  const unlock = (options.parallel?.rank ?? 0) === 0 ? lockOutputDir(config.output_dir) : undefined;
+  try {
+    return await trainInOutputDir(config, options);
+  } finally {
+    unlock?.();
+  }
+}
+
+async function trainInOutputDir(config: TrainConfig, options: TrainOptions): Promise<TrainResult> {
   const seed = seedEverything(config.seed);
   const { rank, worldSize } = options.parallel ?? { rank: 0, worldSize: 1 };
   const stream = options.stream ?? (worldSize > 1 ? launcherTerminal() : undefined) ?? process.stderr;

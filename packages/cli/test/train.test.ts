@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { TINY_MODELS, writeTinyModel } from "../../models/scripts/make-tiny-models";
 import { writeTinyTokenizer } from "@qlora/models";
+import { LOCK_FILE } from "../src/output-lock";
 import { runCli } from "./helpers";
 
 const root = mkdtempSync(join(tmpdir(), "qlora-train-"));
@@ -127,6 +128,27 @@ output_dir: ${out}
     expect(resumed.out).toMatch(/^trained 0 steps \(resumed at step 15, now at 15\)/);
     expect(existsSync(join(past, "adapter", "adapter_model.safetensors"))).toBe(true);
     expect(existsSync(join(past, "report.html"))).toBe(true);
+  });
+
+  it("a second run into the output_dir of a running one is refused; the lock goes when the first ends", async () => {
+    const base = await tinyModel();
+    const data = writeData();
+    const out = join(root, "locked");
+    const file = join(root, "locked.yaml");
+    writeFileSync(
+      file,
+      `base_model: ${base}\nadapter: lora\nlora_target_modules: [q_proj]\ndatasets: [{path: ${data}, type: prompt_completion}]\nsequence_len: 32\nmicro_batch_size: 2\nmax_steps: 40\noutput_dir: ${out}\n`,
+    );
+    const first = runCli(["--quiet", "train", file]);
+    const lock = join(out, LOCK_FILE);
+    for (let i = 0; i < 600 && !existsSync(lock); i++) await new Promise((r) => setTimeout(r, 20));
+    const second = await runCli(["--quiet", "train", file, "--seed", "9"]);
+    expect(second.code).toBe(2);
+    expect(second.err).toMatch(
+      new RegExp(`^qlora: output_dir: ${out} is in use by another qlora train \\(pid ${process.pid} `),
+    );
+    expect((await first).code).toBe(0);
+    expect(existsSync(lock)).toBe(false);
   });
 
   it("preprocess --debug shows the label mask: prompt tokens masked, completion and EOS trained", async () => {

@@ -22,6 +22,12 @@ describe("checkpoint directories", () => {
     expect(readdirSync(dir).sort()).toEqual(["checkpoint-10", "checkpoint-40"]);
     await rotateCheckpoints(dir, 1, join(dir, "checkpoint-10"));
     expect(readdirSync(dir).sort()).toEqual(["checkpoint-10", "checkpoint-40"]); // newest and best both stay
+    // rotation renames a checkpoint aside before deleting it: what a kill mid-delete leaves is such a temporary
+    // directory (never a checkpoint-N without its weights), and the next listing removes it
+    mkdirSync(join(dir, `.tmp-checkpoint-deleting-checkpoint-20-1`, "adapter"), { recursive: true });
+    writeFileSync(join(dir, `.tmp-checkpoint-deleting-checkpoint-20-1`, "trainer_state.json"), "{}");
+    expect((await listCheckpoints(dir)).map((c) => c.step)).toEqual([10, 40]);
+    expect(readdirSync(dir).sort()).toEqual(["checkpoint-10", "checkpoint-40"]);
   });
 
   it("incomplete and temporary directories are not checkpoints; a failed write leaves nothing", async () => {

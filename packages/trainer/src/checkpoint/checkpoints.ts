@@ -3,7 +3,7 @@
  * crash leaves either the complete checkpoint or none under that name. Rotation keeps at most `limit` and never
  * deletes the newest or the best.
  */
-import { mkdir, readdir, rm, stat } from "node:fs/promises";
+import { mkdir, readdir, rename, rm, stat } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import { TrainerError } from "../errors";
 import { ensureDirectory } from "@qlora/formats";
@@ -93,7 +93,11 @@ export async function rotateCheckpoints(outputDir: string, limit: number, best: 
   for (const c of all) {
     if (count <= limit) break;
     if (keep.has(resolve(c.dir))) continue;
-    await rm(c.dir, { recursive: true, force: true });
+    // renamed first (atomic): a kill during the slow delete leaves a temporary directory the next listing removes,
+    // never a half-deleted checkpoint-N that still has its trainer_state.json
+    const doomed = join(outputDir, `${TEMP_PREFIX}deleting-${basename(c.dir)}-${process.pid}`);
+    await rename(c.dir, doomed);
+    await rm(doomed, { recursive: true, force: true });
     deleted.push(c.dir);
     count--;
   }

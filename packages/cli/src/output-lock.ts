@@ -1,0 +1,73 @@
+/**
+ * One training run per output_dir. Two runs writing the same directory interleave their metrics and replace each
+ * other's checkpoints, and both end "successfully"; the lock file makes the second one an error at startup. A lock
+ * left by a run that died (SIGKILL, power loss) names a process that no longer exists and is taken over.
+ */
+import { closeSync, openSync, readFileSync, unlinkSync, writeSync } from "node:fs";
+import { hostname } from "node:os";
+import { join } from "node:path";
+import { ensureDirectorySync } from "@qlora/formats";
+import { CliError } from "./errors";
+
+export const LOCK_FILE = ".qlora-train.lock";
+
+interface LockOwner {
+  pid: number;
+  host: string;
+  started: string;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM"; // exists, owned by another user
+  }
+}
+
+function readOwner(path: string): LockOwner | null {
+  try {
+    const v = JSON.parse(readFileSync(path, "utf8")) as Partial<LockOwner>;
+    return typeof v.pid === "number" && typeof v.host === "string" ? (v as LockOwner) : null;
+  } catch {
+    return null; // unreadable or half-written: nobody can be shown to own it
+  }
+}
+
+/** Takes `dir`'s training lock (creating `dir`); returns the function that releases it. */
+export function lockOutputDir(dir: string): () => void {
+  ensureDirectorySync(dir);
+  const path = join(dir, LOCK_FILE);
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const fd = openSync(path, "wx");
+      const owner: LockOwner = { pid: process.pid, host: hostname(), started: new Date().toISOString() };
+      writeSync(fd, `${JSON.stringify(owner)}\n`);
+      closeSync(fd);
+      break;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST" || attempt > 0) throw e;
+      const owner = readOwner(path);
+      if (owner && (owner.host !== hostname() || alive(owner.pid)))
+        throw new CliError(
+          "BAD_PATH",
+          `output_dir: ${dir} is in use by another qlora train (pid ${owner.pid} on ${owner.host}, started ${owner.started}); wait for it to finish or write to another output_dir${owner.host === hostname() ? "" : ` (if no run is active there, delete ${path})`}`,
+        );
+      unlinkSync(path); // a dead run's lock
+    }
+  }
+  let released = false;
+  const release = () => {
+    if (released) return;
+    released = true;
+    process.off("exit", release);
+    try {
+      unlinkSync(path);
+    } catch {
+      // already gone (the directory was removed): nothing to release
+    }
+  };
+  process.on("exit", release); // a second Ctrl-C exits at once; the lock goes with it
+  return release;
+}
