@@ -189,6 +189,7 @@ const trainShape = {
   resume_from_checkpoint: z.union([z.string().min(1), z.boolean()]).optional(),
   overwrite_output_dir: z.boolean().default(false),
   early_stopping_patience: positiveInt.optional(),
+  load_best_model_at_end: z.boolean().default(false),
   neftune_noise_alpha: z.number().positive().optional(),
   bf16: z.union([z.boolean(), z.literal("auto")]).default(false),
   // Several ranks (`qlora train --nproc N` or `mpirun -n N qlora train`): DDP unless the FSDP keys ask otherwise.
@@ -285,6 +286,8 @@ function evalIssues(c: Keys): Issue[] {
       path: ["early_stopping_patience"],
       message: `early stopping watches the eval loss, so it ${noEval}`,
     });
+  if (c.load_best_model_at_end)
+    issues.push({ path: ["load_best_model_at_end"], message: `the best model is the best eval loss, so it ${noEval}` });
   return issues;
 }
 

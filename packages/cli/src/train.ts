@@ -71,6 +71,10 @@ export interface TrainResult {
   evalLossBefore?: number;
   evalLossAfter?: number;
   interrupted: boolean;
+  /** Why training ended before max_steps (early stopping), if it did. */
+  stoppedEarly?: string;
+  /** The checkpoint whose weights were loaded at the end (load_best_model_at_end). */
+  bestCheckpoint?: string;
 }
 
 export const DATASET_FORMATS: Record<TrainConfig["datasets"][number]["type"], DataFormat> = {
@@ -537,14 +541,19 @@ async function trainInOutputDir(config: TrainConfig, options: TrainOptions): Pro
     say(`resume_from_checkpoint: no checkpoint in ${outputDir}; starting fresh`);
   const evalLossBefore = data.eval ? (await trainer.evaluate()).eval_loss : undefined;
   const state = await trainer.fit({ resumeFrom: resumeFrom === undefined ? undefined : resumeFrom });
+  const reason = trainer.control.stopReason;
+  const stoppedEarly = reason?.startsWith("early stopping") ? reason : undefined;
+  const best = config.load_best_model_at_end && !flag.interrupted ? await loadBest(trainer, say) : undefined;
   // The trainer may have just evaluated at the last step (eval_steps): that is the final eval loss, not a reason for a second pass.
   const lastEval = [...state.logHistory].reverse().find((r) => typeof r.eval_loss === "number");
   const evalLossAfter =
     !data.eval || flag.interrupted
       ? undefined
-      : lastEval?.step === state.globalStep
-        ? lastEval.eval_loss
-        : (await trainer.evaluate()).eval_loss;
+      : best
+        ? (state.bestMetric ?? undefined)
+        : lastEval?.step === state.globalStep
+          ? lastEval.eval_loss
+          : (await trainer.evaluate()).eval_loss;
   const modelDir = join(outputDir, lora ? "adapter" : "model");
   const reportPath = join(outputDir, "report.html");
   if (isMain) {
@@ -564,5 +573,20 @@ async function trainInOutputDir(config: TrainConfig, options: TrainOptions): Pro
     evalLossBefore,
     evalLossAfter,
     interrupted: flag.interrupted,
+    ...(stoppedEarly ? { stoppedEarly } : {}),
+    ...(best ? { bestCheckpoint: best } : {}),
   };
+}
+
+/** load_best_model_at_end: the best eval's checkpoint weights, or a note that none was saved at that step. */
+async function loadBest(trainer: Trainer<TokenBatch>, say: (line: string) => void): Promise<string | undefined> {
+  const dir = await trainer.loadBestModel();
+  if (dir) return dir;
+  const step = trainer.bestEvalStep;
+  say(
+    step < 0
+      ? "load_best_model_at_end: no evaluation ran; keeping the last weights"
+      : `load_best_model_at_end: the best eval (step ${step}) has no checkpoint (set save_steps to a multiple of eval_steps, as transformers requires); keeping the last weights`,
+  );
+  return undefined;
 }

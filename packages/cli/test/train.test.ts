@@ -151,6 +151,38 @@ output_dir: ${out}
     expect(existsSync(lock)).toBe(false);
   });
 
+  it("early stopping says why it stopped; load_best_model_at_end saves the best eval's weights", async () => {
+    const base = await tinyModel();
+    const data = writeData();
+    const out = join(root, "early");
+    const file = join(root, "early.yaml");
+    writeFileSync(
+      file,
+      `base_model: ${base}\nadapter: lora\nlora_target_linear: true\ndatasets: [{path: ${data}, type: prompt_completion}]\nsequence_len: 32\nmicro_batch_size: 4\nmax_steps: 60\nlearning_rate: 0.3\nlr_scheduler: constant\nval_set_size: 0.25\neval_steps: 1\nsave_steps: 1\nearly_stopping_patience: 1\nload_best_model_at_end: true\noutput_dir: ${out}\n`,
+    );
+    const r = await runCli(["--quiet", "--json", "train", file]);
+    expect(r.code).toBe(0);
+    const result = JSON.parse(r.out);
+    expect(result.globalStep).toBeLessThan(60);
+    expect(result.stoppedEarly).toMatch(
+      /^early stopping: eval_loss did not improve for 1 evaluation \(best [\d.]+ at step \d+\)$/,
+    );
+    const bestStep = Number(/at step (\d+)/.exec(result.stoppedEarly)![1]);
+    expect(result.bestCheckpoint).toBe(join(out, `checkpoint-${bestStep}`));
+    // the final adapter is the best checkpoint's, byte for byte, and the reported eval loss is the best one
+    const adapter = (dir: string) => readFileSync(join(dir, "adapter_model.safetensors"));
+    expect(adapter(join(out, "adapter")).equals(adapter(result.bestCheckpoint))).toBe(true);
+    const evals = readFileSync(join(out, "metrics.jsonl"), "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l))
+      .filter((m) => m.step === bestStep && "eval_loss" in m);
+    expect(result.evalLossAfter).toBe(evals[0].eval_loss);
+    const text = await runCli(["--quiet", "train", file, "--output_dir", join(root, "early-text")]);
+    expect(text.out).toMatch(/^stopped before max_steps: early stopping: eval_loss did not improve/m);
+    expect(text.out).toMatch(/^loaded the best checkpoint: .*checkpoint-\d+$/m);
+  });
+
   it("preprocess --debug shows the label mask: prompt tokens masked, completion and EOS trained", async () => {
     const base = await tinyModel();
     const data = writeData();

@@ -420,6 +420,14 @@ describe("evaluation and arguments", () => {
     expect(strategyByName("single").worldSize).toBe(1);
   });
 
+  it("fractional epochs run ceil(epochs × steps per epoch) steps, as transformers; a non-positive count is named", async () => {
+    const { trainer } = makeTrainer(randomBatches(4, 1, 4, 11), { numEpochs: 1.3 });
+    expect((await trainer.fit()).globalStep).toBe(Math.ceil(4 * 1.3));
+    expect(() => makeTrainer(randomBatches(1, 1, 4, 11), { numEpochs: 0 })).toThrow(
+      "TrainingArgs.numEpochs must be a positive number, got 0",
+    );
+  });
+
   it("max_steps wins over epochs and repeats the data", async () => {
     const { trainer } = makeTrainer(randomBatches(2, 1, 4, 11), { maxSteps: 5, numEpochs: 1 });
     const s = await trainer.fit();

@@ -64,6 +64,7 @@ export interface TrainingArgs {
    * learningRate given here must equal one of them (a mismatch is refused, not silently ignored).
    */
   readonly learningRate?: number;
+  /** May be fractional, as transformers' num_train_epochs: the run is ceil(numEpochs × steps per epoch) steps. */
   readonly numEpochs?: number;
   /** Wins over numEpochs. */
   readonly maxSteps?: number;
@@ -170,7 +171,7 @@ export class Trainer<B = unknown> {
       throw new TrainerError("EMPTY_DATASET", "Trainer.fit: the training data has no batches (empty dataset)");
     seedEverything(this.args.seed);
     this.stepsPerEpoch = Math.ceil(train.length / accum);
-    const maxSteps = this.args.maxSteps ?? this.stepsPerEpoch * (this.args.numEpochs ?? 1);
+    const maxSteps = this.args.maxSteps ?? Math.ceil(this.stepsPerEpoch * (this.args.numEpochs ?? 1));
     this.state.maxSteps = maxSteps;
     this.schedule = createSchedule({ name: "linear", ...this.args.scheduler, totalSteps: maxSteps });
     await this.strategy.setup({ model: this.model, optimizer: this.options.optimizer, params: this.trainable });
@@ -449,6 +450,25 @@ export class Trainer<B = unknown> {
     }
   }
 
+  /** The step of the best evaluation so far (by metricForBestModel), or -1. */
+  get bestEvalStep(): number {
+    return this.bestStep;
+  }
+
+  /**
+   * transformers' load_best_model_at_end: restore the trainable weights of the checkpoint saved at the best
+   * evaluation into the model. Returns its directory, or null when no checkpoint was saved at that step (the model
+   * keeps its last weights).
+   */
+  async loadBestModel(): Promise<string | null> {
+    const dir = this.state.bestCheckpoint;
+    const outputDir = this.args.outputDir;
+    if (!dir || !outputDir || this.bestStep < 0 || dir !== join(outputDir, `checkpoint-${this.bestStep}`)) return null;
+    await namingCheckpoint(dir, () => this.checkpointIO.loadModel(dir, this.model));
+    await this.strategy.barrier();
+    return dir;
+  }
+
   /** Write output_dir/checkpoint-<step>/ atomically, then rotate. */
   async saveCheckpoint(): Promise<string> {
     const outputDir = this.args.outputDir;
@@ -594,7 +614,10 @@ function checkArgs(a: TrainingArgs & { gradientAccumulationSteps: number }): voi
     });
   positiveInt(a.gradientAccumulationSteps, "gradientAccumulationSteps");
   positiveInt(a.maxSteps, "maxSteps");
-  positiveInt(a.numEpochs, "numEpochs");
+  if (a.numEpochs !== undefined && !(Number.isFinite(a.numEpochs) && a.numEpochs > 0))
+    throw new TrainerError("BAD_ARGUMENT", `TrainingArgs.numEpochs must be a positive number, got ${a.numEpochs}`, {
+      key: "numEpochs",
+    });
   positiveInt(a.loggingSteps, "loggingSteps");
   positiveInt(a.evalSteps, "evalSteps");
   positiveInt(a.saveSteps, "saveSteps");

@@ -114,6 +114,8 @@ function printResult(io: Io, global: GlobalOptions, result: TrainResult, resumed
       ? `trained ${result.globalStep} steps`
       : `trained ${Math.max(0, result.globalStep - resumedAt)} steps (resumed at step ${resumedAt}, now at ${result.globalStep})`;
   io.out(`${steps}${loss}`);
+  if (result.stoppedEarly) io.out(`stopped before max_steps: ${result.stoppedEarly}`);
+  if (result.bestCheckpoint) io.out(`loaded the best checkpoint: ${result.bestCheckpoint}`);
   io.out(`${result.interrupted ? "interrupted; " : ""}weights: ${result.modelDir}`);
   io.out(`report: ${result.reportPath}`);
 }

@@ -14,6 +14,7 @@ export interface EarlyStoppingOptions {
 export function earlyStopping(o: EarlyStoppingOptions): TrainerPlugin {
   const metric = o.metric ?? "eval_loss";
   let best: number | null = null;
+  let bestStep = 0;
   let bad = 0;
   return {
     name: "early-stopping",
@@ -24,15 +25,19 @@ export function earlyStopping(o: EarlyStoppingOptions): TrainerPlugin {
         const gain = best === null ? Number.POSITIVE_INFINITY : o.greaterIsBetter ? v - best : best - v;
         if (gain > (o.threshold ?? 0)) {
           best = v;
+          bestStep = ctx.state.globalStep;
           bad = 0;
         } else if (++bad >= o.patience) {
-          ctx.control.stop(`early stopping: ${metric} did not improve for ${bad} evaluations (best ${best})`);
+          ctx.control.stop(
+            `early stopping: ${metric} did not improve for ${bad} evaluation${bad === 1 ? "" : "s"} (best ${best} at step ${bestStep})`,
+          );
         }
       },
     },
-    stateDict: () => ({ best, bad }),
+    stateDict: () => ({ best, bestStep, bad }),
     loadStateDict(s) {
       ({ best, bad } = s as { best: number | null; bad: number });
+      bestStep = (s as { bestStep?: number }).bestStep ?? 0; // absent in checkpoints written before it was kept
     },
   };
 }
