@@ -507,6 +507,7 @@ async function trainInOutputDir(config: TrainConfig, options: TrainOptions): Pro
   if (config.neftune_noise_alpha)
     plugins.push(neftune({ alpha: config.neftune_noise_alpha, module: "model.embed_tokens" }));
   const trainer = new Trainer<TokenBatch>({
+    onWarning: say,
     model,
     optimizer: buildOptimizer(config, trainable),
     loss: batchLoss,

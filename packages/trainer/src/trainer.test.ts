@@ -29,7 +29,13 @@ afterEach(() => {
 function makeTrainer(
   batches: Batch[],
   args: Partial<TrainingArgs> = {},
-  extra: { plugins?: TrainerPlugin[]; eval?: Batch[]; seed?: number; train?: BatchSource<Batch> } = {},
+  extra: {
+    plugins?: TrainerPlugin[];
+    eval?: Batch[];
+    seed?: number;
+    train?: BatchSource<Batch>;
+    onWarning?: (m: string) => void;
+  } = {},
 ) {
   manualSeed(extra.seed ?? 7);
   const model = new TinyLM();
@@ -45,6 +51,7 @@ function makeTrainer(
     eval: extra.eval ? memorySource(extra.eval) : undefined,
     args: { learningRate: 0.01, loggingSteps: 1, ...args },
     plugins: extra.plugins,
+    onWarning: extra.onWarning,
   });
   return { model, optimizer, trainer };
 }
@@ -219,6 +226,25 @@ describe("plugins", () => {
     trainer.hooks.on("checkpoint:load", () => void expect(c2.steps).toBe(4));
     await trainer.fit({ resumeFrom: join(dir, "checkpoint-4") });
     expect(c2.steps).toBe(6);
+  });
+
+  it("a resume under other batching is said (its data position points at other examples); the same batching is not", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "qlora-recut-"));
+    await makeTrainer(randomBatches(6, 1, 4, 11), { outputDir: dir, saveSteps: 2, maxSteps: 2 }).trainer.fit();
+    const warned = (batches: number, accumulation: number) => {
+      const said: string[] = [];
+      const { trainer } = makeTrainer(
+        randomBatches(batches, 1, 4, 11),
+        { outputDir: dir, maxSteps: 3, gradientAccumulationSteps: accumulation },
+        { onWarning: (m) => said.push(m) },
+      );
+      return trainer.fit({ resumeFrom: join(dir, "checkpoint-2") }).then(() => said);
+    };
+    expect(await warned(6, 1)).toEqual([]);
+    expect(await warned(3, 1)).toEqual([
+      `resume: ${join(dir, "checkpoint-2")} was saved with 6 micro-batches per epoch and gradient accumulation 1; this run has 3 and 1, so its data position (micro-batch 2 of the epoch) points at other examples: the rest of this epoch skips or repeats some. Resume with the same micro_batch_size, gradient_accumulation_steps, sequence_len and data to continue exactly.`,
+    ]);
+    expect(await warned(6, 2)).toHaveLength(1);
   });
 
   it("two plugins with one name are refused", () => {
@@ -422,7 +448,12 @@ describe("evaluation and arguments", () => {
 
   it("fractional epochs run ceil(epochs × steps per epoch) steps, as transformers; a non-positive count is named", async () => {
     const { trainer } = makeTrainer(randomBatches(4, 1, 4, 11), { numEpochs: 1.3 });
-    expect((await trainer.fit()).globalStep).toBe(Math.ceil(4 * 1.3));
+    const state = await trainer.fit();
+    expect(state.globalStep).toBe(Math.ceil(4 * 1.3));
+    // every step record carries the process's RSS (the report's memory curve)
+    const steps = state.logHistory.filter((r) => "loss" in r);
+    expect(steps).toHaveLength(6);
+    for (const r of steps) expect(r["memory/rss"]).toBeGreaterThan(1e6);
     expect(() => makeTrainer(randomBatches(1, 1, 4, 11), { numEpochs: 0 })).toThrow(
       "TrainingArgs.numEpochs must be a positive number, got 0",
     );

@@ -94,6 +94,14 @@ export interface TrainerOptions<B> {
   readonly strategy?: Strategy;
   readonly precision?: Precision;
   readonly checkpointIO?: CheckpointIO;
+  /** What the trainer says without stopping (a resume whose data geometry changed). Default console.warn. */
+  readonly onWarning?: (message: string) => void;
+}
+
+/** How the data was cut when a checkpoint was saved: a resume under another cut reads other examples. */
+interface DataGeometry {
+  batchesPerEpoch: number;
+  gradientAccumulationSteps: number;
 }
 
 export interface FitOptions {
@@ -371,6 +379,8 @@ export class Trainer<B = unknown> {
       tokens_per_second: a.inputTokens / Math.max(seconds, 1e-9),
       loss_tokens_per_second: a.lossTokensRead / Math.max(seconds, 1e-9),
       epoch: this.state.epoch + this.state.batchInEpoch / this.options.train.length,
+      // the process's resident memory at each logged step: leaks and paging show as a slope (rss() is cheap)
+      "memory/rss": process.memoryUsage.rss(),
     };
     if (this.lastStep?.gradNorm !== undefined) metrics.grad_norm = this.lastStep.gradNorm;
     this.logAccum = this.freshLogWindow();
@@ -490,7 +500,11 @@ export class Trainer<B = unknown> {
         await saveStateTree(tmp, PLUGIN_STATE, pluginStates);
         await writeJson(join(tmp, "rng_state.json"), { seed: gen.seed, offset: gen.offset });
         await writeJson(join(tmp, "scheduler.json"), { ...this.args.scheduler, step, lr: this.lr });
-        await writeJson(join(tmp, "trainer_state.json"), { ...this.state, bestStep: this.bestStep });
+        await writeJson(join(tmp, "trainer_state.json"), {
+          ...this.state,
+          bestStep: this.bestStep,
+          dataGeometry: this.dataGeometry(),
+        });
       });
     await this.strategy.barrier();
     await this.hooks.emit("checkpoint:save", this.context({ dir }));
@@ -528,10 +542,32 @@ export class Trainer<B = unknown> {
           { file: rngFile, key },
         );
     manualSeed(rng!.seed as number).offset = rng!.offset as number;
-    const { bestStep, ...state } = saved;
+    const { bestStep, dataGeometry, ...state } = saved as typeof saved & { dataGeometry?: DataGeometry };
+    this.warnIfRecut(dir, dataGeometry, state.batchInEpoch);
     Object.assign(this.state, state, { maxSteps: this.state.maxSteps });
     this.bestStep = bestStep ?? -1;
     await this.hooks.emit("checkpoint:load", this.context({ dir }));
+  }
+
+  private dataGeometry(): DataGeometry {
+    return {
+      batchesPerEpoch: this.options.train.length,
+      gradientAccumulationSteps: this.args.gradientAccumulationSteps ?? 1,
+    };
+  }
+
+  /** The saved data position counts micro-batches: under another batching it points at other examples. */
+  private warnIfRecut(dir: string, saved: DataGeometry | undefined, batchInEpoch: number): void {
+    const now = this.dataGeometry();
+    if (
+      !saved ||
+      (saved.batchesPerEpoch === now.batchesPerEpoch &&
+        saved.gradientAccumulationSteps === now.gradientAccumulationSteps)
+    )
+      return;
+    (this.options.onWarning ?? console.warn)(
+      `resume: ${dir} was saved with ${saved.batchesPerEpoch} micro-batches per epoch and gradient accumulation ${saved.gradientAccumulationSteps}; this run has ${now.batchesPerEpoch} and ${now.gradientAccumulationSteps}, so its data position (micro-batch ${batchInEpoch} of the epoch) points at other examples: the rest of this epoch skips or repeats some. Resume with the same micro_batch_size, gradient_accumulation_steps, sequence_len and data to continue exactly.`,
+    );
   }
 
   /** The model's own switch: a setGradientCheckpointing(on) method or a boolean gradientCheckpointing field. */

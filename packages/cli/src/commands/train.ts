@@ -65,9 +65,11 @@ export function registerTrain(program: Command, io: Io): void {
       }
       const interruption = onInterrupt((signal) =>
         io.err(
-          signal === "SIGINT"
-            ? "qlora: interrupted — writing a checkpoint at the end of this step (Ctrl-C again to quit at once)"
-            : "qlora: interrupted (SIGTERM) — writing a checkpoint at the end of this step (a second signal quits at once)",
+          // on a terminal the progress bar holds the current line: the message starts below it
+          (process.stderr.isTTY && !global.quiet ? "\n" : "") +
+            (signal === "SIGINT"
+              ? "qlora: interrupted — writing a checkpoint at the end of this step (Ctrl-C again to quit at once)"
+              : "qlora: interrupted (SIGTERM) — writing a checkpoint at the end of this step (a second signal quits at once)"),
         ),
       );
       try {

@@ -136,7 +136,12 @@ describe("built-in plugins", () => {
     };
     const { trainer } = run([progress({ stream: stream as never, bar: true })]);
     await trainer.fit();
-    expect(text).toMatch(/6\/6 \| loss [\d.]+ \| lr/);
+    expect(text).toMatch(/6\/6 \| loss [\d.]+ \| eval - \| lr/);
+    // evaluations during training show on the bar (latest eval loss and its step)
+    text = "";
+    const evals = run([progress({ stream: stream as never, bar: true })], { evalSteps: 3 }, randomBatches(2, 2, 5, 11));
+    await evals.trainer.fit();
+    expect(text).toMatch(/6\/6 \| loss [\d.]+ \| eval [\d.]+ @6 \| lr/);
   });
 
   it("memory report: adapters, base weights and optimizer state at start and end", async () => {

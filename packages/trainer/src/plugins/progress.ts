@@ -1,5 +1,5 @@
 /**
- * Progress: a cli-progress bar (step/total, loss, lr, tokens/s, memory, ETA) when the stream is a terminal, plain
+ * Progress: a cli-progress bar (step/total, loss, latest eval loss, lr, tokens/s, memory, ETA) when the stream is a terminal, plain
  * log lines otherwise (CI, files, pipes).
  */
 import { SingleBar } from "cli-progress";
@@ -36,10 +36,11 @@ export function progress(o: ProgressOptions = {}): TrainerPlugin {
         if (!useBar || ctx.state.globalStep >= ctx.state.maxSteps) return;
         bar = new SingleBar({
           stream: stream as NodeJS.WriteStream,
-          format: "{bar} {value}/{total} | loss {loss} | lr {lr} | {tps} tok/s | mem {mem} | ETA {eta_formatted}",
+          format:
+            "{bar} {value}/{total} | loss {loss} | eval {eval} | lr {lr} | {tps} tok/s | mem {mem} | ETA {eta_formatted}",
           etaBuffer: 20,
         });
-        bar.start(ctx.state.maxSteps, ctx.state.globalStep, { loss: "-", lr: "-", tps: "-", mem: mem() });
+        bar.start(ctx.state.maxSteps, ctx.state.globalStep, { loss: "-", eval: "-", lr: "-", tps: "-", mem: mem() });
       },
       log(ctx) {
         const m = ctx.metrics;
@@ -61,7 +62,9 @@ export function progress(o: ProgressOptions = {}): TrainerPlugin {
         // A second evaluation at the same step (the model has not changed since) is not printed twice.
         if (ctx.state.globalStep === lastEvalStep) return;
         lastEvalStep = ctx.state.globalStep;
-        if (!bar)
+        // the bar shows the latest eval loss and its step; plain output gets a line per evaluation
+        if (bar) bar.update(ctx.state.globalStep, { eval: `${fmt(ctx.metrics?.eval_loss)} @${ctx.state.globalStep}` });
+        else
           stream.write(
             `step ${ctx.state.globalStep} eval_loss ${fmt(ctx.metrics?.eval_loss)} perplexity ${fmt(ctx.metrics?.eval_perplexity)}\n`,
           );
