@@ -53,6 +53,8 @@ export interface EstimateOptions {
   logitsChunk?: number;
   /** Train LoRA on every linear of the decoder layers (true) or on q_proj and v_proj only (PEFT's default). */
   allLinear: boolean;
+  /** lora_dropout: above 0 each LoRA linear also keeps its f32 dropout mask ([tokens, in]) for backward. */
+  loraDropout?: number;
 }
 
 /** When a row's bytes are alive: for the whole step, or at one of the two candidate peak moments. */
@@ -177,7 +179,13 @@ export function optimizerSpec(name: string): { optimizer: OptimizerKind; optimiz
 const F32 = 4;
 
 /** Bytes one decoder layer keeps for its backward (f32), read off the ops' saved tensors. */
-function layerSavedBytes(m: ModelShape, tokens: number, loraTargets: number, r: number): number {
+function layerSavedBytes(
+  m: ModelShape,
+  tokens: number,
+  targets: readonly [string, [number, number]][],
+  r: number,
+  dropout: boolean,
+): number {
   const q = m.numHeads * m.headDim;
   const kv = m.numKvHeads * m.headDim;
   const perToken =
@@ -185,7 +193,8 @@ function layerSavedBytes(m: ModelShape, tokens: number, loraTargets: number, r: 
     2 * q + // rotated queries and the attention output (attention saves both)
     2 * kv + // rotated keys and the values
     3 * m.intermediateSize + // gate, up and swiglu outputs (swiglu's and down_proj's inputs)
-    loraTargets * r + // each LoRA linear keeps x·Aᵀ for dB
+    targets.length * r + // each LoRA linear keeps x·Aᵀ for dB
+    (dropout ? targets.reduce((sum, [, [inF]]) => sum + inF, 0) : 0) + // and its dropout mask, as wide as its input
     m.numHeads + // attention's per-row log-sum-exp
     2; // the two RMSNorms' per-row 1/rms
   return tokens * F32 * perToken;
@@ -213,7 +222,7 @@ export function estimateMemory(m: ModelShape, o: EstimateOptions): MemoryPlan {
   const L = m.numLayers;
   const tokens = o.seqLen * o.microBatchSize;
   const hidden = tokens * m.hiddenSize * F32; // one [tokens, hidden] f32 activation
-  const saved = layerSavedBytes(m, tokens, targets.length, o.loraR);
+  const saved = layerSavedBytes(m, tokens, targets, o.loraR, (o.loraDropout ?? 0) > 0);
   const chunk = Math.min(o.logitsChunk ?? defaultLogitsChunk(m.vocabSize), tokens);
   const ckpt = o.gradientCheckpointing;
 

@@ -61,6 +61,11 @@ describe("qlora estimate", () => {
     const bad = await runCli(["estimate", "--model", dir, "--seq-len", "-3"]);
     expect(bad.code).toBe(2);
     expect(bad.err).toBe('qlora: --seq-len: expected a positive integer, got "-3"');
+    const dropout = await runCli(["estimate", "--model", dir, "--lora-dropout", "1.5"]);
+    expect(dropout.err).toBe('qlora: --lora-dropout: expected a number in [0, 1), got "1.5"');
+    const plain = JSON.parse((await runCli(["--json", "estimate", "--model", dir])).out);
+    const dropped = JSON.parse((await runCli(["--json", "estimate", "--model", dir, "--lora-dropout", "0.05"])).out);
+    expect(dropped.trackedPeakBytes).toBeGreaterThan(plain.trackedPeakBytes);
     const quant = await runCli(["estimate", "--model", dir, "--quant", "int3"]);
     expect(quant.err).toBe('qlora: --quant: expected nf4-dq, nf4 or none, got "int3"');
     const optimizer = await runCli(["estimate", "--model", dir, "--optimizer", "bogus"]);

@@ -32,6 +32,7 @@ interface Case {
   optimizerBits: 32 | 8;
   /** dtype of the non-quantized weights (embeddings, norms, lm_head); config.torch_dtype says the same. */
   storage: "f32" | "bf16";
+  loraDropout?: number;
 }
 
 const llama = (c: Record<string, unknown>, torchDtype = "float32") => ({
@@ -97,6 +98,24 @@ const CASES: Case[] = [
     storage: "f32",
   },
   {
+    name: "hidden 256, 2 layers, 2×256 tokens, no checkpointing, lora_dropout 0.1 (a mask per LoRA linear)",
+    config: llama({
+      hidden_size: 256,
+      intermediate_size: 688,
+      num_hidden_layers: 2,
+      num_attention_heads: 8,
+      num_key_value_heads: 4,
+      vocab_size: 2000,
+    }),
+    seqLen: 256,
+    microBatchSize: 2,
+    gradientCheckpointing: false,
+    loraR: 8,
+    optimizerBits: 32,
+    storage: "f32",
+    loraDropout: 0.1,
+  },
+  {
     name: "tied 32k vocabulary (two logits chunks), rank 16, checkpointed",
     config: llama({
       hidden_size: 128,
@@ -132,7 +151,13 @@ async function measure(c: Case): Promise<Measured> {
     randomLayers({ seed: 1, dtype: c.storage, quantize: { quantType: "nf4", doubleQuant: true, blocksize: 64 } }),
     { gradientCheckpointing: c.gradientCheckpointing },
   );
-  LoraModel.inject(model, { r: c.loraR, lora_alpha: 2 * c.loraR, target_modules: "all-linear" });
+  LoraModel.inject(model, {
+    r: c.loraR,
+    lora_alpha: 2 * c.loraR,
+    target_modules: "all-linear",
+    lora_dropout: c.loraDropout ?? 0,
+  });
+  model.train();
   const params = [...model.namedParameters()].filter(([, p]) => p.requiresGrad);
   const opt = new AdamW(params, { lr: 1e-3, bits: c.optimizerBits });
   const vocab = c.config.vocab_size as number;

@@ -26,6 +26,9 @@ export function registerEstimate(program: Command, io: Io): void {
     .option("--seq-len <n>", "tokens per sequence", (v) => positiveInt(v, "--seq-len"), DEFAULT_ESTIMATE.seqLen)
     .option("--micro-batch-size <n>", "sequences per micro-batch", (v) => positiveInt(v, "--micro-batch-size"), 1)
     .option("--lora-r <n>", "LoRA rank", (v) => positiveInt(v, "--lora-r"), DEFAULT_ESTIMATE.loraR)
+    .option("--lora-dropout <p>", "lora_dropout (above 0, each LoRA linear keeps its dropout mask)", (v) =>
+      probability(v, "--lora-dropout"),
+    )
     .option("--optimizer <name>", `as the config's optimizer key: ${OPTIMIZERS.join(" | ")}`, "paged_adamw_32bit")
     .option(
       "--quant <q>",
@@ -64,6 +67,7 @@ export function registerEstimate(program: Command, io: Io): void {
         seqLen: o.seqLen,
         microBatchSize: o.microBatchSize,
         loraR: o.loraR,
+        loraDropout: o.loraDropout,
         ...optimizerSpec(o.optimizer),
         // commander sets no default when both --x and --no-x are declared: off, as train's gradient_checkpointing
         gradientCheckpointing: o.gradientCheckpointing ?? DEFAULT_ESTIMATE.gradientCheckpointing,
@@ -101,4 +105,11 @@ function baseQuantOf(config: Record<string, unknown>, file: string, flag: BaseQu
       `--quant none: ${file} is a bitsandbytes 4-bit checkpoint; its base weights load as 4-bit (${own})`,
     );
   return flag ?? own;
+}
+
+function probability(v: string, flag: string): number {
+  const p = Number(v);
+  if (v.trim() === "" || !(p >= 0 && p < 1))
+    throw new CliError("BAD_ARGUMENT", `${flag}: expected a number in [0, 1), got "${v}"`);
+  return p;
 }
