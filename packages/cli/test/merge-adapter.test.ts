@@ -94,6 +94,30 @@ describe("qlora merge into a bitsandbytes 4-bit base", () => {
     expect(readdirSync(root).filter((n) => n.includes(".tmp-"))).toEqual([]);
   });
 
+  it("--dtype nf4 over a blocksize-128 base without double quant keeps both (read from the tensors); quantize refuses a 4-bit input", async () => {
+    const q128 = join(root, "q128");
+    expect(
+      (await runCli(["--quiet", "quantize", base, "--out", q128, "--blocksize", "128", "--no-double-quant"])).code,
+    ).toBe(0);
+    const out = join(root, "merged-q128-nf4");
+    const m = await runCli(["--quiet", "merge", "--model", q128, "--adapter", adapter, "--out", out, "--dtype", "nf4"]);
+    expect(m.err).toBe("");
+    const f = await openSafetensors(join(out, "model.safetensors"));
+    const state = JSON.parse(
+      Buffer.from(await f.read("model.layers.0.self_attn.q_proj.weight.quant_state.bitsandbytes__nf4")).toString(),
+    );
+    expect(f.names).not.toContain("model.layers.0.self_attn.q_proj.weight.nested_absmax");
+    await f.close();
+    expect(state.blocksize).toBe(128);
+    expect(config(out).quantization_config.bnb_4bit_use_double_quant).toBe(false);
+    // re-quantizing a 4-bit directory would copy its tensors under a config claiming other settings: refused
+    const again = await runCli(["quantize", q128, "--out", join(root, "q128-fp4"), "--quant-type", "fp4"]);
+    expect(again.code).toBe(2);
+    expect(again.err).toBe(
+      `qlora: model_dir: ${q128} is already a bitsandbytes 4-bit checkpoint (quantization_config in config.json); quantize its dense original, or copy the directory`,
+    );
+  });
+
   it("--dtype nf4 writes a proper bitsandbytes checkpoint (U8 codes, quantization_config) that reloads", async () => {
     const out = join(root, "merged-q4-nf4");
     const m = await runCli(["--quiet", "merge", "--model", q4, "--adapter", adapter, "--out", out, "--dtype", "nf4"]);

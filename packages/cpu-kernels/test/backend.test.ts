@@ -100,11 +100,12 @@ describe("loader fallback", () => {
     expect(cpuBackendInfo(backend)?.native).toBe(false);
   });
 
-  test("a missing binary ($QLORA_CPU_KERNELS_PATH) in a child process: no crash, exactly one warning", () => {
+  test("a missing binary ($QLORA_CPU_KERNELS_PATH) in a child process: no crash (setThreads included), exactly one warning", () => {
     const script = [
-      `import { cpuBackend, registerCpuBackend, createCpuBackend } from ${JSON.stringify(join(packageRoot, "src/index.ts"))};`,
+      `import { cpuBackend, registerCpuBackend, createCpuBackend, setThreads, getThreads } from ${JSON.stringify(join(packageRoot, "src/index.ts"))};`,
       "const again = createCpuBackend();",
-      "console.log(JSON.stringify({ name: cpuBackend.name, again: again.name, registered: registerCpuBackend() }));",
+      "setThreads(2); // the fallback has no pool: sizing it is not an error",
+      "console.log(JSON.stringify({ name: cpuBackend.name, again: again.name, registered: registerCpuBackend(), threads: getThreads() }));",
     ].join("\n");
     const child = spawnSync(
       process.execPath,
@@ -117,7 +118,12 @@ describe("loader fallback", () => {
       },
     );
     expect(child.status, child.stderr).toBe(0);
-    expect(JSON.parse(child.stdout.trim())).toEqual({ name: "reference", again: "reference", registered: false });
+    expect(JSON.parse(child.stdout.trim())).toEqual({
+      name: "reference",
+      again: "reference",
+      registered: false,
+      threads: 1,
+    });
     const warnings = child.stderr.match(/QLORA_CPU_KERNELS_FALLBACK/g) ?? [];
     expect(warnings).toHaveLength(1);
     expect(child.stderr).toMatch(/Cannot find module .*does-not-exist\.node/);

@@ -541,5 +541,17 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   const model = createModel(config, src, options);
   const unusedKeys = st.names.filter((k) => !reader.used.has(k));
   warnUnused(dir, unusedKeys, options.onWarning);
-  return { model, config, generationConfig, quantization: quant, preQuantized: pre !== null, unusedKeys };
+  const quantization = pre ? heldQuantization(pre, leaves) : quant;
+  return { model, config, generationConfig, quantization, preQuantized: pre !== null, unusedKeys };
+}
+
+/**
+ * A pre-quantized checkpoint's settings as its tensors hold them: quantization_config has no block size (bitsandbytes
+ * records it per tensor, in the quant_state), and the tensors are what a re-save or a merge must reproduce.
+ */
+function heldQuantization(pre: Required<QuantizeOptions>, leaves: Map<string, Module>): Required<QuantizeOptions> {
+  const first = [...leaves.values()].find((m): m is Linear4bit => m instanceof Linear4bit);
+  if (!first) return pre;
+  const s = first.quantState;
+  return { ...pre, quantType: s.quantType, blocksize: s.blocksize, doubleQuant: !(s.absmax instanceof Float32Array) };
 }

@@ -7,6 +7,7 @@ import { exportAdapterGguf, saveAdapter } from "@qlora/lora";
 import { CliError } from "../errors";
 import {
   baseModelReference,
+  bnb4bitConfig,
   copyTokenizerFiles,
   ggufMapping,
   loadForInference,
@@ -62,6 +63,12 @@ export function registerConvert(program: Command, io: Io): void {
       requireModelDir(dir, "model_dir");
       checkNotInput(o.out, dir, "--out", "model_dir");
       checkOutputDir(o.out, "--out");
+      // its tensors would be copied as they are while the config claimed the settings asked for
+      if (bnb4bitConfig(dir))
+        throw new CliError(
+          "BAD_ARGUMENT",
+          `model_dir: ${dir} is already a bitsandbytes 4-bit checkpoint (quantization_config in config.json); quantize its dense original, or copy the directory`,
+        );
       const quantization = {
         quantType: oneOf(o.quantType, ["nf4", "fp4"] as const, "--quant-type"),
         doubleQuant: o.doubleQuant as boolean,
