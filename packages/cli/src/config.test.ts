@@ -154,9 +154,10 @@ lora_target_modules:
     expect(c.fsdp).toBeUndefined();
     expect(c.fsdp_config).toBeUndefined();
     expect(c.lora_target_modules).toBeUndefined();
-    expect(parseTrainConfig(`base_model: m\ndatasets:\n  - path: d.jsonl\n    type:\n`).datasets[0].type).toBe(
-      "completion",
-    );
+    // an empty type is no type: each row's format is told by its keys
+    expect(
+      parseTrainConfig(`base_model: m\ndatasets:\n  - path: d.jsonl\n    type:\n`).datasets[0].type,
+    ).toBeUndefined();
     // --key null unsets a key the file sets; an unknown key stays an error even when empty
     expect(parseTrainConfig(`${minimal}max_steps: 5\n`, "run.yaml", { "max-steps": "null" }).max_steps).toBeUndefined();
     expect(errorOf(`${minimal}lora_alpah:\n`).message).toBe(

@@ -39,7 +39,8 @@ const CHAT_KEYS = ["field_messages", "message_property_mappings", "roles"] as co
 const datasetSchema = z
   .object({
     path: z.string().min(1),
-    type: z.enum(DATASET_TYPES).default("completion"),
+    // absent: each row's format is told by its keys (text, prompt/completion, instruction/output, messages)
+    type: z.enum(DATASET_TYPES).optional(),
     // chat_template (and sharegpt): where the turns are and what their roles are called.
     field_messages: z.string().min(1).optional(),
     message_property_mappings: z
@@ -53,7 +54,11 @@ const datasetSchema = z
     if (d.type === "chat_template" || d.type === "sharegpt") return;
     for (const key of CHAT_KEYS)
       if (d[key] !== undefined)
-        ctx.addIssue({ code: "custom", path: [key], message: `applies to type: chat_template only, not ${d.type}` });
+        ctx.addIssue({
+          code: "custom",
+          path: [key],
+          message: `applies to type: chat_template only, not ${d.type ?? "a dataset without type"}`,
+        });
   });
 
 /**

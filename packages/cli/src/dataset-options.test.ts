@@ -94,6 +94,13 @@ describe("datasetOptions", () => {
     expect(chatFields(config(`datasets: [{path: ${path}, type: alpaca}]\n`).datasets[0])).toBeUndefined();
   });
 
+  it("a dataset without type is read by each row's keys (prompt/completion rows train on the completion)", async () => {
+    const tok = await loadTokenizer(tokenizerDir);
+    const path = file("untyped.jsonl", [{ prompt: "What colour?", completion: " blue" }]);
+    const d = await loadTokenDataset(datasetOptions(config(`datasets: [{path: ${path}}]\n`), tok));
+    expect(tok.decode([...d.example(0).labels].filter((l) => l !== -100))).toBe(" blue<|eot_id|>");
+  });
+
   it("a ShareGPT row with only a human turn is dropped and summarised, or trained on with train_on_inputs", async () => {
     const tok = await loadTokenizer(tokenizerDir);
     const path = file("question-only.jsonl", [share, { conversations: [{ from: "human", value: "only a question" }] }]);

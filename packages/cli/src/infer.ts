@@ -98,7 +98,7 @@ export function resolveChatTemplate(option: string | undefined, adapterDir?: str
         "BAD_ARGUMENT",
         `--chat-template: expected chatml, tokenizer_default or a Jinja template file, got "${option}" (no such file)`,
       );
-    return checked({ source: readFileSync(option, "utf8"), from: option }, "--chat-template");
+    return checked({ source: readFileSync(option, "utf8"), from: option }, `--chat-template ${option}`);
   }
   if (!adapterDir) return null;
   const file = join(adapterDir, CHAT_TEMPLATE_FILE);

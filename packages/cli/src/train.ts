@@ -77,7 +77,7 @@ export interface TrainResult {
   bestCheckpoint?: string;
 }
 
-export const DATASET_FORMATS: Record<TrainConfig["datasets"][number]["type"], DataFormat> = {
+export const DATASET_FORMATS: Record<NonNullable<TrainConfig["datasets"][number]["type"]>, DataFormat> = {
   alpaca: "alpaca",
   completion: "text",
   text: "text",
@@ -142,7 +142,7 @@ export function datasetOptions(config: TrainConfig, tokenizer: DataTokenizer): D
   return {
     // Each dataset keeps its own type: a mixed list must not fall back to guessing formats by keys.
     files: config.datasets.map(
-      (d): DataFile => ({ path: d.path, format: DATASET_FORMATS[d.type], chat: chatFields(d) }),
+      (d): DataFile => ({ path: d.path, format: d.type ? DATASET_FORMATS[d.type] : "auto", chat: chatFields(d) }),
     ),
     tokenizer,
     trainOnInputs: config.train_on_inputs,

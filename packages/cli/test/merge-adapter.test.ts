@@ -377,5 +377,9 @@ describe("the chat template an adapter trained with", () => {
     expect(() => resolveChatTemplate(undefined, broken)).toThrow(
       new RegExp(`^${join(broken, CHAT_TEMPLATE_FILE).replace(/[.*+?^${}()|[\]\\/]/g, "\\$&")}: not a chat template`),
     );
+    // a broken template file given by flag is named too
+    expect(() => resolveChatTemplate(join(broken, CHAT_TEMPLATE_FILE))).toThrow(
+      `--chat-template ${join(broken, CHAT_TEMPLATE_FILE)}: not a chat template this CLI can render`,
+    );
   });
 });

@@ -114,13 +114,14 @@ export async function loadStateDict(dir: string): Promise<OptimizerStateDict> {
       }
       state[name] = { step: s.step, bits: s.bits, tensors };
     }
-    return {
+    const sd: OptimizerStateDict = {
       format: STATE_FORMAT,
       optimizer: json.optimizer,
       options: json.options,
       paramGroups: json.paramGroups,
       state,
     };
+    return Object.defineProperty(sd, "source", { value: dir, enumerable: false });
   } finally {
     await st.close();
   }

@@ -47,6 +47,10 @@ export interface ParamState {
 
 /** Host copies of an optimizer's state: what `save` writes and `loadStateDict` reads. */
 export interface OptimizerStateDict {
+  /**
+   * Where loadStateDict(dir) read it from (not enumerable: not part of the state); mismatch errors name it.
+   */
+  readonly source?: string;
   readonly format: typeof STATE_FORMAT;
   readonly optimizer: string;
   readonly options: { readonly bits: 8 | 32; readonly paged: boolean; readonly minEightBitSize: number };
@@ -310,40 +314,33 @@ export abstract class Optimizer<H extends BaseHyper> {
    */
   loadStateDict(sd: OptimizerStateDict, options: { strict?: boolean } = {}): void {
     const strict = options.strict ?? true;
-    if (sd.format !== STATE_FORMAT)
-      throw new OptimError("STATE_MISMATCH", `state dict format: expected "${STATE_FORMAT}", got "${sd.format}"`);
+    const mismatch = (what: string) => new OptimError("STATE_MISMATCH", sd.source ? `${sd.source}: ${what}` : what);
+    if (sd.format !== STATE_FORMAT) throw mismatch(`state dict format: expected "${STATE_FORMAT}", got "${sd.format}"`);
     if (sd.optimizer !== this.kind)
-      throw new OptimError("STATE_MISMATCH", `state dict was saved by ${sd.optimizer}, this optimizer is ${this.kind}`);
+      throw mismatch(`state dict was saved by ${sd.optimizer}, this optimizer is ${this.kind}`);
     if (strict && sd.paramGroups.length !== this.paramGroups.length)
-      throw new OptimError(
-        "STATE_MISMATCH",
-        `state dict has ${sd.paramGroups.length} parameter groups, this optimizer ${this.paramGroups.length}`,
+      throw mismatch(
+        `state dict has ${sd.paramGroups.length} parameter groups, this optimizer ${this.paramGroups.length} (groups come from how the optimizer is built: LoRA+ makes two); build it as the saved run did`,
       );
     // Validate everything before touching any state, so a failed load leaves the optimizer as it was.
     const restored = new Map<string, ParamState>();
     for (const [name, saved] of Object.entries(sd.state)) {
       const p = this.params.get(name);
-      if (!p)
-        throw new OptimError(
-          "STATE_MISMATCH",
-          `state dict has state for "${name}", which is not a parameter of this optimizer`,
-        );
+      if (!p) throw mismatch(`state dict has state for "${name}", which is not a parameter of this optimizer`);
       if (!Number.isInteger(saved.step) || saved.step < 0)
-        throw new OptimError("STATE_MISMATCH", `state of "${name}": step must be a non-negative integer`);
+        throw mismatch(`state of "${name}": step must be a non-negative integer`);
       if (saved.bits !== this.widthFor(p.size))
-        throw new OptimError(
-          "STATE_MISMATCH",
+        throw mismatch(
           `state of "${name}" is ${saved.bits}-bit, this optimizer keeps ${this.widthFor(p.size)}-bit state for it`,
         );
       const layout = this.stateLayout(p.size, saved.bits);
       for (const key of Object.keys(saved.tensors))
-        if (!(key in layout)) throw new OptimError("STATE_MISMATCH", `state of "${name}": unexpected buffer "${key}"`);
+        if (!(key in layout)) throw mismatch(`state of "${name}": unexpected buffer "${key}"`);
       for (const [key, want] of Object.entries(layout)) {
         const t = saved.tensors[key];
         const arrayOk = want.dtype === "u8" ? t?.data instanceof Uint8Array : t?.data instanceof Float32Array;
         if (!t || t.dtype !== want.dtype || !arrayOk || t.data.length !== want.length)
-          throw new OptimError(
-            "STATE_MISMATCH",
+          throw mismatch(
             `state of "${name}".${key}: expected ${want.dtype}[${want.length}], got ${t ? `${t.dtype}[${t.data.length}]` : "nothing"}`,
           );
       }
@@ -353,8 +350,7 @@ export abstract class Optimizer<H extends BaseHyper> {
       const mine = this.paramGroups[i];
       if (!mine) return;
       const same = g.names.length === mine.names.length && g.names.every((n, j) => n === mine.names[j]);
-      if (!same && strict)
-        throw new OptimError("STATE_MISMATCH", `paramGroups[${i}]: saved names differ from this optimizer's group`);
+      if (!same && strict) throw mismatch(`paramGroups[${i}]: saved names differ from this optimizer's group`);
       const hyper = { ...mine } as H & { names?: unknown };
       for (const k of this.hyperKeys) if (k in g.hyper) (hyper as Record<string, unknown>)[k] = g.hyper[k];
       this.validateHyper(hyper, `state dict paramGroups[${i}]`);

@@ -277,6 +277,18 @@ describe("state files", () => {
     expect(again.stateDict().state.w?.step).toBe(1);
   });
 
+  it("a saved state that does not fit the optimizer names the directory it came from", async () => {
+    const { dir } = await saved();
+    const two = new AdamW([{ params: [["w", param(5000, 1)]] }, { params: [["v", param(8, 2)]], lr: 1e-4 }], {
+      bits: 8,
+    });
+    await expect(two.load(dir)).rejects.toThrow(
+      `${dir}: state dict has 1 parameter groups, this optimizer 2 (groups come from how the optimizer is built: LoRA+ makes two); build it as the saved run did`,
+    );
+    const thirtyTwo = new AdamW([["w", param(5000, 1)]]);
+    await expect(thirtyTwo.load(dir)).rejects.toThrow(`${dir}: state of "w" is 8-bit, this optimizer keeps 32-bit`);
+  });
+
   it("a JSON from one save and tensors from another are refused (save id)", async () => {
     const a = await saved();
     const b = await saved();
