@@ -32,12 +32,21 @@ function workerExecArgv(execArgv: readonly string[] = process.execArgv): string[
   return kept;
 }
 
+function tsxApi(): string {
+  try {
+    return import.meta.resolve("tsx/esm/api");
+  } catch {
+    return "tsx/esm/api";
+  }
+}
+
 function spawnWorker(): Worker {
   const url = new URL(import.meta.url.endsWith(".ts") ? "./node-worker.ts" : "./node-worker.js", import.meta.url);
   const execArgv = workerExecArgv();
   if (url.pathname.endsWith(".ts")) {
-    // running from sources (monorepo tests): load the TypeScript worker through tsx
-    const code = `import("tsx/esm/api").then((api) => { api.register(); return import(${JSON.stringify(url.href)}); });`;
+    // running from sources (monorepo tests): load the TypeScript worker through tsx, resolved from this package (an
+    // eval'd worker resolves bare names from the process's directory, which may have no tsx)
+    const code = `import(${JSON.stringify(tsxApi())}).then((api) => { api.register(); return import(${JSON.stringify(url.href)}); });`;
     return new Worker(code, { eval: true, execArgv });
   }
   return new Worker(url, { execArgv });

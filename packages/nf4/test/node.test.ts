@@ -1,6 +1,8 @@
 import { execFileSync } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
-import { fileURLToPath } from "node:url";
+import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { describe, expect, it } from "vitest";
 import { f32ToBf16, Nf4Error, quantize4bit, recoverAbsmax } from "@qlora/nf4";
 import { quantize4bitParallel } from "@qlora/nf4/node";
@@ -107,5 +109,25 @@ describe("workers under the parent's Node flags", () => {
       { cwd: fileURLToPath(new URL("..", import.meta.url)), encoding: "utf8" },
     );
     expect(JSON.parse(out.trim().split("\n").pop()!)).toEqual({ same: true, bytes: 32000 });
+  }, 60_000);
+
+  it("quantizes in workers from sources when the process runs in a directory without tsx", () => {
+    // the eval'd worker used to import "tsx" by bare name, resolved from the process's directory
+    const dir = mkdtempSync(join(tmpdir(), "qlora-nf4-cwd-"));
+    const entry = pathToFileURL(fileURLToPath(new URL("../src/node.ts", import.meta.url))).href;
+    const script = `
+      const { quantize4bitParallel } = await import(${JSON.stringify(entry)});
+      const q = await quantize4bitParallel(new Float32Array(64 * 100).fill(0.5), { threads: 2, minParallelElements: 0 });
+      console.log(JSON.stringify({ bytes: q.packed.length }));`;
+    const tsx = fileURLToPath(import.meta.resolve("tsx"));
+    const out = execFileSync(
+      process.execPath,
+      ["--import", pathToFileURL(tsx).href, "--input-type=module", "-e", script],
+      {
+        cwd: dir,
+        encoding: "utf8",
+      },
+    );
+    expect(JSON.parse(out.trim().split("\n").pop()!)).toEqual({ bytes: 3200 });
   }, 60_000);
 });
