@@ -538,10 +538,16 @@ async function trainInOutputDir(config: TrainConfig, options: TrainOptions): Pro
   });
   const resumeFrom = config.resume_from_checkpoint;
   // As Axolotl's auto-resume, true with no checkpoint starts fresh; say so, or it looks like a resume.
-  if (resumeFrom === true && (await latestCheckpoint(outputDir)) === undefined)
-    say(`resume_from_checkpoint: no checkpoint in ${outputDir}; starting fresh`);
-  const evalLossBefore = data.eval ? (await trainer.evaluate()).eval_loss : undefined;
+  const freshAuto = resumeFrom === true && (await latestCheckpoint(outputDir)) === undefined;
+  if (freshAuto) say(`resume_from_checkpoint: no checkpoint in ${outputDir}; starting fresh`);
+  const resuming = resumeFrom !== undefined && resumeFrom !== false && !freshAuto;
+  // A resumed run's loss before training is in the checkpoint's log (step 0); evaluating the fresh adapter again
+  // would log a second step-0 record after the restored ones.
+  const evalBefore = data.eval && !resuming ? (await trainer.evaluate()).eval_loss : undefined;
   const state = await trainer.fit({ resumeFrom: resumeFrom === undefined ? undefined : resumeFrom });
+  const evalLossBefore = resuming
+    ? state.logHistory.find((r) => r.step === 0 && typeof r.eval_loss === "number")?.eval_loss
+    : evalBefore;
   const reason = trainer.control.stopReason;
   const stoppedEarly = reason?.startsWith("early stopping") ? reason : undefined;
   const best = config.load_best_model_at_end && !flag.interrupted ? await loadBest(trainer, say) : undefined;

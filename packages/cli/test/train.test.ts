@@ -128,6 +128,26 @@ output_dir: ${out}
     expect(resumed.out).toMatch(/^trained 0 steps \(resumed at step 15, now at 15\)/);
     expect(existsSync(join(past, "adapter", "adapter_model.safetensors"))).toBe(true);
     expect(existsSync(join(past, "report.html"))).toBe(true);
+
+    // a resumed run does not evaluate the fresh adapter again: its "before" is the checkpoint's step-0 eval
+    const cont = join(root, "run-continued");
+    const continued = await runCli([
+      "--quiet",
+      "--json",
+      "train",
+      join(root, "qlora.yaml"),
+      "--resume_from_checkpoint",
+      join(out, "checkpoint-15"),
+      "--output_dir",
+      cont,
+    ]);
+    expect(continued.code).toBe(0);
+    expect(JSON.parse(continued.out).evalLossBefore).toBe(result.evalLossBefore);
+    const records = readFileSync(join(cont, "metrics.jsonl"), "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
+    expect(records.filter((m) => m.step === 0 && "eval_loss" in m)).toEqual([]);
   });
 
   it("a second run into the output_dir of a running one is refused; the lock goes when the first ends", async () => {
