@@ -13,6 +13,7 @@ import {
   type ModelConfig,
   batchLoss,
   dequantizeModel,
+  upcastLinears,
   saveDense as saveDenseModel,
   compileChatTemplate,
   ggufArchitecture,
@@ -24,7 +25,7 @@ import {
   saveQuantized,
 } from "@qlora/models";
 import { type GgufLoraMapping, type LoraModel, loadAdapter } from "@qlora/lora";
-import { Linear, type Module, keep, noGrad } from "@qlora/tensor";
+import { noGrad } from "@qlora/tensor";
 import type { TokenBatchSource } from "@qlora/trainer";
 import { CliError } from "./errors";
 import { layerProgress } from "./progress";
@@ -230,19 +231,6 @@ export async function mergeAdapterInto(
 function storageDtype(config: Record<string, unknown>): "f32" | "bf16" | "f16" {
   const named = { float32: "f32", bfloat16: "bf16", float16: "f16" } as const;
   return named[config.torch_dtype as keyof typeof named] ?? "f32";
-}
-
-/** Every dense Linear of a bf16/f16 checkpoint becomes f32 (frozen), so a merge adds its delta at full precision. */
-function upcastLinears(model: Module): void {
-  for (const [name, m] of [...model.namedModules()]) {
-    if (!(m instanceof Linear) || m.weight.dtype === "f32") continue;
-    const weight = keep(noGrad(() => m.weight.detach().cast("f32")));
-    const bias = m.bias ? keep(noGrad(() => m.bias!.detach().cast("f32"))) : null;
-    const f32 = new Linear(m.inFeatures, m.outFeatures, { init: { weight, bias } });
-    for (const p of f32.parameters()) p.requiresGrad = false;
-    model.setSubmodule(name, f32);
-    m.dispose();
-  }
 }
 
 /** Move every file of `from` into `to` (created if needed), each by rename; `to`'s other files stay. */

@@ -371,19 +371,8 @@ describe("modules_to_save and bias", () => {
   });
 
   it("a tied output head in modules_to_save gets an untied trainable Linear copy, with a warning naming the tie", () => {
-    const model = new TinyModel();
     // lm_head tied to a [10, HIDDEN] matrix owned elsewhere (CausalLM's TiedLmHead: a weight, no parameter)
-    const shared = model.getSubmodule<Linear>("lm_head");
-    model.registerModule("embed", shared);
-    const tied = new (class TiedHead extends Module {
-      get weight() {
-        return model.getSubmodule<Linear>("embed").weight;
-      }
-      forward(x: Tensor) {
-        return model.getSubmodule<Linear>("embed").forward(x);
-      }
-    })();
-    model.setSubmodule("lm_head", tied);
+    const { model, embed: shared } = tiedModel();
     const x = input();
     const y0 = run(model, x);
     const warnings: string[] = [];

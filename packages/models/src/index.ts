@@ -25,7 +25,7 @@ export { batchLoss } from "./batch-loss";
 export type { TokenRows } from "./batch-loss";
 export { loadModel } from "./load";
 export type { LoadOptions, LoadedModel } from "./load";
-export { dequantizeModel, saveDense, saveQuantized, quantizedRecords, quantizationConfig } from "./save";
+export { dequantizeModel, saveDense, saveQuantized, quantizedRecords, quantizationConfig, upcastLinears } from "./save";
 export type { SaveDenseOptions, SaveQuantizedOptions } from "./save";
 export { HfTokenizer, loadTokenizer } from "./tokenizer";
 export type { EncodeOptions, DecodeOptions } from "./tokenizer";

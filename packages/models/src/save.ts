@@ -159,6 +159,22 @@ export async function saveQuantized(model: CausalLM, dir: string, options: SaveQ
     await writeTextAtomic(join(dir, "generation_config.json"), sortedJson(options.generationConfig));
 }
 
+/** A frozen dense f32 Linear over `weight` / `bias` (already f32, owned by it) put where `name` was; `old` is freed. */
+function replaceByF32Linear(
+  model: Module,
+  name: string,
+  old: Linear | Linear4bit,
+  weight: Tensor,
+  bias: Tensor | null,
+) {
+  const dense = new Linear(old.inFeatures, old.outFeatures, { init: { weight, bias } });
+  for (const p of dense.parameters()) p.requiresGrad = false;
+  model.setSubmodule(name, dense);
+  old.dispose();
+}
+
+const f32Copy = (t: Tensor) => keep(noGrad(() => t.detach().cast("f32")));
+
 /**
  * Replace every Linear4bit of `model` by a dense f32 Linear holding its dequantized weight (transformers'
  * model.dequantize()). Returns how many layers were dequantized.
@@ -167,12 +183,21 @@ export function dequantizeModel(model: Module): number {
   let n = 0;
   for (const [name, m] of [...model.namedModules()]) {
     if (!(m instanceof Linear4bit)) continue;
-    const weight = keep(m.dequantizedWeight());
-    const bias = m.bias ? keep(noGrad(() => m.bias!.detach().cast("f32"))) : null;
-    const dense = new Linear(m.inFeatures, m.outFeatures, { init: { weight, bias } });
-    for (const p of dense.parameters()) p.requiresGrad = false;
-    model.setSubmodule(name, dense);
-    m.dispose();
+    replaceByF32Linear(model, name, m, keep(m.dequantizedWeight()), m.bias ? f32Copy(m.bias) : null);
+    n++;
+  }
+  return n;
+}
+
+/**
+ * Replace every dense Linear held in bf16/f16 by a frozen f32 copy, so that merging an adapter adds its delta at full
+ * precision (a bf16 weight plus the delta would round back to bf16). Returns how many layers were upcast.
+ */
+export function upcastLinears(model: Module): number {
+  let n = 0;
+  for (const [name, m] of [...model.namedModules()]) {
+    if (!(m instanceof Linear) || m.weight.dtype === "f32") continue;
+    replaceByF32Linear(model, name, m, f32Copy(m.weight), m.bias ? f32Copy(m.bias) : null);
     n++;
   }
   return n;

@@ -20,7 +20,7 @@ import {
 } from "@qlora/tensor";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TINY_MODELS, writeTinyModel } from "../scripts/make-tiny-models";
-import { type CausalLM, dequantizeModel, loadModel, saveDense, saveQuantized, TiedLmHead } from "../src";
+import { type CausalLM, dequantizeModel, loadModel, saveDense, saveQuantized, TiedLmHead, upcastLinears } from "../src";
 import { readFixture, relErr, tempDir } from "./helpers";
 
 const dir = tempDir();
@@ -241,6 +241,15 @@ describe("bitsandbytes checkpoints", () => {
     await expect(saveDense(nf4.model, path("dense-2"))).rejects.toThrow(
       /saveDense\(.*dense-2\): "model\.layers\.0\.self_attn\.q_proj" is a 4-bit layer; call dequantizeModel\(model\)/,
     );
+    // upcastLinears: a bf16 model's dense linears become frozen f32 copies, computing the same logits
+    const upcast = await loadModel(path("qwen2-bf16"), { quantize: false });
+    const bf16Logits = Array.from(logitsOf(upcast.model));
+    expect(upcastLinears(upcast.model)).toBeGreaterThan(0);
+    for (const [, m] of upcast.model.namedModules())
+      if (m instanceof Linear) expect([m.weight.dtype, m.weight.requiresGrad]).toEqual(["f32", false]);
+    expect(relErr(logitsOf(upcast.model), bf16Logits)).toBeLessThan(1e-6);
+    expect(upcastLinears(upcast.model)).toBe(0);
+    upcast.model.dispose();
     // dequantizeModel: every 4-bit layer becomes a dense f32 Linear of its dequantized weight; then it saves
     expect(dequantizeModel(nf4.model)).toBeGreaterThan(0);
     const before = Array.from(logitsOf(nf4.model));
