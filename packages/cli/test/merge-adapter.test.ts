@@ -5,8 +5,9 @@
 import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { openSafetensors } from "@qlora/formats";
-import { loadTokenizer, writeTinyTokenizer } from "@qlora/models";
+import { openGguf, openSafetensors } from "@qlora/formats";
+import { dequantizeModel, loadModel, loadTokenizer, writeTinyTokenizer } from "@qlora/models";
+import type { Linear } from "@qlora/tensor";
 import { afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { TINY_MODELS, writeTinyModel } from "../../models/scripts/make-tiny-models";
 import {
@@ -116,6 +117,33 @@ describe("qlora merge into a bitsandbytes 4-bit base", () => {
     expect(again.err).toBe(
       `qlora: model_dir: ${q128} is already a bitsandbytes 4-bit checkpoint (quantization_config in config.json); quantize its dense original, or copy the directory`,
     );
+  });
+
+  it("export --format gguf of a bitsandbytes 4-bit base writes the dequantized weights it computes with", async () => {
+    const out = join(root, "q4.gguf");
+    const r = await runCli([
+      "--quiet",
+      "export",
+      "--model",
+      q4,
+      "--format",
+      "gguf",
+      "--gguf-type",
+      "f32",
+      "--out",
+      out,
+    ]);
+    expect(r.err).toBe("");
+    expect(r.out).toBe(`wrote f32 GGUF to ${out} (dequantized from bitsandbytes 4-bit)`);
+    const { model } = await loadModel(q4);
+    dequantizeModel(model);
+    const v = model.getSubmodule<Linear>("model.layers.0.self_attn.v_proj").weight.toTypedArray();
+    const g = await openGguf(out);
+    const bytes = await g.read("blk.0.attn_v.weight");
+    expect(Array.from(new Float32Array(bytes.slice().buffer))).toEqual(Array.from(v));
+    model.dispose();
+    // nothing is left beside the output
+    expect(readdirSync(root).filter((n) => n.includes("dequantized"))).toEqual([]);
   });
 
   it("--dtype nf4 writes a proper bitsandbytes checkpoint (U8 codes, quantization_config) that reloads", async () => {

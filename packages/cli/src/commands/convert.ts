@@ -1,8 +1,9 @@
 /** Commands that write model files: quantize, merge, export. */
 import { existsSync, statSync } from "node:fs";
-import { join, normalize, sep } from "node:path";
+import { rm } from "node:fs/promises";
+import { basename, dirname, join, normalize, resolve, sep } from "node:path";
 import type { Command } from "commander";
-import { exportGguf, loadModel, saveQuantized } from "@qlora/models";
+import { dequantizeModel, exportGguf, loadModel, saveQuantized } from "@qlora/models";
 import { exportAdapterGguf, saveAdapter } from "@qlora/lora";
 import { CliError } from "../errors";
 import {
@@ -15,6 +16,7 @@ import {
   requireModelDir,
   resolveChatTemplate,
   saveChatTemplate,
+  saveDense,
 } from "../infer";
 import type { GlobalOptions, Io } from "../main";
 import { positiveInt } from "../main";
@@ -140,11 +142,44 @@ export function registerConvert(program: Command, io: Io): void {
         return report(io, global.json, { out: r.path, alpha: r.alpha }, `wrote GGUF LoRA adapter to ${r.path}`);
       }
       const type = oneOf(o.ggufType, ["f32", "f16", "bf16", "q8_0"] as const, "--gguf-type");
-      const bar = layerProgress(`exporting ${o.model}`, global.quiet, process.stderr, "tensors");
-      const r = await exportGguf(o.model, o.out, {
-        outType: type.toUpperCase() as "F32",
-        onProgress: bar.onProgress,
-      }).finally(bar.stop);
-      report(io, global.json, { out: r.path, architecture: r.architecture }, `wrote ${type} GGUF to ${r.path}`);
+      // llama.cpp has no bitsandbytes type: a 4-bit base is exported as the weights it computes with, dequantized
+      const bnb = bnb4bitConfig(o.model) !== null;
+      const from = bnb ? await dequantizedCopy(o.model, o.out, global.quiet) : o.model;
+      try {
+        const bar = layerProgress(`exporting ${o.model}`, global.quiet, process.stderr, "tensors");
+        const r = await exportGguf(from, o.out, {
+          outType: type.toUpperCase() as "F32",
+          onProgress: bar.onProgress,
+        }).finally(bar.stop);
+        const note = bnb ? " (dequantized from bitsandbytes 4-bit)" : "";
+        report(
+          io,
+          global.json,
+          { out: r.path, architecture: r.architecture, dequantized: bnb },
+          `wrote ${type} GGUF to ${r.path}${note}`,
+        );
+      } finally {
+        if (bnb) await rm(from, { recursive: true, force: true });
+      }
     });
+}
+
+/**
+ * A bitsandbytes 4-bit checkpoint written out dense (f32, as it computes) beside `out`, for GGUF export. The caller
+ * removes it.
+ */
+async function dequantizedCopy(modelDir: string, out: string, quiet: boolean | undefined): Promise<string> {
+  const tmp = join(dirname(resolve(out)), `.${basename(out)}.dequantized-${process.pid}`);
+  const bar = layerProgress(`loading ${modelDir}`, quiet);
+  const { model } = await loadModel(modelDir, { onProgress: bar.onProgress }).finally(bar.stop);
+  try {
+    dequantizeModel(model);
+    await saveDense(model, modelDir, tmp, "f32");
+  } catch (e) {
+    await rm(tmp, { recursive: true, force: true });
+    throw e;
+  } finally {
+    model.dispose();
+  }
+  return tmp;
 }
