@@ -178,6 +178,45 @@ describe(`qlora train on several processes${skip}`, () => {
     },
   );
 
+  it.skipIf(!!skip)(
+    "an epoch whose batches do not divide over the ranks trains every example: the adapter equals one process accumulating",
+    async () => {
+      // 21 rows, micro-batches of 2: 11 batches, so rank 1's last step is an empty batch (nothing dropped)
+      const rows = Array.from({ length: 21 }, (_, i) =>
+        JSON.stringify({ prompt: `thing ${i % 5} is`, completion: ` ${["big", "small", "odd"][i % 3]} ${i}` }),
+      );
+      writeFileSync(join(root, "data21.jsonl"), rows.join("\n"));
+      const epoch = writeConfig("epoch.yaml", 1);
+      writeFileSync(
+        epoch,
+        readFileSync(epoch, "utf8")
+          .replace("data.jsonl", "data21.jsonl")
+          .replace(/^max_steps: 1$/m, "num_epochs: 1"),
+      );
+      const two = await qlora(["--json", "train", epoch, "--nproc", "2", "--output-dir", join(root, "epoch-2")]);
+      expect(two.code).toBe(0);
+      const one = await runCli([
+        "--quiet",
+        "--json",
+        "train",
+        epoch,
+        "--gradient-accumulation-steps",
+        "2",
+        "--output-dir",
+        join(root, "epoch-1"),
+      ]);
+      expect(one.code).toBe(0);
+      expect(JSON.parse(two.out.trim().split("\n").at(-1)!).globalStep).toBe(6);
+      expect(JSON.parse(one.out).globalStep).toBe(6);
+      const diff = maxAbsDiff(
+        await adapterValues(join(root, "epoch-2", "adapter")),
+        await adapterValues(join(root, "epoch-1", "adapter")),
+      );
+      expect(diff).toBe(0);
+    },
+    120_000,
+  );
+
   it.skipIf(!!skip)("only rank 0 prints progress and the result", () => {
     const steps = linesPerRank(job.err, /^step \d+\/\d+ loss/);
     expect(steps).toEqual([STEPS, 0]);

@@ -339,6 +339,34 @@ describe("batches", () => {
     expect(cells(grouped)).toBeLessThan(cells(plain));
   });
 
+  it("across ranks every example is trained once per epoch, also when batches do not divide evenly", async () => {
+    // 11 distinct rows, micro-batches of 2: 6 batches over 4 ranks (two ranks get an empty batch to match steps)
+    const f = jsonl(Array.from({ length: 11 }, (_, i) => ({ prompt: `q${i}`, completion: ` a${"x".repeat(i)}` })));
+    for (const worldSize of [1, 2, 3, 4, 7]) {
+      const seen: string[] = [];
+      let lossTokens = 0;
+      const lengths = new Set<number>();
+      for (let rank = 0; rank < worldSize; rank++) {
+        const d = await loadTokenDataset(base(f, { rank, worldSize, microBatchSize: 2 }));
+        lengths.add(d.train.length);
+        for (const b of d.train.batches(1, 0)) {
+          lossTokens += b.numLossTokens;
+          for (let r = 0; r < b.rows; r++) {
+            const ids = [...b.inputIds.subarray(r * b.seqLen, (r + 1) * b.seqLen)].filter(
+              (_, t) => b.segmentIds[r * b.seqLen + t] > 0,
+            );
+            if (ids.length) seen.push(ids.join());
+          }
+        }
+      }
+      expect(lengths.size, `${worldSize} ranks run one step count`).toBe(1);
+      expect(seen.length, `${worldSize} ranks`).toBe(11);
+      expect(new Set(seen).size).toBe(11);
+      const one = await loadTokenDataset(base(f, { microBatchSize: 2 }));
+      expect(lossTokens).toBe([...one.train.batches(1, 0)].reduce((t, b) => t + b.numLossTokens, 0));
+    }
+  });
+
   it("ranks get disjoint batches of equal count", async () => {
     const f = jsonl(rows);
     const r0 = await loadTokenDataset(base(f, { rank: 0, worldSize: 2 }));

@@ -241,12 +241,11 @@ function batchSource(
     : idx.map((i) => [i]);
   const worldSize = o.worldSize ?? 1;
   const rank = o.rank ?? 0;
-  const perRank = Math.floor(Math.ceil(rows.length / o.microBatchSize) / worldSize);
-  if (perRank === 0)
-    throw new TrainerError(
-      "EMPTY_DATASET",
-      `dataset: ${rows.length} rows make no micro-batch of ${o.microBatchSize} per rank for ${worldSize} ranks`,
-    );
+  // Every batch is some rank's, every epoch: batch b goes to rank b mod N, and a rank left one short gets an empty
+  // batch (no token carries loss), so each rank runs the same number of steps (their collectives pair up) while no
+  // example is dropped or repeated. The step's loss is normalised by its loss tokens over all ranks, so a step equals
+  // one process accumulating the same batches; an eval pass counts every example once.
+  const perRank = Math.ceil(Math.ceil(rows.length / o.microBatchSize) / worldSize);
   const rowLen = (r: number[]) => r.reduce((s, i) => s + store.length(i), 0);
   const epochBatches = (epoch: number): number[][][] => {
     let order = o.shuffle ? seededPermutation(rows.length, o.seed, epoch + 1) : rows.map((_, i) => i);
@@ -254,13 +253,17 @@ function batchSource(
     const batches: number[][][] = [];
     for (let b = 0; b < order.length; b += o.microBatchSize)
       batches.push(order.slice(b, b + o.microBatchSize).map((i) => rows[i]));
-    return batches.filter((_, b) => b % worldSize === rank).slice(0, perRank);
+    return batches.filter((_, b) => b % worldSize === rank);
   };
   return {
     length: perRank,
     *batches(epoch, skip) {
       const all = epochBatches(epoch);
-      for (let b = skip; b < all.length; b++) {
+      for (let b = skip; b < perRank; b++) {
+        if (b >= all.length) {
+          yield collate([[]], 2, o.padId); // this rank's share ran out: a batch that trains nothing
+          continue;
+        }
         const exRows = all[b].map((r) => r.map((i) => store.get(i)));
         const seqLen = o.packing || o.padToMaxLength ? o.maxLength : Math.max(...all[b].map(rowLen));
         yield collate(exRows, seqLen, o.padId);
