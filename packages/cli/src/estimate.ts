@@ -109,7 +109,7 @@ export function modelShapeFromConfig(config: Record<string, unknown>, file = "co
   };
   const hiddenSize = int("hidden_size");
   const numHeads = int("num_attention_heads");
-  const dtype = config.torch_dtype ?? "bfloat16";
+  const dtype = config.torch_dtype ?? config.dtype ?? "bfloat16";
   return {
     hiddenSize,
     intermediateSize: int("intermediate_size"),

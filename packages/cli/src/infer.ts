@@ -227,10 +227,10 @@ export async function mergeAdapterInto(
   return { dequantized };
 }
 
-/** The float dtype a checkpoint's config names (torch_dtype), f32 where it names none, as transformers' default. */
+/** The float dtype a checkpoint's config names (torch_dtype, or v5's dtype), f32 where it names none, as transformers. */
 function storageDtype(config: Record<string, unknown>): "f32" | "bf16" | "f16" {
   const named = { float32: "f32", bfloat16: "bf16", float16: "f16" } as const;
-  return named[config.torch_dtype as keyof typeof named] ?? "f32";
+  return named[(config.torch_dtype ?? config.dtype) as keyof typeof named] ?? "f32";
 }
 
 /** Move every file of `from` into `to` (created if needed), each by rename; `to`'s other files stay. */
@@ -242,7 +242,9 @@ async function moveInto(from: string, to: string): Promise<void> {
   }
   const moved = await readdir(from);
   for (const f of moved) await rename(join(from, f), join(to, f));
-  await removeStaleShards(to, moved); // an earlier model's index would shadow the new model.safetensors
+  // an earlier model's index would shadow the new model.safetensors, and its chat template the tokenizer's own
+  await removeStaleShards(to, moved);
+  if (!moved.includes(CHAT_TEMPLATE_FILE)) await rm(join(to, CHAT_TEMPLATE_FILE), { force: true });
 }
 
 /** llama.cpp names and q/k permutation of this model, for the adapter GGUF. */

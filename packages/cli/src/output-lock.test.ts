@@ -33,4 +33,25 @@ describe("the output_dir lock", () => {
     writeFileSync(join(dir, LOCK_FILE), JSON.stringify({ pid: dead, host: "elsewhere", started: "then" }));
     expect(() => lockOutputDir(dir)).toThrow(`(if no run is active there, delete ${join(dir, LOCK_FILE)})`);
   });
+
+  it("a reused pid is not its old run: this process's own pid in a lock it does not hold, or another start time", () => {
+    const dir = mkdtempSync(join(tmpdir(), "qlora-lock-"));
+    // a container's entrypoint is pid 1 every time: the killed run's lock names the new run's own pid
+    writeFileSync(join(dir, LOCK_FILE), JSON.stringify({ pid: process.pid, host: hostname(), started: "then" }));
+    lockOutputDir(dir)();
+    // a live process (the test runner's parent) that started at another time than the lock says
+    writeFileSync(
+      join(dir, LOCK_FILE),
+      JSON.stringify({ pid: process.ppid, host: hostname(), started: "then", procStart: "1" }),
+    );
+    lockOutputDir(dir)();
+    // the same live process with its real start time still holds it
+    const stat = readFileSync(`/proc/${process.ppid}/stat`, "utf8");
+    const procStart = stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+    writeFileSync(
+      join(dir, LOCK_FILE),
+      JSON.stringify({ pid: process.ppid, host: hostname(), started: "then", procStart }),
+    );
+    expect(() => lockOutputDir(dir)).toThrow(`is in use by another qlora train (pid ${process.ppid} on ${hostname()}`);
+  });
 });

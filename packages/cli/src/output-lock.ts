@@ -15,6 +15,20 @@ interface LockOwner {
   pid: number;
   host: string;
   started: string;
+  /** The kernel's start time of that pid (/proc/<pid>/stat field 22), where there is one: a reused pid has another. */
+  procStart?: string;
+}
+
+/** Lock files this process holds: its own pid in a lock it does not hold is a dead run's (a container's pid 1). */
+const held = new Set<string>();
+
+function procStart(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+  } catch {
+    return undefined;
+  }
 }
 
 function alive(pid: number): boolean {
@@ -24,6 +38,15 @@ function alive(pid: number): boolean {
   } catch (e) {
     return (e as NodeJS.ErrnoException).code === "EPERM"; // exists, owned by another user
   }
+}
+
+/** Whether the run that wrote `owner` may still be running (on another host nobody can tell: assume so). */
+function running(owner: LockOwner, path: string): boolean {
+  if (owner.host !== hostname()) return true;
+  if (owner.pid === process.pid) return held.has(path);
+  if (!alive(owner.pid)) return false;
+  const now = procStart(owner.pid);
+  return owner.procStart === undefined || now === undefined || now === owner.procStart;
 }
 
 function readOwner(path: string): LockOwner | null {
@@ -42,25 +65,32 @@ export function lockOutputDir(dir: string): () => void {
   for (let attempt = 0; ; attempt++) {
     try {
       const fd = openSync(path, "wx");
-      const owner: LockOwner = { pid: process.pid, host: hostname(), started: new Date().toISOString() };
+      const owner: LockOwner = {
+        pid: process.pid,
+        host: hostname(),
+        started: new Date().toISOString(),
+        procStart: procStart(process.pid),
+      };
       writeSync(fd, `${JSON.stringify(owner)}\n`);
       closeSync(fd);
       break;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== "EEXIST" || attempt > 0) throw e;
       const owner = readOwner(path);
-      if (owner && (owner.host !== hostname() || alive(owner.pid)))
+      if (owner && running(owner, path))
         throw new CliError(
           "BAD_PATH",
-          `output_dir: ${dir} is in use by another qlora train (pid ${owner.pid} on ${owner.host}, started ${owner.started}); wait for it to finish or write to another output_dir${owner.host === hostname() ? "" : ` (if no run is active there, delete ${path})`}`,
+          `output_dir: ${dir} is in use by another qlora train (pid ${owner.pid} on ${owner.host}, started ${owner.started}); wait for it to finish or write to another output_dir (if no run is active there, delete ${path})`,
         );
       unlinkSync(path); // a dead run's lock
     }
   }
+  held.add(path);
   let released = false;
   const release = () => {
     if (released) return;
     released = true;
+    held.delete(path);
     process.off("exit", release);
     try {
       unlinkSync(path);

@@ -2,7 +2,7 @@
  * Merging into a bitsandbytes 4-bit base, full fine-tunes of a bf16 checkpoint, modules_to_save on a tied model,
  * adapter_config.json's task_type / base_model_name_or_path and the chat template saved with an adapter.
  */
-import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { openGguf, openSafetensors } from "@qlora/formats";
@@ -205,14 +205,36 @@ describe("qlora merge into a bf16 base", () => {
     // an earlier sharded save in the output directory: its index would shadow the new model.safetensors
     await writeTinyModel(out, TINY_MODELS.find((s) => s.name === "llama3")!, { maxShardSize: 20_000 });
     expect(readdirSync(out)).toContain("model.safetensors.index.json");
+    writeFileSync(join(out, CHAT_TEMPLATE_FILE), CHATML_TEMPLATE); // the earlier model's: loaders prefer this file
     const r = await runCli(["--quiet", "merge", "--model", tied, "--adapter", ad, "--out", out, "--dtype", "nf4"]);
     expect(r.err).toBe("");
     expect(readdirSync(out).filter((f) => f.includes("safetensors"))).toEqual(["model.safetensors"]);
+    expect(existsSync(join(out, CHAT_TEMPLATE_FILE))).toBe(false);
     expect(config(out).torch_dtype).toBe("bfloat16");
     const d = await dtypes(out);
     expect(d["model.layers.0.self_attn.q_proj.weight"]).toBe("U8");
     for (const name of ["model.embed_tokens.weight", "model.norm.weight", "model.layers.0.input_layernorm.weight"])
       expect(d[name], name).toBe("BF16");
+    const f = await openSafetensors(join(out, "model.safetensors"));
+    const state = await f.read("model.layers.0.self_attn.q_proj.weight.quant_state.bitsandbytes__nf4");
+    await f.close();
+    expect(JSON.parse(Buffer.from(state).toString()).dtype).toBe("bfloat16");
+    // a transformers v5 base names it "dtype": read the same, and the merged config keeps one key
+    const v5 = join(root, "tied-v5");
+    cpSync(tied, v5, { recursive: true });
+    const { torch_dtype, ...rest } = config(tied);
+    writeFileSync(join(v5, "config.json"), JSON.stringify({ ...rest, dtype: torch_dtype }));
+    const outV5 = join(root, "tied-v5-merged");
+    expect(
+      (await runCli(["--quiet", "merge", "--model", v5, "--adapter", ad, "--out", outV5, "--dtype", "nf4"])).err,
+    ).toBe("");
+    expect((await dtypes(outV5))["model.embed_tokens.weight"]).toBe("BF16");
+    expect([config(outV5).dtype, config(outV5).torch_dtype]).toEqual(["bfloat16", undefined]);
+    const f32 = join(root, "tied-v5-f32");
+    expect(
+      (await runCli(["--quiet", "merge", "--model", v5, "--adapter", ad, "--out", f32, "--dtype", "f32"])).err,
+    ).toBe("");
+    expect([config(f32).dtype, config(f32).torch_dtype]).toEqual(["float32", undefined]);
     const reloaded = await evalLoss(["--model", out]);
     const onBase = await evalLoss(["--model", tied, "--adapter", ad]);
     expect(Math.abs(reloaded - onBase) / onBase).toBeLessThan(5e-2);
@@ -399,7 +421,6 @@ describe("the chat template an adapter trained with", () => {
       'qlora: --chat-template: expected chatml, tokenizer_default or a Jinja template file, got "nope.jinja" (no such file)',
     );
     const broken = join(root, "broken-adapter");
-    const { cpSync } = await import("node:fs");
     cpSync(adapter, broken, { recursive: true });
     writeFileSync(join(broken, CHAT_TEMPLATE_FILE), "{% for m in messages %}");
     expect(() => resolveChatTemplate(undefined, broken)).toThrow(

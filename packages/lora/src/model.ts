@@ -38,6 +38,19 @@ function matchesModuleToSave(list: readonly string[] | null, key: string): boole
   return !!list && list.some((n) => key === n || key.endsWith(`.${n}`));
 }
 
+/**
+ * The config as PEFT records it after keeping a tie (its modules_to_tie): a listed head is saved as the embedding it
+ * reads, so modules_to_save names the embedding (listed once).
+ */
+function withTiedNames(config: LoraConfig, retied: ReadonlyMap<string, string>): LoraConfig {
+  const renamed = (n: string) => {
+    for (const [key, source] of retied) if (key === n || key.endsWith(`.${n}`)) return source.split(".").at(-1)!;
+    return n;
+  };
+  const list = [...new Set((config.modules_to_save ?? []).map(renamed))];
+  return Object.freeze({ ...config, modules_to_save: list });
+}
+
 /** Why `m` cannot take a LoRA adapter, in the user's terms (a tied head, an embedding, another module). */
 function unsupportedTarget(key: string, m: Module): LoraError {
   const what =
@@ -167,7 +180,8 @@ export class LoraModel<M extends Module = Module> {
         this.onWarning(
           `LoraConfig.modules_to_save: "${n}" matches no module of the model; nothing is trained or saved for it (adapter "${name}")`,
         );
-    const readBase = this.resolveTies(toSave, candidates, resolved, name);
+    const retied = new Map<string, string>();
+    const readBase = this.resolveTies(toSave, candidates, resolved, name, retied);
     if (targets.length === 0)
       throw new LoraError(
         "NO_TARGET",
@@ -211,7 +225,7 @@ export class LoraModel<M extends Module = Module> {
       for (const u of undo.reverse()) u();
       throw e;
     }
-    this.configs.set(name, resolved);
+    this.configs.set(name, retied.size ? withTiedNames(resolved, retied) : resolved);
     if (this.active.length === 0) this.active = [name];
     this.setAdapter(this.active);
   }
@@ -227,6 +241,7 @@ export class LoraModel<M extends Module = Module> {
     modules: readonly [string, Module][],
     config: LoraConfig,
     name: string,
+    retied: Map<string, string>,
   ): Set<string> {
     const readBase = new Set<string>();
     let tiesKept = 0;
@@ -247,6 +262,7 @@ export class LoraModel<M extends Module = Module> {
       if (ensure && source) {
         // the head's tie is kept by training its embedding (PEFT's modules_to_tie)
         toSave.splice(i--, 1);
+        retied.set(key, source[0]);
         if (!toSave.some(([k]) => k === source[0])) toSave.push(source);
         tiesKept++;
         if (train)

@@ -454,6 +454,8 @@ describe("modules_to_save and bias", () => {
       expect(wrapper).toBeInstanceOf(ModulesToSaveWrapper);
       expect(lm.trainableParameters().map(([n]) => n)).toContain("embed.modules_to_save.default.weight");
       expect(warnings.length, listed).toBe(listed === "lm_head" ? 1 : 0);
+      // recorded as PEFT does (modules_to_tie): the embedding is what is saved, so it is what modules_to_save names
+      expect(lm.configs.get("default")!.modules_to_save).toEqual(["embed"]);
       const copy = wrapper.copies.get("default") as Linear;
       copy.loadStateDict({ weight: copy.weight.mul(2) });
       const y1 = run(model, x);

@@ -59,7 +59,7 @@ export interface ModelConfig {
   bosTokenId: number | number[] | null;
   eosTokenId: number | number[] | null;
   padTokenId: number | null;
-  /** torch_dtype of the checkpoint ("bfloat16", "float16", "float32"), if stated. */
+  /** The checkpoint's dtype ("bfloat16", "float16", "float32"): `torch_dtype`, or transformers v5's `dtype`. */
   torchDtype: string | null;
   /** The parsed config.json as read (saveQuantized writes it back with quantization_config). */
   raw: Record<string, unknown>;
@@ -255,7 +255,8 @@ export function parseConfig(raw: unknown, file = "config.json"): ModelConfig {
     bosTokenId: r.tokenIds("bos_token_id"),
     eosTokenId: r.tokenIds("eos_token_id"),
     padTokenId: r.has("pad_token_id") ? (r.tokenIds("pad_token_id") as number) : null,
-    torchDtype: typeof r.raw.torch_dtype === "string" ? r.raw.torch_dtype : null,
+    torchDtype:
+      typeof r.raw.torch_dtype === "string" ? r.raw.torch_dtype : typeof r.raw.dtype === "string" ? r.raw.dtype : null,
     raw: raw as Raw,
   };
 }

@@ -89,6 +89,23 @@ async function readJson(file: string, optional: boolean): Promise<Record<string,
   }
 }
 
+/** AutoGPTQ's quantize_config.json and AutoAWQ's quant_config.json mark quantized weights when config.json does not. */
+async function refuseSideQuantization(dir: string, config: ModelConfig): Promise<void> {
+  if (config.raw.quantization_config) return;
+  for (const [file, method] of [
+    ["quantize_config.json", "GPTQ"],
+    ["quant_config.json", "AWQ"],
+  ] as const) {
+    const path = join(dir, file);
+    if (await readJson(path, true))
+      throw new ModelError(
+        "unsupported_quantization",
+        `${path}: the weights are ${method}-quantized, which is not supported; qlora loads dense checkpoints (F32/BF16/F16, quantized to NF4 on load) and bitsandbytes 4-bit ones: use the model's unquantized release`,
+        { file: path },
+      );
+  }
+}
+
 /**
  * bitsandbytes 4-bit settings from config.json's quantization_config, or null when absent. Any other method (GPTQ,
  * AWQ, bitsandbytes 8-bit …) is refused by name: its tensors would otherwise fail one by one as missing or mistyped.
@@ -509,6 +526,7 @@ function warnIfReferenceOnly(backend: Backend, onWarning: LoadOptions["onWarning
 export async function loadModel(dir: string, options: LoadOptions = {}): Promise<LoadedModel> {
   const configFile = join(dir, "config.json");
   const config = parseConfig(await readJson(configFile, false), configFile);
+  await refuseSideQuantization(dir, config);
   const generationConfig = await readJson(join(dir, "generation_config.json"), true);
   // Missing/unreadable shards raise @qlora/formats' SafetensorsError, which names the file and tensor.
   const st = await openShardedSafetensors(dir);

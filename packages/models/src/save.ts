@@ -43,14 +43,18 @@ function tensorRecord(key: string, t: Tensor, storage?: FloatDtype): TensorRecor
 
 /**
  * name → record in module order: each module's own parameters, a Linear4bit's packed weight key set. `storage`
- * casts the floating-point tensors that are not 4-bit (norms, embeddings, skipped linears); default: their own dtype.
+ * casts the floating-point tensors that are not 4-bit (norms, embeddings, skipped linears) and is the dtype the 4-bit
+ * weights' quant_state names; default: their own dtypes.
  */
 export function quantizedRecords(model: Module, storage?: FloatDtype): Map<string, TensorRecord> {
   const out = new Map<string, TensorRecord>();
   for (const [name, m] of model.namedModules()) {
     const pre = name ? `${name}.` : "";
-    if (m instanceof Linear4bit)
-      for (const [k, rec] of Object.entries(packQuantState(m.quantState, { prefix: pre }))) out.set(k, rec);
+    if (m instanceof Linear4bit) {
+      // the quant_state's dtype is what bitsandbytes dequantizes to: the checkpoint's dtype when one is given
+      const state = storage ? { ...m.quantState, dtype: TORCH_DTYPE[storage] } : m.quantState;
+      for (const [k, rec] of Object.entries(packQuantState(state, { prefix: pre }))) out.set(k, rec);
+    }
     for (const [n, p] of m.namedParameters()) if (!n.includes(".")) out.set(pre + n, tensorRecord(pre + n, p, storage));
   }
   return out;
@@ -153,10 +157,19 @@ export async function saveQuantized(model: CausalLM, dir: string, options: SaveQ
     ...model.config.raw,
     quantization_config: quantizationConfig(quantization),
   };
-  if (options.dtype) config.torch_dtype = TORCH_DTYPE[options.dtype];
+  if (options.dtype) setDtype(config, TORCH_DTYPE[options.dtype]);
   await writeTextAtomic(join(dir, "config.json"), sortedJson(config));
   if (options.generationConfig)
     await writeTextAtomic(join(dir, "generation_config.json"), sortedJson(options.generationConfig));
+}
+
+/**
+ * Record the checkpoint's dtype under the key(s) its config uses: `torch_dtype` (transformers v4), `dtype` (v5, which
+ * still reads the old key), or `torch_dtype` when it has neither. A stale second key would contradict the first.
+ */
+function setDtype(config: Record<string, unknown>, torchName: string): void {
+  const keys = ["torch_dtype", "dtype"].filter((k) => typeof config[k] === "string");
+  for (const k of keys.length ? keys : ["torch_dtype"]) config[k] = torchName;
 }
 
 /** A frozen dense f32 Linear over `weight` / `bias` (already f32, owned by it) put where `name` was; `old` is freed. */
@@ -245,7 +258,8 @@ export async function saveDense(model: CausalLM, dir: string, options: SaveDense
     for (const c of casts) c.dispose();
   }
   const { quantization_config: _dropped, ...raw } = model.config.raw;
-  const config: Record<string, unknown> = { ...raw, torch_dtype: TORCH_DTYPE[dtype] };
+  const config: Record<string, unknown> = { ...raw };
+  setDtype(config, TORCH_DTYPE[dtype]);
   // an output head with its own weight (an untied copy trained as modules_to_save, merged) is no longer tied
   if (config.tie_word_embeddings === true && "lm_head.weight" in state) config.tie_word_embeddings = false;
   await writeTextAtomic(join(dir, "config.json"), sortedJson(config));

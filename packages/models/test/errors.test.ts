@@ -80,6 +80,10 @@ describe("bad input gives typed errors naming file and key", () => {
       quantization_config: { quant_method: "bitsandbytes", load_in_8bit: true },
     });
     await expectModelError(loadModel(bnb8), "unsupported_quantization", "bitsandbytes 8-bit", "unquantized release");
+    // AutoGPTQ's older layout says so only in quantize_config.json
+    const gptqOld = await modelWithConfig("gptq-old", {});
+    writeFileSync(join(gptqOld, "quantize_config.json"), JSON.stringify({ bits: 4, group_size: 128 }));
+    await expectModelError(loadModel(gptqOld), "unsupported_quantization", "GPTQ-quantized", "quantize_config.json");
   });
 
   it("transformers v5's rope_parameters is read as rope_theta + rope_scaling", () => {

@@ -219,9 +219,18 @@ describe("bitsandbytes checkpoints", () => {
     expect(st.info("model.layers.0.self_attn.q_proj.bias").dtype).toBe("F16");
     for (const k of ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj.weight.absmax"])
       expect(Buffer.from(await st.read(k)).equals(Buffer.from(await ref.read(k)))).toBe(true);
+    // the quant_state names the checkpoint's dtype (what bitsandbytes dequantizes to)
+    const state = Buffer.from(await st.read("model.layers.0.self_attn.q_proj.weight.quant_state.bitsandbytes__nf4"));
+    expect(JSON.parse(state.toString()).dtype).toBe("float16");
     await st.close();
     await ref.close();
     expect(JSON.parse(readFileSync(path("bnb-f16", "config.json"), "utf8")).torch_dtype).toBe("float16");
+    // a transformers v5 config names its dtype "dtype": that key is the one set (no contradicting torch_dtype)
+    const { torch_dtype: _v4, ...v5raw } = m.model.config.raw;
+    (m.model.config as { raw: Record<string, unknown> }).raw = { ...v5raw, dtype: "bfloat16" };
+    await saveQuantized(m.model, path("bnb-f16-v5"), { dtype: "f16" });
+    const v5 = JSON.parse(readFileSync(path("bnb-f16-v5", "config.json"), "utf8"));
+    expect([v5.dtype, v5.torch_dtype]).toEqual(["float16", undefined]);
     await expect(saveQuantized(m.model, path("never"), { dtype: "int8" as "f16" })).rejects.toThrow(
       'saveQuantized: options.dtype must be "f32", "bf16" or "f16", got "int8"',
     );

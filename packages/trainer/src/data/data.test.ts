@@ -97,6 +97,12 @@ describe("formats", () => {
     expect(() => toExample(rec({ text: 3 }, 2), o, stats())).toThrow(/f\.jsonl:2: field "text" is number/);
     expect(() => toExample(rec({ text: "  " }, 2), o, stats())).toThrow(/field "text" is empty/);
     expect(() => toExample(rec({ foo: 1 }, 4), o, stats())).toThrow(/f\.jsonl:4: cannot tell the format/);
+    expect(() => toExample(rec({ conversations: [] }, 4), o, stats())).toThrow(
+      /cannot tell the format .* \(a ShareGPT "conversations" row: give the dataset its format, e\.g\. type: sharegpt\)/,
+    );
+    expect(() => toExample(rec({ prompt: ["a"], completion: "b" }, 6), o, stats())).toThrow(
+      /field "prompt" is an array/,
+    );
   });
 
   it("truncation counts rows; overflow drop skips them", async () => {

@@ -96,7 +96,12 @@ export function detectFormat(value: unknown): Exclude<DataFormat, "auto"> | unde
 function text(rec: SourceRecord, format: Exclude<DataFormat, "auto">, key: string, optional = false): string {
   const v = (rec.value as Record<string, unknown>)[key];
   if (v === undefined && optional) return "";
-  if (typeof v !== "string") throw bad(rec, format, `field "${key}" is ${v === undefined ? "missing" : typeof v}`);
+  if (typeof v !== "string")
+    throw bad(
+      rec,
+      format,
+      `field "${key}" is ${v === undefined ? "missing" : v === null ? "null" : Array.isArray(v) ? "an array" : typeof v}`,
+    );
   if (!optional && v.trim() === "") throw bad(rec, format, `field "${key}" is empty`);
   return v;
 }
@@ -115,12 +120,15 @@ function needTokenizer(o: FormatOptions, rec: SourceRecord): DataTokenizer {
  */
 export function toExample(rec: SourceRecord, o: FormatOptions, stats: ExampleCounts): Example | null {
   const format = o.format === "auto" ? detectFormat(rec.value) : o.format;
-  if (!format)
+  if (!format) {
+    // ShareGPT's "conversations" needs its field names said (a roles map, from/value): detection does not guess them
+    const shareGpt = rec.value !== null && typeof rec.value === "object" && "conversations" in rec.value;
     throw new TrainerError(
       "DATA_ROW",
-      `${rec.file}:${rec.line}: cannot tell the format of this row; expected one of ${Object.values(EXPECTED).join(" | ")}`,
+      `${rec.file}:${rec.line}: cannot tell the format of this row; expected one of ${Object.values(EXPECTED).join(" | ")}${shareGpt ? ' (a ShareGPT "conversations" row: give the dataset its format, e.g. type: sharegpt)' : ""}`,
       { file: rec.file, line: rec.line },
     );
+  }
   if (rec.value === null || typeof rec.value !== "object" || Array.isArray(rec.value))
     throw bad(rec, format, "the row is not a JSON object");
   const { ids, mask, noAssistantTurn } = tokenize(rec, format, o);
