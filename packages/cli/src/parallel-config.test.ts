@@ -1,6 +1,7 @@
 import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import * as distributed from "@qlora/distributed";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
@@ -10,7 +11,7 @@ import { CliError } from "./errors";
 import { singleProcessParts } from "./estimate";
 import { launcherTerminal } from "./progress";
 import { chooseStrategy, fsdpOptions, wantsActivationCheckpointing } from "./parallel-config";
-import { rankRuntime, withoutNproc, worldFromEnv } from "./ranks";
+import { checkParallelConfig, rankRuntime, withoutNproc, worldFromEnv } from "./ranks";
 
 const BASE = "base_model: m\ndatasets: [{path: d.jsonl}]\n";
 const parse = (extra: string) => parseTrainConfig(BASE + extra, "c.yaml");
@@ -117,6 +118,25 @@ describe("rank runtime (a world of two stands in for MPI_COMM_WORLD)", () => {
     );
     expect(() => rankRuntime(distributed, parse("fsdp: [shard_grad_op]\nsave_steps: 5\n"), world2())).toThrow(
       /fsdp: shard_grad_op cannot checkpoint its sharded optimizer state yet; drop save_steps/,
+    );
+    expect(() => checkParallelConfig(parse("fsdp: [shard_grad_op]\nsaves_per_epoch: 2\n"), 2)).toThrow(
+      /drop saves_per_epoch or use full_shard/,
+    );
+  });
+
+  it("--nproc checks those keys before it starts a rank: one line, exit 2", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "qlora-nproc-check-"));
+    const file = join(dir, "c.yaml");
+    writeFileSync(join(dir, "d.jsonl"), '{"text": "a b c"}\n');
+    const demoBase = fileURLToPath(new URL("../demo/base", import.meta.url));
+    writeFileSync(
+      file,
+      `base_model: ${demoBase}\ndatasets: [{path: ${join(dir, "d.jsonl")}}]\nadapter: lora\nfsdp: [shard_grad_op]\nsave_steps: 5\n`,
+    );
+    const r = await runCli(["train", file, "--nproc", "2"]);
+    expect(r.code).toBe(2);
+    expect(r.err).toBe(
+      "qlora: fsdp: shard_grad_op cannot checkpoint its sharded optimizer state yet; drop save_steps or use full_shard",
     );
   });
 
@@ -251,7 +271,16 @@ describe("qlora estimate --world-size N", () => {
     expect(got.totalBytes).toBe(plan.totalBytes); // the one-process plan is unchanged
     expect(got.worldSize).toBe(4);
     const parts = singleProcessParts(plan, 32);
-    for (const s of ["ddp", "fsdp"] as const) expect(got.perRank[s]).toEqual(distributed.perRankMemory(parts, 4, s));
+    expect(got.perRank.ddp).toEqual(distributed.perRankMemory(parts, 4, "ddp"));
+    // FSDP's units recompute their layer in backward, gradient_checkpointing or not: its activations are those of
+    // the checkpointed plan
+    const ckpt = JSON.parse(
+      (await runCli(["--json", "estimate", "--model", dir, "--seq-len", "1024", "--gradient-checkpointing"])).out,
+    );
+    expect(got.perRank.fsdp).toEqual(distributed.perRankMemory(singleProcessParts(ckpt, 32), 4, "fsdp"));
+    expect(got.perRank.fsdp.rows.find((r: { item: string }) => r.item.startsWith("activations")).bytes).toBeLessThan(
+      got.perRank.ddp.rows.find((r: { item: string }) => r.item.startsWith("activations")).bytes,
+    );
     // the parts are the plan's rows: nothing counted twice, nothing lost
     const row = (prefix: string) => plan.rows.find((r: { item: string }) => r.item.startsWith(prefix)).bytes;
     expect(parts.baseWeightBytes).toBe(row("base weights"));

@@ -70,28 +70,65 @@ export async function launchRanks(nproc: number, argv: readonly string[]): Promi
     OMPI_MCA_btl_vader_single_copy_mechanism: process.env.OMPI_MCA_btl_vader_single_copy_mechanism ?? "none",
   };
   if (process.stderr.isTTY) env.QLORA_TTY_COLUMNS = String(process.stderr.columns || 80);
-  let interrupted = false;
+  let interrupted: "SIGINT" | "SIGTERM" | undefined;
+  // Ctrl-C reaches mpirun too (same process group); launch() passes a SIGTERM on. Either way mpirun stops the ranks
+  // and this process waits for it (a launcher that exited at once left the job training in the background).
   const onSigint = () => {
-    interrupted = true; // mpirun got it too (same process group) and stops the ranks; wait for it
+    interrupted = "SIGINT";
+  };
+  const onSigterm = () => {
+    interrupted = "SIGTERM";
   };
   process.on("SIGINT", onSigint);
+  process.on("SIGTERM", onSigterm);
   try {
     const r = await dist.launch({ nproc, argv: [...process.execArgv, script, ...withoutNproc(argv)], env });
     if (r.exitCode !== 0 && interrupted)
       throw new CliError(
         "JOB_FAILED",
-        `train --nproc ${nproc}: interrupted (Ctrl-C): mpirun stopped the ranks; resume from the last save_steps checkpoint with resume_from_checkpoint: true`,
-        130,
+        `train --nproc ${nproc}: interrupted (${interrupted === "SIGINT" ? "Ctrl-C" : "SIGTERM"}): mpirun stopped the ranks; resume from the last save_steps checkpoint with resume_from_checkpoint: true`,
+        interrupted === "SIGINT" ? 130 : 143,
       );
     if (r.exitCode !== 0)
       throw new CliError(
         "JOB_FAILED",
-        `train --nproc ${nproc}: the job failed (mpirun ${r.signal ? `ended by ${r.signal}` : `exited ${r.exitCode}`}); the failing rank's error is above`,
+        `train --nproc ${nproc}: the job failed (mpirun ${r.signal ? `ended by ${r.signal}` : `exited ${r.exitCode}`}); the failing rank's error, or mpirun's report of a rank that died, is above`,
         1,
       );
   } finally {
     process.off("SIGINT", onSigint);
+    process.off("SIGTERM", onSigterm);
   }
+}
+
+/**
+ * The strategy `worldSize` ranks will run, after the config checks that need only the world size: `--nproc` runs them
+ * before it starts any rank, so a config error is one line (exit 2), not one per rank after the ranks have started.
+ */
+export function checkParallelConfig(config: TrainConfig, worldSize: number): ReturnType<typeof chooseStrategy> {
+  const choice = chooseStrategy(config, worldSize);
+  if (choice.name === "ddp" && config.ddp === false)
+    throw new CliError(
+      "CONFIG_INVALID",
+      `ddp: false, but ${worldSize} ranks run: without DDP or FSDP (fsdp: [full_shard]) they would not share the work; run one process or drop the key`,
+    );
+  if (choice.name === "fsdp" && !config.adapter)
+    throw new CliError(
+      "CONFIG_INVALID",
+      `${choice.key}: FSDP shards the frozen base of an adapter run; set adapter: qlora or lora (a full fine-tune trains with DDP: drop the key)`,
+    );
+  const saves =
+    config.save_steps !== undefined
+      ? "save_steps"
+      : config.saves_per_epoch !== undefined
+        ? "saves_per_epoch"
+        : undefined;
+  if (choice.name === "sharded-optimizer" && saves)
+    throw new CliError(
+      "CONFIG_INVALID",
+      `${choice.key}: shard_grad_op cannot checkpoint its sharded optimizer state yet; drop ${saves} or use full_shard`,
+    );
+  return choice;
 }
 
 export interface RankRuntime {
@@ -110,22 +147,7 @@ export interface RankRuntime {
  * is an error naming the key.
  */
 export function rankRuntime(dist: DistributedModule, config: TrainConfig, comm: Distributed.Communicator): RankRuntime {
-  const choice = chooseStrategy(config, comm.worldSize);
-  if (choice.name === "ddp" && config.ddp === false)
-    throw new CliError(
-      "CONFIG_INVALID",
-      `ddp: false, but ${comm.worldSize} ranks run: without DDP or FSDP (fsdp: [full_shard]) they would not share the work; run one process or drop the key`,
-    );
-  if (choice.name === "fsdp" && !config.adapter)
-    throw new CliError(
-      "CONFIG_INVALID",
-      `${choice.key}: FSDP shards the frozen base of an adapter run; set adapter: qlora or lora (a full fine-tune trains with DDP: drop the key)`,
-    );
-  if (choice.name === "sharded-optimizer" && config.save_steps !== undefined)
-    throw new CliError(
-      "CONFIG_INVALID",
-      `${choice.key}: shard_grad_op cannot checkpoint its sharded optimizer state yet; drop save_steps or use full_shard`,
-    );
+  const choice = checkParallelConfig(config, comm.worldSize);
   if (choice.name === "ddp")
     dist.registerDdpStrategy({
       communicator: comm,

@@ -19,6 +19,11 @@ export interface LaunchOptions {
   node?: string;
   /** stdio of mpirun (default "inherit"). */
   stdio?: "inherit" | "pipe";
+  /**
+   * Signals this process passes on to mpirun while the job runs (which then stops the ranks). Ctrl-C reaches mpirun
+   * through the terminal's process group anyway; a `kill <pid>` of this process does not (default ["SIGTERM"]).
+   */
+  forwardSignals?: readonly NodeJS.Signals[];
 }
 
 /** The mpirun command line launch() runs: --oversubscribe (more ranks than cores is fine for testing), and
@@ -56,6 +61,12 @@ export interface LaunchResult {
 export function launch(o: LaunchOptions): Promise<LaunchResult> {
   const { command, args } = launchCommand(o);
   const child = spawn(command, args, { stdio: o.stdio === "pipe" ? ["ignore", "pipe", "pipe"] : "inherit" });
+  const forward = (signal: NodeJS.Signals) => child.kill(signal);
+  const forwarded = o.forwardSignals ?? ["SIGTERM"];
+  for (const s of forwarded) process.on(s, forward);
+  const unforward = () => {
+    for (const s of forwarded) process.off(s, forward);
+  };
   let stdout = "";
   let stderr = "";
   child.stdout?.on("data", (d) => {
@@ -65,12 +76,16 @@ export function launch(o: LaunchOptions): Promise<LaunchResult> {
     stderr += d;
   });
   return new Promise((resolve, reject) => {
-    child.on("error", (e) =>
+    child.on("error", (e) => {
+      unforward();
       reject(
         new DistributedError("LAUNCH_FAILED", `launch: cannot start ${command} (install openmpi-bin): ${e.message}`),
-      ),
-    );
-    child.on("close", (exitCode, signal) => resolve({ exitCode, signal, stdout, stderr }));
+      );
+    });
+    child.on("close", (exitCode, signal) => {
+      unforward();
+      resolve({ exitCode, signal, stdout, stderr });
+    });
   });
 }
 

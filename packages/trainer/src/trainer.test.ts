@@ -242,7 +242,7 @@ describe("plugins", () => {
     };
     expect(await warned(6, 1)).toEqual([]);
     expect(await warned(3, 1)).toEqual([
-      `resume: ${join(dir, "checkpoint-2")} was saved with 6 micro-batches per epoch and gradient accumulation 1; this run has 3 and 1, so its data position (micro-batch 2 of the epoch) points at other examples: the rest of this epoch skips or repeats some. Resume with the same micro_batch_size, gradient_accumulation_steps, sequence_len and data to continue exactly.`,
+      `resume: ${join(dir, "checkpoint-2")} was saved with 6 micro-batches per epoch per rank, gradient accumulation 1, 1 rank; this run has 3 micro-batches per epoch per rank, gradient accumulation 1, 1 rank, so its data position (micro-batch 2 of the epoch) points at other examples: the rest of this epoch skips or repeats some. The run is now 3 steps long, not 2: the learning-rate schedule continues on the new length. Resume with the same micro_batch_size, gradient_accumulation_steps, number of ranks, sequence_len and data to continue exactly.`,
     ]);
     expect(await warned(6, 2)).toHaveLength(1);
   });

@@ -102,6 +102,8 @@ export interface TrainerOptions<B> {
 interface DataGeometry {
   batchesPerEpoch: number;
   gradientAccumulationSteps: number;
+  /** Absent in checkpoints written before it was recorded: one rank. */
+  worldSize?: number;
 }
 
 export interface FitOptions {
@@ -543,7 +545,7 @@ export class Trainer<B = unknown> {
         );
     manualSeed(rng!.seed as number).offset = rng!.offset as number;
     const { bestStep, dataGeometry, ...state } = saved as typeof saved & { dataGeometry?: DataGeometry };
-    this.warnIfRecut(dir, dataGeometry, state.batchInEpoch);
+    this.warnIfRecut(dir, dataGeometry, state.batchInEpoch, state.maxSteps);
     Object.assign(this.state, state, { maxSteps: this.state.maxSteps });
     this.bestStep = bestStep ?? -1;
     await this.hooks.emit("checkpoint:load", this.context({ dir }));
@@ -553,20 +555,32 @@ export class Trainer<B = unknown> {
     return {
       batchesPerEpoch: this.options.train.length,
       gradientAccumulationSteps: this.args.gradientAccumulationSteps ?? 1,
+      worldSize: this.strategy.worldSize,
     };
   }
 
-  /** The saved data position counts micro-batches: under another batching it points at other examples. */
-  private warnIfRecut(dir: string, saved: DataGeometry | undefined, batchInEpoch: number): void {
+  /**
+   * The saved data position counts micro-batches: under another batching (or another number of ranks) it points at
+   * other examples, and an epoch-based run's length (the schedule's) changes.
+   */
+  private warnIfRecut(dir: string, saved: DataGeometry | undefined, batchInEpoch: number, savedMaxSteps: number): void {
     const now = this.dataGeometry();
+    const ranks = (g: DataGeometry) => g.worldSize ?? 1;
     if (
       !saved ||
       (saved.batchesPerEpoch === now.batchesPerEpoch &&
-        saved.gradientAccumulationSteps === now.gradientAccumulationSteps)
+        saved.gradientAccumulationSteps === now.gradientAccumulationSteps &&
+        ranks(saved) === ranks(now))
     )
       return;
+    const cut = (g: DataGeometry) =>
+      `${g.batchesPerEpoch} micro-batches per epoch per rank, gradient accumulation ${g.gradientAccumulationSteps}, ${ranks(g)} rank${ranks(g) === 1 ? "" : "s"}`;
+    const length =
+      savedMaxSteps !== this.state.maxSteps
+        ? ` The run is now ${this.state.maxSteps} steps long, not ${savedMaxSteps}: the learning-rate schedule continues on the new length.`
+        : "";
     (this.options.onWarning ?? console.warn)(
-      `resume: ${dir} was saved with ${saved.batchesPerEpoch} micro-batches per epoch and gradient accumulation ${saved.gradientAccumulationSteps}; this run has ${now.batchesPerEpoch} and ${now.gradientAccumulationSteps}, so its data position (micro-batch ${batchInEpoch} of the epoch) points at other examples: the rest of this epoch skips or repeats some. Resume with the same micro_batch_size, gradient_accumulation_steps, sequence_len and data to continue exactly.`,
+      `resume: ${dir} was saved with ${cut(saved)}; this run has ${cut(now)}, so its data position (micro-batch ${batchInEpoch} of the epoch) points at other examples: the rest of this epoch skips or repeats some.${length} Resume with the same micro_batch_size, gradient_accumulation_steps, number of ranks, sequence_len and data to continue exactly.`,
     );
   }
 

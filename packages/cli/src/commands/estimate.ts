@@ -5,6 +5,7 @@ import { CliError } from "../errors";
 import {
   type BaseQuant,
   DEFAULT_ESTIMATE,
+  type EstimateOptions,
   estimateMemory,
   formatPerRank,
   formatPlan,
@@ -62,7 +63,7 @@ export function registerEstimate(program: Command, io: Io): void {
       parseConfig(config, file); // the architecture and shapes a load would check (ModelError naming file and key)
       o.quant = baseQuantOf(config, file, o.quant);
       const shape = modelShapeFromConfig(config, file);
-      const plan = estimateMemory(shape, {
+      const options: EstimateOptions = {
         ...DEFAULT_ESTIMATE,
         seqLen: o.seqLen,
         microBatchSize: o.microBatchSize,
@@ -73,13 +74,18 @@ export function registerEstimate(program: Command, io: Io): void {
         gradientCheckpointing: o.gradientCheckpointing ?? DEFAULT_ESTIMATE.gradientCheckpointing,
         baseQuant: o.quant as BaseQuant,
         logitsChunk: o.logitsChunk,
-      });
+      };
+      const plan = estimateMemory(shape, options);
       if (o.worldSize === undefined) return io.out(global.json ? JSON.stringify(plan) : formatPlan(plan));
       const { perRankMemory } = await loadDistributed(`--world-size ${o.worldSize}`);
       const parts = singleProcessParts(plan, shape.numLayers);
+      // FSDP's units recompute their layer in backward whatever gradient_checkpointing says (as train runs them)
+      const checkpointed = options.gradientCheckpointing
+        ? parts
+        : singleProcessParts(estimateMemory(shape, { ...options, gradientCheckpointing: true }), shape.numLayers);
       const perRank = {
         ddp: perRankMemory(parts, o.worldSize, "ddp"),
-        fsdp: perRankMemory(parts, o.worldSize, "fsdp"),
+        fsdp: perRankMemory(checkpointed, o.worldSize, "fsdp"),
       };
       if (global.json) return io.out(JSON.stringify({ ...plan, worldSize: o.worldSize, perRank }));
       io.out(`${formatPlan(plan)}\n\n${formatPerRank([perRank.ddp, perRank.fsdp])}`);

@@ -10,6 +10,7 @@ import { CommandExit, type GlobalOptions, type Io, positiveInt } from "../main";
 import {
   launchRanks,
   loadDistributed,
+  checkParallelConfig,
   rankRuntime,
   singleProcessRuntime,
   threadsPerRank,
@@ -61,6 +62,7 @@ export function registerTrain(program: Command, io: Io): void {
       const config = loadTrainConfig(file, overrides);
       if (global.nproc !== undefined && global.nproc > 1) {
         checkTrainInputs(config);
+        checkParallelConfig(config, global.nproc);
         return launchRanks(global.nproc, process.argv.slice(2));
       }
       const interruption = onInterrupt((signal) =>
@@ -74,10 +76,7 @@ export function registerTrain(program: Command, io: Io): void {
       );
       try {
         const resumed = await resumeStep(config);
-        if (resumed && config.max_steps !== undefined && resumed.step >= config.max_steps)
-          io.err(
-            `qlora: resume_from_checkpoint: ${resumed.dir} is at step ${resumed.step}, at or past max_steps ${config.max_steps}: nothing to train; saving its weights`,
-          );
+        sayNothingToTrain(io, config, resumed);
         const parallel = await singleProcessRuntime(config);
         const result = await runTrain(config, { quiet: global.quiet, signal: interruption.signal, parallel });
         printResult(io, global, result, resumed?.step);
@@ -87,6 +86,14 @@ export function registerTrain(program: Command, io: Io): void {
         interruption.dispose();
       }
     });
+}
+
+/** A resume at or past max_steps trains nothing: say so before the weights are written. */
+function sayNothingToTrain(io: Io, config: TrainConfig, resumed: { dir: string; step: number } | undefined): void {
+  if (resumed && config.max_steps !== undefined && resumed.step >= config.max_steps)
+    io.err(
+      `qlora: resume_from_checkpoint: ${resumed.dir} is at step ${resumed.step}, at or past max_steps ${config.max_steps}: nothing to train; saving its weights`,
+    );
 }
 
 /** The step of the checkpoint a run resumes from (an explicit directory, or `true`: the latest in output_dir). */
@@ -142,8 +149,10 @@ async function trainRank(
       if (global.threads === undefined && world.local > 1) setThreads(threadsPerRank(world.local));
       comm = dist.mpiWorld({ timeoutMs: config.ddp_timeout === undefined ? undefined : config.ddp_timeout * 1000 });
       const runtime = rankRuntime(dist, config, comm);
+      const resumed = runtime.rank === 0 ? await resumeStep(config) : undefined;
+      if (runtime.rank === 0) sayNothingToTrain(io, config, resumed);
       const result = await runTrain(config, { quiet: global.quiet, parallel: runtime });
-      if (runtime.rank === 0) printResult(io, global, result);
+      if (runtime.rank === 0) printResult(io, global, result, resumed?.step);
       await runtime.close();
     },
     {
