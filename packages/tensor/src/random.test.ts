@@ -54,3 +54,36 @@ describe("Generator mapping", () => {
     expect(Math.max(...u)).toBeLessThan(1);
   });
 });
+
+describe("the unrolled stream equals philox4x32 block by block", () => {
+  /** The readable reference: one philox4x32 call per block, as the module comment defines the stream. */
+  const reference = (seed: number, offset: number, n: number) => {
+    const key = [seed % 2 ** 32, Math.floor(seed / 2 ** 32)];
+    const out: number[] = [];
+    for (let b = Math.floor(offset / 4); out.length < n; b++)
+      out.push(...philox4x32([b % 2 ** 32, Math.floor(b / 2 ** 32), 0, 0], key));
+    return out.slice(0, n);
+  };
+  it("for large seeds, odd lengths and a counter that carries into its high word", () => {
+    const cases: [number, number, number][] = [
+      [0, 0, 1],
+      [42, 0, 4097],
+      [2 ** 53 - 1, 12, 33],
+      [7, 4 * (2 ** 32 - 3), 29], // blocks 2^32 − 3 … 2^32 + 4: the low counter word wraps
+      [0xdeadbeef, 4 * 1e9, 10],
+    ];
+    for (const [seed, offset, n] of cases) {
+      const u = new Generator(seed, offset).uniform(n);
+      expect([...u], `seed ${seed} offset ${offset}`).toEqual(
+        reference(seed, offset, n).map((w) => (w >>> 8) * 2 ** -24),
+      );
+      const z = new Generator(seed, offset).normal(n);
+      const w = reference(seed, offset, n + 1);
+      for (let i = 0; i + 1 < n; i += 2) {
+        const r = Math.sqrt(-2 * Math.log(((w[i] >>> 8) + 1) * 2 ** -24));
+        expect(z[i]).toBe(Math.fround(r * Math.cos(2 * Math.PI * (w[i + 1] >>> 8) * 2 ** -24)));
+        expect(z[i + 1]).toBe(Math.fround(r * Math.sin(2 * Math.PI * (w[i + 1] >>> 8) * 2 ** -24)));
+      }
+    }
+  });
+});

@@ -66,17 +66,68 @@ export function philox4x32(
 }
 
 const TWO_32 = 4294967296;
+const M0_LO = M0 & 0xffff;
+const M0_HI = M0 >>> 16;
+const M1_LO = M1 & 0xffff;
+const M1_HI = M1 >>> 16;
 
-function fillWords(seed: number, offset: number, n: number, each: (block: Uint32Array, base: number) => void): void {
-  const key = [(seed % TWO_32) >>> 0, Math.floor(seed / TWO_32) >>> 0];
-  const block = new Uint32Array(4);
-  const firstBlock = Math.floor(offset / 4);
+/**
+ * The Philox words of elements [offset, offset + 4·ceil(n/4)) for `seed` (offset block aligned), in order: philox4x32
+ * unrolled over whole blocks with its round keys computed once and the constant multipliers split in advance. A hot
+ * path: every random tensor and dropout mask comes through here.
+ */
+function philoxWords(seed: number, offset: number, n: number): Uint32Array {
   const nBlocks = Math.ceil(n / 4);
-  for (let b = 0; b < nBlocks; b++) {
-    const ctr = firstBlock + b;
-    philox4x32([(ctr % TWO_32) >>> 0, Math.floor(ctr / TWO_32) >>> 0, 0, 0], key, block);
-    each(block, b * 4);
+  const out = new Uint32Array(nBlocks * 4);
+  const k0 = new Uint32Array(10);
+  const k1 = new Uint32Array(10);
+  k0[0] = seed % TWO_32;
+  k1[0] = Math.floor(seed / TWO_32);
+  for (let r = 1; r < 10; r++) {
+    k0[r] = k0[r - 1] + W0;
+    k1[r] = k1[r - 1] + W1;
   }
+  const first = Math.floor(offset / 4);
+  let lo = first % TWO_32;
+  let hi = Math.floor(first / TWO_32);
+  for (let b = 0, o = 0; b < nBlocks; b++, o += 4) {
+    let c0 = lo;
+    let c1 = hi;
+    let c2 = 0;
+    let c3 = 0;
+    for (let r = 0; r < 10; r++) {
+      // hi and lo halves of M0·c0 and M1·c2 (32×32 → 64 bits) from 16-bit pieces, exact in doubles
+      const a0 = c0 & 0xffff;
+      const a1 = c0 >>> 16;
+      const q0 = M0_LO * a0;
+      const q1 = M0_LO * a1;
+      const q2 = M0_HI * a0;
+      const mid0 = (q0 >>> 16) + (q1 & 0xffff) + (q2 & 0xffff);
+      const hi0 = (M0_HI * a1 + (q1 >>> 16) + (q2 >>> 16) + (mid0 >>> 16)) >>> 0;
+      const lo0 = Math.imul(M0, c0) >>> 0;
+      const d0 = c2 & 0xffff;
+      const d1 = c2 >>> 16;
+      const s0 = M1_LO * d0;
+      const s1 = M1_LO * d1;
+      const s2 = M1_HI * d0;
+      const mid1 = (s0 >>> 16) + (s1 & 0xffff) + (s2 & 0xffff);
+      const hi1 = (M1_HI * d1 + (s1 >>> 16) + (s2 >>> 16) + (mid1 >>> 16)) >>> 0;
+      const lo1 = Math.imul(M1, c2) >>> 0;
+      c0 = (hi1 ^ c1 ^ k0[r]) >>> 0;
+      c1 = lo1;
+      c2 = (hi0 ^ c3 ^ k1[r]) >>> 0;
+      c3 = lo0;
+    }
+    out[o] = c0;
+    out[o + 1] = c1;
+    out[o + 2] = c2;
+    out[o + 3] = c3;
+    if (++lo === TWO_32) {
+      lo = 0;
+      hi++;
+    }
+  }
+  return out;
 }
 
 /** A seeded counter-based generator: (seed, offset) is its whole state. */
@@ -91,27 +142,24 @@ export class Generator {
   /** n uniforms in [0, 1) at the current offset; advances the offset. */
   uniform(n: number): Float32Array {
     if (this.offset % 4 !== 0) this.offset += 4 - (this.offset % 4);
+    const w = philoxWords(this.seed, this.offset, n);
     const out = new Float32Array(n);
-    fillWords(this.seed, this.offset, n, (w, base) => {
-      for (let j = 0; j < 4 && base + j < n; j++) out[base + j] = (w[j] >>> 8) * 2 ** -24;
-    });
+    for (let i = 0; i < n; i++) out[i] = (w[i] >>> 8) * 2 ** -24;
     this.offset += 4 * Math.ceil(n / 4);
     return out;
   }
   /** n standard normals (Box-Muller on word pairs); advances the offset. */
   normal(n: number): Float32Array {
     if (this.offset % 4 !== 0) this.offset += 4 - (this.offset % 4);
+    const w = philoxWords(this.seed, this.offset, n);
     const out = new Float32Array(n);
-    fillWords(this.seed, this.offset, n, (w, base) => {
-      for (let p = 0; p < 2; p++) {
-        const u1 = ((w[2 * p] >>> 8) + 1) * 2 ** -24;
-        const u2 = (w[2 * p + 1] >>> 8) * 2 ** -24;
-        const r = Math.sqrt(-2 * Math.log(u1));
-        const i = base + 2 * p;
-        if (i < n) out[i] = r * Math.cos(2 * Math.PI * u2);
-        if (i + 1 < n) out[i + 1] = r * Math.sin(2 * Math.PI * u2);
-      }
-    });
+    for (let i = 0; i < n; i += 2) {
+      const u1 = ((w[i] >>> 8) + 1) * 2 ** -24;
+      const u2 = (w[i + 1] >>> 8) * 2 ** -24;
+      const r = Math.sqrt(-2 * Math.log(u1));
+      out[i] = r * Math.cos(2 * Math.PI * u2);
+      if (i + 1 < n) out[i + 1] = r * Math.sin(2 * Math.PI * u2);
+    }
     this.offset += 4 * Math.ceil(n / 4);
     return out;
   }
