@@ -34,6 +34,7 @@ export const COMPUTE_OPS = [
   "crossEntropyGradInPlace",
   "swiglu",
   "swigluBackward",
+  "dropoutMask",
   "embedding",
   "embeddingBackward",
   "adamwStepInPlace",

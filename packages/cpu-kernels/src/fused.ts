@@ -1,6 +1,6 @@
-// Owned by the fused-ops engineer: attention, norms, rope, softmax, cross-entropy, swiglu,
-// embedding, adamw, elementwise/reduce/copy over the native addon (csrc/attention*.cc, norm.cc,
-// rope.cc, softmax.cc, xent.cc, swiglu.cc, embedding.cc, adamw.cc, elementwise*.cc).
+// Attention, norms, rope, softmax, cross-entropy, swiglu, embedding, dropout masks, adamw,
+// elementwise/reduce/copy over the native addon (csrc/attention*.cc, norm.cc, rope.cc, softmax.cc,
+// xent.cc, swiglu.cc, embedding.cc, dropout.cc, adamw.cc, elementwise*.cc).
 //
 // Outputs are allocated through the host backend's allocator (the reference backend: one set of
 // memory counters). The native kernels read f32 (and i32 indices); an op called with another input
@@ -116,6 +116,7 @@ export interface FusedNative {
     grad: boolean,
   ): void;
   swiglu(gate: Float32Array, up: Float32Array, y: Float32Array, n: number): void;
+  dropoutMask(seed: number, offset: number, p: number, scale: number, out: Float32Array, n: number): void;
   swigluBackward(
     dy: Float32Array,
     gate: Float32Array,
@@ -557,6 +558,11 @@ export function createFusedOps(
         throw error;
       }
       return loss.buf;
+    },
+    dropoutMask(seed, offset, length, p, scale) {
+      const out = allocF(length);
+      nat().dropoutMask(seed, offset, p, scale, out.data, length);
+      return out.buf;
     },
     swiglu(gate, up, length) {
       const f = allF32([gate, up], "swiglu");

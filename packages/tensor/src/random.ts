@@ -139,6 +139,16 @@ export class Generator {
     if (!Number.isSafeInteger(seed) || seed < 0)
       throw new RangeError(`Generator seed must be a non-negative safe integer, got ${seed}`);
   }
+  /**
+   * The (block aligned) offset of the next `n` elements, advancing past them as a draw of n would: for a device that
+   * draws them itself from (seed, offset).
+   */
+  reserve(n: number): number {
+    if (this.offset % 4 !== 0) this.offset += 4 - (this.offset % 4);
+    const at = this.offset;
+    this.offset += 4 * Math.ceil(n / 4);
+    return at;
+  }
   /** n uniforms in [0, 1) at the current offset; advances the offset. */
   uniform(n: number): Float32Array {
     if (this.offset % 4 !== 0) this.offset += 4 - (this.offset % 4);

@@ -710,11 +710,19 @@ export function randn(shape: Shape, o?: RandomOptions): Tensor {
   const z = (o?.generator ?? getGenerator()).normal(numel(shape));
   return tensor(z, { ...o, shape, dtype: o?.dtype ?? "f32" });
 }
-/** Inverted-dropout mask: 1/(1−p) where uniform ≥ p, else 0 (f32). */
+/**
+ * Inverted-dropout mask: 1/(1−p) (rounded to f32) where uniform ≥ p, else 0 (f32). A backend with a dropoutMask kernel
+ * draws it itself from the generator's (seed, offset); the same numbers either way.
+ */
 export function dropoutMask(shape: Shape, p: number, o?: RandomOptions): Tensor {
   if (!(p >= 0 && p < 1)) throw new TensorError("BAD_ARGUMENT", `dropoutMask: p must be in [0, 1), got ${p}`);
-  const u = (o?.generator ?? getGenerator()).uniform(numel(shape));
-  const scale = 1 / (1 - p);
+  checkShape(shape, "dropoutMask");
+  const g = o?.generator ?? getGenerator();
+  const be = resolveBackend(o);
+  const n = numel(shape);
+  const scale = Math.fround(1 / (1 - p));
+  if (be.dropoutMask) return finish(fromBuffer(be.dropoutMask(g.seed, g.reserve(n), n, p, scale), be, shape, "f32"), o);
+  const u = g.uniform(n);
   for (let i = 0; i < u.length; i++) u[i] = u[i] >= p ? scale : 0;
   return tensor(u, { ...o, shape, dtype: "f32" });
 }

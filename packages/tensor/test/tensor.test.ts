@@ -16,7 +16,7 @@ import type { Backend } from "../src/backend/types";
 import { TensorError } from "../src/errors";
 import { memoryStats } from "../src/memory";
 import * as ops from "../src/ops";
-import { manualSeed } from "../src/random";
+import { Generator, manualSeed } from "../src/random";
 import { arange, dropoutMask, full, keep, ones, rand, randn, tensor, tidy, zeros } from "../src/tensor";
 import type { Tensor } from "../src/tensor";
 
@@ -68,6 +68,17 @@ describe("creation and dtypes", () => {
     const kept = m.filter((v) => v !== 0);
     expect(new Set(kept)).toEqual(new Set([Math.fround(1 / 0.75)]));
     expect(Math.abs(kept.length / 1000 - 0.75)).toBeLessThan(0.05);
+  });
+  it("a dropout mask is the generator's uniforms thresholded, and advances it as a draw of that size", () => {
+    const g = new Generator(99, 3); // not block aligned: the draw starts at the next block, as uniform() does
+    const m = dropoutMask([5, 7], 0.3, { generator: g }).toArray() as number[];
+    expect(g.offset).toBe(4 + 4 * Math.ceil(35 / 4));
+    const u = new Generator(99, 3).uniform(35);
+    expect(m).toEqual(Array.from(u, (v) => (v >= 0.3 ? Math.fround(1 / 0.7) : 0)));
+    // a backend without the kernel gets the same mask drawn on the host
+    const { dropoutMask: _kernel, ...withoutKernel } = createReferenceBackend({ name: "no-dropout-kernel" });
+    const host = dropoutMask([35], 0.3, { generator: new Generator(99, 3), backend: withoutKernel as Backend });
+    expect(host.toArray()).toEqual(m);
   });
 });
 

@@ -9,6 +9,7 @@
 import { TensorError } from "../errors";
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from "../internal/half";
 import { type HostAllocator, sharedHostAllocator } from "./host-allocator";
+import { Generator } from "../random";
 import { quantizeWeightOnHost } from "./quantize-weight";
 import type {
   CrossEntropyGradOptions,
@@ -774,6 +775,14 @@ export function createReferenceBackend(options: ReferenceBackendOptions = {}): B
         x[row + lab] -= 1;
       }
       return loss.buf;
+    },
+    dropoutMask(seed, offset, length, p, scale) {
+      if (offset % 4 !== 0)
+        throw new TensorError("BAD_ARGUMENT", `dropoutMask: offset must be a multiple of 4, got ${offset}`);
+      const u = new Generator(seed, offset).uniform(length);
+      const { buf, data } = mkF(length);
+      for (let i = 0; i < length; i++) data[i] = u[i] >= p ? scale : 0;
+      return buf;
     },
     swiglu(gate, up, length) {
       const G = asF(gate, "swiglu");

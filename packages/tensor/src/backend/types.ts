@@ -204,6 +204,12 @@ export interface Backend {
   /** [tensor refinement] Zero-filled buffer for optimizer state; a backend may page it (CUDA: managed
    * memory for ≥ 1e5 elements). Optional: without it, optimizers use `alloc`. Released with `free`. */
   allocState?(dtype: DType, length: number): Buffer;
+  /**
+   * [tensor refinement] An f32 inverted-dropout mask over elements [offset, offset + length) of the Philox stream of
+   * `seed` (offset a multiple of 4): `scale` where the element's uniform is ≥ p, else 0 (random.ts holds the exact
+   * mapping). Optional: without it the mask is drawn on the host by the Generator and uploaded.
+   */
+  dropoutMask?(seed: number, offset: number, length: number, p: number, scale: number): Buffer;
   free(buffer: Buffer): void;
   fromHost(data: HostArray, dtype: DType): Buffer; // copies
   toHost(buffer: Buffer): HostArray; // copies

@@ -606,6 +606,30 @@ export function parityCases(seed = 1): ParityCase[] {
     );
   });
 
+  add("dropoutMask", "dropoutMask: Philox stream at large seeds and offsets, odd lengths (bit-exact)", (t, r, rng) => {
+    if (!t.dropoutMask) return; // optional: tensor's dropoutMask draws on the host for a backend without it
+    const cases: [number, number, number, number][] = [
+      [rng.int(0, 1000), 0, rng.int(1, 99), 0.1],
+      [2 ** 53 - 1, 4 * rng.int(0, 1000), rng.int(1, 4099), 0.5],
+      [rng.int(0, 2 ** 31), 4 * (2 ** 32 - 2), 4 * 5 + rng.int(1, 3), 0.05], // the block counter's low word wraps
+      [7, 4 * 2 ** 40, 37, 0],
+      [9, 8, 33, 0.999],
+    ];
+    for (const [seed, offset, n, p] of cases) {
+      const scale = Math.fround(1 / (1 - p));
+      both(
+        `dropoutMask seed=${seed} offset=${offset} n=${n} p=${p}`,
+        t,
+        r,
+        {},
+        (be) => ({
+          m: be.dropoutMask!(seed, offset, n, p, scale),
+        }),
+        { default: EXACT },
+      );
+    }
+  });
+
   add("embedding", "embedding + backward (repeated ids)", (t, r, rng) => {
     const [vocab, dim, count] = [rng.int(1, 20), rng.int(1, 9), rng.int(1, 30)];
     both(
