@@ -355,3 +355,22 @@ fsdp_config:
 special_tokens:
   pad_token: "<|end_of_text|>"
 `;
+
+describe("the LoRA settings a config gives PEFT's LoraConfig", () => {
+  it("peft_layers_to_transform / peft_layers_pattern and peft_ensure_weight_tying pass through under PEFT's names", async () => {
+    const { loraSettings } = await import("./train");
+    const c = parseTrainConfig(
+      "base_model: m\ndatasets: [{path: d.jsonl}]\nadapter: lora\npeft_layers_to_transform: [1, 3]\npeft_layers_pattern: layers\npeft_ensure_weight_tying: true\n",
+      "c.yaml",
+    );
+    expect(loraSettings(c)).toMatchObject({
+      layers_to_transform: [1, 3],
+      layers_pattern: "layers",
+      ensure_weight_tying: true,
+    });
+    const plain = loraSettings(
+      parseTrainConfig("base_model: m\ndatasets: [{path: d.jsonl}]\nadapter: lora\n", "c.yaml"),
+    );
+    expect(plain).toMatchObject({ layers_to_transform: null, layers_pattern: null, ensure_weight_tying: false });
+  });
+});

@@ -142,6 +142,9 @@ const trainShape = {
   peft_use_rslora: z.boolean().default(false),
   peft_use_dora: z.boolean().default(false),
   peft_ensure_weight_tying: z.boolean().default(false),
+  // PEFT's layers_to_transform / layers_pattern: LoRA only on these layer indices (of the list named by the pattern)
+  peft_layers_to_transform: z.union([nonNegativeInt, z.array(nonNegativeInt).min(1)]).optional(),
+  peft_layers_pattern: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
   peft_init_lora_weights: z.union([z.boolean(), z.string()]).default(true),
   loraplus_lr_ratio: z.number().positive().optional(),
   datasets: z.array(datasetSchema).min(1),

@@ -117,6 +117,8 @@ export function loraSettings(config: TrainConfig): LoraConfigInput {
     use_rslora: config.peft_use_rslora,
     use_dora: config.peft_use_dora,
     ensure_weight_tying: config.peft_ensure_weight_tying,
+    layers_to_transform: config.peft_layers_to_transform ?? null,
+    layers_pattern: config.peft_layers_pattern ?? null,
     init_lora_weights: config.peft_init_lora_weights as LoraConfigInput["init_lora_weights"],
     // PEFT's AutoPeftModelForCausalLM reads task_type; a local base is written as its absolute path
     task_type: "CAUSAL_LM",

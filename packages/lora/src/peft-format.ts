@@ -261,6 +261,9 @@ export async function loadAdapter<M extends Module>(
     }),
   );
   result.setAdapter(result.activeAdapters);
+  // PEFT's load_adapter/from_pretrained: an adapter loaded for inference runs in eval mode (no LoRA dropout, which a
+  // freshly injected adapter would otherwise apply: its Dropout modules start in training mode)
+  if (!options.isTrainable) result.model.eval();
   return result;
 }
 

@@ -112,6 +112,28 @@ describe("PEFT adapter directory: save", () => {
   });
 });
 
+describe("PEFT adapter directory: loaded for inference", () => {
+  it("runs in eval mode (PEFT's load_adapter): an adapter trained with lora_dropout computes deterministically", async () => {
+    const lm = LoraModel.inject(new TinyModel(), { r: 4, target_modules: ["q_proj"], lora_dropout: 0.5 });
+    perturb(lm, "default", 3);
+    const dir = join(tmp, "with-dropout");
+    await saveAdapter(lm, dir);
+    const fresh = new TinyModel();
+    await loadAdapter(fresh, dir);
+    expect([...fresh.namedModules()].every(([, m]) => !m.training)).toBe(true);
+    const x = input();
+    const a = run(fresh, x);
+    expect(maxDiff(run(fresh, x), a)).toBe(0);
+    // what the adapter computes without dropout: the trained model in eval mode
+    lm.model.eval();
+    expect(maxDiff(run(lm.model, x), a)).toBe(0);
+    // loaded to train, it stays in training mode (dropout on), as PEFT's is_trainable
+    const trainable = new TinyModel();
+    await loadAdapter(trainable, dir, { isTrainable: true });
+    expect([...trainable.namedModules()].some(([, m]) => m.training)).toBe(true);
+  });
+});
+
 describe("PEFT adapter directory: task_type", () => {
   it("taskType fills a missing task_type (CAUSAL_LM for AutoPeftModelForCausalLM); the config's own wins; bad values write nothing", async () => {
     const lm = LoraModel.inject(new TinyModel(), { r: 2, target_modules: ["q_proj"] });

@@ -521,7 +521,8 @@ function warnIfReferenceOnly(backend: Backend, onWarning: LoadOptions["onWarning
 }
 
 /**
- * Load a model directory. Base weights are frozen (requiresGrad false); unfreeze what you train.
+ * Load a model directory, in eval mode (as transformers' from_pretrained; a training loop calls `model.train()`, as the
+ * Trainer's fit does). Base weights are frozen (requiresGrad false); unfreeze what you train.
  */
 export async function loadModel(dir: string, options: LoadOptions = {}): Promise<LoadedModel> {
   const configFile = join(dir, "config.json");
@@ -557,6 +558,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
     embedding: (path) => take<Embedding>(path),
   };
   const model = createModel(config, src, options);
+  model.eval(); // as transformers' from_pretrained: training code switches to train() (the Trainer's fit does)
   const unusedKeys = st.names.filter((k) => !reader.used.has(k));
   warnUnused(dir, unusedKeys, options.onWarning);
   const quantization = pre ? heldQuantization(pre, leaves) : quant;
