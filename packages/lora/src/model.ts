@@ -226,6 +226,8 @@ export class LoraModel<M extends Module = Module> {
       throw e;
     }
     this.configs.set(name, retied.size ? withTiedNames(resolved, retied) : resolved);
+    // the new dropout modules take the model's mode: no LoRA dropout on a model in eval mode until it is trained
+    this.model.train(this.model.training);
     if (this.active.length === 0) this.active = [name];
     this.setAdapter(this.active);
   }

@@ -127,6 +127,10 @@ describe("PEFT adapter directory: loaded for inference", () => {
     // what the adapter computes without dropout: the trained model in eval mode
     lm.model.eval();
     expect(maxDiff(run(lm.model, x), a)).toBe(0);
+    // injected into a model in eval mode (as loadModel returns it), the new dropout modules are in eval mode too
+    const evalModel = new TinyModel().eval();
+    LoraModel.inject(evalModel, { r: 4, target_modules: ["q_proj"], lora_dropout: 0.5 });
+    expect([...evalModel.namedModules()].every(([, m]) => !m.training)).toBe(true);
     // loaded to train, it stays in training mode (dropout on), as PEFT's is_trainable
     const trainable = new TinyModel();
     await loadAdapter(trainable, dir, { isTrainable: true });

@@ -65,6 +65,11 @@ describe("batchLoss", () => {
     expect(() => batchLoss(model, { ...rows, inputIds: past })).toThrow(
       /input id 96 \(row 1, position 2\) is outside the model's vocabulary \[0, 96\): the tokenizer \(or a pretokenized dataset\) has ids/,
     );
+    const labels = Int32Array.from(rows.labels);
+    labels[8] = 9999;
+    expect(() => batchLoss(model, { ...rows, labels })).toThrow(
+      /label 9999 \(row 1, position 2\) is outside the model's vocabulary \[0, 96\) and is not -100/,
+    );
     model.dispose();
   });
 });

@@ -302,18 +302,24 @@ export class CausalLM extends Module {
     const [b, s, hid] = h.shape;
     checkIds("labels", labels, [b, s]);
     const raw = labels.toTypedArray() as Int32Array;
+    const vocab = this.config.vocabSize;
     const shifted = new Int32Array(b * s).fill(-100);
     let tokenCount = 0;
     for (let r = 0; r < b; r++)
       for (let t = 0; t + 1 < s; t++) {
         const l = raw[r * s + t + 1];
+        if (l !== -100 && !(l >= 0 && l < vocab))
+          throw new ModelError(
+            "bad_token_id",
+            `forward: label ${l} (row ${r}, position ${t + 1}) is outside the model's vocabulary [0, ${vocab}) and is not -100 (ignored): a pretokenized dataset's labels do not fit config.json's vocab_size`,
+            { key: "labels" },
+          );
         shifted[r * s + t] = l;
         if (l !== -100) tokenCount++;
       }
     const rows = b * s;
     const flat = h.reshape([rows, hid]);
     const target = tensor(shifted, { dtype: "i32", backend: h.backend });
-    const vocab = this.config.vocabSize;
     const chunk = Math.max(1, this.lossChunkRows ?? Math.floor((8 << 20) / vocab));
     const head = this.child<LinearLike>("lm_head");
     const weight = plainHeadWeight(head);

@@ -464,6 +464,16 @@ async function buildLeaves(ctx: BuildContext, specs: LeafSpec[]): Promise<Map<st
 
 /** The `quantize` option checked before any weight is read, so an error names the option, not a kernel. */
 function checkQuantize(q: Required<QuantizeOptions>): Required<QuantizeOptions> {
+  const known = ["quantType", "blocksize", "doubleQuant", "skipModules"];
+  for (const key of Object.keys(q))
+    if (!known.includes(key)) {
+      const near = known.find((n) => n.toLowerCase() === key.toLowerCase());
+      throw new ModelError(
+        "bad_argument",
+        `loadModel: options.quantize.${key} is not a quantize option${near ? ` (did you mean "${near}"?)` : `; known: ${known.join(", ")}`}`,
+        { key: `quantize.${key}` },
+      );
+    }
   const bad = (key: string, expected: string, got: unknown) =>
     new ModelError(
       "bad_argument",
@@ -529,10 +539,11 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   const config = parseConfig(await readJson(configFile, false), configFile);
   await refuseSideQuantization(dir, config);
   const generationConfig = await readJson(join(dir, "generation_config.json"), true);
-  // Missing/unreadable shards raise @qlora/formats' SafetensorsError, which names the file and tensor.
-  const st = await openShardedSafetensors(dir);
+  // every setting is checked before a file is opened (a refused option leaves no open handle behind)
   const pre = preQuantizedSettings(config, configFile);
   const quant = pre ?? (options.quantize === false ? null : checkQuantize({ ...DEFAULT_QUANT, ...options.quantize }));
+  // Missing/unreadable shards raise @qlora/formats' SafetensorsError, which names the file and tensor.
+  const st = await openShardedSafetensors(dir);
   const reader = new CheckpointReader(st, dir, options.backend);
   if (options.backend === undefined) warnIfReferenceOnly(reader.backend, options.onWarning);
   const quantizer = new Quantizer(options.quantizeThreads ?? availableParallelism(), reader.backend);

@@ -158,9 +158,15 @@ export async function saveQuantized(model: CausalLM, dir: string, options: SaveQ
     quantization_config: quantizationConfig(quantization),
   };
   if (options.dtype) setDtype(config, TORCH_DTYPE[options.dtype]);
+  untieOwnHead(config, recs.has("lm_head.weight"));
   await writeTextAtomic(join(dir, "config.json"), sortedJson(config));
   if (options.generationConfig)
     await writeTextAtomic(join(dir, "generation_config.json"), sortedJson(options.generationConfig));
+}
+
+/** An output head with its own weight (an untied copy trained as modules_to_save, merged) is no longer tied. */
+function untieOwnHead(config: Record<string, unknown>, hasHead: boolean): void {
+  if (config.tie_word_embeddings === true && hasHead) config.tie_word_embeddings = false;
 }
 
 /**
@@ -260,8 +266,7 @@ export async function saveDense(model: CausalLM, dir: string, options: SaveDense
   const { quantization_config: _dropped, ...raw } = model.config.raw;
   const config: Record<string, unknown> = { ...raw };
   setDtype(config, TORCH_DTYPE[dtype]);
-  // an output head with its own weight (an untied copy trained as modules_to_save, merged) is no longer tied
-  if (config.tie_word_embeddings === true && "lm_head.weight" in state) config.tie_word_embeddings = false;
+  untieOwnHead(config, "lm_head.weight" in state);
   await writeTextAtomic(join(dir, "config.json"), sortedJson(config));
   if (options.generationConfig)
     await writeTextAtomic(join(dir, "generation_config.json"), sortedJson(options.generationConfig));

@@ -72,6 +72,13 @@ describe("bad input gives typed errors naming file and key", () => {
     );
   });
 
+  it("an unknown quantize option is refused with the name it was likely meant to be", async () => {
+    const d = await modelWithConfig("typo-opt", {});
+    await expect(loadModel(d, { quantize: { blockSize: 128 } as never })).rejects.toThrow(
+      'loadModel: options.quantize.blockSize is not a quantize option (did you mean "blocksize"?)',
+    );
+  });
+
   it("a checkpoint quantized by another method (GPTQ, bitsandbytes 8-bit) is refused by name", async () => {
     const gptq = await modelWithConfig("gptq", { quantization_config: { quant_method: "gptq", bits: 4 } });
     const e = await expectModelError(loadModel(gptq), "unsupported_quantization", 'quant_method "gptq"', "config.json");

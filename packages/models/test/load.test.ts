@@ -237,6 +237,22 @@ describe("bitsandbytes checkpoints", () => {
     m.model.dispose();
   });
 
+  it("saveQuantized of a tied model whose head got its own weight (a merged modules_to_save copy) writes it untied", async () => {
+    const m = await loadModel(path("qwen2-bf16"));
+    const embedding = m.model.getSubmodule<Embedding>("model.embed_tokens").weight;
+    const own = noGrad(() => embedding.to("f32").mul(1.5));
+    const [vocab, hidden] = embedding.shape;
+    m.model.setSubmodule("lm_head", new Linear(hidden, vocab, { bias: false, init: { weight: own } }));
+    const before = Array.from(logitsOf(m.model));
+    await saveQuantized(m.model, path("bnb-own-head"));
+    expect(JSON.parse(readFileSync(path("bnb-own-head", "config.json"), "utf8")).tie_word_embeddings).toBe(false);
+    const back = await loadModel(path("bnb-own-head"));
+    expect(back.unusedKeys).toEqual([]);
+    expect(relErr(logitsOf(back.model), before)).toBeLessThan(1e-6);
+    m.model.dispose();
+    back.model.dispose();
+  });
+
   it("saveDense writes a dense checkpoint that loads to the same logits (bf16 storage); a 4-bit model is refused", async () => {
     const dense = await loadModel(path("qwen2-bf16"), { quantize: false });
     await saveDense(dense.model, path("dense-1"));

@@ -436,6 +436,10 @@ describe("evaluation and arguments", () => {
     expect(() => makeTrainer(randomBatches(1, 1, 4, 11), { gradientAccumulationSteps: 0 })).toThrow(
       /gradientAccumulationSteps must be a positive integer/,
     );
+    // a typo from JSON or YAML (TypeScript cannot see it there) is refused, not silently ignored
+    expect(() => makeTrainer(randomBatches(1, 1, 4, 11), { evalStep: 5 } as never)).toThrow(
+      'TrainingArgs.evalStep is not a training argument (did you mean "evalSteps"?)',
+    );
     await expect(
       makeTrainer(randomBatches(1, 1, 4, 11), { gradientCheckpointing: true }).trainer.fit(),
     ).rejects.toThrow(/setGradientCheckpointing/);
@@ -447,8 +451,10 @@ describe("evaluation and arguments", () => {
   });
 
   it("fractional epochs run ceil(epochs × steps per epoch) steps, as transformers; a non-positive count is named", async () => {
-    const { trainer } = makeTrainer(randomBatches(4, 1, 4, 11), { numEpochs: 1.3 });
+    const { trainer, model } = makeTrainer(randomBatches(4, 1, 4, 11), { numEpochs: 1.3 });
     const state = await trainer.fit();
+    // fit ends in eval mode (what follows is evaluation, generation or saving)
+    expect(model.training).toBe(false);
     expect(state.globalStep).toBe(Math.ceil(4 * 1.3));
     // every step record carries the process's RSS (the report's memory curve)
     const steps = state.logHistory.filter((r) => "loss" in r);

@@ -202,6 +202,8 @@ export class Trainer<B = unknown> {
       await this.hooks.emit("error", this.context({ error }));
       throw error;
     } finally {
+      // what comes next is evaluation, generation or saving: no dropout (fit switches back to training mode)
+      this.model.eval();
       await this.strategy.teardown();
     }
     return this.state;
@@ -424,6 +426,7 @@ export class Trainer<B = unknown> {
     const data = this.options.eval;
     if (!data) throw new TrainerError("NO_EVAL_DATA", "Trainer.evaluate: no eval data was given");
     await this.hooks.emit("eval:start", this.context({}));
+    const wasTraining = this.model.training;
     this.model.eval();
     const sums = new Float64Array(2);
     try {
@@ -438,7 +441,7 @@ export class Trainer<B = unknown> {
         sums[1] += data.lossTokens(batch);
       }
     } finally {
-      this.model.train();
+      this.model.train(wasTraining);
     }
     await this.strategy.allReduce(sums, "sum");
     if (sums[1] === 0) throw new TrainerError("EMPTY_DATASET", "Trainer.evaluate: the eval data has no loss tokens");
@@ -651,7 +654,43 @@ function baseLearningRates(optimizer: TrainerOptimizer, learningRate: number | u
   return own;
 }
 
+const TRAINING_ARGS: readonly (keyof TrainingArgs)[] = [
+  "outputDir",
+  "seed",
+  "learningRate",
+  "numEpochs",
+  "maxSteps",
+  "gradientAccumulationSteps",
+  "maxGradNorm",
+  "scheduler",
+  "loggingSteps",
+  "evalSteps",
+  "saveSteps",
+  "saveTotalLimit",
+  "gradientCheckpointing",
+  "maxNonFiniteInARow",
+  "metricForBestModel",
+  "greaterIsBetter",
+];
+
+/** A key TrainingArgs does not have (a typo from JSON or YAML, which TypeScript cannot see) is refused, not ignored. */
+function checkArgNames(a: object): void {
+  for (const key of Object.keys(a)) {
+    if ((TRAINING_ARGS as readonly string[]).includes(key)) continue;
+    const k = key.toLowerCase();
+    const near = TRAINING_ARGS.find(
+      (n) => n.toLowerCase() === k || n.toLowerCase().startsWith(k) || k.startsWith(n.toLowerCase()),
+    );
+    throw new TrainerError(
+      "BAD_ARGUMENT",
+      `TrainingArgs.${key} is not a training argument${near ? ` (did you mean "${near}"?)` : `; known: ${TRAINING_ARGS.join(", ")}`}`,
+      { key },
+    );
+  }
+}
+
 function checkArgs(a: TrainingArgs & { gradientAccumulationSteps: number }): void {
+  checkArgNames(a);
   const positiveInt = (v: number | undefined, name: string) => {
     if (v !== undefined && !(Number.isInteger(v) && v > 0))
       throw new TrainerError("BAD_ARGUMENT", `TrainingArgs.${name} must be a positive integer, got ${v}`, {
