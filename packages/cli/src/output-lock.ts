@@ -58,6 +58,20 @@ function readOwner(path: string): LockOwner | null {
   }
 }
 
+/** `dir` is not in use by a live run (the `--nproc` launcher checks before it starts ranks; rank 0 takes the lock). */
+export function assertOutputDirFree(dir: string): void {
+  const path = join(dir, LOCK_FILE);
+  const owner = readOwner(path);
+  if (owner && running(owner, path)) throw inUse(dir, path, owner);
+}
+
+function inUse(dir: string, path: string, owner: LockOwner): CliError {
+  return new CliError(
+    "BAD_PATH",
+    `output_dir: ${dir} is in use by another qlora train (pid ${owner.pid} on ${owner.host}, started ${owner.started}); wait for it to finish or write to another output_dir (if no run is active there, delete ${path})`,
+  );
+}
+
 /** Takes `dir`'s training lock (creating `dir`); returns the function that releases it. */
 export function lockOutputDir(dir: string): () => void {
   ensureDirectorySync(dir);
@@ -77,11 +91,7 @@ export function lockOutputDir(dir: string): () => void {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== "EEXIST" || attempt > 0) throw e;
       const owner = readOwner(path);
-      if (owner && running(owner, path))
-        throw new CliError(
-          "BAD_PATH",
-          `output_dir: ${dir} is in use by another qlora train (pid ${owner.pid} on ${owner.host}, started ${owner.started}); wait for it to finish or write to another output_dir (if no run is active there, delete ${path})`,
-        );
+      if (owner && running(owner, path)) throw inUse(dir, path, owner);
       unlinkSync(path); // a dead run's lock
     }
   }

@@ -1,5 +1,5 @@
-import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as distributed from "@qlora/distributed";
@@ -122,6 +122,30 @@ describe("rank runtime (a world of two stands in for MPI_COMM_WORLD)", () => {
     expect(() => checkParallelConfig(parse("fsdp: [shard_grad_op]\nsaves_per_epoch: 2\n"), 2)).toThrow(
       /drop saves_per_epoch or use full_shard/,
     );
+  });
+
+  it("--nproc refuses an output_dir in use or holding an earlier run's checkpoints before it starts a rank", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "qlora-nproc-out-"));
+    writeFileSync(join(dir, "d.jsonl"), '{"text": "a b c"}\n');
+    const demoBase = fileURLToPath(new URL("../demo/base", import.meta.url));
+    const out = join(dir, "out");
+    const file = join(dir, "c.yaml");
+    writeFileSync(file, `base_model: ${demoBase}\ndatasets: [{path: ${join(dir, "d.jsonl")}}]\noutput_dir: ${out}\n`);
+    mkdirSync(join(out, "checkpoint-5"), { recursive: true });
+    writeFileSync(join(out, "checkpoint-5", "trainer_state.json"), "{}");
+    const old = await runCli(["train", file, "--nproc", "2"]);
+    expect(old.code).toBe(2);
+    expect(old.err).toMatch(/^qlora: output_dir: .* already holds checkpoint-5 from an earlier run/);
+    // a live run's lock (this test runner's parent stands in for it)
+    const stat = readFileSync(`/proc/${process.ppid}/stat`, "utf8");
+    const procStart = stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+    writeFileSync(
+      join(out, ".qlora-train.lock"),
+      JSON.stringify({ pid: process.ppid, host: hostname(), started: "then", procStart }),
+    );
+    const locked = await runCli(["train", file, "--nproc", "2", "--overwrite_output_dir", "true"]);
+    expect(locked.code).toBe(2);
+    expect(locked.err).toMatch(/^qlora: output_dir: .* is in use by another qlora train/);
   });
 
   it("--nproc checks those keys before it starts a rank: one line, exit 2", async () => {
@@ -272,6 +296,29 @@ describe("qlora estimate --world-size N", () => {
     expect(got.worldSize).toBe(4);
     const parts = singleProcessParts(plan, 32);
     expect(got.perRank.ddp).toEqual(distributed.perRankMemory(parts, 4, "ddp"));
+    // a 16-bit base is not sharded by FSDP (its units shard 4-bit weights): whole on every rank
+    const dense = JSON.parse(
+      (
+        await runCli([
+          "--json",
+          "estimate",
+          "--model",
+          dir,
+          "--seq-len",
+          "1024",
+          "--world-size",
+          "4",
+          "--quant",
+          "none",
+        ])
+      ).out,
+    );
+    const bytesOf = (r: { rows: { item: string; bytes: number }[] }, start: string) =>
+      r.rows.find((x) => x.item.startsWith(start))!.bytes;
+    expect(bytesOf(dense.perRank.fsdp, "quantized base")).toBe(0);
+    expect(bytesOf(dense.perRank.fsdp, "replicated")).toBe(
+      bytesOf(dense.perRank.ddp, "replicated") + bytesOf(dense.perRank.ddp, "quantized base"),
+    );
     // FSDP's units recompute their layer in backward, gradient_checkpointing or not: its activations are those of
     // the checkpointed plan
     const ckpt = JSON.parse(

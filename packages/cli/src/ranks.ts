@@ -71,8 +71,8 @@ export async function launchRanks(nproc: number, argv: readonly string[]): Promi
   };
   if (process.stderr.isTTY) env.QLORA_TTY_COLUMNS = String(process.stderr.columns || 80);
   let interrupted: "SIGINT" | "SIGTERM" | undefined;
-  // Ctrl-C reaches mpirun too (same process group); launch() passes a SIGTERM on. Either way mpirun stops the ranks
-  // and this process waits for it (a launcher that exited at once left the job training in the background).
+  // launch() passes SIGINT and SIGTERM on to mpirun, which stops the ranks; this process waits for it (a launcher
+  // that exited at once left the job training in the background).
   const onSigint = () => {
     interrupted = "SIGINT";
   };
@@ -82,11 +82,18 @@ export async function launchRanks(nproc: number, argv: readonly string[]): Promi
   process.on("SIGINT", onSigint);
   process.on("SIGTERM", onSigterm);
   try {
-    const r = await dist.launch({ nproc, argv: [...process.execArgv, script, ...withoutNproc(argv)], env });
+    const r = await dist.launch({
+      nproc,
+      argv: [...process.execArgv, script, ...withoutNproc(argv)],
+      env,
+      // a SIGINT sent to this process alone (kill -INT, timeout -s INT) must reach mpirun too; a terminal's Ctrl-C
+      // reaches it twice, which ends the job the same way
+      forwardSignals: ["SIGTERM", "SIGINT"],
+    });
     if (r.exitCode !== 0 && interrupted)
       throw new CliError(
         "JOB_FAILED",
-        `train --nproc ${nproc}: interrupted (${interrupted === "SIGINT" ? "Ctrl-C" : "SIGTERM"}): mpirun stopped the ranks; resume from the last save_steps checkpoint with resume_from_checkpoint: true`,
+        `train --nproc ${nproc}: interrupted (${interrupted === "SIGINT" ? "Ctrl-C" : "SIGTERM"}): mpirun stopped the ranks, which write no checkpoint when stopped; resume from the last save_steps checkpoint, if one was written, with resume_from_checkpoint: true`,
         interrupted === "SIGINT" ? 130 : 143,
       );
     if (r.exitCode !== 0)

@@ -9,7 +9,7 @@ import { basename, join, resolve } from "node:path";
 import { batchLoss, type CausalLM, HfTokenizer, compileChatTemplate, loadModel, loadTokenizer } from "@qlora/models";
 import { LoraModel, type LoraConfigInput, loadAdapter, saveAdapter } from "@qlora/lora";
 import { AdamW, Lion, type NamedParameters, SGD, loraPlusGroups } from "@qlora/paged-optim";
-import { type Module, type Tensor, keep, noGrad } from "@qlora/tensor";
+import { Linear4bit, type Module, type Tensor, keep, noGrad } from "@qlora/tensor";
 import {
   type ChatFields,
   type CheckpointIO,
@@ -470,6 +470,11 @@ async function trainInOutputDir(config: TrainConfig, options: TrainOptions): Pro
     say("bf16: true — the CPU backend computes in f32; training in f32 (bf16: auto says this silently)");
   const base = await loadBase(config, options.quiet || !isMain, stream);
   const model = base.model;
+  const sharded = options.parallel?.strategy.name === "fsdp";
+  if (sharded && ![...model.namedModules()].some(([, m]) => m instanceof Linear4bit))
+    say(
+      "fsdp: the base is not 4-bit: FSDP shards the 4-bit base weights only, so each rank keeps the whole base, as under DDP (load_in_4bit: true trains QLoRA and shares it)",
+    );
   const tokenizer = withSpecialTokens(base.tokenizer, config);
   const markersNote = chatmlMarkersWarning(config, tokenizer);
   if (markersNote) say(markersNote);

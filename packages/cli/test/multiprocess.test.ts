@@ -321,23 +321,28 @@ describe(`qlora train on several processes${skip}`, () => {
     120_000,
   );
 
-  it.skipIf(!!skip)(
-    "SIGTERM to the --nproc launcher alone stops the ranks too (exit 143), leaving nothing training behind",
-    async () => {
-      const long = writeConfig("term.yaml", 400);
-      let sent = false;
-      const r = await qlora(["train", long, "--nproc", "2", "--output-dir", join(root, "termed")], {}, (err, child) => {
-        if (sent || !/step 2\/400/.test(err)) return;
-        sent = true;
-        child.kill("SIGTERM"); // the launcher's pid only, as `kill <pid>` or a job scheduler does
-      });
-      expect(sent, r.err).toBe(true);
-      expect(r.code).toBe(143);
-      expect(r.err).toMatch(/qlora: train --nproc 2: interrupted \(SIGTERM\): mpirun stopped the ranks/);
-      // mpirun and its ranks are gone when the launcher has exited
-      expect([rankPid(long, 0), rankPid(long, 1)]).toEqual([undefined, undefined]);
-      expect(existsSync(join(root, "termed", "adapter"))).toBe(false);
-    },
-    120_000,
-  );
+  for (const [signal, code, said] of [
+    ["SIGTERM", 143, "SIGTERM"],
+    ["SIGINT", 130, "Ctrl-C"],
+  ] as const)
+    it.skipIf(!!skip)(
+      `${signal} to the --nproc launcher alone stops the ranks too (exit ${code}), leaving nothing training behind`,
+      async () => {
+        const long = writeConfig(`${signal}.yaml`, 400);
+        let sent = false;
+        const out = join(root, `${signal}-run`);
+        const r = await qlora(["train", long, "--nproc", "2", "--output-dir", out], {}, (err, child) => {
+          if (sent || !/step 2\/400/.test(err)) return;
+          sent = true;
+          child.kill(signal); // the launcher's pid only, as `kill <pid>`, `timeout` or a job scheduler does
+        });
+        expect(sent, r.err).toBe(true);
+        expect(r.code).toBe(code);
+        expect(r.err).toContain(`qlora: train --nproc 2: interrupted (${said}): mpirun stopped the ranks`);
+        // mpirun and its ranks are gone when the launcher has exited
+        expect([rankPid(long, 0), rankPid(long, 1)]).toEqual([undefined, undefined]);
+        expect(existsSync(join(out, "adapter"))).toBe(false);
+      },
+      120_000,
+    );
 });

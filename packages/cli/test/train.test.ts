@@ -143,6 +143,7 @@ output_dir: ${out}
     ]);
     expect(continued.code).toBe(0);
     expect(JSON.parse(continued.out).evalLossBefore).toBe(result.evalLossBefore);
+    expect(JSON.parse(continued.out)).toMatchObject({ resumedAt: 15, globalStep: 30 });
     const records = readFileSync(join(cont, "metrics.jsonl"), "utf8")
       .trim()
       .split("\n")
@@ -201,6 +202,22 @@ output_dir: ${out}
     const text = await runCli(["--quiet", "train", file, "--output_dir", join(root, "early-text")]);
     expect(text.out).toMatch(/^stopped before max_steps: early stopping: eval_loss did not improve/m);
     expect(text.out).toMatch(/^loaded the best checkpoint: .*checkpoint-\d+$/m);
+  });
+
+  it("fsdp over a 16-bit base says that the base is not sharded (FSDP shards 4-bit weights only)", async () => {
+    const base = await tinyModel();
+    const data = writeData();
+    const file = join(root, "fsdp16.yaml");
+    writeFileSync(
+      file,
+      `base_model: ${base}\nadapter: lora\nlora_target_modules: [q_proj]\nfsdp: [full_shard]\ndatasets: [{path: ${data}, type: prompt_completion}]\nsequence_len: 32\nmicro_batch_size: 4\nmax_steps: 1\noutput_dir: ${join(root, "fsdp16")}\n`,
+    );
+    let code = -1;
+    const lines = await capturingStderr(async () => {
+      code = (await runCli(["--quiet", "train", file])).code;
+    });
+    expect(code).toBe(0);
+    expect(lines.join("")).toMatch(/fsdp: the base is not 4-bit: FSDP shards the 4-bit base weights only/);
   });
 
   it("preprocess --debug shows the label mask: prompt tokens masked, completion and EOS trained", async () => {

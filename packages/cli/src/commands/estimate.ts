@@ -83,9 +83,18 @@ export function registerEstimate(program: Command, io: Io): void {
       const checkpointed = options.gradientCheckpointing
         ? parts
         : singleProcessParts(estimateMemory(shape, { ...options, gradientCheckpointing: true }), shape.numLayers);
+      // FSDP shards 4-bit base weights only: a 16-bit base stays whole on every rank
+      const fsdpParts =
+        options.baseQuant === "none"
+          ? {
+              ...checkpointed,
+              replicatedBytes: checkpointed.replicatedBytes + checkpointed.baseWeightBytes,
+              baseWeightBytes: 0,
+            }
+          : checkpointed;
       const perRank = {
         ddp: perRankMemory(parts, o.worldSize, "ddp"),
-        fsdp: perRankMemory(checkpointed, o.worldSize, "fsdp"),
+        fsdp: perRankMemory(fsdpParts, o.worldSize, "fsdp"),
       };
       if (global.json) return io.out(JSON.stringify({ ...plan, worldSize: o.worldSize, perRank }));
       io.out(`${formatPlan(plan)}\n\n${formatPerRank([perRank.ddp, perRank.fsdp])}`);

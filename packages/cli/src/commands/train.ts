@@ -16,7 +16,8 @@ import {
   threadsPerRank,
   worldFromEnv,
 } from "../ranks";
-import { type TrainResult, checkTrainInputs, runTrain } from "../train";
+import { assertOutputDirFree } from "../output-lock";
+import { type TrainResult, checkOutputDirRuns, checkTrainInputs, runTrain } from "../train";
 import { onInterrupt, signalExitCode } from "./signals";
 
 /** `--lora-r 16 --sample-packing true` → { "lora-r": "16", "sample-packing": "true" }. */
@@ -63,6 +64,9 @@ export function registerTrain(program: Command, io: Io): void {
       if (global.nproc !== undefined && global.nproc > 1) {
         checkTrainInputs(config);
         checkParallelConfig(config, global.nproc);
+        // what one rank would refuse about output_dir is said once, before any rank starts
+        assertOutputDirFree(config.output_dir);
+        await checkOutputDirRuns(config, false, () => {});
         return launchRanks(global.nproc, process.argv.slice(2));
       }
       const interruption = onInterrupt((signal) =>
@@ -111,7 +115,7 @@ async function resumeStep(config: TrainConfig): Promise<{ dir: string; step: num
 
 function printResult(io: Io, global: GlobalOptions, result: TrainResult, resumedAt?: number): void {
   if (global.json) {
-    io.out(JSON.stringify(result));
+    io.out(JSON.stringify(resumedAt === undefined ? result : { ...result, resumedAt }));
     return;
   }
   const loss =
