@@ -6,6 +6,7 @@
 //   - attention: forward tasks are (batch, head, query tile); the backward's dq of a GQA group is
 //     summed over a fixed number of key-tile parts chosen from the shape alone (csrc/attention.cc),
 //     so the thread count only decides who computes a part, not how the sums are grouped.
+//   - dropout masks: Philox is counter based, each block a function of (seed, block) alone.
 // Shapes are odd and exceed full SIMD tiles (6x16 AVX2, 12x32 AVX-512, 64-key attention tiles) with
 // remainders, every runnable GEMM ISA path is swept (the others are reported skipped, isa-paths.ts).
 import { quantize4bit } from "@qlora/nf4";
@@ -133,6 +134,21 @@ describe("thread sweep: attention", () => {
       const { out, lse } = fused.attention!(q, k, v, o);
       const { dq, dk, dv } = fused.attentionBackward!(dout, q, k, v, out, lse, o);
       return [data(out), data(lse), data(dq), data(dk), data(dv)];
+    });
+  });
+});
+
+describe("thread sweep: dropout masks", () => {
+  // counter based: each block's words depend on (seed, block) alone, so the split over threads cannot change them
+  const fused = createFusedOps(() => loadNative() as unknown as FusedNative, referenceBackend);
+  it("the Philox mask is bit-identical across 1/2/3/5 threads (and equals the reference)", () => {
+    const n = (1 << 16) * 3 + 7; // blocks split over the pool, a partial last block
+    const want = (referenceBackend.dropoutMask!(5, 4 * 1001, n, 0.1, Math.fround(1 / 0.9)) as HostBuffer)
+      .data as Float32Array;
+    sweep("dropoutMask", () => {
+      const got = (fused.dropoutMask!(5, 4 * 1001, n, 0.1, Math.fround(1 / 0.9)) as HostBuffer).data as Float32Array;
+      expect(got.findIndex((v, i) => !Object.is(v, want[i]))).toBe(-1);
+      return [got];
     });
   });
 });
