@@ -146,6 +146,28 @@ describe("rank runtime (a world of two stands in for MPI_COMM_WORLD)", () => {
     const locked = await runCli(["train", file, "--nproc", "2", "--overwrite_output_dir", "true"]);
     expect(locked.code).toBe(2);
     expect(locked.err).toMatch(/^qlora: output_dir: .* is in use by another qlora train/);
+    // shard_grad_op cannot resume (its optimizer shards are not saved): said before launch, not on every rank
+    const ckpt = join(dir, "ckpt");
+    mkdirSync(ckpt);
+    writeFileSync(join(ckpt, "trainer_state.json"), JSON.stringify({ globalStep: 5 }));
+    const sgo = await runCli([
+      "train",
+      file,
+      "--nproc",
+      "2",
+      "--adapter",
+      "lora",
+      "--fsdp",
+      "[shard_grad_op]",
+      "--output_dir",
+      join(dir, "fresh"),
+      "--resume_from_checkpoint",
+      ckpt,
+    ]);
+    expect(sgo.code).toBe(2);
+    expect(sgo.err).toBe(
+      "qlora: fsdp: shard_grad_op cannot resume a checkpoint yet (it does not save its sharded optimizer state); resume with full_shard or DDP, or start fresh",
+    );
   });
 
   it("--nproc checks those keys before it starts a rank: one line, exit 2", async () => {

@@ -63,7 +63,12 @@ export function registerTrain(program: Command, io: Io): void {
       const config = loadTrainConfig(file, overrides);
       if (global.nproc !== undefined && global.nproc > 1) {
         checkTrainInputs(config);
-        checkParallelConfig(config, global.nproc);
+        const choice = checkParallelConfig(config, global.nproc);
+        if (choice.name === "sharded-optimizer" && (await resumeStep(config)))
+          throw new CliError(
+            "CONFIG_INVALID",
+            `${choice.key}: shard_grad_op cannot resume a checkpoint yet (it does not save its sharded optimizer state); resume with full_shard or DDP, or start fresh`,
+          );
         // what one rank would refuse about output_dir is said once, before any rank starts
         assertOutputDirFree(config.output_dir);
         await checkOutputDirRuns(config, false, () => {});
