@@ -11,7 +11,7 @@ export function layerProgress(
   label: string,
   quiet = false,
   stream: NodeJS.WriteStream = process.stderr,
-  unit = "layers",
+  unit = "modules", // loadModel reports leaf modules (embedding, each linear and norm), not decoder layers
 ): LayerProgress {
   if (quiet || !stream.isTTY) return { onProgress: () => {}, stop: () => {} };
   let bar: SingleBar | undefined;

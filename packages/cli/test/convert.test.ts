@@ -174,6 +174,14 @@ describe("qlora eval / merge / quantize / export / generate", () => {
     const chat = await runCli([...args, "--chat", "--adapter", adapter]);
     expect(chat.code).toBe(0);
     expect(typeof JSON.parse(chat.out).completion).toBe("string");
+    // --top-k alone samples (the library's rule: temperature 1 unless given), so seeds give different texts; each
+    // seed repeats
+    const sampled = async (seed: string) =>
+      JSON.parse((await runCli([...args, "--top-k", "50", "--seed", seed, "--max-new-tokens", "12"])).out).completion;
+    const s1 = await sampled("1");
+    expect(await sampled("1")).toBe(s1);
+    const others = await Promise.all(["2", "3", "4"].map(sampled));
+    expect(others.some((t) => t !== s1)).toBe(true);
     // generation_config.json's eos_token_id list stops generation (Llama 3.1's <|eom_id|>): here every id is in it
     const stops = join(root, "base-stops");
     cpSync(base, stops, { recursive: true });

@@ -8,9 +8,10 @@ import { CliError } from "../errors";
 
 interface SampleFlags {
   maxNewTokens: number;
-  temperature: number;
+  temperature?: number;
   topP?: number;
   topK?: number;
+  repetitionPenalty?: number;
   seed?: number;
 }
 
@@ -24,9 +25,16 @@ function number(v: string, flag: string, min = 0): number {
 function sampleOptions(program: Command): Command {
   return program
     .option("--max-new-tokens <n>", "tokens to generate", (v) => positiveInt(v, "--max-new-tokens"), 128)
-    .option("--temperature <t>", "0 = greedy", (v) => number(v, "--temperature"), 0)
-    .option("--top-p <p>", "nucleus sampling", (v) => number(v, "--top-p"))
-    .option("--top-k <k>", "top-k sampling", (v) => positiveInt(v, "--top-k"))
+    .option(
+      "--temperature <t>",
+      "sample at this temperature (0 = greedy); without it, and without --top-k / --top-p, generation is greedy",
+      (v) => number(v, "--temperature"),
+    )
+    .option("--top-p <p>", "nucleus sampling (samples, at temperature 1 unless given)", (v) => number(v, "--top-p"))
+    .option("--top-k <k>", "top-k sampling (samples, at temperature 1 unless given)", (v) => positiveInt(v, "--top-k"))
+    .option("--repetition-penalty <r>", "CTRL-style penalty on tokens already seen (1 = off)", (v) =>
+      number(v, "--repetition-penalty"),
+    )
     .option("--seed <s>", "sampling seed", (v) => number(v, "--seed"))
     .option("--quantize <q>", "how the base weights are held: nf4 or none", "nf4")
     .option(
@@ -49,6 +57,7 @@ export async function streamCompletion(
     temperature: flags.temperature,
     topP: flags.topP,
     topK: flags.topK,
+    repetitionPenalty: flags.repetitionPenalty,
     seed: flags.seed,
     onToken: (e) => {
       if (e.text) write(e.text);

@@ -29,7 +29,7 @@ export function earlyStopping(o: EarlyStoppingOptions): TrainerPlugin {
           bad = 0;
         } else if (++bad >= o.patience) {
           ctx.control.stop(
-            `early stopping: ${metric} did not improve for ${bad} evaluation${bad === 1 ? "" : "s"} (best ${best} at step ${bestStep})`,
+            `early stopping: ${metric} did not improve for ${bad} evaluation${bad === 1 ? "" : "s"} (best ${Number(best?.toPrecision(6))} at step ${bestStep})`,
           );
         }
       },
