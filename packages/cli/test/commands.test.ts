@@ -54,6 +54,42 @@ describe("qlora estimate", () => {
     );
   });
 
+  it("--config takes the run's settings from a train config; flags given win", async () => {
+    const yaml = join(dir, "train.yaml");
+    writeFileSync(
+      yaml,
+      `base_model: ${dir}\nload_in_4bit: true\nadapter: qlora\nlora_r: 4\nlora_dropout: 0.1\nlora_target_linear: true\nsequence_len: 48\nmicro_batch_size: 3\noptimizer: paged_adamw_8bit\ngradient_checkpointing: true\ndatasets: [{path: d.jsonl}]\n`,
+    );
+    const byConfig = JSON.parse((await runCli(["--json", "estimate", "--config", yaml])).out);
+    const byFlags = JSON.parse(
+      (
+        await runCli([
+          "--json",
+          "estimate",
+          "--model",
+          dir,
+          "--lora-r",
+          "4",
+          "--lora-dropout",
+          "0.1",
+          "--seq-len",
+          "48",
+          "--micro-batch-size",
+          "3",
+          "--optimizer",
+          "paged_adamw_8bit",
+          "--gradient-checkpointing",
+        ])
+      ).out,
+    );
+    expect(byConfig).toEqual(byFlags);
+    const shorter = JSON.parse((await runCli(["--json", "estimate", "--config", yaml, "--seq-len", "16"])).out);
+    expect(shorter.totalBytes).toBeLessThan(byConfig.totalBytes);
+    const neither = await runCli(["estimate"]);
+    expect(neither.code).toBe(2);
+    expect(neither.err).toBe("qlora: estimate: give --model <dir> or --config <file>");
+  });
+
   it("bad arguments and paths exit 2 with one readable line", async () => {
     const missing = await runCli(["estimate", "--model", join(dir, "nope")]);
     expect(missing.code).toBe(2);

@@ -13,7 +13,8 @@ import {
   optimizerSpec,
   singleProcessParts,
 } from "../estimate";
-import { OPTIMIZERS } from "../config";
+import { OPTIMIZERS, loadTrainConfig } from "../config";
+import { bnb4bitConfig } from "../infer";
 import { readJson } from "../inspect";
 import { type GlobalOptions, type Io, positiveInt } from "../main";
 import { loadDistributed } from "../ranks";
@@ -23,14 +24,18 @@ export function registerEstimate(program: Command, io: Io): void {
   program
     .command("estimate")
     .description("memory plan of a fine-tuning run (weights, adapters, optimizer, activations, logits)")
-    .requiredOption("--model <path>", "model directory or its config.json")
+    .option("--model <path>", "model directory or its config.json")
+    .option(
+      "--config <file>",
+      "a train config: its base_model, sequence_len, micro_batch_size, lora_r, lora_dropout, optimizer, gradient_checkpointing, 4-bit settings and LoRA targets (flags given here win)",
+    )
     .option("--seq-len <n>", "tokens per sequence", (v) => positiveInt(v, "--seq-len"), DEFAULT_ESTIMATE.seqLen)
     .option("--micro-batch-size <n>", "sequences per micro-batch", (v) => positiveInt(v, "--micro-batch-size"), 1)
     .option("--lora-r <n>", "LoRA rank", (v) => positiveInt(v, "--lora-r"), DEFAULT_ESTIMATE.loraR)
     .option("--lora-dropout <p>", "lora_dropout (above 0, each LoRA linear keeps its dropout mask)", (v) =>
       probability(v, "--lora-dropout"),
     )
-    .option("--optimizer <name>", `as the config's optimizer key: ${OPTIMIZERS.join(" | ")}`, "paged_adamw_32bit")
+    .option("--optimizer <name>", `as the config's optimizer key: ${OPTIMIZERS.join(" | ")}`, "adamw_torch")
     .option(
       "--quant <q>",
       "base weights: nf4-dq | nf4 | none (default: a bitsandbytes 4-bit checkpoint's own, else nf4-dq)",
@@ -50,6 +55,8 @@ export function registerEstimate(program: Command, io: Io): void {
     )
     .action(async function (this: Command, o) {
       const global = this.optsWithGlobals() as GlobalOptions;
+      const allLinear = o.config ? fromTrainConfig(this, o) : DEFAULT_ESTIMATE.allLinear;
+      if (o.model === undefined) throw new CliError("BAD_ARGUMENT", "estimate: give --model <dir> or --config <file>");
       if (!(OPTIMIZERS as readonly string[]).includes(o.optimizer))
         throw new CliError(
           "BAD_ARGUMENT",
@@ -74,6 +81,7 @@ export function registerEstimate(program: Command, io: Io): void {
         gradientCheckpointing: o.gradientCheckpointing ?? DEFAULT_ESTIMATE.gradientCheckpointing,
         baseQuant: o.quant as BaseQuant,
         logitsChunk: o.logitsChunk,
+        allLinear,
       };
       const plan = estimateMemory(shape, options);
       if (o.worldSize === undefined) return io.out(global.json ? JSON.stringify(plan) : formatPlan(plan));
@@ -127,4 +135,27 @@ function probability(v: string, flag: string): number {
   if (v.trim() === "" || !(p >= 0 && p < 1))
     throw new CliError("BAD_ARGUMENT", `${flag}: expected a number in [0, 1), got "${v}"`);
   return p;
+}
+
+/**
+ * --config: the train config's settings fill every option not given on the command line (the flag wins). Returns
+ * whether LoRA goes on every linear (lora_target_linear, or "all-linear"); other target lists are planned as
+ * q_proj + v_proj, PEFT's default.
+ */
+function fromTrainConfig(cmd: Command, o: Record<string, unknown>): boolean {
+  const c = loadTrainConfig(o.config as string);
+  const fill = (key: string, value: unknown) => {
+    if (cmd.getOptionValueSource(key) !== "cli" && value !== undefined) o[key] = value;
+  };
+  fill("model", c.base_model);
+  fill("seqLen", c.sequence_len);
+  fill("microBatchSize", c.micro_batch_size);
+  fill("loraR", c.lora_r);
+  fill("loraDropout", c.lora_dropout);
+  fill("optimizer", c.optimizer);
+  fill("gradientCheckpointing", c.gradient_checkpointing);
+  // a bitsandbytes checkpoint loads as it was saved (baseQuantOf reads it); a dense base is held as the config says
+  if (cmd.getOptionValueSource("quant") !== "cli" && !bnb4bitConfig(String(o.model)))
+    o.quant = c.load_in_4bit || c.adapter === "qlora" ? (c.bnb_4bit_use_double_quant ? "nf4-dq" : "nf4") : "none";
+  return c.lora_target_linear || c.lora_target_modules === "all-linear";
 }
