@@ -92,7 +92,29 @@ async function inspectGguf(path: string): Promise<Inspection> {
         .join(", "),
     ],
   ];
-  return { kind: "gguf", path, summary, details: { version: f.version, architecture: arch, tensorTypes: types } };
+  // every metadata value, arrays longer than a few items (the vocabulary, merges, scores) shortened to their length
+  const metadata: Record<string, unknown> = {};
+  for (const key of f.metadata.keys()) {
+    const v = f.get(key);
+    const long = (Array.isArray(v) || ArrayBuffer.isView(v)) && (v as ArrayLike<unknown>).length > 8;
+    metadata[key] = long ? `[${(v as ArrayLike<unknown>).length} items]` : typeof v === "bigint" ? String(v) : v;
+  }
+  const shown = ["tokenizer.ggml.model", "tokenizer.ggml.eos_token_id", "tokenizer.chat_template"].filter((k) =>
+    f.metadata.has(k),
+  );
+  for (const k of shown) summary.push([k, oneLine(String(metadata[k]))]);
+  return {
+    kind: "gguf",
+    path,
+    summary,
+    details: { version: f.version, architecture: arch, tensorTypes: types, metadata },
+  };
+}
+
+/** A value on one summary line: newlines shown as \n, cut at 80 characters. */
+function oneLine(s: string): string {
+  const flat = s.replace(/\n/g, "\\n");
+  return flat.length > 80 ? `${flat.slice(0, 77)}...` : flat;
 }
 
 /** A JSON file as an object; unreadable or invalid JSON is a CliError naming the file. */

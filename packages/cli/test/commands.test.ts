@@ -1,7 +1,7 @@
 import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { GgmlType, gv, writeGguf, writeSafetensors } from "@qlora/formats";
+import { GgmlType, GgufValueType, gv, writeGguf, writeSafetensors } from "@qlora/formats";
 import { describe, expect, it } from "vitest";
 import { OPTIMIZERS } from "../src/config";
 import { runBin, runCli } from "./helpers";
@@ -180,12 +180,29 @@ describe("qlora inspect", () => {
     expect(ckpt.out).toMatch(/\(checkpoint\)/);
     expect(ckpt.out).toMatch(/architecture\s+LlamaForCausalLM/);
     await writeGguf(join(dir, "m.gguf"), {
-      metadata: { "general.architecture": gv.str("llama") },
+      metadata: {
+        "general.architecture": gv.str("llama"),
+        "tokenizer.ggml.tokens": gv.arr(
+          GgufValueType.STRING,
+          Array.from({ length: 20 }, (_, i) => `t${i}`),
+        ),
+        "tokenizer.ggml.eos_token_id": gv.u32(7),
+        "tokenizer.chat_template": gv.str("{% for m in messages %}\n{{ m.content }}{% endfor %}"),
+      },
       tensors: [{ name: "t", type: GgmlType.F32, shape: [4], data: new Float32Array(4) }],
     });
     const gguf = await runCli(["inspect", join(dir, "m.gguf")]);
     expect(gguf.code).toBe(0);
     expect(gguf.out).toMatch(/architecture\s+llama/);
+    expect(gguf.out).toMatch(/tokenizer\.ggml\.eos_token_id\s+7/);
+    expect(gguf.out).toMatch(/tokenizer\.chat_template\s+\{% for m in messages %\}\\n\{\{ m\.content \}\}/);
+    // --json has every metadata value, long arrays as their length
+    const meta = JSON.parse((await runCli(["--json", "inspect", join(dir, "m.gguf")])).out).details.metadata;
+    expect(meta).toMatchObject({
+      "general.architecture": "llama",
+      "tokenizer.ggml.tokens": "[20 items]",
+      "tokenizer.ggml.eos_token_id": 7,
+    });
   });
 
   it("a run directory: losses to 4 significant digits, step and best metric from @qlora/trainer's state", async () => {
