@@ -15,7 +15,6 @@ import {
   Linear4bit,
   noGrad,
   type RMSNorm,
-  referenceBackend,
   registerBackend,
   type Tensor,
   unregisterBackend,
