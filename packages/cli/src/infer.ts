@@ -154,11 +154,16 @@ export function baseModelReference(base: string): string {
   return existsSync(base) ? resolve(base) : base;
 }
 
+/** Whether a config.json's quantization_config is bitsandbytes 4-bit (the only quantized checkpoint qlora loads). */
+export function isBnb4bit(q: Record<string, unknown> | null | undefined): boolean {
+  return !!q && q.quant_method === "bitsandbytes" && !!(q.load_in_4bit ?? q._load_in_4bit);
+}
+
 /** Read config.json's bitsandbytes 4-bit quantization_config, or null (a dense checkpoint). */
 export function bnb4bitConfig(modelDir: string): Record<string, unknown> | null {
   try {
     const q = JSON.parse(readFileSync(join(modelDir, "config.json"), "utf8")).quantization_config;
-    return q && q.quant_method === "bitsandbytes" && (q.load_in_4bit ?? q._load_in_4bit) ? q : null;
+    return isBnb4bit(q) ? q : null;
   } catch {
     return null;
   }
@@ -209,7 +214,11 @@ export async function mergeAdapterInto(
         await saveDense(merged, modelDir, dense, "f32");
         const { model: qm } = await loadModel(dense, { quantize: q });
         // embeddings and norms in the base's own dtype, not the f32 of the merge
-        await saveQuantized(qm, tmp, { quantization: q, generationConfig, dtype: storageDtype(model.config.raw) });
+        await saveQuantized(qm, tmp, {
+          quantization: q,
+          generationConfig,
+          dtype: storageDtype(model.config.torchDtype),
+        });
         qm.dispose();
       } finally {
         await rm(dense, { recursive: true, force: true });
@@ -227,10 +236,10 @@ export async function mergeAdapterInto(
   return { dequantized };
 }
 
-/** The float dtype a checkpoint's config names (torch_dtype, or v5's dtype), f32 where it names none, as transformers. */
-function storageDtype(config: Record<string, unknown>): "f32" | "bf16" | "f16" {
+/** The float dtype a checkpoint's config names (ModelConfig.torchDtype), f32 where it names none, as transformers. */
+function storageDtype(torchDtype: string | null): "f32" | "bf16" | "f16" {
   const named = { float32: "f32", bfloat16: "bf16", float16: "f16" } as const;
-  return named[(config.torch_dtype ?? config.dtype) as keyof typeof named] ?? "f32";
+  return named[torchDtype as keyof typeof named] ?? "f32";
 }
 
 /** Move every file of `from` into `to` (created if needed), each by rename; `to`'s other files stay. */

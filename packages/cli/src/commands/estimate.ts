@@ -14,7 +14,7 @@ import {
   singleProcessParts,
 } from "../estimate";
 import { OPTIMIZERS, loadTrainConfig } from "../config";
-import { bnb4bitConfig } from "../infer";
+import { bnb4bitConfig, isBnb4bit } from "../infer";
 import { readJson } from "../inspect";
 import { type GlobalOptions, type Io, positiveInt } from "../main";
 import { loadDistributed } from "../ranks";
@@ -116,7 +116,7 @@ export function registerEstimate(program: Command, io: Io): void {
 function baseQuantOf(config: Record<string, unknown>, file: string, flag: BaseQuant | undefined): BaseQuant {
   const q = config.quantization_config as Record<string, unknown> | undefined | null;
   if (q === undefined || q === null) return flag ?? "nf4-dq";
-  if (q.quant_method !== "bitsandbytes" || !(q.load_in_4bit ?? q._load_in_4bit))
+  if (!isBnb4bit(q))
     throw new CliError(
       "UNSUPPORTED",
       `--model: ${file} is quantized with ${JSON.stringify(q.quant_method ?? null)}${q.load_in_8bit ? " (8-bit)" : ""}, which qlora does not load; estimate its unquantized release`,
